@@ -1,0 +1,77 @@
+"""`parsim ...`: the command line.
+
+Each subcommand lives in ``parsim/commands/<name>.py`` with two functions:
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only
+when their command runs, so `parsim plan` never pays for torch or matplotlib.
+A ParsimError anywhere becomes one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from parsim.errors import ParsimError
+
+# name -> one-line help. The module parsim.commands.<name> implements it.
+COMMANDS = {
+    "predict": "price one plan on a model and cluster (StepReport with its breakdown)",
+    "plan": "enumerate and rank every valid plan for a number of GPUs",
+    "collective": "price a collective (all-reduce, ...) by algorithm and size on a cluster graph",
+    "topology": "summarise or draw a cluster graph",
+    "simulate": "play a pipeline schedule in the discrete-event simulator",
+    "run": "run a plan for real with torch.distributed and measure it",
+    "emulate": "emulated multi-host cluster in network namespaces with shaped links",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="parsim", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, help_ in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_command=name)
+        if name in _requested_or_all():
+            _module(name).add_arguments(p)
+    return parser
+
+
+def _requested_or_all():
+    # Only the module of the command being run is imported (keeps start-up fast);
+    # for --help at top level no module is needed.
+    argv = sys.argv[1:]
+    for a in argv:
+        if a in COMMANDS:
+            return {a}
+        if not a.startswith("-"):
+            break
+    return set()
+
+
+def _module(name):
+    return importlib.import_module(f"parsim.commands.{name}")
+
+
+def main(argv=None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:])
+    if not getattr(args, "_command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(_module(args._command).run(args) or 0)
+    except ParsimError as e:
+        print(f"parsim {args._command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"parsim {args._command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
