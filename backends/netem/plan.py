@@ -1,0 +1,177 @@
+"""Cluster graph -> namespace plan (pure: no commands run here).
+
+An emulated cluster is one network namespace per host and one per switch (a
+Linux bridge inside), joined by veth pairs, each end's egress shaped to the
+link's bandwidth. Only the network tier is emulated: devices and NICs collapse
+into their host (ranks on one host talk over that namespace's loopback), and a
+host-to-switch path through NICs becomes one veth whose rate is the path's
+slowest link. Bridges must form a tree (a loop would flood), so a fabric with
+redundant switch links keeps a maximum-bandwidth spanning tree and lists the
+links it dropped.
+
+Addresses come from 198.18.0.0/15 (RFC 2544 benchmarking range) and nowhere
+else; names carry a run-unique prefix so leftovers can be found and removed.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+
+import networkx as nx
+
+from parsim.errors import ParsimError, require
+
+SUBNET = ipaddress.ip_network("198.18.0.0/15")
+PREFIX_RE = re.compile(r"^ps[0-9a-f]{5}-")  # every namespace we ever create matches this
+HOST_IF = "eth0"  # the emulated NIC inside each host namespace (GLOO_SOCKET_IFNAME)
+
+
+@dataclass(frozen=True)
+class Host:
+    node: str            # the graph's host node
+    ns: str              # namespace name
+    address: str         # IPv4 in 198.18.0.0/15
+    ranks: tuple         # graph device nodes placed here, in rank order (may be empty)
+
+
+@dataclass(frozen=True)
+class Switch:
+    node: str
+    ns: str
+
+
+@dataclass(frozen=True)
+class Veth:
+    a_ns: str
+    a_if: str
+    b_ns: str
+    b_if: str
+    bandwidth_Bps: float  # each direction
+    latency_s: float      # one way; only emulated where the kernel has sch_netem
+    edge: tuple           # the graph nodes this veth stands for (a side, b side)
+
+
+@dataclass(frozen=True)
+class NetPlan:
+    prefix: str
+    hosts: tuple
+    switches: tuple
+    veths: tuple
+    dropped: tuple  # redundant switch-switch edges left out (bridges need a tree)
+
+    @property
+    def namespaces(self) -> list:
+        return [h.ns for h in self.hosts] + [s.ns for s in self.switches]
+
+    def host(self, node) -> Host:
+        return next(h for h in self.hosts if h.node == node)
+
+
+def new_prefix(seed: int | None = None) -> str:
+    """'ps' + 5 hex digits + '-': unique per run (pid and a random salt)."""
+    x = (os.getpid() << 8 ^ int.from_bytes(os.urandom(2), "little")) if seed is None else seed
+    return f"ps{x & 0xFFFFF:05x}-"
+
+
+def host_address(i: int) -> str:
+    """i-th host address: 198.18.0.1, 198.18.0.2, ... skipping .0 and .255 of each /24."""
+    require(i >= 0, f"host index {i} must be >= 0")
+    per24 = 254
+    a = int(SUBNET.network_address) + (i // per24) * 256 + (i % per24) + 1
+    addr = ipaddress.ip_address(a)
+    require(addr in SUBNET and addr != SUBNET.broadcast_address,
+            f"host index {i} does not fit in {SUBNET} ({per24 * 512} hosts at most)")
+    return str(addr)
+
+
+def graph_of(cluster) -> nx.Graph:
+    """The networkx graph of a Cluster (or the graph itself)."""
+    g = getattr(cluster, "graph", cluster)
+    require(isinstance(g, nx.Graph), f"expected a Cluster or networkx graph, got {type(cluster).__name__}")
+    return g
+
+
+def _kind(g, n):
+    return g.nodes[n].get("kind", "device")
+
+
+def _host_uplinks(g, host):
+    """(switch, bandwidth_Bps, latency_s) for each switch a host reaches without crossing a switch or another host."""
+    out = []
+    for sw in (n for n in g if _kind(g, n) == "switch"):
+        sub = g.subgraph([n for n in g if n in (host, sw) or _kind(g, n) in ("nic",)])
+        if nx.has_path(sub, host, sw):
+            path = nx.shortest_path(sub, host, sw)
+            edges = [g.edges[u, v] for u, v in zip(path, path[1:])]
+            out.append((sw, min(e["bandwidth"] for e in edges), sum(e.get("latency", 0.0) for e in edges)))
+    return out
+
+
+def _devices_of(g, host):
+    """Device nodes attached to a host (directly or through NICs), sorted."""
+    seen, stack, devs = {host}, [host], []
+    while stack:
+        for m in g.neighbors(stack.pop()):
+            if m in seen or _kind(g, m) in ("switch", "host"):
+                continue
+            seen.add(m)
+            stack.append(m)
+            if _kind(g, m) == "device":
+                devs.append(m)
+    return tuple(sorted(devs, key=lambda d: (g.nodes[d].get("rank", 0), str(d))))
+
+
+def plan_from_graph(cluster, prefix: str) -> NetPlan:
+    """Namespace plan of a cluster graph. Hosts are the 'host' nodes (or, if there
+    are none, the devices that hang off switches); ranks follow host order."""
+    g = graph_of(cluster)
+    require(PREFIX_RE.match(prefix) is not None, f"bad prefix {prefix!r}: expected e.g. 'ps0a1b2-'")
+    hosts_nodes = [n for n in g if _kind(g, n) == "host"]
+    if not hosts_nodes:  # flat graphs: each device on a switch is its own host
+        hosts_nodes = [n for n in g if _kind(g, n) == "device"]
+    switch_nodes = [n for n in g if _kind(g, n) == "switch"]
+    require(len(hosts_nodes) >= 1, "cluster graph has no host or device nodes")
+    require(len(hosts_nodes) <= 64, f"{len(hosts_nodes)} hosts is too many to emulate here (64 at most)")
+
+    hosts, veths = [], []
+    port = {sw: 0 for sw in switch_nodes}
+    sw_ns = {sw: f"{prefix}s{i}" for i, sw in enumerate(switch_nodes)}
+    for i, h in enumerate(hosts_nodes):
+        ns = f"{prefix}h{i}"
+        ups = _host_uplinks(g, h)
+        require(len(ups) >= 1 or len(hosts_nodes) == 1, f"host {h!r} reaches no switch")
+        devs = (h,) if _kind(g, h) == "device" else _devices_of(g, h)
+        hosts.append(Host(node=h, ns=ns, address=host_address(i), ranks=devs))
+        if ups:
+            # one emulated NIC per host: its fastest uplink (multi-rail is not emulated)
+            sw, bw, lat = max(ups, key=lambda u: u[1])
+            veths.append(Veth(ns, HOST_IF, sw_ns[sw], f"p{port[sw]}", bw, lat, (h, sw)))
+            port[sw] += 1
+
+    # switch fabric: a maximum-bandwidth spanning tree of the switch-to-switch edges
+    fabric = g.subgraph(switch_nodes)
+    tree = nx.maximum_spanning_tree(fabric, weight="bandwidth")
+    dropped = tuple(sorted((tuple(map(str, e)) for e in fabric.edges if not tree.has_edge(*e))))
+    for u, v in sorted(tree.edges, key=lambda e: (str(e[0]), str(e[1]))):
+        e = g.edges[u, v]
+        veths.append(Veth(sw_ns[u], f"p{port[u]}", sw_ns[v], f"p{port[v]}",
+                          e["bandwidth"], e.get("latency", 0.0), (u, v)))
+        port[u] += 1
+        port[v] += 1
+    for sw, n in port.items():
+        require(n < 4000, f"switch {sw!r} has {n} ports; at most 4000 can be emulated")
+    return NetPlan(prefix=prefix, hosts=tuple(hosts),
+                   switches=tuple(Switch(sw, sw_ns[sw]) for sw in switch_nodes),
+                   veths=tuple(veths), dropped=dropped)
+
+
+def rank_table(plan: NetPlan, ranks_per_host: int | None = None) -> list:
+    """[(rank, host, local_rank)] in rank order. Hosts with devices get one rank per
+    device; ranks_per_host overrides that for every host."""
+    out = []
+    for h in plan.hosts:
+        n = ranks_per_host if ranks_per_host is not None else max(1, len(h.ranks))
+        out += [(len(out) + k, h, k) for k in range(n)]
+    return out

@@ -1,0 +1,108 @@
+"""Link probes: raw TCP throughput and round trip between two emulated hosts.
+
+Run as ``python -m backends.netem.probe serve ADDR PORT`` in one namespace and
+``python -m backends.netem.probe client ADDR PORT --bytes N`` in another; the
+client prints one JSON line. The throughput is the receiver's goodput: bytes
+over the time from its first to its last byte (the shaper's token bucket lets
+the first burst through at line rate, so a probe should be many bursts long).
+The round trip is the median of small TCP_NODELAY ping-pongs. Every loop is
+bounded in count and in time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import sys
+import time
+
+CHUNK = 256 * 1024
+PINGS = 21
+
+
+def _recv_exact(s, n):
+    buf = bytearray()
+    while len(buf) < n:
+        b = s.recv(n - len(buf))
+        if not b:
+            raise ConnectionError("peer closed")
+        buf += b
+    return bytes(buf)
+
+
+def serve(addr: str, port: int, timeout_s: float) -> None:
+    """Accept one client: answer pings, then sink a bulk transfer and report its timing."""
+    with socket.create_server((addr, port), reuse_port=False) as srv:
+        srv.settimeout(timeout_s)
+        print("ready", flush=True)
+        conn, _ = srv.accept()
+        with conn:
+            conn.settimeout(timeout_s)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            header = json.loads(_recv_exact(conn, 64).rstrip(b" "))
+            for _ in range(header["pings"]):
+                conn.sendall(_recv_exact(conn, 1))
+            total, got, t0 = header["bytes"], 0, None
+            while got < total:
+                b = conn.recv(min(CHUNK, total - got))
+                if not b:
+                    break
+                if t0 is None:
+                    t0 = time.perf_counter()
+                    first = len(b)
+                got += len(b)
+            t1 = time.perf_counter()
+            # goodput over the bytes after the first read (that read started the clock)
+            rate = (got - first) / (t1 - t0) if t0 and t1 > t0 else 0.0
+            conn.sendall(json.dumps({"bytes": got, "time_s": t1 - t0, "rate_Bps": rate}).encode().ljust(128))
+
+
+def client(addr: str, port: int, nbytes: int, timeout_s: float, pings: int = PINGS) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:  # the server may still be starting: bounded retries
+        try:
+            s = socket.create_connection((addr, port), timeout=timeout_s)
+            break
+        except (ConnectionRefusedError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    with s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(json.dumps({"bytes": nbytes, "pings": pings}).encode().ljust(64))
+        rtts = []
+        for _ in range(pings):
+            t = time.perf_counter()
+            s.sendall(b"x")
+            _recv_exact(s, 1)
+            rtts.append(time.perf_counter() - t)
+        payload = memoryview(b"\0" * CHUNK)
+        sent = 0
+        while sent < nbytes:
+            n = min(CHUNK, nbytes - sent)
+            s.sendall(payload[:n])
+            sent += n
+        res = json.loads(_recv_exact(s, 128).rstrip(b" "))
+    rtts = rtts[1:] or rtts  # the first ping pays connection warm-up
+    return {"rate_Bps": res["rate_Bps"], "bytes": res["bytes"], "time_s": res["time_s"],
+            "rtt_s": statistics.median(rtts), "rtt_min_s": min(rtts)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m backends.netem.probe")
+    p.add_argument("role", choices=["serve", "client"])
+    p.add_argument("addr")
+    p.add_argument("port", type=int)
+    p.add_argument("--bytes", type=int, default=8 << 20)
+    p.add_argument("--timeout", type=float, default=30.0)
+    a = p.parse_args(argv)
+    if a.role == "serve":
+        serve(a.addr, a.port, a.timeout)
+    else:
+        print(json.dumps(client(a.addr, a.port, a.bytes, a.timeout)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Device profiles: peak FLOP/s per dtype, memory capacity and bandwidth, efficiency curves.
+
+Profiles are data (``parsim/data/devices.yaml``, plus ``devices.local.yaml`` written by
+calibration, which takes precedence); this module only loads them and evaluates the
+curves. A roofline prices each kernel: time = max(FLOPs / (peak·eff), bytes / (bw·eff)).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from parsim.errors import ParsimError, closest
+
+DATA = Path(__file__).parent / "data"
+DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Piecewise-linear efficiency in log10(size); flat beyond the ends."""
+    sizes: tuple
+    effs: tuple
+
+    @classmethod
+    def from_points(cls, points):
+        pts = sorted((float(s), float(e)) for s, e in points)
+        return cls(tuple(p[0] for p in pts), tuple(p[1] for p in pts))
+
+    def __call__(self, size):
+        x = np.log10(np.maximum(np.asarray(size, dtype=float), 1e-3))
+        xs = np.log10(np.maximum(np.asarray(self.sizes), 1e-3))
+        return np.interp(x, xs, self.effs)
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    kind: str                       # gpu | cpu
+    peak_flops: dict                # dtype -> FLOP/s (dense matrix units)
+    vector_flops: float             # FLOP/s for element-wise kernels
+    memory_bytes: float
+    memory_bandwidth_Bps: float
+    matmul_eff: Curve               # GFLOP per GEMM -> fraction
+    vector_eff: Curve               # GFLOP per kernel -> fraction
+    memory_eff: Curve               # MB per kernel -> fraction
+    source: str = ""
+
+    def matmul_flops(self, dtype: str) -> float:
+        if dtype not in self.peak_flops:
+            raise ParsimError(f"device {self.name} has no {dtype} peak: expected one of {sorted(self.peak_flops)}")
+        return self.peak_flops[dtype]
+
+    def gemm_time_s(self, flops, bytes_moved, dtype: str):
+        """Roofline of one GEMM: max(FLOPs/(peak·eff(GFLOP)), bytes/(bw·eff(MB)))."""
+        flops = np.asarray(flops, dtype=float)
+        t_c = flops / (self.matmul_flops(dtype) * self.matmul_eff(flops / 1e9))
+        return np.maximum(t_c, self.memory_time_s(bytes_moved))
+
+    def memory_time_s(self, bytes_moved):
+        """A memory-bound kernel: bytes / (bandwidth · eff(MB))."""
+        b = np.asarray(bytes_moved, dtype=float)
+        return b / (self.memory_bandwidth_Bps * self.memory_eff(b / 1e6))
+
+    def vector_time_s(self, flops, bytes_moved):
+        """Element-wise kernel: max(FLOPs/(vector peak·eff), bytes/(bw·eff))."""
+        f = np.asarray(flops, dtype=float)
+        return np.maximum(f / (self.vector_flops * self.vector_eff(f / 1e9)), self.memory_time_s(bytes_moved))
+
+
+def _profile(name: str, d: dict) -> DeviceProfile:
+    try:
+        return DeviceProfile(
+            name=name, kind=d.get("kind", "gpu"),
+            peak_flops={k: float(v) * 1e12 for k, v in d["peak_TFLOPs"].items()},
+            vector_flops=float(d["vector_TFLOPs"]) * 1e12,
+            memory_bytes=float(d["memory_GiB"]) * 2 ** 30,
+            memory_bandwidth_Bps=float(d["memory_bandwidth_GBps"]) * 1e9,
+            matmul_eff=Curve.from_points(d["matmul_efficiency"]),
+            vector_eff=Curve.from_points(d["vector_efficiency"]),
+            memory_eff=Curve.from_points(d["memory_efficiency"]),
+            source=str(d.get("source", "")),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ParsimError(f"device profile {name!r} is malformed ({type(e).__name__}: {e}): expected keys "
+                          "peak_TFLOPs, vector_TFLOPs, memory_GiB, memory_bandwidth_GBps, *_efficiency") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _catalog() -> dict:
+    raw = yaml.safe_load((DATA / "devices.yaml").read_text())
+    local = Path(os.environ.get("PARSIM_DEVICES_LOCAL", DATA / "devices.local.yaml"))
+    if local.exists():
+        raw.update(yaml.safe_load(local.read_text()) or {})
+    return raw
+
+
+def device_names() -> list[str]:
+    return sorted(_catalog())
+
+
+def get_device(name: str) -> DeviceProfile:
+    if isinstance(name, DeviceProfile):
+        return name
+    cat = _catalog()
+    if name not in cat:
+        raise ParsimError(f"unknown device {name!r}: expected one of {', '.join(sorted(cat))}{closest(name, cat)}")
+    return _profile(name, cat[name])
