@@ -88,7 +88,7 @@ def host_address(i: int) -> str:
 
 def graph_of(cluster) -> nx.Graph:
     """The networkx graph of a Cluster (or the graph itself)."""
-    g = getattr(cluster, "graph", cluster)
+    g = cluster if isinstance(cluster, nx.Graph) else getattr(cluster, "graph", cluster)
     require(isinstance(g, nx.Graph), f"expected a Cluster or networkx graph, got {type(cluster).__name__}")
     return g
 

@@ -17,6 +17,10 @@ import statistics
 import sys
 import time
 
+import networkx as nx
+
+from parsim.errors import ParsimError
+
 CHUNK = 256 * 1024
 PINGS = 21
 
@@ -106,3 +110,79 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- orchestration: probes between emulated hosts -----------------------------
+PROBE_PORT = 5201  # inside our namespaces only
+PROBE_TIME_S = 0.4  # each probe moves about this long at the configured rate
+
+
+def _path_edges(g, a, b):
+    path = nx.shortest_path(g, a, b)
+    return list(zip(path, path[1:]))
+
+
+def probe_pairs(emu, pairs=None, timeout_s: float = 20.0) -> list:
+    """TCP probe for each (host_i, host_j) pair (default: a ring over the hosts, so
+    every host link is crossed once in each direction), one after another.
+    Returns dicts with the configured bottleneck rate beside the measured one."""
+    import subprocess
+    plan, g = emu.plan, emu.graph
+    hosts = plan.hosts
+    if pairs is None:
+        pairs = [(i, (i + 1) % len(hosts)) for i in range(len(hosts))] if len(hosts) > 1 else []
+        if len(hosts) == 2:
+            pairs = [(0, 1), (1, 0)]
+    out = []
+    for i, j in pairs:
+        a, b = hosts[i], hosts[j]
+        edges = _path_edges(g, a.node, b.node)
+        configured = min(g.edges[e]["bandwidth"] for e in edges)
+        nbytes = int(max(1 << 20, configured * PROBE_TIME_S))
+        py = [sys.executable, "-m", "backends.netem.probe"]
+        srv = subprocess.Popen(emu.exec_argv(b.ns, py + ["serve", b.address, str(PROBE_PORT), "--timeout", str(timeout_s)]),
+                               stdout=subprocess.PIPE, text=True)
+        try:
+            srv.stdout.readline()  # "ready"
+            cli = subprocess.run(emu.exec_argv(a.ns, py + ["client", b.address, str(PROBE_PORT), "--bytes", str(nbytes),
+                                                           "--timeout", str(timeout_s)]),
+                                 capture_output=True, text=True, timeout=timeout_s + 5)
+            if cli.returncode != 0:
+                raise ParsimError(f"probe {a.node}->{b.node} failed: {cli.stderr.strip().splitlines()[-1:]}")
+            r = json.loads(cli.stdout.strip().splitlines()[-1])
+        finally:
+            try:
+                srv.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+                srv.wait()
+        out.append({"src": str(a.node), "dst": str(b.node), "hops": len(edges),
+                    "configured_Bps": configured, "measured_Bps": r["rate_Bps"],
+                    "efficiency": r["rate_Bps"] / configured, "rtt_s": r["rtt_s"], "bytes": r["bytes"]})
+    return out
+
+
+def measured_graph(g, probes) -> "nx.Graph":
+    """Copy of g whose host-network links carry what the probes measured: each link's
+    bandwidth times the median efficiency of the probes that crossed it (the median
+    over all probes where none did), and a latency of the probes' half round trip
+    spread over their hops. Intra-host edges are left as they are."""
+    g = g.copy()
+    if not probes:
+        return g
+    eff, lat = {}, {}
+    for p in probes:
+        for e in _path_edges(g, p["src"], p["dst"]):
+            k = frozenset(e)
+            eff.setdefault(k, []).append(p["efficiency"])
+            lat.setdefault(k, []).append(p["rtt_s"] / 2 / p["hops"])
+    all_eff = statistics.median(p["efficiency"] for p in probes)
+    all_lat = statistics.median(p["rtt_s"] / 2 / p["hops"] for p in probes)
+    for u, v, d in g.edges(data=True):
+        if d.get("intra_host"):
+            continue
+        k = frozenset((u, v))
+        d["configured_bandwidth"] = d["bandwidth"]
+        d["bandwidth"] = d["bandwidth"] * statistics.median(eff.get(k, [all_eff]))
+        d["latency"] = statistics.median(lat.get(k, [all_lat]))
+    return g

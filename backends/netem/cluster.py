@@ -1,0 +1,304 @@
+"""Build and tear down an emulated cluster: namespaces, bridges, shaped veths.
+
+Everything a run creates is written to a state file *before* it is created, so
+``down`` can remove what a crashed run left behind. Teardown runs from the
+context manager, from SIGINT/SIGTERM handlers and at exit; it kills whatever is
+still running inside our namespaces (processes we launched there) and deletes
+the namespaces, which takes their veths and bridges with them.
+
+Shaping: tbf on the egress of each veth end, i.e. each direction of a link has
+its own token bucket at the link rate. Where the kernel has sch_netem, a netem
+child adds the link's one-way latency; this is detected once per process.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import networkx as nx
+
+from backends.netem.plan import HOST_IF, PREFIX_RE, SUBNET, NetPlan, graph_of, new_prefix, plan_from_graph, rank_table
+from parsim.errors import ParsimError
+
+# Token bucket: the burst must hold at least a couple of 64 KiB GSO segments and
+# a millisecond of line rate (tbf cannot shape finer than its timer); the queue
+# holds 50 ms of line rate so TCP incast into one port does not drop.
+TBF_MIN_BURST_B = 128 * 1024
+TBF_BURST_S = 1e-3
+TBF_QUEUE_S = 50e-3
+
+
+def state_dir() -> Path:
+    d = Path(os.environ.get("PARSIM_NETEM_STATE_DIR") or "/run/parsim-netem")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        d = Path("/tmp/parsim-netem")
+        d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _run(argv, check=True, timeout=20):
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise ParsimError(f"`{' '.join(argv)}` failed (exit {p.returncode}): {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+_UNAVAILABLE: list = []  # cached reason ('' when available)
+
+
+def unavailable() -> str:
+    """Why namespaces cannot be built here ('' when they can): root, ip, tc, and a trial namespace."""
+    if _UNAVAILABLE:
+        return _UNAVAILABLE[0]
+    reason = ""
+    if os.geteuid() != 0:
+        reason = "netem needs root (network namespaces and tc); run as root"
+    elif not shutil.which("ip") or not shutil.which("tc"):
+        reason = "netem needs iproute2 (`ip` and `tc`); install it, e.g. apt-get install -y iproute2"
+    else:
+        ns = new_prefix() + "trial"
+        p = _run(["ip", "netns", "add", ns], check=False)
+        if p.returncode != 0:
+            reason = f"cannot create a network namespace here: {p.stderr.strip()}"
+        else:
+            _run(["ip", "netns", "del", ns], check=False)
+    _UNAVAILABLE.append(reason)
+    return reason
+
+
+_NETEM: list = []
+
+
+def has_netem(ns: str) -> bool:
+    """Trial netem qdisc on a namespace's loopback (once per process); says so once when absent."""
+    if not _NETEM:
+        p = _run(["tc", "-n", ns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "0ms"], check=False)
+        ok = p.returncode == 0
+        if ok:
+            _run(["tc", "-n", ns, "qdisc", "del", "dev", "lo", "root"], check=False)
+        else:
+            print("parsim emulate: this kernel has no sch_netem; links are shaped in bandwidth only "
+                  "(latency and loss are not emulated; the model takes latency from the measured round trip)",
+                  file=sys.stderr)
+        _NETEM.append(ok)
+    return _NETEM[0]
+
+
+def shape(ns: str, dev: str, rate_Bps: float, latency_s: float = 0.0, netem: bool = False) -> list:
+    """tc commands shaping one device's egress to rate_Bps (and latency_s where netem exists)."""
+    burst = max(TBF_MIN_BURST_B, int(rate_Bps * TBF_BURST_S))
+    limit = burst + int(rate_Bps * TBF_QUEUE_S)
+    rate_bit = int(rate_Bps * 8)
+    cmds = [["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "handle", "1:", "tbf",
+             "rate", f"{rate_bit}bit", "burst", str(burst), "limit", str(limit)]]
+    if netem and latency_s > 0:
+        cmds.append(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:",
+                     "netem", "delay", f"{latency_s * 1e6:.0f}us"])
+    return cmds
+
+
+def _proc_start(pid: int):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_alive(state: dict) -> bool:
+    return _proc_start(state["owner_pid"]) == state.get("owner_start")
+
+
+def list_namespaces() -> list:
+    p = _run(["ip", "netns", "list"], check=False)
+    return [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
+
+
+def _kill_ns_processes(ns: str, grace_s: float = 2.0) -> None:
+    """End processes we launched inside one of our namespaces (by pid, TERM then KILL)."""
+    pids = [int(x) for x in _run(["ip", "netns", "pids", ns], check=False).stdout.split()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if _proc_start(p) is not None and not _is_zombie(p)]
+            time.sleep(0.05)
+        if not pids:
+            return
+
+
+def _is_zombie(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def delete_namespaces(names) -> list:
+    """Kill what runs inside and delete each namespace of ours; returns those deleted."""
+    gone = []
+    for ns in names:
+        assert PREFIX_RE.match(ns), ns  # never touch a namespace that is not ours
+        _kill_ns_processes(ns)
+        if _run(["ip", "netns", "del", ns], check=False).returncode == 0:
+            gone.append(ns)
+    return gone
+
+
+def read_states() -> list:
+    out = []
+    for f in sorted(state_dir().glob("ps*.json")):
+        try:
+            out.append(json.loads(f.read_text()) | {"_file": str(f)})
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def down(all_runs: bool = False, prefix: str | None = None) -> list:
+    """Remove emulated clusters: those brought `up` (persistent), those whose owner
+    died, namespaces of ours that no state file claims, and with all_runs every one.
+    Returns the namespaces deleted."""
+    existing = [n for n in list_namespaces() if PREFIX_RE.match(n)]
+    claimed, removed = set(), []
+    for st in read_states():
+        mine = [n for n in existing if n.startswith(st["prefix"])]
+        wanted = (prefix == st["prefix"]) if prefix else (all_runs or st.get("persistent") or not _owner_alive(st))
+        if wanted:
+            removed += delete_namespaces(mine)
+            Path(st["_file"]).unlink(missing_ok=True)
+        else:
+            claimed.update(mine)
+    if not prefix:
+        removed += delete_namespaces([n for n in existing if n not in claimed and n not in removed])
+    return removed
+
+
+class Emulation:
+    """An emulated cluster for the life of a `with` block (or until `down`)."""
+
+    def __init__(self, cluster, prefix: str | None = None, persistent: bool = False,
+                 ranks_per_host: int | None = None):
+        self.graph = graph_of(cluster)
+        self.prefix = prefix or new_prefix()
+        self.plan: NetPlan = plan_from_graph(self.graph, self.prefix)
+        self.persistent = persistent
+        self.ranks_per_host = ranks_per_host
+        self.netem = False
+        self.probes: list = []
+        self.state_file = state_dir() / f"{self.prefix}.json"
+        self._old_handlers: dict = {}
+        self._up = False
+
+    # -- lifecycle -----------------------------------------------------------
+    def __enter__(self):
+        self._install_handlers()
+        try:
+            return self.up()
+        except BaseException:
+            self.teardown()
+            raise
+
+    def __exit__(self, *exc):
+        self.teardown()
+        return False
+
+    def up(self) -> "Emulation":
+        reason = unavailable()
+        if reason:
+            raise ParsimError(reason)
+        self._up = True
+        self.write_state()  # before anything exists, so a crash is always cleanable
+        p = self.plan
+        for ns in p.namespaces:
+            _run(["ip", "netns", "add", ns])
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            _run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], check=False)
+        self.netem = has_netem(p.hosts[0].ns)
+        for s in p.switches:
+            _run(["ip", "-n", s.ns, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"])
+            _run(["ip", "-n", s.ns, "link", "set", "br0", "up"])
+        switch_ns = {s.ns for s in p.switches}
+        for v in p.veths:
+            _run(["ip", "-n", v.a_ns, "link", "add", v.a_if, "type", "veth", "peer", "name", v.b_if, "netns", v.b_ns])
+            for ns, dev in ((v.a_ns, v.a_if), (v.b_ns, v.b_if)):
+                if ns in switch_ns:
+                    _run(["ip", "-n", ns, "link", "set", dev, "master", "br0"])
+                _run(["ip", "-n", ns, "link", "set", dev, "up"])
+                for cmd in shape(ns, dev, v.bandwidth_Bps, v.latency_s, self.netem):
+                    _run(cmd)
+        for h in p.hosts:
+            if any(v.a_ns == h.ns for v in p.veths):
+                _run(["ip", "-n", h.ns, "addr", "add", f"{h.address}/{SUBNET.prefixlen}", "dev", HOST_IF])
+        self.write_state()
+        return self
+
+    def teardown(self) -> None:
+        if self._up:
+            self._up = False
+            delete_namespaces([n for n in list_namespaces() if n.startswith(self.prefix)])
+            self.state_file.unlink(missing_ok=True)
+        self._restore_handlers()
+
+    def _install_handlers(self):
+        atexit.register(self.teardown)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread: rely on the context manager
+                pass
+
+    def _restore_handlers(self):
+        for sig, h in self._old_handlers.items():
+            signal.signal(sig, h)
+        self._old_handlers = {}
+
+    def _on_signal(self, signum, frame):
+        old = self._old_handlers.get(signum)
+        self.teardown()
+        if callable(old):
+            old(signum, frame)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:
+            raise SystemExit(128 + signum)
+
+    # -- state ---------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "prefix": self.prefix, "owner_pid": os.getpid(), "owner_start": _proc_start(os.getpid()),
+            "persistent": self.persistent, "created": time.time(), "netem": self.netem,
+            "namespaces": self.plan.namespaces, "dropped_links": list(self.plan.dropped),
+            "hosts": [{"node": str(h.node), "ns": h.ns, "address": h.address, "ranks": [str(r) for r in h.ranks]}
+                      for h in self.plan.hosts],
+            "ranks_per_host": self.ranks_per_host,
+            "graph": nx.node_link_data(self.graph, edges="links"),
+            "probes": self.probes,
+        }
+
+    def write_state(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state(), default=str))
+        tmp.replace(self.state_file)
+
+    # -- running things inside ----------------------------------------------
+    def ranks(self) -> list:
+        return rank_table(self.plan, self.ranks_per_host)
+
+    def exec_argv(self, ns: str, argv, env: dict | None = None) -> list:
+        pre = ["ip", "netns", "exec", ns]
+        if env:
+            pre += ["env", *(f"{k}={v}" for k, v in env.items())]
+        return pre + list(argv)
