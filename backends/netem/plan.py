@@ -97,57 +97,76 @@ def _kind(g, n):
     return g.nodes[n].get("kind", "device")
 
 
-def _host_uplinks(g, host):
-    """(switch, bandwidth_Bps, latency_s) for each switch a host reaches without crossing a switch or another host."""
+def host_groups(g) -> list:
+    """[(anchor, members, devices)] per host. A host is a 'host' node with the
+    devices and NICs hanging off it; where there are none, the devices (and NICs)
+    sharing a ``node`` attribute; else each device alone. A switch whose
+    neighbours all sit in one host (an NVSwitch) belongs to that host."""
+    hosts = [n for n in g if _kind(g, n) == "host"]
+    groups = []
+    if hosts:
+        for h in hosts:
+            seen, stack = {h}, [h]
+            while stack:
+                for m in g.neighbors(stack.pop()):
+                    if m not in seen and _kind(g, m) in ("device", "nic"):
+                        seen.add(m)
+                        stack.append(m)
+            groups.append((h, seen))
+    elif any("node" in g.nodes[n] for n in g if _kind(g, n) == "device"):
+        by = {}
+        for n in g:
+            if _kind(g, n) in ("device", "nic") and "node" in g.nodes[n]:
+                by.setdefault(g.nodes[n]["node"], set()).add(n)
+        groups = [(None, m) for _, m in sorted(by.items(), key=lambda kv: str(kv[0]))]
+    else:
+        groups = [(None, {n}) for n in g if _kind(g, n) == "device"]
     out = []
-    for sw in (n for n in g if _kind(g, n) == "switch"):
-        sub = g.subgraph([n for n in g if n in (host, sw) or _kind(g, n) in ("nic",)])
-        if nx.has_path(sub, host, sw):
-            path = nx.shortest_path(sub, host, sw)
-            edges = [g.edges[u, v] for u, v in zip(path, path[1:])]
-            out.append((sw, min(e["bandwidth"] for e in edges), sum(e.get("latency", 0.0) for e in edges)))
+    for anchor, members in groups:
+        for sw in (n for n in g if _kind(g, n) == "switch"):
+            if all(m in members for m in g.neighbors(sw)):
+                members = members | {sw}
+        devs = tuple(sorted((n for n in members if _kind(g, n) == "device"),
+                            key=lambda d: (g.nodes[d].get("rank", 0), str(d))))
+        out.append((anchor if anchor is not None else devs[0], frozenset(members), devs))
     return out
 
 
-def _devices_of(g, host):
-    """Device nodes attached to a host (directly or through NICs), sorted."""
-    seen, stack, devs = {host}, [host], []
-    while stack:
-        for m in g.neighbors(stack.pop()):
-            if m in seen or _kind(g, m) in ("switch", "host"):
-                continue
-            seen.add(m)
-            stack.append(m)
-            if _kind(g, m) == "device":
-                devs.append(m)
-    return tuple(sorted(devs, key=lambda d: (g.nodes[d].get("rank", 0), str(d))))
+def _uplinks(g, members):
+    """{switch: (aggregate bandwidth_Bps, latency_s)} over the edges leaving a host to switches."""
+    ups = {}
+    for u in members:
+        for v in g.neighbors(u):
+            if v not in members and _kind(g, v) == "switch":
+                e = g.edges[u, v]
+                bw, lat = ups.get(v, (0.0, 0.0))
+                ups[v] = (bw + e["bandwidth"], max(lat, e.get("latency", 0.0)))
+    return ups
 
 
 def plan_from_graph(cluster, prefix: str) -> NetPlan:
-    """Namespace plan of a cluster graph. Hosts are the 'host' nodes (or, if there
-    are none, the devices that hang off switches); ranks follow host order."""
+    """Namespace plan of a cluster graph (see host_groups for what a host is)."""
     g = graph_of(cluster)
     require(PREFIX_RE.match(prefix) is not None, f"bad prefix {prefix!r}: expected e.g. 'ps0a1b2-'")
-    hosts_nodes = [n for n in g if _kind(g, n) == "host"]
-    if not hosts_nodes:  # flat graphs: each device on a switch is its own host
-        hosts_nodes = [n for n in g if _kind(g, n) == "device"]
-    switch_nodes = [n for n in g if _kind(g, n) == "switch"]
-    require(len(hosts_nodes) >= 1, "cluster graph has no host or device nodes")
-    require(len(hosts_nodes) <= 64, f"{len(hosts_nodes)} hosts is too many to emulate here (64 at most)")
+    groups = host_groups(g)
+    require(len(groups) >= 1, "cluster graph has no host or device nodes")
+    require(len(groups) <= 64, f"{len(groups)} hosts is too many to emulate here (64 at most)")
+    inner = set().union(*(m for _, m, _ in groups))
+    switch_nodes = [n for n in g if _kind(g, n) == "switch" and n not in inner]
 
     hosts, veths = [], []
     port = {sw: 0 for sw in switch_nodes}
     sw_ns = {sw: f"{prefix}s{i}" for i, sw in enumerate(switch_nodes)}
-    for i, h in enumerate(hosts_nodes):
+    for i, (anchor, members, devs) in enumerate(groups):
         ns = f"{prefix}h{i}"
-        ups = _host_uplinks(g, h)
-        require(len(ups) >= 1 or len(hosts_nodes) == 1, f"host {h!r} reaches no switch")
-        devs = (h,) if _kind(g, h) == "device" else _devices_of(g, h)
-        hosts.append(Host(node=h, ns=ns, address=host_address(i), ranks=devs))
+        ups = _uplinks(g, members)
+        require(len(ups) >= 1 or len(groups) == 1, f"host {anchor!r} reaches no switch")
+        hosts.append(Host(node=anchor, ns=ns, address=host_address(i), ranks=devs))
         if ups:
-            # one emulated NIC per host: its fastest uplink (multi-rail is not emulated)
-            sw, bw, lat = max(ups, key=lambda u: u[1])
-            veths.append(Veth(ns, HOST_IF, sw_ns[sw], f"p{port[sw]}", bw, lat, (h, sw)))
+            # one emulated NIC per host, to the switch it reaches fastest; several
+            # rails to that switch are emulated as one link of their summed rate
+            sw, (bw, lat) = max(ups.items(), key=lambda kv: kv[1][0])
+            veths.append(Veth(ns, HOST_IF, sw_ns[sw], f"p{port[sw]}", bw, lat, (anchor, sw)))
             port[sw] += 1
 
     # switch fabric: a maximum-bandwidth spanning tree of the switch-to-switch edges

@@ -12,14 +12,28 @@ import networkx as nx
 from parsim.errors import ParsimError, closest, require
 
 
+# Ranks on one host talk over the namespace's loopback, which is not shaped;
+# nominal figures (gloo over loopback TCP on this class of machine), not fitted.
+LOOPBACK_BPS = 2e9
+LOOPBACK_LATENCY_S = 20e-6
+
+
 def _add_host(g, name, switch, bandwidth_Bps, latency_s, devices):
-    g.add_node(name, kind="host")
-    g.add_edge(name, switch, bandwidth=float(bandwidth_Bps), latency=float(latency_s))
+    index = sum(1 for n in g if g.nodes[n].get("kind") == "host")
+    g.add_node(name, kind="host", node=index)
+    g.add_edge(name, switch, bandwidth=float(bandwidth_Bps), latency=float(latency_s), link="nic")
     for d in range(devices):
         dev = f"{name}/d{d}"
-        g.add_node(dev, kind="device")
-        # intra-host path is the namespace's loopback: not shaped; nominal 10 GB/s
-        g.add_edge(name, dev, bandwidth=10e9, latency=0.0, intra_host=True)
+        g.add_node(dev, kind="device", profile="cpu", node=index)
+        g.add_edge(name, dev, bandwidth=LOOPBACK_BPS / 2, latency=LOOPBACK_LATENCY_S / 2,
+                   link="loopback", intra_host=True)
+
+
+def as_cluster(g: nx.Graph, devices_per_host: int = 1):
+    """Wrap a preset graph as a parsim Cluster (ranks = devices in host order)."""
+    from parsim.topology import Cluster
+    devices = tuple(n for n in g if g.nodes[n].get("kind") == "device")
+    return Cluster(g.graph.get("name", "netem"), g, devices, devices_per_host, "cpu", {"emulated": True})
 
 
 def single_switch(hosts: int, bandwidth_Bps: float, latency_s: float = 0.0, devices_per_host: int = 1) -> nx.Graph:
@@ -44,7 +58,7 @@ def two_racks(hosts: int, bandwidth_Bps: float, latency_s: float = 0.0, oversubs
     for r in range(2):
         tor = f"tor{r}"
         g.add_node(tor, kind="switch")
-        g.add_edge(tor, "spine", bandwidth=per * bandwidth_Bps / oversubscription, latency=latency_s)
+        g.add_edge(tor, "spine", bandwidth=per * bandwidth_Bps / oversubscription, latency=latency_s, link="uplink")
         for i in range(per):
             _add_host(g, f"h{r * per + i}", tor, bandwidth_Bps, latency_s, devices_per_host)
     return g
@@ -60,6 +74,7 @@ def parameter_server(hosts: int, bandwidth_Bps: float, latency_s: float = 0.0, s
     for s in range(servers):
         _add_host(g, f"ps{s}", "sw0", bandwidth_Bps, latency_s, 1)
         g.nodes[f"ps{s}"]["role"] = "server"
+        g.nodes[f"ps{s}/d0"]["role"] = "server"
     for i in range(hosts):
         _add_host(g, f"h{i}", "sw0", bandwidth_Bps, latency_s, devices_per_host)
     return g
