@@ -1,0 +1,102 @@
+"""Compute time of one transformer layer (and the embedding / loss head) on one device.
+
+Every function here works on numpy arrays of plans as well as on scalars: the plan
+search evaluates whole tables of candidates at once.
+
+A layer lowers to a small compute graph (per micro-batch, per tensor-parallel rank):
+GEMMs with their shapes, the attention core, and memory-bound element-wise kernels.
+Each is priced by a roofline against the device profile, with the profile's
+efficiency curves (data) applied to the kernel's size:
+    t = max(FLOPs / (peak · eff_matmul(GFLOP)), bytes / (bandwidth · eff_mem(MB))).
+Backward GEMMs (input- and weight-gradient) cost twice the forward; flash-attention
+backward costs 2.5× its forward (Dao 2023, FlashAttention-2 §3: 5 vs 2 matmuls).
+Causal flash attention skips the masked half of the score blocks, so its time uses
+half the counted FLOPs; the FLOP *counts* (MFU/HFU) keep Megatron's full convention.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DTYPES = ("bf16", "fp16", "fp32")
+DTYPE_BYTES = np.array([2.0, 2.0, 4.0])
+
+
+def peak_flops(dev, dtype_code):
+    """Peak matrix FLOP/s per plan, from the dtype code (index into DTYPES)."""
+    table = np.array([dev.peak_flops.get(d, 0.0) for d in DTYPES])
+    return table[np.asarray(dtype_code)]
+
+
+def gemm_s(dev, peak, e, M, K, N, batch=1.0, flop_scale=1.0):
+    """Roofline time of a (batched) GEMM [M,K]x[K,N] with element size e bytes."""
+    flops = 2.0 * M * K * N * batch
+    bytes_ = e * (M * K + K * N + M * N) * batch
+    t_c = flop_scale * flops / (peak * dev.matmul_eff(flops / 1e9))
+    return np.maximum(t_c, dev.memory_time_s(bytes_))
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    """Seconds per micro-batch on one tensor-parallel rank."""
+    fwd_s: np.ndarray            # one layer forward
+    bwd_s: np.ndarray            # one layer backward (input + weight gradients)
+    wgrad_s: np.ndarray          # the weight-gradient part of bwd_s (zero-bubble schedules split it)
+    attn_core_fwd_s: np.ndarray  # what selective recompute repeats
+    embed_fwd_s: np.ndarray      # token embedding (first stage)
+    embed_bwd_s: np.ndarray
+    head_fwd_s: np.ndarray       # final norm, logits GEMM and cross-entropy (last stage)
+    head_bwd_s: np.ndarray
+
+
+def layer_times(model, dev, b, s, t, sp, flash, dtype_code) -> LayerTimes:
+    """Price one layer for micro-batch b, sequence s, tensor parallel t (arrays allowed)."""
+    b, s, t = (np.asarray(x, dtype=float) for x in (b, s, t))
+    sp, flash = np.asarray(sp, dtype=bool), np.asarray(flash, dtype=bool)
+    peak, e = peak_flops(dev, dtype_code), DTYPE_BYTES[np.asarray(dtype_code)]
+    h, f, kvd, a, d = model.hidden, model.ffn_hidden, model.kv_dim, model.heads, model.head_dim
+    T = b * s
+    g = 2.0 if model.gated else 1.0
+
+    gemm_fwd = (gemm_s(dev, peak, e, T, h, (h + 2 * kvd) / t)      # QKV
+                + gemm_s(dev, peak, e, T, h / t, h)                 # output projection
+                + gemm_s(dev, peak, e, T, h, g * f / t)             # fc1 (gate+up for SwiGLU)
+                + gemm_s(dev, peak, e, T, f / t, h))                # fc2
+    heads_per_rank = b * a / t
+    # Attention core: QK^T [s,d]x[d,s] and AV [s,s]x[s,d] per head.
+    core_flash = gemm_s(dev, peak, e, s, d, s, batch=2 * heads_per_rank, flop_scale=0.5)
+    scores_bytes = heads_per_rank * s * s
+    core_naive = (gemm_s(dev, peak, e, s, d, s, batch=heads_per_rank) + gemm_s(dev, peak, e, s, s, d, batch=heads_per_rank)
+                  + dev.memory_time_s((4 * e + 1) * scores_bytes))  # fused softmax r/w, dropout r/w + mask
+    core_fwd = np.where(flash, core_flash, core_naive)
+    core_bwd = np.where(flash, 2.5 * core_flash,
+                        2 * (core_naive - dev.memory_time_s((4 * e + 1) * scores_bytes))
+                        + dev.memory_time_s((3 * e + 1) * scores_bytes))
+    # Element-wise kernels: two norms, two residual adds (+dropout for GPT-style), the activation.
+    hr = np.where(sp, h / t, h)
+    drop = 0.0 if model.gated else 1.0
+    ew_fwd_bytes = T * (e * hr * (2 + 2 + 3 + 3) + drop * 2 * hr + e * (f / t) * (g + 1))
+    ew_fwd = dev.memory_time_s(ew_fwd_bytes)
+    ew_bwd = dev.memory_time_s(2 * ew_fwd_bytes)
+
+    fwd = gemm_fwd + core_fwd + ew_fwd
+    wgrad = gemm_fwd
+    bwd = 2 * gemm_fwd + core_bwd + ew_bwd
+
+    embed_fwd = dev.memory_time_s(2 * e * T * h)
+    embed_bwd = dev.memory_time_s(3 * e * T * h)
+    V = model.vocab
+    logits = gemm_s(dev, peak, e, T, h, V / t)
+    xent = dev.memory_time_s(4.0 * T * V / t * 3)   # fp32 softmax: read logits, exp-sum, write probs
+    head_fwd = logits + xent + dev.memory_time_s(4 * e * T * h)
+    head_bwd = 2 * logits + dev.memory_time_s(4.0 * T * V / t * 2)
+    return LayerTimes(fwd, bwd, wgrad, core_fwd, embed_fwd, embed_bwd, head_fwd, head_bwd)
+
+
+def optimizer_s(dev, params_per_rank, dtype_code):
+    """Adam step, memory-bound: reads fp32 master, m, v and the gradient, writes master, m, v
+    and the 16-bit copy: 4+4+4+e + 4+4+4+e bytes per parameter (e = 0 extra copy in fp32)."""
+    e = DTYPE_BYTES[np.asarray(dtype_code)]
+    per_param = np.where(e == 4.0, 28.0, 24.0 + 2 * e)
+    return dev.memory_time_s(per_param * np.asarray(params_per_rank, dtype=float))

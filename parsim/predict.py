@@ -1,0 +1,271 @@
+"""Plan -> StepReport: the analytical step model.
+
+``price(model, cluster, cols)`` is the one implementation. It takes a table of plans
+(a dict of equal-length numpy arrays, see ``plan_columns``) and returns a dict of
+arrays; ``predict`` prices a single Plan through it and ``search`` whole tables, so the
+number a user sees for one plan is the number the search ranked.
+
+A step on the slowest pipeline stage (Narayanan et al. 2021, §2.2 and §3):
+    makespan = m·T_max + bubble,   bubble = (p−1)·T_avg         GPipe / 1F1B
+                                           (p−1)/v·T_avg        interleaved 1F1B
+                                           (p−1)·max(0, F+B−2W) per V-chunk, ZB-V (Qi et al. 2024)
+    step     = makespan + exposed data-parallel sync + optimizer
+where T is one micro-batch's forward+backward on a stage (compute, recompute, tensor-
+parallel collectives, pipeline send/recv), m = global_batch/(micro_batch·dp).
+The discrete-event simulator (parsim.simulate) plays the same schedules exactly.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from parsim.costs import compute as C
+from parsim.costs import memory as M
+from parsim.costs.network import collective_coeffs
+from parsim.errors import ParsimError
+from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, validate
+
+GiB = 2 ** 30
+BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "pp_comm", "bubble", "dp_comm_exposed", "optimizer")
+MEMORY_KEYS = ("weights", "grads", "optimizer", "activations", "buffers")
+
+
+@dataclass
+class StepReport:
+    step_time_s: float
+    tokens_per_s: float
+    samples_per_s: float
+    model_tflops_per_gpu: float
+    hardware_tflops_per_gpu: float
+    mfu: float
+    hfu: float
+    memory_GiB: float
+    memory_breakdown_GiB: dict
+    fits: bool
+    breakdown_s: dict
+    fits_reason: str = ""
+    plan: dict = field(default_factory=dict)
+    model: str = ""
+    cluster: str = ""
+    device: str = ""
+    gpus: int = 0
+    source: str = "predicted"
+    notes: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_columns(plans, model) -> dict:
+    """A table of plans (list of Plan) as the dict of arrays `price` takes."""
+    def col(f, dtype=np.int64):
+        return np.array([f(p) for p in plans], dtype=dtype)
+    return {
+        "dp": col(lambda p: p.dp), "tp": col(lambda p: p.tp), "pp": col(lambda p: p.pp),
+        "vpp": col(lambda p: p.vpp), "mb": col(lambda p: p.micro_batch), "gb": col(lambda p: p.global_batch),
+        "seq": col(lambda p: p.seq_len or model.seq_len), "dtype": col(lambda p: DTYPES.index(p.dtype)),
+        "schedule": col(lambda p: SCHEDULES.index(p.schedule)), "grad_sync": col(lambda p: GRAD_SYNC.index(p.grad_sync)),
+        "zero": col(lambda p: p.zero), "recompute": col(lambda p: RECOMPUTE.index(p.recompute)),
+        "sp": col(lambda p: p.sequence_parallel, bool), "overlap": col(lambda p: p.overlap, bool),
+        "flash": col(lambda p: p.flash_attention, bool),
+    }
+
+
+class _Groups:
+    """Communication coefficients per distinct process-group shape, cached per cluster."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    @functools.lru_cache(maxsize=None)
+    def coeffs(self, kind: str, op: str, algo: str, tp: int, pp: int, dp: int):
+        size = {"tp": tp, "pp": pp, "dp": dp}[kind]
+        if size <= 1:
+            return 0.0, 0.0
+        if kind == "tp":
+            ranks = tuple(range(tp))
+        elif kind == "pp":          # neighbouring stages: ranks 0 and tp
+            ranks = (0, tp)
+        else:
+            ranks = tuple(i * tp * pp for i in range(dp))
+        return collective_coeffs(self.cluster, op, algo, ranks)
+
+    def vec(self, kind, op, tp, pp, dp, nbytes, algo_codes=None):
+        """alpha + beta·nbytes per plan, looking coefficients up once per unique group shape.
+
+        algo_codes index GRAD_SYNC (the data-parallel algorithm); None means the library's own."""
+        tp = np.asarray(tp)
+        pp, dp = np.broadcast_to(pp, tp.shape), np.broadcast_to(dp, tp.shape)
+        algos = np.broadcast_to(-1 if algo_codes is None else algo_codes, tp.shape)
+        keys = np.stack([algos, tp, pp, dp], axis=-1).reshape(-1, 4)
+        uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+        ab = np.array([self.coeffs(kind, op, "native" if a < 0 else GRAD_SYNC[a], int(t), int(p), int(d))
+                       for a, t, p, d in uniq])
+        inv = inv.reshape(tp.shape)
+        return ab[inv, 0] + ab[inv, 1] * nbytes
+
+
+_GROUP_CACHE: dict = {}
+
+
+def _groups(cluster) -> _Groups:
+    g = _GROUP_CACHE.get(id(cluster))
+    if g is None or g.cluster is not cluster:
+        g = _GROUP_CACHE[id(cluster)] = _Groups(cluster)
+    return g
+
+
+def price(model, cluster, cols: dict) -> dict:
+    """Price a table of plans. Returns arrays: step_time_s, breakdown (7 keys), memory (5 keys), flops."""
+    dev = cluster.device
+    G = _groups(cluster)
+    dp, tp, pp, vpp = (np.asarray(cols[k], dtype=np.int64) for k in ("dp", "tp", "pp", "vpp"))
+    mb, gb, seq = (np.asarray(cols[k], dtype=float) for k in ("mb", "gb", "seq"))
+    dt, sched, gs = cols["dtype"], cols["schedule"], cols["grad_sync"]
+    zero, rc, sp, overlap, flash = cols["zero"], cols["recompute"], cols["sp"], cols["overlap"], cols["flash"]
+    e = C.DTYPE_BYTES[dt]
+    h = model.hidden
+    t = tp.astype(float)
+    L = model.layers / pp                                  # layers per pipeline rank
+    m = gb / (mb * dp)                                     # micro-batches per step
+    lt = C.layer_times(model, dev, mb, seq, t, sp, flash, dt)
+
+    # Tensor-parallel collectives per layer per micro-batch: 2 all-reduces forward, 2 backward
+    # (Shoeybi et al. 2019, Fig. 4); with sequence parallelism each becomes an all-gather plus a
+    # reduce-scatter of the same total size (Korthikanti et al. 2022, §4.2.2).
+    act = mb * seq * h * e
+    ar = G.vec("tp", "allreduce", tp, 1, 1, act)
+    ag = G.vec("tp", "all_gather", tp, 1, 1, act)
+    rs = G.vec("tp", "reduce_scatter", tp, 1, 1, act)
+    tp_layer = np.where(sp, ag + rs, ar) * 2               # per layer, per direction
+    tp_embed = ar                                          # vocab-parallel embedding all-reduce (forward)
+
+    # Pipeline send/recv per micro-batch and chunk boundary; with tp>1 each rank sends 1/t
+    # and the receiver all-gathers over tp (scatter/gather, Narayanan et al. 2021 §4.1).
+    p2p = G.vec("pp", "sendrecv", tp, pp, 1, act / t) + np.where((tp > 1) & ~sp, ag, 0.0)
+    p2p = np.where(pp > 1, p2p, 0.0)
+
+    rec = np.select([rc == 2, rc == 1], [lt.fwd_s + tp_layer, lt.attn_core_fwd_s], default=0.0)
+    body_c = L * (lt.fwd_s + lt.bwd_s)
+    body_tp = L * 2 * tp_layer
+    body_rec = L * rec
+    pp_c = 2 * vpp * p2p
+    first_c = body_c + lt.embed_fwd_s + lt.embed_bwd_s
+    last_c = body_c + lt.head_fwd_s + lt.head_bwd_s
+    single = pp == 1
+    first_c = np.where(single, first_c + lt.head_fwd_s + lt.head_bwd_s, first_c)
+    first_tp = body_tp + tp_embed
+    T_first = first_c + first_tp + body_rec + pp_c
+    T_last = last_c + body_tp + body_rec + pp_c
+    T_mid = body_c + body_tp + body_rec + pp_c
+    T_last = np.where(single, T_first, T_last)
+    T_max = np.maximum(np.maximum(T_first, T_last), np.where(pp > 2, T_mid, 0.0))
+    T_avg = np.where(single, T_first, (T_first + T_last + np.maximum(pp - 2, 0) * T_mid) / pp)
+    Tf_avg = L * (lt.fwd_s + tp_layer)
+    W_avg = L * lt.wgrad_s
+    Tb_avg = T_avg - Tf_avg
+    bubble = np.select(
+        [sched == 2, sched == 3],
+        [(pp - 1) / vpp * T_avg, (pp - 1) * np.maximum(0.0, Tf_avg + Tb_avg - 3 * W_avg) / 2],
+        default=(pp - 1) * T_avg)
+    makespan = m * T_max + bubble
+
+    # Parameters per rank on the first and the last stage (the two that differ).
+    P_layer = model.params_per_layer
+    tied_copy = model.tied_embeddings & (pp > 1)
+    P_first = (L * P_layer + model.embedding_params + np.where(single, model.head_params, 0)) / t
+    P_last = np.where(single, P_first, (L * P_layer + model.head_params + np.where(tied_copy, model.vocab * h, 0)) / t)
+    P_rank = np.maximum(P_first, P_last)
+
+    # Data-parallel gradient sync of the largest stage, by the plan's algorithm.
+    grad_bytes = P_rank * e
+    t_ar = G.vec("dp", "allreduce", tp, pp, dp, grad_bytes, gs)
+    t_rs = G.vec("dp", "reduce_scatter", tp, pp, dp, grad_bytes, gs)
+    t_ag = G.vec("dp", "all_gather", tp, pp, dp, grad_bytes, gs)
+    t_sync = np.where(zero >= 1, t_rs + t_ag, t_ar)
+    bwd_last_mb = np.minimum(T_first, T_last) - np.minimum(Tf_avg, T_max)
+    window = np.where(overlap, np.maximum(bwd_last_mb, 0.0), 0.0)
+    dp_exposed = np.maximum(t_sync - window, 0.0)
+    # ZeRO-3 gathers the weights again in every micro-batch's forward and backward (prefetched
+    # under compute; only the excess is exposed).
+    z3_per_mb = 2 * t_ag + t_rs
+    dp_exposed = dp_exposed + np.where(zero >= 3, m * np.maximum(z3_per_mb - T_avg, 0.0) + t_ag, 0.0)
+    dp_exposed = np.where(dp > 1, dp_exposed, 0.0)
+
+    opt = C.optimizer_s(dev, P_rank / np.where(zero >= 1, dp, 1), dt)
+    step = makespan + dp_exposed + opt
+
+    # Breakdown on the bottleneck stage.
+    is_first = T_first >= T_last
+    stage_c = np.where(is_first, first_c, last_c)
+    stage_tp = np.where(is_first, first_tp, body_tp)
+    breakdown = {
+        "compute": m * stage_c, "recompute": m * body_rec, "tp_comm": m * stage_tp, "pp_comm": m * pp_c,
+        "bubble": bubble, "dp_comm_exposed": dp_exposed, "optimizer": opt,
+    }
+
+    # Memory on the worst of the first and last stage.
+    a_layer = M.activation_bytes_per_layer(model, mb, seq, t, sp, rc, flash, dt)
+    a_work = np.where(rc == 2, M.activation_bytes_per_layer(model, mb, seq, t, sp, 0, flash, dt), 0.0)
+    inflight = M.inflight_microbatches(sched, pp, vpp, m)
+    logits = 4.0 * mb * seq * model.vocab / t * 2             # fp32 logits and their gradient
+    act_first = L * a_layer * inflight + a_work + np.where(single, logits, 0.0)
+    act_last = L * a_layer * np.where(single, inflight, 1.0) + a_work + logits
+    weights, grads, optim = M.model_state_bytes(P_rank, dp, zero, dt)
+    buffers = (M.DDP_BUCKET_BYTES * (dp > 1) + np.where(zero >= 3, 2 * P_layer / t * e, 0.0)
+               + np.where(pp > 1, 2 * act / t, 0.0))
+    activations = np.maximum(act_first, act_last)
+    total = weights + grads + optim + activations + buffers
+
+    fl = model.layer_fwd_flops  # works on arrays of seq
+    per_seq_model = model.layers * 3 * fl(seq) + 3 * model.logits_fwd_flops(seq)
+    extra = np.select([rc == 2, rc == 1], [fl(seq), 4.0 * seq * seq * h], default=0.0)
+    return {
+        "step_time_s": step, "makespan_s": makespan, "microbatches": m,
+        "breakdown": breakdown,
+        "memory": {"weights": weights, "grads": grads, "optimizer": optim, "activations": activations, "buffers": buffers},
+        "memory_bytes": total, "memory_capacity_bytes": dev.memory_bytes,
+        "model_flops": gb * per_seq_model, "hardware_flops": gb * (per_seq_model + model.layers * extra),
+        "peak_flops": C.peak_flops(dev, dt),
+    }
+
+
+def _scalar(x):
+    return float(np.asarray(x).ravel()[0])
+
+
+def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
+    """Price one plan. `model` and `cluster` may be names/paths or loaded objects."""
+    from parsim.model import load_model
+    from parsim.topology import load_cluster
+    model = load_model(model)
+    cluster = load_cluster(cluster, gpus or plan.gpus)
+    validate(plan, model, gpus or plan.gpus)
+    if plan.gpus > cluster.num_devices:
+        raise ParsimError(f"plan needs {plan.gpus} devices but cluster {cluster.name} has {cluster.num_devices}")
+    r = price(model, cluster, plan_columns([plan], model))
+    step = _scalar(r["step_time_s"])
+    gpus_ = plan.gpus
+    seq = plan.seq_len or model.seq_len
+    mem = {k: _scalar(v) / GiB for k, v in r["memory"].items()}
+    total = _scalar(r["memory_bytes"])
+    cap = cluster.device.memory_bytes
+    fits = total <= cap
+    reason = "" if fits else (f"needs {total / GiB:.1f} GiB per device but a {cluster.device.name} has {cap / GiB:.1f} GiB")
+    mf, hf, pk = _scalar(r["model_flops"]), _scalar(r["hardware_flops"]), _scalar(r["peak_flops"])
+    notes = [f"memory: worst of first and last pipeline stage; activations per Korthikanti et al. 2022"]
+    return StepReport(
+        step_time_s=step,
+        tokens_per_s=plan.global_batch * seq / step,
+        samples_per_s=plan.global_batch / step,
+        model_tflops_per_gpu=mf / step / gpus_ / 1e12,
+        hardware_tflops_per_gpu=hf / step / gpus_ / 1e12,
+        mfu=mf / step / gpus_ / pk, hfu=hf / step / gpus_ / pk,
+        memory_GiB=total / GiB, memory_breakdown_GiB=mem, fits=fits, fits_reason=reason,
+        breakdown_s={k: _scalar(v) for k, v in r["breakdown"].items()},
+        plan=plan.to_dict(), model=model.name, cluster=cluster.name, device=cluster.device.name,
+        gpus=gpus_, notes=notes,
+    )
