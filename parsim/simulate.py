@@ -79,7 +79,8 @@ class SimResult:
         s = self.schedule
         return {"schedule": s.name, "pp": s.pp, "microbatches": s.microbatches, "vpp": s.vpp,
                 "makespan_s": self.makespan_s, "bubble_fraction": self.bubble_fraction,
-                "bubble_fraction_closed_form": float(bubble_fraction_closed_form(s.pp, s.microbatches, s.vpp)),
+                "bubble_fraction_closed_form": (None if s.split_backward else
+                                                float(bubble_fraction_closed_form(s.pp, s.microbatches, s.vpp))),
                 "busy_s": self.busy_s.tolist(), "idle_s": self.idle_s.tolist(),
                 "idle_fraction": self.idle_fraction.tolist(),
                 "peak_inflight_per_stage": self.peak_inflight.tolist(),

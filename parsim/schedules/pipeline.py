@@ -161,7 +161,7 @@ def canonical_name(name: str) -> str:
         key = key[len("schedule"):]
     if key not in SCHEDULE_ALIASES:
         raise ParsimError(f"unknown pipeline schedule {name!r}: expected one of "
-                          f"{', '.join(SCHEDULES)}{closest(key, SCHEDULE_ALIASES)}")
+                          f"{', '.join(SCHEDULES)}{closest(key, SCHEDULES) or closest(key, SCHEDULE_ALIASES)}")
     return SCHEDULE_ALIASES[key]
 
 

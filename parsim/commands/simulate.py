@@ -1,0 +1,101 @@
+"""`parsim simulate`: play a pipeline schedule in the discrete-event simulator."""
+from __future__ import annotations
+
+import json
+
+from parsim.errors import ParsimError, require
+from parsim.schedules.pipeline import SCHEDULES, build_schedule
+from parsim.simulate import bubble_fraction_closed_form, pipeline_step
+from parsim.units import fmt_time
+
+
+def add_arguments(p):
+    p.add_argument("--pp", type=int, required=True, help="pipeline ranks")
+    p.add_argument("--micro-batches", "-m", type=int, required=True, dest="microbatches",
+                   help="micro-batches per step")
+    p.add_argument("--schedule", default="1f1b", help=f"one of {', '.join(SCHEDULES)} (default 1f1b)")
+    p.add_argument("--vpp", type=int, default=None,
+                   help="stages per rank (interleaved: default 2; zbv: 2; others: 1)")
+    p.add_argument("--stage-times", metavar="F,B[,W][/F,B[,W]...]",
+                   help="milliseconds per micro-batch: forward, backward and optional weight-grad. One triple "
+                        "is every rank's share; pp triples (separated by /) are per rank; pp*vpp are per "
+                        "virtual stage. B excludes W: fused backwards take B+W, zbv runs B and W apart "
+                        "(without W it splits B in half). Default 1,2")
+    p.add_argument("--model", help="model preset: derive stage times from the cost model")
+    p.add_argument("--cluster", help="cluster preset (with --model)")
+    p.add_argument("--p2p-ms", type=float, default=0.0, help="send/recv time between ranks, ms (default 0)")
+    p.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace (Perfetto, chrome://tracing)")
+    p.add_argument("--gantt", metavar="OUT.png", help="write a Gantt chart")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def parse_stage_times(text: str) -> tuple[list[float], list[float], list[float] | None]:
+    """'1,2' -> ([1e-3], [2e-3], None); '1,2,1/1.5,3,1' -> per-rank lists, in seconds."""
+    groups = [g for g in str(text).replace(" ", "").split("/") if g]
+    require(bool(groups), f"--stage-times {text!r} is empty: expected F,B[,W] milliseconds, e.g. 1,2")
+    triples = []
+    for g in groups:
+        try:
+            vals = [float(x) for x in g.split(",")]
+        except ValueError:
+            raise ParsimError(f"--stage-times group {g!r} is not numbers: expected F,B[,W] milliseconds, e.g. 1,2,1")
+        require(len(vals) in (2, 3), f"--stage-times group {g!r} has {len(vals)} values: expected F,B or F,B,W")
+        require(all(v >= 0 for v in vals), f"--stage-times group {g!r} has a negative time")
+        triples.append(vals)
+    n_w = sum(len(t) == 3 for t in triples)
+    require(n_w in (0, len(triples)), f"--stage-times {text!r}: give W for every group or for none")
+    tf, tb = [t[0] * 1e-3 for t in triples], [t[1] * 1e-3 for t in triples]
+    return tf, tb, ([t[2] * 1e-3 for t in triples] if n_w else None)
+
+
+def _model_stage_times(args, schedule):
+    """Per-rank forward/backward seconds from the lead's cost model (parsim.predict)."""
+    raise ParsimError("--model/--cluster is not available yet in parsim simulate (needs parsim.predict's "
+                      "per-stage compute times); use --stage-times F,B[,W] milliseconds")
+
+
+def run(args) -> int:
+    sched = build_schedule(args.schedule, args.pp, args.microbatches, args.vpp)
+    require(args.p2p_ms >= 0, f"--p2p-ms must be >= 0, got {args.p2p_ms}")
+    if args.model or args.cluster:
+        require(bool(args.model and args.cluster), "--model and --cluster go together")
+        require(not args.stage_times, "give either --stage-times or --model/--cluster, not both")
+        tf, tb, tw = _model_stage_times(args, sched)
+    else:
+        tf, tb, tw = parse_stage_times(args.stage_times or "1,2")
+    n = len(tf)
+    require(n in (1, sched.pp, sched.num_stages),
+            f"--stage-times has {n} groups: expected 1, pp={sched.pp} or pp*vpp={sched.num_stages}")
+    res = pipeline_step(sched, sched.pp, sched.microbatches, sched.vpp, tf, tb, tw, p2p_s=args.p2p_ms * 1e-3)
+    if args.trace:
+        from parsim.report_pipeline import write_chrome_trace
+        write_chrome_trace(res, args.trace)
+    if args.gantt:
+        from parsim.report_pipeline import write_gantt
+        write_gantt(res, args.gantt)
+    if args.format == "json":
+        print(json.dumps(res.to_dict(), indent=2))
+    else:
+        _table(res)
+    return 0
+
+
+def _table(res) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = res.schedule
+    cf = float(bubble_fraction_closed_form(s.pp, s.microbatches, s.vpp))
+    t = Table(title=f"{s.name}  pp={s.pp}  m={s.microbatches}  vpp={s.vpp}", title_justify="left")
+    for col in ("rank", "stages", "busy", "idle", "idle/makespan", "peak in-flight mb"):
+        t.add_column(col, justify="right")
+    per_stage = res.peak_inflight.tolist()
+    for r in range(s.pp):
+        stages = [int(x) for x in (s.stage_to_rank == r).nonzero()[0]]
+        t.add_row(str(r), ",".join(map(str, stages)), fmt_time(res.busy_s[r]), fmt_time(res.idle_s[r]),
+                  f"{res.idle_fraction[r]:.1%}", "+".join(str(per_stage[x]) for x in stages))
+    con = Console()
+    con.print(t)
+    con.print(f"makespan {fmt_time(res.makespan_s)};  bubble (idle/busy, Narayanan 2021) "
+              f"{res.bubble_fraction:.2%}  vs closed form (p-1)/(v·m) = {cf:.2%} "
+              f"(uniform stages, free p2p{'; zbv is not covered by it' if s.name == 'zbv' else ''})")

@@ -1,0 +1,179 @@
+"""Discrete-event pipeline simulator: closed forms, hand-derived timelines, outputs, CLI."""
+import json
+
+import numpy as np
+import pytest
+
+from parsim.cli import main
+from parsim.errors import ParsimError
+from parsim.schedules.pipeline import _with_dependencies, build_schedule
+from parsim.simulate import (bubble_fraction_closed_form, makespan_closed_form, pipeline_step, simulate,
+                             stage_durations)
+
+# dyadic times: every sum the simulator forms is exact in binary floating point, so `==` is fair
+TIMES = [(1.0, 2.0), (0.75, 1.5), (1.25, 0.5)]
+
+
+@pytest.mark.parametrize("name", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("p,m", [(1, 1), (2, 2), (4, 8), (4, 5), (8, 64), (3, 17)])
+@pytest.mark.parametrize("tf,tb", TIMES)
+def test_makespan_closed_form_exact(name, p, m, tf, tb):
+    # uniform stages, free p2p: makespan = (m + p - 1)(tf + tb) (Narayanan et al. 2021 §2.2)
+    r = pipeline_step(name, p, m, None, tf, tb)
+    assert r.makespan_s == (m + p - 1) * (tf + tb) == float(makespan_closed_form(p, m, tf, tb))
+    # bubble over ideal compute, every rank alike: (p-1)/m
+    assert np.all(r.idle_s / r.busy_s == (p - 1) / m)
+    assert r.bubble_fraction == (p - 1) / m == float(bubble_fraction_closed_form(p, m))
+
+
+@pytest.mark.parametrize("p,m,v", [(2, 4, 2), (4, 8, 2), (4, 8, 4), (4, 16, 2), (8, 16, 4), (4, 4, 2), (8, 64, 2)])
+@pytest.mark.parametrize("tf,tb", TIMES[:2])
+def test_interleaved_bubble_closed_form_exact(p, m, v, tf, tb):
+    # Measured: idle_s[0] / busy_s[0], rank 0's idle time (makespan minus its compute) over its compute
+    # m*(tf+tb); the closed form (p-1)/(v*m) (Narayanan et al. 2021 §2.2) for m a multiple of p, each
+    # virtual stage taking tf/v and tb/v. Makespan = (m + (p-1)/v)(tf+tb).
+    r = pipeline_step("interleaved", p, m, v, tf, tb)
+    assert r.busy_s[0] == m * (tf + tb)
+    assert r.idle_s[0] / r.busy_s[0] == (p - 1) / (v * m) == float(bubble_fraction_closed_form(p, m, v))
+    assert r.bubble_fraction == (p - 1) / (v * m)
+    assert r.makespan_s == (m + (p - 1) / v) * (tf + tb) == float(makespan_closed_form(p, m, tf, tb, v))
+
+
+def test_closed_forms_vectorise():
+    p, m, v = np.array([2, 4, 8]), np.array([8, 8, 64]), np.array([1, 2, 4])
+    assert bubble_fraction_closed_form(p, m, v).tolist() == [1 / 8, 3 / 16, 7 / 256]
+    assert makespan_closed_form(p, m, 1.0, 2.0, v).tolist() == [27.0, 28.5, 3 * (64 + 7 / 4)]
+
+
+def test_1f1b_with_p2p_by_hand():
+    # p=2, m=3, tf=1, tb=2, p2p=0.5. Orders: rank 0 F0 F1 B0 F2 B1 B2; rank 1 F0 B0 F1 B1 F2 B2.
+    # r0 F0 [0,1] F1 [1,2] | r1 F0 [1.5,2.5] B0 [2.5,4.5] | r0 B0 [4.5+.5=5,7] | r1 F1 [4.5,5.5] (input at 2.5)
+    # r1 B1 [5.5,7.5] | r0 F2 [7,8] | r1 F2 [8.5,9.5] B2 [9.5,11.5] | r0 B1 [8,10] (grad at 8) B2 [12,14]
+    r = pipeline_step("1f1b", 2, 3, None, 1.0, 2.0, p2p_s=0.5)
+    ev = {(e.rank, e.kind, e.microbatch): (e.start_s, e.end_s) for e in r.events()}
+    assert ev[(0, "B", 0)] == (5.0, 7.0) and ev[(1, "F", 1)] == (4.5, 5.5) and ev[(0, "B", 1)] == (8.0, 10.0)
+    assert r.makespan_s == 14.0
+    assert r.busy_s.tolist() == [9.0, 9.0] and r.idle_s.tolist() == [5.0, 5.0]   # 3 x (1+2) busy each
+    assert r.bubble_fraction == 10 / 18
+
+
+def test_gpipe_uneven_stages_by_hand():
+    # p=3, m=4, forward [1,1,2], backward [2,2,4] (a slow last stage), free p2p. Fill-drain: the forward
+    # phase ends when the slow stage has run all m: sum(f) + (m-1)*max(f) = 4 + 3*2 = 10; the backward
+    # phase adds sum(b) + (m-1)*max(b) = 8 + 3*4 = 20 -> 30. The closed form (m+p-1)(tf+tb) with the mean
+    # stage would say 6*(4/3 + 8/3) = 24: uneven stages are what the simulator is for.
+    r = pipeline_step("gpipe", 3, 4, None, [1.0, 1.0, 2.0], [2.0, 2.0, 4.0])
+    assert r.makespan_s == 30.0
+    assert r.busy_s.tolist() == [12.0, 12.0, 24.0]
+
+
+def test_zbv_equal_times():
+    # ZB-V (Qi et al. 2023 §6) with T_F = T_B = T_W = T per virtual stage (p=4, m=8, rank share F=1,
+    # B+W=2 -> T = 0.5): rank r's first op waits for r forwards (r*T); every rank idles (p-1)*T = 1.5
+    # in total, against 1F1B's (p-1)*(3 ranks-share) = 9 and interleaved v=2's 4.5 on the same work.
+    p, m, T = 4, 8, 0.5
+    z = pipeline_step("zbv", p, m, 2, 1.0, 2.0)
+    assert z.busy_s.tolist() == [2 * m * 3 * T] * p
+    first_start = z.start_s[z.schedule.rank_offsets[:-1]]
+    assert first_start.tolist() == [r * T for r in range(p)]
+    assert z.idle_s.tolist() == [(p - 1) * T] * p
+    assert pipeline_step("1f1b", p, m, None, 1.0, 2.0).idle_s[0] == 9.0
+    assert pipeline_step("interleaved", p, m, 2, 1.0, 2.0).idle_s[0] == 4.5
+
+
+def test_peak_inflight_from_simulation():
+    p, m = 4, 16
+    assert pipeline_step("1f1b", p, m, None, 1.0, 2.0).peak_inflight[0] == p
+    assert pipeline_step("gpipe", p, m, None, 1.0, 2.0).peak_inflight[0] == m
+    assert pipeline_step("1f1b", p, m, None, 1.0, 2.0).peak_inflight_per_rank.tolist() == [4, 3, 2, 1]
+
+
+def test_p2p_price_callable():
+    calls = []
+
+    def price(src, dst, nbytes):
+        calls.append((src, dst, nbytes))
+        return 0.5 if dst > src else 0.25        # forward sends cost more than gradient sends
+
+    r = pipeline_step("1f1b", 2, 3, None, 1.0, 2.0, p2p_s=price, p2p_bytes=4096)
+    assert sorted(calls) == [(0, 1, 4096), (1, 0, 4096)]   # priced once per rank pair
+    const = pipeline_step("1f1b", 2, 3, None, 1.0, 2.0, p2p_s=0.5)
+    # gradients now arrive 0.25 earlier on rank 0: B0 starts 4.75 instead of 5 (see the by-hand test)
+    ev = {(e.rank, e.kind, e.microbatch): e.start_s for e in r.events()}
+    assert ev[(0, "B", 0)] == 4.75 and r.makespan_s < const.makespan_s
+
+
+def test_split_backward_durations():
+    s = build_schedule("zbv", 2, 4)
+    d = stage_durations(s, 1.0, 2.0)               # rank share -> per virtual stage: F .5, B 1 split in .5 + .5
+    assert d.tolist() == [[0.5, 0.5, 0.5]] * 4
+    d = stage_durations(s, 1.0, 2.0, 1.0)          # W given: B runs 2/2 = 1, W 1/2 = .5
+    assert d.tolist() == [[0.5, 1.0, 0.5]] * 4
+    fused = stage_durations(build_schedule("1f1b", 2, 4), 1.0, 2.0, 1.0)
+    assert fused.tolist() == [[1.0, 3.0, 0.0]] * 2  # fused backward = B + W
+
+
+def test_bad_inputs():
+    s = build_schedule("1f1b", 2, 4)
+    with pytest.raises(ParsimError, match="expected 1, pp=2"):
+        stage_durations(s, [1.0, 1.0, 1.0], 2.0)
+    with pytest.raises(ParsimError, match=">= 0"):
+        stage_durations(s, -1.0, 2.0)
+    with pytest.raises(ParsimError, match="p2p"):
+        simulate(s, stage_durations(s, 1.0, 2.0), p2p_s=-1.0)
+
+
+def test_deadlock_detected():
+    # rank 0 runs B0 before F1, but B0 needs rank 1's B0, which runs after rank 1's F1, which needs F1 of rank 0
+    kind = np.array([0, 1, 0, 1, 0, 0, 1, 1], dtype=np.int8)
+    mb = np.array([0, 0, 1, 1, 0, 1, 0, 1], dtype=np.int32)
+    stage = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=np.int32)
+    bad = _with_dependencies("bad", 2, 2, 1, False, np.arange(2), np.array([0, 4, 8]), kind, mb, stage)
+    with pytest.raises(ParsimError, match="deadlock"):
+        simulate(bad, np.ones((2, 3)))
+
+
+def test_chrome_trace_and_gantt(tmp_path):
+    from parsim.report_pipeline import chrome_trace, write_chrome_trace, write_gantt
+    r = pipeline_step("zbv", 2, 4, 2, 1e-3, 2e-3, p2p_s=1e-4)
+    tr = json.loads(write_chrome_trace(r, tmp_path / "t.json").read_text())
+    ops = [e for e in tr["traceEvents"] if e["ph"] == "X"]
+    assert len(ops) == r.schedule.n_ops
+    assert {e["name"][0] for e in ops} == {"F", "B", "W"}
+    f3 = next(e for e in ops if e["name"] == "F3" and e["args"]["stage"] == 3)
+    assert f3["tid"] == 0 and f3["args"]["microbatch"] == 3          # stage 3 of a V on 2 ranks is rank 0
+    assert max(e["ts"] + e["dur"] for e in ops) == pytest.approx(r.makespan_s * 1e6)
+    assert {e["args"]["name"] for e in tr["traceEvents"] if e["name"] == "thread_name"} == {"rank 0", "rank 1"}
+    assert chrome_trace(r)["otherData"]["makespan_s"] == r.makespan_s
+    png = write_gantt(r, tmp_path / "g.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_cli_json(capsys):
+    rc = main(["simulate", "--pp", "4", "--micro-batches", "8", "--schedule", "1f1b",
+               "--stage-times", "1,2", "--format", "json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["makespan_s"] == pytest.approx(0.033)   # (8+4-1)*(1+2) ms
+    assert out["bubble_fraction"] == pytest.approx(3 / 8) and out["peak_inflight_per_stage"] == [4, 3, 2, 1]
+
+
+def test_cli_per_rank_times_trace_gantt_and_table(tmp_path, capsys):
+    trace, gantt = tmp_path / "t.json", tmp_path / "g.png"
+    rc = main(["simulate", "--pp", "2", "-m", "4", "--schedule", "interleaved", "--vpp", "2",
+               "--stage-times", "1,2,0.5/2,2,1", "--p2p-ms", "0.1", "--trace", str(trace), "--gantt", str(gantt)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "makespan" in out and "rank" in out
+    assert trace.exists() and gantt.exists()
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--pp", "4", "-m", "8", "--schedule", "1f1bb"], "did you mean 1f1b"),
+    (["--pp", "0", "-m", "8"], "pp=0"),
+    (["--pp", "4", "-m", "9", "--schedule", "interleaved"], "multiple of the number of rounds"),
+    (["--pp", "4", "-m", "8", "--stage-times", "1,2/1,2/1,2"], "3 groups"),
+    (["--pp", "4", "-m", "8", "--stage-times", "1,x"], "not numbers"),
+])
+def test_cli_errors(argv, fragment, capsys):
+    assert main(["simulate", *argv]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1
