@@ -27,7 +27,7 @@ import numpy as np
 
 from parsim.errors import ParsimError, require
 from parsim.schedules.pipeline import (B, F, KIND_NAMES, W, PipelineSchedule, build_schedule,
-                                       peak_inflight)
+                                       peak_inflight, peak_inflight_per_rank)
 
 P2P = float | Callable[[int, int, float], float]
 
@@ -65,9 +65,9 @@ class SimResult:
 
     @property
     def peak_inflight_per_rank(self) -> np.ndarray:
-        """Upper bound on micro-batches a rank holds activations for: sum of its stages' peaks."""
-        return np.bincount(self.schedule.stage_to_rank, weights=self.peak_inflight,
-                           minlength=self.schedule.pp).astype(np.int64)
+        """Peak (micro-batch, virtual stage) activation sets a rank holds at once (see
+        ``peak_inflight_per_rank`` in parsim.schedules.pipeline); divide by vpp for whole-stage units."""
+        return peak_inflight_per_rank(self.schedule)
 
     def events(self) -> list[Event]:
         """The timeline, rank by rank, each rank's ops in order."""

@@ -252,3 +252,16 @@ def peak_inflight(schedule: PipelineSchedule) -> np.ndarray:
         base = cum[lo - 1] if lo > 0 else 0
         peaks[s] = (cum[lo:hi] - base).max(initial=0)
     return peaks
+
+
+def peak_inflight_per_rank(schedule: PipelineSchedule) -> np.ndarray:
+    """Peak number of (micro-batch, stage) activation sets a rank holds at once, per rank.
+
+    Same rule as ``peak_inflight``, summed over the rank's stages at each point of its order; in
+    units of one virtual stage (1/vpp of the rank's layers). For interleaved 1F1B with m a multiple
+    of p, rank 0 peaks at p·v + p - 1 = v·p·(1 + (p-1)/(p·v)) chunks, Korthikanti et al. 2022 §4.2.3.
+    """
+    release = W if schedule.split_backward else B
+    delta = np.where(schedule.kind == F, 1, np.where(schedule.kind == release, -1, 0))
+    off = schedule.rank_offsets
+    return np.array([np.cumsum(delta[off[r]:off[r + 1]]).max(initial=0) for r in range(schedule.pp)])

@@ -86,6 +86,11 @@ def test_peak_inflight_from_simulation():
     assert pipeline_step("1f1b", p, m, None, 1.0, 2.0).peak_inflight[0] == p
     assert pipeline_step("gpipe", p, m, None, 1.0, 2.0).peak_inflight[0] == m
     assert pipeline_step("1f1b", p, m, None, 1.0, 2.0).peak_inflight_per_rank.tolist() == [4, 3, 2, 1]
+    # interleaved: rank 0 peaks at p·v + p - 1 virtual-stage activation sets = p(1 + (p-1)/(p·v)) whole
+    # stages (Korthikanti et al. 2022 §4.2.3): p=4, v=2 -> 11 chunks = 5.5 stages
+    assert pipeline_step("interleaved", p, m, 2, 1.0, 2.0).peak_inflight_per_rank[0] == 11
+    # ZB-V keeps 1F1B's peak on every rank: p whole stages = 2p chunks (Qi et al. 2023 §6)
+    assert pipeline_step("zbv", p, m, 2, 1.0, 2.0).peak_inflight_per_rank.tolist() == [2 * p] * p
 
 
 def test_p2p_price_callable():
