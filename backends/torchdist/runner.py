@@ -1,0 +1,382 @@
+"""One rank's training loop and its measurements; rank 0 turns them into a StepReport.
+
+Entry point of every rank, whoever launched it: ``python -m backends.torchdist.runner
+CONFIG.json`` (our launcher), or ``parsim run ...`` under ``torchrun`` / one process per
+network namespace. The rank reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT from the environment (GLOO_SOCKET_IFNAME is honoured by gloo itself).
+
+Timing, per step and per rank: total (barrier, then the whole step), forward, backward
+(stage chunks, timed around each call), recompute (forward re-runs inside backward, by
+hooks), tp comm (DTensor's collectives, each waited on at once), pipeline idle (pipeline
+step minus its forward and backward = pp comm + bubble; pp comm is the measured one-way
+p2p time of one activation times the activations and gradients this rank sends, the
+rest is bubble), exposed dp sync (gradient sync after backward, not overlapped),
+optimizer. Each phase is the max over ranks; warm-up steps are dropped; the report gives
+the median and the [min, max] spread of the timed steps.
+
+Memory: GPU — peak allocated per rank (torch.cuda.max_memory_allocated). CPU — the
+rank's peak resident set (getrusage ru_maxrss) minus its resident set just before the
+model was built: the high-water mark of what training added, allocator slack included.
+
+Reliability: init_process_group has a timeout; a watchdog thread ends the rank (exit 3)
+after ``watchdog_s`` without progress, naming the phase; any exception is written to
+``<status_dir>/rank<r>.err`` (one line) before the rank exits non-zero.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import statistics
+import sys
+import threading
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+PHASES = ("forward", "backward", "recompute", "tp_comm", "pipeline", "dp_sync", "optimizer", "total")
+
+
+def write_atomic(path, text: str):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Watchdog(threading.Thread):
+    """Ends this rank when no phase has started for `limit_s` seconds."""
+
+    def __init__(self, rank: int, limit_s: float, on_fire):
+        super().__init__(daemon=True)
+        self.rank, self.limit_s, self.on_fire = rank, limit_s, on_fire
+        self.phase, self.last = "start-up", time.monotonic()
+        self._halt = threading.Event()
+
+    def beat(self, phase: str):
+        self.phase, self.last = phase, time.monotonic()
+
+    def stop(self):
+        self._halt.set()
+
+    def run(self):
+        while not self._halt.wait(min(1.0, self.limit_s / 4)):
+            idle = time.monotonic() - self.last
+            if idle > self.limit_s:
+                self.on_fire(f"rank {self.rank}: no progress for {idle:.0f} s (watchdog {self.limit_s:.0f} s) "
+                             f"in phase {self.phase}")
+                os._exit(3)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _maybe_fault(cfg, rank, step, phase):
+    """Fault injection for the reliability tests: PARSIM_FAULT='rank:step:kill|hang|raise'."""
+    spec = cfg.get("fault") or os.environ.get("PARSIM_FAULT")
+    if not spec:
+        return
+    r, s, kind = spec.split(":")
+    if int(r) != rank or int(s) != step or phase != "forward":
+        return
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "hang":
+        while True:
+            time.sleep(3600)
+    raise RuntimeError(f"injected fault at step {step}")
+
+
+def worker_main(cfg: dict) -> int:
+    """Run one rank. Returns 0; rank 0 also writes cfg['out'] (the report) when given."""
+    rank = int(os.environ["RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    status_dir = cfg.get("status_dir")
+
+    def report_error(msg):
+        if status_dir:
+            write_atomic(Path(status_dir) / f"rank{rank}.err", msg.strip().splitlines()[0][:500] + "\n")
+        print(f"[rank {rank}] {msg}", file=sys.stderr, flush=True)
+
+    dog = Watchdog(rank, float(cfg.get("watchdog_s", 120)), report_error)
+    dog.start()
+    try:
+        return _train(cfg, rank, world, local_rank, dog)
+    except BaseException as e:   # noqa: BLE001 — every failure becomes one line for the launcher
+        if isinstance(e, SystemExit) and not e.code:
+            raise
+        cause = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        report_error(f"rank {rank} failed in phase {dog.phase}: {cause}")
+        if os.environ.get("PARSIM_DEBUG"):
+            traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)   # do not wait for collectives in process-group teardown
+    finally:
+        dog.stop()
+
+
+def _train(cfg, rank, world, local_rank, dog) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from backends.torchdist import parallel as par
+    from backends.torchdist.model import synthetic_batch
+    from parsim.model import load_model
+    from parsim.plan import Plan
+
+    spec = load_model(cfg["model"]) if isinstance(cfg["model"], str) else load_model_dict(cfg["model"])
+    plan = Plan(**cfg["plan"])
+    backend = cfg.get("backend", "gloo")
+    seq = plan.seq_len or spec.seq_len
+    steps, warmup = int(cfg.get("steps", 10)), int(cfg.get("warmup", 3))
+    if backend == "nccl":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        sync = torch.cuda.synchronize
+    else:
+        device, sync = torch.device("cpu"), None
+        torch.set_num_threads(max(1, int(cfg.get("threads_per_rank", 1))))
+    dog.beat("init_process_group")
+    dist.init_process_group(backend, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=float(cfg.get("timeout_s", 60))),
+                            **({"device_id": device} if backend == "nccl" else {}))
+    assert world == plan.gpus, f"world size {world} != plan's {plan.gpus} ranks"
+    clock = par.PhaseClock(sync=sync)
+    rss0 = _rss_bytes()
+    dog.beat("build")
+    rm = par.build_rank(spec, plan, rank, device, clock, seed=int(cfg.get("seed", 0)))
+    dp_i = rank // (plan.tp * plan.pp)
+    local_batch = plan.global_batch // plan.dp
+    gpu = device.type == "cuda"
+    amp = gpu and plan.dtype in ("bf16", "fp16")
+    amp_dtype = torch.bfloat16 if plan.dtype == "bf16" else torch.float16
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp)
+
+    t_p2p = _p2p_time(rm, plan, spec, seq, device, sync, amp) if plan.pp > 1 else 0.0
+    sends = _cross_rank_sends(rm, plan)
+    records, losses = [], []
+    trace_dir = cfg.get("trace_dir")
+    prof = None
+    for step in range(steps):
+        dog.beat(f"step {step} barrier")
+        dist.barrier()
+        if trace_dir and step == steps - 1 and step >= warmup:
+            from torch.profiler import ProfilerActivity, profile
+            prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else []))
+            prof.__enter__()
+        clock.reset()
+        tokens, targets = synthetic_batch(spec, plan.global_batch, seq, step, int(cfg.get("seed", 0)), device)
+        tokens = tokens[dp_i * local_batch:(dp_i + 1) * local_batch]
+        targets = targets[dp_i * local_batch:(dp_i + 1) * local_batch]
+        rm.optimizer.zero_grad(set_to_none=True)
+        t0 = clock.now()
+        dog.beat(f"step {step} forward")
+        _maybe_fault(cfg, rank, step, "forward")
+        loss = par.forward_backward(rm, plan, tokens, targets, clock, autocast)
+        dog.beat(f"step {step} dp gradient sync ({plan.grad_sync})")
+        t1 = clock.now()
+        with torch.no_grad():
+            par.sync_grads(rm, plan, local_size=cfg.get("local_size"))
+        t2 = clock.now()
+        if step == 0 and cfg.get("dump_dir"):
+            dog.beat("dump gradients")
+            _dump(cfg["dump_dir"], rank, rm, loss)
+        dog.beat(f"step {step} optimizer")
+        rm.optimizer.step()
+        t3 = clock.now()
+        if prof is not None:
+            prof.__exit__(None, None, None)
+            Path(trace_dir).mkdir(parents=True, exist_ok=True)
+            prof.export_chrome_trace(str(Path(trace_dir) / f"rank{rank}.json"))
+            prof = None
+        rec = {k: clock.t.get(k, 0.0) for k in ("forward", "backward", "recompute", "tp_comm",
+                                               "tp_comm_in_recompute", "pipeline")}
+        rec.update(dp_sync=t2 - t1, optimizer=t3 - t2, total=t3 - t0)
+        records.append(rec)
+        if loss is not None:
+            losses.append(loss)
+    dog.beat("report")
+    mem = torch.cuda.max_memory_allocated(device) if gpu else \
+        max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0)
+    mine = {"rank": rank, "records": records, "losses": losses, "memory_bytes": mem,
+            "state_bytes": par.state_bytes(rm), "t_p2p_s": t_p2p, "sends": sends, "notes": rm.notes}
+    gathered = [None] * world
+    dist.all_gather_object(gathered, mine)
+    if rank == 0:
+        report = build_report(spec, plan, gathered, cfg, gpu, warmup)
+        if cfg.get("out"):
+            write_atomic(cfg["out"], json.dumps(report, indent=1))
+    dog.beat("teardown")
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+def load_model_dict(d):
+    from parsim.model import ModelSpec
+    return ModelSpec(**d)
+
+
+def _p2p_time(rm, plan, spec, seq, device, sync, amp) -> float:
+    """One-way time of one activation (micro_batch x seq/tp_sp x hidden) between pp neighbours:
+    median of 5 ping-pongs / 2 on pp ranks 0 and 1, shared with the whole pp group."""
+    import torch
+    import torch.distributed as dist
+    s_local = seq // plan.tp if plan.sequence_parallel else seq
+    x = torch.zeros(plan.micro_batch, s_local, spec.hidden, device=device,
+                    dtype=torch.float32)
+    pp = list(rm.ranks["pp"])
+    me = pp.index(dist.get_rank())
+    times = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        if me == 0:
+            dist.send(x, pp[1], group=rm.groups["pp"])
+            dist.recv(x, pp[1], group=rm.groups["pp"])
+        elif me == 1:
+            dist.recv(x, pp[0], group=rm.groups["pp"])
+            dist.send(x, pp[0], group=rm.groups["pp"])
+        if sync:
+            sync()
+        times.append((time.perf_counter() - t0) / 2)
+    t = torch.tensor([statistics.median(times[1:]) if me == 0 else 0.0], dtype=torch.float64, device=device)
+    dist.broadcast(t, pp[0], group=rm.groups["pp"])
+    return float(t.item())
+
+
+def _cross_rank_sends(rm, plan) -> int:
+    """Activations and gradients this rank sends to another pp rank per step."""
+    if plan.pp == 1:
+        return 0
+    from backends.torchdist.parallel import stage_to_rank
+    s2r = stage_to_rank(plan, plan.microbatches)
+    n = 0
+    for s in rm.stage_ids:
+        if s + 1 < rm.num_stages and s2r[s + 1] != s2r[s]:
+            n += plan.microbatches          # activations forward
+        if s > 0 and s2r[s - 1] != s2r[s]:
+            n += plan.microbatches          # input gradients backward
+    return n
+
+
+def _dump(dump_dir, rank, rm, loss):
+    """Full (gathered) gradients by parameter name and the loss, for the equality tests."""
+    import torch
+    grads = {}
+    for mod in rm.stages:
+        for name, p in mod.named_parameters():
+            g = p.grad
+            if g is not None and hasattr(g, "full_tensor"):
+                g = g.full_tensor()
+            grads[name] = None if g is None else g.detach().cpu().clone()
+    Path(dump_dir).mkdir(parents=True, exist_ok=True)
+    tmp = Path(dump_dir) / f".rank{rank}.pt.tmp"
+    torch.save({"grads": grads, "loss": loss}, tmp)
+    os.replace(tmp, Path(dump_dir) / f"rank{rank}.pt")
+
+
+# ---------------------------------------------------------------- the report
+
+def _per_rank_phases(r, rec, plan):
+    """This rank's StepReport breakdown for one step (seconds)."""
+    fwd_bwd = rec["forward"] + rec["backward"]
+    tp_in_rc = rec.get("tp_comm_in_recompute", 0.0)
+    recompute = max(0.0, rec["recompute"] - tp_in_rc)
+    compute = max(0.0, fwd_bwd - rec["tp_comm"] - recompute)
+    idle = max(0.0, rec["pipeline"] - fwd_bwd) if plan.pp > 1 else 0.0
+    pp_comm = min(idle, r["t_p2p_s"] * r["sends"])
+    return {"compute": compute, "recompute": recompute, "tp_comm": rec["tp_comm"], "pp_comm": pp_comm,
+            "bubble": idle - pp_comm, "dp_comm_exposed": rec["dp_sync"], "optimizer": rec["optimizer"],
+            "forward": rec["forward"], "backward": rec["backward"], "total": rec["total"]}
+
+
+def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int) -> dict:
+    """Measured StepReport: every phase the max over ranks per step, then the median over the
+    timed steps (warm-up dropped), with [min, max] spread."""
+    from parsim.hardware import get_device
+    steps = len(gathered[0]["records"])
+    timed = list(range(min(warmup, steps - 1), steps))
+    per_step = []
+    for s in timed:
+        ph = [_per_rank_phases(r, r["records"][s], plan) for r in gathered]
+        per_step.append({k: max(p[k] for p in ph) for k in ph[0]})
+    med = {k: statistics.median(d[k] for d in per_step) for k in per_step[0]}
+    spread = {k: [min(d[k] for d in per_step), max(d[k] for d in per_step)] for k in per_step[0]}
+    seq = plan.seq_len or spec.seq_len
+    t = med["total"]
+    world = plan.gpus
+    model_flops = spec.step_flops(plan.global_batch, "none", seq)
+    hw_flops = spec.step_flops(plan.global_batch, plan.recompute, seq)
+    dtype_run = plan.dtype if gpu else "fp32"
+    profile = cfg.get("device_profile") or ("cpu" if not gpu else None)
+    peak = None
+    if profile:
+        try:
+            peak = get_device(profile).matmul_flops(dtype_run)
+        except Exception:   # unknown profile or dtype: no MFU rather than a wrong one
+            peak = None
+    mem = max(r["memory_bytes"] for r in gathered)
+    top = max(gathered, key=lambda r: r["memory_bytes"])
+    sb = top["state_bytes"]
+    GiB = 2 ** 30
+    acts = max(0, mem - sb["weights"] - sb["grads"] - sb["optimizer"])
+    losses = next((r["losses"] for r in gathered if r["losses"]), [])
+    notes = sorted({n for r in gathered for n in r["notes"]})
+    if plan.dp > 1 and plan.zero < 2:
+        notes.append("dp gradient sync runs after backward (no overlap): dp_comm_exposed is all of it")
+    return {
+        "step_time_s": t,
+        "tokens_per_s": plan.global_batch * seq / t,
+        "samples_per_s": plan.global_batch / t,
+        "model_tflops_per_gpu": model_flops / t / world / 1e12,
+        "hardware_tflops_per_gpu": hw_flops / t / world / 1e12,
+        "mfu": (model_flops / t / world / peak) if peak else None,
+        "hfu": (hw_flops / t / world / peak) if peak else None,
+        "memory_GiB": mem / GiB,
+        "memory_breakdown_GiB": {"weights": sb["weights"] / GiB, "grads": sb["grads"] / GiB,
+                                 "optimizer": sb["optimizer"] / GiB, "activations": acts / GiB, "buffers": 0.0},
+        "fits": True,
+        "breakdown_s": {k: med[k] for k in ("compute", "recompute", "tp_comm", "pp_comm", "bubble",
+                                            "dp_comm_exposed", "optimizer")},
+        "measured": {
+            "backend": cfg.get("backend", "gloo"), "device": "cuda" if gpu else "cpu", "dtype_run": dtype_run,
+            "device_profile": profile, "ranks": world, "steps": steps, "warmup_dropped": timed[0],
+            "phases_s": {k: med[k] for k in ("forward", "backward", "total")},
+            "spread_s": spread,
+            "step_times_s": [d["total"] for d in per_step],
+            "memory_per_rank_GiB": [r["memory_bytes"] / GiB for r in sorted(gathered, key=lambda r: r["rank"])],
+            "memory_source": ("torch.cuda.max_memory_allocated per rank" if gpu else
+                              "CPU: peak RSS (getrusage ru_maxrss) minus RSS before the model was built, per rank; "
+                              "activations = that minus weights, grads and optimizer state (allocator slack included); "
+                              "buffers not separated"),
+            "pp_comm_source": "one-way p2p time of one activation (ping-pong/2) x sends per rank; bubble = the rest "
+                              "of the pipeline's idle time",
+            "tp_comm_source": "DTensor functional collectives, each waited on at once and timed",
+            "t_p2p_s": gathered[0]["t_p2p_s"],
+            "loss": losses,
+            "notes": notes,
+            "plan": plan.to_dict(),
+            "model": spec.name,
+        },
+    }
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = json.loads(Path(argv[0]).read_text())
+    return worker_main(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""`parsim run`: run a plan for real with torch.distributed, measure it, put it beside the prediction.
+
+Local: spawns --nproc ranks (gloo on CPU, nccl on GPUs). Under torchrun, or one process per
+network namespace with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set, this same command is one
+rank (nothing is spawned; rank 0 prints the report). torch is imported only inside run().
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from parsim.errors import ParsimError
+
+
+def add_arguments(p):
+    p.add_argument("--model", default="gpt-tiny", help="preset name or ModelSpec/config.json file (default gpt-tiny)")
+    p.add_argument("--nproc", type=int, help="local ranks to spawn (default dp*tp*pp)")
+    p.add_argument("--dp", type=int, help="data-parallel size (default nproc/(tp*pp))")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--vpp", type=int, help="virtual stages per pp rank (default: 2 for interleaved/zbv, else 1)")
+    p.add_argument("--micro-batch", type=int, default=1)
+    p.add_argument("--global-batch", type=int, help="default micro-batch*dp*pp")
+    p.add_argument("--seq-len", type=int, help="default: the model's")
+    p.add_argument("--schedule", default="1f1b", help="gpipe | 1f1b | interleaved | zbv")
+    p.add_argument("--grad-sync", default="native", help="ring | tree | hd | hierarchical | ps | native")
+    p.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3))
+    p.add_argument("--recompute", default="none", help="none | selective | full")
+    p.add_argument("--sequence-parallel", action="store_true")
+    p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default bf16 on GPU; CPU runs fp32)")
+    p.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3, help="steps dropped before the median (default 3)")
+    p.add_argument("--format", default="table", choices=("table", "json"))
+    p.add_argument("--out", help="write the result (measured, predicted, errors) as JSON here")
+    p.add_argument("--trace", metavar="DIR", help="torch.profiler Chrome trace of the last step, one file per rank")
+    p.add_argument("--cluster", help="cluster preset for the prediction (default cpu-local, or dgx-<gpu> with nccl)")
+    p.add_argument("--local-size", type=int, help="ranks per node for --grad-sync hierarchical (default: all)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per rank on CPU (default 1)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds for the whole run before every rank is killed")
+    p.add_argument("--watchdog", type=float, default=60.0,
+                   help="seconds a rank may go without progress before it aborts (default 60)")
+    p.add_argument("--seed", type=int, default=0)
+    b = p.add_argument_group("collective micro-benchmark (backends/torchdist/bench.py)")
+    b.add_argument("--bench", metavar="OP", help="run one collective micro-benchmark (e.g. allreduce) instead of training")
+    b.add_argument("--algo", default="ring", help="algorithm(s) for --bench, comma-separated")
+    b.add_argument("--size", default="16MiB", help="message size(s) for --bench (e.g. 16MiB or 1KiB:64MiB)")
+    b.add_argument("--repeats", type=int, default=5, help="timed repetitions per point for --bench")
+
+
+def _torchrun_env() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def make_plan(args, world: int | None = None):
+    """(ModelSpec, Plan, nproc) from the flags; every user mistake is a ParsimError."""
+    from parsim.model import load_model
+    from parsim.plan import Plan
+    model = load_model(args.model)
+    tp, pp = args.tp, args.pp
+    for k in ("tp", "pp"):
+        if getattr(args, k) is None or getattr(args, k) < 1:
+            raise ParsimError(f"--{k} = {getattr(args, k)}: expected a positive integer")
+    nproc = world or args.nproc
+    dp = args.dp
+    if dp is None:
+        if nproc is None:
+            dp = 1
+        elif nproc % (tp * pp):
+            raise ParsimError(f"nproc ({nproc}) is not divisible by tp*pp = {tp}*{pp} = {tp * pp}")
+        else:
+            dp = nproc // (tp * pp)
+    if nproc is None:
+        nproc = dp * tp * pp
+    schedule = args.schedule
+    vpp = args.vpp or (2 if schedule in ("interleaved", "zbv") and pp > 1 else 1)
+    micro = args.micro_batch
+    gb = args.global_batch or micro * dp * max(pp, 1) * (1 if vpp == 1 else 1)
+    dtype = args.dtype or ("bf16" if args.backend == "nccl" else "fp32")
+    plan = Plan(dp=dp, tp=tp, pp=pp, vpp=vpp, micro_batch=micro, global_batch=gb, seq_len=args.seq_len,
+                dtype=dtype, schedule=schedule, grad_sync=args.grad_sync, zero=args.zero, recompute=args.recompute,
+                sequence_parallel=args.sequence_parallel, overlap=False, flash_attention=True)
+    return model, plan, nproc
+
+
+def check_hardware(backend: str, nproc: int):
+    """Ranks against what this machine has, before anything is spawned."""
+    cores = os.cpu_count() or 1
+    if backend == "nccl":
+        import torch
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ParsimError("backend nccl needs CUDA GPUs, but torch sees none "
+                              f"(torch {torch.__version__}, cuda available = {torch.cuda.is_available()}); use --backend gloo")
+        if nproc > n:
+            raise ParsimError(f"nproc ({nproc}) > GPUs on this machine ({n}): nccl runs one rank per GPU")
+    else:
+        limit = max(4, 2 * cores)
+        if nproc > limit:
+            raise ParsimError(f"nproc ({nproc}) > {limit} CPU ranks allowed here (2 x {cores} cores, at least 4): "
+                              "gloo ranks on one host beyond that only measure oversubscription")
+
+
+def _device_profile(backend: str) -> tuple[str, str]:
+    """(device profile, cluster preset) for the prediction."""
+    if backend != "nccl":
+        return "cpu", "cpu-local"
+    import torch
+    name = torch.cuda.get_device_name(0).lower()
+    for key, prof, cl in (("h200", "h200", "dgx-h200"), ("h100", "h100-sxm", "dgx-h100"), ("a100", "a100-80gb", "dgx-a100"),
+                          ("b200", "b200", "dgx-h200")):
+        if key in name:
+            return prof, cl
+    return None, "dgx-h100"
+
+
+def predicted_report(model, plan, cluster_name: str, gpus: int):
+    """The lead's prediction as a dict, or (None, reason) while parsim.predict is not there."""
+    try:
+        from parsim.predict import predict
+    except ImportError as e:
+        return None, f"no prediction: parsim.predict not importable ({e})"
+    from parsim.topology import load_cluster
+    try:
+        cluster = load_cluster(cluster_name, gpus)
+        rep = predict(model, cluster, plan)
+    except ParsimError as e:
+        return None, f"no prediction: {e}"
+    return as_dict(rep), f"predicted by parsim.predict on cluster {cluster_name}"
+
+
+def as_dict(rep):
+    if rep is None or isinstance(rep, dict):
+        return rep
+    for m in ("to_dict", "as_dict"):
+        if hasattr(rep, m):
+            return getattr(rep, m)()
+    from dataclasses import asdict, is_dataclass
+    if is_dataclass(rep):
+        return asdict(rep)
+    return dict(rep)
+
+
+def compare(measured: dict, predicted: dict | None) -> list[tuple]:
+    """Rows (key, measured, predicted, relative error = (measured - predicted) / predicted)."""
+    rows = []
+    keys = ["step_time_s", "tokens_per_s", "samples_per_s", "model_tflops_per_gpu", "mfu", "memory_GiB"]
+    keys += [f"breakdown_s.{k}" for k in measured["breakdown_s"]]
+    keys += [f"memory_breakdown_GiB.{k}" for k in measured["memory_breakdown_GiB"]]
+    for k in keys:
+        def get(d):
+            if d is None:
+                return None
+            v = d
+            for part in k.split("."):
+                v = v.get(part) if isinstance(v, dict) else None
+            return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        m, p = get(measured), get(predicted)
+        err = (m - p) / p if (m is not None and p not in (None, 0)) else None
+        rows.append((k, m, p, err))
+    return rows
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    if abs(v) >= 1e4 or (abs(v) < 1e-3 and v != 0):
+        return f"{v:.3e}"
+    return f"{v:.4g}"
+
+
+def render_table(result: dict) -> str:
+    m = result["measured"]
+    meta = m["measured"]
+    lines = [f"parsim run: {meta['model']}  {result['plan_label']}  backend {meta['backend']} ({meta['device']}, "
+             f"{meta['dtype_run']})  {meta['ranks']} ranks, {meta['steps']} steps, median of "
+             f"{meta['steps'] - meta['warmup_dropped']} after {meta['warmup_dropped']} warm-up",
+             f"{'':34}{'measured':>12}{'predicted':>12}{'rel.err':>9}"]
+    for k, mv, pv, err in result["rows"]:
+        lines.append(f"{k:34}{_fmt(mv):>12}{_fmt(pv):>12}{(f'{err:+.0%}' if err is not None else '-'):>9}")
+    sp = meta["spread_s"]["total"]
+    lines.append(f"step time spread [min, max]: [{sp[0]:.4g}, {sp[1]:.4g}] s; loss {meta['loss'][0]:.4f} -> "
+                 f"{meta['loss'][-1]:.4f}" if meta["loss"] else f"step time spread: {sp}")
+    lines.append(f"memory: {meta['memory_source']}")
+    lines.append(result["prediction_source"])
+    for n in meta["notes"]:
+        lines.append(f"note: {n}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    if args.bench:
+        from backends.torchdist import bench   # written by the netem issue; imported only here
+        return int(bench.main(args) or 0)
+    torchrun = _torchrun_env()
+    world = int(os.environ["WORLD_SIZE"]) if torchrun else None
+    model, plan, nproc = make_plan(args, world)
+    if args.steps < 1 or args.warmup < 0:
+        raise ParsimError(f"--steps {args.steps} / --warmup {args.warmup}: expected steps >= 1 and warmup >= 0")
+    from backends.torchdist.parallel import check_plan
+    check_plan(model, plan, nproc)
+    if not torchrun:
+        check_hardware(args.backend, nproc)
+    profile, cluster = _device_profile(args.backend) if not torchrun or args.backend != "nccl" else (None, "dgx-h100")
+    cfg = {"model": model.to_dict(), "plan": plan.to_dict(), "backend": args.backend, "steps": args.steps,
+           "warmup": min(args.warmup, args.steps - 1), "trace_dir": os.path.abspath(args.trace) if args.trace else None,
+           "local_size": args.local_size, "threads_per_rank": args.threads, "timeout_s": min(args.timeout, 600),
+           "watchdog_s": args.watchdog, "seed": args.seed, "device_profile": profile}
+    if torchrun:
+        from backends.torchdist.runner import worker_main
+        import tempfile
+        out = tempfile.mktemp(prefix="parsim-run-", suffix=".json")
+        cfg["out"] = out
+        worker_main(cfg)
+        if int(os.environ["RANK"]) != 0:
+            return 0
+        measured = json.loads(open(out).read())
+        os.unlink(out)
+    else:
+        from backends.torchdist.launch import launch
+        measured = launch(cfg, nproc, timeout_s=args.timeout)
+    predicted, source = predicted_report(model, plan, args.cluster or cluster, nproc)
+    result = {"plan_label": plan.label(), "measured": measured, "predicted": predicted,
+              "prediction_source": source, "rows": compare(measured, predicted)}
+    result["relative_error"] = {k: e for k, _, _, e in result["rows"]}
+    if args.out:
+        from backends.torchdist.runner import write_atomic
+        write_atomic(args.out, json.dumps(result, indent=1, default=str))
+    if args.format == "json":
+        json.dump(result, sys.stdout, indent=1, default=str)
+        print()
+    else:
+        print(render_table(result))
+    return 0
