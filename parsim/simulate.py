@@ -222,3 +222,31 @@ def pipeline_step(schedule: str | PipelineSchedule, pp: int, microbatches: int, 
     """
     sched = schedule if isinstance(schedule, PipelineSchedule) else build_schedule(schedule, pp, microbatches, vpp)
     return simulate(sched, stage_durations(sched, t_fwd_s, t_bwd_s, t_w_s), p2p_s, p2p_bytes)
+
+
+
+def priced_rank_times(priced: dict, i: int, pp: int) -> tuple[list[float], list[float], list[float]]:
+    """Per-rank (forward, backward without weight-grad, weight-grad) seconds of plan ``i`` of a table
+    priced by ``parsim.predict.price``.
+
+    ``priced["stage_s"]`` holds, per plan, a micro-batch's times on the first, middle and last
+    pipeline rank (``fwd_first``, ``bwd_mid``, ..., and ``w``); the first rank carries the
+    embedding, the last the loss head. predict charges send/recv on the ranks, so they are included.
+    """
+    st = priced["stage_s"]
+
+    def at(key):
+        return float(np.asarray(st[key], dtype=float).ravel()[i])
+
+    def per_rank(kind):
+        if pp == 1:
+            return [at(f"{kind}_first")]
+        return [at(f"{kind}_first")] + [at(f"{kind}_mid")] * (pp - 2) + [at(f"{kind}_last")]
+
+    return per_rank("fwd"), per_rank("bwd"), [at("w")] * pp
+
+
+def simulate_priced(priced: dict, i: int, schedule: str, pp: int, vpp: int, microbatches: int) -> SimResult:
+    """Play plan ``i`` of a priced table (see ``priced_rank_times``); no extra p2p latency."""
+    tf, tb, tw = priced_rank_times(priced, i, pp)
+    return pipeline_step(schedule, pp, microbatches, vpp, tf, tb, tw)

@@ -22,8 +22,14 @@ def add_arguments(p):
                         "virtual stage. B excludes W: fused backwards take B+W, zbv runs B and W apart "
                         "(without W it splits B in half). Default 1,2")
     p.add_argument("--model", help="model preset: derive stage times from the cost model")
-    p.add_argument("--cluster", help="cluster preset (with --model)")
-    p.add_argument("--p2p-ms", type=float, default=0.0, help="send/recv time between ranks, ms (default 0)")
+    p.add_argument("--cluster", help="cluster preset (with --model); transfers are then priced on it")
+    p.add_argument("--tp", type=int, default=1, help="tensor parallel (with --model; default 1)")
+    p.add_argument("--micro-batch-size", type=int, default=1, help="sequences per micro-batch (with --model)")
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length (with --model; default the model's)")
+    p.add_argument("--recompute", default="none", help="none|selective|full (with --model)")
+    p.add_argument("--sequence-parallel", action="store_true", help="with --model and tp > 1")
+    p.add_argument("--p2p-ms", type=float, default=0.0,
+                   help="send/recv latency between ranks, ms, on top of the stage times (default 0)")
     p.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace (Perfetto, chrome://tracing)")
     p.add_argument("--gantt", metavar="OUT.png", help="write a Gantt chart")
     p.add_argument("--format", choices=("table", "json"), default="table")
@@ -48,10 +54,25 @@ def parse_stage_times(text: str) -> tuple[list[float], list[float], list[float] 
     return tf, tb, ([t[2] * 1e-3 for t in triples] if n_w else None)
 
 
-def _model_stage_times(args, schedule):
-    """Per-rank forward/backward seconds from the lead's cost model (parsim.predict)."""
-    raise ParsimError("--model/--cluster is not available yet in parsim simulate (needs parsim.predict's "
-                      "per-stage compute times); use --stage-times F,B[,W] milliseconds")
+def _model_stage_times(args, sched):
+    """Per-rank forward/backward/weight-grad seconds from the cost model (parsim.predict.price)."""
+    from parsim.model import load_model
+    from parsim.plan import Plan, validate
+    from parsim.predict import plan_columns, price
+    from parsim.simulate import priced_rank_times
+    from parsim.topology import load_cluster
+
+    model = load_model(args.model)
+    mbs = args.micro_batch_size
+    plan = Plan(tp=args.tp, pp=sched.pp, vpp=sched.vpp, micro_batch=mbs, global_batch=mbs * sched.microbatches,
+                seq_len=args.seq_len, schedule=sched.name, recompute=args.recompute,
+                sequence_parallel=args.sequence_parallel)
+    validate(plan, model, plan.gpus)
+    priced = price(model, load_cluster(args.cluster, plan.gpus), plan_columns([plan], model))
+    if "stage_s" not in priced:
+        raise ParsimError("--model/--cluster is not available yet in parsim simulate (parsim.predict.price does "
+                          "not return per-stage times); use --stage-times F,B[,W] milliseconds")
+    return priced_rank_times(priced, 0, sched.pp)
 
 
 def run(args) -> int:
