@@ -3,6 +3,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from parsim.cli import main
 from parsim.errors import ParsimError
@@ -182,3 +184,36 @@ def test_cli_errors(argv, fragment, capsys):
     assert main(["simulate", *argv]) == 2
     err = capsys.readouterr().err
     assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+# dyadic times so sums are exact; GPipe is a flow shop of m identical jobs twice over (forward, then
+# backward from the last stage): each phase ends sum(t_s) + (p-1)*c + (m-1)*max(t_s) after it starts
+# (c the transfer time between neighbours), whatever the per-stage times.
+_dyadic = st.integers(min_value=0, max_value=64).map(lambda k: k / 16)
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=st.integers(1, 6), m=st.integers(1, 9), data=st.data(), c=_dyadic)
+def test_gpipe_flow_shop_property(p, m, data, c):
+    f = data.draw(st.lists(_dyadic, min_size=p, max_size=p))
+    b = data.draw(st.lists(_dyadic, min_size=p, max_size=p))
+    r = pipeline_step("gpipe", p, m, None, f, b, p2p_s=c)
+    phase = lambda t: sum(t) + (p - 1) * c + (m - 1) * max(t)
+    assert r.makespan_s == phase(f) + phase(b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(["1f1b", "interleaved", "zbv"]), p=st.integers(1, 5), k=st.integers(1, 3),
+       data=st.data(), c=_dyadic)
+def test_bounds_property(name, p, k, data, c):
+    # any schedule: makespan >= every rank's busy time, and >= one micro-batch's trip through all
+    # stages and back; more p2p time never shortens the step
+    m = k * p
+    v = 1 if name == "1f1b" else 2
+    tf = data.draw(st.lists(_dyadic, min_size=p, max_size=p))
+    tb = data.draw(st.lists(_dyadic, min_size=p, max_size=p))
+    r = pipeline_step(name, p, m, v, tf, tb, p2p_s=c)
+    assert r.makespan_s >= r.busy_s.max()
+    assert np.all(r.idle_s >= 0) and np.all(r.start_s >= 0)
+    assert r.makespan_s >= sum(tf) + sum(tb)
+    assert pipeline_step(name, p, m, v, tf, tb, p2p_s=c + 0.5).makespan_s >= r.makespan_s
