@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,11 @@ class DeviceProfile:
     vector_eff: Curve               # GFLOP per kernel -> fraction
     memory_eff: Curve               # MB per kernel -> fraction
     source: str = ""
+    sustained_fraction: float = 1.0  # end-to-end training GEMM rate / best-shape benchmark rate (data)
+
+    def with_sustained_fraction(self, f: float) -> "DeviceProfile":
+        return replace(self, matmul_eff=Curve(self.matmul_eff.sizes, tuple(e * f / self.sustained_fraction for e in self.matmul_eff.effs)),
+                       sustained_fraction=f)
 
     def matmul_flops(self, dtype: str) -> float:
         if dtype not in self.peak_flops:
@@ -74,7 +79,8 @@ class DeviceProfile:
 
 def _profile(name: str, d: dict) -> DeviceProfile:
     try:
-        return DeviceProfile(
+        f = float(d.get("matmul_sustained_fraction", 1.0))
+        prof = DeviceProfile(
             name=name, kind=d.get("kind", "gpu"),
             peak_flops={k: float(v) * 1e12 for k, v in d["peak_TFLOPs"].items()},
             vector_flops=float(d["vector_TFLOPs"]) * 1e12,
@@ -85,6 +91,7 @@ def _profile(name: str, d: dict) -> DeviceProfile:
             memory_eff=Curve.from_points(d["memory_efficiency"]),
             source=str(d.get("source", "")),
         )
+        return prof.with_sustained_fraction(f) if f != 1.0 else prof
     except (KeyError, TypeError, ValueError) as e:
         raise ParsimError(f"device profile {name!r} is malformed ({type(e).__name__}: {e}): expected keys "
                           "peak_TFLOPs, vector_TFLOPs, memory_GiB, memory_bandwidth_GBps, *_efficiency") from None

@@ -105,12 +105,12 @@ class ModelSpec:
 
         For GPT shapes this is 24·s·h² + 4·s²·h (Narayanan et al. 2021, Appendix).
         """
-        s = seq_len or self.seq_len
+        s = self.seq_len if seq_len is None else seq_len
         return 2.0 * s * (self.attn_matmul_params + self.mlp_matmul_params) + 4.0 * s * s * self.hidden
 
     def logits_fwd_flops(self, seq_len: int | None = None) -> float:
         """2·s·h·V for the output projection."""
-        s = seq_len or self.seq_len
+        s = self.seq_len if seq_len is None else seq_len
         return 2.0 * s * self.hidden * self.vocab
 
     def step_flops(self, sequences: float, recompute: str = "none", seq_len: int | None = None) -> float:
@@ -119,7 +119,7 @@ class ModelSpec:
         core with selective). With full recompute and GPT shapes this equals
         96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)) (Narayanan et al. 2021, eq. in §5.1).
         """
-        s = seq_len or self.seq_len
+        s = self.seq_len if seq_len is None else seq_len
         layer, logits = self.layer_fwd_flops(s), self.logits_fwd_flops(s)
         extra = {"none": 0.0, "selective": 4.0 * s * s * self.hidden, "full": layer}[recompute]
         return sequences * (self.layers * (3 * layer + extra) + 3 * logits)

@@ -80,32 +80,42 @@ class _Groups:
     def __init__(self, cluster):
         self.cluster = cluster
 
-    @functools.lru_cache(maxsize=None)
     def coeffs(self, kind: str, op: str, algo: str, tp: int, pp: int, dp: int):
-        size = {"tp": tp, "pp": pp, "dp": dp}[kind]
-        if size <= 1:
-            return 0.0, 0.0
+        """(alpha_s, s_per_byte) for the first group of `kind` under tp-innermost placement."""
         if kind == "tp":
             ranks = tuple(range(tp))
         elif kind == "pp":          # neighbouring stages: ranks 0 and tp
-            ranks = (0, tp)
+            ranks = (0, tp) if pp > 1 else (0,)
         else:
             ranks = tuple(i * tp * pp for i in range(dp))
+        return self._coeffs(op, algo, ranks)
+
+    @functools.lru_cache(maxsize=None)
+    def _coeffs(self, op, algo, ranks):
+        if len(ranks) <= 1:
+            return 0.0, 0.0
         return collective_coeffs(self.cluster, op, algo, ranks)
 
-    def vec(self, kind, op, tp, pp, dp, nbytes, algo_codes=None):
-        """alpha + beta·nbytes per plan, looking coefficients up once per unique group shape.
+    def vec(self, kind, op, shapes, nbytes, algo=None):
+        """alpha + beta·nbytes per plan; coefficients are looked up once per distinct group shape.
 
-        algo_codes index GRAD_SYNC (the data-parallel algorithm); None means the library's own."""
-        tp = np.asarray(tp)
-        pp, dp = np.broadcast_to(pp, tp.shape), np.broadcast_to(dp, tp.shape)
-        algos = np.broadcast_to(-1 if algo_codes is None else algo_codes, tp.shape)
-        keys = np.stack([algos, tp, pp, dp], axis=-1).reshape(-1, 4)
-        uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-        ab = np.array([self.coeffs(kind, op, "native" if a < 0 else GRAD_SYNC[a], int(t), int(p), int(d))
-                       for a, t, p, d in uniq])
-        inv = inv.reshape(tp.shape)
-        return ab[inv, 0] + ab[inv, 1] * nbytes
+        `shapes` is a _Shapes (distinct (algo, tp, pp, dp) rows and each plan's index into them);
+        algo=None uses the shapes' own data-parallel algorithm, otherwise the library's ("native")."""
+        ab = np.array([self.coeffs(kind, op, GRAD_SYNC[a] if algo is None else algo, t, p, d)
+                       for a, t, p, d in shapes.rows])
+        return ab[shapes.inv, 0] + ab[shapes.inv, 1] * nbytes
+
+
+class _Shapes:
+    """Distinct (grad_sync, tp, pp, dp) combinations of a plan table, found with one 1-D unique."""
+
+    def __init__(self, gs, tp, pp, dp):
+        gs, tp, pp, dp = (np.asarray(x, dtype=np.int64) for x in (gs, tp, pp, dp))
+        assert tp.max() < 2 ** 14 and pp.max() < 2 ** 14 and dp.max() < 2 ** 30
+        key = ((gs * 2 ** 14 + tp) * 2 ** 14 + pp) * 2 ** 30 + dp
+        uniq, self.inv = np.unique(key, return_inverse=True)
+        self.rows = [(int(k >> 58), int(k >> 44) & (2 ** 14 - 1), int(k >> 30) & (2 ** 14 - 1), int(k) & (2 ** 30 - 1))
+                     for k in uniq]
 
 
 _GROUP_CACHE: dict = {}
@@ -118,34 +128,47 @@ def _groups(cluster) -> _Groups:
     return g
 
 
-def price(model, cluster, cols: dict) -> dict:
-    """Price a table of plans. Returns arrays: step_time_s, breakdown (7 keys), memory (5 keys), flops."""
-    dev = cluster.device
+def price(model, cluster, cols: dict, device=None) -> dict:
+    """Price a table of plans. Returns arrays: step_time_s, breakdown (7 keys), memory (5 keys), flops.
+
+    `device` overrides the cluster's device profile (used by calibration)."""
+    dev = device or cluster.device
     G = _groups(cluster)
     dp, tp, pp, vpp = (np.asarray(cols[k], dtype=np.int64) for k in ("dp", "tp", "pp", "vpp"))
     mb, gb, seq = (np.asarray(cols[k], dtype=float) for k in ("mb", "gb", "seq"))
     dt, sched, gs = cols["dtype"], cols["schedule"], cols["grad_sync"]
-    zero, rc, sp, overlap, flash = cols["zero"], cols["recompute"], cols["sp"], cols["overlap"], cols["flash"]
+    zero, rc = np.asarray(cols["zero"]), np.asarray(cols["recompute"], dtype=np.int64)
+    sp, overlap, flash = (np.asarray(cols[k], dtype=bool) for k in ("sp", "overlap", "flash"))
+    dt = np.asarray(dt, dtype=np.int64)
     e = C.DTYPE_BYTES[dt]
     h = model.hidden
     t = tp.astype(float)
     L = model.layers / pp                                  # layers per pipeline rank
     m = gb / (mb * dp)                                     # micro-batches per step
-    lt = C.layer_times(model, dev, mb, seq, t, sp, flash, dt)
+    # Per-layer compute and activation bytes depend on few columns: evaluate them once per
+    # distinct (micro_batch, seq, tp, sp, flash, dtype, recompute) and gather.
+    ukey = ((((((mb.astype(np.int64) * 2 ** 20 + seq.astype(np.int64)) * 2 ** 14 + tp) * 2 + sp) * 2 + flash) * 4 + dt) * 4 + rc)
+    _, first, inv = np.unique(ukey, return_index=True, return_inverse=True)
+    lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first])
+    lt = C.LayerTimes(*(np.asarray(getattr(lt_u, f))[inv] for f in C.LayerTimes.__dataclass_fields__))
+    a_layer = M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], rc[first], flash[first], dt[first])[inv]
+    a_work = np.where(rc == 2, M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], 0,
+                                                            flash[first], dt[first])[inv], 0.0)
+    S = _Shapes(gs, tp, pp, dp)
 
     # Tensor-parallel collectives per layer per micro-batch: 2 all-reduces forward, 2 backward
     # (Shoeybi et al. 2019, Fig. 4); with sequence parallelism each becomes an all-gather plus a
     # reduce-scatter of the same total size (Korthikanti et al. 2022, §4.2.2).
     act = mb * seq * h * e
-    ar = G.vec("tp", "allreduce", tp, 1, 1, act)
-    ag = G.vec("tp", "all_gather", tp, 1, 1, act)
-    rs = G.vec("tp", "reduce_scatter", tp, 1, 1, act)
+    ar = G.vec("tp", "allreduce", S, act, "native")
+    ag = G.vec("tp", "all_gather", S, act, "native")
+    rs = G.vec("tp", "reduce_scatter", S, act, "native")
     tp_layer = np.where(sp, ag + rs, ar) * 2               # per layer, per direction
     tp_embed = ar                                          # vocab-parallel embedding all-reduce (forward)
 
     # Pipeline send/recv per micro-batch and chunk boundary; with tp>1 each rank sends 1/t
     # and the receiver all-gathers over tp (scatter/gather, Narayanan et al. 2021 §4.1).
-    p2p = G.vec("pp", "sendrecv", tp, pp, 1, act / t) + np.where((tp > 1) & ~sp, ag, 0.0)
+    p2p = G.vec("pp", "sendrecv", S, act / t, "native") + np.where((tp > 1) & ~sp, ag, 0.0)
     p2p = np.where(pp > 1, p2p, 0.0)
 
     rec = np.select([rc == 2, rc == 1], [lt.fwd_s + tp_layer, lt.attn_core_fwd_s], default=0.0)
@@ -182,9 +205,9 @@ def price(model, cluster, cols: dict) -> dict:
 
     # Data-parallel gradient sync of the largest stage, by the plan's algorithm.
     grad_bytes = P_rank * e
-    t_ar = G.vec("dp", "allreduce", tp, pp, dp, grad_bytes, gs)
-    t_rs = G.vec("dp", "reduce_scatter", tp, pp, dp, grad_bytes, gs)
-    t_ag = G.vec("dp", "all_gather", tp, pp, dp, grad_bytes, gs)
+    t_ar = G.vec("dp", "allreduce", S, grad_bytes)
+    t_rs = G.vec("dp", "reduce_scatter", S, grad_bytes)
+    t_ag = G.vec("dp", "all_gather", S, grad_bytes)
     t_sync = np.where(zero >= 1, t_rs + t_ag, t_ar)
     bwd_last_mb = np.minimum(T_first, T_last) - np.minimum(Tf_avg, T_max)
     window = np.where(overlap, np.maximum(bwd_last_mb, 0.0), 0.0)
@@ -208,8 +231,6 @@ def price(model, cluster, cols: dict) -> dict:
     }
 
     # Memory on the worst of the first and last stage.
-    a_layer = M.activation_bytes_per_layer(model, mb, seq, t, sp, rc, flash, dt)
-    a_work = np.where(rc == 2, M.activation_bytes_per_layer(model, mb, seq, t, sp, 0, flash, dt), 0.0)
     inflight = M.inflight_microbatches(sched, pp, vpp, m)
     logits = 4.0 * mb * seq * model.vocab / t * 2             # fp32 logits and their gradient
     act_first = L * a_layer * inflight + a_work + np.where(single, logits, 0.0)
@@ -224,7 +245,7 @@ def price(model, cluster, cols: dict) -> dict:
     per_seq_model = model.layers * 3 * fl(seq) + 3 * model.logits_fwd_flops(seq)
     extra = np.select([rc == 2, rc == 1], [fl(seq), 4.0 * seq * seq * h], default=0.0)
     return {
-        "step_time_s": step, "makespan_s": makespan, "microbatches": m,
+        "step_time_s": step, "makespan_s": makespan, "microbatches": m, "dp_sync_s": np.where(dp > 1, t_sync, 0.0),
         "breakdown": breakdown,
         "memory": {"weights": weights, "grads": grads, "optimizer": optim, "activations": activations, "buffers": buffers},
         "memory_bytes": total, "memory_capacity_bytes": dev.memory_bytes,

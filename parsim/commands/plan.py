@@ -1,0 +1,46 @@
+"""`parsim plan`: enumerate, price and rank every valid plan."""
+from __future__ import annotations
+
+import sys
+
+from parsim.commands.common import positive_int
+from parsim.plan import DTYPES
+from parsim.search import DEFAULT_CLUSTER, DEFAULT_GLOBAL_BATCH, DEFAULT_MODEL
+
+
+def add_arguments(p):
+    p.add_argument("--gpus", type=positive_int, required=True, help="number of devices")
+    p.add_argument("--model", default=None, help=f"preset or file (default: {DEFAULT_MODEL})")
+    p.add_argument("--cluster", default=None, help=f"preset or file (default: {DEFAULT_CLUSTER})")
+    p.add_argument("--global-batch", type=positive_int, default=None,
+                   help=f"sequences per step (default {DEFAULT_GLOBAL_BATCH})")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="default: the model's")
+    p.add_argument("--dtype", choices=DTYPES, default="bf16")
+    p.add_argument("--top", type=positive_int, default=10, help="how many plans to show (table/json/csv)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--out", help="write the output (in --format) to this file as well")
+
+
+def run(a) -> int:
+    from parsim.report import plans_csv, plans_records, plans_text, to_json, write_atomic
+    from parsim.search import search
+    defaults = []
+    if a.model is None:
+        defaults.append(f"model {DEFAULT_MODEL}")
+    if a.cluster is None:
+        defaults.append(f"cluster {DEFAULT_CLUSTER}")
+    res = search(a.model or DEFAULT_MODEL, a.cluster or DEFAULT_CLUSTER, a.gpus, a.global_batch, a.seq_len,
+                 a.dtype, result=True)
+    if a.format == "json":
+        text = to_json({"attrs": res.attrs, "candidates": res.candidates, "priced": res.priced,
+                        "rejected": res.rejected, "seconds": res.seconds, "plans": plans_records(res, a.top)})
+    elif a.format == "csv":
+        text = plans_csv(res, a.top)
+    else:
+        text = plans_text(res, a.top)
+        if defaults:
+            text = f"using the embedded default {' and '.join(defaults)} (override with --model / --cluster)\n" + text
+    sys.stdout.write(text)
+    if a.out:
+        write_atomic(a.out, text)
+    return 0

@@ -1,0 +1,129 @@
+"""Tables and text for people: a StepReport's arithmetic, ranked plans, comparisons.
+
+Rendering uses rich when stdout is a terminal-like stream; the plain-text fallback keeps
+the same columns. Units are in every column name.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path, text: str) -> None:
+    """Write then rename, so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _table(title, headers, rows, caption=None) -> str:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # pragma: no cover - rich is a dependency; keep a plain fallback
+        w = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+        lines = [title, "  ".join(str(h).rjust(w[i]) for i, h in enumerate(headers))]
+        lines += ["  ".join(str(c).rjust(w[i]) for i, c in enumerate(r)) for r in rows]
+        return "\n".join(lines + ([caption] if caption else [])) + "\n"
+    t = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    for h in headers:
+        t.add_column(str(h), justify="right")
+    for r in rows:
+        t.add_row(*(str(c) for c in r))
+    buf = io.StringIO()
+    Console(file=buf, width=200, force_terminal=False, color_system=None).print(t)
+    return buf.getvalue()
+
+
+def _pct(x, total):
+    return f"{100 * x / total:5.1f}%" if total else "-"
+
+
+def step_report_text(rep) -> str:
+    """The arithmetic of one prediction: plan, breakdown of the step, memory by kind."""
+    p = rep.plan
+    head = (f"{rep.model} on {rep.gpus} × {rep.device} ({rep.cluster}): dp={p['dp']} tp={p['tp']} pp={p['pp']}"
+            f" vpp={p['vpp']} micro_batch={p['micro_batch']} global_batch={p['global_batch']} schedule={p['schedule']}"
+            f" grad_sync={p['grad_sync']} zero={p['zero']} recompute={p['recompute']}"
+            f" sp={p['sequence_parallel']} dtype={p['dtype']}")
+    total = rep.step_time_s
+    rows = [(k, f"{v:.4f}", _pct(v, total)) for k, v in rep.breakdown_s.items()]
+    rows.append(("step_time", f"{total:.4f}", "100.0%"))
+    out = [head, _table("step time breakdown (bottleneck stage)", ["part", "seconds", "share"], rows)]
+    mem = rep.memory_breakdown_GiB
+    mrows = [(k, f"{v:.2f}") for k, v in mem.items()] + [("total", f"{rep.memory_GiB:.2f}")]
+    out.append(_table("memory per device, worst stage", ["kind", "GiB"], mrows))
+    out.append(f"tokens/s {rep.tokens_per_s:,.0f}   samples/s {rep.samples_per_s:,.2f}   "
+               f"model TFLOP/s/GPU {rep.model_tflops_per_gpu:.1f} (MFU {100 * rep.mfu:.1f}%)   "
+               f"hardware TFLOP/s/GPU {rep.hardware_tflops_per_gpu:.1f} (HFU {100 * rep.hfu:.1f}%)")
+    out.append("fits: yes" if rep.fits else f"fits: NO — {rep.fits_reason}")
+    return "\n".join(out) + "\n"
+
+
+PLAN_COLS = ["dp", "tp", "pp", "vpp", "micro_batch", "schedule", "grad_sync", "zero", "recompute",
+             "sequence_parallel", "step_time_s", "tokens_per_s", "mfu", "memory_GiB"]
+BREAK_COLS = ["compute_s", "recompute_s", "tp_comm_s", "pp_comm_s", "bubble_s", "dp_comm_exposed_s", "optimizer_s"]
+
+
+def _fmt(col, v):
+    if col == "mfu":
+        return f"{100 * v:.1f}%"
+    if col == "sequence_parallel":
+        return "sp" if v else "-"
+    if isinstance(v, float) or hasattr(v, "dtype") and v.dtype.kind == "f":
+        v = float(v)
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}"
+    return str(v)
+
+
+def plans_text(res, top: int) -> str:
+    cols = res.columns
+    n = min(top, len(res))
+    headers = ["#"] + PLAN_COLS + BREAK_COLS
+    rows = [[i + 1] + [_fmt(c, cols[c][i]) for c in PLAN_COLS + BREAK_COLS] for i in range(n)]
+    a = res.attrs
+    title = (f"top {n} of {len(res)} fitting plans: {a['model']} on {a['gpus']} × {a['device']} ({a['cluster']}), "
+             f"global batch {a['global_batch']} × seq {a['seq_len']}, {a['dtype']}")
+    rej = "; ".join(f"{k}: {v:,}" for k, v in res.rejected.items()) or "none"
+    caption = (f"{res.candidates:,} candidates generated, {res.priced:,} valid and priced in {res.seconds:.2f} s; "
+               f"rejected: {rej}")
+    return _table(title, headers, rows, caption)
+
+
+def plans_records(res, top: int | None = None) -> list[dict]:
+    n = len(res) if top is None else min(top, len(res))
+    out = []
+    for i in range(n):
+        rec = {}
+        for k, v in res.columns.items():
+            x = v[i]
+            rec[k] = x.item() if hasattr(x, "item") else x
+        out.append(rec)
+    return out
+
+
+def plans_csv(res, top: int | None = None) -> str:
+    recs = plans_records(res, top)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(res.columns))
+    w.writeheader()
+    w.writerows(recs)
+    return buf.getvalue()
+
+
+def to_json(obj) -> str:
+    def default(o):
+        if hasattr(o, "item"):
+            return o.item()
+        if hasattr(o, "to_dict"):
+            return o.to_dict()
+        raise TypeError(type(o).__name__)
+    return json.dumps(obj, indent=2, default=default, allow_nan=False) + "\n"

@@ -1,0 +1,166 @@
+"""Plan search: enumerate every valid plan for a model on a cluster, price them all at once,
+rank them.
+
+Candidates are built as a numpy table (one row per plan), never as Python objects. Knob
+combinations that are meaningless rather than invalid are not generated at all (sequence
+parallel needs tp > 1; ZeRO and the choice of gradient-sync algorithm need dp > 1; vpp only
+with the interleaved schedule, and 2 with ZB-V). Invalid ones are generated, rejected by
+a vectorised mask and counted by their first failing reason; plans that do not fit in
+device memory are priced and then dropped, counted too.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from parsim.errors import ParsimError
+from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, divisors
+from parsim.predict import BREAKDOWN_KEYS, GiB, MEMORY_KEYS, price
+
+DEFAULT_MODEL = "llama2-13b"
+DEFAULT_CLUSTER = "dgx-h100"
+DEFAULT_GLOBAL_BATCH = 1024     # sequences: 4M tokens of 4096, Llama 2's batch (Touvron et al. 2023, Table 1)
+
+
+@dataclass
+class SearchResult:
+    columns: dict                   # column -> numpy array, fitting plans best first
+    attrs: dict
+    candidates: int                 # generated
+    priced: int                     # valid, priced
+    rejected: dict = field(default_factory=dict)   # reason -> count
+    seconds: float = 0.0
+
+    @property
+    def table(self):
+        """The ranked plans as a pandas DataFrame (pandas is imported only here)."""
+        import pandas as pd
+        df = pd.DataFrame(self.columns)
+        df.attrs.update(self.attrs)
+        return df
+
+    def __len__(self):
+        return len(self.columns["dp"])
+
+
+def _micro_batches(gb: int, max_mb: int):
+    return [b for b in (1, 2, 4, 8, 16, 32) if b <= max_mb and b <= gb]
+
+
+def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node: int,
+               dtype: str = "bf16", max_micro_batch: int = 16) -> tuple[dict, dict]:
+    """The candidate table (dict of arrays, `price` columns) and rejection counts by reason."""
+    shapes = [(tp, pp, gpus // (tp * pp)) for tp in divisors(gpus) for pp in divisors(gpus // tp)]
+    sv = [(SCHEDULES.index("gpipe"), 1), (SCHEDULES.index("1f1b"), 1), (SCHEDULES.index("zbv"), 2)]
+    sv += [(SCHEDULES.index("interleaved"), v) for v in (2, 3, 4, 6, 8)]
+    mbs = _micro_batches(global_batch, max_micro_batch)
+    # Full product of the independent knobs as index grids.
+    grids = np.meshgrid(np.arange(len(shapes)), np.arange(len(sv)), np.arange(len(mbs)),
+                        np.arange(len(RECOMPUTE)), np.arange(2), np.arange(4), np.arange(len(GRAD_SYNC)),
+                        indexing="ij")
+    si, vi, mi, rc, sp, zero, gs = (g.ravel() for g in grids)
+    sh = np.array(shapes, dtype=np.int64)
+    tp, pp, dp = sh[si, 0], sh[si, 1], sh[si, 2]
+    svt = np.array(sv, dtype=np.int64)
+    sched, vpp = svt[vi, 0], svt[vi, 1]
+    mb = np.array(mbs, dtype=np.int64)[mi]
+    sp = sp.astype(bool)
+    native = GRAD_SYNC.index("native")
+    # Not generated: meaningless combinations.
+    keep = ~(sp & (tp == 1)) & ~((dp == 1) & ((zero > 0) | (gs != native)))
+    rejected = {}
+    # Rejected, counted by first failing reason.
+    L = model.layers
+    checks = [
+        (f"tp does not divide heads ({model.heads}), kv_heads ({model.kv_heads}) or ffn ({model.ffn_hidden})",
+         (model.heads % tp != 0) | (model.kv_heads % tp != 0) | (model.ffn_hidden % tp != 0)),
+        (f"tp larger than a node ({gpus_per_node} devices)", tp > gpus_per_node),
+        (f"layers ({L}) not divisible by pp·vpp", L % (pp * vpp) != 0),
+        (f"global batch ({global_batch}) not divisible by micro_batch·dp", global_batch % (mb * dp) != 0),
+        ("interleaved/zbv: micro-batches not a multiple of pp",
+         np.isin(sched, [SCHEDULES.index("interleaved"), SCHEDULES.index("zbv")])
+         & ((global_batch // np.maximum(mb * dp, 1)) % pp != 0)),
+        ("pipeline schedule with pp = 1 other than 1f1b", (pp == 1) & (sched != SCHEDULES.index("1f1b"))),
+        (f"sequence parallel: seq_len ({seq_len}) not divisible by tp", sp & (seq_len % tp != 0)),
+    ]
+    ok = keep.copy()
+    for reason, bad in checks:
+        hit = ok & bad
+        n = int(hit.sum())
+        if n:
+            rejected[reason] = n
+        ok &= ~bad
+    idx = np.nonzero(ok)[0]
+    n = idx.size
+    cols = {"dp": dp[idx], "tp": tp[idx], "pp": pp[idx], "vpp": vpp[idx], "mb": mb[idx],
+            "gb": np.full(n, global_batch, np.int64), "seq": np.full(n, seq_len, np.int64),
+            "dtype": np.full(n, DTYPES.index(dtype), np.int64), "schedule": sched[idx], "grad_sync": gs[idx],
+            "zero": zero[idx], "recompute": rc[idx], "sp": sp[idx], "overlap": np.ones(n, bool),
+            "flash": np.ones(n, bool)}
+    return cols, rejected, int(keep.sum())
+
+
+def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_batch: int | None = None,
+           seq_len: int | None = None, dtype: str = "bf16", top: int | None = None, result: bool = False):
+    """Rank every valid plan; returns a pandas DataFrame (best first), or a SearchResult with counts."""
+    from parsim.model import load_model
+    from parsim.topology import load_cluster
+    t0 = time.perf_counter()
+    if not isinstance(gpus, int) or gpus <= 0:
+        raise ParsimError(f"gpus = {gpus!r}: expected a positive integer")
+    model = load_model(model)
+    cl = load_cluster(cluster, gpus)
+    gb = DEFAULT_GLOBAL_BATCH if global_batch is None else global_batch
+    seq = seq_len or model.seq_len
+    if gb <= 0 or seq <= 0:
+        raise ParsimError(f"global batch {gb} and seq_len {seq}: expected positive integers")
+    if dtype not in DTYPES:
+        raise ParsimError(f"dtype = {dtype!r}: expected one of {', '.join(DTYPES)}")
+    cols, rejected, generated = candidates(model, gpus, gb, seq, min(cl.gpus_per_node, gpus), dtype)
+    n = len(cols["dp"])
+    if n == 0:
+        raise ParsimError(f"no valid plan for {model.name} on {gpus} devices with global batch {gb}: "
+                          + "; ".join(f"{k}: {v}" for k, v in rejected.items()))
+    r = price(model, cl, cols)
+    fits = r["memory_bytes"] <= cl.device.memory_bytes
+    if (~fits).any():
+        rejected[f"does not fit in {cl.device.memory_bytes / GiB:.0f} GiB ({cl.device.name})"] = int((~fits).sum())
+    step = r["step_time_s"]
+    # Best first; ties (e.g. sync algorithms whose time hides under backward) broken by the
+    # raw gradient-sync time, then by memory.
+    order = np.lexsort((r["memory_bytes"], r["dp_sync_s"], np.where(fits, step, np.inf)))
+    order = order[fits[order]]
+    if top:
+        order = order[:top]
+    peak = r["peak_flops"][order]
+    df = {
+        "dp": cols["dp"][order], "tp": cols["tp"][order], "pp": cols["pp"][order], "vpp": cols["vpp"][order],
+        "micro_batch": cols["mb"][order],
+        "schedule": np.array(SCHEDULES)[cols["schedule"][order]],
+        "grad_sync": np.array(GRAD_SYNC)[cols["grad_sync"][order]],
+        "zero": cols["zero"][order], "recompute": np.array(RECOMPUTE)[cols["recompute"][order]],
+        "sequence_parallel": cols["sp"][order],
+        "step_time_s": step[order],
+        "tokens_per_s": gb * seq / step[order],
+        "mfu": r["model_flops"] / step[order] / gpus / peak if np.ndim(r["model_flops"]) == 0
+        else r["model_flops"][order] / step[order] / gpus / peak,
+        "memory_GiB": r["memory_bytes"][order] / GiB,
+        "dp_sync_s": r["dp_sync_s"][order],
+    }
+    for k in BREAKDOWN_KEYS:
+        df[f"{k}_s"] = r["breakdown"][k][order]
+    for k in MEMORY_KEYS:
+        df[f"{k}_GiB"] = r["memory"][k][order] / GiB
+    attrs = dict(model=model.name, cluster=cl.name, device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq, dtype=dtype)
+    res = SearchResult(df, attrs, generated, n, rejected, time.perf_counter() - t0)
+    return res if result else res.table
+
+
+def row_to_plan(row, global_batch: int, seq_len: int | None = None, dtype: str = "bf16") -> Plan:
+    """A search result row as a Plan (to re-price it, simulate it or run it)."""
+    return Plan(dp=int(row["dp"]), tp=int(row["tp"]), pp=int(row["pp"]), vpp=int(row["vpp"]),
+                micro_batch=int(row["micro_batch"]), global_batch=global_batch, seq_len=seq_len, dtype=dtype,
+                schedule=str(row["schedule"]), grad_sync=str(row["grad_sync"]), zero=int(row["zero"]),
+                recompute=str(row["recompute"]), sequence_parallel=bool(row["sequence_parallel"]))
