@@ -7,9 +7,12 @@ group-local rank ``src`` to ``dst``, which then either adds it into its own slic
 have landed; reductions are applied after the step, so a rank may send and receive the
 same slice in one step (ring, halving-doubling).
 
-``parsim.schedules.collectives`` (the priced schedules) is used when it is importable
-and speaks this format (or close enough for :func:`_normalise`); the builders below are
-the fallback and the reference. ``native`` is the library's own ``all_reduce``.
+What runs is what parsim prices: ``parsim.schedules.collectives.allreduce_schedule`` (same
+format; transfers may also carry ``dst_offset``, the receiver's offset, for all-to-all).
+The builders below are the same algorithms written independently: the fallback when that
+module is absent, and a cross-check in the tests. ``native`` is the library's own
+``all_reduce``. ``run_schedule`` executes any op's schedule (reduce-scatter, all-gather,
+broadcast, all-to-all, send/recv), not only all-reduce.
 
 Entry points (also used by ``backends/torchdist/bench.py``):
   * ``run_schedule(schedule, tensor, group_ranks, group=None) -> tensor`` (in place)
@@ -24,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 ALGOS = ("ring", "tree", "hd", "hierarchical", "ps", "ps-central", "native")
+USE_PRICED = True     # False: always the fallback builders below (tests compare both)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Transfer:
     offset: int       # bytes into the buffer
     nbytes: int
     reduce: bool      # True: dst[slice] += data; False: dst[slice] = data
+    dst_offset: int | None = None   # bytes into the receiver's buffer (None: same as offset)
 
 
 # ---------------------------------------------------------------- fallback builders (element units)
@@ -162,7 +167,7 @@ def build_ps_central(p: int, n: int, itemsize: int = 4):
 
 def build(algo: str, p: int, n: int, itemsize: int = 4, local_size: int | None = None):
     """The all-reduce schedule of `algo` for a group of p ranks and a buffer of n elements."""
-    priced = _priced_schedule(algo, p, n * itemsize, local_size)
+    priced = _priced_schedule(algo, p, n * itemsize, local_size, itemsize) if USE_PRICED else None
     if priced is not None:
         return priced
     if algo == "ring":
@@ -180,20 +185,19 @@ def build(algo: str, p: int, n: int, itemsize: int = 4, local_size: int | None =
     raise ValueError(f"no schedule for all-reduce algorithm {algo!r}; expected one of {', '.join(ALGOS)}")
 
 
-def _priced_schedule(algo, p, nbytes, local_size):
-    """The schedule parsim prices, from parsim.schedules.collectives, when it is there and usable."""
+def _priced_schedule(algo, p, nbytes, local_size, itemsize):
+    """The schedule parsim prices (``parsim.schedules.collectives.allreduce_schedule``), or None
+    when that module is not there (then the builders above, the same algorithms, are used).
+    Offsets are aligned to the element size; the central server is worker 0 (no extra rank)."""
     try:
-        from parsim.schedules import collectives as sc  # noqa: F401
+        from parsim.schedules.collectives import allreduce_schedule
     except ImportError:
         return None
-    fn = getattr(sc, "allreduce_schedule", None) or getattr(sc, "allreduce", None)
-    if fn is None:
-        return None
-    try:
-        sched = fn(algo, p, nbytes) if local_size is None else fn(algo, p, nbytes, local_size=local_size)
-        return _normalise(sched)
-    except Exception:   # a format we cannot read yet: fall back to our own (same algorithm)
-        return None
+    sched = allreduce_schedule(algo, p, nbytes, align=itemsize, local_size=local_size,
+                               dedicated=False if algo == "ps-central" else None)
+    if getattr(sched, "servers", 0):
+        raise ValueError(f"{algo} schedule needs {sched.servers} dedicated server rank(s) outside the group")
+    return sched
 
 
 def _get(obj, *names, default=None):
@@ -221,15 +225,18 @@ def _normalise(schedule):
             red = _get(t, "reduce", default=None)
             if red is None:
                 red = str(op).lower() in ("reduce", "sum", "add")
-            row.append(Transfer(int(_get(t, "src")), int(_get(t, "dst")), int(_get(t, "offset", "offset_bytes", default=0)),
-                                int(_get(t, "nbytes", "bytes", "length", "size")), bool(red)))
+            off = int(_get(t, "offset", "offset_bytes", default=0))
+            dof = _get(t, "dst_offset", default=None)
+            row.append(Transfer(int(_get(t, "src")), int(_get(t, "dst")), off,
+                                int(_get(t, "nbytes", "bytes", "length", "size")), bool(red),
+                                None if dof is None else int(dof)))
         out.append(row)
     return out
 
 
 # ---------------------------------------------------------------- executor
 
-def run_schedule(schedule, tensor: torch.Tensor, group_ranks, group=None) -> torch.Tensor:
+def run_schedule(schedule, tensor: torch.Tensor, group_ranks=None, group=None) -> torch.Tensor:
     """Run `schedule` on this rank's contiguous 1-D `tensor` (in place) and return it.
 
     `group_ranks[i]` is the global rank of group-local rank i. Every rank of the group calls
@@ -237,6 +244,8 @@ def run_schedule(schedule, tensor: torch.Tensor, group_ranks, group=None) -> tor
     by a tag (their order in the step).
     """
     assert tensor.dim() == 1 and tensor.is_contiguous(), "run_schedule works on a flat contiguous tensor"
+    if group_ranks is None:
+        group_ranks = getattr(schedule, "ranks", None) or range(dist.get_world_size())
     group_ranks = list(group_ranks)
     me = group_ranks.index(dist.get_rank())
     isz = tensor.element_size()
@@ -249,6 +258,7 @@ def run_schedule(schedule, tensor: torch.Tensor, group_ranks, group=None) -> tor
             seen[(t.src, t.dst)] += 1
             assert t.offset % isz == 0 and t.nbytes % isz == 0, f"transfer {t} not aligned to {isz}-byte elements"
             a, n = t.offset // isz, t.nbytes // isz
+            d = a if t.dst_offset is None else t.dst_offset // isz
             if n == 0:
                 continue
             if t.src == me:
@@ -256,7 +266,7 @@ def run_schedule(schedule, tensor: torch.Tensor, group_ranks, group=None) -> tor
             else:
                 buf = torch.empty(n, dtype=tensor.dtype, device=tensor.device)
                 reqs.append(dist.irecv(buf, src=group_ranks[t.src], group=group, tag=tag))
-                landed.append((a, n, buf, t.reduce))
+                landed.append((d, n, buf, t.reduce))
         for r in reqs:
             r.wait()
         for a, n, buf, red in landed:
@@ -307,10 +317,11 @@ def simulate(schedule, buffers: list) -> list:
         snap = [b.copy() for b in bufs]
         for t in step:
             a, n = t.offset // isz, t.nbytes // isz
+            d = a if t.dst_offset is None else t.dst_offset // isz
             if t.reduce:
-                bufs[t.dst][a:a + n] += snap[t.src][a:a + n]
+                bufs[t.dst][d:d + n] += snap[t.src][a:a + n]
             else:
-                bufs[t.dst][a:a + n] = snap[t.src][a:a + n]
+                bufs[t.dst][d:d + n] = snap[t.src][a:a + n]
     return bufs
 
 

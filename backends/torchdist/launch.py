@@ -35,7 +35,9 @@ _PEER_WORDS = ("connection closed", "connection reset", "broken pipe", "timed ou
 
 
 class RunFailed(ParsimError):
-    """A rank died, failed or hung; the message names it and the cause."""
+    """A rank died, failed or hung; the message names it and the cause. ``pids``: the rank processes
+    (all reaped by the time this is raised)."""
+    pids: tuple = ()
 
 
 def free_port() -> int:
@@ -79,6 +81,9 @@ def launch(cfg: dict, nproc: int, timeout_s: float = 300.0, grace_s: float = 5.0
                                           env=e, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
                                           preexec_fn=_pdeathsig))
         return _watch(procs, work, cfg, timeout_s, grace_s)
+    except RunFailed as e:
+        e.pids = tuple(p.pid for p in procs)
+        raise
     finally:
         _kill_all(procs)
         for log in logs:

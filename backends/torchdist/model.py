@@ -14,7 +14,15 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint as _checkpoint
+from torch.utils.checkpoint import set_checkpoint_early_stop
+
+
+def checkpoint(fn, *args):
+    """Non-reentrant activation checkpointing without early stop, so a recompute re-runs the whole
+    function (and its forward hooks, which time the recompute, all fire)."""
+    with set_checkpoint_early_stop(False):
+        return _checkpoint(fn, *args, use_reentrant=False)
 
 
 def _norm(spec, h):
@@ -47,7 +55,7 @@ class Attention(nn.Module):
         if rep > 1:
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         if self.selective and torch.is_grad_enabled():   # recompute the attention core only
-            o = checkpoint(self.core, q, k, v, use_reentrant=False)
+            o = checkpoint(self.core, q, k, v)
         else:
             o = self.core(q, k, v)
         return self.wo(o.transpose(1, 2).reshape(b, s, -1))
@@ -82,7 +90,7 @@ class Block(nn.Module):
 
     def forward(self, x):
         if self.full_recompute and torch.is_grad_enabled():
-            return checkpoint(self._body, x, use_reentrant=False)
+            return checkpoint(self._body, x)
         return self._body(x)
 
 

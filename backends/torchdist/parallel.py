@@ -94,23 +94,25 @@ def instrument_recompute(module, clock: PhaseClock, recompute: str):
     if recompute == "none":
         return
     from backends.torchdist.model import Attention, Block
-    target = Block if recompute == "full" else Attention
+    subs = []
     for m in module.modules():
-        if isinstance(m, target):
-            sub = m if recompute == "full" else m.core
+        if recompute == "full" and isinstance(m, Block):
+            subs += [m.attn_norm, m.attn, m.mlp_norm, m.mlp]     # what the checkpointed body re-runs
+        elif recompute == "selective" and isinstance(m, Attention):
+            subs.append(m.core)
+    for sub in subs:
+        def pre(mod, args, _c=clock):
+            if _in_backward():
+                _c.in_recompute += 1
+                mod._parsim_t0 = _c.now()
 
-            def pre(mod, args, _c=clock):
-                if _in_backward():
-                    _c.in_recompute += 1
-                    mod._parsim_t0 = _c.now()
-
-            def post(mod, args, out, _c=clock):
-                if getattr(mod, "_parsim_t0", None) is not None:
-                    _c.add("recompute", _c.now() - mod._parsim_t0)
-                    _c.in_recompute -= 1
-                    mod._parsim_t0 = None
-            sub.register_forward_pre_hook(pre)
-            sub.register_forward_hook(post)
+        def post(mod, args, out, _c=clock):
+            if _in_backward() and getattr(mod, "_parsim_t0", None) is not None:
+                _c.add("recompute", _c.now() - mod._parsim_t0)
+                _c.in_recompute -= 1
+            mod._parsim_t0 = None
+        sub.register_forward_pre_hook(pre)
+        sub.register_forward_hook(post)
 
 
 _FUNCOL_PATCHED = {}
