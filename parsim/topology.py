@@ -1,22 +1,40 @@
-"""Cluster: a networkx graph of devices, NICs and switches, plus rank placement.
+"""Cluster: a networkx graph of devices, NICs, switches and hosts, plus rank placement.
 
-Nodes carry ``kind`` (device | nic | switch | host) and devices a ``profile`` name;
-edges carry ``bandwidth`` (bytes/s, each direction, full duplex) and ``latency`` (s).
-Ranks map to devices in ``Cluster.devices`` order (node-major).
+Graph conventions (read by ``parsim.costs.network`` and ``backends/netem``):
+  nodes  ``kind`` ∈ {device, nic, switch, host}; devices carry ``profile`` (a device
+         profile name, ``parsim/data/devices.yaml``) and ``node`` (the server they sit in);
+         dedicated parameter-server devices carry ``role: server``.
+  edges  ``bandwidth`` (bytes/s delivered, each direction — full duplex — already multiplied
+         by ``efficiency``), ``rate`` (nominal bytes/s), ``efficiency`` (fraction of the rate
+         a bulk transfer achieves: data with its source), ``latency`` (s, per hop) and
+         ``link`` (class: nvlink, pcie, nic, uplink, direct, host).
+Rank r runs on ``Cluster.devices[r]`` (default: node-major, so a Plan's tp-innermost,
+then pp, then dp numbering keeps tp inside a node); ``place(cluster, order)`` sets any
+other order. ``Cluster.servers`` lists dedicated parameter-server devices (schedule
+ranks p..p+k-1, see ``parsim.schedules.collectives``).
+
+Builders: ``dgx`` (nodes of GPUs on an NVSwitch, a NIC per GPU, one non-blocking fabric
+switch), ``fat_tree`` (leaf/spine with an oversubscription ratio), ``rail_optimized``,
+``ring``, ``torus`` (2D/3D), ``fully_connected`` and ``star`` (hosts on one switch plus
+dedicated parameter-server hosts). Files: YAML (preset keys with ``builder:``, or an
+explicit ``nodes:``/``links:`` graph, units in the key names: ``bandwidth_GBps`` =
+1e9 bytes/s, ``latency_us`` = 1e-6 s) and GraphML (attributes in SI units, as above).
 """
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
 import yaml
 
-from parsim.errors import ParsimError, closest
+from parsim.errors import ParsimError, closest, require
 from parsim.hardware import DeviceProfile, get_device
 
 DATA = Path(__file__).parent / "data"
+GB, US = 1e9, 1e-6
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,6 +45,13 @@ class Cluster:
     gpus_per_node: int
     device_profile: str
     meta: dict = field(default_factory=dict)
+    servers: tuple = ()         # dedicated parameter-server device nodes
+
+    def __post_init__(self):
+        nodes = self.graph.nodes
+        idx = tuple(int(nodes[d].get("node", i // self.gpus_per_node)) if d in nodes else i // self.gpus_per_node
+                    for i, d in enumerate(self.devices))
+        object.__setattr__(self, "_node_idx", idx)
 
     @property
     def device(self) -> DeviceProfile:
@@ -37,32 +62,253 @@ class Cluster:
         return len(self.devices)
 
     def node_of(self, rank: int) -> int:
-        return rank // self.gpus_per_node
+        """The server (node) index rank `rank` runs on."""
+        return self._node_idx[rank]
 
     def __hash__(self):
         return id(self)
+
+
+# ----------------------------------------------------------------------------- builders
+
+def _link(g, a, b, rate, latency, eff=1.0, link="direct"):
+    g.add_edge(a, b, bandwidth=float(rate) * float(eff), rate=float(rate), efficiency=float(eff),
+               latency=float(latency), link=link)
+
+
+def _dgx_node(g, n, gpus, device, nvlink_Bps, nvlink_latency_s, nvlink_eff, nic_Bps, nic_eff):
+    """One DGX-style server: GPUs on an NVSwitch, each GPU with its own NIC (PCIe, no latency)."""
+    sw = f"n{n}/nvswitch"
+    g.add_node(sw, kind="switch", node=n)
+    devs, nics = [], []
+    for i in range(gpus):
+        d, nic = f"n{n}/gpu{i}", f"n{n}/nic{i}"
+        g.add_node(d, kind="device", profile=device, node=n, local=i)
+        g.add_node(nic, kind="nic", node=n)
+        _link(g, d, sw, nvlink_Bps, nvlink_latency_s, nvlink_eff, "nvlink")
+        _link(g, d, nic, nic_Bps, 0.0, nic_eff, "pcie")
+        devs.append(d)
+        nics.append(nic)
+    return devs, nics
 
 
 def dgx(name: str, nodes: int, gpus_per_node: int, device: str, nvlink_Bps: float, nvlink_latency_s: float,
         nic_Bps: float, nic_latency_s: float, nvlink_efficiency: float = 1.0, nic_efficiency: float = 1.0,
         meta: dict | None = None) -> Cluster:
     """DGX-style nodes: GPUs on an NVSwitch, one NIC per GPU, all NICs on one non-blocking fabric switch."""
+    return fat_tree(name, nodes, gpus_per_node, device, nvlink_Bps, nvlink_latency_s, nic_Bps, nic_latency_s,
+                    nodes_per_leaf=nodes, nvlink_efficiency=nvlink_efficiency, nic_efficiency=nic_efficiency, meta=meta)
+
+
+def fat_tree(name: str, nodes: int, gpus_per_node: int, device: str, nvlink_Bps: float, nvlink_latency_s: float,
+             nic_Bps: float, nic_latency_s: float, nodes_per_leaf: int = 4, spines: int = 4,
+             oversubscription: float = 1.0, uplink_latency_s: float = 1e-6, nvlink_efficiency: float = 1.0,
+             nic_efficiency: float = 1.0, meta: dict | None = None) -> Cluster:
+    """Leaf/spine: DGX-style nodes, the NICs of `nodes_per_leaf` nodes on one leaf; every leaf
+    has one uplink to each of `spines` spines carrying (NICs below · nic rate / oversubscription)
+    / spines. oversubscription = 2 means a leaf's uplinks carry half of what its hosts inject.
+    One leaf (nodes <= nodes_per_leaf) needs no spine ("fabric" switch)."""
+    require(nodes >= 1 and gpus_per_node >= 1, f"fat_tree: nodes = {nodes}, gpus_per_node = {gpus_per_node}: expected >= 1")
+    require(nodes_per_leaf >= 1 and spines >= 1, f"fat_tree: nodes_per_leaf = {nodes_per_leaf}, spines = {spines}: expected >= 1")
+    require(oversubscription >= 1, f"fat_tree: oversubscription = {oversubscription}: expected >= 1 (1 = non-blocking)")
+    g = nx.Graph()
+    leaves = -(-nodes // nodes_per_leaf)
+    leaf_names = ["fabric"] if leaves == 1 else [f"leaf{i}" for i in range(leaves)]
+    for lf in leaf_names:
+        g.add_node(lf, kind="switch", tier=1)
+    devices = []
+    for n in range(nodes):
+        devs, nics = _dgx_node(g, n, gpus_per_node, device, nvlink_Bps, nvlink_latency_s, nvlink_efficiency,
+                               nic_Bps, nic_efficiency)
+        for nic in nics:
+            _link(g, nic, leaf_names[n // nodes_per_leaf], nic_Bps, nic_latency_s, nic_efficiency, "nic")
+        devices += devs
+    if leaves > 1:
+        up = nodes_per_leaf * gpus_per_node * nic_Bps / oversubscription / spines
+        for s in range(spines):
+            g.add_node(f"spine{s}", kind="switch", tier=2)
+            for lf in leaf_names:
+                _link(g, lf, f"spine{s}", up, uplink_latency_s, nic_efficiency, "uplink")
+    m = dict(meta or {})
+    m.setdefault("builder", "fat_tree" if leaves > 1 else "dgx")
+    return Cluster(name, g, tuple(devices), gpus_per_node, device, m)
+
+
+def rail_optimized(name: str, nodes: int, gpus_per_node: int, device: str, nvlink_Bps: float,
+                   nvlink_latency_s: float, nic_Bps: float, nic_latency_s: float, spines: int = 2,
+                   oversubscription: float = 1.0, uplink_latency_s: float = 1e-6, nvlink_efficiency: float = 1.0,
+                   nic_efficiency: float = 1.0, meta: dict | None = None) -> Cluster:
+    """Rail-optimized: NIC i of every node on rail switch i (same-rank GPUs one hop apart);
+    rails joined by `spines` spines for cross-rail traffic (which also may hop over NVLink
+    to the right rail: both are shortest paths, ECMP splits them)."""
     g = nx.Graph()
     devices = []
-    g.add_node("fabric", kind="switch")
+    rails = [f"rail{i}" for i in range(gpus_per_node)]
+    for r in rails:
+        g.add_node(r, kind="switch", tier=1)
     for n in range(nodes):
-        sw = f"n{n}/nvswitch"
-        g.add_node(sw, kind="switch")
-        for i in range(gpus_per_node):
-            d, nic = f"n{n}/gpu{i}", f"n{n}/nic{i}"
-            g.add_node(d, kind="device", profile=device, node=n)
-            g.add_node(nic, kind="nic", node=n)
-            g.add_edge(d, sw, bandwidth=nvlink_Bps * nvlink_efficiency, latency=nvlink_latency_s, link="nvlink")
-            g.add_edge(d, nic, bandwidth=nic_Bps * nic_efficiency, latency=0.0, link="pcie")
-            g.add_edge(nic, "fabric", bandwidth=nic_Bps * nic_efficiency, latency=nic_latency_s, link="nic")
-            devices.append(d)
-    return Cluster(name, g, tuple(devices), gpus_per_node, device, dict(meta or {}))
+        devs, nics = _dgx_node(g, n, gpus_per_node, device, nvlink_Bps, nvlink_latency_s, nvlink_efficiency,
+                               nic_Bps, nic_efficiency)
+        for i, nic in enumerate(nics):
+            _link(g, nic, rails[i], nic_Bps, nic_latency_s, nic_efficiency, "nic")
+        devices += devs
+    if gpus_per_node > 1 and spines > 0:
+        up = nodes * nic_Bps / oversubscription / spines
+        for s in range(spines):
+            g.add_node(f"spine{s}", kind="switch", tier=2)
+            for r in rails:
+                _link(g, r, f"spine{s}", up, uplink_latency_s, nic_efficiency, "uplink")
+    m = dict(meta or {})
+    m.setdefault("builder", "rail")
+    return Cluster(name, g, tuple(devices), gpus_per_node, device, m)
 
+
+def _direct(name, n, device, link_Bps, latency_s, efficiency, edges, gpus_per_node, builder, meta):
+    g = nx.Graph()
+    devs = [f"d{i}" for i in range(n)]
+    for i, d in enumerate(devs):
+        g.add_node(d, kind="device", profile=device, node=i // gpus_per_node)
+    for a, b in edges:
+        if a != b:
+            _link(g, devs[a], devs[b], link_Bps, latency_s, efficiency, "direct")
+    m = dict(meta or {})
+    m.setdefault("builder", builder)
+    return Cluster(name, g, tuple(devs), gpus_per_node, device, m)
+
+
+def ring(name: str, n: int, device: str, link_Bps: float, latency_s: float, efficiency: float = 1.0,
+         gpus_per_node: int = 1, meta: dict | None = None) -> Cluster:
+    """n devices in a ring of direct links."""
+    require(n >= 1, f"ring: n = {n}: expected >= 1")
+    return _direct(name, n, device, link_Bps, latency_s, efficiency, [(i, (i + 1) % n) for i in range(n)],
+                   gpus_per_node, "ring", meta)
+
+
+def torus(name: str, dims, device: str, link_Bps: float, latency_s: float, efficiency: float = 1.0,
+          gpus_per_node: int = 1, meta: dict | None = None) -> Cluster:
+    """2D/3D torus (wrap-around mesh) of direct links; dims e.g. (4, 4) or (4, 4, 4)."""
+    dims = tuple(int(d) for d in dims)
+    require(len(dims) in (1, 2, 3) and all(d >= 1 for d in dims), f"torus: dims = {dims}: expected 1-3 sizes >= 1")
+    n = math.prod(dims)
+    idx = lambda c: sum(c[k] * math.prod(dims[k + 1:]) for k in range(len(dims)))
+    edges = []
+    for i in range(n):
+        c, rest = [], i
+        for k in range(len(dims)):
+            c.append(rest // math.prod(dims[k + 1:]))
+            rest %= math.prod(dims[k + 1:])
+        for k in range(len(dims)):
+            if dims[k] > 1:
+                nb = list(c)
+                nb[k] = (c[k] + 1) % dims[k]
+                edges.append((i, idx(nb)))
+    return _direct(name, n, device, link_Bps, latency_s, efficiency, edges, gpus_per_node,
+                   f"torus{len(dims)}d", meta)
+
+
+def fully_connected(name: str, n: int, device: str, link_Bps: float, latency_s: float, efficiency: float = 1.0,
+                    gpus_per_node: int = 1, meta: dict | None = None) -> Cluster:
+    """Every pair of devices has its own direct link."""
+    return _direct(name, n, device, link_Bps, latency_s, efficiency,
+                   [(i, j) for i in range(n) for j in range(i + 1, n)], gpus_per_node, "full", meta)
+
+
+def star(name: str, hosts: int, device: str, link_Bps: float, latency_s: float, efficiency: float = 1.0,
+         devices_per_host: int = 1, servers: int = 0, server_device: str = "cpu", intra_Bps: float = 10e9,
+         meta: dict | None = None) -> Cluster:
+    """`hosts` worker hosts and `servers` dedicated parameter-server hosts on one switch, each host
+    with one link of `link_Bps` (BytePS's setting). Devices hang off their host with an
+    `intra_Bps` link (shared memory/loopback). Server devices are ``ps{k}/d0`` (role server)."""
+    require(hosts >= 1 and devices_per_host >= 1 and servers >= 0,
+            f"star: hosts = {hosts}, devices_per_host = {devices_per_host}, servers = {servers}")
+    g = nx.Graph()
+    g.add_node("sw0", kind="switch", tier=1)
+    devices, srv = [], []
+    for s in range(servers):
+        h = f"ps{s}"
+        g.add_node(h, kind="host", role="server")
+        _link(g, h, "sw0", link_Bps, latency_s, efficiency, "host")
+        g.add_node(f"{h}/d0", kind="device", profile=server_device, node=hosts + s, role="server")
+        _link(g, h, f"{h}/d0", intra_Bps, 0.0, 1.0, "local")
+        srv.append(f"{h}/d0")
+    for i in range(hosts):
+        h = f"h{i}"
+        g.add_node(h, kind="host")
+        _link(g, h, "sw0", link_Bps, latency_s, efficiency, "host")
+        for j in range(devices_per_host):
+            d = f"{h}/d{j}"
+            g.add_node(d, kind="device", profile=device, node=i, local=j)
+            _link(g, h, d, intra_Bps, 0.0, 1.0, "local")
+            devices.append(d)
+    m = dict(meta or {})
+    m.setdefault("builder", "star")
+    return Cluster(name, g, tuple(devices), devices_per_host, device, m, tuple(srv))
+
+
+# ----------------------------------------------------------------------------- validation & placement
+
+def validate(c: Cluster) -> Cluster:
+    """Raise ParsimError naming the first problem: empty/disconnected graph, a link without a
+    positive bandwidth or with a negative latency, a rank device that is missing or not a
+    device, duplicated, unreachable, or naming an unknown profile."""
+    g = c.graph
+    require(len(c.devices) > 0, f"cluster {c.name}: no devices")
+    require(g.number_of_nodes() > 0 and nx.is_connected(g),
+            f"cluster {c.name}: graph is not connected ({nx.number_connected_components(g) if len(g) else 0} "
+            "components); every device must reach every other")
+    for u, v, d in g.edges(data=True):
+        b, lat = d.get("bandwidth"), d.get("latency", 0.0)
+        require(isinstance(b, (int, float)) and b > 0 and math.isfinite(b),
+                f"cluster {c.name}: link {u} — {v} has bandwidth {b!r} B/s, expected a positive number")
+        require(isinstance(lat, (int, float)) and lat >= 0, f"cluster {c.name}: link {u} — {v} has latency {lat!r} s, expected >= 0")
+    require(len(set(c.devices)) == len(c.devices), f"cluster {c.name}: a device appears twice in the rank order")
+    for d in (*c.devices, *c.servers):
+        require(d in g, f"cluster {c.name}: rank device {d!r} is not in the graph")
+        require(g.nodes[d].get("kind") == "device", f"cluster {c.name}: rank node {d!r} has kind "
+                                                    f"{g.nodes[d].get('kind')!r}, expected device")
+        get_device(g.nodes[d].get("profile", c.device_profile))
+    get_device(c.device_profile)
+    return c
+
+
+def place(c: Cluster, order) -> Cluster:
+    """The same cluster with ranks on devices in `order`: device names, or a permutation of
+    the current rank numbers (rank r then runs on the device that rank order[r] had)."""
+    order = list(order)
+    if order and all(isinstance(o, int) for o in order):
+        require(sorted(order) == list(range(len(c.devices))),
+                f"rank order must be a permutation of 0..{len(c.devices) - 1}, got {order}")
+        devs = tuple(c.devices[o] for o in order)
+    else:
+        devs = tuple(str(o) for o in order)
+        unknown = [d for d in devs if d not in c.graph]
+        require(not unknown, f"rank order names devices not in the graph: {unknown[:3]}"
+                             f"{closest(unknown[0], list(c.devices)) if unknown else ''}")
+    return validate(Cluster(c.name, c.graph, devs, c.gpus_per_node, c.device_profile, dict(c.meta), c.servers))
+
+
+def group_ranks(plan, kind: str, index: int = 0) -> tuple:
+    """Ranks of the `index`-th process group of `kind` (tp | pp | dp) under tp-innermost placement:
+    rank = dp_i·(pp·tp) + pp_i·tp + tp_i (Megatron's order)."""
+    tp, pp, dp = plan.tp, plan.pp, plan.dp
+    if kind == "tp":
+        return tuple(range(index * tp, index * tp + tp))
+    if kind == "pp":
+        base = (index // tp) * (tp * pp) + index % tp
+        return tuple(base + i * tp for i in range(pp))
+    if kind == "dp":
+        return tuple(index + i * tp * pp for i in range(dp))
+    raise ParsimError(f"unknown process group kind {kind!r}: expected tp, pp or dp")
+
+
+def process_groups(plan) -> dict:
+    """{kind: [ranks of every group]} for tp, pp and dp."""
+    n = plan.tp * plan.pp * plan.dp
+    return {k: [group_ranks(plan, k, i) for i in range(n // size)]
+            for k, size in (("tp", plan.tp), ("pp", plan.pp), ("dp", plan.dp))}
+
+
+# ----------------------------------------------------------------------------- files and presets
 
 @functools.lru_cache(maxsize=None)
 def _presets() -> dict:
@@ -73,54 +319,256 @@ def cluster_names() -> list[str]:
     return list(_presets())
 
 
+def _num(d, key, default=None):
+    v = d.get(key, default)
+    if v is None:
+        raise KeyError(key)
+    return float(v)
+
+
+def _nodes_for(name, gpus, gpn):
+    require(gpus > 0, f"gpus = {gpus}: expected a positive integer")
+    if gpus > gpn and gpus % gpn:
+        raise ParsimError(f"gpus ({gpus}) is not a whole number of {name} nodes of {gpn} GPUs")
+    return -(-gpus // gpn), min(gpn, gpus)
+
+
 def _build(name: str, d: dict, gpus: int | None) -> Cluster:
+    """A cluster from a preset-style mapping (``builder:`` plus its keys), sized to `gpus`."""
+    builder = d.get("builder", "dgx")
     try:
-        gpn = int(d["gpus_per_node"])
-        if gpus is None:
-            gpus = gpn
-        if gpus <= 0:
-            raise ParsimError(f"gpus = {gpus}: expected a positive integer")
-        nodes = -(-gpus // gpn)
-        gpn_used = min(gpn, gpus)
-        if gpus > gpn and gpus % gpn:
-            raise ParsimError(f"gpus ({gpus}) is not a whole number of {name} nodes of {gpn} GPUs")
-        get_device(d["device"])
-        return dgx(name, nodes, gpn_used, d["device"], float(d["nvlink_GBps"]) * 1e9, float(d["nvlink_latency_us"]) * 1e-6,
-                   float(d["nic_GBps"]) * 1e9, float(d["nic_latency_us"]) * 1e-6,
-                   float(d.get("nvlink_efficiency", 1.0)), float(d.get("nic_efficiency", 1.0)), meta=d)
+        dev = str(d["device"])
+        get_device(dev)
+        meta = dict(d)
+        if builder in ("dgx", "fat_tree", "rail"):
+            gpn = int(d["gpus_per_node"])
+            nodes, gpn_used = _nodes_for(name, gpn if gpus is None else int(gpus), gpn)
+            common = dict(nvlink_Bps=_num(d, "nvlink_GBps") * GB, nvlink_latency_s=_num(d, "nvlink_latency_us") * US,
+                          nic_Bps=_num(d, "nic_GBps") * GB, nic_latency_s=_num(d, "nic_latency_us") * US,
+                          nvlink_efficiency=_num(d, "nvlink_efficiency", 1.0), nic_efficiency=_num(d, "nic_efficiency", 1.0),
+                          meta=meta)
+            if builder == "dgx":
+                c = dgx(name, nodes, gpn_used, dev, **common)
+            elif builder == "fat_tree":
+                c = fat_tree(name, nodes, gpn_used, dev, nodes_per_leaf=int(d.get("nodes_per_leaf", 4)),
+                             spines=int(d.get("spines", 4)), oversubscription=_num(d, "oversubscription", 1.0),
+                             uplink_latency_s=_num(d, "uplink_latency_us", 1.0) * US, **common)
+            else:
+                c = rail_optimized(name, nodes, gpn_used, dev, spines=int(d.get("spines", 2)),
+                                   oversubscription=_num(d, "oversubscription", 1.0),
+                                   uplink_latency_s=_num(d, "uplink_latency_us", 1.0) * US, **common)
+        elif builder in ("ring", "torus", "full"):
+            link = dict(link_Bps=_num(d, "link_GBps") * GB, latency_s=_num(d, "link_latency_us") * US,
+                        efficiency=_num(d, "link_efficiency", 1.0), gpus_per_node=int(d.get("gpus_per_node", 1)), meta=meta)
+            if builder == "torus":
+                dims = [int(x) for x in d["dims"]]
+                if gpus is not None and gpus != math.prod(dims):
+                    raise ParsimError(f"cluster {name}: a {'x'.join(map(str, dims))} torus has {math.prod(dims)} devices, "
+                                      f"not gpus = {gpus}")
+                c = torus(name, dims, dev, **link)
+            else:
+                n = int(gpus if gpus is not None else d.get("devices", 8))
+                c = (ring if builder == "ring" else fully_connected)(name, n, dev, **link)
+        elif builder == "star":
+            dph = int(d.get("gpus_per_node", 1))
+            n = gpus if gpus is not None else int(d.get("hosts", 4)) * dph
+            hosts, dph_used = _nodes_for(name, int(n), dph)
+            c = star(name, hosts, dev, _num(d, "link_GBps") * GB, _num(d, "link_latency_us") * US,
+                     _num(d, "link_efficiency", 1.0), dph_used, int(d.get("servers", 0)),
+                     str(d.get("server_device", "cpu")), _num(d, "intra_GBps", 10.0) * GB, meta)
+        else:
+            raise ParsimError(f"cluster {name}: unknown builder {builder!r}: expected one of "
+                              f"dgx, fat_tree, rail, ring, torus, full, star{closest(builder, BUILDER_NAMES)}")
     except (KeyError, TypeError, ValueError) as e:
-        raise ParsimError(f"cluster {name}: malformed ({type(e).__name__}: {e}); expected keys device, gpus_per_node, "
-                          "nvlink_GBps, nvlink_latency_us, nic_GBps, nic_latency_us") from None
+        raise ParsimError(f"cluster {name}: malformed ({type(e).__name__}: {e}); builder {builder} needs "
+                          f"{', '.join(BUILDER_KEYS.get(builder, ('device',)))}") from None
+    return validate(c)
 
 
-def load_cluster(spec, gpus: int | None = None) -> Cluster:
-    """A preset name or a YAML file with the same keys, sized to `gpus` devices."""
+BUILDER_NAMES = ("dgx", "fat_tree", "rail", "ring", "torus", "full", "star")
+_NODE_KEYS = ("device", "gpus_per_node", "nvlink_GBps", "nvlink_latency_us", "nic_GBps", "nic_latency_us")
+BUILDER_KEYS = {"dgx": _NODE_KEYS, "fat_tree": _NODE_KEYS + ("nodes_per_leaf", "spines", "oversubscription"),
+                "rail": _NODE_KEYS + ("spines",), "ring": ("device", "link_GBps", "link_latency_us"),
+                "torus": ("device", "dims", "link_GBps", "link_latency_us"),
+                "full": ("device", "link_GBps", "link_latency_us"),
+                "star": ("device", "link_GBps", "link_latency_us", "servers")}
+
+
+def _from_graph_mapping(name: str, d: dict) -> Cluster:
+    """An explicit graph: ``nodes: [{id, kind, profile?, node?, role?}]``, ``links: [{a, b,
+    bandwidth_GBps, latency_us, efficiency?, link?}]``, optional ``ranks:`` (device order)."""
+    g = nx.Graph()
+    try:
+        for n in d["nodes"]:
+            n = dict(n)
+            g.add_node(str(n.pop("id")), **n)
+        for e in d["links"]:
+            a, b = str(e["a"]), str(e["b"])
+            for x in (a, b):
+                require(x in g, f"cluster {name}: link {a} — {b} names an undeclared node {x!r}")
+            _link(g, a, b, float(e["bandwidth_GBps"]) * GB, float(e.get("latency_us", 0.0)) * US,
+                  float(e.get("efficiency", 1.0)), str(e.get("link", "direct")))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ParsimError(f"cluster {name}: malformed graph ({type(e).__name__}: {e}); expected nodes: [{{id, kind, "
+                          "profile}}] and links: [{a, b, bandwidth_GBps, latency_us}]") from None
+    return _from_graph(name, g, d.get("ranks"), d.get("device"), d.get("gpus_per_node"), d.get("servers"))
+
+
+def _from_graph(name, g, ranks=None, device=None, gpus_per_node=None, servers=None) -> Cluster:
+    is_dev = [n for n, a in g.nodes(data=True) if a.get("kind") == "device" and a.get("role") != "server"]
+    srv = tuple(servers) if servers else tuple(sorted(n for n, a in g.nodes(data=True)
+                                                     if a.get("kind") == "device" and a.get("role") == "server"))
+    if ranks is None:
+        ranks = sorted(is_dev, key=lambda n: (g.nodes[n].get("rank", 0), g.nodes[n].get("node", 0),
+                                              g.nodes[n].get("local", 0), str(n)))
+    require(ranks, f"cluster {name}: no device nodes (kind: device)")
+    ranks = tuple(str(r) for r in ranks)
+    for r in ranks:
+        require(r in g, f"cluster {name}: rank device {r!r} is not in the graph")
+    profiles = {g.nodes[r].get("profile") for r in ranks}
+    device = device or (profiles.pop() if len(profiles) == 1 else None)
+    require(device is not None, f"cluster {name}: devices name several profiles {sorted(map(str, profiles))}; "
+                                "set device: to the one the ranks use")
+    if gpus_per_node is None:
+        per = {}
+        for r in ranks:
+            per[g.nodes[r].get("node", r)] = per.get(g.nodes[r].get("node", r), 0) + 1
+        gpus_per_node = max(per.values())
+    return validate(Cluster(name, g, ranks, int(gpus_per_node), str(device), {"builder": "graph"}, srv))
+
+
+def load_cluster(spec, gpus: int | None = None, order=None) -> Cluster:
+    """A preset name, a YAML file (preset keys or an explicit graph) or a GraphML file, sized to
+    `gpus` devices where the builder allows; `order` sets the rank placement (see ``place``)."""
     if isinstance(spec, Cluster):
-        return spec
-    presets = _presets()
-    if spec in presets:
-        return _build(spec, presets[spec], gpus)
+        c = spec
+    else:
+        presets = _presets()
+        if spec in presets:
+            c = _build(spec, presets[spec], gpus)
+        else:
+            c = _load_file(spec, gpus)
+    return place(c, order) if order is not None else c
+
+
+def _load_file(spec, gpus):
     p = Path(str(spec))
     if not p.exists():
-        raise ParsimError(f"unknown cluster {spec!r}: not a preset and no such file{closest(spec, presets)} "
+        presets = _presets()
+        raise ParsimError(f"unknown cluster {spec!r}: not a preset and no such file{closest(str(spec), presets)} "
                           f"(presets: {', '.join(presets)})")
+    if p.suffix.lower() == ".graphml":
+        try:
+            g = nx.read_graphml(p)
+        except Exception as e:  # networkx raises several parser errors
+            raise ParsimError(f"cannot read GraphML {p}: {type(e).__name__}: {e}") from None
+        gr = nx.Graph(g)
+        ga = g.graph
+        c = _from_graph(ga.get("name", p.stem), gr, None, ga.get("device"), ga.get("gpus_per_node"))
+        return _resize(c, gpus)
     try:
         d = yaml.safe_load(p.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ParsimError(f"cannot read cluster file {p}: {type(e).__name__}") from None
     if not isinstance(d, dict):
         raise ParsimError(f"cluster file {p}: expected a mapping, got {type(d).__name__}")
-    return _build(p.stem, d, gpus)
+    if "nodes" in d:
+        return _resize(_from_graph_mapping(str(d.get("name", p.stem)), d), gpus)
+    return _build(str(d.get("name", p.stem)), d, gpus)
 
 
-def group_ranks(plan, kind: str, index: int = 0) -> tuple:
-    """Ranks of the `index`-th process group of `kind` (tp | pp | dp) under tp-innermost placement."""
-    tp, pp, dp = plan.tp, plan.pp, plan.dp
-    if kind == "tp":
-        return tuple(range(index * tp, index * tp + tp))
-    if kind == "pp":
-        base = (index // tp) * (tp * pp) + index % tp
-        return tuple(base + i * tp for i in range(pp))
-    if kind == "dp":
-        return tuple(index + i * tp * pp for i in range(dp))
-    raise AssertionError(kind)
+def _resize(c: Cluster, gpus):
+    """An explicit graph has a fixed size: the first `gpus` devices, or an error if it has fewer."""
+    if gpus is None or gpus == c.num_devices:
+        return c
+    require(gpus <= c.num_devices, f"cluster {c.name} has {c.num_devices} devices, fewer than gpus = {gpus}")
+    return Cluster(c.name, c.graph, c.devices[:gpus], c.gpus_per_node, c.device_profile, c.meta, c.servers)
+
+
+def to_mapping(c: Cluster) -> dict:
+    """The explicit-graph YAML mapping of a cluster (units in the keys)."""
+    nodes = [{"id": str(n), **{k: v for k, v in a.items()}} for n, a in c.graph.nodes(data=True)]
+    links = []
+    for u, v, a in c.graph.edges(data=True):
+        rate = a.get("rate", a["bandwidth"] / a.get("efficiency", 1.0))
+        links.append({"a": str(u), "b": str(v), "bandwidth_GBps": rate / GB, "efficiency": a.get("efficiency", 1.0),
+                      "latency_us": a.get("latency", 0.0) / US, "link": a.get("link", "direct")})
+    return {"name": c.name, "device": c.device_profile, "gpus_per_node": c.gpus_per_node,
+            "ranks": [str(d) for d in c.devices], "servers": [str(s) for s in c.servers],
+            "nodes": nodes, "links": links}
+
+
+def save_cluster(c: Cluster, path) -> Path:
+    """Write YAML (explicit graph, units in keys) or GraphML (SI attributes; rank order kept as
+    a ``rank`` attribute on devices) by the file suffix."""
+    p = Path(path)
+    if p.suffix.lower() == ".graphml":
+        g = c.graph.copy()
+        for r, d in enumerate(c.devices):
+            g.nodes[d]["rank"] = r
+        g.graph.update(name=c.name, device=c.device_profile, gpus_per_node=c.gpus_per_node)
+        nx.write_graphml(g, p)
+    elif p.suffix.lower() in (".yaml", ".yml"):
+        p.write_text(yaml.safe_dump(to_mapping(c), sort_keys=False))
+    else:
+        raise ParsimError(f"cannot save a cluster as {p.name}: expected a .yaml, .yml or .graphml file")
+    return p
+
+
+# ----------------------------------------------------------------------------- summaries
+
+def link_classes(c: Cluster) -> list[dict]:
+    """Links grouped by class: count, delivered bandwidth (GB/s = 1e9 B/s, each direction), latency."""
+    out = {}
+    for _, _, a in c.graph.edges(data=True):
+        key = (a.get("link", "?"), round(a["bandwidth"], 3), a.get("latency", 0.0), a.get("efficiency", 1.0))
+        out[key] = out.get(key, 0) + 1
+    return [{"link": k[0], "count": n, "bandwidth_GBps": k[1] / GB, "efficiency": k[3], "latency_us": k[2] / US}
+            for k, n in sorted(out.items(), key=lambda kv: (-kv[0][1], kv[0][0]))]
+
+
+def bisection_Bps(c: Cluster) -> float:
+    """Bandwidth (bytes/s, one direction) across the cut between the first and second half of the
+    ranks (max-flow = min-cut). The true bisection is the minimum over all balanced cuts; for
+    the node-major order of these builders the rank-halves cut is the usual worst case."""
+    n = c.num_devices
+    if n < 2:
+        return 0.0
+    g = nx.DiGraph()
+    for u, v, a in c.graph.edges(data=True):
+        g.add_edge(u, v, capacity=a["bandwidth"])
+        g.add_edge(v, u, capacity=a["bandwidth"])
+    for d in c.devices[: n // 2]:
+        g.add_edge("_src", d)          # no capacity attribute = infinite
+    for d in c.devices[n // 2:]:
+        g.add_edge(d, "_dst")
+    return float(nx.maximum_flow_value(g, "_src", "_dst"))
+
+
+def draw(c: Cluster, path) -> Path:
+    """A PNG of the graph: devices at the bottom, switches layered above by distance (matplotlib Agg)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    g = c.graph
+    layer = nx.multi_source_dijkstra_path_length(g, set(c.devices) | set(c.servers), weight=lambda u, v, d: 1)
+    for n in g:
+        g.nodes[n]["_layer"] = layer.get(n, 0)
+    pos = nx.multipartite_layout(g, subset_key="_layer", align="horizontal")
+    for n in g:
+        del g.nodes[n]["_layer"]
+    colors = {"device": "tab:green", "nic": "tab:orange", "switch": "tab:blue", "host": "tab:purple"}
+    fig, ax = plt.subplots(figsize=(min(24, 4 + len(g) / 8), 6))
+    bws = [a["bandwidth"] for _, _, a in g.edges(data=True)]
+    top = max(bws)
+    nx.draw_networkx_edges(g, pos, ax=ax, width=[0.3 + 2.5 * b / top for b in bws], alpha=0.5)
+    nx.draw_networkx_nodes(g, pos, ax=ax, node_size=40 if len(g) > 100 else 120,
+                           node_color=[colors.get(g.nodes[n].get("kind"), "gray") for n in g])
+    if len(g) <= 60:
+        nx.draw_networkx_labels(g, pos, ax=ax, font_size=6)
+    ax.set_title(f"{c.name}: {c.num_devices} devices, {g.number_of_edges()} links (edge width ∝ bandwidth)")
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

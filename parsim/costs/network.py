@@ -1,69 +1,361 @@
-"""Communication pricing.
+"""Communication pricing: collective schedules played on the cluster graph.
 
-First version (core issue): α-β costs on the slowest link class the group crosses
-(NVLink inside a node, the per-GPU NIC across nodes). The topology issue replaces the
-internals with schedules routed on the cluster graph; the two entry points stay:
+Model (all in bytes, seconds, bytes/s):
 
-* ``collective_time_s(cluster, op, algo, ranks, nbytes)`` -> seconds
-* ``collective_coeffs(cluster, op, algo, ranks)`` -> (alpha_s, s_per_byte), so that
-  time = alpha_s + s_per_byte · nbytes can be evaluated vectorised over many plans.
+* **Routing.** Each transfer follows the shortest paths (hop count) between its ranks'
+  graph nodes; where several shortest paths tie it is split over them equally at every
+  branching (ECMP): edge share = σ_s(u)·σ_t(v)/σ_s(t) (Brandes' path counting). Routes are
+  cached per graph and node pair (treat a graph as immutable once priced).
+* **Sharing.** Links are full duplex: each direction of an edge carries ``bandwidth``. The
+  transfers of one step share every link direction they cross; a link direction drains its
+  load at its bandwidth, so the step's serialisation time is the largest
+  load/bandwidth over link directions (for equal flows: bandwidth/flows each).
+* **Latency.** A transfer pays the sum of the edge latencies along its path (per hop).
+* **A step** costs  α_step + β_step, with α_step = its largest path latency and β_step =
+  its bandwidth time (above) — the Hockney α-β split taken per step. This is an upper
+  bound of max(latency + serialisation) over transfers, equal for the symmetric steps of
+  these algorithms, and it makes a schedule's price exactly affine in the buffer size, so
+  ``collective_coeffs`` is exact (pricing at one size gives both coefficients).
+* **Reduction work** is priced on the receiving device: 3 bytes of memory traffic per
+  reduced byte (read both operands, write the sum) at ``memory_bandwidth · memory_eff``
+  (large-kernel efficiency). GPUs reduce inside the copy kernel (NCCL), so the reduction
+  overlaps the transfer (max); CPU ranks (gloo) reduce after the data lands (sum).
+* **Pipelined schedules** (tree, chained broadcast) overlap their chunks round by round;
+  their price depends on the chunk count. Coefficients use NCCL's 512 KiB chunk: α is the
+  one-chunk (unpipelined) latency, β the per-byte bandwidth time of one steady-state round
+  (chunks stream back to back, NCCL keeps 8 in flight, so latency is paid once per path,
+  not per chunk) — ``T(n) = α + β·n``, the form NCCL's own tuning model uses; it is
+  optimistic by the pipeline fill (≈ 2H chunk times) for mid-size messages.
 
-``nbytes`` is the per-rank buffer size (nccl-tests convention: the all-reduce input).
+Entry points (the core model calls the first two, once per distinct group, cached):
+  ``collective_coeffs(cluster, op, algo, ranks) -> (alpha_s, s_per_byte)``
+  ``collective_time_s(cluster, op, algo, ranks, nbytes) -> seconds``
+  ``price_schedule(cluster_or_graph, schedule, nodes=None) -> Price``
+``nbytes`` is the per-rank buffer (nccl-tests convention: the all-reduce input).
+
+Algorithm names: those of ``parsim.schedules.collectives`` plus ``native`` — what the
+library would run: for all-reduce on GPUs NCCL's choice between its ring and its tree
+(``collective_time_s`` takes the faster at each size; ``collective_coeffs`` returns the
+line of the one faster at 64 MiB, the gradient-bucket regime). NCCL's ring is
+``ring-channels``: one ring per GPU of a node, each entering every node at a different
+GPU and leaving through a different NIC, on 1/L of the buffer (so a multi-node ring
+uses every NIC); ``ring`` is the single textbook ring in rank order (what an explicit
+send/recv ring runs). gloo (CPU devices) runs a single ring. Other ops: NCCL runs reduce-scatter, all-gather and broadcast as rings. An
+algorithm an op does not have (e.g. ``tree`` for reduce_scatter, ``hd`` for a
+non-power-of-two group) falls back to the op's native algorithm, as the library would;
+``hierarchical`` falls back to ring when the group's nodes hold unequal rank counts.
+``ps-central`` uses the cluster's first dedicated server host if it has one, else rank 0;
+``ps-sharded`` needs dedicated server hosts (``Cluster.servers``).
 """
 from __future__ import annotations
 
-import math
+import functools
+import weakref
+from collections import deque
+from dataclasses import dataclass
 
-OPS = ("allreduce", "reduce_scatter", "all_gather", "broadcast", "all_to_all", "sendrecv")
-ALGOS = ("ring", "tree", "hd", "hierarchical", "ps", "native")
+import networkx as nx
+import numpy as np
+
+from parsim.errors import ParsimError, closest, require
+from parsim.schedules import collectives as S
+
+OPS = S.OPS
+ALGOS = ("ring", "tree", "hd", "rd", "hierarchical", "ps", "ps-central", "ps-sharded", "native")
+NATIVE = {"reduce_scatter": "ring", "all_gather": "ring", "broadcast": "ring", "all_to_all": "pairwise",
+          "sendrecv": "direct"}
+NATIVE_REF_BYTES = 64 * 2 ** 20
+REDUCE_TRAFFIC = 3.0   # bytes of memory traffic per reduced byte
 
 
-def _link(cluster, ranks):
-    """(bandwidth B/s, latency s) of the slowest link class a group crosses."""
-    g = cluster.graph
-    nodes = {cluster.node_of(r) for r in ranks}
-    kind = "nvlink" if len(nodes) == 1 else "nic"
-    for _, _, d in g.edges(data=True):
-        if d.get("link") == kind:
-            return d["bandwidth"], d["latency"] * (1 if kind == "nvlink" else 2)
-    raise AssertionError(f"no {kind} link in cluster {cluster.name}")
+@dataclass(frozen=True)
+class Price:
+    alpha_s: float          # latency part (sum over steps of the largest path latency)
+    bandwidth_s: float      # serialisation + reduction part at this schedule's size
+    steps: int
+
+    @property
+    def time_s(self) -> float:
+        return self.alpha_s + self.bandwidth_s
 
 
-def collective_coeffs(cluster, op: str, algo: str, ranks) -> tuple[float, float]:
-    """(alpha_s, s_per_byte) of one collective over `ranks`."""
+# ----------------------------------------------------------------------------- routing
+
+class _Router:
+    """Directed-edge arrays and ECMP routes of one graph."""
+
+    def __init__(self, g: nx.Graph):
+        self.g = g
+        self.eid = {}
+        bw, lat = [], []
+        for u, v, d in g.edges(data=True):
+            b = float(d.get("bandwidth", 0.0))
+            require(b > 0 and np.isfinite(b), f"link {u} — {v}: bandwidth = {b} B/s, expected > 0")
+            for a, c in ((u, v), (v, u)):
+                self.eid[(a, c)] = len(bw)
+                bw.append(b)
+                lat.append(float(d.get("latency", 0.0)))
+        self.bw = np.array(bw)
+        self.lat = np.array(lat)
+        self.routes = {}
+        self.red = {}
+
+    def route(self, s, t):
+        """(edge ids, fractions, path latency) of the ECMP split of s -> t."""
+        key = (s, t)
+        r = self.routes.get(key)
+        if r is not None:
+            return r
+        if s == t:
+            r = (np.zeros(0, dtype=np.int64), np.zeros(0), 0.0)
+            self.routes[key] = r
+            return r
+        g = self.g
+        dist, sigma, lat = {s: 0}, {s: 1}, {s: 0.0}
+        frontier, d = [s], 0
+        while t not in dist:
+            require(frontier, f"no path from {s} to {t} in the cluster graph")
+            d += 1
+            nxt = []
+            for u in frontier:
+                for v, e in g[u].items():
+                    dv = dist.get(v)
+                    if dv is None:
+                        dist[v], sigma[v], lat[v] = d, sigma[u], lat[u] + e.get("latency", 0.0)
+                        nxt.append(v)
+                    elif dv == d:
+                        sigma[v] += sigma[u]
+                        lat[v] = max(lat[v], lat[u] + e.get("latency", 0.0))
+            frontier = nxt
+        # backward over the shortest-path DAG: flow through (u -> v) = flow(v)·σ(u)/σ(v)
+        flow = {t: 1.0}
+        eids, fr = [], []
+        layer = [t]
+        while layer and layer[0] != s:
+            prev = {}
+            for v in layer:
+                fv, dv = flow[v], dist[v]
+                for u in g[v]:
+                    if dist.get(u) == dv - 1:
+                        share = fv * sigma[u] / sigma[v]
+                        eids.append(self.eid[(u, v)])
+                        fr.append(share)
+                        prev[u] = prev.get(u, 0.0) + share
+            flow.update(prev)
+            layer = list(prev)
+        r = (np.array(eids, dtype=np.int64), np.array(fr), float(lat[t]))
+        self.routes[key] = r
+        return r
+
+
+_ROUTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def router(g: nx.Graph) -> _Router:
+    r = _ROUTERS.get(g)
+    if r is None:
+        r = _ROUTERS[g] = _Router(g)
+    return r
+
+
+def _reduce_coeff(g, node, cache):
+    """(s per reduced byte, overlapped with transfer?) of the device at `node`."""
+    prof = g.nodes[node].get("profile")
+    if prof not in cache:
+        if prof is None:
+            cache[prof] = (0.0, True)
+        else:
+            from parsim.hardware import get_device
+            dev = get_device(prof)
+            eff = float(dev.memory_eff(1e6))
+            cache[prof] = (REDUCE_TRAFFIC / (dev.memory_bandwidth_Bps * eff), dev.kind == "gpu")
+    return cache[prof]
+
+
+# ----------------------------------------------------------------------------- pricing
+
+def _graph(cluster):
+    return cluster if isinstance(cluster, nx.Graph) else cluster.graph
+
+
+def schedule_nodes(cluster, schedule: S.Schedule, ranks=None) -> list:
+    """Graph node of every schedule rank: workers on their devices, server ranks on the
+    cluster's dedicated servers."""
+    ranks = schedule.ranks if ranks is None else ranks
+    ranks = range(schedule.p) if ranks is None else ranks
+    nodes = [cluster.devices[r] for r in ranks]
+    servers = tuple(getattr(cluster, "servers", ()))
+    require(schedule.servers <= len(servers),
+            f"{schedule.algo} needs {schedule.servers} dedicated server host(s) but cluster {cluster.name} has "
+            f"{len(servers)} (build one with the star builder, e.g. preset ps-star)")
+    return nodes + list(servers[:schedule.servers])
+
+
+def price_schedule(cluster, schedule: S.Schedule, nodes=None) -> Price:
+    """Price `schedule` on a Cluster (ranks via ``schedule.ranks``/devices) or on a bare graph
+    with `nodes[i]` = graph node of schedule rank i."""
+    g = _graph(cluster)
+    if nodes is None:
+        require(not isinstance(cluster, nx.Graph), "price_schedule on a bare graph needs nodes= (one per rank)")
+        nodes = schedule_nodes(cluster, schedule)
+    require(len(nodes) >= schedule.nranks, f"schedule has {schedule.nranks} ranks but {len(nodes)} nodes were given")
+    rt = router(g)
+    red_cache = {}
+    rc = np.array([_reduce_coeff(g, n, red_cache) for n in nodes[:schedule.nranks]], dtype=object)
+    red_s = np.array([c[0] for c in rc], dtype=float)
+    red_ov = np.array([c[1] for c in rc], dtype=bool)
+    patterns, costs = {}, {}
+    alpha = bw_total = 0.0
+    for st in schedule.steps:
+        pk = (id(st.src), id(st.dst))
+        pat = patterns.get(pk)
+        if pat is None:
+            ck = (st.src.tobytes(), st.dst.tobytes())
+            pat = patterns.get(ck)
+            if pat is None:
+                pat = patterns[ck] = _pattern(rt, nodes, st.src, st.dst)
+            patterns[pk] = pat
+        ck = (id(pat), id(st.nbytes), id(st.reduce))
+        c = costs.get(ck)
+        if c is None:
+            c = costs[ck] = _step_cost(rt, pat, st, red_s, red_ov, schedule.nranks)
+        alpha += c[0]
+        bw_total += c[1]
+    return Price(alpha, bw_total, len(schedule.steps))
+
+
+def _pattern(rt: _Router, nodes, src, dst):
+    eids, frs, tix, lats = [], [], [], np.empty(len(src))
+    for i, (a, b) in enumerate(zip(src.tolist(), dst.tolist())):
+        e, f, lat = rt.route(nodes[a], nodes[b])
+        eids.append(e)
+        frs.append(f)
+        tix.append(np.full(len(e), i, dtype=np.int64))
+        lats[i] = lat
+    if not eids:
+        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64), lats
+    return np.concatenate(eids), np.concatenate(frs), np.concatenate(tix), lats
+
+
+def _step_cost(rt, pat, st, red_s, red_ov, nranks):
+    eids, frs, tix, lats = pat
+    nb = st.nbytes.astype(float)
+    live = nb > 0
+    if not live.any():
+        return 0.0, 0.0
+    a = float(lats[live].max())
+    load = np.bincount(eids, weights=frs * nb[tix], minlength=len(rt.bw)) if len(eids) else np.zeros(1)
+    link = float((load / rt.bw).max()) if len(eids) else 0.0
+    red = np.bincount(st.dst[st.reduce], weights=nb[st.reduce], minlength=nranks) * red_s
+    over = float(red[red_ov].max()) if red_ov.any() else 0.0
+    after = float(red[~red_ov].max()) if (~red_ov).any() else 0.0
+    return a, max(link, over) + after
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def _pow2(p):
+    return p & (p - 1) == 0
+
+
+def _resolve(cluster, op, algo, ranks):
+    """(schedule algo, builder kwargs, ranks in schedule order) for op/algo on this group."""
+    require(op in OPS, f"unknown collective {op!r}: expected one of {', '.join(OPS)}{closest(op, OPS)}")
+    require(algo in ALGOS or algo in S.BUILDERS[op] or algo == "ring-channels",
+            f"unknown algorithm {algo!r}: expected one of {', '.join(ALGOS)}{closest(algo, ALGOS)}")
+    p = len(ranks)
+    kw = {}
+    if op != "allreduce":
+        a = algo if algo in S.BUILDERS[op] else NATIVE[op]
+        if (op, a) in (("reduce_scatter", "hd"), ("all_gather", "rd")) and not _pow2(p):
+            a = NATIVE[op]
+        return a, kw, ranks
+    if algo == "native":
+        return "native", kw, ranks
+    if algo in ("hierarchical", "ring-channels"):
+        by_node = {}
+        for r in ranks:
+            by_node.setdefault(cluster.node_of(r), []).append(r)
+        counts = {len(v) for v in by_node.values()}
+        if len(counts) != 1:
+            return "ring", kw, ranks
+        L, N = counts.pop(), len(by_node)
+        node_major = tuple(r for n in sorted(by_node) for r in by_node[n])
+        if algo == "ring-channels":
+            if N == 1 or L == 1:
+                return "ring", kw, ranks
+            # channel j enters every node at local GPU j and leaves through GPU j-1 (its NIC)
+            kw["orders"] = [[node * L + (j + i) % L for node in range(N) for i in range(L)] for j in range(L)]
+            return "ring", kw, node_major
+        kw["local_size"] = L
+        return "hierarchical", kw, node_major
+    if algo == "ps-central":
+        kw["dedicated"] = bool(getattr(cluster, "servers", ()))
+    if algo == "ps-sharded":
+        k = len(getattr(cluster, "servers", ()))
+        require(k > 0, f"ps-sharded needs dedicated server hosts but cluster {cluster.name} has none "
+                       "(use ps for servers co-located on the workers, or a star cluster such as ps-star)")
+        kw["servers"] = k
+    return algo, kw, ranks
+
+
+def _ref_bytes(p, servers=1):
+    """A buffer every split of these algorithms divides exactly (so the price is exactly affine)."""
+    q = 1 << max(0, (p - 1).bit_length())
+    return 2 ** 10 * p * q * max(1, servers) * 16
+
+
+def _coeffs_of(cluster, op, a, kw, ranks):
+    p = len(ranks)
+    if a in ("tree",) or (op == "broadcast" and a in ("tree", "ring")):
+        parts = 2 if op == "allreduce" else 1
+        s = S.TREE_CHUNK_BYTES
+        one = S.build(op, a, p, parts * s, 16, chunks=1).with_ranks(ranks)
+        alpha = price_schedule(cluster, one).alpha_s
+        h = one.meta.get("height", 0)
+        c1 = max(1, (2 if op == "allreduce" else 1) * h)   # first chunk count with a steady-state round
+        t = [price_schedule(cluster, S.build(op, a, p, parts * s * c, 16, chunks=c).with_ranks(ranks)).bandwidth_s
+             for c in (c1, c1 + 1)]
+        return alpha, (t[1] - t[0]) / (parts * s)
+    n = _ref_bytes(p, kw.get("servers", 1))
+    pr = price_schedule(cluster, S.build(op, a, p, n, 16, **kw).with_ranks(ranks))
+    return pr.alpha_s, pr.bandwidth_s / n
+
+
+@functools.lru_cache(maxsize=4096)
+def _coeffs_cached(cluster, op, algo, ranks):
     p = len(ranks)
     if p <= 1:
         return 0.0, 0.0
-    B, a = _link(cluster, ranks)
-    lg = math.ceil(math.log2(p))
-    if op == "sendrecv":
-        return a, 1.0 / B
-    if op in ("reduce_scatter", "all_gather"):
-        return (p - 1) * a, (p - 1) / p / B
-    if op == "broadcast":
-        return lg * a, 1.0 / B
-    if op == "all_to_all":
-        return (p - 1) * a, (p - 1) / p / B
-    assert op == "allreduce", op
-    if algo in ("ring", "native"):
-        return 2 * (p - 1) * a, 2 * (p - 1) / p / B
-    if algo == "tree":
-        return 2 * lg * a, 2.0 / B
-    if algo == "hd":
-        return 2 * lg * a, 2 * (p - 1) / p / B
-    if algo == "ps":  # sharded parameter servers co-located on the workers (BytePS)
-        return 2 * a, 2 * (p - 1) / p / B
-    if algo == "hierarchical":
-        g = cluster.gpus_per_node
-        local = min(g, p)
-        nodes = max(1, p // local)
-        Bi, ai = _link(cluster, ranks[:local])
-        t_a = 2 * (local - 1) * ai + 2 * (nodes - 1) * a
-        t_b = 2 * (local - 1) / local / Bi + (2 * (nodes - 1) / nodes / B / local if nodes > 1 else 0.0)
-        return t_a, t_b
-    raise AssertionError(algo)
+    a, kw, ranks = _resolve(cluster, op, algo, ranks)
+    if a == "native":
+        if cluster.device.kind != "gpu" or p == 2:
+            return _coeffs_cached(cluster, op, "ring", ranks)
+        lines = [_coeffs_cached(cluster, op, x, ranks) for x in ("ring-channels", "tree")]
+        return min(lines, key=lambda ab: ab[0] + ab[1] * NATIVE_REF_BYTES)
+    return _coeffs_of(cluster, op, a, kw, ranks)
+
+
+def collective_coeffs(cluster, op: str, algo: str, ranks) -> tuple[float, float]:
+    """(alpha_s, s_per_byte) of one collective over global `ranks`: time = alpha + s_per_byte·nbytes.
+    Cached per (cluster, op, algo, ranks)."""
+    return _coeffs_cached(cluster, op, algo, tuple(int(r) for r in ranks))
 
 
 def collective_time_s(cluster, op: str, algo: str, ranks, nbytes: float) -> float:
+    """Seconds for one collective of a per-rank buffer of `nbytes` over global `ranks`."""
+    ranks = tuple(int(r) for r in ranks)
+    if algo == "native" and op == "allreduce" and len(ranks) > 2 and cluster.device.kind == "gpu":
+        return min(collective_time_s(cluster, op, x, ranks, nbytes) for x in ("ring-channels", "tree"))
     a, b = collective_coeffs(cluster, op, algo, ranks)
-    return a + b * nbytes
+    return a + b * float(nbytes)
+
+
+def busbw_factor(op: str, p: int) -> float:
+    """nccl-tests PERFORMANCE.md: busbw = algbw · factor (2(p-1)/p all-reduce, (p-1)/p
+    reduce-scatter/all-gather/all-to-all, 1 broadcast and send/recv)."""
+    if op == "allreduce":
+        return 2 * (p - 1) / p
+    if op in ("reduce_scatter", "all_gather", "all_to_all"):
+        return (p - 1) / p
+    return 1.0
