@@ -8,9 +8,9 @@ semantics the DESIGN fixes: steps of transfers (src, dst, bytes) run in order;
 transfers in a step run concurrently; flows are routed on the graph and share
 each link direction max-min fairly; every step pays its paths' latency.
 
-A transfer also names the slice of the buffer it carries (``offset``, in
-elements) and whether the receiver adds it in (``reduce``) or copies it, so the
-same data drives the executor in ``backends/torchdist/bench.py``.
+A transfer also names the slice of the buffer it carries (``offset`` and
+``nbytes``, in bytes) and whether the receiver adds it in (``reduce``) or copies
+it: the format ``backends/torchdist/collectives.run_schedule`` executes.
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ import networkx as nx
 from parsim.errors import ParsimError, closest, require
 
 OPS = ("allreduce", "reduce_scatter", "all_gather", "broadcast")
-ALGOS = ("ring", "tree", "hd", "hierarchical", "ps", "ps_sharded", "ps_colocated", "native")
+# ps: sharded servers co-located on every rank (BytePS); ps-central: one server
+# (rank 0); ps-sharded: servers on the first k ranks (dedicated hosts in the ps preset)
+ALGOS = ("ring", "tree", "hd", "hierarchical", "ps", "ps-central", "ps-sharded", "native")
 ELEM_B = 4  # float32 buffers
 TREE_MIN_CHUNK_B = 64 * 1024  # pipelined tree: chunks no smaller than this ...
 TREE_MAX_CHUNKS = 8            # ... and at most this many
@@ -32,13 +34,9 @@ TREE_MAX_CHUNKS = 8            # ... and at most this many
 class Transfer:
     src: int
     dst: int
-    offset: int   # first element of the slice
-    count: int    # elements
+    offset: int   # bytes into the buffer
+    nbytes: int
     reduce: bool  # receiver adds (True) or copies (False)
-
-    @property
-    def nbytes(self) -> int:
-        return self.count * ELEM_B
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,8 @@ class Schedule:
 
 
 def _split(count, parts):
-    """Element ranges of `parts` near-equal chunks: [(offset, count)]."""
-    b = [count * i // parts for i in range(parts + 1)]
+    """Byte ranges of `parts` near-equal chunks of `count` elements: [(offset, nbytes)]."""
+    b = [count * i // parts * ELEM_B for i in range(parts + 1)]
     return [(b[i], b[i + 1] - b[i]) for i in range(parts)]
 
 
@@ -92,7 +90,7 @@ def _hd(ranks, count):
             keep_low = (i & d) == 0
             k_off, k_cnt = (lo[i], half) if keep_low else (lo[i] + half, n[i] - half)
             s_off, s_cnt = (lo[i] + half, n[i] - half) if keep_low else (lo[i], half)
-            step.append(Transfer(ranks[i], ranks[j], s_off, s_cnt, True))
+            step.append(Transfer(ranks[i], ranks[j], s_off * ELEM_B, s_cnt * ELEM_B, True))
             new[i] = (k_off, k_cnt)
         rs.append(tuple(step))
         history.append(dict(lo=dict(lo), n=dict(n)))
@@ -102,7 +100,7 @@ def _hd(ranks, count):
     ag = []
     d = 1
     while d < p:
-        ag.append(tuple(Transfer(ranks[i], ranks[i ^ d], lo[i], n[i], False) for i in range(p)))
+        ag.append(tuple(Transfer(ranks[i], ranks[i ^ d], lo[i] * ELEM_B, n[i] * ELEM_B, False) for i in range(p)))
         prev = history.pop()
         lo, n = prev["lo"], prev["n"]
         d *= 2
@@ -134,12 +132,12 @@ def _tree(ranks, count):
     return steps
 
 
-def _ps(ranks, count, servers):
+def _ps(workers, count, servers):
     """Parameter server (BytePS, Jiang et al. OSDI'20): shard j of the buffer lives
-    on servers[j]; every rank pushes shard j to it (reduce), then pulls it back."""
+    on servers[j]; every worker pushes shard j to it (reduce), then pulls it back."""
     ch = _split(count, len(servers))
-    push = tuple(Transfer(r, s, *ch[j], True) for j, s in enumerate(servers) for r in ranks if r != s)
-    pull = tuple(Transfer(s, r, *ch[j], False) for j, s in enumerate(servers) for r in ranks if r != s)
+    push = tuple(Transfer(r, s, *ch[j], True) for j, s in enumerate(servers) for r in workers if r != s)
+    pull = tuple(Transfer(s, r, *ch[j], False) for j, s in enumerate(servers) for r in workers if r != s)
     return [push, pull]
 
 
@@ -147,27 +145,28 @@ def _hierarchical(groups, count):
     """Reduce to each group's first rank, ring all-reduce among those leaders,
     broadcast back inside each group (the two-level scheme of Horovod/NCCL)."""
     leaders = [g[0] for g in groups]
-    up = tuple(Transfer(r, g[0], 0, count, True) for g in groups for r in g[1:])
-    down = tuple(Transfer(g[0], r, 0, count, False) for g in groups for r in g[1:])
+    up = tuple(Transfer(r, g[0], 0, count * ELEM_B, True) for g in groups for r in g[1:])
+    down = tuple(Transfer(g[0], r, 0, count * ELEM_B, False) for g in groups for r in g[1:])
     return ([up] if up else []) + _ring(leaders, count) + ([down] if down else [])
 
 
-def schedule(op: str, algo: str, world: int, nbytes: int, host_of=None, servers=None) -> Schedule:
-    """The schedule of one collective over ranks 0..world-1 on an nbytes buffer.
-    host_of[r] groups ranks for hierarchical; servers lists ps server ranks
-    (default: rank 0 for ps, ranks 0..1 for ps_sharded, every rank for ps_colocated)."""
+def schedule(op: str, algo: str, p: int, nbytes: int, local_size: int | None = None, servers: int = 0) -> Schedule:
+    """The schedule of one collective over workers 0..p-1 on an nbytes buffer, in
+    the conventions of parsim.schedules.collectives: `servers` dedicated server
+    ranks p..p+servers-1 (ps-central uses one if given, else worker 0 serves;
+    ps-sharded needs them); hierarchical groups local_size consecutive ranks."""
     require(op in OPS, f"unknown collective {op!r}: expected one of {', '.join(OPS)}{closest(op, OPS)}")
     require(algo in ALGOS, f"unknown algorithm {algo!r}: expected one of {', '.join(ALGOS)}{closest(algo, ALGOS)}")
-    require(world >= 1, f"world size {world} must be >= 1")
+    require(p >= 1, f"{p} workers: expected at least 1")
     count = max(1, nbytes // ELEM_B)
-    ranks = list(range(world))
-    if world == 1:
-        return Schedule(op, algo, world, count, ())
+    ranks = list(range(p))
+    if p == 1 and not servers:
+        return Schedule(op, algo, p, count, ())
     if op != "allreduce":
         require(algo in ("ring", "native"), f"{op} is implemented with ring or native only, not {algo!r}")
         steps = {"reduce_scatter": lambda: _ring(ranks, count, True, False),
                  "all_gather": lambda: _ring(ranks, count, False, True),
-                 "broadcast": lambda: [tuple(Transfer(0, r, 0, count, False) for r in ranks[1:])]}[op]()
+                 "broadcast": lambda: [tuple(Transfer(0, r, 0, count * ELEM_B, False) for r in ranks[1:])]}[op]()
     elif algo in ("ring", "native"):
         steps = _ring(ranks, count)
     elif algo == "hd":
@@ -175,17 +174,17 @@ def schedule(op: str, algo: str, world: int, nbytes: int, host_of=None, servers=
     elif algo == "tree":
         steps = _tree(ranks, count)
     elif algo == "hierarchical":
-        host_of = host_of or list(range(world))
-        groups = {}
-        for r in ranks:
-            groups.setdefault(host_of[r], []).append(r)
-        steps = _hierarchical(list(groups.values()), count)
+        L = local_size or p
+        require(p % L == 0, f"hierarchical: {p} ranks is not a whole number of hosts of {L}")
+        steps = _hierarchical([ranks[i:i + L] for i in range(0, p, L)], count)
+    elif algo == "ps":
+        steps = _ps(ranks, count, ranks)
+    elif algo == "ps-central":
+        steps = _ps(ranks, count, [p] if servers else [0])
     else:
-        if servers is None:
-            servers = {"ps": [0], "ps_sharded": [0, 1][:world], "ps_colocated": ranks}[algo]
-        require(all(0 <= s < world for s in servers), f"ps servers {servers} must be ranks in 0..{world - 1}")
-        steps = _ps(ranks, count, list(servers))
-    return Schedule(op, algo, world, count, tuple(steps))
+        require(servers >= 1, "ps-sharded needs dedicated server ranks (e.g. --cluster ps --servers 2)")
+        steps = _ps(ranks, count, list(range(p, p + servers)))
+    return Schedule(op, algo, p, count, tuple(steps))
 
 
 # -- pricing on the graph ------------------------------------------------------
@@ -227,8 +226,8 @@ def flow_time_s(paths, nbytes, cap):
     raise AssertionError("flow simulation did not converge")
 
 
-def predict(graph: nx.Graph, sched: Schedule, rank_nodes) -> dict:
-    """Predicted time of a schedule: per step, routed flows (shortest path by hops
+def predict(graph: nx.Graph, steps, rank_nodes) -> dict:
+    """Predicted time of a schedule's steps (transfers with src, dst, nbytes): per step, routed flows (shortest path by hops
     between the ranks' device nodes) share link directions max-min fairly; the step
     ends with its slowest flow plus the largest path latency."""
     g = graph
@@ -237,7 +236,8 @@ def predict(graph: nx.Graph, sched: Schedule, rank_nodes) -> dict:
         cap[(u, v)] = cap[(v, u)] = float(d["bandwidth"])
     route = {}
     total, bw_part, lat_part = 0.0, 0.0, 0.0
-    for step in sched.steps:
+    steps = getattr(steps, "steps", steps)
+    for step in steps:
         paths, sizes, lats = [], [], []
         for tr in step:
             a, b = rank_nodes[tr.src], rank_nodes[tr.dst]
@@ -253,12 +253,12 @@ def predict(graph: nx.Graph, sched: Schedule, rank_nodes) -> dict:
         bw_part += tb
         lat_part += tl
         total += tb + tl
-    return {"time_s": total, "bandwidth_term_s": bw_part, "latency_term_s": lat_part, "steps": len(sched.steps),
+    return {"time_s": total, "bandwidth_term_s": bw_part, "latency_term_s": lat_part, "steps": len(steps),
             "model": "backends.netem.model (fluid max-min on the graph)"}
 
 
-def bytes_moved(sched: Schedule) -> int:
-    return sum(t.nbytes for s in sched.steps for t in s)
+def bytes_moved(steps) -> int:
+    return sum(t.nbytes for s in steps for t in s)
 
 
 def busbw_factor(op: str, world: int) -> float:

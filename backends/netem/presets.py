@@ -67,16 +67,16 @@ def two_racks(hosts: int, bandwidth_Bps: float, latency_s: float = 0.0, oversubs
 def parameter_server(hosts: int, bandwidth_Bps: float, latency_s: float = 0.0, servers: int = 1,
                      devices_per_host: int = 1) -> nx.Graph:
     """`hosts` worker hosts plus `servers` dedicated server hosts (ps0..), one switch.
-    Server hosts come first so that they take the lowest ranks."""
+    Server hosts come last, so they take ranks p..p+servers-1 as the ps schedules expect."""
     require(servers >= 1, f"servers={servers} must be >= 1")
     g = nx.Graph(name=f"ps{servers}x{hosts}")
     g.add_node("sw0", kind="switch")
+    for i in range(hosts):
+        _add_host(g, f"h{i}", "sw0", bandwidth_Bps, latency_s, devices_per_host)
     for s in range(servers):
         _add_host(g, f"ps{s}", "sw0", bandwidth_Bps, latency_s, 1)
         g.nodes[f"ps{s}"]["role"] = "server"
         g.nodes[f"ps{s}/d0"]["role"] = "server"
-    for i in range(hosts):
-        _add_host(g, f"h{i}", "sw0", bandwidth_Bps, latency_s, devices_per_host)
     return g
 
 

@@ -1,0 +1,278 @@
+"""Collective micro-benchmark: `parsim run --bench allreduce --algo ring --size 16MiB`.
+
+Every rank runs the same schedule (``backends.netem.model.schedule``) with
+torch.distributed (gloo) isend/irecv — or the library's own collective for
+``--algo native`` — and rank 0 reports the measured time (median and spread over
+the repeats, after warm-up) beside the time parsim predicts on the cluster graph.
+
+Ranks come from torchrun-style variables (RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT, LOCAL_RANK). Inside `parsim emulate run`, PARSIM_NETEM_STATE names
+the emulated cluster's state file: its graph, with link rates and latency set to
+what the probes measured, is what the prediction is made on. Without it the
+benchmark spawns --nproc local ranks on loopback and predicts on a one-host graph
+with nominal loopback figures (so the comparison there is indicative only).
+
+One timed repeat: barrier, start clock, run the collective, stop clock; the
+repeat's time is the slowest rank's (a MAX all-reduce after the clock stops).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from parsim.errors import ParsimError, require
+from parsim.units import fmt_bytes, fmt_time, parse_size_range
+
+TIMEOUT_S = 300
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags `parsim run --bench` takes (also usable standalone)."""
+    p.add_argument("--algo", default="ring", help="ring, tree, hd, hierarchical, ps (co-located), ps-central, "
+                   "ps-sharded (dedicated servers: emulate --cluster ps), native; comma list for several")
+    p.add_argument("--size", default="16MiB", help="per-rank buffer: 16MiB, a list 4KiB,1MiB or a range 4KiB:64MiB:4")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per point (after warm-up)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
+    p.add_argument("--nproc", type=int, default=2, help="local ranks when not launched with RANK/WORLD_SIZE")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+
+
+# -- prediction ----------------------------------------------------------------
+
+def _cluster_for_prediction(world: int):
+    """(graph, rank -> device node, host index of each rank, dedicated server ranks, description)."""
+    from backends.netem import presets
+    path = os.environ.get("PARSIM_NETEM_STATE")
+    if path:
+        import networkx as nx
+        from backends.netem.probe import measured_graph
+        st = json.loads(open(path).read())
+        g = measured_graph(nx.node_link_graph(st["graph"], edges="links"), st.get("probes") or [])
+        rank_nodes, host_of, servers = [], [], 0
+        for hi, h in enumerate(st["hosts"]):
+            servers += g.nodes[h["node"]].get("role") == "server" if h["node"] in g else 0
+            n = st.get("ranks_per_host") or max(1, len(h["ranks"]))
+            for k in range(n):
+                rank_nodes.append(h["ranks"][k] if k < len(h["ranks"]) else (h["ranks"] or [h["node"]])[0])
+                host_of.append(hi)
+        require(len(rank_nodes) == world, f"emulated cluster has {len(rank_nodes)} ranks but WORLD_SIZE={world}")
+        what = "emulated cluster, measured links" if st.get("probes") else "emulated cluster, configured links"
+        return g, rank_nodes, host_of, servers, what
+    g = presets.single_switch(1, presets.LOOPBACK_BPS, devices_per_host=world)
+    return g, [f"h0/d{r}" for r in range(world)], [0] * world, 0, "one host, nominal loopback"
+
+
+def build_steps(op, algo, world, nbytes, host_of, servers=0):
+    """(schedule, source): the one schedule the executor runs and the model prices.
+    ``parsim.schedules.collectives`` when importable, else the stand-in in
+    ``backends.netem.model``; `servers` dedicated server ranks come last (ps
+    preset); native is priced as the ring gloo runs for large buffers."""
+    p = world - servers
+    require(p >= 1, f"{world} ranks with {servers} dedicated servers leaves no workers")
+    counts = [host_of[:p].count(h) for h in dict.fromkeys(host_of[:p])]
+    if algo == "hierarchical":
+        require(len(set(counts)) == 1, f"hierarchical needs the same number of ranks on every host, got {counts}")
+    kw = dict(local_size=counts[0], servers=servers or None, dedicated=bool(servers))
+    name = "ring" if algo == "native" else algo
+    try:
+        from parsim.schedules import collectives as SC
+    except ImportError:
+        SC = None
+    if SC is not None:
+        return SC.build(op, name, p, nbytes, **kw), "parsim.schedules.collectives"
+    from backends.netem import model
+    return model.schedule(op, name, p, nbytes, local_size=counts[0], servers=servers), "backends.netem.model"
+
+
+def predict_point(op, algo, world, nbytes):
+    from backends.netem.model import predict
+    g, rank_nodes, host_of, servers, what = _cluster_for_prediction(world)
+    sched, source = build_steps(op, algo, world, nbytes, host_of, servers)
+    return sched, servers, predict(g, sched, rank_nodes) | {"cluster": what, "schedule": source}
+
+
+# -- execution -----------------------------------------------------------------
+
+def execute(steps, buf, rank):
+    """Run a schedule on this rank's flat buffer, in place: the backend's executor
+    (``backends.torchdist.collectives.run_schedule``) when present, else a minimal one."""
+    import torch
+    import torch.distributed as dist
+    try:
+        from backends.torchdist.collectives import run_schedule
+    except ImportError:
+        run_schedule = None
+    if run_schedule is not None:
+        run_schedule(steps, buf, list(range(dist.get_world_size())))
+        return
+    isz = buf.element_size()
+    for step in steps:
+        reqs, incoming = [], []
+        for i, t in enumerate(step):
+            a, n = t.offset // isz, t.nbytes // isz
+            if t.src == rank:
+                reqs.append(dist.isend(buf[a:a + n], dst=t.dst, tag=i))
+            if t.dst == rank:
+                tmp = torch.empty(n, dtype=buf.dtype)
+                reqs.append(dist.irecv(tmp, src=t.src, tag=i))
+                incoming.append((a, n, tmp, t.reduce))
+        for r in reqs:
+            r.wait()
+        for a, n, tmp, red in incoming:
+            if red:
+                buf[a:a + n] += tmp
+            else:
+                buf[a:a + n] = tmp
+
+
+def _native(op, buf, world):
+    import torch
+    import torch.distributed as dist
+    if op == "allreduce":
+        dist.all_reduce(buf)
+    elif op == "broadcast":
+        dist.broadcast(buf, src=0)
+    elif op == "all_gather":
+        n = buf.numel() // world
+        parts = [torch.empty(n, dtype=buf.dtype) for _ in range(world)]
+        dist.all_gather(parts, buf[:n].clone())
+    else:
+        raise ParsimError(f"native {op} is not available on gloo; use --algo ring")
+
+
+def _expected_ok(op, buf, rank, workers):
+    import torch
+    if op == "allreduce" and rank < workers:  # dedicated servers end with nothing to check
+        return bool(torch.all(buf == workers * (workers + 1) / 2))
+    return True  # values of the other ops are not checked here
+
+
+def _run_point(op, algo, nbytes, repeats, warmup, rank, world):
+    import torch
+    import torch.distributed as dist
+    steps, servers, pred = predict_point(op, algo, world, nbytes)
+    workers = world - servers
+    buf = torch.empty(max(1, nbytes // 4), dtype=torch.float32)
+    times, ok = [], True
+    for it in range(warmup + repeats):
+        buf.fill_(rank + 1 if rank < workers else 0)
+        dist.barrier()
+        t0 = time.perf_counter()
+        if algo == "native":
+            _native(op, buf, world)  # (over every rank, servers included)
+        else:
+            execute(steps, buf, rank)
+        dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        if it == 0:
+            ok = _expected_ok(op, buf, rank, workers)
+        dist.all_reduce(dt, op=dist.ReduceOp.MAX)
+        if it >= warmup:
+            times.append(float(dt))
+    flag = torch.tensor([0 if ok else 1])
+    dist.all_reduce(flag)
+    med = statistics.median(times)
+    return {
+        "op": op, "algo": algo, "size_B": buf.numel() * 4, "world": world, "workers": workers, "repeats": repeats,
+        "times_s": times, "median_s": med, "min_s": min(times), "max_s": max(times),
+        "spread": (max(times) - min(times)) / med if med > 0 else 0.0,
+        "predicted_s": pred["time_s"], "predicted": pred,
+        "error": (pred["time_s"] - med) / med if med > 0 else None,
+        "correct": int(flag) == 0,
+    }
+
+
+def run_ranks(args) -> list | None:
+    """Body of one rank (env:// rendezvous). Returns the results on rank 0."""
+    import torch.distributed as dist
+    from datetime import timedelta
+    op = args.bench
+    algos = [a.strip() for a in str(args.algo).split(",") if a.strip()]
+    sizes = parse_size_range(args.size)
+    require(args.repeats >= 1, f"--repeats {args.repeats} must be >= 1")
+    for a in algos:  # validate before the group forms, so bad input fails on every rank alike
+        predict_point(op, a, int(os.environ["WORLD_SIZE"]), sizes[0])
+    if "OMP_NUM_THREADS" not in os.environ:
+        # several ranks share the CPU: spinning OpenMP workers would steal it from
+        # gloo's I/O threads (measured: a 4-rank 1 MiB ring 30x slower on 2 cores)
+        import torch
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    dist.init_process_group("gloo", timeout=timedelta(seconds=TIMEOUT_S))
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        out = [_run_point(op, a, n, args.repeats, args.warmup, rank, world) for n in sizes for a in algos]
+        for r in out:
+            r["hosts"] = int(os.environ.get("PARSIM_NETEM_HOSTS", 1))
+        return out if rank == 0 else None
+    finally:
+        dist.destroy_process_group()
+
+
+def render(results, fmt="table") -> str:
+    if fmt == "json":
+        return json.dumps(results, indent=1)
+    lines = [f"{'op':<10} {'algo':<13} {'size':>10} {'ranks':>5} {'measured':>11} {'spread':>7} "
+             f"{'predicted':>11} {'error':>7}  ok"]
+    for r in results:
+        lines.append(f"{r['op']:<10} {r['algo']:<13} {fmt_bytes(r['size_B']):>10} {r['world']:>5} "
+                     f"{fmt_time(r['median_s']):>11} {r['spread'] * 100:>6.1f}% {fmt_time(r['predicted_s']):>11} "
+                     f"{r['error'] * 100:>+6.1f}%  {'yes' if r['correct'] else 'NO'}")
+    if results:
+        lines.append(f"prediction on: {results[0]['predicted']['cluster']}")
+    return "\n".join(lines)
+
+
+def _spawn_local(args, argv) -> int:
+    """No RANK in the environment: run --nproc ranks here on loopback."""
+    import socket
+    require(args.nproc >= 1, f"--nproc {args.nproc} must be >= 1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for r in range(args.nproc):
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(args.nproc), LOCAL_RANK=str(r),
+                   LOCAL_WORLD_SIZE=str(args.nproc),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-m", "backends.torchdist.bench", *argv], env=env))
+    rc = 0
+    for p in procs:
+        try:
+            rc = rc or p.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise ParsimError(f"local benchmark ranks did not finish within {TIMEOUT_S} s")
+    return rc
+
+
+def main(args, argv=None) -> int:
+    """Entry point for `parsim run --bench OP ...` (args from add_arguments + --bench)."""
+    if "RANK" not in os.environ:
+        return _spawn_local(args, argv if argv is not None else sys.argv[1:])
+    res = run_ranks(args)
+    if res is not None:
+        print(render(res, args.format), flush=True)
+        if not all(r["correct"] for r in res):
+            return 1
+    return 0
+
+
+def _standalone(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m backends.torchdist.bench")
+    p.add_argument("--bench", default="allreduce")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return main(args, argv if argv is not None else sys.argv[1:])
+    except ParsimError as e:
+        print(f"parsim run --bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_standalone())

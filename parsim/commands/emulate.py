@@ -1,0 +1,249 @@
+"""`parsim emulate up|run|down|status`: an emulated cluster in network namespaces.
+
+  parsim emulate up --cluster switch --hosts 4 --link 200Mbit
+  parsim emulate run --hosts 4 --link 200Mbit -- parsim run --bench allreduce --size 16MiB
+  parsim emulate status
+  parsim emulate down            # also removes what a crashed run left behind
+
+The cluster is a preset (switch, racks, ps), a parsim cluster preset or a cluster
+file; --link sets every host link's rate (and --delay its one-way latency, where
+the kernel has sch_netem). `up` probes each link and prints the configured rate
+beside the measured one; those measured rates are what predictions use.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from parsim.errors import ParsimError, require
+from parsim.units import fmt_time, parse_rate, parse_time
+
+MASTER_PORT = 29500
+
+
+def _topology_flags(p):
+    p.add_argument("--cluster", default=None,
+                   help="switch (hosts on one switch), racks (two racks under a spine), ps (dedicated "
+                        "parameter-server hosts), a parsim cluster preset or a cluster file (default: switch)")
+    p.add_argument("--hosts", type=int, default=None, help="number of (worker) hosts (default 2)")
+    p.add_argument("--link", default=None, help="host link rate, e.g. 1Gbit or 200Mbit (default 1Gbit)")
+    p.add_argument("--delay", default=None, help="one-way link latency, e.g. 0.2ms (needs sch_netem)")
+    p.add_argument("--oversubscription", type=float, default=2.0, help="racks: rack uplink oversubscription")
+    p.add_argument("--servers", type=int, default=1, help="ps: dedicated server hosts")
+    p.add_argument("--ranks-per-host", type=int, default=None, help="processes per host (default: its devices, 1)")
+    p.add_argument("--no-probe", action="store_true", help="skip the link probes (predictions then use configured rates)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
+    up = sub.add_parser("up", help="build the emulated cluster and probe its links; it stays up until `down`")
+    _topology_flags(up)
+    up.add_argument("--format", choices=["table", "json"], default="table")
+    run = sub.add_parser("run", help="run a command with one process per rank inside the hosts' namespaces")
+    _topology_flags(run)
+    run.add_argument("--timeout", default="10min", help="kill the ranks after this long (default 10min)")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- parsim run ...")
+    down = sub.add_parser("down", help="remove emulated clusters that are up and leftovers of crashed runs")
+    down.add_argument("--all", action="store_true", help="also clusters of runs still in progress")
+    down.add_argument("--prefix", default=None, help="only the cluster with this name prefix")
+    sub.add_parser("status", help="list emulated clusters and leftovers")
+
+
+def _given(args) -> bool:
+    return any(getattr(args, k) is not None for k in ("cluster", "hosts", "link", "delay"))
+
+
+def build_graph(args):
+    """The cluster graph the topology flags describe."""
+    from backends.netem import presets
+    from backends.netem.plan import graph_of
+    name = args.cluster or "switch"
+    rate = parse_rate(args.link or "1Gbit")
+    delay = parse_time(args.delay) if args.delay else 0.0
+    hosts = args.hosts if args.hosts is not None else 2
+    require(1 <= hosts <= 32, f"--hosts {hosts}: expected 1..32")
+    require(1e5 <= rate <= 1.25e9, f"--link {args.link}: expected 800Kbit..10Gbit (shaping on this CPU)")
+    if name in presets.PRESETS:
+        kw = dict(hosts=hosts, bandwidth_Bps=rate, latency_s=delay)
+        if name == "racks":
+            kw["oversubscription"] = args.oversubscription
+        if name == "ps":
+            kw["servers"] = args.servers
+        return presets.build(name, **kw)
+    from parsim.topology import load_cluster
+    c = load_cluster(name)
+    g = graph_of(c).copy()
+    if args.link or args.delay:  # every host-network link (not NVLink/PCIe inside a host)
+        for u, v, d in g.edges(data=True):
+            if d.get("link") in ("nic", "uplink"):
+                d["bandwidth"] = rate if args.link else d["bandwidth"]
+                d["latency"] = delay if args.delay else d.get("latency", 0.0)
+    return g
+
+
+def _print_up(emu, fmt="table"):
+    st = emu.state()
+    if fmt == "json":
+        print(json.dumps({k: st[k] for k in ("prefix", "namespaces", "hosts", "probes", "netem", "dropped_links")}, indent=1))
+        return
+    print(f"emulated cluster {emu.prefix}  ({len(emu.plan.hosts)} hosts, {len(emu.plan.switches)} switches, "
+          f"{len(emu.ranks())} ranks; state {emu.state_file})")
+    for h in emu.plan.hosts:
+        print(f"  {str(h.node):<12} ns {h.ns:<14} {h.address}")
+    if emu.plan.dropped:
+        print(f"  not emulated (bridges need a tree): {', '.join('-'.join(e) for e in emu.plan.dropped)}")
+    if emu.probes:
+        print(f"  {'probe':<16} {'configured':>14} {'measured':>14} {'ratio':>6} {'rtt':>10}")
+        for p in emu.probes:
+            print(f"  {p['src'] + '->' + p['dst']:<16} {p['configured_Bps'] * 8 / 1e6:>9.1f} Mbit {p['measured_Bps'] * 8 / 1e6:>9.1f} Mbit "
+                  f"{p['efficiency']:>6.3f} {fmt_time(p['rtt_s']):>10}")
+
+
+def bring_up(args, persistent: bool):
+    from backends.netem.cluster import Emulation
+    from backends.netem.probe import probe_pairs
+    emu = Emulation(build_graph(args), persistent=persistent, ranks_per_host=args.ranks_per_host)
+    if not persistent:
+        emu.__enter__()
+    else:
+        try:
+            emu.up()
+        except BaseException:
+            emu.teardown()
+            raise
+    try:
+        if not args.no_probe:
+            emu.probes = probe_pairs(emu)
+            emu.write_state()
+    except BaseException:
+        emu.teardown()
+        raise
+    return emu
+
+
+def _attach(state: dict):
+    """An Emulation object for a cluster that is already up (from its state file)."""
+    import networkx as nx
+    from backends.netem.cluster import Emulation
+    emu = Emulation(nx.node_link_graph(state["graph"], edges="links"), prefix=state["prefix"],
+                    persistent=True, ranks_per_host=state.get("ranks_per_host"))
+    emu.probes = state.get("probes") or []
+    emu.netem = state.get("netem", False)
+    return emu
+
+
+def _running_clusters():
+    from backends.netem.cluster import list_namespaces, read_states
+    have = set(list_namespaces())
+    return [s for s in read_states() if s.get("persistent") and all(n in have for n in s["namespaces"])]
+
+
+def rank_commands(emu, cmd):
+    """[(rank, argv)] launching cmd once per rank in its host's namespace, torchrun-style env."""
+    if cmd and cmd[0] == "parsim":
+        cmd = [sys.executable, "-m", "parsim", *cmd[1:]]
+    ranks = emu.ranks()
+    per_host = {}
+    for _, h, _ in ranks:
+        per_host[h.ns] = per_host.get(h.ns, 0) + 1
+    master = ranks[0][1].address if len(emu.plan.hosts) > 1 else "127.0.0.1"
+    root = str(Path(__file__).resolve().parents[2])
+    out = []
+    for r, h, lr in ranks:
+        env = {"RANK": r, "WORLD_SIZE": len(ranks), "LOCAL_RANK": lr, "LOCAL_WORLD_SIZE": per_host[h.ns],
+               "MASTER_ADDR": master, "MASTER_PORT": MASTER_PORT, "GLOO_SOCKET_IFNAME": "eth0" if len(emu.plan.hosts) > 1 else "lo",
+               "PARSIM_NETEM_STATE": emu.state_file, "PARSIM_NETEM_HOSTS": len(emu.plan.hosts),
+               "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+               # all ranks share this machine's CPUs: spinning OpenMP pools starve gloo's I/O threads
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // len(ranks))}
+        out.append((r, emu.exec_argv(h.ns, cmd, env)))
+    return out
+
+
+def run_in(emu, cmd, timeout_s: float) -> int:
+    procs = [subprocess.Popen(argv) for _, argv in rank_commands(emu, cmd)]
+    deadline = time.monotonic() + timeout_s
+    rc = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = [p for p in procs if p.returncode not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                rc = failed[0].returncode if failed else 124
+                if not failed:
+                    print(f"parsim emulate run: ranks still running after {fmt_time(timeout_s)}; stopping them", file=sys.stderr)
+                time.sleep(2.0 if failed else 0)  # let the others report their error
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+                break
+            time.sleep(0.05)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        raise
+    return rc or max((p.returncode or 0) for p in procs)
+
+
+def run(args) -> int:
+    from backends.netem.cluster import down, list_namespaces, read_states, unavailable
+    from backends.netem.plan import PREFIX_RE
+    action = args.action
+    require(action is not None, "expected an action: up, run, down or status")
+    if action in ("up", "run", "down"):
+        reason = unavailable()
+        if reason:
+            raise ParsimError(reason)
+    if action == "up":
+        emu = bring_up(args, persistent=True)
+        _print_up(emu, args.format)
+        return 0
+    if action == "down":
+        gone = down(all_runs=args.all, prefix=args.prefix)
+        print(f"removed {len(gone)} namespace(s)" + (f": {' '.join(gone)}" if gone else ""))
+        return 0
+    if action == "status":
+        have = [n for n in list_namespaces() if PREFIX_RE.match(n)]
+        states = read_states()
+        if not states and not have:
+            print("no emulated cluster")
+            return 0
+        from backends.netem.cluster import _owner_alive
+        for st in states:
+            alive = "up (persistent)" if st.get("persistent") else ("running" if _owner_alive(st) else "crashed: `parsim emulate down` removes it")
+            mine = [n for n in have if n.startswith(st["prefix"])]
+            rates = ", ".join(f"{p['measured_Bps'] * 8 / 1e6:.0f}" for p in st.get("probes") or [])
+            print(f"{st['prefix']}  {alive}  {len(st['hosts'])} hosts  {len(mine)}/{len(st['namespaces'])} namespaces"
+                  + (f"  measured Mbit/s: {rates}" if rates else ""))
+        orphans = [n for n in have if not any(n.startswith(s["prefix"]) for s in states)]
+        if orphans:
+            print(f"leftover namespaces (no state; `parsim emulate down` removes them): {' '.join(orphans)}")
+        return 0
+    assert action == "run"
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    require(cmd, "expected a command after --, e.g. -- parsim run --bench allreduce")
+    timeout_s = parse_time(args.timeout)
+    up = _running_clusters()
+    if up and not _given(args):
+        emu = _attach(up[-1])
+        print(f"parsim emulate run: using cluster {emu.prefix} (up)", file=sys.stderr)
+        return run_in(emu, cmd, timeout_s)
+    emu = bring_up(args, persistent=False)
+    try:
+        _print_up(emu)
+        return run_in(emu, cmd, timeout_s)
+    finally:
+        emu.teardown()
