@@ -411,10 +411,13 @@ def _from_graph_mapping(name: str, d: dict) -> Cluster:
     except (KeyError, TypeError, ValueError) as e:
         raise ParsimError(f"cluster {name}: malformed graph ({type(e).__name__}: {e}); expected nodes: [{{id, kind, "
                           "profile}}] and links: [{a, b, bandwidth_GBps, latency_us}]") from None
-    return _from_graph(name, g, d.get("ranks"), d.get("device"), d.get("gpus_per_node"), d.get("servers"))
+    return from_graph(name, g, d.get("ranks"), d.get("device"), d.get("gpus_per_node"), d.get("servers"))
 
 
-def _from_graph(name, g, ranks=None, device=None, gpus_per_node=None, servers=None) -> Cluster:
+def from_graph(name, g, ranks=None, device=None, gpus_per_node=None, servers=None) -> Cluster:
+    """A Cluster over an existing graph: ranks = device nodes (``kind: device``, not ``role:
+    server``) ordered by their ``rank``/``node``/``local`` attributes unless `ranks` is given;
+    servers = devices with ``role: server``. Validated."""
     is_dev = [n for n, a in g.nodes(data=True) if a.get("kind") == "device" and a.get("role") != "server"]
     srv = tuple(servers) if servers else tuple(sorted(n for n, a in g.nodes(data=True)
                                                      if a.get("kind") == "device" and a.get("role") == "server"))
@@ -464,7 +467,7 @@ def _load_file(spec, gpus):
             raise ParsimError(f"cannot read GraphML {p}: {type(e).__name__}: {e}") from None
         gr = nx.Graph(g)
         ga = g.graph
-        c = _from_graph(ga.get("name", p.stem), gr, None, ga.get("device"), ga.get("gpus_per_node"))
+        c = from_graph(ga.get("name", p.stem), gr, None, ga.get("device"), ga.get("gpus_per_node"))
         return _resize(c, gpus)
     try:
         d = yaml.safe_load(p.read_text())

@@ -1,0 +1,93 @@
+"""`parsim collective`: price a collective by algorithm and size on a cluster graph.
+
+Per size and algorithm: time, algorithm bandwidth algbw = size/time and bus bandwidth
+busbw = algbw·factor (nccl-tests PERFORMANCE.md: 2(p-1)/p for all-reduce). GB/s = 1e9 B/s.
+"""
+from __future__ import annotations
+
+import sys
+
+from parsim.commands.common import positive_int
+from parsim.errors import ParsimError, closest, require
+
+DEFAULT_ALGOS = {"allreduce": "ring,tree,hd,hierarchical,ps,native"}
+
+
+def add_arguments(p):
+    from parsim.costs.network import OPS
+    p.add_argument("--op", default="allreduce", help=f"one of {', '.join(OPS)} (default allreduce)")
+    p.add_argument("--algo", default=None, help="comma-separated algorithms (default: all-reduce "
+                   f"{DEFAULT_ALGOS['allreduce']}; other ops: their algorithms and native)")
+    p.add_argument("--size", default="1KiB:1GiB", help="per-rank buffer: LO:HI[:FACTOR] or a list (default 1KiB:1GiB)")
+    p.add_argument("--gpus", type=positive_int, default=None, help="ranks (default: one node of the cluster)")
+    p.add_argument("--cluster", default="dgx-h100", help="preset or file (default dgx-h100)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--plot", metavar="FILE.png", help="busbw against size, one line per algorithm")
+
+
+def rows(cluster, op: str, algos, sizes, ranks) -> list[dict]:
+    from parsim.costs.network import busbw_factor, collective_time_s
+    f = busbw_factor(op, len(ranks))
+    out = []
+    for algo in algos:
+        for n in sizes:
+            t = collective_time_s(cluster, op, algo, ranks, n)
+            algbw = n / t if t > 0 else float("inf")
+            out.append({"op": op, "algo": algo, "size_bytes": int(n), "time_s": t,
+                        "algbw_GBps": algbw / 1e9, "busbw_GBps": algbw * f / 1e9})
+    return out
+
+
+def run(a) -> int:
+    from parsim.costs.network import ALGOS, OPS
+    from parsim.schedules.collectives import algorithms
+    from parsim.topology import load_cluster
+    from parsim.units import fmt_bytes, fmt_time, parse_size_range
+    require(a.op in OPS, f"--op {a.op!r}: expected one of {', '.join(OPS)}{closest(a.op, OPS)}")
+    known = (*ALGOS, "ring-channels") if a.op == "allreduce" else (*algorithms(a.op), "native")
+    algos = [x.strip() for x in (a.algo or DEFAULT_ALGOS.get(a.op, ",".join(known))).split(",") if x.strip()]
+    for x in algos:
+        require(x in known, f"--algo {x!r} is not a {a.op} algorithm: expected one of {', '.join(known)}{closest(x, known)}")
+    sizes = parse_size_range(a.size)
+    require(all(s > 0 for s in sizes), f"--size {a.size!r}: sizes must be positive")
+    c = load_cluster(a.cluster, a.gpus)
+    ranks = tuple(range(a.gpus or c.num_devices))
+    require(len(ranks) >= 2, f"a collective needs at least 2 ranks, got --gpus {len(ranks)}")
+    res = rows(c, a.op, algos, sizes, ranks)
+    if a.format == "json":
+        from parsim.report import to_json
+        sys.stdout.write(to_json({"cluster": c.name, "ranks": len(ranks), "op": a.op,
+                                  "units": "bytes, seconds, GB/s = 1e9 B/s", "rows": res}))
+    else:
+        from parsim.report import _table
+        hdr = ["size", *[f"{al} time | busbw GB/s" for al in algos]]
+        by = {(r["algo"], r["size_bytes"]): r for r in res}
+        table = [[fmt_bytes(n), *[f"{fmt_time(by[al, n]['time_s'])} | {by[al, n]['busbw_GBps']:.1f}" for al in algos]]
+                 for n in sizes]
+        sys.stdout.write(_table(f"{a.op} on {c.name}, {len(ranks)} ranks (busbw: nccl-tests convention, GB/s = 1e9 B/s)",
+                                hdr, table))
+    if a.plot:
+        _plot(res, algos, a.plot, f"{a.op} on {c.name}, {len(ranks)} ranks")
+    return 0
+
+
+def _plot(res, algos, path, title):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover
+        raise ParsimError(f"--plot needs matplotlib ({e})") from None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for al in algos:
+        pts = [(r["size_bytes"], r["busbw_GBps"]) for r in res if r["algo"] == al]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=al)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("size per rank (bytes)")
+    ax.set_ylabel("busbw (GB/s, 1e9 B/s)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
