@@ -195,6 +195,14 @@ def price(model, cluster, cols: dict, device=None) -> dict:
         [(pp - 1) / vpp * T_avg, (pp - 1) * np.maximum(0.0, Tf_avg + Tb_avg - 3 * W_avg) / 2],
         default=(pp - 1) * T_avg)
     makespan = m * T_max + bubble
+    # Per-rank seconds per micro-batch for the discrete-event simulator (parsim.simulate): forward,
+    # backward without its weight-grad part, weight-grad; F + B + W of a rank is its T above.
+    f_body, w_body = L * (lt.fwd_s + tp_layer) + vpp * p2p, L * lt.wgrad_s
+    b_body = L * (lt.bwd_s + tp_layer) + body_rec + vpp * p2p - w_body
+    stage_s = {"fwd_first": f_body + lt.embed_fwd_s + tp_embed + np.where(single, lt.head_fwd_s, 0.0),
+               "bwd_first": b_body + lt.embed_bwd_s + np.where(single, lt.head_bwd_s, 0.0),
+               "fwd_mid": f_body, "bwd_mid": b_body, "fwd_last": f_body + lt.head_fwd_s,
+               "bwd_last": b_body + lt.head_bwd_s, "w": w_body}
 
     # Parameters per rank on the first and the last stage (the two that differ).
     P_layer = model.params_per_layer
@@ -245,7 +253,7 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     per_seq_model = model.layers * 3 * fl(seq) + 3 * model.logits_fwd_flops(seq)
     extra = np.select([rc == 2, rc == 1], [fl(seq), 4.0 * seq * seq * h], default=0.0)
     return {
-        "step_time_s": step, "makespan_s": makespan, "microbatches": m, "dp_sync_s": np.where(dp > 1, t_sync, 0.0),
+        "step_time_s": step, "makespan_s": makespan, "microbatches": m, "stage_s": stage_s, "dp_sync_s": np.where(dp > 1, t_sync, 0.0),
         "breakdown": breakdown,
         "memory": {"weights": weights, "grads": grads, "optimizer": optim, "activations": activations, "buffers": buffers},
         "memory_bytes": total, "memory_capacity_bytes": dev.memory_bytes,
@@ -258,6 +266,20 @@ def _scalar(x):
     return float(np.asarray(x).ravel()[0])
 
 
+def simulated_makespan(r: dict, cols: dict, i: int):
+    """Makespan of plan `i` of a priced table played by the discrete-event simulator, or None where
+    the closed form is exact (pp = 1) or the schedule cannot be built (e.g. 1f1b with m < pp)."""
+    pp = int(cols["pp"][i])
+    if pp == 1:
+        return None
+    from parsim.simulate import simulate_priced
+    m = int(round(float(np.asarray(r["microbatches"]).ravel()[i])))
+    try:
+        return simulate_priced(r, i, SCHEDULES[int(cols["schedule"][i])], pp, int(cols["vpp"][i]), m).makespan_s
+    except ParsimError:
+        return None
+
+
 def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
     """Price one plan. `model` and `cluster` may be names/paths or loaded objects."""
     from parsim.model import load_model
@@ -267,8 +289,14 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
     validate(plan, model, gpus or plan.gpus)
     if plan.gpus > cluster.num_devices:
         raise ParsimError(f"plan needs {plan.gpus} devices but cluster {cluster.name} has {cluster.num_devices}")
-    r = price(model, cluster, plan_columns([plan], model))
+    cols = plan_columns([plan], model)
+    r = price(model, cluster, cols)
     step = _scalar(r["step_time_s"])
+    breakdown = {k: _scalar(v) for k, v in r["breakdown"].items()}
+    # The pipeline part is played by the simulator; the closed form is kept where exact (pp = 1).
+    sim, closed = simulated_makespan(r, cols, 0), _scalar(r["makespan_s"])
+    if sim is not None:
+        step, breakdown["bubble"] = step + sim - closed, breakdown["bubble"] + sim - closed
     gpus_ = plan.gpus
     seq = plan.seq_len or model.seq_len
     mem = {k: _scalar(v) / GiB for k, v in r["memory"].items()}
@@ -278,6 +306,8 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
     reason = "" if fits else (f"needs {total / GiB:.1f} GiB per device but a {cluster.device.name} has {cap / GiB:.1f} GiB")
     mf, hf, pk = _scalar(r["model_flops"]), _scalar(r["hardware_flops"]), _scalar(r["peak_flops"])
     notes = [f"memory: worst of first and last pipeline stage; activations per Korthikanti et al. 2022"]
+    if sim is not None:
+        notes.append(f"pipeline: simulated makespan {sim:.6g} s, closed form {closed:.6g} s")
     return StepReport(
         step_time_s=step,
         tokens_per_s=plan.global_batch * seq / step,
@@ -286,7 +316,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
         hardware_tflops_per_gpu=hf / step / gpus_ / 1e12,
         mfu=mf / step / gpus_ / pk, hfu=hf / step / gpus_ / pk,
         memory_GiB=total / GiB, memory_breakdown_GiB=mem, fits=fits, fits_reason=reason,
-        breakdown_s={k: _scalar(v) for k, v in r["breakdown"].items()},
+        breakdown_s=breakdown,
         plan=plan.to_dict(), model=model.name, cluster=cluster.name, device=cluster.device.name,
         gpus=gpus_, notes=notes,
     )
