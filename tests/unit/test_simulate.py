@@ -217,3 +217,58 @@ def test_bounds_property(name, p, k, data, c):
     assert np.all(r.idle_s >= 0) and np.all(r.start_s >= 0)
     assert r.makespan_s >= sum(tf) + sum(tb)
     assert pipeline_step(name, p, m, v, tf, tb, p2p_s=c + 0.5).makespan_s >= r.makespan_s
+
+
+# ---------------------------------------------------------------- predict integration
+
+def _priced(first, mid, last, w=0.0):
+    """A one-plan table shaped like parsim.predict.price's `stage_s` (fwd, bwd per rank kind)."""
+    return {"stage_s": {"fwd_first": first[0], "bwd_first": first[1], "fwd_mid": mid[0], "bwd_mid": mid[1],
+                        "fwd_last": last[0], "bwd_last": last[1], "w": w}}
+
+
+@pytest.mark.parametrize("name,v", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("interleaved", 4)])
+def test_simulate_priced_agrees_with_closed_form_when_uniform(name, v):
+    # every rank alike (F=1, B=1.5, W=0.5 -> T=3): simulator == m*T + (p-1)*T/v, predict's closed form
+    from parsim.simulate import simulate_priced
+    p, m, T = 4, 8, 3.0
+    r = simulate_priced(_priced((1.0, 1.5), (1.0, 1.5), (1.0, 1.5), 0.5), 0, name, p, v, m)
+    assert r.makespan_s == m * T + (p - 1) * T / v
+
+
+def test_simulate_priced_uneven_first_and_last_rank():
+    # the embedding and the loss head make the end ranks heavier; 1F1B is then not m*T_max + (p-1)*T_avg
+    from parsim.simulate import priced_rank_times, simulate_priced
+    pr = _priced((1.25, 2.0), (1.0, 2.0), (1.5, 2.5))
+    assert priced_rank_times(pr, 0, 4) == ([1.25, 1.0, 1.0, 1.5], [2.0, 2.0, 2.0, 2.5], [0.0] * 4)
+    r = simulate_priced(pr, 0, "1f1b", 4, 1, 8)
+    # The last rank (T = 1.5 + 2.5 = 4) is the bottleneck: it waits for micro-batch 0's forward through
+    # ranks 0-2 (1.25 + 1 + 1), runs its 8 micro-batches back to back (8 x 4), then the last gradient
+    # walks back through ranks 2-0 (2 + 2 + 2): 3.25 + 32 + 6 = 41.25. The closed form
+    # m*T_max + (p-1)*T_avg says 32 + 3 * 3.3125 = 41.9375.
+    assert r.makespan_s == 41.25
+    assert r.idle_s[3] == 3.25 + 6
+
+
+def test_predict_uses_simulator_for_pipeline():
+    from parsim.plan import Plan
+    from parsim.predict import plan_columns, predict, price
+    from parsim.model import load_model
+    from parsim.simulate import simulate_priced
+    from parsim.topology import load_cluster
+    model, plan = load_model("llama2-13b"), Plan(dp=2, tp=4, pp=4, micro_batch=1, global_batch=64, schedule="1f1b")
+    r = price(model, load_cluster("dgx-h100", plan.gpus), plan_columns([plan], model))
+    # per-rank F+B+W equals predict's per-micro-batch stage time, rank by rank (first rank vs last)
+    st = r["stage_s"]
+    ends = [float(np.ravel(st[f"fwd_{w}"])[0] + np.ravel(st[f"bwd_{w}"])[0] + np.ravel(st["w"])[0])
+            for w in ("first", "last")]
+    m = plan.microbatches
+    sim = simulate_priced(r, 0, "1f1b", 4, 1, m).makespan_s
+    closed = float(np.ravel(r["makespan_s"])[0])
+    assert m * max(ends) <= sim
+    rep = predict(model, "dgx-h100", plan)
+    assert rep.step_time_s == pytest.approx(float(np.ravel(r["step_time_s"])[0]) + sim - closed, rel=1e-12)
+    assert any("simulated makespan" in n for n in rep.notes)
+    # pp = 1: the closed form is exact and kept
+    one = predict(model, "dgx-h100", Plan(dp=2, tp=4, pp=1, micro_batch=1, global_batch=64))
+    assert not any("simulated" in n for n in one.notes)
