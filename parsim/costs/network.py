@@ -82,69 +82,86 @@ class Price:
 # ----------------------------------------------------------------------------- routing
 
 class _Router:
-    """Directed-edge arrays and ECMP routes of one graph."""
+    """Directed-edge arrays and ECMP routes of one graph.
+
+    Shortest paths are found by breadth-first search from the source with Brandes' path
+    counts σ; the search stops at the target's layer and is resumed (not restarted) for
+    the next target of the same source, so all-pairs patterns cost one BFS per source."""
 
     def __init__(self, g: nx.Graph):
         self.g = g
-        self.eid = {}
+        self.idx = {n: i for i, n in enumerate(g.nodes)}
+        self.adj = [[] for _ in self.idx]
         bw, lat = [], []
         for u, v, d in g.edges(data=True):
             b = float(d.get("bandwidth", 0.0))
             require(b > 0 and np.isfinite(b), f"link {u} — {v}: bandwidth = {b} B/s, expected > 0")
-            for a, c in ((u, v), (v, u)):
-                self.eid[(a, c)] = len(bw)
-                bw.append(b)
-                lat.append(float(d.get("latency", 0.0)))
+            i, j, lt = self.idx[u], self.idx[v], float(d.get("latency", 0.0))
+            self.adj[i].append((j, len(bw), len(bw) + 1, lt))      # (neighbour, id i->j, id j->i, latency)
+            self.adj[j].append((i, len(bw) + 1, len(bw), lt))
+            bw += [b, b]
+            lat += [lt, lt]
         self.bw = np.array(bw)
         self.lat = np.array(lat)
         self.routes = {}
-        self.red = {}
+        self.searches = {}
 
-    def route(self, s, t):
-        """(edge ids, fractions, path latency) of the ECMP split of s -> t."""
-        key = (s, t)
+    def _search(self, s, t):
+        """Resume the BFS from s until t's layer is complete: (dist, sigma, latency)."""
+        st = self.searches.get(s)
+        if st is None:
+            st = self.searches[s] = ({s: 0}, {s: 1}, {s: 0.0}, [s])
+        dist, sigma, lat, frontier = st
+        adj = self.adj
+        while t not in dist:
+            require(frontier, f"no path from {self.g_name(s)} to {self.g_name(t)} in the cluster graph")
+            d = dist[frontier[0]] + 1
+            nxt = []
+            for u in frontier:
+                su, lu = sigma[u], lat[u]
+                for v, _, _, le in adj[u]:
+                    dv = dist.get(v)
+                    if dv is None:
+                        dist[v], sigma[v], lat[v] = d, su, lu + le
+                        nxt.append(v)
+                    elif dv == d:
+                        sigma[v] += su
+                        if lu + le > lat[v]:
+                            lat[v] = lu + le
+            frontier[:] = nxt
+        return dist, sigma, lat
+
+    def g_name(self, i):
+        return list(self.idx)[i]
+
+    def route(self, a, b):
+        """(directed edge ids, fractions, path latency) of the ECMP split of node a -> node b."""
+        key = (a, b)
         r = self.routes.get(key)
         if r is not None:
             return r
+        s, t = self.idx[a], self.idx[b]
         if s == t:
-            r = (np.zeros(0, dtype=np.int64), np.zeros(0), 0.0)
-            self.routes[key] = r
+            r = self.routes[key] = (np.zeros(0, dtype=np.int64), np.zeros(0), 0.0)
             return r
-        g = self.g
-        dist, sigma, lat = {s: 0}, {s: 1}, {s: 0.0}
-        frontier, d = [s], 0
-        while t not in dist:
-            require(frontier, f"no path from {s} to {t} in the cluster graph")
-            d += 1
-            nxt = []
-            for u in frontier:
-                for v, e in g[u].items():
-                    dv = dist.get(v)
-                    if dv is None:
-                        dist[v], sigma[v], lat[v] = d, sigma[u], lat[u] + e.get("latency", 0.0)
-                        nxt.append(v)
-                    elif dv == d:
-                        sigma[v] += sigma[u]
-                        lat[v] = max(lat[v], lat[u] + e.get("latency", 0.0))
-            frontier = nxt
+        dist, sigma, lat = self._search(s, t)
         # backward over the shortest-path DAG: flow through (u -> v) = flow(v)·σ(u)/σ(v)
         flow = {t: 1.0}
         eids, fr = [], []
         layer = [t]
-        while layer and layer[0] != s:
+        while layer[0] != s:
             prev = {}
             for v in layer:
-                fv, dv = flow[v], dist[v]
-                for u in g[v]:
-                    if dist.get(u) == dv - 1:
-                        share = fv * sigma[u] / sigma[v]
-                        eids.append(self.eid[(u, v)])
+                fv, dv, sv = flow[v], dist[v] - 1, sigma[v]
+                for u, _, e_uv, _ in self.adj[v]:
+                    if dist.get(u) == dv:
+                        share = fv * sigma[u] / sv
+                        eids.append(e_uv)
                         fr.append(share)
                         prev[u] = prev.get(u, 0.0) + share
             flow.update(prev)
             layer = list(prev)
-        r = (np.array(eids, dtype=np.int64), np.array(fr), float(lat[t]))
-        self.routes[key] = r
+        r = self.routes[key] = (np.array(eids, dtype=np.int64), np.array(fr), float(lat[t]))
         return r
 
 
@@ -225,16 +242,14 @@ def price_schedule(cluster, schedule: S.Schedule, nodes=None) -> Price:
 
 
 def _pattern(rt: _Router, nodes, src, dst):
-    eids, frs, tix, lats = [], [], [], np.empty(len(src))
-    for i, (a, b) in enumerate(zip(src.tolist(), dst.tolist())):
-        e, f, lat = rt.route(nodes[a], nodes[b])
-        eids.append(e)
-        frs.append(f)
-        tix.append(np.full(len(e), i, dtype=np.int64))
-        lats[i] = lat
-    if not eids:
-        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64), lats
-    return np.concatenate(eids), np.concatenate(frs), np.concatenate(tix), lats
+    """Routes of a step's (src, dst) pairs, flattened: edge ids, fractions, transfer index, latency."""
+    route = rt.route
+    rs = [route(nodes[a], nodes[b]) for a, b in zip(src.tolist(), dst.tolist())]
+    if not rs:
+        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0)
+    lens = [len(r[0]) for r in rs]
+    return (np.concatenate([r[0] for r in rs]), np.concatenate([r[1] for r in rs]),
+            np.repeat(np.arange(len(rs)), lens), np.array([r[2] for r in rs]))
 
 
 def _step_cost(rt, pat, st, red_s, red_ov, nranks):
@@ -260,9 +275,10 @@ def _pow2(p):
 
 def _resolve(cluster, op, algo, ranks):
     """(schedule algo, builder kwargs, ranks in schedule order) for op/algo on this group."""
-    require(op in OPS, f"unknown collective {op!r}: expected one of {', '.join(OPS)}{closest(op, OPS)}")
-    require(algo in ALGOS or algo in S.BUILDERS[op] or algo == "ring-channels",
-            f"unknown algorithm {algo!r}: expected one of {', '.join(ALGOS)}{closest(algo, ALGOS)}")
+    if op not in OPS:
+        raise ParsimError(f"unknown collective {op!r}: expected one of {', '.join(OPS)}{closest(op, OPS)}")
+    if not (algo in ALGOS or algo in S.BUILDERS[op] or algo == "ring-channels"):
+        raise ParsimError(f"unknown algorithm {algo!r}: expected one of {', '.join(ALGOS)}{closest(algo, ALGOS)}")
     p = len(ranks)
     kw = {}
     if op != "allreduce":

@@ -526,7 +526,8 @@ BUILDERS = {
 
 
 def algorithms(op: str) -> tuple:
-    require(op in BUILDERS, f"unknown collective {op!r}: expected one of {', '.join(OPS)}{closest(op, OPS)}")
+    if op not in BUILDERS:
+        raise ParsimError(f"unknown collective {op!r}: expected one of {', '.join(OPS)}{closest(op, OPS)}")
     return tuple(BUILDERS[op])
 
 
