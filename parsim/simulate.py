@@ -225,28 +225,37 @@ def pipeline_step(schedule: str | PipelineSchedule, pp: int, microbatches: int, 
 
 
 
-def priced_rank_times(priced: dict, i: int, pp: int) -> tuple[list[float], list[float], list[float]]:
-    """Per-rank (forward, backward without weight-grad, weight-grad) seconds of plan ``i`` of a table
-    priced by ``parsim.predict.price``.
+def priced_stage_times(priced: dict, i: int, pp: int, vpp: int = 1) -> tuple[list[float], list[float], list[float]]:
+    """Per-stage (forward, backward without weight-grad, weight-grad) seconds of plan ``i`` of a table
+    priced by ``parsim.predict.price``, one value per virtual stage (pp·vpp, stage index order).
 
     ``priced["stage_s"]`` holds, per plan, a micro-batch's times on the first, middle and last
-    pipeline rank (``fwd_first``, ``bwd_mid``, ..., and ``w``); the first rank carries the
-    embedding, the last the loss head. predict charges send/recv on the ranks, so they are included.
+    pipeline rank (``fwd_first``, ``bwd_mid``, ..., and ``w``). A middle rank's time is split evenly
+    over its vpp stages; the first rank's extra (the embedding) goes to stage 0 and the last rank's
+    (the loss head) to the last stage, wherever the schedule places them (rank 0 for ZB-V's V).
+    predict charges send/recv on the ranks, so they are included.
     """
     st = priced["stage_s"]
 
     def at(key):
         return float(np.asarray(st[key], dtype=float).ravel()[i])
 
-    def per_rank(kind):
+    S = pp * vpp
+    w = [at("w") / vpp] * S
+    out = []
+    for kind in ("fwd", "bwd"):
         if pp == 1:
-            return [at(f"{kind}_first")]
-        return [at(f"{kind}_first")] + [at(f"{kind}_mid")] * (pp - 2) + [at(f"{kind}_last")]
-
-    return per_rank("fwd"), per_rank("bwd"), [at("w")] * pp
+            out.append([at(f"{kind}_first") / vpp] * S)
+            continue
+        mid = at(f"{kind}_mid")
+        times = [mid / vpp] * S
+        times[0] += at(f"{kind}_first") - mid
+        times[-1] += at(f"{kind}_last") - mid
+        out.append(times)
+    return out[0], out[1], w
 
 
 def simulate_priced(priced: dict, i: int, schedule: str, pp: int, vpp: int, microbatches: int) -> SimResult:
-    """Play plan ``i`` of a priced table (see ``priced_rank_times``); no extra p2p latency."""
-    tf, tb, tw = priced_rank_times(priced, i, pp)
+    """Play plan ``i`` of a priced table (see ``priced_stage_times``); no extra p2p latency."""
+    tf, tb, tw = priced_stage_times(priced, i, pp, vpp)
     return pipeline_step(schedule, pp, microbatches, vpp, tf, tb, tw)

@@ -55,11 +55,11 @@ def parse_stage_times(text: str) -> tuple[list[float], list[float], list[float] 
 
 
 def _model_stage_times(args, sched):
-    """Per-rank forward/backward/weight-grad seconds from the cost model (parsim.predict.price)."""
+    """Per-stage forward/backward/weight-grad seconds from the cost model (parsim.predict.price)."""
     from parsim.model import load_model
     from parsim.plan import Plan, validate
     from parsim.predict import plan_columns, price
-    from parsim.simulate import priced_rank_times
+    from parsim.simulate import priced_stage_times
     from parsim.topology import load_cluster
 
     model = load_model(args.model)
@@ -72,7 +72,7 @@ def _model_stage_times(args, sched):
     if "stage_s" not in priced:
         raise ParsimError("--model/--cluster is not available yet in parsim simulate (parsim.predict.price does "
                           "not return per-stage times); use --stage-times F,B[,W] milliseconds")
-    return priced_rank_times(priced, 0, sched.pp)
+    return priced_stage_times(priced, 0, sched.pp, sched.vpp)
 
 
 def run(args) -> int:

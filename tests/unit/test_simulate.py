@@ -238,9 +238,13 @@ def test_simulate_priced_agrees_with_closed_form_when_uniform(name, v):
 
 def test_simulate_priced_uneven_first_and_last_rank():
     # the embedding and the loss head make the end ranks heavier; 1F1B is then not m*T_max + (p-1)*T_avg
-    from parsim.simulate import priced_rank_times, simulate_priced
+    from parsim.simulate import priced_stage_times, simulate_priced
     pr = _priced((1.25, 2.0), (1.0, 2.0), (1.5, 2.5))
-    assert priced_rank_times(pr, 0, 4) == ([1.25, 1.0, 1.0, 1.5], [2.0, 2.0, 2.0, 2.5], [0.0] * 4)
+    assert priced_stage_times(pr, 0, 4) == ([1.25, 1.0, 1.0, 1.5], [2.0, 2.0, 2.0, 2.5], [0.0] * 4)
+    # two stages per rank: the middle share is halved, the embedding extra sits on stage 0, the head's
+    # on stage 7 (rank 3 in a loop, rank 0 in ZB-V's V)
+    f, b, w = priced_stage_times(_priced((1.25, 2.0), (1.0, 2.0), (1.5, 2.5), 0.5), 0, 4, 2)
+    assert f == [0.75] + [0.5] * 6 + [1.0] and b == [1.0] + [1.0] * 6 + [1.5] and w == [0.25] * 8
     r = simulate_priced(pr, 0, "1f1b", 4, 1, 8)
     # The last rank (T = 1.5 + 2.5 = 4) is the bottleneck: it waits for micro-batch 0's forward through
     # ranks 0-2 (1.25 + 1 + 1), runs its 8 micro-batches back to back (8 x 4), then the last gradient
