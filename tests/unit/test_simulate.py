@@ -276,3 +276,21 @@ def test_predict_uses_simulator_for_pipeline():
     # pp = 1: the closed form is exact and kept
     one = predict(model, "dgx-h100", Plan(dp=2, tp=4, pp=1, micro_batch=1, global_batch=64))
     assert not any("simulated" in n for n in one.notes)
+
+
+def test_search_reprices_top_plans_with_simulator():
+    from parsim.predict import predict
+    from parsim.search import row_to_plan, search
+    res = search("llama2-70b", "dgx-h100", 32, global_batch=128, result=True, resimulate=6)
+    df = res.table
+    assert df["simulated"].iloc[:6].all()                          # the best six were re-priced
+    assert np.all(np.diff(df["step_time_s"].to_numpy()) >= 0)     # still best first
+    piped = df[df["simulated"] & (df["pp"] > 1)]
+    assert len(piped) > 0
+    row = piped.iloc[0]
+    rep = predict("llama2-70b", "dgx-h100", row_to_plan(row, 128))
+    assert rep.step_time_s == pytest.approx(row["step_time_s"], rel=1e-12)       # search == predict
+    # both shown: the closed form stays in its own column; rows not re-priced keep it as their time
+    rest = df[~df["simulated"]]
+    assert np.array_equal(rest["step_time_s"].to_numpy(), rest["step_time_closed_s"].to_numpy())
+    assert (piped["step_time_s"] != piped["step_time_closed_s"]).any()
