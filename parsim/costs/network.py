@@ -9,7 +9,9 @@ Model (all in bytes, seconds, bytes/s):
 * **Sharing.** Links are full duplex: each direction of an edge carries ``bandwidth``. The
   transfers of one step share every link direction they cross; a link direction drains its
   load at its bandwidth, so the step's serialisation time is the largest
-  load/bandwidth over link directions (for equal flows: bandwidth/flows each).
+  load/bandwidth over link directions (equal flows get bandwidth/flows each). This is the
+  bottleneck-link bound of fluid max-min sharing: exact when the step's flows are
+  symmetric (every collective here), a lower bound when flows with different bottlenecks mix.
 * **Latency.** A transfer pays the sum of the edge latencies along its path (per hop).
 * **A step** costs  α_step + β_step, with α_step = its largest path latency and β_step =
   its bandwidth time (above) — the Hockney α-β split taken per step. This is an upper
@@ -110,8 +112,8 @@ class _Router:
         """Resume the BFS from s until t's layer is complete: (dist, sigma, latency)."""
         st = self.searches.get(s)
         if st is None:
-            st = self.searches[s] = ({s: 0}, {s: 1}, {s: 0.0}, [s])
-        dist, sigma, lat, frontier = st
+            st = self.searches[s] = ({s: 0}, {s: 1}, {s: 0.0}, {s: []}, [s])
+        dist, sigma, lat, preds, frontier = st
         adj = self.adj
         while t not in dist:
             require(frontier, f"no path from {self.g_name(s)} to {self.g_name(t)} in the cluster graph")
@@ -119,17 +121,18 @@ class _Router:
             nxt = []
             for u in frontier:
                 su, lu = sigma[u], lat[u]
-                for v, _, _, le in adj[u]:
+                for v, e_uv, _, le in adj[u]:
                     dv = dist.get(v)
                     if dv is None:
-                        dist[v], sigma[v], lat[v] = d, su, lu + le
+                        dist[v], sigma[v], lat[v], preds[v] = d, su, lu + le, [(u, e_uv)]
                         nxt.append(v)
                     elif dv == d:
                         sigma[v] += su
+                        preds[v].append((u, e_uv))
                         if lu + le > lat[v]:
                             lat[v] = lu + le
             frontier[:] = nxt
-        return dist, sigma, lat
+        return sigma, lat, preds
 
     def g_name(self, i):
         return list(self.idx)[i]
@@ -144,7 +147,7 @@ class _Router:
         if s == t:
             r = self.routes[key] = (np.zeros(0, dtype=np.int64), np.zeros(0), 0.0)
             return r
-        dist, sigma, lat = self._search(s, t)
+        sigma, lat, preds = self._search(s, t)
         # backward over the shortest-path DAG: flow through (u -> v) = flow(v)·σ(u)/σ(v)
         flow = {t: 1.0}
         eids, fr = [], []
@@ -152,14 +155,13 @@ class _Router:
         while layer[0] != s:
             prev = {}
             for v in layer:
-                fv, dv, sv = flow[v], dist[v] - 1, sigma[v]
-                for u, _, e_uv, _ in self.adj[v]:
-                    if dist.get(u) == dv:
-                        share = fv * sigma[u] / sv
-                        eids.append(e_uv)
-                        fr.append(share)
-                        prev[u] = prev.get(u, 0.0) + share
-            flow.update(prev)
+                fv_sv = flow[v] / sigma[v]
+                for u, e_uv in preds[v]:
+                    share = fv_sv * sigma[u]
+                    eids.append(e_uv)
+                    fr.append(share)
+                    prev[u] = prev.get(u, 0.0) + share
+            flow = prev
             layer = list(prev)
         r = self.routes[key] = (np.array(eids, dtype=np.int64), np.array(fr), float(lat[t]))
         return r

@@ -407,9 +407,12 @@ def allreduce_ps(p, nbytes, align=None) -> Schedule:
     bandwidth term 2(p-1)/p·n/B."""
     p, nbytes, align = _check(p, nbytes, align)
     seg = segments(nbytes, p, align)
-    push = [(i, j, seg[j], seg[j + 1] - seg[j], 1) for j in range(p) for i in range(p) if i != j]
-    pull = [(j, i, seg[j], seg[j + 1] - seg[j], 0) for j in range(p) for i in range(p) if i != j]
-    return _mk("allreduce", "ps", p, nbytes, align, [Step.of(push), Step.of(pull)])
+    i, j = (a.ravel() for a in np.meshgrid(np.arange(p), np.arange(p)))
+    i, j = i[i != j], j[i != j]                       # worker i, server (slice) j
+    off, nb = seg[j], (seg[1:] - seg[:-1])[j]
+    push = Step(i, j, off, nb, np.ones(len(i), bool), off)
+    pull = Step(j, i, off, nb, np.zeros(len(i), bool), off)
+    return _mk("allreduce", "ps", p, nbytes, align, [push, pull])
 
 
 def allreduce_ps_central(p, nbytes, align=None, dedicated=True) -> Schedule:
@@ -497,14 +500,12 @@ def all_to_all_pairwise(p, nbytes, align=None) -> Schedule:
     worker j's slice i ((p-1)/p·n out of and into every worker)."""
     p, nbytes, align = _check(p, nbytes, align)
     seg = segments(nbytes, p, align)
-    rows = []
-    for i in range(p):
-        for j in range(p):
-            if i != j:
-                require(seg[j + 1] - seg[j] == seg[i + 1] - seg[i],
-                        f"all_to_all needs equal slices: nbytes ({nbytes}) is not a multiple of p·align ({p}·{align})")
-                rows.append((i, j, seg[j], seg[j + 1] - seg[j], 0, seg[i]))
-    return _mk("all_to_all", "pairwise", p, nbytes, align, [Step.of(rows)])
+    require(p == 1 or nbytes % (p * align) == 0,
+            f"all_to_all needs equal slices: nbytes ({nbytes}) is not a multiple of p·align ({p}·{align})")
+    i, j = (a.ravel() for a in np.meshgrid(np.arange(p), np.arange(p)))
+    i, j = i[i != j], j[i != j]
+    step = Step(i, j, seg[j], np.full(len(i), nbytes // p), np.zeros(len(i), bool), seg[i])
+    return _mk("all_to_all", "pairwise", p, nbytes, align, [step])
 
 
 def sendrecv_direct(p, nbytes, align=None) -> Schedule:
