@@ -9,7 +9,7 @@ occupy neither rank's compute stream, and concurrent transfers do not share link
 
 Because every rank's order is fixed, the simulation is a sweep, not a priority
 queue: a rank runs ops until the next one waits on an op not yet played, parks on
-it, and is woken when that op is played. Every op is visited once; times live in
+it, and is woken when that op is played. Every op is visited once (twice if it had to wait); times live in
 flat Python lists indexed by op id (``schedule.dep_*`` arrays).
 
 Bubble. ``bubble_fraction`` is Narayanan et al. 2021 §2.2's definition: pipeline
@@ -26,8 +26,8 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from parsim.errors import ParsimError, require
-from parsim.schedules.pipeline import (B, F, KIND_NAMES, W, PipelineSchedule, build_schedule,
-                                       peak_inflight, peak_inflight_per_rank)
+from parsim.schedules.pipeline import (KIND_NAMES, PipelineSchedule, build_schedule, peak_inflight,
+                                       peak_inflight_per_rank)
 
 P2P = float | Callable[[int, int, float], float]
 

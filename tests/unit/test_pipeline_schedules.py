@@ -1,11 +1,10 @@
 """Pipeline schedules as data: op orders (by hand and against torch), placement, dependencies, bad input."""
 import types
 
-import numpy as np
 import pytest
 
 from parsim.errors import ParsimError
-from parsim.schedules.pipeline import B, F, W, build_schedule, peak_inflight
+from parsim.schedules.pipeline import B, F, build_schedule, peak_inflight
 
 CASES = [("gpipe", p, m, 1) for p, m in [(1, 1), (2, 3), (4, 8), (3, 7)]] \
     + [("1f1b", p, m, 1) for p, m in [(1, 1), (2, 3), (4, 4), (4, 9), (8, 16)]] \
