@@ -139,7 +139,7 @@ def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float) -> di
 def _cause(rank: int, rc, work: Path) -> str:
     err = work / f"rank{rank}.err"
     if err.exists():
-        return err.read_text().strip()
+        return err.read_text().strip().splitlines()[0]
     if rc is not None and rc < 0:
         try:
             name = signal.Signals(-rc).name
@@ -159,6 +159,16 @@ def _failure_message(procs, exited, work: Path, still=()) -> str:
         if rc < 0:
             culprit = (r, rc)
             break
+    stuck = {}
+    for t, r, rc in failed:   # watchdog firings: the rank that stopped progressing first is the cause
+        try:
+            lines = (work / f"rank{r}.err").read_text().splitlines()
+            stuck[r] = float(next(x for x in lines if x.startswith("since="))[6:])
+        except (OSError, StopIteration, ValueError):
+            pass
+    if culprit is None and stuck:
+        r = min(stuck, key=stuck.get)
+        culprit = (r, exited[r][1])
     if culprit is None:
         for t, r, rc in failed:
             msg = _cause(r, rc, work).lower()

@@ -50,14 +50,15 @@ def write_atomic(path, text: str):
 class Watchdog(threading.Thread):
     """Ends this rank when no phase has started for `limit_s` seconds."""
 
-    def __init__(self, rank: int, limit_s: float, on_fire):
+    def __init__(self, rank: int, limit_s: float, on_fire, startup_s: float | None = None):
         super().__init__(daemon=True)
         self.rank, self.limit_s, self.on_fire = rank, limit_s, on_fire
-        self.phase, self.last = "start-up", time.monotonic()
+        self.phase, self.last, self.phase_limit = "start-up (import torch)", time.monotonic(), startup_s
         self._halt = threading.Event()
 
-    def beat(self, phase: str):
-        self.phase, self.last = phase, time.monotonic()
+    def beat(self, phase: str, limit_s: float | None = None):
+        """Progress: entering `phase`, which may take up to `limit_s` (default: the watchdog's)."""
+        self.phase, self.last, self.phase_limit = phase, time.monotonic(), limit_s
 
     def stop(self):
         self._halt.set()
@@ -65,9 +66,10 @@ class Watchdog(threading.Thread):
     def run(self):
         while not self._halt.wait(min(1.0, self.limit_s / 4)):
             idle = time.monotonic() - self.last
-            if idle > self.limit_s:
-                self.on_fire(f"rank {self.rank}: no progress for {idle:.0f} s (watchdog {self.limit_s:.0f} s) "
-                             f"in phase {self.phase}")
+            limit = self.phase_limit or self.limit_s
+            if idle > limit:
+                self.on_fire(f"rank {self.rank}: no progress for {idle:.0f} s (watchdog {limit:.0f} s) "
+                             f"in phase {self.phase}", time.time() - idle)
                 os._exit(3)
 
 
@@ -102,17 +104,29 @@ def worker_main(cfg: dict) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     status_dir = cfg.get("status_dir")
 
-    def report_error(msg):
-        if status_dir:
-            write_atomic(Path(status_dir) / f"rank{rank}.err", msg.strip().splitlines()[0][:500] + "\n")
+    def report_error(msg, stuck_since=None):
+        if status_dir:   # line 1: the message; line 2 (watchdog): wall time of the last progress
+            extra = f"since={stuck_since:.3f}\n" if stuck_since is not None else ""
+            write_atomic(Path(status_dir) / f"rank{rank}.err", msg.strip().splitlines()[0][:500] + "\n" + extra)
         print(f"[rank {rank}] {msg}", file=sys.stderr, flush=True)
 
-    dog = Watchdog(rank, float(cfg.get("watchdog_s", 120)), report_error)
+    dog = Watchdog(rank, float(cfg.get("watchdog_s", 120)), report_error,
+                   startup_s=max(float(cfg.get("watchdog_s", 120)), float(cfg.get("timeout_s", 60))))
     dog.start()
     try:
-        if cfg.get("task") == "grad_sync_check":
-            return _grad_sync_check(cfg, rank, world, dog)
-        return _train(cfg, rank, world, local_rank, dog)
+        import torch.distributed as dist
+        device, sync = _init(cfg, rank, world, local_rank, dog)
+        results = []
+        for job in cfg.get("jobs") or [{}]:   # several plans in one process group (the tests do this)
+            job = {**cfg, **job}
+            run = _grad_sync_check if job.get("task") == "grad_sync_check" else _train
+            results.append(run(job, rank, world, device, sync, dog))
+        if rank == 0 and cfg.get("out"):
+            write_atomic(cfg["out"], json.dumps(results if cfg.get("jobs") else results[0], indent=1))
+        dog.beat("teardown", float(cfg.get("timeout_s", 60)))
+        dist.barrier()
+        dist.destroy_process_group()
+        return 0
     except BaseException as e:   # noqa: BLE001 — every failure becomes one line for the launcher
         if isinstance(e, SystemExit) and not e.code:
             raise
@@ -126,7 +140,27 @@ def worker_main(cfg: dict) -> int:
         dog.stop()
 
 
-def _train(cfg, rank, world, local_rank, dog) -> int:
+def _init(cfg, rank, world, local_rank, dog):
+    """init_process_group (with its timeout) on this rank's device; returns (device, sync)."""
+    import torch
+    import torch.distributed as dist
+    backend = cfg.get("backend", "gloo")
+    if backend == "nccl":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        sync = torch.cuda.synchronize
+    else:
+        device, sync = torch.device("cpu"), None
+        torch.set_num_threads(max(1, int(cfg.get("threads_per_rank", 1))))
+    dog.beat("init_process_group", max(float(cfg.get("watchdog_s", 120)), float(cfg.get("timeout_s", 60))))
+    dist.init_process_group(backend, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=float(cfg.get("timeout_s", 60))),
+                            **({"device_id": device} if backend == "nccl" else {}))
+    return device, sync
+
+
+def _train(cfg, rank, world, device, sync, dog):
+    """Train `steps` steps of cfg's plan; returns the report on rank 0, else None."""
     import torch
     import torch.distributed as dist
 
@@ -137,24 +171,13 @@ def _train(cfg, rank, world, local_rank, dog) -> int:
 
     spec = load_model(cfg["model"]) if isinstance(cfg["model"], str) else load_model_dict(cfg["model"])
     plan = Plan(**cfg["plan"])
-    backend = cfg.get("backend", "gloo")
     seq = plan.seq_len or spec.seq_len
     steps, warmup = int(cfg.get("steps", 10)), int(cfg.get("warmup", 3))
-    if backend == "nccl":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        sync = torch.cuda.synchronize
-    else:
-        device, sync = torch.device("cpu"), None
-        torch.set_num_threads(max(1, int(cfg.get("threads_per_rank", 1))))
-    dog.beat("init_process_group")
-    dist.init_process_group(backend, rank=rank, world_size=world,
-                            timeout=timedelta(seconds=float(cfg.get("timeout_s", 60))),
-                            **({"device_id": device} if backend == "nccl" else {}))
+    slow_s = max(float(cfg.get("watchdog_s", 120)), float(cfg.get("timeout_s", 60)))  # start-up, first step
     assert world == plan.gpus, f"world size {world} != plan's {plan.gpus} ranks"
     clock = par.PhaseClock(sync=sync)
     rss0 = _rss_bytes()
-    dog.beat("build")
+    dog.beat("build", slow_s)
     rm = par.build_rank(spec, plan, rank, device, clock, seed=int(cfg.get("seed", 0)))
     dp_i = rank // (plan.tp * plan.pp)
     local_batch = plan.global_batch // plan.dp
@@ -171,7 +194,8 @@ def _train(cfg, rank, world, local_rank, dog) -> int:
     trace_dir = cfg.get("trace_dir")
     prof = None
     for step in range(steps):
-        dog.beat(f"step {step} barrier")
+        first = slow_s if step == 0 else None
+        dog.beat(f"step {step} barrier", first)
         dist.barrier()
         if trace_dir and step == steps - 1 and step >= warmup:
             from torch.profiler import ProfilerActivity, profile
@@ -183,10 +207,10 @@ def _train(cfg, rank, world, local_rank, dog) -> int:
         targets = targets[dp_i * local_batch:(dp_i + 1) * local_batch]
         rm.optimizer.zero_grad(set_to_none=True)
         t0 = clock.now()
-        dog.beat(f"step {step} forward")
+        dog.beat(f"step {step} forward", first)
         _maybe_fault(cfg, rank, step, "forward")
         loss = par.forward_backward(rm, plan, tokens, targets, clock, autocast)
-        dog.beat(f"step {step} dp gradient sync ({plan.grad_sync})")
+        dog.beat(f"step {step} dp gradient sync ({plan.grad_sync})", first)
         t1 = clock.now()
         with torch.no_grad():
             par.sync_grads(rm, plan, local_size=cfg.get("local_size"))
@@ -194,7 +218,7 @@ def _train(cfg, rank, world, local_rank, dog) -> int:
         if step == 0 and cfg.get("dump_dir"):
             dog.beat("dump gradients")
             _dump(cfg["dump_dir"], rank, rm, loss)
-        dog.beat(f"step {step} optimizer")
+        dog.beat(f"step {step} optimizer", first)
         rm.optimizer.step()
         t3 = clock.now()
         if prof is not None:
@@ -208,24 +232,17 @@ def _train(cfg, rank, world, local_rank, dog) -> int:
         records.append(rec)
         if loss is not None:
             losses.append(loss)
-    dog.beat("report")
+    dog.beat("report", slow_s)
     mem = torch.cuda.max_memory_allocated(device) if gpu else \
         max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0)
     mine = {"rank": rank, "records": records, "losses": losses, "memory_bytes": mem,
             "state_bytes": par.state_bytes(rm), "t_p2p_s": t_p2p, "sends": sends, "notes": rm.notes}
     gathered = [None] * world
     dist.all_gather_object(gathered, mine)
-    if rank == 0:
-        report = build_report(spec, plan, gathered, cfg, gpu, warmup)
-        if cfg.get("out"):
-            write_atomic(cfg["out"], json.dumps(report, indent=1))
-    dog.beat("teardown")
-    dist.barrier()
-    dist.destroy_process_group()
-    return 0
+    return build_report(spec, plan, gathered, cfg, gpu, warmup) if rank == 0 else None
 
 
-def _grad_sync_check(cfg, rank, world, dog) -> int:
+def _grad_sync_check(cfg, rank, world, device, sync, dog):
     """One forward/backward on this rank's shard, then every gradient-sync algorithm from the same
     unsynced gradients: rank 0 writes {algo: max |grad - native grad|} and the native result."""
     import torch
@@ -237,10 +254,8 @@ def _grad_sync_check(cfg, rank, world, dog) -> int:
     from parsim.plan import Plan
     spec = load_model(cfg["model"]) if isinstance(cfg["model"], str) else load_model_dict(cfg["model"])
     plan = Plan(**cfg["plan"])
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=float(cfg.get("timeout_s", 60))))
-    torch.set_num_threads(1)
     clock = par.PhaseClock()
-    rm = par.build_rank(spec, plan, rank, torch.device("cpu"), clock)
+    rm = par.build_rank(spec, plan, rank, device, clock)
     seq = plan.seq_len or spec.seq_len
     local = plan.global_batch // plan.dp
     dp_i = rank // (plan.tp * plan.pp)
@@ -270,11 +285,8 @@ def _grad_sync_check(cfg, rank, world, dog) -> int:
         vs_ref = max(float((g - rg[n].grad).abs().max()) for n, g in zip(names, results["native"]))
         worst = {a: max(d[a] for d in gathered) for a in cfg["algos"]}
         scale = max(float(g.abs().max()) for g in results["native"])
-        write_atomic(cfg["out"], json.dumps({"max_abs_diff": worst, "native_vs_reference": vs_ref,
-                                             "max_abs_grad": scale}))
-    dist.barrier()
-    dist.destroy_process_group()
-    return 0
+        return {"max_abs_diff": worst, "native_vs_reference": vs_ref, "max_abs_grad": scale}
+    return None
 
 
 def load_model_dict(d):
@@ -404,6 +416,14 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int) -> dict:
         "fits": True,
         "breakdown_s": {k: med[k] for k in ("compute", "recompute", "tp_comm", "pp_comm", "bubble",
                                             "dp_comm_exposed", "optimizer")},
+        "fits_reason": "ran",
+        "plan": plan.to_dict(),
+        "model": spec.name,
+        "cluster": cfg.get("cluster_label") or f"local {cfg.get('backend', 'gloo')}",
+        "device": profile or ("cuda" if gpu else "cpu"),
+        "gpus": world,
+        "source": "measured",
+        "notes": notes,
         "measured": {
             "backend": cfg.get("backend", "gloo"), "device": "cuda" if gpu else "cpu", "dtype_run": dtype_run,
             "device_profile": profile, "ranks": world, "steps": steps, "warmup_dropped": timed[0],
@@ -420,9 +440,6 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int) -> dict:
             "tp_comm_source": "DTensor functional collectives, each waited on at once and timed",
             "t_p2p_s": gathered[0]["t_p2p_s"],
             "loss": losses,
-            "notes": notes,
-            "plan": plan.to_dict(),
-            "model": spec.name,
         },
     }
 

@@ -173,7 +173,7 @@ def _fmt(v):
 def render_table(result: dict) -> str:
     m = result["measured"]
     meta = m["measured"]
-    lines = [f"parsim run: {meta['model']}  {result['plan_label']}  backend {meta['backend']} ({meta['device']}, "
+    lines = [f"parsim run: {m['model']}  {result['plan_label']}  backend {meta['backend']} ({meta['device']}, "
              f"{meta['dtype_run']})  {meta['ranks']} ranks, {meta['steps']} steps, median of "
              f"{meta['steps'] - meta['warmup_dropped']} after {meta['warmup_dropped']} warm-up",
              f"{'':34}{'measured':>12}{'predicted':>12}{'rel.err':>9}"]
@@ -184,7 +184,7 @@ def render_table(result: dict) -> str:
                  f"{meta['loss'][-1]:.4f}" if meta["loss"] else f"step time spread: {sp}")
     lines.append(f"memory: {meta['memory_source']}")
     lines.append(result["prediction_source"])
-    for n in meta["notes"]:
+    for n in m["notes"]:
         lines.append(f"note: {n}")
     return "\n".join(lines)
 
