@@ -1,0 +1,126 @@
+"""`parsim run`: flags -> plan, clear errors before anything spawns, the comparison table,
+and the schedules the backend executes (played in one process, no torch.distributed)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parsim.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run_cli(capsys, monkeypatch, *argv):
+    """parsim run ... in process; spawning is forbidden (any launch is a test failure)."""
+    import backends.torchdist.launch as launch_mod
+
+    def no_spawn(*a, **k):
+        raise AssertionError("launch() called: the error should have come before spawning")
+    monkeypatch.setattr(launch_mod, "launch", no_spawn)
+    rc = main(["run", *argv])
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--nproc", "64"], "nproc (64) > "),                                        # more ranks than allowed
+    (["--nproc", "2", "--backend", "nccl"], "backend nccl needs CUDA GPUs"),      # nccl without GPUs
+    (["--nproc", "3", "--pp", "3"], "layers (4) of gpt-tiny is not divisible by pp·vpp = 3·1"),  # cannot split
+    (["--nproc", "3", "--tp", "3"], "heads (4) of gpt-tiny is not divisible by tp (3)"),
+    (["--nproc", "2", "--zero", "2", "--grad-sync", "ring"], "grad-sync must be native"),
+    (["--nproc", "2", "--pp", "2", "--schedule", "zbv", "--recompute", "full", "--global-batch", "4"],
+     "does not compose with activation checkpointing"),
+    (["--nproc", "4", "--pp", "2", "--global-batch", "3"], "global-batch (3) is not divisible"),
+    (["--nproc", "2", "--grad-sync", "rign"], "did you mean ring"),
+    (["--nproc", "3", "--tp", "2"], "nproc (3) is not divisible by tp*pp = 2*1 = 2"),
+])
+def test_bad_plan_is_one_line_exit_2_before_spawning(argv, needle, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    t0 = time.monotonic()
+    rc, err = _run_cli(capsys, monkeypatch, "--model", "gpt-tiny", *argv)
+    assert rc == 2, err
+    assert needle in err, err
+    assert err.startswith("parsim run: error: ") and err.count("\n") == 1, err
+    assert time.monotonic() - t0 < 10
+
+
+def test_parsim_imports_no_torch_until_run():
+    code = ("import sys, parsim, parsim.cli, parsim.commands.run as r, parsim.plan, parsim.model;"
+            "import argparse; p = argparse.ArgumentParser(); r.add_arguments(p); p.parse_args([]);"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def _args(**kw):
+    import argparse
+
+    from parsim.commands.run import add_arguments
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    a = p.parse_args([])
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+
+def test_flags_to_plan_infers_dp_and_cpu_dtype():
+    from parsim.commands.run import make_plan
+    model, plan, n = make_plan(_args(nproc=4, pp=2, micro_batch=2, global_batch=16, grad_sync="ring"))
+    assert (plan.dp, plan.tp, plan.pp, plan.microbatches, n) == (2, 1, 2, 4, 4)   # 16 / (2·2) = 4
+    assert plan.dtype == "fp32" and plan.overlap is False     # what the CPU backend runs
+    _, plan, _ = make_plan(_args(nproc=2, pp=2, schedule="interleaved", global_batch=4))
+    assert plan.vpp == 2
+
+
+def test_compare_rows_and_table():
+    from parsim.commands.run import compare, render_table
+    bd = {k: 0.0 for k in ("compute", "recompute", "tp_comm", "pp_comm", "bubble", "dp_comm_exposed", "optimizer")}
+    mem = {k: 0.0 for k in ("weights", "grads", "optimizer", "activations", "buffers")}
+    measured = {"step_time_s": 0.3, "tokens_per_s": 10.0, "samples_per_s": 1.0, "model_tflops_per_gpu": 0.01,
+                "mfu": 0.1, "memory_GiB": 0.5, "breakdown_s": dict(bd, compute=0.2), "memory_breakdown_GiB": mem,
+                "model": "gpt-tiny", "notes": ["n1"],
+                "measured": {"backend": "gloo", "device": "cpu", "dtype_run": "fp32", "ranks": 2, "steps": 5,
+                             "warmup_dropped": 2, "spread_s": {"total": [0.29, 0.31]}, "loss": [6.2, 6.1],
+                             "memory_source": "rss"}}
+    predicted = dict(measured, step_time_s=0.2, breakdown_s=dict(bd, compute=0.25))
+    rows = {k: (m, p, e) for k, m, p, e in compare(measured, predicted)}
+    assert rows["step_time_s"][2] == pytest.approx(0.5)            # (0.3 - 0.2) / 0.2
+    assert rows["breakdown_s.compute"][2] == pytest.approx(-0.2)   # (0.2 - 0.25) / 0.25
+    assert rows["breakdown_s.bubble"][2] is None                   # 0 predicted: no relative error
+    text = render_table({"plan_label": "dp2", "measured": measured, "rows": list(compare(measured, predicted)),
+                         "prediction_source": "predicted"})
+    assert "step_time_s" in text and "+50%" in text and "note: n1" in text
+    assert [r[3] for r in compare(measured, None)] == [None] * len(rows)
+
+
+@pytest.mark.parametrize("algo", ["ring", "tree", "hd", "hierarchical", "ps", "ps-central"])
+@pytest.mark.parametrize("p", [2, 3, 4, 6, 8])
+def test_executed_schedules_compute_an_allreduce(algo, p):
+    """The schedules the backend runs (parsim's priced ones, and our independent builders) leave the
+    sum on every rank, played in one process with the executor's step semantics."""
+    pytest.importorskip("torch")
+    from backends.torchdist import collectives as c
+    local = 2 if algo == "hierarchical" and p % 2 == 0 else None
+    rng = np.random.default_rng(p)
+    for n in (1, 13, 1000):
+        bufs = [rng.standard_normal(n) for _ in range(p)]
+        for priced in (True, False):
+            c.USE_PRICED = priced
+            try:
+                out = c.simulate(c.build(algo, p, n, 8, local), bufs)
+            finally:
+                c.USE_PRICED = True
+            assert all(np.allclose(o, sum(bufs)) for o in out), (algo, p, n, priced)
+
+
+def test_ring_schedule_moves_the_bandwidth_optimal_bytes():
+    """Ring: each rank sends 2(p-1) chunks of n/p (Patarasuk & Yuan 2009): p=4, n=1000 fp32 -> 6·1000 B."""
+    pytest.importorskip("torch")
+    from backends.torchdist import collectives as c
+    sent = c.schedule_bytes_sent(c.build("ring", 4, 1000, 4))
+    assert sent == {0: 6000, 1: 6000, 2: 6000, 3: 6000}
