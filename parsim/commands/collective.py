@@ -44,7 +44,8 @@ def run(a) -> int:
     from parsim.topology import load_cluster
     from parsim.units import fmt_bytes, fmt_time, parse_size_range
     require(a.op in OPS, f"--op {a.op!r}: expected one of {', '.join(OPS)}{closest(a.op, OPS)}")
-    known = (*ALGOS, "ring-channels") if a.op == "allreduce" else (*algorithms(a.op), "native")
+    known = (*ALGOS, "ring-channels") if a.op == "allreduce" else (
+        *algorithms(a.op), *(("ring-channels",) if a.op in ("reduce_scatter", "all_gather") else ()), "native")
     algos = [x.strip() for x in (a.algo or DEFAULT_ALGOS.get(a.op, ",".join(known))).split(",") if x.strip()]
     for x in algos:
         require(x in known, f"--algo {x!r} is not a {a.op} algorithm: expected one of {', '.join(known)}{closest(x, known)}")

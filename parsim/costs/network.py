@@ -42,7 +42,8 @@ line of the one faster at 64 MiB, the gradient-bucket regime). NCCL's ring is
 ``ring-channels``: one ring per GPU of a node, each entering every node at a different
 GPU and leaving through a different NIC, on 1/L of the buffer (so a multi-node ring
 uses every NIC); ``ring`` is the single textbook ring in rank order (what an explicit
-send/recv ring runs). gloo (CPU devices) runs a single ring. Other ops: NCCL runs reduce-scatter, all-gather and broadcast as rings. An
+send/recv ring runs). gloo (CPU devices) runs a single ring. Other ops: NCCL runs reduce-scatter and all-gather as (multi-channel) rings and
+broadcast as a chained ring. An
 algorithm an op does not have (e.g. ``tree`` for reduce_scatter, ``hd`` for a
 non-power-of-two group) falls back to the op's native algorithm, as the library would;
 ``hierarchical`` falls back to ring when the group's nodes hold unequal rank counts.
@@ -283,7 +284,10 @@ def _resolve(cluster, op, algo, ranks):
         raise ParsimError(f"unknown algorithm {algo!r}: expected one of {', '.join(ALGOS)}{closest(algo, ALGOS)}")
     p = len(ranks)
     kw = {}
-    if op != "allreduce":
+    if op in ("reduce_scatter", "all_gather") and (algo == "ring-channels" or (
+            algo == "native" and cluster.device.kind == "gpu")):
+        algo = "ring-channels"                    # NCCL: one ring per channel, as for all-reduce
+    elif op != "allreduce":
         a = algo if algo in S.BUILDERS[op] else NATIVE[op]
         if (op, a) in (("reduce_scatter", "hd"), ("all_gather", "rd")) and not _pow2(p):
             a = NATIVE[op]
@@ -295,7 +299,7 @@ def _resolve(cluster, op, algo, ranks):
         for r in ranks:
             by_node.setdefault(cluster.node_of(r), []).append(r)
         counts = {len(v) for v in by_node.values()}
-        if len(counts) != 1:
+        if len(counts) != 1 or (op != "allreduce" and algo == "hierarchical"):
             return "ring", kw, ranks
         L, N = counts.pop(), len(by_node)
         node_major = tuple(r for n in sorted(by_node) for r in by_node[n])
@@ -304,6 +308,8 @@ def _resolve(cluster, op, algo, ranks):
                 return "ring", kw, ranks
             # channel j enters every node at local GPU j and leaves through GPU j-1 (its NIC)
             kw["orders"] = [[node * L + (j + i) % L for node in range(N) for i in range(L)] for j in range(L)]
+            if op != "allreduce" and algo == "ring-channels":
+                return "ring", kw, node_major
             return "ring", kw, node_major
         kw["local_size"] = L
         return "hierarchical", kw, node_major

@@ -159,35 +159,56 @@ def _mk(op, algo, p, nbytes, align, steps, servers=0, **meta) -> Schedule:
     return Schedule(op, algo, p, nbytes, align, tuple(s for s in steps if len(s)), servers, None, meta)
 
 
-def _rings(groups: np.ndarray, lo: np.ndarray, hi: np.ndarray, align: int, rs: bool, ag: bool) -> list:
-    """Concurrent rings (Patarasuk & Yuan 2009). `groups` is G×m (ranks in ring order); ring g
-    works on bytes [lo[g], hi[g]) split into m chunks. Reduce-scatter: at step k the member at
-    position i sends chunk (i-k-1) mod m to position i+1, which adds it, so after m-1 steps
-    position i owns the sum of chunk i. All-gather: at step k position i sends chunk (i-k) mod m.
-    Step k's chunk row is a rotation, i.e. a window of the doubled chunk table (no per-step
-    arithmetic; src/dst arrays are shared by all steps)."""
+def _split_layout(lo: np.ndarray, hi: np.ndarray, m: int, align: int):
+    """Ring g's bytes [lo[g], hi[g]) cut into m contiguous chunks; position i owns chunk i."""
+    units = (hi - lo) // align
+    bounds = lo[:, None] + (units[:, None] * np.arange(m + 1) // m) * align         # G × (m+1)
+    return bounds[:, :-1], bounds[:, 1:] - bounds[:, :-1]
+
+
+def _owner_layout(orders: np.ndarray, nbytes: int, align: int):
+    """Channel c of C, position i (rank r = orders[c, i]) owns part c of rank r's segment
+    ``segments(nbytes, p)[r]`` — NCCL's split of each rank's slice over its channels."""
+    C, p = orders.shape
+    seg = segments(nbytes, p, align)
+    units = (seg[1:] - seg[:-1]) // align
+    sub = seg[:-1, None] + (units[:, None] * np.arange(C + 1) // C) * align          # p × (C+1)
+    c = np.arange(C)[:, None]
+    return sub[orders, c], sub[orders, c + 1] - sub[orders, c]
+
+
+def _rings(groups: np.ndarray, off: np.ndarray, nb: np.ndarray, rs: bool, ag: bool) -> list:
+    """Concurrent rings (Patarasuk & Yuan 2009). `groups` is G×m (ranks in ring order); position
+    i of ring g owns the chunk (off[g, i], nb[g, i]). Reduce-scatter: at step k position i sends
+    the chunk of position (i-k-1) mod m to position i+1, which adds it, so after m-1 steps
+    position i holds the sum of its own chunk. All-gather: at step k position i sends the chunk
+    of position (i-k) mod m. Step k's chunk row is a rotation, i.e. a window of the doubled
+    table (no per-step arithmetic; src/dst arrays are shared by all steps)."""
     G, m = groups.shape
     if m <= 1:
         return []
-    units = (hi - lo) // align
-    bounds = lo[:, None] + (units[:, None] * np.arange(m + 1) // m) * align         # G × (m+1)
-    ext = np.concatenate([np.arange(m), np.arange(m)])
-    off_ext, nb_ext = bounds[:, ext], (bounds[:, 1:] - bounds[:, :-1])[:, ext]      # G × 2m
+    off_ext, nb_ext = np.concatenate([off, off], axis=1), np.concatenate([nb, nb], axis=1)   # G × 2m
     src = groups.ravel()
     dst = np.roll(groups, -1, axis=1).ravel()
-    uniform = bool((nb_ext == nb_ext[0, 0]).all())
-    nb_shared = np.full(G * m, nb_ext[0, 0]) if uniform else None
+    uniform = bool((nb == nb.flat[0]).all())
+    nb_shared = np.full(G * m, nb.flat[0]) if uniform else None
     out = []
     for shift, red, on in ((1, True, rs), (0, False, ag)):
         if not on:
             continue
         flag = np.full(G * m, red)
         for k in range(m - 1):
-            st = (m - k - shift) % m                       # row k: chunk (i - k - shift) mod m
-            off = off_ext[:, st:st + m].ravel()
-            nb = nb_shared if uniform else nb_ext[:, st:st + m].ravel()
-            out.append(Step(src, dst, off, nb, flag, off))
+            st = (m - k - shift) % m                       # row k: chunk of position (i - k - shift) mod m
+            o = off_ext[:, st:st + m].ravel()
+            out.append(Step(src, dst, o, nb_shared if uniform else nb_ext[:, st:st + m].ravel(), flag, o))
     return out
+
+
+def _orders(p, orders):
+    g = np.arange(p)[None, :] if orders is None else np.array([list(o) for o in orders], dtype=np.int64)
+    require(g.ndim == 2 and g.shape[1] == p and all(sorted(row) == list(range(p)) for row in g.tolist()),
+            f"ring orders must be permutations of 0..{p - 1}")
+    return g
 
 
 def _merge(*step_lists) -> list:
@@ -207,11 +228,9 @@ def allreduce_ring(p, nbytes, align=None, orders=None) -> Schedule:
     `orders`: several rings ("channels", as NCCL builds one per NIC) each given as a rank
     permutation, running side by side on consecutive slices of the buffer."""
     p, nbytes, align = _check(p, nbytes, align)
-    g = np.arange(p)[None, :] if orders is None else np.array([list(o) for o in orders], dtype=np.int64)
-    require(g.ndim == 2 and g.shape[1] == p and all(sorted(row) == list(range(p)) for row in g.tolist()),
-            f"ring orders must be permutations of 0..{p - 1}")
-    seg = segments(nbytes, len(g), align)
-    return _mk("allreduce", "ring", p, nbytes, align, _rings(g, seg[:-1], seg[1:], align, True, True), channels=len(g))
+    g = _orders(p, orders)
+    return _mk("allreduce", "ring", p, nbytes, align, _rings(g, *_owner_layout(g, nbytes, align), True, True),
+               channels=len(g))
 
 
 def _fold(p):
@@ -394,9 +413,10 @@ def allreduce_hierarchical(p, nbytes, align=None, local_size=None) -> Schedule:
     whole_lo, whole_hi = np.zeros(N, dtype=np.int64), np.full(N, nbytes, dtype=np.int64)
     seg = segments(nbytes, L, align)
     inter = np.arange(p).reshape(N, L).T                      # L rings of N members
-    steps = _rings(nodes, whole_lo, whole_hi, align, True, False)
-    steps += _rings(inter, seg[:-1], seg[1:], align, True, True)
-    steps += _rings(nodes, whole_lo, whole_hi, align, False, True)
+    local = _split_layout(whole_lo, whole_hi, L, align)
+    steps = _rings(nodes, *local, True, False)
+    steps += _rings(inter, *_split_layout(seg[:-1], seg[1:], N, align), True, True)
+    steps += _rings(nodes, *local, False, True)
     return _mk("allreduce", "hierarchical", p, nbytes, align, steps, local_size=L)
 
 
@@ -441,11 +461,13 @@ def allreduce_ps_sharded(p, nbytes, align=None, servers=1) -> Schedule:
 
 # ----------------------------------------------------------------------------- other ops
 
-def reduce_scatter_ring(p, nbytes, align=None) -> Schedule:
-    """Ring reduce-scatter: p-1 steps of n/p; worker r ends with slice r summed."""
+def reduce_scatter_ring(p, nbytes, align=None, orders=None) -> Schedule:
+    """Ring reduce-scatter: p-1 steps of n/p; worker r ends with slice r summed. `orders`:
+    channels as in allreduce_ring (each rank's slice split over them)."""
     p, nbytes, align = _check(p, nbytes, align)
-    return _mk("reduce_scatter", "ring", p, nbytes, align,
-               _rings(np.arange(p)[None, :], np.array([0]), np.array([nbytes]), align, True, False))
+    g = _orders(p, orders)
+    return _mk("reduce_scatter", "ring", p, nbytes, align, _rings(g, *_owner_layout(g, nbytes, align), True, False),
+               channels=len(g))
 
 
 def reduce_scatter_hd(p, nbytes, align=None) -> Schedule:
@@ -455,12 +477,12 @@ def reduce_scatter_hd(p, nbytes, align=None) -> Schedule:
     return _mk("reduce_scatter", "hd", p, nbytes, align, _halving_doubling(p, nbytes, align, rs=True, ag=False))
 
 
-def all_gather_ring(p, nbytes, align=None) -> Schedule:
-    """Ring all-gather: p-1 steps of n/p; worker r contributes slice r."""
+def all_gather_ring(p, nbytes, align=None, orders=None) -> Schedule:
+    """Ring all-gather: p-1 steps of n/p; worker r contributes slice r. `orders`: channels."""
     p, nbytes, align = _check(p, nbytes, align)
-    g = np.arange(p)[None, :]
-    steps = _rings(g, np.array([0]), np.array([nbytes]), align, False, True)
-    return _mk("all_gather", "ring", p, nbytes, align, steps)
+    g = _orders(p, orders)
+    return _mk("all_gather", "ring", p, nbytes, align, _rings(g, *_owner_layout(g, nbytes, align), False, True),
+               channels=len(g))
 
 
 def all_gather_rd(p, nbytes, align=None) -> Schedule:

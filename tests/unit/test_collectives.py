@@ -65,6 +65,21 @@ def test_multi_channel_ring_is_an_allreduce():
     assert all((o == np.sum(x, axis=0)).all() for o in out)
 
 
+def test_multi_channel_reduce_scatter_and_all_gather_keep_the_owner_contract():
+    p, count = 8, 64
+    orders = [[n * 4 + (j + i) % 4 for n in range(2) for i in range(4)] for j in range(4)]
+    x = _inputs(p, count)
+    seg = C.segments(count * ISZ, p, ISZ) // ISZ
+    out = execute(C.reduce_scatter_ring(p, count * ISZ, ISZ, orders=orders), x)
+    for r in range(p):
+        np.testing.assert_array_equal(out[r][seg[r]:seg[r + 1]], np.sum(x, axis=0)[seg[r]:seg[r + 1]])
+    want = np.concatenate([x[r][seg[r]:seg[r + 1]] for r in range(p)])
+    for o in execute(C.all_gather_ring(p, count * ISZ, ISZ, orders=orders), x):
+        np.testing.assert_array_equal(o, want)
+    with pytest.raises(ParsimError, match="permutations"):
+        C.allreduce_ring(4, 64, orders=[[0, 1, 2, 2]])
+
+
 @given(p=st.integers(1, 20), count=st.integers(0, 64), algo=st.sampled_from(["ring", "rd", "hd", "tree", "ps"]),
        seed=st.integers(0, 10))
 @settings(max_examples=60, deadline=None)

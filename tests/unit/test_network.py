@@ -166,6 +166,8 @@ def test_multi_channel_ring_uses_every_nic():
     n = 2 ** 30
     single, chans = t(c, "ring", n), t(c, "ring-channels", n)
     assert single / chans > 5     # one ring crosses nodes through 1 NIC; 8 channels through 8
+    for op in ("reduce_scatter", "all_gather"):   # NCCL's native rings are multi-channel too
+        assert t(c, "ring", n, op) / t(c, "native", n, op) > 5
 
 
 def test_fallbacks_and_errors():
