@@ -63,14 +63,15 @@ def write_gantt(result: SimResult, path, label_ops: int = 400) -> Path:
     fig, ax = plt.subplots(figsize=(min(4 + s.n_ops / (3 * s.pp), 18), 0.8 + 0.45 * s.pp), dpi=110)
     rank = s.rank
     kinds_present = sorted(set(s.kind.tolist()))
-    for k in kinds_present:
-        sel = s.kind == k
-        # a lighter shade for the later virtual stages makes interleaving visible
-        base, light = to_rgba(COLOURS[KIND_NAMES[k]]), to_rgba(COLOURS[KIND_NAMES[k]], 0.6)
-        colours = [light if c % 2 else base for c in (s.stage[sel] // s.pp).tolist()]
-        ax.barh(rank[sel], (result.end_s[sel] - result.start_s[sel]) * scale,
-                left=result.start_s[sel] * scale, height=0.8, color=colours,
-                edgecolor="white", linewidth=0.4)
+    # one colour per kind; later virtual stages a lighter shade so interleaving is visible
+    shades = {(k, c): to_rgba(COLOURS[KIND_NAMES[k]], 0.6 if c else 1.0) for k in range(3) for c in (0, 1)}
+    colours = [shades[k, c] for k, c in zip(s.kind.tolist(), (s.stage // s.pp % 2).tolist())]
+    x, w = result.start_s * scale, (result.end_s - result.start_s) * scale
+    edge = dict(edgecolor="white", linewidth=0.4) if s.n_ops <= 4 * label_ops else dict(linewidth=0)
+    off = s.rank_offsets
+    for r in range(s.pp):    # one PolyCollection per rank: fast for 10^5 ops
+        lo, hi = off[r], off[r + 1]
+        ax.broken_barh(list(zip(x[lo:hi], w[lo:hi])), (r - 0.4, 0.8), facecolors=colours[lo:hi], **edge)
     if s.n_ops <= label_ops:
         for r, i, a, b in zip(rank, s.microbatch, result.start_s, result.end_s):
             ax.text((a + b) / 2 * scale, r, str(i), ha="center", va="center", fontsize=6, color="white")
