@@ -192,7 +192,11 @@ def render_table(result: dict) -> str:
 def run(args) -> int:
     if args.bench:
         from backends.torchdist import bench   # written by the netem issue; imported only here
-        return int(bench.main(args) or 0)
+        if args.nproc is None:
+            args.nproc = int(os.environ.get("WORLD_SIZE", 2))
+        argv = ["--bench", args.bench, "--algo", args.algo, "--size", args.size, "--repeats", str(args.repeats),
+                "--warmup", str(args.warmup), "--nproc", str(args.nproc), "--format", args.format]
+        return int(bench.main(args, argv) or 0)   # argv: what its own per-rank processes parse
     torchrun = _torchrun_env()
     world = int(os.environ["WORLD_SIZE"]) if torchrun else None
     model, plan, nproc = make_plan(args, world)
