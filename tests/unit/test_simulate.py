@@ -294,3 +294,17 @@ def test_search_reprices_top_plans_with_simulator():
     rest = df[~df["simulated"]]
     assert np.array_equal(rest["step_time_s"].to_numpy(), rest["step_time_closed_s"].to_numpy())
     assert (piped["step_time_s"] != piped["step_time_closed_s"]).any()
+
+
+@pytest.mark.parametrize("name,v", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("interleaved", 4), ("zbv", 2)])
+@pytest.mark.parametrize("p,k", [(2, 2), (4, 2), (4, 8), (8, 3)])
+def test_peak_inflight_matches_memory_model(name, v, p, k):
+    # the memory model's in-flight count (parsim.costs.memory, in units of one rank's layers) equals the
+    # schedule's rank-0 peak / v: GPipe m, 1F1B p, interleaved p + (p-1)/v (Korthikanti 2022 §4.2.3),
+    # ZB-V p. (With m = p < 2p-1, torch's ZB-V holds fewer than p; the memory model stays at p.)
+    from parsim.costs.memory import inflight_microbatches
+    from parsim.plan import SCHEDULES
+    from parsim.schedules.pipeline import peak_inflight_per_rank
+    m = k * p
+    ours = peak_inflight_per_rank(build_schedule(name, p, m, v))[0] / v
+    assert ours == pytest.approx(float(inflight_microbatches(SCHEDULES.index(name), p, v, m)), rel=1e-12)
