@@ -170,7 +170,8 @@ def simulate(schedule: PipelineSchedule, durations_s: np.ndarray, p2p_s: P2P = 0
     d = np.asarray(durations_s, dtype=float)
     require(d.shape == (schedule.num_stages, 3),
             f"durations must be (stages={schedule.num_stages}, 3), got {d.shape}")
-    dur = d[schedule.stage, schedule.kind].tolist()
+    dur_a = d[schedule.stage, schedule.kind]
+    dur = dur_a.tolist()
     lat = _p2p_per_op(schedule, p2p_s, p2p_bytes).tolist()
     n, p = schedule.n_ops, schedule.pp
     dep = schedule.dep_data.tolist()
@@ -204,7 +205,7 @@ def simulate(schedule: PipelineSchedule, durations_s: np.ndarray, p2p_s: P2P = 0
     if any(ptr[r] < off[r + 1] for r in range(p)):
         stuck = [f"rank {r} at op {schedule.rank_ops(r)[ptr[r] - off[r]]}" for r in range(p) if ptr[r] < off[r + 1]]
         raise ParsimError(f"schedule {schedule.name} deadlocks: {'; '.join(stuck[:4])}")
-    end_a, dur_a = np.array(end[:n]), np.array(dur)
+    end_a = np.fromiter(end, dtype=float, count=n)
     start_a = end_a - dur_a
     busy = np.array([dur_a[off[r]:off[r + 1]].sum() for r in range(p)])
     makespan = float(end_a.max()) if n else 0.0
