@@ -212,6 +212,17 @@ def simulate(schedule: PipelineSchedule, durations_s: np.ndarray, p2p_s: P2P = 0
     return SimResult(schedule, makespan, busy, makespan - busy, peak_inflight(schedule), start_a, end_a)
 
 
+
+def p2p_on_cluster(cluster, tp: int = 1) -> Callable[[int, int, float], float]:
+    """A ``p2p_s`` price for ``simulate``: send/recv between pipeline ranks priced on the cluster
+    graph (``parsim.costs.network.collective_time_s``, op "sendrecv"), pipeline rank r on device r·tp
+    (Megatron's placement, tp innermost)."""
+    from parsim.costs.network import collective_time_s
+
+    def price(src: int, dst: int, nbytes: float) -> float:
+        return collective_time_s(cluster, "sendrecv", "native", (src * tp, dst * tp), nbytes)
+    return price
+
 def pipeline_step(schedule: str | PipelineSchedule, pp: int, microbatches: int, vpp: int | None = None,
                   t_fwd_s: float | Sequence[float] = 0.0, t_bwd_s: float | Sequence[float] = 0.0,
                   t_w_s: float | Sequence[float] | None = None, p2p_s: P2P = 0.0,

@@ -6,7 +6,7 @@ import json
 from parsim.errors import ParsimError, require
 from parsim.schedules.pipeline import SCHEDULES, build_schedule
 from parsim.simulate import bubble_fraction_closed_form, pipeline_step
-from parsim.units import fmt_time
+from parsim.units import fmt_time, parse_size
 
 
 def add_arguments(p):
@@ -22,7 +22,10 @@ def add_arguments(p):
                         "virtual stage. B excludes W: fused backwards take B+W, zbv runs B and W apart "
                         "(without W it splits B in half). Default 1,2")
     p.add_argument("--model", help="model preset: derive stage times from the cost model")
-    p.add_argument("--cluster", help="cluster preset (with --model); transfers are then priced on it")
+    p.add_argument("--cluster", help="cluster preset: with --model, stage times from the cost model; with "
+                                     "--stage-times, send/recv of --p2p-bytes priced on its graph")
+    p.add_argument("--p2p-bytes", default="0", help="bytes sent between stages per micro-batch, e.g. 16MiB "
+                                                    "(with --cluster and --stage-times)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel (with --model; default 1)")
     p.add_argument("--micro-batch-size", type=int, default=1, help="sequences per micro-batch (with --model)")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length (with --model; default the model's)")
@@ -78,16 +81,23 @@ def _model_stage_times(args, sched):
 def run(args) -> int:
     sched = build_schedule(args.schedule, args.pp, args.microbatches, args.vpp)
     require(args.p2p_ms >= 0, f"--p2p-ms must be >= 0, got {args.p2p_ms}")
-    if args.model or args.cluster:
-        require(bool(args.model and args.cluster), "--model and --cluster go together")
+    if args.model:
+        require(bool(args.cluster), "--model needs --cluster (the machine its stage times are priced on)")
         require(not args.stage_times, "give either --stage-times or --model/--cluster, not both")
         tf, tb, tw = _model_stage_times(args, sched)
     else:
         tf, tb, tw = parse_stage_times(args.stage_times or "1,2")
+    p2p = args.p2p_ms * 1e-3
+    if args.cluster and not args.model:
+        from parsim.simulate import p2p_on_cluster
+        from parsim.topology import load_cluster
+        price, extra = p2p_on_cluster(load_cluster(args.cluster, sched.pp * args.tp), args.tp), p2p
+        p2p = lambda src, dst, nbytes: price(src, dst, nbytes) + extra  # noqa: E731
     n = len(tf)
     require(n in (1, sched.pp, sched.num_stages),
             f"--stage-times has {n} groups: expected 1, pp={sched.pp} or pp*vpp={sched.num_stages}")
-    res = pipeline_step(sched, sched.pp, sched.microbatches, sched.vpp, tf, tb, tw, p2p_s=args.p2p_ms * 1e-3)
+    res = pipeline_step(sched, sched.pp, sched.microbatches, sched.vpp, tf, tb, tw, p2p_s=p2p,
+                        p2p_bytes=parse_size(args.p2p_bytes))
     if args.trace:
         from parsim.report_pipeline import write_chrome_trace
         write_chrome_trace(res, args.trace)

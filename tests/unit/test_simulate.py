@@ -308,3 +308,34 @@ def test_peak_inflight_matches_memory_model(name, v, p, k):
     m = k * p
     ours = peak_inflight_per_rank(build_schedule(name, p, m, v))[0] / v
     assert ours == pytest.approx(float(inflight_microbatches(SCHEDULES.index(name), p, v, m)), rel=1e-12)
+
+
+def test_p2p_priced_on_cluster_graph(capsys):
+    from parsim.costs.network import collective_time_s
+    from parsim.simulate import p2p_on_cluster
+    from parsim.topology import load_cluster
+    cl = load_cluster("dgx-h100", 16)                    # two 8-GPU nodes: ranks 7 -> 8 cross the NIC
+    price = p2p_on_cluster(cl, tp=1)
+    nbytes = 64 * 2 ** 20
+    assert price(0, 1, nbytes) == collective_time_s(cl, "sendrecv", "native", (0, 1), nbytes)
+    assert price(7, 8, nbytes) > price(0, 1, nbytes)
+    assert p2p_on_cluster(cl, tp=8)(0, 1, nbytes) == price(0, 8, nbytes)   # pp rank 1 is device 8
+    free = pipeline_step("1f1b", 16, 32, None, 1e-3, 2e-3)
+    priced = pipeline_step("1f1b", 16, 32, None, 1e-3, 2e-3, p2p_s=price, p2p_bytes=nbytes)
+    assert priced.makespan_s > free.makespan_s
+    # the CLI route: --cluster with --stage-times prices --p2p-bytes on the graph
+    assert main(["simulate", "--pp", "16", "-m", "32", "--stage-times", "1,2", "--cluster", "dgx-h100",
+                 "--p2p-bytes", "64MiB", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["makespan_s"] == pytest.approx(priced.makespan_s, rel=1e-12)
+
+
+def test_cli_model_route(capsys):
+    # stage times from the cost model (parsim.predict.price): the first rank carries the embedding,
+    # the last the loss head, so they are busier than the middle ones
+    assert main(["simulate", "--pp", "4", "-m", "8", "--model", "llama2-13b", "--cluster", "dgx-h100",
+                 "--tp", "2", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    busy = out["busy_s"]
+    assert busy[1] == pytest.approx(busy[2], rel=1e-12) and busy[0] > busy[1] and busy[3] > busy[1]
+    assert main(["simulate", "--pp", "4", "-m", "8", "--model", "llama2-13b"]) == 2
+    assert "--model needs --cluster" in capsys.readouterr().err
