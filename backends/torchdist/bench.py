@@ -1,7 +1,7 @@
 """Collective micro-benchmark: `parsim run --bench allreduce --algo ring --size 16MiB`.
 
-Every rank runs the same schedule (``backends.netem.model.schedule``) with
-torch.distributed (gloo) isend/irecv — or the library's own collective for
+Every rank runs the same schedule (``parsim.schedules.collectives``) with
+torch.distributed (gloo) isend/irecv (``backends.torchdist.collectives.run_schedule``) — or the library's own collective for
 ``--algo native`` — and rank 0 reports the measured time (median and spread over
 the repeats, after warm-up) beside the time parsim predicts on the cluster graph.
 
@@ -67,67 +67,34 @@ def _cluster_for_prediction(world: int):
     return g, [f"h0/d{r}" for r in range(world)], [0] * world, 0, "one host, nominal loopback"
 
 
-def build_steps(op, algo, world, nbytes, host_of, servers=0):
-    """(schedule, source): the one schedule the executor runs and the model prices.
-    ``parsim.schedules.collectives`` when importable, else the stand-in in
-    ``backends.netem.model``; `servers` dedicated server ranks come last (ps
-    preset); native is priced as the ring gloo runs for large buffers."""
+def build_schedule(op, algo, world, nbytes, host_of, servers=0):
+    """The one schedule (``parsim.schedules.collectives``) the executor runs and the
+    model prices; `servers` dedicated server ranks come last (the ps preset).
+    native is priced as the single ring gloo runs."""
+    from parsim.schedules import collectives as SC
     p = world - servers
     require(p >= 1, f"{world} ranks with {servers} dedicated servers leaves no workers")
     counts = [host_of[:p].count(h) for h in dict.fromkeys(host_of[:p])]
     if algo == "hierarchical":
         require(len(set(counts)) == 1, f"hierarchical needs the same number of ranks on every host, got {counts}")
     kw = dict(local_size=counts[0], servers=servers or None, dedicated=bool(servers))
-    name = "ring" if algo == "native" else algo
-    try:
-        from parsim.schedules import collectives as SC
-    except ImportError:
-        SC = None
-    if SC is not None:
-        return SC.build(op, name, p, nbytes, **kw), "parsim.schedules.collectives"
-    from backends.netem import model
-    return model.schedule(op, name, p, nbytes, local_size=counts[0], servers=servers), "backends.netem.model"
+    return SC.build(op, "ring" if algo == "native" else algo, p, nbytes, **kw)
 
 
 def predict_point(op, algo, world, nbytes):
     from backends.netem.model import predict
     g, rank_nodes, host_of, servers, what = _cluster_for_prediction(world)
-    sched, source = build_steps(op, algo, world, nbytes, host_of, servers)
-    return sched, servers, predict(g, sched, rank_nodes) | {"cluster": what, "schedule": source}
+    sched = build_schedule(op, algo, world, nbytes, host_of, servers)
+    return sched, servers, predict(g, sched, rank_nodes[:sched.nranks]) | {"cluster": what}
 
 
 # -- execution -----------------------------------------------------------------
 
-def execute(steps, buf, rank):
-    """Run a schedule on this rank's flat buffer, in place: the backend's executor
-    (``backends.torchdist.collectives.run_schedule``) when present, else a minimal one."""
-    import torch
+def execute(sched, buf):
+    """Run a schedule on this rank's flat buffer, in place, with the backend's executor."""
     import torch.distributed as dist
-    try:
-        from backends.torchdist.collectives import run_schedule
-    except ImportError:
-        run_schedule = None
-    if run_schedule is not None:
-        run_schedule(steps, buf, list(range(dist.get_world_size())))
-        return
-    isz = buf.element_size()
-    for step in steps:
-        reqs, incoming = [], []
-        for i, t in enumerate(step):
-            a, n = t.offset // isz, t.nbytes // isz
-            if t.src == rank:
-                reqs.append(dist.isend(buf[a:a + n], dst=t.dst, tag=i))
-            if t.dst == rank:
-                tmp = torch.empty(n, dtype=buf.dtype)
-                reqs.append(dist.irecv(tmp, src=t.src, tag=i))
-                incoming.append((a, n, tmp, t.reduce))
-        for r in reqs:
-            r.wait()
-        for a, n, tmp, red in incoming:
-            if red:
-                buf[a:a + n] += tmp
-            else:
-                buf[a:a + n] = tmp
+    from backends.torchdist.collectives import run_schedule
+    run_schedule(sched, buf, list(range(sched.nranks))) if dist.get_rank() < sched.nranks else None
 
 
 def _native(op, buf, world):
@@ -166,7 +133,7 @@ def _run_point(op, algo, nbytes, repeats, warmup, rank, world):
         if algo == "native":
             _native(op, buf, world)  # (over every rank, servers included)
         else:
-            execute(steps, buf, rank)
+            execute(steps, buf)
         dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
         if it == 0:
             ok = _expected_ok(op, buf, rank, workers)
