@@ -26,7 +26,8 @@ def add_arguments(p):
                                      "--stage-times, send/recv of --p2p-bytes priced on its graph")
     p.add_argument("--p2p-bytes", default="0", help="bytes sent between stages per micro-batch, e.g. 16MiB "
                                                     "(with --cluster and --stage-times)")
-    p.add_argument("--tp", type=int, default=1, help="tensor parallel (with --model; default 1)")
+    p.add_argument("--tp", type=int, default=1, help="tensor parallel (default 1): sizes the cost model's stages; "
+                                                    "with --cluster, pipeline rank r sits on device r*tp")
     p.add_argument("--micro-batch-size", type=int, default=1, help="sequences per micro-batch (with --model)")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length (with --model; default the model's)")
     p.add_argument("--recompute", default="none", help="none|selective|full (with --model)")
@@ -81,6 +82,7 @@ def _model_stage_times(args, sched):
 def run(args) -> int:
     sched = build_schedule(args.schedule, args.pp, args.microbatches, args.vpp)
     require(args.p2p_ms >= 0, f"--p2p-ms must be >= 0, got {args.p2p_ms}")
+    require(args.tp >= 1, f"--tp must be >= 1, got {args.tp}")
     if args.model:
         require(bool(args.cluster), "--model needs --cluster (the machine its stage times are priced on)")
         require(not args.stage_times, "give either --stage-times or --model/--cluster, not both")
