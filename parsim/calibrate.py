@@ -1,0 +1,252 @@
+"""Fit the local ``cpu`` device profile (and the cpu-local loopback link) from measurements here.
+
+``python -m parsim.calibrate [--out parsim/data/devices.local.yaml] [--no-comm]`` (about 30 s):
+
+* GEMM: square fp32 (and one bf16) ``torch.mm`` at sizes 16..1024 on ONE thread — a rank of
+  ``parsim run`` on CPU runs one thread — peak = the best FLOP/s seen, ``matmul_efficiency``
+  = FLOP/s at each GEMM size (GFLOP) / peak. Small sizes include torch's per-call overhead,
+  which is what a tiny model pays per kernel, so it belongs in the curve.
+* Element-wise: ``torch.mul(a, b, out=c)`` at 1 Ki..4 Mi elements: ``vector_TFLOPs`` = the best
+  element rate, ``vector_efficiency`` per GFLOP.
+* Memory: ``dst.copy_(src)`` at 4 KiB..256 MiB, 2 bytes moved per byte copied:
+  ``memory_bandwidth_GBps`` = the best, ``memory_efficiency`` per MB moved.
+* Loopback gloo all-reduce between 2 processes, 4 KiB..16 MiB (best of several, after a
+  warm-up; the machine is shared, so the best is the least disturbed): t = A + n·B fitted by least
+  squares, then converted to the cluster's link latency and bandwidth by pricing the same
+  all-reduce with parsim's own network model at unit link parameters (so the link values are
+  whatever makes parsim's formula reproduce the measurement, however it counts hops).
+
+Writes ``devices.local.yaml`` (the ``cpu`` profile; ``parsim.hardware`` merges it over the
+catalog) and ``cpu-local.calibrated.yaml`` beside it (a cluster file for ``--cluster``; ``parsim
+run`` uses it for its prediction when present). Each carries ``source``: date, host, method.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+DATA = Path(__file__).parent / "data"
+CLUSTER_FILE = DATA / "cpu-local.calibrated.yaml"
+
+
+def _best_time(fn, budget_s=0.25, min_reps=3) -> float:
+    """Best-of wall time of fn() (after one warm-up call) within a time budget."""
+    fn()
+    best, t_end, reps = float("inf"), time.perf_counter() + budget_s, 0
+    while reps < min_reps or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        reps += 1
+        if reps > 10_000:
+            break
+    return best
+
+
+def measure_gemm(sizes=(16, 32, 64, 128, 256, 512, 1024), dtype="fp32") -> list[tuple[float, float]]:
+    """[(GFLOP per GEMM, FLOP/s)] for square n x n x n matmuls."""
+    import torch
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    out = []
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+        c = torch.empty(n, n, dtype=dt)
+        t = _best_time(lambda: torch.mm(a, b, out=c), budget_s=0.3 if n >= 512 else 0.15)
+        out.append((2.0 * n ** 3 / 1e9, 2.0 * n ** 3 / t))
+    return out
+
+
+def measure_vector(sizes=(1 << 10, 1 << 13, 1 << 16, 1 << 19, 1 << 22)) -> list[tuple[float, float]]:
+    """[(GFLOP per kernel, FLOP/s)] for an element-wise multiply (1 FLOP per element)."""
+    import torch
+    out = []
+    for n in sizes:
+        a, b, c = torch.randn(n), torch.randn(n), torch.empty(n)
+        t = _best_time(lambda: torch.mul(a, b, out=c), budget_s=0.15)
+        out.append((n / 1e9, n / t))
+    return out
+
+
+def measure_copy(sizes_bytes=(4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20)) -> list[tuple[float, float]]:
+    """[(MB moved per kernel, bytes/s)]: a copy reads and writes, so 2x the size moves."""
+    import torch
+    out = []
+    for nb in sizes_bytes:
+        src, dst = torch.ones(nb // 4), torch.empty(nb // 4)
+        t = _best_time(lambda: dst.copy_(src), budget_s=0.3 if nb >= (16 << 20) else 0.15)
+        out.append((2 * nb / 1e6, 2 * nb / t))
+    return out
+
+
+_COMM_SCRIPT = r"""
+import json, os, sys, time, torch, torch.distributed as dist
+from datetime import timedelta
+torch.set_num_threads(1)
+dist.init_process_group("gloo", timeout=timedelta(seconds=30))
+res = []
+for _ in range(3):
+    dist.all_reduce(torch.ones(1024))
+for nb in [4096, 65536, 1 << 20, 4 << 20, 16 << 20]:
+    x = torch.ones(nb // 4)
+    ts = []
+    for _ in range(8 if nb < (4 << 20) else 4):
+        dist.barrier(); t0 = time.perf_counter(); dist.all_reduce(x); ts.append(time.perf_counter() - t0)
+    t = torch.tensor([min(ts[1:])], dtype=torch.float64)   # best-of: the machine is shared
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    res.append((nb, float(t)))
+if dist.get_rank() == 0:
+    print(json.dumps(res))
+dist.destroy_process_group()
+"""
+
+
+def measure_loopback_allreduce(nproc: int = 2, timeout_s: float = 60) -> list[tuple[int, float]]:
+    """[(bytes per rank, seconds)]: gloo all_reduce between `nproc` local processes (best of 3-7)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    try:
+        for r in range(nproc):
+            env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+            procs.append(subprocess.Popen([sys.executable, "-c", _COMM_SCRIPT], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        out, err = procs[0].communicate(timeout=timeout_s)
+        for p in procs[1:]:
+            p.wait(timeout=10)
+        if procs[0].returncode != 0:
+            raise RuntimeError(f"loopback all-reduce failed: {err.strip().splitlines()[-1] if err.strip() else '?'}")
+        return [tuple(x) for x in json.loads(out.strip().splitlines()[-1])]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def efficiency_curve(points, peak) -> list:
+    """[[size, fraction of peak]] rounded, clipped to (0, 1]."""
+    return [[float(f"{s:.3g}"), round(min(1.0, max(1e-4, v / peak)), 4)] for s, v in points]
+
+
+def fit_alpha_beta(points) -> tuple[float, float]:
+    """Least-squares t = alpha + beta·n over [(n, t)], both clipped to >= 0 (seconds, s/byte)."""
+    n = np.array([p[0] for p in points], dtype=float)
+    t = np.array([p[1] for p in points], dtype=float)
+    beta, alpha = np.polyfit(n, t, 1)
+    return max(float(alpha), 0.0), max(float(beta), 1e-15)
+
+
+def link_from_fit(alpha_s: float, beta_s_per_B: float, nproc: int = 2) -> tuple[float, float]:
+    """(bandwidth bytes/s, latency s) of the cpu-local link that makes parsim's own pricing of a
+    `nproc`-rank all-reduce give alpha + beta·n: price it at unit link parameters (1 GB/s, 1 us),
+    read its alpha0 and beta0, and scale (alpha is linear in latency, beta in 1/bandwidth)."""
+    from parsim.costs.network import collective_coeffs
+    from parsim.topology import load_cluster
+    base = yaml.safe_load((DATA / "clusters.yaml").read_text())["cpu-local"]
+    unit = dict(base, nvlink_GBps=1.0, nvlink_latency_us=1.0, nic_GBps=1.0, nic_latency_us=1.0)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d) / "cpu-local-unit.yaml"
+        tmp.write_text(yaml.safe_dump(unit))
+        cl = load_cluster(str(tmp), nproc)
+        a0, b0 = collective_coeffs(cl, "allreduce", "native", tuple(range(nproc)))
+    lat = alpha_s / a0 * 1e-6 if a0 > 0 else alpha_s
+    bw = 1e9 * b0 / beta_s_per_B if beta_s_per_B > 0 else 1e12
+    return float(bw), float(lat)
+
+
+def calibrate(comm: bool = True) -> tuple[dict, dict | None, dict]:
+    """Measure; returns (cpu device profile, cpu-local cluster entry or None, raw measurements)."""
+    import torch
+    torch.set_num_threads(1)
+    t0 = time.time()
+    gemm = measure_gemm()
+    gemm_bf16 = measure_gemm((256,), "bf16")
+    vec = measure_vector()
+    mem = measure_copy()
+    peak = max(f for _, f in gemm)
+    vpeak = max(f for _, f in vec)
+    bw = max(b for _, b in mem)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 * 2 ** 30
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    host = f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    profile = {
+        "kind": "cpu",
+        "peak_TFLOPs": {"fp32": round(peak / 1e12, 6), "bf16": round(gemm_bf16[0][1] / 1e12, 6),
+                        "fp16": round(gemm_bf16[0][1] / 1e12, 6)},
+        "vector_TFLOPs": round(vpeak / 1e12, 6),
+        "memory_GiB": round(total / 2 ** 30, 1),
+        "memory_bandwidth_GBps": round(bw / 1e9, 3),
+        "matmul_efficiency": efficiency_curve(gemm, peak),
+        "vector_efficiency": efficiency_curve(vec, vpeak),
+        "memory_efficiency": efficiency_curve(mem, bw),
+        "source": (f"parsim.calibrate {date} on {host}, torch {torch.__version__}, ONE thread (as one parsim-run "
+                   "rank): best-of torch.mm n=16..1024 fp32 (bf16 peak = n=256 bf16), torch.mul 1Ki..4Mi elements, "
+                   "copy_ 4KiB..256MiB (2 bytes moved per byte); memory_GiB = the host's RAM, shared by all ranks"),
+    }
+    raw = {"gemm_fp32": gemm, "gemm_bf16": gemm_bf16, "vector": vec, "copy": mem}
+    cluster = None
+    if comm:
+        ar = measure_loopback_allreduce(2)
+        a, b = fit_alpha_beta(ar)
+        link_bw, link_lat = link_from_fit(a, b, 2)
+        base = yaml.safe_load((DATA / "clusters.yaml").read_text())["cpu-local"]
+        cluster = dict(base, nvlink_GBps=round(link_bw / 1e9, 4), nvlink_latency_us=round(link_lat * 1e6, 2),
+                       nic_GBps=round(link_bw / 1e9, 4), nic_latency_us=round(link_lat * 1e6, 2),
+                       nvlink_efficiency=1.0, nic_efficiency=1.0,
+                       source=(f"parsim.calibrate {date} on {host}: gloo loopback all_reduce, 2 processes, "
+                               f"4KiB..16MiB, best of 3-7; fit t = {a * 1e6:.1f} us + n / {1 / b / 1e9:.3f} GB/s, "
+                               "mapped to link parameters through parsim.costs.network's own all-reduce price"))
+        raw["allreduce_2proc"] = ar
+        raw["allreduce_fit"] = {"alpha_s": a, "beta_s_per_B": b}
+    raw["elapsed_s"] = time.time() - t0
+    return profile, cluster, raw
+
+
+def write_yaml_atomic(path: Path, data: dict, header: str = ""):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m parsim.calibrate", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(DATA / "devices.local.yaml"), help="device profile file to write")
+    ap.add_argument("--cluster-out", default=str(CLUSTER_FILE), help="cpu-local cluster file to write")
+    ap.add_argument("--no-comm", action="store_true", help="skip the 2-process gloo all-reduce")
+    ap.add_argument("--json", action="store_true", help="also print the raw measurements as JSON")
+    a = ap.parse_args(argv)
+    profile, cluster, raw = calibrate(comm=not a.no_comm)
+    hdr = "# Written by `python -m parsim.calibrate`; measured on this machine (see source). Re-run to refresh.\n"
+    write_yaml_atomic(Path(a.out), {"cpu": profile}, hdr)
+    print(f"cpu: fp32 peak {profile['peak_TFLOPs']['fp32'] * 1e3:.1f} GFLOP/s (1 thread), vector "
+          f"{profile['vector_TFLOPs'] * 1e3:.2f} GFLOP/s, memory {profile['memory_bandwidth_GBps']:.1f} GB/s -> {a.out}")
+    if cluster:
+        write_yaml_atomic(Path(a.cluster_out), cluster, hdr)
+        f = raw["allreduce_fit"]
+        print(f"cpu-local link: {cluster['nvlink_GBps']:.3f} GB/s, {cluster['nvlink_latency_us']:.1f} us "
+              f"(all-reduce fit {f['alpha_s'] * 1e6:.0f} us + n/{1 / f['beta_s_per_B'] / 1e9:.3f} GB/s) -> {a.cluster_out}")
+    print(f"calibration took {raw['elapsed_s']:.1f} s")
+    if a.json:
+        print(json.dumps(raw))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
