@@ -5,17 +5,19 @@ executes) and each step is priced by ``parsim.costs.network.price_schedule`` on
 the emulated graph (links set to what the probes measured). One property of the
 executor is added on top, measured here rather than assumed:
 
-**gloo pairs are half duplex for bulk data.** gloo's TCP transport keeps one
-connection per rank pair and does not overlap a large send with a large receive
-on it: with 16 MiB each way between two namespaces on a 200 Mbit/s link, one way
-took 0.70 s and both ways at once 1.39 s (2.0x), while two raw TCP sockets in
-opposite directions take ~0.74 s. So within a step the bytes a pair moves in both
-directions share that pair's path bandwidth:
+**gloo's isend/irecv pairs are half duplex for bulk data.** gloo's TCP transport
+keeps one connection per rank pair, and its point-to-point path does not overlap
+a large send with a large receive on it: with 16 MiB each way between two
+namespaces on a 200 Mbit/s link, one way took 0.70 s and both ways at once 1.39 s
+(2.0x), while raw TCP in both directions takes ~0.74 s and gloo's own all-reduce
+of 64 MiB between two hosts at 1 Gbit/s overlaps both ways (0.56 s = the
+full-duplex bound). So for executed schedules the bytes a pair moves in both
+directions within a step share that pair's path bandwidth:
 
     step_time = alpha_step + max(link-bound (price_schedule), max over pairs of
                                  (bytes a->b + bytes b->a) / bottleneck bandwidth(a, b))
 
-``half_duplex_pairs=False`` gives the pure graph model (a full-duplex transport).
+``half_duplex_pairs=False`` gives the pure graph model (full duplex; gloo native).
 """
 from __future__ import annotations
 

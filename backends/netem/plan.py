@@ -172,7 +172,7 @@ def plan_from_graph(cluster, prefix: str) -> NetPlan:
     # switch fabric: a maximum-bandwidth spanning tree of the switch-to-switch edges
     fabric = g.subgraph(switch_nodes)
     tree = nx.maximum_spanning_tree(fabric, weight="bandwidth")
-    dropped = tuple(sorted((tuple(map(str, e)) for e in fabric.edges if not tree.has_edge(*e))))
+    dropped = tuple(sorted(tuple(sorted(map(str, e))) for e in fabric.edges if not tree.has_edge(*e)))
     for u, v in sorted(tree.edges, key=lambda e: (str(e[0]), str(e[1]))):
         e = g.edges[u, v]
         veths.append(Veth(sw_ns[u], f"p{port[u]}", sw_ns[v], f"p{port[v]}",

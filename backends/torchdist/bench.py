@@ -85,7 +85,9 @@ def predict_point(op, algo, world, nbytes):
     from backends.netem.model import predict
     g, rank_nodes, host_of, servers, what = _cluster_for_prediction(world)
     sched = build_schedule(op, algo, world, nbytes, host_of, servers)
-    return sched, servers, predict(g, sched, rank_nodes[:sched.nranks]) | {"cluster": what}
+    # gloo's own collectives overlap both directions of a pair; its isend/irecv does not
+    pred = predict(g, sched, rank_nodes[:sched.nranks], half_duplex_pairs=algo != "native")
+    return sched, servers, pred | {"cluster": what}
 
 
 # -- execution -----------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""Emulated cluster in network namespaces: build, probe, teardown, crash cleanup, a benchmark.
+
+Needs root, iproute2 and tc; skipped with the reason otherwise. Every loop and
+process here is bounded in time; all traffic stays in 198.18.0.0/15 inside the
+namespaces these tests create.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backends.netem import presets
+from backends.netem.cluster import Emulation, down, list_namespaces, unavailable
+
+pytestmark = pytest.mark.netem
+REPO = str(Path(__file__).resolve().parents[2])
+
+
+@pytest.fixture(autouse=True)
+def _need_namespaces():
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+def _ours(prefix):
+    return [n for n in list_namespaces() if n.startswith(prefix)]
+
+
+@pytest.mark.timeout(60)
+def test_build_probe_teardown():
+    from backends.netem.probe import probe_pairs
+    rate = 100e6 / 8  # 100 Mbit/s
+    with Emulation(presets.single_switch(3, rate)) as emu:
+        assert sorted(_ours(emu.prefix)) == sorted(emu.plan.namespaces)
+        assert emu.state_file.exists()
+        probes = probe_pairs(emu)
+        assert [(p["src"], p["dst"]) for p in probes] == [("h0", "h1"), ("h1", "h2"), ("h2", "h0")]
+        for p in probes:
+            # the shaper delivers its rate less TCP/IP headers (1448/1500): near, never above
+            assert 0.85 * rate < p["measured_Bps"] < 1.02 * rate, p
+            assert 0 < p["rtt_s"] < 0.05
+    assert _ours(emu.prefix) == []
+    assert not emu.state_file.exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_slower_link_measures_slower():
+    from backends.netem.probe import probe_pairs
+    g = presets.single_switch(2, 200e6 / 8)
+    g.edges["h1", "sw0"]["bandwidth"] = 50e6 / 8  # h1's link is a quarter of h0's
+    with Emulation(g) as emu:
+        (p,) = probe_pairs(emu, pairs=[(0, 1)])
+    assert 0.85 * 50e6 / 8 < p["measured_Bps"] < 1.02 * 50e6 / 8
+
+
+_HOLDER = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from backends.netem import presets
+from backends.netem.cluster import Emulation
+emu = Emulation(presets.single_switch(2, 1e7)).__enter__()
+print(emu.prefix, flush=True)
+time.sleep(60)
+"""
+
+
+def _holder():
+    p = subprocess.Popen([sys.executable, "-c", _HOLDER.format(repo=REPO)], stdout=subprocess.PIPE, text=True)
+    prefix = p.stdout.readline().strip()
+    assert prefix.startswith("ps"), prefix
+    assert len(_ours(prefix)) == 3
+    return p, prefix
+
+
+@pytest.mark.timeout(60)
+def test_killed_run_is_cleaned_by_down():
+    p, prefix = _holder()
+    p.send_signal(signal.SIGKILL)  # no handler runs: everything is left behind
+    p.wait(timeout=10)
+    assert len(_ours(prefix)) == 3
+    gone = down()
+    assert set(gone) >= {f"{prefix}h0", f"{prefix}h1", f"{prefix}s0"}
+    assert _ours(prefix) == []
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_tears_down():
+    p, prefix = _holder()
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=20) != 0
+    assert _ours(prefix) == []
+
+
+@pytest.mark.timeout(120)
+def test_emulate_run_benchmark_lands_near_prediction():
+    pytest.importorskip("torch")
+    cmd = [sys.executable, "-m", "parsim", "emulate", "run", "--hosts", "3", "--link", "200Mbit", "--timeout", "90",
+           "--", sys.executable, "-m", "backends.torchdist.bench", "--bench", "allreduce", "--algo", "ring",
+           "--size", "4MiB", "--repeats", "2", "--format", "json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=REPO,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout[out.stdout.index("[\n"):])
+    (r,) = res
+    assert r["correct"] and r["world"] == 3
+    assert r["predicted"]["cluster"] == "emulated cluster, measured links"
+    # 4 MiB ring of 3 at ~193 Mbit/s: 4/3 * 4 MiB / 24 MB/s ~ 0.23 s; bandwidth-bound, so close
+    assert abs(r["error"]) < 0.25, r
+    prefix = out.stdout.split("emulated cluster ", 1)[1].split()[0]
+    assert _ours(prefix) == []  # `emulate run` tore down what it brought up

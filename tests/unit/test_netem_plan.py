@@ -1,0 +1,148 @@
+"""Pure parts of backends/netem: graph -> namespace plan, addresses, measured graph, prediction."""
+import ipaddress
+
+import networkx as nx
+import pytest
+
+from backends.netem import presets
+from backends.netem.model import pair_bound_s, predict
+from backends.netem.plan import PREFIX_RE, SUBNET, host_address, new_prefix, plan_from_graph, rank_table
+from backends.netem.probe import measured_graph
+from parsim.errors import ParsimError
+from parsim.schedules import collectives as S
+
+PFX = "ps0abcd-"
+MB = 1e6
+
+
+def test_addresses_are_in_the_benchmark_range_and_skip_network_and_broadcast():
+    assert host_address(0) == "198.18.0.1"
+    assert host_address(253) == "198.18.0.254"
+    assert host_address(254) == "198.18.1.1"  # .255 and .0 skipped
+    addrs = [host_address(i) for i in range(0, 254 * 512, 997)]
+    assert all(ipaddress.ip_address(a) in ipaddress.ip_network("198.18.0.0/15") for a in addrs)
+    assert len(set(addrs)) == len(addrs)
+    assert str(SUBNET) == "198.18.0.0/15"
+    with pytest.raises(ParsimError):
+        host_address(254 * 512)
+
+
+def test_prefix_is_run_unique_and_recognisable():
+    a, b = new_prefix(), new_prefix()
+    assert PREFIX_RE.match(a) and PREFIX_RE.match(b)
+    assert new_prefix(seed=0xABCDE) == "psabcde-"
+    assert not PREFIX_RE.match("docker0") and not PREFIX_RE.match("ps-foo")
+
+
+def test_single_switch_plan():
+    g = presets.single_switch(3, 25 * MB)
+    p = plan_from_graph(g, PFX)
+    assert p.namespaces == [f"{PFX}h0", f"{PFX}h1", f"{PFX}h2", f"{PFX}s0"]
+    assert [h.address for h in p.hosts] == ["198.18.0.1", "198.18.0.2", "198.18.0.3"]
+    assert [h.ranks for h in p.hosts] == [("h0/d0",), ("h1/d0",), ("h2/d0",)]
+    assert [(v.a_ns, v.a_if, v.b_ns, v.b_if) for v in p.veths] == [
+        (f"{PFX}h{i}", "eth0", f"{PFX}s0", f"p{i}") for i in range(3)]
+    assert all(v.bandwidth_Bps == 25 * MB for v in p.veths)
+    assert all(len(n) <= 15 for n in p.namespaces)  # fits IFNAMSIZ-style limits too
+
+
+def test_two_racks_uplinks_are_oversubscribed():
+    # 4 hosts, 2 per rack at 10 MB/s, oversubscription 2: each rack uplink = 2*10/2 = 10 MB/s
+    p = plan_from_graph(presets.two_racks(4, 10 * MB, oversubscription=2), PFX)
+    assert len(p.hosts) == 4 and len(p.switches) == 3
+    fabric = [v for v in p.veths if v.a_if != "eth0"]
+    assert len(fabric) == 2 and all(v.bandwidth_Bps == 10 * MB for v in fabric)
+
+
+def test_parameter_server_hosts_come_last():
+    p = plan_from_graph(presets.parameter_server(3, 10 * MB, servers=2), PFX)
+    assert [h.node for h in p.hosts] == ["h0", "h1", "h2", "ps0", "ps1"]
+
+
+def test_dgx_graph_groups_devices_by_node_and_sums_rails():
+    from parsim.topology import load_cluster
+    c = load_cluster("dgx-a100", gpus=16)
+    p = plan_from_graph(c, PFX)
+    assert len(p.hosts) == 2 and len(p.switches) == 1  # NVSwitches stay inside their host
+    assert all(len(h.ranks) == 8 for h in p.hosts)
+    nic = next(d["bandwidth"] for _, _, d in c.graph.edges(data=True) if d.get("link") == "nic")
+    assert p.veths[0].bandwidth_Bps == pytest.approx(8 * nic)  # 8 rails emulated as one link
+
+
+def test_switch_loops_keep_a_spanning_tree():
+    g = presets.two_racks(4, 10 * MB)
+    g.add_edge("tor0", "tor1", bandwidth=1 * MB, latency=0.0)  # a loop tor0-spine-tor1-tor0
+    p = plan_from_graph(g, PFX)
+    assert p.dropped == (("tor0", "tor1"),)  # the slowest edge of the loop goes
+    assert len([v for v in p.veths if v.a_if != "eth0"]) == 2
+
+
+def test_bad_prefix_and_empty_graph_are_user_errors():
+    with pytest.raises(ParsimError, match="bad prefix"):
+        plan_from_graph(presets.single_switch(2, MB), "eth")
+    with pytest.raises(ParsimError, match="no host"):
+        plan_from_graph(nx.Graph(), PFX)
+
+
+def test_rank_table():
+    p = plan_from_graph(presets.single_switch(2, MB, devices_per_host=2), PFX)
+    assert [(r, h.node, lr) for r, h, lr in rank_table(p)] == [(0, "h0", 0), (1, "h0", 1), (2, "h1", 0), (3, "h1", 1)]
+    assert [(r, h.node, lr) for r, h, lr in rank_table(p, 1)] == [(0, "h0", 0), (1, "h1", 0)]
+
+
+def test_measured_graph_scales_crossed_links_only():
+    g = presets.single_switch(3, 10 * MB)
+    probes = [{"src": "h0", "dst": "h1", "hops": 2, "efficiency": 0.9, "rtt_s": 100e-6}]
+    m = measured_graph(g, probes)
+    assert m.edges["h0", "sw0"]["bandwidth"] == pytest.approx(9 * MB)
+    assert m.edges["h0", "sw0"]["latency"] == pytest.approx(25e-6)  # rtt/2 over 2 hops
+    assert m.edges["h2", "sw0"]["bandwidth"] == pytest.approx(9 * MB)  # unprobed: the median
+    assert m.edges["h0", "h0/d0"]["bandwidth"] == g.edges["h0", "h0/d0"]["bandwidth"]  # intra-host kept
+    assert g.edges["h0", "sw0"]["bandwidth"] == 10 * MB  # input untouched
+
+
+def test_pair_bound_counts_both_directions():
+    g = presets.single_switch(2, 10 * MB)
+    nodes = ["h0/d0", "h1/d0"]
+    n = 4 * MB
+    both = S.Step.of([(0, 1, 0, int(n), 0), (1, 0, 0, int(n), 0)])
+    one = S.Step.of([(0, 1, 0, int(n), 0)])
+    assert pair_bound_s(g, both, nodes) == pytest.approx(2 * n / (10 * MB))  # 0.8 s
+    assert pair_bound_s(g, one, nodes) == pytest.approx(n / (10 * MB))
+
+
+def test_prediction_is_the_graph_model_plus_half_duplex_pairs():
+    from parsim.costs.network import price_schedule
+    g = presets.single_switch(4, 25 * MB)
+    nodes = [f"h{i}/d0" for i in range(4)]
+    ring4 = S.build("allreduce", "ring", 4, 16 << 20)
+    full = predict(g, ring4, nodes, half_duplex_pairs=False)
+    assert full["time_s"] == pytest.approx(price_schedule(g, ring4, nodes=nodes).time_s)
+    # a ring of 4 sends one way per pair: half duplex changes nothing; bandwidth term 1.5 n/B
+    assert predict(g, ring4, nodes)["time_s"] == pytest.approx(full["time_s"])
+    assert full["graph_bandwidth_term_s"] >= 1.5 * (16 << 20) / (25 * MB)
+    # a ring of 2 exchanges both ways: half duplex doubles the wire time n/B -> 2n/B
+    ring2 = S.build("allreduce", "ring", 2, 16 << 20)
+    t_full = predict(g, ring2, nodes[:2], half_duplex_pairs=False)
+    t_half = predict(g, ring2, nodes[:2])
+    wire = (16 << 20) / (25 * MB)
+    assert t_half["time_s"] - t_full["time_s"] == pytest.approx(wire, rel=0.02)
+
+
+def test_emulate_flags_are_checked():
+    import argparse
+    from parsim.commands.emulate import build_graph
+    ns = argparse.Namespace(cluster="switch", hosts=2, link="1Gbit", delay=None, oversubscription=2.0, servers=1)
+    assert build_graph(ns).edges["h0", "sw0"]["bandwidth"] == 1.25e8
+    with pytest.raises(ParsimError, match="--link"):
+        build_graph(argparse.Namespace(**{**vars(ns), "link": "100Gbit"}))
+    with pytest.raises(ParsimError, match="--hosts"):
+        build_graph(argparse.Namespace(**{**vars(ns), "hosts": 0}))
+    with pytest.raises(ParsimError, match="unknown cluster"):
+        build_graph(argparse.Namespace(**{**vars(ns), "cluster": "swtch"}))
+
+
+def test_teardown_refuses_foreign_namespaces():
+    from backends.netem.cluster import delete_namespaces
+    with pytest.raises(AssertionError):
+        delete_namespaces(["docker-ns"])
