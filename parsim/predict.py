@@ -214,8 +214,10 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     # Data-parallel gradient sync of the largest stage, by the plan's algorithm.
     grad_bytes = P_rank * e
     t_ar = G.vec("dp", "allreduce", S, grad_bytes)
-    t_rs = G.vec("dp", "reduce_scatter", S, grad_bytes)
-    t_ag = G.vec("dp", "all_gather", S, grad_bytes)
+    # ZeRO's reduce-scatter and all-gather are the library's own (FSDP / DeepSpeed); the plan's
+    # algorithm choice applies to the all-reduce.
+    t_rs = G.vec("dp", "reduce_scatter", S, grad_bytes, "native")
+    t_ag = G.vec("dp", "all_gather", S, grad_bytes, "native")
     t_sync = np.where(zero >= 1, t_rs + t_ag, t_ar)
     bwd_last_mb = np.minimum(T_first, T_last) - np.minimum(Tf_avg, T_max)
     window = np.where(overlap, np.maximum(bwd_last_mb, 0.0), 0.0)
@@ -262,6 +264,18 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=64)
+def _cluster_cached(spec: str, gpus):
+    from parsim.topology import load_cluster
+    return load_cluster(spec, gpus)
+
+
+def get_cluster(spec, gpus=None):
+    """load_cluster, memoised for preset names and paths (a Cluster is not mutated once built),
+    so that repeated predictions reuse the priced communication groups."""
+    return _cluster_cached(spec, gpus) if isinstance(spec, str) else spec
+
+
 def _scalar(x):
     return float(np.asarray(x).ravel()[0])
 
@@ -283,9 +297,8 @@ def simulated_makespan(r: dict, cols: dict, i: int):
 def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
     """Price one plan. `model` and `cluster` may be names/paths or loaded objects."""
     from parsim.model import load_model
-    from parsim.topology import load_cluster
     model = load_model(model)
-    cluster = load_cluster(cluster, gpus or plan.gpus)
+    cluster = get_cluster(cluster, gpus or plan.gpus)
     validate(plan, model, gpus or plan.gpus)
     if plan.gpus > cluster.num_devices:
         raise ParsimError(f"plan needs {plan.gpus} devices but cluster {cluster.name} has {cluster.num_devices}")

@@ -1,7 +1,7 @@
 """Tables and text for people: a StepReport's arithmetic, ranked plans, comparisons.
 
-Rendering uses rich when stdout is a terminal-like stream; the plain-text fallback keeps
-the same columns. Units are in every column name.
+Plain-text tables (they stay readable in pipes, logs and CI output and cost nothing to
+build); units are in every column name.
 """
 from __future__ import annotations
 
@@ -25,22 +25,14 @@ def write_atomic(path, text: str) -> None:
 
 
 def _table(title, headers, rows, caption=None) -> str:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # pragma: no cover - rich is a dependency; keep a plain fallback
-        w = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-        lines = [title, "  ".join(str(h).rjust(w[i]) for i, h in enumerate(headers))]
-        lines += ["  ".join(str(c).rjust(w[i]) for i, c in enumerate(r)) for r in rows]
-        return "\n".join(lines + ([caption] if caption else [])) + "\n"
-    t = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
-    for h in headers:
-        t.add_column(str(h), justify="right")
-    for r in rows:
-        t.add_row(*(str(c) for c in r))
-    buf = io.StringIO()
-    Console(file=buf, width=200, force_terminal=False, color_system=None).print(t)
-    return buf.getvalue()
+    """A plain-text table (fast to build, safe in pipes and logs): title, header, rule, rows."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "  ".join(c.rjust(w[i]) for i, c in enumerate(r)).rstrip()
+    out = [title, line(cells[0]), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]]
+    if caption:
+        out.append(caption)
+    return "\n".join(out) + "\n"
 
 
 def _pct(x, total):

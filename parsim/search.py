@@ -3,8 +3,9 @@ rank them.
 
 Candidates are built as a numpy table (one row per plan), never as Python objects. Knob
 combinations that are meaningless rather than invalid are not generated at all (sequence
-parallel needs tp > 1; ZeRO and the choice of gradient-sync algorithm need dp > 1; vpp only
-with the interleaved schedule, and 2 with ZB-V). Invalid ones are generated, rejected by
+parallel needs tp > 1; ZeRO and the choice of gradient-sync algorithm need dp > 1; ZeRO's
+reduce-scatter/all-gather are the library's, so the all-reduce algorithm is a knob only at
+ZeRO 0; vpp only with the interleaved schedule, and 2 with ZB-V). Invalid ones are generated, rejected by
 a vectorised mask and counted by their first failing reason; plans that do not fit in
 device memory are priced and then dropped, counted too.
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from parsim.errors import ParsimError
 from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, divisors
-from parsim.predict import BREAKDOWN_KEYS, GiB, MEMORY_KEYS, simulated_makespan, price
+from parsim.predict import BREAKDOWN_KEYS, GiB, MEMORY_KEYS, simulated_makespan, get_cluster, price
 
 DEFAULT_MODEL = "llama2-13b"
 DEFAULT_CLUSTER = "dgx-h100"
@@ -69,7 +70,7 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
     sp = sp.astype(bool)
     native = GRAD_SYNC.index("native")
     # Not generated: meaningless combinations.
-    keep = ~(sp & (tp == 1)) & ~((dp == 1) & ((zero > 0) | (gs != native)))
+    keep = ~(sp & (tp == 1)) & ~((dp == 1) & ((zero > 0) | (gs != native))) & ~((zero > 0) & (gs != native))
     rejected = {}
     # Rejected, counted by first failing reason.
     L = model.layers
@@ -110,12 +111,11 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     All plans are priced with the closed-form pipeline; the best `resimulate` are re-priced with the
     discrete-event simulator (column `simulated`), `step_time_closed_s` keeps the fast form."""
     from parsim.model import load_model
-    from parsim.topology import load_cluster
     t0 = time.perf_counter()
     if not isinstance(gpus, int) or gpus <= 0:
         raise ParsimError(f"gpus = {gpus!r}: expected a positive integer")
     model = load_model(model)
-    cl = load_cluster(cluster, gpus)
+    cl = get_cluster(cluster, gpus)
     gb = DEFAULT_GLOBAL_BATCH if global_batch is None else global_batch
     seq = seq_len or model.seq_len
     if gb <= 0 or seq <= 0:
@@ -165,7 +165,8 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
 def _rank(r, fits, step):
     """Fitting plans best first; ties (e.g. sync algorithms whose time hides under backward) broken
     by the raw gradient-sync time, then by memory."""
-    order = np.lexsort((r["memory_bytes"], r["dp_sync_s"], np.where(fits, step, np.inf)))
+    # (step times are compared at 1 ns so that float noise does not outrank those keys)
+    order = np.lexsort((r["memory_bytes"], r["dp_sync_s"], np.where(fits, np.round(step, 9), np.inf)))
     return order[fits[order]]
 
 

@@ -22,8 +22,7 @@ import numpy as np
 
 from parsim.model import load_model
 from parsim.plan import Plan, validate
-from parsim.predict import plan_columns, price
-from parsim.topology import load_cluster
+from parsim.predict import get_cluster, plan_columns, price
 
 TABLE1 = "narayanan2021_table1.csv"
 NAMES = ["megatron-1.7b", "megatron-3.6b", "megatron-7.5b", "megatron-18.4b", "megatron-39.1b", "megatron-76.1b",
@@ -82,7 +81,7 @@ def rows(path=None) -> list[Row]:
 def predict_row(row: Row, fraction: float | None = None, cluster="dgx-a100"):
     """Best predicted hardware TFLOP/s per GPU over the candidate plans that fit; (tflops, plan)."""
     model = load_model(row.model)
-    cl = load_cluster(cluster, row.gpus)
+    cl = get_cluster(cluster, row.gpus)
     dev = cl.device if fraction is None else cl.device.with_sustained_fraction(fraction)
     r = price(model, cl, plan_columns(row.plans, model), device=dev)
     tflops = r["hardware_flops"] / r["step_time_s"] / row.gpus / 1e12

@@ -37,7 +37,7 @@ def add_plan_arguments(p, need_gpus=True):
 
 
 def plan_from_args(a, gpus: int) -> Plan:
-    if gpus % (a.tp * a.pp):
+    if a.dp is None and gpus % (a.tp * a.pp):
         raise ParsimError(f"gpus ({gpus}) is not divisible by tp·pp = {a.tp}·{a.pp} = {a.tp * a.pp}")
     dp = a.dp if a.dp is not None else gpus // (a.tp * a.pp)
     vpp = a.vpp or (2 if a.schedule == "zbv" else 1)

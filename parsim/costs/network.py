@@ -346,11 +346,74 @@ def _coeffs_of(cluster, op, a, kw, ranks):
     return pr.alpha_s, pr.bandwidth_s / n
 
 
+GRAPH_MAX_RANKS = 64   # larger groups are priced by the closed forms below (speed: O(p²) routes)
+
+
+def _pair(cluster, a, b):
+    """(bandwidth B/s, latency s) of the route between ranks a and b: the ECMP split's
+    narrowest link share, and the path latency."""
+    rt = router(cluster.graph)
+    eids, fr, lat = rt.route(cluster.devices[a], cluster.devices[b])
+    return (float(np.min(rt.bw[eids] / fr)) if len(eids) else float("inf")), lat
+
+
+def _closed_form_coeffs(cluster, op, algo, ranks):
+    """α-β closed forms for groups of more than GRAPH_MAX_RANKS ranks, on link figures read off
+    the graph: B_i/α_i between two ranks of one node, B_e/α_e between ranks of two nodes; g ranks
+    per node, N nodes. Ring 2(p−1)(α + n/(p·B)) (Patarasuk & Yuan 2009); multi-channel ring with
+    one NIC per channel: per-byte max(1/B_i, 1/(g·B_e)); hierarchical: intra reduce-scatter,
+    inter all-reduce of n/g per NIC, intra all-gather; halving-doubling 2·log2(p)·α +
+    2(p−1)/p·n/B (Thakur et al. 2005); tree 2·log2(p)·α + 2n/B; co-located PS (BytePS)
+    2α + 2(p−1)/p·n/B; central PS 2α + 2(p−1)·n/B (the server's link carries every push and pull)."""
+    import math
+    p = len(ranks)
+    by_node = {}
+    for r in ranks:
+        by_node.setdefault(cluster.node_of(r), []).append(r)
+    g, N = max(len(v) for v in by_node.values()), len(by_node)
+    same = next((v for v in by_node.values() if len(v) > 1), None)
+    B_i, a_i = _pair(cluster, same[0], same[1]) if same else (float("inf"), 0.0)
+    nodes = list(by_node.values())
+    B_e, a_e = _pair(cluster, nodes[0][0], nodes[1][0]) if N > 1 else (B_i, a_i)
+    B, a = min(B_i, B_e), max(a_i, a_e)
+    lg = math.ceil(math.log2(p))
+    chan = max(1 / B_i, 1 / (g * B_e)) if N > 1 and g > 1 else 1 / B
+    gpu = cluster.device.kind == "gpu"
+    if op == "sendrecv":
+        return _pair(cluster, ranks[0], ranks[1])[1], 1 / _pair(cluster, ranks[0], ranks[1])[0]
+    if op in ("reduce_scatter", "all_gather"):
+        return (p - 1) * a, (p - 1) / p * (chan if gpu else 1 / B)
+    if op == "broadcast":
+        return lg * a, 1 / B
+    if op == "all_to_all":
+        return (p - 1) * a, (p - 1) / p / B
+    if algo == "native":
+        if not gpu:
+            algo = "ring"
+        else:
+            lines = [(2 * (p - 1) * a, 2 * (p - 1) / p * chan), (2 * lg * a, 2 / B)]
+            return min(lines, key=lambda ab: ab[0] + ab[1] * NATIVE_REF_BYTES)
+    if algo == "hierarchical" and g > 1 and N > 1:
+        return (2 * (g - 1) * a_i + 2 * (N - 1) * a_e,
+                2 * (g - 1) / g / B_i + 2 * (N - 1) / N / (g * B_e))
+    if algo == "tree":
+        return 2 * lg * a, 2 / B
+    if algo == "hd":
+        return 2 * lg * a, 2 * (p - 1) / p / B
+    if algo in ("ps", "ps-colocated"):
+        return 2 * a, 2 * (p - 1) / p / B
+    if algo == "ps-central":
+        return 2 * a, 2 * (p - 1) / B
+    return 2 * (p - 1) * a, 2 * (p - 1) / p / B          # ring, and anything else
+
+
 @functools.lru_cache(maxsize=4096)
 def _coeffs_cached(cluster, op, algo, ranks):
     p = len(ranks)
     if p <= 1:
         return 0.0, 0.0
+    if p > GRAPH_MAX_RANKS:
+        return _closed_form_coeffs(cluster, op, algo, ranks)
     a, kw, ranks = _resolve(cluster, op, algo, ranks)
     if a == "native":
         if cluster.device.kind != "gpu" or p == 2:

@@ -1,0 +1,53 @@
+"""Speed targets of the core issue, checked as benchmarks (medians), not timed unit tests.
+
+* ≥ 1,000,000 candidate plans priced per second on one core (price() over a 1M-row table);
+* `parsim plan --gpus 64` under one second as a whole process;
+* `parsim plan --gpus 16384 --model llama3-405b` under five seconds as a whole process.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from parsim.model import load_model
+from parsim.predict import get_cluster, price
+
+N = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def table():
+    rng = np.random.default_rng(0)
+    tp = rng.choice([1, 2, 4, 8], N)
+    pp = rng.choice([1, 2, 4], N)
+    return dict(dp=64 // (tp * pp), tp=tp, pp=pp, vpp=np.ones(N, np.int64), mb=rng.choice([1, 2, 4], N),
+                gb=np.full(N, 1024), seq=np.full(N, 4096), dtype=np.zeros(N, np.int64),
+                schedule=rng.integers(0, 2, N), grad_sync=rng.integers(0, 6, N), zero=rng.integers(0, 4, N),
+                recompute=rng.integers(0, 3, N), sp=(rng.random(N) < 0.5) & (tp > 1), overlap=np.ones(N, bool),
+                flash=np.ones(N, bool))
+
+
+def test_price_one_million_plans_per_second(benchmark, table):
+    model, cl = load_model("llama2-13b"), get_cluster("dgx-h100", 64)
+    out = benchmark.pedantic(price, args=(model, cl, table), rounds=5, iterations=1, warmup_rounds=1)
+    assert np.isfinite(out["step_time_s"]).all()
+    assert benchmark.stats.stats.median < 1.0, f"{N / benchmark.stats.stats.median:,.0f} plans/s"
+
+
+def _cli(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "parsim", *args], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_plan_64_gpus_whole_process(benchmark):
+    benchmark.pedantic(_cli, args=("plan", "--gpus", "64"), rounds=5, iterations=1, warmup_rounds=1)
+    assert benchmark.stats.stats.median < 1.0
+
+
+def test_plan_16384_gpus_llama3_405b_whole_process(benchmark):
+    benchmark.pedantic(_cli, args=("plan", "--gpus", "16384", "--model", "llama3-405b"), rounds=3, iterations=1)
+    assert benchmark.stats.stats.median < 5.0

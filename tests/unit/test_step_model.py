@@ -1,0 +1,103 @@
+"""The step model: memory goldens (Korthikanti et al. 2022), ZeRO, schedules, report keys."""
+import math
+
+import numpy as np
+import pytest
+
+from parsim.costs.memory import activation_bytes_per_layer, inflight_microbatches, model_state_bytes
+from parsim.model import load_model
+from parsim.plan import Plan
+from parsim.predict import BREAKDOWN_KEYS, MEMORY_KEYS, predict
+
+GPT = load_model("megatron-18.4b")   # GELU, ffn = 4h, MHA: the shapes of Korthikanti's formulas
+s, b, h, a = 2048, 1, 6144, 48
+
+
+def act(t=1, sp=False, rc=0, flash=False):
+    return float(activation_bytes_per_layer(GPT, b, s, t, sp, rc, flash, 0))
+
+
+def test_activation_bytes_korthikanti():
+    # Korthikanti et al. 2022: sbh(34 + 5as/h) with no parallelism ...
+    assert act() == pytest.approx(s * b * h * (34 + 5 * a * s / h))
+    # ... sbh(10 + 24/t + 5as/(ht)) with tensor parallel t (eq. 2) ...
+    assert act(t=8) == pytest.approx(s * b * h * (10 + 24 / 8 + 5 * a * s / (h * 8)))
+    # ... sbh(34/t + 5as/(ht)) with sequence parallel too (eq. 4) ...
+    assert act(t=8, sp=True) == pytest.approx(s * b * h * (34 / 8 + 5 * a * s / (h * 8)))
+    # ... 34·sbh/t with selective recompute (eq. 5); flash attention stores no scores either.
+    assert act(t=8, sp=True, rc=1) == pytest.approx(s * b * h * 34 / 8)
+    assert act(t=8, sp=True, flash=True) == pytest.approx(s * b * h * 34 / 8)
+    # Full recompute keeps the 2-byte layer input only.
+    assert act(t=8, rc=2) == pytest.approx(2 * s * b * h)
+    assert act(t=8, sp=True, rc=2) == pytest.approx(2 * s * b * h / 8)
+
+
+def test_inflight_microbatches():
+    # GPipe holds all m, 1F1B min(p, m), interleaved p·(1 + (p−1)/(p·v)).
+    assert inflight_microbatches(0, 4, 1, 16) == 16
+    assert inflight_microbatches(1, 4, 1, 16) == 4
+    assert inflight_microbatches(1, 4, 1, 2) == 2
+    assert inflight_microbatches(2, 4, 2, 16) == pytest.approx(4 * (1 + 3 / 8))
+
+
+def test_model_state_zero():
+    # Mixed-precision Adam: 2Ψ + 2Ψ + 12Ψ = 16Ψ bytes; ZeRO 1/2/3 shard 12Ψ, then 2Ψ, then 2Ψ over dp.
+    psi, dp = 1e9, 8
+    tot = [sum(model_state_bytes(psi, dp, z, 0)) for z in range(4)]
+    assert tot[0] == pytest.approx(16 * psi)
+    assert tot[1] == pytest.approx(4 * psi + 12 * psi / dp)
+    assert tot[2] == pytest.approx(2 * psi + 14 * psi / dp)
+    assert tot[3] == pytest.approx(16 * psi / dp)
+
+
+def base(**kw):
+    d = dict(dp=8, tp=8, pp=1, micro_batch=1, global_batch=64, recompute="selective", sequence_parallel=True)
+    d.update(kw)
+    return Plan(**d)
+
+
+def test_report_has_every_key_and_is_consistent():
+    r = predict("llama2-70b", "dgx-h100", base(), gpus=64)
+    assert set(r.breakdown_s) == set(BREAKDOWN_KEYS)
+    assert set(r.memory_breakdown_GiB) == set(MEMORY_KEYS)
+    assert sum(r.breakdown_s.values()) == pytest.approx(r.step_time_s, rel=1e-9)
+    assert sum(r.memory_breakdown_GiB.values()) == pytest.approx(r.memory_GiB, rel=1e-9)
+    m = load_model("llama2-70b")
+    assert r.tokens_per_s == pytest.approx(64 * m.seq_len / r.step_time_s)
+    assert r.model_tflops_per_gpu == pytest.approx(m.step_flops(64, "none") / r.step_time_s / 64 / 1e12)
+    assert r.hardware_tflops_per_gpu > r.model_tflops_per_gpu      # selective recompute adds FLOPs
+    assert 0 < r.mfu < r.hfu < 1
+
+
+def test_more_pipeline_microbatches_shrink_the_bubble_share():
+    # Bubble ∝ (p−1)·T while useful work ∝ m·T: quadrupling m cuts the bubble share.
+    r1 = predict("llama2-70b", "dgx-h100", base(dp=2, pp=4, global_batch=8), gpus=64)
+    r4 = predict("llama2-70b", "dgx-h100", base(dp=2, pp=4, global_batch=32), gpus=64)
+    assert r4.breakdown_s["bubble"] / r4.step_time_s < 0.5 * r1.breakdown_s["bubble"] / r1.step_time_s
+
+
+def test_interleaving_divides_the_bubble():
+    one = predict("llama2-70b", "dgx-h100", base(dp=2, pp=4, global_batch=32), gpus=64)
+    two = predict("llama2-70b", "dgx-h100", base(dp=2, pp=4, global_batch=32, vpp=2, schedule="interleaved"), gpus=64)
+    # (p−1)/(v·m) vs (p−1)/m: half, up to the extra send/recv per virtual stage in T.
+    assert two.breakdown_s["bubble"] == pytest.approx(one.breakdown_s["bubble"] / 2, rel=0.05)
+
+
+def test_zero3_cuts_memory_and_adds_communication():
+    z0 = predict("llama2-13b", "dgx-h100", base(tp=1, dp=64, global_batch=64, sequence_parallel=False), gpus=64)
+    z3 = predict("llama2-13b", "dgx-h100", base(tp=1, dp=64, global_batch=64, sequence_parallel=False, zero=3), gpus=64)
+    assert z3.memory_breakdown_GiB["weights"] == pytest.approx(z0.memory_breakdown_GiB["weights"] / 64)
+    assert z3.breakdown_s["dp_comm_exposed"] >= z0.breakdown_s["dp_comm_exposed"]
+
+
+def test_not_fitting_is_reported_not_raised():
+    r = predict("llama3-70b", "dgx-h100", Plan(dp=8, global_batch=8), gpus=8)
+    assert not r.fits and "GiB" in r.fits_reason and "h100-sxm" in r.fits_reason
+
+
+def test_full_recompute_costs_a_forward():
+    none = predict("llama2-7b", "dgx-a100", base(dp=8, tp=1, sequence_parallel=False, recompute="none"), gpus=8)
+    full = predict("llama2-7b", "dgx-a100", base(dp=8, tp=1, sequence_parallel=False, recompute="full"), gpus=8)
+    # backward ≈ 2× forward, so recompute ≈ a third of compute (element-wise ops make it inexact)
+    assert full.breakdown_s["recompute"] == pytest.approx(full.breakdown_s["compute"] / 3, rel=0.15)
+    assert full.memory_breakdown_GiB["activations"] < none.memory_breakdown_GiB["activations"]
