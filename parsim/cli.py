@@ -31,7 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="parsim", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="parsim", description="parsim: predict, then measure, LLM training under data, tensor and "
+                     "pipeline parallelism. `parsim COMMAND -h` for a command's flags.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, help_ in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
