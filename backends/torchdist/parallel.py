@@ -72,12 +72,13 @@ class PhaseClock:
     sync: callable = None
     t: dict = field(default_factory=dict)
     in_recompute: int = 0
+    ops: list = field(default_factory=list)     # pipeline ops executed this step, in order
 
     def add(self, k, dt):
         self.t[k] = self.t.get(k, 0.0) + dt
 
     def reset(self):
-        self.t = {}
+        self.t, self.ops = {}, []
 
     def now(self):
         if self.sync:
@@ -148,24 +149,30 @@ def timed_stage_class(clock: PhaseClock):
     from torch.distributed.pipelining import PipelineStage
 
     class TimedStage(PipelineStage):
-        def forward_one_chunk(self, *a, **kw):
+        """Also logs the executed ops as (kind, micro-batch, stage) in clock.ops — parsim's
+        PipelineSchedule.rank_ops format, so the executed order can be checked against it."""
+
+        def forward_one_chunk(self, chunk, *a, **kw):
+            clock.ops.append(("F", int(chunk), self.stage_index))
             t0 = clock.now()
             try:
-                return super().forward_one_chunk(*a, **kw)
+                return super().forward_one_chunk(chunk, *a, **kw)
             finally:
                 clock.add("forward", clock.now() - t0)
 
-        def backward_one_chunk(self, *a, **kw):
+        def backward_one_chunk(self, chunk, *a, **kw):
+            clock.ops.append(("B", int(chunk), self.stage_index))   # full backward, or input-grad only (I)
             t0 = clock.now()
             try:
-                return super().backward_one_chunk(*a, **kw)
+                return super().backward_one_chunk(chunk, *a, **kw)
             finally:
                 clock.add("backward", clock.now() - t0)
 
-        def backward_weight_one_chunk(self, *a, **kw):
+        def backward_weight_one_chunk(self, chunk, *a, **kw):
+            clock.ops.append(("W", int(chunk), self.stage_index))
             t0 = clock.now()
             try:
-                return super().backward_weight_one_chunk(*a, **kw)
+                return super().backward_weight_one_chunk(chunk, *a, **kw)
             finally:
                 clock.add("backward", clock.now() - t0)
 

@@ -217,7 +217,7 @@ def _train(cfg, rank, world, device, sync, dog):
         t2 = clock.now()
         if step == 0 and cfg.get("dump_dir"):
             dog.beat("dump gradients")
-            _dump(cfg["dump_dir"], rank, rm, loss)
+            _dump(cfg["dump_dir"], rank, rm, loss, clock.ops)
         dog.beat(f"step {step} optimizer", first)
         rm.optimizer.step()
         t3 = clock.now()
@@ -336,7 +336,7 @@ def _cross_rank_sends(rm, plan) -> int:
     return n
 
 
-def _dump(dump_dir, rank, rm, loss):
+def _dump(dump_dir, rank, rm, loss, ops=()):
     """Full (gathered) gradients by parameter name and the loss, for the equality tests."""
     import torch
     grads = {}
@@ -348,7 +348,7 @@ def _dump(dump_dir, rank, rm, loss):
             grads[name] = None if g is None else g.detach().cpu().clone()
     Path(dump_dir).mkdir(parents=True, exist_ok=True)
     tmp = Path(dump_dir) / f".rank{rank}.pt.tmp"
-    torch.save({"grads": grads, "loss": loss}, tmp)
+    torch.save({"grads": grads, "loss": loss, "ops": list(ops)}, tmp)
     os.replace(tmp, Path(dump_dir) / f"rank{rank}.pt")
 
 

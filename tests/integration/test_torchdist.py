@@ -35,17 +35,19 @@ def reference(plan: Plan, recompute="none"):
     x, y = synthetic_batch(SPEC, plan.global_batch, plan.seq_len or SPEC.seq_len, 0)
     loss = loss_fn(m(x), y)
     loss.backward()
-    return float(loss), {n: p.grad.detach().clone() for n, p in m.named_parameters()}
+    return float(loss.detach()), {n: p.grad.detach().clone() for n, p in m.named_parameters()}
 
 
 def load_dump(dump: Path):
-    grads, losses = {}, []
+    """(grads by name, losses, {rank: executed pipeline ops}) from the ranks' step-0 dumps."""
+    grads, losses, ops = {}, [], {}
     for f in sorted(dump.glob("rank*.pt")):
         d = torch.load(f)
         grads.update({k: v for k, v in d["grads"].items() if v is not None})
         if d["loss"] is not None:
             losses.append(d["loss"])
-    return grads, losses
+        ops[int(f.stem[4:])] = [tuple(o) for o in d["ops"]]
+    return grads, losses, ops
 
 
 def assert_grads_equal(got: dict, ref: dict, atol=GRAD_ATOL):
@@ -85,10 +87,15 @@ def two_rank_runs(tmp_path_factory):
 def test_pipeline_schedule_gives_unpipelined_loss_and_grads(name, two_rank_runs):
     plan = TWO_RANK[name]
     ref_loss, ref_grads = reference(plan)
-    rep, grads, losses = two_rank_runs[name]
+    rep, grads, losses, ops = two_rank_runs[name]
     assert losses and abs(losses[0] - ref_loss) < 1e-5, (losses, ref_loss)
     assert_grads_equal(grads, ref_grads)
     assert rep["breakdown_s"]["bubble"] >= 0 and rep["breakdown_s"]["compute"] > 0
+    # the op order torch executed on each rank is the one parsim simulates
+    from parsim.schedules.pipeline import build_schedule
+    sim = build_schedule(plan.schedule, plan.pp, plan.microbatches, plan.vpp)
+    for r in range(plan.pp):
+        assert ops[r] == sim.rank_ops(r), f"rank {r}: executed {ops[r]}\n simulated {sim.rank_ops(r)}"
 
 
 @pytest.mark.slow
@@ -97,7 +104,7 @@ def test_pipeline_schedule_gives_unpipelined_loss_and_grads(name, two_rank_runs)
 def test_tensor_parallel_gradients_equal_reference(name, two_rank_runs):
     plan = TWO_RANK[name]
     ref_loss, ref_grads = reference(plan, plan.recompute)
-    rep, grads, losses = two_rank_runs[name]
+    rep, grads, losses, _ = two_rank_runs[name]
     assert abs(losses[0] - ref_loss) < 1e-5
     assert_grads_equal(grads, ref_grads, atol=2e-6)
     assert rep["breakdown_s"]["tp_comm"] > 0          # DTensor's collectives were timed
@@ -110,7 +117,7 @@ def test_tensor_parallel_gradients_equal_reference(name, two_rank_runs):
 def test_dp_zero1_selective_recompute_equals_reference(two_rank_runs):
     plan = TWO_RANK["dp-selective-recompute-zero1-hd"]
     ref_loss, ref_grads = reference(plan, plan.recompute)
-    rep, grads, losses = two_rank_runs["dp-selective-recompute-zero1-hd"]
+    rep, grads, losses, _ = two_rank_runs["dp-selective-recompute-zero1-hd"]
     assert abs(sum(losses) / len(losses) - ref_loss) < 1e-5
     assert_grads_equal(grads, ref_grads)
     assert rep["breakdown_s"]["recompute"] > 0 and rep["breakdown_s"]["dp_comm_exposed"] > 0
@@ -136,7 +143,7 @@ def test_four_ranks_dp_algorithms_and_dp_x_pp_ring(tmp_path):
     assert check["native_vs_reference"] < GRAD_ATOL, check
     assert check["max_abs_grad"] > 1e-3   # the comparison is not between zeros
     ref_loss, ref_grads = reference(pp_plan)
-    grads, losses = load_dump(tmp_path / "dp_pp")
+    grads, losses, _ = load_dump(tmp_path / "dp_pp")
     assert abs(sum(losses) / len(losses) - ref_loss) < 1e-5
     assert_grads_equal(grads, ref_grads)
     assert rep["breakdown_s"]["dp_comm_exposed"] > 0
