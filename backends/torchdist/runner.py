@@ -176,6 +176,7 @@ def _train(cfg, rank, world, device, sync, dog):
     slow_s = max(float(cfg.get("watchdog_s", 120)), float(cfg.get("timeout_s", 60)))  # start-up, first step
     assert world == plan.gpus, f"world size {world} != plan's {plan.gpus} ranks"
     clock = par.PhaseClock(sync=sync)
+    _import_parallel_modules(plan)   # their code pages are not training memory: load them before the baseline
     rss0 = _rss_bytes()
     dog.beat("build", slow_s)
     rm = par.build_rank(spec, plan, rank, device, clock, seed=int(cfg.get("seed", 0)))
@@ -287,6 +288,18 @@ def _grad_sync_check(cfg, rank, world, device, sync, dog):
         scale = max(float(g.abs().max()) for g in results["native"])
         return {"max_abs_diff": worst, "native_vs_reference": vs_ref, "max_abs_grad": scale}
     return None
+
+
+def _import_parallel_modules(plan):
+    import torch.distributed.device_mesh  # noqa: F401
+    if plan.tp > 1:
+        import torch.distributed.tensor.parallel  # noqa: F401
+    if plan.pp > 1:
+        import torch.distributed.pipelining  # noqa: F401
+    if plan.zero >= 2:
+        import torch.distributed.fsdp  # noqa: F401
+    if plan.zero == 1:
+        import torch.distributed.optim  # noqa: F401
 
 
 def load_model_dict(d):

@@ -69,6 +69,8 @@ TWO_RANK = {
                                  dtype="fp32"),
     "dp-selective-recompute-zero1-hd": Plan(dp=2, micro_batch=1, global_batch=4, recompute="selective", zero=1,
                                             grad_sync="hd", dtype="fp32"),
+    "dp-zero2-fsdp": Plan(dp=2, micro_batch=1, global_batch=4, zero=2, dtype="fp32"),
+    "dp-zero3-fsdp": Plan(dp=2, micro_batch=1, global_batch=4, zero=3, dtype="fp32"),
 }
 
 
@@ -122,6 +124,23 @@ def test_dp_zero1_selective_recompute_equals_reference(two_rank_runs):
     assert_grads_equal(grads, ref_grads)
     assert rep["breakdown_s"]["recompute"] > 0 and rep["breakdown_s"]["dp_comm_exposed"] > 0
     assert rep["memory_breakdown_GiB"]["optimizer"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(160)
+@pytest.mark.parametrize("name", ["dp-zero2-fsdp", "dp-zero3-fsdp"])
+def test_fsdp_zero_stages_equal_reference_and_shard_state(name, two_rank_runs):
+    """FSDP2 (zero 2/3): gathered gradients are the full-batch ones; each rank holds half the
+    weights, gradients and optimizer state of the dp run."""
+    plan = TWO_RANK[name]
+    ref_loss, ref_grads = reference(plan)
+    rep, grads, losses, _ = two_rank_runs[name]
+    assert abs(sum(losses) / len(losses) - ref_loss) < 1e-5
+    assert_grads_equal(grads, ref_grads)
+    full = two_rank_runs["dp-selective-recompute-zero1-hd"][0]["memory_breakdown_GiB"]
+    mine = rep["memory_breakdown_GiB"]
+    assert mine["weights"] == pytest.approx(full["weights"] / 2, rel=0.02)
+    assert mine["optimizer"] == pytest.approx(full["optimizer"], rel=0.02)   # zero 1 already halves it
 
 
 @pytest.mark.slow
