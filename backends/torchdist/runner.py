@@ -194,11 +194,11 @@ def _train(cfg, rank, world, device, sync, dog):
     records, losses = [], []
     trace_dir = cfg.get("trace_dir")
     prof = None
-    for step in range(steps):
+    for step in range(steps + (1 if trace_dir else 0)):   # a traced step is extra and not timed
         first = slow_s if step == 0 else None
         dog.beat(f"step {step} barrier", first)
         dist.barrier()
-        if trace_dir and step == steps - 1 and step >= warmup:
+        if trace_dir and step == steps:
             from torch.profiler import ProfilerActivity, profile
             prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else []))
             prof.__enter__()
@@ -227,6 +227,7 @@ def _train(cfg, rank, world, device, sync, dog):
             Path(trace_dir).mkdir(parents=True, exist_ok=True)
             prof.export_chrome_trace(str(Path(trace_dir) / f"rank{rank}.json"))
             prof = None
+            continue
         rec = {k: clock.t.get(k, 0.0) for k in ("forward", "backward", "recompute", "tp_comm",
                                                "tp_comm_in_recompute", "pipeline")}
         rec.update(dp_sync=t2 - t1, optimizer=t3 - t2, total=t3 - t0)

@@ -34,7 +34,7 @@ def add_arguments(p):
     p.add_argument("--warmup", type=int, default=3, help="steps dropped before the median (default 3)")
     p.add_argument("--format", default="table", choices=("table", "json"))
     p.add_argument("--out", help="write the result (measured, predicted, errors) as JSON here")
-    p.add_argument("--trace", metavar="DIR", help="torch.profiler Chrome trace of the last step, one file per rank")
+    p.add_argument("--trace", metavar="DIR", help="torch.profiler Chrome trace of one extra, untimed step, one file per rank")
     p.add_argument("--cluster", help="cluster preset or file for the prediction (default: cpu-local, calibrated "
                                      "by `python -m parsim.calibrate` when it has been run; dgx-<gpu> with nccl)")
     p.add_argument("--local-size", type=int, help="ranks per node for --grad-sync hierarchical (default: all)")
