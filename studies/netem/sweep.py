@@ -1,0 +1,213 @@
+"""Collective micro-benchmarks on emulated clusters, prediction beside measurement.
+
+    python studies/netem/sweep.py [--quick] [--only A,C] [--out reports/netem]
+
+Each configuration is one emulated cluster (namespaces + tbf-shaped veths): its
+links are probed first, then one process group per configuration runs every
+(algorithm, size) point `repeats` times after a warm-up, and rank 0 reports
+median and spread beside the time parsim predicts on the graph with the
+measured link rates. Sizes are chosen per link rate so each point takes at most
+a few seconds (the machine has 2 shared cores: fewer points, repeated).
+
+Writes <out>/sweep.json and <out>/sweep.png and prints the table, the mean
+absolute error, the ordering check and the ring-vs-link-rate check. Root,
+iproute2 and tc are required (the emulation); torch for the ranks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from itertools import combinations
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from backends.netem import presets  # noqa: E402
+from parsim.units import fmt_bytes, parse_rate, parse_size  # noqa: E402
+
+ALL = "ring,native,tree,hd,hierarchical,ps,ps-central"
+# name: (preset, preset kwargs, link, ranks per host, algorithms, sizes, repeats)
+CONFIGS = {
+    "A": ("switch", dict(hosts=4), "200Mbit", 1, ALL, "4KiB,1MiB,16MiB", 3),
+    "B": ("switch", dict(hosts=4), "1Gbit", 1, "ring,native,hd,ps-central", "1MiB,16MiB,64MiB", 3),
+    "C": ("switch", dict(hosts=8), "100Mbit", 1, "ring,native,tree,hd,ps,ps-central", "4KiB,256KiB,2MiB", 3),
+    "D": ("ps", dict(hosts=4, servers=2), "200Mbit", 1, "ring,ps-central,ps-sharded", "1MiB,8MiB", 3),
+    "E": ("racks", dict(hosts=4, oversubscription=2.0), "200Mbit", 2, "ring,native,hierarchical", "1MiB,8MiB", 3),
+    "F": ("switch", dict(hosts=2), "1Gbit", 1, "ring,native,ps-central", "1MiB,16MiB", 3),
+}
+QUICK = {"A": "1MiB,4MiB", "B": "1MiB,16MiB", "C": "256KiB", "D": "1MiB", "E": "1MiB", "F": "1MiB"}
+RUN_TIMEOUT_S = 240
+PRED_TIE = 0.02  # predictions within 2% of each other count as "the model calls it a tie"
+
+
+def run_config(name, preset, kw, link, rph, algos, sizes, repeats):
+    from backends.netem.cluster import Emulation
+    from backends.netem.probe import probe_pairs
+    from parsim.commands.emulate import rank_commands
+    g = presets.build(preset, bandwidth_Bps=parse_rate(link), devices_per_host=rph, **kw)
+    t0 = time.monotonic()
+    with Emulation(g, ranks_per_host=rph) as emu:
+        emu.probes = probe_pairs(emu)
+        emu.write_state()
+        cmd = [sys.executable, "-m", "backends.torchdist.bench", "--bench", "allreduce", "--algo", algos,
+               "--size", sizes, "--repeats", str(repeats), "--warmup", "1", "--format", "json"]
+        procs = []
+        for r, argv in rank_commands(emu, cmd):
+            procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, text=True, cwd=ROOT))
+        try:
+            out, err = procs[0].communicate(timeout=RUN_TIMEOUT_S)
+            for p in procs[1:]:
+                p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise SystemExit(f"config {name}: ranks did not finish within {RUN_TIMEOUT_S} s")
+        if procs[0].returncode != 0:
+            raise SystemExit(f"config {name}: rank 0 failed:\n{err[-3000:]}")
+        points = json.loads(out[out.index("["):])
+        probes = emu.probes
+    link_Bps = statistics.median(p["measured_Bps"] for p in probes)
+    for pt in points:
+        pt.update(config=name, preset=preset, link=link, link_configured_Bps=parse_rate(link),
+                  link_measured_Bps=link_Bps, ranks_per_host=rph,
+                  hosts=sum(1 for n in g if g.nodes[n].get("kind") == "host"))
+    print(f"config {name}: {preset} {kw} {link} x{rph}/host: {len(points)} points in {time.monotonic() - t0:.0f} s; "
+          f"probe {link_Bps * 8 / 1e6:.1f} Mbit/s of {parse_rate(link) * 8 / 1e6:.0f}", flush=True)
+    return {"name": name, "preset": preset, "kwargs": kw, "link": link, "ranks_per_host": rph,
+            "probes": probes, "points": points}
+
+
+def ordering_check(points):
+    """Pairs of algorithms at one (config, size) whose measured gap exceeds the noise
+    (the larger of their max-min ranges): does the prediction order them the same way?"""
+    by = {}
+    for p in points:
+        by.setdefault((p["config"], p["size_B"]), []).append(p)
+    agree, wrong, ties, pred_ties = 0, [], 0, []
+    for key, pts in by.items():
+        for a, b in combinations(pts, 2):
+            gap = a["median_s"] - b["median_s"]
+            noise = max(a["max_s"] - a["min_s"], b["max_s"] - b["min_s"])
+            if abs(gap) <= noise:
+                ties += 1
+                continue
+            pgap = a["predicted_s"] - b["predicted_s"]
+            if abs(pgap) <= PRED_TIE * max(a["predicted_s"], b["predicted_s"]):
+                pred_ties.append(f"{key[0]} {fmt_bytes(key[1])}: {a['algo']} {a['median_s']:.3g}s vs {b['algo']} "
+                                 f"{b['median_s']:.3g}s measured, both predicted {a['predicted_s']:.3g}s")
+                continue
+            if pgap * gap > 0:
+                agree += 1
+            else:
+                wrong.append(f"{key[0]} {fmt_bytes(key[1])}: {a['algo']} {a['median_s']:.3g}s vs {b['algo']} "
+                             f"{b['median_s']:.3g}s measured, predicted {a['predicted_s']:.3g}s vs {b['predicted_s']:.3g}s")
+    return {"agree": agree, "disagree": len(wrong), "within_noise": ties, "disagreements": wrong,
+            "predicted_equal": len(pred_ties), "predicted_equal_but_measured_apart": pred_ties}
+
+
+def summarise(points):
+    def mae(ps):
+        return statistics.mean(abs(p["error"]) for p in ps) if ps else None
+    big = [p for p in points if p["size_B"] >= 1 << 20]
+    by_algo = {}
+    for p in big:
+        by_algo.setdefault(p["algo"], []).append(p)
+    ring64 = [p for p in points if p["algo"] == "ring" and p["size_B"] == 64 << 20 and p["world"] > 2]
+    ring_check = [{"config": p["config"], "world": p["world"],
+                   "busbw_Bps": p["size_B"] * 2 * (p["world"] - 1) / p["world"] / p["median_s"],
+                   "link_measured_Bps": p["link_measured_Bps"]} for p in ring64]
+    for r in ring_check:
+        r["fraction_of_link"] = r["busbw_Bps"] / r["link_measured_Bps"]
+    return {"mae_all": mae(points), "mae_ge_1MiB": mae(big), "n_all": len(points), "n_ge_1MiB": len(big),
+            "mae_ge_1MiB_by_algo": {a: mae(ps) for a, ps in sorted(by_algo.items())},
+            "ordering": ordering_check(points), "ring_64MiB_vs_link": ring_check}
+
+
+def table(points) -> str:
+    lines = [f"{'cfg':<3} {'link':>8} {'ranks':>5} {'algo':<13} {'size':>10} {'measured':>10} {'spread':>7} "
+             f"{'predicted':>10} {'error':>7}"]
+    for p in points:
+        lines.append(f"{p['config']:<3} {p['link']:>8} {p['world']:>5} {p['algo']:<13} {fmt_bytes(p['size_B']):>10} "
+                     f"{p['median_s']:>9.4f}s {p['spread'] * 100:>6.1f}% {p['predicted_s']:>9.4f}s {p['error'] * 100:>+6.1f}%")
+    return "\n".join(lines)
+
+
+def plot(points, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    algos = sorted({p["algo"] for p in points})
+    for i, a in enumerate(algos):
+        ps = [p for p in points if p["algo"] == a]
+        ax.errorbar([p["predicted_s"] for p in ps], [p["median_s"] for p in ps],
+                    yerr=[[p["median_s"] - p["min_s"] for p in ps], [p["max_s"] - p["median_s"] for p in ps]],
+                    fmt="o", ms=4, label=a, color=plt.cm.tab10(i))
+    lo = min(min(p["predicted_s"], p["min_s"]) for p in points) * 0.7
+    hi = max(max(p["predicted_s"], p["max_s"]) for p in points) * 1.4
+    xs = [lo, hi]
+    ax.plot(xs, xs, "k-", lw=0.8)
+    ax.fill_between(xs, [x * 0.9 for x in xs], [x * 1.1 for x in xs], color="0.85", label="±10%")
+    ax.set(xscale="log", yscale="log", xlabel="predicted time (s)", ylabel="measured time (s), median, min-max",
+           title="all-reduce on emulated clusters (tbf-shaped veths)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one or two small sizes per configuration")
+    ap.add_argument("--only", default=None, help="comma list of configurations (default: all)")
+    ap.add_argument("--out", default=str(ROOT / "reports" / "netem"))
+    a = ap.parse_args(argv)
+    from backends.netem.cluster import unavailable
+    reason = unavailable()
+    if reason:
+        print(f"sweep: {reason}", file=sys.stderr)
+        return 2
+    names = a.only.split(",") if a.only else list(CONFIGS)
+    t0 = time.monotonic()
+    configs = []
+    for n in names:
+        preset, kw, link, rph, algos, sizes, rep = CONFIGS[n]
+        configs.append(run_config(n, preset, kw, link, rph, algos, QUICK[n] if a.quick else sizes, rep))
+    points = [p for c in configs for p in c["points"]]
+    summary = summarise(points)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"configs": CONFIGS, "results": configs, "summary": summary, "wall_s": time.monotonic() - t0,
+           "notes": ["time = slowest rank, barrier-aligned start; median of repeats after 1 warm-up",
+                     "prediction: parsim.costs.network.price_schedule per step on the graph with probed link "
+                     "rates, plus gloo isend/irecv pairs half duplex (backends/netem/model.py)",
+                     "no sch_netem on this kernel: latency is the probes' measured round trip",
+                     "2 CPU cores shared with other work: spreads include that noise"]}
+    (out / "sweep.json").write_text(json.dumps(doc, indent=1, default=str))
+    plot(points, out / "sweep.png")
+    print(table(points))
+    s = summary
+    print(f"\nMAE all {s['n_all']} points: {s['mae_all'] * 100:.1f}%   points >= 1 MiB ({s['n_ge_1MiB']}): "
+          f"{s['mae_ge_1MiB'] * 100:.1f}%")
+    print("MAE >= 1 MiB by algorithm: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in s["mae_ge_1MiB_by_algo"].items()))
+    o = s["ordering"]
+    print(f"ordering (pairs whose measured gap exceeds noise): {o['agree']} agree, {o['disagree']} disagree, "
+          f"{o['predicted_equal']} predicted equal; {o['within_noise']} pairs within noise")
+    for w in o["disagreements"]:
+        print(f"  disagree: {w}")
+    for w in o["predicted_equal_but_measured_apart"]:
+        print(f"  predicted equal: {w}")
+    for r in s["ring_64MiB_vs_link"]:
+        print(f"explicit ring 64 MiB on {r['world']} ranks (config {r['config']}): busbw {r['busbw_Bps'] * 8 / 1e6:.0f} Mbit/s "
+              f"= {r['fraction_of_link'] * 100:.1f}% of the measured link {r['link_measured_Bps'] * 8 / 1e6:.0f} Mbit/s")
+    print(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'} ({time.monotonic() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
