@@ -217,3 +217,31 @@ def test_cli_measured_report_has_every_predicted_key(tmp_path):
     assert not missing, f"measured report lacks {sorted(missing)}"
     assert res["measured"]["step_time_s"] > 0 and res["predicted"] is not None
     assert res["relative_error"]["step_time_s"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_env_mode_one_process_per_rank_like_torchrun_or_netem():
+    """`parsim run` started once per rank with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (and
+    GLOO_SOCKET_IFNAME, as the netem launcher sets it) is one rank: nothing is spawned, rank 0
+    prints the report."""
+    from backends.torchdist.launch import free_port
+    port = str(free_port())
+    procs = []
+    try:
+        for r in range(2):
+            env = dict(os.environ, RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=port, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+            procs.append(subprocess.Popen([sys.executable, "-m", "parsim", "run", "--model", "gpt-tiny", "--dp", "2",
+                                           "--global-batch", "2", "--grad-sync", "tree", "--steps", "2", "--warmup", "1",
+                                           "--timeout", "60"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        outs = [p.communicate(timeout=80) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    assert "step_time_s" in outs[0][0] and "dp2·tp1·pp1" in outs[0][0]
+    assert outs[1][0].strip() == ""          # only rank 0 reports
