@@ -57,9 +57,6 @@ def check_plan(spec, plan, world: int, device_type: str = "cpu"):
                           f"use tp = 1 or zero 2/3, got tp = {plan.tp}")
     if plan.zero >= 2 and plan.pp > 1:
         raise ParsimError(f"zero {plan.zero} (FSDP2) with pp = {plan.pp} is not wired in this backend: use pp = 1")
-    if plan.schedule == "zbv" and plan.pp > 1 and plan.recompute != "none":
-        raise ParsimError("schedule zbv splits backward into input and weight gradients, which does not "
-                          f"compose with activation checkpointing here: use recompute none, got {plan.recompute}")
     if plan.vpp > 1 and plan.pp == 1:
         raise ParsimError(f"vpp = {plan.vpp} needs pp > 1")
 

@@ -64,6 +64,8 @@ TWO_RANK = {
     "pp-1f1b": Plan(pp=2, micro_batch=2, global_batch=8, schedule="1f1b", dtype="fp32"),
     "pp-interleaved": Plan(pp=2, vpp=2, micro_batch=1, global_batch=4, schedule="interleaved", dtype="fp32"),
     "pp-zbv": Plan(pp=2, vpp=2, micro_batch=1, global_batch=4, schedule="zbv", dtype="fp32"),
+    "pp-zbv-full-recompute": Plan(pp=2, vpp=2, micro_batch=1, global_batch=4, schedule="zbv", recompute="full",
+                                  dtype="fp32"),
     "tp": Plan(tp=2, micro_batch=2, global_batch=4, dtype="fp32"),
     "tp-sp-full-recompute": Plan(tp=2, micro_batch=2, global_batch=4, sequence_parallel=True, recompute="full",
                                  dtype="fp32"),
@@ -88,7 +90,7 @@ def two_rank_runs(tmp_path_factory):
 @pytest.mark.parametrize("name", [n for n in TWO_RANK if n.startswith("pp-")])
 def test_pipeline_schedule_gives_unpipelined_loss_and_grads(name, two_rank_runs):
     plan = TWO_RANK[name]
-    ref_loss, ref_grads = reference(plan)
+    ref_loss, ref_grads = reference(plan, plan.recompute)
     rep, grads, losses, ops = two_rank_runs[name]
     assert losses and abs(losses[0] - ref_loss) < 1e-5, (losses, ref_loss)
     assert_grads_equal(grads, ref_grads)

@@ -32,8 +32,7 @@ def _run_cli(capsys, monkeypatch, *argv):
     (["--nproc", "3", "--pp", "3"], "layers (4) of gpt-tiny is not divisible by pp·vpp = 3·1"),  # cannot split
     (["--nproc", "3", "--tp", "3"], "heads (4) of gpt-tiny is not divisible by tp (3)"),
     (["--nproc", "2", "--zero", "2", "--grad-sync", "ring"], "grad-sync must be native"),
-    (["--nproc", "2", "--pp", "2", "--schedule", "zbv", "--recompute", "full", "--global-batch", "4"],
-     "does not compose with activation checkpointing"),
+    (["--nproc", "2", "--tp", "2", "--zero", "1"], "zero 1 (ZeroRedundancyOptimizer) does not take TP-sharded"),
     (["--nproc", "4", "--pp", "2", "--global-batch", "3"], "global-batch (3) is not divisible"),
     (["--nproc", "2", "--grad-sync", "rign"], "did you mean ring"),
     (["--nproc", "3", "--tp", "2"], "nproc (3) is not divisible by tp*pp = 2*1 = 2"),
