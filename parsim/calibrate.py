@@ -13,8 +13,9 @@
 * Loopback gloo all-reduce between 2 processes, 4 KiB..16 MiB (best of several, after a
   warm-up; the machine is shared, so the best is the least disturbed): t = A + n·B fitted by least
   squares, then converted to the cluster's link latency and bandwidth by pricing the same
-  all-reduce with parsim's own network model at unit link parameters (so the link values are
-  whatever makes parsim's formula reproduce the measurement, however it counts hops).
+  all-reduce with parsim's own network model at two link settings and solving (so the link values
+  are whatever makes parsim's formula reproduce the measurement, however it counts hops and
+  whatever it charges for the reduction).
 
 Writes ``devices.local.yaml`` (the ``cpu`` profile; ``parsim.hardware`` merges it over the
 catalog) and ``cpu-local.calibrated.yaml`` beside it (a cluster file for ``--cluster``; ``parsim
@@ -151,21 +152,30 @@ def fit_alpha_beta(points) -> tuple[float, float]:
 
 def link_from_fit(alpha_s: float, beta_s_per_B: float, nproc: int = 2) -> tuple[float, float]:
     """(bandwidth bytes/s, latency s) of the cpu-local link that makes parsim's own pricing of a
-    `nproc`-rank all-reduce give alpha + beta·n: price it at unit link parameters (1 GB/s, 1 us),
-    read its alpha0 and beta0, and scale (alpha is linear in latency, beta in 1/bandwidth)."""
+    `nproc`-rank all-reduce give alpha + beta·n. Parsim's price is alpha = a_fixed + a_lat·latency
+    and beta = b_fixed + b_bw/bandwidth (the fixed parts: e.g. the reduction priced on the CPU);
+    two pricings at different link parameters give those four numbers, then solve."""
+    import tempfile
+
     from parsim.costs.network import collective_coeffs
     from parsim.topology import load_cluster
     base = yaml.safe_load((DATA / "clusters.yaml").read_text())["cpu-local"]
-    unit = dict(base, nvlink_GBps=1.0, nvlink_latency_us=1.0, nic_GBps=1.0, nic_latency_us=1.0)
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d) / "cpu-local-unit.yaml"
-        tmp.write_text(yaml.safe_dump(unit))
-        cl = load_cluster(str(tmp), nproc)
-        a0, b0 = collective_coeffs(cl, "allreduce", "native", tuple(range(nproc)))
-    lat = alpha_s / a0 * 1e-6 if a0 > 0 else alpha_s
-    bw = 1e9 * b0 / beta_s_per_B if beta_s_per_B > 0 else 1e12
-    return float(bw), float(lat)
+
+    def coeffs(gbps, lat_us):
+        with tempfile.TemporaryDirectory() as d:
+            f = Path(d) / "cpu-local-probe.yaml"
+            f.write_text(yaml.safe_dump(dict(base, nvlink_GBps=gbps, nvlink_latency_us=lat_us, nic_GBps=gbps,
+                                             nic_latency_us=lat_us, nvlink_efficiency=1.0, nic_efficiency=1.0)))
+            return collective_coeffs(load_cluster(str(f), nproc), "allreduce", "native", tuple(range(nproc)))
+    a1, b1 = coeffs(1.0, 1.0)
+    a2, b2 = coeffs(2.0, 2.0)
+    a_lat = a2 - a1                      # seconds of alpha per us of link latency
+    a_fixed = a1 - a_lat
+    b_bw = 2.0 * (b1 - b2)               # s/byte at 1 GB/s from the link term
+    b_fixed = b1 - b_bw
+    lat_us = max(0.0, (alpha_s - a_fixed) / a_lat) if a_lat > 0 else 0.0
+    gbps = b_bw / (beta_s_per_B - b_fixed) if beta_s_per_B > b_fixed else 1e3
+    return float(gbps * 1e9), float(lat_us * 1e-6)
 
 
 def calibrate(comm: bool = True) -> tuple[dict, dict | None, dict]:

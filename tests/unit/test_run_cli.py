@@ -123,3 +123,47 @@ def test_ring_schedule_moves_the_bandwidth_optimal_bytes():
     from backends.torchdist import collectives as c
     sent = c.schedule_bytes_sent(c.build("ring", 4, 1000, 4))
     assert sent == {0: 6000, 1: 6000, 2: 6000, 3: 6000}
+
+
+# ---------------------------------------------------------------- calibration (pure parts)
+
+def test_fit_alpha_beta_recovers_a_line():
+    from parsim.calibrate import fit_alpha_beta
+    pts = [(n, 50e-6 + n / 2e9) for n in (4096, 65536, 1 << 20, 16 << 20)]   # 50 us + n / 2 GB/s
+    a, b = fit_alpha_beta(pts)
+    assert a == pytest.approx(50e-6, rel=1e-6) and b == pytest.approx(0.5e-9, rel=1e-9)
+
+
+def test_efficiency_curve_is_fraction_of_peak():
+    from parsim.calibrate import efficiency_curve
+    assert efficiency_curve([(0.001, 25.0), (1.0, 100.0)], 100.0) == [[0.001, 0.25], [1.0, 1.0]]
+
+
+def test_link_from_fit_reproduces_the_measurement_through_parsims_pricing(tmp_path):
+    """Whatever hop count parsim's network model uses, the fitted link must make its 2-rank
+    all-reduce price equal the measured line alpha + beta·n."""
+    import yaml
+
+    from parsim.calibrate import DATA, link_from_fit
+    from parsim.costs.network import collective_time_s
+    from parsim.topology import load_cluster
+    alpha, beta = 300e-6, 1 / 1.5e9
+    bw, lat = link_from_fit(alpha, beta, 2)
+    base = yaml.safe_load((DATA / "clusters.yaml").read_text())["cpu-local"]
+    f = tmp_path / "cl.yaml"
+    f.write_text(yaml.safe_dump(dict(base, nvlink_GBps=bw / 1e9, nvlink_latency_us=lat * 1e6, nic_GBps=bw / 1e9,
+                                     nic_latency_us=lat * 1e6)))
+    cl = load_cluster(str(f), 2)
+    for n in (4096, 1 << 24):
+        assert collective_time_s(cl, "allreduce", "native", (0, 1), n) == pytest.approx(alpha + beta * n, rel=1e-6)
+
+
+def test_committed_local_profile_loads_and_says_where_it_came_from():
+    from parsim.calibrate import CLUSTER_FILE, DATA
+    from parsim.hardware import _profile
+    import yaml
+    d = yaml.safe_load((DATA / "devices.local.yaml").read_text())["cpu"]
+    prof = _profile("cpu", d)
+    assert prof.peak_flops["fp32"] > 1e9 and "parsim.calibrate" in prof.source
+    assert 0 < float(prof.matmul_eff(1e-3)) <= 1
+    assert "gloo loopback" in yaml.safe_load(CLUSTER_FILE.read_text())["source"]
