@@ -124,6 +124,15 @@ class ModelSpec:
         extra = {"none": 0.0, "selective": 4.0 * s * s * self.hidden, "full": layer}[recompute]
         return sequences * (self.layers * (3 * layer + extra) + 3 * logits)
 
+    def flops_per_token(self, seq_len: int | None = None) -> dict:
+        """FLOPs per token, by pass: forward, backward (2× forward: input and weight gradients),
+        and what recompute adds (full: one more forward of every layer; selective: of the
+        attention core only, 4·s·h per token per layer)."""
+        s = self.seq_len if seq_len is None else seq_len
+        fwd = (self.layers * self.layer_fwd_flops(s) + self.logits_fwd_flops(s)) / s
+        return {"forward": fwd, "backward": 2 * fwd, "recompute_full": self.layers * self.layer_fwd_flops(s) / s,
+                "recompute_selective": self.layers * 4.0 * s * self.hidden}
+
     def to_dict(self) -> dict:
         return asdict(self)
 

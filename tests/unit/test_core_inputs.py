@@ -104,3 +104,15 @@ M = load_model("llama2-13b")   # 40 layers, 40 heads
 def test_plan_validation(plan, gpus, msg):
     with pytest.raises(ParsimError, match=msg):
         validate(plan, M, gpus)
+
+
+def test_flops_per_token_golden():
+    # Forward ≈ 2·(matmul params) + 4·s·h·l attention per token: the "6N" rule's 2N for the
+    # forward pass, plus attention. Llama-2-7B at s = 4096:
+    m = load_model("llama2-7b")
+    matmul = 32 * (4 * 4096 ** 2 + 3 * 4096 * 11008) + 32000 * 4096          # layers + output head
+    f = m.flops_per_token()
+    assert f["forward"] == pytest.approx(2 * matmul + 4 * 4096 * 4096 * 32)
+    assert f["backward"] == 2 * f["forward"]
+    total = f["forward"] + f["backward"] + f["recompute_full"]
+    assert total * 4096 * 8 == pytest.approx(m.step_flops(8, "full"))
