@@ -178,6 +178,8 @@ def _train(cfg, rank, world, device, sync, dog):
     clock = par.PhaseClock(sync=sync)
     _import_parallel_modules(plan)   # their code pages are not training memory: load them before the baseline
     rss0 = _rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     dog.beat("build", slow_s)
     rm = par.build_rank(spec, plan, rank, device, clock, seed=int(cfg.get("seed", 0)))
     dp_i = rank // (plan.tp * plan.pp)
@@ -216,9 +218,11 @@ def _train(cfg, rank, world, device, sync, dog):
         with torch.no_grad():
             par.sync_grads(rm, plan, local_size=cfg.get("local_size"))
         t2 = clock.now()
-        if step == 0 and cfg.get("dump_dir"):
+        t_dump = 0.0
+        if step == 0 and cfg.get("dump_dir"):   # for the tests; its time is taken out of the step
             dog.beat("dump gradients")
             _dump(cfg["dump_dir"], rank, rm, loss, clock.ops)
+            t_dump = clock.now() - t2
         dog.beat(f"step {step} optimizer", first)
         rm.optimizer.step()
         t3 = clock.now()
@@ -230,7 +234,7 @@ def _train(cfg, rank, world, device, sync, dog):
             continue
         rec = {k: clock.t.get(k, 0.0) for k in ("forward", "backward", "recompute", "tp_comm",
                                                "tp_comm_in_recompute", "pipeline")}
-        rec.update(dp_sync=t2 - t1, optimizer=t3 - t2, total=t3 - t0)
+        rec.update(dp_sync=t2 - t1, optimizer=t3 - t2 - t_dump, total=t3 - t0 - t_dump)
         records.append(rec)
         if loss is not None:
             losses.append(loss)
