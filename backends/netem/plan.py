@@ -122,6 +122,8 @@ def host_groups(g) -> list:
     else:
         groups = [(None, {n}) for n in g if _kind(g, n) == "device"]
     out = []
+    # dedicated servers (role: server) rank after the workers, as the ps schedules expect
+    groups.sort(key=lambda am: any(g.nodes[n].get("role") == "server" for n in (am[0], *am[1]) if n is not None))
     for anchor, members in groups:
         for sw in (n for n in g if _kind(g, n) == "switch"):
             if all(m in members for m in g.neighbors(sw)):
@@ -130,6 +132,14 @@ def host_groups(g) -> list:
                             key=lambda d: (g.nodes[d].get("rank", 0), str(d))))
         out.append((anchor if anchor is not None else devs[0], frozenset(members), devs))
     return out
+
+
+def network_edges(g) -> set:
+    """The edges the emulation shapes: those touching a switch that is not inside a
+    host (host-to-switch and switch-to-switch links), as frozensets."""
+    inner = set().union(*(m for _, m, _ in host_groups(g))) if len(g) else set()
+    return {frozenset((u, v)) for u, v in g.edges
+            if any(_kind(g, n) == "switch" and n not in inner for n in (u, v))}
 
 
 def _uplinks(g, members):

@@ -156,33 +156,37 @@ def probe_pairs(emu, pairs=None, timeout_s: float = 20.0) -> list:
             except subprocess.TimeoutExpired:
                 srv.kill()
                 srv.wait()
-        out.append({"src": str(a.node), "dst": str(b.node), "hops": len(edges),
+        out.append({"src": a.node, "dst": b.node, "hops": len(edges),
                     "configured_Bps": configured, "measured_Bps": r["rate_Bps"],
                     "efficiency": r["rate_Bps"] / configured, "rtt_s": r["rtt_s"], "bytes": r["bytes"]})
     return out
 
 
 def measured_graph(g, probes) -> "nx.Graph":
-    """Copy of g whose host-network links carry what the probes measured: each link's
-    bandwidth times the median efficiency of the probes that crossed it (the median
-    over all probes where none did), and a latency of the probes' half round trip
-    spread over their hops. Intra-host edges are left as they are."""
+    """Copy of g whose emulated links (plan.network_edges) carry what the probes
+    measured: each link's bandwidth times the median efficiency of the probes that
+    crossed it (the median over all probes where none did), and a latency of the
+    probes' half round trip spread over the emulated links they crossed. Links
+    inside a host are left as they are."""
+    from backends.netem.plan import network_edges
     g = g.copy()
     if not probes:
         return g
-    eff, lat = {}, {}
+    net = network_edges(g)
+    eff, lat, all_eff, all_lat = {}, {}, [], []
     for p in probes:
-        for e in _path_edges(g, p["src"], p["dst"]):
-            k = frozenset(e)
+        crossed = [frozenset(e) for e in _path_edges(g, p["src"], p["dst"]) if frozenset(e) in net]
+        one_way = p["rtt_s"] / 2 / max(1, len(crossed))
+        all_eff.append(p["efficiency"])
+        all_lat.append(one_way)
+        for k in crossed:
             eff.setdefault(k, []).append(p["efficiency"])
-            lat.setdefault(k, []).append(p["rtt_s"] / 2 / p["hops"])
-    all_eff = statistics.median(p["efficiency"] for p in probes)
-    all_lat = statistics.median(p["rtt_s"] / 2 / p["hops"] for p in probes)
+            lat.setdefault(k, []).append(one_way)
     for u, v, d in g.edges(data=True):
-        if d.get("intra_host"):
-            continue
         k = frozenset((u, v))
+        if k not in net:
+            continue
         d["configured_bandwidth"] = d["bandwidth"]
-        d["bandwidth"] = d["bandwidth"] * statistics.median(eff.get(k, [all_eff]))
-        d["latency"] = statistics.median(lat.get(k, [all_lat]))
+        d["bandwidth"] = d["bandwidth"] * statistics.median(eff.get(k, all_eff))
+        d["latency"] = statistics.median(lat.get(k, all_lat))
     return g

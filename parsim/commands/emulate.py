@@ -75,14 +75,21 @@ def build_graph(args):
         if name == "ps":
             kw["servers"] = args.servers
         return presets.build(name, **kw)
+    from backends.netem.plan import host_groups, network_edges
     from parsim.topology import load_cluster
     c = load_cluster(name)
+    if args.hosts is not None:  # size a parsim preset to --hosts hosts
+        c = load_cluster(name, gpus=args.hosts * c.gpus_per_node)
     g = graph_of(c).copy()
-    if args.link or args.delay:  # every host-network link (not NVLink/PCIe inside a host)
-        for u, v, d in g.edges(data=True):
-            if d.get("link") in ("nic", "uplink"):
-                d["bandwidth"] = rate if args.link else d["bandwidth"]
-                d["latency"] = delay if args.delay else d.get("latency", 0.0)
+    net = network_edges(g)
+    for u, v, d in g.edges(data=True):
+        if frozenset((u, v)) in net:
+            d["bandwidth"] = rate if args.link else d["bandwidth"]
+            d["latency"] = delay if args.delay else d.get("latency", 0.0)
+    fastest = max((g.edges[tuple(e)]["bandwidth"] for e in net), default=0.0)
+    require(fastest <= 1.25e9, f"cluster {name} has {fastest * 8 / 1e9:.0f} Gbit/s links, too fast to shape here: "
+                               "give --link (e.g. --link 1Gbit)")
+    require(len(host_groups(g)) <= 32, f"cluster {name} has {len(host_groups(g))} hosts: give --hosts (at most 32)")
     return g
 
 

@@ -146,3 +146,28 @@ def test_teardown_refuses_foreign_namespaces():
     from backends.netem.cluster import delete_namespaces
     with pytest.raises(AssertionError):
         delete_namespaces(["docker-ns"])
+
+
+def test_parsim_star_preset_servers_rank_last_and_only_network_links_are_measured():
+    import argparse
+    from backends.netem.plan import network_edges
+    from parsim.commands.emulate import build_graph
+    ns = argparse.Namespace(cluster="ps-star", hosts=2, link="200Mbit", delay=None, oversubscription=2.0, servers=1)
+    g = build_graph(ns)
+    p = plan_from_graph(g, PFX)
+    assert [h.node for h in p.hosts] == ["h0", "h1", "ps0", "ps1"]  # parsim's star lists servers first
+    assert {frozenset(e) for e in g.edges if "sw0" in e} == network_edges(g)
+    m = measured_graph(g, [{"src": "h0", "dst": "h1", "hops": 2, "efficiency": 0.5, "rtt_s": 0.0}])
+    assert m.edges["h0", "sw0"]["bandwidth"] == pytest.approx(0.5 * 25 * MB)
+    assert m.edges["h0", "h0/d0"]["bandwidth"] == g.edges["h0", "h0/d0"]["bandwidth"]
+
+
+def test_fast_parsim_presets_need_a_link_rate():
+    import argparse
+    from parsim.commands.emulate import build_graph
+    ns = argparse.Namespace(cluster="dgx-a100", hosts=2, link=None, delay=None, oversubscription=2.0, servers=1)
+    with pytest.raises(ParsimError, match="--link"):
+        build_graph(ns)
+    g = build_graph(argparse.Namespace(**{**vars(ns), "link": "100Mbit"}))
+    p = plan_from_graph(g, PFX)
+    assert len(p.hosts) == 2 and p.veths[0].bandwidth_Bps == pytest.approx(8 * 12.5 * MB)  # 8 rails of 100 Mbit/s
