@@ -147,18 +147,29 @@ def test_fsdp_zero_stages_equal_reference_and_shard_state(name, two_rank_runs):
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-def test_four_ranks_dp_algorithms_and_dp_x_pp_ring(tmp_path):
+def test_four_ranks_dp_algorithms_dp_x_pp_ring_and_2d(tmp_path):
     """4 ranks, one launch. (1) dp=4: one backward per rank on its shard, then every explicit
     algorithm from the same raw gradients, against native all-reduce and against the full-batch
     gradient of the un-parallel model; hierarchical with 2 ranks per 'node' so its inter-node ring
     runs, and 64 KiB buckets so gradients span several buckets. (2) dp2 x pp2 (1f1b) with the ring:
-    the gradients every rank holds after the sync are the un-cut model's."""
+    the gradients every rank holds after the sync are the un-cut model's. (3) dp2 x tp2 with FSDP2
+    (zero 3, 2-D mesh) and with sequence parallel under the sharded-PS sync: the same."""
     algos = ["ring", "tree", "hd", "hierarchical", "ps", "ps-central"]
     pp_plan = Plan(dp=2, pp=2, micro_batch=1, global_batch=8, schedule="1f1b", grad_sync="ring", dtype="fp32")
     jobs = [{"task": "grad_sync_check", "plan": Plan(dp=4, micro_batch=1, global_batch=8).to_dict(), "algos": algos,
              "local_size": 2, "bucket_bytes": 64 * 1024},
             {"plan": pp_plan.to_dict(), "dump_dir": str(tmp_path / "dp_pp"), "steps": 1, "warmup": 0}]
-    check, rep = launch({"model": SPEC.to_dict(), "jobs": jobs, "timeout_s": 60, "watchdog_s": 60}, 4, timeout_s=140)
+    more = {"dp2-tp2-zero3": Plan(dp=2, tp=2, micro_batch=1, global_batch=4, zero=3, dtype="fp32"),
+            "dp2-tp2-sp-ps": Plan(dp=2, tp=2, micro_batch=1, global_batch=4, sequence_parallel=True, grad_sync="ps",
+                                  dtype="fp32")}
+    jobs += [{"plan": p.to_dict(), "dump_dir": str(tmp_path / k), "steps": 1, "warmup": 0} for k, p in more.items()]
+    check, rep, *_ = launch({"model": SPEC.to_dict(), "jobs": jobs, "timeout_s": 60, "watchdog_s": 60}, 4,
+                            timeout_s=140)
+    for k, p in more.items():    # FSDP2 on a 2-D (dp, tp) mesh; TP with sequence parallel under the PS sync
+        ref_loss, ref_grads = reference(p)
+        grads, losses, _ = load_dump(tmp_path / k)
+        assert abs(sum(losses) / len(losses) - ref_loss) < 1e-5, k
+        assert_grads_equal(grads, ref_grads, atol=2e-6)
     for a in algos:
         assert check["max_abs_diff"][a] < GRAD_ATOL, (a, check)
     assert check["native_vs_reference"] < GRAD_ATOL, check
