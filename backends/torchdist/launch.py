@@ -127,8 +127,8 @@ def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float) -> di
             running = [r for r in range(len(procs)) if r not in exited]
             _kill_all(procs)
             errs = "; ".join(_cause(r, None, work) for r in running if (work / f"rank{r}.err").exists())
-            raise RunFailed(f"run did not finish within {timeout_s:.0f} s: rank(s) {', '.join(map(str, running))} "
-                            f"still running (hang?){'; ' + errs if errs else ''}; all ranks killed")
+            raise RunFailed(f"run did not finish within its timeout of {timeout_s:.0f} s: rank(s) "
+                            f"{', '.join(map(str, running))} still running{'; ' + errs if errs else ''}; all ranks killed")
         time.sleep(0.05)
     report = work / "report.json"
     if not report.exists():
@@ -183,7 +183,7 @@ def _failure_message(procs, exited, work: Path, still=()) -> str:
     r, rc = culprit
     others = [str(x) for _, x, _ in failed if x != r]
     tail = _tail(work / f"rank{r}.log", 4)
-    msg = f"rank {r} failed: {_cause(r, rc, work)}"
+    msg = _cause(r, rc, work)   # names the rank
     if others:
         msg += f" (then rank(s) {', '.join(others)} aborted)"
     msg += "; all ranks stopped"
