@@ -77,7 +77,7 @@ def make_plan(args, world: int | None = None):
     schedule = args.schedule
     vpp = args.vpp or (2 if schedule in ("interleaved", "zbv") and pp > 1 else 1)
     micro = args.micro_batch
-    gb = args.global_batch or micro * dp * max(pp, 1) * (1 if vpp == 1 else 1)
+    gb = args.global_batch or micro * dp * pp     # one micro-batch per pipeline stage
     dtype = args.dtype or ("bf16" if args.backend == "nccl" else "fp32")
     plan = Plan(dp=dp, tp=tp, pp=pp, vpp=vpp, micro_batch=micro, global_batch=gb, seq_len=args.seq_len,
                 dtype=dtype, schedule=schedule, grad_sync=args.grad_sync, zero=args.zero, recompute=args.recompute,
