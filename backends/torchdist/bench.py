@@ -44,25 +44,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # -- prediction ----------------------------------------------------------------
 
+def prediction_inputs(st: dict, world: int):
+    """(graph with measured links, rank -> device node, host index of each rank,
+    dedicated server ranks, description) from an emulated cluster's state."""
+    import networkx as nx
+    from backends.netem.probe import measured_graph
+    g = measured_graph(nx.node_link_graph(st["graph"], edges="links"), st.get("probes") or [])
+    rank_nodes, host_of, servers = [], [], 0
+    for hi, h in enumerate(st["hosts"]):
+        servers += g.nodes[h["node"]].get("role") == "server" if h["node"] in g else 0
+        n = st.get("ranks_per_host") or max(1, len(h["ranks"]))
+        for k in range(n):
+            rank_nodes.append(h["ranks"][k] if k < len(h["ranks"]) else (h["ranks"] or [h["node"]])[0])
+            host_of.append(hi)
+    require(len(rank_nodes) == world, f"emulated cluster has {len(rank_nodes)} ranks but WORLD_SIZE={world}")
+    what = "emulated cluster, measured links" if st.get("probes") else "emulated cluster, configured links"
+    return g, rank_nodes, host_of, servers, what
+
+
 def _cluster_for_prediction(world: int):
-    """(graph, rank -> device node, host index of each rank, dedicated server ranks, description)."""
-    from backends.netem import presets
     path = os.environ.get("PARSIM_NETEM_STATE")
     if path:
-        import networkx as nx
-        from backends.netem.probe import measured_graph
-        st = json.loads(open(path).read())
-        g = measured_graph(nx.node_link_graph(st["graph"], edges="links"), st.get("probes") or [])
-        rank_nodes, host_of, servers = [], [], 0
-        for hi, h in enumerate(st["hosts"]):
-            servers += g.nodes[h["node"]].get("role") == "server" if h["node"] in g else 0
-            n = st.get("ranks_per_host") or max(1, len(h["ranks"]))
-            for k in range(n):
-                rank_nodes.append(h["ranks"][k] if k < len(h["ranks"]) else (h["ranks"] or [h["node"]])[0])
-                host_of.append(hi)
-        require(len(rank_nodes) == world, f"emulated cluster has {len(rank_nodes)} ranks but WORLD_SIZE={world}")
-        what = "emulated cluster, measured links" if st.get("probes") else "emulated cluster, configured links"
-        return g, rank_nodes, host_of, servers, what
+        return prediction_inputs(json.loads(open(path).read()), world)
+    from backends.netem import presets
     g = presets.single_switch(1, presets.LOOPBACK_BPS, devices_per_host=world)
     return g, [f"h0/d{r}" for r in range(world)], [0] * world, 0, "one host, nominal loopback"
 
@@ -81,9 +85,12 @@ def build_schedule(op, algo, world, nbytes, host_of, servers=0):
     return SC.build(op, "ring" if algo == "native" else algo, p, nbytes, **kw)
 
 
-def predict_point(op, algo, world, nbytes):
+def predict_point(op, algo, world, nbytes, state=None):
+    """(schedule, dedicated servers, prediction dict) of one point; `state` is an
+    emulated cluster's state (default: the one this rank runs in, if any)."""
     from backends.netem.model import predict
-    g, rank_nodes, host_of, servers, what = _cluster_for_prediction(world)
+    g, rank_nodes, host_of, servers, what = (prediction_inputs(state, world) if state is not None
+                                             else _cluster_for_prediction(world))
     sched = build_schedule(op, algo, world, nbytes, host_of, servers)
     # gloo's own collectives overlap both directions of a pair; its isend/irecv does not
     pred = predict(g, sched, rank_nodes[:sched.nranks], half_duplex_pairs=algo != "native")

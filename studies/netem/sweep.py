@@ -1,6 +1,7 @@
 """Collective micro-benchmarks on emulated clusters, prediction beside measurement.
 
     python studies/netem/sweep.py [--quick] [--only A,C] [--out reports/netem]
+    python studies/netem/sweep.py --repredict reports/netem/sweep.json --out DIR   # new model, same data
 
 Each configuration is one emulated cluster (namespaces + tbf-shaped veths): its
 links are probed first, then one process group per configuration runs every
@@ -81,6 +82,26 @@ def run_config(name, preset, kw, link, rph, algos, sizes, repeats):
           f"probe {link_Bps * 8 / 1e6:.1f} Mbit/s of {parse_rate(link) * 8 / 1e6:.0f}", flush=True)
     return {"name": name, "preset": preset, "kwargs": kw, "link": link, "ranks_per_host": rph,
             "probes": probes, "points": points}
+
+
+def repredict(doc):
+    """Recompute every point's prediction with the current model, from the stored
+    probes and the configuration's graph (no measurement is repeated)."""
+    import json as _json
+    from backends.netem.cluster import Emulation
+    from backends.torchdist.bench import predict_point
+    for c in doc["results"]:
+        preset, kw, link, rph = c["preset"], c["kwargs"], c["link"], c["ranks_per_host"]
+        g = presets.build(preset, bandwidth_Bps=parse_rate(link), devices_per_host=rph, **kw)
+        emu = Emulation(g, prefix="ps00000-", ranks_per_host=rph)  # a plan only: nothing is created
+        emu.probes = c["probes"]
+        st = _json.loads(_json.dumps(emu.state(), default=str))
+        for p in c["points"]:
+            _, _, pred = predict_point(p["op"], p["algo"], p["world"], p["size_B"], state=st)
+            p["predicted"] = pred
+            p["predicted_s"] = pred["time_s"]
+            p["error"] = (pred["time_s"] - p["median_s"]) / p["median_s"]
+    return doc
 
 
 def ordering_check(points):
@@ -166,23 +187,31 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="one or two small sizes per configuration")
     ap.add_argument("--only", default=None, help="comma list of configurations (default: all)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "netem"))
+    ap.add_argument("--repredict", metavar="JSON", help="re-price a saved sweep with the current model (no runs)")
     a = ap.parse_args(argv)
     from backends.netem.cluster import unavailable
-    reason = unavailable()
+    reason = "" if a.repredict else unavailable()
     if reason:
         print(f"sweep: {reason}", file=sys.stderr)
         return 2
     names = a.only.split(",") if a.only else list(CONFIGS)
     t0 = time.monotonic()
-    configs = []
-    for n in names:
-        preset, kw, link, rph, algos, sizes, rep = CONFIGS[n]
-        configs.append(run_config(n, preset, kw, link, rph, algos, QUICK[n] if a.quick else sizes, rep))
+    wall = None
+    if a.repredict:
+        old = json.loads(Path(a.repredict).read_text())
+        wall = old.get("wall_s")
+        configs = repredict(old)["results"]
+    else:
+        configs = []
+        for n in names:
+            preset, kw, link, rph, algos, sizes, rep = CONFIGS[n]
+            configs.append(run_config(n, preset, kw, link, rph, algos, QUICK[n] if a.quick else sizes, rep))
     points = [p for c in configs for p in c["points"]]
     summary = summarise(points)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"configs": CONFIGS, "results": configs, "summary": summary, "wall_s": time.monotonic() - t0,
+    doc = {"configs": CONFIGS, "results": configs, "summary": summary, "wall_s": wall or time.monotonic() - t0,
+           "repredicted": bool(a.repredict),
            "notes": ["time = slowest rank, barrier-aligned start; median of repeats after 1 warm-up",
                      "prediction: parsim.costs.network.price_schedule per step on the graph with probed link "
                      "rates, plus gloo isend/irecv pairs half duplex (backends/netem/model.py)",
@@ -190,22 +219,29 @@ def main(argv=None) -> int:
                      "2 CPU cores shared with other work: spreads include that noise"]}
     (out / "sweep.json").write_text(json.dumps(doc, indent=1, default=str))
     plot(points, out / "sweep.png")
-    print(table(points))
+    lines = []
+
+    def say(text=""):
+        print(text)
+        lines.append(str(text))
+
+    say(table(points))
     s = summary
-    print(f"\nMAE all {s['n_all']} points: {s['mae_all'] * 100:.1f}%   points >= 1 MiB ({s['n_ge_1MiB']}): "
+    say(f"\nMAE all {s['n_all']} points: {s['mae_all'] * 100:.1f}%   points >= 1 MiB ({s['n_ge_1MiB']}): "
           f"{s['mae_ge_1MiB'] * 100:.1f}%")
-    print("MAE >= 1 MiB by algorithm: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in s["mae_ge_1MiB_by_algo"].items()))
+    say("MAE >= 1 MiB by algorithm: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in s["mae_ge_1MiB_by_algo"].items()))
     o = s["ordering"]
-    print(f"ordering (pairs whose measured gap exceeds noise): {o['agree']} agree, {o['disagree']} disagree, "
+    say(f"ordering (pairs whose measured gap exceeds noise): {o['agree']} agree, {o['disagree']} disagree, "
           f"{o['predicted_equal']} predicted equal; {o['within_noise']} pairs within noise")
     for w in o["disagreements"]:
-        print(f"  disagree: {w}")
+        say(f"  disagree: {w}")
     for w in o["predicted_equal_but_measured_apart"]:
-        print(f"  predicted equal: {w}")
+        say(f"  predicted equal: {w}")
     for r in s["ring_64MiB_vs_link"]:
-        print(f"explicit ring 64 MiB on {r['world']} ranks (config {r['config']}): busbw {r['busbw_Bps'] * 8 / 1e6:.0f} Mbit/s "
+        say(f"explicit ring 64 MiB on {r['world']} ranks (config {r['config']}): busbw {r['busbw_Bps'] * 8 / 1e6:.0f} Mbit/s "
               f"= {r['fraction_of_link'] * 100:.1f}% of the measured link {r['link_measured_Bps'] * 8 / 1e6:.0f} Mbit/s")
-    print(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'} ({time.monotonic() - t0:.0f} s)")
+    (out / "sweep.txt").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'sweep.json'}, sweep.txt and sweep.png ({time.monotonic() - t0:.0f} s)")
     return 0
 
 

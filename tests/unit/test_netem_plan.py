@@ -5,7 +5,7 @@ import networkx as nx
 import pytest
 
 from backends.netem import presets
-from backends.netem.model import pair_bound_s, predict
+from backends.netem.model import predict, serialized_pairs_s
 from backends.netem.plan import PREFIX_RE, SUBNET, host_address, new_prefix, plan_from_graph, rank_table
 from backends.netem.probe import measured_graph
 from parsim.errors import ParsimError
@@ -101,14 +101,24 @@ def test_measured_graph_scales_crossed_links_only():
     assert g.edges["h0", "sw0"]["bandwidth"] == 10 * MB  # input untouched
 
 
-def test_pair_bound_counts_both_directions():
-    g = presets.single_switch(2, 10 * MB)
-    nodes = ["h0/d0", "h1/d0"]
-    n = 4 * MB
-    both = S.Step.of([(0, 1, 0, int(n), 0), (1, 0, 0, int(n), 0)])
-    one = S.Step.of([(0, 1, 0, int(n), 0)])
-    assert pair_bound_s(g, both, nodes) == pytest.approx(2 * n / (10 * MB))  # 0.8 s
-    assert pair_bound_s(g, one, nodes) == pytest.approx(n / (10 * MB))
+def test_gloo_pairs_carry_one_message_at_a_time():
+    g = presets.single_switch(3, 10 * MB)
+    nodes = ["h0/d0", "h1/d0", "h2/d0"]
+    n = int(4 * MB)
+    B = 10 * MB
+    # an exchange on one pair: the two messages go one after the other, 2n/B = 0.8 s
+    both = S.Step.of([(0, 1, 0, n, 0), (1, 0, 0, n, 0)])
+    assert serialized_pairs_s(g, both, nodes) == pytest.approx(2 * n / B)
+    # a ring step of 3: one message per pair, each link direction once: n/B
+    ring = S.Step.of([(0, 1, 0, n, 0), (1, 2, 0, n, 0), (2, 0, 0, n, 0)])
+    assert serialized_pairs_s(g, ring, nodes) == pytest.approx(n / B)
+    # incast 1->0 and 2->0 share h0's downlink: 2n/B; then nothing else is queued
+    incast = S.Step.of([(1, 0, 0, n, 0), (2, 0, 0, n, 0)])
+    assert serialized_pairs_s(g, incast, nodes) == pytest.approx(2 * n / B)
+    # 0->1 then 1->0 on pair {0,1} while 2->1 shares h1's downlink with the first:
+    # 0..2n/B both at B/2 (h1 downlink), then 1->0 alone: n/B more -> 3n/B
+    mixed = S.Step.of([(0, 1, 0, n, 0), (1, 0, 0, n, 0), (2, 1, 0, n, 0)])
+    assert serialized_pairs_s(g, mixed, nodes) == pytest.approx(3 * n / B)
 
 
 def test_prediction_is_the_graph_model_plus_half_duplex_pairs():
@@ -121,7 +131,7 @@ def test_prediction_is_the_graph_model_plus_half_duplex_pairs():
     # a ring of 4 sends one way per pair: half duplex changes nothing; bandwidth term 1.5 n/B
     assert predict(g, ring4, nodes)["time_s"] == pytest.approx(full["time_s"])
     assert full["graph_bandwidth_term_s"] >= 1.5 * (16 << 20) / (25 * MB)
-    # a ring of 2 exchanges both ways: half duplex doubles the wire time n/B -> 2n/B
+    # a ring of 2 exchanges both ways: one message at a time doubles the wire time n/B -> 2n/B
     ring2 = S.build("allreduce", "ring", 2, 16 << 20)
     t_full = predict(g, ring2, nodes[:2], half_duplex_pairs=False)
     t_half = predict(g, ring2, nodes[:2])
