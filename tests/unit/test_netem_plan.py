@@ -181,3 +181,15 @@ def test_fast_parsim_presets_need_a_link_rate():
     g = build_graph(argparse.Namespace(**{**vars(ns), "link": "100Mbit"}))
     p = plan_from_graph(g, PFX)
     assert len(p.hosts) == 2 and p.veths[0].bandwidth_Bps == pytest.approx(8 * 12.5 * MB)  # 8 rails of 100 Mbit/s
+
+
+def test_missing_root_or_iproute2_is_a_clear_message(monkeypatch):
+    import shutil
+    from backends.netem import cluster
+    monkeypatch.setattr(cluster, "_UNAVAILABLE", [])
+    monkeypatch.setattr(cluster.os, "geteuid", lambda: 1000)
+    assert "needs root" in cluster.unavailable()
+    monkeypatch.setattr(cluster, "_UNAVAILABLE", [])
+    monkeypatch.setattr(cluster.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "iproute2" in cluster.unavailable()
