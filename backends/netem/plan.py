@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from parsim.errors import ParsimError, require
+from parsim.errors import require
 
 SUBNET = ipaddress.ip_network("198.18.0.0/15")
 PREFIX_RE = re.compile(r"^ps[0-9a-f]{5}-")  # every namespace we ever create matches this

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from parsim.errors import ParsimError, closest, require
+from parsim.errors import closest, require
 
 
 # Ranks on one host talk over the namespace's loopback, which is not shaped;

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from backends.netem import presets  # noqa: E402
-from parsim.units import fmt_bytes, parse_rate, parse_size  # noqa: E402
+from parsim.units import fmt_bytes, parse_rate  # noqa: E402
 
 ALL = "ring,native,tree,hd,hierarchical,ps,ps-central"
 # name: (preset, preset kwargs, link, ranks per host, algorithms, sizes, repeats)
