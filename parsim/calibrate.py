@@ -178,6 +178,47 @@ def link_from_fit(alpha_s: float, beta_s_per_B: float, nproc: int = 2) -> tuple[
     return float(gbps * 1e9), float(lat_us * 1e-6)
 
 
+def measure_overheads(layers=(1, 5), reps_budget_s=0.4) -> dict:
+    """Host software time of the backend's own GPT on this CPU, in microseconds, with the work
+    made negligible (hidden 8, one token): per layer forward/backward, the rest of the model
+    (embedding, norm, head, loss) forward/backward, and AdamW's step (base + per layer).
+    Two depths L1 < L2 separate the per-layer part: x_layer = (t(L2) − t(L1)) / (L2 − L1)."""
+    import torch
+
+    from backends.torchdist.model import full_model, loss_fn
+    from parsim.model import ModelSpec
+    out = {}
+    for L in layers:
+        spec = ModelSpec("overhead-probe", layers=L, hidden=8, heads=1, kv_heads=1, ffn_hidden=8, vocab=8, seq_len=1,
+                         activation="gelu", tied_embeddings=False)
+        m = full_model(spec)
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.0, foreach=True)   # as the backend at tp=1
+        ids = torch.zeros(1, 1, dtype=torch.long)
+        state = {}
+
+        def fwd():
+            state["loss"] = loss_fn(m(ids), ids)
+
+        def bwd():
+            fwd()
+            state["loss"].backward()
+
+        def step():
+            opt.step()
+        bwd()
+        step()
+        t_f = _best_time(fwd, reps_budget_s)
+        t_fb = _best_time(bwd, reps_budget_s)
+        t_o = _best_time(step, reps_budget_s)
+        out[L] = (t_f, t_fb - t_f, t_o)
+    (f1, b1, o1), (f2, b2, o2) = out[layers[0]], out[layers[1]]
+    n = layers[1] - layers[0]
+    lf, lb, lo = (f2 - f1) / n, (b2 - b1) / n, (o2 - o1) / n
+    us = lambda x: round(max(x, 0.0) * 1e6, 1)
+    return {"layer_fwd": us(lf), "layer_bwd": us(lb), "head_fwd": us(f1 - layers[0] * lf),
+            "head_bwd": us(b1 - layers[0] * lb), "optimizer_per_layer": us(lo), "optimizer_base": us(o1 - layers[0] * lo)}
+
+
 def calibrate(comm: bool = True) -> tuple[dict, dict | None, dict]:
     """Measure; returns (cpu device profile, cpu-local cluster entry or None, raw measurements)."""
     import torch
@@ -187,6 +228,7 @@ def calibrate(comm: bool = True) -> tuple[dict, dict | None, dict]:
     gemm_bf16 = measure_gemm((256,), "bf16")
     vec = measure_vector()
     mem = measure_copy()
+    overhead = measure_overheads()
     peak = max(f for _, f in gemm)
     vpeak = max(f for _, f in vec)
     bw = max(b for _, b in mem)
@@ -206,11 +248,14 @@ def calibrate(comm: bool = True) -> tuple[dict, dict | None, dict]:
         "matmul_efficiency": efficiency_curve(gemm, peak),
         "vector_efficiency": efficiency_curve(vec, vpeak),
         "memory_efficiency": efficiency_curve(mem, bw),
+        "overhead_us": overhead,
         "source": (f"parsim.calibrate {date} on {host}, torch {torch.__version__}, ONE thread (as one parsim-run "
                    "rank): best-of torch.mm n=16..1024 fp32 (bf16 peak = n=256 bf16), torch.mul 1Ki..4Mi elements, "
-                   "copy_ 4KiB..256MiB (2 bytes moved per byte); memory_GiB = the host's RAM, shared by all ranks"),
+                   "copy_ 4KiB..256MiB (2 bytes moved per byte); memory_GiB = the host's RAM, shared by all ranks; "
+                   "overhead_us = best-of host time of the backend's GPT at hidden 8, one token, 1 vs 5 layers "
+                   "(per layer fwd/bwd, the rest of the model, AdamW foreach base + per layer)"),
     }
-    raw = {"gemm_fp32": gemm, "gemm_bf16": gemm_bf16, "vector": vec, "copy": mem}
+    raw = {"gemm_fp32": gemm, "gemm_bf16": gemm_bf16, "vector": vec, "copy": mem, "overhead_us": overhead}
     cluster = None
     if comm:
         ar = measure_loopback_allreduce(2)

@@ -50,6 +50,14 @@ class DeviceProfile:
     memory_eff: Curve               # MB per kernel -> fraction
     source: str = ""
     sustained_fraction: float = 1.0  # end-to-end training GEMM rate / best-shape benchmark rate (data)
+    # Host-side software time per unit of work, seconds (eager frameworks on a CPU dispatch
+    # synchronously, so it adds to the kernels' time): keys layer_fwd, layer_bwd, head_fwd,
+    # head_bwd, optimizer_base, optimizer_per_layer. Measured by `python -m parsim.calibrate`;
+    # GPU profiles carry none (launches overlap device execution at LLM kernel sizes).
+    overhead_s: tuple = ()
+
+    def overhead(self, key: str) -> float:
+        return dict(self.overhead_s).get(key, 0.0)
 
     def with_sustained_fraction(self, f: float) -> "DeviceProfile":
         return replace(self, matmul_eff=Curve(self.matmul_eff.sizes, tuple(e * f / self.sustained_fraction for e in self.matmul_eff.effs)),
@@ -90,6 +98,7 @@ def _profile(name: str, d: dict) -> DeviceProfile:
             vector_eff=Curve.from_points(d["vector_efficiency"]),
             memory_eff=Curve.from_points(d["memory_efficiency"]),
             source=str(d.get("source", "")),
+            overhead_s=tuple(sorted((str(k), float(v) * 1e-6) for k, v in (d.get("overhead_us") or {}).items())),
         )
         return prof.with_sustained_fraction(f) if f != 1.0 else prof
     except (KeyError, TypeError, ValueError) as e:

@@ -228,7 +228,7 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     dp_exposed = dp_exposed + np.where(zero >= 3, m * np.maximum(z3_per_mb - T_avg, 0.0) + t_ag, 0.0)
     dp_exposed = np.where(dp > 1, dp_exposed, 0.0)
 
-    opt = C.optimizer_s(dev, P_rank / np.where(zero >= 1, dp, 1), dt)
+    opt = C.optimizer_s(dev, P_rank / np.where(zero >= 1, dp, 1), dt, L)
     step = makespan + dp_exposed + opt
 
     # Breakdown on the bottleneck stage.

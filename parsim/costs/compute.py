@@ -12,6 +12,8 @@ Backward GEMMs (input- and weight-gradient) cost twice the forward; flash-attent
 backward costs 2.5× its forward (Dao 2023, FlashAttention-2 §3: 5 vs 2 matmuls).
 Causal flash attention skips the masked half of the score blocks, so its time uses
 half the counted FLOPs; the FLOP *counts* (MFU/HFU) keep Megatron's full convention.
+Devices whose profile carries measured host overheads (the calibrated CPU: eager PyTorch
+dispatches synchronously) add them per layer, per loss head and per optimizer step.
 """
 from __future__ import annotations
 
@@ -80,23 +82,25 @@ def layer_times(model, dev, b, s, t, sp, flash, dtype_code) -> LayerTimes:
     ew_fwd = dev.memory_time_s(ew_fwd_bytes)
     ew_bwd = dev.memory_time_s(2 * ew_fwd_bytes)
 
-    fwd = gemm_fwd + core_fwd + ew_fwd
+    fwd = gemm_fwd + core_fwd + ew_fwd + dev.overhead("layer_fwd")
     wgrad = gemm_fwd
-    bwd = 2 * gemm_fwd + core_bwd + ew_bwd
+    bwd = 2 * gemm_fwd + core_bwd + ew_bwd + dev.overhead("layer_bwd")
 
     embed_fwd = dev.memory_time_s(2 * e * T * h)
     embed_bwd = dev.memory_time_s(3 * e * T * h)
     V = model.vocab
     logits = gemm_s(dev, peak, e, T, h, V / t)
     xent = dev.memory_time_s(4.0 * T * V / t * 3)   # fp32 softmax: read logits, exp-sum, write probs
-    head_fwd = logits + xent + dev.memory_time_s(4 * e * T * h)
-    head_bwd = 2 * logits + dev.memory_time_s(4.0 * T * V / t * 2)
+    head_fwd = logits + xent + dev.memory_time_s(4 * e * T * h) + dev.overhead("head_fwd")
+    head_bwd = 2 * logits + dev.memory_time_s(4.0 * T * V / t * 2) + dev.overhead("head_bwd")
     return LayerTimes(fwd, bwd, wgrad, core_fwd, embed_fwd, embed_bwd, head_fwd, head_bwd)
 
 
-def optimizer_s(dev, params_per_rank, dtype_code):
+def optimizer_s(dev, params_per_rank, dtype_code, layers_per_rank=0.0):
     """Adam step, memory-bound: reads fp32 master, m, v and the gradient, writes master, m, v
-    and the 16-bit copy: 4+4+4+e + 4+4+4+e bytes per parameter (e = 0 extra copy in fp32)."""
+    and the 16-bit copy: 4+4+4+e + 4+4+4+e bytes per parameter (e = 0 extra copy in fp32),
+    plus the device's measured host overhead (a base and a per-layer part: per-tensor loops)."""
     e = DTYPE_BYTES[np.asarray(dtype_code)]
     per_param = np.where(e == 4.0, 28.0, 24.0 + 2 * e)
-    return dev.memory_time_s(per_param * np.asarray(params_per_rank, dtype=float))
+    return (dev.memory_time_s(per_param * np.asarray(params_per_rank, dtype=float))
+            + dev.overhead("optimizer_base") + dev.overhead("optimizer_per_layer") * np.asarray(layers_per_rank))
