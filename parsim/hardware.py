@@ -55,6 +55,13 @@ class DeviceProfile:
     # head_bwd, optimizer_base, optimizer_per_layer. Measured by `python -m parsim.calibrate`;
     # GPU profiles carry none (launches overlap device execution at LLM kernel sizes).
     overhead_s: tuple = ()
+    # Host software time per step of a collective schedule, seconds (CPU ranks: gloo + Python):
+    # executor = our isend/irecv executor (backends/torchdist/collectives.run_schedule), native =
+    # the library's own collective. Measured on loopback by `python -m parsim.calibrate`
+    # (keys executor_step_overhead_us, native_step_overhead_us); 0 for GPUs (NCCL's latencies
+    # stay in the links' latency).
+    executor_step_overhead_s: float = 0.0
+    native_step_overhead_s: float = 0.0
 
     def overhead(self, key: str) -> float:
         return dict(self.overhead_s).get(key, 0.0)
@@ -99,6 +106,8 @@ def _profile(name: str, d: dict) -> DeviceProfile:
             memory_eff=Curve.from_points(d["memory_efficiency"]),
             source=str(d.get("source", "")),
             overhead_s=tuple(sorted((str(k), float(v) * 1e-6) for k, v in (d.get("overhead_us") or {}).items())),
+            executor_step_overhead_s=float(d.get("executor_step_overhead_us", 0.0)) * 1e-6,
+            native_step_overhead_s=float(d.get("native_step_overhead_us", 0.0)) * 1e-6,
         )
         return prof.with_sustained_fraction(f) if f != 1.0 else prof
     except (KeyError, TypeError, ValueError) as e:
