@@ -18,6 +18,15 @@ order, while the messages in flight share the links (``serialized_pairs_s``):
                 + reduction work (price_schedule's, after the data lands on CPU)
 
 ``half_duplex_pairs=False`` gives the pure graph model (full duplex; gloo native).
+
+**Software overhead and the token bucket.** Each step also pays the ranks' host
+software time (``DeviceProfile.executor_step_overhead_s`` / ``native_step_overhead_s``,
+calibrated on loopback by ``parsim.calibrate``; ``price_schedule`` adds it). While a
+rank spends it, its link is idle, and a tbf shaper (``backends.netem.cluster``: burst
+= max(128 KiB, 1 ms of line rate)) banks tokens at the link rate: the next message's
+first rate·o bytes (at most the burst) then leave at veth speed. So on a shaped link
+the step's wire time shrinks by min(o, burst/rate, wire time): a step costs
+alpha + max(o, wire) while o fits in the burst, alpha + o at 4 KiB.
 """
 from __future__ import annotations
 
@@ -92,27 +101,59 @@ def serialized_pairs_s(g, step, nodes, routes=None) -> float:
     raise AssertionError("pair simulation did not finish")
 
 
-def predict(g: nx.Graph, sched: S.Schedule, nodes, half_duplex_pairs: bool = True) -> dict:
-    """Predicted time of `sched` on graph g, rank i on node nodes[i] (servers included)."""
-    alpha = link = wire = total_bw = 0.0
+def tbf_burst_s(g: nx.Graph, step, nodes, routes=None) -> float:
+    """Seconds of line rate the tbf burst holds on the narrowest-burst shaped link the
+    step's transfers cross (0 when they cross none: loopback inside a host is not shaped)."""
+    from backends.netem.cluster import TBF_BURST_S, TBF_MIN_BURST_B
+    from backends.netem.plan import network_edges
+    routes = {} if routes is None else routes
+    shaped = network_edges(g)
+    best = float("inf")
+    for t in step.transfers:
+        if t.nbytes <= 0:
+            continue
+        a, b = nodes[t.src], nodes[t.dst]
+        if (a, b) not in routes:
+            p = nx.shortest_path(g, a, b)
+            routes[(a, b)] = list(zip(p, p[1:]))
+        for u, v in routes[(a, b)]:
+            if frozenset((u, v)) in shaped:
+                d = g.edges[u, v]
+                rate = float(d.get("configured_bandwidth", d["bandwidth"]))
+                best = min(best, max(TBF_MIN_BURST_B, rate * TBF_BURST_S) / float(d["bandwidth"]))
+    return 0.0 if best == float("inf") else best
+
+
+def predict(g: nx.Graph, sched: S.Schedule, nodes, half_duplex_pairs: bool = True, executor: str = "explicit",
+            token_bucket: bool = True) -> dict:
+    """Predicted time of `sched` on graph g, rank i on node nodes[i] (servers included).
+    `executor`: "explicit" (run_schedule) or "native" (gloo's own collective) — which per-step
+    software overhead applies; `token_bucket`: credit the tbf burst against it (above)."""
+    alpha = link = wire = total_bw = over = credit = 0.0
     routes = {}
     for st in sched.steps:
         one = S.Schedule(sched.op, sched.algo, sched.p, sched.nbytes, sched.align, (st,), sched.servers)
-        price = N.price_schedule(g, one, nodes=nodes)
+        price = N.price_schedule(g, one, nodes=nodes, executor=executor)
         alpha += price.alpha_s
+        over += price.overhead_s
         link += price.bandwidth_s
+        # price_schedule's bandwidth part = link time + reduction work (CPU: after the
+        # data lands); keep its reduction term, take the serialised wire time if longer
+        bare = S.Schedule(sched.op, sched.algo, sched.p, sched.nbytes, sched.align,
+                          (S.Step(st.src, st.dst, st.offset, st.nbytes, st.reduce & False, st.dst_offset),),
+                          sched.servers)
+        link_only = N.price_schedule(g, bare, nodes=nodes).bandwidth_s
+        on_wire = link_only
         if half_duplex_pairs:
-            # price_schedule's bandwidth part = link time + reduction work (CPU: after the
-            # data lands); keep its reduction term, take the serialised wire time if longer
-            bare = S.Schedule(sched.op, sched.algo, sched.p, sched.nbytes, sched.align,
-                              (S.Step(st.src, st.dst, st.offset, st.nbytes, st.reduce & False, st.dst_offset),),
-                              sched.servers)
-            link_only = N.price_schedule(g, bare, nodes=nodes).bandwidth_s
             w = serialized_pairs_s(g, st, nodes, routes)
             wire += w
-            total_bw += max(link_only, w) + (price.bandwidth_s - link_only)
-        else:
-            total_bw += price.bandwidth_s
-    return {"time_s": alpha + total_bw, "latency_term_s": alpha, "bandwidth_term_s": total_bw,
+            on_wire = max(link_only, w)
+        c = min(price.overhead_s, tbf_burst_s(g, st, nodes, routes), on_wire) if token_bucket and price.overhead_s else 0.0
+        credit += c
+        total_bw += on_wire - c + (price.bandwidth_s - link_only)
+    return {"time_s": alpha + over + total_bw, "latency_term_s": alpha, "overhead_term_s": over,
+            "bandwidth_term_s": total_bw, "token_bucket_credit_s": credit,
             "graph_bandwidth_term_s": link, "steps": len(sched.steps),
-            "model": "parsim.costs.network.price_schedule per step" + (" + gloo pairs one message at a time" if half_duplex_pairs else "")}
+            "model": "parsim.costs.network.price_schedule per step (latency + software overhead + links)"
+                     + (" + gloo pairs one message at a time" if half_duplex_pairs else "")
+                     + (" - tbf burst credit" if token_bucket else "")}

@@ -93,7 +93,8 @@ def predict_point(op, algo, world, nbytes, state=None):
                                              else _cluster_for_prediction(world))
     sched = build_schedule(op, algo, world, nbytes, host_of, servers)
     # gloo's own collectives overlap both directions of a pair; its isend/irecv does not
-    pred = predict(g, sched, rank_nodes[:sched.nranks], half_duplex_pairs=algo != "native")
+    pred = predict(g, sched, rank_nodes[:sched.nranks], half_duplex_pairs=algo != "native",
+                   executor="native" if algo == "native" else "explicit")
     return sched, servers, pred | {"cluster": what}
 
 

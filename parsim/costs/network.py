@@ -18,6 +18,11 @@ Model (all in bytes, seconds, bytes/s):
   bound of max(latency + serialisation) over transfers, equal for the symmetric steps of
   these algorithms, and it makes a schedule's price exactly affine in the buffer size, so
   ``collective_coeffs`` is exact (pricing at one size gives both coefficients).
+* **Software overhead.** Each step with live transfers pays the host software time of the
+  slowest participating device (``DeviceProfile.executor_step_overhead_s``: our isend/irecv
+  executor, or ``native_step_overhead_s`` when the library runs its own collective, i.e.
+  ``algo="native"``). Calibrated on CPUs (gloo + Python, ``parsim.calibrate``); 0 on GPUs.
+  Additive per step (LogP's o: on the critical path between dependent steps); it is part of α.
 * **Reduction work** is priced on the receiving device: 3 bytes of memory traffic per
   reduced byte (read both operands, write the sum) at ``memory_bandwidth · memory_eff``
   (large-kernel efficiency). GPUs reduce inside the copy kernel (NCCL), so the reduction
@@ -32,7 +37,7 @@ Model (all in bytes, seconds, bytes/s):
 Entry points (the core model calls the first two, once per distinct group, cached):
   ``collective_coeffs(cluster, op, algo, ranks) -> (alpha_s, s_per_byte)``
   ``collective_time_s(cluster, op, algo, ranks, nbytes) -> seconds``
-  ``price_schedule(cluster_or_graph, schedule, nodes=None) -> Price``
+  ``price_schedule(cluster_or_graph, schedule, nodes=None, executor="explicit") -> Price``
 ``nbytes`` is the per-rank buffer (nccl-tests convention: the all-reduce input).
 
 Algorithm names: those of ``parsim.schedules.collectives`` plus ``native`` — what the
@@ -76,10 +81,11 @@ class Price:
     alpha_s: float          # latency part (sum over steps of the largest path latency)
     bandwidth_s: float      # serialisation + reduction part at this schedule's size
     steps: int
+    overhead_s: float = 0.0  # host software time (sum over steps of the slowest participant's)
 
     @property
     def time_s(self) -> float:
-        return self.alpha_s + self.bandwidth_s
+        return self.alpha_s + self.overhead_s + self.bandwidth_s
 
 
 # ----------------------------------------------------------------------------- routing
@@ -192,6 +198,22 @@ def _reduce_coeff(g, node, cache):
     return cache[prof]
 
 
+EXECUTORS = ("explicit", "native")
+
+
+def _step_overhead(g, node, executor, cache):
+    """Seconds of host software time per schedule step of the device at `node`."""
+    prof = g.nodes[node].get("profile")
+    if prof not in cache:
+        if prof is None:
+            cache[prof] = 0.0
+        else:
+            from parsim.hardware import get_device
+            dev = get_device(prof)
+            cache[prof] = dev.native_step_overhead_s if executor == "native" else dev.executor_step_overhead_s
+    return cache[prof]
+
+
 # ----------------------------------------------------------------------------- pricing
 
 def _graph(cluster):
@@ -211,9 +233,12 @@ def schedule_nodes(cluster, schedule: S.Schedule, ranks=None) -> list:
     return nodes + list(servers[:schedule.servers])
 
 
-def price_schedule(cluster, schedule: S.Schedule, nodes=None) -> Price:
+def price_schedule(cluster, schedule: S.Schedule, nodes=None, executor: str = "explicit") -> Price:
     """Price `schedule` on a Cluster (ranks via ``schedule.ranks``/devices) or on a bare graph
-    with `nodes[i]` = graph node of schedule rank i."""
+    with `nodes[i]` = graph node of schedule rank i. `executor`: "explicit" (our send/recv
+    executor runs the steps) or "native" (the library's own collective): which per-step
+    software overhead the devices pay."""
+    require(executor in EXECUTORS, f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     g = _graph(cluster)
     if nodes is None:
         require(not isinstance(cluster, nx.Graph), "price_schedule on a bare graph needs nodes= (one per rank)")
@@ -224,8 +249,10 @@ def price_schedule(cluster, schedule: S.Schedule, nodes=None) -> Price:
     rc = np.array([_reduce_coeff(g, n, red_cache) for n in nodes[:schedule.nranks]], dtype=object)
     red_s = np.array([c[0] for c in rc], dtype=float)
     red_ov = np.array([c[1] for c in rc], dtype=bool)
+    ov_cache = {}
+    ovh = np.array([_step_overhead(g, n, executor, ov_cache) for n in nodes[:schedule.nranks]], dtype=float)
     patterns, costs = {}, {}
-    alpha = bw_total = 0.0
+    alpha = bw_total = over = 0.0
     for st in schedule.steps:
         pk = (id(st.src), id(st.dst))
         pat = patterns.get(pk)
@@ -238,10 +265,11 @@ def price_schedule(cluster, schedule: S.Schedule, nodes=None) -> Price:
         ck = (id(pat), id(st.nbytes), id(st.reduce))
         c = costs.get(ck)
         if c is None:
-            c = costs[ck] = _step_cost(rt, pat, st, red_s, red_ov, schedule.nranks)
+            c = costs[ck] = _step_cost(rt, pat, st, red_s, red_ov, schedule.nranks, ovh)
         alpha += c[0]
         bw_total += c[1]
-    return Price(alpha, bw_total, len(schedule.steps))
+        over += c[2]
+    return Price(alpha, bw_total, len(schedule.steps), over)
 
 
 def _pattern(rt: _Router, nodes, src, dst):
@@ -255,19 +283,21 @@ def _pattern(rt: _Router, nodes, src, dst):
             np.repeat(np.arange(len(rs)), lens), np.array([r[2] for r in rs]))
 
 
-def _step_cost(rt, pat, st, red_s, red_ov, nranks):
+def _step_cost(rt, pat, st, red_s, red_ov, nranks, ovh):
+    """(latency, bandwidth + reduction, software overhead) of one step."""
     eids, frs, tix, lats = pat
     nb = st.nbytes.astype(float)
     live = nb > 0
     if not live.any():
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     a = float(lats[live].max())
+    o = float(max(ovh[st.src[live]].max(), ovh[st.dst[live]].max())) if ovh.any() else 0.0
     load = np.bincount(eids, weights=frs * nb[tix], minlength=len(rt.bw)) if len(eids) else np.zeros(1)
     link = float((load / rt.bw).max()) if len(eids) else 0.0
     red = np.bincount(st.dst[st.reduce], weights=nb[st.reduce], minlength=nranks) * red_s
     over = float(red[red_ov].max()) if red_ov.any() else 0.0
     after = float(red[~red_ov].max()) if (~red_ov).any() else 0.0
-    return a, max(link, over) + after
+    return a, max(link, over) + after, o
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -329,21 +359,22 @@ def _ref_bytes(p, servers=1):
     return 2 ** 10 * p * q * max(1, servers) * 16
 
 
-def _coeffs_of(cluster, op, a, kw, ranks):
+def _coeffs_of(cluster, op, a, kw, ranks, executor="explicit"):
     p = len(ranks)
     if a in ("tree",) or (op == "broadcast" and a in ("tree", "ring")):
         parts = 2 if op == "allreduce" else 1
         s = S.TREE_CHUNK_BYTES
         one = S.build(op, a, p, parts * s, 16, chunks=1).with_ranks(ranks)
-        alpha = price_schedule(cluster, one).alpha_s
+        pr1 = price_schedule(cluster, one, executor=executor)
+        alpha = pr1.alpha_s + pr1.overhead_s
         h = one.meta.get("height", 0)
         c1 = max(1, (2 if op == "allreduce" else 1) * h)   # first chunk count with a steady-state round
         t = [price_schedule(cluster, S.build(op, a, p, parts * s * c, 16, chunks=c).with_ranks(ranks)).bandwidth_s
              for c in (c1, c1 + 1)]
         return alpha, (t[1] - t[0]) / (parts * s)
     n = _ref_bytes(p, kw.get("servers", 1))
-    pr = price_schedule(cluster, S.build(op, a, p, n, 16, **kw).with_ranks(ranks))
-    return pr.alpha_s, pr.bandwidth_s / n
+    pr = price_schedule(cluster, S.build(op, a, p, n, 16, **kw).with_ranks(ranks), executor=executor)
+    return pr.alpha_s + pr.overhead_s, pr.bandwidth_s / n
 
 
 GRAPH_MAX_RANKS = 64   # larger groups are priced by the closed forms below (speed: O(p²) routes)
@@ -408,19 +439,21 @@ def _closed_form_coeffs(cluster, op, algo, ranks):
 
 
 @functools.lru_cache(maxsize=4096)
-def _coeffs_cached(cluster, op, algo, ranks):
+def _coeffs_cached(cluster, op, algo, ranks, executor="explicit"):
     p = len(ranks)
     if p <= 1:
         return 0.0, 0.0
     if p > GRAPH_MAX_RANKS:
         return _closed_form_coeffs(cluster, op, algo, ranks)
+    # the library's own collective pays the native per-step overhead, whatever schedule prices it
+    executor = "native" if algo == "native" else executor
     a, kw, ranks = _resolve(cluster, op, algo, ranks)
     if a == "native":
         if cluster.device.kind != "gpu" or p == 2:
-            return _coeffs_cached(cluster, op, "ring", ranks)
-        lines = [_coeffs_cached(cluster, op, x, ranks) for x in ("ring-channels", "tree")]
+            return _coeffs_cached(cluster, op, "ring", ranks, executor)
+        lines = [_coeffs_cached(cluster, op, x, ranks, executor) for x in ("ring-channels", "tree")]
         return min(lines, key=lambda ab: ab[0] + ab[1] * NATIVE_REF_BYTES)
-    return _coeffs_of(cluster, op, a, kw, ranks)
+    return _coeffs_of(cluster, op, a, kw, ranks, executor)
 
 
 def collective_coeffs(cluster, op: str, algo: str, ranks) -> tuple[float, float]:

@@ -121,8 +121,24 @@ def test_gloo_pairs_carry_one_message_at_a_time():
     assert serialized_pairs_s(g, mixed, nodes) == pytest.approx(3 * n / B)
 
 
-def test_prediction_is_the_graph_model_plus_half_duplex_pairs():
+def cpu_overheads(monkeypatch, executor_s, native_s):
+    """Price with a cpu profile whose per-step software overheads are the given seconds."""
+    import dataclasses
+
+    from parsim import hardware
+    real = hardware.get_device
+
+    def fake(name):
+        d = real(name)
+        if d.kind != "cpu":
+            return d
+        return dataclasses.replace(d, executor_step_overhead_s=executor_s, native_step_overhead_s=native_s)
+    monkeypatch.setattr(hardware, "get_device", fake)
+
+
+def test_prediction_is_the_graph_model_plus_half_duplex_pairs(monkeypatch):
     from parsim.costs.network import price_schedule
+    cpu_overheads(monkeypatch, 0.0, 0.0)
     g = presets.single_switch(4, 25 * MB)
     nodes = [f"h{i}/d0" for i in range(4)]
     ring4 = S.build("allreduce", "ring", 4, 16 << 20)
@@ -137,6 +153,35 @@ def test_prediction_is_the_graph_model_plus_half_duplex_pairs():
     t_half = predict(g, ring2, nodes[:2])
     wire = (16 << 20) / (25 * MB)
     assert t_half["time_s"] - t_full["time_s"] == pytest.approx(wire, rel=0.02)
+
+
+def test_step_overhead_flows_into_the_prediction_and_the_token_bucket_refunds_it(monkeypatch):
+    from backends.netem.cluster import TBF_MIN_BURST_B
+    g = presets.single_switch(4, 25 * MB)          # 200 Mbit/s: tbf burst 128 KiB = 5.24 ms of line rate
+    nodes = [f"h{i}/d0" for i in range(4)]
+    o, o_nat = 1e-3, 0.3e-3
+    small = S.build("allreduce", "ring", 4, 4096)   # 6 steps of 1 KiB: wire 1024 B / 25 MB/s = 41 us each
+    cpu_overheads(monkeypatch, 0.0, 0.0)
+    base = predict(g, small, nodes)["time_s"]
+    base_native = predict(g, small, nodes, half_duplex_pairs=False, executor="native")["time_s"]
+    cpu_overheads(monkeypatch, o, o_nat)
+    with_o = predict(g, small, nodes)
+    # every step pays o; the tbf banks o of line rate while the rank is busy, which covers the
+    # whole 41 us of wire: each step costs alpha + max(o, wire) -> grows by 6 (o - wire)
+    wire = 1024 / (25 * MB)
+    assert with_o["overhead_term_s"] == pytest.approx(6 * o)
+    assert with_o["time_s"] - base == pytest.approx(6 * (o - wire), rel=1e-6)
+    assert predict(g, small, nodes, token_bucket=False)["time_s"] - base == pytest.approx(6 * o, rel=1e-6)
+    # gloo's own all-reduce pays the native overhead per step of its ring instead
+    nat = predict(g, small, nodes, half_duplex_pairs=False, executor="native")["time_s"]
+    assert nat - base_native == pytest.approx(6 * (o_nat - wire), rel=1e-6)
+    # 16 MiB: 4 MiB per step = 168 ms of wire, o (1 ms) < burst (5.2 ms): fully refunded
+    big = S.build("allreduce", "ring", 4, 16 << 20)
+    assert TBF_MIN_BURST_B / (25 * MB) > o
+    t_big = predict(g, big, nodes)
+    assert t_big["token_bucket_credit_s"] == pytest.approx(6 * o)
+    cpu_overheads(monkeypatch, 0.0, 0.0)
+    assert t_big["time_s"] == pytest.approx(predict(g, big, nodes)["time_s"], rel=1e-9)
 
 
 def test_emulate_flags_are_checked():

@@ -95,8 +95,40 @@ def test_cpu_reduction_is_not_overlapped():
     cpu = get_device("cpu")
     red = 3 / (cpu.memory_bandwidth_Bps * float(cpu.memory_eff(1e6)))
     # ring on gloo: p-1 reduce-scatter steps add n/p after it lands
-    want = 2 * (p - 1) * (A + n / (p * B)) + (p - 1) * n / p * red
+    # each of the 2(p-1) steps also pays the cpu's calibrated executor software overhead
+    want = 2 * (p - 1) * (A + cpu.executor_step_overhead_s + n / (p * B)) + (p - 1) * n / p * red
     assert t(c, "ring", n) == pytest.approx(want, rel=1e-12)
+
+
+def test_step_software_overhead_is_paid_per_step_on_cpus_only(monkeypatch):
+    import dataclasses
+
+    from parsim import hardware
+    real = hardware.get_device
+    o, o_nat = 1e-3, 0.25e-3
+
+    def fake(name):
+        d = real(name)
+        return dataclasses.replace(d, executor_step_overhead_s=o, native_step_overhead_s=o_nat) if d.kind == "cpu" else d
+    p, n = 4, 4096
+    cpu, gpu = one_switch(p, device="cpu"), one_switch(p)
+    before = {a: t(cpu, a, n) for a in ("ring", "hd", "native")}
+    gpu_before = t(gpu, "ring", n)
+    N._coeffs_cached.cache_clear()
+    monkeypatch.setattr(hardware, "get_device", fake)
+    cpu, gpu = one_switch(p, device="cpu"), one_switch(p)      # fresh clusters: the pricing cache is per cluster
+    base, zero = before, real("cpu")        # the calibrated profile priced `before`
+    # ring: 2(p-1) = 6 steps, halving-doubling: 2 log2 p = 4 steps, each pays o on top of what it paid before
+    assert t(cpu, "ring", n) - base["ring"] == pytest.approx(6 * (o - zero.executor_step_overhead_s), rel=1e-9)
+    assert t(cpu, "hd", n) - base["hd"] == pytest.approx(4 * (o - zero.executor_step_overhead_s), rel=1e-9)
+    # native: gloo's ring, 6 steps, the native overhead
+    assert t(cpu, "native", n) - base["native"] == pytest.approx(6 * (o_nat - zero.native_step_overhead_s), rel=1e-9)
+    a, _ = N.collective_coeffs(cpu, "allreduce", "ring", range(p))
+    assert a == pytest.approx(6 * (A + o))
+    # GPUs pay nothing (NCCL's latency stays in the links)
+    assert t(gpu, "ring", n) == pytest.approx(gpu_before, rel=1e-12)
+    pr = N.price_schedule(cpu, C.allreduce_ring(p, n))
+    assert pr.overhead_s == pytest.approx(6 * o) and pr.time_s == pytest.approx(pr.alpha_s + pr.bandwidth_s + 6 * o)
 
 
 def _graph(edges, devices):
@@ -158,7 +190,13 @@ def test_native_is_the_faster_of_ring_and_tree_on_gpus_and_ring_on_cpus():
         assert t(c, "native", n) == pytest.approx(min(N.collective_time_s(c, "allreduce", a, ranks, n)
                                                       for a in ("ring-channels", "tree")))
     cpu = load_cluster("cpu-local", 4)
-    assert N.collective_coeffs(cpu, "allreduce", "native", range(4)) == N.collective_coeffs(cpu, "allreduce", "ring", range(4))
+    # gloo's ring: the same line as the explicit ring, except that each of its 6 steps pays the
+    # native software overhead instead of our executor's
+    a_nat, b_nat = N.collective_coeffs(cpu, "allreduce", "native", range(4))
+    a_ring, b_ring = N.collective_coeffs(cpu, "allreduce", "ring", range(4))
+    dev = cpu.device
+    assert b_nat == pytest.approx(b_ring, rel=1e-12)
+    assert a_nat - a_ring == pytest.approx(6 * (dev.native_step_overhead_s - dev.executor_step_overhead_s), abs=1e-12)
 
 
 def test_multi_channel_ring_uses_every_nic():
