@@ -17,6 +17,18 @@
   are whatever makes parsim's formula reproduce the measurement, however it counts hops and
   whatever it charges for the reduction).
 
+* Per-step software overhead of collectives (about 10 s): 2 and 4 local gloo processes run 4 KiB
+  all-reduces — ring and halving-doubling schedules through the backend's executor
+  (``backends.torchdist.collectives.run_schedule``) and gloo's own ``all_reduce`` — and a raw TCP
+  ping-pong gives the loopback wire latency. Per point, the median over repeats of the slowest
+  rank's time (the sweep's statistic), the middle of 3 interleaved rounds (the machine is shared,
+  and a VM's wake-up latency makes single rounds swing 2-5x);
+  overhead per step = (time − steps · RTT/2) / steps (the 4 KiB payload's serialisation on
+  loopback is a few microseconds), least squares over the points:
+  ``executor_step_overhead_us`` and ``native_step_overhead_us`` on the ``cpu`` profile (the native
+  collective counted as gloo's ring, 2(p−1) steps). The link fit below is then solved with these
+  overheads in parsim's price, so the link keeps only what the overheads do not explain.
+
 Writes ``devices.local.yaml`` (the ``cpu`` profile; ``parsim.hardware`` merges it over the
 catalog) and ``cpu-local.calibrated.yaml`` beside it (a cluster file for ``--cluster``; ``parsim
 run`` uses it for its prediction when present). Each carries ``source``: date, host, method.
@@ -111,30 +123,113 @@ dist.destroy_process_group()
 """
 
 
-def measure_loopback_allreduce(nproc: int = 2, timeout_s: float = 60) -> list[tuple[int, float]]:
-    """[(bytes per rank, seconds)]: gloo all_reduce between `nproc` local processes (best of 3-7)."""
+def _run_local_ranks(script: str, nproc: int, timeout_s: float, what: str):
+    """Run `script` in `nproc` local gloo processes (env:// on loopback, one thread each, the
+    repository on the path); returns rank 0's last stdout line parsed as JSON."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    root = str(Path(__file__).resolve().parents[1])
     procs = []
     try:
         for r in range(nproc):
             env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1",
-                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-            procs.append(subprocess.Popen([sys.executable, "-c", _COMM_SCRIPT], env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
+                       MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                       PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+            procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, cwd=root))
         out, err = procs[0].communicate(timeout=timeout_s)
         for p in procs[1:]:
             p.wait(timeout=10)
         if procs[0].returncode != 0:
-            raise RuntimeError(f"loopback all-reduce failed: {err.strip().splitlines()[-1] if err.strip() else '?'}")
-        return [tuple(x) for x in json.loads(out.strip().splitlines()[-1])]
+            raise RuntimeError(f"{what} failed: {err.strip().splitlines()[-1] if err.strip() else '?'}")
+        return json.loads(out.strip().splitlines()[-1])
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def measure_loopback_allreduce(nproc: int = 2, timeout_s: float = 60) -> list[tuple[int, float]]:
+    """[(bytes per rank, seconds)]: gloo all_reduce between `nproc` local processes (best of 3-7)."""
+    return [tuple(x) for x in _run_local_ranks(_COMM_SCRIPT, nproc, timeout_s, "loopback all-reduce")]
+
+
+_STEP_SCRIPT = r"""
+import json, socket, statistics, time, torch, torch.distributed as dist
+from datetime import timedelta
+from backends.torchdist.collectives import run_schedule
+from parsim.schedules.collectives import build
+torch.set_num_threads(1)
+dist.init_process_group("gloo", timeout=timedelta(seconds=30))
+rank, p = dist.get_rank(), dist.get_world_size()
+NB, REPS, ROUNDS, PINGS = 4096, 25, 3, 200
+# raw TCP ping-pong rank 0 <-> rank 1 (the loopback wire latency, no gloo, no torch)
+port = torch.zeros(1, dtype=torch.int64)
+if rank == 1:
+    srv = socket.create_server(("127.0.0.1", 0)); port[0] = srv.getsockname()[1]
+dist.broadcast(port, src=1)
+rtt = []
+if rank == 1:
+    srv.settimeout(20); c, _ = srv.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for _ in range(PINGS):
+        c.sendall(c.recv(1))
+    c.close(); srv.close()
+elif rank == 0:
+    c = socket.create_connection(("127.0.0.1", int(port[0])), timeout=20)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for _ in range(PINGS):
+        t0 = time.perf_counter(); c.sendall(b"x"); c.recv(1); rtt.append(time.perf_counter() - t0)
+    c.close()
+dist.barrier()
+x = torch.ones(NB // 4)
+cases = {"native": None, "ring": build("allreduce", "ring", p, NB), "hd": build("allreduce", "hd", p, NB)}
+group = list(range(p))
+for _ in range(5):
+    dist.all_reduce(x); run_schedule(cases["ring"], x, group); run_schedule(cases["hd"], x, group)
+meds = {k: [] for k in cases}
+for _ in range(ROUNDS):
+    for k, s in cases.items():
+        ts = []
+        for _ in range(REPS):
+            dist.barrier(); t0 = time.perf_counter()
+            dist.all_reduce(x) if s is None else run_schedule(s, x, group)
+            ts.append(time.perf_counter() - t0)
+        t = torch.tensor(ts, dtype=torch.float64); dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        meds[k].append(statistics.median(t.tolist()))
+if rank == 0:
+    print(json.dumps({"p": p, "rtt_s": statistics.median(rtt[10:]), "bytes": NB,
+                      "cases": {k: {"steps": 2 * (p - 1) if s is None else len(s.steps), "time_s": statistics.median(meds[k]),
+                                    "round_medians_s": meds[k]} for k, s in cases.items()}}))
+dist.destroy_process_group()
+"""
+
+
+def measure_step_overheads(nprocs=(2, 4), timeout_s: float = 60) -> list[dict]:
+    """Per group size: the loopback TCP round trip and, for native / ring / hd 4 KiB all-reduces,
+    steps and time (middle of 3 rounds of the median of 25 repeats of the slowest rank)."""
+    return [_run_local_ranks(_STEP_SCRIPT, p, timeout_s, f"{p}-process collective step timing") for p in nprocs]
+
+
+def step_overheads(runs: list[dict]) -> dict:
+    """{executor_step_overhead_us, native_step_overhead_us, per_point}: least squares through the
+    origin of (time - steps·RTT/2) against steps, over the explicit (ring, hd) and the native points."""
+    fit, points = {}, []
+    for key, names in (("executor_step_overhead_us", ("ring", "hd")), ("native_step_overhead_us", ("native",))):
+        num = den = 0.0
+        for run in runs:
+            for n in names:
+                c = run["cases"][n]
+                excess = c["time_s"] - c["steps"] * run["rtt_s"] / 2
+                num += c["steps"] * excess
+                den += c["steps"] ** 2
+                points.append(f"{n} p={run['p']}: {c['time_s'] * 1e6:.0f} us / {c['steps']} steps")
+        fit[key] = round(max(0.0, num / den) * 1e6, 1)
+    fit["per_point"] = points
+    fit["rtt_us"] = [round(r["rtt_s"] * 1e6, 1) for r in runs]
+    return fit
 
 
 def efficiency_curve(points, peak) -> list:
@@ -258,9 +353,21 @@ def calibrate(comm: bool = True) -> tuple[dict, dict | None, dict]:
     raw = {"gemm_fp32": gemm, "gemm_bf16": gemm_bf16, "vector": vec, "copy": mem, "overhead_us": overhead}
     cluster = None
     if comm:
+        steps = measure_step_overheads()
+        so = step_overheads(steps)
+        profile["executor_step_overhead_us"] = so["executor_step_overhead_us"]
+        profile["native_step_overhead_us"] = so["native_step_overhead_us"]
+        profile["source"] += (f"; *_step_overhead_us ({date}) = host software time per collective schedule step: "
+                              "4 KiB all-reduce on loopback, 2 and 4 gloo processes, middle of 3 rounds of the median "
+                              "of 25 (slowest rank), minus steps x RTT/2 of a raw TCP ping-pong "
+                              f"({'/'.join(f'{x:.0f}' for x in so['rtt_us'])} us), least squares per step; "
+                              f"executor = run_schedule ring+hd, native = gloo all_reduce as 2(p-1) steps; points: "
+                              + "; ".join(so["per_point"]))
+        raw["step_overheads"] = steps
         ar = measure_loopback_allreduce(2)
         a, b = fit_alpha_beta(ar)
-        link_bw, link_lat = link_from_fit(a, b, 2)
+        with _profile_in_effect(profile):   # the link keeps what the step overheads do not explain
+            link_bw, link_lat = link_from_fit(a, b, 2)
         base = yaml.safe_load((DATA / "clusters.yaml").read_text())["cpu-local"]
         cluster = dict(base, nvlink_GBps=round(link_bw / 1e9, 4), nvlink_latency_us=round(link_lat * 1e6, 2),
                        nic_GBps=round(link_bw / 1e9, 4), nic_latency_us=round(link_lat * 1e6, 2),
@@ -272,6 +379,33 @@ def calibrate(comm: bool = True) -> tuple[dict, dict | None, dict]:
         raw["allreduce_fit"] = {"alpha_s": a, "beta_s_per_B": b}
     raw["elapsed_s"] = time.time() - t0
     return profile, cluster, raw
+
+
+class _profile_in_effect:
+    """Price with `profile` as the ``cpu`` device (a temporary devices.local file) inside the block."""
+
+    def __init__(self, profile: dict):
+        self.profile = profile
+
+    def __enter__(self):
+        import tempfile
+
+        from parsim import hardware
+        self.dir = tempfile.TemporaryDirectory()
+        f = Path(self.dir.name) / "devices.local.yaml"
+        f.write_text(yaml.safe_dump({"cpu": self.profile}))
+        self.old = os.environ.get("PARSIM_DEVICES_LOCAL")
+        os.environ["PARSIM_DEVICES_LOCAL"] = str(f)
+        hardware._catalog.cache_clear()
+
+    def __exit__(self, *exc):
+        from parsim import hardware
+        if self.old is None:
+            os.environ.pop("PARSIM_DEVICES_LOCAL", None)
+        else:
+            os.environ["PARSIM_DEVICES_LOCAL"] = self.old
+        hardware._catalog.cache_clear()
+        self.dir.cleanup()
 
 
 def write_yaml_atomic(path: Path, data: dict, header: str = ""):
@@ -288,6 +422,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="also print the raw measurements as JSON")
     a = ap.parse_args(argv)
     profile, cluster, raw = calibrate(comm=not a.no_comm)
+    if a.no_comm and Path(a.out).exists():   # keep the collective step overheads measured before
+        old = (yaml.safe_load(Path(a.out).read_text()) or {}).get("cpu") or {}
+        for k in ("executor_step_overhead_us", "native_step_overhead_us"):
+            if k in old:
+                profile[k] = old[k]
     hdr = "# Written by `python -m parsim.calibrate`; measured on this machine (see source). Re-run to refresh.\n"
     write_yaml_atomic(Path(a.out), {"cpu": profile}, hdr)
     print(f"cpu: fp32 peak {profile['peak_TFLOPs']['fp32'] * 1e3:.1f} GFLOP/s (1 thread), vector "
