@@ -19,18 +19,22 @@ order, while the messages in flight share the links (``serialized_pairs_s``):
 
 ``half_duplex_pairs=False`` gives the pure graph model (full duplex; gloo native).
 
-**Software overhead and the token bucket.** Each step also pays the ranks' host
-software time (``DeviceProfile.executor_step_overhead_s`` / ``native_step_overhead_s``,
-calibrated on loopback by ``parsim.calibrate``; ``price_schedule`` adds it). While a
-rank spends it, its link is idle, and a tbf shaper (``backends.netem.cluster``: burst
-= max(128 KiB, 1 ms of line rate)) banks tokens at the link rate: the next message's
-first rate·o bytes (at most the burst) then leave at veth speed. So on a shaped link
-the step's wire time shrinks by min(o, burst/rate, wire time): a step costs
-alpha + max(o, wire) while o fits in the burst, alpha + o at 4 KiB.
+**Software overhead and the token buckets.** Each step also pays the ranks' host
+software time o (``DeviceProfile.executor_step_overhead_s`` / ``native_step_overhead_s``,
+calibrated on loopback by ``parsim.calibrate``; ``price_schedule`` adds it). The
+emulated links are tbf shapers (``backends.netem.cluster``: burst = max(128 KiB, 1 ms
+of line rate)): an idle link banks tokens at its rate up to the burst, and banked bytes
+leave at veth speed. So each shaped link is played as a token bucket across the
+steps: full before the collective, refilled while the ranks spend o and while the
+link idles for the rest of a step (other links' traffic, the CPU reduction), drained
+by the bytes it carries; a step's link time is the largest (load - tokens)/rate.
+Effects: a message that fits the banked tokens costs no wire time (4 KiB: a step is
+alpha + o), and while o fits in the burst a bulk step costs alpha + max(o, wire).
 """
 from __future__ import annotations
 
 import networkx as nx
+import numpy as np
 
 from parsim.costs import network as N
 from parsim.schedules import collectives as S
@@ -101,36 +105,47 @@ def serialized_pairs_s(g, step, nodes, routes=None) -> float:
     raise AssertionError("pair simulation did not finish")
 
 
-def tbf_burst_s(g: nx.Graph, step, nodes, routes=None) -> float:
-    """Seconds of line rate the tbf burst holds on the narrowest-burst shaped link the
-    step's transfers cross (0 when they cross none: loopback inside a host is not shaped)."""
+def tbf_links(g: nx.Graph) -> dict:
+    """{directed edge id (``parsim.costs.network`` router numbering): tbf burst in bytes} of the
+    links the emulation shapes (``backends.netem.cluster``: burst = max(128 KiB, 1 ms of the
+    configured rate)); links inside a host (loopback) are not shaped and have no bucket."""
     from backends.netem.cluster import TBF_BURST_S, TBF_MIN_BURST_B
     from backends.netem.plan import network_edges
-    routes = {} if routes is None else routes
     shaped = network_edges(g)
-    best = float("inf")
+    out = {}
+    for k, (u, v) in enumerate(g.edges):       # the router numbers edge k as 2k (u->v) and 2k+1 (v->u)
+        if frozenset((u, v)) in shaped:
+            d = g.edges[u, v]
+            out[2 * k] = out[2 * k + 1] = max(TBF_MIN_BURST_B, float(d.get("configured_bandwidth", d["bandwidth"]))
+                                              * TBF_BURST_S)
+    return out
+
+
+def _step_loads(rt, step, nodes):
+    """Bytes each directed link carries in one step (ECMP fractions as in the pricing)."""
+    load = np.zeros(len(rt.bw))
     for t in step.transfers:
-        if t.nbytes <= 0:
-            continue
-        a, b = nodes[t.src], nodes[t.dst]
-        if (a, b) not in routes:
-            p = nx.shortest_path(g, a, b)
-            routes[(a, b)] = list(zip(p, p[1:]))
-        for u, v in routes[(a, b)]:
-            if frozenset((u, v)) in shaped:
-                d = g.edges[u, v]
-                rate = float(d.get("configured_bandwidth", d["bandwidth"]))
-                best = min(best, max(TBF_MIN_BURST_B, rate * TBF_BURST_S) / float(d["bandwidth"]))
-    return 0.0 if best == float("inf") else best
+        if t.nbytes > 0:
+            eids, fr, _ = rt.route(nodes[t.src], nodes[t.dst])
+            np.add.at(load, eids, fr * float(t.nbytes))
+    return load
 
 
 def predict(g: nx.Graph, sched: S.Schedule, nodes, half_duplex_pairs: bool = True, executor: str = "explicit",
             token_bucket: bool = True) -> dict:
     """Predicted time of `sched` on graph g, rank i on node nodes[i] (servers included).
     `executor`: "explicit" (run_schedule) or "native" (gloo's own collective) — which per-step
-    software overhead applies; `token_bucket`: credit the tbf burst against it (above)."""
+    software overhead applies; `token_bucket`: play the shaped links' tbf buckets (above)."""
     alpha = link = wire = total_bw = over = credit = 0.0
     routes = {}
+    rt = N.router(g)
+    burst = tbf_links(g) if token_bucket else {}
+    bids = np.array(sorted(burst), dtype=np.int64)
+    cap = np.array([burst[b] for b in bids], dtype=float)
+    tokens = cap.copy()                                   # idle links before the collective: buckets full
+    rate = rt.bw[bids] if len(bids) else np.zeros(0)
+    other = np.ones(len(rt.bw), dtype=bool)
+    other[bids] = False
     for st in sched.steps:
         one = S.Schedule(sched.op, sched.algo, sched.p, sched.nbytes, sched.align, (st,), sched.servers)
         price = N.price_schedule(g, one, nodes=nodes, executor=executor)
@@ -143,17 +158,28 @@ def predict(g: nx.Graph, sched: S.Schedule, nodes, half_duplex_pairs: bool = Tru
                           (S.Step(st.src, st.dst, st.offset, st.nbytes, st.reduce & False, st.dst_offset),),
                           sched.servers)
         link_only = N.price_schedule(g, bare, nodes=nodes).bandwidth_s
-        on_wire = link_only
+        red = price.bandwidth_s - link_only
+        c = 0.0
+        if len(bids):
+            # the software overhead comes first: the links idle and bank tokens meanwhile
+            tokens = np.minimum(cap, tokens + rate * price.overhead_s)
+            load = _step_loads(rt, st, nodes)
+            busy = np.maximum(0.0, load[bids] - tokens) / rate
+            link_tb = max(float(busy.max()), float((load[other] / rt.bw[other]).max()) if other.any() else 0.0)
+            c = max(0.0, link_only - link_tb)           # what the banked tokens saved on the bottleneck
+            tokens = np.maximum(0.0, tokens - load[bids])
+        on_wire = link_only - c
         if half_duplex_pairs:
             w = serialized_pairs_s(g, st, nodes, routes)
             wire += w
-            on_wire = max(link_only, w)
-        c = min(price.overhead_s, tbf_burst_s(g, st, nodes, routes), on_wire) if token_bucket and price.overhead_s else 0.0
+            on_wire = max(on_wire, w - c)
+        if len(bids):   # after its own traffic a link idles for the rest of the step and the reduction
+            tokens = np.minimum(cap, tokens + rate * np.maximum(0.0, on_wire - busy + red))
         credit += c
-        total_bw += on_wire - c + (price.bandwidth_s - link_only)
+        total_bw += on_wire + red
     return {"time_s": alpha + over + total_bw, "latency_term_s": alpha, "overhead_term_s": over,
             "bandwidth_term_s": total_bw, "token_bucket_credit_s": credit,
             "graph_bandwidth_term_s": link, "steps": len(sched.steps),
             "model": "parsim.costs.network.price_schedule per step (latency + software overhead + links)"
                      + (" + gloo pairs one message at a time" if half_duplex_pairs else "")
-                     + (" - tbf burst credit" if token_bucket else "")}
+                     + (" + tbf token buckets on the shaped links" if token_bucket else "")}

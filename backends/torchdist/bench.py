@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="16MiB", help="per-rank buffer: 16MiB, a list 4KiB,1MiB or a range 4KiB:64MiB:4")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per point (after warm-up)")
     p.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
+    p.add_argument("--min-time", type=float, default=0.0, help="keep repeating a point (beyond --repeats, up to "
+                   "--max-repeats) until this many seconds were timed: more samples where they are cheap")
+    p.add_argument("--max-repeats", type=int, default=25, help="cap on repeats with --min-time")
     p.add_argument("--nproc", type=int, default=2, help="local ranks when not launched with RANK/WORLD_SIZE")
     p.add_argument("--format", choices=["table", "json"], default="table")
 
@@ -129,14 +132,17 @@ def _expected_ok(op, buf, rank, workers):
     return True  # values of the other ops are not checked here
 
 
-def _run_point(op, algo, nbytes, repeats, warmup, rank, world):
+def _run_point(op, algo, nbytes, repeats, warmup, rank, world, min_time_s=0.0, max_repeats=25):
     import torch
     import torch.distributed as dist
     steps, servers, pred = predict_point(op, algo, world, nbytes)
     workers = world - servers
     buf = torch.empty(max(1, nbytes // 4), dtype=torch.float32)
     times, ok = [], True
-    for it in range(warmup + repeats):
+    it = -1
+    # every rank sees the same (MAX-reduced) times, so every rank makes the same decision
+    while len(times) < repeats or (sum(times) < min_time_s and len(times) < max(repeats, max_repeats)):
+        it += 1
         buf.fill_(rank + 1 if rank < workers else 0)
         dist.barrier()
         t0 = time.perf_counter()
@@ -154,7 +160,7 @@ def _run_point(op, algo, nbytes, repeats, warmup, rank, world):
     dist.all_reduce(flag)
     med = statistics.median(times)
     return {
-        "op": op, "algo": algo, "size_B": buf.numel() * 4, "world": world, "workers": workers, "repeats": repeats,
+        "op": op, "algo": algo, "size_B": buf.numel() * 4, "world": world, "workers": workers, "repeats": len(times),
         "times_s": times, "median_s": med, "min_s": min(times), "max_s": max(times),
         "spread": (max(times) - min(times)) / med if med > 0 else 0.0,
         "predicted_s": pred["time_s"], "predicted": pred,
@@ -181,7 +187,8 @@ def run_ranks(args) -> list | None:
     dist.init_process_group("gloo", timeout=timedelta(seconds=TIMEOUT_S))
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        out = [_run_point(op, a, n, args.repeats, args.warmup, rank, world) for n in sizes for a in algos]
+        out = [_run_point(op, a, n, args.repeats, args.warmup, rank, world, getattr(args, "min_time", 0.0),
+                          getattr(args, "max_repeats", 25)) for n in sizes for a in algos]
         for r in out:
             r["hosts"] = int(os.environ.get("PARSIM_NETEM_HOSTS", 1))
         return out if rank == 0 else None

@@ -7,7 +7,8 @@ Each configuration is one emulated cluster (namespaces + tbf-shaped veths): its
 links are probed first, then one process group per configuration runs every
 (algorithm, size) point `repeats` times after a warm-up, and rank 0 reports
 median and spread beside the time parsim predicts on the graph with the
-measured link rates. Sizes are chosen per link rate so each point takes at most
+measured link rates (cheap points are repeated more: until MIN_TIME_S of them is
+timed, at most MAX_REPEATS). Sizes are chosen per link rate so each point takes at most
 a few seconds (the machine has 2 shared cores: fewer points, repeated).
 
 Writes <out>/sweep.json and <out>/sweep.png and prints the table, the mean
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -43,6 +45,10 @@ CONFIGS = {
 }
 QUICK = {"A": "1MiB,4MiB", "B": "1MiB,16MiB", "C": "256KiB", "D": "1MiB", "E": "1MiB", "F": "1MiB"}
 RUN_TIMEOUT_S = 240
+# cheap points are repeated until this much was timed (at most MAX_REPEATS): 4 KiB points,
+# a few ms each and the noisiest, get ~25 samples; 16 MiB points keep the configured 3
+MIN_TIME_S = 0.6
+MAX_REPEATS = 25
 PRED_TIE = 0.02  # predictions within 2% of each other count as "the model calls it a tie"
 
 
@@ -52,11 +58,13 @@ def run_config(name, preset, kw, link, rph, algos, sizes, repeats):
     from parsim.commands.emulate import rank_commands
     g = presets.build(preset, bandwidth_Bps=parse_rate(link), devices_per_host=rph, **kw)
     t0 = time.monotonic()
+    load_before = os.getloadavg()
     with Emulation(g, ranks_per_host=rph) as emu:
         emu.probes = probe_pairs(emu)
         emu.write_state()
         cmd = [sys.executable, "-m", "backends.torchdist.bench", "--bench", "allreduce", "--algo", algos,
-               "--size", sizes, "--repeats", str(repeats), "--warmup", "1", "--format", "json"]
+               "--size", sizes, "--repeats", str(repeats), "--warmup", "1", "--format", "json",
+               "--min-time", str(MIN_TIME_S), "--max-repeats", str(MAX_REPEATS)]
         procs = []
         for r, argv in rank_commands(emu, cmd):
             procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
@@ -81,7 +89,8 @@ def run_config(name, preset, kw, link, rph, algos, sizes, repeats):
     print(f"config {name}: {preset} {kw} {link} x{rph}/host: {len(points)} points in {time.monotonic() - t0:.0f} s; "
           f"probe {link_Bps * 8 / 1e6:.1f} Mbit/s of {parse_rate(link) * 8 / 1e6:.0f}", flush=True)
     return {"name": name, "preset": preset, "kwargs": kw, "link": link, "ranks_per_host": rph,
-            "probes": probes, "points": points}
+            "probes": probes, "points": points,
+            "loadavg_1_5_15": {"before": load_before, "after": os.getloadavg()}}
 
 
 def repredict(doc):
@@ -215,6 +224,11 @@ def main(argv=None) -> int:
            "notes": ["time = slowest rank, barrier-aligned start; median of repeats after 1 warm-up",
                      "prediction: parsim.costs.network.price_schedule per step on the graph with probed link "
                      "rates, plus gloo isend/irecv pairs half duplex (backends/netem/model.py)",
+                     "each step pays the cpu profile's calibrated software overhead (executor_step_overhead_us / "
+                     "native_step_overhead_us from parsim.calibrate on loopback, not fitted to this sweep), less "
+                     "the tbf burst the idle link banks meanwhile",
+                     f"repeats: the configured count, more for cheap points until {MIN_TIME_S} s is timed "
+                     f"(at most {MAX_REPEATS})",
                      "no sch_netem on this kernel: latency is the probes' measured round trip",
                      "2 CPU cores shared with other work: spreads include that noise"]}
     (out / "sweep.json").write_text(json.dumps(doc, indent=1, default=str))
