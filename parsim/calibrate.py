@@ -353,32 +353,47 @@ def calibrate(comm: bool = True) -> tuple[dict, dict | None, dict]:
     raw = {"gemm_fp32": gemm, "gemm_bf16": gemm_bf16, "vector": vec, "copy": mem, "overhead_us": overhead}
     cluster = None
     if comm:
-        steps = measure_step_overheads()
-        so = step_overheads(steps)
-        profile["executor_step_overhead_us"] = so["executor_step_overhead_us"]
-        profile["native_step_overhead_us"] = so["native_step_overhead_us"]
-        profile["source"] += (f"; *_step_overhead_us ({date}) = host software time per collective schedule step: "
-                              "4 KiB all-reduce on loopback, 2 and 4 gloo processes, middle of 3 rounds of the median "
-                              "of 25 (slowest rank), minus steps x RTT/2 of a raw TCP ping-pong "
-                              f"({'/'.join(f'{x:.0f}' for x in so['rtt_us'])} us), least squares per step; "
-                              f"executor = run_schedule ring+hd, native = gloo all_reduce as 2(p-1) steps; points: "
-                              + "; ".join(so["per_point"]))
-        raw["step_overheads"] = steps
-        ar = measure_loopback_allreduce(2)
-        a, b = fit_alpha_beta(ar)
-        with _profile_in_effect(profile):   # the link keeps what the step overheads do not explain
-            link_bw, link_lat = link_from_fit(a, b, 2)
-        base = yaml.safe_load((DATA / "clusters.yaml").read_text())["cpu-local"]
-        cluster = dict(base, nvlink_GBps=round(link_bw / 1e9, 4), nvlink_latency_us=round(link_lat * 1e6, 2),
-                       nic_GBps=round(link_bw / 1e9, 4), nic_latency_us=round(link_lat * 1e6, 2),
-                       nvlink_efficiency=1.0, nic_efficiency=1.0,
-                       source=(f"parsim.calibrate {date} on {host}: gloo loopback all_reduce, 2 processes, "
-                               f"4KiB..16MiB, best of 3-7; fit t = {a * 1e6:.1f} us + n / {1 / b / 1e9:.3f} GB/s, "
-                               "mapped to link parameters through parsim.costs.network's own all-reduce price"))
-        raw["allreduce_2proc"] = ar
-        raw["allreduce_fit"] = {"alpha_s": a, "beta_s_per_B": b}
+        cluster, comm_raw = calibrate_comm(profile, date, host)
+        raw.update(comm_raw)
     raw["elapsed_s"] = time.time() - t0
     return profile, cluster, raw
+
+
+def calibrate_comm(profile: dict, date: str, host: str) -> tuple[dict, dict]:
+    """The communication part: per-step overheads (written into `profile`), then the cpu-local
+    link fitted with them in effect. Returns (cpu-local cluster entry, raw measurements)."""
+    raw = {}
+    steps = measure_step_overheads()
+    so = step_overheads(steps)
+    profile["executor_step_overhead_us"] = so["executor_step_overhead_us"]
+    profile["native_step_overhead_us"] = so["native_step_overhead_us"]
+    profile["source"] += (f"; *_step_overhead_us ({date}) = host software time per collective schedule step: "
+                          "4 KiB all-reduce on loopback, 2 and 4 gloo processes, middle of 3 rounds of the median "
+                          "of 25 (slowest rank), minus steps x RTT/2 of a raw TCP ping-pong "
+                          f"({'/'.join(f'{x:.0f}' for x in so['rtt_us'])} us), least squares per step; "
+                          f"executor = run_schedule ring+hd, native = gloo all_reduce as 2(p-1) steps; points: "
+                          + "; ".join(so["per_point"]))
+    raw["step_overheads"] = steps
+    ar = measure_loopback_allreduce(2)
+    a, b = fit_alpha_beta(ar)
+    with _profile_in_effect(profile):   # the bandwidth through parsim's price, overheads included
+        link_bw, fit_lat = link_from_fit(a, b, 2)
+    # latency: the raw TCP one-way time (as the netem probes); the fit's intercept is mostly the
+    # software overhead now priced per step (fit_lat is what would remain of it, kept as a check)
+    link_lat = float(np.median([r["rtt_s"] for r in steps])) / 2
+    raw["fit_latency_s"] = fit_lat
+    base = yaml.safe_load((DATA / "clusters.yaml").read_text())["cpu-local"]
+    cluster = dict(base, nvlink_GBps=round(link_bw / 1e9, 4), nvlink_latency_us=round(link_lat * 1e6, 2),
+                   nic_GBps=round(link_bw / 1e9, 4), nic_latency_us=round(link_lat * 1e6, 2),
+                   nvlink_efficiency=1.0, nic_efficiency=1.0,
+                   source=(f"parsim.calibrate {date} on {host}: gloo loopback all_reduce, 2 processes, "
+                           f"4KiB..16MiB, best of 3-7; fit t = {a * 1e6:.1f} us + n / {1 / b / 1e9:.3f} GB/s, "
+                           "bandwidth mapped to the link through parsim.costs.network's own all-reduce price with "
+                           "the cpu profile's step overheads in it; latency = half the raw TCP loopback round trip "
+                           f"(the intercept left after the overheads would give {fit_lat * 1e6:.0f} us)"))
+    raw["allreduce_2proc"] = ar
+    raw["allreduce_fit"] = {"alpha_s": a, "beta_s_per_B": b}
+    return cluster, raw
 
 
 class _profile_in_effect:
@@ -419,9 +434,26 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(DATA / "devices.local.yaml"), help="device profile file to write")
     ap.add_argument("--cluster-out", default=str(CLUSTER_FILE), help="cpu-local cluster file to write")
     ap.add_argument("--no-comm", action="store_true", help="skip the 2-process gloo all-reduce")
+    ap.add_argument("--comm-only", action="store_true", help="re-measure only the collective step overheads and "
+                    "the loopback link, keeping the rest of the cpu profile in --out")
     ap.add_argument("--json", action="store_true", help="also print the raw measurements as JSON")
     a = ap.parse_args(argv)
-    profile, cluster, raw = calibrate(comm=not a.no_comm)
+    if a.comm_only:
+        prof_file = Path(a.out)
+        require_cpu = (yaml.safe_load(prof_file.read_text()) or {}).get("cpu") if prof_file.exists() else None
+        if not require_cpu:
+            print(f"--comm-only needs a cpu profile in {a.out}; run the full calibration first", file=sys.stderr)
+            return 2
+        t0 = time.time()
+        date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        host = f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+        profile = dict(require_cpu)
+        src = str(profile.get("source", ""))
+        profile["source"] = src.split("; *_step_overhead_us (")[0]   # replaced by this run's note
+        cluster, raw = calibrate_comm(profile, date, host)
+        raw["elapsed_s"] = time.time() - t0
+    else:
+        profile, cluster, raw = calibrate(comm=not a.no_comm)
     if a.no_comm and Path(a.out).exists():   # keep the collective step overheads measured before
         old = (yaml.safe_load(Path(a.out).read_text()) or {}).get("cpu") or {}
         for k in ("executor_step_overhead_us", "native_step_overhead_us"):
