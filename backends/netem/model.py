@@ -1,23 +1,26 @@
-"""Prediction for the emulated cluster: parsim's schedule pricing plus one gloo fact.
+"""Prediction for the emulated cluster: parsim's schedule pricing plus what the emulator adds.
 
 The schedules are ``parsim.schedules.collectives`` (the same objects the backend
 executes) and each step is priced by ``parsim.costs.network.price_schedule`` on
-the emulated graph (links set to what the probes measured). One property of the
-executor is added on top, measured here rather than assumed:
+the emulated graph (links set to what the probes measured): full-duplex links
+shared by the step's flows, per-step latency and software overhead, the CPU
+reduction after the data lands.
 
-**gloo's isend/irecv pairs are half duplex for bulk data.** gloo's TCP transport
-keeps one connection per rank pair, and its point-to-point path does not overlap
-a large send with a large receive on it: with 16 MiB each way between two
-namespaces on a 200 Mbit/s link, one way took 0.70 s and both ways at once 1.39 s
-(2.0x), while raw TCP in both directions takes ~0.74 s and gloo's own all-reduce
-of 64 MiB between two hosts at 1 Gbit/s overlaps both ways (0.56 s = the
-full-duplex bound). So for executed schedules a pair carries one message at a time, in the step's
-order, while the messages in flight share the links (``serialized_pairs_s``):
+**Pairs are full duplex — because the executor posts receives first.** gloo's TCP
+pair keeps one FIFO of outgoing frames per peer, and a receive is announced to the
+sender by a small "recv ready" frame that the sender waits for. A rank that posts
+its send first and its receive second can put that frame behind a whole message
+already streaming to the same peer, and then the peer's message waits for it: an
+exchange runs one way at a time. Measured between two namespaces at 200 Mbit/s,
+16 MiB each way: 1.40 s or 0.70 s at random with sends posted first, always 0.70 s
+(the one-way time) with receives first. ``backends.torchdist.collectives.run_schedule``
+posts every receive of a step before its sends, so the graph model's full duplex
+holds. ``half_duplex_pairs=True`` plays the other extreme (``serialized_pairs_s``: a
+pair carries one message at a time, in the step's order), the bound for an executor
+that posts sends first:
 
     step_time = alpha_step + max(link time (price_schedule), serialised wire time)
                 + reduction work (price_schedule's, after the data lands on CPU)
-
-``half_duplex_pairs=False`` gives the pure graph model (full duplex; gloo native).
 
 **Software overhead and the token buckets.** Each step also pays the ranks' host
 software time o (``DeviceProfile.executor_step_overhead_s`` / ``native_step_overhead_s``,
@@ -64,9 +67,9 @@ def _maxmin(paths, cap):
 
 def serialized_pairs_s(g, step, nodes, routes=None) -> float:
     """Wire time of one step when each rank pair moves one message at a time (gloo's
-    point-to-point path): a pair's messages go in the step's order; the messages in
-    flight share every link direction max-min fairly (fluid, re-shared whenever one
-    ends). One exchange of n each way on a link of B takes 2n/B; a ring, whose pairs
+    point-to-point path when sends are posted before receives, see above): a pair's
+    messages go in the step's order; the messages in flight share every link direction
+    max-min fairly (fluid, re-shared whenever one ends). One exchange of n each way on a link of B takes 2n/B; a ring, whose pairs
     carry one message each, gets the plain link bound."""
     routes = {} if routes is None else routes
     queues = {}
@@ -131,7 +134,7 @@ def _step_loads(rt, step, nodes):
     return load
 
 
-def predict(g: nx.Graph, sched: S.Schedule, nodes, half_duplex_pairs: bool = True, executor: str = "explicit",
+def predict(g: nx.Graph, sched: S.Schedule, nodes, half_duplex_pairs: bool = False, executor: str = "explicit",
             token_bucket: bool = True) -> dict:
     """Predicted time of `sched` on graph g, rank i on node nodes[i] (servers included).
     `executor`: "explicit" (run_schedule) or "native" (gloo's own collective) — which per-step

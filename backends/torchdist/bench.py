@@ -95,9 +95,9 @@ def predict_point(op, algo, world, nbytes, state=None):
     g, rank_nodes, host_of, servers, what = (prediction_inputs(state, world) if state is not None
                                              else _cluster_for_prediction(world))
     sched = build_schedule(op, algo, world, nbytes, host_of, servers)
-    # gloo's own collectives overlap both directions of a pair; its isend/irecv does not
-    pred = predict(g, sched, rank_nodes[:sched.nranks], half_duplex_pairs=algo != "native",
-                   executor="native" if algo == "native" else "explicit")
+    # both directions of a pair overlap: gloo's own collectives, and our executor, which posts a
+    # step's receives before its sends (backends/netem/model.py)
+    pred = predict(g, sched, rank_nodes[:sched.nranks], executor="native" if algo == "native" else "explicit")
     return sched, servers, pred | {"cluster": what}
 
 

@@ -242,6 +242,13 @@ def run_schedule(schedule, tensor: torch.Tensor, group_ranks=None, group=None) -
     `group_ranks[i]` is the global rank of group-local rank i. Every rank of the group calls
     this with the same schedule. Transfers between the same pair in one step are told apart
     by a tag (their order in the step).
+
+    Each step posts all its receives before any send. gloo's TCP pair keeps one FIFO of
+    outgoing frames per peer, and a receive is announced to the sender by a small "recv ready"
+    frame on it: posted after a send that is already streaming, that frame waits behind the
+    whole message, the peer's message to us cannot start, and an exchange runs one way at a
+    time (measured: 16 MiB each way at 200 Mbit/s took 1.40 s or 0.70 s at random with sends
+    first, always 0.70 s = the one-way time with receives first).
     """
     assert tensor.dim() == 1 and tensor.is_contiguous(), "run_schedule works on a flat contiguous tensor"
     if group_ranks is None:
@@ -250,7 +257,7 @@ def run_schedule(schedule, tensor: torch.Tensor, group_ranks=None, group=None) -
     me = group_ranks.index(dist.get_rank())
     isz = tensor.element_size()
     for step in _normalise(schedule):
-        reqs, landed, seen = [], [], {}
+        reqs, landed, seen, sends = [], [], {}, []
         for t in step:
             if t.src != me and t.dst != me:
                 continue
@@ -262,11 +269,13 @@ def run_schedule(schedule, tensor: torch.Tensor, group_ranks=None, group=None) -
             if n == 0:
                 continue
             if t.src == me:
-                reqs.append(dist.isend(tensor[a:a + n], dst=group_ranks[t.dst], group=group, tag=tag))
-            else:
+                sends.append((a, n, t.dst, tag))
+            else:   # receives first (see the docstring)
                 buf = torch.empty(n, dtype=tensor.dtype, device=tensor.device)
                 reqs.append(dist.irecv(buf, src=group_ranks[t.src], group=group, tag=tag))
                 landed.append((d, n, buf, t.reduce))
+        for a, n, dst, tag in sends:
+            reqs.append(dist.isend(tensor[a:a + n], dst=group_ranks[dst], group=group, tag=tag))
         for r in reqs:
             r.wait()
         for a, n, buf, red in landed:

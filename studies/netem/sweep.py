@@ -223,10 +223,11 @@ def main(argv=None) -> int:
            "repredicted": bool(a.repredict),
            "notes": ["time = slowest rank, barrier-aligned start; median of repeats after 1 warm-up",
                      "prediction: parsim.costs.network.price_schedule per step on the graph with probed link "
-                     "rates, plus gloo isend/irecv pairs half duplex (backends/netem/model.py)",
+                     "rates (full duplex: the executor posts each step's receives before its sends), the shaped "
+                     "links played as tbf token buckets (backends/netem/model.py)",
                      "each step pays the cpu profile's calibrated software overhead (executor_step_overhead_us / "
-                     "native_step_overhead_us from parsim.calibrate on loopback, not fitted to this sweep), less "
-                     "the tbf burst the idle link banks meanwhile",
+                     "native_step_overhead_us from parsim.calibrate on loopback, not fitted to this sweep); the "
+                     "links bank tokens meanwhile",
                      f"repeats: the configured count, more for cheap points until {MIN_TIME_S} s is timed "
                      f"(at most {MAX_REPEATS})",
                      "no sch_netem on this kernel: latency is the probes' measured round trip",

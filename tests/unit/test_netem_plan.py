@@ -145,12 +145,13 @@ def test_prediction_is_the_graph_model_plus_half_duplex_pairs(monkeypatch):
     full = predict(g, ring4, nodes, half_duplex_pairs=False, token_bucket=False)
     assert full["time_s"] == pytest.approx(price_schedule(g, ring4, nodes=nodes).time_s)
     # a ring of 4 sends one way per pair: half duplex changes nothing; bandwidth term 1.5 n/B
-    assert predict(g, ring4, nodes, token_bucket=False)["time_s"] == pytest.approx(full["time_s"])
+    assert predict(g, ring4, nodes, half_duplex_pairs=True, token_bucket=False)["time_s"] == pytest.approx(full["time_s"])
+    assert predict(g, ring4, nodes, token_bucket=False)["time_s"] == full["time_s"]   # the default: full duplex
     assert full["graph_bandwidth_term_s"] >= 1.5 * (16 << 20) / (25 * MB)
     # a ring of 2 exchanges both ways: one message at a time doubles the wire time n/B -> 2n/B
     ring2 = S.build("allreduce", "ring", 2, 16 << 20)
     t_full = predict(g, ring2, nodes[:2], half_duplex_pairs=False, token_bucket=False)
-    t_half = predict(g, ring2, nodes[:2], token_bucket=False)
+    t_half = predict(g, ring2, nodes[:2], half_duplex_pairs=True, token_bucket=False)
     wire = (16 << 20) / (25 * MB)
     assert t_half["time_s"] - t_full["time_s"] == pytest.approx(wire, rel=0.02)
 
