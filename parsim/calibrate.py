@@ -21,7 +21,7 @@
   all-reduces — ring and halving-doubling schedules through the backend's executor
   (``backends.torchdist.collectives.run_schedule``) and gloo's own ``all_reduce`` — and a raw TCP
   ping-pong gives the loopback wire latency. Per point, the median over repeats of the slowest
-  rank's time (the sweep's statistic), the middle of 3 interleaved rounds (the machine is shared,
+  rank's time (the sweep's statistic), the middle of 5 interleaved rounds (the machine is shared,
   and a VM's wake-up latency makes single rounds swing 2-5x);
   overhead per step = (time − steps · RTT/2) / steps (the 4 KiB payload's serialisation on
   loopback is a few microseconds), least squares over the points:
@@ -165,7 +165,7 @@ from parsim.schedules.collectives import build
 torch.set_num_threads(1)
 dist.init_process_group("gloo", timeout=timedelta(seconds=30))
 rank, p = dist.get_rank(), dist.get_world_size()
-NB, REPS, ROUNDS, PINGS = 4096, 25, 3, 200
+NB, REPS, ROUNDS, PINGS = 4096, 30, 5, 200
 # raw TCP ping-pong rank 0 <-> rank 1 (the loopback wire latency, no gloo, no torch)
 port = torch.zeros(1, dtype=torch.int64)
 if rank == 1:
@@ -209,7 +209,7 @@ dist.destroy_process_group()
 
 def measure_step_overheads(nprocs=(2, 4), timeout_s: float = 60) -> list[dict]:
     """Per group size: the loopback TCP round trip and, for native / ring / hd 4 KiB all-reduces,
-    steps and time (middle of 3 rounds of the median of 25 repeats of the slowest rank)."""
+    steps and time (middle of 5 rounds of the median of 30 repeats of the slowest rank)."""
     return [_run_local_ranks(_STEP_SCRIPT, p, timeout_s, f"{p}-process collective step timing") for p in nprocs]
 
 
@@ -368,8 +368,8 @@ def calibrate_comm(profile: dict, date: str, host: str) -> tuple[dict, dict]:
     profile["executor_step_overhead_us"] = so["executor_step_overhead_us"]
     profile["native_step_overhead_us"] = so["native_step_overhead_us"]
     profile["source"] += (f"; *_step_overhead_us ({date}) = host software time per collective schedule step: "
-                          "4 KiB all-reduce on loopback, 2 and 4 gloo processes, middle of 3 rounds of the median "
-                          "of 25 (slowest rank), minus steps x RTT/2 of a raw TCP ping-pong "
+                          "4 KiB all-reduce on loopback, 2 and 4 gloo processes, middle of 5 rounds of the median "
+                          "of 30 (slowest rank), minus steps x RTT/2 of a raw TCP ping-pong "
                           f"({'/'.join(f'{x:.0f}' for x in so['rtt_us'])} us), least squares per step; "
                           f"executor = run_schedule ring+hd, native = gloo all_reduce as 2(p-1) steps; points: "
                           + "; ".join(so["per_point"]))
