@@ -23,9 +23,10 @@
   ping-pong gives the loopback wire latency. Per point, the median over repeats of the slowest
   rank's time (the sweep's statistic), the middle of 5 interleaved rounds (the machine is shared,
   and a VM's wake-up latency makes single rounds swing 2-5x);
-  overhead per step = (time − steps · RTT/2) / steps (the 4 KiB payload's serialisation on
-  loopback is a few microseconds), least squares over the points:
-  ``executor_step_overhead_us`` and ``native_step_overhead_us`` on the ``cpu`` profile (the native
+  overhead per step = (time − steps · RTT/2) / (steps · max(1, p / cores)) (the 4 KiB payload's
+  serialisation on loopback is a few microseconds; more processes than cores share the CPU
+  time, so 4 processes on 2 cores pay twice per step), least squares over the points:
+  ``executor_step_overhead_us``, ``native_step_overhead_us`` and ``cores`` on the ``cpu`` profile (the native
   collective counted as gloo's ring, 2(p−1) steps). The link fit below is then solved with these
   overheads in parsim's price, so the link keeps only what the overheads do not explain.
 
@@ -213,9 +214,11 @@ def measure_step_overheads(nprocs=(2, 4), timeout_s: float = 60) -> list[dict]:
     return [_run_local_ranks(_STEP_SCRIPT, p, timeout_s, f"{p}-process collective step timing") for p in nprocs]
 
 
-def step_overheads(runs: list[dict]) -> dict:
+def step_overheads(runs: list[dict], cores: int | None = None) -> dict:
     """{executor_step_overhead_us, native_step_overhead_us, per_point}: least squares through the
-    origin of (time - steps·RTT/2) against steps, over the explicit (ring, hd) and the native points."""
+    origin of (time - steps·RTT/2) against steps·max(1, p/cores) (p processes share `cores` cores:
+    the per-step CPU time of all of them), over the explicit (ring, hd) and the native points."""
+    cores = cores or os.cpu_count() or 1
     fit, points = {}, []
     for key, names in (("executor_step_overhead_us", ("ring", "hd")), ("native_step_overhead_us", ("native",))):
         num = den = 0.0
@@ -223,8 +226,9 @@ def step_overheads(runs: list[dict]) -> dict:
             for n in names:
                 c = run["cases"][n]
                 excess = c["time_s"] - c["steps"] * run["rtt_s"] / 2
-                num += c["steps"] * excess
-                den += c["steps"] ** 2
+                x = c["steps"] * max(1.0, run["p"] / cores)
+                num += x * excess
+                den += x ** 2
                 points.append(f"{n} p={run['p']}: {c['time_s'] * 1e6:.0f} us / {c['steps']} steps")
         fit[key] = round(max(0.0, num / den) * 1e6, 1)
     fit["per_point"] = points
@@ -367,10 +371,12 @@ def calibrate_comm(profile: dict, date: str, host: str) -> tuple[dict, dict]:
     so = step_overheads(steps)
     profile["executor_step_overhead_us"] = so["executor_step_overhead_us"]
     profile["native_step_overhead_us"] = so["native_step_overhead_us"]
+    profile["cores"] = os.cpu_count() or 1
     profile["source"] += (f"; *_step_overhead_us ({date}) = host software time per collective schedule step: "
                           "4 KiB all-reduce on loopback, 2 and 4 gloo processes, middle of 5 rounds of the median "
                           "of 30 (slowest rank), minus steps x RTT/2 of a raw TCP ping-pong "
-                          f"({'/'.join(f'{x:.0f}' for x in so['rtt_us'])} us), least squares per step; "
+                          f"({'/'.join(f'{x:.0f}' for x in so['rtt_us'])} us), least squares per step x "
+                          "max(1, processes/cores) (more processes than cores share the CPU time); "
                           f"executor = run_schedule ring+hd, native = gloo all_reduce as 2(p-1) steps; points: "
                           + "; ".join(so["per_point"]))
     raw["step_overheads"] = steps
@@ -456,7 +462,7 @@ def main(argv=None) -> int:
         profile, cluster, raw = calibrate(comm=not a.no_comm)
     if a.no_comm and Path(a.out).exists():   # keep the collective step overheads measured before
         old = (yaml.safe_load(Path(a.out).read_text()) or {}).get("cpu") or {}
-        for k in ("executor_step_overhead_us", "native_step_overhead_us"):
+        for k in ("executor_step_overhead_us", "native_step_overhead_us", "cores"):
             if k in old:
                 profile[k] = old[k]
     hdr = "# Written by `python -m parsim.calibrate`; measured on this machine (see source). Re-run to refresh.\n"

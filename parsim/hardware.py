@@ -62,6 +62,9 @@ class DeviceProfile:
     # stay in the links' latency).
     executor_step_overhead_s: float = 0.0
     native_step_overhead_s: float = 0.0
+    # cores of one such device (CPU: the host's); more ranks than cores on one CPU share the step
+    # overhead's CPU time: it grows by ranks/cores (parsim.costs.network). 0 = not known, no sharing.
+    cores: int = 0
 
     def overhead(self, key: str) -> float:
         return dict(self.overhead_s).get(key, 0.0)
@@ -108,6 +111,7 @@ def _profile(name: str, d: dict) -> DeviceProfile:
             overhead_s=tuple(sorted((str(k), float(v) * 1e-6) for k, v in (d.get("overhead_us") or {}).items())),
             executor_step_overhead_s=float(d.get("executor_step_overhead_us", 0.0)) * 1e-6,
             native_step_overhead_s=float(d.get("native_step_overhead_us", 0.0)) * 1e-6,
+            cores=int(d.get("cores", 0)),
         )
         return prof.with_sustained_fraction(f) if f != 1.0 else prof
     except (KeyError, TypeError, ValueError) as e:

@@ -23,6 +23,10 @@ Model (all in bytes, seconds, bytes/s):
   executor, or ``native_step_overhead_s`` when the library runs its own collective, i.e.
   ``algo="native"``). Calibrated on CPUs (gloo + Python, ``parsim.calibrate``); 0 on GPUs.
   Additive per step (LogP's o: on the critical path between dependent steps); it is part of α.
+  It is CPU time: when more of the schedule's ranks than the device has ``cores`` run on one
+  CPU, a step waits for all their shares, so it grows by max(1, ranks on one CPU / cores) —
+  ranks on one CPU = the schedule's ranks on the same host (``node``) of the graph, or
+  ``cpu_ranks`` when the caller knows better (an emulated cluster runs on one machine).
 * **Reduction work** is priced on the receiving device: 3 bytes of memory traffic per
   reduced byte (read both operands, write the sum) at ``memory_bandwidth · memory_eff``
   (large-kernel efficiency). GPUs reduce inside the copy kernel (NCCL), so the reduction
@@ -202,16 +206,31 @@ EXECUTORS = ("explicit", "native")
 
 
 def _step_overhead(g, node, executor, cache):
-    """Seconds of host software time per schedule step of the device at `node`."""
+    """(seconds of host software time per schedule step, cores) of the device at `node`."""
     prof = g.nodes[node].get("profile")
     if prof not in cache:
         if prof is None:
-            cache[prof] = 0.0
+            cache[prof] = (0.0, 0)
         else:
             from parsim.hardware import get_device
             dev = get_device(prof)
-            cache[prof] = dev.native_step_overhead_s if executor == "native" else dev.executor_step_overhead_s
+            cache[prof] = (dev.native_step_overhead_s if executor == "native" else dev.executor_step_overhead_s,
+                           dev.cores)
     return cache[prof]
+
+
+def cpu_sharing(g, nodes, cores, cpu_ranks=None) -> np.ndarray:
+    """Per rank: max(1, ranks running on its CPU / cores) (1 where cores is unknown)."""
+    cores = np.asarray(cores, dtype=float)
+    if cpu_ranks is not None:
+        n = np.full(len(nodes), float(cpu_ranks))
+    else:
+        host = [g.nodes[x].get("node", x) for x in nodes]
+        count = {}
+        for h in host:
+            count[h] = count.get(h, 0) + 1
+        n = np.array([count[h] for h in host], dtype=float)
+    return np.where(cores > 0, np.maximum(1.0, n / np.maximum(cores, 1)), 1.0)
 
 
 # ----------------------------------------------------------------------------- pricing
@@ -233,11 +252,12 @@ def schedule_nodes(cluster, schedule: S.Schedule, ranks=None) -> list:
     return nodes + list(servers[:schedule.servers])
 
 
-def price_schedule(cluster, schedule: S.Schedule, nodes=None, executor: str = "explicit") -> Price:
+def price_schedule(cluster, schedule: S.Schedule, nodes=None, executor: str = "explicit", cpu_ranks=None) -> Price:
     """Price `schedule` on a Cluster (ranks via ``schedule.ranks``/devices) or on a bare graph
     with `nodes[i]` = graph node of schedule rank i. `executor`: "explicit" (our send/recv
     executor runs the steps) or "native" (the library's own collective): which per-step
-    software overhead the devices pay."""
+    software overhead the devices pay; `cpu_ranks`: ranks sharing one CPU (default: the
+    schedule's ranks per host of the graph)."""
     require(executor in EXECUTORS, f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     g = _graph(cluster)
     if nodes is None:
@@ -250,7 +270,10 @@ def price_schedule(cluster, schedule: S.Schedule, nodes=None, executor: str = "e
     red_s = np.array([c[0] for c in rc], dtype=float)
     red_ov = np.array([c[1] for c in rc], dtype=bool)
     ov_cache = {}
-    ovh = np.array([_step_overhead(g, n, executor, ov_cache) for n in nodes[:schedule.nranks]], dtype=float)
+    oc = [_step_overhead(g, n, executor, ov_cache) for n in nodes[:schedule.nranks]]
+    ovh = np.array([o for o, _ in oc], dtype=float)
+    if ovh.any():
+        ovh = ovh * cpu_sharing(g, nodes[:schedule.nranks], [c for _, c in oc], cpu_ranks)
     patterns, costs = {}, {}
     alpha = bw_total = over = 0.0
     for st in schedule.steps:

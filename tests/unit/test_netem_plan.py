@@ -121,8 +121,9 @@ def test_gloo_pairs_carry_one_message_at_a_time():
     assert serialized_pairs_s(g, mixed, nodes) == pytest.approx(3 * n / B)
 
 
-def cpu_overheads(monkeypatch, executor_s, native_s):
-    """Price with a cpu profile whose per-step software overheads are the given seconds."""
+def cpu_overheads(monkeypatch, executor_s, native_s, cores=0):
+    """Price with a cpu profile whose per-step software overheads are the given seconds (and
+    `cores`; 0: ranks never share a CPU)."""
     import dataclasses
 
     from parsim import hardware
@@ -132,7 +133,8 @@ def cpu_overheads(monkeypatch, executor_s, native_s):
         d = real(name)
         if d.kind != "cpu":
             return d
-        return dataclasses.replace(d, executor_step_overhead_s=executor_s, native_step_overhead_s=native_s)
+        return dataclasses.replace(d, executor_step_overhead_s=executor_s, native_step_overhead_s=native_s,
+                                   cores=cores)
     monkeypatch.setattr(hardware, "get_device", fake)
 
 
@@ -187,6 +189,18 @@ def test_step_overhead_flows_into_the_prediction_and_the_token_bucket_refunds_it
     t_o = predict(g, big, nodes)["time_s"]
     cpu_overheads(monkeypatch, 0.0, 0.0)
     assert t_o - predict(g, big, nodes)["time_s"] == pytest.approx(o, rel=1e-6)
+
+
+def test_emulated_hosts_share_this_machines_cores(monkeypatch):
+    g = presets.single_switch(4, 25 * MB)
+    nodes = [f"h{i}/d0" for i in range(4)]
+    small = S.build("allreduce", "ring", 4, 4096)
+    o = 1e-3
+    cpu_overheads(monkeypatch, o, o, cores=2)
+    # the 4 emulated hosts are namespaces of one 2-core machine: every step pays 4/2 o
+    assert predict(g, small, nodes)["overhead_term_s"] == pytest.approx(6 * 2 * o)
+    # as separate hosts of the graph (each its own cores) a step pays o
+    assert predict(g, small, nodes, cpu_ranks=None)["overhead_term_s"] == pytest.approx(6 * o)
 
 
 def test_emulate_flags_are_checked():

@@ -195,8 +195,37 @@ def test_native_is_the_faster_of_ring_and_tree_on_gpus_and_ring_on_cpus():
     a_nat, b_nat = N.collective_coeffs(cpu, "allreduce", "native", range(4))
     a_ring, b_ring = N.collective_coeffs(cpu, "allreduce", "ring", range(4))
     dev = cpu.device
+    share = max(1.0, 4 / dev.cores) if dev.cores else 1.0     # 4 ranks on one host share its cores
     assert b_nat == pytest.approx(b_ring, rel=1e-12)
-    assert a_nat - a_ring == pytest.approx(6 * (dev.native_step_overhead_s - dev.executor_step_overhead_s), abs=1e-12)
+    assert a_nat - a_ring == pytest.approx(6 * share * (dev.native_step_overhead_s - dev.executor_step_overhead_s),
+                                           abs=1e-12)
+
+
+def test_ranks_beyond_the_cores_of_one_cpu_share_the_step_overhead(monkeypatch):
+    import dataclasses
+
+    from parsim import hardware
+    real = hardware.get_device
+    o = 1e-3
+
+    def fake(name):
+        d = real(name)
+        return dataclasses.replace(d, executor_step_overhead_s=o, native_step_overhead_s=o, cores=2) \
+            if d.kind == "cpu" else d
+    monkeypatch.setattr(hardware, "get_device", fake)
+    N._coeffs_cached.cache_clear()
+    n = 4096
+    # one rank per host: each has its own cores, a step costs o
+    spread = N.price_schedule(one_switch(4, device="cpu"), C.allreduce_ring(4, n))
+    assert spread.overhead_s == pytest.approx(6 * o)
+    # 4 ranks on one 2-core host: each step waits for 4 ranks' software time on 2 cores: 2 o
+    c = load_cluster("cpu-local", 4)
+    assert N.price_schedule(c, C.allreduce_ring(4, n).with_ranks(range(4))).overhead_s == pytest.approx(6 * 2 * o)
+    # 2 ranks on 2 cores: no sharing; the caller may say how many share (an emulated cluster)
+    assert N.price_schedule(load_cluster("cpu-local", 2), C.allreduce_ring(2, n).with_ranks(range(2))).overhead_s \
+        == pytest.approx(2 * o)
+    g = one_switch(4, device="cpu")
+    assert N.price_schedule(g, C.allreduce_ring(4, n), cpu_ranks=8).overhead_s == pytest.approx(6 * 4 * o)
 
 
 def test_multi_channel_ring_uses_every_nic():
