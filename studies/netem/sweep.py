@@ -154,7 +154,14 @@ def summarise(points):
                    "link_measured_Bps": p["link_measured_Bps"]} for p in ring64]
     for r in ring_check:
         r["fraction_of_link"] = r["busbw_Bps"] / r["link_measured_Bps"]
+    small = [p for p in points if p["size_B"] < 1 << 20]
+    tiny_by_algo = {}
+    for p in points:
+        if p["size_B"] <= 4 << 10:
+            tiny_by_algo.setdefault(p["algo"], []).append(p)
     return {"mae_all": mae(points), "mae_ge_1MiB": mae(big), "n_all": len(points), "n_ge_1MiB": len(big),
+            "mae_lt_1MiB": mae(small), "n_lt_1MiB": len(small),
+            "mae_4KiB_by_algo": {a: mae(ps) for a, ps in sorted(tiny_by_algo.items())},
             "mae_ge_1MiB_by_algo": {a: mae(ps) for a, ps in sorted(by_algo.items())},
             "ordering": ordering_check(points), "ring_64MiB_vs_link": ring_check}
 
@@ -245,6 +252,9 @@ def main(argv=None) -> int:
     say(f"\nMAE all {s['n_all']} points: {s['mae_all'] * 100:.1f}%   points >= 1 MiB ({s['n_ge_1MiB']}): "
           f"{s['mae_ge_1MiB'] * 100:.1f}%")
     say("MAE >= 1 MiB by algorithm: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in s["mae_ge_1MiB_by_algo"].items()))
+    if s.get("n_lt_1MiB"):
+        say(f"MAE < 1 MiB ({s['n_lt_1MiB']}): {s['mae_lt_1MiB'] * 100:.1f}%; 4 KiB by algorithm: "
+            + ", ".join(f"{k} {v * 100:.1f}%" for k, v in s["mae_4KiB_by_algo"].items()))
     o = s["ordering"]
     say(f"ordering (pairs whose measured gap exceeds noise): {o['agree']} agree, {o['disagree']} disagree, "
           f"{o['predicted_equal']} predicted equal; {o['within_noise']} pairs within noise")
@@ -255,6 +265,13 @@ def main(argv=None) -> int:
     for r in s["ring_64MiB_vs_link"]:
         say(f"explicit ring 64 MiB on {r['world']} ranks (config {r['config']}): busbw {r['busbw_Bps'] * 8 / 1e6:.0f} Mbit/s "
               f"= {r['fraction_of_link'] * 100:.1f}% of the measured link {r['link_measured_Bps'] * 8 / 1e6:.0f} Mbit/s")
+    for c in configs:
+        if c.get("loadavg_1_5_15"):
+            say(f"load average (1/5/15 min) during config {c['name']}: before "
+                + "/".join(f"{x:.1f}" for x in c["loadavg_1_5_15"]["before"]) + ", after "
+                + "/".join(f"{x:.1f}" for x in c["loadavg_1_5_15"]["after"]))
+    if a.repredict:
+        say("(predictions re-made with the current model on the stored measurements)")
     (out / "sweep.txt").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'sweep.json'}, sweep.txt and sweep.png ({time.monotonic() - t0:.0f} s)")
     return 0
