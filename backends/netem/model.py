@@ -135,14 +135,12 @@ def _step_loads(rt, step, nodes):
 
 
 def predict(g: nx.Graph, sched: S.Schedule, nodes, half_duplex_pairs: bool = False, executor: str = "explicit",
-            token_bucket: bool = True, cpu_ranks: int | None = -1) -> dict:
+            token_bucket: bool = True, one_cpu: bool = True) -> dict:
     """Predicted time of `sched` on graph g, rank i on node nodes[i] (servers included).
     `executor`: "explicit" (run_schedule) or "native" (gloo's own collective) — which per-step
     software overhead applies; `token_bucket`: play the shaped links' tbf buckets (above);
-    `cpu_ranks`: processes sharing this machine's CPU (default -1: every rank of the schedule —
-    the emulated hosts are namespaces of one machine; None: per host of the graph)."""
-    if cpu_ranks == -1:
-        cpu_ranks = len(nodes)
+    `one_cpu`: the ranks share this machine's CPU (the emulated hosts are namespaces of one
+    machine; False: each host of the graph its own)."""
     alpha = link = wire = total_bw = over = credit = 0.0
     routes = {}
     rt = N.router(g)
@@ -155,7 +153,7 @@ def predict(g: nx.Graph, sched: S.Schedule, nodes, half_duplex_pairs: bool = Fal
     other[bids] = False
     for st in sched.steps:
         one = S.Schedule(sched.op, sched.algo, sched.p, sched.nbytes, sched.align, (st,), sched.servers)
-        price = N.price_schedule(g, one, nodes=nodes, executor=executor, cpu_ranks=cpu_ranks)
+        price = N.price_schedule(g, one, nodes=nodes, executor=executor, one_cpu=one_cpu)
         alpha += price.alpha_s
         over += price.overhead_s
         link += price.bandwidth_s

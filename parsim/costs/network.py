@@ -23,10 +23,11 @@ Model (all in bytes, seconds, bytes/s):
   executor, or ``native_step_overhead_s`` when the library runs its own collective, i.e.
   ``algo="native"``). Calibrated on CPUs (gloo + Python, ``parsim.calibrate``); 0 on GPUs.
   Additive per step (LogP's o: on the critical path between dependent steps); it is part of α.
-  It is CPU time: when more of the schedule's ranks than the device has ``cores`` run on one
-  CPU, a step waits for all their shares, so it grows by max(1, ranks on one CPU / cores) —
-  ranks on one CPU = the schedule's ranks on the same host (``node``) of the graph, or
-  ``cpu_ranks`` when the caller knows better (an emulated cluster runs on one machine).
+  It is CPU time: when more of a step's active ranks (those sending or receiving in it; a
+  rank blocked in a wait uses no CPU) run on one CPU than the device has ``cores``, the step
+  waits for all their shares, so it grows by max(1, active ranks on that CPU / cores) — ranks
+  on one CPU = on the same host (``node``) of the graph, or all of them with ``one_cpu=True``
+  (an emulated cluster: its hosts are namespaces of one machine).
 * **Reduction work** is priced on the receiving device: 3 bytes of memory traffic per
   reduced byte (read both operands, write the sum) at ``memory_bandwidth · memory_eff``
   (large-kernel efficiency). GPUs reduce inside the copy kernel (NCCL), so the reduction
@@ -219,18 +220,21 @@ def _step_overhead(g, node, executor, cache):
     return cache[prof]
 
 
-def cpu_sharing(g, nodes, cores, cpu_ranks=None) -> np.ndarray:
-    """Per rank: max(1, ranks running on its CPU / cores) (1 where cores is unknown)."""
-    cores = np.asarray(cores, dtype=float)
-    if cpu_ranks is not None:
-        n = np.full(len(nodes), float(cpu_ranks))
-    else:
-        host = [g.nodes[x].get("node", x) for x in nodes]
-        count = {}
-        for h in host:
-            count[h] = count.get(h, 0) + 1
-        n = np.array([count[h] for h in host], dtype=float)
-    return np.where(cores > 0, np.maximum(1.0, n / np.maximum(cores, 1)), 1.0)
+def cpu_ids(g, nodes, one_cpu: bool = False) -> np.ndarray:
+    """Per rank: an integer naming the CPU it runs on (its host, or 0 for all with one_cpu)."""
+    if one_cpu:
+        return np.zeros(len(nodes), dtype=np.int64)
+    ids = {}
+    return np.array([ids.setdefault(g.nodes[x].get("node", x), len(ids)) for x in nodes], dtype=np.int64)
+
+
+def _overhead_of_step(ovh, cores, cpu, ranks) -> float:
+    """Software time of a step whose active ranks are `ranks`: the slowest one's overhead times
+    max(1, active ranks on its CPU / cores)."""
+    r = np.unique(ranks)
+    n_on = np.bincount(cpu[r], minlength=int(cpu.max()) + 1)[cpu[r]]
+    share = np.where(cores[r] > 0, np.maximum(1.0, n_on / np.maximum(cores[r], 1)), 1.0)
+    return float((ovh[r] * share).max())
 
 
 # ----------------------------------------------------------------------------- pricing
@@ -252,12 +256,13 @@ def schedule_nodes(cluster, schedule: S.Schedule, ranks=None) -> list:
     return nodes + list(servers[:schedule.servers])
 
 
-def price_schedule(cluster, schedule: S.Schedule, nodes=None, executor: str = "explicit", cpu_ranks=None) -> Price:
+def price_schedule(cluster, schedule: S.Schedule, nodes=None, executor: str = "explicit",
+                   one_cpu: bool = False) -> Price:
     """Price `schedule` on a Cluster (ranks via ``schedule.ranks``/devices) or on a bare graph
     with `nodes[i]` = graph node of schedule rank i. `executor`: "explicit" (our send/recv
     executor runs the steps) or "native" (the library's own collective): which per-step
-    software overhead the devices pay; `cpu_ranks`: ranks sharing one CPU (default: the
-    schedule's ranks per host of the graph)."""
+    software overhead the devices pay; `one_cpu`: every rank runs on one machine's CPU
+    (default: ranks share the CPU of their host in the graph)."""
     require(executor in EXECUTORS, f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     g = _graph(cluster)
     if nodes is None:
@@ -272,8 +277,8 @@ def price_schedule(cluster, schedule: S.Schedule, nodes=None, executor: str = "e
     ov_cache = {}
     oc = [_step_overhead(g, n, executor, ov_cache) for n in nodes[:schedule.nranks]]
     ovh = np.array([o for o, _ in oc], dtype=float)
-    if ovh.any():
-        ovh = ovh * cpu_sharing(g, nodes[:schedule.nranks], [c for _, c in oc], cpu_ranks)
+    sw = (ovh, np.array([c for _, c in oc], dtype=float), cpu_ids(g, nodes[:schedule.nranks], one_cpu)) \
+        if ovh.any() else None
     patterns, costs = {}, {}
     alpha = bw_total = over = 0.0
     for st in schedule.steps:
@@ -288,7 +293,7 @@ def price_schedule(cluster, schedule: S.Schedule, nodes=None, executor: str = "e
         ck = (id(pat), id(st.nbytes), id(st.reduce))
         c = costs.get(ck)
         if c is None:
-            c = costs[ck] = _step_cost(rt, pat, st, red_s, red_ov, schedule.nranks, ovh)
+            c = costs[ck] = _step_cost(rt, pat, st, red_s, red_ov, schedule.nranks, sw)
         alpha += c[0]
         bw_total += c[1]
         over += c[2]
@@ -306,7 +311,7 @@ def _pattern(rt: _Router, nodes, src, dst):
             np.repeat(np.arange(len(rs)), lens), np.array([r[2] for r in rs]))
 
 
-def _step_cost(rt, pat, st, red_s, red_ov, nranks, ovh):
+def _step_cost(rt, pat, st, red_s, red_ov, nranks, sw):
     """(latency, bandwidth + reduction, software overhead) of one step."""
     eids, frs, tix, lats = pat
     nb = st.nbytes.astype(float)
@@ -314,7 +319,7 @@ def _step_cost(rt, pat, st, red_s, red_ov, nranks, ovh):
     if not live.any():
         return 0.0, 0.0, 0.0
     a = float(lats[live].max())
-    o = float(max(ovh[st.src[live]].max(), ovh[st.dst[live]].max())) if ovh.any() else 0.0
+    o = _overhead_of_step(*sw, np.concatenate([st.src[live], st.dst[live]])) if sw is not None else 0.0
     load = np.bincount(eids, weights=frs * nb[tix], minlength=len(rt.bw)) if len(eids) else np.zeros(1)
     link = float((load / rt.bw).max()) if len(eids) else 0.0
     red = np.bincount(st.dst[st.reduce], weights=nb[st.reduce], minlength=nranks) * red_s

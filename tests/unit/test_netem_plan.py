@@ -200,7 +200,12 @@ def test_emulated_hosts_share_this_machines_cores(monkeypatch):
     # the 4 emulated hosts are namespaces of one 2-core machine: every step pays 4/2 o
     assert predict(g, small, nodes)["overhead_term_s"] == pytest.approx(6 * 2 * o)
     # as separate hosts of the graph (each its own cores) a step pays o
-    assert predict(g, small, nodes, cpu_ranks=None)["overhead_term_s"] == pytest.approx(6 * o)
+    assert predict(g, small, nodes, one_cpu=False)["overhead_term_s"] == pytest.approx(6 * o)
+    # a rank blocked in a wait uses no CPU: a step where only 0 -> 1 moves (2 active ranks of 4,
+    # on 2 cores) pays o, one where all 4 move pays 2 o
+    one_pair = S.Schedule("sendrecv", "direct", 4, 4096, 4, (S.Step.of([(0, 1, 0, 4096, 0)]),
+                                                          S.Step.of([(i, (i + 1) % 4, 0, 4096, 0) for i in range(4)])))
+    assert predict(g, one_pair, nodes)["overhead_term_s"] == pytest.approx(o + 2 * o)
 
 
 def test_emulate_flags_are_checked():

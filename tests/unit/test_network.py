@@ -221,11 +221,11 @@ def test_ranks_beyond_the_cores_of_one_cpu_share_the_step_overhead(monkeypatch):
     # 4 ranks on one 2-core host: each step waits for 4 ranks' software time on 2 cores: 2 o
     c = load_cluster("cpu-local", 4)
     assert N.price_schedule(c, C.allreduce_ring(4, n).with_ranks(range(4))).overhead_s == pytest.approx(6 * 2 * o)
-    # 2 ranks on 2 cores: no sharing; the caller may say how many share (an emulated cluster)
+    # 2 ranks on 2 cores: no sharing; the caller may say all share one CPU (an emulated cluster)
     assert N.price_schedule(load_cluster("cpu-local", 2), C.allreduce_ring(2, n).with_ranks(range(2))).overhead_s \
         == pytest.approx(2 * o)
     g = one_switch(4, device="cpu")
-    assert N.price_schedule(g, C.allreduce_ring(4, n), cpu_ranks=8).overhead_s == pytest.approx(6 * 4 * o)
+    assert N.price_schedule(g, C.allreduce_ring(4, n), one_cpu=True).overhead_s == pytest.approx(6 * 2 * o)
 
 
 def test_multi_channel_ring_uses_every_nic():
