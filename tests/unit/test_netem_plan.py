@@ -171,8 +171,9 @@ def test_step_overhead_flows_into_the_prediction_and_the_token_bucket_refunds_it
     # latency and the unshaped loopback hop inside the hosts (1 KiB at 1 GB/s per step)
     # (and the reduction of 3 x 1 KiB on the cpu): about 6.5 us
     assert 6 * 1024 / 1e9 <= base["time_s"] - base["latency_term_s"] < 6 * 1024 / (25 * MB) / 20
+    # (without buckets: + 6 x 41 us of shaped wire; the tolerance covers the ~0.4 us reduction)
     assert predict(g, small, nodes, token_bucket=False)["time_s"] == pytest.approx(
-        base["latency_term_s"] + 6 * 1024 / (25 * MB), rel=1e-3)
+        base["latency_term_s"] + 6 * 1024 / (25 * MB), rel=1e-2)
     cpu_overheads(monkeypatch, o, o_nat)
     with_o = predict(g, small, nodes)
     # every one of the 6 steps pays o in full: 4 KiB time grows by steps x overhead
