@@ -67,15 +67,31 @@ def _best_time(fn, budget_s=0.25, min_reps=3) -> float:
     return best
 
 
+def _median_time(fn, budget_s=0.25, min_reps=5) -> float:
+    """Median wall time of fn() (after one warm-up call) within a time budget: the steady rate a
+    training loop sees, not the luckiest run."""
+    fn()
+    ts, t_end = [], time.perf_counter() + budget_s
+    while len(ts) < min_reps or (time.perf_counter() < t_end and len(ts) < 10_000):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
+
+
 def measure_gemm(sizes=(16, 32, 64, 128, 256, 512, 1024), dtype="fp32") -> list[tuple[float, float]]:
-    """[(GFLOP per GEMM, FLOP/s)] for square n x n x n matmuls."""
+    """[(GFLOP per GEMM, FLOP/s)] for n x n x n matmuls, median time, averaged over the three
+    operand layouts a training step runs: A·B (forward), Aᵀ·B (weight gradient) and A·Bᵀ
+    (input gradient)."""
     import torch
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     out = []
     for n in sizes:
         a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
         c = torch.empty(n, n, dtype=dt)
-        t = _best_time(lambda: torch.mm(a, b, out=c), budget_s=0.3 if n >= 512 else 0.15)
+        budget = 0.2 if n >= 512 else 0.08
+        ts = [_median_time(lambda x=x, y=y: torch.mm(x, y, out=c), budget_s=budget) for x, y in ((a, b), (a.t(), b), (a, b.t()))]
+        t = sum(ts) / len(ts)
         out.append((2.0 * n ** 3 / 1e9, 2.0 * n ** 3 / t))
     return out
 
@@ -349,7 +365,7 @@ def calibrate(comm: bool = True) -> tuple[dict, dict | None, dict]:
         "memory_efficiency": efficiency_curve(mem, bw),
         "overhead_us": overhead,
         "source": (f"parsim.calibrate {date} on {host}, torch {torch.__version__}, ONE thread (as one parsim-run "
-                   "rank): best-of torch.mm n=16..1024 fp32 (bf16 peak = n=256 bf16), torch.mul 1Ki..4Mi elements, "
+                   "rank): torch.mm n=16..1024 fp32, median time averaged over the NN/TN/NT layouts (bf16 peak = n=256 bf16), torch.mul 1Ki..4Mi elements, "
                    "copy_ 4KiB..256MiB (2 bytes moved per byte); memory_GiB = the host's RAM, shared by all ranks; "
                    "overhead_us = best-of host time of the backend's GPT at hidden 8, one token, 1 vs 5 layers "
                    "(per layer fwd/bwd, the rest of the model, AdamW foreach base + per layer)"),
@@ -465,6 +481,9 @@ def main(argv=None) -> int:
         for k in ("executor_step_overhead_us", "native_step_overhead_us", "cores"):
             if k in old:
                 profile[k] = old[k]
+        note = str(old.get("source", "")).partition("; *_step_overhead_us (")   # keep their provenance too
+        if note[1]:
+            profile["source"] = f"{profile['source']}{note[1]}{note[2]}"
     hdr = "# Written by `python -m parsim.calibrate`; measured on this machine (see source). Re-run to refresh.\n"
     write_yaml_atomic(Path(a.out), {"cpu": profile}, hdr)
     print(f"cpu: fp32 peak {profile['peak_TFLOPs']['fp32'] * 1e3:.1f} GFLOP/s (1 thread), vector "
