@@ -8,19 +8,6 @@ from parsim.schedules.collectives import allreduce_ring
 from parsim.topology import load_cluster
 
 
-def _median_s(benchmark, fn, rounds):
-    result = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
-    stats = getattr(benchmark, "stats", None)
-    if stats is None:                       # --benchmark-disable: time it ourselves
-        times = []
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return result, sorted(times)[len(times) // 2]
-    return result, stats.stats.median
-
-
 @pytest.fixture(scope="module")
 def fat_tree_1024():
     c = load_cluster("dgx-h100-fattree", 1024)       # 128 DGX nodes, 32 leaves, 4 spines
@@ -31,23 +18,23 @@ def fat_tree_1024():
     return c
 
 
-def test_bench_ring_allreduce_1024_gpus_fat_tree(benchmark, fat_tree_1024):
+def test_bench_ring_allreduce_1024_gpus_fat_tree(median_s, fat_tree_1024):
     # target: build the 2046-step ring schedule over 1024 GPUs and price it on the fat-tree in
     # under 50 ms (routes are a property of the graph: computed once per node pair, kept)
     n = 2 ** 30
-    pr, median = _median_s(benchmark, lambda: price_schedule(fat_tree_1024, allreduce_ring(1024, n)), 10)
+    pr, median = median_s(lambda: price_schedule(fat_tree_1024, allreduce_ring(1024, n)), 10)
     assert pr.steps == 2 * 1023
     # every step is bounded by the 46 GB/s NIC that carries the n/1024 chunk between nodes
     assert pr.bandwidth_s == pytest.approx(2 * 1023 * (n / 1024) / (50e9 * 0.92), rel=1e-9)
     assert median < 0.050
 
 
-def test_bench_coefficients_cold_64_gpus(benchmark):
+def test_bench_coefficients_cold_64_gpus(median_s):
     # every all-reduce algorithm's (alpha, beta) over 64 GPUs on a fresh cluster (no caches)
     def run():
         c = load_cluster("dgx-h100-fattree", 64)
         return [collective_coeffs(c, "allreduce", a, range(64))
                 for a in ("ring", "tree", "hd", "rd", "hierarchical", "ps", "native")]
-    res, median = _median_s(benchmark, run, 3)
+    res, median = median_s(run, 3)
     assert all(a > 0 and b > 0 for a, b in res)
     assert median < 2.0
