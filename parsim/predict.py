@@ -151,6 +151,12 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     _, first, inv = np.unique(ukey, return_index=True, return_inverse=True)
     lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first])
     lt = C.LayerTimes(*(np.asarray(getattr(lt_u, f))[inv] for f in C.LayerTimes.__dataclass_fields__))
+    # Single-threaded CPU ranks beyond the host's cores share them: compute stretches by
+    # ranks-on-the-host / cores (the device profile's `cores`, measured by calibration).
+    cpu_share = 1.0
+    if dev.kind == "cpu" and dev.cores > 0:
+        cpu_share = np.maximum(1.0, np.minimum(dp * tp * pp, cluster.gpus_per_node) / dev.cores)
+        lt = C.LayerTimes(*(getattr(lt, f) * cpu_share for f in C.LayerTimes.__dataclass_fields__))
     a_layer = M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], rc[first], flash[first], dt[first])[inv]
     a_work = np.where(rc == 2, M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], 0,
                                                             flash[first], dt[first])[inv], 0.0)
@@ -228,7 +234,7 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     dp_exposed = dp_exposed + np.where(zero >= 3, m * np.maximum(z3_per_mb - T_avg, 0.0) + t_ag, 0.0)
     dp_exposed = np.where(dp > 1, dp_exposed, 0.0)
 
-    opt = C.optimizer_s(dev, P_rank / np.where(zero >= 1, dp, 1), dt, L)
+    opt = C.optimizer_s(dev, P_rank / np.where(zero >= 1, dp, 1), dt, L) * cpu_share
     step = makespan + dp_exposed + opt
 
     # Breakdown on the bottleneck stage.

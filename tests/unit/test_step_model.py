@@ -101,3 +101,20 @@ def test_full_recompute_costs_a_forward():
     # backward ≈ 2× forward, so recompute ≈ a third of compute (element-wise ops make it inexact)
     assert full.breakdown_s["recompute"] == pytest.approx(full.breakdown_s["compute"] / 3, rel=0.15)
     assert full.memory_breakdown_GiB["activations"] < none.memory_breakdown_GiB["activations"]
+
+
+def test_cpu_ranks_beyond_cores_share_them():
+    # 4 single-threaded ranks on a 2-core host: each rank's compute takes 4/2 = 2× as long as with
+    # 2 ranks (same per-rank micro-batches), since the host runs only 2 at a time.
+    from dataclasses import replace
+
+    from parsim.plan import Plan
+    from parsim.predict import get_cluster, plan_columns, price
+    m = load_model("gpt-small")
+    cl = get_cluster("cpu-local", 4)
+    dev = replace(cl.device, cores=2)
+    two, four = (price(m, cl, plan_columns([Plan(dp=d, micro_batch=2, global_batch=2 * d)], m), device=dev)
+                 for d in (2, 4))
+    assert four["breakdown"]["compute"][0] == pytest.approx(2 * two["breakdown"]["compute"][0], rel=1e-9)
+    none = price(m, cl, plan_columns([Plan(dp=4, micro_batch=2, global_batch=8)], m), device=replace(dev, cores=0))
+    assert none["breakdown"]["compute"][0] == pytest.approx(two["breakdown"]["compute"][0], rel=1e-9)
