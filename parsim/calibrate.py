@@ -18,9 +18,8 @@
   whatever it charges for the reduction).
 
 * Per-step software overhead of collectives (about 10 s): 2 and 4 local gloo processes run 4 KiB
-  all-reduces — ring, halving-doubling, co-located and central parameter-server schedules through
-  the backend's executor (``backends.torchdist.collectives.run_schedule``) and gloo's own
-  ``all_reduce`` — and a raw TCP
+  all-reduces — ring and halving-doubling schedules through the backend's executor
+  (``backends.torchdist.collectives.run_schedule``) and gloo's own ``all_reduce`` — and a raw TCP
   ping-pong gives the loopback wire latency. Per point, the median over repeats of the slowest
   rank's time (the sweep's statistic), the middle of 5 interleaved rounds (the machine is shared,
   and a VM's wake-up latency makes single rounds swing 2-5x);
@@ -28,10 +27,7 @@
   serialisation on loopback is a few microseconds; more processes than cores share the CPU
   time, so 4 processes on 2 cores pay twice per step), least squares over the points:
   ``executor_step_overhead_us``, ``native_step_overhead_us`` and ``cores`` on the ``cpu`` profile (the native
-  collective counted as gloo's ring, 2(p−1) steps). The executor's time is fitted as a fixed cost
-  per step plus ``executor_message_overhead_us`` per message a rank posts, through parsim's own
-  overhead price (``step_overheads``): a ring posts 2 messages per rank and step, a co-located
-  PS 2(p−1), a central server's workers 1. The link fit below is then solved with these
+  collective counted as gloo's ring, 2(p−1) steps). The link fit below is then solved with these
   overheads in parsim's price, so the link keeps only what the overheads do not explain.
 
 Writes ``devices.local.yaml`` (the ``cpu`` profile; ``parsim.hardware`` merges it over the
@@ -206,13 +202,10 @@ elif rank == 0:
     c.close()
 dist.barrier()
 x = torch.ones(NB // 4)
-cases = {"native": None, "ring": build("allreduce", "ring", p, NB), "hd": build("allreduce", "hd", p, NB),
-         "ps": build("allreduce", "ps", p, NB), "ps-central": build("allreduce", "ps-central", p, NB, dedicated=False)}
+cases = {"native": None, "ring": build("allreduce", "ring", p, NB), "hd": build("allreduce", "hd", p, NB)}
 group = list(range(p))
 for _ in range(5):
-    dist.all_reduce(x)
-    for s in cases.values():
-        s is None or run_schedule(s, x, group)
+    dist.all_reduce(x); run_schedule(cases["ring"], x, group); run_schedule(cases["hd"], x, group)
 meds = {k: [] for k in cases}
 for _ in range(ROUNDS):
     for k, s in cases.items():
@@ -237,60 +230,23 @@ def measure_step_overheads(nprocs=(2, 4), timeout_s: float = 60) -> list[dict]:
     return [_run_local_ranks(_STEP_SCRIPT, p, timeout_s, f"{p}-process collective step timing") for p in nprocs]
 
 
-EXECUTOR_CASES = ("ring", "hd", "ps", "ps-central")
-
-
-def overhead_terms(algo: str, p: int, cores: int, nbytes: int = 4096) -> tuple[float, float]:
-    """(X, Y): parsim's software-overhead price of `algo`'s all-reduce schedule on p ranks sharing
-    one CPU of `cores` cores is o_step·X + o_msg·Y (``parsim.costs.network._overhead_of_step``
-    summed over the steps, evaluated at (o_step, o_msg) = (1, 0) and (0, 1); exact for these
-    schedules, whose ranks all pay the same per step or whose total over the cores dominates)."""
-    from parsim.costs.network import _overhead_of_step
-    from parsim.schedules.collectives import build
-    kw = {"dedicated": False} if algo == "ps-central" else {}
-    sched = build("allreduce", algo, p, nbytes, **kw)
-    cpu, cr = np.zeros(sched.nranks, dtype=np.int64), np.full(sched.nranks, float(cores))
-    one, zero = np.ones(sched.nranks), np.zeros(sched.nranks)
-    X = Y = 0.0
-    for st in sched.steps:
-        live = st.nbytes > 0
-        X += _overhead_of_step(one, zero, cr, cpu, st.src[live], st.dst[live])
-        Y += _overhead_of_step(zero, one, cr, cpu, st.src[live], st.dst[live])
-    return X, Y
-
-
 def step_overheads(runs: list[dict], cores: int | None = None) -> dict:
-    """{executor_step_overhead_us, executor_message_overhead_us, native_step_overhead_us,
-    per_point}: least squares through the origin of (time - steps·RTT/2) against parsim's own
-    overhead terms (``overhead_terms``: o_step·X + o_msg·Y, with the p processes sharing `cores`
-    cores) over the explicit points (ring, hd, co-located ps and central ps at each p: one vs
-    p-1 messages per rank and step separate the fixed from the per-message cost), and against
-    steps·max(1, p/cores) over the native points (gloo's ring, no per-message part)."""
+    """{executor_step_overhead_us, native_step_overhead_us, per_point}: least squares through the
+    origin of (time - steps·RTT/2) against steps·max(1, p/cores) (p processes share `cores` cores:
+    the per-step CPU time of all of them), over the explicit (ring, hd) and the native points."""
     cores = cores or os.cpu_count() or 1
     fit, points = {}, []
-    rows, rhs = [], []
-    for run in runs:
-        for n in EXECUTOR_CASES:
-            c = run["cases"].get(n)
-            if c is None:
-                continue
-            rows.append(overhead_terms(n, run["p"], cores))
-            rhs.append(c["time_s"] - c["steps"] * run["rtt_s"] / 2)
-            points.append(f"{n} p={run['p']}: {c['time_s'] * 1e6:.0f} us / {c['steps']} steps")
-    A, b = np.array(rows), np.array(rhs)
-    sol = np.linalg.lstsq(A, b, rcond=None)[0]
-    if sol[1] < 0:     # no per-message cost resolved: the fixed part alone
-        sol = np.array([max(0.0, float(A[:, 0] @ b / (A[:, 0] @ A[:, 0]))), 0.0])
-    fit["executor_step_overhead_us"] = round(max(0.0, float(sol[0])) * 1e6, 1)
-    fit["executor_message_overhead_us"] = round(float(sol[1]) * 1e6, 1)
-    num = den = 0.0
-    for run in runs:
-        c = run["cases"]["native"]
-        x = c["steps"] * max(1.0, run["p"] / cores)
-        num += x * (c["time_s"] - c["steps"] * run["rtt_s"] / 2)
-        den += x ** 2
-        points.append(f"native p={run['p']}: {c['time_s'] * 1e6:.0f} us / {c['steps']} steps")
-    fit["native_step_overhead_us"] = round(max(0.0, num / den) * 1e6, 1)
+    for key, names in (("executor_step_overhead_us", ("ring", "hd")), ("native_step_overhead_us", ("native",))):
+        num = den = 0.0
+        for run in runs:
+            for n in names:
+                c = run["cases"][n]
+                excess = c["time_s"] - c["steps"] * run["rtt_s"] / 2
+                x = c["steps"] * max(1.0, run["p"] / cores)
+                num += x * excess
+                den += x ** 2
+                points.append(f"{n} p={run['p']}: {c['time_s'] * 1e6:.0f} us / {c['steps']} steps")
+        fit[key] = round(max(0.0, num / den) * 1e6, 1)
     fit["per_point"] = points
     fit["rtt_us"] = [round(r["rtt_s"] * 1e6, 1) for r in runs]
     return fit
@@ -477,17 +433,13 @@ def calibrate_comm(profile: dict, date: str, host: str) -> tuple[dict, dict]:
     so = step_overheads(steps)
     profile["executor_step_overhead_us"] = so["executor_step_overhead_us"]
     profile["native_step_overhead_us"] = so["native_step_overhead_us"]
-    profile["executor_message_overhead_us"] = so["executor_message_overhead_us"]
     profile["cores"] = os.cpu_count() or 1
     profile["source"] += (f"; *_step_overhead_us ({date}) = host software time per collective schedule step: "
                           "4 KiB all-reduce on loopback, 2 and 4 gloo processes, middle of 5 rounds of the median "
                           "of 30 (slowest rank), minus steps x RTT/2 of a raw TCP ping-pong "
                           f"({'/'.join(f'{x:.0f}' for x in so['rtt_us'])} us), least squares per step x "
                           "max(1, processes/cores) (more processes than cores share the CPU time); "
-                          "executor = run_schedule ring, hd, co-located ps and central ps (worker 0), fitted as "
-                          "step + per-message (sends + receives a rank posts) cost through parsim's own overhead "
-                          "price (max(slowest rank, total over the cores) per step); native = gloo all_reduce as "
-                          "2(p-1) steps; points: "
+                          f"executor = run_schedule ring+hd, native = gloo all_reduce as 2(p-1) steps; points: "
                           + "; ".join(so["per_point"]))
     raw["step_overheads"] = steps
     ar = measure_loopback_allreduce(2)
@@ -572,7 +524,7 @@ def main(argv=None) -> int:
         profile, cluster, raw = calibrate(comm=not a.no_comm)
     if a.no_comm and Path(a.out).exists():   # keep the collective step overheads measured before
         old = (yaml.safe_load(Path(a.out).read_text()) or {}).get("cpu") or {}
-        for k in ("executor_step_overhead_us", "executor_message_overhead_us", "native_step_overhead_us", "cores"):
+        for k in ("executor_step_overhead_us", "native_step_overhead_us", "cores"):
             if k in old:
                 profile[k] = old[k]
         note = str(old.get("source", "")).partition("; *_step_overhead_us (")   # keep their provenance too
