@@ -334,6 +334,52 @@ def measure_overheads(layers=(1, 5), reps_budget_s=0.4) -> dict:
             "head_bwd": us(b1 - layers[0] * lb), "optimizer_per_layer": us(lo), "optimizer_base": us(o1 - layers[0] * lo)}
 
 
+_TP_SCRIPT = r"""
+import contextlib, json, time, torch, torch.distributed as dist
+from datetime import timedelta
+torch.set_num_threads(1)
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+from backends.torchdist import parallel as par
+from backends.torchdist.model import synthetic_batch
+from parsim.model import ModelSpec
+from parsim.plan import Plan
+rank = dist.get_rank()
+res = {}
+for L in (1, 5):
+    spec = ModelSpec("tp-probe", layers=L, hidden=8, heads=2, kv_heads=2, ffn_hidden=8, vocab=8, seq_len=2,
+                     activation="gelu", tied_embeddings=False)
+    plan = Plan(dp=1, tp=dist.get_world_size(), pp=1, micro_batch=1, global_batch=1, dtype="fp32")
+    clock = par.PhaseClock()
+    rm = par.build_rank(spec, plan, rank, torch.device("cpu"), clock)
+    tokens, targets = synthetic_batch(spec, 1, 2, 0)
+    ts = []
+    for i in range(45):
+        clock.reset()
+        dist.barrier()
+        t0 = time.perf_counter()
+        par.forward_backward(rm, plan, tokens, targets, clock, contextlib.nullcontext)
+        dt = time.perf_counter() - t0
+        if i >= 5:
+            ts.append((dt, clock.t.get("tp_comm", 0.0)))
+        rm.optimizer.zero_grad(set_to_none=True)
+    ts.sort()
+    res[L] = {"total_s": ts[len(ts) // 2][0], "tp_comm_s": ts[len(ts) // 2][1]}
+if rank == 0:
+    print(json.dumps(res))
+dist.destroy_process_group()
+"""
+
+
+def measure_tp_layer_overhead(timeout_s: float = 120) -> float:
+    """Host time per layer (forward + backward, collectives excluded) of the backend's GPT under
+    tensor parallel 2 (DTensor), work negligible (hidden 8, two tokens): 2 local processes,
+    1 vs 5 layers, median of 40 steps, minus the time the backend's own hooks spent in the TP
+    collectives. Microseconds."""
+    r = _run_local_ranks(_TP_SCRIPT, 2, timeout_s, "tensor-parallel overhead probe")
+    a, b = r["1"], r["5"]
+    return round(max(0.0, ((b["total_s"] - b["tp_comm_s"]) - (a["total_s"] - a["tp_comm_s"])) / 4) * 1e6, 1)
+
+
 PROBE = dict(layers=4, hidden=192, heads=6, kv_heads=6, ffn_hidden=768, vocab=3000, seq_len=96,
              activation="gelu", tied_embeddings=False)   # unlike every preset: calibration, not validation
 
@@ -383,6 +429,7 @@ def calibrate(comm: bool = True) -> tuple[dict, dict | None, dict]:
     vec = measure_vector()
     mem = measure_copy()
     overhead = measure_overheads()
+    overhead["tp_layer"] = measure_tp_layer_overhead()
     peak = max(f for _, f in gemm)
     vpeak = max(f for _, f in vec)
     bw = max(b for _, b in mem)
@@ -407,7 +454,8 @@ def calibrate(comm: bool = True) -> tuple[dict, dict | None, dict]:
                    "rank): torch.mm n=16..1024 fp32, median time averaged over the NN/TN/NT layouts (bf16 peak = n=256 bf16), torch.mul 1Ki..4Mi elements, "
                    "copy_ 4KiB..256MiB (2 bytes moved per byte); memory_GiB = the host's RAM, shared by all ranks; "
                    "overhead_us = best-of host time of the backend's GPT at hidden 8, one token, 1 vs 5 layers "
-                   "(per layer fwd/bwd, the rest of the model, AdamW foreach base + per layer)"),
+                   "(per layer fwd/bwd, the rest of the model, AdamW foreach base + per layer); tp_layer = the same per "
+                   "layer fwd+bwd under tensor parallel 2 (DTensor), 2 processes, TP collectives excluded"),
     }
     frac, probe = measure_sustained_fraction(profile)
     profile["matmul_sustained_fraction"] = frac

@@ -82,9 +82,15 @@ def layer_times(model, dev, b, s, t, sp, flash, dtype_code) -> LayerTimes:
     ew_fwd = dev.memory_time_s(ew_fwd_bytes)
     ew_bwd = dev.memory_time_s(2 * ew_fwd_bytes)
 
-    fwd = gemm_fwd + core_fwd + ew_fwd + dev.overhead("layer_fwd")
+    # Host overheads per layer; under tensor parallelism (DTensor) the measured per-layer total
+    # `tp_layer`, split between forward and backward as without it.
+    o_f, o_b = dev.overhead("layer_fwd"), dev.overhead("layer_bwd")
+    o_tp = dev.overhead("tp_layer")
+    if o_tp and (o_f + o_b) > 0:
+        o_f, o_b = np.where(t > 1, o_tp * o_f / (o_f + o_b), o_f), np.where(t > 1, o_tp * o_b / (o_f + o_b), o_b)
+    fwd = gemm_fwd + core_fwd + ew_fwd + o_f
     wgrad = gemm_fwd
-    bwd = 2 * gemm_fwd + core_bwd + ew_bwd + dev.overhead("layer_bwd")
+    bwd = 2 * gemm_fwd + core_bwd + ew_bwd + o_b
 
     embed_fwd = dev.memory_time_s(2 * e * T * h)
     embed_bwd = dev.memory_time_s(3 * e * T * h)

@@ -118,3 +118,20 @@ def test_cpu_ranks_beyond_cores_share_them():
     assert four["breakdown"]["compute"][0] == pytest.approx(2 * two["breakdown"]["compute"][0], rel=1e-9)
     none = price(m, cl, plan_columns([Plan(dp=4, micro_batch=2, global_batch=8)], m), device=replace(dev, cores=0))
     assert none["breakdown"]["compute"][0] == pytest.approx(two["breakdown"]["compute"][0], rel=1e-9)
+
+
+def test_tensor_parallel_host_overhead_replaces_the_per_layer_one():
+    # A profile with measured per-layer host overheads: 100 us fwd + 200 us bwd without TP, and a
+    # measured 3000 us per layer (fwd+bwd) under DTensor TP, split 1:2 like the non-TP one.
+    from dataclasses import replace
+
+    from parsim.costs.compute import layer_times
+    from parsim.hardware import get_device
+    m = load_model("gpt-small")
+    base = get_device("a100-80gb")
+    dev = replace(base, overhead_s=(("layer_bwd", 200e-6), ("layer_fwd", 100e-6), ("tp_layer", 3000e-6)))
+    plain, with_o = (layer_times(m, d, 2, 128, 2, False, True, 0) for d in (base, dev))
+    assert float(with_o.fwd_s - plain.fwd_s) == pytest.approx(1000e-6)
+    assert float(with_o.bwd_s - plain.bwd_s) == pytest.approx(2000e-6)
+    plain1, with1 = (layer_times(m, d, 2, 128, 1, False, True, 0) for d in (base, dev))
+    assert float(with1.fwd_s - plain1.fwd_s) == pytest.approx(100e-6)
