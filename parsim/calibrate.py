@@ -390,7 +390,6 @@ def measure_sustained_fraction(profile: dict, batch: int = 2) -> tuple[float, di
     solve for the `matmul_sustained_fraction` at which parsim's compute model of that same
     micro-batch equals the measurement (bisection; everything else in the profile fixed).
     The probe shape is none of the presets, so `parsim run` on gpt-tiny/gpt-small stays a test."""
-    import torch
 
     from backends.torchdist.model import full_model, loss_fn, synthetic_batch
     from parsim.costs.compute import layer_times

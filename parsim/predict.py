@@ -17,7 +17,6 @@ The discrete-event simulator (parsim.simulate) plays the same schedules exactly.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -79,6 +78,7 @@ class _Groups:
 
     def __init__(self, cluster):
         self.cluster = cluster
+        self._cache = {}      # (op, algo, ranks) -> (alpha_s, s_per_byte)
 
     def coeffs(self, kind: str, op: str, algo: str, tp: int, pp: int, dp: int):
         """(alpha_s, s_per_byte) for the first group of `kind` under tp-innermost placement."""
@@ -90,11 +90,11 @@ class _Groups:
             ranks = tuple(i * tp * pp for i in range(dp))
         return self._coeffs(op, algo, ranks)
 
-    @functools.lru_cache(maxsize=None)
     def _coeffs(self, op, algo, ranks):
-        if len(ranks) <= 1:
-            return 0.0, 0.0
-        return collective_coeffs(self.cluster, op, algo, ranks)
+        key = (op, algo, ranks)
+        if key not in self._cache:
+            self._cache[key] = (0.0, 0.0) if len(ranks) <= 1 else collective_coeffs(self.cluster, op, algo, ranks)
+        return self._cache[key]
 
     def vec(self, kind, op, shapes, nbytes, algo=None):
         """alpha + beta·nbytes per plan; coefficients are looked up once per distinct group shape.
@@ -203,7 +203,7 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     makespan = m * T_max + bubble
     # Per-rank seconds per micro-batch for the discrete-event simulator (parsim.simulate): forward,
     # backward without its weight-grad part, weight-grad; F + B + W of a rank is its T above.
-    f_body, w_body = L * (lt.fwd_s + tp_layer) + vpp * p2p, L * lt.wgrad_s
+    f_body, w_body = Tf_avg + vpp * p2p, W_avg
     b_body = L * (lt.bwd_s + tp_layer) + body_rec + vpp * p2p - w_body
     stage_s = {"fwd_first": f_body + lt.embed_fwd_s + tp_embed + np.where(single, lt.head_fwd_s, 0.0),
                "bwd_first": b_body + lt.embed_bwd_s + np.where(single, lt.head_bwd_s, 0.0),
@@ -324,7 +324,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
     fits = total <= cap
     reason = "" if fits else (f"needs {total / GiB:.1f} GiB per device but a {cluster.device.name} has {cap / GiB:.1f} GiB")
     mf, hf, pk = _scalar(r["model_flops"]), _scalar(r["hardware_flops"]), _scalar(r["peak_flops"])
-    notes = [f"memory: worst of first and last pipeline stage; activations per Korthikanti et al. 2022"]
+    notes = ["memory: worst of first and last pipeline stage; activations per Korthikanti et al. 2022"]
     if sim is not None:
         notes.append(f"pipeline: simulated makespan {sim:.6g} s, closed form {closed:.6g} s")
     return StepReport(

@@ -147,8 +147,7 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
         "step_time_s": step[order],
         "step_time_closed_s": step_closed[order], "simulated": simulated[order],
         "tokens_per_s": gb * seq / step[order],
-        "mfu": r["model_flops"] / step[order] / gpus / peak if np.ndim(r["model_flops"]) == 0
-        else r["model_flops"][order] / step[order] / gpus / peak,
+        "mfu": r["model_flops"][order] / step[order] / gpus / peak,
         "memory_GiB": r["memory_bytes"][order] / GiB,
         "dp_sync_s": r["dp_sync_s"][order],
     }

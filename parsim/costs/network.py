@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections import deque
 from dataclasses import dataclass
 
 import networkx as nx
@@ -439,7 +438,8 @@ def _closed_form_coeffs(cluster, op, algo, ranks):
     chan = max(1 / B_i, 1 / (g * B_e)) if N > 1 and g > 1 else 1 / B
     gpu = cluster.device.kind == "gpu"
     if op == "sendrecv":
-        return _pair(cluster, ranks[0], ranks[1])[1], 1 / _pair(cluster, ranks[0], ranks[1])[0]
+        bw, lat = _pair(cluster, ranks[0], ranks[1])
+        return lat, 1 / bw
     if op in ("reduce_scatter", "all_gather"):
         return (p - 1) * a, (p - 1) / p * (chan if gpu else 1 / B)
     if op == "broadcast":

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from parsim.errors import ParsimError
-from parsim.model import ModelSpec, from_hf_config, load_model, preset_names
+from parsim.model import from_hf_config, load_model, preset_names
 from parsim.plan import Plan, validate
 from parsim.units import parse_rate, parse_size, parse_size_range, parse_time
 

@@ -1,9 +1,7 @@
 """Pricing schedules on the graph: goldens on one switch (arithmetic in the comments),
 routing/sharing mechanics, the bandwidth lower bound over random graphs, nccl-tests sanity."""
-import math
 
 import networkx as nx
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 

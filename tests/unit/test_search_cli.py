@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from parsim.cli import main
 from parsim.errors import ParsimError
 from parsim.model import ModelSpec
-from parsim.plan import Plan, validate
+from parsim.plan import Plan
 from parsim.predict import predict
 from parsim.search import search
 

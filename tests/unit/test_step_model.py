@@ -1,7 +1,5 @@
 """The step model: memory goldens (Korthikanti et al. 2022), ZeRO, schedules, report keys."""
-import math
 
-import numpy as np
 import pytest
 
 from parsim.costs.memory import activation_bytes_per_layer, inflight_microbatches, model_state_bytes
