@@ -17,18 +17,23 @@
   are whatever makes parsim's formula reproduce the measurement, however it counts hops and
   whatever it charges for the reduction).
 
-* Per-step software overhead of collectives (about 10 s): 2 and 4 local gloo processes run 4 KiB
-  all-reduces — ring and halving-doubling schedules through the backend's executor
-  (``backends.torchdist.collectives.run_schedule``) and gloo's own ``all_reduce`` — and a raw TCP
-  ping-pong gives the loopback wire latency. Per point, the median over repeats of the slowest
-  rank's time (the sweep's statistic), the middle of 5 interleaved rounds (the machine is shared,
-  and a VM's wake-up latency makes single rounds swing 2-5x);
-  overhead per step = (time − steps · RTT/2) / (steps · max(1, p / cores)) (the 4 KiB payload's
-  serialisation on loopback is a few microseconds; more processes than cores share the CPU
-  time, so 4 processes on 2 cores pay twice per step), least squares over the points:
-  ``executor_step_overhead_us``, ``native_step_overhead_us`` and ``cores`` on the ``cpu`` profile (the native
-  collective counted as gloo's ring, 2(p−1) steps). The link fit below is then solved with these
-  overheads in parsim's price, so the link keeps only what the overheads do not explain.
+* Software overhead of collectives (about 2 min): 2, 3, 4, 6 and 8 local gloo processes run 4 KiB
+  all-reduces — ring, halving-doubling, double binary tree, co-located and central parameter-server
+  schedules through the backend's executor (``backends.torchdist.collectives.run_schedule``) and
+  gloo's own ``all_reduce``, measured by the backend's collective benchmark with the protocol the
+  netem sweep uses (``backends.torchdist.bench``: barrier, time, the slowest rank's time, median
+  over repeats, a point repeated until 1.5 s is timed) — and a raw TCP ping-pong gives the loopback
+  wire latency. Per point, the median over 3 launches (the machine is shared, and a VM's wake-up
+  latency makes single repeats swing 2-5x and launches up to 2x). The executor is priced as a fixed cost per step plus a cost per
+  message a rank posts (``parsim.costs.network``: a ring posts 2 per rank and step, a co-located
+  PS 2(p−1), a central server's workers 1; a step costs the slowest rank's share or the active
+  ranks' total over the cores, whichever is longer), so (time − steps · RTT/2) = o_step·X + o_msg·Y
+  with X, Y parsim's own overhead price of the schedule at (1, 0) and (0, 1); solved by least
+  squares on the relative error (every point weighs the same, whatever its size), over all the
+  explicit points: ``executor_step_overhead_us`` and ``executor_message_overhead_us``. gloo's own
+  collective (counted as its ring, 2(p−1) steps, one fixed cost per step times max(1, p/cores)):
+  ``native_step_overhead_us``; ``cores`` on the ``cpu`` profile. The link fit below is then solved
+  with these overheads in parsim's price, so the link keeps only what the overheads do not explain.
 
 Writes ``devices.local.yaml`` (the ``cpu`` profile; ``parsim.hardware`` merges it over the
 catalog) and ``cpu-local.calibrated.yaml`` beside it (a cluster file for ``--cluster``; ``parsim
@@ -174,15 +179,11 @@ def measure_loopback_allreduce(nproc: int = 2, timeout_s: float = 60) -> list[tu
     return [tuple(x) for x in _run_local_ranks(_COMM_SCRIPT, nproc, timeout_s, "loopback all-reduce")]
 
 
-_STEP_SCRIPT = r"""
+_RTT_SCRIPT = r"""
 import json, socket, statistics, time, torch, torch.distributed as dist
 from datetime import timedelta
-from backends.torchdist.collectives import run_schedule
-from parsim.schedules.collectives import build
-torch.set_num_threads(1)
 dist.init_process_group("gloo", timeout=timedelta(seconds=30))
-rank, p = dist.get_rank(), dist.get_world_size()
-NB, REPS, ROUNDS, PINGS = 4096, 30, 5, 200
+rank, PINGS = dist.get_rank(), 200
 # raw TCP ping-pong rank 0 <-> rank 1 (the loopback wire latency, no gloo, no torch)
 port = torch.zeros(1, dtype=torch.int64)
 if rank == 1:
@@ -200,53 +201,112 @@ elif rank == 0:
     for _ in range(PINGS):
         t0 = time.perf_counter(); c.sendall(b"x"); c.recv(1); rtt.append(time.perf_counter() - t0)
     c.close()
-dist.barrier()
-x = torch.ones(NB // 4)
-cases = {"native": None, "ring": build("allreduce", "ring", p, NB), "hd": build("allreduce", "hd", p, NB)}
-group = list(range(p))
-for _ in range(5):
-    dist.all_reduce(x); run_schedule(cases["ring"], x, group); run_schedule(cases["hd"], x, group)
-meds = {k: [] for k in cases}
-for _ in range(ROUNDS):
-    for k, s in cases.items():
-        ts = []
-        for _ in range(REPS):
-            dist.barrier(); t0 = time.perf_counter()
-            dist.all_reduce(x) if s is None else run_schedule(s, x, group)
-            ts.append(time.perf_counter() - t0)
-        t = torch.tensor(ts, dtype=torch.float64); dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        meds[k].append(statistics.median(t.tolist()))
 if rank == 0:
-    print(json.dumps({"p": p, "rtt_s": statistics.median(rtt[10:]), "bytes": NB,
-                      "cases": {k: {"steps": 2 * (p - 1) if s is None else len(s.steps), "time_s": statistics.median(meds[k]),
-                                    "round_medians_s": meds[k]} for k, s in cases.items()}}))
+    print(json.dumps({"rtt_s": statistics.median(rtt[10:])}))
 dist.destroy_process_group()
 """
 
+STEP_PROCS = (2, 3, 4, 6, 8)
+STEP_CASES = ("native", "ring", "hd", "tree", "ps", "ps-central")
 
-def measure_step_overheads(nprocs=(2, 4), timeout_s: float = 60) -> list[dict]:
-    """Per group size: the loopback TCP round trip and, for native / ring / hd 4 KiB all-reduces,
-    steps and time (middle of 5 rounds of the median of 30 repeats of the slowest rank)."""
-    return [_run_local_ranks(_STEP_SCRIPT, p, timeout_s, f"{p}-process collective step timing") for p in nprocs]
+
+def _bench_loopback(p: int, timeout_s: float) -> dict:
+    """{algo: median seconds}: the backend's collective benchmark (``backends.torchdist.bench``,
+    the protocol the netem sweep measures with) on p local processes, 4 KiB all-reduces."""
+    from backends.torchdist import bench
+    root = str(Path(__file__).resolve().parents[1])
+    cmd = [sys.executable, "-m", "backends.torchdist.bench", "--bench", "allreduce", "--algo", ",".join(STEP_CASES),
+           "--size", "4KiB", "--repeats", "5", "--warmup", "1", "--min-time", str(bench.MIN_TIME_S),
+           "--max-repeats", str(bench.MAX_REPEATS), "--nproc", str(p), "--format", "json"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    for k in ("RANK", "WORLD_SIZE", "PARSIM_NETEM_STATE"):
+        env.pop(k, None)
+    r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=timeout_s)
+    if r.returncode != 0:
+        raise RuntimeError(f"{p}-process loopback benchmark failed: "
+                           f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    res = json.loads(r.stdout[r.stdout.index("["):])
+    return {x["algo"]: x["median_s"] for x in res}
+
+
+def measure_step_overheads(nprocs=STEP_PROCS, launches: int = 3, timeout_s: float = 300) -> list[dict]:
+    """Per group size p: the loopback TCP round trip and, for native and the executor's ring / hd /
+    tree / ps / ps-central 4 KiB all-reduces, steps and time: the median over `launches` launches
+    (they differ by up to 2x here: process placement, the VM's wake-ups) of the benchmark's median
+    over repeats of the slowest rank."""
+    import statistics
+    from parsim.schedules.collectives import build
+    out = []
+    for p in nprocs:
+        rtt = _run_local_ranks(_RTT_SCRIPT, 2, timeout_s, "loopback TCP ping-pong")["rtt_s"]
+        runs = [_bench_loopback(p, timeout_s) for _ in range(launches)]
+        cases = {}
+        for k in STEP_CASES:
+            steps = 2 * (p - 1) if k == "native" else len(build("allreduce", k, p, 4096, dedicated=False).steps)
+            ts = [r[k] for r in runs]
+            cases[k] = {"steps": steps, "time_s": statistics.median(ts), "launch_times_s": ts}
+        out.append({"p": p, "rtt_s": rtt, "bytes": 4096, "cases": cases})
+    return out
+
+
+EXECUTOR_CASES = STEP_CASES[1:]
+
+
+def overhead_terms(algo: str, p: int, cores: int, nbytes: int = 4096) -> tuple[float, float]:
+    """(X, Y): parsim's software-overhead price of `algo`'s all-reduce schedule on p ranks sharing
+    one CPU of `cores` cores is o_step·X + o_msg·Y (``parsim.costs.network._overhead_of_step``
+    summed over the steps, evaluated at (o_step, o_msg) = (1, 0) and (0, 1); exact where one of a
+    step's two bounds (slowest rank, total over the cores) holds for both, which it does for these
+    schedules but tree's and ps-central's unequal steps, where it is the nearest linear form)."""
+    from parsim.costs.network import _overhead_of_step
+    from parsim.schedules.collectives import build
+    sched = build("allreduce", algo, p, nbytes, dedicated=False)
+    cpu, cr = np.zeros(sched.nranks, dtype=np.int64), np.full(sched.nranks, float(cores))
+    one, zero = np.ones(sched.nranks), np.zeros(sched.nranks)
+    X = Y = 0.0
+    for st in sched.steps:
+        live = st.nbytes > 0
+        X += _overhead_of_step(one, zero, cr, cpu, st.src[live], st.dst[live])
+        Y += _overhead_of_step(zero, one, cr, cpu, st.src[live], st.dst[live])
+    return X, Y
 
 
 def step_overheads(runs: list[dict], cores: int | None = None) -> dict:
-    """{executor_step_overhead_us, native_step_overhead_us, per_point}: least squares through the
-    origin of (time - steps·RTT/2) against steps·max(1, p/cores) (p processes share `cores` cores:
-    the per-step CPU time of all of them), over the explicit (ring, hd) and the native points."""
+    """{executor_step_overhead_us, executor_message_overhead_us, native_step_overhead_us,
+    per_point, rtt_us}: least squares on the relative error of (time - steps·RTT/2) against parsim's
+    own overhead terms (``overhead_terms``: o_step·X + o_msg·Y, the p processes sharing `cores`
+    cores) over the explicit points (one vs p-1 messages per rank and step separate the fixed from
+    the per-message cost), and against steps·max(1, p/cores) over the native points (gloo's ring,
+    no per-message part)."""
     cores = cores or os.cpu_count() or 1
     fit, points = {}, []
-    for key, names in (("executor_step_overhead_us", ("ring", "hd")), ("native_step_overhead_us", ("native",))):
-        num = den = 0.0
-        for run in runs:
-            for n in names:
-                c = run["cases"][n]
-                excess = c["time_s"] - c["steps"] * run["rtt_s"] / 2
-                x = c["steps"] * max(1.0, run["p"] / cores)
-                num += x * excess
-                den += x ** 2
-                points.append(f"{n} p={run['p']}: {c['time_s'] * 1e6:.0f} us / {c['steps']} steps")
-        fit[key] = round(max(0.0, num / den) * 1e6, 1)
+    rows, rhs = [], []
+    for run in runs:
+        for n in EXECUTOR_CASES:
+            c = run["cases"].get(n)
+            if c is None:
+                continue
+            w = 1.0 / c["time_s"]   # relative error: a 35 ms point does not outweigh a 0.5 ms one
+            rows.append([v * w for v in overhead_terms(n, run["p"], cores)])
+            rhs.append((c["time_s"] - c["steps"] * run["rtt_s"] / 2) * w)
+            points.append(f"{n} p={run['p']}: {c['time_s'] * 1e6:.0f} us / {c['steps']} steps")
+    A, b = np.array(rows), np.array(rhs)
+    sol = np.linalg.lstsq(A, b, rcond=None)[0]
+    if sol[1] < 0:     # no per-message cost resolved: the fixed part alone
+        sol = np.array([max(0.0, float(A[:, 0] @ b / (A[:, 0] @ A[:, 0]))), 0.0])
+    elif sol[0] < 0:   # no fixed cost resolved: the per-message part alone
+        sol = np.array([0.0, max(0.0, float(A[:, 1] @ b / (A[:, 1] @ A[:, 1])))])
+    fit["executor_step_overhead_us"] = round(float(sol[0]) * 1e6, 1)
+    fit["executor_message_overhead_us"] = round(float(sol[1]) * 1e6, 1)
+    num = den = 0.0
+    for run in runs:
+        c = run["cases"]["native"]
+        w = 1.0 / c["time_s"]
+        x = c["steps"] * max(1.0, run["p"] / cores) * w
+        num += x * (c["time_s"] - c["steps"] * run["rtt_s"] / 2) * w
+        den += x ** 2
+        points.append(f"native p={run['p']}: {c['time_s'] * 1e6:.0f} us / {c['steps']} steps")
+    fit["native_step_overhead_us"] = round(max(0.0, num / den) * 1e6, 1)
     fit["per_point"] = points
     fit["rtt_us"] = [round(r["rtt_s"] * 1e6, 1) for r in runs]
     return fit
@@ -479,14 +539,18 @@ def calibrate_comm(profile: dict, date: str, host: str) -> tuple[dict, dict]:
     steps = measure_step_overheads()
     so = step_overheads(steps)
     profile["executor_step_overhead_us"] = so["executor_step_overhead_us"]
+    profile["executor_message_overhead_us"] = so["executor_message_overhead_us"]
     profile["native_step_overhead_us"] = so["native_step_overhead_us"]
     profile["cores"] = os.cpu_count() or 1
-    profile["source"] += (f"; *_step_overhead_us ({date}) = host software time per collective schedule step: "
-                          "4 KiB all-reduce on loopback, 2 and 4 gloo processes, middle of 5 rounds of the median "
-                          "of 30 (slowest rank), minus steps x RTT/2 of a raw TCP ping-pong "
-                          f"({'/'.join(f'{x:.0f}' for x in so['rtt_us'])} us), least squares per step x "
-                          "max(1, processes/cores) (more processes than cores share the CPU time); "
-                          f"executor = run_schedule ring+hd, native = gloo all_reduce as 2(p-1) steps; points: "
+    profile["source"] += (f"; *_step_overhead_us ({date}) = host software time of collectives: 4 KiB "
+                          f"all-reduce on loopback, {'/'.join(str(r['p']) for r in steps)} gloo processes, "
+                          "backends.torchdist.bench (median over repeats of the slowest rank), median of 3 "
+                          "launches, minus steps x RTT/2 of a raw TCP "
+                          f"ping-pong ({'/'.join(f'{x:.0f}' for x in so['rtt_us'])} us); executor = run_schedule "
+                          "ring, hd, tree, co-located ps and central ps (worker 0), fitted as step + per-message "
+                          "(sends + receives a rank posts) cost through parsim's own overhead price (max(slowest "
+                          "rank, total over the cores) per step), least squares on the relative error; native = "
+                          "gloo all_reduce as 2(p-1) steps x max(1, processes/cores); points: "
                           + "; ".join(so["per_point"]))
     raw["step_overheads"] = steps
     ar = measure_loopback_allreduce(2)
@@ -571,7 +635,7 @@ def main(argv=None) -> int:
         profile, cluster, raw = calibrate(comm=not a.no_comm)
     if a.no_comm and Path(a.out).exists():   # keep the collective step overheads measured before
         old = (yaml.safe_load(Path(a.out).read_text()) or {}).get("cpu") or {}
-        for k in ("executor_step_overhead_us", "native_step_overhead_us", "cores"):
+        for k in ("executor_step_overhead_us", "executor_message_overhead_us", "native_step_overhead_us", "cores"):
             if k in old:
                 profile[k] = old[k]
         note = str(old.get("source", "")).partition("; *_step_overhead_us (")   # keep their provenance too

@@ -62,6 +62,10 @@ class DeviceProfile:
     # stay in the links' latency).
     executor_step_overhead_s: float = 0.0
     native_step_overhead_s: float = 0.0
+    # ... plus this much per message a rank posts in a step (each isend/irecv of our executor:
+    # key executor_message_overhead_us), so a rank posting p-1 sends and p-1 receives pays more
+    # than a ring's one of each. Measured with the step overhead on loopback; 0 = not known.
+    executor_message_overhead_s: float = 0.0
     # cores of one such device (CPU: the host's); more ranks than cores on one CPU share the step
     # overhead's CPU time: it grows by ranks/cores (parsim.costs.network). 0 = not known, no sharing.
     cores: int = 0
@@ -111,6 +115,7 @@ def _profile(name: str, d: dict) -> DeviceProfile:
             overhead_s=tuple(sorted((str(k), float(v) * 1e-6) for k, v in (d.get("overhead_us") or {}).items())),
             executor_step_overhead_s=float(d.get("executor_step_overhead_us", 0.0)) * 1e-6,
             native_step_overhead_s=float(d.get("native_step_overhead_us", 0.0)) * 1e-6,
+            executor_message_overhead_s=float(d.get("executor_message_overhead_us", 0.0)) * 1e-6,
             cores=int(d.get("cores", 0)),
         )
         return prof.with_sustained_fraction(f) if f != 1.0 else prof

@@ -29,6 +29,11 @@ from parsim.errors import ParsimError, require
 from parsim.units import fmt_bytes, fmt_time, parse_size_range
 
 TIMEOUT_S = 300
+# the measurement protocol the netem sweep and parsim.calibrate share: cheap points are repeated
+# until this much was timed (at most this many repeats); 4 KiB points, a few ms each and the
+# noisiest (a VM's wake-ups), get up to 60 samples, 16 MiB points keep the configured count
+MIN_TIME_S = 1.5
+MAX_REPEATS = 60
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,16 +18,20 @@ Model (all in bytes, seconds, bytes/s):
   bound of max(latency + serialisation) over transfers, equal for the symmetric steps of
   these algorithms, and it makes a schedule's price exactly affine in the buffer size, so
   ``collective_coeffs`` is exact (pricing at one size gives both coefficients).
-* **Software overhead.** Each step with live transfers pays the host software time of the
-  slowest participating device (``DeviceProfile.executor_step_overhead_s``: our isend/irecv
-  executor, or ``native_step_overhead_s`` when the library runs its own collective, i.e.
-  ``algo="native"``). Calibrated on CPUs (gloo + Python, ``parsim.calibrate``); 0 on GPUs.
-  Additive per step (LogP's o: on the critical path between dependent steps); it is part of α.
-  It is CPU time: when more of a step's active ranks (those sending or receiving in it; a
-  rank blocked in a wait uses no CPU) run on one CPU than the device has ``cores``, the step
-  waits for all their shares, so it grows by max(1, active ranks on that CPU / cores) — ranks
-  on one CPU = on the same host (``node``) of the graph, or all of them with ``one_cpu=True``
-  (an emulated cluster: its hosts are namespaces of one machine).
+* **Software overhead.** Each step with live transfers pays host software time (LogP's o: on
+  the critical path between dependent steps; it is part of α). A rank active in the step (it
+  sends or receives in it; a rank blocked in a wait uses no CPU) spends
+  c_r = o_step + o_msg · m_r, m_r = the messages it posts in the step (its sends plus its
+  receives): ``DeviceProfile.executor_step_overhead_s`` + ``executor_message_overhead_s`` for
+  our isend/irecv executor, ``native_step_overhead_s`` (no per-message part) when the library
+  runs its own collective (``algo="native"``). Calibrated on CPUs on loopback (gloo + Python,
+  ``parsim.calibrate``); 0 on GPUs. It is CPU time, so a step lasts the longer of the slowest
+  rank's c_r and the active ranks' total on one CPU over its ``cores`` (work over span, Brent's
+  bound): max(max_r c_r, max_CPU Σ_{r on it} c_r / cores) — equal ranks give
+  c · max(1, ranks on the CPU / cores). Ranks on one CPU = on the same host (``node``) of the
+  graph, or all of them with ``one_cpu=True`` (an emulated cluster: its hosts are namespaces
+  of one machine). A co-located parameter server (p−1 sends and p−1 receives per rank) thus
+  pays more per step than a ring (one of each); a central server's workers post one message.
 * **Reduction work** is priced on the receiving device: 3 bytes of memory traffic per
   reduced byte (read both operands, write the sum) at ``memory_bandwidth · memory_eff``
   (large-kernel efficiency). GPUs reduce inside the copy kernel (NCCL), so the reduction
@@ -85,7 +89,7 @@ class Price:
     alpha_s: float          # latency part (sum over steps of the largest path latency)
     bandwidth_s: float      # serialisation + reduction part at this schedule's size
     steps: int
-    overhead_s: float = 0.0  # host software time (sum over steps of the slowest participant's)
+    overhead_s: float = 0.0  # host software time (sum over steps; see Software overhead above)
 
     @property
     def time_s(self) -> float:
@@ -206,16 +210,17 @@ EXECUTORS = ("explicit", "native")
 
 
 def _step_overhead(g, node, executor, cache):
-    """(seconds of host software time per schedule step, cores) of the device at `node`."""
+    """(seconds of host software time per schedule step, per message posted in it, cores) of
+    the device at `node`."""
     prof = g.nodes[node].get("profile")
     if prof not in cache:
         if prof is None:
-            cache[prof] = (0.0, 0)
+            cache[prof] = (0.0, 0.0, 0)
         else:
             from parsim.hardware import get_device
             dev = get_device(prof)
-            cache[prof] = (dev.native_step_overhead_s if executor == "native" else dev.executor_step_overhead_s,
-                           dev.cores)
+            cache[prof] = ((dev.native_step_overhead_s, 0.0, dev.cores) if executor == "native" else
+                           (dev.executor_step_overhead_s, dev.executor_message_overhead_s, dev.cores))
     return cache[prof]
 
 
@@ -227,13 +232,20 @@ def cpu_ids(g, nodes, one_cpu: bool = False) -> np.ndarray:
     return np.array([ids.setdefault(g.nodes[x].get("node", x), len(ids)) for x in nodes], dtype=np.int64)
 
 
-def _overhead_of_step(ovh, cores, cpu, ranks) -> float:
-    """Software time of a step whose active ranks are `ranks`: the slowest one's overhead times
-    max(1, active ranks on its CPU / cores)."""
-    r = np.unique(ranks)
-    n_on = np.bincount(cpu[r], minlength=int(cpu.max()) + 1)[cpu[r]]
-    share = np.where(cores[r] > 0, np.maximum(1.0, n_on / np.maximum(cores[r], 1)), 1.0)
-    return float((ovh[r] * share).max())
+def _overhead_of_step(ovh, per_msg, cores, cpu, src, dst) -> float:
+    """Software time of a step whose live transfers go src[i] -> dst[i]: each active rank r
+    spends c_r = ovh_r + per_msg_r · (messages it posts: sends + receives); the step lasts
+    max(max_r c_r, max over CPUs of Σ c_r on it / its cores) (ranks of cores 0: no sharing)."""
+    n = len(ovh)
+    msgs = np.bincount(src, minlength=n) + np.bincount(dst, minlength=n)
+    act = msgs > 0
+    c = np.where(act, ovh + per_msg * msgs, 0.0)
+    span = float(c.max()) if n else 0.0
+    shared = act & (cores > 0)
+    if shared.any():
+        work = np.bincount(cpu[shared], weights=c[shared] / cores[shared])
+        span = max(span, float(work.max()))
+    return span
 
 
 # ----------------------------------------------------------------------------- pricing
@@ -274,10 +286,9 @@ def price_schedule(cluster, schedule: S.Schedule, nodes=None, executor: str = "e
     red_s = np.array([c[0] for c in rc], dtype=float)
     red_ov = np.array([c[1] for c in rc], dtype=bool)
     ov_cache = {}
-    oc = [_step_overhead(g, n, executor, ov_cache) for n in nodes[:schedule.nranks]]
-    ovh = np.array([o for o, _ in oc], dtype=float)
-    sw = (ovh, np.array([c for _, c in oc], dtype=float), cpu_ids(g, nodes[:schedule.nranks], one_cpu)) \
-        if ovh.any() else None
+    oc = np.array([_step_overhead(g, n, executor, ov_cache) for n in nodes[:schedule.nranks]], dtype=float)
+    sw = (oc[:, 0], oc[:, 1], oc[:, 2], cpu_ids(g, nodes[:schedule.nranks], one_cpu)) \
+        if oc[:, :2].any() else None
     patterns, costs = {}, {}
     alpha = bw_total = over = 0.0
     for st in schedule.steps:
@@ -318,7 +329,7 @@ def _step_cost(rt, pat, st, red_s, red_ov, nranks, sw):
     if not live.any():
         return 0.0, 0.0, 0.0
     a = float(lats[live].max())
-    o = _overhead_of_step(*sw, np.concatenate([st.src[live], st.dst[live]])) if sw is not None else 0.0
+    o = _overhead_of_step(*sw, st.src[live], st.dst[live]) if sw is not None else 0.0
     load = np.bincount(eids, weights=frs * nb[tix], minlength=len(rt.bw)) if len(eids) else np.zeros(1)
     link = float((load / rt.bw).max()) if len(eids) else 0.0
     red = np.bincount(st.dst[st.reduce], weights=nb[st.reduce], minlength=nranks) * red_s

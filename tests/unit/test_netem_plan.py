@@ -121,9 +121,9 @@ def test_gloo_pairs_carry_one_message_at_a_time():
     assert serialized_pairs_s(g, mixed, nodes) == pytest.approx(3 * n / B)
 
 
-def cpu_overheads(monkeypatch, executor_s, native_s, cores=0):
-    """Price with a cpu profile whose per-step software overheads are the given seconds (and
-    `cores`; 0: ranks never share a CPU)."""
+def cpu_overheads(monkeypatch, executor_s, native_s, cores=0, message_s=0.0):
+    """Price with a cpu profile whose per-step (and the executor's per-message) software overheads
+    are the given seconds (and `cores`; 0: ranks never share a CPU)."""
     import dataclasses
 
     from parsim import hardware
@@ -134,7 +134,7 @@ def cpu_overheads(monkeypatch, executor_s, native_s, cores=0):
         if d.kind != "cpu":
             return d
         return dataclasses.replace(d, executor_step_overhead_s=executor_s, native_step_overhead_s=native_s,
-                                   cores=cores)
+                                   executor_message_overhead_s=message_s, cores=cores)
     monkeypatch.setattr(hardware, "get_device", fake)
 
 

@@ -93,32 +93,40 @@ def test_cpu_reduction_is_not_overlapped():
     cpu = get_device("cpu")
     red = 3 / (cpu.memory_bandwidth_Bps * float(cpu.memory_eff(1e6)))
     # ring on gloo: p-1 reduce-scatter steps add n/p after it lands
-    # each of the 2(p-1) steps also pays the cpu's calibrated executor software overhead
-    want = 2 * (p - 1) * (A + cpu.executor_step_overhead_s + n / (p * B)) + (p - 1) * n / p * red
+    # each of the 2(p-1) steps also pays the cpu's calibrated executor software overhead: a fixed
+    # part and one per message a rank posts (a ring rank: one send, one receive)
+    o_ring = cpu.executor_step_overhead_s + 2 * cpu.executor_message_overhead_s
+    want = 2 * (p - 1) * (A + o_ring + n / (p * B)) + (p - 1) * n / p * red
     assert t(c, "ring", n) == pytest.approx(want, rel=1e-12)
 
 
-def test_step_software_overhead_is_paid_per_step_on_cpus_only(monkeypatch):
+def fake_cpu_profile(monkeypatch, **fields):
+    """Price with the cpu profile's software-overhead fields replaced (seconds; cores)."""
     import dataclasses
 
     from parsim import hardware
     real = hardware.get_device
-    o, o_nat = 1e-3, 0.25e-3
+    monkeypatch.setattr(hardware, "get_device",
+                        lambda name: dataclasses.replace(real(name), **fields) if real(name).kind == "cpu" else real(name))
+    N._coeffs_cached.cache_clear()
+    return real
 
-    def fake(name):
-        d = real(name)
-        return dataclasses.replace(d, executor_step_overhead_s=o, native_step_overhead_s=o_nat) if d.kind == "cpu" else d
+
+def test_step_software_overhead_is_paid_per_step_on_cpus_only(monkeypatch):
+    o, o_nat = 1e-3, 0.25e-3
     p, n = 4, 4096
     cpu, gpu = one_switch(p, device="cpu"), one_switch(p)
     before = {a: t(cpu, a, n) for a in ("ring", "hd", "native")}
     gpu_before = t(gpu, "ring", n)
-    N._coeffs_cached.cache_clear()
-    monkeypatch.setattr(hardware, "get_device", fake)
+    real = fake_cpu_profile(monkeypatch, executor_step_overhead_s=o, native_step_overhead_s=o_nat,
+                            executor_message_overhead_s=0.0)
     cpu, gpu = one_switch(p, device="cpu"), one_switch(p)      # fresh clusters: the pricing cache is per cluster
     base, zero = before, real("cpu")        # the calibrated profile priced `before`
-    # ring: 2(p-1) = 6 steps, halving-doubling: 2 log2 p = 4 steps, each pays o on top of what it paid before
-    assert t(cpu, "ring", n) - base["ring"] == pytest.approx(6 * (o - zero.executor_step_overhead_s), rel=1e-9)
-    assert t(cpu, "hd", n) - base["hd"] == pytest.approx(4 * (o - zero.executor_step_overhead_s), rel=1e-9)
+    # ring: 2(p-1) = 6 steps, halving-doubling: 2 log2 p = 4 steps, each pays o on top of what it paid
+    # before (the calibrated fixed part and 2 messages per rank: one send, one receive)
+    o_before = zero.executor_step_overhead_s + 2 * zero.executor_message_overhead_s
+    assert t(cpu, "ring", n) - base["ring"] == pytest.approx(6 * (o - o_before), rel=1e-9)
+    assert t(cpu, "hd", n) - base["hd"] == pytest.approx(4 * (o - o_before), rel=1e-9)
     # native: gloo's ring, 6 steps, the native overhead
     assert t(cpu, "native", n) - base["native"] == pytest.approx(6 * (o_nat - zero.native_step_overhead_s), rel=1e-9)
     a, _ = N.collective_coeffs(cpu, "allreduce", "ring", range(p))
@@ -189,29 +197,20 @@ def test_native_is_the_faster_of_ring_and_tree_on_gpus_and_ring_on_cpus():
                                                       for a in ("ring-channels", "tree")))
     cpu = load_cluster("cpu-local", 4)
     # gloo's ring: the same line as the explicit ring, except that each of its 6 steps pays the
-    # native software overhead instead of our executor's
+    # native software overhead instead of our executor's (fixed + 2 messages per rank and step)
     a_nat, b_nat = N.collective_coeffs(cpu, "allreduce", "native", range(4))
     a_ring, b_ring = N.collective_coeffs(cpu, "allreduce", "ring", range(4))
     dev = cpu.device
     share = max(1.0, 4 / dev.cores) if dev.cores else 1.0     # 4 ranks on one host share its cores
     assert b_nat == pytest.approx(b_ring, rel=1e-12)
-    assert a_nat - a_ring == pytest.approx(6 * share * (dev.native_step_overhead_s - dev.executor_step_overhead_s),
-                                           abs=1e-12)
+    o_ring = dev.executor_step_overhead_s + 2 * dev.executor_message_overhead_s
+    assert a_nat - a_ring == pytest.approx(6 * share * (dev.native_step_overhead_s - o_ring), abs=1e-12)
 
 
 def test_ranks_beyond_the_cores_of_one_cpu_share_the_step_overhead(monkeypatch):
-    import dataclasses
-
-    from parsim import hardware
-    real = hardware.get_device
     o = 1e-3
-
-    def fake(name):
-        d = real(name)
-        return dataclasses.replace(d, executor_step_overhead_s=o, native_step_overhead_s=o, cores=2) \
-            if d.kind == "cpu" else d
-    monkeypatch.setattr(hardware, "get_device", fake)
-    N._coeffs_cached.cache_clear()
+    fake_cpu_profile(monkeypatch, executor_step_overhead_s=o, native_step_overhead_s=o, cores=2,
+                     executor_message_overhead_s=0.0)
     n = 4096
     # one rank per host: each has its own cores, a step costs o
     spread = N.price_schedule(one_switch(4, device="cpu"), C.allreduce_ring(4, n))
@@ -224,6 +223,44 @@ def test_ranks_beyond_the_cores_of_one_cpu_share_the_step_overhead(monkeypatch):
         == pytest.approx(2 * o)
     g = one_switch(4, device="cpu")
     assert N.price_schedule(g, C.allreduce_ring(4, n), one_cpu=True).overhead_s == pytest.approx(6 * 2 * o)
+
+
+def test_step_overhead_is_fixed_plus_per_message_and_shared_as_total_work_over_cores(monkeypatch):
+    o, m = 1e-3, 0.2e-3
+    fake_cpu_profile(monkeypatch, executor_step_overhead_s=o, executor_message_overhead_s=m,
+                     native_step_overhead_s=o, cores=2)
+    n = 4096
+    for p in (4, 8):
+        g = one_switch(p, device="cpu")
+        # co-located ps: 2 steps, every rank posts p-1 sends + p-1 receives, all p busy on 2 cores:
+        # per step p·(o + 2(p-1)m)/2 — the per-message part grows with p
+        ps = N.price_schedule(g, C.allreduce_ps(p, n), one_cpu=True).overhead_s
+        assert ps == pytest.approx(2 * p * (o + 2 * (p - 1) * m) / 2)
+        # ring: 2(p-1) steps, one send + one receive per rank: p·(o + 2m)/2 each
+        ring = N.price_schedule(g, C.allreduce_ring(p, n), one_cpu=True).overhead_s
+        assert ring == pytest.approx(2 * (p - 1) * p * (o + 2 * m) / 2)
+        # central server on worker 0: the server posts p-1 messages, each worker one; the step lasts
+        # the total work over the cores, (o + (p-1)m + (p-1)(o + m)) / 2, not p/2 times the server's
+        central = N.price_schedule(g, C.allreduce_ps_central(p, n, dedicated=False), one_cpu=True).overhead_s
+        assert central == pytest.approx(2 * (p * o + 2 * (p - 1) * m) / 2)
+        # hosts of their own (no sharing): the slowest rank, the server, o + (p-1)m per step
+        own = N.price_schedule(g, C.allreduce_ps_central(p, n, dedicated=False)).overhead_s
+        assert own == pytest.approx(2 * (o + (p - 1) * m))
+    # a rank without a transfer in a step spends nothing: a 2-rank step among 4 ranks on 2 cores
+    # is not slowed by the 2 idle ones
+    g = one_switch(4, device="cpu")
+    one = C.Schedule("sendrecv", "direct", 4, n, 16, (C.Step.of([(0, 1, 0, n, 0)]),))
+    assert N.price_schedule(g, one, one_cpu=True).overhead_s == pytest.approx(o + m)
+    # the native collective has no per-message part; GPUs pay nothing
+    assert N.price_schedule(g, C.allreduce_ring(4, n), executor="native", one_cpu=True).overhead_s \
+        == pytest.approx(6 * 2 * o)
+    assert N.price_schedule(one_switch(4), C.allreduce_ps(4, n), one_cpu=True).overhead_s == 0.0
+    # the overhead does not depend on the size: the price stays affine in n
+    a, b = N.collective_coeffs(load_cluster("cpu-local", 4), "allreduce", "ps", range(4))
+    c = load_cluster("cpu-local", 4)
+    for size in (4096, 2 ** 20, 2 ** 24):
+        pr = N.price_schedule(c, C.allreduce_ps(4, size).with_ranks(range(4)))
+        assert pr.time_s == pytest.approx(a + b * size, rel=1e-9)
 
 
 def test_multi_channel_ring_uses_every_nic():
