@@ -241,6 +241,8 @@ def _spawn_local(args, argv) -> int:
 
 def main(args, argv=None) -> int:
     """Entry point for `parsim run --bench OP ...` (args from add_arguments + --bench)."""
+    require(args.repeats >= 1, f"--repeats {args.repeats} must be >= 1")
+    require(getattr(args, "min_time", 0.0) >= 0, f"--min-time {args.min_time} must be >= 0 seconds")
     if "RANK" not in os.environ:
         return _spawn_local(args, argv if argv is not None else sys.argv[1:])
     res = run_ranks(args)

@@ -48,6 +48,9 @@ def add_arguments(p):
     b.add_argument("--algo", default="ring", help="algorithm(s) for --bench, comma-separated")
     b.add_argument("--size", default="16MiB", help="message size(s) for --bench (e.g. 16MiB or 1KiB:64MiB)")
     b.add_argument("--repeats", type=int, default=5, help="timed repetitions per point for --bench")
+    b.add_argument("--min-time", type=float, default=0.0, help="--bench: keep repeating a point (up to --max-repeats) "
+                   "until this many seconds were timed (the netem sweep uses 1.5)")
+    b.add_argument("--max-repeats", type=int, default=25, help="--bench: cap on repeats with --min-time")
 
 
 def _torchrun_env() -> bool:
@@ -197,7 +200,8 @@ def run(args) -> int:
         if args.nproc is None:
             args.nproc = int(os.environ.get("WORLD_SIZE", 2))
         argv = ["--bench", args.bench, "--algo", args.algo, "--size", args.size, "--repeats", str(args.repeats),
-                "--warmup", str(args.warmup), "--nproc", str(args.nproc), "--format", args.format]
+                "--warmup", str(args.warmup), "--nproc", str(args.nproc), "--format", args.format,
+                "--min-time", str(args.min_time), "--max-repeats", str(args.max_repeats)]
         return int(bench.main(args, argv) or 0)   # argv: what its own per-rank processes parse
     torchrun = _torchrun_env()
     world = int(os.environ["WORLD_SIZE"]) if torchrun else None

@@ -47,6 +47,22 @@ def test_bad_plan_is_one_line_exit_2_before_spawning(argv, needle, capsys, monke
     assert time.monotonic() - t0 < 10
 
 
+@pytest.mark.parametrize("argv,needle", [
+    (["--repeats", "0"], "--repeats 0 must be >= 1"),
+    (["--min-time", "-1"], "--min-time -1.0 must be >= 0 seconds"),
+])
+def test_bad_bench_flags_are_one_line_exit_2_before_spawning(argv, needle, capsys, monkeypatch):
+    from backends.torchdist import bench
+
+    def no_spawn(*a, **k):
+        raise AssertionError("ranks spawned: the error should have come first")
+    monkeypatch.setattr(bench, "_spawn_local", no_spawn)
+    monkeypatch.delenv("RANK", raising=False)
+    rc = main(["run", "--bench", "allreduce", "--size", "4KiB", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and err.count("\n") == 1, err
+
+
 def test_parsim_imports_no_torch_until_run():
     code = ("import sys, parsim, parsim.cli, parsim.commands.run as r, parsim.plan, parsim.model;"
             "import argparse; p = argparse.ArgumentParser(); r.add_arguments(p); p.parse_args([]);"
