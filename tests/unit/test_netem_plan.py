@@ -121,26 +121,20 @@ def test_gloo_pairs_carry_one_message_at_a_time():
     assert serialized_pairs_s(g, mixed, nodes) == pytest.approx(3 * n / B)
 
 
-def cpu_overheads(monkeypatch, executor_s, native_s, cores=0, message_s=0.0):
-    """Price with a cpu profile whose per-step (and the executor's per-message) software overheads
-    are the given seconds (and `cores`; 0: ranks never share a CPU)."""
-    import dataclasses
-
-    from parsim import hardware
-    real = hardware.get_device
-
-    def fake(name):
-        d = real(name)
-        if d.kind != "cpu":
-            return d
-        return dataclasses.replace(d, executor_step_overhead_s=executor_s, native_step_overhead_s=native_s,
-                                   executor_message_overhead_s=message_s, cores=cores)
-    monkeypatch.setattr(hardware, "get_device", fake)
+@pytest.fixture
+def cpu_overheads(fake_cpu_profile):
+    """cpu_overheads(executor_s, native_s, cores=0, message_s=0.0): price with a cpu profile whose
+    per-step (and the executor's per-message) software overheads are the given seconds (and
+    `cores`; 0: ranks never share a CPU)."""
+    def set_(executor_s, native_s, cores=0, message_s=0.0):
+        fake_cpu_profile(executor_step_overhead_s=executor_s, native_step_overhead_s=native_s,
+                         executor_message_overhead_s=message_s, cores=cores)
+    return set_
 
 
-def test_prediction_is_the_graph_model_plus_half_duplex_pairs(monkeypatch):
+def test_prediction_is_the_graph_model_plus_half_duplex_pairs(cpu_overheads):
     from parsim.costs.network import price_schedule
-    cpu_overheads(monkeypatch, 0.0, 0.0)     # the graph model alone: no software overhead, no buckets
+    cpu_overheads(0.0, 0.0)     # the graph model alone: no software overhead, no buckets
     g = presets.single_switch(4, 25 * MB)
     nodes = [f"h{i}/d0" for i in range(4)]
     ring4 = S.build("allreduce", "ring", 4, 16 << 20)
@@ -158,13 +152,13 @@ def test_prediction_is_the_graph_model_plus_half_duplex_pairs(monkeypatch):
     assert t_half["time_s"] - t_full["time_s"] == pytest.approx(wire, rel=0.02)
 
 
-def test_step_overhead_flows_into_the_prediction_and_the_token_bucket_refunds_it(monkeypatch):
+def test_step_overhead_flows_into_the_prediction_and_the_token_bucket_refunds_it(cpu_overheads):
     from backends.netem.cluster import TBF_MIN_BURST_B
     g = presets.single_switch(4, 25 * MB)          # 200 Mbit/s: tbf burst 128 KiB = 5.24 ms of line rate
     nodes = [f"h{i}/d0" for i in range(4)]
     o, o_nat = 1e-3, 0.3e-3
     small = S.build("allreduce", "ring", 4, 4096)   # 6 steps of 1 KiB per link: fits the banked tokens
-    cpu_overheads(monkeypatch, 0.0, 0.0)
+    cpu_overheads(0.0, 0.0)
     base = predict(g, small, nodes)
     base_native = predict(g, small, nodes, half_duplex_pairs=False, executor="native")["time_s"]
     # 1 KiB per step leaves from the bucket: no shaped wire time (6 x 41 us without buckets), only
@@ -174,7 +168,7 @@ def test_step_overhead_flows_into_the_prediction_and_the_token_bucket_refunds_it
     # (without buckets: + 6 x 41 us of shaped wire; the tolerance covers the ~0.4 us reduction)
     assert predict(g, small, nodes, token_bucket=False)["time_s"] == pytest.approx(
         base["latency_term_s"] + 6 * 1024 / (25 * MB), rel=1e-2)
-    cpu_overheads(monkeypatch, o, o_nat)
+    cpu_overheads(o, o_nat)
     with_o = predict(g, small, nodes)
     # every one of the 6 steps pays o in full: 4 KiB time grows by steps x overhead
     assert with_o["overhead_term_s"] == pytest.approx(6 * o)
@@ -188,16 +182,16 @@ def test_step_overhead_flows_into_the_prediction_and_the_token_bucket_refunds_it
     big = S.build("allreduce", "ring", 4, 16 << 20)
     assert TBF_MIN_BURST_B / (25 * MB) > o
     t_o = predict(g, big, nodes)["time_s"]
-    cpu_overheads(monkeypatch, 0.0, 0.0)
+    cpu_overheads(0.0, 0.0)
     assert t_o - predict(g, big, nodes)["time_s"] == pytest.approx(o, rel=1e-6)
 
 
-def test_emulated_hosts_share_this_machines_cores(monkeypatch):
+def test_emulated_hosts_share_this_machines_cores(cpu_overheads):
     g = presets.single_switch(4, 25 * MB)
     nodes = [f"h{i}/d0" for i in range(4)]
     small = S.build("allreduce", "ring", 4, 4096)
     o = 1e-3
-    cpu_overheads(monkeypatch, o, o, cores=2)
+    cpu_overheads(o, o, cores=2)
     # the 4 emulated hosts are namespaces of one 2-core machine: every step pays 4/2 o
     assert predict(g, small, nodes)["overhead_term_s"] == pytest.approx(6 * 2 * o)
     # as separate hosts of the graph (each its own cores) a step pays o

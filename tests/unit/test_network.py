@@ -100,25 +100,13 @@ def test_cpu_reduction_is_not_overlapped():
     assert t(c, "ring", n) == pytest.approx(want, rel=1e-12)
 
 
-def fake_cpu_profile(monkeypatch, **fields):
-    """Price with the cpu profile's software-overhead fields replaced (seconds; cores)."""
-    import dataclasses
-
-    from parsim import hardware
-    real = hardware.get_device
-    monkeypatch.setattr(hardware, "get_device",
-                        lambda name: dataclasses.replace(real(name), **fields) if real(name).kind == "cpu" else real(name))
-    N._coeffs_cached.cache_clear()
-    return real
-
-
-def test_step_software_overhead_is_paid_per_step_on_cpus_only(monkeypatch):
+def test_step_software_overhead_is_paid_per_step_on_cpus_only(fake_cpu_profile):
     o, o_nat = 1e-3, 0.25e-3
     p, n = 4, 4096
     cpu, gpu = one_switch(p, device="cpu"), one_switch(p)
     before = {a: t(cpu, a, n) for a in ("ring", "hd", "native")}
     gpu_before = t(gpu, "ring", n)
-    real = fake_cpu_profile(monkeypatch, executor_step_overhead_s=o, native_step_overhead_s=o_nat,
+    real = fake_cpu_profile(executor_step_overhead_s=o, native_step_overhead_s=o_nat,
                             executor_message_overhead_s=0.0)
     cpu, gpu = one_switch(p, device="cpu"), one_switch(p)      # fresh clusters: the pricing cache is per cluster
     base, zero = before, real("cpu")        # the calibrated profile priced `before`
@@ -207,9 +195,9 @@ def test_native_is_the_faster_of_ring_and_tree_on_gpus_and_ring_on_cpus():
     assert a_nat - a_ring == pytest.approx(6 * share * (dev.native_step_overhead_s - o_ring), abs=1e-12)
 
 
-def test_ranks_beyond_the_cores_of_one_cpu_share_the_step_overhead(monkeypatch):
+def test_ranks_beyond_the_cores_of_one_cpu_share_the_step_overhead(fake_cpu_profile):
     o = 1e-3
-    fake_cpu_profile(monkeypatch, executor_step_overhead_s=o, native_step_overhead_s=o, cores=2,
+    fake_cpu_profile(executor_step_overhead_s=o, native_step_overhead_s=o, cores=2,
                      executor_message_overhead_s=0.0)
     n = 4096
     # one rank per host: each has its own cores, a step costs o
@@ -225,9 +213,9 @@ def test_ranks_beyond_the_cores_of_one_cpu_share_the_step_overhead(monkeypatch):
     assert N.price_schedule(g, C.allreduce_ring(4, n), one_cpu=True).overhead_s == pytest.approx(6 * 2 * o)
 
 
-def test_step_overhead_is_fixed_plus_per_message_and_shared_as_total_work_over_cores(monkeypatch):
+def test_step_overhead_is_fixed_plus_per_message_and_shared_as_total_work_over_cores(fake_cpu_profile):
     o, m = 1e-3, 0.2e-3
-    fake_cpu_profile(monkeypatch, executor_step_overhead_s=o, executor_message_overhead_s=m,
+    fake_cpu_profile(executor_step_overhead_s=o, executor_message_overhead_s=m,
                      native_step_overhead_s=o, cores=2)
     n = 4096
     for p in (4, 8):
