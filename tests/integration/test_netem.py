@@ -96,22 +96,27 @@ def test_sigterm_tears_down():
     assert _ours(prefix) == []
 
 
-@pytest.mark.timeout(120)
-def test_emulate_run_benchmark_lands_near_prediction():
+def _emulated_bench(hosts: int, algo: str, repeats: int):
+    """`parsim emulate run` (200 Mbit/s links) of a 4 MiB all-reduce benchmark: (stdout, results)."""
     pytest.importorskip("torch")
-    cmd = [sys.executable, "-m", "parsim", "emulate", "run", "--hosts", "3", "--link", "200Mbit", "--timeout", "90",
-           "--", sys.executable, "-m", "backends.torchdist.bench", "--bench", "allreduce", "--algo", "ring",
-           "--size", "4MiB", "--repeats", "2", "--format", "json"]
+    cmd = [sys.executable, "-m", "parsim", "emulate", "run", "--hosts", str(hosts), "--link", "200Mbit",
+           "--timeout", "90", "--", sys.executable, "-m", "backends.torchdist.bench", "--bench", "allreduce",
+           "--algo", algo, "--size", "4MiB", "--repeats", str(repeats), "--format", "json"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=REPO,
                          env=dict(os.environ, PYTHONPATH=REPO))
     assert out.returncode == 0, out.stderr[-2000:]
-    res = json.loads(out.stdout[out.stdout.index("[\n"):])
+    return out.stdout, json.loads(out.stdout[out.stdout.index("[\n"):])
+
+
+@pytest.mark.timeout(120)
+def test_emulate_run_benchmark_lands_near_prediction():
+    stdout, res = _emulated_bench(3, "ring", 2)
     (r,) = res
     assert r["correct"] and r["world"] == 3
     assert r["predicted"]["cluster"] == "emulated cluster, measured links"
     # 4 MiB ring of 3 at ~193 Mbit/s: 4/3 * 4 MiB / 24 MB/s ~ 0.23 s; bandwidth-bound, so close
     assert abs(r["error"]) < 0.25, r
-    prefix = out.stdout.split("emulated cluster ", 1)[1].split()[0]
+    prefix = stdout.split("emulated cluster ", 1)[1].split()[0]
     assert _ours(prefix) == []  # `emulate run` tore down what it brought up
 
 
@@ -120,14 +125,7 @@ def test_exchanges_run_both_ways_at_once():
     """A ring of 2 and co-located ps exchange data both ways on every pair: the executor posts
     receives before sends, so gloo's pair carries both directions together (full duplex: the
     prediction) instead of one after the other (2x the wire time)."""
-    pytest.importorskip("torch")
-    cmd = [sys.executable, "-m", "parsim", "emulate", "run", "--hosts", "2", "--link", "200Mbit", "--timeout", "90",
-           "--", sys.executable, "-m", "backends.torchdist.bench", "--bench", "allreduce", "--algo", "ring,ps",
-           "--size", "4MiB", "--repeats", "3", "--format", "json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=REPO,
-                         env=dict(os.environ, PYTHONPATH=REPO))
-    assert out.returncode == 0, out.stderr[-2000:]
-    res = json.loads(out.stdout[out.stdout.index("[\n"):])
+    _, res = _emulated_bench(2, "ring,ps", 3)
     for r in res:
         # 2 MiB each way per step at ~193 Mbit/s: ~0.17 s full duplex, ~0.35 s one way at a time;
         # every repeat (not only the median) must be the full-duplex time
