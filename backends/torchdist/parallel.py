@@ -149,29 +149,22 @@ def timed_stage_class(clock: PhaseClock):
         """Also logs the executed ops as (kind, micro-batch, stage) in clock.ops — parsim's
         PipelineSchedule.rank_ops format, so the executed order can be checked against it."""
 
-        def forward_one_chunk(self, chunk, *a, **kw):
-            clock.ops.append(("F", int(chunk), self.stage_index))
+        def _timed(self, kind, phase, call, chunk, *a, **kw):
+            clock.ops.append((kind, int(chunk), self.stage_index))
             t0 = clock.now()
             try:
-                return super().forward_one_chunk(chunk, *a, **kw)
+                return call(chunk, *a, **kw)
             finally:
-                clock.add("forward", clock.now() - t0)
+                clock.add(phase, clock.now() - t0)
 
-        def backward_one_chunk(self, chunk, *a, **kw):
-            clock.ops.append(("B", int(chunk), self.stage_index))   # full backward, or input-grad only (I)
-            t0 = clock.now()
-            try:
-                return super().backward_one_chunk(chunk, *a, **kw)
-            finally:
-                clock.add("backward", clock.now() - t0)
+        def forward_one_chunk(self, chunk, *a, **kw):
+            return self._timed("F", "forward", super().forward_one_chunk, chunk, *a, **kw)
+
+        def backward_one_chunk(self, chunk, *a, **kw):   # full backward, or input-grad only (I)
+            return self._timed("B", "backward", super().backward_one_chunk, chunk, *a, **kw)
 
         def backward_weight_one_chunk(self, chunk, *a, **kw):
-            clock.ops.append(("W", int(chunk), self.stage_index))
-            t0 = clock.now()
-            try:
-                return super().backward_weight_one_chunk(chunk, *a, **kw)
-            finally:
-                clock.add("backward", clock.now() - t0)
+            return self._timed("W", "backward", super().backward_weight_one_chunk, chunk, *a, **kw)
 
     return TimedStage
 
