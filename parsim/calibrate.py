@@ -179,32 +179,32 @@ def measure_loopback_allreduce(nproc: int = 2, timeout_s: float = 60) -> list[tu
     return [tuple(x) for x in _run_local_ranks(_COMM_SCRIPT, nproc, timeout_s, "loopback all-reduce")]
 
 
-_RTT_SCRIPT = r"""
-import json, socket, statistics, time, torch, torch.distributed as dist
-from datetime import timedelta
-dist.init_process_group("gloo", timeout=timedelta(seconds=30))
-rank, PINGS = dist.get_rank(), 200
-# raw TCP ping-pong rank 0 <-> rank 1 (the loopback wire latency, no gloo, no torch)
-port = torch.zeros(1, dtype=torch.int64)
-if rank == 1:
-    srv = socket.create_server(("127.0.0.1", 0)); port[0] = srv.getsockname()[1]
-dist.broadcast(port, src=1)
-rtt = []
-if rank == 1:
-    srv.settimeout(20); c, _ = srv.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for _ in range(PINGS):
-        c.sendall(c.recv(1))
-    c.close(); srv.close()
-elif rank == 0:
-    c = socket.create_connection(("127.0.0.1", int(port[0])), timeout=20)
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for _ in range(PINGS):
-        t0 = time.perf_counter(); c.sendall(b"x"); c.recv(1); rtt.append(time.perf_counter() - t0)
-    c.close()
-if rank == 0:
-    print(json.dumps({"rtt_s": statistics.median(rtt[10:])}))
-dist.destroy_process_group()
-"""
+def loopback_rtt_s(timeout_s: float = 30, pings: int = 200) -> float:
+    """Median round trip of a raw TCP ping-pong between two local processes (the loopback wire
+    latency, no gloo, no torch): the netem link probe (``backends.netem.probe``) on 127.0.0.1."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    root = str(Path(__file__).resolve().parents[1])
+    probe = [sys.executable, "-m", "backends.netem.probe"]
+    srv = subprocess.Popen(probe + ["serve", "127.0.0.1", port, "--timeout", str(timeout_s)], cwd=root,
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        srv.stdout.readline()  # "ready"
+        cli = subprocess.run(probe + ["client", "127.0.0.1", port, "--bytes", "1", "--pings", str(pings),
+                                      "--timeout", str(timeout_s)], cwd=root, capture_output=True, text=True,
+                             timeout=timeout_s + 5)
+        if cli.returncode != 0:
+            raise RuntimeError(f"loopback TCP ping-pong failed: {(cli.stderr.strip().splitlines() or ['?'])[-1]}")
+        return float(json.loads(cli.stdout.strip().splitlines()[-1])["rtt_s"])
+    finally:
+        try:
+            srv.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait()
+
 
 STEP_PROCS = (2, 3, 4, 6, 8)
 STEP_CASES = ("native", "ring", "hd", "tree", "ps", "ps-central")
@@ -238,7 +238,7 @@ def measure_step_overheads(nprocs=STEP_PROCS, launches: int = 3, timeout_s: floa
     from parsim.schedules.collectives import build
     out = []
     for p in nprocs:
-        rtt = _run_local_ranks(_RTT_SCRIPT, 2, timeout_s, "loopback TCP ping-pong")["rtt_s"]
+        rtt = loopback_rtt_s(min(timeout_s, 30))
         runs = [_bench_loopback(p, timeout_s) for _ in range(launches)]
         cases = {}
         for k in STEP_CASES:

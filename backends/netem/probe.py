@@ -100,11 +100,12 @@ def main(argv=None) -> int:
     p.add_argument("port", type=int)
     p.add_argument("--bytes", type=int, default=8 << 20)
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--pings", type=int, default=PINGS, help="client: round trips timed (the first is dropped)")
     a = p.parse_args(argv)
     if a.role == "serve":
         serve(a.addr, a.port, a.timeout)
     else:
-        print(json.dumps(client(a.addr, a.port, a.bytes, a.timeout)), flush=True)
+        print(json.dumps(client(a.addr, a.port, a.bytes, a.timeout, a.pings)), flush=True)
     return 0
 
 
