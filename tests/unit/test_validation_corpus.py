@@ -106,3 +106,33 @@ def test_a100_held_out_errors_do_not_regress(loto):
                           "torchtitan_a100_fsdp_2024: Llama 2": (0.07, 0.11)}.items():
         s = by[t]["step"]
         assert s["mean"] <= mean and s["max"] <= mx, (t, s)
+
+
+def test_matmul_ceilings_are_their_published_mamf():
+    # Each profile's matmul curve tops out at the measured Maximum Achievable Matmul FLOPS / datasheet peak
+    # (compute_benchmarks.yaml, Bekman's MAMF table): A100 267.9/312 = 0.859, H100 792.1/989 = 0.801,
+    # H200 (GH200) 828.6/989 = 0.838 (devices.yaml said 0.836 for that same ratio until this test), B200 1745/2250 = 0.776.
+    bench = yaml.safe_load((DATA / "compute_benchmarks.yaml").read_text())
+    devices = yaml.safe_load((DATA / "devices.yaml").read_text())
+    for gpu_type, m in bench["mamf"].items():
+        if gpu_type == "source":
+            continue
+        ceiling = m["used_by_devices_yaml"] / m["bf16"]["theory_TFLOPs"]
+        for dev in C.GPU_TYPE_DEVICES[gpu_type]:
+            assert devices[dev]["matmul_efficiency"][-1][1] == pytest.approx(round(ceiling, 3), abs=1e-9), dev
+            assert devices[dev]["peak_TFLOPs"]["bf16"] == m["bf16"]["theory_TFLOPs"], dev
+        # FP8 MAMF, where measured, is below its datasheet peak and above the bf16 MAMF
+        if "fp8" in m:
+            assert m["bf16"]["TFLOPs"] < m["fp8"]["TFLOPs"] < m["fp8"]["theory_TFLOPs"]
+
+
+def test_compute_benchmarks_say_their_source():
+    bench = yaml.safe_load((DATA / "compute_benchmarks.yaml").read_text())
+    assert "http" in bench["mamf"]["source"]
+    for name, entry in bench["attention"].items():
+        assert "http" in entry["source"] and entry["caveats"], name
+        n = len(entry["seq_len"])
+        for gpu, panels in entry.items():
+            if gpu in C.GPU_TYPE_DEVICES:
+                for panel, series in panels.items():
+                    assert all(len(v) == n for v in series.values()), (name, panel)
