@@ -45,7 +45,7 @@ GiB = 2 ** 30
 # What each GPU type's profile keys are (a fitted number is shared by the profiles of one chip).
 GPU_TYPE_DEVICES = {"a100-80gb": ("a100-80gb", "a100-40gb"), "h100-sxm": ("h100-sxm",), "h200": ("h200",),
                     "b200": ("b200",), "h100-hbm2e-500w": ("h100-hbm2e-500w",)}
-DEFAULT_CLUSTER = {"a100-80gb": "dgx-a100", "h100-sxm": "dgx-h100", "h200": "dgx-h200",
+DEFAULT_CLUSTER = {"a100-80gb": "dgx-a100", "h100-sxm": "dgx-h100", "h200": "dgx-h200", "b200": "dgx-b200",
                    "h100-hbm2e-500w": "grand-teton-h100"}
 MOE_MODELS = ("mixtral", "qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "gpt-oss")
 
@@ -67,8 +67,12 @@ class CorpusRow:
     cluster: str = ""
     knobs: dict = field(default_factory=dict)   # the stated plan knobs
     techniques: str = ""
-    reason: str = ""                # "" = expressible; else why not
+    reasons: list = field(default_factory=list)   # [] = expressible; else every reason why not
     plans: list = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
 
     @property
     def table_id(self) -> str:
@@ -98,28 +102,29 @@ def _float(x):
     return float(x) if x not in (None, "", "n/a") else None
 
 
-def _reason(r: dict, gpu_type: str) -> str:
-    """Why parsim cannot price this row as published today ('' when it can)."""
+def _reasons(r: dict, gpu_type: str) -> list[str]:
+    """Every reason parsim cannot price this row as published today ([] when it can)."""
     prec, model, tech = r["precision"], r["model"], r.get("techniques", "") or ""
     rc = r.get("recompute", "") or ""
+    out = []
     if prec not in DTYPES:
-        return f"precision {prec} (FP8 GEMMs have no dtype in parsim.plan.DTYPES)"
+        out.append(f"precision {prec} (FP8 GEMMs have no dtype in parsim.plan.DTYPES)")
     if (_int(r.get("ep")) or 1) > 1 or model.startswith(MOE_MODELS):
-        return "mixture of experts (no expert layers or expert parallelism in the model)"
+        out.append("mixture of experts (no expert layers or expert parallelism in the model)")
     if (_int(r.get("cp")) or 1) > 1 and "cp" not in Plan.__dataclass_fields__:
-        return f"context parallelism cp = {r['cp']} (no cp in Plan)"
+        out.append("context parallelism (no cp in Plan)")
     if model not in preset_names():
-        return f"no model preset for {model}"
+        out.append(f"no model preset for {model}")
     if rc.startswith("selective-"):
-        return (f"torchtitan {rc[len('selective-'):]}-level selective activation checkpointing (parsim's recompute "
-                f"policies are {', '.join(RECOMPUTE)})")
+        out.append(f"torchtitan {rc[len('selective-'):]}-level selective activation checkpointing (parsim's recompute "
+                   f"policies are {', '.join(RECOMPUTE)})")
     if "torch.compile" in tech:
-        return "torch.compile kernel fusion (no fusion knob in the model)"
+        out.append("torch.compile kernel fusion (no fusion knob in the model)")
     if "AsyncTP" in tech:
-        return "async tensor parallelism (no knob)"
+        out.append("async tensor parallelism (no knob)")
     if gpu_type not in DEFAULT_CLUSTER and not r.get("cluster"):
-        return f"no cluster preset for {gpu_type}"
-    return ""
+        out.append(f"no cluster preset for {gpu_type}")
+    return out
 
 
 def _candidates(r: dict, model) -> list[Plan]:
@@ -166,14 +171,14 @@ def load_file(path) -> list[CorpusRow]:
                         knobs={k: r.get(k, "") for k in ("micro_batch", "fsdp", "tp", "pp", "cp", "vp", "ep",
                                                           "schedule", "recompute")},
                         techniques=r.get("techniques", "") or "")
-        row.reason = _reason(r, gpu_type)
+        row.reasons = _reasons(r, gpu_type)
         if not row.reason:
             if row.global_batch is None:
-                row.reason = "global batch unstated"
+                row.reasons = ["global batch unstated"]
             else:
                 row.plans = _candidates(r, load_model(row.model))
                 if not row.plans:
-                    row.reason = "no valid plan for the stated knobs"
+                    row.reasons = ["no valid plan for the stated knobs"]
         out.append(row)
     return out
 
@@ -272,8 +277,8 @@ def leave_one_table_out() -> list[dict]:
                  "fraction": f, "fit_on": sorted({r.table_id for r in _error_grid(gpu_type)[0] if r.table_id != t}),
                  "not_expressible": {}, "row_results": []}
         for r in rows:
-            if r.reason:
-                entry["not_expressible"][r.reason] = entry["not_expressible"].get(r.reason, 0) + 1
+            for why in r.reasons:    # a row missing several features counts under each
+                entry["not_expressible"][why] = entry["not_expressible"].get(why, 0) + 1
         step_errs, mem_errs = [], []
         for r in expr:
             if f is None:
@@ -295,6 +300,16 @@ def leave_one_table_out() -> list[dict]:
         entry["memory"] = _stats(mem_errs)
         out.append(entry)
     return out
+
+
+def blockers() -> list[dict]:
+    """Corpus-wide: for each reason, the rows it blocks and the rows it alone blocks (what adding
+    that feature to the model would make expressible), most-blocking first."""
+    rows = [r for r in load_corpus() if r.reasons]
+    names = sorted({w for r in rows for w in r.reasons})
+    out = [{"reason": w, "rows": sum(w in r.reasons for r in rows),
+            "only_reason": sum(r.reasons == [w] for r in rows)} for w in names]
+    return sorted(out, key=lambda d: (-d["rows"], d["reason"]))
 
 
 def shipped_fits() -> dict:

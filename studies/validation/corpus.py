@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from parsim.corpus import FRACTIONS, accuracy_metrics, leave_one_table_out, load_corpus, read_csv_with_header, \
+from parsim.corpus import FRACTIONS, accuracy_metrics, blockers, leave_one_table_out, load_corpus, read_csv_with_header, \
     shipped_fits, CORPUS_DIR
 from parsim.hardware import get_device
 from parsim.report import to_json, write_atomic
@@ -68,7 +68,11 @@ def markdown(loto: list[dict], fits: dict) -> str:
                          f"{'–' if r['published_memory_GiB'] is None else r['published_memory_GiB']} | {r['predicted_memory_GiB']} | "
                          f"{_pct(r['memory_rel_error'])} | {r['plan']} |")
         lines.append(f"\nMetric: {e['row_results'][0].get('metric', '')}; fraction {e['fraction']} fitted on: {', '.join(e['fit_on'])}.\n")
-    lines += ["## Not expressible yet", "", "| table | reason | rows |", "|---|---|---|"]
+    lines += ["## Not expressible yet", "", "Corpus-wide, what blocks how many rows (a row may miss several features; "
+              "'only reason' = rows that adding this feature alone would make expressible):", "",
+              "| reason | rows | only reason |", "|---|---|---|"]
+    lines += [f"| {b['reason']} | {b['rows']} | {b['only_reason']} |" for b in blockers()]
+    lines += ["", "By table (a row counts under each of its reasons):", "", "| table | reason | rows |", "|---|---|---|"]
     for e in loto:
         for reason, n in e["not_expressible"].items():
             lines.append(f"| {e['table']} | {reason} | {n} |")
