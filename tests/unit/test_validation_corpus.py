@@ -136,3 +136,25 @@ def test_compute_benchmarks_say_their_source():
             if gpu in C.GPU_TYPE_DEVICES:
                 for panel, series in panels.items():
                     assert all(len(v) == n for v in series.values()), (name, panel)
+
+
+def test_a_table_file_is_read_with_its_header_and_every_reason(tmp_path):
+    p = tmp_path / "toy_source.csv"
+    p.write_text(
+        "# title: toy\n# source: https://example.org/a\n# source: https://example.org/b\n# gpu_type: a100-80gb\n"
+        "table,model,gpus,precision,seq_len,global_batch,micro_batch,fsdp,tp,pp,cp,vp,ep,schedule,recompute,"
+        "techniques,tokens_per_s_per_gpu,model_tflops_per_gpu,peak_memory_GiB\n"
+        "T,llama3-8b,16,fp8,8192,32,,,1,1,2,,8,,full,torch.compile,100,,\n"
+        "T,llama3-8b,16,bf16,8192,32,,16,1,1,1,,,,full,,100,,50\n")
+    header, _ = C.read_csv_with_header(p)
+    assert header["source"] == "https://example.org/a; https://example.org/b"   # repeated keys are kept, joined
+    fp8, bf16 = C.load_file(p)
+    # the fp8 row is missing four features and says all four
+    assert len(fp8.reasons) == 4 and not fp8.plans
+    assert any("fp8" in w for w in fp8.reasons) and any("experts" in w for w in fp8.reasons)
+    assert any("context parallelism" in w for w in fp8.reasons) and any("torch.compile" in w for w in fp8.reasons)
+    # the bf16 row: FSDP over 16 ranks = ZeRO-3, the unstated micro-batch searched over 1, 2 (32 / 16 = 2 per rank)
+    assert not bf16.reasons and bf16.cluster == "dgx-a100"
+    assert sorted(p.micro_batch for p in bf16.plans) == [1, 2]
+    assert {(p.dp, p.zero, p.recompute) for p in bf16.plans} == {(16, 3, "full")}
+    assert bf16.peak_memory_GiB == 50.0
