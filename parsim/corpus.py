@@ -312,6 +312,46 @@ def blockers() -> list[dict]:
     return sorted(out, key=lambda d: (-d["rows"], d["reason"]))
 
 
+def recompute_brackets() -> list[dict]:
+    """Diagnostic, not a held-out metric: rows blocked only by torchtitan's op-level selective AC,
+    priced with the shipped profile under parsim's two neighbouring policies, 'selective' (recomputes
+    less, keeps more) and 'full' (recomputes more, keeps less). The published throughput and memory
+    should fall between the two; a row outside its bracket points at something other than the policy."""
+    out = []
+    for row in load_corpus():
+        if len(row.reasons) != 1 or "op-level selective" not in row.reasons[0]:
+            continue
+        r = {k: row.knobs.get(k, "") for k in ("micro_batch", "fsdp", "tp", "pp", "cp", "vp", "ep", "schedule")}
+        r.update(source=row.source, gpus=row.gpus, global_batch=row.global_batch, seq_len=row.seq_len,
+                 precision=row.precision, recompute="")
+        model = load_model(row.model)
+        entry = {"table": row.table_id, "model": row.model, "gpus": row.gpus, "published": row.published,
+                 "published_memory_GiB": row.peak_memory_GiB}
+        for rc in ("selective", "full"):
+            probe = CorpusRow(**{**row.__dict__, "reasons": [], "plans": _candidates(dict(r, recompute=rc), model)})
+            p = _predict_any(probe)
+            entry[rc] = {"predicted": round(p["value"], 1), "memory_GiB": round(p["memory_GiB"], 1)}
+        lo, hi = sorted((entry["selective"]["predicted"], entry["full"]["predicted"]))
+        entry["throughput_in_bracket"] = lo <= row.published <= hi
+        if row.peak_memory_GiB:
+            mlo, mhi = sorted((entry["selective"]["memory_GiB"], entry["full"]["memory_GiB"]))
+            entry["memory_in_bracket"] = mlo <= row.peak_memory_GiB <= mhi
+        out.append(entry)
+    return out
+
+
+def _predict_any(row: CorpusRow) -> dict:
+    """predict_row, ignoring the memory capacity (a bracket end may not fit: its memory is the point)."""
+    from parsim.predict import get_cluster, plan_columns, price
+    model = load_model(row.model)
+    dev = _device(row.gpu_type, None)
+    r = price(model, get_cluster(row.cluster, row.gpus), plan_columns(row.plans, model), device=dev)
+    gb = np.array([p.global_batch for p in row.plans], dtype=float)
+    val = gb * row.seq_len / np.asarray(r["step_time_s"], dtype=float) / row.gpus
+    i = int(np.argmax(val))
+    return {"value": float(val[i]), "memory_GiB": float(np.asarray(r["memory_bytes"])[i] / GiB)}
+
+
 def shipped_fits() -> dict:
     """GPU type -> the fraction fitted on all its tables (None where no table is expressible)."""
     return {g: fit_fraction(g) for g in GPU_TYPE_DEVICES}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from parsim.corpus import FRACTIONS, accuracy_metrics, blockers, leave_one_table_out, load_corpus, read_csv_with_header, \
+from parsim.corpus import FRACTIONS, accuracy_metrics, blockers, recompute_brackets, leave_one_table_out, load_corpus, read_csv_with_header, \
     shipped_fits, CORPUS_DIR
 from parsim.hardware import get_device
 from parsim.report import to_json, write_atomic
@@ -76,6 +76,19 @@ def markdown(loto: list[dict], fits: dict) -> str:
     for e in loto:
         for reason, n in e["not_expressible"].items():
             lines.append(f"| {e['table']} | {reason} | {n} |")
+    br = recompute_brackets()
+    if br:
+        lines += ["", "## Diagnostic (not a held-out metric): torchtitan's op-level selective AC bracketed", "",
+                  "Rows blocked only by torchtitan's op-level selective activation checkpointing, priced with the "
+                  "shipped profile under parsim's `selective` (recomputes less, keeps more) and `full` (recomputes "
+                  "more, keeps less); the published figures should fall between.", "",
+                  "| table | model | GPUs | published tok/s | selective | full | in bracket | published GiB | selective GiB | full GiB | in bracket |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for b in br:
+            lines.append(f"| {b['table']} | {b['model']} | {b['gpus']} | {b['published']:g} | {b['selective']['predicted']:g} | "
+                         f"{b['full']['predicted']:g} | {'yes' if b['throughput_in_bracket'] else 'NO'} | "
+                         f"{b['published_memory_GiB'] if b['published_memory_GiB'] else '–'} | {b['selective']['memory_GiB']} | "
+                         f"{b['full']['memory_GiB']} | {'–' if 'memory_in_bracket' not in b else ('yes' if b['memory_in_bracket'] else 'NO')} |")
     lines += ["", "## Sources", ""]
     for p in sorted(CORPUS_DIR.glob("*.csv")):
         h, _ = read_csv_with_header(p)

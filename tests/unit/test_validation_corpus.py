@@ -158,3 +158,13 @@ def test_a_table_file_is_read_with_its_header_and_every_reason(tmp_path):
     assert sorted(p.micro_batch for p in bf16.plans) == [1, 2]
     assert {(p.dp, p.zero, p.recompute) for p in bf16.plans} == {(16, 3, "full")}
     assert bf16.peak_memory_GiB == 50.0
+
+
+def test_op_level_ac_rows_fall_between_parsims_selective_and_full():
+    # Diagnostic bracket (reports/validation/corpus.md): torchtitan's op-level selective AC recomputes more than
+    # parsim's 'selective' and less than 'full', so each published throughput and memory lies between the two
+    # predictions, e.g. H100 Table 1: 5762 tok/s in [5330, 6206], 82.4 GiB in [37.6, 99.5].
+    br = C.recompute_brackets()
+    assert len(br) == 5
+    assert all(b["throughput_in_bracket"] for b in br), br
+    assert all(b.get("memory_in_bracket", True) for b in br), br
