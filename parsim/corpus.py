@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -367,7 +368,7 @@ def accuracy_metrics() -> dict:
     m = {}
     loto = leave_one_table_out()
     for e in loto:
-        key = "corpus." + e["table"].replace(" ", "_").replace(":", "")
+        key = "corpus." + re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9]", "_", e["table"]))   # one dot-free name per table
         m[f"{key}.expressible"] = e["expressible"]
         m[f"{key}.not_expressible"] = e["rows"] - e["expressible"]
         for k in ("mean", "max", "bias"):
