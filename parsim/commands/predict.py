@@ -15,9 +15,9 @@ def add_arguments(p):
 
 
 def run(a) -> int:
-    from parsim.predict import predict
+    from parsim.predict import get_cluster, predict
     from parsim.report import step_report_text, to_json, write_atomic
-    plan = plan_from_args(a, a.gpus)
+    plan = plan_from_args(a, a.gpus, None if a.dtype else get_cluster(a.cluster, a.gpus).device)
     rep = predict(a.model, a.cluster, plan, gpus=a.gpus)
     text = to_json(rep.to_dict()) if a.format == "json" else step_report_text(rep)
     sys.stdout.write(text)

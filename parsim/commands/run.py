@@ -28,7 +28,7 @@ def add_arguments(p):
     p.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3))
     p.add_argument("--recompute", default="none", help="none | selective | full")
     p.add_argument("--sequence-parallel", action="store_true")
-    p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default bf16 on GPU; CPU runs fp32)")
+    p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: the device's, parsim.hardware.default_dtype: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3, help="steps dropped before the median (default 3)")
@@ -81,7 +81,8 @@ def make_plan(args, world: int | None = None):
     vpp = args.vpp or (2 if schedule in ("interleaved", "zbv") and pp > 1 else 1)
     micro = args.micro_batch
     gb = args.global_batch or micro * dp * pp     # one micro-batch per pipeline stage
-    dtype = args.dtype or ("bf16" if args.backend == "nccl" else "fp32")
+    from parsim.hardware import default_dtype
+    dtype = args.dtype or default_dtype("gpu" if args.backend == "nccl" else "cpu")
     plan = Plan(dp=dp, tp=tp, pp=pp, vpp=vpp, micro_batch=micro, global_batch=gb, seq_len=args.seq_len,
                 dtype=dtype, schedule=schedule, grad_sync=args.grad_sync, zero=args.zero, recompute=args.recompute,
                 sequence_parallel=args.sequence_parallel, overlap=False, flash_attention=True)
