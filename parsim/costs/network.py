@@ -426,24 +426,71 @@ def _pair(cluster, a, b):
     return (float(np.min(rt.bw[eids] / fr)) if len(eids) else float("inf")), lat
 
 
-def _closed_form_coeffs(cluster, op, algo, ranks):
-    """α-β closed forms for groups of more than GRAPH_MAX_RANKS ranks, on link figures read off
-    the graph: B_i/α_i between two ranks of one node, B_e/α_e between ranks of two nodes; g ranks
-    per node, N nodes. Ring 2(p−1)(α + n/(p·B)) (Patarasuk & Yuan 2009); multi-channel ring with
-    one NIC per channel: per-byte max(1/B_i, 1/(g·B_e)); hierarchical: intra reduce-scatter,
-    inter all-reduce of n/g per NIC, intra all-gather; halving-doubling 2·log2(p)·α +
-    2(p−1)/p·n/B (Thakur et al. 2005); tree 2·log2(p)·α + 2n/B; co-located PS (BytePS)
-    2α + 2(p−1)/p·n/B; central PS 2α + 2(p−1)·n/B (the server's link carries every push and pull)."""
-    import math
-    p = len(ranks)
+def _node_groups(cluster, ranks):
     by_node = {}
     for r in ranks:
         by_node.setdefault(cluster.node_of(r), []).append(r)
-    g, N = max(len(v) for v in by_node.values()), len(by_node)
-    same = next((v for v in by_node.values() if len(v) > 1), None)
+    return list(by_node.values())
+
+
+def _hd_steps(cluster, ranks):
+    """(α, s/byte) of recursive halving (reduce-scatter) over the first q = 2^k ranks, exactly
+    as the played schedule runs it: step j pairs i with i xor d, d = q/2, q/4, ..., 1, and moves
+    n/2^j bytes over that pair's route (intra-node for small d, inter-node for large d); plus
+    the non-power-of-two fold of the p - q extra ranks (whole buffer, Thakur et al. 2005 §4.4)."""
+    import math
+    p = len(ranks)
+    q = 1 << (p.bit_length() - 1)
+    alpha = beta = 0.0
+    d, frac = q // 2, 0.5
+    while d >= 1:
+        bw, lat = _pair(cluster, ranks[0], ranks[d])
+        alpha, beta = alpha + lat, beta + frac / bw
+        d, frac = d // 2, frac / 2
+    fold = (0.0, 0.0)
+    if p > q:
+        bw, lat = _pair(cluster, ranks[q], ranks[0])
+        fold = (lat, 1 / bw)
+    assert math.isfinite(beta)
+    return alpha, beta, fold
+
+
+def _anchor(ranks, pow2=False):
+    """The largest prefix of `ranks` the graph pricing plays (<= GRAPH_MAX_RANKS), keeping whole
+    nodes' worth of ranks (so it has the group's ranks-per-node), a power of two if asked."""
+    k = GRAPH_MAX_RANKS
+    if pow2:
+        k = 1 << (k.bit_length() - 1)
+    return tuple(ranks[:k])
+
+
+def _closed_form_coeffs(cluster, op, algo, ranks):
+    """α-β closed forms for groups of more than GRAPH_MAX_RANKS ranks, from the same link
+    figures the played schedules use: B_i/α_i between two ranks of one node, B_e/α_e between
+    ranks of two nodes (the route's narrowest share), g ranks per node, N nodes.
+
+      ring (one ring)            2(p−1)·α + 2(p−1)/p·n/min(B_i, B_e)   (Patarasuk & Yuan 2009)
+      ring-channels (NCCL)       per byte max(1/B_i, 1/(g·B_e)) in place of 1/B (one ring per NIC)
+      hierarchical               intra reduce-scatter, inter all-reduce of n/g per NIC, intra all-gather
+      hd / rd                    the played steps' own pairs: Σ_j α(d_j) + n/2^j / B(d_j) per
+                                 direction, plus the fold of a non-power-of-two group (Thakur 2005)
+      tree (double binary)       per byte of the played tree on the group's first ranks (pipelined
+                                 trees move a buffer at a rate set by their busiest link, which
+                                 does not grow with p); α grows by 2·α_e per extra tree level
+      ps (co-located, BytePS)    2α + 2·max((p−g)/p·n/B_e, (g−1)/p·n/B_i);  ps-central 2α + 2(p−1)·n/B
+    reduce_scatter / all_gather take half of the matching all-reduce form. Tested against the
+    played schedules (tests/unit/test_network_consistency.py): within 5% where both run."""
+    import math
+    p = len(ranks)
+    nodes = _node_groups(cluster, ranks)
+    g, N = max(len(v) for v in nodes), len(nodes)
+    same = next((v for v in nodes if len(v) > 1), None)
     B_i, a_i = _pair(cluster, same[0], same[1]) if same else (float("inf"), 0.0)
-    nodes = list(by_node.values())
-    B_e, a_e = _pair(cluster, nodes[0][0], nodes[1][0]) if N > 1 else (B_i, a_i)
+    if N > 1:     # the nearest and the farthest node: the narrowest share and the longest path
+        (b1, l1), (b2, l2) = _pair(cluster, nodes[0][0], nodes[1][0]), _pair(cluster, nodes[0][0], nodes[-1][0])
+        B_e, a_e = min(b1, b2), max(l1, l2)
+    else:
+        B_e, a_e = B_i, a_i
     B, a = min(B_i, B_e), max(a_i, a_e)
     lg = math.ceil(math.log2(p))
     chan = max(1 / B_i, 1 / (g * B_e)) if N > 1 and g > 1 else 1 / B
@@ -451,27 +498,38 @@ def _closed_form_coeffs(cluster, op, algo, ranks):
     if op == "sendrecv":
         bw, lat = _pair(cluster, ranks[0], ranks[1])
         return lat, 1 / bw
-    if op in ("reduce_scatter", "all_gather"):
-        return (p - 1) * a, (p - 1) / p * (chan if gpu else 1 / B)
     if op == "broadcast":
         return lg * a, 1 / B
     if op == "all_to_all":
         return (p - 1) * a, (p - 1) / p / B
+    if algo == "native" and not gpu:
+        algo = "ring"
+    if op in ("reduce_scatter", "all_gather"):
+        if algo in ("hd", "rd"):
+            al, be, fold = _hd_steps(cluster, ranks)
+            if fold[1] == 0.0:
+                return al, be
+        if algo in ("native", "ring-channels") and gpu:
+            return (p - 1) * a, (p - 1) / p * chan
+        return (p - 1) * a, (p - 1) / p / B
     if algo == "native":
-        if not gpu:
-            algo = "ring"
-        else:
-            lines = [(2 * (p - 1) * a, 2 * (p - 1) / p * chan), (2 * lg * a, 2 / B)]
-            return min(lines, key=lambda ab: ab[0] + ab[1] * NATIVE_REF_BYTES)
+        lines = [_closed_form_coeffs(cluster, op, x, ranks) for x in ("ring-channels", "tree")]
+        return min(lines, key=lambda ab: ab[0] + ab[1] * NATIVE_REF_BYTES)
+    if algo == "ring-channels":
+        return 2 * (p - 1) * a, 2 * (p - 1) / p * chan
     if algo == "hierarchical" and g > 1 and N > 1:
         return (2 * (g - 1) * a_i + 2 * (N - 1) * a_e,
                 2 * (g - 1) / g / B_i + 2 * (N - 1) / N / (g * B_e))
     if algo == "tree":
-        return 2 * lg * a, 2 / B
+        anchor = _anchor(ranks)
+        a0, b0 = _coeffs_cached(cluster, op, "tree", anchor)
+        extra = math.ceil(math.log2(p)) - math.ceil(math.log2(len(anchor)))
+        return a0 + 2 * extra * a, b0
     if algo == "hd":
-        return 2 * lg * a, 2 * (p - 1) / p / B
-    if algo in ("ps", "ps-colocated"):
-        return 2 * a, 2 * (p - 1) / p / B
+        al, be, fold = _hd_steps(cluster, ranks)
+        return 2 * (al + fold[0]), 2 * (be + fold[1])
+    if algo in ("ps", "ps-colocated"):      # each rank's (p-1)/p·n: (g-1)/p over NVLink, (p-g)/p over its NIC
+        return 2 * a, 2 * max((p - g) / p / B_e, (g - 1) / p / B_i)
     if algo == "ps-central":
         return 2 * a, 2 * (p - 1) / B
     return 2 * (p - 1) * a, 2 * (p - 1) / p / B          # ring, and anything else
@@ -501,13 +559,21 @@ def collective_coeffs(cluster, op: str, algo: str, ranks) -> tuple[float, float]
     return _coeffs_cached(cluster, op, algo, tuple(int(r) for r in ranks))
 
 
-def collective_time_s(cluster, op: str, algo: str, ranks, nbytes: float) -> float:
-    """Seconds for one collective of a per-rank buffer of `nbytes` over global `ranks`."""
+def collective_lines(cluster, op: str, algo: str, ranks) -> tuple:
+    """The (alpha_s, s_per_byte) lines whose minimum is the collective's time at any size: one
+    line per algorithm, two for a GPU library's own all-reduce (its ring channels and its
+    double binary tree; NCCL's tuner picks the faster per size). `collective` and `predict`
+    both price through this, so they price the same thing."""
     ranks = tuple(int(r) for r in ranks)
     if algo == "native" and op == "allreduce" and len(ranks) > 2 and cluster.device.kind == "gpu":
-        return min(collective_time_s(cluster, op, x, ranks, nbytes) for x in ("ring-channels", "tree"))
-    a, b = collective_coeffs(cluster, op, algo, ranks)
-    return a + b * float(nbytes)
+        return tuple(collective_coeffs(cluster, op, x, ranks) for x in ("ring-channels", "tree"))
+    return (collective_coeffs(cluster, op, algo, ranks),)
+
+
+def collective_time_s(cluster, op: str, algo: str, ranks, nbytes: float) -> float:
+    """Seconds for one collective of a per-rank buffer of `nbytes` over global `ranks`
+    (the minimum over ``collective_lines``)."""
+    return min(a + b * float(nbytes) for a, b in collective_lines(cluster, op, algo, ranks))
 
 
 def busbw_factor(op: str, p: int) -> float:
