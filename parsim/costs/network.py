@@ -455,6 +455,23 @@ def _hd_steps(cluster, ranks):
     return alpha, beta, fold
 
 
+@functools.lru_cache(maxsize=256)
+def _tree_alpha(p: int, g: int, a_i: float, a_e: float) -> float:
+    """Latency of a one-chunk double-binary-tree all-reduce over p node-major ranks, g per node,
+    round by round as the played schedule runs it: the reduce's round k moves every edge whose
+    child has height k, the broadcast's round d every edge to depth d (both trees at once);
+    a round costs α_e if any of its edges joins two nodes, else α_i."""
+    up, down = {}, {}
+    for t in S.double_binary_trees(p):
+        height, depth = S._levels(t)
+        for v, par in enumerate(t):
+            if par >= 0:
+                lat = a_i if v // g == par // g else a_e
+                up[height[v]] = max(up.get(height[v], 0.0), lat)
+                down[depth[v]] = max(down.get(depth[v], 0.0), lat)
+    return sum(up.values()) + sum(down.values())
+
+
 def _anchor(ranks, pow2=False):
     """The largest prefix of `ranks` the graph pricing plays (<= GRAPH_MAX_RANKS), keeping whole
     nodes' worth of ranks (so it has the group's ranks-per-node), a power of two if asked."""
@@ -474,9 +491,8 @@ def _closed_form_coeffs(cluster, op, algo, ranks):
       hierarchical               intra reduce-scatter, inter all-reduce of n/g per NIC, intra all-gather
       hd / rd                    the played steps' own pairs: Σ_j α(d_j) + n/2^j / B(d_j) per
                                  direction, plus the fold of a non-power-of-two group (Thakur 2005)
-      tree (double binary)       per byte of the played tree on the group's first ranks (pipelined
-                                 trees move a buffer at a rate set by their busiest link, which
-                                 does not grow with p); α grows by 2·α_e per extra tree level
+      tree (double binary, NCCL) α of its rounds (intra or inter) + max((1 + c)/2·n/B_e, n/B_i),, c = the most
+                                 inter-node children of a node in NCCL's btree over the N nodes
       ps (co-located, BytePS)    2α + 2·max((p−g)/p·n/B_e, (g−1)/p·n/B_i);  ps-central 2α + 2(p−1)·n/B
     reduce_scatter / all_gather take half of the matching all-reduce form. Tested against the
     played schedules (tests/unit/test_network_consistency.py): within 5% where both run."""
@@ -521,10 +537,16 @@ def _closed_form_coeffs(cluster, op, algo, ranks):
         return (2 * (g - 1) * a_i + 2 * (N - 1) * a_e,
                 2 * (g - 1) / g / B_i + 2 * (N - 1) / N / (g * B_e))
     if algo == "tree":
-        anchor = _anchor(ranks)
-        a0, b0 = _coeffs_cached(cluster, op, "tree", anchor)
-        extra = math.ceil(math.log2(p)) - math.ceil(math.log2(len(anchor)))
-        return a0 + 2 * extra * a, b0
+        # NCCL's double binary tree over node-major ranks: its inter-node edges join one GPU per
+        # node (local rank 0 in one tree, the mirrored one in the other), whose NIC sends the
+        # tree's half of the buffer up once and down once per inter-node child: (1 + c)/2 · n per
+        # NIC, c = the most children a node has in the btree over N nodes; NVLink carries
+        # ~n/2 each way per tree (in-node chain). α: 2·log2(p) steps.
+        par = S.nccl_btree(N) if N > 1 else [-1]
+        kids = max((par.count(v) for v in range(N)), default=0)
+        inter = (1 + kids) / 2 / B_e if N > 1 else 0.0
+        intra = 1 / B_i if g > 1 else 0.0
+        return _tree_alpha(p, g, a_i, a_e), max(inter, intra)
     if algo == "hd":
         al, be, fold = _hd_steps(cluster, ranks)
         return 2 * (al + fold[0]), 2 * (be + fold[1])
