@@ -86,6 +86,9 @@ def build_schedule(op, algo, world, nbytes, host_of, servers=0):
     from parsim.schedules import collectives as SC
     p = world - servers
     require(p >= 1, f"{world} ranks with {servers} dedicated servers leaves no workers")
+    require(algo != "ps-sharded" or servers > 0,
+            f"ps-sharded needs dedicated server hosts, and these {world} ranks have none "
+            "(run it in an emulated cluster with servers, e.g. `parsim emulate up --preset ps-star`)")
     counts = [host_of[:p].count(h) for h in dict.fromkeys(host_of[:p])]
     if algo == "hierarchical":
         require(len(set(counts)) == 1, f"hierarchical needs the same number of ranks on every host, got {counts}")
@@ -174,6 +177,24 @@ def _run_point(op, algo, nbytes, repeats, warmup, rank, world, min_time_s=0.0, m
     }
 
 
+def runnable_algorithms(op, algos, world, nbytes, quiet=False) -> list:
+    """The algorithms of the list this world can run (validated before the group forms, so every
+    rank decides alike); each one it cannot is refused in one line on stderr (unless `quiet`:
+    the other ranks) and the rest run. ParsimError when none is left."""
+    ok, errors = [], []
+    for a in algos:
+        try:
+            predict_point(op, a, world, nbytes)
+            ok.append(a)
+        except ParsimError as e:
+            errors.append(e)
+            if not quiet:
+                print(f"parsim run --bench: skipping {a}: {e}", file=sys.stderr, flush=True)
+    if not ok:
+        raise errors[0] if errors else ParsimError("--algo names no algorithm")
+    return ok
+
+
 def run_ranks(args) -> list | None:
     """Body of one rank (env:// rendezvous). Returns the results on rank 0."""
     import torch.distributed as dist
@@ -181,8 +202,8 @@ def run_ranks(args) -> list | None:
     op = args.bench
     algos = [a.strip() for a in str(args.algo).split(",") if a.strip()]
     sizes = parse_size_range(args.size)
-    for a in algos:  # validate before the group forms, so bad input fails on every rank alike
-        predict_point(op, a, int(os.environ["WORLD_SIZE"]), sizes[0])
+    algos = runnable_algorithms(op, algos, int(os.environ["WORLD_SIZE"]), sizes[0],
+                                quiet=os.environ.get("RANK", "0") != "0")
     if "OMP_NUM_THREADS" not in os.environ:
         # several ranks share the CPU: spinning OpenMP workers would steal it from
         # gloo's I/O threads (measured: a 4-rank 1 MiB ring 30x slower on 2 cores)
