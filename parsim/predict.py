@@ -24,6 +24,7 @@ import numpy as np
 from parsim.costs import compute as C
 from parsim.costs import memory as M
 from parsim.costs.dpsync import ZERO_SYNC_ALGOS, dp_sync_s, zero_sync_algorithms
+from parsim.costs import network as _net
 from parsim.costs.network import collective_lines
 from parsim.errors import ParsimError
 from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, validate
@@ -82,20 +83,13 @@ class _Groups:
         self._cache = {}      # (op, algo, ranks) -> (alpha_s, s_per_byte)
 
     def coeffs(self, kind: str, op: str, algo: str, tp: int, pp: int, dp: int):
-        """((alpha_s, s_per_byte), (alpha_s, s_per_byte)): the collective_lines of the first group of `kind`
-        under tp-innermost placement (time = the smaller line at the size)."""
-        if kind == "tp":
-            ranks = tuple(range(tp))
-        elif kind == "pp":          # neighbouring stages: ranks 0 and tp
-            ranks = (0, tp) if pp > 1 else (0,)
-        else:
-            ranks = tuple(i * tp * pp for i in range(dp))
-        return self._coeffs(op, algo, ranks)
-
-    def _coeffs(self, op, algo, ranks):
-        key = (op, algo, ranks)
+        """((alpha_s, s_per_byte), (alpha_s, s_per_byte)): the collective_lines of the first group of
+        `kind` under tp-innermost placement (parsim.topology.group_ranks; time = the smaller line at
+        the size), priced together with the groups of that kind running at the same time."""
+        key = (kind, op, algo, tp, pp, dp)
         if key not in self._cache:
-            lines = ((0.0, 0.0),) if len(ranks) <= 1 else collective_lines(self.cluster, op, algo, ranks)
+            ranks, others = _concurrent_groups(self.cluster, kind, tp, pp, dp)
+            lines = ((0.0, 0.0),) if len(ranks) <= 1 else collective_lines(self.cluster, op, algo, ranks, others)
             self._cache[key] = (lines * 2)[:2]           # two lines (NCCL: ring channels, tree); min is the time
         return self._cache[key]
 
@@ -111,6 +105,33 @@ class _Groups:
         a, b = ab[shapes.inv, :, 0], ab[shapes.inv, :, 1]
         nb = np.asarray(nbytes, dtype=float)[..., None]
         return np.min(a + b * nb, axis=-1)
+
+
+def _concurrent_groups(cluster, kind, tp, pp, dp):
+    """(first group's ranks, the other groups of `kind` that run at the same time and can share
+    its links). dp: all dp groups, one per tp x pp position; tp: the tp groups on the first
+    group's nodes (a group inside one node shares no link with other nodes' groups); pp: the
+    stage boundary send/recv pairs of every tp rank and dp replica (1F1B's steady state)."""
+    if kind == "pp":
+        if pp == 1:
+            return (0,), ()
+        pairs = [(d * tp * pp + s * tp + t, d * tp * pp + (s + 1) * tp + t)
+                 for d in range(dp) for s in range(pp - 1) for t in range(tp)]
+        return pairs[0], tuple(pairs[1:])
+    from parsim.plan import Plan
+    from parsim.topology import group_ranks
+    plan = Plan(dp=dp, tp=tp, pp=pp)
+    size = {"tp": tp, "dp": dp}[kind]
+    count = tp * pp * dp // size
+    if size <= 1:
+        return (0,), ()
+    if count * size > _net.CONCURRENT_MAX_RANKS or size > _net.GRAPH_MAX_RANKS or cluster.device.kind != "gpu":
+        return group_ranks(plan, kind, 0), ()
+    groups = [group_ranks(plan, kind, i) for i in range(count)]
+    nodes0 = {cluster.node_of(r) for r in groups[0]}
+    if len(nodes0) == 1:
+        groups = [g for g in groups if nodes0 & {cluster.node_of(r) for r in g}]
+    return groups[0], tuple(groups[1:])
 
 
 class _Shapes:

@@ -397,21 +397,45 @@ def _ref_bytes(p, servers=1):
     return 2 ** 10 * p * q * max(1, servers) * 16
 
 
-def _coeffs_of(cluster, op, a, kw, ranks, executor="explicit"):
-    p = len(ranks)
+def _bind(sched: S.Schedule, groups) -> S.Schedule:
+    """`sched` bound to global ranks: to groups[0] alone, or run by every group of `groups` at
+    once (same shape; group k's local rank i is global rank groups[k][i]): one schedule whose
+    step j holds every group's step j, so concurrent groups share the links they cross."""
+    if len(groups) == 1:
+        return sched.with_ranks(groups[0])
+    assert sched.servers == 0, "concurrent groups with dedicated servers are not priced together"
+    G, p = len(groups), sched.p
+    shift = (np.arange(G, dtype=np.int64) * p)[:, None]
+    memo = {}
+
+    def rep(a, shifted):
+        k = (id(a), shifted)
+        if k not in memo:
+            memo[k] = ((a[None, :] + shift) if shifted else np.broadcast_to(a, (G, len(a)))).ravel()
+        return memo[k]
+    steps = tuple(S.Step(rep(st.src, True), rep(st.dst, True), rep(st.offset, False), rep(st.nbytes, False),
+                         rep(st.reduce, False), rep(st.dst_offset, False)) for st in sched.steps)
+    return S.Schedule(sched.op, sched.algo, G * p, sched.nbytes, sched.align, steps, 0,
+                      tuple(r for g in groups for r in g), dict(sched.meta))
+
+
+def _coeffs_of(cluster, op, a, kw, groups, executor="explicit"):
+    """(alpha_s, s_per_byte) of the played schedule `a` on `groups` (tuple of rank tuples: the
+    group priced and the ones running at the same time)."""
+    p = len(groups[0])
     if a in ("tree",) or (op == "broadcast" and a in ("tree", "ring")):
         parts = 2 if op == "allreduce" else 1
         s = S.TREE_CHUNK_BYTES
-        one = S.build(op, a, p, parts * s, 16, chunks=1).with_ranks(ranks)
-        pr1 = price_schedule(cluster, one, executor=executor)
+        one = S.build(op, a, p, parts * s, 16, chunks=1)
+        pr1 = price_schedule(cluster, _bind(one, groups), executor=executor)
         alpha = pr1.alpha_s + pr1.overhead_s
         h = one.meta.get("height", 0)
         c1 = max(1, (2 if op == "allreduce" else 1) * h)   # first chunk count with a steady-state round
-        t = [price_schedule(cluster, S.build(op, a, p, parts * s * c, 16, chunks=c).with_ranks(ranks)).bandwidth_s
+        t = [price_schedule(cluster, _bind(S.build(op, a, p, parts * s * c, 16, chunks=c), groups)).bandwidth_s
              for c in (c1, c1 + 1)]
         return alpha, (t[1] - t[0]) / (parts * s)
     n = _ref_bytes(p, kw.get("servers", 1))
-    pr = price_schedule(cluster, S.build(op, a, p, n, 16, **kw).with_ranks(ranks), executor=executor)
+    pr = price_schedule(cluster, _bind(S.build(op, a, p, n, 16, **kw), groups), executor=executor)
     return pr.alpha_s + pr.overhead_s, pr.bandwidth_s / n
 
 
@@ -558,7 +582,7 @@ def _closed_form_coeffs(cluster, op, algo, ranks):
 
 
 @functools.lru_cache(maxsize=4096)
-def _coeffs_cached(cluster, op, algo, ranks, executor="explicit"):
+def _coeffs_cached(cluster, op, algo, ranks, executor="explicit", others=()):
     p = len(ranks)
     if p <= 1:
         return 0.0, 0.0
@@ -566,13 +590,16 @@ def _coeffs_cached(cluster, op, algo, ranks, executor="explicit"):
         return _closed_form_coeffs(cluster, op, algo, ranks)
     # the library's own collective pays the native per-step overhead, whatever schedule prices it
     executor = "native" if algo == "native" else executor
-    a, kw, ranks = _resolve(cluster, op, algo, ranks)
+    a, kw, ranks_ = _resolve(cluster, op, algo, ranks)
     if a == "native":
         if cluster.device.kind != "gpu" or p == 2:
-            return _coeffs_cached(cluster, op, "ring", ranks, executor)
-        lines = [_coeffs_cached(cluster, op, x, ranks, executor) for x in ("ring-channels", "tree")]
+            return _coeffs_cached(cluster, op, "ring", ranks, executor, others)
+        lines = [_coeffs_cached(cluster, op, x, ranks, executor, others) for x in ("ring-channels", "tree")]
         return min(lines, key=lambda ab: ab[0] + ab[1] * NATIVE_REF_BYTES)
-    return _coeffs_of(cluster, op, a, kw, ranks, executor)
+    if others and a in ("ps-sharded", "ps-central") and kw.get("dedicated", a == "ps-sharded"):
+        others = ()                        # dedicated servers: one group per server set
+    groups = (ranks_,) + tuple(_resolve(cluster, op, algo, g)[2] for g in others)
+    return _coeffs_of(cluster, op, a, kw, groups, executor)
 
 
 def collective_coeffs(cluster, op: str, algo: str, ranks) -> tuple[float, float]:
@@ -581,15 +608,27 @@ def collective_coeffs(cluster, op: str, algo: str, ranks) -> tuple[float, float]
     return _coeffs_cached(cluster, op, algo, tuple(int(r) for r in ranks))
 
 
-def collective_lines(cluster, op: str, algo: str, ranks) -> tuple:
+CONCURRENT_MAX_RANKS = 512   # concurrent groups are played together up to this many ranks in all
+
+
+def collective_lines(cluster, op: str, algo: str, ranks, concurrent=()) -> tuple:
     """The (alpha_s, s_per_byte) lines whose minimum is the collective's time at any size: one
     line per algorithm, two for a GPU library's own all-reduce (its ring channels and its
     double binary tree; NCCL's tuner picks the faster per size). `collective` and `predict`
-    both price through this, so they price the same thing."""
+    both price through this, so they price the same thing.
+
+    `concurrent`: the other groups (rank tuples of the same size) running the same collective
+    at the same time — all data-parallel groups of a plan, one per tp x pp position: their
+    schedules are played together on the graph, so they share the links they cross. Played
+    together while the group is played (<= GRAPH_MAX_RANKS) and all groups hold at most
+    CONCURRENT_MAX_RANKS ranks; beyond, the group alone (the closed forms do not see sharing)."""
     ranks = tuple(int(r) for r in ranks)
-    if algo == "native" and op == "allreduce" and len(ranks) > 2 and cluster.device.kind == "gpu":
-        return tuple(collective_coeffs(cluster, op, x, ranks) for x in ("ring-channels", "tree"))
-    return (collective_coeffs(cluster, op, algo, ranks),)
+    others = tuple(tuple(int(r) for r in g) for g in concurrent)
+    if others and (len(ranks) > GRAPH_MAX_RANKS or len(ranks) * (1 + len(others)) > CONCURRENT_MAX_RANKS):
+        others = ()
+    algos = ("ring-channels", "tree") if (algo == "native" and op == "allreduce" and len(ranks) > 2
+                                          and cluster.device.kind == "gpu") else (algo,)
+    return tuple(_coeffs_cached(cluster, op, x, ranks, "explicit", others) for x in algos)
 
 
 def collective_time_s(cluster, op: str, algo: str, ranks, nbytes: float) -> float:
