@@ -105,13 +105,15 @@ class _Router:
     counts σ; the search stops at the target's layer and is resumed (not restarted) for
     the next target of the same source, so all-pairs patterns cost one BFS per source."""
 
-    def __init__(self, g: nx.Graph):
+    def __init__(self, g: nx.Graph, p2p: bool = False):
         self.g = g
         self.idx = {n: i for i, n in enumerate(g.nodes)}
         self.adj = [[] for _ in self.idx]
         bw, lat = [], []
         for u, v, d in g.edges(data=True):
             b = float(d.get("bandwidth", 0.0))
+            if p2p and d.get("p2p_efficiency") is not None:     # point-to-point reaches its own share
+                b = float(d.get("rate", b)) * float(d["p2p_efficiency"])
             require(b > 0 and np.isfinite(b), f"link {u} — {v}: bandwidth = {b} B/s, expected > 0")
             i, j, lt = self.idx[u], self.idx[v], float(d.get("latency", 0.0))
             self.adj[i].append((j, len(bw), len(bw) + 1, lt))      # (neighbour, id i->j, id j->i, latency)
@@ -185,10 +187,16 @@ class _Router:
 _ROUTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def router(g: nx.Graph) -> _Router:
-    r = _ROUTERS.get(g)
+def router(g: nx.Graph, p2p: bool = False) -> _Router:
+    """Routes of graph g (cached per graph). `p2p`: links at their point-to-point bandwidth
+    (edge attribute p2p_efficiency of the line rate, where the cluster gives one: a lone
+    send/recv reaches less of a link than a collective's many channels; see clusters.yaml)."""
+    rs = _ROUTERS.get(g)
+    if rs is None:
+        rs = _ROUTERS[g] = {}
+    r = rs.get(p2p)
     if r is None:
-        r = _ROUTERS[g] = _Router(g)
+        r = rs[p2p] = _Router(g, p2p)
     return r
 
 
@@ -280,7 +288,7 @@ def price_schedule(cluster, schedule: S.Schedule, nodes=None, executor: str = "e
         require(not isinstance(cluster, nx.Graph), "price_schedule on a bare graph needs nodes= (one per rank)")
         nodes = schedule_nodes(cluster, schedule)
     require(len(nodes) >= schedule.nranks, f"schedule has {schedule.nranks} ranks but {len(nodes)} nodes were given")
-    rt = router(g)
+    rt = router(g, p2p=schedule.op == "sendrecv")
     red_cache = {}
     rc = np.array([_reduce_coeff(g, n, red_cache) for n in nodes[:schedule.nranks]], dtype=object)
     red_s = np.array([c[0] for c in rc], dtype=float)
@@ -442,10 +450,10 @@ def _coeffs_of(cluster, op, a, kw, groups, executor="explicit"):
 GRAPH_MAX_RANKS = 64   # larger groups are priced by the closed forms below (speed: O(p²) routes)
 
 
-def _pair(cluster, a, b):
+def _pair(cluster, a, b, p2p=False):
     """(bandwidth B/s, latency s) of the route between ranks a and b: the ECMP split's
-    narrowest link share, and the path latency."""
-    rt = router(cluster.graph)
+    narrowest link share, and the path latency (`p2p`: at the links' point-to-point share)."""
+    rt = router(cluster.graph, p2p)
     eids, fr, lat = rt.route(cluster.devices[a], cluster.devices[b])
     return (float(np.min(rt.bw[eids] / fr)) if len(eids) else float("inf")), lat
 
@@ -536,7 +544,7 @@ def _closed_form_coeffs(cluster, op, algo, ranks):
     chan = max(1 / B_i, 1 / (g * B_e)) if N > 1 and g > 1 else 1 / B
     gpu = cluster.device.kind == "gpu"
     if op == "sendrecv":
-        bw, lat = _pair(cluster, ranks[0], ranks[1])
+        bw, lat = _pair(cluster, ranks[0], ranks[1], p2p=True)
         return lat, 1 / bw
     if op == "broadcast":
         return lg * a, 1 / B
