@@ -39,7 +39,8 @@ MAX_REPEATS = 60
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags `parsim run --bench` takes (also usable standalone)."""
     p.add_argument("--algo", default="ring", help="ring, tree, hd, hierarchical, ps (co-located), ps-central, "
-                   "ps-sharded (dedicated servers: emulate --cluster ps), native; comma list for several")
+                   "ps-sharded (dedicated servers, push then pull), ps-pipelined (dedicated servers, BytePS partitions "
+                   "pipelined; both need emulate --cluster ps), native; comma list for several")
     p.add_argument("--size", default="16MiB", help="per-rank buffer: 16MiB, a list 4KiB,1MiB or a range 4KiB:64MiB:4")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per point (after warm-up)")
     p.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
@@ -86,8 +87,8 @@ def build_schedule(op, algo, world, nbytes, host_of, servers=0):
     from parsim.schedules import collectives as SC
     p = world - servers
     require(p >= 1, f"{world} ranks with {servers} dedicated servers leaves no workers")
-    require(algo != "ps-sharded" or servers > 0,
-            f"ps-sharded needs dedicated server hosts, and these {world} ranks have none "
+    require(algo not in ("ps-sharded", "ps-pipelined") or servers > 0,
+            f"{algo} needs dedicated server hosts, and these {world} ranks have none "
             "(run it in an emulated cluster with servers, e.g. `parsim emulate up --preset ps-star`)")
     counts = [host_of[:p].count(h) for h in dict.fromkeys(host_of[:p])]
     if algo == "hierarchical":

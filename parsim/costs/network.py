@@ -77,7 +77,11 @@ from parsim.errors import ParsimError, closest, require
 from parsim.schedules import collectives as S
 
 OPS = S.OPS
-ALGOS = ("ring", "tree", "hd", "rd", "hierarchical", "ps", "ps-central", "ps-sharded", "native")
+# Parameter-server variants, named for what they run (BytePS, OSDI'20): ps = sharded servers
+# co-located on the workers; ps-central = one server (dedicated host when the cluster has one);
+# ps-sharded = k dedicated servers, push then pull; ps-pipelined = k dedicated servers, BytePS's
+# partitions pipelined so pushes and pulls overlap.
+ALGOS = ("ring", "tree", "hd", "rd", "hierarchical", "ps", "ps-central", "ps-sharded", "ps-pipelined", "native")
 NATIVE = {"reduce_scatter": "ring", "all_gather": "ring", "broadcast": "ring", "all_to_all": "pairwise",
           "sendrecv": "direct"}
 NATIVE_REF_BYTES = 64 * 2 ** 20
@@ -391,9 +395,9 @@ def _resolve(cluster, op, algo, ranks):
         return "hierarchical", kw, node_major
     if algo == "ps-central":
         kw["dedicated"] = bool(getattr(cluster, "servers", ()))
-    if algo == "ps-sharded":
+    if algo in ("ps-sharded", "ps-pipelined"):
         k = len(getattr(cluster, "servers", ()))
-        require(k > 0, f"ps-sharded needs dedicated server hosts but cluster {cluster.name} has none "
+        require(k > 0, f"{algo} needs dedicated server hosts but cluster {cluster.name} has none "
                        "(use ps for servers co-located on the workers, or a star cluster such as ps-star)")
         kw["servers"] = k
     return algo, kw, ranks
@@ -442,6 +446,15 @@ def _coeffs_of(cluster, op, a, kw, groups, executor="explicit"):
         t = [price_schedule(cluster, _bind(S.build(op, a, p, parts * s * c, 16, chunks=c), groups)).bandwidth_s
              for c in (c1, c1 + 1)]
         return alpha, (t[1] - t[0]) / (parts * s)
+    if a == "ps-pipelined":
+        # its step count grows with the size (C = n/(k·partition) rounds): the line through two
+        # played sizes of 4 and 8 rounds is its large-size asymptote; collective_lines pairs it
+        # with the one-round line (= ps-sharded) for sizes below k partitions.
+        k, part = kw.get("servers", 1), S.PS_PARTITION_BYTES
+        t = [price_schedule(cluster, _bind(S.build(op, a, p, k * c * part, 16, **kw), groups), executor=executor).time_s
+             for c in (4, 8)]
+        slope = (t[1] - t[0]) / (k * 4 * part)
+        return t[0] - slope * k * 4 * part, slope
     n = _ref_bytes(p, kw.get("servers", 1))
     pr = price_schedule(cluster, _bind(S.build(op, a, p, n, 16, **kw), groups), executor=executor)
     return pr.alpha_s + pr.overhead_s, pr.bandwidth_s / n
@@ -594,7 +607,7 @@ def _coeffs_cached(cluster, op, algo, ranks, executor="explicit", others=()):
     p = len(ranks)
     if p <= 1:
         return 0.0, 0.0
-    if p > GRAPH_MAX_RANKS:
+    if p > GRAPH_MAX_RANKS and algo not in ("ps-sharded", "ps-pipelined"):   # PS: p·k transfers a step, played
         return _closed_form_coeffs(cluster, op, algo, ranks)
     # the library's own collective pays the native per-step overhead, whatever schedule prices it
     executor = "native" if algo == "native" else executor
@@ -604,7 +617,7 @@ def _coeffs_cached(cluster, op, algo, ranks, executor="explicit", others=()):
             return _coeffs_cached(cluster, op, "ring", ranks, executor, others)
         lines = [_coeffs_cached(cluster, op, x, ranks, executor, others) for x in ("ring-channels", "tree")]
         return min(lines, key=lambda ab: ab[0] + ab[1] * NATIVE_REF_BYTES)
-    if others and a in ("ps-sharded", "ps-central") and kw.get("dedicated", a == "ps-sharded"):
+    if others and a in ("ps-sharded", "ps-pipelined", "ps-central") and kw.get("dedicated", a != "ps-central"):
         others = ()                        # dedicated servers: one group per server set
     groups = (ranks_,) + tuple(_resolve(cluster, op, algo, g)[2] for g in others)
     return _coeffs_of(cluster, op, a, kw, groups, executor)
@@ -636,12 +649,22 @@ def collective_lines(cluster, op: str, algo: str, ranks, concurrent=()) -> tuple
         others = ()
     algos = ("ring-channels", "tree") if (algo == "native" and op == "allreduce" and len(ranks) > 2
                                           and cluster.device.kind == "gpu") else (algo,)
+    if algo == "ps-pipelined":               # one round below k partitions, the pipelined asymptote above
+        algos = ("ps-sharded", "ps-pipelined")
     return tuple(_coeffs_cached(cluster, op, x, ranks, "explicit", others) for x in algos)
+
+
+SIZE_DEPENDENT = ("ps-pipelined",)   # schedules whose step count grows with the size
 
 
 def collective_time_s(cluster, op: str, algo: str, ranks, nbytes: float) -> float:
     """Seconds for one collective of a per-rank buffer of `nbytes` over global `ranks`
-    (the minimum over ``collective_lines``)."""
+    (the minimum over ``collective_lines``; a schedule whose step count depends on the size,
+    ps-pipelined, is played at that size)."""
+    ranks = tuple(int(r) for r in ranks)
+    if algo in SIZE_DEPENDENT and op == "allreduce" and len(ranks) > 1:
+        a, kw, ranks_ = _resolve(cluster, op, algo, ranks)
+        return price_schedule(cluster, S.build(op, a, len(ranks_), int(nbytes), **kw).with_ranks(ranks_)).time_s
     return min(a + b * float(nbytes) for a, b in collective_lines(cluster, op, algo, ranks))
 
 
