@@ -71,6 +71,27 @@ def prediction_inputs(st: dict, world: int):
     return g, rank_nodes, host_of, servers, what
 
 
+def emulated_cluster(st: dict, world: int | None = None):
+    """A parsim Cluster of an emulated cluster's state (the graph with the probed links, ranks
+    placed as `parsim emulate run` places them), for parsim.predict. `world`: ranks (default:
+    every rank the cluster runs). Workers only: dedicated server hosts are left out."""
+    from parsim.topology import Cluster
+    n_all = sum((st.get("ranks_per_host") or max(1, len(h["ranks"]))) for h in st["hosts"])
+    g, rank_nodes, host_of, servers, what = prediction_inputs(st, n_all)
+    workers = [r for r, h in zip(rank_nodes, host_of) if g.nodes[st["hosts"][h]["node"]].get("role") != "server"]
+    world = len(workers) if world is None else world
+    require(world <= len(workers), f"emulated cluster {st.get('prefix', '')} has {len(workers)} worker ranks, "
+                                   f"not {world}")
+    per_host = max(host_of.count(h) for h in set(host_of))
+    return Cluster(f"emulated {st.get('prefix', '')}".strip(), g, tuple(workers[:world]), per_host, "cpu",
+                   {"emulated": True, "source": what})
+
+
+def is_emulated_state(d) -> bool:
+    """Whether a parsed JSON document is an emulated cluster's state file."""
+    return isinstance(d, dict) and "graph" in d and "hosts" in d and "prefix" in d
+
+
 def _cluster_for_prediction(world: int):
     path = os.environ.get("PARSIM_NETEM_STATE")
     if path:

@@ -49,3 +49,26 @@ def plan_from_args(a, gpus: int, device=None) -> Plan:
     return Plan(dp=dp, tp=a.tp, pp=a.pp, vpp=vpp, micro_batch=a.micro_batch, global_batch=gb, seq_len=a.seq_len,
                 dtype=a.dtype or default_dtype(device or "gpu"), schedule=schedule, grad_sync=a.grad_sync, zero=a.zero, recompute=a.recompute,
                 sequence_parallel=a.sequence_parallel, overlap=not a.no_overlap, flash_attention=not a.no_flash)
+
+
+def load_cluster_arg(spec, gpus: int | None):
+    """The cluster a command predicts on: a preset or cluster file (parsim.topology.load_cluster),
+    or an emulated cluster's state file (`parsim emulate up` writes it; its graph with the probed
+    links). With no spec inside `parsim emulate run` (PARSIM_NETEM_STATE set): that emulated
+    cluster. None when there is neither (the caller's default applies)."""
+    import json
+    import os
+    from pathlib import Path
+    path = spec if spec is not None else os.environ.get("PARSIM_NETEM_STATE")
+    if path is None:
+        return None
+    if str(path).endswith(".json") and Path(path).is_file():
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ParsimError(f"cluster file {path}: cannot read it as JSON ({type(e).__name__}: {e})") from None
+        from backends.torchdist.bench import emulated_cluster, is_emulated_state
+        if is_emulated_state(doc):
+            return emulated_cluster(doc, gpus)
+    from parsim.topology import load_cluster
+    return load_cluster(path, gpus)

@@ -121,16 +121,21 @@ def _device_profile(backend: str) -> tuple[str, str]:
     return None, "dgx-h100"
 
 
-def predicted_report(model, plan, cluster_name: str, gpus: int):
-    """The lead's prediction as a dict, or (None, reason) while parsim.predict is not there."""
-    try:
-        from parsim.predict import predict
-    except ImportError as e:
-        return None, f"no prediction: parsim.predict not importable ({e})"
+def predicted_report(model, plan, cluster_name: str, gpus: int, explicit: str | None = None):
+    """The prediction as a dict and where it came from. The cluster: `explicit` (--cluster: a
+    preset, a cluster file or an emulated cluster's state file; an error in it is the user's and
+    raises), else the emulated cluster this run is inside (PARSIM_NETEM_STATE: its graph with
+    the probed links), else `cluster_name` (the calibrated loopback; (None, reason) on error)."""
+    from parsim.commands.common import load_cluster_arg
+    from parsim.predict import predict
+    cluster = load_cluster_arg(explicit, gpus)
+    if cluster is not None:
+        rep = predict(model, cluster, plan)
+        what = cluster.meta.get("source") or "cluster"
+        return as_dict(rep), f"predicted by parsim.predict on {cluster.name} ({what})"
     from parsim.topology import load_cluster
     try:
-        cluster = load_cluster(cluster_name, gpus)
-        rep = predict(model, cluster, plan)
+        rep = predict(model, load_cluster(cluster_name, gpus), plan)
     except ParsimError as e:
         return None, f"no prediction: {e}"
     return as_dict(rep), f"predicted by parsim.predict on cluster {cluster_name}"
@@ -231,7 +236,7 @@ def run(args) -> int:
     else:
         from backends.torchdist.launch import launch
         measured = launch(cfg, nproc, timeout_s=args.timeout)
-    predicted, source = predicted_report(model, plan, args.cluster or cluster, nproc)
+    predicted, source = predicted_report(model, plan, cluster, nproc, explicit=args.cluster)
     result = {"plan_label": plan.label(), "measured": measured, "predicted": predicted,
               "prediction_source": source, "rows": compare(measured, predicted)}
     result["relative_error"] = {k: e for k, _, _, e in result["rows"]}
