@@ -86,6 +86,8 @@ def make_plan(args, world: int | None = None):
     plan = Plan(dp=dp, tp=tp, pp=pp, vpp=vpp, micro_batch=micro, global_batch=gb, seq_len=args.seq_len,
                 dtype=dtype, schedule=schedule, grad_sync=args.grad_sync, zero=args.zero, recompute=args.recompute,
                 sequence_parallel=args.sequence_parallel, overlap=False, flash_attention=True)
+    from parsim.costs.dpsync import zero_sync_algorithms
+    zero_sync_algorithms(plan.grad_sync, plan.zero)     # ZeRO with tree/hierarchical/ps: refused before spawning
     return model, plan, nproc
 
 

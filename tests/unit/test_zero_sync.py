@@ -113,3 +113,13 @@ def test_dp_sync_formulas():
     assert tr.tolist() == [2.0, 2.0, 4 * 1 + 1, 4 * 3]
     # 0: 2-0.25; 1: (1-0.25)+1; 2: 4·0.75+1; 3: 4·min(3, max(3-3,0) + 2·1/4)
     assert ex.tolist() == pytest.approx([1.75, 1.75, 4.0, 2.0])
+
+
+def test_run_refuses_zero_with_an_allreduce_only_algorithm_before_spawning():
+    import argparse
+
+    from parsim.commands.run import add_arguments, make_plan
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    with pytest.raises(ParsimError, match="grad-sync tree with zero 1"):
+        make_plan(p.parse_args(["--nproc", "2", "--zero", "1", "--grad-sync", "tree"]))
