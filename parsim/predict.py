@@ -102,9 +102,11 @@ class _Groups:
         pick = ((lambda a: GRAD_SYNC[a]) if algo is None else
                 (lambda a: algo(GRAD_SYNC[a])) if callable(algo) else (lambda a: algo))
         ab = np.array([self.coeffs(kind, op, pick(a), t, p, d) for a, t, p, d in shapes.rows])   # rows × 2 × 2
-        a, b = ab[shapes.inv, :, 0], ab[shapes.inv, :, 1]
-        nb = np.asarray(nbytes, dtype=float)[..., None]
-        return np.min(a + b * nb, axis=-1)
+        inv = shapes.inv
+        t = ab[:, 0, 0][inv] + ab[:, 0, 1][inv] * nbytes
+        if not np.array_equal(ab[:, 0], ab[:, 1]):        # a second line (NCCL's tree): the faster at the size
+            t = np.minimum(t, ab[:, 1, 0][inv] + ab[:, 1, 1][inv] * nbytes)
+        return t
 
 
 def _concurrent_groups(cluster, kind, tp, pp, dp):

@@ -69,11 +69,19 @@ def dp_sync_s(zero, m, t_ar, t_rs, t_ag, overlap, bwd_window_s, mb_compute_s, la
     zero, m = np.asarray(zero), np.asarray(m, dtype=float)
     overlap = np.asarray(overlap, dtype=bool)
     w = np.where(overlap, np.maximum(bwd_window_s, 0.0), 0.0)
-    hide = lambda t: np.maximum(t - w, 0.0)                      # noqa: E731
-    z3_mb = 2 * t_ag + t_rs
-    z3_first = 2 * t_ag / np.maximum(layers_per_rank, 1.0)        # forward and backward: first layer's gather
-    z3_exposed = np.where(overlap, np.minimum(z3_mb, np.maximum(z3_mb - mb_compute_s, 0.0) + z3_first), z3_mb)
-    traffic = np.select([zero == 0, zero == 1, zero == 2], [t_ar, t_rs + t_ag, m * t_rs + t_ag], default=m * z3_mb)
-    exposed = np.select([zero == 0, zero == 1, zero == 2], [hide(t_ar), hide(t_rs) + t_ag, m * hide(t_rs) + t_ag],
-                        default=m * z3_exposed)
+    rs_mult = np.where(zero == 2, m, 1.0)                      # ZeRO-2: a reduce-scatter per micro-batch
+    rs_ag = rs_mult * t_rs + t_ag                               # ZeRO-1/2 traffic
+    rs_ag_exposed = rs_mult * np.maximum(t_rs - w, 0.0) + t_ag  # ... the all-gather after the optimizer: exposed
+    traffic = np.where(zero == 0, t_ar, rs_ag)
+    exposed = np.where(zero == 0, np.maximum(t_ar - w, 0.0), rs_ag_exposed)
+    z3 = zero >= 3
+    if np.any(z3):
+        pick = lambda x: np.broadcast_to(x, z3.shape)[z3]      # noqa: E731
+        ag, mm, ov = pick(t_ag), pick(m), pick(overlap)
+        z3_mb = 2 * ag + pick(t_rs)
+        z3_first = 2 * ag / np.maximum(pick(layers_per_rank), 1.0)   # forward and backward: first layer's gather
+        z3_exp = np.where(ov, np.minimum(z3_mb, np.maximum(z3_mb - pick(mb_compute_s), 0.0) + z3_first), z3_mb)
+        traffic = np.array(np.broadcast_to(traffic, z3.shape), dtype=float)
+        exposed = np.array(np.broadcast_to(exposed, z3.shape), dtype=float)
+        traffic[z3], exposed[z3] = mm * z3_mb, mm * z3_exp
     return traffic, exposed
