@@ -37,6 +37,15 @@ class Curve:
         return np.interp(x, xs, self.effs)
 
 
+def default_dtype(device) -> str:
+    """The training dtype a plan uses when none is given, by device (a DeviceProfile or its kind):
+    bf16 on GPUs (mixed precision, as Megatron-LM and torchtitan train), fp32 on CPUs — torch's
+    default dtype, what `parsim run` executes on gloo, and the only dtype with fast matrix kernels
+    on CPUs without AMX. One function, so `plan`, `predict`, `simulate` and `run` agree."""
+    kind = device if isinstance(device, str) else getattr(device, "kind", "gpu")
+    return "fp32" if kind == "cpu" else "bf16"
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str

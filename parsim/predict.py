@@ -23,7 +23,9 @@ import numpy as np
 
 from parsim.costs import compute as C
 from parsim.costs import memory as M
-from parsim.costs.network import collective_coeffs
+from parsim.costs.dpsync import ZERO_SYNC_ALGOS, dp_sync_s, zero_sync_algorithms
+from parsim.costs import network as _net
+from parsim.costs.network import collective_lines
 from parsim.errors import ParsimError
 from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, validate
 
@@ -81,29 +83,57 @@ class _Groups:
         self._cache = {}      # (op, algo, ranks) -> (alpha_s, s_per_byte)
 
     def coeffs(self, kind: str, op: str, algo: str, tp: int, pp: int, dp: int):
-        """(alpha_s, s_per_byte) for the first group of `kind` under tp-innermost placement."""
-        if kind == "tp":
-            ranks = tuple(range(tp))
-        elif kind == "pp":          # neighbouring stages: ranks 0 and tp
-            ranks = (0, tp) if pp > 1 else (0,)
-        else:
-            ranks = tuple(i * tp * pp for i in range(dp))
-        return self._coeffs(op, algo, ranks)
-
-    def _coeffs(self, op, algo, ranks):
-        key = (op, algo, ranks)
+        """((alpha_s, s_per_byte), (alpha_s, s_per_byte)): the collective_lines of the first group of
+        `kind` under tp-innermost placement (parsim.topology.group_ranks; time = the smaller line at
+        the size), priced together with the groups of that kind running at the same time."""
+        key = (kind, op, algo, tp, pp, dp)
         if key not in self._cache:
-            self._cache[key] = (0.0, 0.0) if len(ranks) <= 1 else collective_coeffs(self.cluster, op, algo, ranks)
+            ranks, others = _concurrent_groups(self.cluster, kind, tp, pp, dp)
+            lines = ((0.0, 0.0),) if len(ranks) <= 1 else collective_lines(self.cluster, op, algo, ranks, others)
+            self._cache[key] = (lines * 2)[:2]           # two lines (NCCL: ring channels, tree); min is the time
         return self._cache[key]
 
     def vec(self, kind, op, shapes, nbytes, algo=None):
         """alpha + beta·nbytes per plan; coefficients are looked up once per distinct group shape.
 
         `shapes` is a _Shapes (distinct (algo, tp, pp, dp) rows and each plan's index into them);
-        algo=None uses the shapes' own data-parallel algorithm, otherwise the library's ("native")."""
-        ab = np.array([self.coeffs(kind, op, GRAD_SYNC[a] if algo is None else algo, t, p, d)
-                       for a, t, p, d in shapes.rows])
-        return ab[shapes.inv, 0] + ab[shapes.inv, 1] * nbytes
+        algo=None uses the shapes' own data-parallel algorithm, a callable maps that algorithm's
+        name to the one to price, a string names it (e.g. the library's, "native")."""
+        pick = ((lambda a: GRAD_SYNC[a]) if algo is None else
+                (lambda a: algo(GRAD_SYNC[a])) if callable(algo) else (lambda a: algo))
+        ab = np.array([self.coeffs(kind, op, pick(a), t, p, d) for a, t, p, d in shapes.rows])   # rows × 2 × 2
+        inv = shapes.inv
+        t = ab[:, 0, 0][inv] + ab[:, 0, 1][inv] * nbytes
+        if not np.array_equal(ab[:, 0], ab[:, 1]):        # a second line (NCCL's tree): the faster at the size
+            t = np.minimum(t, ab[:, 1, 0][inv] + ab[:, 1, 1][inv] * nbytes)
+        return t
+
+
+def _concurrent_groups(cluster, kind, tp, pp, dp):
+    """(first group's ranks, the other groups of `kind` that run at the same time and can share
+    its links). dp: all dp groups, one per tp x pp position; tp: the tp groups on the first
+    group's nodes (a group inside one node shares no link with other nodes' groups); pp: the
+    stage boundary send/recv pairs of every tp rank and dp replica (1F1B's steady state)."""
+    if kind == "pp":
+        if pp == 1:
+            return (0,), ()
+        pairs = [(d * tp * pp + s * tp + t, d * tp * pp + (s + 1) * tp + t)
+                 for d in range(dp) for s in range(pp - 1) for t in range(tp)]
+        return pairs[0], tuple(pairs[1:])
+    from parsim.plan import Plan
+    from parsim.topology import group_ranks
+    plan = Plan(dp=dp, tp=tp, pp=pp)
+    size = {"tp": tp, "dp": dp}[kind]
+    count = tp * pp * dp // size
+    if size <= 1:
+        return (0,), ()
+    if count * size > _net.CONCURRENT_MAX_RANKS or size > _net.GRAPH_MAX_RANKS or cluster.device.kind != "gpu":
+        return group_ranks(plan, kind, 0), ()
+    groups = [group_ranks(plan, kind, i) for i in range(count)]
+    nodes0 = {cluster.node_of(r) for r in groups[0]}
+    if len(nodes0) == 1:
+        groups = [g for g in groups if nodes0 & {cluster.node_of(r) for r in g}]
+    return groups[0], tuple(groups[1:])
 
 
 class _Shapes:
@@ -217,22 +247,15 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     P_last = np.where(single, P_first, (L * P_layer + model.head_params + np.where(tied_copy, model.vocab * h, 0)) / t)
     P_rank = np.maximum(P_first, P_last)
 
-    # Data-parallel gradient sync of the largest stage, by the plan's algorithm.
+    # Data-parallel sync of the largest stage, by the plan's algorithm (ZeRO: its reduce-scatter
+    # and all-gather forms), as the frameworks schedule it per ZeRO stage (parsim.costs.dpsync).
     grad_bytes = P_rank * e
     t_ar = G.vec("dp", "allreduce", S, grad_bytes)
-    # ZeRO's reduce-scatter and all-gather are the library's own (FSDP / DeepSpeed); the plan's
-    # algorithm choice applies to the all-reduce.
-    t_rs = G.vec("dp", "reduce_scatter", S, grad_bytes, "native")
-    t_ag = G.vec("dp", "all_gather", S, grad_bytes, "native")
-    t_sync = np.where(zero >= 1, t_rs + t_ag, t_ar)
+    t_rs = G.vec("dp", "reduce_scatter", S, grad_bytes, lambda a: ZERO_SYNC_ALGOS.get(a, ("native",))[0])
+    t_ag = G.vec("dp", "all_gather", S, grad_bytes, lambda a: ZERO_SYNC_ALGOS.get(a, (None, "native"))[1])
     bwd_last_mb = np.minimum(T_first, T_last) - np.minimum(Tf_avg, T_max)
-    window = np.where(overlap, np.maximum(bwd_last_mb, 0.0), 0.0)
-    dp_exposed = np.maximum(t_sync - window, 0.0)
-    # ZeRO-3 gathers the weights again in every micro-batch's forward and backward (prefetched
-    # under compute; only the excess is exposed).
-    z3_per_mb = 2 * t_ag + t_rs
-    dp_exposed = dp_exposed + np.where(zero >= 3, m * np.maximum(z3_per_mb - T_avg, 0.0) + t_ag, 0.0)
-    dp_exposed = np.where(dp > 1, dp_exposed, 0.0)
+    t_sync, dp_exposed = dp_sync_s(zero, m, t_ar, t_rs, t_ag, overlap, bwd_last_mb, T_avg, L)
+    t_sync, dp_exposed = np.where(dp > 1, t_sync, 0.0), np.where(dp > 1, dp_exposed, 0.0)
 
     opt = C.optimizer_s(dev, P_rank / np.where(zero >= 1, dp, 1), dt, L) * cpu_share
     step = makespan + dp_exposed + opt
@@ -261,7 +284,7 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     per_seq_model = model.layers * 3 * fl(seq) + 3 * model.logits_fwd_flops(seq)
     extra = np.select([rc == 2, rc == 1], [fl(seq), 4.0 * seq * seq * h], default=0.0)
     return {
-        "step_time_s": step, "makespan_s": makespan, "microbatches": m, "stage_s": stage_s, "dp_sync_s": np.where(dp > 1, t_sync, 0.0),
+        "step_time_s": step, "makespan_s": makespan, "microbatches": m, "stage_s": stage_s, "dp_sync_s": t_sync,
         "breakdown": breakdown,
         "memory": {"weights": weights, "grads": grads, "optimizer": optim, "activations": activations, "buffers": buffers},
         "memory_bytes": total, "memory_capacity_bytes": dev.memory_bytes,
@@ -306,6 +329,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
     model = load_model(model)
     cluster = get_cluster(cluster, gpus or plan.gpus)
     validate(plan, model, gpus or plan.gpus)
+    zero_sync_algorithms(plan.grad_sync, plan.zero)       # ZeRO needs a reduce-scatter/all-gather form
     if plan.gpus > cluster.num_devices:
         raise ParsimError(f"plan needs {plan.gpus} devices but cluster {cluster.name} has {cluster.num_devices}")
     cols = plan_columns([plan], model)

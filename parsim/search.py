@@ -104,7 +104,7 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
 
 
 def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_batch: int | None = None,
-           seq_len: int | None = None, dtype: str = "bf16", top: int | None = None, result: bool = False,
+           seq_len: int | None = None, dtype: str | None = None, top: int | None = None, result: bool = False,
            resimulate: int = 8):
     """Rank every valid plan; returns a pandas DataFrame (best first), or a SearchResult with counts.
 
@@ -120,6 +120,9 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     seq = seq_len or model.seq_len
     if gb <= 0 or seq <= 0:
         raise ParsimError(f"global batch {gb} and seq_len {seq}: expected positive integers")
+    if dtype is None:                    # the device's default (bf16 on GPUs, fp32 on CPUs)
+        from parsim.hardware import default_dtype
+        dtype = default_dtype(cl.device)
     if dtype not in DTYPES:
         raise ParsimError(f"dtype = {dtype!r}: expected one of {', '.join(DTYPES)}")
     cols, rejected, generated = candidates(model, gpus, gb, seq, min(cl.gpus_per_node, gpus), dtype)

@@ -373,8 +373,8 @@ def forward_backward(rm: RankModel, plan, tokens, targets, clock: PhaseClock, au
         losses = []
         for i in range(m):
             sl = slice(i * plan.micro_batch, (i + 1) * plan.micro_batch)
-            if plan.zero >= 2:
-                mod.set_requires_gradient_sync(i == m - 1)
+            # zero >= 2: FSDP2 reduce-scatters after every micro-batch's backward (its default, as
+            # DeepSpeed ZeRO-2 does), into sharded gradients: what parsim.costs.dpsync prices
             t0 = clock.now()
             with autocast():
                 loss = loss_fn(mod(tokens[sl]), targets[sl]) / m

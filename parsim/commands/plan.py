@@ -15,7 +15,8 @@ def add_arguments(p):
     p.add_argument("--global-batch", type=positive_int, default=None,
                    help=f"sequences per step (default {DEFAULT_GLOBAL_BATCH})")
     p.add_argument("--seq-len", type=positive_int, default=None, help="default: the model's")
-    p.add_argument("--dtype", choices=DTYPES, default="bf16")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="default: the device's (bf16 on GPUs, fp32 on CPUs; parsim.hardware.default_dtype)")
     p.add_argument("--top", type=positive_int, default=10, help="how many plans to show (table/json/csv)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--out", help="write the output (in --format) to this file as well")

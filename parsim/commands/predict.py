@@ -15,10 +15,12 @@ def add_arguments(p):
 
 
 def run(a) -> int:
-    from parsim.predict import predict
+    from parsim.commands.common import load_cluster_arg
+    from parsim.predict import get_cluster, predict
     from parsim.report import step_report_text, to_json, write_atomic
-    plan = plan_from_args(a, a.gpus)
-    rep = predict(a.model, a.cluster, plan, gpus=a.gpus)
+    cluster = load_cluster_arg(a.cluster, a.gpus) if str(a.cluster).endswith(".json") else get_cluster(a.cluster, a.gpus)
+    plan = plan_from_args(a, a.gpus, None if a.dtype else cluster.device)
+    rep = predict(a.model, cluster, plan, gpus=a.gpus)
     text = to_json(rep.to_dict()) if a.format == "json" else step_report_text(rep)
     sys.stdout.write(text)
     if a.out:

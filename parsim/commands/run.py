@@ -28,7 +28,7 @@ def add_arguments(p):
     p.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3))
     p.add_argument("--recompute", default="none", help="none | selective | full")
     p.add_argument("--sequence-parallel", action="store_true")
-    p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default bf16 on GPU; CPU runs fp32)")
+    p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: the device's, parsim.hardware.default_dtype: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3, help="steps dropped before the median (default 3)")
@@ -81,10 +81,13 @@ def make_plan(args, world: int | None = None):
     vpp = args.vpp or (2 if schedule in ("interleaved", "zbv") and pp > 1 else 1)
     micro = args.micro_batch
     gb = args.global_batch or micro * dp * pp     # one micro-batch per pipeline stage
-    dtype = args.dtype or ("bf16" if args.backend == "nccl" else "fp32")
+    from parsim.hardware import default_dtype
+    dtype = args.dtype or default_dtype("gpu" if args.backend == "nccl" else "cpu")
     plan = Plan(dp=dp, tp=tp, pp=pp, vpp=vpp, micro_batch=micro, global_batch=gb, seq_len=args.seq_len,
                 dtype=dtype, schedule=schedule, grad_sync=args.grad_sync, zero=args.zero, recompute=args.recompute,
                 sequence_parallel=args.sequence_parallel, overlap=False, flash_attention=True)
+    from parsim.costs.dpsync import zero_sync_algorithms
+    zero_sync_algorithms(plan.grad_sync, plan.zero)     # ZeRO with tree/hierarchical/ps: refused before spawning
     return model, plan, nproc
 
 
@@ -120,16 +123,21 @@ def _device_profile(backend: str) -> tuple[str, str]:
     return None, "dgx-h100"
 
 
-def predicted_report(model, plan, cluster_name: str, gpus: int):
-    """The lead's prediction as a dict, or (None, reason) while parsim.predict is not there."""
-    try:
-        from parsim.predict import predict
-    except ImportError as e:
-        return None, f"no prediction: parsim.predict not importable ({e})"
+def predicted_report(model, plan, cluster_name: str, gpus: int, explicit: str | None = None):
+    """The prediction as a dict and where it came from. The cluster: `explicit` (--cluster: a
+    preset, a cluster file or an emulated cluster's state file; an error in it is the user's and
+    raises), else the emulated cluster this run is inside (PARSIM_NETEM_STATE: its graph with
+    the probed links), else `cluster_name` (the calibrated loopback; (None, reason) on error)."""
+    from parsim.commands.common import load_cluster_arg
+    from parsim.predict import predict
+    cluster = load_cluster_arg(explicit, gpus)
+    if cluster is not None:
+        rep = predict(model, cluster, plan)
+        what = cluster.meta.get("source") or "cluster"
+        return as_dict(rep), f"predicted by parsim.predict on {cluster.name} ({what})"
     from parsim.topology import load_cluster
     try:
-        cluster = load_cluster(cluster_name, gpus)
-        rep = predict(model, cluster, plan)
+        rep = predict(model, load_cluster(cluster_name, gpus), plan)
     except ParsimError as e:
         return None, f"no prediction: {e}"
     return as_dict(rep), f"predicted by parsim.predict on cluster {cluster_name}"
@@ -230,7 +238,7 @@ def run(args) -> int:
     else:
         from backends.torchdist.launch import launch
         measured = launch(cfg, nproc, timeout_s=args.timeout)
-    predicted, source = predicted_report(model, plan, args.cluster or cluster, nproc)
+    predicted, source = predicted_report(model, plan, cluster, nproc, explicit=args.cluster)
     result = {"plan_label": plan.label(), "measured": measured, "predicted": predicted,
               "prediction_source": source, "rows": compare(measured, predicted)}
     result["relative_error"] = {k: e for k, _, _, e in result["rows"]}

@@ -97,7 +97,8 @@ def test_sigterm_tears_down():
 
 
 def _emulated_bench(hosts: int, algo: str, repeats: int):
-    """`parsim emulate run` (200 Mbit/s links) of a 4 MiB all-reduce benchmark: (stdout, results)."""
+    """`parsim emulate run` (200 Mbit/s links) of a 4 MiB all-reduce benchmark: (stderr, results).
+    With --format json, stdout is the JSON alone: the cluster banner and probe table go to stderr."""
     pytest.importorskip("torch")
     cmd = [sys.executable, "-m", "parsim", "emulate", "run", "--hosts", str(hosts), "--link", "200Mbit",
            "--timeout", "90", "--", sys.executable, "-m", "backends.torchdist.bench", "--bench", "allreduce",
@@ -105,18 +106,18 @@ def _emulated_bench(hosts: int, algo: str, repeats: int):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=REPO,
                          env=dict(os.environ, PYTHONPATH=REPO))
     assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout, json.loads(out.stdout[out.stdout.index("[\n"):])
+    return out.stderr, json.loads(out.stdout)
 
 
 @pytest.mark.timeout(120)
 def test_emulate_run_benchmark_lands_near_prediction():
-    stdout, res = _emulated_bench(3, "ring", 2)
+    stderr, res = _emulated_bench(3, "ring", 2)
     (r,) = res
     assert r["correct"] and r["world"] == 3
     assert r["predicted"]["cluster"] == "emulated cluster, measured links"
     # 4 MiB ring of 3 at ~193 Mbit/s: 4/3 * 4 MiB / 24 MB/s ~ 0.23 s; bandwidth-bound, so close
     assert abs(r["error"]) < 0.25, r
-    prefix = stdout.split("emulated cluster ", 1)[1].split()[0]
+    prefix = stderr.split("emulated cluster ", 1)[1].split()[0]
     assert _ours(prefix) == []  # `emulate run` tore down what it brought up
 
 
