@@ -20,7 +20,8 @@ def bench(benchmark, request):
 
     `setup`, when given, returns (args, kwargs) for fn and is run untimed before each round."""
     def run(fn, *, rounds, target_s=None, target=None, items=None, items_unit=None, setup=None, warmup_rounds=1):
-        fn = speed.slowed(fn, speed.slowdown_for(request.node.name))
+        factor = speed.slowdown_for(request.node.name)
+        fn = speed.slowed(fn, factor)
         ref = []
 
         def before_round():
@@ -31,6 +32,8 @@ def bench(benchmark, request):
         result = benchmark.pedantic(fn, setup=before_round, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
         if not benchmark.disabled:
             benchmark.extra_info.update(reference_median_s=statistics.median(ref), reference_rounds=len(ref))
+            if factor != 1.0:
+                benchmark.extra_info["injected_slowdown"] = factor
             benchmark.extra_info.update({k: v for k, v in dict(target_s=target_s, target=target, items=items,
                                                                items_unit=items_unit).items() if v is not None})
         return result

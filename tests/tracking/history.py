@@ -52,7 +52,7 @@ def _normalised_run(doc: dict) -> dict[str, float]:
     out = {}
     for b in doc.get("benchmarks", []):
         ref = (b.get("extra_info") or {}).get("reference_median_s")
-        if ref and (b.get("options") or {}).get("timer") == TIMER_NAME:
+        if ref and (b.get("options") or {}).get("timer") == TIMER_NAME and "injected_slowdown" not in b["extra_info"]:
             out[b["name"]] = float(b["stats"]["median"]) / float(ref)
     return out
 
@@ -174,18 +174,19 @@ def write(out: Path, sp: list[dict], lp: list[dict]) -> list[Path]:
         commits = _order([p["commit"] for p in lp], times)
         metrics = list(dict.fromkeys(p["metric"] for p in lp))
         val = {(p["metric"], p["commit"]): p for p in lp}
-        groups = defaultdict(list)
+        unit = {p["metric"]: p["unit"] for p in lp}
+        groups = defaultdict(list)          # one plot per source and unit (errors in %, pair counts)
         for m in metrics:
-            groups[m.split(".")[0]].append(m)
-        fig, axes = plt.subplots(len(groups), 1, figsize=(10, 3.6 * len(groups)), squeeze=False)
-        for ax, (g, ms) in zip(axes.flat, groups.items()):
+            groups[(m.split(".")[0], unit[m])].append(m)
+        fig, axes = plt.subplots(len(groups), 1, figsize=(10, 3.2 * len(groups)), squeeze=False)
+        for ax, ((g, u), ms) in zip(axes.flat, groups.items()):
             for m in ms:
                 xs = [i for i, c in enumerate(commits) if (m, c) in val]
                 ax.plot(xs, [val[(m, commits[i])]["value"] for i in xs], "o-", ms=3, label=m.removeprefix(g + "."))
-            ax.set_title(g, fontsize=9)
+            ax.set_title(f"{g} ({u})", fontsize=9)
             ax.set_xticks(range(len(commits)), [_label(c, times) for c in commits], rotation=60, fontsize=7)
             ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-            ax.set_ylabel("% (errors) / pairs", fontsize=7)
+            ax.set_ylabel(u, fontsize=7)
         fig.tight_layout()
         png = out / "accuracy.png"
         fig.savefig(png, dpi=100)

@@ -262,7 +262,7 @@ def run_benchmarks(json_out: Path, baseline: Path | None, k: str | None = None, 
            "--benchmark-enable", "--benchmark-only", f"--benchmark-storage=file://{STORAGE}",
            f"--benchmark-json={json_out}", "--benchmark-sort=name", f"--benchmark-timer={TIMER}",
            "--benchmark-columns=min,median,iqr,max,rounds"]
-    if autosave:
+    if autosave and not slowdown:          # a deliberately slowed run is no part of the history
         cmd.append("--benchmark-autosave")
     if baseline is not None:
         cmd.append(f"--benchmark-compare={baseline}")
