@@ -216,3 +216,32 @@ def test_dropped_collective_overhead_fails_the_netem_metrics(tmp_path):
     assert "accuracy ledger: netem.mae_lt_1MiB is worse" in r.stdout, r.stdout
     r = _cli("tests.tracking.ledger", "--only", "netem")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_registered_source_with_missing_measurements_names_the_file(monkeypatch):
+    from tests.tracking import metrics
+    monkeypatch.setitem(metrics.SOURCES, "fake", metrics.Source("fake", ("reports/fake/none.json",),
+                                                                lambda p: [], "python -m studies.fake"))
+    with pytest.raises(TrackingError, match=r"reports/fake/none.json \(metric source fake\) are missing: .*"
+                                            r"python -m studies.fake"):
+        metrics.compute(["fake"])
+    with pytest.raises(TrackingError, match="unknown metric source"):
+        metrics.compute(["nope"])
+
+
+def test_a_new_source_is_reported_new_until_accepted(monkeypatch, tmp_path):
+    """How a later issue adds a table: register a source, the check says NEW, --accept records it."""
+    from tests.tracking import metrics
+    stored = tmp_path / "results.json"
+    stored.write_text(json.dumps({"errors": [0.02, -0.04]}))
+    monkeypatch.setitem(metrics.SOURCES, "study", metrics.Source(
+        "study", (str(stored),), lambda p: [Metric("study.mean_abs_error", metrics.pct(metrics.mean_abs(
+            json.loads(Path(p).read_text())["errors"])))]))
+    now = metrics.compute(["study"])
+    assert now["study.mean_abs_error"].value == 3.0            # (2% + 4%) / 2
+    path = tmp_path / "ledger.yaml"
+    L.accept({"s.a": _m("s.a", 1.0)}, path=path)
+    assert [r["status"] for r in L.compare(L.load(path), now, ["study"])] == ["NEW"]
+    L.accept(now, path=path, sources=["study"])
+    assert [r["status"] for r in L.compare(L.load(path), now, ["study"])] == ["ok"]
+    assert L.load(path)["s.a"]["value"] == 1.0                 # other sources' entries untouched
