@@ -48,13 +48,13 @@ def load(path: Path = LEDGER) -> dict[str, dict]:
     """metric name -> entry (the FIELDS). Missing or malformed: TrackingError, one line."""
     path = Path(path)
     if not path.exists():
-        raise TrackingError(f"accuracy ledger {_rel(path)} is missing: create it with `{ACCEPT_CMD}`")
+        raise TrackingError(f"{_rel(path)} is missing: create it with `{ACCEPT_CMD}`")
     how = f"restore it with `git checkout -- {_rel(path)}` or recreate it with `{ACCEPT_CMD}`"
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         where = getattr(e, "problem_mark", None)
-        raise TrackingError(f"accuracy ledger {_rel(path)} is not valid YAML"
+        raise TrackingError(f"{_rel(path)} is not valid YAML"
                             f"{f' (line {where.line + 1})' if where else ''}: {how}") from None
     out = {}
     try:
@@ -69,7 +69,7 @@ def load(path: Path = LEDGER) -> dict[str, dict]:
             if not (math.isfinite(out[name]["value"]) and out[name]["tolerance"] >= 0):
                 raise ValueError(f"{name}: value must be finite and tolerance >= 0")
     except (TypeError, KeyError, ValueError) as e:
-        raise TrackingError(f"accuracy ledger {_rel(path)} is malformed ({type(e).__name__}: {e}; expected "
+        raise TrackingError(f"{_rel(path)} is malformed ({type(e).__name__}: {e}; expected "
                             f"'metrics:' with entries {', '.join(FIELDS[:5])}): {how}") from None
     return out
 
