@@ -126,9 +126,11 @@ def test_exchanges_run_both_ways_at_once():
     """A ring of 2 and co-located ps exchange data both ways on every pair: the executor posts
     receives before sends, so gloo's pair carries both directions together (full duplex: the
     prediction) instead of one after the other (2x the wire time)."""
-    _, res = _emulated_bench(2, "ring,ps", 3)
+    _, res = _emulated_bench(2, "ring,ps", 5)
     for r in res:
-        # 2 MiB each way per step at ~193 Mbit/s: ~0.17 s full duplex, ~0.35 s one way at a time;
-        # every repeat (not only the median) must be the full-duplex time
+        # 2 MiB each way per step at ~193 Mbit/s: ~0.17 s full duplex, ~0.35 s one way at a time (+100%).
+        # Asserted on the median of 5 repeats: single repeats on this VM reach 2.1x their point's
+        # median at >= 1 MiB (reports/netem/sweep.json: max/median up to 2.09, 90th percentile/median
+        # up to 1.35), so no bound on every repeat is justified; a median within 25% of the
+        # full-duplex prediction rules out one-way-at-a-time in most repeats.
         assert r["correct"] and abs(r["error"]) < 0.25, r
-        assert r["max_s"] < 1.3 * r["predicted_s"], r

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -197,14 +196,14 @@ def _alive(pid):
 @pytest.mark.parametrize("kind,expect", [("kill", "rank 1 was killed by SIGKILL"), ("hang", "rank 1: no progress")])
 def test_a_dead_or_hung_rank_ends_the_run_naming_it(kind, expect):
     plan = Plan(dp=2, micro_batch=1, global_batch=2)
-    t0 = time.monotonic()
     with pytest.raises(RunFailed) as ei:
         launch({"model": SPEC.to_dict(), "plan": plan.to_dict(), "steps": 10_000, "warmup": 0, "fault": f"1:2:{kind}",
                 "timeout_s": 30, "watchdog_s": 4}, 2, timeout_s=45, grace_s=3)
-    elapsed = time.monotonic() - t0
     msg = str(ei.value)
+    # noticed by the fault's own mechanism (the kill, or the 4 s watchdog), not by the run's 30/45 s
+    # timeouts -- said by the message, not by a wall-clock bound that a busy machine would break
     assert expect in msg, msg
-    assert elapsed < 40, f"took {elapsed:.1f} s to notice"
+    assert "did not finish within its timeout" not in msg, msg
     assert ei.value.pids and not any(_alive(p) for p in ei.value.pids), "orphan rank processes"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +38,10 @@ def _run_cli(capsys, monkeypatch, *argv):
 ])
 def test_bad_plan_is_one_line_exit_2_before_spawning(argv, needle, capsys, monkeypatch):
     pytest.importorskip("torch")
-    t0 = time.monotonic()
-    rc, err = _run_cli(capsys, monkeypatch, "--model", "gpt-tiny", *argv)
+    rc, err = _run_cli(capsys, monkeypatch, "--model", "gpt-tiny", *argv)   # launch() forbidden: nothing spawns
     assert rc == 2, err
     assert needle in err, err
     assert err.startswith("parsim run: error: ") and err.count("\n") == 1, err
-    assert time.monotonic() - t0 < 10
 
 
 @pytest.mark.parametrize("argv,needle", [
