@@ -192,3 +192,33 @@ def _cpu(path):
         out.append(Metric(f"cpu.plan_abs_error.{key}", pct(abs(r["rel_error"])),
                           description=f"|predicted / measured step time - 1| of {label} ({r['flags']})"))
     return out
+
+
+# ---------------------------------------------------------------- public validation corpus (issue 15)
+
+@source("corpus", "parsim/data/validation", regenerate="python -m studies.validation.corpus")
+def _corpus(path):
+    """Every table of the public corpus (parsim/data/validation/*.csv) held out in turn: the GPU type's
+    fitted constant refitted on the other tables of that type, the held-out table predicted
+    (parsim.corpus.leave_one_table_out). Tracked: held-out step-time mean / max / |bias| and peak-memory
+    mean / max per table (percent), and how many rows each table can price (higher is better) or not."""
+    from parsim.corpus import accuracy_metrics
+    out = []
+    for name, v in sorted(accuracy_metrics().items()):
+        figure = name.rsplit(".", 1)[1]
+        if figure in ("expressible",):
+            out.append(Metric(name, float(v), unit="rows", better="higher", tolerance=0,
+                              description="rows of the table the model can price"))
+        elif figure in ("not_expressible", "rows_not_expressible"):
+            out.append(Metric(name, float(v), unit="rows", tolerance=0,
+                              description="rows of the table the model cannot price yet (counted, never dropped)"))
+        elif figure == "rows_total":
+            out.append(Metric(name, float(v), unit="rows", better="higher", tolerance=0,
+                              description="published rows in the corpus"))
+        elif figure == "step_bias":
+            out.append(Metric(name, pct(abs(v)), description="|mean signed held-out step-time error| (leave-one-table-out)"))
+        else:
+            kind, stat = figure.split("_")
+            out.append(Metric(name, pct(v), description=f"held-out {kind} error, {stat} |error| over the table's "
+                                                         "priced rows (leave-one-table-out)"))
+    return out
