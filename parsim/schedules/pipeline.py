@@ -197,11 +197,8 @@ def build_schedule(name: str, pp: int, microbatches: int, vpp: int | None = None
             ops = {"gpipe": _gpipe_rank, "1f1b": _1f1b_rank}.get(name, _zbv_rank)(r, p, m)
             k, i, s = (np.array(c, dtype=np.int64) for c in zip(*ops))
         kinds.append(k); micro.append(i); stage.append(s); counts.append(len(k))
-    S = p * v
-    if name == "zbv":
-        stage_to_rank = np.concatenate([np.arange(p), np.arange(p)[::-1]])
-    else:
-        stage_to_rank = np.arange(S) % p
+    from parsim.rules import stage_to_rank as placement
+    stage_to_rank = placement(p, v, name)
     return _with_dependencies(name, p, m, v, name == "zbv", stage_to_rank,
                               np.concatenate([[0], np.cumsum(counts)]),
                               np.concatenate(kinds).astype(np.int8), np.concatenate(micro).astype(np.int32),
