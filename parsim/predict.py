@@ -134,6 +134,32 @@ def _groups(cluster) -> _Groups:
     return g
 
 
+def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
+    """What follows from (schedule, pp, vpp, m) alone, per plan: layers on rank 0, on the last stage's
+    rank and on the heaviest other rank (parsim.rules.rank_layers); the in-flight activation sets of
+    those ranks (parsim.costs.memory.inflight_chunks; the other rank is rank 1 in a loop, pp-1 in ZB-V's
+    V, the one holding most) and of the last stage. Evaluated once per distinct combination."""
+    sched, pp, vpp = (np.asarray(x, dtype=np.int64) for x in (sched, pp, vpp))
+    mi = np.rint(np.asarray(m, dtype=float)).astype(np.int64)
+    P, V = int(pp.max()) + 1, int(vpp.max()) + 1
+    if (int(mi.max()) + 1) * P * V * 4 < 2 ** 62:
+        key = ((mi * P + pp) * V + vpp) * 4 + sched
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        sched, pp, vpp, mi = sched[first], pp[first], vpp[first], mi[first]
+    else:
+        inv = None
+    v_shape, single = sched == 3, pp == 1
+    L_first, L_last, L_mid = rank_layers(layers, pp, vpp, v_shape)
+    r_last = np.where(v_shape | single, 0, pp - 1)
+    r_mid = np.where(v_shape, pp - 1, 1)
+    out = {"L_first": L_first, "L_last": L_last, "L_mid": L_mid, "r_last": r_last, "r_mid": r_mid,
+           "chunks_first": M.inflight_chunks(sched, pp, vpp, mi, 0),
+           "chunks_last": M.inflight_chunks(sched, pp, vpp, mi, r_last),
+           "chunks_mid": M.inflight_chunks(sched, pp, vpp, mi, r_mid),
+           "last_stage_inflight": M.last_stage_inflight(sched, mi)}
+    return out if inv is None else {k: np.asarray(v)[inv] for k, v in out.items()}
+
+
 def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
           headroom_bytes: float | None = None) -> dict:
     """Price a table of plans. Returns arrays: step_time_s, breakdown (7 keys), memory (5 keys, bytes, of
@@ -196,7 +222,8 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     # (stage 0 and the embedding; with ZB-V's V or pp = 1 also the last stage and the head), the rank
     # holding the last stage when it is another one ("last"), and the heaviest other rank ("mid").
     v_shape = sched == 3
-    L_first, L_last, L_mid = rank_layers(model.layers, pp, vpp, v_shape)
+    pipe = _pipeline_structure(model.layers, sched, pp, vpp, m)
+    L_first, L_last, L_mid = pipe["L_first"], pipe["L_last"], pipe["L_mid"]
     single = pp == 1
     head_first = single | v_shape                          # the head sits on rank 0
     has_last, has_mid = ~head_first, np.where(v_shape, pp > 1, pp > 2)
@@ -273,29 +300,26 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     # (its layers / vpp); the last stage keeps the fp32 logits of its in-flight micro-batches plus
     # one gradient of them.
     logits = 4.0 * mb * seq * model.vocab / t                 # fp32 logits of one micro-batch
-    logits_held = logits * (M.last_stage_inflight(sched, m) + 1.0)
-    r_last = np.where(v_shape | single, 0, pp - 1)
-    r_mid = np.where(v_shape, pp - 1, 1)                     # the most in-flight of the other ranks
-    chunks = {k: M.inflight_chunks(sched, pp, vpp, m, r) for k, r in (("first", 0), ("last", r_last), ("mid", r_mid))}
-    acts = {"first": L_first / vpp * a_layer * chunks["first"] + a_work + np.where(head_first, logits_held, 0.0),
-           "last": L_last / vpp * a_layer * chunks["last"] + a_work + logits_held,
-           "mid": L_mid / vpp * a_layer * chunks["mid"] + a_work}
-    states = {k: M.model_state_bytes(P, dp, zero, dt, accounting) for k, P in
-              (("first", P_first), ("last", P_last), ("mid", P_mid))}
+    logits_held = logits * (pipe["last_stage_inflight"] + 1.0)
+    acts = {"first": L_first / vpp * a_layer * pipe["chunks_first"] + a_work + np.where(head_first, logits_held, 0.0),
+            "last": L_last / vpp * a_layer * pipe["chunks_last"] + a_work + logits_held,
+            "mid": L_mid / vpp * a_layer * pipe["chunks_mid"] + a_work}
+    per_param = M.state_bytes_per_param(dp, zero, dt, accounting)
+    state_pp = per_param[0] + per_param[1] + per_param[2]
     buffers = (M.DDP_BUCKET_BYTES * (dp > 1) + np.where(zero >= 3, 2 * P_layer / t * e, 0.0)
                + np.where(pp > 1, 2 * mb * seq * h * e / t, 0.0))
-    present = {"first": np.ones_like(has_last), "last": has_last, "mid": has_mid}
-    totals = {k: np.where(present[k], sum(states[k]) + acts[k] + buffers, 0.0) for k in states}
+    totals = {"first": P_first * state_pp + acts["first"] + buffers,
+              "last": np.where(has_last, P_last * state_pp + acts["last"] + buffers, 0.0),
+              "mid": np.where(has_mid, P_mid * state_pp + acts["mid"] + buffers, 0.0)}
     worst = np.where(totals["first"] >= np.maximum(totals["last"], totals["mid"]), 0,
                      np.where(totals["last"] >= totals["mid"], 1, 2))
-    kinds = ("first", "last", "mid")
-    pick = lambda d: np.choose(worst, [d[k] for k in kinds])  # noqa: E731
-    weights, grads, optim = (np.choose(worst, [states[k][j] for k in kinds]) for j in range(3))
-    activations = pick(acts)
+    P_worst = np.choose(worst, [P_first, P_last, P_mid])
+    weights, grads, optim = (P_worst * f for f in per_param)
+    activations = np.choose(worst, [acts["first"], acts["last"], acts["mid"]])
     total = weights + grads + optim + activations + buffers
+    worst_rank = np.choose(worst, [np.zeros_like(pp), pipe["r_last"], pipe["r_mid"]])
     capacity = dev.memory_bytes
     headroom = M.default_headroom_bytes(capacity) if headroom_bytes is None else float(headroom_bytes)
-    worst_rank = np.choose(worst, [np.zeros_like(pp), r_last, r_mid])
 
     fl = model.layer_fwd_flops  # works on arrays of seq
     per_seq_model = model.layers * 3 * fl(seq) + 3 * model.logits_fwd_flops(seq)

@@ -181,25 +181,39 @@ def _rank(r, fits, step):
 def _resimulate(r, cols, fits, k: int):
     """Step times with the pipeline played by the simulator (parsim.simulate) for the best k plans.
 
-    Re-ranks until the first k are all simulated (at most 4k simulations), so a plan the closed form
-    flatters cannot stay on top unchecked. Returns (step_time_s, simulated mask)."""
+    Re-ranks until the first k are all simulated (at most 4k distinct simulations), so a plan the
+    closed form flatters cannot stay on top unchecked. Plans whose pipelines are identical (same
+    schedule, pp, vpp, micro-batches and stage times: e.g. ZeRO stages or sync algorithms of one
+    split) share one simulation. Returns (step_time_s, simulated mask)."""
     step = np.array(r["step_time_s"], dtype=float)
     makespan = np.broadcast_to(r["makespan_s"], step.shape)
     done = np.zeros(step.shape, dtype=bool)
     # With at most 4k rows moved, the top k always comes from the closed form's top 5k.
     pool = _rank(r, fits, step)[:5 * k]
     mem, sync = (np.broadcast_to(r[key], step.shape)[pool] for key in ("memory_bytes", "dp_sync_s"))
+    st = r["stage_s"]
+    m = np.broadcast_to(r["microbatches"], step.shape)
+
+    def key(i):
+        return (int(cols["schedule"][i]), int(cols["pp"][i]), int(cols["vpp"][i]), float(m[i]),
+                tuple(float(np.broadcast_to(st[x], step.shape)[i]) for x in sorted(st)))
+    sims = {}
     budget = 4 * k
     while budget > 0:
         head = pool[np.lexsort((sync, mem, _step_key(step[pool])))][:k]
-        todo = head[~done[head]][:budget]
+        todo = head[~done[head]]
         if todo.size == 0:
             break
         for i in todo:
-            sim = simulated_makespan(r, cols, i)
+            kk = key(i)
+            if kk not in sims:
+                if budget <= 0:
+                    break
+                sims[kk] = simulated_makespan(r, cols, i)
+                budget -= 1
+            sim = sims[kk]
             step[i] += 0.0 if sim is None else sim - makespan[i]
             done[i] = True
-        budget -= todo.size
     return step, done
 
 

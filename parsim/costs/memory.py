@@ -85,6 +85,21 @@ def check_accounting(name: str) -> str:
     return name
 
 
+def state_bytes_per_param(dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUNTING):
+    """(weights, grads, optimizer) bytes per parameter on one device, after ZeRO sharding: the
+    factors ``model_state_bytes`` multiplies the parameter count by (vectorised over plans)."""
+    dp, zero = np.asarray(dp, dtype=float), np.asarray(zero)
+    e = DTYPE_BYTES[np.asarray(dtype_code)]
+    bw, bg, bo = ACCOUNTING[check_accounting(accounting)]
+    fp32 = e == 4.0
+    w = np.where(fp32, FP32_STATE[0], bw) / np.where(zero >= 3, dp, 1.0)
+    if accounting == "fsdp2":
+        w = w + np.where((zero == 2) & ~fp32, 2.0, 0.0)
+    g = np.where(fp32, FP32_STATE[1], bg) / np.where(zero >= 2, dp, 1.0)
+    o = np.where(fp32, FP32_STATE[2], bo) / np.where(zero >= 1, dp, 1.0)
+    return w, g, o
+
+
 def model_state_bytes(params_per_rank, dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUNTING):
     """(weights, grads, optimizer) bytes per device for ``params_per_rank`` parameters (before ZeRO).
 
@@ -93,17 +108,7 @@ def model_state_bytes(params_per_rank, dp, zero, dtype_code, accounting: str = D
     The fsdp2 convention at ZeRO-2 also holds the unsharded 16-bit parameters (2 B/param) from
     forward to backward (FSDP2's reshard_after_forward=False), counted with the weights."""
     N = np.asarray(params_per_rank, dtype=float)
-    dp, zero = np.asarray(dp, dtype=float), np.asarray(zero)
-    e = DTYPE_BYTES[np.asarray(dtype_code)]
-    bw, bg, bo = ACCOUNTING[check_accounting(accounting)]
-    fp32 = e == 4.0
-    w_b, g_b, o_b = (np.where(fp32, f, x) for f, x in zip(FP32_STATE, (bw, bg, bo)))
-    weights = N * w_b / np.where(zero >= 3, dp, 1.0)
-    if accounting == "fsdp2":
-        weights = weights + np.where((zero == 2) & ~fp32, N * 2.0, 0.0)
-    grads = N * g_b / np.where(zero >= 2, dp, 1.0)
-    opt = N * o_b / np.where(zero >= 1, dp, 1.0)
-    return weights, grads, opt
+    return tuple(N * f for f in state_bytes_per_param(dp, zero, dtype_code, accounting))
 
 
 # ---------------------------------------------------------------- in-flight activations per rank
