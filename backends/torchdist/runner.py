@@ -442,6 +442,10 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int) -> dict:
         "gpus": world,
         "source": "measured",
         "notes": notes,
+        "memory_accounting": "measured",
+        "memory_capacity_GiB": 0.0,          # not read here: the run did not run out of it
+        "memory_headroom_GiB": 0.0,
+        "memory_worst_rank": (top["rank"] // plan.tp) % plan.pp,   # pipeline rank of the rank using most
         "measured": {
             "backend": cfg.get("backend", "gloo"), "device": "cuda" if gpu else "cpu", "dtype_run": dtype_run,
             "device_profile": profile, "ranks": world, "steps": steps, "warmup_dropped": timed[0],
