@@ -224,7 +224,7 @@ RULES = (
     Rule("zero >= 2 (FSDP2) with a grad-sync other than native", lambda c: (c["zero"] >= 2) & (c["grad_sync"] != c["native"]),
          lambda c, i: (f"zero {_i(c, 'zero', i)} runs on FSDP2, whose gradient reduce-scatter is its own: "
                        f"grad-sync must be native"), scope="run"),
-    Rule("zero 1 with tp > 1", lambda c: (c["zero"] == 1) & (c["tp"] > 1) & (c["dp"] > 1),
+    Rule("zero 1 with tp > 1", lambda c: (c["zero"] == 1) & (c["tp"] > 1),
          lambda c, i: ("zero 1 (ZeroRedundancyOptimizer) does not take TP-sharded (DTensor) parameters: "
                        f"use tp = 1 or zero 2/3, got tp = {_i(c, 'tp', i)}"), scope="run"),
     Rule("zero >= 2 with pp > 1", lambda c: (c["zero"] >= 2) & (c["pp"] > 1),
