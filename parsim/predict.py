@@ -136,9 +136,10 @@ def _groups(cluster) -> _Groups:
 
 def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
     """What follows from (schedule, pp, vpp, m) alone, per plan: layers on rank 0, on the last stage's
-    rank and on the heaviest other rank (parsim.rules.rank_layers); the in-flight activation sets of
-    those ranks (parsim.costs.memory.inflight_chunks; the other rank is rank 1 in a loop, pp-1 in ZB-V's
-    V, the one holding most) and of the last stage. Evaluated once per distinct combination."""
+    rank and on the heaviest other rank (parsim.rules.rank_layers); the layers' worth of activations
+    those ranks hold at their peak (parsim.costs.memory.inflight_chunks x layers / vpp; the other rank
+    is rank 1 in a loop, pp-1 in ZB-V's V, the one holding most); the logits the last stage holds, in
+    micro-batches (in flight + one gradient). Evaluated once per distinct combination."""
     sched, pp, vpp = (np.asarray(x, dtype=np.int64) for x in (sched, pp, vpp))
     mi = np.rint(np.asarray(m, dtype=float)).astype(np.int64)
     P, V = int(pp.max()) + 1, int(vpp.max()) + 1
@@ -152,11 +153,12 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
     L_first, L_last, L_mid = rank_layers(layers, pp, vpp, v_shape)
     r_last = np.where(v_shape | single, 0, pp - 1)
     r_mid = np.where(v_shape, pp - 1, 1)
-    out = {"L_first": L_first, "L_last": L_last, "L_mid": L_mid, "r_last": r_last, "r_mid": r_mid,
-           "chunks_first": M.inflight_chunks(sched, pp, vpp, mi, 0),
-           "chunks_last": M.inflight_chunks(sched, pp, vpp, mi, r_last),
-           "chunks_mid": M.inflight_chunks(sched, pp, vpp, mi, r_mid),
-           "last_stage_inflight": M.last_stage_inflight(sched, mi)}
+    # activation sets held at the peak, in layers: chunks (one stage's layers each) x layers / vpp
+    out = {"L_first": L_first, "L_last": L_last, "L_mid": L_mid,
+           "held_first": M.inflight_chunks(sched, pp, vpp, mi, 0) * L_first / vpp,
+           "held_last": M.inflight_chunks(sched, pp, vpp, mi, r_last) * L_last / vpp,
+           "held_mid": M.inflight_chunks(sched, pp, vpp, mi, r_mid) * L_mid / vpp,
+           "logits_held": M.last_stage_inflight(sched, mi) + 1.0}
     return out if inv is None else {k: np.asarray(v)[inv] for k, v in out.items()}
 
 
@@ -300,10 +302,10 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     # (its layers / vpp); the last stage keeps the fp32 logits of its in-flight micro-batches plus
     # one gradient of them.
     logits = 4.0 * mb * seq * model.vocab / t                 # fp32 logits of one micro-batch
-    logits_held = logits * (pipe["last_stage_inflight"] + 1.0)
-    acts = {"first": L_first / vpp * a_layer * pipe["chunks_first"] + a_work + np.where(head_first, logits_held, 0.0),
-            "last": L_last / vpp * a_layer * pipe["chunks_last"] + a_work + logits_held,
-            "mid": L_mid / vpp * a_layer * pipe["chunks_mid"] + a_work}
+    logits_held = logits * pipe["logits_held"]
+    acts = {"first": pipe["held_first"] * a_layer + a_work + np.where(head_first, logits_held, 0.0),
+            "last": pipe["held_last"] * a_layer + a_work + logits_held,
+            "mid": pipe["held_mid"] * a_layer + a_work}
     per_param = M.state_bytes_per_param(dp, zero, dt, accounting)
     state_pp = per_param[0] + per_param[1] + per_param[2]
     buffers = (M.DDP_BUCKET_BYTES * (dp > 1) + np.where(zero >= 3, 2 * P_layer / t * e, 0.0)
@@ -317,7 +319,9 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     weights, grads, optim = (P_worst * f for f in per_param)
     activations = np.choose(worst, [acts["first"], acts["last"], acts["mid"]])
     total = weights + grads + optim + activations + buffers
-    worst_rank = np.choose(worst, [np.zeros_like(pp), pipe["r_last"], pipe["r_mid"]])
+    # pipeline rank of the worst kind: 0; the last stage's (pp - 1, or 0 in a V); rank 1 (pp - 1 in a V)
+    worst_rank = np.where(worst == 0, 0, np.where(worst == 1, np.where(single | v_shape, 0, pp - 1),
+                                                  np.where(v_shape, pp - 1, 1)))
     capacity = dev.memory_bytes
     headroom = M.default_headroom_bytes(capacity) if headroom_bytes is None else float(headroom_bytes)
 
