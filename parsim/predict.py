@@ -134,6 +134,20 @@ def _groups(cluster) -> _Groups:
     return g
 
 
+def _distinct(key):
+    """(a representative row of each distinct key, each row's index into them): np.unique's
+    return_index and return_inverse, without the stable sort return_index costs (rows with equal
+    keys are interchangeable here, so any representative will do); int32 keys where they fit."""
+    key = np.asarray(key).ravel()
+    if key.size and 0 <= key.min() and key.max() < 2 ** 31:
+        key = key.astype(np.int32)
+    _, inv = np.unique(key, return_inverse=True)
+    inv = inv.ravel()
+    rep = np.empty(int(inv.max()) + 1 if inv.size else 0, dtype=np.int64)
+    rep[inv] = np.arange(inv.size)
+    return rep, inv
+
+
 def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
     """What follows from (schedule, pp, vpp, m) alone, per plan: layers on rank 0, on the last stage's
     rank and on the heaviest other rank (parsim.rules.rank_layers); the layers' worth of activations
@@ -145,7 +159,7 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
     P, V = int(pp.max()) + 1, int(vpp.max()) + 1
     if (int(mi.max()) + 1) * P * V * 4 < 2 ** 62:
         key = ((mi * P + pp) * V + vpp) * 4 + sched
-        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        first, inv = _distinct(key)
         sched, pp, vpp, mi = sched[first], pp[first], vpp[first], mi[first]
     else:
         inv = None
@@ -189,7 +203,7 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     # Per-layer compute and activation bytes depend on few columns: evaluate them once per
     # distinct (micro_batch, seq, tp, sp, flash, dtype, recompute) and gather.
     ukey = ((((((mb.astype(np.int64) * 2 ** 20 + seq.astype(np.int64)) * 2 ** 14 + tp) * 2 + sp) * 2 + flash) * 4 + dt) * 4 + rc)
-    _, first, inv = np.unique(ukey, return_index=True, return_inverse=True)
+    first, inv = _distinct(ukey)
     lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first])
     lt = C.LayerTimes(*(np.asarray(getattr(lt_u, f))[inv] for f in C.LayerTimes.__dataclass_fields__))
     # Single-threaded CPU ranks beyond the host's cores share them: compute stretches by
