@@ -10,9 +10,16 @@ A step on the slowest pipeline stage (Narayanan et al. 2021, §2.2 and §3):
                                            (p−1)/v·T_avg        interleaved 1F1B
                                            (p−1)·max(0, F+B−2W) per V-chunk, ZB-V (Qi et al. 2024)
     step     = makespan + exposed data-parallel sync + optimizer
-where T is one micro-batch's forward+backward on a stage (compute, recompute, tensor-
+where T is one micro-batch's forward+backward on a pipeline rank (compute, recompute, tensor-
 parallel collectives, pipeline send/recv), m = global_batch/(micro_batch·dp).
 The discrete-event simulator (parsim.simulate) plays the same schedules exactly.
+
+Ranks differ by their layers (parsim.rules.stage_layer_counts: even, or one fewer on the first and
+last stage where pp·vpp does not divide the layers) and by what they hold beside them (the
+embedding with stage 0; the head and its logits with the last stage, on rank 0 in ZB-V's V). Rank 0,
+the last stage's rank and the heaviest other rank are priced; time is the slowest one's, memory the
+worst one's (model states by the framework's accounting, in-flight activations as the schedule
+holds them; parsim.costs.memory). Plans are valid by parsim.rules, which every consumer asks.
 """
 from __future__ import annotations
 

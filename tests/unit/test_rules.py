@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from parsim.errors import ParsimError
 from parsim.model import load_model
-from parsim.plan import GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan
+from parsim.plan import GRAD_SYNC, SCHEDULES, Plan
 from parsim.predict import plan_columns, predict
 from parsim.rules import (ParallelDims, check, check_pipeline, first_failure, rank_layers, reject,
                           stage_layer_counts, stage_to_rank)
