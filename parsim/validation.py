@@ -86,7 +86,7 @@ def predict_row(row: Row, fraction: float | None = None, cluster="dgx-a100"):
     dev = cl.device if fraction is None else cl.device.with_sustained_fraction(fraction)
     r = price(model, cl, plan_columns(row.plans, model), device=dev)
     tflops = r["hardware_flops"] / r["step_time_s"] / row.gpus / 1e12
-    tflops = np.where(r["memory_bytes"] <= dev.memory_bytes, tflops, -np.inf)
+    tflops = np.where(r["fits"], tflops, -np.inf)     # worst pipeline rank + headroom within capacity
     i = int(np.argmax(tflops))
     return float(tflops[i]), row.plans[i]
 

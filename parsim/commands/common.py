@@ -37,6 +37,25 @@ def add_plan_arguments(p, need_gpus=True):
     p.add_argument("--no-flash", action="store_true", help="attention scores materialised (no flash attention)")
 
 
+def add_memory_arguments(p):
+    """--memory-accounting and --memory-headroom (predict, plan, run)."""
+    from parsim.costs.memory import ACCOUNTINGS, DEFAULT_ACCOUNTING
+    p.add_argument("--memory-accounting", choices=ACCOUNTINGS, default=DEFAULT_ACCOUNTING,
+                   help="bytes per parameter as this framework keeps them: megatron (18: fp32 main grads, "
+                        "the default), deepspeed (16, the ZeRO paper), fsdp2 (16, fp32 sharded params and grads)")
+    p.add_argument("--memory-headroom", default=None, metavar="SIZE",
+                   help="memory reserved per device for the CUDA context, NCCL buffers and fragmentation "
+                        "(e.g. 4GiB, 0; default: 2 GiB + 5%% of the device's capacity, parsim/data/memory.yaml)")
+
+
+def memory_options(a) -> dict:
+    """{'accounting': ..., 'headroom_bytes': ...} from the flags of add_memory_arguments."""
+    from parsim.units import parse_size
+    room = getattr(a, "memory_headroom", None)
+    return {"accounting": getattr(a, "memory_accounting", None) or "megatron",
+            "headroom_bytes": None if room is None else float(parse_size(room))}
+
+
 def plan_from_args(a, gpus: int, device=None) -> Plan:
     """The Plan the flags describe; `device` (profile or kind) decides the dtype when --dtype is not given."""
     from parsim.hardware import default_dtype
