@@ -174,7 +174,8 @@ def test_ledger_missing_or_corrupt_is_one_line_exit_2(tmp_path, content, needle)
 
 def test_the_committed_ledger_is_readable_and_covers_every_metric_source():
     led = L.load()
-    assert {n.split(".")[0] for n in led} == {"narayanan2021", "netem", "cpu"}
+    from tests.tracking.metrics import SOURCES
+    assert {n.split(".")[0] for n in led} == set(SOURCES) >= {"narayanan2021", "netem", "cpu", "corpus"}
 
 
 def _broken_profile(tmp_path, change):
