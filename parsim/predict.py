@@ -53,9 +53,38 @@ class StepReport:
     gpus: int = 0
     source: str = "predicted"
     notes: list = field(default_factory=list)
+    # Measured reports only (empty for predictions): [min, max] over the timed steps of each
+    # numeric field, keyed like ``flat()`` ("step_time_s", "breakdown_s.compute", ...), and how it
+    # was measured (backend, steps, warm-up, the source of each phase).
+    spread: dict = field(default_factory=dict)
+    measurement: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StepReport":
+        """Inverse of ``to_dict`` (e.g. a report read back from JSON); unknown keys are an error."""
+        names = set(cls.__dataclass_fields__)
+        extra = sorted(set(d) - names)
+        if extra:
+            raise ParsimError(f"not a StepReport: unexpected key(s) {', '.join(extra)}; expected {', '.join(sorted(names))}")
+        return cls(**d)
+
+    def flat(self) -> dict:
+        """Every numeric field by dotted key: step_time_s, ..., breakdown_s.<phase>, memory_breakdown_GiB.<kind>.
+        Two reports compare by joining on these keys (parsim.compare)."""
+        out = {}
+        for k, v in asdict(self).items():
+            if isinstance(v, dict) and k in ("breakdown_s", "memory_breakdown_GiB"):
+                out.update({f"{k}.{kk}": float(vv) for kk, vv in v.items() if _is_num(vv)})
+            elif _is_num(v):
+                out[k] = float(v)
+        return out
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def plan_columns(plans, model) -> dict:

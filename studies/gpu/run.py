@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         row = {"model": name, "plan": plan.to_dict(), "label": plan.label()}
         t0 = time.monotonic()
         try:
-            measured = launch(cfg, 1, timeout_s=240)
+            measured = launch(cfg, 1, timeout_s=240).to_dict()
         except RunFailed as e:
             row["error"] = str(e)
             print(f"{name:10} mb{mb:<3} {rc:9} FAILED: {e}", flush=True)
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
         except Exception as e:   # noqa: BLE001 — the measurement is still worth keeping
             predicted, row["prediction_error"] = None, f"{type(e).__name__}: {e}"
         row.update(measured=measured, predicted=predicted, wall_s=time.monotonic() - t0,
-                   relative_error={k: err for k, _, _, err in compare(measured, predicted)})
+                   relative_error={r[0]: r[3] for r in compare(measured, predicted)})
         results.append(row)
         pt = predicted["step_time_s"] if predicted else float("nan")
         pm = predicted["memory_GiB"] if predicted else float("nan")
