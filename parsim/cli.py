@@ -35,6 +35,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="parsim", description="parsim: predict, then measure, LLM training under data, tensor and "
                      "pipeline parallelism. `parsim COMMAND -h` for a command's flags.")
+    from parsim import __version__
+    parser.add_argument("--version", action="version", version=f"parsim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, help_ in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)

@@ -330,7 +330,20 @@ def simulated_makespan(r: dict, cols: dict, i: int):
 
 
 def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
-    """Price one plan. `model` and `cluster` may be names/paths or loaded objects."""
+    """Price one plan: the step time, its breakdown and the memory per device.
+
+    model: a ModelSpec, a preset name (``parsim.model.preset_names()``) or a model file;
+    cluster: a Cluster, a preset name or a cluster file (sized to `gpus`, default ``plan.gpus``);
+    plan: a Plan (dp·tp·pp devices). Returns a StepReport: seconds (``step_time_s``,
+    ``breakdown_s`` — compute, recompute, tp_comm, pp_comm, bubble, dp_comm_exposed, optimizer — on
+    the bottleneck stage), rates (tokens/s, samples/s, model/hardware TFLOP/s per GPU, MFU, HFU) and
+    GiB (``memory_GiB``, ``memory_breakdown_GiB`` on the worst stage; ``fits`` against the device).
+    The step is m·T_max + bubble + exposed DP sync + optimizer (Narayanan et al. 2021 §2.2, §3), the
+    pipeline played by the discrete-event simulator where pp > 1.
+
+    Raises ParsimError for an unknown model/cluster or an invalid plan (degrees that do not multiply
+    to the devices, tp not dividing the heads, layers not divisible by pp·vpp, ...), naming the values.
+    """
     from parsim.model import load_model
     model = load_model(model)
     cluster = get_cluster(cluster, gpus or plan.gpus)

@@ -39,3 +39,26 @@ def test_join_puts_spread_beside_each_measured_field_and_error_is_relative_to_me
     assert f.loc["tokens_per_s", "error"] == pytest.approx(0.0)    # unchanged field: same value both sides
     assert f.loc["breakdown_s.compute", "spread_min"] is None or f["spread_min"].isna()["breakdown_s.compute"]
     assert [r["predicted"] for r in join(m)] == [None] * len(join(m))
+
+
+def test_top_level_api_is_the_functions_even_after_importing_their_modules():
+    import inspect
+
+    import parsim
+    import parsim.predict  # noqa: F401  (used to replace parsim.predict with the module)
+    import parsim.search  # noqa: F401
+    assert callable(parsim.predict) and "plan" in inspect.signature(parsim.predict).parameters
+    assert "gpus" in inspect.signature(parsim.search).parameters and parsim.search.__doc__
+    rep = parsim.predict(parsim.load_model("gpt-tiny"), parsim.load_cluster("cpu-local", 1),
+                         parsim.Plan(micro_batch=1, global_batch=1))
+    assert isinstance(rep, parsim.StepReport) and rep.step_time_s > 0
+    assert parsim.ModelSpec is type(parsim.load_model("gpt-tiny"))
+
+
+def test_cli_version():
+    import subprocess
+    import sys
+
+    import parsim
+    r = subprocess.run([sys.executable, "-m", "parsim", "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f"parsim {parsim.__version__}"
