@@ -163,6 +163,17 @@ def measure_device(spec: dict) -> dict:
 
 # -- the emulated network ------------------------------------------------------------------
 
+def emulated_cluster(emu, world: int):
+    """The emulated network as a parsim Cluster for predictions: its graph with the probed link
+    rates (backends.torchdist.bench.prediction_inputs), one rank per emulated device, cpu profile."""
+    from backends.torchdist.bench import prediction_inputs
+    from parsim.topology import from_graph
+    g, rank_nodes, _, servers, _ = prediction_inputs(json.loads(json.dumps(emu.state(), default=str)), world)
+    for n in rank_nodes:
+        g.nodes[n]["profile"] = "cpu"
+    return from_graph(f"emulated {emu.prefix}", g, ranks=rank_nodes[:world], device="cpu")
+
+
 @contextlib.contextmanager
 def network(spec: dict):
     """An emulated cluster (backends.netem) for a study's network entry, links probed; torn down after."""

@@ -243,10 +243,14 @@ def _train(study, p, ctx, emu, rec):
     measured = run_train(spec, study.settings, ctx["profile"], emu)
     mfile = _measured_profile_file(study, ctx)
     predicted = catalog = None
+    cluster = ctx["cluster"]
     try:
-        catalog = _predict_train(spec, ctx["cluster"])
+        if emu is not None:      # predicted on the emulated network itself, with its probed links
+            from backends.study import emulated_cluster
+            cluster = emulated_cluster(emu, measured.gpus)
+        catalog = _predict_train(spec, cluster)
         with measured_profile(mfile) as used:
-            predicted = _predict_train(spec, ctx["cluster"]) if used else catalog
+            predicted = _predict_train(spec, cluster) if used else catalog
             profile = _profile_info(ctx["profile"])
     except ParsimError as e:
         profile = _profile_info(ctx["profile"])
@@ -255,7 +259,7 @@ def _train(study, p, ctx, emu, rec):
     pt = predicted.step_time_s if predicted else None
     rec.update(measured=measured.to_dict(), predicted=predicted.to_dict() if predicted else None,
                predicted_catalog=catalog.to_dict() if (catalog and mfile and mfile.exists()) else None,
-               profile=profile, cluster=ctx["cluster"], trace_dir=spec.get("trace_dir"),
+               profile=profile, cluster=ctx["cluster"] if emu is None else cluster.name, trace_dir=spec.get("trace_dir"),
                summary={"metric": "step_time_s", "measured": measured.step_time_s, "spread": lo_hi, "predicted": pt,
                         "error": rel_error(measured.step_time_s, pt)})
     return rec
