@@ -247,7 +247,9 @@ def predicted_pipeline(record):
 
 
 def fig_gantt(record, path):
-    ops = measured_pipeline_ops(record["trace_dir"]) if record.get("trace_dir") else []
+    ops = [tuple(o) for o in record.get("pipeline_ops") or []]
+    if not ops and record.get("trace_dir") and Path(record["trace_dir"]).exists():
+        ops = measured_pipeline_ops(record["trace_dir"])
     if not ops:
         return None
     from parsim.report_pipeline import COLOURS
@@ -347,6 +349,16 @@ def findings(df, pt) -> str:
     return " ".join(parts)
 
 
+def _load_note(recs) -> str:
+    """A warning when the machine was busier than its CPUs while points ran (1-minute load average)."""
+    loads = [(r.get("loadavg_1_5_15") or (r.get("machine") or {}).get("loadavg_1_5_15") or [0])[0] for r in recs]
+    cpus = max([(r.get("machine") or {}).get("cpus") or 0 for r in recs] or [0])
+    if not cpus or not loads or max(loads) <= cpus:
+        return ""
+    return (f" The machine was loaded beyond its {cpus} CPUs while the study ran (1-minute load average up to "
+            f"{max(loads):.1f}): measured times include that contention, the predictions do not.")
+
+
 # -- the report -------------------------------------------------------------------------
 
 def write_report(paths=(), out="report", formats=("md", "html"), title="", records=None) -> list[Path]:
@@ -366,9 +378,11 @@ def write_report(paths=(), out="report", formats=("md", "html"), title="", recor
         pt = phase_table(recs)
         head, rows = summary_rows(df)
         studies = ", ".join(sorted({str(s) for s in df.study.dropna()}))
-        sections.append(("Findings", findings(df, pt), [], []))
-        sections.append(("Summary", f"Study: {studies}. Measured = median of the timed repeats (max over ranks per "
-                         "step); spread = fastest and slowest.", [(head, rows)],
+        sections.append(("Findings", findings(df, pt) + _load_note(recs), [], []))
+        how = ("Measured = the published figure; predicted with the shipped profile." if set(df.kind) == {"published"}
+               else "Measured = median of the timed repeats (training: max over ranks per step); spread = fastest and "
+                    "slowest repeat.")
+        sections.append(("Summary", f"Study: {studies}. {how}", [(head, rows)],
                          [fig_scatter(df, figdir / "scatter.png", "predicted vs measured")]))
         machines = {json.dumps(r.get("machine"), sort_keys=True) for r in recs if r.get("machine")}
         vers = {json.dumps(r.get("versions"), sort_keys=True) for r in recs if r.get("versions")}
@@ -393,7 +407,7 @@ def write_report(paths=(), out="report", formats=("md", "html"), title="", recor
         if bw:
             sections.append(("Collectives", "Bus bandwidth (nccl-tests convention, GB = 1e9 B) by size: lines "
                              "predicted on the cluster graph, points measured.", [], [bw]))
-        traced = [r for r in recs if r.get("trace_dir") and r.get("status") == "ok"]
+        traced = [r for r in recs if (r.get("pipeline_ops") or r.get("trace_dir")) and r.get("status") == "ok"]
         for r in traced[:1]:
             try:
                 g = fig_gantt(r, figdir / "gantt.png")
@@ -418,7 +432,7 @@ def write_report(paths=(), out="report", formats=("md", "html"), title="", recor
                     v = v.get(part) if isinstance(v, dict) else None
                 row.append(_fmt(v))
             rows.append(row)
-        desc = [["plan"] + [" ".join(f"{k}={v}" for k, v in (p["report"].get("plan") or {}).items()
+        desc = [["plan"] + [f"{p['report'].get('model', '')}: " + " ".join(f"{k}={v}" for k, v in (p["report"].get("plan") or {}).items()
                                      if k in ("dp", "tp", "pp", "vpp", "micro_batch", "schedule", "zero", "recompute"))
                             + f" on {p['report'].get('cluster', '')}" for p in plans]]
         best = min(plans, key=lambda p: p["report"]["step_time_s"])

@@ -158,7 +158,8 @@ def _base_record(study, point, ctx, t0):
     return {"study": study.name, "id": point.id, "kind": point.kind, "point": point.spec | {"network": point.network},
             "machine": ctx["machine"], "versions": ctx["versions"], "tiny": study.tiny,
             "network_spec": study.networks.get(point.network) if point.network else None,
-            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": time.monotonic() - t0}
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": time.monotonic() - t0,
+            "loadavg_1_5_15": list(os.getloadavg())}     # at the end of the point: contention shows here
 
 
 def _failed(rec, cause):
@@ -255,6 +256,9 @@ def _train(study, p, ctx, emu, rec):
     except ParsimError as e:
         profile = _profile_info(ctx["profile"])
         rec["prediction_error"] = str(e)
+    if spec.get("trace_dir"):     # the pipeline ops of the traced step, kept in the record (the traces are MBs)
+        from parsim.reportgen import measured_pipeline_ops
+        rec["pipeline_ops"] = [list(o) for o in measured_pipeline_ops(spec["trace_dir"])]
     lo_hi = measured.spread.get("step_time_s") or [None, None]
     pt = predicted.step_time_s if predicted else None
     rec.update(measured=measured.to_dict(), predicted=predicted.to_dict() if predicted else None,

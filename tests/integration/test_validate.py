@@ -102,6 +102,9 @@ collectives:
     for fig in ("scatter", "phase_error", "breakdown", "busbw", "gantt"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000 and f"figures/{fig}.png" in md
     assert html.count("data:image/png;base64,") == 5 and "FAILED (rank crash)" in html
+    traced = [v for v in recs.values() if v.get("pipeline_ops")]
+    assert len(traced) == 1 and {o[1] for o in traced[0]["pipeline_ops"]} == {"F", "B"}   # 2 ranks x 4 F + 4 B
+    assert len(traced[0]["pipeline_ops"]) == 2 * 2 * 4
     assert "Largest errors:" in md
 
 
