@@ -203,8 +203,14 @@ def fig_busbw(records, path):
             c = plt.cm.tab10(i)
             ax.plot([m["size_B"] for m in pts], [m["predicted_busbw_GBps"] for m in pts], "-", color=c, label=f"{a} predicted")
             ax.plot([m["size_B"] for m in pts], [m["busbw_GBps"] for m in pts], "o", color=c, label=f"{a} measured")
-        ax.set(xscale="log", yscale="log", xlabel="size per rank (bytes)", ylabel="busbw (GB/s, 1e9 B)",
+        ax.set(xscale="log", yscale="log", xlabel="size per rank", ylabel="busbw (GB/s, 1e9 B)",
                title=f"{rs[0]['measured']['op']} on {net}, {world} ranks")
+        from matplotlib.ticker import NullFormatter
+
+        from parsim.units import fmt_bytes
+        sizes = sorted({r["measured"]["size_B"] for r in rs})
+        ax.set_xticks(sizes, [fmt_bytes(x) for x in sizes], fontsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
