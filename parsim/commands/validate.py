@@ -52,7 +52,9 @@ def _prediction_target(study):
 def measured_profile(path: Path | None):
     """Device profiles read from `path` (a measured profile) instead of devices.local.yaml, for the
     duration; caches of profiles and clusters are dropped on entry and exit."""
-    from parsim import hardware, predict
+    import importlib
+    hardware = importlib.import_module("parsim.hardware")
+    predict = importlib.import_module("parsim.predict")     # the module (parsim.predict is the function)
     if path is None or not Path(path).exists():
         yield False
         return

@@ -141,7 +141,7 @@ def test_fsdp_zero_stages_equal_reference_and_shard_state(name, two_rank_runs):
     rep, grads, losses, _ = two_rank_runs[name]
     assert abs(sum(losses) / len(losses) - ref_loss) < 1e-5
     assert_grads_equal(grads, ref_grads)
-    full = two_rank_runs["dp-selective-recompute-zero1-hd"][0]["memory_breakdown_GiB"]
+    full = two_rank_runs["dp-selective-recompute-zero1-hd"][0].memory_breakdown_GiB
     mine = rep.memory_breakdown_GiB
     assert mine["weights"] == pytest.approx(full["weights"] / 2, rel=0.02)
     assert mine["optimizer"] == pytest.approx(full["optimizer"], rel=0.02)   # zero 1 already halves it
