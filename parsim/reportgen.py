@@ -195,15 +195,20 @@ def fig_busbw(records, path):
         m = r["measured"]
         key = (r["point"].get("network") or "local", m["world"])
         groups.setdefault(key, []).append(r)
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), squeeze=False)
-    for ax, ((net, world), rs) in zip(axes[0], sorted(groups.items(), key=lambda kv: str(kv[0]))):
+    ncol = min(3, len(groups))
+    nrow = -(-len(groups) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 4.2 * nrow), squeeze=False)
+    for ax in axes.ravel()[len(groups):]:
+        ax.set_visible(False)
+    for ax, ((net, world), rs) in zip(axes.ravel(), sorted(groups.items(), key=lambda kv: str(kv[0]))):
         algos = sorted({r["measured"]["algo"] for r in rs})
         for i, a in enumerate(algos):
             pts = sorted((r["measured"] for r in rs if r["measured"]["algo"] == a), key=lambda m: m["size_B"])
             c = plt.cm.tab10(i)
-            ax.plot([m["size_B"] for m in pts], [m["predicted_busbw_GBps"] for m in pts], "-", color=c, label=f"{a} predicted")
-            ax.plot([m["size_B"] for m in pts], [m["busbw_GBps"] for m in pts], "o", color=c, label=f"{a} measured")
-        ax.set(xscale="log", yscale="log", xlabel="size per rank", ylabel="busbw (GB/s, 1e9 B)",
+            ax.plot([m["size_B"] for m in pts], [m["predicted_busbw_GBps"] for m in pts], "-", color=c, label=a)
+            ax.plot([m["size_B"] for m in pts], [m["busbw_GBps"] for m in pts], "o", color=c)
+        ax.set(xscale="log", yscale="log", xlabel="size per rank (line: predicted, dots: measured)",
+               ylabel="busbw (GB/s, 1e9 B)",
                title=f"{rs[0]['measured']['op']} on {net}, {world} ranks")
         from matplotlib.ticker import NullFormatter
 
