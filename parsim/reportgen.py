@@ -401,8 +401,9 @@ def write_report(paths=(), out="report", formats=("md", "html"), title="", recor
                              for k, v in (r.get("profile") or {}).items() if k in ("name", "file", "source")},
                             sort_keys=True) for r in recs if r.get("profile")}
         if machines or vers:
-            sections.append(("Where it ran", "Machine: " + "; ".join(sorted(machines)) + ". Versions: "
-                             + "; ".join(sorted(vers)) + ". Profile(s): " + "; ".join(sorted(profs)) + ".", [], []))
+            sections.append(("Where it ran", "Machine: " + ("; ".join(sorted(machines)) or "not recorded")
+                             + ". Versions: " + ("; ".join(sorted(vers)) or "not recorded") + ". Profile(s): "
+                             + ("; ".join(sorted(profs)) or "not recorded") + ".", [], []))
         if not pt.empty:
             ph_rows = [[_short(r.id)] + [_fmt(r[f"err_{k}"], True) for k in BREAKDOWN_KEYS] for _, r in pt.iterrows()]
             items = []

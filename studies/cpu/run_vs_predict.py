@@ -10,17 +10,49 @@ from the results by ``parsim report reports/cpu --out reports/cpu``. Run
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 STUDY = Path(__file__).with_name("run_vs_predict.yaml")
 
 
+def to_records(doc, study="cpu-run-vs-predict (the earlier script's run)") -> list[dict]:
+    """The earlier script's saved run (run_vs_predict.json: step time and the seven phases, measured
+    and predicted) as `parsim validate` result records, so `parsim report` renders it."""
+    recs = []
+    for r in doc["rows"]:
+        if "error" in r:
+            continue
+        m = {"step_time_s": r["measured_step_s"], "breakdown_s": r["measured_s"], "source": "measured"}
+        p = {"step_time_s": r["predicted_step_s"], "breakdown_s": r["predicted_s"]}
+        recs.append({"study": study, "id": f"train {r['model']} {r['plan']}", "kind": "train", "status": "ok",
+                     "point": {"model": r["model"], "flags": r["flags"]}, "measured": m, "predicted": p,
+                     "machine": {"cpus": os.cpu_count(), "loadavg_1_5_15": doc.get("loadavg")},
+                     "summary": {"metric": "step_time_s", "measured": m["step_time_s"], "spread": [None, None],
+                                 "predicted": p["step_time_s"], "error": r["rel_error"]}})
+    return recs
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="reports/cpu")
     ap.add_argument("--resume", action="store_true", help="finish an interrupted run instead of starting again")
+    ap.add_argument("--export", metavar="JSON", help="render the earlier script's saved run (run_vs_predict.json) "
+                    "as study results and a parsim report in --out (no runs)")
     a = ap.parse_args(argv)
+    if a.export:
+        import json
+
+        from parsim import results as R
+        from parsim.reportgen import write_report
+        store = Path(a.out) / "results.jsonl"
+        if store.exists():
+            store.unlink()
+        for rec in to_records(json.loads(Path(a.export).read_text())):
+            R.append(store, rec)
+        print("wrote", *write_report([store], a.out, title="CPU run vs predict: the earlier script's run (idle machine)"))
+        return 0
     from parsim.cli import main as cli
     return cli(["validate", str(STUDY), "--out", a.out, "--resume" if a.resume else "--fresh"])
 
