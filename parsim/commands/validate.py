@@ -119,14 +119,18 @@ def run(args) -> int:
     ctx = {"machine": R.machine_info(), "versions": R.versions(), "study": study.name, "out": out}
     prof, cluster = _prediction_target(study)
     ctx.update(profile=prof, cluster=cluster)
-    failed = 0
-    with _progress(len(study.points), len(done)) as bar:
-        for net, pts in _groups(pending):
-            with _network(study, net) as emu:
-                for rec in _run_points(study, pts, ctx, emu, bar):
-                    R.append(store, rec)
-                    failed += rec["status"] != "ok"
-                    bar.finished(rec)
+    try:
+        with _progress(len(study.points), len(done)) as bar:
+            for net, pts in _groups(pending):
+                with _network(study, net) as emu:
+                    for rec in _run_points(study, pts, ctx, emu, bar):
+                        R.append(store, rec)
+                        bar.finished(rec)
+    except KeyboardInterrupt:
+        n = len(R.latest(R.read(store))) if store.exists() else 0
+        print(f"study {study.name}: interrupted with {n} of {len(study.points)} points recorded; "
+              f"`parsim validate {args.study} --out {out} --resume` finishes it", file=sys.stderr)
+        raise
     recs = R.read(store)
     print(f"study {study.name}: {sum(r['status'] == 'ok' for r in recs)} ok, "
           f"{sum(r['status'] != 'ok' for r in recs)} failed of {len(study.points)}; {store}", file=sys.stderr)
