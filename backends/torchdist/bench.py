@@ -268,7 +268,8 @@ def _spawn_local(args, argv) -> int:
     for r in range(args.nproc):
         env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(args.nproc), LOCAL_RANK=str(r),
                    LOCAL_WORLD_SIZE=str(args.nproc),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   TORCH_CPP_LOG_LEVEL=os.environ.get("TORCH_CPP_LOG_LEVEL") or "ERROR")   # c10d's socket warnings
         procs.append(subprocess.Popen([sys.executable, "-m", "backends.torchdist.bench", *argv], env=env))
     rc = 0
     for p in procs:

@@ -62,7 +62,8 @@ def _tail(path: Path, n: int = 8) -> str:
 
 def launch(cfg: dict, nproc: int, timeout_s: float = 300.0, grace_s: float = 5.0, env: dict | None = None,
            keep_dir: bool = False) -> dict:
-    """Run `nproc` local ranks on `cfg` (see runner.worker_main) and return rank 0's report."""
+    """Run `nproc` local ranks on `cfg` (see runner.worker_main) and return rank 0's report: a
+    parsim.predict.StepReport (source "measured"), or a list of results for cfg["jobs"]."""
     work = Path(tempfile.mkdtemp(prefix="parsim-run-"))
     cfg = dict(cfg, status_dir=str(work), out=str(work / "report.json"))
     (work / "config.json").write_text(json.dumps(cfg))
@@ -133,7 +134,8 @@ def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float) -> di
     report = work / "report.json"
     if not report.exists():
         raise RunFailed(f"all {len(procs)} ranks exited 0 but rank 0 wrote no report; rank 0 log: {_tail(work / 'rank0.log', 3)}")
-    return json.loads(report.read_text())
+    from backends.torchdist.runner import reports_from_json
+    return reports_from_json(json.loads(report.read_text()))   # measured reports as StepReport
 
 
 def _cause(rank: int, rc, work: Path) -> str:
