@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 STUDY = Path(__file__).with_name("run_vs_predict.yaml")
+KEYS = ["compute", "recompute", "tp_comm", "pp_comm", "bubble", "dp_comm_exposed", "optimizer"]   # the phases compared
 
 
 def to_records(doc, study="cpu-run-vs-predict (the earlier script's run)") -> list[dict]:
