@@ -86,11 +86,17 @@ class StepReport:
             raise ParsimError(f"not a StepReport: unexpected key(s) {', '.join(extra)}; expected {', '.join(sorted(names))}")
         return cls(**d)
 
+    # The device and the accounting the memory was judged against: context, not outcomes to compare.
+    CONTEXT_FIELDS = ("memory_capacity_GiB", "memory_headroom_GiB", "memory_worst_rank")
+
     def flat(self) -> dict:
-        """Every numeric field by dotted key: step_time_s, ..., breakdown_s.<phase>, memory_breakdown_GiB.<kind>.
-        Two reports compare by joining on these keys (parsim.compare)."""
+        """Every numeric outcome by dotted key: step_time_s, ..., breakdown_s.<phase>, memory_breakdown_GiB.<kind>
+        (not the context fields: capacity, headroom, worst rank). Two reports compare by joining on these keys
+        (parsim.compare)."""
         out = {}
         for k, v in asdict(self).items():
+            if k in self.CONTEXT_FIELDS:
+                continue
             if isinstance(v, dict) and k in ("breakdown_s", "memory_breakdown_GiB"):
                 out.update({f"{k}.{kk}": float(vv) for kk, vv in v.items() if _is_num(vv)})
             elif _is_num(v):
