@@ -36,15 +36,11 @@ import traceback
 from datetime import timedelta
 from pathlib import Path
 
+from parsim.outputs import write_atomic  # temp file + fsync + rename: the one writer
+
 PHASES = ("forward", "backward", "recompute", "tp_comm", "pipeline", "dp_sync", "optimizer", "total")
 
 
-def write_atomic(path, text: str):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class Watchdog(threading.Thread):
@@ -228,8 +224,9 @@ def _train(cfg, rank, world, device, sync, dog):
         t3 = clock.now()
         if prof is not None:
             prof.__exit__(None, None, None)
-            Path(trace_dir).mkdir(parents=True, exist_ok=True)
-            prof.export_chrome_trace(str(Path(trace_dir) / f"rank{rank}.json"))
+            from parsim.outputs import atomic_path, make_output_dir
+            with atomic_path(make_output_dir(trace_dir, "--trace") / f"rank{rank}.json", what="--trace") as tmp:
+                prof.export_chrome_trace(tmp)
             prof = None
             continue
         rec = {k: clock.t.get(k, 0.0) for k in ("forward", "backward", "recompute", "tp_comm",

@@ -16,11 +16,14 @@ def add_arguments(p):
 
 def run(a) -> int:
     from parsim.predict import predict
-    from parsim.report import step_report_text, to_json, write_atomic
+    from parsim.outputs import JSON, check_output_path, write_atomic
+    from parsim.report import step_report_text, to_json
+    if a.out:
+        check_output_path(a.out, JSON, "--out")
     plan = plan_from_args(a, a.gpus)
     rep = predict(a.model, a.cluster, plan, gpus=a.gpus)
     text = to_json(rep.to_dict()) if a.format == "json" else step_report_text(rep)
     sys.stdout.write(text)
     if a.out:
-        write_atomic(a.out, to_json(rep.to_dict()))
+        write_atomic(a.out, to_json(rep.to_dict()), JSON, "--out")
     return 0

@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from parsim.report import to_json, write_atomic
+from parsim.outputs import make_output_dir, write_atomic
+from parsim.report import to_json
 
 PLANS = [
     ("gpt-small", ["--nproc", "1", "--micro-batch", "2", "--global-batch", "4"]),
@@ -37,6 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
     a = ap.parse_args(argv)
+    out = make_output_dir(a.out, "--out")   # before the runs, so their results are not lost to a bad path
     rows = []
     t0 = time.time()
     for model, flags in PLANS:
@@ -72,7 +74,6 @@ def main(argv=None) -> int:
           f"{len(ok)} plans, {a.steps} steps each after {a.warmup} warm-up; load average after the runs {load[0]:.2f}. "
           f"Mean |error| of the step time: {100 * mae:.0f}%.\n\n" + "\n".join(lines) + "\n")
     print(md)
-    out = Path(a.out)
     write_atomic(out / "run_vs_predict.json", to_json({"rows": rows, "mae": mae, "loadavg": load, "wall_s": time.time() - t0}))
     write_atomic(out / "run_vs_predict.md", md)
     return 0

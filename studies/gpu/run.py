@@ -61,8 +61,8 @@ def main(argv=None) -> int:
     profile, cluster_name = _device_profile(backend)
     device_name = torch.cuda.get_device_name(0) if gpu else "cpu (fallback: no GPU visible)"
     print(f"device: {device_name}; backend {backend}; prediction on {cluster_name} (profile {profile})", flush=True)
-    out_dir = Path(a.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from parsim.outputs import make_output_dir, write_atomic
+    out_dir = make_output_dir(a.out_dir, "--out-dir")
     results, t_start = [], time.monotonic()
     for name, mb, rc in cases:
         if time.monotonic() - t_start > a.budget_s:
@@ -97,9 +97,7 @@ def main(argv=None) -> int:
            "torch": torch.__version__, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
            "note": None if gpu else "CPU fallback: no GPU was visible; these are not GPU results",
            "results": results}
-    tmp = out_dir / ".gpu_study.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, out_dir / "gpu_study.json")
+    write_atomic(out_dir / "gpu_study.json", json.dumps(doc, indent=1, default=str))
     print(f"wrote {out_dir / 'gpu_study.json'} ({time.monotonic() - t_start:.0f} s)")
     return 0 if all("error" not in r for r in results) else 1
 
