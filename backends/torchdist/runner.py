@@ -46,21 +46,41 @@ PHASES = ("forward", "backward", "recompute", "tp_comm", "pipeline", "dp_sync", 
 class Watchdog(threading.Thread):
     """Ends this rank when no phase has started for `limit_s` seconds."""
 
-    def __init__(self, rank: int, limit_s: float, on_fire, startup_s: float | None = None):
+    def __init__(self, rank: int, limit_s: float, on_fire, startup_s: float | None = None, heartbeat=None):
         super().__init__(daemon=True)
         self.rank, self.limit_s, self.on_fire = rank, limit_s, on_fire
         self.phase, self.last, self.phase_limit = "start-up (import torch)", time.monotonic(), startup_s
         self._halt = threading.Event()
+        # heartbeat file (the launcher's status dir): this thread rewrites it every tick with the phase,
+        # so its mtime is the last moment the process could run at all; a stopped (SIGSTOP) or frozen
+        # rank stops beating, a rank waiting in a collective does not (backends/torchdist/launch.py)
+        self._beat_fd = None
+        if heartbeat:
+            try:
+                self._beat_fd = os.open(heartbeat, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                self._heartbeat()
+            except OSError:
+                self._beat_fd = None
+
+    def _heartbeat(self):
+        if self._beat_fd is not None:
+            try:
+                line = f"{self.phase}"[:200].encode()
+                os.pwrite(self._beat_fd, line.ljust(200), 0)   # fixed width: no truncate, one write
+            except OSError:
+                pass
 
     def beat(self, phase: str, limit_s: float | None = None):
         """Progress: entering `phase`, which may take up to `limit_s` (default: the watchdog's)."""
         self.phase, self.last, self.phase_limit = phase, time.monotonic(), limit_s
+        self._heartbeat()   # the phase, for the launcher's message (a pwrite: microseconds)
 
     def stop(self):
         self._halt.set()
 
     def run(self):
         while not self._halt.wait(min(1.0, self.limit_s / 4)):
+            self._heartbeat()
             idle = time.monotonic() - self.last
             limit = self.phase_limit or self.limit_s
             if idle > limit:
@@ -78,7 +98,9 @@ def _rss_bytes() -> int:
 
 
 def _maybe_fault(cfg, rank, step, phase):
-    """Fault injection for the reliability tests: PARSIM_FAULT='rank:step:kill|hang|raise'."""
+    """Fault injection for the reliability tests: PARSIM_FAULT='rank:step:KIND' with KIND kill (SIGKILL),
+    hang (the main thread sleeps), stop (SIGSTOP to itself), oom (an allocation of 2^62 bytes) or
+    anything else (raise). In a benchmark the step is the repeat."""
     spec = cfg.get("fault") or os.environ.get("PARSIM_FAULT")
     if not spec:
         return
@@ -90,6 +112,11 @@ def _maybe_fault(cfg, rank, step, phase):
     if kind == "hang":
         while True:
             time.sleep(3600)
+    if kind == "stop":      # as `kill -STOP`: the whole process, watchdog thread included, stops
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if kind == "oom":       # a real allocation failure (2^62 bytes), as the allocator reports it
+        import torch
+        torch.empty(1 << 62, dtype=torch.uint8)
     raise RuntimeError(f"injected fault at step {step}")
 
 
@@ -107,7 +134,8 @@ def worker_main(cfg: dict) -> int:
         print(f"[rank {rank}] {msg}", file=sys.stderr, flush=True)
 
     dog = Watchdog(rank, float(cfg.get("watchdog_s", 120)), report_error,
-                   startup_s=max(float(cfg.get("watchdog_s", 120)), float(cfg.get("timeout_s", 60))))
+                   startup_s=max(float(cfg.get("watchdog_s", 120)), float(cfg.get("timeout_s", 60))),
+                   heartbeat=str(Path(status_dir) / f"rank{rank}.beat") if status_dir else None)
     dog.start()
     try:
         import torch.distributed as dist
@@ -115,7 +143,7 @@ def worker_main(cfg: dict) -> int:
         results = []
         for job in cfg.get("jobs") or [{}]:   # several plans in one process group (the tests do this)
             job = {**cfg, **job}
-            run = _grad_sync_check if job.get("task") == "grad_sync_check" else _train
+            run = {"grad_sync_check": _grad_sync_check, "bench": _bench}.get(job.get("task"), _train)
             results.append(run(job, rank, world, device, sync, dog))
         if rank == 0 and cfg.get("out"):
             write_atomic(cfg["out"], json.dumps(results if cfg.get("jobs") else results[0], indent=1))
@@ -127,13 +155,36 @@ def worker_main(cfg: dict) -> int:
         if isinstance(e, SystemExit) and not e.code:
             raise
         cause = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        report_error(f"rank {rank} failed in phase {dog.phase}: {cause}")
+        oom = out_of_memory(e)
+        if oom:
+            pred = cfg.get("predicted_memory_GiB")
+            report_error(f"rank {rank} ran out of {oom} memory in phase {dog.phase}"
+                         + (f"; parsim predicted {pred:.2f} GiB per rank" if isinstance(pred, (int, float)) else "")
+                         + f" ({cause[:300]})")
+        else:
+            report_error(f"rank {rank} failed in phase {dog.phase}: {cause}")
         if os.environ.get("PARSIM_DEBUG"):
             traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)   # do not wait for collectives in process-group teardown
     finally:
         dog.stop()
+
+
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate")
+
+
+def out_of_memory(e: BaseException) -> str:
+    """'device' or 'host' when `e` is an allocation failure (torch.cuda.OutOfMemoryError, the CPU
+    allocator's "can't allocate memory" RuntimeError, MemoryError), else ''."""
+    if isinstance(e, MemoryError):
+        return "host"
+    if type(e).__name__ == "OutOfMemoryError":     # torch.cuda.OutOfMemoryError (and torch.OutOfMemoryError)
+        return "device"
+    text = str(e).lower()
+    if isinstance(e, RuntimeError) and any(w in text for w in _OOM_WORDS):
+        return "device" if ("cuda" in text or "hip" in text or "device" in text) else "host"
+    return ""
 
 
 def _init(cfg, rank, world, local_rank, dog):
@@ -243,6 +294,12 @@ def _train(cfg, rank, world, device, sync, dog):
     gathered = [None] * world
     dist.all_gather_object(gathered, mine)
     return build_report(spec, plan, gathered, cfg, gpu, warmup) if rank == 0 else None
+
+
+def _bench(cfg, rank, world, device, sync, dog):
+    """A collective micro-benchmark (backends.torchdist.bench) under this rank's watchdog."""
+    from backends.torchdist.bench import bench_rank
+    return bench_rank(cfg["bench"], rank, world, beat=dog.beat, fault=lambda it: _maybe_fault(cfg, rank, it, "forward"))
 
 
 def _grad_sync_check(cfg, rank, world, device, sync, dog):

@@ -56,7 +56,8 @@ def test_bad_bench_flags_are_one_line_exit_2_before_spawning(argv, needle, capsy
 
     def no_spawn(*a, **k):
         raise AssertionError("ranks spawned: the error should have come first")
-    monkeypatch.setattr(bench, "_spawn_local", no_spawn)
+    import backends.torchdist.launch as launch_mod
+    monkeypatch.setattr(launch_mod, "launch", no_spawn)
     monkeypatch.delenv("RANK", raising=False)
     rc = main(["run", "--bench", "allreduce", "--size", "4KiB", *argv])
     err = capsys.readouterr().err
