@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from parsim.caches import CLUSTERS_KEPT, ENTRIES_PER_CLUSTER, LRU
 from parsim.costs import compute as C
 from parsim.costs import memory as M
 from parsim.costs.network import collective_coeffs
@@ -78,7 +79,7 @@ class _Groups:
 
     def __init__(self, cluster):
         self.cluster = cluster
-        self._cache = {}      # (op, algo, ranks) -> (alpha_s, s_per_byte)
+        self._cache = LRU(ENTRIES_PER_CLUSTER)      # (op, algo, ranks) -> (alpha_s, s_per_byte)
 
     def coeffs(self, kind: str, op: str, algo: str, tp: int, pp: int, dp: int):
         """(alpha_s, s_per_byte) for the first group of `kind` under tp-innermost placement."""
@@ -92,9 +93,11 @@ class _Groups:
 
     def _coeffs(self, op, algo, ranks):
         key = (op, algo, ranks)
-        if key not in self._cache:
-            self._cache[key] = (0.0, 0.0) if len(ranks) <= 1 else collective_coeffs(self.cluster, op, algo, ranks)
-        return self._cache[key]
+        ab = self._cache.get(key)
+        if ab is None:
+            ab = (0.0, 0.0) if len(ranks) <= 1 else collective_coeffs(self.cluster, op, algo, ranks)
+            self._cache[key] = ab
+        return ab
 
     def vec(self, kind, op, shapes, nbytes, algo=None):
         """alpha + beta·nbytes per plan; coefficients are looked up once per distinct group shape.
@@ -118,13 +121,14 @@ class _Shapes:
                      for k in uniq]
 
 
-_GROUP_CACHE: dict = {}
+_GROUP_CACHE = LRU(CLUSTERS_KEPT)   # id(cluster) -> _Groups; bounded (parsim/caches.py)
 
 
 def _groups(cluster) -> _Groups:
     g = _GROUP_CACHE.get(id(cluster))
     if g is None or g.cluster is not cluster:
-        g = _GROUP_CACHE[id(cluster)] = _Groups(cluster)
+        g = _Groups(cluster)
+        _GROUP_CACHE[id(cluster)] = g
     return g
 
 

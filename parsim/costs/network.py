@@ -66,8 +66,9 @@ non-power-of-two group) falls back to the op's native algorithm, as the library 
 """
 from __future__ import annotations
 
-import functools
 import weakref
+
+from parsim.caches import per_object
 from dataclasses import dataclass
 
 import networkx as nx
@@ -106,7 +107,8 @@ class _Router:
     the next target of the same source, so all-pairs patterns cost one BFS per source."""
 
     def __init__(self, g: nx.Graph):
-        self.g = g
+        # no reference to g here: _ROUTERS is keyed weakly by g, and a value that held its key
+        # would keep every graph ever priced alive (the leak of a long-lived process)
         self.idx = {n: i for i, n in enumerate(g.nodes)}
         self.adj = [[] for _ in self.idx]
         bw, lat = [], []
@@ -477,7 +479,7 @@ def _closed_form_coeffs(cluster, op, algo, ranks):
     return 2 * (p - 1) * a, 2 * (p - 1) / p / B          # ring, and anything else
 
 
-@functools.lru_cache(maxsize=4096)
+@per_object()   # bounded: at most CLUSTERS_KEPT clusters' coefficients (parsim/caches.py)
 def _coeffs_cached(cluster, op, algo, ranks, executor="explicit"):
     p = len(ranks)
     if p <= 1:
