@@ -48,8 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _topology_flags(run)
     run.add_argument("--timeout", default="10min", help="kill the ranks after this long (default 10min)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- parsim run ...")
-    down = sub.add_parser("down", help="remove emulated clusters that are up and leftovers of crashed runs")
-    down.add_argument("--all", action="store_true", help="also clusters of runs still in progress")
+    down = sub.add_parser("down", help="remove emulated clusters whose owner is gone: those brought up, and "
+                                       "leftovers of killed runs (never a run in progress)")
+    down.add_argument("--all", action="store_true", help="also clusters of runs still in progress, and namespaces "
+                                                         "of ours whose owner cannot be established")
     down.add_argument("--prefix", default=None, help="only the cluster with this name prefix")
     sub.add_parser("status", help="list emulated clusters and leftovers")
 
@@ -172,8 +174,19 @@ def rank_commands(emu, cmd):
     return out
 
 
+def _pdeathsig():
+    """In the child before exec: SIGKILL when the launcher dies (kill -9 included), so no rank is
+    left running in a namespace as an orphan. Survives `ip netns exec` and `env` (not set-uid)."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def run_in(emu, cmd, timeout_s: float) -> int:
-    procs = [subprocess.Popen(argv) for _, argv in rank_commands(emu, cmd)]
+    procs = [subprocess.Popen(argv, preexec_fn=_pdeathsig) for _, argv in rank_commands(emu, cmd)]
     deadline = time.monotonic() + timeout_s
     rc = 0
     try:
@@ -204,7 +217,7 @@ def run_in(emu, cmd, timeout_s: float) -> int:
 
 
 def run(args) -> int:
-    from backends.netem.cluster import down, list_namespaces, read_states, unavailable
+    from backends.netem.cluster import down, list_namespaces, read_states, reap_leftovers, unavailable
     from backends.netem.plan import PREFIX_RE
     action = args.action
     require(action is not None, "expected an action: up, run, down or status")
@@ -212,6 +225,11 @@ def run(args) -> int:
         reason = unavailable()
         if reason:
             raise ParsimError(reason)
+    if action in ("up", "run"):   # what killed runs left behind (their owner is gone; never a live cluster)
+        gone = reap_leftovers()
+        if gone:
+            print(f"parsim emulate: removed {len(gone)} namespace(s) left by killed runs: {' '.join(gone)}",
+                  file=sys.stderr)
     if action == "up":
         emu = bring_up(args, persistent=True)
         _print_up(emu, args.format)

@@ -131,3 +131,91 @@ def test_exchanges_run_both_ways_at_once():
         # every repeat (not only the median) must be the full-duplex time
         assert r["correct"] and abs(r["error"]) < 0.25, r
         assert r["max_s"] < 1.3 * r["predicted_s"], r
+
+
+# -- isolation: a run removes only what it created; `down` only clusters whose owner is gone ---------
+
+def _state(prefix):
+    from backends.netem.cluster import state_dir
+    return state_dir() / f"{prefix}.json"
+
+
+@pytest.mark.timeout(90)
+def test_a_colliding_prefix_never_touches_the_live_cluster(monkeypatch):
+    """The reported bug: a second cluster drew the prefix of a live one, failed on `ip netns add`, and its
+    cleanup removed the first cluster's namespaces and state file."""
+    import backends.netem.cluster as C
+    p, prefix = _holder()
+    try:
+        before = sorted(_ours(prefix))
+        # 1. the prefix generator returns the live prefix: the claim skips it and takes a fresh one
+        draws = iter([prefix, prefix])
+        real = C.new_prefix
+        monkeypatch.setattr(C, "new_prefix", lambda: next(draws, None) or real())
+        with Emulation(presets.single_switch(2, 1e7)) as emu:
+            assert emu.prefix != prefix and sorted(_ours(emu.prefix)) == sorted(emu.plan.namespaces)
+        assert _ours(emu.prefix) == [] and not emu.state_file.exists()
+        # 2. the live prefix forced on a new cluster: refused before anything is created or removed
+        with pytest.raises(C.ParsimError, match=f"prefix {prefix} is in use"):
+            with Emulation(presets.single_switch(2, 1e7), prefix=prefix):
+                pass
+        # 3. a name taken under a fresh prefix (someone created it first): `ip netns add` fails, and the
+        # cleanup removes only what this run created
+        victim = Emulation(presets.single_switch(2, 1e7))
+        taken = victim.plan.namespaces[1]
+        subprocess.run(["ip", "netns", "add", taken], check=True)
+        try:
+            with pytest.raises(C.ParsimError, match="ip netns add"):
+                with victim:
+                    pass
+            assert taken in list_namespaces(), "the run removed a namespace it did not create"
+            assert _ours(victim.prefix) == [taken]
+        finally:
+            subprocess.run(["ip", "netns", "del", taken], check=False)
+        # 4. a global `down` while the first cluster's owner is alive: nothing of it is removed
+        down()
+        assert sorted(_ours(prefix)) == before and _state(prefix).exists()
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+    assert set(down(prefix=prefix)) == set(before)
+
+
+_EMU_RUN_SLEEPER = [sys.executable, "-m", "parsim", "emulate", "run", "--hosts", "2", "--link", "100Mbit", "--no-probe",
+                    "--", sys.executable, "-c", "import time; print('rank up', flush=True); time.sleep(120)"]
+
+
+def _ns_pids(prefix):
+    pids = []
+    for n in _ours(prefix):
+        pids += [int(x) for x in subprocess.run(["ip", "netns", "pids", n], capture_output=True,
+                                                text=True).stdout.split()]
+    return pids
+
+
+@pytest.mark.timeout(120)
+def test_kill_9_of_emulate_run_takes_its_ranks_and_the_next_run_reaps_the_rest():
+    import time
+    from backends.netem.cluster import leftovers, read_states, reap_leftovers
+    known = {s["prefix"] for s in read_states()}
+    p = subprocess.Popen(_EMU_RUN_SLEEPER, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        prefix, ranks = None, []
+        while time.monotonic() < deadline and len(ranks) < 2:
+            mine = [s["prefix"] for s in read_states() if s.get("owner_pid") == p.pid and s["prefix"] not in known]
+            prefix = mine[0] if mine else None
+            ranks = _ns_pids(prefix) if prefix else []
+            time.sleep(0.2)
+        assert prefix and len(ranks) == 2, "the run did not start its 2 ranks"
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while _ns_pids(prefix) and time.monotonic() < deadline:   # PR_SET_PDEATHSIG
+        time.sleep(0.1)
+    assert _ns_pids(prefix) == [], "ranks outlived their launcher inside the namespaces"
+    assert prefix in {pfx for pfx, _ in leftovers()}            # detected as a leftover...
+    assert set(reap_leftovers()) >= set(_ours(prefix)) or _ours(prefix) == []
+    assert _ours(prefix) == [] and not _state(prefix).exists()  # ...and removed
