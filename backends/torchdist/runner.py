@@ -200,10 +200,40 @@ def _init(cfg, rank, world, local_rank, dog):
         device, sync = torch.device("cpu"), None
         torch.set_num_threads(max(1, int(cfg.get("threads_per_rank", 1))))
     dog.beat("init_process_group", max(float(cfg.get("watchdog_s", 120)), float(cfg.get("timeout_s", 60))))
-    dist.init_process_group(backend, rank=rank, world_size=world,
-                            timeout=timedelta(seconds=float(cfg.get("timeout_s", 60))),
+    timeout = timedelta(seconds=float(cfg.get("timeout_s", 60)))
+    store = rendezvous_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world, timeout)
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout,
+                            **({"store": store} if store is not None else {}),
                             **({"device_id": device} if backend == "nccl" else {}))
     return device, sync
+
+
+_LISTENER: list = []   # rank 0's listening socket: it must outlive the store that serves on it
+
+
+def rendezvous_store(addr: str, port: int, rank: int, world: int, timeout):
+    """The c10d TCPStore of a run, its server (rank 0) listening on MASTER_ADDR's address only.
+
+    torch's env:// rendezvous makes rank 0's store listen on every interface (``*:port``), which
+    exposes an unauthenticated key-value store to the network; here rank 0 binds a socket to
+    MASTER_ADDR (127.0.0.1 for local runs, the emulated host's address in a netem run) and hands
+    it to the store (``master_listen_fd``). Returns None where MASTER_ADDR is not an address of
+    this host (then torch's own rendezvous is used, as before)."""
+    import socket
+
+    import torch.distributed as dist
+    if rank != 0:
+        return dist.TCPStore(addr, port, world, False, timeout)
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0]
+        s = socket.socket(family, kind, proto)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(sockaddr)
+        s.listen(max(128, world))
+    except OSError:
+        return None
+    _LISTENER.append(s)
+    return dist.TCPStore(addr, port, world, True, timeout, master_listen_fd=s.fileno())
 
 
 def _train(cfg, rank, world, device, sync, dog):

@@ -186,3 +186,34 @@ def test_committed_local_profile_loads_and_says_where_it_came_from():
     assert prof.peak_flops["fp32"] > 1e9 and "parsim.calibrate" in prof.source
     assert 0 < float(prof.matmul_eff(1e-3)) <= 1
     assert "gloo loopback" in yaml.safe_load(CLUSTER_FILE.read_text())["source"]
+
+
+def _listening(port: int) -> list:
+    """Local addresses (hex, as in /proc/net/tcp{,6}) listening on `port`."""
+    out = []
+    for f in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(f).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for r in rows:
+            local, st = r.split()[1], r.split()[3]
+            if st == "0A" and int(local.rsplit(":", 1)[1], 16) == port:   # 0A = LISTEN
+                out.append(local.rsplit(":", 1)[0])
+    return out
+
+
+def test_rendezvous_store_listens_on_master_addr_only():
+    """Rank 0's store binds MASTER_ADDR (here loopback), not every interface as torch's env:// does."""
+    pytest.importorskip("torch")
+    from datetime import timedelta
+
+    from backends.torchdist.launch import free_port
+    from backends.torchdist.runner import rendezvous_store
+    port = free_port()
+    store = rendezvous_store("127.0.0.1", port, 0, 1, timedelta(seconds=10))
+    store.set("k", "v")
+    assert store.get("k") == b"v"
+    assert _listening(port) == ["0100007F"], _listening(port)      # 127.0.0.1, little-endian hex
+    # an address that is not this host's: torch's own rendezvous is used (None), no crash
+    assert rendezvous_store("192.0.2.1", free_port(), 0, 1, timedelta(seconds=1)) is None
