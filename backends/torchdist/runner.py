@@ -89,6 +89,57 @@ class Watchdog(threading.Thread):
                 os._exit(3)
 
 
+class StoreBeats(threading.Thread):
+    """Heartbeats through the run's TCPStore, for runs without our launcher (torchrun, one process
+    per emulated host): every second this rank sets ``parsim/beat/<rank>`` = "wall-time phase".
+    When a watchdog fires, :meth:`stalest` reads the peers' beats (on its own connection, with a
+    short timeout) and names the one that stopped first: a stopped (SIGSTOP) or frozen rank stops
+    beating; a rank waiting in a collective keeps beating from this thread."""
+
+    def __init__(self, rank: int, world: int, dog: Watchdog):
+        super().__init__(daemon=True)
+        self.rank, self.world, self.dog = rank, world, dog
+        self.addr, self.port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+
+    def _client(self, timeout_s: float):
+        import torch.distributed as dist
+        return dist.TCPStore(self.addr, self.port, self.world, False, timedelta(seconds=timeout_s))
+
+    def run(self):
+        try:
+            store = self._client(10)
+            while True:
+                store.set(f"parsim/beat/{self.rank}", f"{time.time():.3f} {self.dog.phase}")
+                time.sleep(1.0)
+        except Exception:   # noqa: BLE001 — the store went away (run ending): stop beating
+            return
+
+    def stalest(self, waited_s: float) -> str:
+        """'rank R stopped progressing: ...' for the peer whose last beat is oldest and older than
+        half of `waited_s`; '' when every peer still beats (or none can be read)."""
+        now = time.time()
+        try:
+            store = self._client(3)
+        except Exception:   # noqa: BLE001
+            return ("rank 0 (it serves the rendezvous store) is not responding: stopped or hung"
+                    if self.rank != 0 else "")
+        worst = None
+        for r in range(self.world):
+            if r == self.rank:
+                continue
+            try:
+                t, _, phase = store.get(f"parsim/beat/{r}").decode().partition(" ")
+                age = now - float(t)
+            except Exception:   # noqa: BLE001 — no beat yet, or the store stopped answering
+                continue
+            if worst is None or age > worst[1]:
+                worst = (r, age, phase)
+        if worst is None or worst[1] < max(3.0, waited_s / 2):
+            return ""
+        r, age, phase = worst
+        return f"rank {r} stopped progressing: no heartbeat for {age:.0f} s (the last one in phase {phase})"
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -133,13 +184,25 @@ def worker_main(cfg: dict) -> int:
             write_atomic(Path(status_dir) / f"rank{rank}.err", msg.strip().splitlines()[0][:500] + "\n" + extra)
         print(f"[rank {rank}] {msg}", file=sys.stderr, flush=True)
 
-    dog = Watchdog(rank, float(cfg.get("watchdog_s", 120)), report_error,
+    peers = None   # without our launcher (torchrun, `parsim emulate run`): heartbeats through the store
+
+    def on_fire(msg, since):
+        if peers is not None:   # name the peer that stopped first, not this rank that waited for it
+            culprit = peers.stalest(time.time() - since)
+            if culprit:
+                msg = f"{culprit}; rank {rank} gave up waiting ({msg.split(': ', 1)[1]})"
+        report_error(msg, since)
+
+    dog = Watchdog(rank, float(cfg.get("watchdog_s", 120)), on_fire,
                    startup_s=max(float(cfg.get("watchdog_s", 120)), float(cfg.get("timeout_s", 60))),
                    heartbeat=str(Path(status_dir) / f"rank{rank}.beat") if status_dir else None)
     dog.start()
     try:
         import torch.distributed as dist
         device, sync = _init(cfg, rank, world, local_rank, dog)
+        if not status_dir and world > 1:
+            peers = StoreBeats(rank, world, dog)
+            peers.start()
         results = []
         for job in cfg.get("jobs") or [{}]:   # several plans in one process group (the tests do this)
             job = {**cfg, **job}

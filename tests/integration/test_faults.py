@@ -129,3 +129,30 @@ def test_sigterm_and_kill_9_of_the_launcher_leave_nothing_behind():
     assert work.exists()                      # nothing could remove it...
     assert str(work) in reap_run_dirs()       # ...until the next run (or this call) reaps it
     assert not work.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_env_mode_stopped_rank_is_named_by_the_waiting_rank():
+    """One process per rank (torchrun, `parsim emulate run`): no launcher watches them, so heartbeats go
+    through the run's store, and the rank whose watchdog fires names the peer that stopped beating."""
+    from backends.torchdist.launch import free_port
+    port = str(free_port())
+    procs = []
+    try:
+        for r in range(2):
+            env = dict(ENV, RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=port, OMP_NUM_THREADS="1", PARSIM_FAULT="1:2:stop")
+            procs.append(subprocess.Popen([sys.executable, "-m", "parsim", "run", "--model", "gpt-tiny", "--dp", "2",
+                                           "--global-batch", "2", "--steps", "10000", "--warmup", "0",
+                                           "--watchdog", "5", "--timeout", "60"], cwd=ROOT, env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        _, err0 = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert procs[0].returncode != 0
+    line = [x for x in err0.splitlines() if x.strip()][-1]
+    assert "rank 1 stopped progressing: no heartbeat for" in line and "rank 0 gave up waiting" in line, err0[-800:]
