@@ -228,13 +228,18 @@ def _heartbeat_age(work: Path, rank: int, now_wall: float):
     return age, phase
 
 
-def _stalled_rank(procs, work: Path, limit_s: float, exited=(), stopped_now: bool = True):
+def _stalled_rank(procs, work: Path, limit_s: float, exited=(), stopped_now: bool = True,
+                  frozen_s: float | None = None):
     """The rank that stopped progressing, as (rank, reason) or None: a rank whose process is stopped
     (SIGSTOP, a debugger), else the one whose heartbeat (written every second by its watchdog
     thread, which runs even while the main thread waits in a collective) is the stalest, when it is
     older than limit_s. A rank blocked in a collective waiting on a stopped peer still beats.
     stopped_now: a stopped process counts at once (after a peer failed); else only once its
-    heartbeat is older than limit_s too (a short stop by a debugger is not a failure)."""
+    heartbeat is older than limit_s too (a short stop by a debugger is not a failure).
+    frozen_s: the staleness that names a rank that is not stopped (default limit_s); larger while
+    nothing has failed, as one C call holding the GIL (loading libtorch on a busy machine) can
+    delay the beat thread for seconds."""
+    frozen_s = limit_s if frozen_s is None else frozen_s
     now = time.time()
     for r, p in enumerate(procs):
         if r not in exited and _proc_state(p.pid) in ("T", "t"):
@@ -254,7 +259,7 @@ def _stalled_rank(procs, work: Path, limit_s: float, exited=(), stopped_now: boo
     if ages:
         r = max(ages, key=lambda k: ages[k][0])
         age, phase = ages[r]
-        if age > limit_s:
+        if age > frozen_s:
             return r, f"rank {r} stopped responding: no heartbeat for {age:.0f} s" + (f" in phase {phase}" if phase else "")
     return None
 
@@ -279,12 +284,13 @@ def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float, oom0=
             break
         if first_fail is not None and (len(exited) == len(procs) or now - first_fail[0] > grace_s):
             still = [r for r in range(len(procs)) if r not in exited]
-            stalled = _stalled_rank(procs, work, min(stale_s, 5.0), exited)
+            stalled = _stalled_rank(procs, work, 10.0, exited)
             _kill_all(procs)
             raise RunFailed(_failure_message(procs, exited, work, still, stalled, cfg, oom0))
         if now >= next_check:
             next_check = now + 1.0
-            stalled = _stalled_rank(procs, work, stale_s, exited, stopped_now=False)
+            stalled = _stalled_rank(procs, work, stale_s, exited, stopped_now=False,
+                                    frozen_s=max(3 * stale_s, float(cfg.get("timeout_s", 60))))
             if stalled is not None and first_fail is None:
                 others = [str(x) for x in range(len(procs)) if x != stalled[0]]
                 _kill_all(procs)
@@ -292,7 +298,7 @@ def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float, oom0=
                                 "all ranks stopped")
         if now - start > timeout_s:
             running = [r for r in range(len(procs)) if r not in exited]
-            stalled = _stalled_rank(procs, work, 5.0, exited)
+            stalled = _stalled_rank(procs, work, 10.0, exited)
             _kill_all(procs)
             errs = "; ".join(_cause(r, None, work) for r in running if (work / f"rank{r}.err").exists())
             raise RunFailed(f"run did not finish within its timeout of {timeout_s:.0f} s: rank(s) "

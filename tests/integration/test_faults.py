@@ -156,3 +156,18 @@ def test_env_mode_stopped_rank_is_named_by_the_waiting_rank():
     assert procs[0].returncode != 0
     line = [x for x in err0.splitlines() if x.strip()][-1]
     assert "rank 1 stopped progressing: no heartbeat for" in line and "rank 0 gave up waiting" in line, err0[-800:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_stopped_single_rank_is_caught_by_the_launcher_not_the_run_timeout():
+    """Nobody waits on a lone rank, so no watchdog fires: the launcher sees the stopped process and its
+    stale heartbeat (stale after max(watchdog, 10 s)) long before the 90 s timeout."""
+    plan = Plan(micro_batch=1, global_batch=1)
+    t0 = time.monotonic()
+    with pytest.raises(RunFailed) as ei:
+        launch({"model": SPEC.to_dict(), "plan": plan.to_dict(), "steps": 10_000, "warmup": 0, "timeout_s": 60,
+                "watchdog_s": 4, "fault": "0:2:stop"}, 1, timeout_s=90, grace_s=3)
+    assert str(ei.value).startswith("rank 0 is stopped (SIGSTOP"), str(ei.value)
+    assert time.monotonic() - t0 < 80
+    assert not any(_alive(p) for p in ei.value.pids)
