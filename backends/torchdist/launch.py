@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from parsim.errors import ParsimError
+from parsim.outputs import write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 _PEER_WORDS = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout", "peer",
@@ -152,7 +153,7 @@ def _launch(cfg, nproc, timeout_s, grace_s, env, keep_dir):
     work = Path(tempfile.mkdtemp(prefix=f"{RUNS_DIR_PREFIX}{me}-{_proc_start(me)}-", dir=runs_root()))
     _CURRENT_WORK.append(str(work))
     cfg = dict(cfg, status_dir=str(work), out=str(work / "report.json"))
-    (work / "config.json").write_text(json.dumps(cfg))
+    write_atomic(work / "config.json", json.dumps(cfg))
     base = dict(os.environ)
     base.update(env or {})
     base.update(MASTER_ADDR=base.get("PARSIM_MASTER_ADDR", "127.0.0.1"), MASTER_PORT=str(free_port()),

@@ -511,10 +511,9 @@ def _dump(dump_dir, rank, rm, loss, ops=()):
             if g is not None and hasattr(g, "full_tensor"):
                 g = g.full_tensor()
             grads[name] = None if g is None else g.detach().cpu().clone()
-    Path(dump_dir).mkdir(parents=True, exist_ok=True)
-    tmp = Path(dump_dir) / f".rank{rank}.pt.tmp"
-    torch.save({"grads": grads, "loss": loss, "ops": list(ops)}, tmp)
-    os.replace(tmp, Path(dump_dir) / f"rank{rank}.pt")
+    from parsim.outputs import atomic_path, make_output_dir
+    with atomic_path(make_output_dir(dump_dir, "dump dir") / f"rank{rank}.pt", what="gradient dump") as tmp:
+        torch.save({"grads": grads, "loss": loss, "ops": list(ops)}, tmp)
 
 
 # ---------------------------------------------------------------- the report
