@@ -165,9 +165,9 @@ def _maybe_fault(cfg, rank, step, phase):
             time.sleep(3600)
     if kind == "stop":      # as `kill -STOP`: the whole process, watchdog thread included, stops
         os.kill(os.getpid(), signal.SIGSTOP)
-    if kind == "oom":       # a real allocation failure (2^62 bytes), as the allocator reports it
+    if kind == "oom":       # a real allocation failure (2^62 bytes) on the rank's device, as its allocator reports it
         import torch
-        torch.empty(1 << 62, dtype=torch.uint8)
+        torch.empty(1 << 62, dtype=torch.uint8, device="cuda" if cfg.get("backend") == "nccl" else "cpu")
     raise RuntimeError(f"injected fault at step {step}")
 
 

@@ -217,3 +217,16 @@ def test_rendezvous_store_listens_on_master_addr_only():
     assert _listening(port) == ["0100007F"], _listening(port)      # 127.0.0.1, little-endian hex
     # an address that is not this host's: torch's own rendezvous is used (None), no crash
     assert rendezvous_store("192.0.2.1", free_port(), 0, 1, timedelta(seconds=1)) is None
+
+
+def test_out_of_memory_is_recognised_by_kind():
+    from backends.torchdist.runner import out_of_memory
+
+    class OutOfMemoryError(RuntimeError):   # the name torch.cuda.OutOfMemoryError has
+        pass
+    assert out_of_memory(OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")) == "device"
+    assert out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate "
+                                      "memory: you tried to allocate 4611686018427387904 bytes")) == "host"
+    assert out_of_memory(MemoryError()) == "host"
+    assert out_of_memory(RuntimeError("Connection closed by peer")) == ""
+    assert out_of_memory(ValueError("out of memory")) == ""      # only allocator errors
