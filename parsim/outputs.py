@@ -18,7 +18,6 @@ Every failure is a one-line :class:`~parsim.errors.ParsimError` naming the path.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import tempfile
@@ -197,8 +196,7 @@ def _fsync_dir(d: Path) -> None:
         return
     try:
         os.fsync(fd)
-    except OSError as e:   # some file systems cannot fsync a directory; the rename is done
-        if e.errno not in (errno.EINVAL, errno.EBADF, errno.EROFS):
-            raise
+    except OSError:   # some file systems cannot fsync a directory; the rename is done either way
+        pass
     finally:
         os.close(fd)
