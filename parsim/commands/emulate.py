@@ -185,23 +185,43 @@ def _pdeathsig():
         pass
 
 
+def _signal_name(rc: int) -> str:
+    import signal
+    try:
+        return signal.Signals(-rc).name
+    except ValueError:
+        return f"signal {-rc}"
+
+
 def run_in(emu, cmd, timeout_s: float) -> int:
+    """Run `cmd` once per rank in its host's namespace; stop the others when one fails or at the
+    timeout. A rank killed by a signal we did not send is named (its peers only see a closed
+    connection). Returns the first failure's exit status (124 at the timeout)."""
     procs = [subprocess.Popen(argv, preexec_fn=_pdeathsig) for _, argv in rank_commands(emu, cmd)]
     deadline = time.monotonic() + timeout_s
     rc = 0
     try:
-        while any(p.poll() is None for p in procs):
-            failed = [p for p in procs if p.returncode not in (None, 0)]
-            if failed or time.monotonic() > deadline:
-                rc = failed[0].returncode if failed else 124
-                if not failed:
-                    print(f"parsim emulate run: ranks still running after {fmt_time(timeout_s)}; stopping them", file=sys.stderr)
-                time.sleep(2.0 if failed else 0)  # let the others report their error
-                for p in procs:
-                    if p.poll() is None:
-                        p.terminate()
+        while True:
+            codes = [p.poll() for p in procs]          # every rank, every time (no short-circuit)
+            failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+            if failed or None not in codes or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
+        if failed or None in codes:
+            if failed:
+                rc = codes[failed[0]]
+                for r in failed:
+                    if codes[r] < 0:
+                        print(f"parsim emulate run: rank {r} was killed by {_signal_name(codes[r])}", file=sys.stderr)
+            else:
+                rc = 124
+                print(f"parsim emulate run: ranks still running after {fmt_time(timeout_s)}; stopping them",
+                      file=sys.stderr)
+            if None in codes:
+                time.sleep(2.0 if failed else 0)  # let the others report their error
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
         for p in procs:
             try:
                 p.wait(timeout=10)

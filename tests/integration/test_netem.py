@@ -219,3 +219,16 @@ def test_kill_9_of_emulate_run_takes_its_ranks_and_the_next_run_reaps_the_rest()
     assert prefix in {pfx for pfx, _ in leftovers()}            # detected as a leftover...
     assert set(reap_leftovers()) >= set(_ours(prefix)) or _ours(prefix) == []
     assert _ours(prefix) == [] and not _state(prefix).exists()  # ...and removed
+
+
+@pytest.mark.timeout(120)
+def test_emulate_run_names_a_rank_killed_by_a_signal():
+    """In a namespace run, rank 0 only sees a closed connection; the launcher knows which rank was killed."""
+    cmd = [sys.executable, "-m", "parsim", "emulate", "run", "--hosts", "2", "--link", "200Mbit", "--no-probe",
+           "--timeout", "90", "--", sys.executable, "-m", "parsim", "run", "--bench", "allreduce", "--size", "64KiB",
+           "--repeats", "50", "--watchdog", "10"]
+    p = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO, PARSIM_FAULT="1:3:kill"),
+                       capture_output=True, text=True, timeout=110)
+    assert p.returncode != 0
+    assert "parsim emulate run: rank 1 was killed by SIGKILL" in p.stderr, p.stderr[-1500:]
+    assert "Traceback" not in p.stderr, p.stderr[-1500:]
