@@ -240,6 +240,7 @@ def _created_by(st: dict, existing) -> list:
     """The namespaces a state's run created: recorded as created, or planned and carrying its owner's
     alias. A planned name that someone else had already taken is neither, and is left alone."""
     made = set(st.get("created_namespaces") or [])
+    legacy = "created_namespaces" not in st   # written before owners were recorded: no aliases either
     out = []
     for n in st.get("namespaces") or []:
         if n not in existing:
@@ -248,7 +249,8 @@ def _created_by(st: dict, existing) -> list:
             out.append(n)
             continue
         owner = ns_owner(n)
-        if owner is not None and owner[0] == st.get("owner_pid") and owner[1] == st.get("owner_start"):
+        if owner is None and legacy or \
+                owner is not None and owner[0] == st.get("owner_pid") and owner[1] == st.get("owner_start"):
             out.append(n)
     return out
 

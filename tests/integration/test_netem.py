@@ -21,10 +21,13 @@ REPO = str(Path(__file__).resolve().parents[2])
 
 
 @pytest.fixture(autouse=True)
-def _need_namespaces():
+def _need_namespaces(tmp_path, monkeypatch):
     reason = unavailable()
     if reason:
         pytest.skip(reason)
+    # a private state directory: `down()` here sees only these tests' clusters' state files (others'
+    # clusters on this machine are still protected by their owner aliases, but are not even looked at)
+    monkeypatch.setenv("PARSIM_NETEM_STATE_DIR", str(tmp_path / "netem-state"))
 
 
 def _ours(prefix):

@@ -81,3 +81,11 @@ def test_leftovers_are_killed_runs_not_clusters_brought_up(fake_ip, tmp_path):
     _state(tmp_path, "ps00005-", DEAD, ["ps00005-h0"], persistent=True)  # `emulate up`: stays until `down`
     assert C.leftovers() == [("ps00004-", ["ps00004-h0"])]
     assert C.reap_leftovers() == ["ps00004-h0"] and list(fake_ip["ns"]) == ["ps00005-h0"]
+
+
+def test_a_state_from_before_owner_aliases_still_cleans_its_own(fake_ip, tmp_path):
+    # no created_namespaces key, no aliases (older parsim): its planned names without an alias are its own
+    fake_ip["ns"].update({"ps00006-h0": None, "ps00006-h1": (*ME, "")})
+    (tmp_path / "ps00006-.json").write_text(json.dumps({"prefix": "ps00006-", "owner_pid": DEAD[0],
+                                                        "owner_start": DEAD[1], "namespaces": ["ps00006-h0", "ps00006-h1"]}))
+    assert C.down() == ["ps00006-h0"] and list(fake_ip["ns"]) == ["ps00006-h1"]
