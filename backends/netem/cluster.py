@@ -223,7 +223,12 @@ def down(all_runs: bool = False, prefix: str | None = None) -> list:
         wanted = (prefix == st["prefix"]) if prefix else (all_runs or not _owner_alive(st))
         if wanted:
             removed += delete_namespaces(mine)
-            Path(st["_file"]).unlink(missing_ok=True)
+            # keep the state while a namespace it planned exists and nobody's alias says whose it is:
+            # dropping it would leave that namespace with no record at all
+            unknown = [n for n in st.get("namespaces") or [] if n in existing and n not in removed
+                       and ns_owner(n) is None]
+            if not unknown:
+                Path(st["_file"]).unlink(missing_ok=True)
         claimed.update(mine)
     if prefix:
         return removed

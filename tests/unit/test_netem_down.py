@@ -89,3 +89,10 @@ def test_a_state_from_before_owner_aliases_still_cleans_its_own(fake_ip, tmp_pat
     (tmp_path / "ps00006-.json").write_text(json.dumps({"prefix": "ps00006-", "owner_pid": DEAD[0],
                                                         "owner_start": DEAD[1], "namespaces": ["ps00006-h0", "ps00006-h1"]}))
     assert C.down() == ["ps00006-h0"] and list(fake_ip["ns"]) == ["ps00006-h1"]
+
+
+def test_a_state_is_kept_while_a_namespace_it_planned_cannot_be_attributed(fake_ip, tmp_path):
+    fake_ip["ns"].update({"ps00007-h0": (*DEAD, ""), "ps00007-h1": None})
+    _state(tmp_path, "ps00007-", DEAD, ["ps00007-h0", "ps00007-h1"], created=[])
+    assert C.down() == ["ps00007-h0"]
+    assert (tmp_path / "ps00007-.json").exists() and list(fake_ip["ns"]) == ["ps00007-h1"]
