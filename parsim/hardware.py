@@ -37,6 +37,15 @@ class Curve:
         return np.interp(x, xs, self.effs)
 
 
+def default_dtype(device) -> str:
+    """The training dtype a plan uses when none is given, by device (a DeviceProfile or its kind):
+    bf16 on GPUs (mixed precision, as Megatron-LM and torchtitan train), fp32 on CPUs — torch's
+    default dtype, what `parsim run` executes on gloo, and the only dtype with fast matrix kernels
+    on CPUs without AMX. One function, so `plan`, `predict`, `simulate` and `run` agree."""
+    kind = device if isinstance(device, str) else getattr(device, "kind", "gpu")
+    return "fp32" if kind == "cpu" else "bf16"
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str
@@ -106,7 +115,7 @@ def _profile(name: str, d: dict) -> DeviceProfile:
             name=name, kind=d.get("kind", "gpu"),
             peak_flops={k: float(v) * 1e12 for k, v in d["peak_TFLOPs"].items()},
             vector_flops=float(d["vector_TFLOPs"]) * 1e12,
-            memory_bytes=float(d["memory_GiB"]) * 2 ** 30,
+            memory_bytes=(float(d["memory_MiB"]) * 2 ** 20 if "memory_MiB" in d else float(d["memory_GiB"]) * 2 ** 30),
             memory_bandwidth_Bps=float(d["memory_bandwidth_GBps"]) * 1e9,
             matmul_eff=Curve.from_points(d["matmul_efficiency"]),
             vector_eff=Curve.from_points(d["vector_efficiency"]),
@@ -121,7 +130,7 @@ def _profile(name: str, d: dict) -> DeviceProfile:
         return prof.with_sustained_fraction(f) if f != 1.0 else prof
     except (KeyError, TypeError, ValueError) as e:
         raise ParsimError(f"device profile {name!r} is malformed ({type(e).__name__}: {e}): expected keys "
-                          "peak_TFLOPs, vector_TFLOPs, memory_GiB, memory_bandwidth_GBps, *_efficiency") from None
+                          "peak_TFLOPs, vector_TFLOPs, memory_MiB (or memory_GiB), memory_bandwidth_GBps, *_efficiency") from None
 
 
 @functools.lru_cache(maxsize=None)

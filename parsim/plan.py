@@ -8,12 +8,23 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
+
 from parsim.errors import ParsimError, closest
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbv")
 GRAD_SYNC = ("ring", "tree", "hd", "hierarchical", "ps", "native")
 RECOMPUTE = ("none", "selective", "full")
 DTYPES = ("bf16", "fp16", "fp32")
+MAX_DEGREE = 2 ** 20          # per parallel degree (a million devices)
+MAX_GPUS = 2 ** 24            # dp·tp·pp
+MAX_BATCH = 2 ** 31           # sequences (micro-batch, global batch) and tokens per sequence
+_INT_LIMITS = {"dp": MAX_DEGREE, "tp": MAX_DEGREE, "pp": MAX_DEGREE, "vpp": 1024, "micro_batch": MAX_BATCH,
+               "global_batch": MAX_BATCH, "seq_len": MAX_BATCH}
+
+
+def _flag(field_name: str) -> str:
+    return field_name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,33 @@ class Plan:
     sequence_parallel: bool = False
     overlap: bool = True             # overlap gradient sync with backward
     flash_attention: bool = True     # attention scores never materialised (Dao et al. 2022)
+
+    def __post_init__(self):
+        """Each field's type and range, checked on construction (one line naming the field)."""
+        import numbers
+        for k, hi in _INT_LIMITS.items():
+            v = getattr(self, k)
+            if k == "seq_len" and v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ParsimError(f"{_flag(k)} = {v!r} ({type(v).__name__}): expected a positive integer")
+            if not 1 <= int(v) <= hi:
+                raise ParsimError(f"{_flag(k)} = {v}: expected a positive integer <= {hi:,}")
+            object.__setattr__(self, k, int(v))        # numpy integers become int
+        for k in ("sequence_parallel", "overlap", "flash_attention"):
+            v = getattr(self, k)
+            if not isinstance(v, (bool, np.bool_)):
+                raise ParsimError(f"{_flag(k)} = {v!r} ({type(v).__name__}): expected True or False")
+            object.__setattr__(self, k, bool(v))
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("grad-sync", self.grad_sync, GRAD_SYNC)
+        _choice("recompute", self.recompute, RECOMPUTE)
+        _choice("dtype", self.dtype, DTYPES)
+        if isinstance(self.zero, bool) or not isinstance(self.zero, numbers.Integral) or int(self.zero) not in (0, 1, 2, 3):
+            raise ParsimError(f"zero = {self.zero!r}: expected one of 0, 1, 2, 3")
+        object.__setattr__(self, "zero", int(self.zero))
+        if self.gpus > MAX_GPUS:
+            raise ParsimError(f"dp·tp·pp = {self.dp}·{self.tp}·{self.pp} = {self.gpus:,} devices: expected at most {MAX_GPUS:,}")
 
     @property
     def gpus(self) -> int:
@@ -62,45 +100,12 @@ def _choice(name, value, options):
 
 
 def validate(plan: Plan, model, gpus: int | None = None) -> Plan:
-    """Raise ParsimError naming the first thing wrong with `plan` for `model` on `gpus` devices."""
-    for k in ("dp", "tp", "pp", "vpp", "micro_batch", "global_batch"):
-        v = getattr(plan, k)
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ParsimError(f"{k.replace('_', '-')} = {v!r}: expected a positive integer")
-    if plan.seq_len is not None and (not isinstance(plan.seq_len, int) or plan.seq_len <= 0):
-        raise ParsimError(f"seq-len = {plan.seq_len!r}: expected a positive integer")
-    _choice("schedule", plan.schedule, SCHEDULES)
-    _choice("grad-sync", plan.grad_sync, GRAD_SYNC)
-    _choice("recompute", plan.recompute, RECOMPUTE)
-    _choice("dtype", plan.dtype, DTYPES)
-    _choice("zero", plan.zero, (0, 1, 2, 3))
-    if gpus is not None and plan.gpus != gpus:
-        raise ParsimError(f"tp({plan.tp}) * pp({plan.pp}) * dp({plan.dp}) = {plan.gpus} != gpus({gpus})")
-    if model.heads % plan.tp:
-        raise ParsimError(f"heads ({model.heads}) of {model.name} is not divisible by tp ({plan.tp})")
-    if model.kv_heads % plan.tp:
-        raise ParsimError(f"kv_heads ({model.kv_heads}) of {model.name} is not divisible by tp ({plan.tp})")
-    if model.ffn_hidden % plan.tp:
-        raise ParsimError(f"ffn_hidden ({model.ffn_hidden}) of {model.name} is not divisible by tp ({plan.tp})")
-    if model.layers % (plan.pp * plan.vpp):
-        raise ParsimError(f"layers ({model.layers}) of {model.name} is not divisible by pp·vpp = {plan.pp}·{plan.vpp} = {plan.pp * plan.vpp}")
-    if plan.global_batch % (plan.micro_batch * plan.dp):
-        raise ParsimError(f"global-batch ({plan.global_batch}) is not divisible by micro-batch·dp = "
-                          f"{plan.micro_batch}·{plan.dp} = {plan.micro_batch * plan.dp}")
-    if plan.schedule == "interleaved" and plan.vpp < 2:
-        raise ParsimError(f"schedule interleaved needs vpp > 1, got vpp = {plan.vpp}")
-    if plan.schedule in ("gpipe", "1f1b") and plan.vpp != 1:
-        raise ParsimError(f"schedule {plan.schedule} runs one stage per rank: vpp = {plan.vpp}, expected 1 (use interleaved)")
-    if plan.schedule == "zbv" and plan.vpp != 2:
-        raise ParsimError(f"schedule zbv places two stages per rank (V shape): vpp = {plan.vpp}, expected 2")
-    if plan.schedule in ("interleaved", "zbv") and plan.microbatches % plan.pp:
-        raise ParsimError(f"schedule {plan.schedule} needs micro-batches ({plan.microbatches}) to be a multiple of pp ({plan.pp})")
-    if plan.sequence_parallel and plan.tp == 1:
-        raise ParsimError("sequence-parallel needs tp > 1, got tp = 1")
-    s = plan.seq_len or model.seq_len
-    if plan.sequence_parallel and s % plan.tp:
-        raise ParsimError(f"sequence-parallel: seq-len ({s}) is not divisible by tp ({plan.tp})")
-    return plan
+    """Raise ParsimError naming the first thing wrong with `plan` for `model` on `gpus` devices.
+
+    The rule book is ``parsim.rules`` (one set of rules for predict, search, simulate, run and the
+    backend); the plan's own fields were checked when it was constructed."""
+    from parsim.rules import check
+    return check(plan, model, gpus)
 
 
 def divisors(n: int) -> list[int]:

@@ -10,9 +10,16 @@ A step on the slowest pipeline stage (Narayanan et al. 2021, §2.2 and §3):
                                            (p−1)/v·T_avg        interleaved 1F1B
                                            (p−1)·max(0, F+B−2W) per V-chunk, ZB-V (Qi et al. 2024)
     step     = makespan + exposed data-parallel sync + optimizer
-where T is one micro-batch's forward+backward on a stage (compute, recompute, tensor-
+where T is one micro-batch's forward+backward on a pipeline rank (compute, recompute, tensor-
 parallel collectives, pipeline send/recv), m = global_batch/(micro_batch·dp).
 The discrete-event simulator (parsim.simulate) plays the same schedules exactly.
+
+Ranks differ by their layers (parsim.rules.stage_layer_counts: even, or one fewer on the first and
+last stage where pp·vpp does not divide the layers) and by what they hold beside them (the
+embedding with stage 0; the head and its logits with the last stage, on rank 0 in ZB-V's V). Rank 0,
+the last stage's rank and the heaviest other rank are priced; time is the slowest one's, memory the
+worst one's (model states by the framework's accounting, in-flight activations as the schedule
+holds them; parsim.costs.memory). Plans are valid by parsim.rules, which every consumer asks.
 """
 from __future__ import annotations
 
@@ -24,9 +31,13 @@ import numpy as np
 from parsim.caches import CLUSTERS_KEPT, ENTRIES_PER_CLUSTER, LRU
 from parsim.costs import compute as C
 from parsim.costs import memory as M
-from parsim.costs.network import collective_coeffs
+from parsim.costs.dpsync import ZERO_SYNC_ALGOS, dp_sync_s, zero_sync_algorithms
+from parsim.costs import network as _net
+from parsim.costs.network import collective_lines
 from parsim.errors import ParsimError
-from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, validate
+from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan
+from parsim.rules import check as check_plan
+from parsim.rules import rank_layers
 
 GiB = 2 ** 30
 BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "pp_comm", "bubble", "dp_comm_exposed", "optimizer")
@@ -54,6 +65,10 @@ class StepReport:
     gpus: int = 0
     source: str = "predicted"
     notes: list = field(default_factory=list)
+    memory_accounting: str = ""          # bytes per parameter by framework (parsim.costs.memory.ACCOUNTING)
+    memory_capacity_GiB: float = 0.0     # what the device reports
+    memory_headroom_GiB: float = 0.0     # reserved: CUDA context, NCCL buffers, fragmentation
+    memory_worst_rank: int = 0           # pipeline rank whose memory is reported
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,20 +97,15 @@ class _Groups:
         self._cache = LRU(ENTRIES_PER_CLUSTER)      # (op, algo, ranks) -> (alpha_s, s_per_byte)
 
     def coeffs(self, kind: str, op: str, algo: str, tp: int, pp: int, dp: int):
-        """(alpha_s, s_per_byte) for the first group of `kind` under tp-innermost placement."""
-        if kind == "tp":
-            ranks = tuple(range(tp))
-        elif kind == "pp":          # neighbouring stages: ranks 0 and tp
-            ranks = (0, tp) if pp > 1 else (0,)
-        else:
-            ranks = tuple(i * tp * pp for i in range(dp))
-        return self._coeffs(op, algo, ranks)
-
-    def _coeffs(self, op, algo, ranks):
-        key = (op, algo, ranks)
+        """((alpha_s, s_per_byte), (alpha_s, s_per_byte)): the collective_lines of the first group of
+        `kind` under tp-innermost placement (parsim.topology.group_ranks; time = the smaller line at
+        the size), priced together with the groups of that kind running at the same time."""
+        key = (kind, op, algo, tp, pp, dp)
         ab = self._cache.get(key)
         if ab is None:
-            ab = (0.0, 0.0) if len(ranks) <= 1 else collective_coeffs(self.cluster, op, algo, ranks)
+            ranks, others = _concurrent_groups(self.cluster, kind, tp, pp, dp)
+            lines = ((0.0, 0.0),) if len(ranks) <= 1 else collective_lines(self.cluster, op, algo, ranks, others)
+            ab = (lines * 2)[:2]           # two lines (NCCL: ring channels, tree); min is the time
             self._cache[key] = ab
         return ab
 
@@ -103,10 +113,43 @@ class _Groups:
         """alpha + beta·nbytes per plan; coefficients are looked up once per distinct group shape.
 
         `shapes` is a _Shapes (distinct (algo, tp, pp, dp) rows and each plan's index into them);
-        algo=None uses the shapes' own data-parallel algorithm, otherwise the library's ("native")."""
-        ab = np.array([self.coeffs(kind, op, GRAD_SYNC[a] if algo is None else algo, t, p, d)
-                       for a, t, p, d in shapes.rows])
-        return ab[shapes.inv, 0] + ab[shapes.inv, 1] * nbytes
+        algo=None uses the shapes' own data-parallel algorithm, a callable maps that algorithm's
+        name to the one to price, a string names it (e.g. the library's, "native")."""
+        pick = ((lambda a: GRAD_SYNC[a]) if algo is None else
+                (lambda a: algo(GRAD_SYNC[a])) if callable(algo) else (lambda a: algo))
+        ab = np.array([self.coeffs(kind, op, pick(a), t, p, d) for a, t, p, d in shapes.rows])   # rows × 2 × 2
+        inv = shapes.inv
+        t = ab[:, 0, 0][inv] + ab[:, 0, 1][inv] * nbytes
+        if not np.array_equal(ab[:, 0], ab[:, 1]):        # a second line (NCCL's tree): the faster at the size
+            t = np.minimum(t, ab[:, 1, 0][inv] + ab[:, 1, 1][inv] * nbytes)
+        return t
+
+
+def _concurrent_groups(cluster, kind, tp, pp, dp):
+    """(first group's ranks, the other groups of `kind` that run at the same time and can share
+    its links). dp: all dp groups, one per tp x pp position; tp: the tp groups on the first
+    group's nodes (a group inside one node shares no link with other nodes' groups); pp: the
+    stage boundary send/recv pairs of every tp rank and dp replica (1F1B's steady state)."""
+    if kind == "pp":
+        if pp == 1:
+            return (0,), ()
+        pairs = [(d * tp * pp + s * tp + t, d * tp * pp + (s + 1) * tp + t)
+                 for d in range(dp) for s in range(pp - 1) for t in range(tp)]
+        return pairs[0], tuple(pairs[1:])
+    from parsim.plan import Plan
+    from parsim.topology import group_ranks
+    plan = Plan(dp=dp, tp=tp, pp=pp)
+    size = {"tp": tp, "dp": dp}[kind]
+    count = tp * pp * dp // size
+    if size <= 1:
+        return (0,), ()
+    if count * size > _net.CONCURRENT_MAX_RANKS or size > _net.GRAPH_MAX_RANKS or cluster.device.kind != "gpu":
+        return group_ranks(plan, kind, 0), ()
+    groups = [group_ranks(plan, kind, i) for i in range(count)]
+    nodes0 = {cluster.node_of(r) for r in groups[0]}
+    if len(nodes0) == 1:
+        groups = [g for g in groups if nodes0 & {cluster.node_of(r) for r in g}]
+    return groups[0], tuple(groups[1:])
 
 
 class _Shapes:
@@ -132,10 +175,59 @@ def _groups(cluster) -> _Groups:
     return g
 
 
-def price(model, cluster, cols: dict, device=None) -> dict:
-    """Price a table of plans. Returns arrays: step_time_s, breakdown (7 keys), memory (5 keys), flops.
+def _distinct(key):
+    """(a representative row of each distinct key, each row's index into them): np.unique's
+    return_index and return_inverse, without the stable sort return_index costs (rows with equal
+    keys are interchangeable here, so any representative will do); int32 keys where they fit."""
+    key = np.asarray(key).ravel()
+    if key.size and 0 <= key.min() and key.max() < 2 ** 31:
+        key = key.astype(np.int32)
+    _, inv = np.unique(key, return_inverse=True)
+    inv = inv.ravel()
+    rep = np.empty(int(inv.max()) + 1 if inv.size else 0, dtype=np.int64)
+    rep[inv] = np.arange(inv.size)
+    return rep, inv
 
-    `device` overrides the cluster's device profile (used by calibration)."""
+
+def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
+    """What follows from (schedule, pp, vpp, m) alone, per plan: layers on rank 0, on the last stage's
+    rank and on the heaviest other rank (parsim.rules.rank_layers); the layers' worth of activations
+    those ranks hold at their peak (parsim.costs.memory.inflight_chunks x layers / vpp; the other rank
+    is rank 1 in a loop, pp-1 in ZB-V's V, the one holding most); the logits the last stage holds, in
+    micro-batches (in flight + one gradient). Evaluated once per distinct combination."""
+    sched, pp, vpp = (np.asarray(x, dtype=np.int64) for x in (sched, pp, vpp))
+    mi = np.rint(np.asarray(m, dtype=float)).astype(np.int64)
+    P, V = int(pp.max()) + 1, int(vpp.max()) + 1
+    if (int(mi.max()) + 1) * P * V * 4 < 2 ** 62:
+        key = ((mi * P + pp) * V + vpp) * 4 + sched
+        first, inv = _distinct(key)
+        sched, pp, vpp, mi = sched[first], pp[first], vpp[first], mi[first]
+    else:
+        inv = None
+    v_shape, single = sched == 3, pp == 1
+    L_first, L_last, L_mid = rank_layers(layers, pp, vpp, v_shape)
+    r_last = np.where(v_shape | single, 0, pp - 1)
+    r_mid = np.where(v_shape, pp - 1, 1)
+    # activation sets held at the peak, in layers: chunks (one stage's layers each) x layers / vpp
+    out = {"L_first": L_first, "L_last": L_last, "L_mid": L_mid,
+           "held_first": M.inflight_chunks(sched, pp, vpp, mi, 0) * L_first / vpp,
+           "held_last": M.inflight_chunks(sched, pp, vpp, mi, r_last) * L_last / vpp,
+           "held_mid": M.inflight_chunks(sched, pp, vpp, mi, r_mid) * L_mid / vpp,
+           "logits_held": M.last_stage_inflight(sched, mi) + 1.0}
+    return out if inv is None else {k: np.asarray(v)[inv] for k, v in out.items()}
+
+
+def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
+          headroom_bytes: float | None = None) -> dict:
+    """Price a table of plans. Returns arrays: step_time_s, breakdown (7 keys), memory (5 keys, bytes, of
+    the worst pipeline rank), memory_bytes, fits (memory + headroom <= the device's reported capacity),
+    flops.
+
+    `device` overrides the cluster's device profile (used by calibration). `accounting` names the
+    framework whose bytes per parameter are used (parsim.costs.memory.ACCOUNTING: megatron, deepspeed,
+    fsdp2). `headroom_bytes` is reserved per device for the CUDA context, NCCL buffers and
+    fragmentation (None: parsim.costs.memory.default_headroom_bytes). Plans are assumed valid
+    (parsim.rules)."""
     dev = device or cluster.device
     G = _groups(cluster)
     dp, tp, pp, vpp = (np.asarray(cols[k], dtype=np.int64) for k in ("dp", "tp", "pp", "vpp"))
@@ -152,7 +244,7 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     # Per-layer compute and activation bytes depend on few columns: evaluate them once per
     # distinct (micro_batch, seq, tp, sp, flash, dtype, recompute) and gather.
     ukey = ((((((mb.astype(np.int64) * 2 ** 20 + seq.astype(np.int64)) * 2 ** 14 + tp) * 2 + sp) * 2 + flash) * 4 + dt) * 4 + rc)
-    _, first, inv = np.unique(ukey, return_index=True, return_inverse=True)
+    first, inv = _distinct(ukey)
     lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first])
     lt = C.LayerTimes(*(np.asarray(getattr(lt_u, f))[inv] for f in C.LayerTimes.__dataclass_fields__))
     # Single-threaded CPU ranks beyond the host's cores share them: compute stretches by
@@ -182,21 +274,29 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     p2p = np.where(pp > 1, p2p, 0.0)
 
     rec = np.select([rc == 2, rc == 1], [lt.fwd_s + tp_layer, lt.attn_core_fwd_s], default=0.0)
-    body_c = L * (lt.fwd_s + lt.bwd_s)
-    body_tp = L * 2 * tp_layer
-    body_rec = L * rec
-    pp_c = 2 * vpp * p2p
-    first_c = body_c + lt.embed_fwd_s + lt.embed_bwd_s
-    last_c = body_c + lt.head_fwd_s + lt.head_bwd_s
+    # Layers per pipeline rank (parsim.rules.stage_layer_counts: even where pp·vpp divides the layers,
+    # else the embedding and the head count as a layer each). Three kinds of rank are priced: rank 0
+    # (stage 0 and the embedding; with ZB-V's V or pp = 1 also the last stage and the head), the rank
+    # holding the last stage when it is another one ("last"), and the heaviest other rank ("mid").
+    v_shape = sched == 3
+    pipe = _pipeline_structure(model.layers, sched, pp, vpp, m)
+    L_first, L_last, L_mid = pipe["L_first"], pipe["L_last"], pipe["L_mid"]
     single = pp == 1
-    first_c = np.where(single, first_c + lt.head_fwd_s + lt.head_bwd_s, first_c)
-    first_tp = body_tp + tp_embed
-    T_first = first_c + first_tp + body_rec + pp_c
-    T_last = last_c + body_tp + body_rec + pp_c
-    T_mid = body_c + body_tp + body_rec + pp_c
-    T_last = np.where(single, T_first, T_last)
-    T_max = np.maximum(np.maximum(T_first, T_last), np.where(pp > 2, T_mid, 0.0))
-    T_avg = np.where(single, T_first, (T_first + T_last + np.maximum(pp - 2, 0) * T_mid) / pp)
+    head_first = single | v_shape                          # the head sits on rank 0
+    has_last, has_mid = ~head_first, np.where(v_shape, pp > 1, pp > 2)
+    layer_c, layer_tp = lt.fwd_s + lt.bwd_s, 2 * tp_layer
+    pp_c = 2 * vpp * p2p
+    head_c = lt.head_fwd_s + lt.head_bwd_s
+    first_c = L_first * layer_c + lt.embed_fwd_s + lt.embed_bwd_s + np.where(head_first, head_c, 0.0)
+    last_c = L_last * layer_c + head_c
+    mid_c = L_mid * layer_c
+    first_tp = L_first * layer_tp + tp_embed
+    T_first = first_c + first_tp + L_first * rec + pp_c
+    T_last = np.where(has_last, last_c + L_last * (layer_tp + rec) + pp_c, T_first)
+    T_mid = np.where(has_mid, mid_c + L_mid * (layer_tp + rec) + pp_c, 0.0)
+    T_max = np.maximum(np.maximum(T_first, T_last), T_mid)
+    # all ranks' work over pp: every layer once, the embedding and the head once, send/recv on every rank
+    T_avg = (model.layers * (layer_c + layer_tp + rec) + lt.embed_fwd_s + lt.embed_bwd_s + head_c + tp_embed) / pp + pp_c
     Tf_avg = L * (lt.fwd_s + tp_layer)
     W_avg = L * lt.wgrad_s
     Tb_avg = T_avg - Tf_avg
@@ -205,70 +305,84 @@ def price(model, cluster, cols: dict, device=None) -> dict:
         [(pp - 1) / vpp * T_avg, (pp - 1) * np.maximum(0.0, Tf_avg + Tb_avg - 3 * W_avg) / 2],
         default=(pp - 1) * T_avg)
     makespan = m * T_max + bubble
-    # Per-rank seconds per micro-batch for the discrete-event simulator (parsim.simulate): forward,
-    # backward without its weight-grad part, weight-grad; F + B + W of a rank is its T above.
-    f_body, w_body = Tf_avg + vpp * p2p, W_avg
-    b_body = L * (lt.bwd_s + tp_layer) + body_rec + vpp * p2p - w_body
-    stage_s = {"fwd_first": f_body + lt.embed_fwd_s + tp_embed + np.where(single, lt.head_fwd_s, 0.0),
-               "bwd_first": b_body + lt.embed_bwd_s + np.where(single, lt.head_bwd_s, 0.0),
-               "fwd_mid": f_body, "bwd_mid": b_body, "fwd_last": f_body + lt.head_fwd_s,
-               "bwd_last": b_body + lt.head_bwd_s, "w": w_body}
+    # Seconds per micro-batch for the discrete-event simulator (parsim.simulate.priced_stage_times):
+    # per layer (forward, backward without its weight-grad part, weight-grad), the embedding's and the
+    # head's extras, and the send/recv a stage pays per micro-batch; stage times follow from each
+    # stage's layers (parsim.rules.stage_layer_counts). F + B + W summed over a rank's stages is its T.
+    stage_s = {"layer_fwd": lt.fwd_s + tp_layer, "layer_bwd": lt.bwd_s + tp_layer + rec - lt.wgrad_s,
+               "layer_w": lt.wgrad_s, "embed_fwd": lt.embed_fwd_s + tp_embed, "embed_bwd": lt.embed_bwd_s,
+               "head_fwd": lt.head_fwd_s, "head_bwd": lt.head_bwd_s, "p2p": p2p}
 
-    # Parameters per rank on the first and the last stage (the two that differ).
+    # Parameters per rank (the largest stage is the one data parallelism syncs).
     P_layer = model.params_per_layer
-    tied_copy = model.tied_embeddings & (pp > 1)
-    P_first = (L * P_layer + model.embedding_params + np.where(single, model.head_params, 0)) / t
-    P_last = np.where(single, P_first, (L * P_layer + model.head_params + np.where(tied_copy, model.vocab * h, 0)) / t)
-    P_rank = np.maximum(P_first, P_last)
+    tied_copy = model.tied_embeddings & (pp > 1)           # an untied copy of the embedding as the head
+    head_P = model.head_params + np.where(tied_copy, model.vocab * h, 0)
+    P_first = (L_first * P_layer + model.embedding_params + np.where(head_first, head_P, 0)) / t
+    P_last = np.where(has_last, (L_last * P_layer + head_P) / t, 0.0)
+    P_mid = L_mid * P_layer / t
+    P_rank = np.maximum(np.maximum(P_first, P_last), P_mid)
 
-    # Data-parallel gradient sync of the largest stage, by the plan's algorithm.
+    # Data-parallel sync of the largest stage, by the plan's algorithm (ZeRO: its reduce-scatter
+    # and all-gather forms), as the frameworks schedule it per ZeRO stage (parsim.costs.dpsync).
     grad_bytes = P_rank * e
     t_ar = G.vec("dp", "allreduce", S, grad_bytes)
-    # ZeRO's reduce-scatter and all-gather are the library's own (FSDP / DeepSpeed); the plan's
-    # algorithm choice applies to the all-reduce.
-    t_rs = G.vec("dp", "reduce_scatter", S, grad_bytes, "native")
-    t_ag = G.vec("dp", "all_gather", S, grad_bytes, "native")
-    t_sync = np.where(zero >= 1, t_rs + t_ag, t_ar)
+    t_rs = G.vec("dp", "reduce_scatter", S, grad_bytes, lambda a: ZERO_SYNC_ALGOS.get(a, ("native",))[0])
+    t_ag = G.vec("dp", "all_gather", S, grad_bytes, lambda a: ZERO_SYNC_ALGOS.get(a, (None, "native"))[1])
     bwd_last_mb = np.minimum(T_first, T_last) - np.minimum(Tf_avg, T_max)
-    window = np.where(overlap, np.maximum(bwd_last_mb, 0.0), 0.0)
-    dp_exposed = np.maximum(t_sync - window, 0.0)
-    # ZeRO-3 gathers the weights again in every micro-batch's forward and backward (prefetched
-    # under compute; only the excess is exposed).
-    z3_per_mb = 2 * t_ag + t_rs
-    dp_exposed = dp_exposed + np.where(zero >= 3, m * np.maximum(z3_per_mb - T_avg, 0.0) + t_ag, 0.0)
-    dp_exposed = np.where(dp > 1, dp_exposed, 0.0)
+    t_sync, dp_exposed = dp_sync_s(zero, m, t_ar, t_rs, t_ag, overlap, bwd_last_mb, T_avg, L)
+    t_sync, dp_exposed = np.where(dp > 1, t_sync, 0.0), np.where(dp > 1, dp_exposed, 0.0)
 
     opt = C.optimizer_s(dev, P_rank / np.where(zero >= 1, dp, 1), dt, L) * cpu_share
     step = makespan + dp_exposed + opt
 
-    # Breakdown on the bottleneck stage.
-    is_first = T_first >= T_last
-    stage_c = np.where(is_first, first_c, last_c)
-    stage_tp = np.where(is_first, first_tp, body_tp)
+    # Breakdown on the bottleneck rank.
+    which = np.where(T_first >= np.maximum(T_last, T_mid), 0, np.where(T_last >= T_mid, 1, 2))
+    L_b = np.choose(which, [L_first, L_last, L_mid])
+    stage_c = np.choose(which, [first_c, last_c, mid_c])
+    stage_tp = L_b * layer_tp + np.where(which == 0, tp_embed, 0.0)
     breakdown = {
-        "compute": m * stage_c, "recompute": m * body_rec, "tp_comm": m * stage_tp, "pp_comm": m * pp_c,
+        "compute": m * stage_c, "recompute": m * L_b * rec, "tp_comm": m * stage_tp, "pp_comm": m * pp_c,
         "bubble": bubble, "dp_comm_exposed": dp_exposed, "optimizer": opt,
     }
 
-    # Memory on the worst of the first and last stage.
-    inflight = M.inflight_microbatches(sched, pp, vpp, m)
-    logits = 4.0 * mb * seq * model.vocab / t * 2             # fp32 logits and their gradient
-    act_first = L * a_layer * inflight + a_work + np.where(single, logits, 0.0)
-    act_last = L * a_layer * np.where(single, inflight, 1.0) + a_work + logits
-    weights, grads, optim = M.model_state_bytes(P_rank, dp, zero, dt)
+    # Memory of every rank kind; the worst one is reported. In-flight activations per rank are the
+    # schedule's own peaks (parsim.costs.memory.inflight_chunks) in units of one stage of that rank
+    # (its layers / vpp); the last stage keeps the fp32 logits of its in-flight micro-batches plus
+    # one gradient of them.
+    logits = 4.0 * mb * seq * model.vocab / t                 # fp32 logits of one micro-batch
+    logits_held = logits * pipe["logits_held"]
+    acts = {"first": pipe["held_first"] * a_layer + a_work + np.where(head_first, logits_held, 0.0),
+            "last": pipe["held_last"] * a_layer + a_work + logits_held,
+            "mid": pipe["held_mid"] * a_layer + a_work}
+    per_param = M.state_bytes_per_param(dp, zero, dt, accounting)
+    state_pp = per_param[0] + per_param[1] + per_param[2]
     buffers = (M.DDP_BUCKET_BYTES * (dp > 1) + np.where(zero >= 3, 2 * P_layer / t * e, 0.0)
-               + np.where(pp > 1, 2 * act / t, 0.0))
-    activations = np.maximum(act_first, act_last)
+               + np.where(pp > 1, 2 * mb * seq * h * e / t, 0.0))
+    totals = {"first": P_first * state_pp + acts["first"] + buffers,
+              "last": np.where(has_last, P_last * state_pp + acts["last"] + buffers, 0.0),
+              "mid": np.where(has_mid, P_mid * state_pp + acts["mid"] + buffers, 0.0)}
+    worst = np.where(totals["first"] >= np.maximum(totals["last"], totals["mid"]), 0,
+                     np.where(totals["last"] >= totals["mid"], 1, 2))
+    P_worst = np.choose(worst, [P_first, P_last, P_mid])
+    weights, grads, optim = (P_worst * f for f in per_param)
+    activations = np.choose(worst, [acts["first"], acts["last"], acts["mid"]])
     total = weights + grads + optim + activations + buffers
+    # pipeline rank of the worst kind: 0; the last stage's (pp - 1, or 0 in a V); rank 1 (pp - 1 in a V)
+    worst_rank = np.where(worst == 0, 0, np.where(worst == 1, np.where(single | v_shape, 0, pp - 1),
+                                                  np.where(v_shape, pp - 1, 1)))
+    capacity = dev.memory_bytes
+    headroom = M.default_headroom_bytes(capacity) if headroom_bytes is None else float(headroom_bytes)
 
     fl = model.layer_fwd_flops  # works on arrays of seq
     per_seq_model = model.layers * 3 * fl(seq) + 3 * model.logits_fwd_flops(seq)
     extra = np.select([rc == 2, rc == 1], [fl(seq), 4.0 * seq * seq * h], default=0.0)
     return {
-        "step_time_s": step, "makespan_s": makespan, "microbatches": m, "stage_s": stage_s, "dp_sync_s": np.where(dp > 1, t_sync, 0.0),
+        "step_time_s": step, "makespan_s": makespan, "microbatches": m, "stage_s": stage_s, "layers": model.layers, "dp_sync_s": np.where(dp > 1, t_sync, 0.0),
         "breakdown": breakdown,
         "memory": {"weights": weights, "grads": grads, "optimizer": optim, "activations": activations, "buffers": buffers},
-        "memory_bytes": total, "memory_capacity_bytes": dev.memory_bytes,
+        "memory_bytes": total, "memory_capacity_bytes": capacity, "memory_headroom_bytes": headroom,
+        "fits": total + headroom <= capacity, "worst_rank": worst_rank,
+        "memory_by_rank_kind": totals, "memory_accounting": accounting,
         "model_flops": gb * per_seq_model, "hardware_flops": gb * (per_seq_model + model.layers * extra),
         "peak_flops": C.peak_flops(dev, dt),
     }
@@ -291,29 +405,36 @@ def _scalar(x):
 
 
 def simulated_makespan(r: dict, cols: dict, i: int):
-    """Makespan of plan `i` of a priced table played by the discrete-event simulator, or None where
-    the closed form is exact (pp = 1) or the schedule cannot be built (e.g. 1f1b with m < pp)."""
+    """Makespan of plan ``i`` of a priced table played by the discrete-event simulator, or None where
+    the closed form is exact (pp = 1). The plan must satisfy the rule book (parsim.rules), which
+    accepts exactly the schedules the simulator builds: a refusal here is a bug, so it propagates."""
     pp = int(cols["pp"][i])
     if pp == 1:
         return None
     from parsim.simulate import simulate_priced
     m = int(round(float(np.asarray(r["microbatches"]).ravel()[i])))
-    try:
-        return simulate_priced(r, i, SCHEDULES[int(cols["schedule"][i])], pp, int(cols["vpp"][i]), m).makespan_s
-    except ParsimError:
-        return None
+    return simulate_priced(r, i, SCHEDULES[int(cols["schedule"][i])], pp, int(cols["vpp"][i]), m).makespan_s
 
 
-def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
-    """Price one plan. `model` and `cluster` may be names/paths or loaded objects."""
+def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str = M.DEFAULT_ACCOUNTING,
+            headroom_bytes: float | None = None) -> StepReport:
+    """Price one plan. `model` and `cluster` may be names/paths or loaded objects.
+
+    `accounting`: bytes per parameter by framework (megatron, deepspeed, fsdp2; parsim.costs.memory);
+    `headroom_bytes`: reserved per device (None: the sourced default). Raises ParsimError for a plan the
+    rule book (parsim.rules) refuses or a cluster too small for it."""
     from parsim.model import load_model
     model = load_model(model)
+    M.check_accounting(accounting)
+    if headroom_bytes is not None and not (np.isfinite(headroom_bytes) and headroom_bytes >= 0):
+        raise ParsimError(f"memory headroom = {headroom_bytes!r} bytes: expected a finite size >= 0")
+    check_plan(plan, model, gpus or plan.gpus)
     cluster = get_cluster(cluster, gpus or plan.gpus)
-    validate(plan, model, gpus or plan.gpus)
+    zero_sync_algorithms(plan.grad_sync, plan.zero)       # ZeRO needs a reduce-scatter/all-gather form
     if plan.gpus > cluster.num_devices:
         raise ParsimError(f"plan needs {plan.gpus} devices but cluster {cluster.name} has {cluster.num_devices}")
     cols = plan_columns([plan], model)
-    r = price(model, cluster, cols)
+    r = price(model, cluster, cols, accounting=accounting, headroom_bytes=headroom_bytes)
     step = _scalar(r["step_time_s"])
     breakdown = {k: _scalar(v) for k, v in r["breakdown"].items()}
     # The pipeline part is played by the simulator; the closed form is kept where exact (pp = 1).
@@ -324,11 +445,21 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
     seq = plan.seq_len or model.seq_len
     mem = {k: _scalar(v) / GiB for k, v in r["memory"].items()}
     total = _scalar(r["memory_bytes"])
-    cap = cluster.device.memory_bytes
-    fits = total <= cap
-    reason = "" if fits else (f"needs {total / GiB:.1f} GiB per device but a {cluster.device.name} has {cap / GiB:.1f} GiB")
+    cap, room = cluster.device.memory_bytes, _scalar(r["memory_headroom_bytes"])
+    fits = bool(np.asarray(r["fits"]).ravel()[0])
+    worst = int(np.asarray(r["worst_rank"]).ravel()[0])
+    reason = "" if fits else (f"pipeline rank {worst} needs {total / GiB:.2f} GiB + {room / GiB:.2f} GiB headroom = "
+                              f"{(total + room) / GiB:.2f} GiB but a {cluster.device.name} has {cap / GiB:.2f} GiB")
     mf, hf, pk = _scalar(r["model_flops"]), _scalar(r["hardware_flops"]), _scalar(r["peak_flops"])
-    notes = ["memory: worst of first and last pipeline stage; activations per Korthikanti et al. 2022"]
+    from parsim.rules import ParallelDims
+    dims = ParallelDims.of(plan, model)
+    notes = [f"memory: worst pipeline rank ({worst}); {accounting} accounting "
+             f"({'+'.join(f'{b:g}' for b in M.ACCOUNTING[accounting])} B/param before ZeRO); "
+             f"activations per Korthikanti et al. 2022, in flight as the {plan.schedule} schedule holds them",
+             f"memory: capacity {cap / GiB:.2f} GiB ({cap / 2 ** 20:,.0f} MiB as the device reports it), "
+             f"headroom {room / GiB:.2f} GiB (CUDA context, NCCL buffers, fragmentation)"]
+    if plan.pp > 1:
+        notes.append(f"pipeline: {dims.describe()}")
     if sim is not None:
         notes.append(f"pipeline: simulated makespan {sim:.6g} s, closed form {closed:.6g} s")
     return StepReport(
@@ -341,5 +472,6 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
         memory_GiB=total / GiB, memory_breakdown_GiB=mem, fits=fits, fits_reason=reason,
         breakdown_s=breakdown,
         plan=plan.to_dict(), model=model.name, cluster=cluster.name, device=cluster.device.name,
-        gpus=gpus_, notes=notes,
+        gpus=gpus_, notes=notes, memory_accounting=accounting, memory_capacity_GiB=cap / GiB,
+        memory_headroom_GiB=room / GiB, memory_worst_rank=worst,
     )

@@ -40,7 +40,14 @@ def step_report_text(rep) -> str:
     out = [head, _table("step time breakdown (bottleneck stage)", ["part", "seconds", "share"], rows)]
     mem = rep.memory_breakdown_GiB
     mrows = [(k, f"{v:.2f}") for k, v in mem.items()] + [("total", f"{rep.memory_GiB:.2f}")]
-    out.append(_table("memory per device, worst stage", ["kind", "GiB"], mrows))
+    acc = getattr(rep, "memory_accounting", "")
+    title = (f"memory per device, worst pipeline rank ({getattr(rep, 'memory_worst_rank', 0)})"
+             + (f", {acc} accounting" if acc else ""))
+    cap = getattr(rep, "memory_capacity_GiB", 0.0)
+    caption = (f"capacity {cap:.2f} GiB as the device reports it, less {rep.memory_headroom_GiB:.2f} GiB headroom "
+               f"(CUDA context, NCCL buffers, fragmentation) = {cap - rep.memory_headroom_GiB:.2f} GiB usable"
+               if cap else None)
+    out.append(_table(title, ["kind", "GiB"], mrows, caption))
     out.append(f"tokens/s {rep.tokens_per_s:,.0f}   samples/s {rep.samples_per_s:,.2f}   "
                f"model TFLOP/s/GPU {rep.model_tflops_per_gpu:.1f} (MFU {100 * rep.mfu:.1f}%)   "
                f"hardware TFLOP/s/GPU {rep.hardware_tflops_per_gpu:.1f} (HFU {100 * rep.hfu:.1f}%)")
@@ -78,6 +85,9 @@ def plans_text(res, top: int) -> str:
     title = (f"top {n} of {len(res)} fitting plans: {a['model']} on {a['gpus']} × {a['device']} ({a['cluster']}), "
              f"global batch {a['global_batch']} × seq {a['seq_len']}, {a['dtype']}")
     rej = "; ".join(f"{k}: {v:,}" for k, v in res.rejected.items()) or "none"
+    if a.get("memory_accounting"):
+        title += (f"; memory: {a['memory_accounting']} accounting, {a['memory_headroom_GiB']:.2f} GiB headroom of "
+                  f"{a['memory_capacity_GiB']:.2f} GiB")
     caption = (f"{res.candidates:,} candidates generated, {res.priced:,} valid and priced in {res.seconds:.2f} s; "
                f"rejected: {rej}\nstep_time_s of the top plans is re-played by the pipeline simulator; "
                f"step_time_closed_s is the closed form ('=' where they agree within 0.05%)")

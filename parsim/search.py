@@ -18,7 +18,9 @@ import numpy as np
 
 from parsim.errors import ParsimError
 from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, divisors
+from parsim.costs.memory import DEFAULT_ACCOUNTING, check_accounting
 from parsim.predict import BREAKDOWN_KEYS, GiB, MEMORY_KEYS, simulated_makespan, get_cluster, price
+from parsim.rules import reject
 
 DEFAULT_MODEL = "llama2-13b"
 DEFAULT_CLUSTER = "dgx-h100"
@@ -50,9 +52,11 @@ def _micro_batches(gb: int, max_mb: int):
     return [b for b in (1, 2, 4, 8, 16, 32) if b <= max_mb and b <= gb]
 
 
-def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node: int,
-               dtype: str = "bf16", max_micro_batch: int = 16) -> tuple[dict, dict]:
-    """The candidate table (dict of arrays, `price` columns) and rejection counts by reason."""
+def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node: int | None = None,
+               dtype: str = "bf16", max_micro_batch: int = 16) -> tuple[dict, dict, int]:
+    """The candidate table (dict of arrays, `price` columns), rejection counts by rule (parsim.rules) and
+    the number generated. ``gpus_per_node`` is unused (tensor parallelism across nodes is valid, and
+    priced on the cluster graph); kept for callers."""
     shapes = [(tp, pp, gpus // (tp * pp)) for tp in divisors(gpus) for pp in divisors(gpus // tp)]
     sv = [(SCHEDULES.index("gpipe"), 1), (SCHEDULES.index("1f1b"), 1), (SCHEDULES.index("zbv"), 2)]
     sv += [(SCHEDULES.index("interleaved"), v) for v in (2, 3, 4, 6, 8)]
@@ -71,28 +75,15 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
     native = GRAD_SYNC.index("native")
     # Not generated: meaningless combinations.
     keep = ~(sp & (tp == 1)) & ~((dp == 1) & ((zero > 0) | (gs != native))) & ~((zero > 0) & (gs != native))
-    rejected = {}
-    # Rejected, counted by first failing reason.
-    L = model.layers
-    checks = [
-        (f"tp does not divide heads ({model.heads}), kv_heads ({model.kv_heads}) or ffn ({model.ffn_hidden})",
-         (model.heads % tp != 0) | (model.kv_heads % tp != 0) | (model.ffn_hidden % tp != 0)),
-        (f"tp larger than a node ({gpus_per_node} devices)", tp > gpus_per_node),
-        (f"layers ({L}) not divisible by pp·vpp", L % (pp * vpp) != 0),
-        (f"global batch ({global_batch}) not divisible by micro_batch·dp", global_batch % (mb * dp) != 0),
-        ("interleaved/zbv: micro-batches not a multiple of pp",
-         np.isin(sched, [SCHEDULES.index("interleaved"), SCHEDULES.index("zbv")])
-         & ((global_batch // np.maximum(mb * dp, 1)) % pp != 0)),
-        ("pipeline schedule with pp = 1 other than 1f1b", (pp == 1) & (sched != SCHEDULES.index("1f1b"))),
-        (f"sequence parallel: seq_len ({seq_len}) not divisible by tp", sp & (seq_len % tp != 0)),
-    ]
-    ok = keep.copy()
-    for reason, bad in checks:
-        hit = ok & bad
-        n = int(hit.sum())
-        if n:
-            rejected[reason] = n
-        ok &= ~bad
+    keep &= ~((pp == 1) & (sched != SCHEDULES.index("1f1b")))      # no pipeline: the schedule is moot
+    # Rejected by the rule book (parsim.rules, the same rules predict/simulate/run apply), counted by
+    # the first failing rule.
+    table = {"dp": dp, "tp": tp, "pp": pp, "vpp": vpp, "mb": mb, "gb": np.full(dp.shape, global_batch, np.int64),
+             "seq": np.full(dp.shape, seq_len, np.int64), "schedule": sched, "sp": sp, "zero": zero, "grad_sync": gs}
+    table = {k: v[keep] for k, v in table.items()}
+    valid, rejected = reject(table, model)
+    ok = np.zeros(keep.shape, dtype=bool)
+    ok[np.nonzero(keep)[0][valid]] = True
     idx = np.nonzero(ok)[0]
     n = idx.size
     cols = {"dp": dp[idx], "tp": tp[idx], "pp": pp[idx], "vpp": vpp[idx], "mb": mb[idx],
@@ -104,9 +95,13 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
 
 
 def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_batch: int | None = None,
-           seq_len: int | None = None, dtype: str = "bf16", top: int | None = None, result: bool = False,
-           resimulate: int = 8):
+           seq_len: int | None = None, dtype: str | None = None, top: int | None = None, result: bool = False,
+           resimulate: int = 8, accounting: str = DEFAULT_ACCOUNTING, headroom_bytes: float | None = None):
     """Rank every valid plan; returns a pandas DataFrame (best first), or a SearchResult with counts.
+
+    Valid: parsim.rules (the rule book predict, simulate and run use). Fits: memory of the worst
+    pipeline rank + headroom <= the device's reported capacity (`accounting`, `headroom_bytes` as in
+    parsim.predict.predict). Ties in step time (within 0.01%) go to the plan using less memory.
 
     All plans are priced with the closed-form pipeline; the best `resimulate` are re-priced with the
     discrete-event simulator (column `simulated`), `step_time_closed_s` keeps the fast form."""
@@ -120,17 +115,25 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     seq = seq_len or model.seq_len
     if gb <= 0 or seq <= 0:
         raise ParsimError(f"global batch {gb} and seq_len {seq}: expected positive integers")
+    if dtype is None:                    # the device's default (bf16 on GPUs, fp32 on CPUs)
+        from parsim.hardware import default_dtype
+        dtype = default_dtype(cl.device)
     if dtype not in DTYPES:
         raise ParsimError(f"dtype = {dtype!r}: expected one of {', '.join(DTYPES)}")
-    cols, rejected, generated = candidates(model, gpus, gb, seq, min(cl.gpus_per_node, gpus), dtype)
+    check_accounting(accounting)
+    if headroom_bytes is not None and not (np.isfinite(headroom_bytes) and headroom_bytes >= 0):
+        raise ParsimError(f"memory headroom = {headroom_bytes!r} bytes: expected a finite size >= 0")
+    cols, rejected, generated = candidates(model, gpus, gb, seq, dtype=dtype)
     n = len(cols["dp"])
     if n == 0:
         raise ParsimError(f"no valid plan for {model.name} on {gpus} devices with global batch {gb}: "
                           + "; ".join(f"{k}: {v}" for k, v in rejected.items()))
-    r = price(model, cl, cols)
-    fits = r["memory_bytes"] <= cl.device.memory_bytes
+    r = price(model, cl, cols, accounting=accounting, headroom_bytes=headroom_bytes)
+    fits = np.asarray(r["fits"])
+    cap, room = cl.device.memory_bytes, float(np.asarray(r["memory_headroom_bytes"]).ravel()[0])
     if (~fits).any():
-        rejected[f"does not fit in {cl.device.memory_bytes / GiB:.0f} GiB ({cl.device.name})"] = int((~fits).sum())
+        rejected[f"does not fit in {cap / GiB:.2f} GiB ({cl.device.name}) less {room / GiB:.2f} GiB headroom"] = \
+            int((~fits).sum())
     step_closed = r["step_time_s"]
     step, simulated = _resimulate(r, cols, fits, resimulate)
     order = _rank(r, fits, step)
@@ -156,41 +159,64 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     df["bubble_s"] = df["bubble_s"] + (step - step_closed)[order]
     for k in MEMORY_KEYS:
         df[f"{k}_GiB"] = r["memory"][k][order] / GiB
-    attrs = dict(model=model.name, cluster=cl.name, device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq, dtype=dtype)
+    attrs = dict(model=model.name, cluster=cl.name, device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq,
+                 dtype=dtype, memory_accounting=accounting, memory_capacity_GiB=cap / GiB, memory_headroom_GiB=room / GiB)
     res = SearchResult(df, attrs, generated, n, rejected, time.perf_counter() - t0)
     return res if result else res.table
 
 
+TIE_REL = 1e-4       # step times within 0.01% are a tie
+
+
+def _step_key(step):
+    """Step time bucketed at TIE_REL relative width, so that plans equally fast to 0.01% tie."""
+    return np.floor(np.log(np.maximum(step, 1e-30)) / np.log1p(TIE_REL))
+
+
 def _rank(r, fits, step):
-    """Fitting plans best first; ties (e.g. sync algorithms whose time hides under backward) broken
-    by the raw gradient-sync time, then by memory."""
-    # (step times are compared at 1 ns so that float noise does not outrank those keys)
-    order = np.lexsort((r["memory_bytes"], r["dp_sync_s"], np.where(fits, np.round(step, 9), np.inf)))
+    """Fitting plans best first; ties in step time (within TIE_REL) go to the plan using less memory,
+    then to the smaller raw gradient-sync time (sync algorithms whose time hides under backward)."""
+    key = np.where(fits, _step_key(step), np.inf)
+    order = np.lexsort((np.broadcast_to(r["dp_sync_s"], step.shape), np.broadcast_to(r["memory_bytes"], step.shape), key))
     return order[fits[order]]
 
 
 def _resimulate(r, cols, fits, k: int):
     """Step times with the pipeline played by the simulator (parsim.simulate) for the best k plans.
 
-    Re-ranks until the first k are all simulated (at most 4k simulations), so a plan the closed form
-    flatters cannot stay on top unchecked. Returns (step_time_s, simulated mask)."""
+    Re-ranks until the first k are all simulated (at most 4k distinct simulations), so a plan the
+    closed form flatters cannot stay on top unchecked. Plans whose pipelines are identical (same
+    schedule, pp, vpp, micro-batches and stage times: e.g. ZeRO stages or sync algorithms of one
+    split) share one simulation. Returns (step_time_s, simulated mask)."""
     step = np.array(r["step_time_s"], dtype=float)
     makespan = np.broadcast_to(r["makespan_s"], step.shape)
     done = np.zeros(step.shape, dtype=bool)
     # With at most 4k rows moved, the top k always comes from the closed form's top 5k.
     pool = _rank(r, fits, step)[:5 * k]
     mem, sync = (np.broadcast_to(r[key], step.shape)[pool] for key in ("memory_bytes", "dp_sync_s"))
+    st = r["stage_s"]
+    m = np.broadcast_to(r["microbatches"], step.shape)
+
+    def key(i):
+        return (int(cols["schedule"][i]), int(cols["pp"][i]), int(cols["vpp"][i]), float(m[i]),
+                tuple(float(np.broadcast_to(st[x], step.shape)[i]) for x in sorted(st)))
+    sims = {}
     budget = 4 * k
     while budget > 0:
-        head = pool[np.lexsort((mem, sync, step[pool]))][:k]
-        todo = head[~done[head]][:budget]
+        head = pool[np.lexsort((sync, mem, _step_key(step[pool])))][:k]
+        todo = head[~done[head]]
         if todo.size == 0:
             break
         for i in todo:
-            sim = simulated_makespan(r, cols, i)
+            kk = key(i)
+            if kk not in sims:
+                if budget <= 0:
+                    break
+                sims[kk] = simulated_makespan(r, cols, i)
+                budget -= 1
+            sim = sims[kk]
             step[i] += 0.0 if sim is None else sim - makespan[i]
             done[i] = True
-        budget -= todo.size
     return step, done
 
 

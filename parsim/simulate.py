@@ -241,30 +241,29 @@ def priced_stage_times(priced: dict, i: int, pp: int, vpp: int = 1) -> tuple[lis
     """Per-stage (forward, backward without weight-grad, weight-grad) seconds of plan ``i`` of a table
     priced by ``parsim.predict.price``, one value per virtual stage (pp·vpp, stage index order).
 
-    ``priced["stage_s"]`` holds, per plan, a micro-batch's times on the first, middle and last
-    pipeline rank (``fwd_first``, ``bwd_mid``, ..., and ``w``). A middle rank's time is split evenly
-    over its vpp stages; the first rank's extra (the embedding) goes to stage 0 and the last rank's
-    (the loss head) to the last stage, wherever the schedule places them (rank 0 for ZB-V's V).
-    predict charges send/recv on the ranks, so they are included.
+    ``priced["stage_s"]`` holds, per plan, a micro-batch's seconds per layer (``layer_fwd``,
+    ``layer_bwd``, ``layer_w``), the embedding's and the head's extras and the send/recv a stage pays
+    (``p2p``). Stage s runs its layers (``parsim.rules.stage_layer_counts``: even, or one fewer on the
+    first and last stage); the embedding's time goes to stage 0 and the head's to the last stage,
+    wherever the schedule places them (rank 0 for ZB-V's V).
     """
+    from parsim.rules import stage_layer_counts
     st = priced["stage_s"]
 
     def at(key):
-        return float(np.asarray(st[key], dtype=float).ravel()[i])
+        return float(np.asarray(st[key], dtype=float).reshape(-1)[i if np.size(st[key]) > 1 else 0])
 
     S = pp * vpp
-    w = [at("w") / vpp] * S
-    out = []
-    for kind in ("fwd", "bwd"):
-        if pp == 1:
-            out.append([at(f"{kind}_first") / vpp] * S)
-            continue
-        mid = at(f"{kind}_mid")
-        times = [mid / vpp] * S
-        times[0] += at(f"{kind}_first") - mid
-        times[-1] += at(f"{kind}_last") - mid
-        out.append(times)
-    return out[0], out[1], w
+    n = stage_layer_counts(int(priced["layers"]), S).astype(float)
+    p2p = at("p2p")
+    f = n * at("layer_fwd") + p2p
+    b = n * at("layer_bwd") + p2p
+    w = n * at("layer_w")
+    f[0] += at("embed_fwd")
+    b[0] += at("embed_bwd")
+    f[-1] += at("head_fwd")
+    b[-1] += at("head_bwd")
+    return f.tolist(), b.tolist(), w.tolist()
 
 
 def simulate_priced(priced: dict, i: int, schedule: str, pp: int, vpp: int, microbatches: int) -> SimResult:

@@ -333,6 +333,18 @@ def _nodes_for(name, gpus, gpn):
     return -(-gpus // gpn), min(gpn, gpus)
 
 
+def set_p2p_efficiency(g, link: str, eff) -> None:
+    """Give every `link`-class edge of g a p2p_efficiency (the share of its line rate a lone
+    point-to-point send/recv reaches; parsim.costs.network prices sendrecv schedules with it).
+    None leaves the edges as they are (send/recv then gets the collectives' efficiency)."""
+    if eff is None:
+        return
+    require(0 < float(eff) <= 1, f"{link}_p2p_efficiency = {eff}: expected a fraction in (0, 1]")
+    for _, _, d in g.edges(data=True):
+        if d.get("link") == link:
+            d["p2p_efficiency"] = float(eff)
+
+
 def _build(name: str, d: dict, gpus: int | None) -> Cluster:
     """A cluster from a preset-style mapping (``builder:`` plus its keys), sized to `gpus`."""
     builder = d.get("builder", "dgx")
@@ -357,6 +369,7 @@ def _build(name: str, d: dict, gpus: int | None) -> Cluster:
                 c = rail_optimized(name, nodes, gpn_used, dev, spines=int(d.get("spines", 2)),
                                    oversubscription=_num(d, "oversubscription", 1.0),
                                    uplink_latency_s=_num(d, "uplink_latency_us", 1.0) * US, **common)
+            set_p2p_efficiency(c.graph, "nvlink", d.get("nvlink_p2p_efficiency"))
         elif builder in ("ring", "torus", "full"):
             link = dict(link_Bps=_num(d, "link_GBps") * GB, latency_s=_num(d, "link_latency_us") * US,
                         efficiency=_num(d, "link_efficiency", 1.0), gpus_per_node=int(d.get("gpus_per_node", 1)), meta=meta)
@@ -387,6 +400,8 @@ def _build(name: str, d: dict, gpus: int | None) -> Cluster:
 
 BUILDER_NAMES = ("dgx", "fat_tree", "rail", "ring", "torus", "full", "star")
 _NODE_KEYS = ("device", "gpus_per_node", "nvlink_GBps", "nvlink_latency_us", "nic_GBps", "nic_latency_us")
+# optional per-link-class data: nvlink_p2p_efficiency = the share of the NVLink line rate a lone
+# send/recv reaches (default: nvlink_efficiency, the collectives' share); see set_p2p_efficiency
 BUILDER_KEYS = {"dgx": _NODE_KEYS, "fat_tree": _NODE_KEYS + ("nodes_per_leaf", "spines", "oversubscription"),
                 "rail": _NODE_KEYS + ("spines",), "ring": ("device", "link_GBps", "link_latency_us"),
                 "torus": ("device", "dims", "link_GBps", "link_latency_us"),

@@ -3,15 +3,30 @@
 Inside parsim everything is bytes, seconds, FLOPs and bytes/s. Conversions happen
 here only, at the boundary (files, CLI flags, reports).
 
-Decimal vs binary is decided here and nowhere else:
-  * sizes: ``KB/MB/GB/TB`` are 1e3.. (SI); ``KiB/MiB/GiB/TiB`` are 2**10..;
-    a bare number is bytes.
-  * rates: ``Gbps``/``Gbit``/``Gbit/s`` are 1e9 *bits*/s; ``GB/s``/``GBps`` are
-    1e9 bytes/s (NCCL and Calculon also use 1e9); ``GiB/s`` is 2**30 bytes/s.
-  * times: ``ns``, ``us``, ``ms``, ``s``, ``min``, ``h``; a bare number is seconds.
+The grammar, decided here and nowhere else (case-sensitive where it matters):
+  * a unit is PREFIX + BASE. BASE ``B`` (or ``byte``/``bytes``) is a byte, ``b`` (or
+    ``bit``/``bits``) is a bit — the one case-sensitive letter (IEC 80000-13; NCCL
+    reports GB/s = 1e9 bytes/s, tc and link vendors Gbit/s).
+  * PREFIX ``k``/``K``, ``M``, ``G``, ``T``, ``P`` are decimal (1e3, 1e6, ...; SI);
+    ``Ki``, ``Mi``, ``Gi``, ``Ti``, ``Pi`` are binary (2**10, 2**20, ...; IEC). Lower-case
+    ``m``/``g``/``t``/``p`` are accepted as the same decimal prefixes (a size or a rate
+    never has a milli- prefix).
+  * a bare prefix (``64M``, ``1k``) is refused: it is 10^6 to some tools and 2^20 to
+    others (nccl-tests), so the message asks for ``64MiB`` or ``64MB``.
+  * sizes: a bare number is bytes; a size in bits must be a whole number of bytes
+    (``1Mb`` = 125000 B).
+  * rates: BASE followed by ``/s`` or ``ps`` (``GB/s`` = ``GBps`` = 1e9 bytes/s,
+    ``Gb/s`` = ``Gbps`` = 1e9 bits/s = 1.25e8 bytes/s, ``GiB/s`` = 2**30 bytes/s);
+    ``bit`` needs no suffix (``1Gbit`` = 1e9 bits/s, tc's spelling); a bare number is
+    bytes/s.
+  * times: ``ns``, ``us``/``µs``, ``ms``, ``s``, ``min``, ``h``; a bare number is seconds.
+Every parser returns a finite, non-negative number or raises a one-line ParsimError
+naming the text and what was expected. ``fmt_bytes``/``fmt_rate``/``fmt_time`` print
+what these parse back (round trip to the printed precision).
 """
 from __future__ import annotations
 
+import math
 import re
 
 from parsim.errors import ParsimError
@@ -19,71 +34,121 @@ from parsim.errors import ParsimError
 KB, MB, GB, TB = 1e3, 1e6, 1e9, 1e12
 KiB, MiB, GiB, TiB = 2 ** 10, 2 ** 20, 2 ** 30, 2 ** 40
 
-_SIZE = {"": 1, "b": 1, "kb": KB, "mb": MB, "gb": GB, "tb": TB,
-         "kib": KiB, "mib": MiB, "gib": GiB, "tib": TiB, "k": KiB, "m": MiB, "g": GiB}
-_BITS = {"bps": 1, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9, "tbps": 1e12,
-         "bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12}
+_PREFIX = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "m": 1e6, "G": 1e9, "g": 1e9, "T": 1e12, "t": 1e12,
+           "P": 1e15, "p": 1e15,
+           "Ki": 2 ** 10, "ki": 2 ** 10, "KI": 2 ** 10, "Mi": 2 ** 20, "MI": 2 ** 20, "mi": 2 ** 20,
+           "Gi": 2 ** 30, "GI": 2 ** 30, "gi": 2 ** 30, "Ti": 2 ** 40, "TI": 2 ** 40, "ti": 2 ** 40,
+           "Pi": 2 ** 50, "PI": 2 ** 50, "pi": 2 ** 50}
+_BASE_BITS = {"B": 8, "byte": 8, "bytes": 8, "Byte": 8, "Bytes": 8, "b": 1, "bit": 1, "bits": 1, "Bit": 1, "Bits": 1}
 _TIME = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9,
          "min": 60.0, "h": 3600.0}
 _NUM = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµ/]*)\s*$")
+_UNIT = re.compile(r"^(?P<prefix>[kKmMgGtTpP][iI]?|)(?P<base>[Bb]ytes?|[Bb]its?|B|b|)$")
+_SIZE_UNITS = "B, KB, MB, GB, TB (10^3..), KiB, MiB, GiB, TiB (2^10..), or bits: Kb, Mb, Gb"
+_RATE_UNITS = "Gbps, Gb/s or Gbit (bits/s), GB/s or GBps (bytes/s), GiB/s"
 
 
 def _split(text, what: str, example: str):
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text), ""
-    m = _NUM.match(str(text))
+        value, unit = float(text), ""
+    else:
+        m = _NUM.match(str(text))
+        if not m:
+            raise ParsimError(f"cannot read {what} {text!r}: expected a number with a unit, e.g. {example}")
+        value, unit = float(m.group(1)), m.group(2)
+    if not math.isfinite(value) or value < 0:
+        raise ParsimError(f"{what} {text!r} is not a finite non-negative number: expected e.g. {example}")
+    return value, unit
+
+
+def _unit(unit: str, text, what: str, units: str):
+    """(multiplier, bits per unit of the base) of PREFIX+BASE, or a one-line error."""
+    m = _UNIT.match(unit)
     if not m:
-        raise ParsimError(f"cannot read {what} {text!r}: expected a number with a unit, e.g. {example}")
-    return float(m.group(1)), m.group(2)
+        raise ParsimError(f"unknown {what} unit {unit!r} in {text!r}: expected {units}")
+    prefix, base = m.group("prefix"), m.group("base")
+    if prefix not in _PREFIX:
+        raise ParsimError(f"unknown {what} unit {unit!r} in {text!r}: expected {units}")
+    if prefix and not base:
+        raise ParsimError(f"{what} {text!r} has a bare prefix {prefix!r}: say {prefix.upper()[0]}iB (2^n) or "
+                          f"{prefix.upper()[0]}B (10^n) for bytes, {prefix.upper()[0]}b for bits")
+    return _PREFIX[prefix], _BASE_BITS.get(base, 8)
+
+
+def _finite(x: float, text, what: str) -> float:
+    if not math.isfinite(x):
+        raise ParsimError(f"{what} {text!r} is too large: expected a finite number")
+    return x
 
 
 def parse_size(text) -> int:
-    """'64MiB' -> 67108864 bytes; '1GB' -> 1e9 bytes; 4096 -> 4096."""
+    """Bytes (int) of a size: '64MiB' -> 67108864; '1GB' -> 10**9; '1Mb' -> 125000 (bits);
+    4096 -> 4096. Raises ParsimError for an unknown unit, a bare prefix ('1k'), a value that
+    is not finite, negative, or not a whole number of bytes in bits."""
     value, unit = _split(text, "size", "64MiB or 1GB")
-    key = unit.lower().removesuffix("ytes").removesuffix("yte")
-    if key not in _SIZE:
-        raise ParsimError(f"unknown size unit {unit!r} in {text!r}: expected B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")
-    return int(round(value * _SIZE[key]))
+    mult, bits = _unit(unit, text, "size", _SIZE_UNITS)
+    nbits = _finite(value * mult * bits, text, "size")
+    if bits == 1 and abs(nbits / 8 - round(nbits / 8)) > 1e-9 * max(1.0, nbits):
+        raise ParsimError(f"size {text!r} is {nbits:g} bits, not a whole number of bytes")
+    return int(round(nbits / 8))
 
 
 def parse_rate(text) -> float:
-    """Bandwidth in bytes/s: '400Gbps' -> 5e10; '25GB/s' -> 2.5e10; '1Gbit' -> 1.25e8."""
+    """Bandwidth in bytes/s: '400Gbps' -> 5e10; '25GB/s' -> 2.5e10; '25GBps' -> 2.5e10;
+    '1Gbit' -> 1.25e8; '1GiB/s' -> 2**30. Raises ParsimError as parse_size does."""
     value, unit = _split(text, "rate", "400Gbps or 25GB/s")
-    u = unit.lower()
-    if u in _BITS or u.removesuffix("/s") in _BITS:
-        return value * _BITS[u.removesuffix("/s")] / 8.0
-    base = u.removesuffix("/s").removesuffix("ps")
-    if base in _SIZE and base != "":
-        return value * _SIZE[base]
-    if u == "":
-        return value
-    raise ParsimError(f"unknown rate unit {unit!r} in {text!r}: expected e.g. Gbps, Mbit, GB/s or GiB/s")
+    u = unit
+    if u.endswith("/s"):
+        u = u[:-2]
+    elif u.endswith("ps") and u not in ("ps",):
+        u = u[:-2]
+    elif u and not re.search(r"[Bb]its?$", u):
+        raise ParsimError(f"rate {text!r}: unit {unit!r} is not per second: expected {_RATE_UNITS}")
+    if unit and not u:
+        raise ParsimError(f"unknown rate unit {unit!r} in {text!r}: expected {_RATE_UNITS}")
+    mult, bits = _unit(u, text, "rate", _RATE_UNITS)
+    return _finite(value * mult * bits / 8.0, text, "rate")
 
 
 def parse_time(text) -> float:
     """Seconds: '2us' -> 2e-6; '0.2ms' -> 2e-4; 3 -> 3.0."""
     value, unit = _split(text, "time", "2us or 0.2ms")
-    if unit.lower() not in _TIME and unit not in _TIME:
+    if unit not in _TIME and unit.lower() not in _TIME:
         raise ParsimError(f"unknown time unit {unit!r} in {text!r}: expected ns, us, ms, s, min or h")
-    return value * _TIME.get(unit, _TIME.get(unit.lower()))
+    return _finite(value * _TIME.get(unit, _TIME.get(unit.lower())), text, "time")
+
+
+MAX_RANGE_POINTS = 4096
 
 
 def parse_size_range(text) -> list[int]:
-    """'1KiB:1GiB' -> powers of two from 1 KiB to 1 GiB; '4KiB,64MiB' -> a list; '16MiB' -> [16 MiB]."""
+    """'1KiB:1GiB' -> powers of two from 1 KiB to 1 GiB; '1KiB:1GiB:4' -> factors of 4;
+    '4KiB,64MiB' -> a list; '16MiB' -> [16 MiB]. Never empty; raises ParsimError otherwise."""
     s = str(text)
     if ":" in s:
         lo, _, rest = s.partition(":")
         hi, _, factor = rest.partition(":")
         lo_b, hi_b = parse_size(lo), parse_size(hi)
-        f = float(factor) if factor else 2.0
-        if lo_b <= 0 or hi_b < lo_b or f <= 1:
-            raise ParsimError(f"bad size range {text!r}: expected LO:HI[:FACTOR] with 0 < LO <= HI and FACTOR > 1")
+        try:
+            f = float(factor) if factor.strip() else 2.0
+        except ValueError:
+            f = float("nan")
+        if not (math.isfinite(f) and f > 1) or lo_b <= 0 or hi_b < lo_b:
+            raise ParsimError(f"bad size range {text!r}: expected LO:HI[:FACTOR] with 0 < LO <= HI and a finite "
+                              "FACTOR > 1")
+        n = math.floor(math.log(hi_b / lo_b) / math.log(f) + 1e-9) + 1
+        if n > MAX_RANGE_POINTS:
+            raise ParsimError(f"size range {text!r} has {n} points: expected at most {MAX_RANGE_POINTS} "
+                              "(use a larger FACTOR)")
         out, x = [], float(lo_b)
         while x <= hi_b * (1 + 1e-9):
             out.append(int(round(x)))
             x *= f
         return out
-    return [parse_size(p) for p in s.split(",") if p.strip()]
+    out = [parse_size(p) for p in s.split(",") if p.strip()]
+    if not out:
+        raise ParsimError(f"no size in {text!r}: expected e.g. 16MiB, 4KiB,64MiB or 1KiB:1GiB")
+    return out
 
 
 def fmt_bytes(n: float, binary: bool = True) -> str:

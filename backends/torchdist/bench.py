@@ -38,7 +38,8 @@ MAX_REPEATS = 60
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags `parsim run --bench` takes (also usable standalone)."""
     p.add_argument("--algo", default="ring", help="ring, tree, hd, hierarchical, ps (co-located), ps-central, "
-                   "ps-sharded (dedicated servers: emulate --cluster ps), native; comma list for several")
+                   "ps-sharded (dedicated servers, push then pull), ps-pipelined (dedicated servers, BytePS partitions "
+                   "pipelined; both need emulate --cluster ps), native; comma list for several")
     p.add_argument("--size", default="16MiB", help="per-rank buffer: 16MiB, a list 4KiB,1MiB or a range 4KiB:64MiB:4")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per point (after warm-up)")
     p.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
@@ -69,6 +70,27 @@ def prediction_inputs(st: dict, world: int):
     return g, rank_nodes, host_of, servers, what
 
 
+def emulated_cluster(st: dict, world: int | None = None):
+    """A parsim Cluster of an emulated cluster's state (the graph with the probed links, ranks
+    placed as `parsim emulate run` places them), for parsim.predict. `world`: ranks (default:
+    every rank the cluster runs). Workers only: dedicated server hosts are left out."""
+    from parsim.topology import Cluster
+    n_all = sum((st.get("ranks_per_host") or max(1, len(h["ranks"]))) for h in st["hosts"])
+    g, rank_nodes, host_of, servers, what = prediction_inputs(st, n_all)
+    workers = [r for r, h in zip(rank_nodes, host_of) if g.nodes[st["hosts"][h]["node"]].get("role") != "server"]
+    world = len(workers) if world is None else world
+    require(world <= len(workers), f"emulated cluster {st.get('prefix', '')} has {len(workers)} worker ranks, "
+                                   f"not {world}")
+    per_host = max(host_of.count(h) for h in set(host_of))
+    return Cluster(f"emulated {st.get('prefix', '')}".strip(), g, tuple(workers[:world]), per_host, "cpu",
+                   {"emulated": True, "source": what})
+
+
+def is_emulated_state(d) -> bool:
+    """Whether a parsed JSON document is an emulated cluster's state file."""
+    return isinstance(d, dict) and "graph" in d and "hosts" in d and "prefix" in d
+
+
 def _cluster_for_prediction(world: int):
     path = os.environ.get("PARSIM_NETEM_STATE")
     if path:
@@ -85,6 +107,9 @@ def build_schedule(op, algo, world, nbytes, host_of, servers=0):
     from parsim.schedules import collectives as SC
     p = world - servers
     require(p >= 1, f"{world} ranks with {servers} dedicated servers leaves no workers")
+    require(algo not in ("ps-sharded", "ps-pipelined") or servers > 0,
+            f"{algo} needs dedicated server hosts, and these {world} ranks have none "
+            "(run it in an emulated cluster with servers, e.g. `parsim emulate up --preset ps-star`)")
     counts = [host_of[:p].count(h) for h in dict.fromkeys(host_of[:p])]
     if algo == "hierarchical":
         require(len(set(counts)) == 1, f"hierarchical needs the same number of ranks on every host, got {counts}")
@@ -178,6 +203,24 @@ def _run_point(op, algo, nbytes, repeats, warmup, rank, world, min_time_s=0.0, m
     }
 
 
+def runnable_algorithms(op, algos, world, nbytes, quiet=False) -> list:
+    """The algorithms of the list this world can run (validated before the group forms, so every
+    rank decides alike); each one it cannot is refused in one line on stderr (unless `quiet`:
+    the other ranks) and the rest run. ParsimError when none is left."""
+    ok, errors = [], []
+    for a in algos:
+        try:
+            predict_point(op, a, world, nbytes)
+            ok.append(a)
+        except ParsimError as e:
+            errors.append(e)
+            if not quiet:
+                print(f"parsim run --bench: skipping {a}: {e}", file=sys.stderr, flush=True)
+    if not ok:
+        raise errors[0] if errors else ParsimError("--algo names no algorithm")
+    return ok
+
+
 def validate(args, world: int) -> dict:
     """Every flag of a benchmark checked against a `world`-rank group before anything is spawned
     or a process group formed: op, algorithms, sizes and repeats. Returns the job the ranks run
@@ -189,8 +232,8 @@ def validate(args, world: int) -> dict:
     algos = [a.strip() for a in str(args.algo).split(",") if a.strip()]
     require(bool(algos), f"--algo {args.algo!r}: expected one or more algorithm names, comma-separated")
     sizes = parse_size_range(args.size)
-    for a in algos:
-        predict_point(op, a, world, sizes[0])
+    algos = runnable_algorithms(op, algos, world, sizes[0],
+                                quiet="RANK" in os.environ and os.environ.get("RANK") != "0")
     return {"op": op, "algos": algos, "sizes": [int(n) for n in sizes], "repeats": args.repeats,
             "warmup": args.warmup, "min_time": getattr(args, "min_time", 0.0),
             "max_repeats": getattr(args, "max_repeats", 25)}

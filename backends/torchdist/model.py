@@ -158,9 +158,11 @@ def full_model(spec, seed: int = 0, recompute: str = "none", tie: bool | None = 
 
 
 def stage_layers(spec, num_stages: int, stage: int) -> range:
-    """Layers of pipeline stage `stage` when the model is cut into `num_stages` equal stages."""
-    per = spec.layers // num_stages
-    return range(stage * per, (stage + 1) * per)
+    """Layers of pipeline stage `stage` when the model is cut into `num_stages` stages, by parsim's one
+    assignment rule (parsim.rules.stage_layer_counts: equal stages where num_stages divides the layers,
+    else the embedding and the head count as one layer each, so the first and last stage hold fewer)."""
+    from parsim.rules import stage_layer_ranges
+    return stage_layer_ranges(spec.layers, num_stages)[stage]
 
 
 def loss_fn(logits, targets):

@@ -43,22 +43,10 @@ def stage_to_rank(plan, microbatches: int) -> list[int]:
 
 
 def check_plan(spec, plan, world: int, device_type: str = "cpu"):
-    """Raise ParsimError for anything this backend cannot run (before any process starts)."""
-    from parsim.plan import validate
-    validate(plan, spec, world)
-    if plan.pp > 1:
-        from parsim.schedules.pipeline import check_schedule_args
-        check_schedule_args(plan.schedule, plan.pp, plan.microbatches, plan.vpp)
-    if plan.zero >= 2 and plan.grad_sync != "native":
-        raise ParsimError(f"zero {plan.zero} runs on FSDP2, whose gradient reduce-scatter is its own: "
-                          f"grad-sync must be native, got {plan.grad_sync}")
-    if plan.zero == 1 and plan.tp > 1:
-        raise ParsimError("zero 1 (ZeroRedundancyOptimizer) does not take TP-sharded (DTensor) parameters: "
-                          f"use tp = 1 or zero 2/3, got tp = {plan.tp}")
-    if plan.zero >= 2 and plan.pp > 1:
-        raise ParsimError(f"zero {plan.zero} (FSDP2) with pp = {plan.pp} is not wired in this backend: use pp = 1")
-    if plan.vpp > 1 and plan.pp == 1:
-        raise ParsimError(f"vpp = {plan.vpp} needs pp > 1")
+    """Raise ParsimError for anything this backend cannot run (before any process starts): the rule
+    book's plan rules plus its "run" rules (this backend's ZeRO wiring), parsim.rules."""
+    from parsim.rules import check
+    check(plan, spec, world, scope="run")
 
 
 # ---------------------------------------------------------------- timing hooks
@@ -373,8 +361,8 @@ def forward_backward(rm: RankModel, plan, tokens, targets, clock: PhaseClock, au
         losses = []
         for i in range(m):
             sl = slice(i * plan.micro_batch, (i + 1) * plan.micro_batch)
-            if plan.zero >= 2:
-                mod.set_requires_gradient_sync(i == m - 1)
+            # zero >= 2: FSDP2 reduce-scatters after every micro-batch's backward (its default, as
+            # DeepSpeed ZeRO-2 does), into sharded gradients: what parsim.costs.dpsync prices
             t0 = clock.now()
             with autocast():
                 loss = loss_fn(mod(tokens[sl]), targets[sl]) / m

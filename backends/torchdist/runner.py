@@ -32,6 +32,7 @@ import statistics
 import sys
 import threading
 import time
+import types
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -423,8 +424,11 @@ def _grad_sync_check(cfg, rank, world, device, sync, dog):
         dog.beat(f"grad sync {algo}")
         for p, g in zip(params, raw):
             p.grad.copy_(g)
+        # the backend runs more algorithms than a Plan offers (ps-central): a stand-in with the fields
+        # sync_grads reads, not a Plan (which checks grad_sync on construction)
+        as_plan = types.SimpleNamespace(**{**plan.to_dict(), "grad_sync": algo})
         with torch.no_grad():
-            par.sync_grads(rm, plan.with_(grad_sync=algo), local_size=cfg.get("local_size"), bucket_bytes=cfg.get("bucket_bytes", par.BUCKET_BYTES))
+            par.sync_grads(rm, as_plan, local_size=cfg.get("local_size"), bucket_bytes=cfg.get("bucket_bytes", par.BUCKET_BYTES))
         results[algo] = [p.grad.detach().clone() for p in params]
     diffs = {a: max(float((g - n).abs().max()) for g, n in zip(results[a], results["native"])) for a in cfg["algos"]}
     gathered = [None] * world
@@ -588,6 +592,10 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int) -> dict:
         "gpus": world,
         "source": "measured",
         "notes": notes,
+        "memory_accounting": "measured",
+        "memory_capacity_GiB": 0.0,          # not read here: the run did not run out of it
+        "memory_headroom_GiB": 0.0,
+        "memory_worst_rank": (top["rank"] // plan.tp) % plan.pp,   # pipeline rank of the rank using most
         "measured": {
             "backend": cfg.get("backend", "gloo"), "device": "cuda" if gpu else "cpu", "dtype_run": dtype_run,
             "device_profile": profile, "ranks": world, "steps": steps, "warmup_dropped": timed[0],

@@ -26,7 +26,8 @@ def add_plan_arguments(p, need_gpus=True):
     p.add_argument("--micro-batch", type=positive_int, default=1, help="sequences per micro-batch")
     p.add_argument("--global-batch", type=positive_int, required=False, help="sequences per step")
     p.add_argument("--seq-len", type=positive_int, help="sequence length (default: the model's)")
-    p.add_argument("--dtype", choices=DTYPES, default="bf16")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="default: the device's (bf16 on GPUs, fp32 on CPUs; parsim.hardware.default_dtype)")
     p.add_argument("--recompute", choices=RECOMPUTE, default="none")
     p.add_argument("--sequence-parallel", action="store_true")
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=0)
@@ -36,7 +37,28 @@ def add_plan_arguments(p, need_gpus=True):
     p.add_argument("--no-flash", action="store_true", help="attention scores materialised (no flash attention)")
 
 
-def plan_from_args(a, gpus: int) -> Plan:
+def add_memory_arguments(p):
+    """--memory-accounting and --memory-headroom (predict, plan, run)."""
+    from parsim.costs.memory import ACCOUNTINGS, DEFAULT_ACCOUNTING
+    p.add_argument("--memory-accounting", choices=ACCOUNTINGS, default=DEFAULT_ACCOUNTING,
+                   help="bytes per parameter as this framework keeps them: megatron (18: fp32 main grads, "
+                        "the default), deepspeed (16, the ZeRO paper), fsdp2 (16, fp32 sharded params and grads)")
+    p.add_argument("--memory-headroom", default=None, metavar="SIZE",
+                   help="memory reserved per device for the CUDA context, NCCL buffers and fragmentation "
+                        "(e.g. 4GiB, 0; default: 2 GiB + 5%% of the device's capacity, parsim/data/memory.yaml)")
+
+
+def memory_options(a) -> dict:
+    """{'accounting': ..., 'headroom_bytes': ...} from the flags of add_memory_arguments."""
+    from parsim.units import parse_size
+    room = getattr(a, "memory_headroom", None)
+    return {"accounting": getattr(a, "memory_accounting", None) or "megatron",
+            "headroom_bytes": None if room is None else float(parse_size(room))}
+
+
+def plan_from_args(a, gpus: int, device=None) -> Plan:
+    """The Plan the flags describe; `device` (profile or kind) decides the dtype when --dtype is not given."""
+    from parsim.hardware import default_dtype
     if a.dp is None and gpus % (a.tp * a.pp):
         raise ParsimError(f"gpus ({gpus}) is not divisible by tp·pp = {a.tp}·{a.pp} = {a.tp * a.pp}")
     dp = a.dp if a.dp is not None else gpus // (a.tp * a.pp)
@@ -44,5 +66,28 @@ def plan_from_args(a, gpus: int) -> Plan:
     schedule = a.schedule or ("interleaved" if vpp > 1 else "1f1b")
     gb = a.global_batch if a.global_batch is not None else a.micro_batch * dp
     return Plan(dp=dp, tp=a.tp, pp=a.pp, vpp=vpp, micro_batch=a.micro_batch, global_batch=gb, seq_len=a.seq_len,
-                dtype=a.dtype, schedule=schedule, grad_sync=a.grad_sync, zero=a.zero, recompute=a.recompute,
+                dtype=a.dtype or default_dtype(device or "gpu"), schedule=schedule, grad_sync=a.grad_sync, zero=a.zero, recompute=a.recompute,
                 sequence_parallel=a.sequence_parallel, overlap=not a.no_overlap, flash_attention=not a.no_flash)
+
+
+def load_cluster_arg(spec, gpus: int | None):
+    """The cluster a command predicts on: a preset or cluster file (parsim.topology.load_cluster),
+    or an emulated cluster's state file (`parsim emulate up` writes it; its graph with the probed
+    links). With no spec inside `parsim emulate run` (PARSIM_NETEM_STATE set): that emulated
+    cluster. None when there is neither (the caller's default applies)."""
+    import json
+    import os
+    from pathlib import Path
+    path = spec if spec is not None else os.environ.get("PARSIM_NETEM_STATE")
+    if path is None:
+        return None
+    if str(path).endswith(".json") and Path(path).is_file():
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ParsimError(f"cluster file {path}: cannot read it as JSON ({type(e).__name__}: {e})") from None
+        from backends.torchdist.bench import emulated_cluster, is_emulated_state
+        if is_emulated_state(doc):
+            return emulated_cluster(doc, gpus)
+    from parsim.topology import load_cluster
+    return load_cluster(path, gpus)

@@ -95,21 +95,25 @@ def build_graph(args):
     return g
 
 
-def _print_up(emu, fmt="table"):
+def _print_up(emu, fmt="table", file=None):
+    """The cluster's banner and probe table (`file`: stdout by default; `emulate run` sends them to
+    stderr, so that the command's own stdout -- JSON with --format json -- stays alone there)."""
+    import functools
+    out = functools.partial(print, file=file or sys.stdout)
     st = emu.state()
     if fmt == "json":
-        print(json.dumps({k: st[k] for k in ("prefix", "namespaces", "hosts", "probes", "netem", "dropped_links")}, indent=1))
+        out(json.dumps({k: st[k] for k in ("prefix", "namespaces", "hosts", "probes", "netem", "dropped_links")}, indent=1))
         return
-    print(f"emulated cluster {emu.prefix}  ({len(emu.plan.hosts)} hosts, {len(emu.plan.switches)} switches, "
+    out(f"emulated cluster {emu.prefix}  ({len(emu.plan.hosts)} hosts, {len(emu.plan.switches)} switches, "
           f"{len(emu.ranks())} ranks; state {emu.state_file})")
     for h in emu.plan.hosts:
-        print(f"  {str(h.node):<12} ns {h.ns:<14} {h.address}")
+        out(f"  {str(h.node):<12} ns {h.ns:<14} {h.address}")
     if emu.plan.dropped:
-        print(f"  not emulated (bridges need a tree): {', '.join('-'.join(e) for e in emu.plan.dropped)}")
+        out(f"  not emulated (bridges need a tree): {', '.join('-'.join(e) for e in emu.plan.dropped)}")
     if emu.probes:
-        print(f"  {'probe':<16} {'configured':>14} {'measured':>14} {'ratio':>6} {'rtt':>10}")
+        out(f"  {'probe':<16} {'configured':>14} {'measured':>14} {'ratio':>6} {'rtt':>10}")
         for p in emu.probes:
-            print(f"  {p['src'] + '->' + p['dst']:<16} {p['configured_Bps'] * 8 / 1e6:>9.1f} Mbit {p['measured_Bps'] * 8 / 1e6:>9.1f} Mbit "
+            out(f"  {p['src'] + '->' + p['dst']:<16} {p['configured_Bps'] * 8 / 1e6:>9.1f} Mbit {p['measured_Bps'] * 8 / 1e6:>9.1f} Mbit "
                   f"{p['efficiency']:>6.3f} {fmt_time(p['rtt_s']):>10}")
 
 
@@ -288,7 +292,7 @@ def run(args) -> int:
         return run_in(emu, cmd, timeout_s)
     emu = bring_up(args, persistent=False)
     try:
-        _print_up(emu)
+        _print_up(emu, file=sys.stderr)
         return run_in(emu, cmd, timeout_s)
     finally:
         emu.teardown()

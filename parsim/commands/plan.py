@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import positive_int
+from parsim.commands.common import add_memory_arguments, memory_options, positive_int
 from parsim.plan import DTYPES
 from parsim.search import DEFAULT_CLUSTER, DEFAULT_GLOBAL_BATCH, DEFAULT_MODEL
 
@@ -15,10 +15,12 @@ def add_arguments(p):
     p.add_argument("--global-batch", type=positive_int, default=None,
                    help=f"sequences per step (default {DEFAULT_GLOBAL_BATCH})")
     p.add_argument("--seq-len", type=positive_int, default=None, help="default: the model's")
-    p.add_argument("--dtype", choices=DTYPES, default="bf16")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="default: the device's (bf16 on GPUs, fp32 on CPUs; parsim.hardware.default_dtype)")
     p.add_argument("--top", type=positive_int, default=10, help="how many plans to show (table/json/csv)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--out", help="write the output (in --format) to this file as well")
+    add_memory_arguments(p)
 
 
 def run(a) -> int:
@@ -33,7 +35,7 @@ def run(a) -> int:
     if a.cluster is None:
         defaults.append(f"cluster {DEFAULT_CLUSTER}")
     res = search(a.model or DEFAULT_MODEL, a.cluster or DEFAULT_CLUSTER, a.gpus, a.global_batch, a.seq_len,
-                 a.dtype, result=True)
+                 a.dtype, result=True, **memory_options(a))
     if a.format == "json":
         text = to_json({"attrs": res.attrs, "candidates": res.candidates, "priced": res.priced,
                         "rejected": res.rejected, "seconds": res.seconds, "plans": plans_records(res, a.top)})

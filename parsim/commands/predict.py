@@ -3,25 +3,28 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import add_plan_arguments, plan_from_args
+from parsim.commands.common import add_memory_arguments, add_plan_arguments, memory_options, plan_from_args
 
 
 def add_arguments(p):
     p.add_argument("--model", default="llama2-13b", help="preset name or model file (YAML/JSON or HF config.json)")
     p.add_argument("--cluster", default="dgx-h100", help="preset name or cluster file")
     add_plan_arguments(p)
+    add_memory_arguments(p)
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--out", help="also write the report (JSON) to this file")
 
 
 def run(a) -> int:
-    from parsim.predict import predict
+    from parsim.commands.common import load_cluster_arg
     from parsim.outputs import JSON, check_output_path, write_atomic
+    from parsim.predict import get_cluster, predict
     from parsim.report import step_report_text, to_json
     if a.out:
         check_output_path(a.out, JSON, "--out")
-    plan = plan_from_args(a, a.gpus)
-    rep = predict(a.model, a.cluster, plan, gpus=a.gpus)
+    cluster = load_cluster_arg(a.cluster, a.gpus) if str(a.cluster).endswith(".json") else get_cluster(a.cluster, a.gpus)
+    plan = plan_from_args(a, a.gpus, None if a.dtype else cluster.device)
+    rep = predict(a.model, cluster, plan, gpus=a.gpus, **memory_options(a))
     text = to_json(rep.to_dict()) if a.format == "json" else step_report_text(rep)
     sys.stdout.write(text)
     if a.out:

@@ -28,7 +28,7 @@ def add_arguments(p):
     p.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3))
     p.add_argument("--recompute", default="none", help="none | selective | full")
     p.add_argument("--sequence-parallel", action="store_true")
-    p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default bf16 on GPU; CPU runs fp32)")
+    p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: the device's, parsim.hardware.default_dtype: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3, help="steps dropped before the median (default 3)")
@@ -43,6 +43,16 @@ def add_arguments(p):
     p.add_argument("--watchdog", type=float, default=60.0,
                    help="seconds a rank may go without progress before it aborts (default 60)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the plan, print it with its predicted memory and the schedule that would run, "
+                        "and exit (0: it would run; 2: refused) without spawning a rank")
+    from parsim.costs.memory import ACCOUNTINGS
+    p.add_argument("--memory-accounting", choices=ACCOUNTINGS, default="fsdp2",
+                   help="bytes per parameter for the predicted memory (default fsdp2: this backend keeps fp32 "
+                        "parameters, gradients and Adam state, computing under autocast: 4 + 4 + 8 B)")
+    p.add_argument("--memory-headroom", default=None, metavar="SIZE",
+                   help="reserved per GPU for the CUDA context, NCCL buffers and fragmentation (default: "
+                        "parsim/data/memory.yaml)")
     b = p.add_argument_group("collective micro-benchmark (backends/torchdist/bench.py)")
     b.add_argument("--bench", metavar="OP", help="run one collective micro-benchmark (e.g. allreduce) instead of training")
     b.add_argument("--algo", default="ring", help="algorithm(s) for --bench, comma-separated")
@@ -81,10 +91,13 @@ def make_plan(args, world: int | None = None):
     vpp = args.vpp or (2 if schedule in ("interleaved", "zbv") and pp > 1 else 1)
     micro = args.micro_batch
     gb = args.global_batch or micro * dp * pp     # one micro-batch per pipeline stage
-    dtype = args.dtype or ("bf16" if args.backend == "nccl" else "fp32")
+    from parsim.hardware import default_dtype
+    dtype = args.dtype or default_dtype("gpu" if args.backend == "nccl" else "cpu")
     plan = Plan(dp=dp, tp=tp, pp=pp, vpp=vpp, micro_batch=micro, global_batch=gb, seq_len=args.seq_len,
                 dtype=dtype, schedule=schedule, grad_sync=args.grad_sync, zero=args.zero, recompute=args.recompute,
                 sequence_parallel=args.sequence_parallel, overlap=False, flash_attention=True)
+    from parsim.costs.dpsync import zero_sync_algorithms
+    zero_sync_algorithms(plan.grad_sync, plan.zero)     # ZeRO with tree/hierarchical/ps: refused before spawning
     return model, plan, nproc
 
 
@@ -120,19 +133,87 @@ def _device_profile(backend: str) -> tuple[str, str]:
     return None, "dgx-h100"
 
 
-def predicted_report(model, plan, cluster_name: str, gpus: int):
-    """The lead's prediction as a dict, or (None, reason) while parsim.predict is not there."""
-    try:
-        from parsim.predict import predict
-    except ImportError as e:
-        return None, f"no prediction: parsim.predict not importable ({e})"
+def predicted_report(model, plan, cluster_name: str, gpus: int, explicit: str | None = None, **memory):
+    """The prediction as a dict and where it came from. The cluster: `explicit` (--cluster: a
+    preset, a cluster file or an emulated cluster's state file; an error in it is the user's and
+    raises), else the emulated cluster this run is inside (PARSIM_NETEM_STATE: its graph with
+    the probed links), else `cluster_name` (the calibrated loopback; (None, reason) on error).
+    ``memory``: accounting / headroom_bytes for parsim.predict.predict."""
+    from parsim.commands.common import load_cluster_arg
+    from parsim.predict import predict
+    cluster = load_cluster_arg(explicit, gpus)
+    if cluster is not None:
+        rep = predict(model, cluster, plan, **memory)
+        what = cluster.meta.get("source") or "cluster"
+        return as_dict(rep), f"predicted by parsim.predict on {cluster.name} ({what})"
     from parsim.topology import load_cluster
     try:
-        cluster = load_cluster(cluster_name, gpus)
-        rep = predict(model, cluster, plan)
+        rep = predict(model, load_cluster(cluster_name, gpus), plan, **memory)
     except ParsimError as e:
         return None, f"no prediction: {e}"
     return as_dict(rep), f"predicted by parsim.predict on cluster {cluster_name}"
+
+
+def host_available_bytes() -> int | None:
+    """MemAvailable of this host (/proc/meminfo), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_refusal(predicted: dict | None, backend: str, nproc: int, host_bytes: int | None) -> str | None:
+    """Why a plan parsim predicts will not fit must not be started, or None.
+
+    GPUs (nccl): the prediction's own verdict (worst pipeline rank + headroom against the device's
+    reported capacity). CPU (gloo): all ranks share this host's RAM, so nproc x the worst rank's
+    predicted memory must fit in what the host has available (MemAvailable)."""
+    if predicted is None:
+        return None
+    need = predicted["memory_GiB"] * 2 ** 30
+    if backend == "nccl":
+        return None if predicted["fits"] else f"predicted not to fit on the GPU: {predicted['fits_reason']}"
+    if host_bytes is None:
+        return None
+    if nproc * need > host_bytes:
+        return (f"predicted not to fit in host memory: {nproc} ranks x {need / 2 ** 30:.2f} GiB (worst rank, "
+                f"{predicted.get('memory_accounting') or 'fp32'} accounting, fp32 on CPU) = {nproc * need / 2 ** 30:.2f} GiB "
+                f"but this host has {host_bytes / 2 ** 30:.2f} GiB available (MemAvailable)")
+    return None
+
+
+def dry_run_text(model, plan, nproc: int, predicted: dict | None, source: str, refusal: str | None) -> str:
+    """What `parsim run --dry-run` prints: the plan, its stage split and schedule, the predicted memory."""
+    from parsim.rules import ParallelDims
+    from parsim.schedules.pipeline import TORCH_CLASS, build_schedule
+    dims = ParallelDims.of(plan, model, nproc, scope="run")
+    lines = [f"parsim run --dry-run: {model.name}  {plan.label()}  {nproc} ranks (dp {plan.dp} x tp {plan.tp} x pp {plan.pp}), "
+             f"{plan.microbatches} micro-batches of {plan.micro_batch} per step, dtype {plan.dtype}",
+             "plan: valid (parsim.rules, with the torch backend's own rules)"]
+    if plan.pp > 1:
+        sch = build_schedule(plan.schedule, plan.pp, plan.microbatches, plan.vpp)
+        lines.append(f"schedule: torch.distributed.pipelining.{TORCH_CLASS[sch.name]}, {dims.describe()}")
+        for r, ops in sch.torch_order().items():
+            st = ", ".join(f"{s} (layers {dims.layer_range(s).start}-{dims.layer_range(s).stop - 1})"
+                           for s in dims.rank_stages(r))
+            shown = " ".join(ops[:12]) + (f" ... ({len(ops)} ops)" if len(ops) > 12 else "")
+            lines.append(f"  pp rank {r}: stages {st}; ops {shown}")
+    else:
+        lines.append(f"schedule: no pipeline (pp = 1): {plan.microbatches} micro-batches accumulated, then the gradient sync")
+    if predicted is None:
+        lines.append(source)
+    else:
+        mem = predicted["memory_breakdown_GiB"]
+        lines.append(f"predicted memory per device (worst pipeline rank {predicted.get('memory_worst_rank', 0)}, "
+                     f"{predicted.get('memory_accounting')} accounting): {predicted['memory_GiB']:.3f} GiB = "
+                     + " + ".join(f"{k} {v:.3f}" for k, v in mem.items()))
+        lines.append(f"predicted step time {predicted['step_time_s']:.4g} s ({source})")
+    lines.append(f"refused: {refusal}" if refusal else "would run: yes")
+    return "\n".join(lines)
 
 
 def as_dict(rep):
@@ -215,15 +296,28 @@ def run(args) -> int:
         raise ParsimError(f"--steps {args.steps} / --warmup {args.warmup}: expected steps >= 1 and warmup >= 0")
     from backends.torchdist.parallel import check_plan
     check_plan(model, plan, nproc)
+    from parsim.commands.common import memory_options
+    memory = memory_options(args)
+    if args.dry_run:
+        cluster = "dgx-h100" if args.backend == "nccl" else _device_profile("gloo")[1]
+        predicted, source = predicted_report(model, plan, cluster, nproc, explicit=args.cluster, **memory)
+        refusal = memory_refusal(predicted, args.backend, nproc, host_available_bytes())
+        print(dry_run_text(model, plan, nproc, predicted, source, refusal))
+        return 2 if refusal else 0
     if not torchrun:
         check_hardware(args.backend, nproc)
     profile, cluster = _device_profile(args.backend) if not torchrun or args.backend != "nccl" else (None, "dgx-h100")
+    # Refuse up front what parsim predicts will not fit (device memory, or host RAM for CPU ranks).
+    predicted, source = predicted_report(model, plan, cluster, nproc, explicit=args.cluster, **memory)
+    refusal = memory_refusal(predicted, args.backend, nproc if not torchrun else int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+                             host_available_bytes())
+    if refusal:
+        raise ParsimError(f"not started: {refusal} (--memory-accounting / --memory-headroom change the prediction)")
     cfg = {"model": model.to_dict(), "plan": plan.to_dict(), "backend": args.backend, "steps": args.steps,
            "warmup": min(args.warmup, args.steps - 1), "trace_dir": os.path.abspath(args.trace) if args.trace else None,
            "local_size": args.local_size, "threads_per_rank": args.threads, "timeout_s": min(args.timeout, 600),
            "watchdog_s": args.watchdog, "seed": args.seed, "device_profile": profile}
-    # predicted before the run: a rank that runs out of memory is reported beside this figure
-    predicted, source = predicted_report(model, plan, args.cluster or cluster, nproc)
+    # a rank that runs out of memory is reported beside the predicted figure
     if predicted and isinstance(predicted.get("memory_GiB"), (int, float)):
         cfg["predicted_memory_GiB"] = predicted["memory_GiB"]
     if torchrun:

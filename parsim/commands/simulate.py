@@ -66,13 +66,16 @@ def _model_stage_times(args, sched):
     from parsim.simulate import priced_stage_times
     from parsim.topology import load_cluster
 
+    from parsim.hardware import default_dtype
     model = load_model(args.model)
     mbs = args.micro_batch_size
+    pp_ = sched.pp * args.tp
+    cluster = load_cluster(args.cluster, pp_)
     plan = Plan(tp=args.tp, pp=sched.pp, vpp=sched.vpp, micro_batch=mbs, global_batch=mbs * sched.microbatches,
-                seq_len=args.seq_len, schedule=sched.name, recompute=args.recompute,
+                seq_len=args.seq_len, schedule=sched.name, dtype=default_dtype(cluster.device), recompute=args.recompute,
                 sequence_parallel=args.sequence_parallel)
     validate(plan, model, plan.gpus)
-    priced = price(model, load_cluster(args.cluster, plan.gpus), plan_columns([plan], model))
+    priced = price(model, cluster, plan_columns([plan], model))
     if "stage_s" not in priced:
         raise ParsimError("--model/--cluster is not available yet in parsim simulate (parsim.predict.price does "
                           "not return per-stage times); use --stage-times F,B[,W] milliseconds")

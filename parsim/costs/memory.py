@@ -14,12 +14,16 @@ intermediate before and after the activation (8+8); 5·a·s/h are the attention 
 (softmax output 2, dropout mask 1, dropout output 2). Flash attention never stores the
 scores, like selective recompute.
 
-Mixed-precision Adam keeps 16-bit weights (2Ψ) and gradients (2Ψ) and fp32 master
-weights, momentum and variance (12Ψ); fp32 training keeps 4Ψ + 4Ψ + 8Ψ. ZeRO stage 1
-shards the optimizer state over dp, stage 2 also the gradients, stage 3 also the
-weights (Rajbhandari et al. 2020, §5).
+Model states: bytes per parameter by the framework's accounting (``ACCOUNTING``: Megatron-LM's
+18 B with fp32 main gradients — the default —, DeepSpeed/ZeRO's 16 B, FSDP2's fp32-sharded 16 B),
+sharded by ZeRO stage (Rajbhandari et al. 2020, §5). In-flight activations per pipeline rank come
+from the schedule's own op order (``inflight_chunks``). What the device can give the model is its
+reported capacity less a headroom (``default_headroom_bytes``, data in parsim/data/memory.yaml).
 """
 from __future__ import annotations
+
+import functools
+from pathlib import Path
 
 import numpy as np
 
@@ -48,25 +52,118 @@ def activation_bytes_per_layer(model, b, s, t, sp, recompute_code, flash, dtype_
     return np.where(rc == 2, full, per_layer)
 
 
-def inflight_microbatches(schedule_code, pp, vpp, m):
-    """Micro-batches whose activations stage 0 holds at its peak, in units of one stage's layers.
+# ---------------------------------------------------------------- model states: bytes per parameter
 
-    GPipe: all m. 1F1B: min(p, m) (Narayanan et al. 2021 §2.2.1). Interleaved: p·(1 + (p−1)/(p·v))
-    (Korthikanti et al. 2022 §4.2.3). ZB-V: about p, like 1F1B (Qi et al. 2024, §4)."""
-    pp, vpp, m = (np.asarray(x, dtype=float) for x in (pp, vpp, m))
-    sc = np.asarray(schedule_code)
-    one_f_one_b = np.minimum(pp, m)
-    interleaved = np.minimum(pp * (1 + (pp - 1) / (pp * vpp)), m)
-    return np.select([sc == 0, sc == 1, sc == 2], [m, one_f_one_b, interleaved], default=one_f_one_b)
+# Bytes per parameter (weights, gradients, optimizer state) of mixed-precision Adam, by framework.
+# Each component is sharded over dp by ZeRO: stage >= 1 the optimizer state, >= 2 the gradients,
+# >= 3 the weights (Rajbhandari et al. 2020, §5).
+ACCOUNTING = {
+    # Megatron-LM: bf16/fp16 weights, fp32 main gradients (--accumulate-allreduce-grads-in-fp32, the
+    # default with bf16), fp32 master weights + Adam m, v: 2 + 4 + 12 = 18 B/param; with its distributed
+    # optimizer (ZeRO-1 here) 6 + 12/d (Megatron-LM docs/source/api-guide/dist_optimizer.md, table
+    # "bf16 param, fp32 grads: non-distributed 18, distributed 6 + 12/d").
+    "megatron": (2.0, 4.0, 12.0),
+    # DeepSpeed / the ZeRO paper (Rajbhandari et al. 2020, §3.1): fp16 weights and gradients, fp32
+    # master weights, momentum and variance: 2 + 2 + 12 = 16 B/param ("K = 12").
+    "deepspeed": (2.0, 2.0, 12.0),
+    # FSDP2 as torchtitan runs it (MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)): the
+    # sharded parameters are the fp32 master copy, gradients are reduced and kept in fp32, Adam m, v
+    # in fp32: 4 + 4 + 8 = 16 B/param; the bf16 compute copy is unsharded per layer (ZeRO-3: see
+    # buffers) or, with reshard_after_forward=False (ZeRO-2 here), for the whole stage (+2 B/param).
+    "fsdp2": (4.0, 4.0, 8.0),
+}
+ACCOUNTINGS = tuple(ACCOUNTING)
+DEFAULT_ACCOUNTING = "megatron"
+FP32_STATE = (4.0, 4.0, 8.0)        # fp32 training: weights, gradients, Adam m and v, in every framework
 
 
-def model_state_bytes(params_per_rank, dp, zero, dtype_code):
-    """(weights, grads, optimizer) bytes per device for `params_per_rank` parameters (before ZeRO)."""
-    N = np.asarray(params_per_rank, dtype=float)
+def check_accounting(name: str) -> str:
+    from parsim.errors import ParsimError, closest
+    if name not in ACCOUNTING:
+        raise ParsimError(f"memory accounting {name!r}: expected one of {', '.join(ACCOUNTINGS)}"
+                          f"{closest(str(name), ACCOUNTINGS)}")
+    return name
+
+
+def state_bytes_per_param(dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUNTING):
+    """(weights, grads, optimizer) bytes per parameter on one device, after ZeRO sharding: the
+    factors ``model_state_bytes`` multiplies the parameter count by (vectorised over plans)."""
     dp, zero = np.asarray(dp, dtype=float), np.asarray(zero)
     e = DTYPE_BYTES[np.asarray(dtype_code)]
-    opt_per_param = np.where(e == 4.0, 8.0, 12.0)
-    weights = N * e / np.where(zero >= 3, dp, 1.0)
-    grads = N * e / np.where(zero >= 2, dp, 1.0)
-    opt = N * opt_per_param / np.where(zero >= 1, dp, 1.0)
-    return weights, grads, opt
+    bw, bg, bo = ACCOUNTING[check_accounting(accounting)]
+    fp32 = e == 4.0
+    w = np.where(fp32, FP32_STATE[0], bw) / np.where(zero >= 3, dp, 1.0)
+    if accounting == "fsdp2":
+        w = w + np.where((zero == 2) & ~fp32, 2.0, 0.0)
+    g = np.where(fp32, FP32_STATE[1], bg) / np.where(zero >= 2, dp, 1.0)
+    o = np.where(fp32, FP32_STATE[2], bo) / np.where(zero >= 1, dp, 1.0)
+    return w, g, o
+
+
+def model_state_bytes(params_per_rank, dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUNTING):
+    """(weights, grads, optimizer) bytes per device for ``params_per_rank`` parameters (before ZeRO).
+
+    Bytes per parameter follow ``accounting`` (ACCOUNTING above) for 16-bit training and FP32_STATE
+    for fp32; ZeRO stage z shards the optimizer (z >= 1), gradients (z >= 2), weights (z >= 3) over dp.
+    The fsdp2 convention at ZeRO-2 also holds the unsharded 16-bit parameters (2 B/param) from
+    forward to backward (FSDP2's reshard_after_forward=False), counted with the weights."""
+    N = np.asarray(params_per_rank, dtype=float)
+    return tuple(N * f for f in state_bytes_per_param(dp, zero, dtype_code, accounting))
+
+
+# ---------------------------------------------------------------- in-flight activations per rank
+
+def inflight_chunks(schedule_code, pp, vpp, m, rank):
+    """Peak (micro-batch, stage) activation sets pipeline rank ``rank`` holds, as torch 2.13's
+    schedules order the ops (parsim.schedules.pipeline.peak_inflight_per_rank gives the same, op by op;
+    a test checks them over a grid). One set = one stage's layers for one micro-batch.
+
+      GPipe        m                              (all forwards before any backward)
+      1F1B         min(p - r, m)                  (p-1-r warm-up forwards + 1; Narayanan et al. 2021 §2.2)
+      interleaved  min(warm + 1, m·v), warm = min((v-1)·R + 2(p-1-r), m·v), R = m // max(1, m // p)
+                   (torch's _get_warmup_ops; rank 0 with p | m: p·v + p - 1, Korthikanti et al. 2022 §4.2.3)
+      ZB-V         min(m + 1 + r, 2m, 2p)         (2(p-r)-1 + 2r forwards of its two stages before the
+                                                   first W frees one; Qi et al. 2023 §6)
+    Vectorised over plans; ``rank`` is an array or scalar."""
+    sc = np.asarray(schedule_code)
+    p, v, m, r = (np.asarray(x, dtype=np.int64) for x in (pp, vpp, m, rank))
+    n = m * v
+    R = m // np.maximum(1, m // np.maximum(p, 1))
+    warm = np.minimum((v - 1) * R + 2 * (p - 1 - r), n)
+    return np.select([sc == 0, sc == 1, sc == 2, sc == 3],
+                     [m, np.minimum(p - r, m), np.minimum(warm + 1, n), np.minimum(np.minimum(m + 1 + r, 2 * m), 2 * p)],
+                     default=np.minimum(p - r, m)).astype(float)
+
+
+def inflight_microbatches(schedule_code, pp, vpp, m):
+    """Rank 0's in-flight activations in units of the rank's whole share of layers: inflight_chunks / vpp.
+
+    GPipe m; 1F1B min(p, m) (Narayanan et al. 2021 §2.2.1); interleaved p·(1 + (p−1)/(p·v)) when p | m
+    (Korthikanti et al. 2022 §4.2.3); ZB-V min(m + 1, 2p)/2, about p."""
+    return inflight_chunks(schedule_code, pp, vpp, m, 0) / np.asarray(vpp, dtype=float)
+
+
+def last_stage_inflight(schedule_code, m):
+    """Micro-batches whose output (the logits) the last stage holds at its peak: m for GPipe, else 1
+    (1F1B, interleaved and ZB-V run a micro-batch's backward on the last stage right after its
+    forward; parsim.schedules.pipeline.peak_inflight agrees)."""
+    return np.where(np.asarray(schedule_code) == 0, np.asarray(m, dtype=float), 1.0)
+
+
+# ---------------------------------------------------------------- capacity and headroom
+
+def default_headroom_bytes(capacity_bytes):
+    """Bytes reserved outside what the model accounts for, by default: CUDA context and library
+    workspaces + NCCL buffers (fixed) + a fraction of the capacity for allocator fragmentation
+    (data with its sources: parsim/data/memory.yaml). Vectorised over capacities."""
+    h = headroom_data()
+    return h["fixed_GiB"] * 2 ** 30 + h["fragmentation_fraction"] * np.asarray(capacity_bytes, dtype=float)
+
+
+@functools.lru_cache(maxsize=None)
+def headroom_data() -> dict:
+    """The default headroom's terms (parsim/data/memory.yaml, key ``headroom``)."""
+    import yaml
+    d = yaml.safe_load((Path(__file__).parent.parent / "data" / "memory.yaml").read_text())["headroom"]
+    return {"fixed_GiB": float(d["cuda_context_GiB"]) + float(d["nccl_buffers_GiB"]),
+            "fragmentation_fraction": float(d["fragmentation_fraction"]), "source": str(d.get("source", ""))}

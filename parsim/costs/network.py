@@ -66,19 +66,23 @@ non-power-of-two group) falls back to the op's native algorithm, as the library 
 """
 from __future__ import annotations
 
+import functools
 import weakref
-
-from parsim.caches import per_object
 from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
 
+from parsim.caches import per_object
 from parsim.errors import ParsimError, closest, require
 from parsim.schedules import collectives as S
 
 OPS = S.OPS
-ALGOS = ("ring", "tree", "hd", "rd", "hierarchical", "ps", "ps-central", "ps-sharded", "native")
+# Parameter-server variants, named for what they run (BytePS, OSDI'20): ps = sharded servers
+# co-located on the workers; ps-central = one server (dedicated host when the cluster has one);
+# ps-sharded = k dedicated servers, push then pull; ps-pipelined = k dedicated servers, BytePS's
+# partitions pipelined so pushes and pulls overlap.
+ALGOS = ("ring", "tree", "hd", "rd", "hierarchical", "ps", "ps-central", "ps-sharded", "ps-pipelined", "native")
 NATIVE = {"reduce_scatter": "ring", "all_gather": "ring", "broadcast": "ring", "all_to_all": "pairwise",
           "sendrecv": "direct"}
 NATIVE_REF_BYTES = 64 * 2 ** 20
@@ -106,7 +110,7 @@ class _Router:
     counts σ; the search stops at the target's layer and is resumed (not restarted) for
     the next target of the same source, so all-pairs patterns cost one BFS per source."""
 
-    def __init__(self, g: nx.Graph):
+    def __init__(self, g: nx.Graph, p2p: bool = False):
         # no reference to g here: _ROUTERS is keyed weakly by g, and a value that held its key
         # would keep every graph ever priced alive (the leak of a long-lived process)
         self.idx = {n: i for i, n in enumerate(g.nodes)}
@@ -114,6 +118,8 @@ class _Router:
         bw, lat = [], []
         for u, v, d in g.edges(data=True):
             b = float(d.get("bandwidth", 0.0))
+            if p2p and d.get("p2p_efficiency") is not None:     # point-to-point reaches its own share
+                b = float(d.get("rate", b)) * float(d["p2p_efficiency"])
             require(b > 0 and np.isfinite(b), f"link {u} — {v}: bandwidth = {b} B/s, expected > 0")
             i, j, lt = self.idx[u], self.idx[v], float(d.get("latency", 0.0))
             self.adj[i].append((j, len(bw), len(bw) + 1, lt))      # (neighbour, id i->j, id j->i, latency)
@@ -187,10 +193,16 @@ class _Router:
 _ROUTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def router(g: nx.Graph) -> _Router:
-    r = _ROUTERS.get(g)
+def router(g: nx.Graph, p2p: bool = False) -> _Router:
+    """Routes of graph g (cached per graph). `p2p`: links at their point-to-point bandwidth
+    (edge attribute p2p_efficiency of the line rate, where the cluster gives one: a lone
+    send/recv reaches less of a link than a collective's many channels; see clusters.yaml)."""
+    rs = _ROUTERS.get(g)
+    if rs is None:
+        rs = _ROUTERS[g] = {}
+    r = rs.get(p2p)
     if r is None:
-        r = _ROUTERS[g] = _Router(g)
+        r = rs[p2p] = _Router(g, p2p)
     return r
 
 
@@ -282,7 +294,7 @@ def price_schedule(cluster, schedule: S.Schedule, nodes=None, executor: str = "e
         require(not isinstance(cluster, nx.Graph), "price_schedule on a bare graph needs nodes= (one per rank)")
         nodes = schedule_nodes(cluster, schedule)
     require(len(nodes) >= schedule.nranks, f"schedule has {schedule.nranks} ranks but {len(nodes)} nodes were given")
-    rt = router(g)
+    rt = router(g, p2p=schedule.op == "sendrecv")
     red_cache = {}
     rc = np.array([_reduce_coeff(g, n, red_cache) for n in nodes[:schedule.nranks]], dtype=object)
     red_s = np.array([c[0] for c in rc], dtype=float)
@@ -385,9 +397,9 @@ def _resolve(cluster, op, algo, ranks):
         return "hierarchical", kw, node_major
     if algo == "ps-central":
         kw["dedicated"] = bool(getattr(cluster, "servers", ()))
-    if algo == "ps-sharded":
+    if algo in ("ps-sharded", "ps-pipelined"):
         k = len(getattr(cluster, "servers", ()))
-        require(k > 0, f"ps-sharded needs dedicated server hosts but cluster {cluster.name} has none "
+        require(k > 0, f"{algo} needs dedicated server hosts but cluster {cluster.name} has none "
                        "(use ps for servers co-located on the workers, or a star cluster such as ps-star)")
         kw["servers"] = k
     return algo, kw, ranks
@@ -399,102 +411,218 @@ def _ref_bytes(p, servers=1):
     return 2 ** 10 * p * q * max(1, servers) * 16
 
 
-def _coeffs_of(cluster, op, a, kw, ranks, executor="explicit"):
-    p = len(ranks)
+def _bind(sched: S.Schedule, groups) -> S.Schedule:
+    """`sched` bound to global ranks: to groups[0] alone, or run by every group of `groups` at
+    once (same shape; group k's local rank i is global rank groups[k][i]): one schedule whose
+    step j holds every group's step j, so concurrent groups share the links they cross."""
+    if len(groups) == 1:
+        return sched.with_ranks(groups[0])
+    assert sched.servers == 0, "concurrent groups with dedicated servers are not priced together"
+    G, p = len(groups), sched.p
+    shift = (np.arange(G, dtype=np.int64) * p)[:, None]
+    memo = {}
+
+    def rep(a, shifted):
+        k = (id(a), shifted)
+        if k not in memo:
+            memo[k] = ((a[None, :] + shift) if shifted else np.broadcast_to(a, (G, len(a)))).ravel()
+        return memo[k]
+    steps = tuple(S.Step(rep(st.src, True), rep(st.dst, True), rep(st.offset, False), rep(st.nbytes, False),
+                         rep(st.reduce, False), rep(st.dst_offset, False)) for st in sched.steps)
+    return S.Schedule(sched.op, sched.algo, G * p, sched.nbytes, sched.align, steps, 0,
+                      tuple(r for g in groups for r in g), dict(sched.meta))
+
+
+def _coeffs_of(cluster, op, a, kw, groups, executor="explicit"):
+    """(alpha_s, s_per_byte) of the played schedule `a` on `groups` (tuple of rank tuples: the
+    group priced and the ones running at the same time)."""
+    p = len(groups[0])
     if a in ("tree",) or (op == "broadcast" and a in ("tree", "ring")):
         parts = 2 if op == "allreduce" else 1
         s = S.TREE_CHUNK_BYTES
-        one = S.build(op, a, p, parts * s, 16, chunks=1).with_ranks(ranks)
-        pr1 = price_schedule(cluster, one, executor=executor)
+        one = S.build(op, a, p, parts * s, 16, chunks=1)
+        pr1 = price_schedule(cluster, _bind(one, groups), executor=executor)
         alpha = pr1.alpha_s + pr1.overhead_s
         h = one.meta.get("height", 0)
         c1 = max(1, (2 if op == "allreduce" else 1) * h)   # first chunk count with a steady-state round
-        t = [price_schedule(cluster, S.build(op, a, p, parts * s * c, 16, chunks=c).with_ranks(ranks)).bandwidth_s
+        t = [price_schedule(cluster, _bind(S.build(op, a, p, parts * s * c, 16, chunks=c), groups)).bandwidth_s
              for c in (c1, c1 + 1)]
         return alpha, (t[1] - t[0]) / (parts * s)
+    if a == "ps-pipelined":
+        # its step count grows with the size (C = n/(k·partition) rounds): the line through two
+        # played sizes of 4 and 8 rounds is its large-size asymptote; collective_lines pairs it
+        # with the one-round line (= ps-sharded) for sizes below k partitions.
+        k, part = kw.get("servers", 1), S.PS_PARTITION_BYTES
+        t = [price_schedule(cluster, _bind(S.build(op, a, p, k * c * part, 16, **kw), groups), executor=executor).time_s
+             for c in (4, 8)]
+        slope = (t[1] - t[0]) / (k * 4 * part)
+        return t[0] - slope * k * 4 * part, slope
     n = _ref_bytes(p, kw.get("servers", 1))
-    pr = price_schedule(cluster, S.build(op, a, p, n, 16, **kw).with_ranks(ranks), executor=executor)
+    pr = price_schedule(cluster, _bind(S.build(op, a, p, n, 16, **kw), groups), executor=executor)
     return pr.alpha_s + pr.overhead_s, pr.bandwidth_s / n
 
 
 GRAPH_MAX_RANKS = 64   # larger groups are priced by the closed forms below (speed: O(p²) routes)
 
 
-def _pair(cluster, a, b):
+def _pair(cluster, a, b, p2p=False):
     """(bandwidth B/s, latency s) of the route between ranks a and b: the ECMP split's
-    narrowest link share, and the path latency."""
-    rt = router(cluster.graph)
+    narrowest link share, and the path latency (`p2p`: at the links' point-to-point share)."""
+    rt = router(cluster.graph, p2p)
     eids, fr, lat = rt.route(cluster.devices[a], cluster.devices[b])
     return (float(np.min(rt.bw[eids] / fr)) if len(eids) else float("inf")), lat
 
 
-def _closed_form_coeffs(cluster, op, algo, ranks):
-    """α-β closed forms for groups of more than GRAPH_MAX_RANKS ranks, on link figures read off
-    the graph: B_i/α_i between two ranks of one node, B_e/α_e between ranks of two nodes; g ranks
-    per node, N nodes. Ring 2(p−1)(α + n/(p·B)) (Patarasuk & Yuan 2009); multi-channel ring with
-    one NIC per channel: per-byte max(1/B_i, 1/(g·B_e)); hierarchical: intra reduce-scatter,
-    inter all-reduce of n/g per NIC, intra all-gather; halving-doubling 2·log2(p)·α +
-    2(p−1)/p·n/B (Thakur et al. 2005); tree 2·log2(p)·α + 2n/B; co-located PS (BytePS)
-    2α + 2(p−1)/p·n/B; central PS 2α + 2(p−1)·n/B (the server's link carries every push and pull)."""
-    import math
-    p = len(ranks)
+def _node_groups(cluster, ranks):
     by_node = {}
     for r in ranks:
         by_node.setdefault(cluster.node_of(r), []).append(r)
-    g, N = max(len(v) for v in by_node.values()), len(by_node)
-    same = next((v for v in by_node.values() if len(v) > 1), None)
+    return list(by_node.values())
+
+
+def _hd_steps(cluster, ranks):
+    """(α, s/byte) of recursive halving (reduce-scatter) over the first q = 2^k ranks, exactly
+    as the played schedule runs it: step j pairs i with i xor d, d = q/2, q/4, ..., 1, and moves
+    n/2^j bytes over that pair's route (intra-node for small d, inter-node for large d); plus
+    the non-power-of-two fold of the p - q extra ranks (whole buffer, Thakur et al. 2005 §4.4)."""
+    import math
+    p = len(ranks)
+    q = 1 << (p.bit_length() - 1)
+    alpha = beta = 0.0
+    d, frac = q // 2, 0.5
+    while d >= 1:
+        bw, lat = _pair(cluster, ranks[0], ranks[d])
+        alpha, beta = alpha + lat, beta + frac / bw
+        d, frac = d // 2, frac / 2
+    fold = (0.0, 0.0)
+    if p > q:
+        bw, lat = _pair(cluster, ranks[q], ranks[0])
+        fold = (lat, 1 / bw)
+    assert math.isfinite(beta)
+    return alpha, beta, fold
+
+
+@functools.lru_cache(maxsize=256)
+def _tree_alpha(p: int, g: int, a_i: float, a_e: float) -> float:
+    """Latency of a one-chunk double-binary-tree all-reduce over p node-major ranks, g per node,
+    round by round as the played schedule runs it: the reduce's round k moves every edge whose
+    child has height k, the broadcast's round d every edge to depth d (both trees at once);
+    a round costs α_e if any of its edges joins two nodes, else α_i."""
+    up, down = {}, {}
+    for t in S.double_binary_trees(p):
+        height, depth = S._levels(t)
+        for v, par in enumerate(t):
+            if par >= 0:
+                lat = a_i if v // g == par // g else a_e
+                up[height[v]] = max(up.get(height[v], 0.0), lat)
+                down[depth[v]] = max(down.get(depth[v], 0.0), lat)
+    return sum(up.values()) + sum(down.values())
+
+
+def _anchor(ranks, pow2=False):
+    """The largest prefix of `ranks` the graph pricing plays (<= GRAPH_MAX_RANKS), keeping whole
+    nodes' worth of ranks (so it has the group's ranks-per-node), a power of two if asked."""
+    k = GRAPH_MAX_RANKS
+    if pow2:
+        k = 1 << (k.bit_length() - 1)
+    return tuple(ranks[:k])
+
+
+def _closed_form_coeffs(cluster, op, algo, ranks):
+    """α-β closed forms for groups of more than GRAPH_MAX_RANKS ranks, from the same link
+    figures the played schedules use: B_i/α_i between two ranks of one node, B_e/α_e between
+    ranks of two nodes (the route's narrowest share), g ranks per node, N nodes.
+
+      ring (one ring)            2(p−1)·α + 2(p−1)/p·n/min(B_i, B_e)   (Patarasuk & Yuan 2009)
+      ring-channels (NCCL)       per byte max(1/B_i, 1/(g·B_e)) in place of 1/B (one ring per NIC)
+      hierarchical               intra reduce-scatter, inter all-reduce of n/g per NIC, intra all-gather
+      hd / rd                    the played steps' own pairs: Σ_j α(d_j) + n/2^j / B(d_j) per
+                                 direction, plus the fold of a non-power-of-two group (Thakur 2005)
+      tree (double binary, NCCL) α of its rounds (intra or inter) + max((1 + c)/2·n/B_e, n/B_i),, c = the most
+                                 inter-node children of a node in NCCL's btree over the N nodes
+      ps (co-located, BytePS)    2α + 2·max((p−g)/p·n/B_e, (g−1)/p·n/B_i);  ps-central 2α + 2(p−1)·n/B
+    reduce_scatter / all_gather take half of the matching all-reduce form. Tested against the
+    played schedules (tests/unit/test_network_consistency.py): within 5% where both run."""
+    import math
+    p = len(ranks)
+    nodes = _node_groups(cluster, ranks)
+    g, N = max(len(v) for v in nodes), len(nodes)
+    same = next((v for v in nodes if len(v) > 1), None)
     B_i, a_i = _pair(cluster, same[0], same[1]) if same else (float("inf"), 0.0)
-    nodes = list(by_node.values())
-    B_e, a_e = _pair(cluster, nodes[0][0], nodes[1][0]) if N > 1 else (B_i, a_i)
+    if N > 1:     # the nearest and the farthest node: the narrowest share and the longest path
+        (b1, l1), (b2, l2) = _pair(cluster, nodes[0][0], nodes[1][0]), _pair(cluster, nodes[0][0], nodes[-1][0])
+        B_e, a_e = min(b1, b2), max(l1, l2)
+    else:
+        B_e, a_e = B_i, a_i
     B, a = min(B_i, B_e), max(a_i, a_e)
     lg = math.ceil(math.log2(p))
     chan = max(1 / B_i, 1 / (g * B_e)) if N > 1 and g > 1 else 1 / B
     gpu = cluster.device.kind == "gpu"
     if op == "sendrecv":
-        bw, lat = _pair(cluster, ranks[0], ranks[1])
+        bw, lat = _pair(cluster, ranks[0], ranks[1], p2p=True)
         return lat, 1 / bw
-    if op in ("reduce_scatter", "all_gather"):
-        return (p - 1) * a, (p - 1) / p * (chan if gpu else 1 / B)
     if op == "broadcast":
         return lg * a, 1 / B
     if op == "all_to_all":
         return (p - 1) * a, (p - 1) / p / B
+    if algo == "native" and not gpu:
+        algo = "ring"
+    if op in ("reduce_scatter", "all_gather"):
+        if algo in ("hd", "rd"):
+            al, be, fold = _hd_steps(cluster, ranks)
+            if fold[1] == 0.0:
+                return al, be
+        if algo in ("native", "ring-channels") and gpu:
+            return (p - 1) * a, (p - 1) / p * chan
+        return (p - 1) * a, (p - 1) / p / B
     if algo == "native":
-        if not gpu:
-            algo = "ring"
-        else:
-            lines = [(2 * (p - 1) * a, 2 * (p - 1) / p * chan), (2 * lg * a, 2 / B)]
-            return min(lines, key=lambda ab: ab[0] + ab[1] * NATIVE_REF_BYTES)
+        lines = [_closed_form_coeffs(cluster, op, x, ranks) for x in ("ring-channels", "tree")]
+        return min(lines, key=lambda ab: ab[0] + ab[1] * NATIVE_REF_BYTES)
+    if algo == "ring-channels":
+        return 2 * (p - 1) * a, 2 * (p - 1) / p * chan
     if algo == "hierarchical" and g > 1 and N > 1:
         return (2 * (g - 1) * a_i + 2 * (N - 1) * a_e,
                 2 * (g - 1) / g / B_i + 2 * (N - 1) / N / (g * B_e))
     if algo == "tree":
-        return 2 * lg * a, 2 / B
+        # NCCL's double binary tree over node-major ranks: its inter-node edges join one GPU per
+        # node (local rank 0 in one tree, the mirrored one in the other), whose NIC sends the
+        # tree's half of the buffer up once and down once per inter-node child: (1 + c)/2 · n per
+        # NIC, c = the most children a node has in the btree over N nodes; NVLink carries
+        # ~n/2 each way per tree (in-node chain). α: 2·log2(p) steps.
+        par = S.nccl_btree(N) if N > 1 else [-1]
+        kids = max((par.count(v) for v in range(N)), default=0)
+        inter = (1 + kids) / 2 / B_e if N > 1 else 0.0
+        intra = 1 / B_i if g > 1 else 0.0
+        return _tree_alpha(p, g, a_i, a_e), max(inter, intra)
     if algo == "hd":
-        return 2 * lg * a, 2 * (p - 1) / p / B
-    if algo in ("ps", "ps-colocated"):
-        return 2 * a, 2 * (p - 1) / p / B
+        al, be, fold = _hd_steps(cluster, ranks)
+        return 2 * (al + fold[0]), 2 * (be + fold[1])
+    if algo in ("ps", "ps-colocated"):      # each rank's (p-1)/p·n: (g-1)/p over NVLink, (p-g)/p over its NIC
+        return 2 * a, 2 * max((p - g) / p / B_e, (g - 1) / p / B_i)
     if algo == "ps-central":
         return 2 * a, 2 * (p - 1) / B
     return 2 * (p - 1) * a, 2 * (p - 1) / p / B          # ring, and anything else
 
 
 @per_object()   # bounded: at most CLUSTERS_KEPT clusters' coefficients (parsim/caches.py)
-def _coeffs_cached(cluster, op, algo, ranks, executor="explicit"):
+def _coeffs_cached(cluster, op, algo, ranks, executor="explicit", others=()):
     p = len(ranks)
     if p <= 1:
         return 0.0, 0.0
-    if p > GRAPH_MAX_RANKS:
+    if p > GRAPH_MAX_RANKS and algo not in ("ps-sharded", "ps-pipelined"):   # PS: p·k transfers a step, played
         return _closed_form_coeffs(cluster, op, algo, ranks)
     # the library's own collective pays the native per-step overhead, whatever schedule prices it
     executor = "native" if algo == "native" else executor
-    a, kw, ranks = _resolve(cluster, op, algo, ranks)
+    a, kw, ranks_ = _resolve(cluster, op, algo, ranks)
     if a == "native":
         if cluster.device.kind != "gpu" or p == 2:
-            return _coeffs_cached(cluster, op, "ring", ranks, executor)
-        lines = [_coeffs_cached(cluster, op, x, ranks, executor) for x in ("ring-channels", "tree")]
+            return _coeffs_cached(cluster, op, "ring", ranks, executor, others)
+        lines = [_coeffs_cached(cluster, op, x, ranks, executor, others) for x in ("ring-channels", "tree")]
         return min(lines, key=lambda ab: ab[0] + ab[1] * NATIVE_REF_BYTES)
-    return _coeffs_of(cluster, op, a, kw, ranks, executor)
+    if others and a in ("ps-sharded", "ps-pipelined", "ps-central") and kw.get("dedicated", a != "ps-central"):
+        others = ()                        # dedicated servers: one group per server set
+    groups = (ranks_,) + tuple(_resolve(cluster, op, algo, g)[2] for g in others)
+    return _coeffs_of(cluster, op, a, kw, groups, executor)
 
 
 def collective_coeffs(cluster, op: str, algo: str, ranks) -> tuple[float, float]:
@@ -503,13 +631,43 @@ def collective_coeffs(cluster, op: str, algo: str, ranks) -> tuple[float, float]
     return _coeffs_cached(cluster, op, algo, tuple(int(r) for r in ranks))
 
 
-def collective_time_s(cluster, op: str, algo: str, ranks, nbytes: float) -> float:
-    """Seconds for one collective of a per-rank buffer of `nbytes` over global `ranks`."""
+CONCURRENT_MAX_RANKS = 512   # concurrent groups are played together up to this many ranks in all
+
+
+def collective_lines(cluster, op: str, algo: str, ranks, concurrent=()) -> tuple:
+    """The (alpha_s, s_per_byte) lines whose minimum is the collective's time at any size: one
+    line per algorithm, two for a GPU library's own all-reduce (its ring channels and its
+    double binary tree; NCCL's tuner picks the faster per size). `collective` and `predict`
+    both price through this, so they price the same thing.
+
+    `concurrent`: the other groups (rank tuples of the same size) running the same collective
+    at the same time — all data-parallel groups of a plan, one per tp x pp position: their
+    schedules are played together on the graph, so they share the links they cross. Played
+    together while the group is played (<= GRAPH_MAX_RANKS) and all groups hold at most
+    CONCURRENT_MAX_RANKS ranks; beyond, the group alone (the closed forms do not see sharing)."""
     ranks = tuple(int(r) for r in ranks)
-    if algo == "native" and op == "allreduce" and len(ranks) > 2 and cluster.device.kind == "gpu":
-        return min(collective_time_s(cluster, op, x, ranks, nbytes) for x in ("ring-channels", "tree"))
-    a, b = collective_coeffs(cluster, op, algo, ranks)
-    return a + b * float(nbytes)
+    others = tuple(tuple(int(r) for r in g) for g in concurrent)
+    if others and (len(ranks) > GRAPH_MAX_RANKS or len(ranks) * (1 + len(others)) > CONCURRENT_MAX_RANKS):
+        others = ()
+    algos = ("ring-channels", "tree") if (algo == "native" and op == "allreduce" and len(ranks) > 2
+                                          and cluster.device.kind == "gpu") else (algo,)
+    if algo == "ps-pipelined":               # one round below k partitions, the pipelined asymptote above
+        algos = ("ps-sharded", "ps-pipelined")
+    return tuple(_coeffs_cached(cluster, op, x, ranks, "explicit", others) for x in algos)
+
+
+SIZE_DEPENDENT = ("ps-pipelined",)   # schedules whose step count grows with the size
+
+
+def collective_time_s(cluster, op: str, algo: str, ranks, nbytes: float) -> float:
+    """Seconds for one collective of a per-rank buffer of `nbytes` over global `ranks`
+    (the minimum over ``collective_lines``; a schedule whose step count depends on the size,
+    ps-pipelined, is played at that size)."""
+    ranks = tuple(int(r) for r in ranks)
+    if algo in SIZE_DEPENDENT and op == "allreduce" and len(ranks) > 1:
+        a, kw, ranks_ = _resolve(cluster, op, algo, ranks)
+        return price_schedule(cluster, S.build(op, a, len(ranks_), int(nbytes), **kw).with_ranks(ranks_)).time_s
+    return min(a + b * float(nbytes) for a, b in collective_lines(cluster, op, algo, ranks))
 
 
 def busbw_factor(op: str, p: int) -> float:

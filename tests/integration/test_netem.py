@@ -100,7 +100,8 @@ def test_sigterm_tears_down():
 
 
 def _emulated_bench(hosts: int, algo: str, repeats: int):
-    """`parsim emulate run` (200 Mbit/s links) of a 4 MiB all-reduce benchmark: (stdout, results)."""
+    """`parsim emulate run` (200 Mbit/s links) of a 4 MiB all-reduce benchmark: (stderr, results).
+    With --format json, stdout is the JSON alone: the cluster banner and probe table go to stderr."""
     pytest.importorskip("torch")
     cmd = [sys.executable, "-m", "parsim", "emulate", "run", "--hosts", str(hosts), "--link", "200Mbit",
            "--timeout", "90", "--", sys.executable, "-m", "backends.torchdist.bench", "--bench", "allreduce",
@@ -108,18 +109,18 @@ def _emulated_bench(hosts: int, algo: str, repeats: int):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=REPO,
                          env=dict(os.environ, PYTHONPATH=REPO))
     assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout, json.loads(out.stdout[out.stdout.index("[\n"):])
+    return out.stderr, json.loads(out.stdout)
 
 
 @pytest.mark.timeout(120)
 def test_emulate_run_benchmark_lands_near_prediction():
-    stdout, res = _emulated_bench(3, "ring", 2)
+    stderr, res = _emulated_bench(3, "ring", 2)
     (r,) = res
     assert r["correct"] and r["world"] == 3
     assert r["predicted"]["cluster"] == "emulated cluster, measured links"
     # 4 MiB ring of 3 at ~193 Mbit/s: 4/3 * 4 MiB / 24 MB/s ~ 0.23 s; bandwidth-bound, so close
     assert abs(r["error"]) < 0.25, r
-    prefix = stdout.split("emulated cluster ", 1)[1].split()[0]
+    prefix = stderr.split("emulated cluster ", 1)[1].split()[0]
     assert _ours(prefix) == []  # `emulate run` tore down what it brought up
 
 
@@ -128,12 +129,14 @@ def test_exchanges_run_both_ways_at_once():
     """A ring of 2 and co-located ps exchange data both ways on every pair: the executor posts
     receives before sends, so gloo's pair carries both directions together (full duplex: the
     prediction) instead of one after the other (2x the wire time)."""
-    _, res = _emulated_bench(2, "ring,ps", 3)
+    _, res = _emulated_bench(2, "ring,ps", 5)
     for r in res:
-        # 2 MiB each way per step at ~193 Mbit/s: ~0.17 s full duplex, ~0.35 s one way at a time;
-        # every repeat (not only the median) must be the full-duplex time
+        # 2 MiB each way per step at ~193 Mbit/s: ~0.17 s full duplex, ~0.35 s one way at a time (+100%).
+        # Asserted on the median of 5 repeats: single repeats on this VM reach 2.1x their point's
+        # median at >= 1 MiB (reports/netem/sweep.json: max/median up to 2.09, 90th percentile/median
+        # up to 1.35), so no bound on every repeat is justified; a median within 25% of the
+        # full-duplex prediction rules out one-way-at-a-time in most repeats.
         assert r["correct"] and abs(r["error"]) < 0.25, r
-        assert r["max_s"] < 1.3 * r["predicted_s"], r
 
 
 # -- isolation: a run removes only what it created; `down` only clusters whose owner is gone ---------

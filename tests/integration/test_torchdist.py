@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -197,14 +196,14 @@ def _alive(pid):
 @pytest.mark.parametrize("kind,expect", [("kill", "rank 1 was killed by SIGKILL"), ("hang", "rank 1: no progress")])
 def test_a_dead_or_hung_rank_ends_the_run_naming_it(kind, expect):
     plan = Plan(dp=2, micro_batch=1, global_batch=2)
-    t0 = time.monotonic()
     with pytest.raises(RunFailed) as ei:
         launch({"model": SPEC.to_dict(), "plan": plan.to_dict(), "steps": 10_000, "warmup": 0, "fault": f"1:2:{kind}",
                 "timeout_s": 30, "watchdog_s": 4}, 2, timeout_s=45, grace_s=3)
-    elapsed = time.monotonic() - t0
     msg = str(ei.value)
+    # noticed by the fault's own mechanism (the kill, or the 4 s watchdog), not by the run's 30/45 s
+    # timeouts -- said by the message, not by a wall-clock bound that a busy machine would break
     assert expect in msg, msg
-    assert elapsed < 40, f"took {elapsed:.1f} s to notice"
+    assert "did not finish within its timeout" not in msg, msg
     assert ei.value.pids and not any(_alive(p) for p in ei.value.pids), "orphan rank processes"
 
 
@@ -258,3 +257,26 @@ def test_env_mode_one_process_per_rank_like_torchrun_or_netem():
     assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
     assert "step_time_s" in outs[0][0] and "dp2·tp1·pp1" in outs[0][0]
     assert outs[1][0].strip() == ""          # only rank 0 reports
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(160)
+def test_uneven_pipeline_split_gives_unpipelined_loss_and_grads(tmp_path):
+    # 5 layers on 2 stages: pp does not divide them, so the embedding and the head count as one layer
+    # each (parsim.rules): 7 units -> 4 + 3 -> stage 0 holds 3 layers (+ embedding), stage 1 holds 2
+    # (+ head). The backend cuts the model by the same rule and must still train the un-cut model.
+    from dataclasses import replace
+    spec = replace(SPEC, name="gpt-tiny-5", layers=5)
+    plan = Plan(pp=2, micro_batch=2, global_batch=4, schedule="1f1b", dtype="fp32")
+    from parsim.rules import ParallelDims
+    assert ParallelDims.of(plan, spec).stage_layers == (3, 2)
+    launch({"model": spec.to_dict(), "jobs": [{"plan": plan.to_dict(), "dump_dir": str(tmp_path / "u")}], "steps": 1,
+            "warmup": 0, "timeout_s": 60, "watchdog_s": 60}, 2, timeout_s=150)
+    grads, losses, _ = load_dump(tmp_path / "u")
+    torch.manual_seed(0)
+    m = full_model(spec, seed=0, recompute="none", tie=False)
+    x, y = synthetic_batch(spec, plan.global_batch, spec.seq_len, 0)
+    ref = loss_fn(m(x), y)
+    ref.backward()
+    assert losses and abs(losses[0] - float(ref.detach())) < 1e-5
+    assert_grads_equal(grads, {n: p.grad.detach().clone() for n, p in m.named_parameters()})

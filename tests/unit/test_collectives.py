@@ -35,7 +35,9 @@ def _inputs(p, count, seed=0):
 
 ALLREDUCE_CASES = [("ring", {}), ("rd", {}), ("hd", {}), ("tree", {"chunks": 1}), ("tree", {"chunks": 3}),
                    ("tree", {}), ("ps", {}), ("ps-central", {"dedicated": True}), ("ps-central", {"dedicated": False}),
-                   ("ps-sharded", {"servers": 1}), ("ps-sharded", {"servers": 3})]
+                   ("ps-sharded", {"servers": 1}), ("ps-sharded", {"servers": 3}),
+                   ("ps-pipelined", {"servers": 2, "partition_bytes": 16}),
+                   ("ps-pipelined", {"servers": 3, "partition_bytes": 8}), ("ps-pipelined", {"servers": 1})]
 
 
 @pytest.mark.parametrize("algo,kw", ALLREDUCE_CASES, ids=lambda x: str(x))

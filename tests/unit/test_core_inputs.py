@@ -93,17 +93,19 @@ M = load_model("llama2-13b")   # 40 layers, 40 heads
 
 
 @pytest.mark.parametrize("plan, gpus, msg", [
-    (Plan(dp=4, tp=3, pp=2), 16, r"tp\(3\) \* pp\(2\) \* dp\(4\) = 24 != gpus\(16\)"),
-    (Plan(dp=1, tp=3, pp=1, global_batch=1), 3, "heads .* not divisible by tp"),
-    (Plan(dp=1, tp=1, pp=3, global_batch=1), 3, "layers .* not divisible by pp"),
-    (Plan(dp=2, micro_batch=3, global_batch=8), 2, "global-batch .* not divisible"),
-    (Plan(pp=2, schedule="interleaved", global_batch=2), 2, "interleaved needs vpp > 1"),
-    (Plan(micro_batch=0), 1, "positive integer"),
-    (Plan(grad_sync="allreduce"), 1, "grad-sync"),
+    (dict(dp=4, tp=3, pp=2), 16, r"tp\(3\) \* pp\(2\) \* dp\(4\) = 24 != gpus\(16\)"),
+    (dict(dp=1, tp=3, pp=1, global_batch=1), 3, "heads .* not divisible by tp"),
+    # 40 layers on 32 stages: not a multiple, and 40 + 2 < 2·32, so some stage would hold no layer
+    (dict(dp=1, tp=1, pp=32, global_batch=32), 32, r"layers \(40\) .* cannot be cut into pp·vpp = 32·1 = 32"),
+    (dict(dp=2, micro_batch=3, global_batch=8), 2, "global-batch .* not divisible"),
+    (dict(pp=2, schedule="interleaved", global_batch=2), 2, "interleaved needs vpp >= 2"),
+    (dict(micro_batch=0), 1, "micro-batch = 0: expected a positive integer"),
+    (dict(grad_sync="allreduce"), 1, "grad-sync"),
 ])
 def test_plan_validation(plan, gpus, msg):
+    # a field out of its own range fails at construction; the rest in the rule book (parsim.rules)
     with pytest.raises(ParsimError, match=msg):
-        validate(plan, M, gpus)
+        validate(Plan(**plan), M, gpus)
 
 
 def test_flops_per_token_golden():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,9 @@ def _run_cli(capsys, monkeypatch, *argv):
 @pytest.mark.parametrize("argv,needle", [
     (["--nproc", "64"], "nproc (64) > "),                                        # more ranks than allowed
     (["--nproc", "2", "--backend", "nccl"], "backend nccl needs CUDA GPUs"),      # nccl without GPUs
-    (["--nproc", "3", "--pp", "3"], "layers (4) of gpt-tiny is not divisible by pp·vpp = 3·1"),  # cannot split
+    # 4 layers on pp·vpp = 8 stages: not a multiple, and 4 + 2 < 2·8: some stage would hold no layer
+    (["--nproc", "4", "--pp", "4", "--schedule", "interleaved", "--vpp", "2", "--global-batch", "8"],
+     "layers (4) of gpt-tiny cannot be cut into pp·vpp = 4·2 = 8"),
     (["--nproc", "3", "--tp", "3"], "heads (4) of gpt-tiny is not divisible by tp (3)"),
     (["--nproc", "2", "--zero", "2", "--grad-sync", "ring"], "grad-sync must be native"),
     (["--nproc", "2", "--tp", "2", "--zero", "1"], "zero 1 (ZeroRedundancyOptimizer) does not take TP-sharded"),
@@ -39,12 +40,10 @@ def _run_cli(capsys, monkeypatch, *argv):
 ])
 def test_bad_plan_is_one_line_exit_2_before_spawning(argv, needle, capsys, monkeypatch):
     pytest.importorskip("torch")
-    t0 = time.monotonic()
-    rc, err = _run_cli(capsys, monkeypatch, "--model", "gpt-tiny", *argv)
+    rc, err = _run_cli(capsys, monkeypatch, "--model", "gpt-tiny", *argv)   # launch() forbidden: nothing spawns
     assert rc == 2, err
     assert needle in err, err
     assert err.startswith("parsim run: error: ") and err.count("\n") == 1, err
-    assert time.monotonic() - t0 < 10
 
 
 @pytest.mark.parametrize("argv,needle", [

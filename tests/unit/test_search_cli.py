@@ -18,9 +18,11 @@ def test_search_ranks_and_counts():
     res = search("llama2-13b", "dgx-h100", 64, result=True)
     df = res.table
     assert len(df) > 100
-    assert np.all(np.diff(df["step_time_s"].to_numpy()) >= -1e-9)          # best first (ties at 1 ns)
+    steps = df["step_time_s"].to_numpy()
+    assert np.all(np.diff(steps) >= -1e-4 * steps[1:])          # best first (ties within 0.01% go to less memory)
     assert (df["dp"] * df["tp"] * df["pp"] == 64).all()
-    assert (df["memory_GiB"] <= 80).all()
+    # H100 SXM reports 81,559 MiB = 79.65 GiB; less the default headroom 1 + 1 GiB + 5% = 5.98 GiB
+    assert (df["memory_GiB"] <= 81559 / 1024 - (2 + 0.05 * 81559 / 1024) + 1e-9).all()
     assert any("does not fit" in k for k in res.rejected)
     assert any("heads" in k for k in res.rejected)                         # tp=16, 32, 64 do not divide 40 heads
     assert res.candidates == res.priced + sum(v for k, v in res.rejected.items() if "does not fit" not in k)
@@ -49,7 +51,7 @@ def test_plan_cli_json_and_csv(tmp_path):
     r = run_cli("plan", "--gpus", "16", "--model", "llama2-7b", "--format", "json", "--top", "2", "--out", str(out))
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
-    assert len(d["plans"]) == 2 and d["plans"][0]["step_time_s"] <= d["plans"][1]["step_time_s"]
+    assert len(d["plans"]) == 2 and d["plans"][0]["step_time_s"] <= d["plans"][1]["step_time_s"] * (1 + 1e-4)
     r = run_cli("plan", "--gpus", "16", "--model", "llama2-7b", "--format", "csv", "--top", "2")
     assert r.stdout.splitlines()[0].startswith("dp,tp,pp")
 
@@ -71,7 +73,7 @@ def test_predict_cli_table_and_json():
     (["predict", "--gpus", "16", "--tp", "3"], "not divisible by tp"),
     (["predict", "--gpus", "16", "--tp", "2", "--pp", "2", "--dp", "2"], "!= gpus(16)"),
     (["predict", "--gpus", "3", "--tp", "3", "--global-batch", "1"], "heads"),
-    (["predict", "--gpus", "2", "--pp", "2", "--schedule", "interleaved", "--vpp", "1"], "vpp > 1"),
+    (["predict", "--gpus", "2", "--pp", "2", "--schedule", "interleaved", "--vpp", "1"], "interleaved needs vpp >= 2"),
     (["predict", "--gpus", "8", "--global-batch", "12", "--micro-batch", "1"], "global-batch (12) is not divisible"),
     (["predict", "--gpus", "0"], "not positive"),
     (["plan", "--gpus", "-4"], "not positive"),

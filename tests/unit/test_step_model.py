@@ -3,6 +3,7 @@
 import pytest
 
 from parsim.costs.memory import activation_bytes_per_layer, inflight_microbatches, model_state_bytes
+from parsim.errors import ParsimError
 from parsim.model import load_model
 from parsim.plan import Plan
 from parsim.predict import BREAKDOWN_KEYS, MEMORY_KEYS, predict
@@ -39,13 +40,31 @@ def test_inflight_microbatches():
 
 
 def test_model_state_zero():
-    # Mixed-precision Adam: 2Ψ + 2Ψ + 12Ψ = 16Ψ bytes; ZeRO 1/2/3 shard 12Ψ, then 2Ψ, then 2Ψ over dp.
+    # DeepSpeed / ZeRO paper mixed-precision Adam: 2Ψ + 2Ψ + 12Ψ = 16Ψ bytes; ZeRO 1/2/3 shard 12Ψ,
+    # then 2Ψ, then 2Ψ over dp (Rajbhandari et al. 2020, §3.1 and §5).
     psi, dp = 1e9, 8
-    tot = [sum(model_state_bytes(psi, dp, z, 0)) for z in range(4)]
+    tot = [sum(model_state_bytes(psi, dp, z, 0, "deepspeed")) for z in range(4)]
     assert tot[0] == pytest.approx(16 * psi)
     assert tot[1] == pytest.approx(4 * psi + 12 * psi / dp)
     assert tot[2] == pytest.approx(2 * psi + 14 * psi / dp)
     assert tot[3] == pytest.approx(16 * psi / dp)
+
+
+def test_model_state_megatron_default():
+    # Megatron-LM keeps fp32 main grads: 2 + 4 + 12 = 18 B/param; its distributed optimizer (ZeRO-1)
+    # 6 + 12/d (Megatron-LM dist_optimizer docs table); the default accounting.
+    psi, dp = 1e9, 8
+    assert sum(model_state_bytes(psi, dp, 0, 0)) == pytest.approx(18 * psi)
+    assert sum(model_state_bytes(psi, dp, 1, 0, "megatron")) == pytest.approx(6 * psi + 12 * psi / dp)
+    # FSDP2 (torchtitan): fp32 sharded params 4 + fp32 grads 4 + Adam 8 = 16, all over dp at ZeRO-3;
+    # at ZeRO-2 (reshard_after_forward=False) the unsharded bf16 params (2 B) stay from forward to backward
+    assert sum(model_state_bytes(psi, dp, 3, 0, "fsdp2")) == pytest.approx(16 * psi / dp)
+    assert sum(model_state_bytes(psi, dp, 2, 0, "fsdp2")) == pytest.approx(4 * psi + 2 * psi + 12 * psi / dp)
+    # fp32 training (dtype code 2): 4 + 4 + 8 in every convention
+    for acc in ("megatron", "deepspeed", "fsdp2"):
+        assert sum(model_state_bytes(psi, 1, 0, 2, acc)) == pytest.approx(16 * psi)
+    with pytest.raises(ParsimError, match="memory accounting 'megatorn'.*did you mean megatron"):
+        model_state_bytes(psi, 1, 0, 0, "megatorn")
 
 
 def base(**kw):

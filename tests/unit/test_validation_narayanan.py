@@ -22,9 +22,12 @@ def test_leave_one_out_accuracy(loo):
     assert max(errs) <= 0.15, loo
 
 
-def test_shipped_profile_is_the_fit(loo):
-    # The value in devices.yaml must be what the fit gives today (not a stale or hand-set number).
-    assert get_device("a100-80gb").sustained_fraction == pytest.approx(loo["fraction_all"], abs=0.011)
+def test_table1_fit_and_the_shipped_profile(loo):
+    # Table 1 alone fits 0.735; the shipped A100 number is fitted on all A100 tables of the public corpus
+    # (parsim.corpus, checked in test_validation_corpus.py) and must stay near Table 1's own fit: Table 1 is
+    # 10 of its 13 rows.
+    assert loo["fraction_all"] == pytest.approx(0.735, abs=1e-9)
+    assert get_device("a100-80gb").sustained_fraction == pytest.approx(loo["fraction_all"], abs=0.025)
 
 
 def test_shipped_profile_rows():

@@ -1,0 +1,170 @@
+"""The public validation corpus (parsim/data/validation/) and its leave-one-table-out check (parsim.corpus).
+
+Paper-anchored: every row is a published number with its source in the file header; the fitted
+number of each device profile must be what its documented fit over all tables of its GPU type
+gives; no constant is keyed by model, table or row.
+"""
+import math
+
+import pytest
+import yaml
+
+from parsim import corpus as C
+from parsim.hardware import get_device
+from parsim.model import DATA
+
+HEADER_KEYS = ("title", "source", "date", "hardware", "software", "precision", "metric", "unstated", "gpu_type")
+
+
+@pytest.fixture(scope="module")
+def loto():
+    return C.leave_one_table_out()
+
+
+@pytest.mark.parametrize("path", sorted(p for p in C.CORPUS_DIR.glob("*.csv") if p.stem != C.NARAYANAN),
+                         ids=lambda p: p.stem)
+def test_every_table_says_its_source_and_what_is_unstated(path):
+    header, rows = C.read_csv_with_header(path)
+    missing = [k for k in HEADER_KEYS if not header.get(k)]
+    assert not missing, f"{path.name}: header lacks {missing}"
+    assert "http" in header["source"], "the source must be a URL"
+    assert rows, path.name
+    for r in rows:
+        assert r["table"] and r["model"] and int(r["gpus"]) > 0, r
+        assert (r.get("gpu_type") or header["gpu_type"]) in C.GPU_TYPE_DEVICES, r
+        # the published throughput is a number (tokens/s per GPU), never blank
+        assert float(r["tokens_per_s_per_gpu"]) > 0, r
+        # parallel degrees that are stated multiply to at most the GPU count
+        tp, pp, cp = (int(r[k] or 1) for k in ("tp", "pp", "cp"))
+        assert int(r["gpus"]) % (tp * pp * cp) == 0, r
+
+
+def test_torchtitan_h100_rows_are_the_published_numbers():
+    # Spot-check against benchmarks/llama3_h100_202412_torchtitan.md: Table 1 FSDP 5,762 TPS/GPU at 82.4 GiB;
+    # Table 6 FSDP 1 / CP 8 at 262144 tokens: 16 TPS/GPU, 84.9 GiB.
+    rows = [r for r in C.load_corpus() if r.source == "torchtitan_llama3_h100_202412"]
+    t1 = [r for r in rows if r.table == "Table 1"][0]
+    assert (t1.published, t1.peak_memory_GiB, t1.gpus, t1.seq_len) == (5762, 82.4, 8, 8192)
+    t6 = [r for r in rows if r.table == "Table 6"][-1]
+    assert (t6.published, t6.peak_memory_GiB, t6.seq_len, t6.knobs["cp"]) == (16, 84.9, 262144, "8")
+
+
+def test_every_row_is_priced_or_counted_with_a_reason(loto):
+    rows = C.load_corpus()
+    assert all(bool(r.plans) != bool(r.reason) for r in rows)
+    m = C.accuracy_metrics()
+    assert m["corpus.rows_total"] == len(rows) == sum(e["rows"] for e in loto)
+    assert m["corpus.rows_not_expressible"] == sum(1 for r in rows if r.reason)
+    # FP8 and MoE rows are in the corpus and counted, not dropped
+    reasons = " ".join(k for e in loto for k in e["not_expressible"])
+    assert "fp8" in reasons and "mixture of experts" in reasons
+
+
+def test_held_out_table_is_never_in_its_own_fit(loto):
+    for e in loto:
+        assert e["table"] not in e["fit_on"]
+        if e["step"]:
+            assert e["fraction"] == C.fit_fraction(e["gpu_type"], exclude_table=e["table"])
+
+
+def test_shipped_profile_constants_are_their_documented_fit():
+    # devices.yaml's matmul_sustained_fraction of every GPU type with an expressible public table is the fit over
+    # all its tables (parsim.corpus.fit_fraction); types without one must say so in the file (checked below).
+    fits = C.shipped_fits()
+    assert fits["a100-80gb"] is not None
+    for gpu_type, f in fits.items():
+        for dev in C.GPU_TYPE_DEVICES[gpu_type]:
+            if f is not None:
+                assert get_device(dev).sustained_fraction == pytest.approx(f, abs=1e-9), (dev, f)
+    text = (DATA / "devices.yaml").read_text()
+    assert "no expressible public table" in text.lower() or "no expressible" in text.lower()
+
+
+def test_no_constant_is_keyed_by_model_table_or_row():
+    devices = yaml.safe_load((DATA / "devices.yaml").read_text())
+    models = set(yaml.safe_load((DATA / "models.yaml").read_text()))
+    tables = {r.table for r in C.load_corpus()} | {r.source for r in C.load_corpus()}
+    for name, prof in devices.items():
+        keys = set(prof) | {name}
+        assert not keys & models, name
+        assert not keys & tables, name
+
+
+def test_metrics_for_the_ledger_are_numbers(loto):
+    m = C.accuracy_metrics()
+    assert m and all(isinstance(v, (int, float)) and math.isfinite(v) for v in m.values())
+    assert "corpus.narayanan2021_table1_Table_1.step_mean" in m
+
+
+def test_a100_held_out_errors_do_not_regress(loto):
+    # Regression guard, NOT the issue's target (mean <= 5%, max <= 12% per table), which the A100 tables miss today:
+    # Narayanan Table 1 held out (fraction 0.83 fitted on torchtitan's FSDP rows) is 9.6% mean / 16.4% max,
+    # torchtitan Llama 3 8.9%, Llama 2 5.9% mean / 9.7% max (reports/validation/corpus.md).
+    by = {e["table"]: e for e in loto}
+    for t, (mean, mx) in {"narayanan2021_table1: Table 1": (0.11, 0.18),
+                          "torchtitan_a100_fsdp_2024: Llama 3": (0.10, 0.10),
+                          "torchtitan_a100_fsdp_2024: Llama 2": (0.07, 0.11)}.items():
+        s = by[t]["step"]
+        assert s["mean"] <= mean and s["max"] <= mx, (t, s)
+
+
+def test_matmul_ceilings_are_their_published_mamf():
+    # Each profile's matmul curve tops out at the measured Maximum Achievable Matmul FLOPS / datasheet peak
+    # (compute_benchmarks.yaml, Bekman's MAMF table): A100 267.9/312 = 0.859, H100 792.1/989 = 0.801,
+    # H200 (GH200) 828.6/989 = 0.838 (devices.yaml said 0.836 for that same ratio until this test), B200 1745/2250 = 0.776.
+    bench = yaml.safe_load((DATA / "compute_benchmarks.yaml").read_text())
+    devices = yaml.safe_load((DATA / "devices.yaml").read_text())
+    for gpu_type, m in bench["mamf"].items():
+        if gpu_type == "source":
+            continue
+        ceiling = m["used_by_devices_yaml"] / m["bf16"]["theory_TFLOPs"]
+        for dev in C.GPU_TYPE_DEVICES[gpu_type]:
+            assert devices[dev]["matmul_efficiency"][-1][1] == pytest.approx(round(ceiling, 3), abs=1e-9), dev
+            assert devices[dev]["peak_TFLOPs"]["bf16"] == m["bf16"]["theory_TFLOPs"], dev
+        # FP8 MAMF, where measured, is below its datasheet peak and above the bf16 MAMF
+        if "fp8" in m:
+            assert m["bf16"]["TFLOPs"] < m["fp8"]["TFLOPs"] < m["fp8"]["theory_TFLOPs"]
+
+
+def test_compute_benchmarks_say_their_source():
+    bench = yaml.safe_load((DATA / "compute_benchmarks.yaml").read_text())
+    assert "http" in bench["mamf"]["source"]
+    for name, entry in bench["attention"].items():
+        assert "http" in entry["source"] and entry["caveats"], name
+        n = len(entry["seq_len"])
+        for gpu, panels in entry.items():
+            if gpu in C.GPU_TYPE_DEVICES:
+                for panel, series in panels.items():
+                    assert all(len(v) == n for v in series.values()), (name, panel)
+
+
+def test_a_table_file_is_read_with_its_header_and_every_reason(tmp_path):
+    p = tmp_path / "toy_source.csv"
+    p.write_text(
+        "# title: toy\n# source: https://example.org/a\n# source: https://example.org/b\n# gpu_type: a100-80gb\n"
+        "table,model,gpus,precision,seq_len,global_batch,micro_batch,fsdp,tp,pp,cp,vp,ep,schedule,recompute,"
+        "techniques,tokens_per_s_per_gpu,model_tflops_per_gpu,peak_memory_GiB\n"
+        "T,llama3-8b,16,fp8,8192,32,,,1,1,2,,8,,full,torch.compile,100,,\n"
+        "T,llama3-8b,16,bf16,8192,32,,16,1,1,1,,,,full,,100,,50\n")
+    header, _ = C.read_csv_with_header(p)
+    assert header["source"] == "https://example.org/a; https://example.org/b"   # repeated keys are kept, joined
+    fp8, bf16 = C.load_file(p)
+    # the fp8 row is missing four features and says all four
+    assert len(fp8.reasons) == 4 and not fp8.plans
+    assert any("fp8" in w for w in fp8.reasons) and any("experts" in w for w in fp8.reasons)
+    assert any("context parallelism" in w for w in fp8.reasons) and any("torch.compile" in w for w in fp8.reasons)
+    # the bf16 row: FSDP over 16 ranks = ZeRO-3, the unstated micro-batch searched over 1, 2 (32 / 16 = 2 per rank)
+    assert not bf16.reasons and bf16.cluster == "dgx-a100"
+    assert sorted(p.micro_batch for p in bf16.plans) == [1, 2]
+    assert {(p.dp, p.zero, p.recompute) for p in bf16.plans} == {(16, 3, "full")}
+    assert bf16.peak_memory_GiB == 50.0
+
+
+def test_op_level_ac_rows_fall_between_parsims_selective_and_full():
+    # Diagnostic bracket (reports/validation/corpus.md): torchtitan's op-level selective AC recomputes more than
+    # parsim's 'selective' and less than 'full', so each published throughput and memory lies between the two
+    # predictions, e.g. H100 Table 1: 5762 tok/s in [5330, 6206], 82.4 GiB in [37.6, 99.5].
+    br = C.recompute_brackets()
+    assert len(br) == 5
+    assert all(b["throughput_in_bracket"] for b in br), br
+    assert all(b.get("memory_in_bracket", True) for b in br), br
