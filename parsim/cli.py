@@ -22,6 +22,8 @@ COMMANDS = {
     "simulate": "play a pipeline schedule in the discrete-event simulator",
     "run": "run a plan for real with torch.distributed and measure it",
     "emulate": "emulated multi-host cluster in network namespaces with shaped links",
+    "validate": "run a study file's points (plans, collectives, device) through the backend; results + report",
+    "report": "comparison report (Markdown + PNGs, standalone HTML) from study results or predict/plan outputs",
 }
 
 
@@ -33,6 +35,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="parsim", description="parsim: predict, then measure, LLM training under data, tensor and "
                      "pipeline parallelism. `parsim COMMAND -h` for a command's flags.")
+    from parsim import __version__
+    parser.add_argument("--version", action="version", version=f"parsim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, help_ in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)

@@ -69,9 +69,38 @@ class StepReport:
     memory_capacity_GiB: float = 0.0     # what the device reports
     memory_headroom_GiB: float = 0.0     # reserved: CUDA context, NCCL buffers, fragmentation
     memory_worst_rank: int = 0           # pipeline rank whose memory is reported
+    # Measured reports only (empty for predictions): [min, max] over the timed steps of each
+    # numeric field, keyed like ``flat()`` ("step_time_s", "breakdown_s.compute", ...), and how it
+    # was measured (backend, steps, warm-up, the source of each phase).
+    spread: dict = field(default_factory=dict)
+    measurement: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StepReport":
+        """Inverse of ``to_dict`` (e.g. a report read back from JSON); unknown keys are an error."""
+        names = set(cls.__dataclass_fields__)
+        extra = sorted(set(d) - names)
+        if extra:
+            raise ParsimError(f"not a StepReport: unexpected key(s) {', '.join(extra)}; expected {', '.join(sorted(names))}")
+        return cls(**d)
+
+    def flat(self) -> dict:
+        """Every numeric field by dotted key: step_time_s, ..., breakdown_s.<phase>, memory_breakdown_GiB.<kind>.
+        Two reports compare by joining on these keys (parsim.compare)."""
+        out = {}
+        for k, v in asdict(self).items():
+            if isinstance(v, dict) and k in ("breakdown_s", "memory_breakdown_GiB"):
+                out.update({f"{k}.{kk}": float(vv) for kk, vv in v.items() if _is_num(vv)})
+            elif _is_num(v):
+                out[k] = float(v)
+        return out
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def plan_columns(plans, model) -> dict:
@@ -418,11 +447,23 @@ def simulated_makespan(r: dict, cols: dict, i: int):
 
 def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str = M.DEFAULT_ACCOUNTING,
             headroom_bytes: float | None = None) -> StepReport:
-    """Price one plan. `model` and `cluster` may be names/paths or loaded objects.
+    """Price one plan: the step time, its breakdown and the memory per device.
 
-    `accounting`: bytes per parameter by framework (megatron, deepspeed, fsdp2; parsim.costs.memory);
-    `headroom_bytes`: reserved per device (None: the sourced default). Raises ParsimError for a plan the
-    rule book (parsim.rules) refuses or a cluster too small for it."""
+    model: a ModelSpec, a preset name (``parsim.model.preset_names()``) or a model file;
+    cluster: a Cluster, a preset name or a cluster file (sized to `gpus`, default ``plan.gpus``);
+    plan: a Plan (dp·tp·pp devices); accounting: bytes per parameter by framework (megatron,
+    deepspeed, fsdp2; parsim.costs.memory); headroom_bytes: reserved per device (None: the sourced
+    default). Returns a StepReport: seconds (``step_time_s``, ``breakdown_s`` — compute, recompute,
+    tp_comm, pp_comm, bubble, dp_comm_exposed, optimizer — on the bottleneck stage), rates (tokens/s,
+    samples/s, model/hardware TFLOP/s per GPU, MFU, HFU) and GiB (``memory_GiB``,
+    ``memory_breakdown_GiB`` on the worst pipeline rank; ``fits`` against the device's capacity less
+    the headroom). The step is m·T_max + bubble + exposed DP sync + optimizer (Narayanan et al. 2021
+    §2.2, §3), the pipeline played by the discrete-event simulator where pp > 1.
+
+    Raises ParsimError for an unknown model/cluster or a plan the rule book (parsim.rules) refuses
+    (degrees that do not multiply to the devices, tp not dividing the heads, ...), naming the values,
+    or a cluster too small for it.
+    """
     from parsim.model import load_model
     model = load_model(model)
     M.check_accounting(accounting)

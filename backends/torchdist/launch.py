@@ -116,7 +116,8 @@ class _Terminated(BaseException):
 
 def launch(cfg: dict, nproc: int, timeout_s: float = 300.0, grace_s: float = 5.0, env: dict | None = None,
            keep_dir: bool = False) -> dict:
-    """Run `nproc` local ranks on `cfg` (see runner.worker_main) and return rank 0's report.
+    """Run `nproc` local ranks on `cfg` (see runner.worker_main) and return rank 0's report: a
+    parsim.predict.StepReport (source "measured"), or a list of results for cfg["jobs"] (or a benchmark).
 
     Raises RunFailed naming the rank that failed, hung or stopped, and why. SIGTERM stops every rank,
     removes the run directory and exits 143 with one line; after a kill -9 of the launcher its ranks
@@ -158,7 +159,8 @@ def _launch(cfg, nproc, timeout_s, grace_s, env, keep_dir):
     base.update(env or {})
     base.update(MASTER_ADDR=base.get("PARSIM_MASTER_ADDR", "127.0.0.1"), MASTER_PORT=str(free_port()),
                 WORLD_SIZE=str(nproc), PYTHONPATH=os.pathsep.join([str(ROOT), base.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                OMP_NUM_THREADS=str(cfg.get("threads_per_rank", 1)), PYTHONUNBUFFERED="1")
+                OMP_NUM_THREADS=str(cfg.get("threads_per_rank", 1)), PYTHONUNBUFFERED="1",
+                TORCH_CPP_LOG_LEVEL=base.get("TORCH_CPP_LOG_LEVEL") or "ERROR")   # c10d's socket warnings
     procs, logs = [], []
     oom0 = oom_kills()
     try:
@@ -310,7 +312,8 @@ def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float, oom0=
     report = work / "report.json"
     if not report.exists():
         raise RunFailed(f"all {len(procs)} ranks exited 0 but rank 0 wrote no report; rank 0 log: {_tail(work / 'rank0.log', 3)}")
-    return json.loads(report.read_text())
+    from backends.torchdist.runner import reports_from_json
+    return reports_from_json(json.loads(report.read_text()))   # measured reports as StepReport
 
 
 def _cause(rank: int, rc, work: Path, cfg: dict | None = None, oom=None) -> str:

@@ -210,7 +210,7 @@ def worker_main(cfg: dict) -> int:
             run = {"grad_sync_check": _grad_sync_check, "bench": _bench}.get(job.get("task"), _train)
             results.append(run(job, rank, world, device, sync, dog))
         if rank == 0 and cfg.get("out"):
-            write_atomic(cfg["out"], json.dumps(results if cfg.get("jobs") else results[0], indent=1))
+            write_atomic(cfg["out"], to_json(results if cfg.get("jobs") else results[0]))
         dog.beat("teardown", float(cfg.get("timeout_s", 60)))
         dist.barrier()
         dist.destroy_process_group()
@@ -535,10 +535,12 @@ def _per_rank_phases(r, rec, plan):
             "forward": rec["forward"], "backward": rec["backward"], "total": rec["total"]}
 
 
-def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int) -> dict:
-    """Measured StepReport: every phase the max over ranks per step, then the median over the
-    timed steps (warm-up dropped), with [min, max] spread."""
+def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int):
+    """Measured StepReport (parsim.predict.StepReport, the dataclass the prediction returns): every
+    phase the max over ranks per step, then the median over the timed steps (warm-up dropped);
+    ``spread`` holds the [min, max] over those steps of every time-derived field."""
     from parsim.hardware import get_device
+    from parsim.predict import BREAKDOWN_KEYS, StepReport
     steps = len(gathered[0]["records"])
     timed = list(range(min(warmup, steps - 1), steps))
     per_step = []
@@ -570,33 +572,42 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int) -> dict:
     notes = sorted({n for r in gathered for n in r["notes"]})
     if plan.dp > 1 and plan.zero < 2:
         notes.append("dp gradient sync runs after backward (no overlap): dp_comm_exposed is all of it")
-    return {
-        "step_time_s": t,
-        "tokens_per_s": plan.global_batch * seq / t,
-        "samples_per_s": plan.global_batch / t,
-        "model_tflops_per_gpu": model_flops / t / world / 1e12,
-        "hardware_tflops_per_gpu": hw_flops / t / world / 1e12,
-        "mfu": (model_flops / t / world / peak) if peak else None,
-        "hfu": (hw_flops / t / world / peak) if peak else None,
-        "memory_GiB": mem / GiB,
-        "memory_breakdown_GiB": {"weights": sb["weights"] / GiB, "grads": sb["grads"] / GiB,
-                                 "optimizer": sb["optimizer"] / GiB, "activations": acts / GiB, "buffers": 0.0},
-        "fits": True,
-        "breakdown_s": {k: med[k] for k in ("compute", "recompute", "tp_comm", "pp_comm", "bubble",
-                                            "dp_comm_exposed", "optimizer")},
-        "fits_reason": "ran",
-        "plan": plan.to_dict(),
-        "model": spec.name,
-        "cluster": cfg.get("cluster_label") or f"local {cfg.get('backend', 'gloo')}",
-        "device": profile or ("cuda" if gpu else "cpu"),
-        "gpus": world,
-        "source": "measured",
-        "notes": notes,
-        "memory_accounting": "measured",
-        "memory_capacity_GiB": 0.0,          # not read here: the run did not run out of it
-        "memory_headroom_GiB": 0.0,
-        "memory_worst_rank": (top["rank"] // plan.tp) % plan.pp,   # pipeline rank of the rank using most
-        "measured": {
+    # rates from the step time: the fastest step gives the highest rate
+    lo_t, hi_t = spread["total"]
+    rates = {"tokens_per_s": plan.global_batch * seq, "samples_per_s": plan.global_batch,
+             "model_tflops_per_gpu": model_flops / world / 1e12, "hardware_tflops_per_gpu": hw_flops / world / 1e12}
+    if peak:
+        rates.update(mfu=model_flops / world / peak, hfu=hw_flops / world / peak)
+    rep_spread = {"step_time_s": [lo_t, hi_t]}
+    rep_spread.update({k: [v / hi_t, v / lo_t] for k, v in rates.items()})
+    rep_spread.update({f"breakdown_s.{k}": spread[k] for k in BREAKDOWN_KEYS})
+    return StepReport(
+        step_time_s=t,
+        tokens_per_s=plan.global_batch * seq / t,
+        samples_per_s=plan.global_batch / t,
+        model_tflops_per_gpu=model_flops / t / world / 1e12,
+        hardware_tflops_per_gpu=hw_flops / t / world / 1e12,
+        mfu=(model_flops / t / world / peak) if peak else None,
+        hfu=(hw_flops / t / world / peak) if peak else None,
+        memory_GiB=mem / GiB,
+        memory_breakdown_GiB={"weights": sb["weights"] / GiB, "grads": sb["grads"] / GiB,
+                              "optimizer": sb["optimizer"] / GiB, "activations": acts / GiB, "buffers": 0.0},
+        fits=True,
+        breakdown_s={k: med[k] for k in BREAKDOWN_KEYS},
+        fits_reason="ran",
+        plan=plan.to_dict(),
+        model=spec.name,
+        cluster=cfg.get("cluster_label") or f"local {cfg.get('backend', 'gloo')}",
+        device=profile or ("cuda" if gpu else "cpu"),
+        gpus=world,
+        source="measured",
+        notes=notes,
+        memory_accounting="measured",
+        memory_capacity_GiB=0.0,          # not read here: the run did not run out of it
+        memory_headroom_GiB=0.0,
+        memory_worst_rank=(top["rank"] // plan.tp) % plan.pp,   # pipeline rank of the rank using most
+        spread=rep_spread,
+        measurement={
             "backend": cfg.get("backend", "gloo"), "device": "cuda" if gpu else "cpu", "dtype_run": dtype_run,
             "device_profile": profile, "ranks": world, "steps": steps, "warmup_dropped": timed[0],
             "phases_s": {k: med[k] for k in ("forward", "backward", "total")},
@@ -613,7 +624,24 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int) -> dict:
             "t_p2p_s": gathered[0]["t_p2p_s"],
             "loss": losses,
         },
-    }
+    )
+
+
+def to_json(results) -> str:
+    """What rank 0 writes for the launcher: StepReports as their dicts (``reports_from_json`` reads it back)."""
+    from dataclasses import asdict, is_dataclass
+    conv = (lambda r: asdict(r) if is_dataclass(r) else r)
+    return json.dumps([conv(r) for r in results] if isinstance(results, list) else conv(results), indent=1)
+
+
+def reports_from_json(obj):
+    """The launcher's side: each measured report dict back into a StepReport (other results as they are)."""
+    from parsim.predict import StepReport
+    if isinstance(obj, list):
+        return [reports_from_json(x) for x in obj]
+    if isinstance(obj, dict) and obj.get("source") == "measured" and "step_time_s" in obj:
+        return StepReport.from_dict(obj)
+    return obj
 
 
 def main(argv=None) -> int:

@@ -228,24 +228,12 @@ def as_dict(rep):
     return dict(rep)
 
 
-def compare(measured: dict, predicted: dict | None) -> list[tuple]:
-    """Rows (key, measured, predicted, relative error = (measured - predicted) / predicted)."""
-    rows = []
-    keys = ["step_time_s", "tokens_per_s", "samples_per_s", "model_tflops_per_gpu", "mfu", "memory_GiB"]
-    keys += [f"breakdown_s.{k}" for k in measured["breakdown_s"]]
-    keys += [f"memory_breakdown_GiB.{k}" for k in measured["memory_breakdown_GiB"]]
-    for k in keys:
-        def get(d):
-            if d is None:
-                return None
-            v = d
-            for part in k.split("."):
-                v = v.get(part) if isinstance(v, dict) else None
-            return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-        m, p = get(measured), get(predicted)
-        err = (m - p) / p if (m is not None and p not in (None, 0)) else None
-        rows.append((k, m, p, err))
-    return rows
+def compare(measured, predicted) -> list[tuple]:
+    """Rows (key, measured, predicted, relative error = (predicted − measured) / measured, [min, max]):
+    the join of the two StepReports on their keys (parsim.compare.join)."""
+    from parsim.compare import join
+    return [(r["key"], r["measured"], r["predicted"], r["error"], [r["spread_min"], r["spread_max"]])
+            for r in join(measured, predicted)]
 
 
 def _fmt(v):
@@ -257,17 +245,29 @@ def _fmt(v):
 
 
 def render_table(result: dict) -> str:
+    """The measured StepReport beside the predicted one, phase by phase (a rich table)."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
     m = result["measured"]
-    meta = m["measured"]
-    lines = [f"parsim run: {m['model']}  {result['plan_label']}  backend {meta['backend']} ({meta['device']}, "
-             f"{meta['dtype_run']})  {meta['ranks']} ranks, {meta['steps']} steps, median of "
-             f"{meta['steps'] - meta['warmup_dropped']} after {meta['warmup_dropped']} warm-up",
-             f"{'':34}{'measured':>12}{'predicted':>12}{'rel.err':>9}"]
-    for k, mv, pv, err in result["rows"]:
-        lines.append(f"{k:34}{_fmt(mv):>12}{_fmt(pv):>12}{(f'{err:+.0%}' if err is not None else '-'):>9}")
-    sp = meta["spread_s"]["total"]
-    lines.append(f"step time spread [min, max]: [{sp[0]:.4g}, {sp[1]:.4g}] s; loss {meta['loss'][0]:.4f} -> "
-                 f"{meta['loss'][-1]:.4f}" if meta["loss"] else f"step time spread: {sp}")
+    meta = m["measurement"]
+    title = (f"parsim run: {m['model']}  {result['plan_label']}  backend {meta['backend']} ({meta['device']}, "
+                    f"{meta['dtype_run']})  {meta['ranks']} ranks, {meta['steps']} steps, median of "
+                    f"{meta['steps'] - meta['warmup_dropped']} after {meta['warmup_dropped']} warm-up")
+    t = Table(box=None, pad_edge=False)
+    for h in ("", "measured", "spread [min, max]", "predicted", "error"):
+        t.add_column(h, justify="left" if not h else "right")
+    for row in result["rows"]:
+        k, mv, pv, err = row[:4]
+        sp = row[4] if len(row) > 4 else [None, None]
+        t.add_row(k, _fmt(mv), f"[{_fmt(sp[0])}, {_fmt(sp[1])}]" if sp[0] is not None else "-", _fmt(pv),
+                  f"{err:+.0%}" if err is not None else "-")
+    buf = io.StringIO()
+    Console(file=buf, width=120, no_color=True, highlight=False).print(t)
+    lines = [title, buf.getvalue().rstrip(), "error = (predicted - measured) / measured; spread = fastest and slowest timed step"]
+    if meta["loss"]:
+        lines.append(f"loss {meta['loss'][0]:.4f} -> {meta['loss'][-1]:.4f}")
     lines.append(f"memory: {meta['memory_source']}")
     lines.append(result["prediction_source"])
     for n in m["notes"]:
@@ -331,15 +331,16 @@ def run(args) -> int:
             worker_main(cfg)
             if int(os.environ["RANK"]) != 0:
                 return 0
-            measured = json.loads(open(out).read())
+            from backends.torchdist.runner import reports_from_json
+            measured = reports_from_json(json.loads(open(out).read()))
         finally:
             os.unlink(out)
     else:
         from backends.torchdist.launch import launch
         measured = launch(cfg, nproc, timeout_s=args.timeout)
-    result = {"plan_label": plan.label(), "measured": measured, "predicted": predicted,
+    result = {"plan_label": plan.label(), "measured": as_dict(measured), "predicted": predicted,
               "prediction_source": source, "rows": compare(measured, predicted)}
-    result["relative_error"] = {k: e for k, _, _, e in result["rows"]}
+    result["relative_error"] = {r[0]: r[3] for r in result["rows"]}
     if args.format == "json":
         json.dump(result, sys.stdout, indent=1, default=str)
         print()

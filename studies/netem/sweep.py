@@ -226,6 +226,31 @@ def plot(points, path):
     plt.close(fig)
 
 
+def to_records(doc, study="netem-allreduce-sweep") -> list[dict]:
+    """A saved sweep (sweep.json) as `parsim validate` result records (parsim.results), one per point,
+    with the ids studies/netem/sweep.yaml gives them, so `parsim report` renders it."""
+    from parsim.units import fmt_bytes
+    recs = []
+    for c in doc["results"]:
+        net = {"preset": c["preset"], **c["kwargs"], "link": c["link"], "ranks_per_host": c["ranks_per_host"]}
+        for q in c["points"]:
+            q = dict(q)
+            w = q["world"]
+            bus = 2 * (w - 1) / w
+            q["busbw_GBps"] = q["size_B"] * bus / q["median_s"] / 1e9
+            q["predicted_busbw_GBps"] = q["size_B"] * bus / q["predicted_s"] / 1e9
+            pred = q.pop("predicted")
+            recs.append({"study": study, "id": f"{c['name']}: collective {q['op']} {q['algo']} {fmt_bytes(q['size_B'])}",
+                         "kind": "collective", "status": "ok" if q["correct"] else "failed",
+                         "point": {"op": q["op"], "algo": q["algo"], "size_B": q["size_B"], "network": c["name"]},
+                         "network_spec": net, "measured": q, "predicted": pred,
+                         "profile": {"name": "cpu", "link_probes": c["probes"]},
+                         "loadavg_1_5_15": (c.get("loadavg_1_5_15") or {}).get("after"),
+                         "summary": {"metric": "time_s", "measured": q["median_s"], "spread": [q["min_s"], q["max_s"]],
+                                     "predicted": q["predicted_s"], "error": q["error"]}})
+    return recs
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one or two small sizes per configuration")
@@ -234,7 +259,21 @@ def main(argv=None) -> int:
     ap.add_argument("--launches", type=int, default=LAUNCHES, help="separate launches per configuration "
                     "(a point is the median of their medians)")
     ap.add_argument("--repredict", metavar="JSON", help="re-price a saved sweep with the current model (no runs)")
+    ap.add_argument("--export", metavar="JSON", help="write a saved sweep as study results (<out>/results.jsonl) and "
+                    "render it with parsim report (no runs)")
     a = ap.parse_args(argv)
+    if a.export:
+        from parsim import results as R
+        from parsim.reportgen import write_report
+        out = Path(a.out)
+        store = out / "results.jsonl"
+        if store.exists():
+            store.unlink()
+        for rec in to_records(json.loads(Path(a.export).read_text())):
+            R.append(store, rec)
+        paths = write_report([store], out, title="All-reduce on emulated clusters (studies/netem/sweep.yaml)")
+        print("wrote " + ", ".join(map(str, [store, *paths])))
+        return 0
     from parsim.outputs import make_output_dir, write_atomic
     out = make_output_dir(a.out, "--out")   # before the sweep, so its results are not lost to a bad path
     from backends.netem.cluster import unavailable

@@ -81,6 +81,8 @@ def two_rank_runs(tmp_path_factory):
     jobs = [{"plan": p.to_dict(), "dump_dir": str(tmp / name)} for name, p in TWO_RANK.items()]
     reports = launch({"model": SPEC.to_dict(), "jobs": jobs, "steps": 2, "warmup": 1, "timeout_s": 60,
                       "watchdog_s": 60}, 2, timeout_s=150)
+    from parsim.predict import StepReport
+    assert all(isinstance(r, StepReport) and r.source == "measured" for r in reports)   # the backend's own type
     return {name: (rep, *load_dump(tmp / name)) for name, rep in zip(TWO_RANK, reports)}
 
 
@@ -93,7 +95,7 @@ def test_pipeline_schedule_gives_unpipelined_loss_and_grads(name, two_rank_runs)
     rep, grads, losses, ops = two_rank_runs[name]
     assert losses and abs(losses[0] - ref_loss) < 1e-5, (losses, ref_loss)
     assert_grads_equal(grads, ref_grads)
-    assert rep["breakdown_s"]["bubble"] >= 0 and rep["breakdown_s"]["compute"] > 0
+    assert rep.breakdown_s["bubble"] >= 0 and rep.breakdown_s["compute"] > 0
     # the op order torch executed on each rank is the one parsim simulates
     from parsim.schedules.pipeline import build_schedule
     sim = build_schedule(plan.schedule, plan.pp, plan.microbatches, plan.vpp)
@@ -110,9 +112,9 @@ def test_tensor_parallel_gradients_equal_reference(name, two_rank_runs):
     rep, grads, losses, _ = two_rank_runs[name]
     assert abs(losses[0] - ref_loss) < 1e-5
     assert_grads_equal(grads, ref_grads, atol=2e-6)
-    assert rep["breakdown_s"]["tp_comm"] > 0          # DTensor's collectives were timed
+    assert rep.breakdown_s["tp_comm"] > 0          # DTensor's collectives were timed
     if plan.recompute == "full":
-        assert rep["breakdown_s"]["recompute"] > 0
+        assert rep.breakdown_s["recompute"] > 0
 
 
 @pytest.mark.slow
@@ -123,8 +125,8 @@ def test_dp_zero1_selective_recompute_equals_reference(two_rank_runs):
     rep, grads, losses, _ = two_rank_runs["dp-selective-recompute-zero1-hd"]
     assert abs(sum(losses) / len(losses) - ref_loss) < 1e-5
     assert_grads_equal(grads, ref_grads)
-    assert rep["breakdown_s"]["recompute"] > 0 and rep["breakdown_s"]["dp_comm_exposed"] > 0
-    assert rep["memory_breakdown_GiB"]["optimizer"] > 0
+    assert rep.breakdown_s["recompute"] > 0 and rep.breakdown_s["dp_comm_exposed"] > 0
+    assert rep.memory_breakdown_GiB["optimizer"] > 0
 
 
 @pytest.mark.slow
@@ -138,8 +140,8 @@ def test_fsdp_zero_stages_equal_reference_and_shard_state(name, two_rank_runs):
     rep, grads, losses, _ = two_rank_runs[name]
     assert abs(sum(losses) / len(losses) - ref_loss) < 1e-5
     assert_grads_equal(grads, ref_grads)
-    full = two_rank_runs["dp-selective-recompute-zero1-hd"][0]["memory_breakdown_GiB"]
-    mine = rep["memory_breakdown_GiB"]
+    full = two_rank_runs["dp-selective-recompute-zero1-hd"][0].memory_breakdown_GiB
+    mine = rep.memory_breakdown_GiB
     assert mine["weights"] == pytest.approx(full["weights"] / 2, rel=0.02)
     assert mine["optimizer"] == pytest.approx(full["optimizer"], rel=0.02)   # zero 1 already halves it
 
@@ -177,7 +179,7 @@ def test_four_ranks_dp_algorithms_dp_x_pp_ring_and_2d(tmp_path):
     grads, losses, _ = load_dump(tmp_path / "dp_pp")
     assert abs(sum(losses) / len(losses) - ref_loss) < 1e-5
     assert_grads_equal(grads, ref_grads)
-    assert rep["breakdown_s"]["dp_comm_exposed"] > 0
+    assert rep.breakdown_s["dp_comm_exposed"] > 0
 
 
 def _alive(pid):
@@ -228,6 +230,9 @@ def test_cli_measured_report_has_every_predicted_key(tmp_path):
     missing = keys(pred) - keys(res["measured"])
     assert not missing, f"measured report lacks {sorted(missing)}"
     assert res["measured"]["step_time_s"] > 0 and res["predicted"] is not None
+    lo, hi = res["measured"]["spread"]["step_time_s"]      # the measured spread rides with the report
+    assert lo <= res["measured"]["step_time_s"] <= hi
+    assert res["measured"]["spread"]["tokens_per_s"][0] <= res["measured"]["tokens_per_s"]
     assert res["relative_error"]["step_time_s"] is not None
 
 

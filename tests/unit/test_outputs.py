@@ -234,9 +234,13 @@ def test_run_checks_out_before_spawning(tmp_path, capsys, monkeypatch):
 
 
 def _fake_measured():
-    bd = dict.fromkeys(("compute", "recompute", "tp_comm", "pp_comm", "bubble", "dp_comm_exposed", "optimizer"), 0.01)
-    return {"step_time_s": 0.07, "breakdown_s": bd, "memory_GiB": 0.1, "memory_breakdown_GiB": {"weights": 0.1},
-            "model": "gpt-tiny", "notes": [], "measured": {}}
+    """What launch() returns: a StepReport (here a prediction relabelled as measured; no ranks run)."""
+    import dataclasses
+
+    from parsim.plan import Plan
+    from parsim.predict import predict
+    rep = predict("gpt-tiny", "cpu-local", Plan(micro_batch=1, global_batch=1, dtype="fp32"))
+    return dataclasses.replace(rep, source="measured")
 
 
 def test_run_result_is_printed_when_out_fails_after_the_run(tmp_path, capsys, monkeypatch):
@@ -252,5 +256,5 @@ def test_run_result_is_printed_when_out_fails_after_the_run(tmp_path, capsys, mo
     rc = main(["run", "--nproc", "1", "--format", "json", "--out", str(d / "r.json")])
     cap = capsys.readouterr()
     assert rc == 2
-    assert json.loads(cap.out)["measured"]["step_time_s"] == 0.07
+    assert json.loads(cap.out)["measured"]["step_time_s"] == _fake_measured().step_time_s
     assert cap.err.count("\n") == 1 and "res' does not exist" in cap.err and "printed above" in cap.err

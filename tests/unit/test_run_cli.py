@@ -92,24 +92,31 @@ def test_flags_to_plan_infers_dp_and_cpu_dtype():
     assert plan.vpp == 2
 
 
-def test_compare_rows_and_table():
-    from parsim.commands.run import compare, render_table
+def _measured_and_predicted():
+    from parsim.predict import StepReport
     bd = {k: 0.0 for k in ("compute", "recompute", "tp_comm", "pp_comm", "bubble", "dp_comm_exposed", "optimizer")}
     mem = {k: 0.0 for k in ("weights", "grads", "optimizer", "activations", "buffers")}
-    measured = {"step_time_s": 0.3, "tokens_per_s": 10.0, "samples_per_s": 1.0, "model_tflops_per_gpu": 0.01,
-                "mfu": 0.1, "memory_GiB": 0.5, "breakdown_s": dict(bd, compute=0.2), "memory_breakdown_GiB": mem,
-                "model": "gpt-tiny", "notes": ["n1"],
-                "measured": {"backend": "gloo", "device": "cpu", "dtype_run": "fp32", "ranks": 2, "steps": 5,
-                             "warmup_dropped": 2, "spread_s": {"total": [0.29, 0.31]}, "loss": [6.2, 6.1],
-                             "memory_source": "rss"}}
-    predicted = dict(measured, step_time_s=0.2, breakdown_s=dict(bd, compute=0.25))
-    rows = {k: (m, p, e) for k, m, p, e in compare(measured, predicted)}
-    assert rows["step_time_s"][2] == pytest.approx(0.5)            # (0.3 - 0.2) / 0.2
-    assert rows["breakdown_s.compute"][2] == pytest.approx(-0.2)   # (0.2 - 0.25) / 0.25
-    assert rows["breakdown_s.bubble"][2] is None                   # 0 predicted: no relative error
-    text = render_table({"plan_label": "dp2", "measured": measured, "rows": list(compare(measured, predicted)),
+    common = dict(tokens_per_s=10.0, samples_per_s=1.0, model_tflops_per_gpu=0.01, hardware_tflops_per_gpu=0.01,
+                  mfu=0.1, hfu=0.1, memory_GiB=0.5, memory_breakdown_GiB=mem, fits=True, model="gpt-tiny")
+    measured = StepReport(step_time_s=0.3, breakdown_s=dict(bd, compute=0.2), notes=["n1"], source="measured",
+                          spread={"step_time_s": [0.29, 0.31]},
+                          measurement={"backend": "gloo", "device": "cpu", "dtype_run": "fp32", "ranks": 2, "steps": 5,
+                                       "warmup_dropped": 2, "loss": [6.2, 6.1], "memory_source": "rss"}, **common)
+    predicted = StepReport(step_time_s=0.2, breakdown_s=dict(bd, compute=0.25), **common)
+    return measured, predicted
+
+
+def test_compare_rows_and_table():
+    from parsim.commands.run import compare, render_table
+    measured, predicted = _measured_and_predicted()
+    rows = {r[0]: r[1:] for r in compare(measured, predicted)}
+    assert rows["step_time_s"][2] == pytest.approx(-1 / 3)          # (0.2 - 0.3) / 0.3: predicted too low
+    assert rows["step_time_s"][3] == [0.29, 0.31]                    # the measured spread beside the value
+    assert rows["breakdown_s.compute"][2] == pytest.approx(0.25)   # (0.25 - 0.2) / 0.2
+    assert rows["breakdown_s.bubble"][2] is None                   # 0 measured: no relative error
+    text = render_table({"plan_label": "dp2", "measured": measured.to_dict(), "rows": compare(measured, predicted),
                          "prediction_source": "predicted"})
-    assert "step_time_s" in text and "+50%" in text and "note: n1" in text
+    assert "step_time_s" in text and "-33%" in text and "note: n1" in text and "[0.29, 0.31]" in text
     assert [r[3] for r in compare(measured, None)] == [None] * len(rows)
 
 

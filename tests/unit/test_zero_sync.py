@@ -24,10 +24,13 @@ def test_zero2_with_accumulation_reduces_every_microbatch():
     # issue 12 §3: llama2-7b, dp16, gb 256, mb 1, ZeRO-2, no overlap. parsim priced one reduce-scatter
     # (0.0688 s, as for m = 1) with sharded grads (0.78 GiB). DeepSpeed ZeRO-2 / FSDP2 (default)
     # reduce-scatter after each of the m = 256/16 = 16 micro-batches: 16·t_rs + t_ag (the parameter
-    # all-gather after the optimizer), grads stay sharded: 6.74e9 params · 2 B / 16 = 0.78 GiB.
+    # all-gather after the optimizer), grads stay sharded: 6.74e9 params · 2 B / 16 = 0.78 GiB under
+    # DeepSpeed's accounting (16-bit grads; Megatron's fp32 main grads would be 4 B / 16 = 1.57 GiB).
     cl = get_cluster("dgx-h100", 16)
     plan = Plan(dp=16, micro_batch=1, global_batch=256, zero=2, overlap=False)
-    r = predict(LLAMA7, cl, plan)
+    r = predict(LLAMA7, cl, plan, accounting="deepspeed")
+    assert predict(LLAMA7, cl, plan).memory_breakdown_GiB["grads"] == pytest.approx(
+        LLAMA7.params * 4 / 16 / 2 ** 30, rel=1e-3)
     t_rs, t_ag = _dp_times(cl, 16, LLAMA7.params * 2)
     assert r.breakdown_s["dp_comm_exposed"] == pytest.approx(16 * t_rs + t_ag, rel=1e-6)
     assert r.memory_breakdown_GiB["grads"] == pytest.approx(LLAMA7.params * 2 / 16 / 2 ** 30, rel=1e-3)

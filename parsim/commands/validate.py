@@ -1,0 +1,342 @@
+"""`parsim validate STUDY.yaml`: run every point of a study through the backend, record each.
+
+Points (parsim.study) run one after another — training plans on local CPU ranks or GPUs,
+collective benchmarks (inside the emulated network the study names), device measurements —
+each beside its prediction. Every finished point is appended to ``<out>/results.jsonl`` at
+once (parsim.results: one line, fsync), with the machine, versions and profile it ran with.
+A point that fails (rank crash, out of memory, timeout) is recorded with its cause and the
+study goes on. Killed (Ctrl-C, SIGKILL)? ``--resume`` runs only the points not yet recorded.
+At the end ``parsim report`` renders ``<out>/report.md`` and ``<out>/report.html``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from parsim.errors import ParsimError
+
+
+def add_arguments(p):
+    p.add_argument("study", help="study file (YAML), e.g. studies/cpu/run_vs_predict.yaml")
+    p.add_argument("--out", help="results directory (default results/<study name>); $OUT works too")
+    p.add_argument("--resume", action="store_true", help="finish a study whose results exist: run only the "
+                   "points not recorded yet")
+    p.add_argument("--fresh", action="store_true", help="discard existing results and start again")
+    p.add_argument("--tiny", action="store_true", help="apply the study's `tiny:` overrides (small models, few steps, "
+                   "CPU ranks): the dry run CI keeps GPU studies alive with")
+    p.add_argument("--no-report", action="store_true", help="do not render the report at the end")
+    p.add_argument("--list", action="store_true", help="print the study's points and exit")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:120] or "point"
+
+
+def _prediction_target(study):
+    """(device profile, cluster) the training points are predicted on, and whether the profile is a GPU."""
+    s = study.settings
+    if s["backend"] == "nccl":
+        from parsim.commands.run import _device_profile
+        prof, cl = _device_profile("nccl")
+    else:
+        from parsim.calibrate import CLUSTER_FILE
+        prof, cl = "cpu", (str(CLUSTER_FILE) if CLUSTER_FILE.exists() else "cpu-local")
+    return prof, s.get("cluster") or cl
+
+
+@contextlib.contextmanager
+def measured_profile(path: Path | None):
+    """Device profiles read from `path` (a measured profile) instead of devices.local.yaml, for the
+    duration; caches of profiles and clusters are dropped on entry and exit."""
+    import importlib
+    hardware = importlib.import_module("parsim.hardware")
+    predict = importlib.import_module("parsim.predict")     # the module (parsim.predict is the function)
+    if path is None or not Path(path).exists():
+        yield False
+        return
+    old = os.environ.get("PARSIM_DEVICES_LOCAL")
+    os.environ["PARSIM_DEVICES_LOCAL"] = str(path)
+    hardware._catalog.cache_clear()
+    predict._cluster_cached.cache_clear()
+    try:
+        yield True
+    finally:
+        if old is None:
+            os.environ.pop("PARSIM_DEVICES_LOCAL", None)
+        else:
+            os.environ["PARSIM_DEVICES_LOCAL"] = old
+        hardware._catalog.cache_clear()
+        predict._cluster_cached.cache_clear()
+
+
+def _predict_train(spec, cluster):
+    from parsim.plan import Plan
+    from parsim.predict import predict
+    plan = Plan(**spec["plan"])
+    return predict(spec["model"], cluster, plan, gpus=plan.gpus)
+
+
+def _profile_info(name):
+    from parsim.hardware import get_device
+    try:
+        d = get_device(name)
+        return {"name": name, "source": d.source, "file": os.environ.get("PARSIM_DEVICES_LOCAL")}
+    except ParsimError:
+        return {"name": name}
+
+
+def run(args) -> int:
+    from parsim import results as R
+    from parsim.study import load_study
+    study = load_study(args.study, tiny=args.tiny)
+    if args.list:
+        for p in study.points:
+            print(p.id)
+        return 0
+    out = Path(args.out or os.environ.get("OUT") or Path("results") / slug(study.name))
+    store = out / "results.jsonl"
+    if store.exists() and store.stat().st_size and not (args.resume or args.fresh):
+        raise ParsimError(f"{store} exists: --resume to finish that study, --fresh to start it again, or another --out")
+    if args.fresh and store.exists():
+        store.unlink()
+    cut = R.repair(store)
+    done = R.latest(R.read(store)) if store.exists() else {}
+    others = sorted({str(r.get("study")) for r in done.values()} - {study.name})
+    if others:
+        raise ParsimError(f"{store} holds results of study {others[0]!r}, not {study.name!r}: use another --out")
+    if study.where == "gpu" and not args.tiny:
+        import torch
+        if not torch.cuda.is_available():
+            raise ParsimError(f"study {study.name} runs where: gpu but torch {torch.__version__} sees no CUDA device; "
+                              "--tiny runs its CPU dry run")
+    pending = [p for p in study.points if p.id not in done]
+    print(f"study {study.name}: {len(study.points)} points, {len(done)} recorded, {len(pending)} to run; results {store}"
+          + (f" (cut {cut} bytes of a point interrupted mid-write)" if cut else ""), file=sys.stderr, flush=True)
+    ctx = {"machine": R.machine_info(), "versions": R.versions(), "study": study.name, "out": out}
+    prof, cluster = _prediction_target(study)
+    ctx.update(profile=prof, cluster=cluster)
+    try:
+        with _progress(len(study.points), len(done)) as bar:
+            for net, pts in _groups(pending):
+                with _network(study, net) as emu:
+                    for rec in _run_points(study, pts, ctx, emu, bar):
+                        R.append(store, rec)
+                        bar.finished(rec)
+    except KeyboardInterrupt:
+        n = len(R.latest(R.read(store))) if store.exists() else 0
+        print(f"study {study.name}: interrupted with {n} of {len(study.points)} points recorded; "
+              f"`parsim validate {args.study} --out {out} --resume` finishes it", file=sys.stderr)
+        raise
+    recs = R.read(store)
+    print(f"study {study.name}: {sum(r['status'] == 'ok' for r in recs)} ok, "
+          f"{sum(r['status'] != 'ok' for r in recs)} failed of {len(study.points)}; {store}", file=sys.stderr)
+    if not args.no_report:
+        from parsim.reportgen import write_report
+        paths = write_report([store], out, formats=("md", "html"), title=f"Study {study.name}")
+        print("report: " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
+
+
+def _groups(points):
+    """Points grouped by the network they run in (device points first, then in study order)."""
+    order = sorted(points, key=lambda p: p.kind != "device")
+    groups = {}
+    for p in order:
+        groups.setdefault(p.network, []).append(p)
+    return list(groups.items())
+
+
+@contextlib.contextmanager
+def _network(study, net):
+    if net is None:
+        yield None
+        return
+    from backends.study import network
+    with network(study.networks[net]) as emu:
+        yield emu
+
+
+def _base_record(study, point, ctx, t0):
+    return {"study": study.name, "id": point.id, "kind": point.kind, "point": point.spec | {"network": point.network},
+            "machine": ctx["machine"], "versions": ctx["versions"], "tiny": study.tiny,
+            "network_spec": study.networks.get(point.network) if point.network else None,
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": time.monotonic() - t0,
+            "loadavg_1_5_15": list(os.getloadavg())}     # at the end of the point: contention shows here
+
+
+def _failed(rec, cause):
+    from parsim.results import classify_failure
+    rec.update(status="failed", cause=cause, failure=classify_failure(cause), summary={})
+    return rec
+
+
+def _run_points(study, pts, ctx, emu, bar):
+    from backends.study import PointFailed
+    i = 0
+    while i < len(pts):
+        p = pts[i]
+        if p.kind == "collective":      # consecutive collective points of one entry: one process group
+            j = i
+            while j < len(pts) and pts[j].kind == "collective" and _coll_key(pts[j]) == _coll_key(p):
+                j += 1
+            batch, i = pts[i:j], j
+            bar.start(f"{len(batch)} collective point(s): {p.id}")
+            yield from _collectives(study, batch, ctx, emu)
+            continue
+        i += 1
+        bar.start(p.id)
+        t0 = time.monotonic()
+        rec = _base_record(study, p, ctx, t0)
+        try:
+            if p.kind == "device":
+                rec = _device(study, p, ctx, rec)
+            else:
+                rec = _train(study, p, ctx, emu, rec)
+            rec["status"] = "ok"
+        except PointFailed as e:
+            rec = _failed(rec, str(e))
+        except ParsimError as e:     # e.g. a plan the backend cannot run: recorded, the study goes on
+            rec = _failed(rec, f"error: {e}")
+        rec["wall_s"] = time.monotonic() - t0
+        yield rec
+
+
+def _coll_key(p):
+    s = p.spec
+    return (p.network, s["op"], s["repeats"], s["warmup"], s["launches"], s["min_time_s"], s["max_repeats"], s.get("nproc"))
+
+
+def _collectives(study, batch, ctx, emu):
+    from backends.study import PointFailed, run_collectives
+    t0 = time.monotonic()
+    algos = list(dict.fromkeys(p.spec["algo"] for p in batch))
+    sizes = list(dict.fromkeys(p.spec["size_B"] for p in batch))
+    try:
+        pts = run_collectives(batch[0].spec["op"], algos, sizes, batch[0].spec, emu)
+    except PointFailed as e:
+        for p in batch:
+            yield _failed(_base_record(study, p, ctx, t0), str(e))
+        return
+    by = {(q["algo"], q["size_B"]): q for q in pts}
+    profile = {"name": "cpu", "link_probes": getattr(emu, "probes", None)} if emu else _profile_info("cpu")
+    for p in batch:
+        rec = _base_record(study, p, ctx, t0)
+        q = by.get((p.spec["algo"], p.spec["size_B"]))
+        if q is None:
+            yield _failed(rec, f"error: the benchmark returned no point for {p.spec['algo']} {p.spec['size_B']} B")
+            continue
+        w = q["world"]
+        bus = 2 * (w - 1) / w if q["op"] == "allreduce" else (w - 1) / w
+        q["busbw_GBps"] = q["size_B"] * bus / q["median_s"] / 1e9
+        q["predicted_busbw_GBps"] = q["size_B"] * bus / q["predicted_s"] / 1e9
+        rec.update(status="ok" if q["correct"] else "failed", measured=q, predicted=q.pop("predicted"), profile=profile,
+                   summary={"metric": "time_s", "measured": q["median_s"], "spread": [q["min_s"], q["max_s"]],
+                            "predicted": q["predicted_s"], "error": q["error"]})
+        if not q["correct"]:
+            rec.update(cause="error: the collective's result was wrong", failure="error")
+        yield rec
+
+
+def _train(study, p, ctx, emu, rec):
+    from backends.study import run_train
+    from parsim.compare import rel_error
+    spec = dict(p.spec)
+    if spec.pop("trace", False):
+        spec["trace_dir"] = str((ctx["out"] / "traces" / slug(p.id)).resolve())
+    measured = run_train(spec, study.settings, ctx["profile"], emu)
+    mfile = _measured_profile_file(study, ctx)
+    predicted = catalog = None
+    cluster = ctx["cluster"]
+    try:
+        if emu is not None:      # predicted on the emulated network itself, with its probed links
+            from backends.study import emulated_cluster
+            cluster = emulated_cluster(emu, measured.gpus)
+        catalog = _predict_train(spec, cluster)
+        with measured_profile(mfile) as used:
+            predicted = _predict_train(spec, cluster) if used else catalog
+            profile = _profile_info(ctx["profile"])
+    except ParsimError as e:
+        profile = _profile_info(ctx["profile"])
+        rec["prediction_error"] = str(e)
+    if spec.get("trace_dir"):     # the pipeline ops of the traced step, kept in the record (the traces are MBs)
+        from parsim.reportgen import measured_pipeline_ops
+        rec["pipeline_ops"] = [list(o) for o in measured_pipeline_ops(spec["trace_dir"])]
+    lo_hi = measured.spread.get("step_time_s") or [None, None]
+    pt = predicted.step_time_s if predicted else None
+    rec.update(measured=measured.to_dict(), predicted=predicted.to_dict() if predicted else None,
+               predicted_catalog=catalog.to_dict() if (catalog and mfile and mfile.exists()) else None,
+               profile=profile, cluster=ctx["cluster"] if emu is None else cluster.name, trace_dir=spec.get("trace_dir"),
+               summary={"metric": "step_time_s", "measured": measured.step_time_s, "spread": lo_hi, "predicted": pt,
+                        "error": rel_error(measured.step_time_s, pt)})
+    return rec
+
+
+def _measured_profile_file(study, ctx):
+    dev = [p for p in study.points if p.kind == "device"]
+    return (ctx["out"] / f"{dev[0].spec['profile']}.measured.yaml") if dev else None
+
+
+def _device(study, p, ctx, rec):
+    import yaml
+
+    from backends.study import measure_device
+    from parsim.devfit import fit_profile
+    from parsim.hardware import _catalog
+    from parsim.report import write_atomic
+    spec = p.spec
+    meas = measure_device(spec)
+    name = spec["profile"]
+    base = _catalog().get(name)
+    if base is None:
+        raise ParsimError(f"device.profile {name!r}: not in the catalog (parsim/data/devices.yaml)")
+    when = time.strftime("%Y-%m-%d", time.gmtime())
+    prof = fit_profile(base, meas, name, when=f"{when} by `parsim validate {study.path}`")
+    path = ctx["out"] / f"{name}.measured.yaml"
+    write_atomic(path, f"# measured device profile ({name}); use with PARSIM_DEVICES_LOCAL={path}\n"
+                 + yaml.safe_dump({name: prof}, sort_keys=False))
+    best = max(g["flops_per_s"] for g in meas["gemm"])
+    peak = float(base["peak_TFLOPs"][meas["dtype"]]) * 1e12
+    rec.update(measured=meas, predicted=None, profile={"name": name, "file": str(path), "fitted": prof},
+               summary={"metric": "gemm_best_fraction_of_peak", "measured": best / peak, "spread": [None, None],
+                        "predicted": max(e for _, e in base["matmul_efficiency"]), "error": None})
+    return rec
+
+
+# -- progress ------------------------------------------------------------------------------
+
+class _Bar:
+    def __init__(self, prog, task):
+        self.prog, self.task = prog, task
+
+    def start(self, what):
+        self.prog.update(self.task, description=what[:60])
+
+    def finished(self, rec):
+        s = rec.get("summary") or {}
+        if rec["status"] == "ok" and s.get("measured") is not None:
+            err = s.get("error")
+            msg = (f"ok     {rec['id']}: measured {s['measured']:.4g}, predicted "
+                   + (f"{s['predicted']:.4g}" if s.get("predicted") is not None else "-")
+                   + (f" ({err:+.0%})" if err is not None else ""))
+        else:
+            msg = f"FAILED {rec['id']}: {rec.get('failure')}: {rec.get('cause')}"
+        self.prog.console.print(msg, highlight=False, markup=False)
+        self.prog.advance(self.task)
+
+
+@contextlib.contextmanager
+def _progress(total, done):
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+    console = Console(stderr=True)
+    if not console.is_terminal:      # logs and pipes: one line per point, not wrapped at 80 columns
+        console = Console(stderr=True, width=200)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False) as prog:
+        task = prog.add_task("starting", total=total, completed=done)
+        yield _Bar(prog, task)

@@ -1,0 +1,482 @@
+"""Comparison reports: Markdown with PNGs beside it, and one standalone HTML file (figures embedded).
+
+``write_report(paths, out)`` reads any mix of
+* study results (``results.jsonl`` of `parsim validate`, parsim.results),
+* ``parsim predict --format json`` outputs (one StepReport each) and ``parsim plan --format json``
+  outputs (the top plans): these are put side by side (what-if),
+and writes ``report.md`` + ``figures/*.png`` and ``report.html`` under ``out``. ``published_records()``
+turns the published-table validation (Narayanan et al. 2021 Table 1, parsim.validation) into the
+same records, so `parsim report --published` renders it in the same format.
+
+Error convention everywhere: (predicted − measured) / measured (+ = predicted too high). A phase's
+contribution to a plan's error is (predicted phase − measured phase) / measured step time; the
+contributions of the seven phases sum to the step-time error (less the pipeline simulator's bubble
+correction where pp > 1).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from parsim.errors import ParsimError
+from parsim.predict import BREAKDOWN_KEYS
+
+BAND = 0.10          # the ±10% band of the scatter
+PHASE_COLOURS = {"compute": "#4C72B0", "recompute": "#8172B3", "tp_comm": "#DD8452", "pp_comm": "#C44E52",
+                 "bubble": "#BBBBBB", "dp_comm_exposed": "#55A868", "optimizer": "#937860"}
+
+
+# -- inputs -----------------------------------------------------------------------------
+
+def load_inputs(paths) -> tuple[list[dict], list[dict]]:
+    """(study records, what-if plans) from result stores and predict/plan JSON outputs."""
+    from parsim import results as R
+    records, plans = [], []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise ParsimError(f"report input {p}: no such file (expected results.jsonl, or predict/plan JSON)")
+        if p.is_dir():
+            p = p / "results.jsonl"
+        if p.suffix == ".jsonl":
+            records += list(R.latest(R.read(p)).values())
+            continue
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            raise ParsimError(f"report input {p}: not JSON (expected results.jsonl, or predict/plan --format json)") from None
+        if isinstance(d, dict) and "step_time_s" in d and "breakdown_s" in d:
+            plans.append({"name": p.stem, "report": d})
+        elif isinstance(d, dict) and "plans" in d:
+            for i, row in enumerate(d["plans"][:5]):
+                plans.append({"name": f"{p.stem} #{i + 1}", "report": _plan_row_as_report(row, d.get("attrs", {}))})
+        else:
+            raise ParsimError(f"report input {p}: expected a StepReport (predict --format json) or a plan list "
+                              "(plan --format json)")
+    return records, plans
+
+
+def _plan_row_as_report(row, attrs):
+    keys = ("dp", "tp", "pp", "vpp", "micro_batch", "schedule", "grad_sync", "zero", "recompute", "sequence_parallel")
+    return {"step_time_s": row["step_time_s"], "tokens_per_s": row.get("tokens_per_s"), "mfu": row.get("mfu"),
+            "memory_GiB": row.get("memory_GiB"), "breakdown_s": {k: row.get(f"{k}_s", 0.0) for k in BREAKDOWN_KEYS},
+            "plan": {k: row.get(k) for k in keys}, "model": attrs.get("model", ""), "cluster": attrs.get("cluster", ""),
+            "gpus": attrs.get("gpus")}
+
+
+def published_records() -> list[dict]:
+    """Narayanan et al. 2021 Table 1 as report records: metric hardware TFLOP/s per GPU, 'measured' =
+    published, predicted with the shipped profile and (leave-one-out) with the fraction fitted on the other rows."""
+    from parsim.validation import leave_one_out, report
+    rows = report()
+    loo = leave_one_out()
+    out = []
+    for r, (_, f, e) in zip(rows, loo["loo"]):
+        pid = f"{r['model']} {r['gpus']} GPUs tp{r['tp']} pp{r['pp']} B{r['global_batch']}"
+        out.append({"study": "Narayanan et al. 2021, Table 1 (Selene, DGX A100)", "id": pid, "kind": "published",
+                    "status": "ok", "point": r,
+                    "summary": {"metric": "hardware_tflops_per_gpu", "measured": r["measured_tflops"], "spread": [None, None],
+                                "predicted": r["predicted_tflops"], "error": r["rel_error"],
+                                "loo_predicted": r["measured_tflops"] * (1 + e), "loo_error": e}})
+    return out
+
+
+# -- figures ----------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def fig_scatter(df, path, title):
+    plt = _plt()
+    ok = df.dropna(subset=["measured", "predicted"])
+    ok = ok[(ok.measured > 0) & (ok.predicted > 0)]
+    if ok.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 5.2))
+    for i, (kind, g) in enumerate(ok.groupby("kind")):
+        yerr = None
+        if g.spread_min.notna().any():
+            lo = (g.measured - g.spread_min.fillna(g.measured)).clip(lower=0)
+            hi = (g.spread_max.fillna(g.measured) - g.measured).clip(lower=0)
+            yerr = [lo.values, hi.values]
+        ax.errorbar(g.predicted, g.measured, yerr=yerr, fmt="o", ms=5, label=kind, color=plt.cm.tab10(i))
+    lo = min(ok.predicted.min(), ok.measured.min()) * 0.7
+    hi = max(ok.predicted.max(), ok.measured.max()) * 1.4
+    xs = [lo, hi]
+    ax.plot(xs, xs, "k-", lw=0.8)
+    ax.fill_between(xs, [x / (1 + BAND) for x in xs], [x / (1 - BAND) for x in xs], color="0.88",
+                    label=f"±{BAND:.0%} (prediction within {BAND:.0%} of measured)")
+    metric = ", ".join(sorted(set(ok.metric.dropna())))
+    ax.set(xscale="log", yscale="log", xlabel=f"predicted ({metric})", ylabel="measured (median; bars: min–max)",
+           xlim=xs, ylim=xs, title=title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def phase_table(records):
+    """One row per training point: measured and predicted seconds of each phase, and its contribution
+    to the step error, (predicted − measured) / measured step."""
+    import pandas as pd
+    rows = []
+    for r in records:
+        if r.get("kind") != "train" or r.get("status") != "ok" or not r.get("predicted"):
+            continue
+        m, p = r["measured"], r["predicted"]
+        row = {"id": r["id"], "measured_step_s": m["step_time_s"], "predicted_step_s": p["step_time_s"]}
+        for k in BREAKDOWN_KEYS:
+            row[f"m_{k}"] = m["breakdown_s"].get(k, 0.0)
+            row[f"p_{k}"] = p["breakdown_s"].get(k, 0.0)
+            row[f"err_{k}"] = (row[f"p_{k}"] - row[f"m_{k}"]) / m["step_time_s"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fig_phase_error(pt, path):
+    if pt.empty:
+        return None
+    plt = _plt()
+    import numpy as np
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(pt) + 3), 4.2))
+    n, w = len(BREAKDOWN_KEYS), 0.8 / len(BREAKDOWN_KEYS)
+    x = np.arange(len(pt))
+    for j, k in enumerate(BREAKDOWN_KEYS):
+        ax.bar(x + (j - n / 2 + 0.5) * w, 100 * pt[f"err_{k}"], w, label=k, color=PHASE_COLOURS[k])
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x, [_short(i) for i in pt.id], rotation=25, ha="right", fontsize=7)
+    ax.set_ylabel("(predicted − measured) / measured step, %")
+    ax.set_title("error by phase: each phase's share of the step-time error")
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _short(pid: str) -> str:
+    return pid.replace("train ", "").replace(" native", "").replace(" z0", "").replace(" rc:none", "")
+
+
+def fig_breakdown(items, path, title):
+    """Stacked bars of the seven phases; items: [(label, breakdown_s dict)]."""
+    if not items:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(items) + 3), 4.5))
+    bottom = [0.0] * len(items)
+    for k in BREAKDOWN_KEYS:
+        v = [float(b.get(k) or 0.0) for _, b in items]
+        ax.bar(range(len(items)), v, 0.7, bottom=bottom, label=k, color=PHASE_COLOURS[k])
+        bottom = [a + b for a, b in zip(bottom, v)]
+    ax.set_xticks(range(len(items)), [lab for lab, _ in items], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("seconds per step")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fig_busbw(records, path):
+    coll = [r for r in records if r.get("kind") == "collective" and r.get("status") == "ok"]
+    if not coll:
+        return None
+    plt = _plt()
+    groups = {}
+    for r in coll:
+        m = r["measured"]
+        key = (r["point"].get("network") or "local", m["world"])
+        groups.setdefault(key, []).append(r)
+    ncol = min(3, len(groups))
+    nrow = -(-len(groups) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 4.2 * nrow), squeeze=False)
+    for ax in axes.ravel()[len(groups):]:
+        ax.set_visible(False)
+    for ax, ((net, world), rs) in zip(axes.ravel(), sorted(groups.items(), key=lambda kv: str(kv[0]))):
+        algos = sorted({r["measured"]["algo"] for r in rs})
+        for i, a in enumerate(algos):
+            pts = sorted((r["measured"] for r in rs if r["measured"]["algo"] == a), key=lambda m: m["size_B"])
+            c = plt.cm.tab10(i)
+            ax.plot([m["size_B"] for m in pts], [m["predicted_busbw_GBps"] for m in pts], "-", color=c, label=a)
+            ax.plot([m["size_B"] for m in pts], [m["busbw_GBps"] for m in pts], "o", color=c)
+        ax.set(xscale="log", yscale="log", xlabel="size per rank (line: predicted, dots: measured)",
+               ylabel="busbw (GB/s, 1e9 B)",
+               title=f"{rs[0]['measured']['op']} on {net}, {world} ranks")
+        from matplotlib.ticker import NullFormatter
+
+        from parsim.units import fmt_bytes
+        sizes = sorted({r["measured"]["size_B"] for r in rs})
+        ax.set_xticks(sizes, [fmt_bytes(x) for x in sizes], fontsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def measured_pipeline_ops(trace_dir) -> list[tuple]:
+    """(rank, 'F'|'B', micro-batch, start_s, end_s) from the backend's Chrome traces (torch.profiler,
+    one rank<r>.json each): the pipelining schedule's "Forward i" / "Backward i" annotations,
+    on one clock (baseTimeNanoseconds + ts), t = 0 at the first op."""
+    import re
+    ops = []
+    pat = re.compile(r"^(Forward|Backward) (\d+)$")
+    for f in sorted(Path(trace_dir).glob("rank*.json")):
+        rank = int(re.findall(r"\d+", f.stem)[0])
+        d = json.loads(f.read_text())
+        base = float(d.get("baseTimeNanoseconds", 0)) / 1e3 if isinstance(d, dict) else 0.0
+        for e in d["traceEvents"] if isinstance(d, dict) else d:
+            m = pat.match(str(e.get("name", "")))
+            if m and e.get("ph") == "X":
+                t0 = (base + float(e["ts"])) / 1e6
+                ops.append((rank, m.group(1)[0], int(m.group(2)), t0, t0 + float(e["dur"]) / 1e6))
+    if ops:
+        t_min = min(o[3] for o in ops)
+        ops = [(r, k, i, a - t_min, b - t_min) for r, k, i, a, b in ops]
+    return ops
+
+
+def predicted_pipeline(record):
+    """The discrete-event simulation of the record's plan with the cost model's stage times."""
+    from parsim.model import load_model
+    from parsim.plan import Plan
+    from parsim.predict import get_cluster, plan_columns, price
+    from parsim.simulate import simulate_priced
+    plan = Plan(**record["point"]["plan"])
+    model = load_model(record["point"]["model"])
+    priced = price(model, get_cluster(record.get("cluster") or "cpu-local", plan.gpus), plan_columns([plan], model))
+    return simulate_priced(priced, 0, plan.schedule, plan.pp, plan.vpp, plan.microbatches)
+
+
+def fig_gantt(record, path):
+    ops = [tuple(o) for o in record.get("pipeline_ops") or []]
+    if not ops and record.get("trace_dir") and Path(record["trace_dir"]).exists():
+        ops = measured_pipeline_ops(record["trace_dir"])
+    if not ops:
+        return None
+    from parsim.report_pipeline import COLOURS
+    from parsim.schedules.pipeline import KIND_NAMES
+    sim = predicted_pipeline(record)
+    s = sim.schedule
+    pred = [(int(r), KIND_NAMES[int(k)], int(i), a, b) for r, k, i, a, b in
+            zip(s.rank, s.kind, s.microbatch, sim.start_s, sim.end_s)]
+    plt = _plt()
+    pp = s.pp
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.9 + 0.6 * pp), sharey=True)
+    for ax, data, title in ((axes[0], pred, f"predicted (simulated): {sim.makespan_s * 1e3:.1f} ms"),
+                            (axes[1], ops, f"measured (torch.profiler trace): "
+                                          f"{max(o[4] for o in ops) * 1e3:.1f} ms")):
+        for r, k, i, a, b in data:
+            ax.broken_barh([(a * 1e3, (b - a) * 1e3)], (r - 0.4, 0.8), facecolors=COLOURS.get(k, "#999999"),
+                           edgecolor="white", linewidth=0.4)
+            ax.text((a + b) / 2 * 1e3, r, str(i), ha="center", va="center", fontsize=6, color="white")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("ms")
+    axes[0].set_yticks(range(pp), [f"rank {r}" for r in range(pp)])
+    axes[0].set_ylim(pp - 0.5, -0.5)
+    fig.suptitle(f"{_short(record['id'])}: F = forward (blue), B = backward (orange), blank = idle", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- text -------------------------------------------------------------------------------
+
+def _fmt(v, pct=False):
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    if pct:
+        return f"{100 * v:+.1f}%"
+    v = float(v)
+    if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
+        return f"{v:.3e}"
+    return f"{v:.4g}"
+
+
+def summary_rows(df):
+    rows = []
+    for _, r in df.iterrows():
+        spread = "-" if r.spread_min is None or r.spread_min != r.spread_min else \
+            f"[{_fmt(r.spread_min)}, {_fmt(r.spread_max)}]"
+        status = r.status if r.status == "ok" else f"FAILED ({r.failure}): {r.cause}"
+        rows.append([r.id, r.metric or "-", _fmt(r.predicted), _fmt(r.measured), spread, _fmt(r.error, True), status])
+    return ["point", "metric", "predicted", "measured", "spread [min, max]", "error", "status"], rows
+
+
+def md_table(headers, rows) -> str:
+    esc = lambda c: str(c).replace("|", "\\|")   # noqa: E731
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def html_table(headers, rows) -> str:
+    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in headers)
+    b = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>"
+
+
+def findings(df, pt) -> str:
+    """A short paragraph: how many points, the error overall, the largest errors and their phase."""
+    ok = df[(df.status == "ok") & df.error.notna()]
+    failed = df[df.status != "ok"]
+    if ok.empty:
+        return f"No point has both a measurement and a prediction ({len(failed)} failed)."
+    mae = ok.error.abs().mean()
+    within = (ok.error.abs() <= BAND).mean()
+    parts = [f"{len(ok)} points compared: mean |error| {mae:.1%}, {within:.0%} within ±{BAND:.0%}; "
+             f"error = (predicted − measured)/measured."]
+    for metric, g in ok.groupby("metric"):
+        if ok.metric.nunique() > 1:
+            parts.append(f"{metric}: mean |error| {g.error.abs().mean():.1%} over {len(g)} points.")
+    worst = ok.reindex(ok.error.abs().sort_values(ascending=False).index).head(3)
+    descr = []
+    for _, r in worst.iterrows():
+        d = f"{r.id} ({r.error:+.0%})"
+        if not pt.empty and r.id in set(pt.id):
+            row = pt[pt.id == r.id].iloc[0]
+            k = max(BREAKDOWN_KEYS, key=lambda k: abs(row[f"err_{k}"]))
+            d += f", mostly {k} (predicted {row[f'p_{k}']:.3g} s vs measured {row[f'm_{k}']:.3g} s)"
+        descr.append(d)
+    parts.append("Largest errors: " + "; ".join(descr) + ".")
+    if not pt.empty:
+        mean_abs = {k: pt[f"err_{k}"].abs().mean() for k in BREAKDOWN_KEYS}
+        k = max(mean_abs, key=mean_abs.get)
+        parts.append(f"Over the training points the phase that contributes most to the error is {k} "
+                     f"(mean |contribution| {mean_abs[k]:.1%} of the measured step).")
+    if len(failed):
+        parts.append(f"{len(failed)} point(s) failed: " + "; ".join(f"{r.id}: {r.failure}" for _, r in failed.iterrows())
+                     + ".")
+    return " ".join(parts)
+
+
+def _load_note(recs) -> str:
+    """A warning when the machine was busier than its CPUs while points ran (1-minute load average)."""
+    loads = [(r.get("loadavg_1_5_15") or (r.get("machine") or {}).get("loadavg_1_5_15") or [0])[0] for r in recs]
+    cpus = max([(r.get("machine") or {}).get("cpus") or 0 for r in recs] or [0])
+    if not cpus or not loads or max(loads) <= cpus:
+        return ""
+    return (f" The machine was loaded beyond its {cpus} CPUs while the study ran (1-minute load average up to "
+            f"{max(loads):.1f}): measured times include that contention, the predictions do not.")
+
+
+# -- the report -------------------------------------------------------------------------
+
+def write_report(paths=(), out="report", formats=("md", "html"), title="", records=None) -> list[Path]:
+    """Render the report of `paths` (and/or `records`) into `out`; returns the files written."""
+    from parsim import results as R
+    from parsim.report import write_atomic
+    recs, plans = load_inputs(paths) if paths else ([], [])
+    recs = list(records or []) + recs
+    if not recs and not plans:
+        raise ParsimError("nothing to report: the inputs hold no points")
+    out = Path(out)
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    sections = []          # (heading, paragraph, [(headers, rows)], [figure paths])
+    if recs:
+        df = R.frame(recs)
+        pt = phase_table(recs)
+        head, rows = summary_rows(df)
+        studies = ", ".join(sorted({str(s) for s in df.study.dropna()}))
+        sections.append(("Findings", findings(df, pt) + _load_note(recs), [], []))
+        how = ("Measured = the published figure; predicted with the shipped profile." if set(df.kind) == {"published"}
+               else "Measured = median of the timed repeats (training: max over ranks per step); spread = fastest and "
+                    "slowest repeat.")
+        sections.append(("Summary", f"Study: {studies}. {how}", [(head, rows)],
+                         [fig_scatter(df, figdir / "scatter.png", "predicted vs measured")]))
+        machines = {json.dumps(r.get("machine"), sort_keys=True) for r in recs if r.get("machine")}
+        vers = {json.dumps(r.get("versions"), sort_keys=True) for r in recs if r.get("versions")}
+        profs = {json.dumps({k: (v[:160] + "…" if isinstance(v, str) and len(v) > 160 else v)
+                             for k, v in (r.get("profile") or {}).items() if k in ("name", "file", "source")},
+                            sort_keys=True) for r in recs if r.get("profile")}
+        if machines or vers:
+            sections.append(("Where it ran", "Machine: " + ("; ".join(sorted(machines)) or "not recorded")
+                             + ". Versions: " + ("; ".join(sorted(vers)) or "not recorded") + ". Profile(s): "
+                             + ("; ".join(sorted(profs)) or "not recorded") + ".", [], []))
+        if not pt.empty:
+            ph_rows = [[_short(r.id)] + [_fmt(r[f"err_{k}"], True) for k in BREAKDOWN_KEYS] for _, r in pt.iterrows()]
+            items = []
+            for _, r in pt.iterrows():
+                items.append((f"{_short(r.id)} P", {k: r[f"p_{k}"] for k in BREAKDOWN_KEYS}))
+                items.append((f"{_short(r.id)} M", {k: r[f"m_{k}"] for k in BREAKDOWN_KEYS}))
+            sections.append(("Error by phase", "Each phase's (predicted − measured) seconds as a share of the measured "
+                             "step; the seven sum to the step error.", [(["point", *BREAKDOWN_KEYS], ph_rows)],
+                             [fig_phase_error(pt, figdir / "phase_error.png"),
+                              fig_breakdown(items, figdir / "breakdown.png",
+                                            "breakdown per plan: P = predicted, M = measured")]))
+        bw = fig_busbw(recs, figdir / "busbw.png")
+        if bw:
+            sections.append(("Collectives", "Bus bandwidth (nccl-tests convention, GB = 1e9 B) by size: lines "
+                             "predicted on the cluster graph, points measured.", [], [bw]))
+        traced = [r for r in recs if (r.get("pipeline_ops") or r.get("trace_dir")) and r.get("status") == "ok"]
+        for r in traced[:1]:
+            try:
+                g = fig_gantt(r, figdir / "gantt.png")
+            except (ParsimError, KeyError, OSError, ValueError) as e:
+                g, r = None, dict(r, gantt_error=str(e))
+            if g:
+                sections.append(("Pipeline", "One pipelined plan: the simulator's schedule with the cost model's "
+                                 "stage times beside the backend's measured trace (one extra, untimed step).", [], [g]))
+        pub = [r for r in recs if r.get("kind") == "published"]
+        if pub:
+            loo = [abs(r["summary"]["loo_error"]) for r in pub]
+            sections.append(("Leave-one-out", f"With the one fitted number (matmul_sustained_fraction) fitted on the "
+                             f"other rows: mean |error| {sum(loo) / len(loo):.1%}, max {max(loo):.1%}.", [], []))
+    if plans:
+        keys = ["step_time_s", "tokens_per_s", "mfu", "memory_GiB"] + [f"breakdown_s.{k}" for k in BREAKDOWN_KEYS]
+        rows = []
+        for k in keys:
+            row = [k]
+            for p in plans:
+                v = p["report"]
+                for part in k.split("."):
+                    v = v.get(part) if isinstance(v, dict) else None
+                row.append(_fmt(v))
+            rows.append(row)
+        desc = [["plan"] + [f"{p['report'].get('model', '')}: " + " ".join(f"{k}={v}" for k, v in (p["report"].get("plan") or {}).items()
+                                     if k in ("dp", "tp", "pp", "vpp", "micro_batch", "schedule", "zero", "recompute"))
+                            + f" on {p['report'].get('cluster', '')}" for p in plans]]
+        best = min(plans, key=lambda p: p["report"]["step_time_s"])
+        sections.append(("What-if: plans side by side", f"Fastest: {best['name']} "
+                         f"({best['report']['step_time_s']:.4g} s per step).",
+                         [(["", *[p["name"] for p in plans]], desc + rows)],
+                         [fig_breakdown([(p["name"], p["report"]["breakdown_s"]) for p in plans],
+                                        figdir / "whatif.png", "predicted breakdown per plan")]))
+    written = []
+    title = title or "parsim comparison report"
+    if "md" in formats:
+        md = [f"# {title}", ""]
+        for h, text, tables, figs in sections:
+            md += [f"## {h}", "", text, ""]
+            for th, tr in tables:
+                md += [md_table(th, tr), ""]
+            md += [f"![{h}](figures/{Path(f).name})\n" for f in figs if f]
+        write_atomic(out / "report.md", "\n".join(md))
+        written.append(out / "report.md")
+    if "html" in formats:
+        body = [f"<h1>{html.escape(title)}</h1>"]
+        for h, text, tables, figs in sections:
+            body += [f"<h2>{html.escape(h)}</h2>", f"<p>{html.escape(text)}</p>"]
+            body += [html_table(th, tr) for th, tr in tables]
+            for f in figs:
+                if f:
+                    b64 = base64.b64encode(Path(f).read_bytes()).decode()
+                    body.append(f'<figure><img alt="{html.escape(h)}" src="data:image/png;base64,{b64}"></figure>')
+        doc = ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
+               "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+               "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
+               "th{background:#f2f2f2}img{max-width:100%}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+        write_atomic(out / "report.html", doc)
+        written.append(out / "report.html")
+    return written
