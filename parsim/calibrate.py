@@ -603,9 +603,8 @@ class _profile_in_effect:
 
 
 def write_yaml_atomic(path: Path, data: dict, header: str = ""):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
-    os.replace(tmp, path)
+    from parsim.outputs import write_atomic
+    write_atomic(path, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None), what="profile")
 
 
 def main(argv=None) -> int:
@@ -617,6 +616,15 @@ def main(argv=None) -> int:
                     "the loopback link, keeping the rest of the cpu profile in --out")
     ap.add_argument("--json", action="store_true", help="also print the raw measurements as JSON")
     a = ap.parse_args(argv)
+    from parsim.errors import ParsimError
+    from parsim.outputs import check_output_path
+    try:   # before minutes of measuring
+        check_output_path(a.out, (".yaml", ".yml"), "--out")
+        if not a.no_comm:
+            check_output_path(a.cluster_out, (".yaml", ".yml"), "--cluster-out")
+    except ParsimError as e:
+        print(f"python -m parsim.calibrate: error: {e}", file=sys.stderr)
+        return 2
     if a.comm_only:
         prof_file = Path(a.out)
         require_cpu = (yaml.safe_load(prof_file.read_text()) or {}).get("cpu") if prof_file.exists() else None

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from parsim.caches import CLUSTERS_KEPT, ENTRIES_PER_CLUSTER, LRU
 from parsim.costs import compute as C
 from parsim.costs import memory as M
 from parsim.costs.dpsync import ZERO_SYNC_ALGOS, dp_sync_s, zero_sync_algorithms
@@ -128,18 +129,20 @@ class _Groups:
 
     def __init__(self, cluster):
         self.cluster = cluster
-        self._cache = {}      # (op, algo, ranks) -> (alpha_s, s_per_byte)
+        self._cache = LRU(ENTRIES_PER_CLUSTER)      # (op, algo, ranks) -> (alpha_s, s_per_byte)
 
     def coeffs(self, kind: str, op: str, algo: str, tp: int, pp: int, dp: int):
         """((alpha_s, s_per_byte), (alpha_s, s_per_byte)): the collective_lines of the first group of
         `kind` under tp-innermost placement (parsim.topology.group_ranks; time = the smaller line at
         the size), priced together with the groups of that kind running at the same time."""
         key = (kind, op, algo, tp, pp, dp)
-        if key not in self._cache:
+        ab = self._cache.get(key)
+        if ab is None:
             ranks, others = _concurrent_groups(self.cluster, kind, tp, pp, dp)
             lines = ((0.0, 0.0),) if len(ranks) <= 1 else collective_lines(self.cluster, op, algo, ranks, others)
-            self._cache[key] = (lines * 2)[:2]           # two lines (NCCL: ring channels, tree); min is the time
-        return self._cache[key]
+            ab = (lines * 2)[:2]           # two lines (NCCL: ring channels, tree); min is the time
+            self._cache[key] = ab
+        return ab
 
     def vec(self, kind, op, shapes, nbytes, algo=None):
         """alpha + beta·nbytes per plan; coefficients are looked up once per distinct group shape.
@@ -196,13 +199,14 @@ class _Shapes:
                      for k in uniq]
 
 
-_GROUP_CACHE: dict = {}
+_GROUP_CACHE = LRU(CLUSTERS_KEPT)   # id(cluster) -> _Groups; bounded (parsim/caches.py)
 
 
 def _groups(cluster) -> _Groups:
     g = _GROUP_CACHE.get(id(cluster))
     if g is None or g.cluster is not cluster:
-        g = _GROUP_CACHE[id(cluster)] = _Groups(cluster)
+        g = _Groups(cluster)
+        _GROUP_CACHE[id(cluster)] = g
     return g
 
 

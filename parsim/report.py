@@ -8,19 +8,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
-from pathlib import Path
 
-
-def write_atomic(path, text: str) -> None:
-    """Write then rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from parsim.outputs import write_atomic  # noqa: E402,F401  (the one writer; kept importable from here)
 
 
 def _table(title, headers, rows, caption=None) -> str:

@@ -37,9 +37,8 @@ def chrome_trace(result: SimResult) -> dict:
 
 
 def write_chrome_trace(result: SimResult, path) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(chrome_trace(result)))
-    return path
+    from parsim.outputs import JSON, write_atomic
+    return write_atomic(path, json.dumps(chrome_trace(result)), JSON, "--trace")
 
 
 def gantt_title(result: SimResult) -> str:
@@ -85,7 +84,8 @@ def write_gantt(result: SimResult, path, label_ops: int = 400) -> Path:
               loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     ax.set_title(gantt_title(result), fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    from parsim.outputs import save_figure
+    try:
+        return save_figure(fig, path, "--gantt")
+    finally:
+        plt.close(fig)

@@ -116,7 +116,8 @@ def fig_scatter(df, path, title):
            xlim=xs, ylim=xs, title=title)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from parsim.outputs import save_figure
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -155,7 +156,8 @@ def fig_phase_error(pt, path):
     ax.set_title("error by phase: each phase's share of the step-time error")
     ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from parsim.outputs import save_figure
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -180,7 +182,8 @@ def fig_breakdown(items, path, title):
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from parsim.outputs import save_figure
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -218,7 +221,8 @@ def fig_busbw(records, path):
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from parsim.outputs import save_figure
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -285,7 +289,8 @@ def fig_gantt(record, path):
     axes[0].set_ylim(pp - 0.5, -0.5)
     fig.suptitle(f"{_short(record['id'])}: F = forward (blue), B = backward (orange), blank = idle", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from parsim.outputs import save_figure
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -105,7 +105,8 @@ def frame(records):
 def classify_failure(message: str) -> str:
     """oom | timeout | rank crash | error, from a failure's one-line cause."""
     m = message.lower()
-    if "out of memory" in m or "outofmemory" in m or "cuda oom" in m:
+    # "likely out of memory": a SIGKILL nobody can attribute (backends/torchdist/launch.py) stays a crash
+    if ("out of memory" in m and "likely out of memory" not in m) or "outofmemory" in m or "cuda oom" in m:
         return "oom"
     if "timeout" in m or "did not finish" in m or "no progress" in m or "timed out" in m:
         return "timeout"

@@ -519,18 +519,15 @@ def to_mapping(c: Cluster) -> dict:
 def save_cluster(c: Cluster, path) -> Path:
     """Write YAML (explicit graph, units in keys) or GraphML (SI attributes; rank order kept as
     a ``rank`` attribute on devices) by the file suffix."""
-    p = Path(path)
+    from parsim.outputs import CLUSTER, check_output_path, write_atomic
+    p = check_output_path(path, CLUSTER, "cluster file")
     if p.suffix.lower() == ".graphml":
         g = c.graph.copy()
         for r, d in enumerate(c.devices):
             g.nodes[d]["rank"] = r
         g.graph.update(name=c.name, device=c.device_profile, gpus_per_node=c.gpus_per_node)
-        nx.write_graphml(g, p)
-    elif p.suffix.lower() in (".yaml", ".yml"):
-        p.write_text(yaml.safe_dump(to_mapping(c), sort_keys=False))
-    else:
-        raise ParsimError(f"cannot save a cluster as {p.name}: expected a .yaml, .yml or .graphml file")
-    return p
+        return write_atomic(p, lambda f: nx.write_graphml(g, f), CLUSTER, "cluster file")
+    return write_atomic(p, yaml.safe_dump(to_mapping(c), sort_keys=False), CLUSTER, "cluster file")
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -587,6 +584,8 @@ def draw(c: Cluster, path) -> Path:
     ax.set_title(f"{c.name}: {c.num_devices} devices, {g.number_of_edges()} links (edge width ∝ bandwidth)")
     ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    from parsim.outputs import save_figure
+    try:
+        return save_figure(fig, path, "--draw", dpi=120)
+    finally:
+        plt.close(fig)

@@ -6,6 +6,17 @@ context manager, from SIGINT/SIGTERM handlers and at exit; it kills whatever is
 still running inside our namespaces (processes we launched there) and deletes
 the namespaces, which takes their veths and bridges with them.
 
+Isolation (several clusters, several users of this machine at once):
+
+* a run's prefix is claimed before anything is built: no namespace may start with it and
+  its state file is created with O_EXCL, so two runs never share a prefix;
+* a run removes only the namespaces it created itself (``ip netns add`` succeeded), never
+  "whatever starts with my prefix";
+* every namespace carries its owner on its loopback's alias (``parsim owner=PID:START
+  state=FILE``), so a namespace whose state file is elsewhere (another PARSIM_NETEM_STATE_DIR)
+  is still known to be someone's; ``down`` without a prefix removes only clusters whose owner
+  process is gone, and never a namespace whose owner it cannot establish (``down --all`` does).
+
 Shaping: tbf on the egress of each veth end, i.e. each direction of a link has
 its own token bucket at the link rate. Where the kernel has sch_netem, a netem
 child adds the link's one-way latency; this is detected once per process.
@@ -163,6 +174,29 @@ def delete_namespaces(names) -> list:
     return gone
 
 
+OWNER_ALIAS = "parsim owner="
+
+
+def ns_owner(ns: str):
+    """(pid, start, state file) from a namespace's loopback alias, or None (not set / unreadable)."""
+    p = _run(["ip", "-n", ns, "-o", "link", "show", "lo"], check=False)
+    text = p.stdout
+    i = text.find(OWNER_ALIAS)
+    if p.returncode != 0 or i < 0:
+        return None
+    fields = dict(kv.split("=", 1) for kv in text[i:].split("\\")[0].split() if "=" in kv)
+    try:
+        pid, start = fields["owner"].split(":", 1)
+        return int(pid), start, fields.get("state", "")
+    except (KeyError, ValueError):
+        return None
+
+
+def _owner_gone(owner) -> bool:
+    pid, start, _ = owner
+    return _proc_start(pid) != start
+
+
 def read_states() -> list:
     out = []
     for f in sorted(state_dir().glob("ps*.json")):
@@ -174,22 +208,100 @@ def read_states() -> list:
 
 
 def down(all_runs: bool = False, prefix: str | None = None) -> list:
-    """Remove emulated clusters: those brought `up` (persistent), those whose owner
-    died, namespaces of ours that no state file claims, and with all_runs every one.
+    """Remove emulated clusters whose owner process is gone: clusters brought `up` (their `up`
+    process has exited) and runs that crashed or were killed; with `prefix`, that cluster
+    whatever its owner; with all_runs, every cluster and every namespace of ours.
+
+    A namespace no state file here claims is removed only when its loopback alias names an owner
+    that is gone and whose state file (possibly in another state directory) is absent or not a
+    cluster that was brought `up`; one without an owner alias only with all_runs.
     Returns the namespaces deleted."""
     existing = [n for n in list_namespaces() if PREFIX_RE.match(n)]
     claimed, removed = set(), []
     for st in read_states():
-        mine = [n for n in existing if n.startswith(st["prefix"])]
-        wanted = (prefix == st["prefix"]) if prefix else (all_runs or st.get("persistent") or not _owner_alive(st))
+        mine = _created_by(st, existing)
+        wanted = (prefix == st["prefix"]) if prefix else (all_runs or not _owner_alive(st))
         if wanted:
             removed += delete_namespaces(mine)
-            Path(st["_file"]).unlink(missing_ok=True)
-        else:
-            claimed.update(mine)
-    if not prefix:
-        removed += delete_namespaces([n for n in existing if n not in claimed and n not in removed])
+            # keep the state while a namespace it planned exists and nobody's alias says whose it is:
+            # dropping it would leave that namespace with no record at all
+            unknown = [n for n in st.get("namespaces") or [] if n in existing and n not in removed
+                       and ns_owner(n) is None]
+            if not unknown:
+                Path(st["_file"]).unlink(missing_ok=True)
+        claimed.update(mine)
+    if prefix:
+        return removed
+    for n in existing:
+        if n in claimed:
+            continue
+        owner = ns_owner(n)
+        if all_runs or (owner is not None and _owner_gone(owner) and not _kept_elsewhere(owner[2])):
+            removed += delete_namespaces([n])
     return removed
+
+
+def _created_by(st: dict, existing) -> list:
+    """The namespaces a state's run created: recorded as created, or planned and carrying its owner's
+    alias. A planned name that someone else had already taken is neither, and is left alone."""
+    made = set(st.get("created_namespaces") or [])
+    legacy = "created_namespaces" not in st   # written before owners were recorded: no aliases either
+    out = []
+    for n in st.get("namespaces") or []:
+        if n not in existing:
+            continue
+        if n in made:
+            out.append(n)
+            continue
+        owner = ns_owner(n)
+        if owner is None and legacy or \
+                owner is not None and owner[0] == st.get("owner_pid") and owner[1] == st.get("owner_start"):
+            out.append(n)
+    return out
+
+
+def _kept_elsewhere(state_file: str) -> bool:
+    """A state file in another state directory that says its cluster was brought `up` (kept)."""
+    try:
+        return bool(json.loads(Path(state_file).read_text()).get("persistent")) if state_file else False
+    except (OSError, ValueError):
+        return False
+
+
+def leftovers() -> list:
+    """Clusters (state files here) whose owner is gone and that were not brought `up`: what a
+    killed `emulate run` or test left behind. [(prefix, namespaces that still exist)]."""
+    have = set(list_namespaces())
+    return [(st["prefix"], [n for n in st.get("namespaces") or [] if n in have])
+            for st in read_states() if not st.get("persistent") and not _owner_alive(st)]
+
+
+def reap_leftovers() -> list:
+    """Remove what killed runs left behind (see leftovers); returns the namespaces deleted."""
+    gone = []
+    for pfx, _ in leftovers():
+        gone += down(prefix=pfx)
+    return gone
+
+
+def claim_prefix(tries: int = 64) -> str:
+    """A fresh prefix no namespace uses, claimed by creating its state file with O_EXCL."""
+    d = state_dir()
+    have = list_namespaces()
+    for _ in range(tries):
+        pfx = new_prefix()
+        if any(n.startswith(pfx) for n in have):
+            continue
+        try:
+            fd = os.open(d / f"{pfx}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as f:   # a state like any other: `down` removes it once its owner is gone
+            json.dump({"prefix": pfx, "owner_pid": os.getpid(), "owner_start": _proc_start(os.getpid()),
+                       "persistent": False, "namespaces": [], "hosts": [], "created": time.time()}, f)
+        return pfx
+    raise ParsimError(f"could not find a free emulated-cluster prefix in {tries} tries "
+                      f"({len(have)} namespaces exist); `parsim emulate status` lists them")
 
 
 class Emulation:
@@ -198,8 +310,13 @@ class Emulation:
     def __init__(self, cluster, prefix: str | None = None, persistent: bool = False,
                  ranks_per_host: int | None = None):
         self.graph = graph_of(cluster)
-        self.prefix = prefix or new_prefix()
-        self.plan: NetPlan = plan_from_graph(self.graph, self.prefix)
+        self.plan: NetPlan = plan_from_graph(self.graph, prefix or "ps00000-")   # checks the graph first
+        self._claimed = prefix is None     # the state file is ours to remove only if we claimed the prefix
+        if prefix is None:
+            prefix = claim_prefix()
+            self.plan = plan_from_graph(self.graph, prefix)
+        self.prefix = prefix
+        self._created: list = []           # namespaces this object created (and only those it removes)
         self.persistent = persistent
         self.ranks_per_host = ranks_per_host
         self.netem = False
@@ -225,11 +342,21 @@ class Emulation:
         reason = unavailable()
         if reason:
             raise ParsimError(reason)
+        if not self._claimed:   # a prefix given by the caller: never take over someone else's cluster
+            taken = [n for n in list_namespaces() if n.startswith(self.prefix)]
+            if taken or self.state_file.exists():
+                raise ParsimError(f"emulated-cluster prefix {self.prefix} is in use ({len(taken)} namespace(s), "
+                                  f"state file {'present' if self.state_file.exists() else 'absent'}): "
+                                  "not building over it; give no prefix to get a fresh one")
         self._up = True
         self.write_state()  # before anything exists, so a crash is always cleanable
         p = self.plan
+        alias = f"{OWNER_ALIAS}{os.getpid()}:{_proc_start(os.getpid())} state={self.state_file}"
         for ns in p.namespaces:
-            _run(["ip", "netns", "add", ns])
+            _run(["ip", "netns", "add", ns])   # fails if the name exists: then it is not ours to remove
+            self._created.append(ns)
+            _run(["ip", "-n", ns, "link", "set", "dev", "lo", "alias", alias], check=False)
+            self.write_state()
             _run(["ip", "-n", ns, "link", "set", "lo", "up"])
             _run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], check=False)
             _run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.tcp_congestion_control={TCP_CC}"])
@@ -253,9 +380,15 @@ class Emulation:
         return self
 
     def teardown(self) -> None:
+        """Remove what this object created, and nothing else: its namespaces (with their veths and
+        bridges) and, when it claimed the prefix, its state file."""
         if self._up:
             self._up = False
-            delete_namespaces([n for n in list_namespaces() if n.startswith(self.prefix)])
+            have = set(list_namespaces())
+            delete_namespaces([n for n in self._created if n in have])
+            self._created = []
+        if self._claimed:
+            self._claimed = False
             self.state_file.unlink(missing_ok=True)
         self._restore_handlers()
 
@@ -287,7 +420,8 @@ class Emulation:
         return {
             "prefix": self.prefix, "owner_pid": os.getpid(), "owner_start": _proc_start(os.getpid()),
             "persistent": self.persistent, "created": time.time(), "netem": self.netem, "tcp_cc": TCP_CC,
-            "namespaces": self.plan.namespaces, "dropped_links": list(self.plan.dropped),
+            "namespaces": self.plan.namespaces, "created_namespaces": list(self._created),
+            "dropped_links": list(self.plan.dropped),
             "hosts": [{"node": str(h.node), "ns": h.ns, "address": h.address, "ranks": [str(r) for r in h.ranks]}
                       for h in self.plan.hosts],
             "ranks_per_host": self.ranks_per_host,
@@ -296,9 +430,8 @@ class Emulation:
         }
 
     def write_state(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state(), default=str))
-        tmp.replace(self.state_file)
+        from parsim.outputs import write_atomic
+        write_atomic(self.state_file, json.dumps(self.state(), default=str), what="emulated cluster state")
 
     # -- running things inside ----------------------------------------------
     def ranks(self) -> list:

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -162,7 +161,8 @@ def _expected_ok(op, buf, rank, workers):
     return True  # values of the other ops are not checked here
 
 
-def _run_point(op, algo, nbytes, repeats, warmup, rank, world, min_time_s=0.0, max_repeats=25):
+def _run_point(op, algo, nbytes, repeats, warmup, rank, world, min_time_s=0.0, max_repeats=25, beat=None,
+               fault=None):
     import torch
     import torch.distributed as dist
     steps, servers, pred = predict_point(op, algo, world, nbytes)
@@ -173,6 +173,10 @@ def _run_point(op, algo, nbytes, repeats, warmup, rank, world, min_time_s=0.0, m
     # every rank sees the same (MAX-reduced) times, so every rank makes the same decision
     while len(times) < repeats or (sum(times) < min_time_s and len(times) < max(repeats, max_repeats)):
         it += 1
+        if beat:
+            beat(f"bench {op} {algo} {fmt_bytes(nbytes)} repeat {it}")
+        if fault:
+            fault(it)
         buf.fill_(rank + 1 if rank < workers else 0)
         dist.barrier()
         t0 = time.perf_counter()
@@ -217,30 +221,35 @@ def runnable_algorithms(op, algos, world, nbytes, quiet=False) -> list:
     return ok
 
 
-def run_ranks(args) -> list | None:
-    """Body of one rank (env:// rendezvous). Returns the results on rank 0."""
-    import torch.distributed as dist
-    from datetime import timedelta
+def validate(args, world: int) -> dict:
+    """Every flag of a benchmark checked against a `world`-rank group before anything is spawned
+    or a process group formed: op, algorithms, sizes and repeats. Returns the job the ranks run
+    (plain data: it goes into the launcher's config). Raises ParsimError (one line)."""
+    require(args.repeats >= 1, f"--repeats {args.repeats} must be >= 1")
+    require(getattr(args, "min_time", 0.0) >= 0, f"--min-time {args.min_time} must be >= 0 seconds")
+    require(world >= 1, f"--nproc {world} must be >= 1")
     op = args.bench
     algos = [a.strip() for a in str(args.algo).split(",") if a.strip()]
+    require(bool(algos), f"--algo {args.algo!r}: expected one or more algorithm names, comma-separated")
     sizes = parse_size_range(args.size)
-    algos = runnable_algorithms(op, algos, int(os.environ["WORLD_SIZE"]), sizes[0],
-                                quiet=os.environ.get("RANK", "0") != "0")
-    if "OMP_NUM_THREADS" not in os.environ:
-        # several ranks share the CPU: spinning OpenMP workers would steal it from
-        # gloo's I/O threads (measured: a 4-rank 1 MiB ring 30x slower on 2 cores)
-        import torch
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    dist.init_process_group("gloo", timeout=timedelta(seconds=TIMEOUT_S))
-    try:
-        rank, world = dist.get_rank(), dist.get_world_size()
-        out = [_run_point(op, a, n, args.repeats, args.warmup, rank, world, getattr(args, "min_time", 0.0),
-                          getattr(args, "max_repeats", 25)) for n in sizes for a in algos]
-        for r in out:
-            r["hosts"] = int(os.environ.get("PARSIM_NETEM_HOSTS", 1))
-        return out if rank == 0 else None
-    finally:
-        dist.destroy_process_group()
+    algos = runnable_algorithms(op, algos, world, sizes[0],
+                                quiet="RANK" in os.environ and os.environ.get("RANK") != "0")
+    return {"op": op, "algos": algos, "sizes": [int(n) for n in sizes], "repeats": args.repeats,
+            "warmup": args.warmup, "min_time": getattr(args, "min_time", 0.0),
+            "max_repeats": getattr(args, "max_repeats", 25)}
+
+
+def bench_rank(job: dict, rank: int, world: int, beat=None, fault=None) -> list | None:
+    """One rank's benchmark in a formed process group (backends.torchdist.runner runs it under its
+    watchdog; `beat(phase)` marks progress). Returns the results on rank 0, else None."""
+    out = []
+    for n in job["sizes"]:
+        for a in job["algos"]:
+            out.append(_run_point(job["op"], a, n, job["repeats"], job["warmup"], rank, world, job["min_time"],
+                                  job["max_repeats"], beat, fault))
+    for r in out:
+        r["hosts"] = int(os.environ.get("PARSIM_NETEM_HOSTS", 1))
+    return out if rank == 0 else None
 
 
 def render(results, fmt="table") -> str:
@@ -257,43 +266,47 @@ def render(results, fmt="table") -> str:
     return "\n".join(lines)
 
 
-def _spawn_local(args, argv) -> int:
-    """No RANK in the environment: run --nproc ranks here on loopback."""
-    import socket
-    require(args.nproc >= 1, f"--nproc {args.nproc} must be >= 1")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for r in range(args.nproc):
-        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(args.nproc), LOCAL_RANK=str(r),
-                   LOCAL_WORLD_SIZE=str(args.nproc),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   TORCH_CPP_LOG_LEVEL=os.environ.get("TORCH_CPP_LOG_LEVEL") or "ERROR")   # c10d's socket warnings
-        procs.append(subprocess.Popen([sys.executable, "-m", "backends.torchdist.bench", *argv], env=env))
-    rc = 0
-    for p in procs:
-        try:
-            rc = rc or p.wait(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise ParsimError(f"local benchmark ranks did not finish within {TIMEOUT_S} s")
-    return rc
-
-
 def main(args, argv=None) -> int:
-    """Entry point for `parsim run --bench OP ...` (args from add_arguments + --bench)."""
-    require(args.repeats >= 1, f"--repeats {args.repeats} must be >= 1")
-    require(getattr(args, "min_time", 0.0) >= 0, f"--min-time {args.min_time} must be >= 0 seconds")
-    if "RANK" not in os.environ:
-        return _spawn_local(args, argv if argv is not None else sys.argv[1:])
-    res = run_ranks(args)
-    if res is not None:
-        print(render(res, args.format), flush=True)
-        if not all(r["correct"] for r in res):
-            return 1
-    return 0
+    """Entry point for `parsim run --bench OP ...` (args from add_arguments + --bench).
+
+    Without RANK in the environment: --nproc local ranks through backends.torchdist.launch (the
+    training runs' launcher: per-rank watchdog, a killed, failed or stopped rank named in one
+    line, nothing left running). With RANK/WORLD_SIZE set (torchrun, `parsim emulate run`): this
+    process is one rank; a bad flag is reported by rank 0 only, so one line, not one per rank."""
+    env_mode = "RANK" in os.environ
+    world = int(os.environ["WORLD_SIZE"]) if env_mode else args.nproc
+    try:
+        job = validate(args, world)
+    except ParsimError:
+        if env_mode and os.environ.get("RANK") != "0":
+            return 2           # rank 0 says it
+        raise
+    cores = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world)) if env_mode else world
+    # several ranks share the CPU: spinning OpenMP workers would steal it from gloo's I/O threads
+    # (measured: a 4-rank 1 MiB ring 30x slower on 2 cores)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, cores // max(1, local)))
+    timeout_s = float(getattr(args, "timeout", None) or TIMEOUT_S)
+    cfg = {"task": "bench", "bench": job, "backend": "gloo", "timeout_s": min(timeout_s, 600),
+           "watchdog_s": float(getattr(args, "watchdog", None) or 60.0), "threads_per_rank": threads}
+    if not env_mode:
+        from backends.torchdist.launch import launch
+        res = launch(cfg, world, timeout_s=timeout_s)
+    else:
+        import tempfile
+
+        from backends.torchdist.runner import worker_main
+        fd, out = tempfile.mkstemp(prefix="parsim-bench-", suffix=".json")
+        os.close(fd)
+        try:
+            worker_main(dict(cfg, out=out))
+            if os.environ["RANK"] != "0":
+                return 0
+            res = json.loads(open(out).read())
+        finally:
+            os.unlink(out)
+    print(render(res, args.format), flush=True)
+    return 0 if all(r["correct"] for r in res) else 1
 
 
 def _standalone(argv=None) -> int:

@@ -86,9 +86,8 @@ def main(argv=None) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     res = measure(spec)
     out = Path(argv[1])
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(out)
+    from parsim.outputs import write_atomic
+    write_atomic(out, json.dumps(res, indent=1))
     return 0
 
 

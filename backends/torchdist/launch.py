@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from parsim.errors import ParsimError
+from parsim.outputs import write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 _PEER_WORDS = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout", "peer",
@@ -60,19 +61,108 @@ def _tail(path: Path, n: int = 8) -> str:
         return ""
 
 
+RUNS_DIR_PREFIX = "run-"
+
+
+def runs_root() -> Path:
+    """Where run directories live: ``$TMPDIR/parsim-runs-<uid>`` (mode 0700, ours). A run's directory
+    is named after its launcher (pid and start time), so a later run reaps those whose launcher died."""
+    root = Path(tempfile.gettempdir()) / f"parsim-runs-{os.getuid()}"
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(root)
+        if not root.is_dir() or root.is_symlink() or st.st_uid != os.getuid():
+            return Path(tempfile.gettempdir())
+    except OSError:
+        return Path(tempfile.gettempdir())
+    return root
+
+
+def _proc_start(pid: int):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _proc_state(pid: int) -> str:
+    """One letter from /proc/PID/stat: R, S, D, T (stopped), t (traced), Z... ('' when gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def reap_run_dirs(root: Path | None = None) -> list:
+    """Remove run directories whose launcher is gone (killed with SIGKILL: no `finally` ran).
+    Returns the paths removed; directories of live launchers are never touched."""
+    import shutil
+    root = root or runs_root()
+    gone = []
+    for d in root.glob(f"{RUNS_DIR_PREFIX}*"):
+        parts = d.name.split("-")   # run-PID-START-random
+        if len(parts) < 4 or not parts[1].isdigit():
+            continue
+        if _proc_start(int(parts[1])) == parts[2]:
+            continue   # its launcher is alive
+        shutil.rmtree(d, ignore_errors=True)
+        gone.append(str(d))
+    return gone
+
+
+class _Terminated(BaseException):
+    """SIGTERM reached the launcher: unwind so the `finally` stops the ranks and removes the run dir."""
+
+
 def launch(cfg: dict, nproc: int, timeout_s: float = 300.0, grace_s: float = 5.0, env: dict | None = None,
            keep_dir: bool = False) -> dict:
     """Run `nproc` local ranks on `cfg` (see runner.worker_main) and return rank 0's report: a
-    parsim.predict.StepReport (source "measured"), or a list of results for cfg["jobs"]."""
-    work = Path(tempfile.mkdtemp(prefix="parsim-run-"))
+    parsim.predict.StepReport (source "measured"), or a list of results for cfg["jobs"] (or a benchmark).
+
+    Raises RunFailed naming the rank that failed, hung or stopped, and why. SIGTERM stops every rank,
+    removes the run directory and exits 143 with one line; after a kill -9 of the launcher its ranks
+    die with it (PR_SET_PDEATHSIG) and the next launch removes its run directory, saying so."""
+    left = reap_run_dirs()
+    if left:
+        print(f"parsim run: removed {len(left)} run director{'y' if len(left) == 1 else 'ies'} left by killed "
+              f"run(s): {' '.join(left)}", file=sys.stderr)
+    old = None
+    try:
+        old = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:   # not the main thread
+        pass
+    try:
+        return _launch(cfg, nproc, timeout_s, grace_s, env, keep_dir)
+    except _Terminated as e:
+        print(f"parsim run: terminated by SIGTERM: all {nproc} ranks stopped, run directory {e} removed",
+              file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+_CURRENT_WORK: list = []
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated(_CURRENT_WORK[-1] if _CURRENT_WORK else "")
+
+
+def _launch(cfg, nproc, timeout_s, grace_s, env, keep_dir):
+    me = os.getpid()
+    work = Path(tempfile.mkdtemp(prefix=f"{RUNS_DIR_PREFIX}{me}-{_proc_start(me)}-", dir=runs_root()))
+    _CURRENT_WORK.append(str(work))
     cfg = dict(cfg, status_dir=str(work), out=str(work / "report.json"))
-    (work / "config.json").write_text(json.dumps(cfg))
+    write_atomic(work / "config.json", json.dumps(cfg))
     base = dict(os.environ)
     base.update(env or {})
     base.update(MASTER_ADDR=base.get("PARSIM_MASTER_ADDR", "127.0.0.1"), MASTER_PORT=str(free_port()),
                 WORLD_SIZE=str(nproc), PYTHONPATH=os.pathsep.join([str(ROOT), base.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                OMP_NUM_THREADS=str(cfg.get("threads_per_rank", 1)), PYTHONUNBUFFERED="1")
+                OMP_NUM_THREADS=str(cfg.get("threads_per_rank", 1)), PYTHONUNBUFFERED="1",
+                TORCH_CPP_LOG_LEVEL=base.get("TORCH_CPP_LOG_LEVEL") or "ERROR")   # c10d's socket warnings
     procs, logs = [], []
+    oom0 = oom_kills()
     try:
         for r in range(nproc):
             e = dict(base, RANK=str(r), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(nproc))
@@ -81,7 +171,7 @@ def launch(cfg: dict, nproc: int, timeout_s: float = 300.0, grace_s: float = 5.0
             procs.append(subprocess.Popen([sys.executable, "-m", "backends.torchdist.runner", str(work / "config.json")],
                                           env=e, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
                                           preexec_fn=_pdeathsig))
-        return _watch(procs, work, cfg, timeout_s, grace_s)
+        return _watch(procs, work, cfg, timeout_s, grace_s, oom0)
     except RunFailed as e:
         e.pids = tuple(p.pid for p in procs)
         raise
@@ -89,9 +179,32 @@ def launch(cfg: dict, nproc: int, timeout_s: float = 300.0, grace_s: float = 5.0
         _kill_all(procs)
         for log in logs:
             log.close()
+        _CURRENT_WORK.remove(str(work))
         if not keep_dir:
             import shutil
             shutil.rmtree(work, ignore_errors=True)
+
+
+def oom_kills():
+    """The kernel OOM killer's kill count for this process's memory cgroup (v2 memory.events or
+    v1 memory.oom_control), or None where it cannot be read."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, ctrl, path = line.split(":", 2)
+        for f in ([Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.events"] if ctrl == "" else
+                  [Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.oom_control",
+                   Path("/sys/fs/cgroup/memory/memory.oom_control")] if "memory" in ctrl.split(",") else []):
+            try:
+                for kv in f.read_text().splitlines():
+                    k, _, v = kv.partition(" ")
+                    if k == "oom_kill":
+                        return int(v)
+            except (OSError, ValueError):
+                continue
+    return None
 
 
 def _kill_all(procs):
@@ -107,10 +220,62 @@ def _kill_all(procs):
             p.wait()
 
 
-def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float) -> dict:
+def _heartbeat_age(work: Path, rank: int, now_wall: float):
+    """(seconds since rank's watchdog thread last wrote its heartbeat, its phase) or (None, '')."""
+    f = work / f"rank{rank}.beat"
+    try:
+        age = now_wall - f.stat().st_mtime
+        phase = f.read_text(errors="replace").strip()
+    except OSError:
+        return None, ""
+    return age, phase
+
+
+def _stalled_rank(procs, work: Path, limit_s: float, exited=(), stopped_now: bool = True,
+                  frozen_s: float | None = None):
+    """The rank that stopped progressing, as (rank, reason) or None: a rank whose process is stopped
+    (SIGSTOP, a debugger), else the one whose heartbeat (written every second by its watchdog
+    thread, which runs even while the main thread waits in a collective) is the stalest, when it is
+    older than limit_s. A rank blocked in a collective waiting on a stopped peer still beats.
+    stopped_now: a stopped process counts at once (after a peer failed); else only once its
+    heartbeat is older than limit_s too (a short stop by a debugger is not a failure).
+    frozen_s: the staleness that names a rank that is not stopped (default limit_s); larger while
+    nothing has failed, as one C call holding the GIL (loading libtorch on a busy machine) can
+    delay the beat thread for seconds."""
+    frozen_s = limit_s if frozen_s is None else frozen_s
+    now = time.time()
+    for r, p in enumerate(procs):
+        if r not in exited and _proc_state(p.pid) in ("T", "t"):
+            age, phase = _heartbeat_age(work, r, now)
+            if not stopped_now and (age is None or age <= limit_s):
+                continue
+            return r, (f"rank {r} is stopped (SIGSTOP or a debugger)"
+                       + (f": no progress for {age:.0f} s" if age is not None else "")
+                       + (f" in phase {phase}" if phase else ""))
+    ages = {}
+    for r, p in enumerate(procs):
+        if r in exited:
+            continue
+        age, phase = _heartbeat_age(work, r, now)
+        if age is not None:
+            ages[r] = (age, phase)
+    if ages:
+        r = max(ages, key=lambda k: ages[k][0])
+        age, phase = ages[r]
+        if age > frozen_s:
+            return r, f"rank {r} stopped responding: no heartbeat for {age:.0f} s" + (f" in phase {phase}" if phase else "")
+    return None
+
+
+def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float, oom0=None) -> dict:
     start = time.monotonic()
     first_fail = None       # (time, rank)
     exited = {}
+    dog_s = float(cfg.get("watchdog_s", 120))
+    # a rank's heartbeat older than this is a rank that cannot run at all (the watchdog thread ticks
+    # every min(1 s, watchdog/4)); a busy machine can delay a tick by seconds, not by this much
+    stale_s = max(dog_s, 10.0)
+    next_check = start + 1.0
     while True:
         now = time.monotonic()
         for r, p in enumerate(procs):
@@ -122,14 +287,27 @@ def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float) -> di
             break
         if first_fail is not None and (len(exited) == len(procs) or now - first_fail[0] > grace_s):
             still = [r for r in range(len(procs)) if r not in exited]
+            stalled = _stalled_rank(procs, work, 10.0, exited)
             _kill_all(procs)
-            raise RunFailed(_failure_message(procs, exited, work, still))
+            raise RunFailed(_failure_message(procs, exited, work, still, stalled, cfg, oom0))
+        if now >= next_check:
+            next_check = now + 1.0
+            stalled = _stalled_rank(procs, work, stale_s, exited, stopped_now=False,
+                                    frozen_s=max(3 * stale_s, float(cfg.get("timeout_s", 60))))
+            if stalled is not None and first_fail is None:
+                others = [str(x) for x in range(len(procs)) if x != stalled[0]]
+                _kill_all(procs)
+                raise RunFailed(f"{stalled[1]}; the other rank(s) {', '.join(others) or '-'} were waiting for it; "
+                                "all ranks stopped")
         if now - start > timeout_s:
             running = [r for r in range(len(procs)) if r not in exited]
+            stalled = _stalled_rank(procs, work, 10.0, exited)
             _kill_all(procs)
             errs = "; ".join(_cause(r, None, work) for r in running if (work / f"rank{r}.err").exists())
             raise RunFailed(f"run did not finish within its timeout of {timeout_s:.0f} s: rank(s) "
-                            f"{', '.join(map(str, running))} still running{'; ' + errs if errs else ''}; all ranks killed")
+                            f"{', '.join(map(str, running))} still running"
+                            + (f"; {stalled[1]}" if stalled else "") + (f"; {errs}" if errs else "")
+                            + "; all ranks killed")
         time.sleep(0.05)
     report = work / "report.json"
     if not report.exists():
@@ -138,7 +316,7 @@ def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float) -> di
     return reports_from_json(json.loads(report.read_text()))   # measured reports as StepReport
 
 
-def _cause(rank: int, rc, work: Path) -> str:
+def _cause(rank: int, rc, work: Path, cfg: dict | None = None, oom=None) -> str:
     err = work / f"rank{rank}.err"
     if err.exists():
         return err.read_text().strip().splitlines()[0]
@@ -147,20 +325,35 @@ def _cause(rank: int, rc, work: Path) -> str:
             name = signal.Signals(-rc).name
         except ValueError:
             name = f"signal {-rc}"
-        return f"rank {rank} was killed by {name}"
+        msg = f"rank {rank} was killed by {name}"
+        if -rc == signal.SIGKILL:   # we send SIGTERM first; a SIGKILL we did not send is most often the OOM killer
+            pred = (cfg or {}).get("predicted_memory_GiB")
+            want = f"; parsim predicted {pred:.2f} GiB per rank" if isinstance(pred, (int, float)) else ""
+            if oom:
+                msg += f" by the kernel's OOM killer (cgroup oom_kill count +{oom}): out of host memory{want}"
+            else:
+                msg += f" (not by parsim) — likely out of memory (host RAM, the kernel's OOM killer), or killed by hand{want}"
+        return msg
     tail = _tail(work / f"rank{rank}.log", 1)
     return f"rank {rank} exited with code {rc}" + (f": {tail}" if tail else "")
 
 
-def _failure_message(procs, exited, work: Path, still=()) -> str:
-    """Name the rank that caused the failure: one killed by a signal we did not send, else one whose
-    error is not a consequence of a peer going away, else the first to fail."""
+def _failure_message(procs, exited, work: Path, still=(), stalled=None, cfg=None, oom0=None) -> str:
+    """Name the rank that caused the failure: one killed by a signal we did not send, else one that is
+    stopped or no longer beats (SIGSTOP), else one whose error is not a consequence of a peer going
+    away, else the first to fail."""
+    n1 = oom_kills()
+    oom = (n1 - oom0) if (n1 is not None and oom0 is not None and n1 > oom0) else 0
     failed = sorted((t, r, rc) for r, (t, rc) in exited.items() if rc != 0)
     culprit = None
     for t, r, rc in failed:
         if rc < 0:
             culprit = (r, rc)
             break
+    if culprit is None and stalled is not None:
+        others = [str(x) for _, x, _ in failed if x != stalled[0]]
+        return (stalled[1] + (f" (rank(s) {', '.join(others)} gave up waiting for it)" if others else "")
+                + "; all ranks stopped")
     stuck = {}
     for t, r, rc in failed:   # watchdog firings: the rank that stopped progressing first is the cause
         try:
@@ -173,19 +366,20 @@ def _failure_message(procs, exited, work: Path, still=()) -> str:
         culprit = (r, exited[r][1])
     if culprit is None:
         for t, r, rc in failed:
-            msg = _cause(r, rc, work).lower()
-            if not any(w in msg for w in _PEER_WORDS) or "injected" in msg or "no progress" in msg:
+            msg = _cause(r, rc, work, cfg, oom).lower()
+            if not any(w in msg for w in _PEER_WORDS) or "injected" in msg or "no progress" in msg \
+                    or "out of memory" in msg:
                 culprit = (r, rc)
                 break
     if culprit is None and still:   # every failure was a timeout waiting on a peer that never answered
         return (f"rank(s) {', '.join(map(str, still))} stopped making progress (hang?): the other ranks gave up "
-                f"waiting for them ({_cause(failed[0][1], failed[0][2], work)}); all ranks stopped")
+                f"waiting for them ({_cause(failed[0][1], failed[0][2], work, cfg, oom)}); all ranks stopped")
     if culprit is None:
         culprit = (failed[0][1], failed[0][2])
     r, rc = culprit
     others = [str(x) for _, x, _ in failed if x != r]
     tail = _tail(work / f"rank{r}.log", 4)
-    msg = _cause(r, rc, work)   # names the rank
+    msg = _cause(r, rc, work, cfg, oom)   # names the rank
     if others:
         msg += f" (then rank(s) {', '.join(others)} aborted)"
     msg += "; all ranks stopped"

@@ -37,41 +37,108 @@ import traceback
 from datetime import timedelta
 from pathlib import Path
 
+from parsim.outputs import write_atomic  # temp file + fsync + rename: the one writer
+
 PHASES = ("forward", "backward", "recompute", "tp_comm", "pipeline", "dp_sync", "optimizer", "total")
 
 
-def write_atomic(path, text: str):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class Watchdog(threading.Thread):
     """Ends this rank when no phase has started for `limit_s` seconds."""
 
-    def __init__(self, rank: int, limit_s: float, on_fire, startup_s: float | None = None):
+    def __init__(self, rank: int, limit_s: float, on_fire, startup_s: float | None = None, heartbeat=None):
         super().__init__(daemon=True)
         self.rank, self.limit_s, self.on_fire = rank, limit_s, on_fire
         self.phase, self.last, self.phase_limit = "start-up (import torch)", time.monotonic(), startup_s
         self._halt = threading.Event()
+        # heartbeat file (the launcher's status dir): this thread rewrites it every tick with the phase,
+        # so its mtime is the last moment the process could run at all; a stopped (SIGSTOP) or frozen
+        # rank stops beating, a rank waiting in a collective does not (backends/torchdist/launch.py)
+        self._beat_fd = None
+        if heartbeat:
+            try:
+                self._beat_fd = os.open(heartbeat, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                self._heartbeat()
+            except OSError:
+                self._beat_fd = None
+
+    def _heartbeat(self):
+        if self._beat_fd is not None:
+            try:
+                line = f"{self.phase}"[:200].encode()
+                os.pwrite(self._beat_fd, line.ljust(200), 0)   # fixed width: no truncate, one write
+            except OSError:
+                pass
 
     def beat(self, phase: str, limit_s: float | None = None):
         """Progress: entering `phase`, which may take up to `limit_s` (default: the watchdog's)."""
         self.phase, self.last, self.phase_limit = phase, time.monotonic(), limit_s
+        self._heartbeat()   # the phase, for the launcher's message (a pwrite: microseconds)
 
     def stop(self):
         self._halt.set()
 
     def run(self):
         while not self._halt.wait(min(1.0, self.limit_s / 4)):
+            self._heartbeat()
             idle = time.monotonic() - self.last
             limit = self.phase_limit or self.limit_s
             if idle > limit:
                 self.on_fire(f"rank {self.rank}: no progress for {idle:.0f} s (watchdog {limit:.0f} s) "
                              f"in phase {self.phase}", time.time() - idle)
                 os._exit(3)
+
+
+class StoreBeats(threading.Thread):
+    """Heartbeats through the run's TCPStore, for runs without our launcher (torchrun, one process
+    per emulated host): every second this rank sets ``parsim/beat/<rank>`` = "wall-time phase".
+    When a watchdog fires, :meth:`stalest` reads the peers' beats (on its own connection, with a
+    short timeout) and names the one that stopped first: a stopped (SIGSTOP) or frozen rank stops
+    beating; a rank waiting in a collective keeps beating from this thread."""
+
+    def __init__(self, rank: int, world: int, dog: Watchdog):
+        super().__init__(daemon=True)
+        self.rank, self.world, self.dog = rank, world, dog
+        self.addr, self.port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+
+    def _client(self, timeout_s: float):
+        import torch.distributed as dist
+        return dist.TCPStore(self.addr, self.port, self.world, False, timedelta(seconds=timeout_s))
+
+    def run(self):
+        try:
+            store = self._client(10)
+            while True:
+                store.set(f"parsim/beat/{self.rank}", f"{time.time():.3f} {self.dog.phase}")
+                time.sleep(1.0)
+        except Exception:   # noqa: BLE001 — the store went away (run ending): stop beating
+            return
+
+    def stalest(self, waited_s: float) -> str:
+        """'rank R stopped progressing: ...' for the peer whose last beat is oldest and older than
+        half of `waited_s`; '' when every peer still beats (or none can be read)."""
+        now = time.time()
+        try:
+            store = self._client(3)
+        except Exception:   # noqa: BLE001
+            return ("rank 0 (it serves the rendezvous store) is not responding: stopped or hung"
+                    if self.rank != 0 else "")
+        worst = None
+        for r in range(self.world):
+            if r == self.rank:
+                continue
+            try:
+                t, _, phase = store.get(f"parsim/beat/{r}").decode().partition(" ")
+                age = now - float(t)
+            except Exception:   # noqa: BLE001 — no beat yet, or the store stopped answering
+                continue
+            if worst is None or age > worst[1]:
+                worst = (r, age, phase)
+        if worst is None or worst[1] < max(3.0, waited_s / 2):
+            return ""
+        r, age, phase = worst
+        return f"rank {r} stopped progressing: no heartbeat for {age:.0f} s (the last one in phase {phase})"
 
 
 def _rss_bytes() -> int:
@@ -83,7 +150,9 @@ def _rss_bytes() -> int:
 
 
 def _maybe_fault(cfg, rank, step, phase):
-    """Fault injection for the reliability tests: PARSIM_FAULT='rank:step:kill|hang|raise'."""
+    """Fault injection for the reliability tests: PARSIM_FAULT='rank:step:KIND' with KIND kill (SIGKILL),
+    hang (the main thread sleeps), stop (SIGSTOP to itself), oom (an allocation of 2^62 bytes) or
+    anything else (raise). In a benchmark the step is the repeat."""
     spec = cfg.get("fault") or os.environ.get("PARSIM_FAULT")
     if not spec:
         return
@@ -95,6 +164,11 @@ def _maybe_fault(cfg, rank, step, phase):
     if kind == "hang":
         while True:
             time.sleep(3600)
+    if kind == "stop":      # as `kill -STOP`: the whole process, watchdog thread included, stops
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if kind == "oom":       # a real allocation failure (2^62 bytes) on the rank's device, as its allocator reports it
+        import torch
+        torch.empty(1 << 62, dtype=torch.uint8, device="cuda" if cfg.get("backend") == "nccl" else "cpu")
     raise RuntimeError(f"injected fault at step {step}")
 
 
@@ -111,16 +185,29 @@ def worker_main(cfg: dict) -> int:
             write_atomic(Path(status_dir) / f"rank{rank}.err", msg.strip().splitlines()[0][:500] + "\n" + extra)
         print(f"[rank {rank}] {msg}", file=sys.stderr, flush=True)
 
-    dog = Watchdog(rank, float(cfg.get("watchdog_s", 120)), report_error,
-                   startup_s=max(float(cfg.get("watchdog_s", 120)), float(cfg.get("timeout_s", 60))))
+    peers = None   # without our launcher (torchrun, `parsim emulate run`): heartbeats through the store
+
+    def on_fire(msg, since):
+        if peers is not None:   # name the peer that stopped first, not this rank that waited for it
+            culprit = peers.stalest(time.time() - since)
+            if culprit:
+                msg = f"{culprit}; rank {rank} gave up waiting ({msg.split(': ', 1)[1]})"
+        report_error(msg, since)
+
+    dog = Watchdog(rank, float(cfg.get("watchdog_s", 120)), on_fire,
+                   startup_s=max(float(cfg.get("watchdog_s", 120)), float(cfg.get("timeout_s", 60))),
+                   heartbeat=str(Path(status_dir) / f"rank{rank}.beat") if status_dir else None)
     dog.start()
     try:
         import torch.distributed as dist
         device, sync = _init(cfg, rank, world, local_rank, dog)
+        if not status_dir and world > 1:
+            peers = StoreBeats(rank, world, dog)
+            peers.start()
         results = []
         for job in cfg.get("jobs") or [{}]:   # several plans in one process group (the tests do this)
             job = {**cfg, **job}
-            run = _grad_sync_check if job.get("task") == "grad_sync_check" else _train
+            run = {"grad_sync_check": _grad_sync_check, "bench": _bench}.get(job.get("task"), _train)
             results.append(run(job, rank, world, device, sync, dog))
         if rank == 0 and cfg.get("out"):
             write_atomic(cfg["out"], to_json(results if cfg.get("jobs") else results[0]))
@@ -132,13 +219,36 @@ def worker_main(cfg: dict) -> int:
         if isinstance(e, SystemExit) and not e.code:
             raise
         cause = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        report_error(f"rank {rank} failed in phase {dog.phase}: {cause}")
+        oom = out_of_memory(e)
+        if oom:
+            pred = cfg.get("predicted_memory_GiB")
+            report_error(f"rank {rank} ran out of {oom} memory in phase {dog.phase}"
+                         + (f"; parsim predicted {pred:.2f} GiB per rank" if isinstance(pred, (int, float)) else "")
+                         + f" ({cause[:300]})")
+        else:
+            report_error(f"rank {rank} failed in phase {dog.phase}: {cause}")
         if os.environ.get("PARSIM_DEBUG"):
             traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)   # do not wait for collectives in process-group teardown
     finally:
         dog.stop()
+
+
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate")
+
+
+def out_of_memory(e: BaseException) -> str:
+    """'device' or 'host' when `e` is an allocation failure (torch.cuda.OutOfMemoryError, the CPU
+    allocator's "can't allocate memory" RuntimeError, MemoryError), else ''."""
+    if isinstance(e, MemoryError):
+        return "host"
+    if type(e).__name__ == "OutOfMemoryError":     # torch.cuda.OutOfMemoryError (and torch.OutOfMemoryError)
+        return "device"
+    text = str(e).lower()
+    if isinstance(e, RuntimeError) and any(w in text for w in _OOM_WORDS):
+        return "device" if ("cuda" in text or "hip" in text or "device" in text) else "host"
+    return ""
 
 
 def _init(cfg, rank, world, local_rank, dog):
@@ -154,10 +264,40 @@ def _init(cfg, rank, world, local_rank, dog):
         device, sync = torch.device("cpu"), None
         torch.set_num_threads(max(1, int(cfg.get("threads_per_rank", 1))))
     dog.beat("init_process_group", max(float(cfg.get("watchdog_s", 120)), float(cfg.get("timeout_s", 60))))
-    dist.init_process_group(backend, rank=rank, world_size=world,
-                            timeout=timedelta(seconds=float(cfg.get("timeout_s", 60))),
+    timeout = timedelta(seconds=float(cfg.get("timeout_s", 60)))
+    store = rendezvous_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world, timeout)
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout,
+                            **({"store": store} if store is not None else {}),
                             **({"device_id": device} if backend == "nccl" else {}))
     return device, sync
+
+
+_LISTENER: list = []   # rank 0's listening socket: it must outlive the store that serves on it
+
+
+def rendezvous_store(addr: str, port: int, rank: int, world: int, timeout):
+    """The c10d TCPStore of a run, its server (rank 0) listening on MASTER_ADDR's address only.
+
+    torch's env:// rendezvous makes rank 0's store listen on every interface (``*:port``), which
+    exposes an unauthenticated key-value store to the network; here rank 0 binds a socket to
+    MASTER_ADDR (127.0.0.1 for local runs, the emulated host's address in a netem run) and hands
+    it to the store (``master_listen_fd``). Returns None where MASTER_ADDR is not an address of
+    this host (then torch's own rendezvous is used, as before)."""
+    import socket
+
+    import torch.distributed as dist
+    if rank != 0:
+        return dist.TCPStore(addr, port, world, False, timeout)
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0]
+        s = socket.socket(family, kind, proto)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(sockaddr)
+        s.listen(max(128, world))
+    except OSError:
+        return None
+    _LISTENER.append(s)
+    return dist.TCPStore(addr, port, world, True, timeout, master_listen_fd=s.fileno())
 
 
 def _train(cfg, rank, world, device, sync, dog):
@@ -229,8 +369,9 @@ def _train(cfg, rank, world, device, sync, dog):
         t3 = clock.now()
         if prof is not None:
             prof.__exit__(None, None, None)
-            Path(trace_dir).mkdir(parents=True, exist_ok=True)
-            prof.export_chrome_trace(str(Path(trace_dir) / f"rank{rank}.json"))
+            from parsim.outputs import atomic_path, make_output_dir
+            with atomic_path(make_output_dir(trace_dir, "--trace") / f"rank{rank}.json", what="--trace") as tmp:
+                prof.export_chrome_trace(tmp)
             prof = None
             continue
         rec = {k: clock.t.get(k, 0.0) for k in ("forward", "backward", "recompute", "tp_comm",
@@ -247,6 +388,12 @@ def _train(cfg, rank, world, device, sync, dog):
     gathered = [None] * world
     dist.all_gather_object(gathered, mine)
     return build_report(spec, plan, gathered, cfg, gpu, warmup) if rank == 0 else None
+
+
+def _bench(cfg, rank, world, device, sync, dog):
+    """A collective micro-benchmark (backends.torchdist.bench) under this rank's watchdog."""
+    from backends.torchdist.bench import bench_rank
+    return bench_rank(cfg["bench"], rank, world, beat=dog.beat, fault=lambda it: _maybe_fault(cfg, rank, it, "forward"))
 
 
 def _grad_sync_check(cfg, rank, world, device, sync, dog):
@@ -368,10 +515,9 @@ def _dump(dump_dir, rank, rm, loss, ops=()):
             if g is not None and hasattr(g, "full_tensor"):
                 g = g.full_tensor()
             grads[name] = None if g is None else g.detach().cpu().clone()
-    Path(dump_dir).mkdir(parents=True, exist_ok=True)
-    tmp = Path(dump_dir) / f".rank{rank}.pt.tmp"
-    torch.save({"grads": grads, "loss": loss, "ops": list(ops)}, tmp)
-    os.replace(tmp, Path(dump_dir) / f"rank{rank}.pt")
+    from parsim.outputs import atomic_path, make_output_dir
+    with atomic_path(make_output_dir(dump_dir, "dump dir") / f"rank{rank}.pt", what="gradient dump") as tmp:
+        torch.save({"grads": grads, "loss": loss, "ops": list(ops)}, tmp)
 
 
 # ---------------------------------------------------------------- the report

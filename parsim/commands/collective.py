@@ -49,6 +49,9 @@ def run(a) -> int:
     algos = [x.strip() for x in (a.algo or DEFAULT_ALGOS.get(a.op, ",".join(known))).split(",") if x.strip()]
     for x in algos:
         require(x in known, f"--algo {x!r} is not a {a.op} algorithm: expected one of {', '.join(known)}{closest(x, known)}")
+    if a.plot:
+        from parsim.outputs import FIGURE, check_output_path
+        check_output_path(a.plot, FIGURE, "--plot")
     sizes = parse_size_range(a.size)
     require(all(s > 0 for s in sizes), f"--size {a.size!r}: sizes must be positive")
     c = load_cluster(a.cluster, a.gpus)
@@ -90,5 +93,8 @@ def _plot(res, algos, path, title):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from parsim.outputs import save_figure
+    try:
+        save_figure(fig, path, "--plot", dpi=120)
+    finally:
+        plt.close(fig)

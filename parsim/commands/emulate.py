@@ -48,8 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _topology_flags(run)
     run.add_argument("--timeout", default="10min", help="kill the ranks after this long (default 10min)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- parsim run ...")
-    down = sub.add_parser("down", help="remove emulated clusters that are up and leftovers of crashed runs")
-    down.add_argument("--all", action="store_true", help="also clusters of runs still in progress")
+    down = sub.add_parser("down", help="remove emulated clusters whose owner is gone: those brought up, and "
+                                       "leftovers of killed runs (never a run in progress)")
+    down.add_argument("--all", action="store_true", help="also clusters of runs still in progress, and namespaces "
+                                                         "of ours whose owner cannot be established")
     down.add_argument("--prefix", default=None, help="only the cluster with this name prefix")
     sub.add_parser("status", help="list emulated clusters and leftovers")
 
@@ -179,23 +181,54 @@ def rank_commands(emu, cmd):
     return out
 
 
+def _pdeathsig():
+    """In the child before exec: SIGKILL when the launcher dies (kill -9 included), so no rank is
+    left running in a namespace as an orphan. Survives `ip netns exec` and `env` (not set-uid)."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _signal_name(rc: int) -> str:
+    import signal
+    try:
+        return signal.Signals(-rc).name
+    except ValueError:
+        return f"signal {-rc}"
+
+
 def run_in(emu, cmd, timeout_s: float) -> int:
-    procs = [subprocess.Popen(argv) for _, argv in rank_commands(emu, cmd)]
+    """Run `cmd` once per rank in its host's namespace; stop the others when one fails or at the
+    timeout. A rank killed by a signal we did not send is named (its peers only see a closed
+    connection). Returns the first failure's exit status (124 at the timeout)."""
+    procs = [subprocess.Popen(argv, preexec_fn=_pdeathsig) for _, argv in rank_commands(emu, cmd)]
     deadline = time.monotonic() + timeout_s
     rc = 0
     try:
-        while any(p.poll() is None for p in procs):
-            failed = [p for p in procs if p.returncode not in (None, 0)]
-            if failed or time.monotonic() > deadline:
-                rc = failed[0].returncode if failed else 124
-                if not failed:
-                    print(f"parsim emulate run: ranks still running after {fmt_time(timeout_s)}; stopping them", file=sys.stderr)
-                time.sleep(2.0 if failed else 0)  # let the others report their error
-                for p in procs:
-                    if p.poll() is None:
-                        p.terminate()
+        while True:
+            codes = [p.poll() for p in procs]          # every rank, every time (no short-circuit)
+            failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+            if failed or None not in codes or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
+        if failed or None in codes:
+            if failed:
+                rc = codes[failed[0]]
+                for r in failed:
+                    if codes[r] < 0:
+                        print(f"parsim emulate run: rank {r} was killed by {_signal_name(codes[r])}", file=sys.stderr)
+            else:
+                rc = 124
+                print(f"parsim emulate run: ranks still running after {fmt_time(timeout_s)}; stopping them",
+                      file=sys.stderr)
+            if None in codes:
+                time.sleep(2.0 if failed else 0)  # let the others report their error
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
         for p in procs:
             try:
                 p.wait(timeout=10)
@@ -211,7 +244,7 @@ def run_in(emu, cmd, timeout_s: float) -> int:
 
 
 def run(args) -> int:
-    from backends.netem.cluster import down, list_namespaces, read_states, unavailable
+    from backends.netem.cluster import down, list_namespaces, read_states, reap_leftovers, unavailable
     from backends.netem.plan import PREFIX_RE
     action = args.action
     require(action is not None, "expected an action: up, run, down or status")
@@ -219,6 +252,11 @@ def run(args) -> int:
         reason = unavailable()
         if reason:
             raise ParsimError(reason)
+    if action in ("up", "run"):   # what killed runs left behind (their owner is gone; never a live cluster)
+        gone = reap_leftovers()
+        if gone:
+            print(f"parsim emulate: removed {len(gone)} namespace(s) left by killed runs: {' '.join(gone)}",
+                  file=sys.stderr)
     if action == "up":
         emu = bring_up(args, persistent=True)
         _print_up(emu, args.format)

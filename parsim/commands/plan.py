@@ -24,8 +24,11 @@ def add_arguments(p):
 
 
 def run(a) -> int:
-    from parsim.report import plans_csv, plans_records, plans_text, to_json, write_atomic
+    from parsim.outputs import check_output_path, write_atomic
+    from parsim.report import plans_csv, plans_records, plans_text, to_json
     from parsim.search import search
+    if a.out:
+        check_output_path(a.out, None, "--out")
     defaults = []
     if a.model is None:
         defaults.append(f"model {DEFAULT_MODEL}")
@@ -44,5 +47,5 @@ def run(a) -> int:
             text = f"using the embedded default {' and '.join(defaults)} (override with --model / --cluster)\n" + text
     sys.stdout.write(text)
     if a.out:
-        write_atomic(a.out, text)
+        write_atomic(a.out, text, None, "--out")
     return 0

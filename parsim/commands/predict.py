@@ -17,13 +17,16 @@ def add_arguments(p):
 
 def run(a) -> int:
     from parsim.commands.common import load_cluster_arg
+    from parsim.outputs import JSON, check_output_path, write_atomic
     from parsim.predict import get_cluster, predict
-    from parsim.report import step_report_text, to_json, write_atomic
+    from parsim.report import step_report_text, to_json
+    if a.out:
+        check_output_path(a.out, JSON, "--out")
     cluster = load_cluster_arg(a.cluster, a.gpus) if str(a.cluster).endswith(".json") else get_cluster(a.cluster, a.gpus)
     plan = plan_from_args(a, a.gpus, None if a.dtype else cluster.device)
     rep = predict(a.model, cluster, plan, gpus=a.gpus, **memory_options(a))
     text = to_json(rep.to_dict()) if a.format == "json" else step_report_text(rep)
     sys.stdout.write(text)
     if a.out:
-        write_atomic(a.out, to_json(rep.to_dict()))
+        write_atomic(a.out, to_json(rep.to_dict()), JSON, "--out")
     return 0

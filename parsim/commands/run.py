@@ -284,6 +284,11 @@ def run(args) -> int:
                 "--warmup", str(args.warmup), "--nproc", str(args.nproc), "--format", args.format,
                 "--min-time", str(args.min_time), "--max-repeats", str(args.max_repeats)]
         return int(bench.main(args, argv) or 0)   # argv: what its own per-rank processes parse
+    from parsim.outputs import JSON, check_output_dir, check_output_path
+    if args.out:   # before the run: a measurement must not be lost to a bad path
+        check_output_path(args.out, JSON, "--out")
+    if args.trace:
+        check_output_dir(args.trace, "--trace")
     torchrun = _torchrun_env()
     world = int(os.environ["WORLD_SIZE"]) if torchrun else None
     model, plan, nproc = make_plan(args, world)
@@ -312,29 +317,40 @@ def run(args) -> int:
            "warmup": min(args.warmup, args.steps - 1), "trace_dir": os.path.abspath(args.trace) if args.trace else None,
            "local_size": args.local_size, "threads_per_rank": args.threads, "timeout_s": min(args.timeout, 600),
            "watchdog_s": args.watchdog, "seed": args.seed, "device_profile": profile}
+    # a rank that runs out of memory is reported beside the predicted figure
+    if predicted and isinstance(predicted.get("memory_GiB"), (int, float)):
+        cfg["predicted_memory_GiB"] = predicted["memory_GiB"]
     if torchrun:
-        from backends.torchdist.runner import worker_main
         import tempfile
-        out = tempfile.mktemp(prefix="parsim-run-", suffix=".json")
-        cfg["out"] = out
-        worker_main(cfg)
-        if int(os.environ["RANK"]) != 0:
-            return 0
-        from backends.torchdist.runner import reports_from_json
-        measured = reports_from_json(json.loads(open(out).read()))
-        os.unlink(out)
+
+        from backends.torchdist.runner import worker_main
+        fd, out = tempfile.mkstemp(prefix="parsim-run-", suffix=".json")
+        os.close(fd)
+        try:
+            cfg["out"] = out
+            worker_main(cfg)
+            if int(os.environ["RANK"]) != 0:
+                return 0
+            from backends.torchdist.runner import reports_from_json
+            measured = reports_from_json(json.loads(open(out).read()))
+        finally:
+            os.unlink(out)
     else:
         from backends.torchdist.launch import launch
         measured = launch(cfg, nproc, timeout_s=args.timeout)
     result = {"plan_label": plan.label(), "measured": as_dict(measured), "predicted": predicted,
               "prediction_source": source, "rows": compare(measured, predicted)}
     result["relative_error"] = {r[0]: r[3] for r in result["rows"]}
-    if args.out:
-        from backends.torchdist.runner import write_atomic
-        write_atomic(args.out, json.dumps(result, indent=1, default=str))
     if args.format == "json":
         json.dump(result, sys.stdout, indent=1, default=str)
         print()
     else:
         print(render_table(result))
+    sys.stdout.flush()
+    if args.out:   # after printing: if this fails (disk full, directory removed meanwhile) the result is above
+        from parsim.outputs import write_atomic
+        try:
+            write_atomic(args.out, json.dumps(result, indent=1, default=str), JSON, "--out")
+        except ParsimError as e:
+            raise ParsimError(f"{e} (the measurement is printed above)") from None
     return 0

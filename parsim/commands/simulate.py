@@ -83,6 +83,11 @@ def _model_stage_times(args, sched):
 
 
 def run(args) -> int:
+    from parsim.outputs import FIGURE, JSON, check_output_path
+    if args.trace:
+        check_output_path(args.trace, JSON, "--trace")
+    if args.gantt:
+        check_output_path(args.gantt, FIGURE, "--gantt")
     sched = build_schedule(args.schedule, args.pp, args.microbatches, args.vpp)
     require(args.p2p_ms >= 0, f"--p2p-ms must be >= 0, got {args.p2p_ms}")
     require(args.tp >= 1, f"--tp must be >= 1, got {args.tp}")

@@ -35,6 +35,11 @@ def run(a) -> int:
     from parsim.topology import draw, load_cluster, save_cluster
     if not getattr(a, "action", None):
         raise ParsimError("topology: expected an action: show or save")
+    from parsim.outputs import CLUSTER, FIGURE, check_output_path
+    if a.action == "save":
+        check_output_path(a.out, CLUSTER, "--out")
+    elif a.draw:
+        check_output_path(a.draw, FIGURE, "--draw")
     c = load_cluster(a.cluster, a.gpus)
     if a.action == "save":
         p = save_cluster(c, a.out)

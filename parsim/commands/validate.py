@@ -98,6 +98,11 @@ def run(args) -> int:
             print(p.id)
         return 0
     out = Path(args.out or os.environ.get("OUT") or Path("results") / slug(study.name))
+    if args.out or os.environ.get("OUT"):   # a directory the user named: its parent must exist (parsim.outputs)
+        from parsim.outputs import make_output_dir
+        make_output_dir(out, "--out")
+    else:                                   # the default results/<study>: ours to create
+        out.mkdir(parents=True, exist_ok=True)
     store = out / "results.jsonl"
     if store.exists() and store.stat().st_size and not (args.resume or args.fresh):
         raise ParsimError(f"{store} exists: --resume to finish that study, --fresh to start it again, or another --out")
@@ -246,6 +251,7 @@ def _train(study, p, ctx, emu, rec):
     from parsim.compare import rel_error
     spec = dict(p.spec)
     if spec.pop("trace", False):
+        (ctx["out"] / "traces").mkdir(exist_ok=True)   # the study's own layout (out/traces/<point>)
         spec["trace_dir"] = str((ctx["out"] / "traces" / slug(p.id)).resolve())
     measured = run_train(spec, study.settings, ctx["profile"], emu)
     mfile = _measured_profile_file(study, ctx)

@@ -73,6 +73,7 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
+from parsim.caches import per_object
 from parsim.errors import ParsimError, closest, require
 from parsim.schedules import collectives as S
 
@@ -110,7 +111,8 @@ class _Router:
     the next target of the same source, so all-pairs patterns cost one BFS per source."""
 
     def __init__(self, g: nx.Graph, p2p: bool = False):
-        self.g = g
+        # no reference to g here: _ROUTERS is keyed weakly by g, and a value that held its key
+        # would keep every graph ever priced alive (the leak of a long-lived process)
         self.idx = {n: i for i, n in enumerate(g.nodes)}
         self.adj = [[] for _ in self.idx]
         bw, lat = [], []
@@ -602,7 +604,7 @@ def _closed_form_coeffs(cluster, op, algo, ranks):
     return 2 * (p - 1) * a, 2 * (p - 1) / p / B          # ring, and anything else
 
 
-@functools.lru_cache(maxsize=4096)
+@per_object()   # bounded: at most CLUSTERS_KEPT clusters' coefficients (parsim/caches.py)
 def _coeffs_cached(cluster, op, algo, ranks, executor="explicit", others=()):
     p = len(ranks)
     if p <= 1:

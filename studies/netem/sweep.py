@@ -221,7 +221,9 @@ def plot(points, path):
            title="all-reduce on emulated clusters (tbf-shaped veths)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from parsim.outputs import save_figure
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
 
 
 def to_records(doc, study="netem-allreduce-sweep") -> list[dict]:
@@ -272,6 +274,8 @@ def main(argv=None) -> int:
         paths = write_report([store], out, title="All-reduce on emulated clusters (studies/netem/sweep.yaml)")
         print("wrote " + ", ".join(map(str, [store, *paths])))
         return 0
+    from parsim.outputs import make_output_dir, write_atomic
+    out = make_output_dir(a.out, "--out")   # before the sweep, so its results are not lost to a bad path
     from backends.netem.cluster import unavailable
     reason = "" if a.repredict else unavailable()
     if reason:
@@ -292,8 +296,6 @@ def main(argv=None) -> int:
                                       a.launches))
     points = [p for c in configs for p in c["points"]]
     summary = summarise(points)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     doc = {"configs": CONFIGS, "results": configs, "summary": summary, "wall_s": wall or time.monotonic() - t0,
            "repredicted": bool(a.repredict),
            "notes": ["time = slowest rank, barrier-aligned start; median of repeats after 1 warm-up; a point = "
@@ -310,7 +312,7 @@ def main(argv=None) -> int:
                      f"(at most {MAX_REPEATS})",
                      "no sch_netem on this kernel: latency is the probes' measured round trip",
                      "2 CPU cores shared with other work: spreads include that noise"]}
-    (out / "sweep.json").write_text(json.dumps(doc, indent=1, default=str))
+    write_atomic(out / "sweep.json", json.dumps(doc, indent=1, default=str))
     plot(points, out / "sweep.png")
     lines = []
 
@@ -346,7 +348,7 @@ def main(argv=None) -> int:
                 + "/".join(f"{x:.1f}" for x in c["loadavg_1_5_15"]["after"]))
     if a.repredict:
         say("(predictions re-made with the current model on the stored measurements)")
-    (out / "sweep.txt").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "sweep.txt", "\n".join(lines) + "\n")
     print(f"wrote {out / 'sweep.json'}, sweep.txt and sweep.png ({time.monotonic() - t0:.0f} s)")
     return 0
 

@@ -116,7 +116,9 @@ def plot(loto: list[dict], path: Path) -> None:
                  f"({n_no} rows not expressible yet); bar = bias", fontsize=9)
     ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from parsim.outputs import save_figure
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None):

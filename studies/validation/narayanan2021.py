@@ -12,7 +12,8 @@ import argparse
 from pathlib import Path
 
 from parsim.hardware import get_device
-from parsim.report import to_json, write_atomic
+from parsim.outputs import make_output_dir, save_figure, write_atomic
+from parsim.report import to_json
 from parsim.validation import leave_one_out, report
 
 
@@ -20,7 +21,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="reports/validation")
     a = ap.parse_args(argv)
-    out = Path(a.out)
+    out = make_output_dir(a.out, "--out")
     rows = report()
     loo = leave_one_out()
     for r, (_, f, e) in zip(rows, loo["loo"]):
@@ -57,7 +58,8 @@ def main(argv=None):
     ax.set_title(f"Table 1 on Selene: mean |error| {100 * mae:.1f}% (LOO {100 * loo['loo_mae']:.1f}%)")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "narayanan2021.png", dpi=120)
+    save_figure(fig, out / "narayanan2021.png", dpi=120)
+    plt.close(fig)
     return 0
 
 

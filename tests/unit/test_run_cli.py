@@ -55,7 +55,8 @@ def test_bad_bench_flags_are_one_line_exit_2_before_spawning(argv, needle, capsy
 
     def no_spawn(*a, **k):
         raise AssertionError("ranks spawned: the error should have come first")
-    monkeypatch.setattr(bench, "_spawn_local", no_spawn)
+    import backends.torchdist.launch as launch_mod
+    monkeypatch.setattr(launch_mod, "launch", no_spawn)
     monkeypatch.delenv("RANK", raising=False)
     rc = main(["run", "--bench", "allreduce", "--size", "4KiB", *argv])
     err = capsys.readouterr().err
@@ -191,3 +192,47 @@ def test_committed_local_profile_loads_and_says_where_it_came_from():
     assert prof.peak_flops["fp32"] > 1e9 and "parsim.calibrate" in prof.source
     assert 0 < float(prof.matmul_eff(1e-3)) <= 1
     assert "gloo loopback" in yaml.safe_load(CLUSTER_FILE.read_text())["source"]
+
+
+def _listening(port: int) -> list:
+    """Local addresses (hex, as in /proc/net/tcp{,6}) listening on `port`."""
+    out = []
+    for f in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(f).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for r in rows:
+            local, st = r.split()[1], r.split()[3]
+            if st == "0A" and int(local.rsplit(":", 1)[1], 16) == port:   # 0A = LISTEN
+                out.append(local.rsplit(":", 1)[0])
+    return out
+
+
+def test_rendezvous_store_listens_on_master_addr_only():
+    """Rank 0's store binds MASTER_ADDR (here loopback), not every interface as torch's env:// does."""
+    pytest.importorskip("torch")
+    from datetime import timedelta
+
+    from backends.torchdist.launch import free_port
+    from backends.torchdist.runner import rendezvous_store
+    port = free_port()
+    store = rendezvous_store("127.0.0.1", port, 0, 1, timedelta(seconds=10))
+    store.set("k", "v")
+    assert store.get("k") == b"v"
+    assert _listening(port) == ["0100007F"], _listening(port)      # 127.0.0.1, little-endian hex
+    # an address that is not this host's: torch's own rendezvous is used (None), no crash
+    assert rendezvous_store("192.0.2.1", free_port(), 0, 1, timedelta(seconds=1)) is None
+
+
+def test_out_of_memory_is_recognised_by_kind():
+    from backends.torchdist.runner import out_of_memory
+
+    class OutOfMemoryError(RuntimeError):   # the name torch.cuda.OutOfMemoryError has
+        pass
+    assert out_of_memory(OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")) == "device"
+    assert out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate "
+                                      "memory: you tried to allocate 4611686018427387904 bytes")) == "host"
+    assert out_of_memory(MemoryError()) == "host"
+    assert out_of_memory(RuntimeError("Connection closed by peer")) == ""
+    assert out_of_memory(ValueError("out of memory")) == ""      # only allocator errors
