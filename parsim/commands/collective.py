@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import positive_int
+from parsim.commands.common import count
 from parsim.errors import ParsimError, closest, require
 
 DEFAULT_ALGOS = {"allreduce": "ring,tree,hd,hierarchical,ps,native"}
@@ -19,7 +19,7 @@ def add_arguments(p):
     p.add_argument("--algo", default=None, help="comma-separated algorithms (default: all-reduce "
                    f"{DEFAULT_ALGOS['allreduce']}; other ops: their algorithms and native)")
     p.add_argument("--size", default="1KiB:1GiB", help="per-rank buffer: LO:HI[:FACTOR] or a list (default 1KiB:1GiB)")
-    p.add_argument("--gpus", type=positive_int, default=None, help="ranks (default: one node of the cluster)")
+    p.add_argument("--gpus", type=count("MAX_DEVICES"), default=None, help="ranks (default: one node of the cluster)")
     p.add_argument("--cluster", default="dgx-h100", help="preset or file (default dgx-h100)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--plot", metavar="FILE.png", help="busbw against size, one line per algorithm")

@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import positive_int
+from parsim.commands.common import count, positive_int
 from parsim.plan import DTYPES
 from parsim.search import DEFAULT_CLUSTER, DEFAULT_GLOBAL_BATCH, DEFAULT_MODEL
 
 
 def add_arguments(p):
-    p.add_argument("--gpus", type=positive_int, required=True, help="number of devices")
+    p.add_argument("--gpus", type=count("MAX_DEVICES"), required=True, help="number of devices")
     p.add_argument("--model", default=None, help=f"preset or file (default: {DEFAULT_MODEL})")
     p.add_argument("--cluster", default=None, help=f"preset or file (default: {DEFAULT_CLUSTER})")
-    p.add_argument("--global-batch", type=positive_int, default=None,
+    p.add_argument("--global-batch", type=count("MAX_GLOBAL_BATCH"), default=None,
                    help=f"sequences per step (default {DEFAULT_GLOBAL_BATCH})")
-    p.add_argument("--seq-len", type=positive_int, default=None, help="default: the model's")
+    p.add_argument("--seq-len", type=count("MAX_SEQ_LEN"), default=None, help="default: the model's")
     p.add_argument("--dtype", choices=DTYPES, default="bf16")
     p.add_argument("--top", type=positive_int, default=10, help="how many plans to show (table/json/csv)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import positive_int
+from parsim.commands.common import count
 
 
 def add_arguments(p):
@@ -12,7 +12,7 @@ def add_arguments(p):
     save = sub.add_parser("save", help="write the graph as YAML (units in keys) or GraphML")
     for q in (show, save):
         q.add_argument("--cluster", default="dgx-h100", help="preset or file (default dgx-h100)")
-        q.add_argument("--gpus", type=positive_int, default=None, help="size the preset to this many devices")
+        q.add_argument("--gpus", type=count("MAX_DEVICES"), default=None, help="size the preset to this many devices")
     show.add_argument("--draw", metavar="FILE.png", help="draw the graph (matplotlib)")
     show.add_argument("--format", choices=("table", "json"), default="table")
     save.add_argument("--out", required=True, metavar="FILE.yaml|FILE.graphml")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from parsim.errors import ParsimError, closest, require
+from parsim.limits import MAX_SIM_OPS
 
 F, B, W = 0, 1, 2
 KIND_NAMES = ("F", "B", "W")
@@ -187,8 +188,14 @@ def check_schedule_args(name: str, pp: int, microbatches: int, vpp: int | None =
         require(microbatches % rounds == 0,
                 f"interleaved 1f1b needs micro-batches m={microbatches} to be a multiple of the number of rounds "
                 f"max(1, m // pp={pp}) = {rounds} (torch ScheduleInterleaved1F1B); e.g. m={rounds * pp}")
+    if name == "interleaved":
+        require(vpp >= 2, f"interleaved 1f1b needs vpp >= 2 stages per rank, got vpp={vpp}; "
+                          "with one stage per rank use 1f1b")
     if name == "zbv":
         require(vpp == 2, f"zbv needs exactly 2 stages per rank (a V), got vpp={vpp}")
+    ops = (3 if name == "zbv" else 2) * int(pp) * int(vpp) * int(microbatches)
+    require(ops <= MAX_SIM_OPS, f"{name} with pp={pp}, vpp={vpp}, m={microbatches} has {ops} ops, above the "
+                                f"limit of {MAX_SIM_OPS} the simulator plays (parsim.limits.MAX_SIM_OPS)")
     return name, int(vpp)
 
 
