@@ -2,7 +2,7 @@
 
 One place for every limit, each with why it is where it is. A request beyond a limit is
 refused with a ``ParsimError`` that names the value, the limit and its name here, e.g.
-``gpus = 1000000000 is above the limit of 131072 (parsim.limits.MAX_DEVICES: ...)``.
+``gpus = 1000000000 is above the limit of 65536 (parsim.limits.MAX_DEVICES)``.
 The costs quoted were measured on the 2-core development machine (Python 3, networkx).
 README § "Limits" lists them for users.
 """
@@ -13,11 +13,11 @@ import math
 from parsim.errors import ParsimError
 
 # ---- cluster and plan sizes -----------------------------------------------------------------
-# Devices in one cluster (and so any plan degree dp, tp, pp). Building the graph of a
-# 131,072-GPU DGX cluster takes ~7 s and ~300 MiB here; the largest published training
-# clusters have ~100k GPUs (Llama 3: 16,384 H100s). 2**50 would never finish.
-MAX_DEVICES = 2 ** 17
-# Links (graph edges) in one cluster: a 131,072-GPU DGX cluster has ~400k (NVLink, PCIe, NIC per
+# Devices in one cluster (and so any plan degree dp, tp, pp): 4 x the 16,384 H100s of Llama 3
+# 405B's training (Dubey et al. 2024). At 131,072 a DGX graph took ~7 s and ~300 MiB to build and
+# one `predict` ~10 s of CPU here; at 2**50 (seen in issue 11) nothing would ever finish.
+MAX_DEVICES = 2 ** 16
+# Links (graph edges) in one cluster: a 65,536-GPU DGX cluster has ~200k (NVLink, PCIe, NIC per
 # GPU); a fully connected cluster of n devices has n(n-1)/2, so 1,024 devices is the most it can have.
 MAX_LINKS = 2 ** 19
 # Graph nodes of an explicit (YAML nodes:/links: or GraphML) cluster: 3 per GPU of the largest DGX.

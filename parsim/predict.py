@@ -25,6 +25,7 @@ from parsim.costs import compute as C
 from parsim.costs import memory as M
 from parsim.costs.network import collective_coeffs
 from parsim.errors import ParsimError
+from parsim.limits import MAX_SIM_OPS, require_finite
 from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, validate
 
 GiB = 2 ** 30
@@ -286,9 +287,15 @@ def _scalar(x):
     return float(np.asarray(x).ravel()[0])
 
 
+def _too_big_to_play(plan) -> bool:
+    from parsim.schedules.pipeline import schedule_ops
+    return schedule_ops(plan.schedule, plan.pp, plan.vpp, plan.microbatches) > MAX_SIM_OPS
+
+
 def simulated_makespan(r: dict, cols: dict, i: int):
     """Makespan of plan `i` of a priced table played by the discrete-event simulator, or None where
-    the closed form is exact (pp = 1) or the schedule cannot be built (e.g. 1f1b with m < pp)."""
+    the closed form is exact (pp = 1) or the schedule cannot be built (e.g. 1f1b with m < pp, or more
+    than parsim.limits.MAX_SIM_OPS ops: refused before anything is allocated)."""
     pp = int(cols["pp"][i])
     if pp == 1:
         return None
@@ -327,6 +334,12 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
     notes = ["memory: worst of first and last pipeline stage; activations per Korthikanti et al. 2022"]
     if sim is not None:
         notes.append(f"pipeline: simulated makespan {sim:.6g} s, closed form {closed:.6g} s")
+    elif plan.pp > 1 and _too_big_to_play(plan):
+        notes.append(f"pipeline: closed form only: {plan.microbatches} micro-batches x pp {plan.pp} x vpp {plan.vpp} "
+                     f"is beyond the simulator's limit of {MAX_SIM_OPS} ops (parsim.limits.MAX_SIM_OPS); its "
+                     f"error, at most (p-1)/m of a stage's time, is negligible at that many micro-batches")
+    require_finite(f"predict {model.name} {plan.label()}", step_time_s=step, memory_bytes=total,
+                   breakdown_s=breakdown.values(), model_flops=mf)
     return StepReport(
         step_time_s=step,
         tokens_per_s=plan.global_batch * seq / step,

@@ -41,6 +41,8 @@ def run(a) -> int:
         print(f"wrote {p} ({c.num_devices} devices, {c.graph.number_of_edges()} links)")
         return 0
     s = summary(c)
+    from parsim.limits import require_finite
+    require_finite(f"cluster {c.name}", bisection_GBps=s["bisection_GBps"])
     if a.format == "json":
         from parsim.report import to_json
         sys.stdout.write(to_json(s))

@@ -193,10 +193,15 @@ def check_schedule_args(name: str, pp: int, microbatches: int, vpp: int | None =
                           "with one stage per rank use 1f1b")
     if name == "zbv":
         require(vpp == 2, f"zbv needs exactly 2 stages per rank (a V), got vpp={vpp}")
-    ops = (3 if name == "zbv" else 2) * int(pp) * int(vpp) * int(microbatches)
+    ops = schedule_ops(name, pp, vpp, microbatches)
     require(ops <= MAX_SIM_OPS, f"{name} with pp={pp}, vpp={vpp}, m={microbatches} has {ops} ops, above the "
                                 f"limit of {MAX_SIM_OPS} the simulator plays (parsim.limits.MAX_SIM_OPS)")
     return name, int(vpp)
+
+
+def schedule_ops(name: str, pp: int, vpp: int, microbatches: int) -> int:
+    """Ops of a schedule: F and B (and W for zbv's split backward) per stage and micro-batch."""
+    return (3 if canonical_name(name) == "zbv" else 2) * int(pp) * int(vpp) * int(microbatches)
 
 
 def build_schedule(name: str, pp: int, microbatches: int, vpp: int | None = None) -> PipelineSchedule:

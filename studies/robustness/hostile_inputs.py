@@ -191,7 +191,7 @@ def cases(f: dict) -> list[tuple[str, str, list, str]]:
     add("1-size", ["simulate", "--pp", "4", "-m", "100000"], "ok")
     for name in ("cl_torus_huge.yaml", "cl_ring_huge.yaml", "cl_full_big.yaml", "cl_gpn_huge.yaml"):
         add("1-size", ["topology", "show", "--cluster", f[name]])
-    add("1-size", ["collective", "--cluster", "cpu-local", "--gpus", "100000"])
+    add("1-size", ["collective", "--gpus", "65536", "--size", "1MiB", "--algo", "ring,tree"], "ok")
     for flag, val in (("--watchdog", "-1"), ("--watchdog", "nan"), ("--watchdog", "inf"), ("--watchdog", "0"),
                       ("--timeout", "-5"), ("--timeout", "nan"), ("--threads", "-3"), ("--threads", "0"),
                       ("--global-batch", "0"), ("--global-batch", "-4"), ("--micro-batch", "0"), ("--steps", "0"),
