@@ -46,7 +46,7 @@ def read_bytes(path, kind: str) -> bytes:
     """The bytes of a regular file, at most the kind's size limit; ParsimError otherwise."""
     what, limit_name = KINDS[kind]
     limit = getattr(limits, limit_name)
-    p = limits.shown(str(path))
+    p = limits.shown(str(path), 160)
     try:
         fd = os.open(str(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError) as e:
@@ -87,7 +87,7 @@ def read_text(path, kind: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ParsimError(f"cannot read {what} {limits.shown(str(path))}: not UTF-8 text "
+        raise ParsimError(f"cannot read {what} {limits.shown(str(path), 160)}: not UTF-8 text "
                           f"(byte {e.start}: {data[e.start:e.start + 1]!r})") from None
 
 
@@ -98,7 +98,7 @@ def read_user_file(path, kind: str, fmt: str | None = None):
     suffix = Path(str(path)).suffix.lower()
     fmt = fmt or {".json": "json", ".graphml": "graphml"}.get(suffix, "yaml")
     text = read_text(path, kind)
-    where = f"{what} {limits.shown(str(path))}"
+    where = f"{what} {limits.shown(str(path), 160)}"
     if fmt == "graphml":
         head = text[:4096].lower()
         if "<!doctype" in head or "<!entity" in text.lower():
@@ -164,7 +164,7 @@ class SafeLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             ev = self.peek_event()
-            raise _Refused(f"YAML alias *{limits.shown(ev.anchor, 30)} at line {ev.start_mark.line + 1}: "
+            raise _Refused(f"YAML alias *{str(ev.anchor)[:30]} at line {ev.start_mark.line + 1}: "
                            "aliases are refused; write the value out")
         self._depth += 1
         if self._depth > limits.MAX_NESTING:
