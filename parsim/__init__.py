@@ -19,4 +19,19 @@ def search(*args, **kwargs):
     return _search(*args, **kwargs)
 
 
+def _callable_module(module_name: str, function_name: str) -> None:
+    """Make module parsim.<name> callable as its function of the same name. Importing the submodule
+    parsim.predict (or parsim.search) rebinds the package attribute `parsim.predict` from the function
+    above to the module, which made every call after the first fail with "'module' object is not
+    callable"; a callable module keeps `parsim.predict(...)` working whatever was imported first."""
+    import sys
+    import types
+    mod = sys.modules[module_name]
+
+    class _Module(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return getattr(self, function_name)(*args, **kwargs)
+    mod.__class__ = _Module
+
+
 __all__ = ["ParsimError", "predict", "search", "__version__"]

@@ -109,6 +109,19 @@ def check_number(what: str, value, lo: float, hi: float | str, lo_open: bool = F
     return v
 
 
+def check_plan_sizes(plan, gpus=None) -> None:
+    """A Plan's degrees and batch sizes against the limits here (integers, >= 1, <= the limit), and
+    gpus = dp·tp·pp <= MAX_DEVICES: before a cluster is sized or a schedule played for them."""
+    for k, lim in (("dp", "MAX_DEVICES"), ("tp", "MAX_DEVICES"), ("pp", "MAX_DEVICES"), ("vpp", "MAX_DEVICES"),
+                   ("micro_batch", "MAX_GLOBAL_BATCH"), ("global_batch", "MAX_GLOBAL_BATCH")):
+        check_count(k.replace("_", "-"), getattr(plan, k), lim)
+    if plan.seq_len is not None:
+        check_count("seq-len", plan.seq_len, "MAX_SEQ_LEN")
+    check_count(f"gpus = dp·tp·pp = {plan.dp}·{plan.tp}·{plan.pp}; gpus", plan.dp * plan.tp * plan.pp, "MAX_DEVICES")
+    if gpus is not None:
+        check_count("gpus", gpus, "MAX_DEVICES")
+
+
 def require_finite(what: str, **values) -> None:
     """ParsimError unless every value (a number or an iterable of numbers) is finite: outputs
     are finite or the command fails."""

@@ -280,7 +280,10 @@ def _cluster_cached(spec: str, gpus):
 def get_cluster(spec, gpus=None):
     """load_cluster, memoised for preset names and paths (a Cluster is not mutated once built),
     so that repeated predictions reuse the priced communication groups."""
-    return _cluster_cached(spec, gpus) if isinstance(spec, str) else spec
+    if isinstance(spec, str):
+        return _cluster_cached(spec, gpus)
+    from parsim.topology import load_cluster
+    return load_cluster(spec, gpus)     # a Cluster as is; anything else refused
 
 
 def _scalar(x):
@@ -309,7 +312,9 @@ def simulated_makespan(r: dict, cols: dict, i: int):
 
 def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
     """Price one plan. `model` and `cluster` may be names/paths or loaded objects."""
+    from parsim.limits import check_plan_sizes
     from parsim.model import load_model
+    check_plan_sizes(plan, gpus)      # before anything is sized by them
     model = load_model(model)
     cluster = get_cluster(cluster, gpus or plan.gpus)
     validate(plan, model, gpus or plan.gpus)
@@ -352,3 +357,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
         plan=plan.to_dict(), model=model.name, cluster=cluster.name, device=cluster.device.name,
         gpus=gpus_, notes=notes,
     )
+
+
+from parsim import _callable_module  # noqa: E402  (the package is initialised by now)
+_callable_module(__name__, "predict")   # parsim.predict(...) works after this module is imported
