@@ -22,6 +22,9 @@ MAX_DEVICES = 2 ** 16
 MAX_LINKS = 2 ** 19
 # Graph nodes of an explicit (YAML nodes:/links: or GraphML) cluster: 3 per GPU of the largest DGX.
 MAX_GRAPH_NODES = 3 * MAX_DEVICES + 2 ** 12
+# Devices up to which `topology show` computes the bisection bandwidth (a max-flow over the
+# graph): 16,384 DGX GPUs took 4.5 s of CPU here, 65,536 took 44 s. Beyond it the summary says so.
+MAX_BISECTION_DEVICES = 2 ** 14
 # Sequences per optimizer step. 16,777,216 is 4,096 x Llama 3's 4,096-sequence batch (Dubey et
 # al. 2024, 16M tokens of 4,096): no real run is near it, and the count stays exact in float64.
 MAX_GLOBAL_BATCH = 2 ** 24
