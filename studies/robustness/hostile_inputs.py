@@ -280,19 +280,22 @@ def run_case(tree: Path, wrapper: Path, argv: list, timeout: float):
         os.setsid()
     env = dict(os.environ, PYTHONPATH=str(tree), PYTHONHASHSEED="0")
     t0 = time.monotonic()
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         p = subprocess.run([sys.executable, str(wrapper), str(tree), *argv], cwd=tree, env=env, capture_output=True,
                            text=True, errors="replace", timeout=timeout, preexec_fn=limits, stdin=subprocess.DEVNULL)
-        return p.returncode, p.stdout, p.stderr, time.monotonic() - t0
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return p.returncode, p.stdout, p.stderr, time.monotonic() - t0, c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
     except subprocess.TimeoutExpired as e:
         return None, (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""), \
-            "", time.monotonic() - t0
+            "", time.monotonic() - t0, None
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[2]), help="source tree to test")
-    ap.add_argument("--timeout", type=float, default=15.0, help="seconds per case before it counts as a hang")
+    ap.add_argument("--timeout", type=float, default=20.0, help="wall seconds per case before it counts as a hang "
+                    "(the issue's campaign killed at 20 s)")
     ap.add_argument("--json", help="write every case's result here")
     ap.add_argument("--only", help="run the cases whose id contains this text")
     a = ap.parse_args(argv)
@@ -307,12 +310,13 @@ def main(argv=None) -> int:
         for kind, id_, args, expect in cases(files):
             if a.only and a.only not in id_:
                 continue
-            rc, out, err, secs = run_case(tree, wrapper, args, a.timeout)
+            rc, out, err, secs, cpu = run_case(tree, wrapper, args, a.timeout)
             verdict = classify(rc, out, err, expect)
             first = next((l for l in reversed(err.splitlines()) if l.strip()), "")[:160]
             results.append({"kind": kind, "case": id_, "expect": expect, "rc": rc, "verdict": verdict,
-                            "seconds": round(secs, 2), "stderr_lines": len(err.splitlines()), "last_stderr": first})
-            print(f"{verdict:12} {secs:6.1f}s  [{kind}] {id_}  | {first[:110]}", flush=True)
+                            "seconds": round(secs, 2), "cpu_s": cpu and round(cpu, 2), "stderr_lines": len(err.splitlines()), "last_stderr": first})
+            cpu_text = f"{cpu:5.1f}" if cpu is not None else "    -"
+            print(f"{verdict:12} {secs:6.1f}s wall {cpu_text}s cpu  [{kind}] {id_}  | {first[:110]}", flush=True)
     counts = {}
     for r in results:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
