@@ -31,6 +31,9 @@ def run(a) -> int:
         defaults.append(f"cluster {DEFAULT_CLUSTER}")
     res = search(a.model or DEFAULT_MODEL, a.cluster or DEFAULT_CLUSTER, a.gpus, a.global_batch, a.seq_len,
                  a.dtype, result=True)
+    from parsim.limits import require_finite
+    require_finite(f"plan search on {a.gpus} devices", step_time_s=res.columns["step_time_s"][: a.top],
+                   memory_GiB=res.columns["memory_GiB"][: a.top])
     if a.format == "json":
         text = to_json({"attrs": res.attrs, "candidates": res.candidates, "priced": res.priced,
                         "rejected": res.rejected, "seconds": res.seconds, "plans": plans_records(res, a.top)})
