@@ -507,6 +507,11 @@ def from_graph(name, g, ranks=None, device=None, gpus_per_node=None, servers=Non
     is_dev = [n for n, a in g.nodes(data=True) if a.get("kind") == "device" and a.get("role") != "server"]
     srv = tuple(servers) if servers else tuple(sorted(n for n, a in g.nodes(data=True)
                                                      if a.get("kind") == "device" and a.get("role") == "server"))
+    for n in is_dev:   # integers (they order the ranks and name the server a device sits in)
+        for k in ("node", "local", "rank"):
+            if k in g.nodes[n]:
+                limits.check_count(f"cluster {name}: device {limits.shown(n, 40)} {k}", g.nodes[n][k],
+                                   "MAX_GRAPH_NODES", lo=0)
     if ranks is None:
         ranks = sorted(is_dev, key=lambda n: (g.nodes[n].get("rank", 0), g.nodes[n].get("node", 0),
                                               g.nodes[n].get("local", 0), str(n)))
@@ -519,9 +524,12 @@ def from_graph(name, g, ranks=None, device=None, gpus_per_node=None, servers=Non
             if k in g.nodes[r]:
                 limits.check_count(f"cluster {name}: device {limits.shown(r, 40)} {k}", g.nodes[r][k], "MAX_GRAPH_NODES", lo=0)
     profiles = {g.nodes[r].get("profile") for r in ranks}
-    device = device or (profiles.pop() if len(profiles) == 1 else None)
-    require(device is not None, f"cluster {name}: devices name several profiles {sorted(map(str, profiles))}; "
-                                "set device: to the one the ranks use")
+    if not device:
+        require(profiles != {None}, f"cluster {name}: devices have no profile; set profile: on them or device: "
+                                    "for the cluster")
+        require(len(profiles) == 1, f"cluster {name}: devices name several profiles {sorted(map(str, profiles))}; "
+                                    "set device: to the one the ranks use")
+        device = profiles.pop()
     if gpus_per_node is None:
         per = {}
         for r in ranks:

@@ -270,3 +270,21 @@ def test_limits_are_documented_in_readme():
     names = [k for k in vars(limits) if k.startswith("MAX_")]
     missing = [k for k in names if k not in readme]
     assert not missing, f"README's Limits section does not list {missing}"
+
+
+def test_graphml_device_attributes_checked(tmp_path):
+    # `node` orders the ranks and names a device's server: a string there used to end in a TypeError
+    # from the rank sort ('<' between int and str); GraphML without profiles named no profile at all
+    g = nx.Graph()
+    g.add_node("a", kind="device", profile="cpu", node="abc")
+    g.add_node("b", kind="device", profile="cpu")
+    g.add_edge("a", "b", bandwidth=1e9, latency=1e-6)
+    nx.write_graphml(g, tmp_path / "n.graphml")
+    with pytest.raises(ParsimError, match="device 'a' node = 'abc': expected an integer"):
+        load_cluster(str(tmp_path / "n.graphml"))
+    for n in g:
+        g.nodes[n].pop("profile")
+        g.nodes[n].pop("node", None)
+    nx.write_graphml(g, tmp_path / "p.graphml")
+    with pytest.raises(ParsimError, match="devices have no profile"):
+        load_cluster(str(tmp_path / "p.graphml"))
