@@ -607,6 +607,13 @@ def write_yaml_atomic(path: Path, data: dict, header: str = ""):
     write_atomic(path, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None), what="profile")
 
 
+def _read_profile(path):
+    """A device profile file the user points --out at, through the one safe reader (parsim.fileio)."""
+    from parsim.fileio import read_user_file
+    d = read_user_file(path, "devices", "yaml")
+    return d if isinstance(d, dict) else None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m parsim.calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(DATA / "devices.local.yaml"), help="device profile file to write")
@@ -627,7 +634,7 @@ def main(argv=None) -> int:
         return 2
     if a.comm_only:
         prof_file = Path(a.out)
-        require_cpu = (yaml.safe_load(prof_file.read_text()) or {}).get("cpu") if prof_file.exists() else None
+        require_cpu = (_read_profile(prof_file) or {}).get("cpu") if prof_file.exists() else None
         if not require_cpu:
             print(f"--comm-only needs a cpu profile in {a.out}; run the full calibration first", file=sys.stderr)
             return 2
@@ -642,7 +649,7 @@ def main(argv=None) -> int:
     else:
         profile, cluster, raw = calibrate(comm=not a.no_comm)
     if a.no_comm and Path(a.out).exists():   # keep the collective step overheads measured before
-        old = (yaml.safe_load(Path(a.out).read_text()) or {}).get("cpu") or {}
+        old = (_read_profile(Path(a.out)) or {}).get("cpu") or {}
         for k in ("executor_step_overhead_us", "executor_message_overhead_us", "native_step_overhead_us", "cores"):
             if k in old:
                 profile[k] = old[k]

@@ -66,7 +66,10 @@ def main(argv=None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:])
+    try:
+        args = parser.parse_args(sys.argv[1:])
+    except SystemExit as e:   # argparse's one-line error (exit 2) or --help (exit 0): a return code
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "_command", None):
         parser.print_help()
         return 2

@@ -137,8 +137,12 @@ def _profile(name: str, d: dict) -> DeviceProfile:
 def _catalog() -> dict:
     raw = yaml.safe_load((DATA / "devices.yaml").read_text())
     local = Path(os.environ.get("PARSIM_DEVICES_LOCAL", DATA / "devices.local.yaml"))
-    if local.exists():
-        raw.update(yaml.safe_load(local.read_text()) or {})
+    if local.exists():   # a user file (written by `python -m parsim.calibrate`): the safe reader
+        from parsim.fileio import read_user_file
+        extra = read_user_file(local, "devices", "yaml") or {}
+        if not isinstance(extra, dict):
+            raise ParsimError(f"device catalog {local}: expected a mapping of device profiles, got {type(extra).__name__}")
+        raw.update(extra)
     return raw
 
 

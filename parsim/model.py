@@ -6,7 +6,6 @@ shapes; pricing them on a device is ``parsim.costs``' job.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -191,17 +190,17 @@ def load_model(spec) -> ModelSpec:
     if isinstance(spec, ModelSpec):
         return spec
     presets = _presets()
+    if not isinstance(spec, (str, Path)):
+        raise ParsimError(f"model = {spec!r:.60}: expected a ModelSpec, a preset name or a file path")
     if spec in presets:
         return _from_mapping(presets[spec], spec)
+    from parsim.fileio import exists, read_user_file
+    from parsim.limits import shown
     p = Path(str(spec))
-    if not p.exists():
-        raise ParsimError(f"unknown model {spec!r}: not a preset and no such file{closest(spec, presets)} "
-                          f"(presets: {', '.join(presets)})")
-    try:
-        text = p.read_text()
-        d = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ParsimError(f"cannot read model file {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not exists(p):
+        raise ParsimError(f"unknown model {shown(str(spec))}: not a preset and no such file"
+                          f"{closest(str(spec)[:100], presets)} (presets: {', '.join(presets)})")
+    d = read_user_file(p, "model")   # regular file, size, nesting, no aliases or duplicate keys
     if not isinstance(d, dict):
         raise ParsimError(f"model file {p}: expected a mapping of ModelSpec keys, got {type(d).__name__}")
     if "num_hidden_layers" in d or "n_layer" in d:

@@ -35,6 +35,7 @@ from parsim.costs.dpsync import ZERO_SYNC_ALGOS, dp_sync_s, zero_sync_algorithms
 from parsim.costs import network as _net
 from parsim.costs.network import collective_lines
 from parsim.errors import ParsimError
+from parsim.limits import MAX_SIM_OPS, require_finite
 from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan
 from parsim.rules import check as check_plan
 from parsim.rules import rank_layers
@@ -432,23 +433,36 @@ def _cluster_cached(spec: str, gpus):
 def get_cluster(spec, gpus=None):
     """load_cluster, memoised for preset names and paths (a Cluster is not mutated once built),
     so that repeated predictions reuse the priced communication groups."""
-    return _cluster_cached(spec, gpus) if isinstance(spec, str) else spec
+    if isinstance(spec, str):
+        return _cluster_cached(spec, gpus)
+    from parsim.topology import load_cluster
+    return load_cluster(spec, gpus)     # a Cluster as is; anything else refused
 
 
 def _scalar(x):
     return float(np.asarray(x).ravel()[0])
 
 
+def _too_big_to_play(plan) -> bool:
+    from parsim.schedules.pipeline import schedule_ops
+    return schedule_ops(plan.schedule, plan.pp, plan.vpp, plan.microbatches) > MAX_SIM_OPS
+
+
 def simulated_makespan(r: dict, cols: dict, i: int):
     """Makespan of plan ``i`` of a priced table played by the discrete-event simulator, or None where
-    the closed form is exact (pp = 1). The plan must satisfy the rule book (parsim.rules), which
-    accepts exactly the schedules the simulator builds: a refusal here is a bug, so it propagates."""
+    the closed form is exact (pp = 1) or the schedule has more than parsim.limits.MAX_SIM_OPS ops (the
+    caller notes the closed form). The plan must satisfy the rule book (parsim.rules), which accepts
+    exactly the schedules the simulator builds: a refusal here is a bug, so it propagates."""
     pp = int(cols["pp"][i])
     if pp == 1:
         return None
+    from parsim.schedules.pipeline import schedule_ops
     from parsim.simulate import simulate_priced
     m = int(round(float(np.asarray(r["microbatches"]).ravel()[i])))
-    return simulate_priced(r, i, SCHEDULES[int(cols["schedule"][i])], pp, int(cols["vpp"][i]), m).makespan_s
+    name, vpp = SCHEDULES[int(cols["schedule"][i])], int(cols["vpp"][i])
+    if schedule_ops(name, pp, vpp, m) > MAX_SIM_OPS:
+        return None
+    return simulate_priced(r, i, name, pp, vpp, m).makespan_s
 
 
 def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str = M.DEFAULT_ACCOUNTING,
@@ -470,7 +484,9 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
     (degrees that do not multiply to the devices, tp not dividing the heads, ...), naming the values,
     or a cluster too small for it.
     """
+    from parsim.limits import check_plan_sizes
     from parsim.model import load_model
+    check_plan_sizes(plan, gpus)      # before anything is sized by them
     model = load_model(model)
     M.check_accounting(accounting)
     if headroom_bytes is not None and not (np.isfinite(headroom_bytes) and headroom_bytes >= 0):
@@ -509,6 +525,12 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
         notes.append(f"pipeline: {dims.describe()}")
     if sim is not None:
         notes.append(f"pipeline: simulated makespan {sim:.6g} s, closed form {closed:.6g} s")
+    elif plan.pp > 1 and _too_big_to_play(plan):
+        notes.append(f"pipeline: closed form only: {plan.microbatches} micro-batches x pp {plan.pp} x vpp {plan.vpp} "
+                     f"is beyond the simulator's limit of {MAX_SIM_OPS} ops (parsim.limits.MAX_SIM_OPS); its "
+                     f"error, at most (p-1)/m of a stage's time, is negligible at that many micro-batches")
+    require_finite(f"predict {model.name} {plan.label()}", step_time_s=step, memory_bytes=total,
+                   breakdown_s=breakdown.values(), model_flops=mf)
     return StepReport(
         step_time_s=step,
         tokens_per_s=plan.global_batch * seq / step,
@@ -522,3 +544,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
         gpus=gpus_, notes=notes, memory_accounting=accounting, memory_capacity_GiB=cap / GiB,
         memory_headroom_GiB=room / GiB, memory_worst_rank=worst,
     )
+
+
+from parsim import _callable_module  # noqa: E402  (the package is initialised by now)
+_callable_module(__name__, "predict")   # parsim.predict(...) works after this module is imported

@@ -107,8 +107,12 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     discrete-event simulator (column `simulated`), `step_time_closed_s` keeps the fast form."""
     from parsim.model import load_model
     t0 = time.perf_counter()
-    if not isinstance(gpus, int) or gpus <= 0:
-        raise ParsimError(f"gpus = {gpus!r}: expected a positive integer")
+    from parsim.limits import check_count
+    gpus = check_count("gpus", gpus, "MAX_DEVICES")      # before divisors(gpus) and the graph
+    if global_batch is not None:
+        global_batch = check_count("global batch", global_batch, "MAX_GLOBAL_BATCH")
+    if seq_len is not None:
+        seq_len = check_count("seq_len", seq_len, "MAX_SEQ_LEN")
     model = load_model(model)
     cl = get_cluster(cluster, gpus)
     gb = DEFAULT_GLOBAL_BATCH if global_batch is None else global_batch
@@ -226,3 +230,7 @@ def row_to_plan(row, global_batch: int, seq_len: int | None = None, dtype: str =
                 micro_batch=int(row["micro_batch"]), global_batch=global_batch, seq_len=seq_len, dtype=dtype,
                 schedule=str(row["schedule"]), grad_sync=str(row["grad_sync"]), zero=int(row["zero"]),
                 recompute=str(row["recompute"]), sequence_parallel=bool(row["sequence_parallel"]))
+
+
+from parsim import _callable_module  # noqa: E402  (the package is initialised by now)
+_callable_module(__name__, "search")   # parsim.search(...) works after this module is imported

@@ -30,6 +30,7 @@ from pathlib import Path
 import networkx as nx
 import yaml
 
+from parsim import limits
 from parsim.errors import ParsimError, closest, require
 from parsim.hardware import DeviceProfile, get_device
 
@@ -111,8 +112,9 @@ def fat_tree(name: str, nodes: int, gpus_per_node: int, device: str, nvlink_Bps:
     require(nodes >= 1 and gpus_per_node >= 1, f"fat_tree: nodes = {nodes}, gpus_per_node = {gpus_per_node}: expected >= 1")
     require(nodes_per_leaf >= 1 and spines >= 1, f"fat_tree: nodes_per_leaf = {nodes_per_leaf}, spines = {spines}: expected >= 1")
     require(oversubscription >= 1, f"fat_tree: oversubscription = {oversubscription}: expected >= 1 (1 = non-blocking)")
-    g = nx.Graph()
     leaves = -(-nodes // nodes_per_leaf)
+    _check_size(name, nodes * gpus_per_node, 3 * nodes * gpus_per_node + (leaves * spines if leaves > 1 else 0))
+    g = nx.Graph()
     leaf_names = ["fabric"] if leaves == 1 else [f"leaf{i}" for i in range(leaves)]
     for lf in leaf_names:
         g.add_node(lf, kind="switch", tier=1)
@@ -141,6 +143,9 @@ def rail_optimized(name: str, nodes: int, gpus_per_node: int, device: str, nvlin
     """Rail-optimized: NIC i of every node on rail switch i (same-rank GPUs one hop apart);
     rails joined by `spines` spines for cross-rail traffic (which also may hop over NVLink
     to the right rail: both are shortest paths, ECMP splits them)."""
+    require(nodes >= 1 and gpus_per_node >= 1 and spines >= 0,
+            f"rail: nodes = {nodes}, gpus_per_node = {gpus_per_node}, spines = {spines}: expected >= 1, >= 1, >= 0")
+    _check_size(name, nodes * gpus_per_node, 3 * nodes * gpus_per_node + gpus_per_node * spines)
     g = nx.Graph()
     devices = []
     rails = [f"rail{i}" for i in range(gpus_per_node)]
@@ -164,6 +169,7 @@ def rail_optimized(name: str, nodes: int, gpus_per_node: int, device: str, nvlin
 
 
 def _direct(name, n, device, link_Bps, latency_s, efficiency, edges, gpus_per_node, builder, meta):
+    require(gpus_per_node >= 1, f"{builder}: gpus_per_node = {gpus_per_node}: expected >= 1")
     g = nx.Graph()
     devs = [f"d{i}" for i in range(n)]
     for i, d in enumerate(devs):
@@ -180,6 +186,7 @@ def ring(name: str, n: int, device: str, link_Bps: float, latency_s: float, effi
          gpus_per_node: int = 1, meta: dict | None = None) -> Cluster:
     """n devices in a ring of direct links."""
     require(n >= 1, f"ring: n = {n}: expected >= 1")
+    _check_size(name, n, n)
     return _direct(name, n, device, link_Bps, latency_s, efficiency, [(i, (i + 1) % n) for i in range(n)],
                    gpus_per_node, "ring", meta)
 
@@ -190,6 +197,7 @@ def torus(name: str, dims, device: str, link_Bps: float, latency_s: float, effic
     dims = tuple(int(d) for d in dims)
     require(len(dims) in (1, 2, 3) and all(d >= 1 for d in dims), f"torus: dims = {dims}: expected 1-3 sizes >= 1")
     n = math.prod(dims)
+    _check_size(name, n, len(dims) * n)
     idx = lambda c: sum(c[k] * math.prod(dims[k + 1:]) for k in range(len(dims)))
     edges = []
     for i in range(n):
@@ -209,6 +217,8 @@ def torus(name: str, dims, device: str, link_Bps: float, latency_s: float, effic
 def fully_connected(name: str, n: int, device: str, link_Bps: float, latency_s: float, efficiency: float = 1.0,
                     gpus_per_node: int = 1, meta: dict | None = None) -> Cluster:
     """Every pair of devices has its own direct link."""
+    require(n >= 1, f"full: n = {n}: expected >= 1")
+    _check_size(name, n, n * (n - 1) // 2)
     return _direct(name, n, device, link_Bps, latency_s, efficiency,
                    [(i, j) for i in range(n) for j in range(i + 1, n)], gpus_per_node, "full", meta)
 
@@ -221,6 +231,7 @@ def star(name: str, hosts: int, device: str, link_Bps: float, latency_s: float, 
     `intra_Bps` link (shared memory/loopback). Server devices are ``ps{k}/d0`` (role server)."""
     require(hosts >= 1 and devices_per_host >= 1 and servers >= 0,
             f"star: hosts = {hosts}, devices_per_host = {devices_per_host}, servers = {servers}")
+    _check_size(name, hosts * devices_per_host + servers, hosts * (devices_per_host + 1) + 2 * servers)
     g = nx.Graph()
     g.add_node("sw0", kind="switch", tier=1)
     devices, srv = [], []
@@ -245,6 +256,16 @@ def star(name: str, hosts: int, device: str, link_Bps: float, latency_s: float, 
     return Cluster(name, g, tuple(devices), devices_per_host, device, m, tuple(srv))
 
 
+def _check_size(name, devices: int, links: int) -> None:
+    """Refuse a cluster beyond parsim.limits.MAX_DEVICES devices or MAX_LINKS links, before building it."""
+    if devices > limits.MAX_DEVICES:
+        raise ParsimError(f"cluster {name}: {devices} devices is above the limit of {limits.MAX_DEVICES} "
+                          "(parsim.limits.MAX_DEVICES)")
+    if links > limits.MAX_LINKS:
+        raise ParsimError(f"cluster {name}: {links} links is above the limit of {limits.MAX_LINKS} "
+                          "(parsim.limits.MAX_LINKS)")
+
+
 # ----------------------------------------------------------------------------- validation & placement
 
 def validate(c: Cluster) -> Cluster:
@@ -256,17 +277,28 @@ def validate(c: Cluster) -> Cluster:
     require(g.number_of_nodes() > 0 and nx.is_connected(g),
             f"cluster {c.name}: graph is not connected ({nx.number_connected_components(g) if len(g) else 0} "
             "components); every device must reach every other")
+    _check_size(c.name, len(c.devices), g.number_of_edges())
+    require(g.number_of_nodes() <= limits.MAX_GRAPH_NODES, f"cluster {c.name}: {g.number_of_nodes()} graph nodes is "
+                                                           f"above the limit of {limits.MAX_GRAPH_NODES} (parsim.limits.MAX_GRAPH_NODES)")
+    max_b, max_lat = limits.MAX_LINK_GBPS * GB, limits.MAX_LINK_LATENCY_US * US
+    num = (int, float)
     for u, v, d in g.edges(data=True):
-        b, lat = d.get("bandwidth"), d.get("latency", 0.0)
-        require(isinstance(b, (int, float)) and b > 0 and math.isfinite(b),
-                f"cluster {c.name}: link {u} — {v} has bandwidth {b!r} B/s, expected a positive number")
-        require(isinstance(lat, (int, float)) and lat >= 0, f"cluster {c.name}: link {u} — {v} has latency {lat!r} s, expected >= 0")
+        b, lat, eff = d.get("bandwidth"), d.get("latency", 0.0), d.get("efficiency", 1.0)
+        if not (type(b) in num and 0 < b <= max_b and type(lat) in num and 0 <= lat <= max_lat
+                and type(eff) in num and 0 < eff <= 1):   # NaN fails every comparison
+            link = f"cluster {c.name}: link {limits.shown(u, 30)} — {limits.shown(v, 30)}"
+            limits.check_number(f"{link} bandwidth (B/s)", b, 0, max_b, lo_open=True)
+            limits.check_number(f"{link} latency (s)", lat, 0, max_lat)
+            limits.check_number(f"{link} efficiency", eff, 0, 1, lo_open=True)
     require(len(set(c.devices)) == len(c.devices), f"cluster {c.name}: a device appears twice in the rank order")
     for d in (*c.devices, *c.servers):
         require(d in g, f"cluster {c.name}: rank device {d!r} is not in the graph")
         require(g.nodes[d].get("kind") == "device", f"cluster {c.name}: rank node {d!r} has kind "
                                                     f"{g.nodes[d].get('kind')!r}, expected device")
-        get_device(g.nodes[d].get("profile", c.device_profile))
+        prof = g.nodes[d].get("profile", c.device_profile)
+        require(isinstance(prof, str), f"cluster {c.name}: device {limits.shown(d, 40)} has profile "
+                                       f"{limits.shown(prof, 40)}, expected a device profile name")
+        get_device(prof)
     get_device(c.device_profile)
     return c
 
@@ -326,6 +358,48 @@ def _num(d, key, default=None):
     return float(v)
 
 
+# Schema of a preset-style cluster mapping: key -> (kind, lo, hi, lo_open). Units in the key names.
+_GBPS = ("num", 0.0, limits.MAX_LINK_GBPS, True)
+_LAT = ("num", 0.0, limits.MAX_LINK_LATENCY_US, False)
+_EFF = ("num", 0.0, 1.0, True)
+CLUSTER_SCHEMA = {
+    "name": ("str",), "builder": ("str",), "device": ("str",), "server_device": ("str",), "source": ("str",),
+    "description": ("str",),
+    "gpus_per_node": ("int", 1, "MAX_DEVICES"), "nodes_per_leaf": ("int", 1, "MAX_DEVICES"),
+    "spines": ("int", 0, "MAX_DEVICES"), "hosts": ("int", 1, "MAX_DEVICES"), "servers": ("int", 0, "MAX_DEVICES"),
+    "devices": ("int", 1, "MAX_DEVICES"), "dims": ("dims",),
+    "nvlink_GBps": _GBPS, "nic_GBps": _GBPS, "link_GBps": _GBPS, "intra_GBps": _GBPS,
+    "nvlink_latency_us": _LAT, "nic_latency_us": _LAT, "link_latency_us": _LAT, "uplink_latency_us": _LAT,
+    "nvlink_efficiency": _EFF, "nic_efficiency": _EFF, "link_efficiency": _EFF,
+    "oversubscription": ("num", 1.0, limits.MAX_OVERSUBSCRIPTION, False),
+}
+
+
+def check_cluster_mapping(name, d: dict) -> dict:
+    """Type and range of every key of a preset-style cluster mapping (CLUSTER_SCHEMA); unknown keys
+    are refused (a misspelt optional key would otherwise be ignored silently)."""
+    where = f"cluster {limits.shown(str(name), 40)}"
+    for k, v in d.items():
+        spec = CLUSTER_SCHEMA.get(k)
+        if spec is None:
+            raise ParsimError(f"{where}: unknown key {limits.shown(k, 40)}{closest(str(k), CLUSTER_SCHEMA)}; "
+                              f"expected keys {', '.join(CLUSTER_SCHEMA)}")
+        if spec[0] == "str":
+            require(isinstance(v, (str, int, float)) and not isinstance(v, bool),
+                    f"{where}: {k} = {limits.shown(v, 40)}: expected a string")
+        elif spec[0] == "int":
+            limits.check_count(f"{where}: {k}", v, spec[2], lo=spec[1])
+        elif spec[0] == "num":
+            limits.check_number(f"{where}: {k}", v, spec[1], spec[2], lo_open=spec[3])
+        else:
+            require(isinstance(v, (list, tuple)) and 1 <= len(v) <= 3,
+                    f"{where}: dims = {limits.shown(v, 40)}: expected a list of 1-3 sizes, e.g. [4, 4]")
+            for x in v:
+                limits.check_count(f"{where}: dims", x, "MAX_DEVICES")
+            _check_size(name, math.prod(v), len(v) * math.prod(v))
+    return d
+
+
 def _nodes_for(name, gpus, gpn):
     require(gpus > 0, f"gpus = {gpus}: expected a positive integer")
     if gpus > gpn and gpus % gpn:
@@ -347,7 +421,10 @@ def set_p2p_efficiency(g, link: str, eff) -> None:
 
 def _build(name: str, d: dict, gpus: int | None) -> Cluster:
     """A cluster from a preset-style mapping (``builder:`` plus its keys), sized to `gpus`."""
+    check_cluster_mapping(name, d)
     builder = d.get("builder", "dgx")
+    if gpus is not None:
+        limits.check_count("gpus", gpus, "MAX_DEVICES")
     try:
         dev = str(d["device"])
         get_device(dev)
@@ -413,6 +490,12 @@ def _from_graph_mapping(name: str, d: dict) -> Cluster:
     """An explicit graph: ``nodes: [{id, kind, profile?, node?, role?}]``, ``links: [{a, b,
     bandwidth_GBps, latency_us, efficiency?, link?}]``, optional ``ranks:`` (device order)."""
     g = nx.Graph()
+    where = f"cluster {limits.shown(str(name), 40)}"
+    for key, limit in (("nodes", "MAX_GRAPH_NODES"), ("links", "MAX_LINKS")):
+        require(isinstance(d.get(key), list) and all(isinstance(x, dict) for x in d[key]),
+                f"{where}: {key} must be a list of mappings, got {limits.shown(d.get(key), 40)}")
+        require(len(d[key]) <= getattr(limits, limit), f"{where}: {len(d[key])} {key} is above the limit of "
+                                                       f"{getattr(limits, limit)} (parsim.limits.{limit})")
     try:
         for n in d["nodes"]:
             n = dict(n)
@@ -421,8 +504,11 @@ def _from_graph_mapping(name: str, d: dict) -> Cluster:
             a, b = str(e["a"]), str(e["b"])
             for x in (a, b):
                 require(x in g, f"cluster {name}: link {a} — {b} names an undeclared node {x!r}")
-            _link(g, a, b, float(e["bandwidth_GBps"]) * GB, float(e.get("latency_us", 0.0)) * US,
-                  float(e.get("efficiency", 1.0)), str(e.get("link", "direct")))
+            link = f"{where}: link {limits.shown(a, 30)} — {limits.shown(b, 30)}"
+            _link(g, a, b, limits.check_number(f"{link} bandwidth_GBps", e["bandwidth_GBps"], 0, "MAX_LINK_GBPS", True) * GB,
+                  limits.check_number(f"{link} latency_us", e.get("latency_us", 0.0), 0, "MAX_LINK_LATENCY_US") * US,
+                  limits.check_number(f"{link} efficiency", e.get("efficiency", 1.0), 0, 1, True),
+                  str(e.get("link", "direct")))
     except (KeyError, TypeError, ValueError) as e:
         raise ParsimError(f"cluster {name}: malformed graph ({type(e).__name__}: {e}); expected nodes: [{{id, kind, "
                           "profile}}] and links: [{a, b, bandwidth_GBps, latency_us}]") from None
@@ -436,31 +522,48 @@ def from_graph(name, g, ranks=None, device=None, gpus_per_node=None, servers=Non
     is_dev = [n for n, a in g.nodes(data=True) if a.get("kind") == "device" and a.get("role") != "server"]
     srv = tuple(servers) if servers else tuple(sorted(n for n, a in g.nodes(data=True)
                                                      if a.get("kind") == "device" and a.get("role") == "server"))
+    for n in is_dev:   # integers (they order the ranks and name the server a device sits in)
+        for k in ("node", "local", "rank"):
+            if k in g.nodes[n]:
+                limits.check_count(f"cluster {name}: device {limits.shown(n, 40)} {k}", g.nodes[n][k],
+                                   "MAX_GRAPH_NODES", lo=0)
     if ranks is None:
         ranks = sorted(is_dev, key=lambda n: (g.nodes[n].get("rank", 0), g.nodes[n].get("node", 0),
                                               g.nodes[n].get("local", 0), str(n)))
     require(ranks, f"cluster {name}: no device nodes (kind: device)")
+    require(isinstance(ranks, (list, tuple)), f"cluster {name}: ranks = {limits.shown(ranks, 40)}: expected a list of device names")
     ranks = tuple(str(r) for r in ranks)
     for r in ranks:
-        require(r in g, f"cluster {name}: rank device {r!r} is not in the graph")
+        require(r in g, f"cluster {name}: rank device {limits.shown(r, 40)} is not in the graph")
+        for k in ("node", "local", "rank"):
+            if k in g.nodes[r]:
+                limits.check_count(f"cluster {name}: device {limits.shown(r, 40)} {k}", g.nodes[r][k], "MAX_GRAPH_NODES", lo=0)
     profiles = {g.nodes[r].get("profile") for r in ranks}
-    device = device or (profiles.pop() if len(profiles) == 1 else None)
-    require(device is not None, f"cluster {name}: devices name several profiles {sorted(map(str, profiles))}; "
-                                "set device: to the one the ranks use")
+    if not device:
+        require(profiles != {None}, f"cluster {name}: devices have no profile; set profile: on them or device: "
+                                    "for the cluster")
+        require(len(profiles) == 1, f"cluster {name}: devices name several profiles {sorted(map(str, profiles))}; "
+                                    "set device: to the one the ranks use")
+        device = profiles.pop()
     if gpus_per_node is None:
         per = {}
         for r in ranks:
             per[g.nodes[r].get("node", r)] = per.get(g.nodes[r].get("node", r), 0) + 1
         gpus_per_node = max(per.values())
-    return validate(Cluster(name, g, ranks, int(gpus_per_node), str(device), {"builder": "graph"}, srv))
+    gpn = limits.check_count(f"cluster {name}: gpus_per_node", gpus_per_node, "MAX_DEVICES")
+    return validate(Cluster(name, g, ranks, gpn, str(device), {"builder": "graph"}, srv))
 
 
 def load_cluster(spec, gpus: int | None = None, order=None) -> Cluster:
     """A preset name, a YAML file (preset keys or an explicit graph) or a GraphML file, sized to
     `gpus` devices where the builder allows; `order` sets the rank placement (see ``place``)."""
+    if gpus is not None:
+        limits.check_count("gpus", gpus, "MAX_DEVICES")
     if isinstance(spec, Cluster):
         c = spec
     else:
+        require(isinstance(spec, (str, Path)), f"cluster = {limits.shown(spec, 40)}: expected a Cluster, a preset "
+                                               "name or a file path")
         presets = _presets()
         if spec in presets:
             c = _build(spec, presets[spec], gpus)
@@ -470,24 +573,24 @@ def load_cluster(spec, gpus: int | None = None, order=None) -> Cluster:
 
 
 def _load_file(spec, gpus):
+    from parsim.fileio import exists, read_user_file
     p = Path(str(spec))
-    if not p.exists():
+    if not exists(p):
         presets = _presets()
-        raise ParsimError(f"unknown cluster {spec!r}: not a preset and no such file{closest(str(spec), presets)} "
-                          f"(presets: {', '.join(presets)})")
+        raise ParsimError(f"unknown cluster {limits.shown(str(spec))}: not a preset and no such file"
+                          f"{closest(str(spec)[:100], presets)} (presets: {', '.join(presets)})")
     if p.suffix.lower() == ".graphml":
+        text = read_user_file(p, "cluster")   # regular file, size capped, no DOCTYPE/ENTITY
         try:
-            g = nx.read_graphml(p)
-        except Exception as e:  # networkx raises several parser errors
-            raise ParsimError(f"cannot read GraphML {p}: {type(e).__name__}: {e}") from None
+            g = nx.parse_graphml(text)
+        except Exception as e:  # networkx and ElementTree raise several parser errors
+            raise ParsimError(f"cannot read GraphML {limits.shown(str(p))}: {type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]}") from None
         gr = nx.Graph(g)
         ga = g.graph
-        c = from_graph(ga.get("name", p.stem), gr, None, ga.get("device"), ga.get("gpus_per_node"))
+        c = from_graph(str(ga.get("name", p.stem)), gr, None, ga.get("device"), ga.get("gpus_per_node"))
         return _resize(c, gpus)
-    try:
-        d = yaml.safe_load(p.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ParsimError(f"cannot read cluster file {p}: {type(e).__name__}") from None
+    d = read_user_file(p, "cluster")   # regular file, size, nesting, no aliases or duplicate keys
     if not isinstance(d, dict):
         raise ParsimError(f"cluster file {p}: expected a mapping, got {type(d).__name__}")
     if "nodes" in d:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import positive_int
+from parsim.commands.common import count
 from parsim.errors import ParsimError, closest, require
+from parsim.limits import MAX_SIZE_POINTS, require_finite, shown
 
 DEFAULT_ALGOS = {"allreduce": "ring,tree,hd,hierarchical,ps,native"}
 
@@ -19,7 +20,7 @@ def add_arguments(p):
     p.add_argument("--algo", default=None, help="comma-separated algorithms (default: all-reduce "
                    f"{DEFAULT_ALGOS['allreduce']}; other ops: their algorithms and native)")
     p.add_argument("--size", default="1KiB:1GiB", help="per-rank buffer: LO:HI[:FACTOR] or a list (default 1KiB:1GiB)")
-    p.add_argument("--gpus", type=positive_int, default=None, help="ranks (default: one node of the cluster)")
+    p.add_argument("--gpus", type=count("MAX_DEVICES"), default=None, help="ranks (default: one node of the cluster)")
     p.add_argument("--cluster", default="dgx-h100", help="preset or file (default dgx-h100)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--plot", metavar="FILE.png", help="busbw against size, one line per algorithm")
@@ -46,18 +47,25 @@ def run(a) -> int:
     require(a.op in OPS, f"--op {a.op!r}: expected one of {', '.join(OPS)}{closest(a.op, OPS)}")
     known = (*ALGOS, "ring-channels") if a.op == "allreduce" else (
         *algorithms(a.op), *(("ring-channels",) if a.op in ("reduce_scatter", "all_gather") else ()), "native")
-    algos = [x.strip() for x in (a.algo or DEFAULT_ALGOS.get(a.op, ",".join(known))).split(",") if x.strip()]
+    text = DEFAULT_ALGOS.get(a.op, ",".join(known)) if a.algo is None else a.algo
+    algos = [x.strip() for x in text.split(",") if x.strip()]
+    require(algos, f"--algo {a.algo!r} names no algorithm: expected a comma-separated list of {', '.join(known)}")
     for x in algos:
         require(x in known, f"--algo {x!r} is not a {a.op} algorithm: expected one of {', '.join(known)}{closest(x, known)}")
+    _check_points(a.size)
     if a.plot:
         from parsim.outputs import FIGURE, check_output_path
         check_output_path(a.plot, FIGURE, "--plot")
     sizes = parse_size_range(a.size)
+    require(len(sizes) <= MAX_SIZE_POINTS, f"--size {shown(a.size)} has {len(sizes)} sizes, above the limit of "
+                                          f"{MAX_SIZE_POINTS} (parsim.limits.MAX_SIZE_POINTS)")
+    require(len(sizes) > 0, f"--size {a.size!r} names no size: expected LO:HI[:FACTOR] or a list, e.g. 1KiB:1GiB")
     require(all(s > 0 for s in sizes), f"--size {a.size!r}: sizes must be positive")
     c = load_cluster(a.cluster, a.gpus)
     ranks = tuple(range(a.gpus or c.num_devices))
     require(len(ranks) >= 2, f"a collective needs at least 2 ranks, got --gpus {len(ranks)}")
     res = rows(c, a.op, algos, sizes, ranks)
+    require_finite(f"{a.op} on {c.name}", time_s=[r["time_s"] for r in res], busbw_GBps=[r["busbw_GBps"] for r in res])
     if a.format == "json":
         from parsim.report import to_json
         sys.stdout.write(to_json({"cluster": c.name, "ranks": len(ranks), "op": a.op,
@@ -73,6 +81,26 @@ def run(a) -> int:
     if a.plot:
         _plot(res, algos, a.plot, f"{a.op} on {c.name}, {len(ranks)} ranks")
     return 0
+
+
+def _check_points(text) -> None:
+    """Refuse a LO:HI:FACTOR range of more than MAX_SIZE_POINTS sizes before it is built (a factor of
+    1.0000001 would list 27 M sizes). Text the estimate cannot read is left to parse_size_range."""
+    import math
+
+    from parsim.units import parse_size
+    lo, _, rest = str(text).partition(":")
+    hi, _, factor = rest.partition(":")
+    if not rest:
+        return
+    try:
+        lo_b, hi_b, f = parse_size(lo), parse_size(hi), float(factor) if factor else 2.0
+    except (ParsimError, ValueError, OverflowError):
+        return
+    if 0 < lo_b <= hi_b and math.isfinite(f) and f > 1 and math.isfinite(hi_b):
+        n = math.log(hi_b / lo_b) / math.log(f) + 1
+        require(n <= MAX_SIZE_POINTS, f"--size {shown(text)} has {n:.3g} sizes, above the limit of {MAX_SIZE_POINTS} "
+                                      "(parsim.limits.MAX_SIZE_POINTS): use a larger factor")
 
 
 def _plot(res, algos, path, title):

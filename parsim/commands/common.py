@@ -17,15 +17,51 @@ def positive_int(text):
     return v
 
 
+def count(hi, lo: int = 1):
+    """argparse type: an integer in lo..hi, hi a number or the name of a limit in parsim.limits.
+    Refused before anything is allocated, with the limit named (one line, exit 2)."""
+    from parsim import limits
+    top = getattr(limits, hi) if isinstance(hi, str) else hi
+    why = f" (parsim.limits.{hi})" if isinstance(hi, str) else ""
+
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{limits.shown(text)} is not an integer: expected an integer in "
+                                             f"{lo}..{top}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} is below {lo}: expected an integer in {lo}..{top}")
+        if v > top:
+            raise argparse.ArgumentTypeError(f"{v} is above the limit of {top}{why}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(lo: float, hi, lo_open: bool = False):
+    """argparse type: a finite float in [lo, hi] ((lo, hi] with lo_open); hi a number or a limit's name."""
+    from parsim import limits
+    from parsim.errors import ParsimError
+
+    def parse(text):
+        try:
+            return limits.check_number("value", text, lo, hi, lo_open)
+        except ParsimError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("value = ")) from None
+    parse.__name__ = "number"
+    return parse
+
+
 def add_plan_arguments(p, need_gpus=True):
-    p.add_argument("--gpus", type=positive_int, required=need_gpus, help="number of devices")
-    p.add_argument("--dp", type=positive_int, help="data parallel (default: gpus / (tp·pp))")
-    p.add_argument("--tp", type=positive_int, default=1, help="tensor parallel")
-    p.add_argument("--pp", type=positive_int, default=1, help="pipeline parallel")
-    p.add_argument("--vpp", type=positive_int, default=None, help="virtual stages per pipeline rank (interleaved)")
-    p.add_argument("--micro-batch", type=positive_int, default=1, help="sequences per micro-batch")
-    p.add_argument("--global-batch", type=positive_int, required=False, help="sequences per step")
-    p.add_argument("--seq-len", type=positive_int, help="sequence length (default: the model's)")
+    p.add_argument("--gpus", type=count("MAX_DEVICES"), required=need_gpus, help="number of devices")
+    p.add_argument("--dp", type=count("MAX_DEVICES"), help="data parallel (default: gpus / (tp·pp))")
+    p.add_argument("--tp", type=count("MAX_DEVICES"), default=1, help="tensor parallel")
+    p.add_argument("--pp", type=count("MAX_DEVICES"), default=1, help="pipeline parallel")
+    p.add_argument("--vpp", type=count("MAX_DEVICES"), default=None, help="virtual stages per pipeline rank (interleaved)")
+    p.add_argument("--micro-batch", type=count("MAX_GLOBAL_BATCH"), default=1, help="sequences per micro-batch")
+    p.add_argument("--global-batch", type=count("MAX_GLOBAL_BATCH"), required=False, help="sequences per step")
+    p.add_argument("--seq-len", type=count("MAX_SEQ_LEN"), help="sequence length (default: the model's)")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="default: the device's (bf16 on GPUs, fp32 on CPUs; parsim.hardware.default_dtype)")
     p.add_argument("--recompute", choices=RECOMPUTE, default="none")

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from parsim.commands.common import count, number
 from parsim.errors import ParsimError, require
 from parsim.units import fmt_time, parse_rate, parse_time
 
@@ -33,9 +34,9 @@ def _topology_flags(p):
     p.add_argument("--hosts", type=int, default=None, help="number of (worker) hosts (default 2)")
     p.add_argument("--link", default=None, help="host link rate, e.g. 1Gbit or 200Mbit (default 1Gbit)")
     p.add_argument("--delay", default=None, help="one-way link latency, e.g. 0.2ms (needs sch_netem)")
-    p.add_argument("--oversubscription", type=float, default=2.0, help="racks: rack uplink oversubscription")
-    p.add_argument("--servers", type=int, default=1, help="ps: dedicated server hosts")
-    p.add_argument("--ranks-per-host", type=int, default=None, help="processes per host (default: its devices, 1)")
+    p.add_argument("--oversubscription", type=number(1.0, "MAX_OVERSUBSCRIPTION"), default=2.0, help="racks: rack uplink oversubscription")
+    p.add_argument("--servers", type=count(32, lo=1), default=1, help="ps: dedicated server hosts")
+    p.add_argument("--ranks-per-host", type=count("MAX_RANKS_PER_HOST"), default=None, help="processes per host (default: its devices, 1)")
     p.add_argument("--no-probe", action="store_true", help="skip the link probes (predictions then use configured rates)")
 
 
@@ -287,7 +288,8 @@ def run(args) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     require(cmd, "expected a command after --, e.g. -- parsim run --bench allreduce")
-    timeout_s = parse_time(args.timeout)
+    from parsim.limits import check_number
+    timeout_s = check_number(f"--timeout {args.timeout}", parse_time(args.timeout), 0.0, "MAX_WAIT_S", lo_open=True)
     up = _running_clusters()
     if up and not _given(args):
         emu = _attach(up[-1])

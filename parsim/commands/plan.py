@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import add_memory_arguments, memory_options, positive_int
+from parsim.commands.common import add_memory_arguments, count, memory_options, positive_int
 from parsim.plan import DTYPES
 from parsim.search import DEFAULT_CLUSTER, DEFAULT_GLOBAL_BATCH, DEFAULT_MODEL
 
 
 def add_arguments(p):
-    p.add_argument("--gpus", type=positive_int, required=True, help="number of devices")
+    p.add_argument("--gpus", type=count("MAX_DEVICES"), required=True, help="number of devices")
     p.add_argument("--model", default=None, help=f"preset or file (default: {DEFAULT_MODEL})")
     p.add_argument("--cluster", default=None, help=f"preset or file (default: {DEFAULT_CLUSTER})")
-    p.add_argument("--global-batch", type=positive_int, default=None,
+    p.add_argument("--global-batch", type=count("MAX_GLOBAL_BATCH"), default=None,
                    help=f"sequences per step (default {DEFAULT_GLOBAL_BATCH})")
-    p.add_argument("--seq-len", type=positive_int, default=None, help="default: the model's")
+    p.add_argument("--seq-len", type=count("MAX_SEQ_LEN"), default=None, help="default: the model's")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="default: the device's (bf16 on GPUs, fp32 on CPUs; parsim.hardware.default_dtype)")
     p.add_argument("--top", type=positive_int, default=10, help="how many plans to show (table/json/csv)")
@@ -36,6 +36,9 @@ def run(a) -> int:
         defaults.append(f"cluster {DEFAULT_CLUSTER}")
     res = search(a.model or DEFAULT_MODEL, a.cluster or DEFAULT_CLUSTER, a.gpus, a.global_batch, a.seq_len,
                  a.dtype, result=True, **memory_options(a))
+    from parsim.limits import require_finite
+    require_finite(f"plan search on {a.gpus} devices", step_time_s=res.columns["step_time_s"][: a.top],
+                   memory_GiB=res.columns["memory_GiB"][: a.top])
     if a.format == "json":
         text = to_json({"attrs": res.attrs, "candidates": res.candidates, "priced": res.priced,
                         "rejected": res.rejected, "seconds": res.seconds, "plans": plans_records(res, a.top)})

@@ -10,19 +10,20 @@ import json
 import os
 import sys
 
+from parsim.commands.common import count, number
 from parsim.errors import ParsimError
 
 
 def add_arguments(p):
     p.add_argument("--model", default="gpt-tiny", help="preset name or ModelSpec/config.json file (default gpt-tiny)")
-    p.add_argument("--nproc", type=int, help="local ranks to spawn (default dp*tp*pp)")
-    p.add_argument("--dp", type=int, help="data-parallel size (default nproc/(tp*pp))")
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--pp", type=int, default=1)
-    p.add_argument("--vpp", type=int, help="virtual stages per pp rank (default: 2 for interleaved/zbv, else 1)")
-    p.add_argument("--micro-batch", type=int, default=1)
-    p.add_argument("--global-batch", type=int, help="default micro-batch*dp*pp")
-    p.add_argument("--seq-len", type=int, help="default: the model's")
+    p.add_argument("--nproc", type=count("MAX_DEVICES"), help="local ranks to spawn (default dp*tp*pp)")
+    p.add_argument("--dp", type=count("MAX_DEVICES"), help="data-parallel size (default nproc/(tp*pp))")
+    p.add_argument("--tp", type=count("MAX_DEVICES"), default=1)
+    p.add_argument("--pp", type=count("MAX_DEVICES"), default=1)
+    p.add_argument("--vpp", type=count("MAX_DEVICES"), help="virtual stages per pp rank (default: 2 for interleaved/zbv, else 1)")
+    p.add_argument("--micro-batch", type=count("MAX_GLOBAL_BATCH"), default=1)
+    p.add_argument("--global-batch", type=count("MAX_GLOBAL_BATCH"), help="default micro-batch*dp*pp")
+    p.add_argument("--seq-len", type=count("MAX_SEQ_LEN"), help="default: the model's")
     p.add_argument("--schedule", default="1f1b", help="gpipe | 1f1b | interleaved | zbv")
     p.add_argument("--grad-sync", default="native", help="ring | tree | hd | hierarchical | ps | native")
     p.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3))
@@ -30,19 +31,19 @@ def add_arguments(p):
     p.add_argument("--sequence-parallel", action="store_true")
     p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: the device's, parsim.hardware.default_dtype: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3, help="steps dropped before the median (default 3)")
+    p.add_argument("--steps", type=count("MAX_STEPS"), default=10)
+    p.add_argument("--warmup", type=count("MAX_STEPS", lo=0), default=3, help="steps dropped before the median (default 3)")
     p.add_argument("--format", default="table", choices=("table", "json"))
     p.add_argument("--out", help="write the result (measured, predicted, errors) as JSON here")
     p.add_argument("--trace", metavar="DIR", help="torch.profiler Chrome trace of one extra, untimed step, one file per rank")
     p.add_argument("--cluster", help="cluster preset or file for the prediction (default: cpu-local, calibrated "
                                      "by `python -m parsim.calibrate` when it has been run; dgx-<gpu> with nccl)")
-    p.add_argument("--local-size", type=int, help="ranks per node for --grad-sync hierarchical (default: all)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per rank on CPU (default 1)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds for the whole run before every rank is killed")
-    p.add_argument("--watchdog", type=float, default=60.0,
+    p.add_argument("--local-size", type=count("MAX_DEVICES"), help="ranks per node for --grad-sync hierarchical (default: all)")
+    p.add_argument("--threads", type=count("MAX_THREADS"), default=1, help="torch threads per rank on CPU (default 1)")
+    p.add_argument("--timeout", type=number(0.0, "MAX_WAIT_S", lo_open=True), default=300.0, help="seconds for the whole run before every rank is killed")
+    p.add_argument("--watchdog", type=number(0.0, "MAX_WAIT_S", lo_open=True), default=60.0,
                    help="seconds a rank may go without progress before it aborts (default 60)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=count(2 ** 63 - 1, lo=0), default=0)
     p.add_argument("--dry-run", action="store_true",
                    help="validate the plan, print it with its predicted memory and the schedule that would run, "
                         "and exit (0: it would run; 2: refused) without spawning a rank")

@@ -3,18 +3,20 @@ from __future__ import annotations
 
 import json
 
+from parsim.commands.common import count, number
 from parsim.errors import ParsimError, require
 from parsim.schedules.pipeline import SCHEDULES, build_schedule
 from parsim.simulate import bubble_fraction_closed_form, pipeline_step
+from parsim.limits import MAX_OP_TIME_S, check_number, require_finite
 from parsim.units import fmt_time, parse_size
 
 
 def add_arguments(p):
-    p.add_argument("--pp", type=int, required=True, help="pipeline ranks")
-    p.add_argument("--micro-batches", "-m", type=int, required=True, dest="microbatches",
+    p.add_argument("--pp", type=count("MAX_DEVICES"), required=True, help="pipeline ranks")
+    p.add_argument("--micro-batches", "-m", type=count("MAX_GLOBAL_BATCH"), required=True, dest="microbatches",
                    help="micro-batches per step")
     p.add_argument("--schedule", default="1f1b", help=f"one of {', '.join(SCHEDULES)} (default 1f1b)")
-    p.add_argument("--vpp", type=int, default=None,
+    p.add_argument("--vpp", type=count("MAX_DEVICES"), default=None,
                    help="stages per rank (interleaved: default 2; zbv: 2; others: 1)")
     p.add_argument("--stage-times", metavar="F,B[,W][/F,B[,W]...]",
                    help="milliseconds per micro-batch: forward, backward and optional weight-grad. One triple "
@@ -26,13 +28,13 @@ def add_arguments(p):
                                      "--stage-times, send/recv of --p2p-bytes priced on its graph")
     p.add_argument("--p2p-bytes", default="0", help="bytes sent between stages per micro-batch, e.g. 16MiB "
                                                     "(with --cluster and --stage-times)")
-    p.add_argument("--tp", type=int, default=1, help="tensor parallel (default 1): sizes the cost model's stages; "
+    p.add_argument("--tp", type=count("MAX_DEVICES"), default=1, help="tensor parallel (default 1): sizes the cost model's stages; "
                                                     "with --cluster, pipeline rank r sits on device r*tp")
-    p.add_argument("--micro-batch-size", type=int, default=1, help="sequences per micro-batch (with --model)")
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length (with --model; default the model's)")
+    p.add_argument("--micro-batch-size", type=count("MAX_GLOBAL_BATCH"), default=1, help="sequences per micro-batch (with --model)")
+    p.add_argument("--seq-len", type=count("MAX_SEQ_LEN"), default=None, help="sequence length (with --model; default the model's)")
     p.add_argument("--recompute", default="none", help="none|selective|full (with --model)")
     p.add_argument("--sequence-parallel", action="store_true", help="with --model and tp > 1")
-    p.add_argument("--p2p-ms", type=float, default=0.0,
+    p.add_argument("--p2p-ms", type=number(0.0, 1e3 * MAX_OP_TIME_S), default=0.0,
                    help="send/recv latency between ranks, ms, on top of the stage times (default 0)")
     p.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace (Perfetto, chrome://tracing)")
     p.add_argument("--gantt", metavar="OUT.png", help="write a Gantt chart")
@@ -50,7 +52,8 @@ def parse_stage_times(text: str) -> tuple[list[float], list[float], list[float] 
         except ValueError:
             raise ParsimError(f"--stage-times group {g!r} is not numbers: expected F,B[,W] milliseconds, e.g. 1,2,1")
         require(len(vals) in (2, 3), f"--stage-times group {g!r} has {len(vals)} values: expected F,B or F,B,W")
-        require(all(v >= 0 for v in vals), f"--stage-times group {g!r} has a negative time")
+        for v in vals:   # finite, >= 0, at most parsim.limits.MAX_OP_TIME_S
+            check_number(f"--stage-times group {g!r}: a time (ms)", v, 0.0, 1e3 * MAX_OP_TIME_S)
         triples.append(vals)
     n_w = sum(len(t) == 3 for t in triples)
     require(n_w in (0, len(triples)), f"--stage-times {text!r}: give W for every group or for none")
@@ -96,7 +99,7 @@ def run(args) -> int:
         require(not args.stage_times, "give either --stage-times or --model/--cluster, not both")
         tf, tb, tw = _model_stage_times(args, sched)
     else:
-        tf, tb, tw = parse_stage_times(args.stage_times or "1,2")
+        tf, tb, tw = parse_stage_times("1,2" if args.stage_times is None else args.stage_times)
     p2p = args.p2p_ms * 1e-3
     if args.cluster and not args.model:
         from parsim.simulate import p2p_on_cluster
@@ -108,6 +111,8 @@ def run(args) -> int:
             f"--stage-times has {n} groups: expected 1, pp={sched.pp} or pp*vpp={sched.num_stages}")
     res = pipeline_step(sched, sched.pp, sched.microbatches, sched.vpp, tf, tb, tw, p2p_s=p2p,
                         p2p_bytes=parse_size(args.p2p_bytes))
+    require_finite(f"{sched.name} pp={sched.pp} m={sched.microbatches}", makespan_s=res.makespan_s,
+                   busy_s=res.busy_s)
     if args.trace:
         from parsim.report_pipeline import write_chrome_trace
         write_chrome_trace(res, args.trace)

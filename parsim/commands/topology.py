@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import positive_int
+from parsim.commands.common import count
 
 
 def add_arguments(p):
@@ -12,13 +12,15 @@ def add_arguments(p):
     save = sub.add_parser("save", help="write the graph as YAML (units in keys) or GraphML")
     for q in (show, save):
         q.add_argument("--cluster", default="dgx-h100", help="preset or file (default dgx-h100)")
-        q.add_argument("--gpus", type=positive_int, default=None, help="size the preset to this many devices")
+        q.add_argument("--gpus", type=count("MAX_DEVICES"), default=None, help="size the preset to this many devices")
     show.add_argument("--draw", metavar="FILE.png", help="draw the graph (matplotlib)")
     show.add_argument("--format", choices=("table", "json"), default="table")
     save.add_argument("--out", required=True, metavar="FILE.yaml|FILE.graphml")
 
 
 def summary(c) -> dict:
+    """The cluster in numbers; bisection_GBps is None above parsim.limits.MAX_BISECTION_DEVICES devices."""
+    from parsim.limits import MAX_BISECTION_DEVICES
     from parsim.topology import bisection_Bps, link_classes
     kinds = {}
     for _, a in c.graph.nodes(data=True):
@@ -27,7 +29,8 @@ def summary(c) -> dict:
             "devices": c.num_devices, "gpus_per_node": c.gpus_per_node,
             "nodes": len({c.node_of(r) for r in range(c.num_devices)}), "servers": list(c.servers),
             "graph_nodes_by_kind": kinds, "links": c.graph.number_of_edges(), "link_classes": link_classes(c),
-            "bisection_GBps": bisection_Bps(c) / 1e9, "source": c.meta.get("source", "")}
+            "bisection_GBps": bisection_Bps(c) / 1e9 if c.num_devices <= MAX_BISECTION_DEVICES else None,
+            "source": c.meta.get("source", "")}
 
 
 def run(a) -> int:
@@ -46,6 +49,11 @@ def run(a) -> int:
         print(f"wrote {p} ({c.num_devices} devices, {c.graph.number_of_edges()} links)")
         return 0
     s = summary(c)
+    from parsim.limits import require_finite
+    require_finite(f"cluster {c.name}", bisection_GBps=s["bisection_GBps"])
+    from parsim.limits import MAX_BISECTION_DEVICES
+    bis = (f"{s['bisection_GBps']:.1f} GB/s per direction" if s["bisection_GBps"] is not None else
+           f"not computed above {MAX_BISECTION_DEVICES} devices (parsim.limits.MAX_BISECTION_DEVICES)")
     if a.format == "json":
         from parsim.report import to_json
         sys.stdout.write(to_json(s))
@@ -59,7 +67,7 @@ def run(a) -> int:
         sys.stdout.write(head + _table("links by class (bandwidth delivered per direction = rate × efficiency)",
                                        ["link", "count", "bandwidth GB/s", "efficiency", "latency us"], rows,
                                        f"bisection (first vs second half of the ranks, max-flow): "
-                                       f"{s['bisection_GBps']:.1f} GB/s per direction; GB = 1e9 B"
+                                       f"{bis}; GB = 1e9 B"
                                        + (f"\nsource: {s['source']}" if s["source"] else "")))
     if a.draw:
         p = draw(c, a.draw)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from parsim.errors import ParsimError, closest, require
+from parsim.limits import MAX_SIM_OPS
 
 F, B, W = 0, 1, 2
 KIND_NAMES = ("F", "B", "W")
@@ -182,7 +183,15 @@ def check_schedule_args(name: str, pp: int, microbatches: int, vpp: int | None =
             f"virtual stages vpp={vpp!r} must be an integer >= 1")
     from parsim.rules import check_pipeline
     check_pipeline(name, int(pp), int(microbatches), int(vpp))
+    ops = schedule_ops(name, pp, vpp, microbatches)
+    require(ops <= MAX_SIM_OPS, f"{name} with pp={pp}, vpp={vpp}, m={microbatches} has {ops} ops, above the "
+                                f"limit of {MAX_SIM_OPS} the simulator plays (parsim.limits.MAX_SIM_OPS)")
     return name, int(vpp)
+
+
+def schedule_ops(name: str, pp: int, vpp: int, microbatches: int) -> int:
+    """Ops of a schedule: F and B (and W for zbv's split backward) per stage and micro-batch."""
+    return (3 if canonical_name(name) == "zbv" else 2) * int(pp) * int(vpp) * int(microbatches)
 
 
 def build_schedule(name: str, pp: int, microbatches: int, vpp: int | None = None) -> PipelineSchedule:

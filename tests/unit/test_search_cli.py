@@ -75,8 +75,8 @@ def test_predict_cli_table_and_json():
     (["predict", "--gpus", "3", "--tp", "3", "--global-batch", "1"], "heads"),
     (["predict", "--gpus", "2", "--pp", "2", "--schedule", "interleaved", "--vpp", "1"], "interleaved needs vpp >= 2"),
     (["predict", "--gpus", "8", "--global-batch", "12", "--micro-batch", "1"], "global-batch (12) is not divisible"),
-    (["predict", "--gpus", "0"], "not positive"),
-    (["plan", "--gpus", "-4"], "not positive"),
+    (["predict", "--gpus", "0"], "0 is below 1"),
+    (["plan", "--gpus", "-4"], "-4 is below 1"),
 ])
 def test_bad_input_one_line_exit_2(args, needle):
     r = run_cli(*args)

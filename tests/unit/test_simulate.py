@@ -175,7 +175,7 @@ def test_cli_per_rank_times_trace_gantt_and_table(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,fragment", [
     (["--pp", "4", "-m", "8", "--schedule", "1f1bb"], "did you mean 1f1b"),
-    (["--pp", "0", "-m", "8"], "pp=0"),
+    (["--pp", "0", "-m", "8"], "--pp: 0 is below 1"),
     (["--pp", "4", "-m", "9", "--schedule", "interleaved"], "multiple of the number of rounds"),
     (["--pp", "4", "-m", "8", "--stage-times", "1,2/1,2/1,2"], "3 groups"),
     (["--pp", "4", "-m", "8", "--stage-times", "1,x"], "not numbers"),
