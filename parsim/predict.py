@@ -545,6 +545,3 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
         memory_headroom_GiB=room / GiB, memory_worst_rank=worst,
     )
 
-
-from parsim import _callable_module  # noqa: E402  (the package is initialised by now)
-_callable_module(__name__, "predict")   # parsim.predict(...) works after this module is imported

@@ -231,6 +231,3 @@ def row_to_plan(row, global_batch: int, seq_len: int | None = None, dtype: str =
                 schedule=str(row["schedule"]), grad_sync=str(row["grad_sync"]), zero=int(row["zero"]),
                 recompute=str(row["recompute"]), sequence_parallel=bool(row["sequence_parallel"]))
 
-
-from parsim import _callable_module  # noqa: E402  (the package is initialised by now)
-_callable_module(__name__, "search")   # parsim.search(...) works after this module is imported
