@@ -370,7 +370,7 @@ CLUSTER_SCHEMA = {
     "devices": ("int", 1, "MAX_DEVICES"), "dims": ("dims",),
     "nvlink_GBps": _GBPS, "nic_GBps": _GBPS, "link_GBps": _GBPS, "intra_GBps": _GBPS,
     "nvlink_latency_us": _LAT, "nic_latency_us": _LAT, "link_latency_us": _LAT, "uplink_latency_us": _LAT,
-    "nvlink_efficiency": _EFF, "nic_efficiency": _EFF, "link_efficiency": _EFF,
+    "nvlink_efficiency": _EFF, "nic_efficiency": _EFF, "link_efficiency": _EFF, "nvlink_p2p_efficiency": _EFF,
     "oversubscription": ("num", 1.0, limits.MAX_OVERSUBSCRIPTION, False),
 }
 
