@@ -82,6 +82,8 @@ def validate(plan: Plan, model, gpus: int | None = None) -> Plan:
         raise ParsimError(f"kv_heads ({model.kv_heads}) of {model.name} is not divisible by tp ({plan.tp})")
     if model.ffn_hidden % plan.tp:
         raise ParsimError(f"ffn_hidden ({model.ffn_hidden}) of {model.name} is not divisible by tp ({plan.tp})")
+    if model.experts and model.expert_ffn_hidden % plan.tp:
+        raise ParsimError(f"expert_ffn_hidden ({model.expert_ffn_hidden}) of {model.name} is not divisible by tp ({plan.tp})")
     if model.layers % (plan.pp * plan.vpp):
         raise ParsimError(f"layers ({model.layers}) of {model.name} is not divisible by pp·vpp = {plan.pp}·{plan.vpp} = {plan.pp * plan.vpp}")
     if plan.global_batch % (plan.micro_batch * plan.dp):

@@ -53,6 +53,10 @@ class StepReport:
     gpus: int = 0
     source: str = "predicted"
     notes: list = field(default_factory=list)
+    seq_len: int = 0                 # the training length used (the plan's, else the model's)
+    params_total: int = 0            # all parameters, tied embeddings once
+    params_active: int = 0           # per token (MoE: top_k routed experts); = params_total when dense
+    model_summary: str = ""          # shapes and where seq_len came from
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -212,9 +216,10 @@ def price(model, cluster, cols: dict, device=None) -> dict:
 
     # Parameters per rank on the first and the last stage (the two that differ).
     P_layer = model.params_per_layer
+    P_body = model.layer_params_total / pp                 # (the layers' mean, split evenly over stages)
     tied_copy = model.tied_embeddings & (pp > 1)
-    P_first = (L * P_layer + model.embedding_params + np.where(single, model.head_params, 0)) / t
-    P_last = np.where(single, P_first, (L * P_layer + model.head_params + np.where(tied_copy, model.vocab * h, 0)) / t)
+    P_first = (P_body + model.embedding_params + np.where(single, model.head_params, 0)) / t
+    P_last = np.where(single, P_first, (P_body + model.head_params + np.where(tied_copy, model.vocab * h, 0)) / t)
     P_rank = np.maximum(P_first, P_last)
 
     # Data-parallel gradient sync of the largest stage, by the plan's algorithm.
@@ -336,6 +341,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
         mfu=mf / step / gpus_ / pk, hfu=hf / step / gpus_ / pk,
         memory_GiB=total / GiB, memory_breakdown_GiB=mem, fits=fits, fits_reason=reason,
         breakdown_s=breakdown,
-        plan=plan.to_dict(), model=model.name, cluster=cluster.name, device=cluster.device.name,
-        gpus=gpus_, notes=notes,
+        plan={**plan.to_dict(), "seq_len": seq}, model=model.name, cluster=cluster.name, device=cluster.device.name,
+        gpus=gpus_, notes=notes, seq_len=seq, params_total=model.params, params_active=model.active_params,
+        model_summary=model.summary(),
     )

@@ -48,6 +48,9 @@ def step_report_text(rep) -> str:
     total = rep.step_time_s
     rows = [(k, f"{v:.4f}", _pct(v, total)) for k, v in rep.breakdown_s.items()]
     rows.append(("step_time", f"{total:.4f}", "100.0%"))
+    if getattr(rep, "model_summary", ""):
+        head = (f"model {rep.model_summary}\n" f"params total {rep.params_total:,}  active {rep.params_active:,}  "
+                f"seq_len {rep.seq_len}\n" + head)
     out = [head, _table("step time breakdown (bottleneck stage)", ["part", "seconds", "share"], rows)]
     mem = rep.memory_breakdown_GiB
     mrows = [(k, f"{v:.2f}") for k, v in mem.items()] + [("total", f"{rep.memory_GiB:.2f}")]
@@ -88,6 +91,8 @@ def plans_text(res, top: int) -> str:
     a = res.attrs
     title = (f"top {n} of {len(res)} fitting plans: {a['model']} on {a['gpus']} × {a['device']} ({a['cluster']}), "
              f"global batch {a['global_batch']} × seq {a['seq_len']}, {a['dtype']}")
+    if a.get("model_summary"):
+        title = f"model {a['model_summary']}\n" + title
     rej = "; ".join(f"{k}: {v:,}" for k, v in res.rejected.items()) or "none"
     caption = (f"{res.candidates:,} candidates generated, {res.priced:,} valid and priced in {res.seconds:.2f} s; "
                f"rejected: {rej}\nstep_time_s of the top plans is re-played by the pipeline simulator; "

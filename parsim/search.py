@@ -76,7 +76,8 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
     L = model.layers
     checks = [
         (f"tp does not divide heads ({model.heads}), kv_heads ({model.kv_heads}) or ffn ({model.ffn_hidden})",
-         (model.heads % tp != 0) | (model.kv_heads % tp != 0) | (model.ffn_hidden % tp != 0)),
+         (model.heads % tp != 0) | (model.kv_heads % tp != 0) | (model.ffn_hidden % tp != 0)
+         | (model.expert_ffn_hidden % tp != 0)),
         (f"tp larger than a node ({gpus_per_node} devices)", tp > gpus_per_node),
         (f"layers ({L}) not divisible by pp·vpp", L % (pp * vpp) != 0),
         (f"global batch ({global_batch}) not divisible by micro_batch·dp", global_batch % (mb * dp) != 0),
@@ -156,7 +157,8 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     df["bubble_s"] = df["bubble_s"] + (step - step_closed)[order]
     for k in MEMORY_KEYS:
         df[f"{k}_GiB"] = r["memory"][k][order] / GiB
-    attrs = dict(model=model.name, cluster=cl.name, device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq, dtype=dtype)
+    attrs = dict(model=model.name, cluster=cl.name, device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq, dtype=dtype,
+                 params_total=model.params, params_active=model.active_params, model_summary=model.summary())
     res = SearchResult(df, attrs, generated, n, rejected, time.perf_counter() - t0)
     return res if result else res.table
 

@@ -1,9 +1,11 @@
 """A GPT in torch built from a parsim ModelSpec, cut into pipeline stages.
 
-GELU specs are GPT-style (biases, LayerNorm, learned positions); SwiGLU specs are
-Llama-style (no biases, RMSNorm) without rotary positions (attention is still causal;
-RoPE changes no shape, FLOP count or communication, so it is left out). GQA: K and V
-have ``kv_heads`` heads, repeated to ``heads``.
+The layer follows the spec's fields: norm kind, q/k/v and projection biases, learned
+positions (``max_positions`` rows), head_dim, gated MLP (SwiGLU / GeGLU), q/k norms and an
+embedding norm. Rotary positions are left out (attention is still causal; RoPE changes no
+shape, FLOP count or communication). GQA/MQA: K and V have ``kv_heads`` heads, repeated to
+``heads``. What it cannot build (ALiBi, a parallel attention/MLP block, a norm count other
+than two, experts) is refused by ``check_buildable`` in one line.
 
 Weights are initialised per component from ``seed`` and the component's global index
 (embedding, layer i, head), so any cut into stages holds exactly the weights of the
@@ -17,6 +19,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
 from torch.utils.checkpoint import set_checkpoint_early_stop
 
+from backends.torchdist.buildable import check_buildable
+
 
 def checkpoint(fn, *args):
     """Non-reentrant activation checkpointing without early stop, so a recompute re-runs the whole
@@ -26,7 +30,7 @@ def checkpoint(fn, *args):
 
 
 def _norm(spec, h):
-    return nn.RMSNorm(h, eps=1e-5) if spec.gated else nn.LayerNorm(h, eps=1e-5)
+    return nn.RMSNorm(h, eps=1e-5) if spec.norm == "rmsnorm" else nn.LayerNorm(h, eps=1e-5)
 
 
 class AttentionCore(nn.Module):
@@ -39,10 +43,12 @@ class AttentionCore(nn.Module):
 class Attention(nn.Module):
     def __init__(self, spec, selective: bool = False):
         super().__init__()
-        h, kv, bias = spec.hidden, spec.kv_dim, not spec.gated
+        h, q, kv, bias = spec.hidden, spec.q_dim, spec.kv_dim, spec.qkv_bias
         self.head_dim, self.selective = spec.head_dim, selective
-        self.wq, self.wk, self.wv = nn.Linear(h, h, bias=bias), nn.Linear(h, kv, bias=bias), nn.Linear(h, kv, bias=bias)
-        self.wo = nn.Linear(h, h, bias=bias)
+        self.wq, self.wk, self.wv = nn.Linear(h, q, bias=bias), nn.Linear(h, kv, bias=bias), nn.Linear(h, kv, bias=bias)
+        self.wo = nn.Linear(q, h, bias=spec.linear_bias)
+        self.q_norm = _norm(spec, spec.head_dim) if spec.qk_norm else None
+        self.k_norm = _norm(spec, spec.head_dim) if spec.qk_norm else None
         self.core = AttentionCore()
 
     def forward(self, x):
@@ -51,6 +57,8 @@ class Attention(nn.Module):
         q = self.wq(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         rep = q.shape[1] // k.shape[1]
         if rep > 1:
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -62,18 +70,19 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, spec):
+    def __init__(self, spec, ffn: int | None = None):
         super().__init__()
-        h, f = spec.hidden, spec.ffn_hidden
-        self.gated = spec.gated
+        h, f, bias = spec.hidden, (spec.ffn_hidden if ffn is None else ffn), spec.linear_bias
+        self.gated, self.act = spec.gated, spec.activation
         if self.gated:
-            self.w_gate, self.w_up, self.w_down = nn.Linear(h, f, bias=False), nn.Linear(h, f, bias=False), nn.Linear(f, h, bias=False)
-        else:
-            self.w_up, self.w_down = nn.Linear(h, f), nn.Linear(f, h)
+            self.w_gate = nn.Linear(h, f, bias=bias)
+        self.w_up, self.w_down = nn.Linear(h, f, bias=bias), nn.Linear(f, h, bias=bias)
 
     def forward(self, x):
-        if self.gated:
+        if self.act == "swiglu":
             return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+        if self.act == "geglu":
+            return self.w_down(F.gelu(self.w_gate(x), approximate="tanh") * self.w_up(x))
         return self.w_down(F.gelu(self.w_up(x), approximate="tanh"))
 
 
@@ -104,12 +113,14 @@ class GPTStage(nn.Module):
     def __init__(self, spec, layer_ids, first: bool, last: bool, seed: int = 0, recompute: str = "none",
                  tie: bool = False):
         super().__init__()
+        check_buildable(spec)
         self.spec, self.first, self.last = spec, first, last
         h = spec.hidden
         if first:
             torch.manual_seed(seed * 1_000_003 + 1)
             self.tok = nn.Embedding(spec.vocab, h)
-            self.pos = None if spec.gated else nn.Embedding(spec.seq_len, h)
+            self.pos = nn.Embedding(spec.max_positions, h) if spec.position == "learned" else None
+            self.embed_norm = _norm(spec, h) if spec.embed_norm else None
         self.layers = nn.ModuleDict()
         for i in layer_ids:
             torch.manual_seed(seed * 1_000_003 + 100 + i)
@@ -136,6 +147,8 @@ class GPTStage(nn.Module):
             if self.pos is not None:
                 pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
                 x = x + self.pos(pos)
+            if self.embed_norm is not None:
+                x = self.embed_norm(x)
         for layer in self.layers.values():
             x = layer(x)
         if self.last:

@@ -61,7 +61,9 @@ def make_plan(args, world: int | None = None):
     """(ModelSpec, Plan, nproc) from the flags; every user mistake is a ParsimError."""
     from parsim.model import load_model
     from parsim.plan import Plan
+    from backends.torchdist.buildable import check_buildable
     model = load_model(args.model)
+    check_buildable(model)
     tp, pp = args.tp, args.pp
     for k in ("tp", "pp"):
         if getattr(args, k) is None or getattr(args, k) < 1:

@@ -39,6 +39,26 @@ def gemm_s(dev, peak, e, M, K, N, batch=1.0, flop_scale=1.0):
     return np.maximum(t_c, dev.memory_time_s(bytes_))
 
 
+def mlp_fwd_s(model, dev, peak, e, T, t):
+    """Forward MLP GEMM seconds of one layer, mean over dense and MoE layers, for T tokens on a TP rank.
+
+    Dense: [T,h]x[h,g·f/t] and [T,f/t]x[f/t,h] (g = 2 gated). MoE (balanced routing): the router
+    [T,h]x[h,E]; each of E experts takes c·T·k/E tokens (c the capacity factor, 1 dropless) through
+    its own GEMMs; shared experts see all T tokens."""
+    h, g = model.hidden, (2.0 if model.gated else 1.0)
+    def mlp(M, f, batch=1.0):
+        return gemm_s(dev, peak, e, M, h, g * f / t, batch) + gemm_s(dev, peak, e, M, f / t, h, batch)
+    dense = mlp(T, model.ffn_hidden) if model.dense_layers else 0.0
+    if not model.moe_layers:
+        return dense
+    E, k, ef = model.experts, model.top_k, model.expert_ffn_hidden
+    c = model.capacity_factor or 1.0
+    moe = gemm_s(dev, peak, e, T, h, E) + mlp(c * T * k / E, ef, batch=E)
+    if model.shared_experts:
+        moe = moe + mlp(T, model.shared_experts * ef)
+    return (model.dense_layers * dense + model.moe_layers * moe) / model.layers
+
+
 @dataclass(frozen=True)
 class LayerTimes:
     """Seconds per micro-batch on one tensor-parallel rank."""
@@ -57,14 +77,13 @@ def layer_times(model, dev, b, s, t, sp, flash, dtype_code) -> LayerTimes:
     b, s, t = (np.asarray(x, dtype=float) for x in (b, s, t))
     sp, flash = np.asarray(sp, dtype=bool), np.asarray(flash, dtype=bool)
     peak, e = peak_flops(dev, dtype_code), DTYPE_BYTES[np.asarray(dtype_code)]
-    h, f, kvd, a, d = model.hidden, model.ffn_hidden, model.kv_dim, model.heads, model.head_dim
+    h, kvd, qd, a, d = model.hidden, model.kv_dim, model.q_dim, model.heads, model.head_dim
     T = b * s
     g = 2.0 if model.gated else 1.0
 
-    gemm_fwd = (gemm_s(dev, peak, e, T, h, (h + 2 * kvd) / t)      # QKV
-                + gemm_s(dev, peak, e, T, h / t, h)                 # output projection
-                + gemm_s(dev, peak, e, T, h, g * f / t)             # fc1 (gate+up for SwiGLU)
-                + gemm_s(dev, peak, e, T, f / t, h))                # fc2
+    gemm_fwd = (gemm_s(dev, peak, e, T, h, (qd + 2 * kvd) / t)     # QKV
+                + gemm_s(dev, peak, e, T, qd / t, h)                # output projection
+                + mlp_fwd_s(model, dev, peak, e, T, t))             # fc1 (gate+up when gated), fc2; MoE: mean
     heads_per_rank = b * a / t
     # Attention core: QK^T [s,d]x[d,s] and AV [s,s]x[s,d] per head.
     core_flash = gemm_s(dev, peak, e, s, d, s, batch=2 * heads_per_rank, flop_scale=0.5)
@@ -78,6 +97,7 @@ def layer_times(model, dev, b, s, t, sp, flash, dtype_code) -> LayerTimes:
     # Element-wise kernels: two norms, two residual adds (+dropout for GPT-style), the activation.
     hr = np.where(sp, h / t, h)
     drop = 0.0 if model.gated else 1.0
+    f = model.mlp_active_width
     ew_fwd_bytes = T * (e * hr * (2 + 2 + 3 + 3) + drop * 2 * hr + e * (f / t) * (g + 1))
     ew_fwd = dev.memory_time_s(ew_fwd_bytes)
     ew_bwd = dev.memory_time_s(2 * ew_fwd_bytes)

@@ -36,11 +36,11 @@ def activation_bytes_per_layer(model, b, s, t, sp, recompute_code, flash, dtype_
     sp, flash = np.asarray(sp, dtype=bool), np.asarray(flash, dtype=bool)
     e = DTYPE_BYTES[np.asarray(dtype_code)]
     rc = np.asarray(recompute_code)
-    h, f, kvd, a = model.hidden, model.ffn_hidden, model.kv_dim, model.heads
+    h, f, kvd, qd, a = model.hidden, model.mlp_active_width, model.kv_dim, model.q_dim, model.heads
     g = 2.0 if model.gated else 1.0
     masks = 0.0 if model.gated else 2.0                          # two dropout masks, 1 byte each
     replicated = s * b * (e * (2 * h + h + h) + masks * h)        # two norm inputs, QKV input, MLP input
-    sharded = s * b * e * (h + 2 * kvd + h + g * f + f)           # Q, K, V, proj input, fc1 out, activation out
+    sharded = s * b * e * (qd + 2 * kvd + qd + g * f + f)         # Q, K, V, proj input, fc1 out, activation out
     scores = (2 * e + 1) * a * s * s * b                           # softmax out, dropout mask, dropout out
     keep_scores = (rc == 0) & ~flash
     per_layer = np.where(sp, replicated / t, replicated) + sharded / t + np.where(keep_scores, scores / t, 0.0)

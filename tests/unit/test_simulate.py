@@ -284,7 +284,8 @@ def test_search_reprices_top_plans_with_simulator():
     res = search("llama2-70b", "dgx-h100", 32, global_batch=128, result=True, resimulate=6)
     df = res.table
     assert df["simulated"].iloc[:6].all()                          # the best six were re-priced
-    assert np.all(np.diff(df["step_time_s"].to_numpy()) >= 0)     # still best first
+    # still best first (search ranks step times at 1 ns, so ties within 1 ns may come in either order)
+    assert np.all(np.diff(df["step_time_s"].to_numpy()) >= -1e-9)
     piped = df[df["simulated"] & (df["pp"] > 1)]
     assert len(piped) > 0
     row = piped.iloc[0]
