@@ -282,43 +282,64 @@ class ModelSpec:
         moe = (self.top_k + self.shared_experts) * self.expert_ffn_hidden
         return (self.dense_layers * self.ffn_hidden + self.moe_layers * moe) / self.layers
 
-    def attn_core_fwd_flops(self, seq_len=None):
-        """Scores QK^T and context AV: 2·2·s²·heads·head_dim, the full square (Megatron's convention,
-        causal masking not discounted; Narayanan et al. 2021, Appendix)."""
-        s = self.seq_len if seq_len is None else seq_len
-        return 4.0 * s * s * self.q_dim
+    # FLOPs are summed from the layer's description (parsim.layer), whose docstring states the
+    # counting convention. "Executed" FLOPs (HFU) count the attention core's full s² square when the
+    # scores are materialised (flash=False: Narayanan et al. 2021's formula) and the causal half with
+    # flash attention; "model" FLOPs (MFU) count the causal half always.
+    def _ops(self, s, flash):
+        from parsim.layer import layer_ops
+        return layer_ops(self, 1.0, s, 1.0, False, flash, 0)
 
-    def layer_fwd_flops(self, seq_len=None):
-        """2·s·(active matmul params) + attention core, mean over layers.
-
-        For GPT shapes this is 24·s·h² + 4·s²·h (Narayanan et al. 2021, Appendix)."""
+    def attn_core_fwd_flops(self, seq_len=None, flash=False):
+        """Attention core QKᵀ and AV of one layer per sequence: 4·s²·q_dim, or half with causal flash."""
         s = self.seq_len if seq_len is None else seq_len
-        return 2.0 * s * (self.attn_matmul_params + self.mlp_active_matmul_params) + self.attn_core_fwd_flops(s)
+        return sum(op.weight * op.flops for op in self._ops(s, flash) if op.selective)
+
+    def layer_fwd_flops(self, seq_len=None, flash=False):
+        """Executed forward FLOPs of the mean layer per sequence: 2·s·(active matmul params) + core.
+
+        For GPT shapes and flash=False this is 24·s·h² + 4·s²·h (Narayanan et al. 2021, Appendix)."""
+        from parsim.layer import flops
+        s = self.seq_len if seq_len is None else seq_len
+        return flops(self._ops(s, flash), "hardware")
+
+    def model_layer_fwd_flops(self, seq_len=None):
+        """Forward FLOPs of the mean layer per sequence as MFU counts them (attention: causal half)."""
+        from parsim.layer import flops
+        s = self.seq_len if seq_len is None else seq_len
+        return flops(self._ops(s, True), "model")
 
     def logits_fwd_flops(self, seq_len=None):
         """2·s·h·V for the output projection."""
+        from parsim.layer import flops, head_ops
         s = self.seq_len if seq_len is None else seq_len
-        return 2.0 * s * self.hidden * self.vocab
+        return flops(head_ops(self, 1.0, s, 1.0, 0))
 
-    def step_flops(self, sequences: float, recompute: str = "none", seq_len: int | None = None) -> float:
-        """FLOPs of one training step over `sequences`: forward + 2×forward backward,
+    def step_flops(self, sequences: float, recompute: str = "none", seq_len: int | None = None,
+                   flash: bool = False) -> float:
+        """Executed FLOPs of one training step over `sequences`: forward + 2×forward backward,
         plus one more forward of every layer with full recompute (and of the attention
-        core with selective). With full recompute and GPT shapes this equals
+        core with selective). With full recompute, flash=False and GPT shapes this equals
         96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)) (Narayanan et al. 2021, eq. in §5.1).
         """
         s = self.seq_len if seq_len is None else seq_len
-        layer, logits = self.layer_fwd_flops(s), self.logits_fwd_flops(s)
-        extra = {"none": 0.0, "selective": self.attn_core_fwd_flops(s), "full": layer}[recompute]
+        layer, logits = self.layer_fwd_flops(s, flash), self.logits_fwd_flops(s)
+        extra = {"none": 0.0, "selective": self.attn_core_fwd_flops(s, flash), "full": layer}[recompute]
         return sequences * (self.layers * (3 * layer + extra) + 3 * logits)
 
-    def flops_per_token(self, seq_len: int | None = None) -> dict:
-        """FLOPs per token, by pass: forward, backward (2× forward: input and weight gradients),
-        and what recompute adds (full: one more forward of every layer; selective: of the
-        attention core only, 4·s·q_dim per token per layer)."""
+    def model_step_flops(self, sequences: float, seq_len: int | None = None) -> float:
+        """FLOPs of one step as MFU counts them: 3 × (layers · model_layer_fwd_flops + logits), per sequence."""
         s = self.seq_len if seq_len is None else seq_len
-        fwd = (self.layers * self.layer_fwd_flops(s) + self.logits_fwd_flops(s)) / s
-        return {"forward": fwd, "backward": 2 * fwd, "recompute_full": self.layers * self.layer_fwd_flops(s) / s,
-                "recompute_selective": self.layers * self.attn_core_fwd_flops(s) / s}
+        return sequences * 3 * (self.layers * self.model_layer_fwd_flops(s) + self.logits_fwd_flops(s))
+
+    def flops_per_token(self, seq_len: int | None = None, flash: bool = False) -> dict:
+        """Executed FLOPs per token, by pass: forward, backward (2× forward: input and weight gradients),
+        and what recompute adds (full: one more forward of every layer; selective: of the
+        attention core only)."""
+        s = self.seq_len if seq_len is None else seq_len
+        fwd = (self.layers * self.layer_fwd_flops(s, flash) + self.logits_fwd_flops(s)) / s
+        return {"forward": fwd, "backward": 2 * fwd, "recompute_full": self.layers * self.layer_fwd_flops(s, flash) / s,
+                "recompute_selective": self.layers * self.attn_core_fwd_flops(s, flash) / s}
 
     def to_dict(self) -> dict:
         return asdict(self)

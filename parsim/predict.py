@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from parsim.costs import compute as C
+from parsim import layer as Ly
 from parsim.costs import memory as M
 from parsim.costs.network import collective_coeffs
 from parsim.errors import ParsimError
@@ -166,14 +167,28 @@ def price(model, cluster, cols: dict, device=None) -> dict:
                                                             flash[first], dt[first])[inv], 0.0)
     S = _Shapes(gs, tp, pp, dp)
 
-    # Tensor-parallel collectives per layer per micro-batch: 2 all-reduces forward, 2 backward
-    # (Shoeybi et al. 2019, Fig. 4); with sequence parallelism each becomes an all-gather plus a
-    # reduce-scatter of the same total size (Korthikanti et al. 2022, §4.2.2).
+    # Collectives the layer's ops induce (parsim.layer), per layer per micro-batch and direction:
+    # each row-parallel output an all-reduce, or with sequence parallelism an all-gather plus a
+    # reduce-scatter of the same total size (Shoeybi et al. 2019, Fig. 4; Korthikanti et al. 2022,
+    # §4.2.2); backward repeats them. The vocab-parallel embedding all-reduces its output (forward).
     act = mb * seq * h * e
     ar = G.vec("tp", "allreduce", S, act, "native")
     ag = G.vec("tp", "all_gather", S, act, "native")
-    rs = G.vec("tp", "reduce_scatter", S, act, "native")
-    tp_layer = np.where(sp, ag + rs, ar) * 2               # per layer, per direction
+    # Priced once per distinct message size (dense layers: two blocks of `act` bytes each).
+    blocks: dict = {}
+    for grp, kind, nbytes in Ly.comms(Ly.layer_ops(model, mb[first], seq[first], t[first], sp[first], flash[first], dt[first])):
+        nb = np.broadcast_to(np.asarray(nbytes, dtype=float), first.shape)
+        if grp == "tp" and kind == Ly.TP_BLOCK:
+            key = nb.tobytes()
+            blocks[key] = (blocks[key][0] + 1, nb) if key in blocks else (1, nb)
+        elif np.any(nb > 0):
+            raise AssertionError(f"collective {grp}/{kind} of the layer is not priced")
+    tp_layer = 0.0
+    for count, nb in blocks.values():
+        nb = nb[inv]
+        tp_layer = tp_layer + count * np.where(sp, G.vec("tp", "all_gather", S, nb, "native")
+                                               + G.vec("tp", "reduce_scatter", S, nb, "native"),
+                                               G.vec("tp", "allreduce", S, nb, "native"))
     tp_embed = ar                                          # vocab-parallel embedding all-reduce (forward)
 
     # Pipeline send/recv per micro-batch and chunk boundary; with tp>1 each rank sends 1/t
@@ -262,15 +277,20 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     activations = np.maximum(act_first, act_last)
     total = weights + grads + optim + activations + buffers
 
-    fl = model.layer_fwd_flops  # works on arrays of seq
-    per_seq_model = model.layers * 3 * fl(seq) + 3 * model.logits_fwd_flops(seq)
-    extra = np.select([rc == 2, rc == 1], [fl(seq), 4.0 * seq * seq * h], default=0.0)
+    # FLOPs per sequence (parsim.layer states the convention): executed (HFU) and counted (MFU).
+    seq_u, flash_u = seq[first], flash[first]
+    hw_layer = np.asarray(model.layer_fwd_flops(seq_u, flash_u), dtype=float)[inv]
+    core = np.asarray(model.attn_core_fwd_flops(seq_u, flash_u), dtype=float)[inv]
+    logits_fl = np.asarray(model.logits_fwd_flops(seq_u), dtype=float)[inv]
+    per_seq_model = 3 * (model.layers * np.asarray(model.model_layer_fwd_flops(seq_u), dtype=float)[inv] + logits_fl)
+    per_seq_hw = 3 * (model.layers * hw_layer + logits_fl)
+    extra = np.select([rc == 2, rc == 1], [hw_layer, core], default=0.0)
     return {
         "step_time_s": step, "makespan_s": makespan, "microbatches": m, "stage_s": stage_s, "dp_sync_s": np.where(dp > 1, t_sync, 0.0),
         "breakdown": breakdown,
         "memory": {"weights": weights, "grads": grads, "optimizer": optim, "activations": activations, "buffers": buffers},
         "memory_bytes": total, "memory_capacity_bytes": dev.memory_bytes,
-        "model_flops": gb * per_seq_model, "hardware_flops": gb * (per_seq_model + model.layers * extra),
+        "model_flops": gb * per_seq_model, "hardware_flops": gb * (per_seq_hw + model.layers * extra),
         "peak_flops": C.peak_flops(dev, dt),
     }
 
