@@ -33,6 +33,7 @@ class Plan:
     sequence_parallel: bool = False
     overlap: bool = True             # overlap gradient sync with backward
     flash_attention: bool = True     # attention scores never materialised (Dao et al. 2022)
+    ep: int = 1                      # expert parallel: experts sharded over ep of the dp ranks (ep | dp)
 
     @property
     def gpus(self) -> int:
@@ -53,6 +54,8 @@ class Plan:
         s = f"dp{self.dp}·tp{self.tp}·pp{self.pp}"
         if self.vpp > 1:
             s += f"·v{self.vpp}"
+        if self.ep > 1:
+            s += f"·ep{self.ep}"
         return s + f" mb{self.micro_batch} {self.schedule} {self.grad_sync} z{self.zero} rc:{self.recompute}" + (" sp" if self.sequence_parallel else "")
 
 
@@ -63,7 +66,7 @@ def _choice(name, value, options):
 
 def validate(plan: Plan, model, gpus: int | None = None) -> Plan:
     """Raise ParsimError naming the first thing wrong with `plan` for `model` on `gpus` devices."""
-    for k in ("dp", "tp", "pp", "vpp", "micro_batch", "global_batch"):
+    for k in ("dp", "tp", "pp", "vpp", "micro_batch", "global_batch", "ep"):
         v = getattr(plan, k)
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ParsimError(f"{k.replace('_', '-')} = {v!r}: expected a positive integer")
@@ -82,6 +85,14 @@ def validate(plan: Plan, model, gpus: int | None = None) -> Plan:
         raise ParsimError(f"kv_heads ({model.kv_heads}) of {model.name} is not divisible by tp ({plan.tp})")
     if model.ffn_hidden % plan.tp:
         raise ParsimError(f"ffn_hidden ({model.ffn_hidden}) of {model.name} is not divisible by tp ({plan.tp})")
+    # Expert parallelism (Megatron's convention): the ep ranks of an expert group are data-parallel
+    # ranks of the dense part, so ep divides dp and the experts; gpus stay dp·tp·pp.
+    if plan.ep > 1 and not model.experts:
+        raise ParsimError(f"ep = {plan.ep}: {model.name} has no experts (dense model), expected ep = 1")
+    if plan.ep > 1 and model.experts % plan.ep:
+        raise ParsimError(f"ep ({plan.ep}) does not divide the experts ({model.experts}) of {model.name}")
+    if plan.dp % plan.ep:
+        raise ParsimError(f"ep ({plan.ep}) does not divide dp ({plan.dp}): expert-parallel ranks are data-parallel ranks")
     if model.experts and model.expert_ffn_hidden % plan.tp:
         raise ParsimError(f"expert_ffn_hidden ({model.expert_ffn_hidden}) of {model.name} is not divisible by tp ({plan.tp})")
     if model.layers % (plan.pp * plan.vpp):

@@ -29,7 +29,7 @@ from parsim.errors import ParsimError
 from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, validate
 
 GiB = 2 ** 30
-BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "pp_comm", "bubble", "dp_comm_exposed", "optimizer")
+BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "ep_comm", "pp_comm", "bubble", "dp_comm_exposed", "optimizer")
 MEMORY_KEYS = ("weights", "grads", "optimizer", "activations", "buffers")
 
 
@@ -74,8 +74,23 @@ def plan_columns(plans, model) -> dict:
         "schedule": col(lambda p: SCHEDULES.index(p.schedule)), "grad_sync": col(lambda p: GRAD_SYNC.index(p.grad_sync)),
         "zero": col(lambda p: p.zero), "recompute": col(lambda p: RECOMPUTE.index(p.recompute)),
         "sp": col(lambda p: p.sequence_parallel, bool), "overlap": col(lambda p: p.overlap, bool),
-        "flash": col(lambda p: p.flash_attention, bool),
+        "flash": col(lambda p: p.flash_attention, bool), "ep": col(lambda p: p.ep),
     }
+
+
+def _unique_rows(*cols):
+    """(first index, inverse) of the distinct rows of integer columns: one 1-D np.unique on a
+    mixed-radix key when the columns' ranges fit in 63 bits, else np.unique over rows."""
+    cols = [np.asarray(c, dtype=np.int64) for c in cols]
+    key, span = np.zeros(cols[0].shape, dtype=np.int64), 1
+    for c in cols:
+        r = int(c.max()) + 1 if c.size else 1
+        if c.size and c.min() < 0 or span * r >= 2 ** 63:
+            _, first, inv = np.unique(np.stack(cols, axis=1), axis=0, return_index=True, return_inverse=True)
+            return first, inv.ravel()
+        key, span = key * r + c, span * r
+    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    return first, inv
 
 
 class _Groups:
@@ -133,6 +148,21 @@ def _groups(cluster) -> _Groups:
     return g
 
 
+def _group_coeffs(G, op, algo, size, stride):
+    """(alpha_s, s_per_byte) per plan row for a group of `size` ranks `stride` apart from rank 0
+    (the EP group: ep ranks tp·pp apart; the expert-data-parallel group: dp/ep ranks tp·pp·ep apart)."""
+    size, stride = np.asarray(size, dtype=np.int64), np.broadcast_to(np.asarray(stride, dtype=np.int64), np.shape(size))
+    first, inv = _unique_rows(size, stride)
+    ab = np.array([G._coeffs(op, algo, tuple(i * int(st) for i in range(int(sz))))
+                   for sz, st in zip(size[first], stride[first])]).reshape(-1, 2)
+    return ab[inv, 0], ab[inv, 1]
+
+
+def _ep_coeffs(G, tp, pp, ep, op):
+    """Coefficients of `op` over the expert-parallel group (library's own algorithm)."""
+    return _group_coeffs(G, op, "native", ep, tp * pp)
+
+
 def price(model, cluster, cols: dict, device=None) -> dict:
     """Price a table of plans. Returns arrays: step_time_s, breakdown (7 keys), memory (5 keys), flops.
 
@@ -145,16 +175,17 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     zero, rc = np.asarray(cols["zero"]), np.asarray(cols["recompute"], dtype=np.int64)
     sp, overlap, flash = (np.asarray(cols[k], dtype=bool) for k in ("sp", "overlap", "flash"))
     dt = np.asarray(dt, dtype=np.int64)
+    ep = np.asarray(cols["ep"], dtype=np.int64) if "ep" in cols else np.ones_like(dp)
     e = C.DTYPE_BYTES[dt]
     h = model.hidden
     t = tp.astype(float)
     L = model.layers / pp                                  # layers per pipeline rank
     m = gb / (mb * dp)                                     # micro-batches per step
     # Per-layer compute and activation bytes depend on few columns: evaluate them once per
-    # distinct (micro_batch, seq, tp, sp, flash, dtype, recompute) and gather.
-    ukey = ((((((mb.astype(np.int64) * 2 ** 20 + seq.astype(np.int64)) * 2 ** 14 + tp) * 2 + sp) * 2 + flash) * 4 + dt) * 4 + rc)
-    _, first, inv = np.unique(ukey, return_index=True, return_inverse=True)
-    lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first])
+    # distinct (micro_batch, seq, tp, sp, flash, dtype, recompute, ep) and gather.
+    first, inv = _unique_rows(mb, seq, tp, sp, flash, dt, rc, ep)
+    epf = ep[first]
+    lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first], epf)
     lt = C.LayerTimes(*(np.asarray(getattr(lt_u, f))[inv] for f in C.LayerTimes.__dataclass_fields__))
     # Single-threaded CPU ranks beyond the host's cores share them: compute stretches by
     # ranks-on-the-host / cores (the device profile's `cores`, measured by calibration).
@@ -162,9 +193,10 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     if dev.kind == "cpu" and dev.cores > 0:
         cpu_share = np.maximum(1.0, np.minimum(dp * tp * pp, cluster.gpus_per_node) / dev.cores)
         lt = C.LayerTimes(*(getattr(lt, f) * cpu_share for f in C.LayerTimes.__dataclass_fields__))
-    a_layer = M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], rc[first], flash[first], dt[first])[inv]
+    a_layer = M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], rc[first], flash[first],
+                                           dt[first], epf)[inv]
     a_work = np.where(rc == 2, M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], 0,
-                                                            flash[first], dt[first])[inv], 0.0)
+                                                            flash[first], dt[first], epf)[inv], 0.0)
     S = _Shapes(gs, tp, pp, dp)
 
     # Collectives the layer's ops induce (parsim.layer), per layer per micro-batch and direction:
@@ -174,14 +206,19 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     act = mb * seq * h * e
     ar = G.vec("tp", "allreduce", S, act, "native")
     ag = G.vec("tp", "all_gather", S, act, "native")
-    # Priced once per distinct message size (dense layers: two blocks of `act` bytes each).
+    # Priced once per distinct message size (dense layers: two blocks of `act` bytes each). MoE
+    # dispatch and combine are all-to-alls over the ep group (NVLink inside a node, NICs across).
     blocks: dict = {}
-    for grp, kind, nbytes in Ly.comms(Ly.layer_ops(model, mb[first], seq[first], t[first], sp[first], flash[first], dt[first])):
+    ep_bytes = 0.0
+    ops_u = Ly.layer_ops(model, mb[first], seq[first], t[first], sp[first], flash[first], dt[first], epf)
+    for grp, kind, nbytes in Ly.comms(ops_u):
         nb = np.broadcast_to(np.asarray(nbytes, dtype=float), first.shape)
         if grp == "tp" and kind == Ly.TP_BLOCK:
             key = nb.tobytes()
             blocks[key] = (blocks[key][0] + 1, nb) if key in blocks else (1, nb)
-        elif np.any(nb > 0):
+        elif grp == "ep" and kind == "all_to_all":
+            ep_bytes = ep_bytes + nb
+        else:
             raise AssertionError(f"collective {grp}/{kind} of the layer is not priced")
     tp_layer = 0.0
     for count, nb in blocks.values():
@@ -189,6 +226,13 @@ def price(model, cluster, cols: dict, device=None) -> dict:
         tp_layer = tp_layer + count * np.where(sp, G.vec("tp", "all_gather", S, nb, "native")
                                                + G.vec("tp", "reduce_scatter", S, nb, "native"),
                                                G.vec("tp", "allreduce", S, nb, "native"))
+    ep_layer = 0.0
+    if model.moe_layers and (ep > 1).any():
+        # one all-to-all per op carrying bytes (dispatch, combine): alpha per call, beta on the bytes
+        n_a2a = sum(1 for op in ops_u for g_, k_, _ in op.comm if g_ == "ep") * model.moe_layers / model.layers
+        a, bta = _ep_coeffs(G, tp, pp, ep, "all_to_all")
+        ep_layer = np.where(ep > 1, n_a2a * a + bta * np.asarray(ep_bytes)[inv], 0.0)
+    comm_layer = tp_layer + ep_layer                        # per layer, per direction, on the critical path
     tp_embed = ar                                          # vocab-parallel embedding all-reduce (forward)
 
     # Pipeline send/recv per micro-batch and chunk boundary; with tp>1 each rank sends 1/t
@@ -196,9 +240,9 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     p2p = G.vec("pp", "sendrecv", S, act / t, "native") + np.where((tp > 1) & ~sp, ag, 0.0)
     p2p = np.where(pp > 1, p2p, 0.0)
 
-    rec = np.select([rc == 2, rc == 1], [lt.fwd_s + tp_layer, lt.attn_core_fwd_s], default=0.0)
+    rec = np.select([rc == 2, rc == 1], [lt.fwd_s + comm_layer, lt.attn_core_fwd_s], default=0.0)
     body_c = L * (lt.fwd_s + lt.bwd_s)
-    body_tp = L * 2 * tp_layer
+    body_tp = L * 2 * comm_layer                           # TP and EP collectives of the stage's layers
     body_rec = L * rec
     pp_c = 2 * vpp * p2p
     first_c = body_c + lt.embed_fwd_s + lt.embed_bwd_s
@@ -212,7 +256,7 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     T_last = np.where(single, T_first, T_last)
     T_max = np.maximum(np.maximum(T_first, T_last), np.where(pp > 2, T_mid, 0.0))
     T_avg = np.where(single, T_first, (T_first + T_last + np.maximum(pp - 2, 0) * T_mid) / pp)
-    Tf_avg = L * (lt.fwd_s + tp_layer)
+    Tf_avg = L * (lt.fwd_s + comm_layer)
     W_avg = L * lt.wgrad_s
     Tb_avg = T_avg - Tf_avg
     bubble = np.select(
@@ -223,27 +267,40 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     # Per-rank seconds per micro-batch for the discrete-event simulator (parsim.simulate): forward,
     # backward without its weight-grad part, weight-grad; F + B + W of a rank is its T above.
     f_body, w_body = Tf_avg + vpp * p2p, W_avg
-    b_body = L * (lt.bwd_s + tp_layer) + body_rec + vpp * p2p - w_body
+    b_body = L * (lt.bwd_s + comm_layer) + body_rec + vpp * p2p - w_body
     stage_s = {"fwd_first": f_body + lt.embed_fwd_s + tp_embed + np.where(single, lt.head_fwd_s, 0.0),
                "bwd_first": b_body + lt.embed_bwd_s + np.where(single, lt.head_bwd_s, 0.0),
                "fwd_mid": f_body, "bwd_mid": b_body, "fwd_last": f_body + lt.head_fwd_s,
                "bwd_last": b_body + lt.head_bwd_s, "w": w_body}
 
     # Parameters per rank on the first and the last stage (the two that differ).
+    # Routed experts are sharded over ep (each rank holds experts/ep of every MoE layer of its stage).
     P_layer = model.params_per_layer
-    P_body = model.layer_params_total / pp                 # (the layers' mean, split evenly over stages)
+    X = model.moe_layers * model.experts * model.expert_params        # routed expert parameters
+    P_body = (model.layer_params_total - X) / pp           # (the layers' mean, split evenly over stages)
     tied_copy = model.tied_embeddings & (pp > 1)
     P_first = (P_body + model.embedding_params + np.where(single, model.head_params, 0)) / t
     P_last = np.where(single, P_first, (P_body + model.head_params + np.where(tied_copy, model.vocab * h, 0)) / t)
-    P_rank = np.maximum(P_first, P_last)
+    P_dense = np.maximum(P_first, P_last)
+    sharded = bool(X) and bool((ep > 1).any())             # (dense tables skip the expert arithmetic)
+    P_exp = X / (pp * ep * t) if X else 0.0
+    P_rank = P_dense + P_exp if X else P_dense
 
-    # Data-parallel gradient sync of the largest stage, by the plan's algorithm.
-    grad_bytes = P_rank * e
+    # Data-parallel gradient sync of the largest stage, by the plan's algorithm. With ep > 1 the
+    # expert gradients are reduced over their own expert-data-parallel group (dp/ep ranks).
+    edp = dp // ep
+    grad_bytes = (np.where(ep > 1, P_dense, P_rank) if sharded else P_rank) * e
     t_ar = G.vec("dp", "allreduce", S, grad_bytes)
     # ZeRO's reduce-scatter and all-gather are the library's own (FSDP / DeepSpeed); the plan's
     # algorithm choice applies to the all-reduce.
     t_rs = G.vec("dp", "reduce_scatter", S, grad_bytes, "native")
     t_ag = G.vec("dp", "all_gather", S, grad_bytes, "native")
+    if sharded:
+        xb = P_exp * e
+        ca = [_group_coeffs(G, op, algo, edp, tp * pp * ep) for op, algo in
+              (("allreduce", "native"), ("reduce_scatter", "native"), ("all_gather", "native"))]
+        x_ar, x_rs, x_ag = (np.where((ep > 1) & (edp > 1), a_ + b_ * xb, 0.0) for a_, b_ in ca)
+        t_ar, t_rs, t_ag = t_ar + x_ar, t_rs + x_rs, t_ag + x_ag
     t_sync = np.where(zero >= 1, t_rs + t_ag, t_ar)
     bwd_last_mb = np.minimum(T_first, T_last) - np.minimum(Tf_avg, T_max)
     window = np.where(overlap, np.maximum(bwd_last_mb, 0.0), 0.0)
@@ -254,15 +311,20 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     dp_exposed = dp_exposed + np.where(zero >= 3, m * np.maximum(z3_per_mb - T_avg, 0.0) + t_ag, 0.0)
     dp_exposed = np.where(dp > 1, dp_exposed, 0.0)
 
-    opt = C.optimizer_s(dev, P_rank / np.where(zero >= 1, dp, 1), dt, L) * cpu_share
+    opt_params = P_rank / np.where(zero >= 1, dp, 1)
+    if sharded:
+        opt_params = np.where(ep > 1, P_dense / np.where(zero >= 1, dp, 1) + P_exp / np.where(zero >= 1, edp, 1), opt_params)
+    opt = C.optimizer_s(dev, opt_params, dt, L) * cpu_share
     step = makespan + dp_exposed + opt
 
     # Breakdown on the bottleneck stage.
     is_first = T_first >= T_last
     stage_c = np.where(is_first, first_c, last_c)
     stage_tp = np.where(is_first, first_tp, body_tp)
+    ep_stage = L * 2 * ep_layer
     breakdown = {
-        "compute": m * stage_c, "recompute": m * body_rec, "tp_comm": m * stage_tp, "pp_comm": m * pp_c,
+        "compute": m * stage_c, "recompute": m * body_rec, "tp_comm": m * (stage_tp - ep_stage) if sharded else m * stage_tp,
+        "ep_comm": m * ep_stage if sharded else np.zeros_like(step), "pp_comm": m * pp_c,
         "bubble": bubble, "dp_comm_exposed": dp_exposed, "optimizer": opt,
     }
 
@@ -271,7 +333,10 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     logits = 4.0 * mb * seq * model.vocab / t * 2             # fp32 logits and their gradient
     act_first = L * a_layer * inflight + a_work + np.where(single, logits, 0.0)
     act_last = L * a_layer * np.where(single, inflight, 1.0) + a_work + logits
-    weights, grads, optim = M.model_state_bytes(P_rank, dp, zero, dt)
+    weights, grads, optim = M.model_state_bytes(np.where(ep > 1, P_dense, P_rank) if sharded else P_rank, dp, zero, dt)
+    if sharded:
+        xw, xg, xo = M.model_state_bytes(np.where(ep > 1, P_exp, 0.0), edp, zero, dt)
+        weights, grads, optim = weights + xw, grads + xg, optim + xo
     buffers = (M.DDP_BUCKET_BYTES * (dp > 1) + np.where(zero >= 3, 2 * P_layer / t * e, 0.0)
                + np.where(pp > 1, 2 * act / t, 0.0))
     activations = np.maximum(act_first, act_last)

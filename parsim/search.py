@@ -53,7 +53,9 @@ def _micro_batches(gb: int, max_mb: int):
 def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node: int,
                dtype: str = "bf16", max_micro_batch: int = 16) -> tuple[dict, dict]:
     """The candidate table (dict of arrays, `price` columns) and rejection counts by reason."""
-    shapes = [(tp, pp, gpus // (tp * pp)) for tp in divisors(gpus) for pp in divisors(gpus // tp)]
+    # Expert parallelism (MoE only): ep divides the experts and dp (ep ranks are data-parallel ranks).
+    shapes = [(tp, pp, gpus // (tp * pp), ep) for tp in divisors(gpus) for pp in divisors(gpus // tp)
+              for ep in divisors(gpus // (tp * pp)) if ep == 1 or (model.experts and model.experts % ep == 0)]
     sv = [(SCHEDULES.index("gpipe"), 1), (SCHEDULES.index("1f1b"), 1), (SCHEDULES.index("zbv"), 2)]
     sv += [(SCHEDULES.index("interleaved"), v) for v in (2, 3, 4, 6, 8)]
     mbs = _micro_batches(global_batch, max_micro_batch)
@@ -63,7 +65,7 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
                         indexing="ij")
     si, vi, mi, rc, sp, zero, gs = (g.ravel() for g in grids)
     sh = np.array(shapes, dtype=np.int64)
-    tp, pp, dp = sh[si, 0], sh[si, 1], sh[si, 2]
+    tp, pp, dp, ep = sh[si, 0], sh[si, 1], sh[si, 2], sh[si, 3]
     svt = np.array(sv, dtype=np.int64)
     sched, vpp = svt[vi, 0], svt[vi, 1]
     mb = np.array(mbs, dtype=np.int64)[mi]
@@ -100,7 +102,7 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
             "gb": np.full(n, global_batch, np.int64), "seq": np.full(n, seq_len, np.int64),
             "dtype": np.full(n, DTYPES.index(dtype), np.int64), "schedule": sched[idx], "grad_sync": gs[idx],
             "zero": zero[idx], "recompute": rc[idx], "sp": sp[idx], "overlap": np.ones(n, bool),
-            "flash": np.ones(n, bool)}
+            "flash": np.ones(n, bool), "ep": ep[idx]}
     return cols, rejected, int(keep.sum())
 
 
@@ -139,7 +141,8 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
         order = order[:top]
     peak = r["peak_flops"][order]
     df = {
-        "dp": cols["dp"][order], "tp": cols["tp"][order], "pp": cols["pp"][order], "vpp": cols["vpp"][order],
+        "dp": cols["dp"][order], "tp": cols["tp"][order], "pp": cols["pp"][order], "ep": cols["ep"][order],
+        "vpp": cols["vpp"][order],
         "micro_batch": cols["mb"][order],
         "schedule": np.array(SCHEDULES)[cols["schedule"][order]],
         "grad_sync": np.array(GRAD_SYNC)[cols["grad_sync"][order]],
@@ -201,4 +204,5 @@ def row_to_plan(row, global_batch: int, seq_len: int | None = None, dtype: str =
     return Plan(dp=int(row["dp"]), tp=int(row["tp"]), pp=int(row["pp"]), vpp=int(row["vpp"]),
                 micro_batch=int(row["micro_batch"]), global_batch=global_batch, seq_len=seq_len, dtype=dtype,
                 schedule=str(row["schedule"]), grad_sync=str(row["grad_sync"]), zero=int(row["zero"]),
-                recompute=str(row["recompute"]), sequence_parallel=bool(row["sequence_parallel"]))
+                recompute=str(row["recompute"]), sequence_parallel=bool(row["sequence_parallel"]),
+                ep=int(row["ep"]) if "ep" in row else 1)

@@ -90,7 +90,7 @@ def model_and_plan(draw):
              global_batch=draw(st.sampled_from([8, 32, 64])), zero=draw(st.integers(0, 3)),
              recompute=draw(st.sampled_from(["none", "selective", "full"])),
              sequence_parallel=tp > 1 and draw(st.booleans()), dtype=draw(st.sampled_from(["bf16", "fp32"])),
-             flash_attention=draw(st.booleans()))
+             flash_attention=draw(st.booleans()), ep=draw(st.sampled_from([1, 2, 4])) if experts else 1)
     return m, p
 
 
@@ -112,3 +112,58 @@ def test_physical_invariants(mp, cluster):
     assert all(r.step_time_s >= v * (1 - 1e-12) for v in parts)
     assert sum(parts) == pytest.approx(r.step_time_s, rel=1e-9)
     assert all(np.isfinite(v) and v >= 0 for v in r.memory_breakdown_GiB.values())
+
+
+# ---- expert parallelism ------------------------------------------------------------------------
+
+def test_mixtral_ep8_prices_the_all_to_all_and_shards_the_experts():
+    from parsim.costs.network import collective_coeffs
+    from parsim.predict import get_cluster
+    m = load_model("mixtral-8x7b")
+    p = Plan(dp=8, ep=8, micro_batch=1, global_batch=64)
+    r = predict(m, "dgx-h100", p)
+    # Per MoE layer and direction: dispatch and combine, each an all-to-all of the top-2 copies of the
+    # micro-batch's tokens, 2 bytes · 4096 tokens · 2 · 4096 hidden, of which (ep-1)/ep leave the rank.
+    nbytes = 2 * 4096 * 2 * 4096 * 7 / 8
+    a, b = collective_coeffs(get_cluster("dgx-h100", 8), "all_to_all", "pairwise", tuple(range(8)))
+    m_micro = 64 // 8
+    expect = m_micro * 32 * 2 * 2 * (a + b * nbytes)       # micro-batches · layers · directions · (dispatch, combine)
+    assert r.breakdown_s["ep_comm"] == pytest.approx(expect, rel=1e-9)
+    assert r.breakdown_s["tp_comm"] == 0.0
+    # Weights per GPU: routed experts 32·8·3·4096·14336 = 45,097,156,608 split over 8 ranks, the rest
+    # (46,702,792,704 - 45,097,156,608 = 1,605,636,096) replicated; 2 bytes each.
+    X = 32 * 8 * 3 * 4096 * 14336
+    assert r.memory_breakdown_GiB["weights"] == pytest.approx((m.params - X + X / 8) * 2 / 2 ** 30, rel=1e-12)
+    # MFU counts the active parameters only, whatever ep is.
+    r1 = predict(m, "dgx-h100", p.with_(ep=1))
+    assert r.mfu * r.step_time_s == pytest.approx(r1.mfu * r1.step_time_s, rel=1e-12)
+    assert r1.breakdown_s["ep_comm"] == 0.0 and r1.memory_GiB > r.memory_GiB
+
+
+@pytest.mark.parametrize("model, plan, needle", [
+    ("mixtral-8x7b", Plan(dp=6, ep=3, global_batch=6), "ep (3) does not divide the experts (8)"),
+    ("mixtral-8x7b", Plan(dp=2, ep=4, global_batch=2), "ep (4) does not divide dp (2)"),
+    ("llama3-8b", Plan(dp=2, ep=2, global_batch=2), "has no experts"),
+])
+def test_bad_ep(model, plan, needle):
+    with pytest.raises(ParsimError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        predict(model, "dgx-h100", plan)
+
+
+def test_cli_ep_not_dividing_experts_one_line_exit_2():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "parsim", "predict", "--model", "mixtral-8x7b", "--gpus", "6", "--ep", "3"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "does not divide the experts" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_search_explores_ep_for_moe_only():
+    from parsim.search import search
+    res = search("qwen3-30b-a3b", "dgx-h100", 8, global_batch=64, result=True, resimulate=0)
+    ep = res.columns["ep"]
+    assert set(np.unique(ep)) >= {1, 8} and all(128 % int(x) == 0 for x in ep)
+    assert (res.columns["dp"] % ep == 0).all()
+    dense = search("llama3-8b", "dgx-h100", 8, global_batch=64, result=True, resimulate=0)
+    assert set(np.unique(dense.columns["ep"])) == {1}
