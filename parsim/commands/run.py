@@ -19,6 +19,7 @@ def add_arguments(p):
     p.add_argument("--dp", type=int, help="data-parallel size (default nproc/(tp*pp))")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--ep", type=int, default=1, help="expert parallel (MoE models): experts sharded over ep of the dp ranks")
     p.add_argument("--vpp", type=int, help="virtual stages per pp rank (default: 2 for interleaved/zbv, else 1)")
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--global-batch", type=int, help="default micro-batch*dp*pp")
@@ -86,7 +87,7 @@ def make_plan(args, world: int | None = None):
     dtype = args.dtype or ("bf16" if args.backend == "nccl" else "fp32")
     plan = Plan(dp=dp, tp=tp, pp=pp, vpp=vpp, micro_batch=micro, global_batch=gb, seq_len=args.seq_len,
                 dtype=dtype, schedule=schedule, grad_sync=args.grad_sync, zero=args.zero, recompute=args.recompute,
-                sequence_parallel=args.sequence_parallel, overlap=False, flash_attention=True)
+                sequence_parallel=args.sequence_parallel, overlap=False, flash_attention=True, ep=args.ep)
     return model, plan, nproc
 
 
