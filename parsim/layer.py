@@ -76,20 +76,23 @@ def _arr(x, dtype=float):
     return np.asarray(x, dtype=dtype)
 
 
-def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1) -> list[Op]:
+def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     """The ops of one layer (the mean layer: dense and MoE ops carry their share of layers as weight).
 
     b micro-batch (sequences), s sequence length, t tensor parallel, sp sequence parallel, flash
-    attention (bool), dtype_code (index into DTYPE_BYTES), ep expert parallel; arrays allowed.
+    attention (bool), dtype_code (index into DTYPE_BYTES), ep expert parallel, cp context parallel
+    (each rank holds s/cp tokens of every sequence; ring attention: its queries meet all s keys,
+    causal work balanced over the ranks, and K/V blocks of s/cp tokens pass cp-1 times round the
+    ring, overlapped with the core; Liu et al. 2023, "Ring Attention"); arrays allowed.
     Shapes follow Megatron's sharding (Shoeybi et al. 2019): QKV and fc1 column-parallel, output
     projection and fc2 row-parallel; with sp the norms, residuals and dropout see s/t tokens
     (Korthikanti et al. 2022 §4.2.2). Saved activations per Korthikanti et al. 2022 §4,
     generalised to GQA, head_dim and gated MLPs."""
-    b, s, t, ep = _arr(b), _arr(s), _arr(t), _arr(ep)
+    b, s, t, ep, cp = _arr(b), _arr(s), _arr(t), _arr(ep), _arr(cp)
     sp, flash = _arr(sp, bool), _arr(flash, bool)
     e = DTYPE_BYTES[np.asarray(dtype_code)]
     h, qd, kvd, a, d = model.hidden, model.q_dim, model.kv_dim, model.heads, model.head_dim
-    T = b * s
+    T = b * s / cp                             # tokens of the micro-batch on this rank
     Tr = np.where(sp, T / t, T)                # tokens a replicated (norm, residual) op sees per rank
     g = 2.0 if model.gated else 1.0
     gpt_dropout = not model.gated              # GPT-style models train with dropout (masks: 1 byte)
@@ -104,20 +107,23 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1) -> list[Op]:
         ops.append(Op("qk_norm", "mem", bytes=2 * e * T * (qd + kvd) / t, bwd_bytes=4 * e * T * (qd + kvd) / t,
                       saved=e * T * (qd + kvd) / t))
     hpr = b * a / t                            # attention heads on this rank (× micro-batch)
-    scores = hpr * s * s
+    sq = s / cp                                # queries on this rank
+    scores = hpr * sq * s
     qkv_saved = e * T * (qd + 2 * kvd) / t     # Q, K, V
     # flash: one kernel, timed at the causal half of its FLOPs; backward 2.5× (5 vs 2 matmuls).
-    ops.append(Op("attn_core_flash", "core", m=s, k=d, n=s, batch=2 * hpr, flop_scale=0.5, bwd=2.5,
-                  saved=qkv_saved, selective=True, weight=np.where(flash, 1.0, 0.0)))
+    kv_block = e * b * sq * 2 * kvd / t        # one K/V block passed round the cp ring (per step)
+    ops.append(Op("attn_core_flash", "core", m=sq, k=d, n=s, batch=2 * hpr, flop_scale=0.5, bwd=2.5,
+                  saved=qkv_saved, selective=True, weight=np.where(flash, 1.0, 0.0),
+                  comm=(("cp", "ring_kv", kv_block),)))
     # materialised scores: QKᵀ, softmax (+ dropout for GPT-style), AV; all of the square is computed.
     naive = np.where(flash, 0.0, 1.0)
     ops += [
-        Op("attn_scores", "gemm", m=s, k=d, n=s, batch=hpr, saved=qkv_saved, selective=True, weight=naive,
-           model_flops=0.5 * 2.0 * s * d * s * hpr),
+        Op("attn_scores", "gemm", m=sq, k=d, n=s, batch=hpr, saved=qkv_saved, selective=True, weight=naive,
+           model_flops=0.5 * 2.0 * sq * d * s * hpr),
         Op("attn_softmax", "mem", bytes=(4 * e + 1) * scores, bwd_bytes=(3 * e + 1) * scores, bwd=0.0,
            saved=(2 * e + 1) * scores, selective=True, weight=naive),  # softmax out, dropout mask and out
-        Op("attn_context", "gemm", m=s, k=s, n=d, batch=hpr, selective=True, weight=naive,
-           model_flops=0.5 * 2.0 * s * s * d * hpr),
+        Op("attn_context", "gemm", m=sq, k=s, n=d, batch=hpr, selective=True, weight=naive,
+           model_flops=0.5 * 2.0 * sq * s * d * hpr),
     ]
     tp_out = _tp_out(act)
     ops += [
@@ -194,19 +200,19 @@ def _mlp_ops(model, T, Tr, t, e, g, act, ep) -> list[Op]:
     return ops
 
 
-def embedding_ops(model, b, s, t, dtype_code) -> list[Op]:
+def embedding_ops(model, b, s, t, dtype_code, cp=1) -> list[Op]:
     """Token embedding (vocab-parallel under tp: an all-reduce of its output, forward only)."""
-    T, t = _arr(b) * _arr(s), _arr(t)
+    T, t = _arr(b) * _arr(s) / _arr(cp), _arr(t)
     e = DTYPE_BYTES[np.asarray(dtype_code)]
     h = model.hidden
     return [Op("embedding", "mem", bytes=2 * e * T * h, bwd_bytes=3 * e * T * h,
                comm=(("tp", "allreduce_fwd", T * h * e),))]
 
 
-def head_ops(model, b, s, t, dtype_code) -> list[Op]:
+def head_ops(model, b, s, t, dtype_code, cp=1) -> list[Op]:
     """Final norm, logits GEMM [T,h]x[h,V/t] and fp32 cross-entropy (read logits, exp-sum, write probs).
     Saved: the fp32 logits and their gradient (4 bytes each per vocabulary entry)."""
-    T, t = _arr(b) * _arr(s), _arr(t)
+    T, t = _arr(b) * _arr(s) / _arr(cp), _arr(t)
     e = DTYPE_BYTES[np.asarray(dtype_code)]
     h, V = model.hidden, model.vocab
     return [

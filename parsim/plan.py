@@ -34,10 +34,11 @@ class Plan:
     overlap: bool = True             # overlap gradient sync with backward
     flash_attention: bool = True     # attention scores never materialised (Dao et al. 2022)
     ep: int = 1                      # expert parallel: experts sharded over ep of the dp ranks (ep | dp)
+    cp: int = 1                      # context parallel: each sequence split over cp ranks (ring attention)
 
     @property
     def gpus(self) -> int:
-        return self.dp * self.tp * self.pp
+        return self.dp * self.tp * self.pp * self.cp
 
     @property
     def microbatches(self) -> int:
@@ -56,6 +57,8 @@ class Plan:
             s += f"·v{self.vpp}"
         if self.ep > 1:
             s += f"·ep{self.ep}"
+        if self.cp > 1:
+            s += f"·cp{self.cp}"
         return s + f" mb{self.micro_batch} {self.schedule} {self.grad_sync} z{self.zero} rc:{self.recompute}" + (" sp" if self.sequence_parallel else "")
 
 
@@ -66,7 +69,7 @@ def _choice(name, value, options):
 
 def validate(plan: Plan, model, gpus: int | None = None) -> Plan:
     """Raise ParsimError naming the first thing wrong with `plan` for `model` on `gpus` devices."""
-    for k in ("dp", "tp", "pp", "vpp", "micro_batch", "global_batch", "ep"):
+    for k in ("dp", "tp", "pp", "vpp", "micro_batch", "global_batch", "ep", "cp"):
         v = getattr(plan, k)
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ParsimError(f"{k.replace('_', '-')} = {v!r}: expected a positive integer")
@@ -78,7 +81,8 @@ def validate(plan: Plan, model, gpus: int | None = None) -> Plan:
     _choice("dtype", plan.dtype, DTYPES)
     _choice("zero", plan.zero, (0, 1, 2, 3))
     if gpus is not None and plan.gpus != gpus:
-        raise ParsimError(f"tp({plan.tp}) * pp({plan.pp}) * dp({plan.dp}) = {plan.gpus} != gpus({gpus})")
+        raise ParsimError(f"tp({plan.tp}) * pp({plan.pp}) * dp({plan.dp})"
+                          + (f" * cp({plan.cp})" if plan.cp > 1 else "") + f" = {plan.gpus} != gpus({gpus})")
     if model.heads % plan.tp:
         raise ParsimError(f"heads ({model.heads}) of {model.name} is not divisible by tp ({plan.tp})")
     if model.kv_heads % plan.tp:
@@ -113,6 +117,12 @@ def validate(plan: Plan, model, gpus: int | None = None) -> Plan:
     s = plan.seq_len or model.seq_len
     if plan.sequence_parallel and s % plan.tp:
         raise ParsimError(f"sequence-parallel: seq-len ({s}) is not divisible by tp ({plan.tp})")
+    # Context parallelism: ranks tp-innermost, then cp, then pp, then dp; ring attention on flash kernels.
+    if s % plan.cp or (plan.sequence_parallel and s % (plan.cp * plan.tp)):
+        raise ParsimError(f"cp ({plan.cp}) does not divide seq-len ({s})" if s % plan.cp else
+                          f"sequence-parallel with cp: seq-len ({s}) is not divisible by cp·tp = {plan.cp}·{plan.tp}")
+    if plan.cp > 1 and not plan.flash_attention:
+        raise ParsimError(f"cp = {plan.cp} runs ring attention on flash-attention kernels: drop --no-flash")
     return plan
 
 

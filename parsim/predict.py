@@ -29,7 +29,7 @@ from parsim.errors import ParsimError
 from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, validate
 
 GiB = 2 ** 30
-BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "ep_comm", "pp_comm", "bubble", "dp_comm_exposed", "optimizer")
+BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "ep_comm", "cp_comm", "pp_comm", "bubble", "dp_comm_exposed", "optimizer")
 MEMORY_KEYS = ("weights", "grads", "optimizer", "activations", "buffers")
 
 
@@ -74,7 +74,7 @@ def plan_columns(plans, model) -> dict:
         "schedule": col(lambda p: SCHEDULES.index(p.schedule)), "grad_sync": col(lambda p: GRAD_SYNC.index(p.grad_sync)),
         "zero": col(lambda p: p.zero), "recompute": col(lambda p: RECOMPUTE.index(p.recompute)),
         "sp": col(lambda p: p.sequence_parallel, bool), "overlap": col(lambda p: p.overlap, bool),
-        "flash": col(lambda p: p.flash_attention, bool), "ep": col(lambda p: p.ep),
+        "flash": col(lambda p: p.flash_attention, bool), "ep": col(lambda p: p.ep), "cp": col(lambda p: p.cp),
     }
 
 
@@ -158,6 +158,19 @@ def _group_coeffs(G, op, algo, size, stride):
     return ab[inv, 0], ab[inv, 1]
 
 
+def _dpcp_vec(G, gs, tp, pp, dp, cp, nbytes):
+    """(all-reduce by the plan's algorithm, reduce-scatter, all-gather) seconds of `nbytes` over the
+    dp·cp ranks holding the same weights: d·(tp·cp·pp) + c·tp for every d < dp, c < cp."""
+    first, inv = _unique_rows(gs, tp, pp, dp, cp)
+    out = []
+    for op, native in (("allreduce", False), ("reduce_scatter", True), ("all_gather", True)):
+        ab = np.array([G._coeffs(op, "native" if native else GRAD_SYNC[int(a)],
+                                 tuple(sorted(d * t_ * c_ * p_ + c * t_ for d in range(int(d_)) for c in range(int(c_)))))
+                       for a, t_, p_, d_, c_ in zip(gs[first], tp[first], pp[first], dp[first], cp[first])]).reshape(-1, 2)
+        out.append(ab[inv, 0] + ab[inv, 1] * nbytes)
+    return out
+
+
 def _ep_coeffs(G, tp, pp, ep, op):
     """Coefficients of `op` over the expert-parallel group (library's own algorithm)."""
     return _group_coeffs(G, op, "native", ep, tp * pp)
@@ -176,6 +189,8 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     sp, overlap, flash = (np.asarray(cols[k], dtype=bool) for k in ("sp", "overlap", "flash"))
     dt = np.asarray(dt, dtype=np.int64)
     ep = np.asarray(cols["ep"], dtype=np.int64) if "ep" in cols else np.ones_like(dp)
+    cp = np.asarray(cols["cp"], dtype=np.int64) if "cp" in cols else np.ones_like(dp)
+    has_cp = bool((cp > 1).any())
     e = C.DTYPE_BYTES[dt]
     h = model.hidden
     t = tp.astype(float)
@@ -183,34 +198,37 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     m = gb / (mb * dp)                                     # micro-batches per step
     # Per-layer compute and activation bytes depend on few columns: evaluate them once per
     # distinct (micro_batch, seq, tp, sp, flash, dtype, recompute, ep) and gather.
-    first, inv = _unique_rows(mb, seq, tp, sp, flash, dt, rc, ep)
-    epf = ep[first]
-    lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first], epf)
+    first, inv = _unique_rows(mb, seq, tp, sp, flash, dt, rc, ep, cp)
+    epf, cpf = ep[first], cp[first]
+    lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first], epf, cpf)
     lt = C.LayerTimes(*(np.asarray(getattr(lt_u, f))[inv] for f in C.LayerTimes.__dataclass_fields__))
     # Single-threaded CPU ranks beyond the host's cores share them: compute stretches by
     # ranks-on-the-host / cores (the device profile's `cores`, measured by calibration).
     cpu_share = 1.0
     if dev.kind == "cpu" and dev.cores > 0:
-        cpu_share = np.maximum(1.0, np.minimum(dp * tp * pp, cluster.gpus_per_node) / dev.cores)
+        cpu_share = np.maximum(1.0, np.minimum(dp * tp * pp * cp, cluster.gpus_per_node) / dev.cores)
         lt = C.LayerTimes(*(getattr(lt, f) * cpu_share for f in C.LayerTimes.__dataclass_fields__))
     a_layer = M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], rc[first], flash[first],
-                                           dt[first], epf)[inv]
+                                           dt[first], epf, cpf)[inv]
     a_work = np.where(rc == 2, M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], 0,
-                                                            flash[first], dt[first], epf)[inv], 0.0)
+                                                            flash[first], dt[first], epf, cpf)[inv], 0.0)
+    # Placement: tp innermost, then cp, then pp, then dp; the pp and dp groups stride over tp·cp.
     S = _Shapes(gs, tp, pp, dp)
+    S_out = _Shapes(gs, tp * cp, pp, dp) if has_cp else S
 
     # Collectives the layer's ops induce (parsim.layer), per layer per micro-batch and direction:
     # each row-parallel output an all-reduce, or with sequence parallelism an all-gather plus a
     # reduce-scatter of the same total size (Shoeybi et al. 2019, Fig. 4; Korthikanti et al. 2022,
     # §4.2.2); backward repeats them. The vocab-parallel embedding all-reduces its output (forward).
-    act = mb * seq * h * e
+    act = mb * seq / cp * h * e                            # one activation of this rank's tokens
     ar = G.vec("tp", "allreduce", S, act, "native")
     ag = G.vec("tp", "all_gather", S, act, "native")
     # Priced once per distinct message size (dense layers: two blocks of `act` bytes each). MoE
     # dispatch and combine are all-to-alls over the ep group (NVLink inside a node, NICs across).
     blocks: dict = {}
     ep_bytes = 0.0
-    ops_u = Ly.layer_ops(model, mb[first], seq[first], t[first], sp[first], flash[first], dt[first], epf)
+    ops_u = Ly.layer_ops(model, mb[first], seq[first], t[first], sp[first], flash[first], dt[first], epf, cpf)
+    kv_bytes = 0.0
     for grp, kind, nbytes in Ly.comms(ops_u):
         nb = np.broadcast_to(np.asarray(nbytes, dtype=float), first.shape)
         if grp == "tp" and kind == Ly.TP_BLOCK:
@@ -218,6 +236,8 @@ def price(model, cluster, cols: dict, device=None) -> dict:
             blocks[key] = (blocks[key][0] + 1, nb) if key in blocks else (1, nb)
         elif grp == "ep" and kind == "all_to_all":
             ep_bytes = ep_bytes + nb
+        elif grp == "cp" and kind == "ring_kv":
+            kv_bytes = kv_bytes + nb
         else:
             raise AssertionError(f"collective {grp}/{kind} of the layer is not priced")
     tp_layer = 0.0
@@ -232,17 +252,26 @@ def price(model, cluster, cols: dict, device=None) -> dict:
         n_a2a = sum(1 for op in ops_u for g_, k_, _ in op.comm if g_ == "ep") * model.moe_layers / model.layers
         a, bta = _ep_coeffs(G, tp, pp, ep, "all_to_all")
         ep_layer = np.where(ep > 1, n_a2a * a + bta * np.asarray(ep_bytes)[inv], 0.0)
+    # Ring attention: cp-1 steps, each a send/recv of a K/V block to the ring neighbour (tp ranks away),
+    # overlapped with the attention core; backward passes K/V and dK/dV (2×) under the core's backward.
+    cp_f = cp_b = kv = 0.0
+    if has_cp:
+        a_, b_ = _group_coeffs(G, "sendrecv", "native", np.minimum(cp, 2), tp)
+        kv = np.where(cp > 1, (cp - 1) * (a_ + b_ * np.asarray(kv_bytes)[inv]), 0.0)
+        cp_f = np.maximum(kv - lt.attn_core_fwd_s, 0.0)
+        cp_b = np.maximum(2 * kv - lt.attn_core_bwd_s, 0.0)
     comm_layer = tp_layer + ep_layer                        # per layer, per direction, on the critical path
+    comm_f, comm_b = comm_layer + cp_f, comm_layer + cp_b
     tp_embed = ar                                          # vocab-parallel embedding all-reduce (forward)
 
     # Pipeline send/recv per micro-batch and chunk boundary; with tp>1 each rank sends 1/t
     # and the receiver all-gathers over tp (scatter/gather, Narayanan et al. 2021 §4.1).
-    p2p = G.vec("pp", "sendrecv", S, act / t, "native") + np.where((tp > 1) & ~sp, ag, 0.0)
+    p2p = G.vec("pp", "sendrecv", S_out, act / t, "native") + np.where((tp > 1) & ~sp, ag, 0.0)
     p2p = np.where(pp > 1, p2p, 0.0)
 
-    rec = np.select([rc == 2, rc == 1], [lt.fwd_s + comm_layer, lt.attn_core_fwd_s], default=0.0)
+    rec = np.select([rc == 2, rc == 1], [lt.fwd_s + comm_f, lt.attn_core_fwd_s + cp_f], default=0.0)
     body_c = L * (lt.fwd_s + lt.bwd_s)
-    body_tp = L * 2 * comm_layer                           # TP and EP collectives of the stage's layers
+    body_tp = L * (comm_f + comm_b)                        # TP, EP and exposed CP collectives of the stage's layers
     body_rec = L * rec
     pp_c = 2 * vpp * p2p
     first_c = body_c + lt.embed_fwd_s + lt.embed_bwd_s
@@ -256,7 +285,7 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     T_last = np.where(single, T_first, T_last)
     T_max = np.maximum(np.maximum(T_first, T_last), np.where(pp > 2, T_mid, 0.0))
     T_avg = np.where(single, T_first, (T_first + T_last + np.maximum(pp - 2, 0) * T_mid) / pp)
-    Tf_avg = L * (lt.fwd_s + comm_layer)
+    Tf_avg = L * (lt.fwd_s + comm_f)
     W_avg = L * lt.wgrad_s
     Tb_avg = T_avg - Tf_avg
     bubble = np.select(
@@ -267,7 +296,7 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     # Per-rank seconds per micro-batch for the discrete-event simulator (parsim.simulate): forward,
     # backward without its weight-grad part, weight-grad; F + B + W of a rank is its T above.
     f_body, w_body = Tf_avg + vpp * p2p, W_avg
-    b_body = L * (lt.bwd_s + comm_layer) + body_rec + vpp * p2p - w_body
+    b_body = L * (lt.bwd_s + comm_b) + body_rec + vpp * p2p - w_body
     stage_s = {"fwd_first": f_body + lt.embed_fwd_s + tp_embed + np.where(single, lt.head_fwd_s, 0.0),
                "bwd_first": b_body + lt.embed_bwd_s + np.where(single, lt.head_bwd_s, 0.0),
                "fwd_mid": f_body, "bwd_mid": b_body, "fwd_last": f_body + lt.head_fwd_s,
@@ -295,6 +324,9 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     # algorithm choice applies to the all-reduce.
     t_rs = G.vec("dp", "reduce_scatter", S, grad_bytes, "native")
     t_ag = G.vec("dp", "all_gather", S, grad_bytes, "native")
+    if has_cp:   # the weights are replicated over dp·cp ranks: gradients are reduced over that group
+        t_ar, t_rs, t_ag = (np.where(cp > 1, v, old) for v, old in
+                            zip(_dpcp_vec(G, gs, tp, pp, dp, cp, grad_bytes), (t_ar, t_rs, t_ag)))
     if sharded:
         xb = P_exp * e
         ca = [_group_coeffs(G, op, algo, edp, tp * pp * ep) for op, algo in
@@ -322,15 +354,19 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     stage_c = np.where(is_first, first_c, last_c)
     stage_tp = np.where(is_first, first_tp, body_tp)
     ep_stage = L * 2 * ep_layer
+    cp_stage = L * (cp_f + cp_b)
+    zeros = np.zeros(np.shape(step))                       # one shared (read-only) column for absent parts
     breakdown = {
-        "compute": m * stage_c, "recompute": m * body_rec, "tp_comm": m * (stage_tp - ep_stage) if sharded else m * stage_tp,
-        "ep_comm": m * ep_stage if sharded else np.zeros_like(step), "pp_comm": m * pp_c,
+        "compute": m * stage_c, "recompute": m * body_rec,
+        "tp_comm": m * (stage_tp - ep_stage - cp_stage) if sharded or has_cp else m * stage_tp,
+        "ep_comm": m * ep_stage if sharded else zeros,
+        "cp_comm": m * cp_stage if has_cp else zeros, "pp_comm": m * pp_c,
         "bubble": bubble, "dp_comm_exposed": dp_exposed, "optimizer": opt,
     }
 
     # Memory on the worst of the first and last stage.
     inflight = M.inflight_microbatches(sched, pp, vpp, m)
-    logits = 4.0 * mb * seq * model.vocab / t * 2             # fp32 logits and their gradient
+    logits = 4.0 * mb * seq / cp * model.vocab / t * 2        # fp32 logits and their gradient
     act_first = L * a_layer * inflight + a_work + np.where(single, logits, 0.0)
     act_last = L * a_layer * np.where(single, inflight, 1.0) + a_work + logits
     weights, grads, optim = M.model_state_bytes(np.where(ep > 1, P_dense, P_rank) if sharded else P_rank, dp, zero, dt)
@@ -352,7 +388,7 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     extra = np.select([rc == 2, rc == 1], [hw_layer, core], default=0.0)
     return {
         "step_time_s": step, "makespan_s": makespan, "microbatches": m, "stage_s": stage_s, "dp_sync_s": np.where(dp > 1, t_sync, 0.0),
-        "breakdown": breakdown,
+        "breakdown": breakdown, "cp_kv_s": m * L * 3 * kv if has_cp else zeros,
         "memory": {"weights": weights, "grads": grads, "optimizer": optim, "activations": activations, "buffers": buffers},
         "memory_bytes": total, "memory_capacity_bytes": dev.memory_bytes,
         "model_flops": gb * per_seq_model, "hardware_flops": gb * (per_seq_hw + model.layers * extra),
@@ -415,6 +451,13 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
     reason = "" if fits else (f"needs {total / GiB:.1f} GiB per device but a {cluster.device.name} has {cap / GiB:.1f} GiB")
     mf, hf, pk = _scalar(r["model_flops"]), _scalar(r["hardware_flops"]), _scalar(r["peak_flops"])
     notes = ["memory: worst of first and last pipeline stage; activations per Korthikanti et al. 2022"]
+    if plan.cp > 1:
+        kv_s = _scalar(r["cp_kv_s"])
+        notes.append(f"context parallel: ring K/V exchange {kv_s:.6g} s per step (forward K/V, backward K/V and dK/dV), "
+                     f"{kv_s - breakdown['cp_comm']:.6g} s of it hidden under the attention core, "
+                     f"{breakdown['cp_comm']:.6g} s exposed (cp_comm)")
+    if plan.ep > 1:
+        notes.append("expert parallel: balanced routing assumed (every expert gets tokens·top_k/experts)")
     if sim is not None:
         notes.append(f"pipeline: simulated makespan {sim:.6g} s, closed form {closed:.6g} s")
     return StepReport(

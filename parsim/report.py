@@ -42,7 +42,7 @@ def step_report_text(rep) -> str:
     """The arithmetic of one prediction: plan, breakdown of the step, memory by kind."""
     p = rep.plan
     head = (f"{rep.model} on {rep.gpus} × {rep.device} ({rep.cluster}): dp={p['dp']} tp={p['tp']} pp={p['pp']}"
-            + (f" ep={p['ep']}" if p.get("ep", 1) > 1 else "")
+            + (f" ep={p['ep']}" if p.get("ep", 1) > 1 else "") + (f" cp={p['cp']}" if p.get("cp", 1) > 1 else "")
             + f" vpp={p['vpp']} micro_batch={p['micro_batch']} global_batch={p['global_batch']} schedule={p['schedule']}"
             f" grad_sync={p['grad_sync']} zero={p['zero']} recompute={p['recompute']}"
             f" sp={p['sequence_parallel']} dtype={p['dtype']}")
@@ -60,12 +60,13 @@ def step_report_text(rep) -> str:
                f"model TFLOP/s/GPU {rep.model_tflops_per_gpu:.1f} (MFU {100 * rep.mfu:.1f}%)   "
                f"hardware TFLOP/s/GPU {rep.hardware_tflops_per_gpu:.1f} (HFU {100 * rep.hfu:.1f}%)")
     out.append("fits: yes" if rep.fits else f"fits: NO — {rep.fits_reason}")
+    out += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel"))]
     return "\n".join(out) + "\n"
 
 
-PLAN_COLS = ["dp", "tp", "pp", "ep", "vpp", "micro_batch", "schedule", "grad_sync", "zero", "recompute",
+PLAN_COLS = ["dp", "tp", "pp", "ep", "cp", "vpp", "micro_batch", "schedule", "grad_sync", "zero", "recompute",
              "sequence_parallel", "step_time_s", "step_time_closed_s", "tokens_per_s", "mfu", "memory_GiB"]
-BREAK_COLS = ["compute_s", "recompute_s", "tp_comm_s", "ep_comm_s", "pp_comm_s", "bubble_s", "dp_comm_exposed_s", "optimizer_s"]
+BREAK_COLS = ["compute_s", "recompute_s", "tp_comm_s", "ep_comm_s", "cp_comm_s", "pp_comm_s", "bubble_s", "dp_comm_exposed_s", "optimizer_s"]
 
 
 def _fmt(col, v, row=None):

@@ -22,6 +22,7 @@ from parsim.predict import BREAKDOWN_KEYS, GiB, MEMORY_KEYS, simulated_makespan,
 
 DEFAULT_MODEL = "llama2-13b"
 DEFAULT_CLUSTER = "dgx-h100"
+LONG_SEQ = 16384                # context parallelism is searched from this sequence length on
 DEFAULT_GLOBAL_BATCH = 1024     # sequences: 4M tokens of 4096, Llama 2's batch (Touvron et al. 2023, Table 1)
 
 
@@ -54,8 +55,11 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
                dtype: str = "bf16", max_micro_batch: int = 16) -> tuple[dict, dict]:
     """The candidate table (dict of arrays, `price` columns) and rejection counts by reason."""
     # Expert parallelism (MoE only): ep divides the experts and dp (ep ranks are data-parallel ranks).
-    shapes = [(tp, pp, gpus // (tp * pp), ep) for tp in divisors(gpus) for pp in divisors(gpus // tp)
-              for ep in divisors(gpus // (tp * pp)) if ep == 1 or (model.experts and model.experts % ep == 0)]
+    # Context parallelism is searched for long sequences only (>= LONG_SEQ tokens): cp | seq, cp <= 16.
+    cps = [c for c in (1, 2, 4, 8, 16) if seq_len % c == 0 and (c == 1 or seq_len >= LONG_SEQ)]
+    shapes = [(tp, pp, gpus // (tp * pp * cp), ep, cp) for cp in cps if gpus % cp == 0
+              for tp in divisors(gpus // cp) for pp in divisors(gpus // (cp * tp))
+              for ep in divisors(gpus // (tp * pp * cp)) if ep == 1 or (model.experts and model.experts % ep == 0)]
     sv = [(SCHEDULES.index("gpipe"), 1), (SCHEDULES.index("1f1b"), 1), (SCHEDULES.index("zbv"), 2)]
     sv += [(SCHEDULES.index("interleaved"), v) for v in (2, 3, 4, 6, 8)]
     mbs = _micro_batches(global_batch, max_micro_batch)
@@ -65,7 +69,7 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
                         indexing="ij")
     si, vi, mi, rc, sp, zero, gs = (g.ravel() for g in grids)
     sh = np.array(shapes, dtype=np.int64)
-    tp, pp, dp, ep = sh[si, 0], sh[si, 1], sh[si, 2], sh[si, 3]
+    tp, pp, dp, ep, cp = sh[si, 0], sh[si, 1], sh[si, 2], sh[si, 3], sh[si, 4]
     svt = np.array(sv, dtype=np.int64)
     sched, vpp = svt[vi, 0], svt[vi, 1]
     mb = np.array(mbs, dtype=np.int64)[mi]
@@ -88,6 +92,7 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
          & ((global_batch // np.maximum(mb * dp, 1)) % pp != 0)),
         ("pipeline schedule with pp = 1 other than 1f1b", (pp == 1) & (sched != SCHEDULES.index("1f1b"))),
         (f"sequence parallel: seq_len ({seq_len}) not divisible by tp", sp & (seq_len % tp != 0)),
+        (f"sequence parallel with cp: seq_len ({seq_len}) not divisible by cp·tp", sp & (seq_len % (cp * tp) != 0)),
     ]
     ok = keep.copy()
     for reason, bad in checks:
@@ -102,7 +107,7 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
             "gb": np.full(n, global_batch, np.int64), "seq": np.full(n, seq_len, np.int64),
             "dtype": np.full(n, DTYPES.index(dtype), np.int64), "schedule": sched[idx], "grad_sync": gs[idx],
             "zero": zero[idx], "recompute": rc[idx], "sp": sp[idx], "overlap": np.ones(n, bool),
-            "flash": np.ones(n, bool), "ep": ep[idx]}
+            "flash": np.ones(n, bool), "ep": ep[idx], "cp": cp[idx]}
     return cols, rejected, int(keep.sum())
 
 
@@ -142,6 +147,7 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     peak = r["peak_flops"][order]
     df = {
         "dp": cols["dp"][order], "tp": cols["tp"][order], "pp": cols["pp"][order], "ep": cols["ep"][order],
+        "cp": cols["cp"][order],
         "vpp": cols["vpp"][order],
         "micro_batch": cols["mb"][order],
         "schedule": np.array(SCHEDULES)[cols["schedule"][order]],
@@ -205,4 +211,4 @@ def row_to_plan(row, global_batch: int, seq_len: int | None = None, dtype: str =
                 micro_batch=int(row["micro_batch"]), global_batch=global_batch, seq_len=seq_len, dtype=dtype,
                 schedule=str(row["schedule"]), grad_sync=str(row["grad_sync"]), zero=int(row["zero"]),
                 recompute=str(row["recompute"]), sequence_parallel=bool(row["sequence_parallel"]),
-                ep=int(row["ep"]) if "ep" in row else 1)
+                ep=int(row["ep"]) if "ep" in row else 1, cp=int(row["cp"]) if "cp" in row else 1)

@@ -64,6 +64,9 @@ def check_plan(spec, plan, world: int, device_type: str = "cpu"):
         raise ParsimError(f"zero {plan.zero} (FSDP2) with pp = {plan.pp} is not wired in this backend: use pp = 1")
     if plan.vpp > 1 and plan.pp == 1:
         raise ParsimError(f"vpp = {plan.vpp} needs pp > 1")
+    if plan.cp > 1:
+        raise ParsimError(f"cp = {plan.cp}: context parallelism is not run by this backend (torch's context_parallel "
+                          "needs CUDA flash/efficient attention; gloo on CPU cannot): price it with parsim predict")
     if plan.ep > 1 and (plan.tp > 1 or plan.pp > 1 or plan.zero > 0):
         raise ParsimError(f"ep = {plan.ep} runs in this backend with data parallelism only (tp = pp = 1, zero 0), "
                           f"got tp = {plan.tp}, pp = {plan.pp}, zero = {plan.zero}")

@@ -434,7 +434,7 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int) -> dict:
         "memory_breakdown_GiB": {"weights": sb["weights"] / GiB, "grads": sb["grads"] / GiB,
                                  "optimizer": sb["optimizer"] / GiB, "activations": acts / GiB, "buffers": 0.0},
         "fits": True,
-        "breakdown_s": {k: med.get(k, 0.0) for k in ("compute", "recompute", "tp_comm", "ep_comm", "pp_comm", "bubble",
+        "breakdown_s": {k: med.get(k, 0.0) for k in ("compute", "recompute", "tp_comm", "ep_comm", "cp_comm", "pp_comm", "bubble",
                                                      "dp_comm_exposed", "optimizer")},
         "fits_reason": "ran",
         "plan": {**plan.to_dict(), "seq_len": seq},

@@ -19,6 +19,7 @@ def add_arguments(p):
     p.add_argument("--dp", type=int, help="data-parallel size (default nproc/(tp*pp))")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--cp", type=int, default=1, help="context parallel (not run by this backend: refused in one line)")
     p.add_argument("--ep", type=int, default=1, help="expert parallel (MoE models): experts sharded over ep of the dp ranks")
     p.add_argument("--vpp", type=int, help="virtual stages per pp rank (default: 2 for interleaved/zbv, else 1)")
     p.add_argument("--micro-batch", type=int, default=1)
@@ -66,7 +67,7 @@ def make_plan(args, world: int | None = None):
     model = load_model(args.model)
     check_buildable(model)
     tp, pp = args.tp, args.pp
-    for k in ("tp", "pp"):
+    for k in ("tp", "pp", "cp", "ep"):
         if getattr(args, k) is None or getattr(args, k) < 1:
             raise ParsimError(f"--{k} = {getattr(args, k)}: expected a positive integer")
     nproc = world or args.nproc
@@ -74,12 +75,13 @@ def make_plan(args, world: int | None = None):
     if dp is None:
         if nproc is None:
             dp = 1
-        elif nproc % (tp * pp):
-            raise ParsimError(f"nproc ({nproc}) is not divisible by tp*pp = {tp}*{pp} = {tp * pp}")
+        elif nproc % (tp * pp * args.cp):
+            raise ParsimError(f"nproc ({nproc}) is not divisible by tp*pp = {tp}*{pp} = {tp * pp}" if args.cp == 1 else
+                              f"nproc ({nproc}) is not divisible by tp*pp*cp = {tp}*{pp}*{args.cp} = {tp * pp * args.cp}")
         else:
-            dp = nproc // (tp * pp)
+            dp = nproc // (tp * pp * args.cp)
     if nproc is None:
-        nproc = dp * tp * pp
+        nproc = dp * tp * pp * args.cp
     schedule = args.schedule
     vpp = args.vpp or (2 if schedule in ("interleaved", "zbv") and pp > 1 else 1)
     micro = args.micro_batch
@@ -87,7 +89,7 @@ def make_plan(args, world: int | None = None):
     dtype = args.dtype or ("bf16" if args.backend == "nccl" else "fp32")
     plan = Plan(dp=dp, tp=tp, pp=pp, vpp=vpp, micro_batch=micro, global_batch=gb, seq_len=args.seq_len,
                 dtype=dtype, schedule=schedule, grad_sync=args.grad_sync, zero=args.zero, recompute=args.recompute,
-                sequence_parallel=args.sequence_parallel, overlap=False, flash_attention=True, ep=args.ep)
+                sequence_parallel=args.sequence_parallel, overlap=False, flash_attention=True, ep=args.ep, cp=args.cp)
     return model, plan, nproc
 
 

@@ -45,11 +45,12 @@ class LayerTimes:
     fwd_s: np.ndarray            # one layer forward
     bwd_s: np.ndarray            # one layer backward (input + weight gradients)
     wgrad_s: np.ndarray          # the weight-gradient part of bwd_s (zero-bubble schedules split it)
-    attn_core_fwd_s: np.ndarray  # what selective recompute repeats
+    attn_core_fwd_s: np.ndarray  # what selective recompute repeats (and context parallelism overlaps K/V with)
     embed_fwd_s: np.ndarray      # token embedding (first stage)
     embed_bwd_s: np.ndarray
     head_fwd_s: np.ndarray       # final norm, logits GEMM and cross-entropy (last stage)
     head_bwd_s: np.ndarray
+    attn_core_bwd_s: np.ndarray  # the core's backward (context parallelism overlaps dK/dV with it)
 
 
 def op_times(op, dev, peak, e):
@@ -67,36 +68,38 @@ def op_times(op, dev, peak, e):
 
 
 def ops_times(ops, dev, peak, e):
-    """Summed (forward, backward, weight-gradient, selective-recompute forward) seconds of a list of ops."""
-    fwd = bwd = wg = sel = 0.0
+    """Summed (forward, backward, weight-gradient, attention-core forward, attention-core backward)
+    seconds of a list of ops (the core: the ops selective recompute repeats)."""
+    fwd = bwd = wg = sel = sel_b = 0.0
     for op in ops:
         f, b, w = op_times(op, dev, peak, e)
         fwd, bwd, wg = fwd + f, bwd + b, wg + w
         if op.selective:
-            sel = sel + f
-    return fwd, bwd, wg, sel
+            sel, sel_b = sel + f, sel_b + b
+    return fwd, bwd, wg, sel, sel_b
 
 
-def layer_times(model, dev, b, s, t, sp, flash, dtype_code, ep=1) -> LayerTimes:
+def layer_times(model, dev, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> LayerTimes:
     """Price one layer for micro-batch b, sequence s, tensor parallel t (arrays allowed), from its
     description as data (parsim.layer): every op of the layer, the embedding and the loss head."""
     from parsim import layer as Ly
     b, s, t = (np.asarray(x, dtype=float) for x in (b, s, t))
     peak, e = peak_flops(dev, dtype_code), DTYPE_BYTES[np.asarray(dtype_code)]
-    fwd, bwd, wgrad, core_fwd = ops_times(Ly.layer_ops(model, b, s, t, sp, flash, dtype_code, ep), dev, peak, e)
+    fwd, bwd, wgrad, core_fwd, core_bwd = ops_times(Ly.layer_ops(model, b, s, t, sp, flash, dtype_code, ep, cp),
+                                                    dev, peak, e)
     # Host overheads per layer; under tensor parallelism (DTensor) the measured per-layer total
     # `tp_layer`, split between forward and backward as without it.
     o_f, o_b = dev.overhead("layer_fwd"), dev.overhead("layer_bwd")
     o_tp = dev.overhead("tp_layer")
     if o_tp and (o_f + o_b) > 0:
         o_f, o_b = np.where(t > 1, o_tp * o_f / (o_f + o_b), o_f), np.where(t > 1, o_tp * o_b / (o_f + o_b), o_b)
-    embed_fwd, embed_bwd, _, _ = ops_times(Ly.embedding_ops(model, b, s, t, dtype_code), dev, peak, e)
-    head_fwd, head_bwd, _, _ = ops_times(Ly.head_ops(model, b, s, t, dtype_code), dev, peak, e)
+    embed_fwd, embed_bwd, _, _, _ = ops_times(Ly.embedding_ops(model, b, s, t, dtype_code, cp), dev, peak, e)
+    head_fwd, head_bwd, _, _, _ = ops_times(Ly.head_ops(model, b, s, t, dtype_code, cp), dev, peak, e)
     shape = np.broadcast(b, s, t).shape
     full = lambda x: np.broadcast_to(np.asarray(x, dtype=float), shape)
     return LayerTimes(full(fwd + o_f), full(bwd + o_b), full(wgrad), full(core_fwd), full(embed_fwd),
                       full(embed_bwd), full(head_fwd + dev.overhead("head_fwd")),
-                      full(head_bwd + dev.overhead("head_bwd")))
+                      full(head_bwd + dev.overhead("head_bwd")), full(core_bwd))
 
 
 def optimizer_s(dev, params_per_rank, dtype_code, layers_per_rank=0.0):

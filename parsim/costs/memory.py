@@ -28,7 +28,7 @@ from parsim.costs.compute import DTYPE_BYTES
 DDP_BUCKET_BYTES = 25 * 2 ** 20 * 2   # two 25 MiB gradient buckets in flight (PyTorch DDP default bucket_cap_mb=25)
 
 
-def activation_bytes_per_layer(model, b, s, t, sp, recompute_code, flash, dtype_code, ep=1):
+def activation_bytes_per_layer(model, b, s, t, sp, recompute_code, flash, dtype_code, ep=1, cp=1):
     """Bytes of stored activations for one layer and one micro-batch on one TP rank, summed from
     the layer's description (parsim.layer: each op's `saved`).
 
@@ -38,10 +38,10 @@ def activation_bytes_per_layer(model, b, s, t, sp, recompute_code, flash, dtype_
     b, s, t = (np.asarray(x, dtype=float) for x in (b, s, t))
     sp = np.asarray(sp, dtype=bool)
     rc = np.asarray(recompute_code)
-    ops = layer_ops(model, b, s, t, sp, flash, dtype_code, ep)
+    ops = layer_ops(model, b, s, t, sp, flash, dtype_code, ep, cp)
     kept = np.where(rc == 1, saved_bytes(ops, selective=True), saved_bytes(ops))
     e = E[np.asarray(dtype_code)]
-    full = np.where(sp, e * s * b * model.hidden / t, e * s * b * model.hidden)
+    full = np.where(sp, e * s * b * model.hidden / t, e * s * b * model.hidden) / np.asarray(cp, dtype=float)
     return np.where(rc == 2, full, kept)
 
 

@@ -48,8 +48,11 @@ def test_flash_keeps_no_scores_and_tp_traffic_is_two_blocks():
     assert activation_bytes_per_layer(m, b, s, 1, False, 0, True, 0) == pytest.approx(s * b * h * 34)
     # Two row-parallel outputs per layer (attention projection, fc2), each an all-reduce of b·s·h·2 bytes.
     c = Ly.comms(Ly.layer_ops(m, b, s, 8, False, True, 0))
-    assert [(g, k) for g, k, _ in c] == [("tp", Ly.TP_BLOCK)] * 2
-    assert all(float(n) == b * s * h * 2 for _, _, n in c)
+    tp = [(g, k, n) for g, k, n in c if g == "tp"]
+    assert [(g, k) for g, k, _ in tp] == [("tp", Ly.TP_BLOCK)] * 2
+    assert all(float(n) == b * s * h * 2 for _, _, n in tp)
+    # the flash core's ring K/V block (priced (cp-1) times, so nothing at cp = 1): K and V of s tokens on 1/t heads
+    assert [(g, k, float(n)) for g, k, n in c if g == "cp"] == [("cp", "ring_kv", 2 * b * s * 2 * h / 8)]
 
 
 @pytest.mark.parametrize("name", ["llama3-8b", "qwen3-8b", "gemma-7b", "mixtral-8x7b", "megatron-1.7b"])
@@ -90,7 +93,8 @@ def model_and_plan(draw):
              global_batch=draw(st.sampled_from([8, 32, 64])), zero=draw(st.integers(0, 3)),
              recompute=draw(st.sampled_from(["none", "selective", "full"])),
              sequence_parallel=tp > 1 and draw(st.booleans()), dtype=draw(st.sampled_from(["bf16", "fp32"])),
-             flash_attention=draw(st.booleans()), ep=draw(st.sampled_from([1, 2, 4])) if experts else 1)
+             flash_attention=draw(st.booleans()), ep=draw(st.sampled_from([1, 2, 4])) if experts else 1,
+             cp=draw(st.sampled_from([1, 1, 2])))
     return m, p
 
 
@@ -167,3 +171,51 @@ def test_search_explores_ep_for_moe_only():
     assert (res.columns["dp"] % ep == 0).all()
     dense = search("llama3-8b", "dgx-h100", 8, global_batch=64, result=True, resimulate=0)
     assert set(np.unique(dense.columns["ep"])) == {1}
+
+
+# ---- context parallelism -----------------------------------------------------------------------
+
+def test_cp2_at_32k_halves_activations_and_prices_the_kv_ring():
+    from parsim.costs.network import collective_coeffs
+    from parsim.predict import get_cluster
+    base = Plan(dp=1, tp=4, micro_batch=1, global_batch=4, seq_len=32768)
+    r1 = predict("llama3-8b", "dgx-h100", base)
+    r2 = predict("llama3-8b", "dgx-h100", base.with_(cp=2))
+    ratio = r2.memory_breakdown_GiB["activations"] / r1.memory_breakdown_GiB["activations"]
+    assert 0.45 <= ratio <= 0.55                                   # halved, +-10%
+    # The ring: per layer (cp-1) = 1 step forward (K, V) and 2 backward (K, V and dK, dV) of a block of
+    # s/cp = 16384 tokens · 2 (K and V) · kv_dim 1024 / tp 4 · 2 bytes, between ranks 0 and 4 (tp apart).
+    a, b = collective_coeffs(get_cluster("dgx-h100", 8), "sendrecv", "direct", (0, 4))
+    block = 16384 * 2 * 1024 / 4 * 2
+    kv_s = 4 * 32 * 3 * (a + b * block)                           # micro-batches · layers · (1 + 2)
+    note = next(n for n in r2.notes if n.startswith("context parallel"))
+    assert f"ring K/V exchange {kv_s:.6g} s" in note
+    assert "cp_comm" in r2.breakdown_s and r2.breakdown_s["cp_comm"] >= 0.0
+
+
+@pytest.mark.parametrize("plan, needle", [
+    (Plan(dp=1, cp=2, global_batch=1, seq_len=4097), "cp (2) does not divide seq-len (4097)"),
+    (Plan(dp=1, cp=2, global_batch=1, flash_attention=False), "flash"),
+])
+def test_bad_cp(plan, needle):
+    with pytest.raises(ParsimError) as e:
+        predict("llama3-8b", "dgx-h100", plan)
+    assert needle in str(e.value)
+
+
+def test_cli_cp_not_dividing_seq_and_run_cp_one_line_exit_2():
+    import subprocess
+    import sys
+    for argv, needle in ((["predict", "--model", "llama3-8b", "--gpus", "2", "--cp", "2", "--seq-len", "4097"],
+                          "does not divide seq-len"),
+                         (["run", "--cp", "2"], "context parallelism is not run by this backend")):
+        r = subprocess.run([sys.executable, "-m", "parsim", *argv], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_search_explores_cp_for_long_sequences_only():
+    from parsim.search import search
+    long = search("llama3-8b", "dgx-h100", 8, global_batch=8, seq_len=32768, result=True, resimulate=0)
+    assert {1, 2} <= set(np.unique(long.columns["cp"]))
+    short = search("llama3-8b", "dgx-h100", 8, global_batch=8, seq_len=4096, result=True, resimulate=0)
+    assert set(np.unique(short.columns["cp"])) == {1}
