@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Element sizes for the activations of each dtype code (parsim.plan.DTYPES order: bf16, fp16, fp32).
-DTYPE_BYTES = np.array([2.0, 2.0, 4.0])
+# Element sizes for the activations of each dtype code (parsim.plan.DTYPES order: bf16, fp16, fp32, fp8);
+# fp8 plans keep activations, norms, attention and the loss in bf16 (Transformer Engine's recipe).
+DTYPE_BYTES = np.array([2.0, 2.0, 4.0, 2.0])
+FP8 = 3
 
 
 @dataclass
@@ -62,7 +64,7 @@ class Op:
     weight: float = 1.0
     flops: object = field(default=None)
     model_flops: object = field(default=None)
-
+    fp8: bool = False                 # a layer weight GEMM: runs in FP8 on fp8 plans
     def __post_init__(self):
         if self.flops is None:
             self.flops = 2.0 * self.m * self.k * self.n * self.batch if self.kind in ("gemm", "core") else 0.0
@@ -99,7 +101,7 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     act = T * h * e                            # one full activation [b, s, h]
     ops = [
         Op("attn_norm", "mem", bytes=2 * e * Tr * h, bwd_bytes=4 * e * Tr * h, saved=e * Tr * h),
-        Op("qkv", "gemm", m=T, k=h, n=(qd + 2 * kvd) / t, wgrad=True, saved=e * Tr * h),
+        Op("qkv", "gemm", fp8=True, m=T, k=h, n=(qd + 2 * kvd) / t, wgrad=True, saved=e * Tr * h),
     ]
     if model.position == "rotary":
         ops.append(Op("rotary", "mem", bytes=2 * e * T * (qd + kvd) / t, bwd_bytes=4 * e * T * (qd + kvd) / t))
@@ -127,7 +129,7 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     ]
     tp_out = _tp_out(act)
     ops += [
-        Op("attn_out", "gemm", m=T, k=qd / t, n=h, wgrad=True, saved=e * T * qd / t, comm=tp_out),
+        Op("attn_out", "gemm", fp8=True, m=T, k=qd / t, n=h, wgrad=True, saved=e * T * qd / t, comm=tp_out),
         Op("attn_residual", "mem", bytes=3 * e * Tr * h, bwd_bytes=6 * e * Tr * h,
            saved=Tr * h if gpt_dropout else 0.0),                          # dropout mask
         Op("mlp_norm", "mem", bytes=2 * e * Tr * h, bwd_bytes=4 * e * Tr * h, saved=e * Tr * h),
@@ -139,6 +141,13 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     ops.append(Op("mlp_residual", "mem", bytes=3 * e * Tr * h + (Tr * h if gpt_dropout else 0.0),
                   bwd_bytes=6 * e * Tr * h + (2 * Tr * h if gpt_dropout else 0.0),
                   saved=Tr * h if gpt_dropout else 0.0))
+    # FP8 plans: every FP8 GEMM's activation input is cast (read bf16, write fp8, amax) in forward and its
+    # output gradient in backward (Transformer Engine's per-tensor delayed scaling; weights are cast once a step).
+    fp8_w = np.where(np.asarray(dtype_code) == FP8, 1.0, 0.0)
+    if np.any(fp8_w):
+        cin = sum(np.asarray(op.weight) * np.asarray(op.m) * np.asarray(op.k) * np.asarray(op.batch) for op in ops if op.fp8)
+        cout = sum(np.asarray(op.weight) * np.asarray(op.m) * np.asarray(op.n) * np.asarray(op.batch) for op in ops if op.fp8)
+        ops.append(Op("fp8_cast", "mem", bytes=3.0 * cin, bwd_bytes=3.0 * cout, weight=fp8_w))
     return ops
 
 
@@ -161,10 +170,10 @@ def _mlp_ops(model, T, Tr, t, e, g, act, ep) -> list[Op]:
     if dense_w:
         f = model.ffn_hidden
         ops += [
-            Op("fc1", "gemm", m=T, k=h, n=g * f / t, wgrad=True, saved=e * Tr * h, weight=dense_w),
+            Op("fc1", "gemm", fp8=True, m=T, k=h, n=g * f / t, wgrad=True, saved=e * Tr * h, weight=dense_w),
             Op("activation", "mem", bytes=e * T * (g + 1) * f / t, bwd_bytes=2 * e * T * (g + 1) * f / t,
                saved=e * T * g * f / t, weight=dense_w),
-            Op("fc2", "gemm", m=T, k=f / t, n=h, wgrad=True, saved=e * T * f / t, comm=_tp_out(act),
+            Op("fc2", "gemm", fp8=True, m=T, k=f / t, n=h, wgrad=True, saved=e * T * f / t, comm=_tp_out(act),
                weight=dense_w),
         ]
     if moe_w:
@@ -180,11 +189,11 @@ def _mlp_ops(model, T, Tr, t, e, g, act, ep) -> list[Op]:
                model_flops=2.0 * T * h * E),
             Op("dispatch", "mem", bytes=2 * moved, bwd_bytes=2 * moved, weight=moe_w,
                comm=(("ep", "all_to_all", a2a),)),
-            Op("expert_fc1", "gemm", m=per_expert, k=h, n=g * ef / t, batch=local, wgrad=True,
+            Op("expert_fc1", "gemm", fp8=True, m=per_expert, k=h, n=g * ef / t, batch=local, wgrad=True,
                saved=e * rows * h, weight=moe_w, model_flops=2.0 * T * k * h * g * ef / t),
             Op("expert_activation", "mem", bytes=e * rows * (g + 1) * ef / t, bwd_bytes=2 * e * rows * (g + 1) * ef / t,
                saved=e * rows * g * ef / t, weight=moe_w),
-            Op("expert_fc2", "gemm", m=per_expert, k=ef / t, n=h, batch=local, wgrad=True, saved=e * rows * ef / t,
+            Op("expert_fc2", "gemm", fp8=True, m=per_expert, k=ef / t, n=h, batch=local, wgrad=True, saved=e * rows * ef / t,
                weight=moe_w, model_flops=2.0 * T * k * ef / t * h),
             Op("combine", "mem", bytes=2 * moved, bwd_bytes=2 * moved, weight=moe_w, saved=e * T * k * h,
                comm=(("ep", "all_to_all", a2a), ) + _tp_out(act)),
@@ -192,10 +201,10 @@ def _mlp_ops(model, T, Tr, t, e, g, act, ep) -> list[Op]:
         if model.shared_experts:
             sf = model.shared_experts * ef
             ops += [
-                Op("shared_fc1", "gemm", m=T, k=h, n=g * sf / t, wgrad=True, saved=0.0, weight=moe_w),
+                Op("shared_fc1", "gemm", fp8=True, m=T, k=h, n=g * sf / t, wgrad=True, saved=0.0, weight=moe_w),
                 Op("shared_activation", "mem", bytes=e * T * (g + 1) * sf / t, bwd_bytes=2 * e * T * (g + 1) * sf / t,
                    saved=e * T * g * sf / t, weight=moe_w),
-                Op("shared_fc2", "gemm", m=T, k=sf / t, n=h, wgrad=True, saved=e * T * sf / t, weight=moe_w),
+                Op("shared_fc2", "gemm", fp8=True, m=T, k=sf / t, n=h, wgrad=True, saved=e * T * sf / t, weight=moe_w),
             ]
     return ops
 

@@ -13,7 +13,7 @@ from parsim.errors import ParsimError, closest
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbv")
 GRAD_SYNC = ("ring", "tree", "hd", "hierarchical", "ps", "native")
 RECOMPUTE = ("none", "selective", "full")
-DTYPES = ("bf16", "fp16", "fp32")
+DTYPES = ("bf16", "fp16", "fp32", "fp8")   # fp8: GEMMs of the layers in FP8 (Transformer Engine), the rest bf16
 
 
 @dataclass(frozen=True)

@@ -375,6 +375,16 @@ def price(model, cluster, cols: dict, device=None) -> dict:
         weights, grads, optim = weights + xw, grads + xg, optim + xo
     buffers = (M.DDP_BUCKET_BYTES * (dp > 1) + np.where(zero >= 3, 2 * P_layer / t * e, 0.0)
                + np.where(pp > 1, 2 * act / t, 0.0))
+    # FP8 (Transformer Engine): each FP8 GEMM weight also lives as an FP8 copy and its transpose (2 bytes
+    # per parameter, not sharded by ZeRO here), plus delayed-scaling state per FP8 tensor (input, weight,
+    # output gradient): an amax history of 1024 fp32 values (TE's DelayedScaling default) and scale, scale_inv.
+    fp8_rows = dt == Ly.FP8
+    if fp8_rows.any():
+        fp8_ops = [op for op in ops_u if op.fp8]
+        w_elems = sum(np.asarray(op.weight) * np.asarray(op.k) * np.asarray(op.n) * np.asarray(op.batch) for op in fp8_ops)
+        n_tensors = 3 * sum(float(np.max(op.weight)) > 0 for op in fp8_ops)
+        fp8_state = L * (2.0 * np.broadcast_to(np.asarray(w_elems, dtype=float), first.shape)[inv] + n_tensors * 1026 * 4.0)
+        weights = weights + np.where(fp8_rows, fp8_state, 0.0)
     activations = np.maximum(act_first, act_last)
     total = weights + grads + optim + activations + buffers
 
@@ -456,6 +466,12 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None) -> StepReport:
         notes.append(f"context parallel: ring K/V exchange {kv_s:.6g} s per step (forward K/V, backward K/V and dK/dV), "
                      f"{kv_s - breakdown['cp_comm']:.6g} s of it hidden under the attention core, "
                      f"{breakdown['cp_comm']:.6g} s exposed (cp_comm)")
+    if plan.dtype == "fp8":
+        notes.append(f"fp8: the layers' GEMMs at the FP8 peak ({cluster.device.peak_flops['fp8'] / 1e12:.0f} TFLOP/s) "
+                     f"with their own efficiency curve, attention, norms, embedding and loss in bf16; memory adds "
+                     f"Transformer Engine's FP8 weight copies (+transpose) and scaling state; MFU/HFU are taken against "
+                     f"the bf16 peak ({pk / 1e12:.0f} TFLOP/s), as NeMo and Megatron report; achieved model "
+                     f"{mf / step / gpus_ / 1e12:.1f} TFLOP/s per GPU")
     if plan.ep > 1:
         notes.append("expert parallel: balanced routing assumed (every expert gets tokens·top_k/experts)")
     if sim is not None:

@@ -60,7 +60,7 @@ def step_report_text(rep) -> str:
                f"model TFLOP/s/GPU {rep.model_tflops_per_gpu:.1f} (MFU {100 * rep.mfu:.1f}%)   "
                f"hardware TFLOP/s/GPU {rep.hardware_tflops_per_gpu:.1f} (HFU {100 * rep.hfu:.1f}%)")
     out.append("fits: yes" if rep.fits else f"fits: NO — {rep.fits_reason}")
-    out += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel"))]
+    out += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel", "fp8"))]
     return "\n".join(out) + "\n"
 
 

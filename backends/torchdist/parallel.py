@@ -64,6 +64,9 @@ def check_plan(spec, plan, world: int, device_type: str = "cpu"):
         raise ParsimError(f"zero {plan.zero} (FSDP2) with pp = {plan.pp} is not wired in this backend: use pp = 1")
     if plan.vpp > 1 and plan.pp == 1:
         raise ParsimError(f"vpp = {plan.vpp} needs pp > 1")
+    if plan.dtype == "fp8":
+        raise ParsimError("dtype fp8 is not run by this backend (it needs Transformer Engine on FP8 GPUs): "
+                          "price it with parsim predict --dtype fp8")
     if plan.cp > 1:
         raise ParsimError(f"cp = {plan.cp}: context parallelism is not run by this backend (torch's context_parallel "
                           "needs CUDA flash/efficient attention; gloo on CPU cannot): price it with parsim predict")

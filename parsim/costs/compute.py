@@ -21,21 +21,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DTYPES = ("bf16", "fp16", "fp32")
-DTYPE_BYTES = np.array([2.0, 2.0, 4.0])
+from parsim.layer import DTYPE_BYTES, FP8  # noqa: F401  (one table of element sizes)
+
+DTYPES = ("bf16", "fp16", "fp32", "fp8")
 
 
 def peak_flops(dev, dtype_code):
-    """Peak matrix FLOP/s per plan, from the dtype code (index into DTYPES)."""
-    table = np.array([dev.peak_flops.get(d, 0.0) for d in DTYPES])
+    """Peak matrix FLOP/s per plan, from the dtype code (index into DTYPES): what non-FP8 GEMMs run at,
+    and what MFU/HFU are taken against. For fp8 plans that is the bf16 peak (NeMo and Megatron report
+    MFU of FP8 training against the bf16 peak; the FP8 peak is gemm_peak_flops)."""
+    table = np.array([dev.peak_flops.get(d if d != "fp8" else "bf16", 0.0) for d in DTYPES])
     return table[np.asarray(dtype_code)]
 
 
-def gemm_s(dev, peak, e, M, K, N, batch=1.0, flop_scale=1.0):
-    """Roofline time of a (batched) GEMM [M,K]x[K,N] with element size e bytes."""
+def fp8_peak_flops(dev):
+    """The device's FP8 tensor-core peak (0 without FP8)."""
+    return dev.peak_flops.get("fp8", 0.0)
+
+
+def gemm_s(dev, peak, e, M, K, N, batch=1.0, flop_scale=1.0, eff=None):
+    """Roofline time of a (batched) GEMM [M,K]x[K,N] with element size e bytes (eff: the efficiency
+    curve, default the device's matmul curve)."""
     flops = 2.0 * M * K * N * batch
     bytes_ = e * (M * K + K * N + M * N) * batch
-    t_c = flop_scale * flops / (peak * dev.matmul_eff(flops / 1e9))
+    t_c = flop_scale * flops / (peak * (eff or dev.matmul_eff)(flops / 1e9))
     return np.maximum(t_c, dev.memory_time_s(bytes_))
 
 
@@ -53,26 +62,32 @@ class LayerTimes:
     attn_core_bwd_s: np.ndarray  # the core's backward (context parallelism overlaps dK/dV with it)
 
 
-def op_times(op, dev, peak, e):
+def op_times(op, dev, peak, e, fp8=None):
     """(forward, backward, weight-gradient) seconds of one parsim.layer.Op, weighted by its share of layers.
 
     GEMMs and the flash core: roofline gemm_s (the core at its flop_scale); backward `bwd`× the
     forward, of which the forward's time again is the weight gradient for weight GEMMs.
-    Memory-bound ops: their bytes at the device's bandwidth curve, forward and backward."""
+    Memory-bound ops: their bytes at the device's bandwidth curve, forward and backward.
+    fp8 (bool array): rows whose layer weight GEMMs (op.fp8) run at the FP8 peak with the FP8 curve,
+    operands 1 byte."""
     w = np.asarray(op.weight, dtype=float)
     if op.kind == "mem":
         f, b = dev.memory_time_s(op.bytes), dev.memory_time_s(op.bwd_bytes)
         return w * f, w * b, 0.0
     f = gemm_s(dev, peak, e, op.m, op.k, op.n, op.batch, op.flop_scale)
+    if op.fp8 and fp8 is not None and np.any(fp8):
+        f8 = gemm_s(dev, fp8_peak_flops(dev), 1.0, op.m, op.k, op.n, op.batch, op.flop_scale,
+                    dev.matmul_eff_fp8 or dev.matmul_eff)
+        f = np.where(fp8, f8, f)
     return w * f, w * op.bwd * f, (w * f if op.wgrad else 0.0)
 
 
-def ops_times(ops, dev, peak, e):
+def ops_times(ops, dev, peak, e, fp8=None):
     """Summed (forward, backward, weight-gradient, attention-core forward, attention-core backward)
     seconds of a list of ops (the core: the ops selective recompute repeats)."""
     fwd = bwd = wg = sel = sel_b = 0.0
     for op in ops:
-        f, b, w = op_times(op, dev, peak, e)
+        f, b, w = op_times(op, dev, peak, e, fp8)
         fwd, bwd, wg = fwd + f, bwd + b, wg + w
         if op.selective:
             sel, sel_b = sel + f, sel_b + b
@@ -85,8 +100,13 @@ def layer_times(model, dev, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> Layer
     from parsim import layer as Ly
     b, s, t = (np.asarray(x, dtype=float) for x in (b, s, t))
     peak, e = peak_flops(dev, dtype_code), DTYPE_BYTES[np.asarray(dtype_code)]
+    fp8 = np.asarray(dtype_code) == FP8
+    if fp8.any() and not fp8_peak_flops(dev):
+        from parsim.errors import ParsimError
+        raise ParsimError(f"dtype fp8: device {dev.name} has no FP8 tensor cores (peaks: "
+                          f"{', '.join(sorted(dev.peak_flops))}); use bf16")
     fwd, bwd, wgrad, core_fwd, core_bwd = ops_times(Ly.layer_ops(model, b, s, t, sp, flash, dtype_code, ep, cp),
-                                                    dev, peak, e)
+                                                    dev, peak, e, fp8)
     # Host overheads per layer; under tensor parallelism (DTensor) the measured per-layer total
     # `tp_layer`, split between forward and backward as without it.
     o_f, o_b = dev.overhead("layer_fwd"), dev.overhead("layer_bwd")

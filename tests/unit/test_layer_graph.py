@@ -92,7 +92,7 @@ def model_and_plan(draw):
     p = Plan(dp=draw(st.integers(1, 4)), tp=tp, pp=draw(st.sampled_from([1, 2])), micro_batch=draw(st.integers(1, 4)),
              global_batch=draw(st.sampled_from([8, 32, 64])), zero=draw(st.integers(0, 3)),
              recompute=draw(st.sampled_from(["none", "selective", "full"])),
-             sequence_parallel=tp > 1 and draw(st.booleans()), dtype=draw(st.sampled_from(["bf16", "fp32"])),
+             sequence_parallel=tp > 1 and draw(st.booleans()), dtype=draw(st.sampled_from(["bf16", "fp32", "fp8"])),
              flash_attention=draw(st.booleans()), ep=draw(st.sampled_from([1, 2, 4])) if experts else 1,
              cp=draw(st.sampled_from([1, 1, 2])))
     return m, p
@@ -219,3 +219,45 @@ def test_search_explores_cp_for_long_sequences_only():
     assert {1, 2} <= set(np.unique(long.columns["cp"]))
     short = search("llama3-8b", "dgx-h100", 8, global_batch=8, seq_len=4096, result=True, resimulate=0)
     assert set(np.unique(short.columns["cp"])) == {1}
+
+
+# ---- FP8 -----------------------------------------------------------------------------------------
+
+def test_fp8_vs_bf16_llama3_70b_on_64_h100():
+    from parsim.costs.compute import gemm_s
+    from parsim.hardware import get_device
+    plan = Plan(dp=2, tp=8, pp=4, micro_batch=1, global_batch=128, sequence_parallel=True)
+    bf = predict("llama3-70b", "dgx-h100", plan, gpus=64)
+    f8 = predict("llama3-70b", "dgx-h100", plan.with_(dtype="fp8"), gpus=64)
+    # Arithmetic: a large GEMM (fc1 on a TP rank, [8192, 8192] x [8192, 2·28672/8]) costs
+    # 2mkn / (989e12 · eff_bf16) in bf16 and 2mkn / (1979e12 · eff_fp8) in FP8; with the H100 curves' ceilings
+    # 0.801 and 0.758 (× the sustained fraction, the same for both) the FP8 GEMM takes 989·0.801/(1979·0.758)
+    # = 0.528 of the time. Attention, element-wise kernels (plus the FP8 casts), TP/PP communication, bubble
+    # and optimizer do not speed up, so the step lands between 0.528 and 1.
+    dev = get_device("h100-sxm").with_sustained_fraction(0.735)
+    m, k, n = 8192, 8192, 2 * 28672 / 8
+    g_bf = gemm_s(dev, 989e12, 2.0, m, k, n)
+    g_f8 = gemm_s(dev, 1979e12, 1.0, m, k, n, eff=dev.matmul_eff_fp8)
+    assert g_f8 / g_bf == pytest.approx(989 * 0.801 / (1979 * 0.758), rel=1e-3)
+    ratio = f8.step_time_s / bf.step_time_s
+    assert 0.5 <= ratio <= 0.85, ratio
+    assert f8.breakdown_s["compute"] < bf.breakdown_s["compute"]
+    for k_ in ("tp_comm", "pp_comm", "optimizer"):
+        assert f8.breakdown_s[k_] == pytest.approx(bf.breakdown_s[k_], rel=1e-12)
+    # MFU of FP8 training is taken against the bf16 peak (989 TFLOP/s), as NeMo and Megatron report.
+    assert f8.mfu == pytest.approx(f8.model_tflops_per_gpu / 989, rel=1e-12)
+    assert any("against the bf16 peak" in n_ for n_ in f8.notes)
+    # Memory: FP8 weight copy + transpose of the layer GEMM weights a rank holds — per layer
+    # (2·8192² + 2·8192·1024 + 3·8192·28672)/8 = 106,954,752 parameters, 20 layers per stage, 2 bytes — plus the
+    # scaling state of 4 GEMMs × 3 tensors × (1024 + 2) fp32 per layer.
+    extra = 20 * (2 * 106_954_752 + 12 * 1026 * 4)
+    got = (f8.memory_breakdown_GiB["weights"] - bf.memory_breakdown_GiB["weights"]) * 2 ** 30
+    assert got == pytest.approx(extra, rel=1e-9)
+
+
+def test_fp8_on_a_device_without_fp8_is_one_line_exit_2():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "parsim", "predict", "--model", "llama3-8b", "--cluster", "dgx-a100",
+                        "--gpus", "8", "--dtype", "fp8"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "has no FP8 tensor cores" in r.stderr and len(r.stderr.strip().splitlines()) == 1
