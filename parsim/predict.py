@@ -78,17 +78,18 @@ def plan_columns(plans, model) -> dict:
     }
 
 
-def _unique_rows(*cols):
-    """(first index, inverse) of the distinct rows of integer columns: one 1-D np.unique on a
-    mixed-radix key when the columns' ranges fit in 63 bits, else np.unique over rows."""
-    cols = [np.asarray(c, dtype=np.int64) for c in cols]
-    key, span = np.zeros(cols[0].shape, dtype=np.int64), 1
-    for c in cols:
-        r = int(c.max()) + 1 if c.size else 1
-        if c.size and c.min() < 0 or span * r >= 2 ** 63:
+def _unique_rows(*cols, radix=()):
+    """(first index, inverse) of the distinct rows of non-negative integer columns: one 1-D np.unique
+    on a mixed-radix key when the columns' ranges fit in 63 bits, else np.unique over rows.
+    radix: known exclusive upper bounds of the first len(radix) columns (saves a pass each)."""
+    cols = [c if getattr(c, "dtype", None) == np.int64 else np.asarray(c, dtype=np.int64) for c in cols]
+    key, span = None, 1
+    for i, c in enumerate(cols):
+        r = radix[i] if i < len(radix) else (int(c.max()) + 1 if c.size else 1)
+        if span * r >= 2 ** 63:
             _, first, inv = np.unique(np.stack(cols, axis=1), axis=0, return_index=True, return_inverse=True)
             return first, inv.ravel()
-        key, span = key * r + c, span * r
+        key, span = (c.copy() if key is None else key * r + c), span * r
     _, first, inv = np.unique(key, return_index=True, return_inverse=True)
     return first, inv
 
@@ -191,6 +192,7 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     ep = np.asarray(cols["ep"], dtype=np.int64) if "ep" in cols else np.ones_like(dp)
     cp = np.asarray(cols["cp"], dtype=np.int64) if "cp" in cols else np.ones_like(dp)
     has_cp = bool((cp > 1).any())
+    has_ep = "ep" in cols and bool((ep > 1).any())
     e = C.DTYPE_BYTES[dt]
     h = model.hidden
     t = tp.astype(float)
@@ -198,7 +200,9 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     m = gb / (mb * dp)                                     # micro-batches per step
     # Per-layer compute and activation bytes depend on few columns: evaluate them once per
     # distinct (micro_batch, seq, tp, sp, flash, dtype, recompute, ep) and gather.
-    first, inv = _unique_rows(mb, seq, tp, sp, flash, dt, rc, ep, cp)
+    # (bool and code columns have known ranges; ep and cp only when some plan uses them)
+    first, inv = _unique_rows(sp, flash, dt, rc, mb, seq, tp, *((ep,) if has_ep else ()),
+                              *((cp,) if has_cp else ()), radix=(2, 2, 8, 4))
     epf, cpf = ep[first], cp[first]
     lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first], epf, cpf)
     lt = C.LayerTimes(*(np.asarray(getattr(lt_u, f))[inv] for f in C.LayerTimes.__dataclass_fields__))
@@ -241,13 +245,16 @@ def price(model, cluster, cols: dict, device=None) -> dict:
         else:
             raise AssertionError(f"collective {grp}/{kind} of the layer is not priced")
     tp_layer = 0.0
+    act_u = act[first]
     for count, nb in blocks.values():
-        nb = nb[inv]
-        tp_layer = tp_layer + count * np.where(sp, G.vec("tp", "all_gather", S, nb, "native")
-                                               + G.vec("tp", "reduce_scatter", S, nb, "native"),
-                                               G.vec("tp", "allreduce", S, nb, "native"))
+        if np.array_equal(nb, act_u):      # a full activation (dense layers): the collectives priced above
+            a_ag, a_ar, nb = ag, ar, act
+        else:
+            nb = nb[inv]
+            a_ag, a_ar = G.vec("tp", "all_gather", S, nb, "native"), G.vec("tp", "allreduce", S, nb, "native")
+        tp_layer = tp_layer + count * np.where(sp, a_ag + G.vec("tp", "reduce_scatter", S, nb, "native"), a_ar)
     ep_layer = 0.0
-    if model.moe_layers and (ep > 1).any():
+    if model.moe_layers and has_ep:
         # one all-to-all per op carrying bytes (dispatch, combine): alpha per call, beta on the bytes
         n_a2a = sum(1 for op in ops_u for g_, k_, _ in op.comm if g_ == "ep") * model.moe_layers / model.layers
         a, bta = _ep_coeffs(G, tp, pp, ep, "all_to_all")
@@ -311,7 +318,7 @@ def price(model, cluster, cols: dict, device=None) -> dict:
     P_first = (P_body + model.embedding_params + np.where(single, model.head_params, 0)) / t
     P_last = np.where(single, P_first, (P_body + model.head_params + np.where(tied_copy, model.vocab * h, 0)) / t)
     P_dense = np.maximum(P_first, P_last)
-    sharded = bool(X) and bool((ep > 1).any())             # (dense tables skip the expert arithmetic)
+    sharded = bool(X) and has_ep             # (dense tables skip the expert arithmetic)
     P_exp = X / (pp * ep * t) if X else 0.0
     P_rank = P_dense + P_exp if X else P_dense
 
