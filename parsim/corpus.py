@@ -19,11 +19,13 @@ Knobs a source leaves unstated (micro-batch, virtual stages, recompute for NeMo 
 every candidate that fits in memory is priced and the fastest is taken, as the authors tuned for
 throughput; the chosen values are reported with each row.
 
-A row the model cannot price as published (FP8 GEMMs, mixture of experts, context parallelism,
-torchtitan's op-level or layer-frequency selective activation checkpointing, torch.compile fusion,
+A row the model cannot price as published (a precision outside parsim.plan.DTYPES such as MX-FP8,
+FP8 on a device without FP8 tensor cores, a mixture-of-experts model without a preset or ep on a dense
+one, torchtitan's op-level or layer-frequency selective activation checkpointing, torch.compile fusion,
 a model without a preset) is kept and counted as "not expressible yet: <reason>"; it never enters
-a fit. Expressibility is read from what parsim.plan accepts today (its DTYPES and Plan fields), so
-rows become expressible as the model grows.
+a fit. Expressibility is read from what parsim.plan and the rule book accept today (DTYPES, the Plan
+fields ep and cp, parsim.rules), so rows become expressible as the model grows: FP8, CP and MoE rows
+on Hopper and Blackwell did with --dtype fp8, --cp and --ep.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Plan: how a model is split over devices. Validation and enumeration of valid plans.
 
 A Plan is the third input, apart from what the model is (ModelSpec) and what the
-machine is (Cluster). Rank placement convention (Megatron's): tp innermost, then pp,
-then dp — rank = dp_index·(pp·tp) + pp_index·tp + tp_index.
+machine is (Cluster). Rank placement convention (Megatron's): tp innermost, then cp, then pp,
+then dp — rank = dp_index·(pp·cp·tp) + pp_index·(cp·tp) + cp_index·tp + tp_index; the ep ranks of an
+expert group are data-parallel ranks (ep | dp). Validity is parsim.rules' (``validate`` wraps it).
 """
 from __future__ import annotations
 
