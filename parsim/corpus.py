@@ -19,11 +19,13 @@ Knobs a source leaves unstated (micro-batch, virtual stages, recompute for NeMo 
 every candidate that fits in memory is priced and the fastest is taken, as the authors tuned for
 throughput; the chosen values are reported with each row.
 
-A row the model cannot price as published (FP8 GEMMs, mixture of experts, context parallelism,
-torchtitan's op-level or layer-frequency selective activation checkpointing, torch.compile fusion,
+A row the model cannot price as published (a precision outside parsim.plan.DTYPES such as MX-FP8,
+FP8 on a device without FP8 tensor cores, a mixture-of-experts model without a preset or ep on a dense
+one, torchtitan's op-level or layer-frequency selective activation checkpointing, torch.compile fusion,
 a model without a preset) is kept and counted as "not expressible yet: <reason>"; it never enters
-a fit. Expressibility is read from what parsim.plan accepts today (its DTYPES and Plan fields), so
-rows become expressible as the model grows.
+a fit. Expressibility is read from what parsim.plan and the rule book accept today (DTYPES, the Plan
+fields ep and cp, parsim.rules), so rows become expressible as the model grows: FP8, CP and MoE rows
+on Hopper and Blackwell did with --dtype fp8, --cp and --ep.
 """
 from __future__ import annotations
 
@@ -109,13 +111,15 @@ def _reasons(r: dict, gpu_type: str) -> list[str]:
     rc = r.get("recompute", "") or ""
     out = []
     if prec not in DTYPES:
-        out.append(f"precision {prec} (FP8 GEMMs have no dtype in parsim.plan.DTYPES)")
-    if (_int(r.get("ep")) or 1) > 1 or model.startswith(MOE_MODELS):
-        out.append("mixture of experts (no expert layers or expert parallelism in the model)")
-    if (_int(r.get("cp")) or 1) > 1 and "cp" not in Plan.__dataclass_fields__:
-        out.append("context parallelism (no cp in Plan)")
+        out.append(f"precision {prec} (not a dtype of parsim.plan.DTYPES: {', '.join(DTYPES)})")
+    elif prec == "fp8" and gpu_type in GPU_TYPE_DEVICES and not _has_fp8(gpu_type):
+        out.append(f"precision fp8 on {gpu_type} (no FP8 tensor cores)")
+    ep = _int(r.get("ep")) or 1
     if model not in preset_names():
-        out.append(f"no model preset for {model}")
+        out.append(f"mixture of experts: no model preset for {model}" if model.startswith(MOE_MODELS)
+                   else f"no model preset for {model}")
+    elif ep > 1 and not load_model(model).experts:
+        out.append(f"mixture of experts: ep = {ep} on {model}, a dense model")
     if rc.startswith("selective-"):
         out.append(f"torchtitan {rc[len('selective-'):]}-level selective activation checkpointing (parsim's recompute "
                    f"policies are {', '.join(RECOMPUTE)})")
@@ -128,10 +132,16 @@ def _reasons(r: dict, gpu_type: str) -> list[str]:
     return out
 
 
+def _has_fp8(gpu_type: str) -> bool:
+    from parsim.hardware import get_device
+    return bool(get_device(GPU_TYPE_DEVICES[gpu_type][0]).peak_flops.get("fp8", 0.0))
+
+
 def _candidates(r: dict, model) -> list[Plan]:
     """Every valid plan for the row's stated knobs; unstated ones (micro-batch, vpp, recompute) searched."""
     gpus, tp, pp = int(r["gpus"]), _int(r["tp"]) or 1, _int(r["pp"]) or 1
-    dp = gpus // (tp * pp)
+    cp, ep = _int(r.get("cp")) or 1, _int(r.get("ep")) or 1
+    dp = gpus // (tp * pp * cp)
     fsdp = _int(r.get("fsdp"))
     torchtitan = r["source"].startswith("torchtitan")
     zero = 3 if (torchtitan or (fsdp or 0) > 0) else 1         # Megatron's distributed optimizer = ZeRO-1
@@ -148,7 +158,7 @@ def _candidates(r: dict, model) -> list[Plan]:
                 sched = r.get("schedule") or ("interleaved" if v > 1 else "1f1b")
                 p = Plan(dp=dp, tp=tp, pp=pp, vpp=v, micro_batch=mb, global_batch=gb, seq_len=int(r["seq_len"]),
                          dtype=r["precision"], schedule=sched, grad_sync="native", zero=zero, recompute=rc,
-                         sequence_parallel=tp > 1, overlap=True, flash_attention=True)
+                         sequence_parallel=tp > 1, overlap=True, flash_attention=True, ep=ep, cp=cp)
                 try:
                     validate(p, model, gpus)
                 except ParsimError:
@@ -293,7 +303,9 @@ def leave_one_table_out() -> list[dict]:
             pl = p["plan"]
             entry["row_results"].append({
                 "model": r.model, "gpus": r.gpus, "metric": r.metric, "published": r.published,
-                "predicted": round(p["value"], 1), "rel_error": round(e, 4),
+                # None: no candidate plan fits in memory (JSON has no nan)
+                "predicted": round(p["value"], 1) if np.isfinite(p["value"]) else None,
+                "rel_error": round(e, 4) if np.isfinite(e) else None,
                 "published_memory_GiB": r.peak_memory_GiB, "predicted_memory_GiB": round(p["memory_GiB"], 1),
                 "memory_rel_error": None if me is None else round(me, 4),
                 "plan": pl.label(), "micro_batch": pl.micro_batch, "vpp": pl.vpp, "recompute": pl.recompute})

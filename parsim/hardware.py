@@ -57,6 +57,7 @@ class DeviceProfile:
     matmul_eff: Curve               # GFLOP per GEMM -> fraction
     vector_eff: Curve               # GFLOP per kernel -> fraction
     memory_eff: Curve               # MB per kernel -> fraction
+    matmul_eff_fp8: Curve | None = None   # FP8 GEMMs (fraction of the fp8 peak); None: the matmul curve
     source: str = ""
     sustained_fraction: float = 1.0  # end-to-end training GEMM rate / best-shape benchmark rate (data)
     # Host-side software time per unit of work, seconds (eager frameworks on a CPU dispatch
@@ -83,7 +84,8 @@ class DeviceProfile:
         return dict(self.overhead_s).get(key, 0.0)
 
     def with_sustained_fraction(self, f: float) -> "DeviceProfile":
-        return replace(self, matmul_eff=Curve(self.matmul_eff.sizes, tuple(e * f / self.sustained_fraction for e in self.matmul_eff.effs)),
+        scale = lambda c: None if c is None else Curve(c.sizes, tuple(e * f / self.sustained_fraction for e in c.effs))
+        return replace(self, matmul_eff=scale(self.matmul_eff), matmul_eff_fp8=scale(self.matmul_eff_fp8),
                        sustained_fraction=f)
 
     def matmul_flops(self, dtype: str) -> float:
@@ -120,6 +122,7 @@ def _profile(name: str, d: dict) -> DeviceProfile:
             matmul_eff=Curve.from_points(d["matmul_efficiency"]),
             vector_eff=Curve.from_points(d["vector_efficiency"]),
             memory_eff=Curve.from_points(d["memory_efficiency"]),
+            matmul_eff_fp8=Curve.from_points(d["matmul_efficiency_fp8"]) if "matmul_efficiency_fp8" in d else None,
             source=str(d.get("source", "")),
             overhead_s=tuple(sorted((str(k), float(v) * 1e-6) for k, v in (d.get("overhead_us") or {}).items())),
             executor_step_overhead_s=float(d.get("executor_step_overhead_us", 0.0)) * 1e-6,

@@ -1,12 +1,17 @@
-"""ModelSpec: what the model is (a decoder-only transformer), and what follows from it.
+"""ModelSpec: what the model is (a decoder-only transformer, dense or mixture-of-experts), and what follows.
 
-Parameter counts, FLOPs per token and activation bytes are derived here from the
+Parameter counts (total and active per token) and FLOPs per token are derived here from the
 shapes; pricing them on a device is ``parsim.costs``' job.
+
+Limits: every size is validated on construction (type, range) against ``LIMITS`` below — sane
+upper bounds well above any published model (e.g. 10,000 layers, hidden 2^20, vocabulary 2^24,
+sequence 2^24 tokens, 2^14 experts), so that nonsense never reaches an array allocation.
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -14,17 +19,55 @@ import yaml
 from parsim.errors import ParsimError, closest
 
 DATA = Path(__file__).parent / "data"
-KEYS = ("name", "layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "seq_len",
-        "activation", "tied_embeddings")
-ACTIVATIONS = ("gelu", "swiglu")
+MLP_KINDS = ("gelu", "swiglu", "geglu")        # plain 2-matrix MLP (any pointwise activation) or gated 3-matrix
+NORMS = ("layernorm", "rmsnorm")               # LayerNorm: weight + bias (2h); RMSNorm: weight (h)
+POSITIONS = ("learned", "rotary", "alibi", "none")
+# Inclusive bounds of the integer fields (documented in README "Model files").
+LIMITS = {
+    "layers": (1, 10_000), "hidden": (1, 2 ** 20), "heads": (1, 2 ** 14), "kv_heads": (1, 2 ** 14),
+    "ffn_hidden": (1, 2 ** 22), "vocab": (1, 2 ** 24), "seq_len": (1, 2 ** 24), "head_dim": (1, 2 ** 14),
+    "max_positions": (1, 2 ** 24), "norms_per_layer": (0, 8), "experts": (0, 2 ** 14), "top_k": (0, 2 ** 14),
+    "expert_ffn_hidden": (1, 2 ** 22), "shared_experts": (0, 2 ** 10), "moe_every": (1, 10_000),
+    "moe_first_dense": (0, 10_000),
+}
+BOOLS = ("tied_embeddings", "qkv_bias", "linear_bias", "qk_norm", "embed_norm", "parallel_block")
+CAPACITY_FACTOR_MAX = 64.0
+# Training length of a Hugging Face config without `original_max_position_embeddings`: the
+# pre-training length of most open models before long-context extension (Llama 2, Qwen2.5),
+# capped at the model's max_position_embeddings. Never max_position_embeddings itself: that is
+# the longest context after extension (Llama-3.1: 131,072).
+DEFAULT_HF_SEQ_LEN = 4096
+
+
+def _check_int(model, key, v):
+    lo, hi = LIMITS[key]
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ParsimError(f"model {model}: {key} = {v!r} ({type(v).__name__}), expected an integer in [{lo}, {hi:,}]")
+    if not lo <= v <= hi:
+        raise ParsimError(f"model {model}: {key} = {v:,}, expected an integer in [{lo}, {hi:,}]")
+
+
+def _choice(model, key, v, options):
+    if v not in options:
+        raise ParsimError(f"model {model}: {key} = {v!r}, expected one of {', '.join(options)}"
+                          f"{closest(str(v), options)}")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A decoder-only transformer.
+    """A decoder-only transformer, every layer: norm → attention → norm → MLP (or MoE), residuals.
 
-    GELU models are GPT-style (biases, LayerNorm, learned positions); SwiGLU models are
-    Llama-style (no biases, RMSNorm, rotary positions).
+    Fields left None take the style of `activation`: GELU models are GPT-style (biases on every
+    projection, LayerNorm, learned positions), gated models (SwiGLU, GeGLU) Llama-style (no biases,
+    RMSNorm, rotary). Attention kind follows kv_heads: MHA (= heads), MQA (1) or GQA.
+
+    MoE (experts > 0): layer i (0-based) is an MoE layer when i >= moe_first_dense and
+    (i + 1) % moe_every == 0 (Qwen's decoder_sparse_step); its MLP is `experts` routed experts of
+    width expert_ffn_hidden (top_k per token), `shared_experts` always-on experts of the same width
+    and a router h×experts. capacity_factor None = dropless; otherwise expert GEMMs are padded to
+    capacity_factor·tokens·top_k/experts rows per expert. Routing is assumed balanced.
+
+    Raises ParsimError naming the field for a wrong type, a value out of LIMITS or inconsistent shapes.
     """
     name: str
     layers: int
@@ -34,120 +77,312 @@ class ModelSpec:
     ffn_hidden: int
     vocab: int
     seq_len: int
-    activation: str = "gelu"
+    activation: str = "gelu"              # MLP kind: gelu | swiglu | geglu
     tied_embeddings: bool = True
+    head_dim: int | None = None           # None: hidden / heads
+    qkv_bias: bool | None = None
+    linear_bias: bool | None = None       # biases of the attention output and MLP projections
+    norm: str | None = None               # layernorm | rmsnorm
+    position: str | None = None           # learned | rotary | alibi | none
+    max_positions: int | None = None      # learned position table rows (None: seq_len)
+    norms_per_layer: int = 2              # Falcon-7B's parallel block has 1
+    qk_norm: bool = False                 # RMSNorm of q and k per head (Qwen3)
+    embed_norm: bool = False              # a norm after the token embedding (BLOOM)
+    parallel_block: bool = False          # attention and MLP read the same input (GPT-J, Falcon, NeoX)
+    experts: int = 0
+    top_k: int = 0
+    expert_ffn_hidden: int | None = None  # None: ffn_hidden
+    shared_experts: int = 0
+    moe_every: int = 1
+    moe_first_dense: int = 0
+    capacity_factor: float | None = None
+    source: str = ""                      # where the values came from (e.g. the seq_len's origin)
 
     def __post_init__(self):
+        n = self.name
+        if not isinstance(n, str) or not 0 < len(n) <= 200:
+            raise ParsimError(f"model name = {str(n)[:40]!r}: expected a string of 1-200 characters")
+        _choice(n, "activation", self.activation, MLP_KINDS)
+        gpt = self.activation == "gelu"
+        dflt = {"qkv_bias": gpt, "linear_bias": gpt, "norm": "layernorm" if gpt else "rmsnorm",
+                "position": "learned" if gpt else "rotary", "head_dim": None, "max_positions": self.seq_len,
+                "expert_ffn_hidden": self.ffn_hidden}
         for k in ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "seq_len"):
+            _check_int(n, k, getattr(self, k))
+        if self.head_dim is None:
+            if self.hidden % self.heads:
+                raise ParsimError(f"model {n}: hidden ({self.hidden}) is not divisible by heads ({self.heads}); "
+                                  f"give head_dim to decouple them")
+            dflt["head_dim"] = self.hidden // self.heads
+        for k, v in dflt.items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, v)
+        for k in ("head_dim", "max_positions", "norms_per_layer", "experts", "top_k", "expert_ffn_hidden",
+                  "shared_experts", "moe_every", "moe_first_dense"):
+            _check_int(n, k, getattr(self, k))
+        for k in BOOLS:
             v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ParsimError(f"model {self.name}: {k} = {v!r}, expected a positive integer")
-        if self.activation not in ACTIVATIONS:
-            raise ParsimError(f"model {self.name}: activation = {self.activation!r}, expected one of {', '.join(ACTIVATIONS)}")
-        if self.hidden % self.heads:
-            raise ParsimError(f"model {self.name}: hidden ({self.hidden}) is not divisible by heads ({self.heads})")
+            if not isinstance(v, bool):
+                raise ParsimError(f"model {n}: {k} = {v!r} ({type(v).__name__}), expected true or false")
+        _choice(n, "norm", self.norm, NORMS)
+        _choice(n, "position", self.position, POSITIONS)
         if self.heads % self.kv_heads:
-            raise ParsimError(f"model {self.name}: heads ({self.heads}) is not divisible by kv_heads ({self.kv_heads})")
+            raise ParsimError(f"model {n}: heads ({self.heads}) is not divisible by kv_heads ({self.kv_heads})")
+        if self.experts:
+            if not 1 <= self.top_k <= self.experts:
+                raise ParsimError(f"model {n}: top_k = {self.top_k}, expected 1..experts ({self.experts})")
+            if self.moe_layers == 0:
+                raise ParsimError(f"model {n}: experts = {self.experts} but no layer is an MoE layer "
+                                  f"(layers {self.layers}, moe_every {self.moe_every}, moe_first_dense {self.moe_first_dense})")
+        elif self.top_k or self.shared_experts:
+            raise ParsimError(f"model {n}: top_k = {self.top_k}, shared_experts = {self.shared_experts} "
+                              f"without experts: expected experts > 0")
+        cf = self.capacity_factor
+        if cf is not None:
+            if isinstance(cf, bool) or not isinstance(cf, (int, float)) or not math.isfinite(cf) \
+                    or not 1.0 <= cf <= CAPACITY_FACTOR_MAX:
+                raise ParsimError(f"model {n}: capacity_factor = {cf!r}, expected null (dropless) or a number "
+                                  f"in [1, {CAPACITY_FACTOR_MAX:g}]")
+            if not self.experts:
+                raise ParsimError(f"model {n}: capacity_factor = {cf!r} without experts")
+            object.__setattr__(self, "capacity_factor", float(cf))
+        if not isinstance(self.source, str):
+            raise ParsimError(f"model {n}: source = {self.source!r}, expected a string")
 
     # ---- shapes ---------------------------------------------------------------------
     @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
+    def attention(self) -> str:
+        """MHA (kv_heads = heads), MQA (kv_heads = 1) or GQA."""
+        return "MHA" if self.kv_heads == self.heads else "MQA" if self.kv_heads == 1 else "GQA"
+
+    @property
+    def q_dim(self) -> int:
+        """Width of Q and of the attention output: heads · head_dim."""
+        return self.heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
-        """Width of K (and of V): kv_heads · head_dim (= hidden for multi-head attention)."""
+        """Width of K (and of V): kv_heads · head_dim."""
         return self.kv_heads * self.head_dim
 
     @property
     def gated(self) -> bool:
-        return self.activation == "swiglu"
+        """Gated MLP (SwiGLU, GeGLU): gate, up and down projections."""
+        return self.activation in ("swiglu", "geglu")
+
+    @property
+    def is_moe(self) -> bool:
+        return self.experts > 0
+
+    @property
+    def moe_layers(self) -> int:
+        """How many layers carry experts (see the class docstring)."""
+        if not self.experts:
+            return 0
+        return sum(1 for i in range(self.moe_first_dense, self.layers) if (i + 1) % self.moe_every == 0)
+
+    @property
+    def dense_layers(self) -> int:
+        return self.layers - self.moe_layers
 
     # ---- parameters -----------------------------------------------------------------
+    def _norm_params(self, width: int) -> int:
+        return (2 if self.norm == "layernorm" else 1) * width
+
     @property
     def attn_matmul_params(self) -> int:
-        """Q and output projections h·h each, K and V h·kv_dim each."""
-        return 2 * self.hidden * self.hidden + 2 * self.hidden * self.kv_dim
+        """Q and output projections h·q_dim each, K and V h·kv_dim each."""
+        return 2 * self.hidden * self.q_dim + 2 * self.hidden * self.kv_dim
+
+    @property
+    def attn_params(self) -> int:
+        """Attention projections with their biases and the q/k norms."""
+        bias = (self.q_dim + 2 * self.kv_dim if self.qkv_bias else 0) + (self.hidden if self.linear_bias else 0)
+        return self.attn_matmul_params + bias + (2 * self._norm_params(self.head_dim) if self.qk_norm else 0)
+
+    def mlp_matmul_params_of(self, ffn: int) -> int:
+        """GELU: up and down h·f; gated: gate, up and down h·f."""
+        return (3 if self.gated else 2) * self.hidden * ffn
+
+    def _mlp_params(self, ffn: int) -> int:
+        bias = ((2 if self.gated else 1) * ffn + self.hidden) if self.linear_bias else 0
+        return self.mlp_matmul_params_of(ffn) + bias
 
     @property
     def mlp_matmul_params(self) -> int:
-        """GELU: up and down h·f; SwiGLU: gate, up and down h·f."""
-        return (3 if self.gated else 2) * self.hidden * self.ffn_hidden
+        """Matmul parameters of a dense layer's MLP."""
+        return self.mlp_matmul_params_of(self.ffn_hidden)
 
     @property
-    def params_per_layer(self) -> int:
-        h, f = self.hidden, self.ffn_hidden
-        if self.gated:   # no biases, two RMSNorm weights
-            small = 2 * h
-        else:            # biases of qkv, proj, fc1, fc2 and two LayerNorms (weight+bias)
-            small = (h + 2 * self.kv_dim) + h + f + h + 4 * h
-        return self.attn_matmul_params + self.mlp_matmul_params + small
+    def router_params(self) -> int:
+        return self.hidden * self.experts
+
+    @property
+    def expert_params(self) -> int:
+        """Parameters of one expert (routed or shared)."""
+        return self._mlp_params(self.expert_ffn_hidden)
+
+    @property
+    def dense_layer_params(self) -> int:
+        return self.attn_params + self._mlp_params(self.ffn_hidden) + self.norms_per_layer * self._norm_params(self.hidden)
+
+    @property
+    def moe_layer_params(self) -> int:
+        """Attention, norms, router, routed and shared experts of one MoE layer."""
+        return (self.attn_params + self.norms_per_layer * self._norm_params(self.hidden) + self.router_params
+                + (self.experts + self.shared_experts) * self.expert_params)
+
+    @property
+    def moe_layer_active_params(self) -> int:
+        """What one token touches in an MoE layer: top_k routed experts, the shared ones, the router."""
+        return self.moe_layer_params - (self.experts - self.top_k) * self.expert_params
+
+    @property
+    def layer_params_total(self) -> int:
+        return self.dense_layers * self.dense_layer_params + self.moe_layers * self.moe_layer_params
+
+    @property
+    def params_per_layer(self) -> float:
+        """Mean parameters per layer (dense and MoE layers mixed): the pipeline splits layers evenly."""
+        return self.layer_params_total / self.layers
 
     @property
     def embedding_params(self) -> int:
-        """Token embedding, plus learned positions for GPT-style (GELU) models."""
-        return self.vocab * self.hidden + (0 if self.gated else self.seq_len * self.hidden)
+        """Token embedding, learned positions (max_positions rows) and an embedding norm."""
+        return (self.vocab * self.hidden + (self.max_positions * self.hidden if self.position == "learned" else 0)
+                + (self._norm_params(self.hidden) if self.embed_norm else 0))
 
     @property
     def head_params(self) -> int:
         """Final norm plus the output projection when it is not tied to the embedding."""
-        norm = self.hidden if self.gated else 2 * self.hidden
-        return norm + (0 if self.tied_embeddings else self.vocab * self.hidden)
+        return self._norm_params(self.hidden) + (0 if self.tied_embeddings else self.vocab * self.hidden)
 
     @property
     def params(self) -> int:
-        return self.layers * self.params_per_layer + self.embedding_params + self.head_params
+        """Total parameters, tied embeddings counted once."""
+        return self.layer_params_total + self.embedding_params + self.head_params
+
+    @property
+    def active_params(self) -> int:
+        """Parameters one token uses (= params for a dense model)."""
+        return self.params - self.moe_layers * (self.experts - self.top_k) * self.expert_params
 
     # ---- FLOPs (forward, per sequence of seq_len tokens) ----------------------------
-    def layer_fwd_flops(self, seq_len: int | None = None) -> float:
-        """2·s·(matmul params) + attention scores and context 2·2·s²·h (full, as Megatron counts).
+    @property
+    def mlp_active_matmul_params(self) -> float:
+        """Mean per layer of the MLP matmul parameters a token passes through (router included)."""
+        moe = (self.top_k + self.shared_experts) * self.mlp_matmul_params_of(self.expert_ffn_hidden) + self.router_params
+        return (self.dense_layers * self.mlp_matmul_params + self.moe_layers * moe) / self.layers
 
-        For GPT shapes this is 24·s·h² + 4·s²·h (Narayanan et al. 2021, Appendix).
-        """
+    @property
+    def mlp_active_width(self) -> float:
+        """Mean per layer of the intermediate width one token passes through (dense f; MoE
+        (top_k + shared)·expert_ffn_hidden): what element-wise kernels and stored activations see."""
+        moe = (self.top_k + self.shared_experts) * self.expert_ffn_hidden
+        return (self.dense_layers * self.ffn_hidden + self.moe_layers * moe) / self.layers
+
+    # FLOPs are summed from the layer's description (parsim.layer), whose docstring states the
+    # counting convention. "Executed" FLOPs (HFU) count the attention core's full s² square when the
+    # scores are materialised (flash=False: Narayanan et al. 2021's formula) and the causal half with
+    # flash attention; "model" FLOPs (MFU) count the causal half always.
+    def _ops(self, s, flash):
+        from parsim.layer import layer_ops
+        return layer_ops(self, 1.0, s, 1.0, False, flash, 0)
+
+    def attn_core_fwd_flops(self, seq_len=None, flash=False):
+        """Attention core QKᵀ and AV of one layer per sequence: 4·s²·q_dim, or half with causal flash."""
         s = self.seq_len if seq_len is None else seq_len
-        return 2.0 * s * (self.attn_matmul_params + self.mlp_matmul_params) + 4.0 * s * s * self.hidden
+        return sum(op.weight * op.flops for op in self._ops(s, flash) if op.selective)
 
-    def logits_fwd_flops(self, seq_len: int | None = None) -> float:
+    def layer_fwd_flops(self, seq_len=None, flash=False):
+        """Executed forward FLOPs of the mean layer per sequence: 2·s·(active matmul params) + core.
+
+        For GPT shapes and flash=False this is 24·s·h² + 4·s²·h (Narayanan et al. 2021, Appendix)."""
+        from parsim.layer import flops
+        s = self.seq_len if seq_len is None else seq_len
+        return flops(self._ops(s, flash), "hardware")
+
+    def model_layer_fwd_flops(self, seq_len=None):
+        """Forward FLOPs of the mean layer per sequence as MFU counts them (attention: causal half)."""
+        from parsim.layer import flops
+        s = self.seq_len if seq_len is None else seq_len
+        return flops(self._ops(s, True), "model")
+
+    def logits_fwd_flops(self, seq_len=None):
         """2·s·h·V for the output projection."""
+        from parsim.layer import flops, head_ops
         s = self.seq_len if seq_len is None else seq_len
-        return 2.0 * s * self.hidden * self.vocab
+        return flops(head_ops(self, 1.0, s, 1.0, 0))
 
-    def step_flops(self, sequences: float, recompute: str = "none", seq_len: int | None = None) -> float:
-        """FLOPs of one training step over `sequences`: forward + 2×forward backward,
+    def step_flops(self, sequences: float, recompute: str = "none", seq_len: int | None = None,
+                   flash: bool = False) -> float:
+        """Executed FLOPs of one training step over `sequences`: forward + 2×forward backward,
         plus one more forward of every layer with full recompute (and of the attention
-        core with selective). With full recompute and GPT shapes this equals
+        core with selective). With full recompute, flash=False and GPT shapes this equals
         96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)) (Narayanan et al. 2021, eq. in §5.1).
         """
         s = self.seq_len if seq_len is None else seq_len
-        layer, logits = self.layer_fwd_flops(s), self.logits_fwd_flops(s)
-        extra = {"none": 0.0, "selective": 4.0 * s * s * self.hidden, "full": layer}[recompute]
+        layer, logits = self.layer_fwd_flops(s, flash), self.logits_fwd_flops(s)
+        extra = {"none": 0.0, "selective": self.attn_core_fwd_flops(s, flash), "full": layer}[recompute]
         return sequences * (self.layers * (3 * layer + extra) + 3 * logits)
 
-    def flops_per_token(self, seq_len: int | None = None) -> dict:
-        """FLOPs per token, by pass: forward, backward (2× forward: input and weight gradients),
-        and what recompute adds (full: one more forward of every layer; selective: of the
-        attention core only, 4·s·h per token per layer)."""
+    def model_step_flops(self, sequences: float, seq_len: int | None = None) -> float:
+        """FLOPs of one step as MFU counts them: 3 × (layers · model_layer_fwd_flops + logits), per sequence."""
         s = self.seq_len if seq_len is None else seq_len
-        fwd = (self.layers * self.layer_fwd_flops(s) + self.logits_fwd_flops(s)) / s
-        return {"forward": fwd, "backward": 2 * fwd, "recompute_full": self.layers * self.layer_fwd_flops(s) / s,
-                "recompute_selective": self.layers * 4.0 * s * self.hidden}
+        return sequences * 3 * (self.layers * self.model_layer_fwd_flops(s) + self.logits_fwd_flops(s))
+
+    def flops_per_token(self, seq_len: int | None = None, flash: bool = False) -> dict:
+        """Executed FLOPs per token, by pass: forward, backward (2× forward: input and weight gradients),
+        and what recompute adds (full: one more forward of every layer; selective: of the
+        attention core only)."""
+        s = self.seq_len if seq_len is None else seq_len
+        fwd = (self.layers * self.layer_fwd_flops(s, flash) + self.logits_fwd_flops(s)) / s
+        return {"forward": fwd, "backward": 2 * fwd, "recompute_full": self.layers * self.layer_fwd_flops(s, flash) / s,
+                "recompute_selective": self.layers * self.attn_core_fwd_flops(s, flash) / s}
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> str:
+        """One line: size, shapes and the training length's origin (printed in every output's header)."""
+        moe = (f", MoE {self.experts}x top-{self.top_k}" + (f" +{self.shared_experts} shared" if self.shared_experts else "")
+               + f" on {self.moe_layers}/{self.layers} layers") if self.experts else ""
+        return (f"{self.name}: {_count(self.params)} params ({_count(self.active_params)} active), "
+                f"{self.layers} layers, hidden {self.hidden}, {self.attention} {self.heads}/{self.kv_heads} heads × "
+                f"{self.head_dim}, {self.activation}{moe}, seq_len {self.seq_len}"
+                + (f" ({self.source})" if self.source else ""))
+
+
+def _count(n: float) -> str:
+    """A parameter count for people: 46.7 B, 124 M, 288 k."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g} {unit}"
+    return f"{n:.0f}"
+
+
+KEYS = tuple(f.name for f in fields(ModelSpec))
+
 
 # ---- loading ------------------------------------------------------------------------
+
+def _required_keys() -> tuple:
+    import dataclasses
+    return tuple(f.name for f in fields(ModelSpec)
+                 if f.default is dataclasses.MISSING and f.name not in ("name", "kv_heads"))
+
 
 def _from_mapping(d: dict, name: str) -> ModelSpec:
     d = dict(d)
     d.setdefault("name", name)
     d.setdefault("kv_heads", d.get("heads"))
     unknown = set(d) - set(KEYS)
-    missing = [k for k in KEYS if k not in d and k not in ("activation", "tied_embeddings")]
+    missing = [k for k in _required_keys() if k not in d]
     if missing:
         raise ParsimError(f"model {name}: missing key(s) {', '.join(missing)}; expected keys {', '.join(KEYS)}")
     if unknown:
-        raise ParsimError(f"model {name}: unknown key(s) {', '.join(sorted(unknown))}; expected keys {', '.join(KEYS)}")
+        raise ParsimError(f"model {name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                          f"expected keys {', '.join(KEYS)}")
     return ModelSpec(**d)
 
 
@@ -161,28 +396,191 @@ def preset_names() -> list[str]:
     return list(_presets())
 
 
+# ---- Hugging Face config.json ---------------------------------------------------------
+
+# model_type -> family. Each family's reader below says which fields it takes.
+HF_FAMILIES = {
+    "llama": "llama", "mistral": "llama", "mixtral": "llama", "qwen2": "llama", "qwen3": "llama",
+    "qwen3_moe": "llama", "gemma": "llama", "gemma2": "llama", "phi3": "llama",
+    "gpt2": "gpt2", "gpt_neox": "gpt_neox", "falcon": "falcon", "RefinedWeb": "falcon",
+    "RefinedWebModel": "falcon", "bloom": "bloom",
+}
+# Fields that change the architecture in ways ModelSpec does not model: refused, never ignored.
+HF_UNMODELLED = {
+    "kv_lora_rank": "multi-head latent attention (DeepSeek-V2/V3)",
+    "q_lora_rank": "low-rank query projection (DeepSeek-V2/V3)",
+    "n_routed_experts": "DeepSeek-style routed experts",
+    "n_shared_experts": "DeepSeek-style shared experts",
+    "first_k_dense_replace": "DeepSeek-style dense prefix",
+    "num_nextn_predict_layers": "multi-token prediction layers",
+    "shared_expert_intermediate_size": "Qwen2-MoE shared expert",
+    "cross_attention_layers": "cross-attention layers (Llama 3.2 Vision)",
+    "vision_config": "a vision tower",
+    "sliding_window_pattern": "interleaved sliding-window attention",
+    "layer_types": "per-layer attention types",
+}
+GELU_ACTS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_python", "gelu_accurate", "quick_gelu",
+             "relu", "relu2", "tanh")
+SILU_ACTS = ("silu", "swish")
+
+
+def _hf_get(cfg, name, *keys, default=...):
+    for k in keys:
+        if k in cfg and cfg[k] is not None:
+            return cfg[k]
+    if default is ...:
+        raise ParsimError(f"Hugging Face config {name}: missing field {keys[0]!r} (model_type "
+                          f"{cfg.get('model_type', '?')!r})")
+    return default
+
+
+def _hf_bool(cfg, name, key, default):
+    v = cfg.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ParsimError(f"Hugging Face config {name}: {key} = {v!r} ({type(v).__name__}), expected true or false")
+    return v
+
+
+def _hf_act(cfg, name, keys, gated):
+    key = next((k for k in keys if cfg.get(k) is not None), None)
+    act = cfg.get(key, "silu" if gated else "gelu") if key else ("silu" if gated else "gelu")
+    if not isinstance(act, str) or act.lower() not in GELU_ACTS + SILU_ACTS:
+        raise ParsimError(f"Hugging Face config {name}: {key or keys[0]} = {act!r}, expected one of "
+                          f"{', '.join(GELU_ACTS + SILU_ACTS)}")
+    act = act.lower()
+    if not gated:
+        return "gelu"
+    return "swiglu" if act in SILU_ACTS else "geglu"
+
+
+def hf_seq_len(cfg, name, max_pos):
+    """(training length, where it came from): original_max_position_embeddings (top level or in
+    rope_scaling) when present, else min(DEFAULT_HF_SEQ_LEN, max_position_embeddings)."""
+    rs = cfg.get("rope_scaling")
+    for where, d in (("rope_scaling.original_max_position_embeddings", rs if isinstance(rs, dict) else {}),
+                     ("original_max_position_embeddings", cfg)):
+        v = d.get("original_max_position_embeddings")
+        if v is not None:
+            _check_int(name, "seq_len", v)
+            return v, f"seq_len {v} from {where}"
+    if max_pos is None:
+        return DEFAULT_HF_SEQ_LEN, f"seq_len {DEFAULT_HF_SEQ_LEN}: parsim's default (no max_position_embeddings)"
+    _check_int(name, "max_positions", max_pos)
+    s = min(DEFAULT_HF_SEQ_LEN, max_pos)
+    return s, (f"seq_len {s}: parsim's default {DEFAULT_HF_SEQ_LEN}, capped at max_position_embeddings {max_pos}"
+               if s < DEFAULT_HF_SEQ_LEN else f"seq_len {s}: parsim's default (max_position_embeddings is {max_pos})")
+
+
 def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
-    """Map a Hugging Face config.json (Llama, Mistral, GPT-2, GPT-NeoX field names)."""
-    mt = str(cfg.get("model_type", "")).lower()
+    """Map a Hugging Face config.json to a ModelSpec, by model_type (see HF_FAMILIES).
+
+    Families: Llama 1/2/3/3.1/3.2, Mistral, Mistral-Nemo, Mixtral, Qwen2/2.5/3, Qwen3-MoE, Gemma,
+    Gemma2, Phi-3 (Llama-style readers); GPT-2; GPT-NeoX/Pythia; Falcon (multi_query, parallel_attn,
+    new_decoder_architecture); BLOOM (ALiBi). A model_type outside these, or a field in
+    HF_UNMODELLED, is refused (ParsimError naming it) rather than read as a dense Llama.
+    The training length: see hf_seq_len."""
+    if not isinstance(cfg, dict):
+        raise ParsimError(f"Hugging Face config {name}: expected a mapping, got {type(cfg).__name__}")
+    for k, what in HF_UNMODELLED.items():
+        if cfg.get(k) not in (None, 0, False, [], {}):
+            raise ParsimError(f"Hugging Face config {name}: field {k} = {str(cfg[k])[:40]!r} ({what}) is not "
+                              f"modelled by parsim; refusing rather than pricing a different model")
+    mt = cfg.get("model_type")
+    if mt is None:   # older files without model_type: recognise GPT-2's own field names only
+        mt = "gpt2" if "n_embd" in cfg else None
+    if not isinstance(mt, str) or mt not in HF_FAMILIES:
+        raise ParsimError(f"Hugging Face config {name}: model_type = {str(mt)[:60]!r} is not modelled; expected one "
+                          f"of {', '.join(sorted(HF_FAMILIES))}{closest(str(mt)[:60], HF_FAMILIES)}")
+    fam = HF_FAMILIES[mt]
+    g = functools.partial(_hf_get, cfg, name)
+    kw: dict = {}
+    if fam == "llama":
+        h, heads = g("hidden_size"), g("num_attention_heads")
+        kw = dict(layers=g("num_hidden_layers"), hidden=h, heads=heads,
+                  kv_heads=g("num_key_value_heads", default=heads), ffn_hidden=g("intermediate_size"),
+                  vocab=g("vocab_size"),
+                  activation=_hf_act(cfg, name, ("hidden_activation", "hidden_act") if mt.startswith("gemma")
+                                     else ("hidden_act",), gated=True),
+                  tied_embeddings=_hf_bool(cfg, name, "tie_word_embeddings", mt.startswith("gemma")),
+                  head_dim=g("head_dim", default=None), norm="rmsnorm", position="rotary",
+                  qkv_bias=_hf_bool(cfg, name, "attention_bias", mt == "qwen2"),
+                  linear_bias=_hf_bool(cfg, name, "mlp_bias", False), qk_norm=mt.startswith("qwen3"),
+                  norms_per_layer=4 if mt == "gemma2" else 2)
+        if mt == "qwen2" and "attention_bias" not in cfg:
+            kw["qkv_bias"] = True          # Qwen2 q/k/v carry biases; no config key says so
+        if mt == "mixtral":
+            kw.update(experts=g("num_local_experts"), top_k=g("num_experts_per_tok"))
+        elif mt == "qwen3_moe":
+            kw.update(experts=g("num_experts"), top_k=g("num_experts_per_tok"),
+                      expert_ffn_hidden=g("moe_intermediate_size"), moe_every=g("decoder_sparse_step", default=1))
+            if cfg.get("mlp_only_layers"):
+                raise ParsimError(f"Hugging Face config {name}: mlp_only_layers = {cfg['mlp_only_layers']!r} "
+                                  f"(dense layers at chosen positions) is not modelled")
+        max_pos = g("max_position_embeddings", default=None)
+    elif fam == "gpt2":
+        h = g("n_embd", "hidden_size")
+        max_pos = g("n_positions", "n_ctx", default=1024)
+        kw = dict(layers=g("n_layer", "num_hidden_layers"), hidden=h, heads=g("n_head", "num_attention_heads"),
+                  ffn_hidden=g("n_inner", default=None) or 4 * h, vocab=g("vocab_size"),
+                  activation=_hf_act(cfg, name, ("activation_function",), gated=False),
+                  tied_embeddings=_hf_bool(cfg, name, "tie_word_embeddings", True), max_positions=max_pos)
+        kw["kv_heads"] = kw["heads"]
+    elif fam == "gpt_neox":
+        h = g("hidden_size")
+        kw = dict(layers=g("num_hidden_layers"), hidden=h, heads=g("num_attention_heads"),
+                  ffn_hidden=g("intermediate_size"), vocab=g("vocab_size"),
+                  activation=_hf_act(cfg, name, ("hidden_act",), gated=False),
+                  tied_embeddings=_hf_bool(cfg, name, "tie_word_embeddings", False), position="rotary",
+                  parallel_block=_hf_bool(cfg, name, "use_parallel_residual", True))
+        kw["kv_heads"] = kw["heads"]
+        max_pos = g("max_position_embeddings", default=2048)
+    elif fam == "falcon":
+        h = g("hidden_size", "n_embed")
+        heads = g("num_attention_heads", "n_head")
+        new = _hf_bool(cfg, name, "new_decoder_architecture", False)
+        mq = _hf_bool(cfg, name, "multi_query", True)
+        par = _hf_bool(cfg, name, "parallel_attn", True)
+        kv = g("num_kv_heads", "n_head_kv", default=heads) if new else (1 if mq else heads)
+        bias = _hf_bool(cfg, name, "bias", False)
+        alibi = _hf_bool(cfg, name, "alibi", False)
+        # Falcon's parallel block has one input LayerNorm; the new architecture (40B/180B) two
+        # (ln_attn, ln_mlp: num_ln_in_parallel_attn = 2); a sequential block two.
+        norms = (g("num_ln_in_parallel_attn", default=2) if new else 1) if par else 2
+        kw = dict(layers=g("num_hidden_layers", "n_layer"), hidden=h, heads=heads, kv_heads=kv,
+                  ffn_hidden=g("ffn_hidden_size", default=4 * h), vocab=g("vocab_size"), activation="gelu",
+                  tied_embeddings=_hf_bool(cfg, name, "tie_word_embeddings", True), qkv_bias=bias,
+                  linear_bias=bias, norm="layernorm", position="alibi" if alibi else "rotary",
+                  norms_per_layer=norms, parallel_block=par or new)
+        max_pos = g("max_position_embeddings", default=2048)
+    elif fam == "bloom":
+        h = g("hidden_size", "n_embed")
+        kw = dict(layers=g("n_layer", "num_hidden_layers"), hidden=h, heads=g("n_head", "num_attention_heads"),
+                  ffn_hidden=4 * h, vocab=g("vocab_size"), activation="gelu",
+                  tied_embeddings=_hf_bool(cfg, name, "tie_word_embeddings", True), position="alibi",
+                  embed_norm=True)
+        kw["kv_heads"] = kw["heads"]
+        max_pos = g("seq_length", default=2048)
+    seq, src = hf_seq_len(cfg, name, max_pos)
+    win = cfg.get("sliding_window")
+    if isinstance(win, int) and not isinstance(win, bool) and cfg.get("use_sliding_window", True) and win < seq:
+        src += f"; sliding_window {win} not modelled: attention counted over the full sequence"
     try:
-        if "n_embd" in cfg:  # GPT-2
-            h = cfg["n_embd"]
-            return ModelSpec(name=name, layers=cfg["n_layer"], hidden=h, heads=cfg["n_head"],
-                             kv_heads=cfg["n_head"], ffn_hidden=cfg.get("n_inner") or 4 * h,
-                             vocab=cfg["vocab_size"], seq_len=cfg.get("n_positions", cfg.get("n_ctx", 1024)),
-                             activation="gelu", tied_embeddings=bool(cfg.get("tie_word_embeddings", True)))
-        act = str(cfg.get("hidden_act", "gelu")).lower()
-        gated = act in ("silu", "swish", "swiglu") and mt != "gpt_neox"
-        return ModelSpec(name=name, layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"],
-                         heads=cfg["num_attention_heads"],
-                         kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-                         ffn_hidden=cfg["intermediate_size"], vocab=cfg["vocab_size"],
-                         seq_len=cfg.get("max_position_embeddings", 2048),
-                         activation="swiglu" if gated else "gelu",
-                         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)))
-    except KeyError as e:
-        raise ParsimError(f"Hugging Face config {name}: missing field {e.args[0]!r} "
-                          f"(model_type {mt or '?'}); expected Llama, Mistral, GPT-2 or GPT-NeoX fields") from None
+        return ModelSpec(name=name, seq_len=seq, source=f"Hugging Face {mt}; {src}", **kw)
+    except ParsimError as e:
+        raise ParsimError(f"Hugging Face config {name}: {e}".replace(f"model {name}: ", "")) from None
+
+
+# ---- files --------------------------------------------------------------------------
+
+def read_model_file(path: Path):
+    """The one place model files are read (YAML or JSON): returns the parsed document, read through
+    parsim.fileio.read_user_file (regular file, size, nesting, no aliases or duplicate keys).
+
+    Raises ParsimError on unreadable or malformed files."""
+    from parsim.fileio import read_user_file
+    return read_user_file(path, "model")
 
 
 def load_model(spec) -> ModelSpec:
@@ -194,15 +592,15 @@ def load_model(spec) -> ModelSpec:
         raise ParsimError(f"model = {spec!r:.60}: expected a ModelSpec, a preset name or a file path")
     if spec in presets:
         return _from_mapping(presets[spec], spec)
-    from parsim.fileio import exists, read_user_file
+    from parsim.fileio import exists
     from parsim.limits import shown
     p = Path(str(spec))
     if not exists(p):
         raise ParsimError(f"unknown model {shown(str(spec))}: not a preset and no such file"
                           f"{closest(str(spec)[:100], presets)} (presets: {', '.join(presets)})")
-    d = read_user_file(p, "model")   # regular file, size, nesting, no aliases or duplicate keys
+    d = read_model_file(p)
     if not isinstance(d, dict):
         raise ParsimError(f"model file {p}: expected a mapping of ModelSpec keys, got {type(d).__name__}")
-    if "num_hidden_layers" in d or "n_layer" in d:
+    if "model_type" in d or "num_hidden_layers" in d or "n_layer" in d:
         return from_hf_config(d, name=p.stem if p.stem != "config" else p.parent.name or "hf-model")
     return _from_mapping(d, d.get("name", p.stem))

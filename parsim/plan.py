@@ -1,8 +1,9 @@
 """Plan: how a model is split over devices. Validation and enumeration of valid plans.
 
 A Plan is the third input, apart from what the model is (ModelSpec) and what the
-machine is (Cluster). Rank placement convention (Megatron's): tp innermost, then pp,
-then dp — rank = dp_index·(pp·tp) + pp_index·tp + tp_index.
+machine is (Cluster). Rank placement convention (Megatron's): tp innermost, then cp, then pp,
+then dp — rank = dp_index·(pp·cp·tp) + pp_index·(cp·tp) + cp_index·tp + tp_index; the ep ranks of an
+expert group are data-parallel ranks (ep | dp). Validity is parsim.rules' (``validate`` wraps it).
 """
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from parsim.errors import ParsimError, closest
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbv")
 GRAD_SYNC = ("ring", "tree", "hd", "hierarchical", "ps", "native")
 RECOMPUTE = ("none", "selective", "full")
-DTYPES = ("bf16", "fp16", "fp32")
+DTYPES = ("bf16", "fp16", "fp32", "fp8")   # fp8: GEMMs of the layers in FP8 (Transformer Engine), the rest bf16
 MAX_DEGREE = 2 ** 20          # per parallel degree (a million devices)
-MAX_GPUS = 2 ** 24            # dp·tp·pp
+MAX_GPUS = 2 ** 24            # dp·tp·pp·cp
 MAX_BATCH = 2 ** 31           # sequences (micro-batch, global batch) and tokens per sequence
-_INT_LIMITS = {"dp": MAX_DEGREE, "tp": MAX_DEGREE, "pp": MAX_DEGREE, "vpp": 1024, "micro_batch": MAX_BATCH,
+_INT_LIMITS = {"dp": MAX_DEGREE, "tp": MAX_DEGREE, "pp": MAX_DEGREE, "vpp": 1024, "ep": MAX_DEGREE,
+               "cp": MAX_DEGREE, "micro_batch": MAX_BATCH,
                "global_batch": MAX_BATCH, "seq_len": MAX_BATCH}
 
 
@@ -44,6 +46,8 @@ class Plan:
     sequence_parallel: bool = False
     overlap: bool = True             # overlap gradient sync with backward
     flash_attention: bool = True     # attention scores never materialised (Dao et al. 2022)
+    ep: int = 1                      # expert parallel: experts sharded over ep of the dp ranks (ep | dp)
+    cp: int = 1                      # context parallel: each sequence split over cp ranks (ring attention)
 
     def __post_init__(self):
         """Each field's type and range, checked on construction (one line naming the field)."""
@@ -70,11 +74,12 @@ class Plan:
             raise ParsimError(f"zero = {self.zero!r}: expected one of 0, 1, 2, 3")
         object.__setattr__(self, "zero", int(self.zero))
         if self.gpus > MAX_GPUS:
-            raise ParsimError(f"dp·tp·pp = {self.dp}·{self.tp}·{self.pp} = {self.gpus:,} devices: expected at most {MAX_GPUS:,}")
+            raise ParsimError(f"dp·tp·pp·cp = {self.dp}·{self.tp}·{self.pp}·{self.cp} = {self.gpus:,} devices: "
+                              f"expected at most {MAX_GPUS:,}")
 
     @property
     def gpus(self) -> int:
-        return self.dp * self.tp * self.pp
+        return self.dp * self.tp * self.pp * self.cp
 
     @property
     def microbatches(self) -> int:
@@ -91,6 +96,10 @@ class Plan:
         s = f"dp{self.dp}·tp{self.tp}·pp{self.pp}"
         if self.vpp > 1:
             s += f"·v{self.vpp}"
+        if self.ep > 1:
+            s += f"·ep{self.ep}"
+        if self.cp > 1:
+            s += f"·cp{self.cp}"
         return s + f" mb{self.micro_batch} {self.schedule} {self.grad_sync} z{self.zero} rc:{self.recompute}" + (" sp" if self.sequence_parallel else "")
 
 

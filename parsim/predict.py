@@ -30,6 +30,7 @@ import numpy as np
 
 from parsim.caches import CLUSTERS_KEPT, ENTRIES_PER_CLUSTER, LRU
 from parsim.costs import compute as C
+from parsim import layer as Ly
 from parsim.costs import memory as M
 from parsim.costs.dpsync import ZERO_SYNC_ALGOS, dp_sync_s, zero_sync_algorithms
 from parsim.costs import network as _net
@@ -41,7 +42,7 @@ from parsim.rules import check as check_plan
 from parsim.rules import rank_layers
 
 GiB = 2 ** 30
-BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "pp_comm", "bubble", "dp_comm_exposed", "optimizer")
+BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "ep_comm", "cp_comm", "pp_comm", "bubble", "dp_comm_exposed", "optimizer")
 MEMORY_KEYS = ("weights", "grads", "optimizer", "activations", "buffers")
 
 
@@ -75,6 +76,10 @@ class StepReport:
     # was measured (backend, steps, warm-up, the source of each phase).
     spread: dict = field(default_factory=dict)
     measurement: dict = field(default_factory=dict)
+    seq_len: int = 0                 # the training length used (the plan's, else the model's)
+    params_total: int = 0            # all parameters, tied embeddings once
+    params_active: int = 0           # per token (MoE: top_k routed experts); = params_total when dense
+    model_summary: str = ""          # shapes and where seq_len came from
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,12 +93,14 @@ class StepReport:
             raise ParsimError(f"not a StepReport: unexpected key(s) {', '.join(extra)}; expected {', '.join(sorted(names))}")
         return cls(**d)
 
-    # The device and the accounting the memory was judged against: context, not outcomes to compare.
-    CONTEXT_FIELDS = ("memory_capacity_GiB", "memory_headroom_GiB", "memory_worst_rank")
+    # The device and the accounting the memory was judged against, and the model's size and training
+    # length (inputs, the same on both sides of a comparison): context, not outcomes to compare.
+    CONTEXT_FIELDS = ("memory_capacity_GiB", "memory_headroom_GiB", "memory_worst_rank", "seq_len", "params_total",
+                      "params_active")
 
     def flat(self) -> dict:
         """Every numeric outcome by dotted key: step_time_s, ..., breakdown_s.<phase>, memory_breakdown_GiB.<kind>
-        (not the context fields: capacity, headroom, worst rank). Two reports compare by joining on these keys
+        (not the context fields: capacity, headroom, worst rank, seq_len, parameter counts). Two reports compare by joining on these keys
         (parsim.compare)."""
         out = {}
         for k, v in asdict(self).items():
@@ -121,8 +128,36 @@ def plan_columns(plans, model) -> dict:
         "schedule": col(lambda p: SCHEDULES.index(p.schedule)), "grad_sync": col(lambda p: GRAD_SYNC.index(p.grad_sync)),
         "zero": col(lambda p: p.zero), "recompute": col(lambda p: RECOMPUTE.index(p.recompute)),
         "sp": col(lambda p: p.sequence_parallel, bool), "overlap": col(lambda p: p.overlap, bool),
-        "flash": col(lambda p: p.flash_attention, bool),
+        "flash": col(lambda p: p.flash_attention, bool), "ep": col(lambda p: p.ep), "cp": col(lambda p: p.cp),
     }
+
+
+def _distinct(*cols, radix=()):
+    """(a representative row of each distinct row, each row's index into them) of non-negative integer
+    columns: np.unique's return_index and return_inverse, without the stable sort return_index costs
+    (rows with equal keys are interchangeable here, so any representative will do). One 1-D unique on
+    a mixed-radix key when the columns' ranges fit in 63 bits (int32 where they fit in 31), else
+    np.unique over rows. radix: known exclusive upper bounds of the first len(radix) columns (saves a
+    pass each)."""
+    cols = [c if getattr(c, "dtype", None) == np.int64 else np.asarray(c, dtype=np.int64) for c in cols]
+    cols = [c.ravel() for c in cols]
+    key, span = None, 1
+    for i, c in enumerate(cols):
+        r = radix[i] if i < len(radix) else (int(c.max()) + 1 if c.size else 1)
+        if span * r >= 2 ** 63:
+            key = None
+            break
+        key, span = (c.copy() if key is None else key * r + c), span * r
+    if key is None:
+        _, inv = np.unique(np.stack(cols, axis=1), axis=0, return_inverse=True)
+    else:
+        if span <= 2 ** 31:
+            key = key.astype(np.int32)
+        _, inv = np.unique(key, return_inverse=True)
+    inv = inv.ravel()
+    rep = np.empty(int(inv.max()) + 1 if inv.size else 0, dtype=np.int64)
+    rep[inv] = np.arange(inv.size)
+    return rep, inv
 
 
 class _Groups:
@@ -144,6 +179,15 @@ class _Groups:
             ab = (lines * 2)[:2]           # two lines (NCCL: ring channels, tree); min is the time
             self._cache[key] = ab
         return ab
+
+    def lines(self, op: str, algo: str, ranks: tuple):
+        """The two (alpha_s, s_per_byte) lines of `op` over the explicit global `ranks` (a group that is
+        not one of tp/pp/dp: the EP group, the expert-data-parallel group, the dp·cp group), priced alone."""
+        key = ("ranks", op, algo, ranks)
+        if key not in self._cache:
+            lines = ((0.0, 0.0),) if len(ranks) <= 1 else collective_lines(self.cluster, op, algo, ranks)
+            self._cache[key] = (tuple(lines) * 2)[:2]
+        return self._cache[key]
 
     def vec(self, kind, op, shapes, nbytes, algo=None):
         """alpha + beta·nbytes per plan; coefficients are looked up once per distinct group shape.
@@ -211,18 +255,40 @@ def _groups(cluster) -> _Groups:
     return g
 
 
-def _distinct(key):
-    """(a representative row of each distinct key, each row's index into them): np.unique's
-    return_index and return_inverse, without the stable sort return_index costs (rows with equal
-    keys are interchangeable here, so any representative will do); int32 keys where they fit."""
-    key = np.asarray(key).ravel()
-    if key.size and 0 <= key.min() and key.max() < 2 ** 31:
-        key = key.astype(np.int32)
-    _, inv = np.unique(key, return_inverse=True)
-    inv = inv.ravel()
-    rep = np.empty(int(inv.max()) + 1 if inv.size else 0, dtype=np.int64)
-    rep[inv] = np.arange(inv.size)
-    return rep, inv
+def _min_line_s(ab, inv, nbytes, calls=1.0):
+    """Seconds per plan row: the faster of two (alpha_s, s_per_byte) lines (rows × 2 × 2, gathered by
+    `inv`) at `nbytes`, alpha paid `calls` times."""
+    t0 = calls * ab[:, 0, 0][inv] + ab[:, 0, 1][inv] * nbytes
+    if np.array_equal(ab[:, 0], ab[:, 1]):
+        return t0
+    return np.minimum(t0, calls * ab[:, 1, 0][inv] + ab[:, 1, 1][inv] * nbytes)
+
+
+def _group_s(G, op, algo, size, stride, nbytes, calls=1.0):
+    """Seconds per plan row of `op` over a group of `size` ranks `stride` apart from rank 0 (the EP
+    group: ep ranks tp·cp·pp apart; the expert-data-parallel group: dp/ep ranks tp·cp·pp·ep apart; a cp ring
+    neighbour pair: 2 ranks tp apart), alpha paid `calls` times."""
+    size = np.asarray(size, dtype=np.int64)
+    stride = np.broadcast_to(np.asarray(stride, dtype=np.int64), np.shape(size))
+    first, inv = _distinct(size, stride)
+    ab = np.array([G.lines(op, algo, tuple(i * int(st) for i in range(int(sz))))
+                   for sz, st in zip(size[first], stride[first])], dtype=float).reshape(-1, 2, 2)
+    return _min_line_s(ab, inv, nbytes, calls)
+
+
+def _dpcp_vec(G, gs, tp, pp, dp, cp, nbytes):
+    """(all-reduce by the plan's algorithm, reduce-scatter, all-gather by ZeRO's forms of it) seconds of
+    `nbytes` over the dp·cp ranks holding the same weights: d·(tp·cp·pp) + c·tp for every d < dp, c < cp."""
+    first, inv = _distinct(gs, tp, pp, dp, cp)
+    out = []
+    for op, pick in (("allreduce", lambda a: a), ("reduce_scatter", lambda a: ZERO_SYNC_ALGOS.get(a, ("native",))[0]),
+                     ("all_gather", lambda a: ZERO_SYNC_ALGOS.get(a, (None, "native"))[1])):
+        ab = np.array([G.lines(op, pick(GRAD_SYNC[int(a)]),
+                               tuple(sorted(d * t_ * c_ * p_ + c * t_ for d in range(int(d_)) for c in range(int(c_)))))
+                       for a, t_, p_, d_, c_ in zip(gs[first], tp[first], pp[first], dp[first], cp[first])],
+                      dtype=float).reshape(-1, 2, 2)
+        out.append(_min_line_s(ab, inv, nbytes))
+    return out
 
 
 def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
@@ -233,13 +299,8 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
     micro-batches (in flight + one gradient). Evaluated once per distinct combination."""
     sched, pp, vpp = (np.asarray(x, dtype=np.int64) for x in (sched, pp, vpp))
     mi = np.rint(np.asarray(m, dtype=float)).astype(np.int64)
-    P, V = int(pp.max()) + 1, int(vpp.max()) + 1
-    if (int(mi.max()) + 1) * P * V * 4 < 2 ** 62:
-        key = ((mi * P + pp) * V + vpp) * 4 + sched
-        first, inv = _distinct(key)
-        sched, pp, vpp, mi = sched[first], pp[first], vpp[first], mi[first]
-    else:
-        inv = None
+    first, inv = _distinct(sched, pp, vpp, mi, radix=(4,))
+    sched, pp, vpp, mi = sched[first], pp[first], vpp[first], mi[first]
     v_shape, single = sched == 3, pp == 1
     L_first, L_last, L_mid = rank_layers(layers, pp, vpp, v_shape)
     r_last = np.where(v_shape | single, 0, pp - 1)
@@ -250,12 +311,12 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
            "held_last": M.inflight_chunks(sched, pp, vpp, mi, r_last) * L_last / vpp,
            "held_mid": M.inflight_chunks(sched, pp, vpp, mi, r_mid) * L_mid / vpp,
            "logits_held": M.last_stage_inflight(sched, mi) + 1.0}
-    return out if inv is None else {k: np.asarray(v)[inv] for k, v in out.items()}
+    return {k: np.asarray(v)[inv] for k, v in out.items()}
 
 
 def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
           headroom_bytes: float | None = None) -> dict:
-    """Price a table of plans. Returns arrays: step_time_s, breakdown (7 keys), memory (5 keys, bytes, of
+    """Price a table of plans. Returns arrays: step_time_s, breakdown (BREAKDOWN_KEYS), memory (5 keys, bytes, of
     the worst pipeline rank), memory_bytes, fits (memory + headroom <= the device's reported capacity),
     flops.
 
@@ -272,55 +333,104 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     zero, rc = np.asarray(cols["zero"]), np.asarray(cols["recompute"], dtype=np.int64)
     sp, overlap, flash = (np.asarray(cols[k], dtype=bool) for k in ("sp", "overlap", "flash"))
     dt = np.asarray(dt, dtype=np.int64)
+    ep = np.asarray(cols["ep"], dtype=np.int64) if "ep" in cols else np.ones_like(dp)
+    cp = np.asarray(cols["cp"], dtype=np.int64) if "cp" in cols else np.ones_like(dp)
+    has_cp = bool((cp > 1).any())
+    has_ep = "ep" in cols and bool((ep > 1).any())
     e = C.DTYPE_BYTES[dt]
     h = model.hidden
     t = tp.astype(float)
     L = model.layers / pp                                  # layers per pipeline rank
     m = gb / (mb * dp)                                     # micro-batches per step
     # Per-layer compute and activation bytes depend on few columns: evaluate them once per
-    # distinct (micro_batch, seq, tp, sp, flash, dtype, recompute) and gather.
-    ukey = ((((((mb.astype(np.int64) * 2 ** 20 + seq.astype(np.int64)) * 2 ** 14 + tp) * 2 + sp) * 2 + flash) * 4 + dt) * 4 + rc)
-    first, inv = _distinct(ukey)
-    lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first])
+    # distinct (micro_batch, seq, tp, sp, flash, dtype, recompute, ep) and gather.
+    # (bool and code columns have known ranges; ep and cp only when some plan uses them)
+    first, inv = _distinct(sp, flash, dt, rc, mb, seq, tp, *((ep,) if has_ep else ()),
+                           *((cp,) if has_cp else ()), radix=(2, 2, 8, 4))
+    epf, cpf = ep[first], cp[first]
+    lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first], epf, cpf)
     lt = C.LayerTimes(*(np.asarray(getattr(lt_u, f))[inv] for f in C.LayerTimes.__dataclass_fields__))
     # Single-threaded CPU ranks beyond the host's cores share them: compute stretches by
     # ranks-on-the-host / cores (the device profile's `cores`, measured by calibration).
     cpu_share = 1.0
     if dev.kind == "cpu" and dev.cores > 0:
-        cpu_share = np.maximum(1.0, np.minimum(dp * tp * pp, cluster.gpus_per_node) / dev.cores)
+        cpu_share = np.maximum(1.0, np.minimum(dp * tp * pp * cp, cluster.gpus_per_node) / dev.cores)
         lt = C.LayerTimes(*(getattr(lt, f) * cpu_share for f in C.LayerTimes.__dataclass_fields__))
-    a_layer = M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], rc[first], flash[first], dt[first])[inv]
+    a_layer = M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], rc[first], flash[first],
+                                           dt[first], epf, cpf)[inv]
     a_work = np.where(rc == 2, M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], 0,
-                                                            flash[first], dt[first])[inv], 0.0)
+                                                            flash[first], dt[first], epf, cpf)[inv], 0.0)
+    # Placement: tp innermost, then cp, then pp, then dp; the pp and dp groups stride over tp·cp.
     S = _Shapes(gs, tp, pp, dp)
+    S_out = _Shapes(gs, tp * cp, pp, dp) if has_cp else S
 
-    # Tensor-parallel collectives per layer per micro-batch: 2 all-reduces forward, 2 backward
-    # (Shoeybi et al. 2019, Fig. 4); with sequence parallelism each becomes an all-gather plus a
-    # reduce-scatter of the same total size (Korthikanti et al. 2022, §4.2.2).
-    act = mb * seq * h * e
+    # Collectives the layer's ops induce (parsim.layer), per layer per micro-batch and direction:
+    # each row-parallel output an all-reduce, or with sequence parallelism an all-gather plus a
+    # reduce-scatter of the same total size (Shoeybi et al. 2019, Fig. 4; Korthikanti et al. 2022,
+    # §4.2.2); backward repeats them. The vocab-parallel embedding all-reduces its output (forward).
+    act = mb * seq / cp * h * e                            # one activation of this rank's tokens
     ar = G.vec("tp", "allreduce", S, act, "native")
     ag = G.vec("tp", "all_gather", S, act, "native")
-    rs = G.vec("tp", "reduce_scatter", S, act, "native")
-    tp_layer = np.where(sp, ag + rs, ar) * 2               # per layer, per direction
+    # Priced once per distinct message size (dense layers: two blocks of `act` bytes each). MoE
+    # dispatch and combine are all-to-alls over the ep group (NVLink inside a node, NICs across).
+    blocks: dict = {}
+    ep_bytes = 0.0
+    ops_u = Ly.layer_ops(model, mb[first], seq[first], t[first], sp[first], flash[first], dt[first], epf, cpf)
+    kv_bytes = 0.0
+    for grp, kind, nbytes in Ly.comms(ops_u):
+        nb = np.broadcast_to(np.asarray(nbytes, dtype=float), first.shape)
+        if grp == "tp" and kind == Ly.TP_BLOCK:
+            key = nb.tobytes()
+            blocks[key] = (blocks[key][0] + 1, nb) if key in blocks else (1, nb)
+        elif grp == "ep" and kind == "all_to_all":
+            ep_bytes = ep_bytes + nb
+        elif grp == "cp" and kind == "ring_kv":
+            kv_bytes = kv_bytes + nb
+        else:
+            raise AssertionError(f"collective {grp}/{kind} of the layer is not priced")
+    tp_layer = 0.0
+    act_u = act[first]
+    for count, nb in blocks.values():
+        if np.array_equal(nb, act_u):      # a full activation (dense layers): the collectives priced above
+            a_ag, a_ar, nb = ag, ar, act
+        else:
+            nb = nb[inv]
+            a_ag, a_ar = G.vec("tp", "all_gather", S, nb, "native"), G.vec("tp", "allreduce", S, nb, "native")
+        tp_layer = tp_layer + count * np.where(sp, a_ag + G.vec("tp", "reduce_scatter", S, nb, "native"), a_ar)
+    ep_layer = 0.0
+    if model.moe_layers and has_ep:
+        # one all-to-all per op carrying bytes (dispatch, combine): alpha per call, beta on the bytes
+        n_a2a = sum(1 for op in ops_u for g_, k_, _ in op.comm if g_ == "ep") * model.moe_layers / model.layers
+        ep_layer = np.where(ep > 1, _group_s(G, "all_to_all", "native", ep, tp * cp * pp, np.asarray(ep_bytes)[inv],
+                                             calls=n_a2a), 0.0)
+    # Ring attention: cp-1 steps, each a send/recv of a K/V block to the ring neighbour (tp ranks away),
+    # overlapped with the attention core; backward passes K/V and dK/dV (2×) under the core's backward.
+    cp_f = cp_b = kv = 0.0
+    if has_cp:
+        kv = np.where(cp > 1, (cp - 1) * _group_s(G, "sendrecv", "native", np.minimum(cp, 2), tp,
+                                                  np.asarray(kv_bytes)[inv]), 0.0)
+        cp_f = np.maximum(kv - lt.attn_core_fwd_s, 0.0)
+        cp_b = np.maximum(2 * kv - lt.attn_core_bwd_s, 0.0)
+    comm_layer = tp_layer + ep_layer                        # per layer, per direction, on the critical path
+    comm_f, comm_b = comm_layer + cp_f, comm_layer + cp_b
     tp_embed = ar                                          # vocab-parallel embedding all-reduce (forward)
 
     # Pipeline send/recv per micro-batch and chunk boundary; with tp>1 each rank sends 1/t
     # and the receiver all-gathers over tp (scatter/gather, Narayanan et al. 2021 §4.1).
-    p2p = G.vec("pp", "sendrecv", S, act / t, "native") + np.where((tp > 1) & ~sp, ag, 0.0)
+    p2p = G.vec("pp", "sendrecv", S_out, act / t, "native") + np.where((tp > 1) & ~sp, ag, 0.0)
     p2p = np.where(pp > 1, p2p, 0.0)
 
-    rec = np.select([rc == 2, rc == 1], [lt.fwd_s + tp_layer, lt.attn_core_fwd_s], default=0.0)
+    rec = np.select([rc == 2, rc == 1], [lt.fwd_s + comm_f, lt.attn_core_fwd_s + cp_f], default=0.0)
     # Layers per pipeline rank (parsim.rules.stage_layer_counts: even where pp·vpp divides the layers,
     # else the embedding and the head count as a layer each). Three kinds of rank are priced: rank 0
     # (stage 0 and the embedding; with ZB-V's V or pp = 1 also the last stage and the head), the rank
     # holding the last stage when it is another one ("last"), and the heaviest other rank ("mid").
-    v_shape = sched == 3
+    v_shape, single = sched == 3, pp == 1
     pipe = _pipeline_structure(model.layers, sched, pp, vpp, m)
     L_first, L_last, L_mid = pipe["L_first"], pipe["L_last"], pipe["L_mid"]
-    single = pp == 1
     head_first = single | v_shape                          # the head sits on rank 0
     has_last, has_mid = ~head_first, np.where(v_shape, pp > 1, pp > 2)
-    layer_c, layer_tp = lt.fwd_s + lt.bwd_s, 2 * tp_layer
+    layer_c, layer_tp = lt.fwd_s + lt.bwd_s, comm_f + comm_b   # TP, EP and exposed CP collectives per layer
     pp_c = 2 * vpp * p2p
     head_c = lt.head_fwd_s + lt.head_bwd_s
     first_c = L_first * layer_c + lt.embed_fwd_s + lt.embed_bwd_s + np.where(head_first, head_c, 0.0)
@@ -333,7 +443,7 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     T_max = np.maximum(np.maximum(T_first, T_last), T_mid)
     # all ranks' work over pp: every layer once, the embedding and the head once, send/recv on every rank
     T_avg = (model.layers * (layer_c + layer_tp + rec) + lt.embed_fwd_s + lt.embed_bwd_s + head_c + tp_embed) / pp + pp_c
-    Tf_avg = L * (lt.fwd_s + tp_layer)
+    Tf_avg = L * (lt.fwd_s + comm_f)
     W_avg = L * lt.wgrad_s
     Tb_avg = T_avg - Tf_avg
     bubble = np.select(
@@ -345,30 +455,53 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     # per layer (forward, backward without its weight-grad part, weight-grad), the embedding's and the
     # head's extras, and the send/recv a stage pays per micro-batch; stage times follow from each
     # stage's layers (parsim.rules.stage_layer_counts). F + B + W summed over a rank's stages is its T.
-    stage_s = {"layer_fwd": lt.fwd_s + tp_layer, "layer_bwd": lt.bwd_s + tp_layer + rec - lt.wgrad_s,
+    stage_s = {"layer_fwd": lt.fwd_s + comm_f, "layer_bwd": lt.bwd_s + comm_b + rec - lt.wgrad_s,
                "layer_w": lt.wgrad_s, "embed_fwd": lt.embed_fwd_s + tp_embed, "embed_bwd": lt.embed_bwd_s,
                "head_fwd": lt.head_fwd_s, "head_bwd": lt.head_bwd_s, "p2p": p2p}
 
-    # Parameters per rank (the largest stage is the one data parallelism syncs).
+    # Parameters per rank kind. Routed experts are sharded over ep (each rank holds experts/ep of every
+    # MoE layer of its stages); the layers' dense part and the routed experts are each taken at their
+    # mean per layer (dense and MoE layers mixed: the pipeline splits layers, not parameters).
     P_layer = model.params_per_layer
+    X = model.moe_layers * model.experts * model.expert_params        # routed expert parameters
+    P_layer_dense = (model.layer_params_total - X) / model.layers
     tied_copy = model.tied_embeddings & (pp > 1)           # an untied copy of the embedding as the head
     head_P = model.head_params + np.where(tied_copy, model.vocab * h, 0)
-    P_first = (L_first * P_layer + model.embedding_params + np.where(head_first, head_P, 0)) / t
-    P_last = np.where(has_last, (L_last * P_layer + head_P) / t, 0.0)
-    P_mid = L_mid * P_layer / t
-    P_rank = np.maximum(np.maximum(P_first, P_last), P_mid)
+    P_first = (L_first * P_layer_dense + model.embedding_params + np.where(head_first, head_P, 0)) / t
+    P_last = np.where(has_last, (L_last * P_layer_dense + head_P) / t, 0.0)
+    P_mid = L_mid * P_layer_dense / t
+    x_layer = X / model.layers / (ep * t)                  # routed expert parameters per layer on one rank
+    X_first, X_last, X_mid = L_first * x_layer, np.where(has_last, L_last * x_layer, 0.0), L_mid * x_layer
+    P_dense = np.maximum(np.maximum(P_first, P_last), P_mid)
+    P_exp = np.maximum(np.maximum(X_first, X_last), X_mid) if X else 0.0
+    P_rank = np.maximum(np.maximum(P_first + X_first, P_last + X_last), P_mid + X_mid) if X else P_dense
+    sharded = bool(X) and has_ep             # (dense tables skip the expert arithmetic)
 
     # Data-parallel sync of the largest stage, by the plan's algorithm (ZeRO: its reduce-scatter
     # and all-gather forms), as the frameworks schedule it per ZeRO stage (parsim.costs.dpsync).
-    grad_bytes = P_rank * e
+    # With ep > 1 the expert gradients are reduced over their own expert-data-parallel group (dp/ep
+    # ranks); with cp > 1 the weights are replicated over dp·cp ranks, which reduce the gradients.
+    edp = dp // ep
+    grad_bytes = (np.where(ep > 1, P_dense, P_rank) if sharded else P_rank) * e
     t_ar = G.vec("dp", "allreduce", S, grad_bytes)
     t_rs = G.vec("dp", "reduce_scatter", S, grad_bytes, lambda a: ZERO_SYNC_ALGOS.get(a, ("native",))[0])
     t_ag = G.vec("dp", "all_gather", S, grad_bytes, lambda a: ZERO_SYNC_ALGOS.get(a, (None, "native"))[1])
+    if has_cp:
+        t_ar, t_rs, t_ag = (np.where(cp > 1, v, old) for v, old in
+                            zip(_dpcp_vec(G, gs, tp, pp, dp, cp, grad_bytes), (t_ar, t_rs, t_ag)))
+    if sharded:
+        xb = P_exp * e
+        x_ar, x_rs, x_ag = (np.where((ep > 1) & (edp > 1), _group_s(G, op, "native", edp, tp * cp * pp * ep, xb), 0.0)
+                            for op in ("allreduce", "reduce_scatter", "all_gather"))
+        t_ar, t_rs, t_ag = t_ar + x_ar, t_rs + x_rs, t_ag + x_ag
     bwd_last_mb = np.minimum(T_first, T_last) - np.minimum(Tf_avg, T_max)
     t_sync, dp_exposed = dp_sync_s(zero, m, t_ar, t_rs, t_ag, overlap, bwd_last_mb, T_avg, L)
     t_sync, dp_exposed = np.where(dp > 1, t_sync, 0.0), np.where(dp > 1, dp_exposed, 0.0)
 
-    opt = C.optimizer_s(dev, P_rank / np.where(zero >= 1, dp, 1), dt, L) * cpu_share
+    opt_params = P_rank / np.where(zero >= 1, dp, 1)
+    if sharded:
+        opt_params = np.where(ep > 1, P_dense / np.where(zero >= 1, dp, 1) + P_exp / np.where(zero >= 1, edp, 1), opt_params)
+    opt = C.optimizer_s(dev, opt_params, dt, L) * cpu_share
     step = makespan + dp_exposed + opt
 
     # Breakdown on the bottleneck rank.
@@ -376,8 +509,14 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     L_b = np.choose(which, [L_first, L_last, L_mid])
     stage_c = np.choose(which, [first_c, last_c, mid_c])
     stage_tp = L_b * layer_tp + np.where(which == 0, tp_embed, 0.0)
+    ep_stage = L_b * 2 * ep_layer
+    cp_stage = L_b * (cp_f + cp_b)
+    zeros = np.zeros(np.shape(step))                       # one shared (read-only) column for absent parts
     breakdown = {
-        "compute": m * stage_c, "recompute": m * L_b * rec, "tp_comm": m * stage_tp, "pp_comm": m * pp_c,
+        "compute": m * stage_c, "recompute": m * L_b * rec,
+        "tp_comm": m * (stage_tp - ep_stage - cp_stage) if sharded or has_cp else m * stage_tp,
+        "ep_comm": m * ep_stage if sharded else zeros,
+        "cp_comm": m * cp_stage if has_cp else zeros, "pp_comm": m * pp_c,
         "bubble": bubble, "dp_comm_exposed": dp_exposed, "optimizer": opt,
     }
 
@@ -385,22 +524,41 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     # schedule's own peaks (parsim.costs.memory.inflight_chunks) in units of one stage of that rank
     # (its layers / vpp); the last stage keeps the fp32 logits of its in-flight micro-batches plus
     # one gradient of them.
-    logits = 4.0 * mb * seq * model.vocab / t                 # fp32 logits of one micro-batch
+    logits = 4.0 * mb * seq / cp * model.vocab / t            # fp32 logits of one micro-batch
     logits_held = logits * pipe["logits_held"]
     acts = {"first": pipe["held_first"] * a_layer + a_work + np.where(head_first, logits_held, 0.0),
             "last": pipe["held_last"] * a_layer + a_work + logits_held,
             "mid": pipe["held_mid"] * a_layer + a_work}
     per_param = M.state_bytes_per_param(dp, zero, dt, accounting)
     state_pp = per_param[0] + per_param[1] + per_param[2]
+    # routed experts: their ZeRO shards are over the expert-data-parallel group (dp/ep ranks)
+    per_param_x = M.state_bytes_per_param(edp, zero, dt, accounting) if sharded else per_param
+    state_x = per_param_x[0] + per_param_x[1] + per_param_x[2]
     buffers = (M.DDP_BUCKET_BYTES * (dp > 1) + np.where(zero >= 3, 2 * P_layer / t * e, 0.0)
-               + np.where(pp > 1, 2 * mb * seq * h * e / t, 0.0))
-    totals = {"first": P_first * state_pp + acts["first"] + buffers,
-              "last": np.where(has_last, P_last * state_pp + acts["last"] + buffers, 0.0),
-              "mid": np.where(has_mid, P_mid * state_pp + acts["mid"] + buffers, 0.0)}
+               + np.where(pp > 1, 2 * act / t, 0.0))
+    # FP8 (Transformer Engine): each FP8 GEMM weight also lives as an FP8 copy and its transpose (2 bytes
+    # per parameter, not sharded by ZeRO here), plus delayed-scaling state per FP8 tensor (input, weight,
+    # output gradient): an amax history of 1024 fp32 values (TE's DelayedScaling default) and scale, scale_inv.
+    fp8_layer = 0.0
+    fp8_rows = dt == Ly.FP8
+    if fp8_rows.any():
+        fp8_ops = [op for op in ops_u if op.fp8]
+        w_elems = sum(np.asarray(op.weight) * np.asarray(op.k) * np.asarray(op.n) * np.asarray(op.batch) for op in fp8_ops)
+        n_tensors = 3 * sum(float(np.max(op.weight)) > 0 for op in fp8_ops)
+        fp8_layer = np.where(fp8_rows, 2.0 * np.broadcast_to(np.asarray(w_elems, dtype=float), first.shape)[inv]
+                             + n_tensors * 1026 * 4.0, 0.0)
+    totals = {"first": P_first * state_pp + X_first * state_x + L_first * fp8_layer + acts["first"] + buffers,
+              "last": np.where(has_last, P_last * state_pp + X_last * state_x + L_last * fp8_layer + acts["last"]
+                               + buffers, 0.0),
+              "mid": np.where(has_mid, P_mid * state_pp + X_mid * state_x + L_mid * fp8_layer + acts["mid"]
+                              + buffers, 0.0)}
     worst = np.where(totals["first"] >= np.maximum(totals["last"], totals["mid"]), 0,
                      np.where(totals["last"] >= totals["mid"], 1, 2))
     P_worst = np.choose(worst, [P_first, P_last, P_mid])
-    weights, grads, optim = (P_worst * f for f in per_param)
+    X_worst = np.choose(worst, [X_first, X_last, X_mid]) if X else 0.0
+    L_worst = np.choose(worst, [L_first, L_last, L_mid])
+    weights, grads, optim = (P_worst * f + X_worst * fx for f, fx in zip(per_param, per_param_x))
+    weights = weights + L_worst * fp8_layer
     activations = np.choose(worst, [acts["first"], acts["last"], acts["mid"]])
     total = weights + grads + optim + activations + buffers
     # pipeline rank of the worst kind: 0; the last stage's (pp - 1, or 0 in a V); rank 1 (pp - 1 in a V)
@@ -409,17 +567,23 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     capacity = dev.memory_bytes
     headroom = M.default_headroom_bytes(capacity) if headroom_bytes is None else float(headroom_bytes)
 
-    fl = model.layer_fwd_flops  # works on arrays of seq
-    per_seq_model = model.layers * 3 * fl(seq) + 3 * model.logits_fwd_flops(seq)
-    extra = np.select([rc == 2, rc == 1], [fl(seq), 4.0 * seq * seq * h], default=0.0)
+    # FLOPs per sequence (parsim.layer states the convention): executed (HFU) and counted (MFU).
+    seq_u, flash_u = seq[first], flash[first]
+    hw_layer = np.asarray(model.layer_fwd_flops(seq_u, flash_u), dtype=float)[inv]
+    core = np.asarray(model.attn_core_fwd_flops(seq_u, flash_u), dtype=float)[inv]
+    logits_fl = np.asarray(model.logits_fwd_flops(seq_u), dtype=float)[inv]
+    per_seq_model = 3 * (model.layers * np.asarray(model.model_layer_fwd_flops(seq_u), dtype=float)[inv] + logits_fl)
+    per_seq_hw = 3 * (model.layers * hw_layer + logits_fl)
+    extra = np.select([rc == 2, rc == 1], [hw_layer, core], default=0.0)
     return {
-        "step_time_s": step, "makespan_s": makespan, "microbatches": m, "stage_s": stage_s, "layers": model.layers, "dp_sync_s": np.where(dp > 1, t_sync, 0.0),
-        "breakdown": breakdown,
+        "step_time_s": step, "makespan_s": makespan, "microbatches": m, "stage_s": stage_s, "layers": model.layers,
+        "dp_sync_s": np.where(dp > 1, t_sync, 0.0),
+        "breakdown": breakdown, "cp_kv_s": m * L * 3 * kv if has_cp else zeros,
         "memory": {"weights": weights, "grads": grads, "optimizer": optim, "activations": activations, "buffers": buffers},
         "memory_bytes": total, "memory_capacity_bytes": capacity, "memory_headroom_bytes": headroom,
         "fits": total + headroom <= capacity, "worst_rank": worst_rank,
         "memory_by_rank_kind": totals, "memory_accounting": accounting,
-        "model_flops": gb * per_seq_model, "hardware_flops": gb * (per_seq_model + model.layers * extra),
+        "model_flops": gb * per_seq_model, "hardware_flops": gb * (per_seq_hw + model.layers * extra),
         "peak_flops": C.peak_flops(dev, dt),
     }
 
@@ -493,6 +657,8 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
         raise ParsimError(f"memory headroom = {headroom_bytes!r} bytes: expected a finite size >= 0")
     check_plan(plan, model, gpus or plan.gpus)
     cluster = get_cluster(cluster, gpus or plan.gpus)
+    if plan.dtype == "fp8":                               # the rules that read the device
+        check_plan(plan, model, device=cluster.device)
     zero_sync_algorithms(plan.grad_sync, plan.zero)       # ZeRO needs a reduce-scatter/all-gather form
     if plan.gpus > cluster.num_devices:
         raise ParsimError(f"plan needs {plan.gpus} devices but cluster {cluster.name} has {cluster.num_devices}")
@@ -523,6 +689,19 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
              f"headroom {room / GiB:.2f} GiB (CUDA context, NCCL buffers, fragmentation)"]
     if plan.pp > 1:
         notes.append(f"pipeline: {dims.describe()}")
+    if plan.cp > 1:
+        kv_s = _scalar(r["cp_kv_s"])
+        notes.append(f"context parallel: ring K/V exchange {kv_s:.6g} s per step (forward K/V, backward K/V and dK/dV), "
+                     f"{kv_s - breakdown['cp_comm']:.6g} s of it hidden under the attention core, "
+                     f"{breakdown['cp_comm']:.6g} s exposed (cp_comm)")
+    if plan.dtype == "fp8":
+        notes.append(f"fp8: the layers' GEMMs at the FP8 peak ({cluster.device.peak_flops['fp8'] / 1e12:.0f} TFLOP/s) "
+                     f"with their own efficiency curve, attention, norms, embedding and loss in bf16; memory adds "
+                     f"Transformer Engine's FP8 weight copies (+transpose) and scaling state; MFU/HFU are taken against "
+                     f"the bf16 peak ({pk / 1e12:.0f} TFLOP/s), as NeMo and Megatron report; achieved model "
+                     f"{mf / step / gpus_ / 1e12:.1f} TFLOP/s per GPU")
+    if plan.ep > 1:
+        notes.append("expert parallel: balanced routing assumed (every expert gets tokens·top_k/experts)")
     if sim is not None:
         notes.append(f"pipeline: simulated makespan {sim:.6g} s, closed form {closed:.6g} s")
     elif plan.pp > 1 and _too_big_to_play(plan):
@@ -540,8 +719,9 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
         mfu=mf / step / gpus_ / pk, hfu=hf / step / gpus_ / pk,
         memory_GiB=total / GiB, memory_breakdown_GiB=mem, fits=fits, fits_reason=reason,
         breakdown_s=breakdown,
-        plan=plan.to_dict(), model=model.name, cluster=cluster.name, device=cluster.device.name,
+        plan={**plan.to_dict(), "seq_len": seq}, model=model.name, cluster=cluster.name, device=cluster.device.name,
         gpus=gpus_, notes=notes, memory_accounting=accounting, memory_capacity_GiB=cap / GiB,
         memory_headroom_GiB=room / GiB, memory_worst_rank=worst,
+        seq_len=seq, params_total=model.params, params_active=model.active_params, model_summary=model.summary(),
     )
 

@@ -31,12 +31,16 @@ def step_report_text(rep) -> str:
     """The arithmetic of one prediction: plan, breakdown of the step, memory by kind."""
     p = rep.plan
     head = (f"{rep.model} on {rep.gpus} × {rep.device} ({rep.cluster}): dp={p['dp']} tp={p['tp']} pp={p['pp']}"
-            f" vpp={p['vpp']} micro_batch={p['micro_batch']} global_batch={p['global_batch']} schedule={p['schedule']}"
+            + (f" ep={p['ep']}" if p.get("ep", 1) > 1 else "") + (f" cp={p['cp']}" if p.get("cp", 1) > 1 else "")
+            + f" vpp={p['vpp']} micro_batch={p['micro_batch']} global_batch={p['global_batch']} schedule={p['schedule']}"
             f" grad_sync={p['grad_sync']} zero={p['zero']} recompute={p['recompute']}"
             f" sp={p['sequence_parallel']} dtype={p['dtype']}")
     total = rep.step_time_s
     rows = [(k, f"{v:.4f}", _pct(v, total)) for k, v in rep.breakdown_s.items()]
     rows.append(("step_time", f"{total:.4f}", "100.0%"))
+    if getattr(rep, "model_summary", ""):
+        head = (f"model {rep.model_summary}\n" f"params total {rep.params_total:,}  active {rep.params_active:,}  "
+                f"seq_len {rep.seq_len}\n" + head)
     out = [head, _table("step time breakdown (bottleneck stage)", ["part", "seconds", "share"], rows)]
     mem = rep.memory_breakdown_GiB
     mrows = [(k, f"{v:.2f}") for k, v in mem.items()] + [("total", f"{rep.memory_GiB:.2f}")]
@@ -52,12 +56,13 @@ def step_report_text(rep) -> str:
                f"model TFLOP/s/GPU {rep.model_tflops_per_gpu:.1f} (MFU {100 * rep.mfu:.1f}%)   "
                f"hardware TFLOP/s/GPU {rep.hardware_tflops_per_gpu:.1f} (HFU {100 * rep.hfu:.1f}%)")
     out.append("fits: yes" if rep.fits else f"fits: NO — {rep.fits_reason}")
+    out += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel", "fp8"))]
     return "\n".join(out) + "\n"
 
 
-PLAN_COLS = ["dp", "tp", "pp", "vpp", "micro_batch", "schedule", "grad_sync", "zero", "recompute",
+PLAN_COLS = ["dp", "tp", "pp", "ep", "cp", "vpp", "micro_batch", "schedule", "grad_sync", "zero", "recompute",
              "sequence_parallel", "step_time_s", "step_time_closed_s", "tokens_per_s", "mfu", "memory_GiB"]
-BREAK_COLS = ["compute_s", "recompute_s", "tp_comm_s", "pp_comm_s", "bubble_s", "dp_comm_exposed_s", "optimizer_s"]
+BREAK_COLS = ["compute_s", "recompute_s", "tp_comm_s", "ep_comm_s", "cp_comm_s", "pp_comm_s", "bubble_s", "dp_comm_exposed_s", "optimizer_s"]
 
 
 def _fmt(col, v, row=None):
@@ -84,6 +89,8 @@ def plans_text(res, top: int) -> str:
     a = res.attrs
     title = (f"top {n} of {len(res)} fitting plans: {a['model']} on {a['gpus']} × {a['device']} ({a['cluster']}), "
              f"global batch {a['global_batch']} × seq {a['seq_len']}, {a['dtype']}")
+    if a.get("model_summary"):
+        title = f"model {a['model_summary']}\n" + title
     rej = "; ".join(f"{k}: {v:,}" for k, v in res.rejected.items()) or "none"
     if a.get("memory_accounting"):
         title += (f"; memory: {a['memory_accounting']} accounting, {a['memory_headroom_GiB']:.2f} GiB headroom of "

@@ -24,8 +24,9 @@ from parsim.errors import ParsimError
 from parsim.predict import BREAKDOWN_KEYS
 
 BAND = 0.10          # the ±10% band of the scatter
-PHASE_COLOURS = {"compute": "#4C72B0", "recompute": "#8172B3", "tp_comm": "#DD8452", "pp_comm": "#C44E52",
-                 "bubble": "#BBBBBB", "dp_comm_exposed": "#55A868", "optimizer": "#937860"}
+PHASE_COLOURS = {"compute": "#4C72B0", "recompute": "#8172B3", "tp_comm": "#DD8452", "ep_comm": "#DA8BC3",
+                 "cp_comm": "#8C8C8C", "pp_comm": "#C44E52", "bubble": "#BBBBBB", "dp_comm_exposed": "#55A868",
+                 "optimizer": "#937860"}
 
 
 # -- inputs -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The one rule book for plans: what a valid (dp, tp, pp, vpp, schedule, micro-batch) split is.
+"""The one rule book for plans: what a valid (dp, tp, pp, vpp, ep, cp, schedule, micro-batch, dtype) split is.
 
 Every consumer asks this module — ``parsim.predict``, ``parsim.search`` (vectorised over its
 table of candidates), ``parsim simulate``, ``parsim run`` and the torch backend — so a plan that
@@ -43,9 +43,10 @@ from typing import Callable
 import numpy as np
 
 from parsim.errors import ParsimError
-from parsim.plan import GRAD_SYNC, SCHEDULES
+from parsim.plan import DTYPES, GRAD_SYNC, SCHEDULES
 
 GPIPE, ONE_F_ONE_B, INTERLEAVED, ZBV = range(4)
+FP8 = DTYPES.index("fp8")
 
 
 # ---------------------------------------------------------------- layer assignment
@@ -119,6 +120,7 @@ def rank_layers(layers, pp, vpp, v_shape):
 class Rule:
     """One rule: ``bad(c)`` is True on the rows of table ``c`` that break it; ``message(c, i)`` is the
     one-line reason for row i, every operand in it. ``label`` names it in search's rejection counts.
+    ``needs_device``: the rule reads the device profile (skipped where none is given).
     ``needs_model``: the rule reads the model (skipped by the pipeline-only check, as are ``plan_only``
     rules: a one-rank pipeline of two stages is a schedule torch builds, but a plan with pp = 1 has no
     pipeline group to run it on). ``scope``: "plan"
@@ -129,6 +131,7 @@ class Rule:
     needs_model: bool = False
     scope: str = "plan"
     plan_only: bool = False      # about mapping a plan onto ranks, not about the schedule (check_pipeline skips it)
+    needs_device: bool = False   # reads the device profile (skipped when none is given)
 
 
 def _i(c, k, i):
@@ -200,12 +203,51 @@ def _interleaved_msg(c, i):
             f"max(1, m // pp) = max(1, {m} // {p}) = {r} (torch ScheduleInterleaved1F1B); e.g. m = {r * p}")
 
 
+def _ep_dense_msg(c, i):
+    return f"ep = {_i(c, 'ep', i)}: {c['model'].name} has no experts (dense model), expected ep = 1"
+
+
+def _ep_experts_msg(c, i):
+    M = c["model"]
+    return f"ep ({_i(c, 'ep', i)}) does not divide the experts ({M.experts}) of {M.name}"
+
+
+def _expert_ffn_msg(c, i):
+    M = c["model"]
+    return f"expert_ffn_hidden ({M.expert_ffn_hidden}) of {M.name} is not divisible by tp ({_i(c, 'tp', i)})"
+
+
+def _cp_seq_msg(c, i):
+    s, p, t = _i(c, "seq", i), _i(c, "cp", i), _i(c, "tp", i)
+    if s % p:
+        return f"cp ({p}) does not divide seq-len ({s})"
+    return f"sequence-parallel with cp: seq-len ({s}) is not divisible by cp·tp = {p}·{t}"
+
+
+def fp8_device_message(device) -> str:
+    """The one-line refusal of dtype fp8 on a device without FP8 tensor cores."""
+    return (f"dtype fp8: device {device.name} has no FP8 tensor cores (peaks: "
+            f"{', '.join(sorted(device.peak_flops))}); use bf16")
+
+
 def _sp_seq_msg(c, i):
     return f"sequence-parallel: seq-len ({_i(c, 'seq', i)}) is not divisible by tp ({_i(c, 'tp', i)})"
 
 
 RULES = (
     Rule("tp does not divide heads, kv_heads or ffn_hidden", _tp_divides, _tp_msg, needs_model=True),
+    # Expert parallelism (Megatron's convention): the ep ranks of an expert group are data-parallel
+    # ranks of the dense part, so ep divides dp and the experts; gpus stay dp·tp·pp·cp.
+    Rule("ep > 1 on a dense model", lambda c: (c["ep"] > 1) & (not c["model"].experts), _ep_dense_msg,
+         needs_model=True),
+    Rule("ep does not divide the experts",
+         lambda c: (c["ep"] > 1) & (c["model"].experts % np.maximum(c["ep"], 1) != 0), _ep_experts_msg, needs_model=True),
+    Rule("ep does not divide dp", lambda c: c["dp"] % c["ep"] != 0,
+         lambda c, i: (f"ep ({_i(c, 'ep', i)}) does not divide dp ({_i(c, 'dp', i)}): expert-parallel ranks are "
+                       "data-parallel ranks")),
+    Rule("tp does not divide expert_ffn_hidden",
+         lambda c: bool(c["model"].experts) & (c["model"].expert_ffn_hidden % c["tp"] != 0), _expert_ffn_msg,
+         needs_model=True),
     Rule("layers cannot be cut into pp·vpp stages of at least one layer", _stages_bad, _stages_msg, needs_model=True),
     Rule("global batch not divisible by micro_batch·dp", lambda c: c["gb"] % (c["mb"] * c["dp"]) != 0, _batch_msg),
     Rule("vpp > 1 needs pp > 1", lambda c: (c["pp"] == 1) & (c["vpp"] > 1),
@@ -220,6 +262,13 @@ RULES = (
     Rule("sequence parallel needs tp > 1", lambda c: c["sp"] & (c["tp"] == 1),
          lambda c, i: "sequence-parallel needs tp > 1, got tp = 1"),
     Rule("sequence parallel: seq_len not divisible by tp", lambda c: c["sp"] & (c["seq"] % c["tp"] != 0), _sp_seq_msg),
+    # Context parallelism: ranks tp innermost, then cp, then pp, then dp; ring attention on flash kernels.
+    Rule("cp does not divide seq_len (or cp·tp with sequence parallel)",
+         lambda c: (c["seq"] % c["cp"] != 0) | (c["sp"] & (c["seq"] % (c["cp"] * c["tp"]) != 0)), _cp_seq_msg),
+    Rule("cp > 1 without flash attention", lambda c: (c["cp"] > 1) & ~c["flash"],
+         lambda c, i: f"cp = {_i(c, 'cp', i)} runs ring attention on flash-attention kernels: drop --no-flash"),
+    Rule("fp8 on a device without FP8", lambda c: (c["dtype"] == FP8) & (not c["device"].peak_flops.get("fp8", 0.0)),
+         lambda c, i: fp8_device_message(c["device"]), needs_device=True),
     # the torch backend's own wiring (backends/torchdist/parallel.py), checked by `parsim run`
     Rule("zero >= 2 (FSDP2) with a grad-sync other than native", lambda c: (c["zero"] >= 2) & (c["grad_sync"] != c["native"]),
          lambda c, i: (f"zero {_i(c, 'zero', i)} runs on FSDP2, whose gradient reduce-scatter is its own: "
@@ -230,35 +279,56 @@ RULES = (
     Rule("zero >= 2 with pp > 1", lambda c: (c["zero"] >= 2) & (c["pp"] > 1),
          lambda c, i: (f"zero {_i(c, 'zero', i)} (FSDP2) with pp = {_i(c, 'pp', i)} is not wired in the torch "
                        "backend: use pp = 1 or zero 0/1"), scope="run"),
+    Rule("fp8 (not run by the torch backend)", lambda c: c["dtype"] == FP8,
+         lambda c, i: ("dtype fp8 is not run by this backend (it needs Transformer Engine on FP8 GPUs): "
+                       "price it with parsim predict --dtype fp8"), scope="run"),
+    Rule("cp > 1 (not run by the torch backend)", lambda c: c["cp"] > 1,
+         lambda c, i: (f"cp = {_i(c, 'cp', i)}: context parallelism is not run by this backend (torch's "
+                       "context_parallel needs CUDA flash/efficient attention; gloo on CPU cannot): price it with "
+                       "parsim predict"), scope="run"),
+    Rule("ep > 1 with tp, pp or zero (the torch backend runs ep with dp only)",
+         lambda c: (c["ep"] > 1) & ((c["tp"] > 1) | (c["pp"] > 1) | (c["zero"] > 0)),
+         lambda c, i: (f"ep = {_i(c, 'ep', i)} runs in this backend with data parallelism only (tp = pp = 1, zero 0), "
+                       f"got tp = {_i(c, 'tp', i)}, pp = {_i(c, 'pp', i)}, zero = {_i(c, 'zero', i)}"), scope="run"),
 )
 
 
-def _table(cols: dict, model) -> dict:
+_DEFAULTS = {"ep": 1, "cp": 1, "dtype": 0, "flash": True}
+
+
+def _table(cols: dict, model, device=None) -> dict:
     c = {k: np.asarray(v) for k, v in cols.items()}
-    for k in ("dp", "tp", "pp", "vpp", "mb", "gb", "seq", "schedule", "zero", "grad_sync"):
+    n = np.asarray(cols["dp"]).shape
+    for k, v in _DEFAULTS.items():
+        if k not in c:
+            c[k] = np.full(n, v)
+    for k in ("dp", "tp", "pp", "vpp", "mb", "gb", "seq", "schedule", "zero", "grad_sync", "ep", "cp", "dtype"):
         if k in c:
             c[k] = c[k].astype(np.int64)
-    if "sp" in c:
-        c["sp"] = c["sp"].astype(bool)
+    for k in ("sp", "flash"):
+        if k in c:
+            c[k] = c[k].astype(bool)
     c["model"] = model
+    c["device"] = device
     c["native"] = GRAD_SYNC.index("native")
     return c
 
 
-def _applies(rule: Rule, scope: str, have_model: bool) -> bool:
-    return (rule.scope == "plan" or scope == "run") and (have_model or not (rule.needs_model or rule.plan_only))
+def _applies(rule: Rule, scope: str, have_model: bool, have_device: bool = False) -> bool:
+    return ((rule.scope == "plan" or scope == "run") and (have_model or not (rule.needs_model or rule.plan_only))
+            and (have_device or not rule.needs_device))
 
 
-def reject(cols: dict, model, scope: str = "plan") -> tuple[np.ndarray, dict]:
+def reject(cols: dict, model, scope: str = "plan", device=None) -> tuple[np.ndarray, dict]:
     """Valid rows of a plan table and {rule label: rows rejected by it first}, vectorised.
 
     ``cols`` is ``parsim.predict.plan_columns``' dict of equal-length arrays. scope "run" adds the
-    torch backend's own rules."""
-    c = _table(cols, model)
+    torch backend's own rules; ``device`` (a device profile) adds the rules that read it (fp8)."""
+    c = _table(cols, model, device)
     ok = np.ones(np.asarray(cols["dp"]).shape, dtype=bool)
     counts = {}
     for rule in RULES:
-        if not _applies(rule, scope, model is not None):
+        if not _applies(rule, scope, model is not None, device is not None):
             continue
         bad = np.broadcast_to(rule.bad(c), ok.shape)
         n = int((ok & bad).sum())
@@ -268,23 +338,24 @@ def reject(cols: dict, model, scope: str = "plan") -> tuple[np.ndarray, dict]:
     return ok, counts
 
 
-def first_failure(cols: dict, model, i: int = 0, scope: str = "plan") -> str | None:
+def first_failure(cols: dict, model, i: int = 0, scope: str = "plan", device=None) -> str | None:
     """The message of the first rule row i breaks, or None."""
-    c = _table(cols, model)
+    c = _table(cols, model, device)
     for rule in RULES:
-        if _applies(rule, scope, model is not None) and bool(np.asarray(rule.bad(c)).reshape(-1)[i]):
+        if _applies(rule, scope, model is not None, device is not None) and bool(np.asarray(rule.bad(c)).reshape(-1)[i]):
             return rule.message(c, i)
     return None
 
 
-def check(plan, model, gpus: int | None = None, scope: str = "plan"):
-    """Raise ParsimError naming the first thing wrong with ``plan`` for ``model`` (on ``gpus`` devices).
-
-    The same rules as ``reject``, on a one-row table. scope "run" adds the torch backend's rules."""
+def check(plan, model, gpus: int | None = None, scope: str = "plan", device=None):
+    """Raise ParsimError naming the first thing wrong with ``plan`` for ``model`` (on ``gpus`` devices of
+    profile ``device``, when given). The same rules as ``reject``, on a one-row table. scope "run" adds
+    the torch backend's rules."""
     from parsim.predict import plan_columns
     if gpus is not None and plan.gpus != gpus:
-        raise ParsimError(f"tp({plan.tp}) * pp({plan.pp}) * dp({plan.dp}) = {plan.gpus} != gpus({gpus})")
-    msg = first_failure(plan_columns([plan], model), model, 0, scope)
+        raise ParsimError(f"tp({plan.tp}) * pp({plan.pp}) * dp({plan.dp})"
+                          + (f" * cp({plan.cp})" if plan.cp > 1 else "") + f" = {plan.gpus} != gpus({gpus})")
+    msg = first_failure(plan_columns([plan], model), model, 0, scope, device)
     if msg:
         raise ParsimError(msg)
     return plan
@@ -314,18 +385,20 @@ class ParallelDims:
     layers: int
     stage_layers: tuple          # layers per pipeline stage (stage order)
     stage_rank: tuple            # pipeline rank of each stage
+    ep: int = 1
+    cp: int = 1
 
     @classmethod
-    def of(cls, plan, model, gpus: int | None = None, scope: str = "plan") -> "ParallelDims":
-        check(plan, model, gpus, scope)
+    def of(cls, plan, model, gpus: int | None = None, scope: str = "plan", device=None) -> "ParallelDims":
+        check(plan, model, gpus, scope, device)
         S = plan.pp * plan.vpp
         return cls(plan.dp, plan.tp, plan.pp, plan.vpp, plan.schedule, plan.microbatches, model.layers,
                    tuple(int(x) for x in stage_layer_counts(model.layers, S)),
-                   tuple(int(x) for x in stage_to_rank(plan.pp, plan.vpp, plan.schedule)))
+                   tuple(int(x) for x in stage_to_rank(plan.pp, plan.vpp, plan.schedule)), plan.ep, plan.cp)
 
     @property
     def world(self) -> int:
-        return self.dp * self.tp * self.pp
+        return self.dp * self.tp * self.pp * self.cp
 
     @property
     def num_stages(self) -> int:

@@ -24,6 +24,7 @@ from parsim.rules import reject
 
 DEFAULT_MODEL = "llama2-13b"
 DEFAULT_CLUSTER = "dgx-h100"
+LONG_SEQ = 16384                # context parallelism is searched from this sequence length on
 DEFAULT_GLOBAL_BATCH = 1024     # sequences: 4M tokens of 4096, Llama 2's batch (Touvron et al. 2023, Table 1)
 
 
@@ -53,11 +54,17 @@ def _micro_batches(gb: int, max_mb: int):
 
 
 def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node: int | None = None,
-               dtype: str = "bf16", max_micro_batch: int = 16) -> tuple[dict, dict, int]:
+               dtype: str = "bf16", max_micro_batch: int = 16, device=None) -> tuple[dict, dict, int]:
     """The candidate table (dict of arrays, `price` columns), rejection counts by rule (parsim.rules) and
     the number generated. ``gpus_per_node`` is unused (tensor parallelism across nodes is valid, and
-    priced on the cluster graph); kept for callers."""
-    shapes = [(tp, pp, gpus // (tp * pp)) for tp in divisors(gpus) for pp in divisors(gpus // tp)]
+    priced on the cluster graph); kept for callers. ``device``: the device profile, for the rules that
+    read it (fp8)."""
+    # Expert parallelism (MoE only): ep divides the experts and dp (ep ranks are data-parallel ranks).
+    # Context parallelism is searched for long sequences only (>= LONG_SEQ tokens): cp | seq, cp <= 16.
+    cps = [c for c in (1, 2, 4, 8, 16) if seq_len % c == 0 and (c == 1 or seq_len >= LONG_SEQ)]
+    shapes = [(tp, pp, gpus // (tp * pp * cp), ep, cp) for cp in cps if gpus % cp == 0
+              for tp in divisors(gpus // cp) for pp in divisors(gpus // (cp * tp))
+              for ep in divisors(gpus // (tp * pp * cp)) if ep == 1 or (model.experts and model.experts % ep == 0)]
     sv = [(SCHEDULES.index("gpipe"), 1), (SCHEDULES.index("1f1b"), 1), (SCHEDULES.index("zbv"), 2)]
     sv += [(SCHEDULES.index("interleaved"), v) for v in (2, 3, 4, 6, 8)]
     mbs = _micro_batches(global_batch, max_micro_batch)
@@ -67,7 +74,7 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
                         indexing="ij")
     si, vi, mi, rc, sp, zero, gs = (g.ravel() for g in grids)
     sh = np.array(shapes, dtype=np.int64)
-    tp, pp, dp = sh[si, 0], sh[si, 1], sh[si, 2]
+    tp, pp, dp, ep, cp = sh[si, 0], sh[si, 1], sh[si, 2], sh[si, 3], sh[si, 4]
     svt = np.array(sv, dtype=np.int64)
     sched, vpp = svt[vi, 0], svt[vi, 1]
     mb = np.array(mbs, dtype=np.int64)[mi]
@@ -79,9 +86,11 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
     # Rejected by the rule book (parsim.rules, the same rules predict/simulate/run apply), counted by
     # the first failing rule.
     table = {"dp": dp, "tp": tp, "pp": pp, "vpp": vpp, "mb": mb, "gb": np.full(dp.shape, global_batch, np.int64),
-             "seq": np.full(dp.shape, seq_len, np.int64), "schedule": sched, "sp": sp, "zero": zero, "grad_sync": gs}
+             "seq": np.full(dp.shape, seq_len, np.int64), "schedule": sched, "sp": sp, "zero": zero, "grad_sync": gs,
+             "ep": ep, "cp": cp, "dtype": np.full(dp.shape, DTYPES.index(dtype), np.int64),
+             "flash": np.ones(dp.shape, bool)}
     table = {k: v[keep] for k, v in table.items()}
-    valid, rejected = reject(table, model)
+    valid, rejected = reject(table, model, device=device)
     ok = np.zeros(keep.shape, dtype=bool)
     ok[np.nonzero(keep)[0][valid]] = True
     idx = np.nonzero(ok)[0]
@@ -90,7 +99,7 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
             "gb": np.full(n, global_batch, np.int64), "seq": np.full(n, seq_len, np.int64),
             "dtype": np.full(n, DTYPES.index(dtype), np.int64), "schedule": sched[idx], "grad_sync": gs[idx],
             "zero": zero[idx], "recompute": rc[idx], "sp": sp[idx], "overlap": np.ones(n, bool),
-            "flash": np.ones(n, bool)}
+            "flash": np.ones(n, bool), "ep": ep[idx], "cp": cp[idx]}
     return cols, rejected, int(keep.sum())
 
 
@@ -127,7 +136,7 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     check_accounting(accounting)
     if headroom_bytes is not None and not (np.isfinite(headroom_bytes) and headroom_bytes >= 0):
         raise ParsimError(f"memory headroom = {headroom_bytes!r} bytes: expected a finite size >= 0")
-    cols, rejected, generated = candidates(model, gpus, gb, seq, dtype=dtype)
+    cols, rejected, generated = candidates(model, gpus, gb, seq, dtype=dtype, device=cl.device)
     n = len(cols["dp"])
     if n == 0:
         raise ParsimError(f"no valid plan for {model.name} on {gpus} devices with global batch {gb}: "
@@ -145,7 +154,9 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
         order = order[:top]
     peak = r["peak_flops"][order]
     df = {
-        "dp": cols["dp"][order], "tp": cols["tp"][order], "pp": cols["pp"][order], "vpp": cols["vpp"][order],
+        "dp": cols["dp"][order], "tp": cols["tp"][order], "pp": cols["pp"][order], "ep": cols["ep"][order],
+        "cp": cols["cp"][order],
+        "vpp": cols["vpp"][order],
         "micro_batch": cols["mb"][order],
         "schedule": np.array(SCHEDULES)[cols["schedule"][order]],
         "grad_sync": np.array(GRAD_SYNC)[cols["grad_sync"][order]],
@@ -164,7 +175,8 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     for k in MEMORY_KEYS:
         df[f"{k}_GiB"] = r["memory"][k][order] / GiB
     attrs = dict(model=model.name, cluster=cl.name, device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq,
-                 dtype=dtype, memory_accounting=accounting, memory_capacity_GiB=cap / GiB, memory_headroom_GiB=room / GiB)
+                 dtype=dtype, memory_accounting=accounting, memory_capacity_GiB=cap / GiB, memory_headroom_GiB=room / GiB,
+                 params_total=model.params, params_active=model.active_params, model_summary=model.summary())
     res = SearchResult(df, attrs, generated, n, rejected, time.perf_counter() - t0)
     return res if result else res.table
 
@@ -229,5 +241,5 @@ def row_to_plan(row, global_batch: int, seq_len: int | None = None, dtype: str =
     return Plan(dp=int(row["dp"]), tp=int(row["tp"]), pp=int(row["pp"]), vpp=int(row["vpp"]),
                 micro_batch=int(row["micro_batch"]), global_batch=global_batch, seq_len=seq_len, dtype=dtype,
                 schedule=str(row["schedule"]), grad_sync=str(row["grad_sync"]), zero=int(row["zero"]),
-                recompute=str(row["recompute"]), sequence_parallel=bool(row["sequence_parallel"]))
-
+                recompute=str(row["recompute"]), sequence_parallel=bool(row["sequence_parallel"]),
+                ep=int(row["ep"]) if "ep" in row else 1, cp=int(row["cp"]) if "cp" in row else 1)

@@ -1,9 +1,11 @@
 """A GPT in torch built from a parsim ModelSpec, cut into pipeline stages.
 
-GELU specs are GPT-style (biases, LayerNorm, learned positions); SwiGLU specs are
-Llama-style (no biases, RMSNorm) without rotary positions (attention is still causal;
-RoPE changes no shape, FLOP count or communication, so it is left out). GQA: K and V
-have ``kv_heads`` heads, repeated to ``heads``.
+The layer follows the spec's fields: norm kind, q/k/v and projection biases, learned
+positions (``max_positions`` rows), head_dim, gated MLP (SwiGLU / GeGLU), q/k norms and an
+embedding norm. Rotary positions are left out (attention is still causal; RoPE changes no
+shape, FLOP count or communication). GQA/MQA: K and V have ``kv_heads`` heads, repeated to
+``heads``. What it cannot build (ALiBi, a parallel attention/MLP block, a norm count other
+than two, experts) is refused by ``check_buildable`` in one line.
 
 Weights are initialised per component from ``seed`` and the component's global index
 (embedding, layer i, head), so any cut into stages holds exactly the weights of the
@@ -11,11 +13,15 @@ un-cut model: that is what makes "pipelined loss == reference loss" testable.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
 from torch.utils.checkpoint import set_checkpoint_early_stop
+
+from backends.torchdist.buildable import check_buildable
 
 
 def checkpoint(fn, *args):
@@ -26,7 +32,7 @@ def checkpoint(fn, *args):
 
 
 def _norm(spec, h):
-    return nn.RMSNorm(h, eps=1e-5) if spec.gated else nn.LayerNorm(h, eps=1e-5)
+    return nn.RMSNorm(h, eps=1e-5) if spec.norm == "rmsnorm" else nn.LayerNorm(h, eps=1e-5)
 
 
 class AttentionCore(nn.Module):
@@ -39,10 +45,12 @@ class AttentionCore(nn.Module):
 class Attention(nn.Module):
     def __init__(self, spec, selective: bool = False):
         super().__init__()
-        h, kv, bias = spec.hidden, spec.kv_dim, not spec.gated
+        h, q, kv, bias = spec.hidden, spec.q_dim, spec.kv_dim, spec.qkv_bias
         self.head_dim, self.selective = spec.head_dim, selective
-        self.wq, self.wk, self.wv = nn.Linear(h, h, bias=bias), nn.Linear(h, kv, bias=bias), nn.Linear(h, kv, bias=bias)
-        self.wo = nn.Linear(h, h, bias=bias)
+        self.wq, self.wk, self.wv = nn.Linear(h, q, bias=bias), nn.Linear(h, kv, bias=bias), nn.Linear(h, kv, bias=bias)
+        self.wo = nn.Linear(q, h, bias=spec.linear_bias)
+        self.q_norm = _norm(spec, spec.head_dim) if spec.qk_norm else None
+        self.k_norm = _norm(spec, spec.head_dim) if spec.qk_norm else None
         self.core = AttentionCore()
 
     def forward(self, x):
@@ -51,6 +59,8 @@ class Attention(nn.Module):
         q = self.wq(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         rep = q.shape[1] // k.shape[1]
         if rep > 1:
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -62,26 +72,105 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, spec):
+    def __init__(self, spec, ffn: int | None = None):
         super().__init__()
-        h, f = spec.hidden, spec.ffn_hidden
-        self.gated = spec.gated
+        h, f, bias = spec.hidden, (spec.ffn_hidden if ffn is None else ffn), spec.linear_bias
+        self.gated, self.act = spec.gated, spec.activation
         if self.gated:
-            self.w_gate, self.w_up, self.w_down = nn.Linear(h, f, bias=False), nn.Linear(h, f, bias=False), nn.Linear(f, h, bias=False)
-        else:
-            self.w_up, self.w_down = nn.Linear(h, f), nn.Linear(f, h)
+            self.w_gate = nn.Linear(h, f, bias=bias)
+        self.w_up, self.w_down = nn.Linear(h, f, bias=bias), nn.Linear(f, h, bias=bias)
 
     def forward(self, x):
-        if self.gated:
+        if self.act == "swiglu":
             return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+        if self.act == "geglu":
+            return self.w_down(F.gelu(self.w_gate(x), approximate="tanh") * self.w_up(x))
         return self.w_down(F.gelu(self.w_up(x), approximate="tanh"))
 
 
+@dataclass(frozen=True)
+class ExpertParallel:
+    """This rank's place in its expert-parallel group: `size` ranks share the experts, this one
+    holds experts [rank·E/size, (rank+1)·E/size); `group` is the process group (None when size 1)."""
+    group: object = None
+    rank: int = 0
+    size: int = 1
+
+
+class MoE(nn.Module):
+    """Routed experts (softmax router, top-k probabilities renormalised to sum to one, as Mixtral
+    and Qwen3-MoE with norm_topk_prob) plus optional shared experts; dropless (every routed copy
+    is processed). With expert parallelism the token copies travel to the rank holding their expert
+    and back with all_to_all_single (torch.distributed.nn.functional: differentiable), the
+    dispatch and combine that parsim prices as the layer's `ep` all-to-alls."""
+
+    def __init__(self, spec, ep: ExpertParallel = ExpertParallel()):
+        super().__init__()
+        h, E = spec.hidden, spec.experts
+        self.k, self.E, self.ep = spec.top_k, E, ep
+        self.per_rank = E // ep.size
+        self.router = nn.Linear(h, E, bias=False)
+        first = ep.rank * self.per_rank
+        self.experts = nn.ModuleDict({str(j): MLP(spec, spec.expert_ffn_hidden)
+                                      for j in range(first, first + self.per_rank)})
+        self.shared = MLP(spec, spec.shared_experts * spec.expert_ffn_hidden) if spec.shared_experts else None
+
+    def _run_experts(self, x, eids):
+        """Apply expert eids[i] (all local) to row x[i]; rows in any order."""
+        order = torch.argsort(eids, stable=True)
+        xs, es = x[order], eids[order]
+        counts = torch.bincount(es, minlength=self.E).tolist()
+        outs, start = [], 0
+        for j, c in enumerate(counts):
+            if c:
+                outs.append(self.experts[str(j)](xs[start:start + c]))
+                start += c
+        y = torch.cat(outs) if outs else xs[:0]
+        return torch.empty_like(y).index_copy(0, order, y) if y.shape[0] else y
+
+    def forward(self, x):
+        shape = x.shape
+        xt = x.reshape(-1, shape[-1])
+        N = xt.shape[0]
+        probs = F.softmax(self.router(xt).float(), dim=-1)
+        w, idx = probs.topk(self.k, dim=-1)
+        w = (w / w.sum(-1, keepdim=True)).to(x.dtype).reshape(-1)
+        eids = idx.reshape(-1)
+        tok = torch.arange(N, device=x.device).repeat_interleave(self.k)
+        order = torch.argsort(eids, stable=True)          # copies grouped by expert, hence by owner rank
+        e_sorted, tok_sorted, w_sorted = eids[order], tok[order], w[order]
+        xin = xt[tok_sorted]
+        if self.ep.size == 1:
+            out = self._run_experts(xin, e_sorted)
+        else:
+            import torch.distributed as dist
+            from torch.distributed.nn.functional import all_to_all_single
+            g = self.ep.group
+            send = torch.bincount(e_sorted // self.per_rank, minlength=self.ep.size)
+            recv = torch.empty_like(send)
+            dist.all_to_all_single(recv, send, group=g)
+            send_l, recv_l = send.tolist(), recv.tolist()
+            r_e = torch.empty(sum(recv_l), dtype=e_sorted.dtype, device=x.device)
+            dist.all_to_all_single(r_e, e_sorted, recv_l, send_l, group=g)
+            r_x = all_to_all_single(xin.new_empty(sum(recv_l), xin.shape[1]), xin, recv_l, send_l, group=g)  # dispatch
+            r_y = self._run_experts(r_x, r_e)
+            out = all_to_all_single(xin.new_empty(xin.shape), r_y, send_l, recv_l, group=g)  # combine
+        y = torch.zeros_like(xt).index_add(0, tok_sorted, out * w_sorted.unsqueeze(1))
+        if self.shared is not None:
+            y = y + self.shared(xt)
+        return y.reshape(shape)
+
+
+def is_moe_layer(spec, i: int) -> bool:
+    """Layer i carries experts (parsim.model.ModelSpec's rule)."""
+    return bool(spec.experts) and i >= spec.moe_first_dense and (i + 1) % spec.moe_every == 0
+
+
 class Block(nn.Module):
-    def __init__(self, spec, recompute: str = "none"):
+    def __init__(self, spec, recompute: str = "none", moe: bool = False, ep: ExpertParallel = ExpertParallel()):
         super().__init__()
         self.attn_norm, self.attn = _norm(spec, spec.hidden), Attention(spec, selective=recompute == "selective")
-        self.mlp_norm, self.mlp = _norm(spec, spec.hidden), MLP(spec)
+        self.mlp_norm, self.mlp = _norm(spec, spec.hidden), (MoE(spec, ep) if moe else MLP(spec))
         self.full_recompute = recompute == "full"
 
     def _body(self, x):
@@ -102,18 +191,20 @@ class GPTStage(nn.Module):
     """
 
     def __init__(self, spec, layer_ids, first: bool, last: bool, seed: int = 0, recompute: str = "none",
-                 tie: bool = False):
+                 tie: bool = False, ep: ExpertParallel = ExpertParallel()):
         super().__init__()
+        check_buildable(spec)
         self.spec, self.first, self.last = spec, first, last
         h = spec.hidden
         if first:
             torch.manual_seed(seed * 1_000_003 + 1)
             self.tok = nn.Embedding(spec.vocab, h)
-            self.pos = None if spec.gated else nn.Embedding(spec.seq_len, h)
+            self.pos = nn.Embedding(spec.max_positions, h) if spec.position == "learned" else None
+            self.embed_norm = _norm(spec, h) if spec.embed_norm else None
         self.layers = nn.ModuleDict()
         for i in layer_ids:
             torch.manual_seed(seed * 1_000_003 + 100 + i)
-            self.layers[str(i)] = Block(spec, recompute)
+            self.layers[str(i)] = Block(spec, recompute, is_moe_layer(spec, i), ep)
         if last:
             torch.manual_seed(seed * 1_000_003 + 2)
             self.norm = _norm(spec, h)
@@ -136,6 +227,8 @@ class GPTStage(nn.Module):
             if self.pos is not None:
                 pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
                 x = x + self.pos(pos)
+            if self.embed_norm is not None:
+                x = self.embed_norm(x)
         for layer in self.layers.values():
             x = layer(x)
         if self.last:

@@ -18,6 +18,11 @@ What maps and what does not:
     the DP time is inside backward (no separate exposed figure).
   * Tied embeddings are untied when the embedding and the head sit on different stages or
     are TP-sharded (noted in the report).
+  * Expert parallelism (ep | dp, with tp = pp = 1 and zero 0): the ep consecutive dp ranks of an
+    expert group each hold experts/ep of every MoE layer and exchange tokens with all-to-all
+    (gloo on CPU, NCCL on GPU); dense gradients are averaged over dp, expert gradients summed
+    over the expert-data-parallel group (dp ranks ep apart) and divided by dp. The all-to-alls
+    are timed inside forward/backward (ep_comm is not separated).
 """
 from __future__ import annotations
 
@@ -44,7 +49,8 @@ def stage_to_rank(plan, microbatches: int) -> list[int]:
 
 def check_plan(spec, plan, world: int, device_type: str = "cpu"):
     """Raise ParsimError for anything this backend cannot run (before any process starts): the rule
-    book's plan rules plus its "run" rules (this backend's ZeRO wiring), parsim.rules."""
+    book's plan rules plus its "run" rules (this backend's ZeRO wiring; fp8 and cp not run; ep with data
+    parallelism only), parsim.rules."""
     from parsim.rules import check
     check(plan, spec, world, scope="run")
 
@@ -221,6 +227,19 @@ def build_rank(spec, plan, rank: int, device, clock: PhaseClock, seed: int = 0, 
              "pp": group_ranks(plan, "pp", dp_i * plan.tp + tp_i),
              "dp": group_ranks(plan, "dp", pp_i * plan.tp + tp_i)}
     groups = {k: (mesh[k].get_group() if getattr(plan, k) > 1 else None) for k in ("tp", "pp", "dp")}
+    from backends.torchdist.model import ExpertParallel
+    ep = ExpertParallel()
+    if plan.ep > 1:   # every rank creates every group, in the same order (dist.new_group's contract)
+        E, D = plan.ep, plan.dp
+        for blk in range(D // E):
+            g = dist.new_group([d * plan.tp * plan.pp for d in range(blk * E, blk * E + E)])
+            if dp_i // E == blk:
+                ep = ExpertParallel(g, dp_i % E, E)
+        for j in range(E):
+            members = [d * plan.tp * plan.pp for d in range(j, D, E)]
+            g = dist.new_group(members) if len(members) > 1 else None
+            if dp_i % E == j:
+                groups["edp"], ranks["edp"] = g, tuple(members)
     for k in ranks:
         assert rank in ranks[k], (k, rank, ranks[k])
         if groups[k] is not None:
@@ -237,7 +256,7 @@ def build_rank(spec, plan, rank: int, device, clock: PhaseClock, seed: int = 0, 
         notes.append("cpu: fp32 (no mixed precision)")
     stages = []
     for s in my_stages:
-        mod = GPTStage(spec, stage_layers(spec, S, s), s == 0, s == S - 1, seed, plan.recompute, tie).to(device)
+        mod = GPTStage(spec, stage_layers(spec, S, s), s == 0, s == S - 1, seed, plan.recompute, tie, ep).to(device)
         if plan.tp > 1:
             from torch.distributed.tensor.parallel import parallelize_module
             parallelize_module(mod, mesh["tp"], tp_plan(mod, plan.sequence_parallel))
@@ -301,13 +320,28 @@ def sync_grads(rm: RankModel, plan, local_size: int | None = None, bucket_bytes:
         return 0
     from backends.torchdist.collectives import allreduce
     grads = []
+    experts = set()
+    total = 0
+    if plan.ep > 1:   # expert gradients: summed over the expert-data-parallel group, then / dp
+        for mod in rm.stages:
+            experts |= {id(p) for n, p in mod.named_parameters() if ".experts." in n}
+        for p in rm.parameters():
+            if id(p) in experts:
+                if p.grad is None:     # an expert no token reached: a zero gradient, so every rank joins
+                    p.grad = torch.zeros_like(p)
+                if rm.groups.get("edp") is not None:
+                    dist.all_reduce(p.grad, group=rm.groups["edp"])
+                p.grad.div_(plan.dp)
+                total += p.grad.numel() * p.grad.element_size()
     for p in rm.parameters():
+        if id(p) in experts:
+            continue
         g = local_grad(p)
         if g is None:
             g = torch.zeros_like(p.to_local() if hasattr(p, "to_local") else p)
             p.grad = g if not hasattr(p, "to_local") else None
         grads.append(g)
-    total, bucket, size = 0, [], 0
+    bucket, size = [], 0
     buckets = []
     for g in grads:
         if bucket and size + g.numel() * g.element_size() > bucket_bytes:

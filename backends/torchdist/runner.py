@@ -530,7 +530,9 @@ def _per_rank_phases(r, rec, plan):
     compute = max(0.0, fwd_bwd - rec["tp_comm"] - recompute)
     idle = max(0.0, rec["pipeline"] - fwd_bwd) if plan.pp > 1 else 0.0
     pp_comm = min(idle, r["t_p2p_s"] * r["sends"])
-    return {"compute": compute, "recompute": recompute, "tp_comm": rec["tp_comm"], "pp_comm": pp_comm,
+    # ep_comm, cp_comm: not timed apart (the all-to-alls run inside forward/backward; cp is not run here)
+    return {"compute": compute, "recompute": recompute, "tp_comm": rec["tp_comm"], "ep_comm": 0.0, "cp_comm": 0.0,
+            "pp_comm": pp_comm,
             "bubble": idle - pp_comm, "dp_comm_exposed": rec["dp_sync"], "optimizer": rec["optimizer"],
             "forward": rec["forward"], "backward": rec["backward"], "total": rec["total"]}
 
@@ -552,8 +554,10 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int):
     seq = plan.seq_len or spec.seq_len
     t = med["total"]
     world = plan.gpus
-    model_flops = spec.step_flops(plan.global_batch, "none", seq)
-    hw_flops = spec.step_flops(plan.global_batch, plan.recompute, seq)
+    # the convention of parsim.layer: MFU counts causal attention at half the square; HFU what runs
+    # (scaled_dot_product_attention with is_causal: the causal half, flash=True)
+    model_flops = spec.model_step_flops(plan.global_batch, seq)
+    hw_flops = spec.step_flops(plan.global_batch, plan.recompute, seq, flash=True)
     dtype_run = plan.dtype if gpu else "fp32"
     profile = cfg.get("device_profile") or ("cpu" if not gpu else None)
     peak = None
@@ -572,6 +576,9 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int):
     notes = sorted({n for r in gathered for n in r["notes"]})
     if plan.dp > 1 and plan.zero < 2:
         notes.append("dp gradient sync runs after backward (no overlap): dp_comm_exposed is all of it")
+    if plan.ep > 1:
+        notes.append("ep_comm: the MoE dispatch/combine all-to-alls are not timed apart; they sit inside "
+                     "forward/backward (compute)")
     # rates from the step time: the fastest step gives the highest rate
     lo_t, hi_t = spread["total"]
     rates = {"tokens_per_s": plan.global_batch * seq, "samples_per_s": plan.global_batch,
@@ -595,8 +602,9 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int):
         fits=True,
         breakdown_s={k: med[k] for k in BREAKDOWN_KEYS},
         fits_reason="ran",
-        plan=plan.to_dict(),
+        plan={**plan.to_dict(), "seq_len": seq},
         model=spec.name,
+        seq_len=seq, params_total=spec.params, params_active=spec.active_params, model_summary=spec.summary(),
         cluster=cfg.get("cluster_label") or f"local {cfg.get('backend', 'gloo')}",
         device=profile or ("cuda" if gpu else "cpu"),
         gpus=world,

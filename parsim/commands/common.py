@@ -58,6 +58,8 @@ def add_plan_arguments(p, need_gpus=True):
     p.add_argument("--dp", type=count("MAX_DEVICES"), help="data parallel (default: gpus / (tp·pp))")
     p.add_argument("--tp", type=count("MAX_DEVICES"), default=1, help="tensor parallel")
     p.add_argument("--pp", type=count("MAX_DEVICES"), default=1, help="pipeline parallel")
+    p.add_argument("--ep", type=count("MAX_DEVICES"), default=1, help="expert parallel (MoE): experts sharded over ep of the dp ranks")
+    p.add_argument("--cp", type=count("MAX_DEVICES"), default=1, help="context parallel: each sequence split over cp ranks")
     p.add_argument("--vpp", type=count("MAX_DEVICES"), default=None, help="virtual stages per pipeline rank (interleaved)")
     p.add_argument("--micro-batch", type=count("MAX_GLOBAL_BATCH"), default=1, help="sequences per micro-batch")
     p.add_argument("--global-batch", type=count("MAX_GLOBAL_BATCH"), required=False, help="sequences per step")
@@ -95,15 +97,17 @@ def memory_options(a) -> dict:
 def plan_from_args(a, gpus: int, device=None) -> Plan:
     """The Plan the flags describe; `device` (profile or kind) decides the dtype when --dtype is not given."""
     from parsim.hardware import default_dtype
-    if a.dp is None and gpus % (a.tp * a.pp):
-        raise ParsimError(f"gpus ({gpus}) is not divisible by tp·pp = {a.tp}·{a.pp} = {a.tp * a.pp}")
-    dp = a.dp if a.dp is not None else gpus // (a.tp * a.pp)
+    cp = getattr(a, "cp", 1)
+    if a.dp is None and gpus % (a.tp * a.pp * cp):
+        raise ParsimError(f"gpus ({gpus}) is not divisible by tp·pp·cp = {a.tp}·{a.pp}·{cp} = {a.tp * a.pp * cp}")
+    dp = a.dp if a.dp is not None else gpus // (a.tp * a.pp * cp)
     vpp = a.vpp or (2 if a.schedule == "zbv" else 1)
     schedule = a.schedule or ("interleaved" if vpp > 1 else "1f1b")
     gb = a.global_batch if a.global_batch is not None else a.micro_batch * dp
     return Plan(dp=dp, tp=a.tp, pp=a.pp, vpp=vpp, micro_batch=a.micro_batch, global_batch=gb, seq_len=a.seq_len,
                 dtype=a.dtype or default_dtype(device or "gpu"), schedule=schedule, grad_sync=a.grad_sync, zero=a.zero, recompute=a.recompute,
-                sequence_parallel=a.sequence_parallel, overlap=not a.no_overlap, flash_attention=not a.no_flash)
+                sequence_parallel=a.sequence_parallel, overlap=not a.no_overlap, flash_attention=not a.no_flash,
+                ep=getattr(a, "ep", 1), cp=cp)
 
 
 def load_cluster_arg(spec, gpus: int | None):

@@ -20,6 +20,8 @@ def add_arguments(p):
     p.add_argument("--dp", type=count("MAX_DEVICES"), help="data-parallel size (default nproc/(tp*pp))")
     p.add_argument("--tp", type=count("MAX_DEVICES"), default=1)
     p.add_argument("--pp", type=count("MAX_DEVICES"), default=1)
+    p.add_argument("--cp", type=count("MAX_DEVICES"), default=1, help="context parallel (not run by this backend: refused in one line)")
+    p.add_argument("--ep", type=count("MAX_DEVICES"), default=1, help="expert parallel (MoE models): experts sharded over ep of the dp ranks")
     p.add_argument("--vpp", type=count("MAX_DEVICES"), help="virtual stages per pp rank (default: 2 for interleaved/zbv, else 1)")
     p.add_argument("--micro-batch", type=count("MAX_GLOBAL_BATCH"), default=1)
     p.add_argument("--global-batch", type=count("MAX_GLOBAL_BATCH"), help="default micro-batch*dp*pp")
@@ -72,9 +74,11 @@ def make_plan(args, world: int | None = None):
     """(ModelSpec, Plan, nproc) from the flags; every user mistake is a ParsimError."""
     from parsim.model import load_model
     from parsim.plan import Plan
+    from backends.torchdist.buildable import check_buildable
     model = load_model(args.model)
+    check_buildable(model)
     tp, pp = args.tp, args.pp
-    for k in ("tp", "pp"):
+    for k in ("tp", "pp", "cp", "ep"):
         if getattr(args, k) is None or getattr(args, k) < 1:
             raise ParsimError(f"--{k} = {getattr(args, k)}: expected a positive integer")
     nproc = world or args.nproc
@@ -82,12 +86,13 @@ def make_plan(args, world: int | None = None):
     if dp is None:
         if nproc is None:
             dp = 1
-        elif nproc % (tp * pp):
-            raise ParsimError(f"nproc ({nproc}) is not divisible by tp*pp = {tp}*{pp} = {tp * pp}")
+        elif nproc % (tp * pp * args.cp):
+            raise ParsimError(f"nproc ({nproc}) is not divisible by tp*pp = {tp}*{pp} = {tp * pp}" if args.cp == 1 else
+                              f"nproc ({nproc}) is not divisible by tp*pp*cp = {tp}*{pp}*{args.cp} = {tp * pp * args.cp}")
         else:
-            dp = nproc // (tp * pp)
+            dp = nproc // (tp * pp * args.cp)
     if nproc is None:
-        nproc = dp * tp * pp
+        nproc = dp * tp * pp * args.cp
     schedule = args.schedule
     vpp = args.vpp or (2 if schedule in ("interleaved", "zbv") and pp > 1 else 1)
     micro = args.micro_batch
@@ -96,7 +101,7 @@ def make_plan(args, world: int | None = None):
     dtype = args.dtype or default_dtype("gpu" if args.backend == "nccl" else "cpu")
     plan = Plan(dp=dp, tp=tp, pp=pp, vpp=vpp, micro_batch=micro, global_batch=gb, seq_len=args.seq_len,
                 dtype=dtype, schedule=schedule, grad_sync=args.grad_sync, zero=args.zero, recompute=args.recompute,
-                sequence_parallel=args.sequence_parallel, overlap=False, flash_attention=True)
+                sequence_parallel=args.sequence_parallel, overlap=False, flash_attention=True, ep=args.ep, cp=args.cp)
     from parsim.costs.dpsync import zero_sync_algorithms
     zero_sync_algorithms(plan.grad_sync, plan.zero)     # ZeRO with tree/hierarchical/ps: refused before spawning
     return model, plan, nproc

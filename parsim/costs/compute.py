@@ -3,15 +3,15 @@
 Every function here works on numpy arrays of plans as well as on scalars: the plan
 search evaluates whole tables of candidates at once.
 
-A layer lowers to a small compute graph (per micro-batch, per tensor-parallel rank):
-GEMMs with their shapes, the attention core, and memory-bound element-wise kernels.
-Each is priced by a roofline against the device profile, with the profile's
+A layer is described once, as data (parsim.layer: per micro-batch, per tensor-parallel rank,
+GEMMs with their shapes, the attention core, memory-bound element-wise kernels, MoE router,
+dispatch/combine and expert GEMMs). Each op is priced by a roofline against the device profile, with the profile's
 efficiency curves (data) applied to the kernel's size:
     t = max(FLOPs / (peak · eff_matmul(GFLOP)), bytes / (bandwidth · eff_mem(MB))).
 Backward GEMMs (input- and weight-gradient) cost twice the forward; flash-attention
 backward costs 2.5× its forward (Dao 2023, FlashAttention-2 §3: 5 vs 2 matmuls).
 Causal flash attention skips the masked half of the score blocks, so its time uses
-half the counted FLOPs; the FLOP *counts* (MFU/HFU) keep Megatron's full convention.
+half the FLOPs of the full square, and counts that half (see parsim.layer for the convention).
 Devices whose profile carries measured host overheads (the calibrated CPU: eager PyTorch
 dispatches synchronously) add them per layer, per loss head and per optimizer step.
 """
@@ -21,21 +21,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DTYPES = ("bf16", "fp16", "fp32")
-DTYPE_BYTES = np.array([2.0, 2.0, 4.0])
+from parsim.layer import DTYPE_BYTES, FP8  # noqa: F401  (one table of element sizes)
+
+DTYPES = ("bf16", "fp16", "fp32", "fp8")
 
 
 def peak_flops(dev, dtype_code):
-    """Peak matrix FLOP/s per plan, from the dtype code (index into DTYPES)."""
-    table = np.array([dev.peak_flops.get(d, 0.0) for d in DTYPES])
+    """Peak matrix FLOP/s per plan, from the dtype code (index into DTYPES): what non-FP8 GEMMs run at,
+    and what MFU/HFU are taken against. For fp8 plans that is the bf16 peak (NeMo and Megatron report
+    MFU of FP8 training against the bf16 peak; the FP8 peak is gemm_peak_flops)."""
+    table = np.array([dev.peak_flops.get(d if d != "fp8" else "bf16", 0.0) for d in DTYPES])
     return table[np.asarray(dtype_code)]
 
 
-def gemm_s(dev, peak, e, M, K, N, batch=1.0, flop_scale=1.0):
-    """Roofline time of a (batched) GEMM [M,K]x[K,N] with element size e bytes."""
+def fp8_peak_flops(dev):
+    """The device's FP8 tensor-core peak (0 without FP8)."""
+    return dev.peak_flops.get("fp8", 0.0)
+
+
+def gemm_s(dev, peak, e, M, K, N, batch=1.0, flop_scale=1.0, eff=None):
+    """Roofline time of a (batched) GEMM [M,K]x[K,N] with element size e bytes (eff: the efficiency
+    curve, default the device's matmul curve)."""
     flops = 2.0 * M * K * N * batch
     bytes_ = e * (M * K + K * N + M * N) * batch
-    t_c = flop_scale * flops / (peak * dev.matmul_eff(flops / 1e9))
+    t_c = flop_scale * flops / (peak * (eff or dev.matmul_eff)(flops / 1e9))
     return np.maximum(t_c, dev.memory_time_s(bytes_))
 
 
@@ -45,61 +54,72 @@ class LayerTimes:
     fwd_s: np.ndarray            # one layer forward
     bwd_s: np.ndarray            # one layer backward (input + weight gradients)
     wgrad_s: np.ndarray          # the weight-gradient part of bwd_s (zero-bubble schedules split it)
-    attn_core_fwd_s: np.ndarray  # what selective recompute repeats
+    attn_core_fwd_s: np.ndarray  # what selective recompute repeats (and context parallelism overlaps K/V with)
     embed_fwd_s: np.ndarray      # token embedding (first stage)
     embed_bwd_s: np.ndarray
     head_fwd_s: np.ndarray       # final norm, logits GEMM and cross-entropy (last stage)
     head_bwd_s: np.ndarray
+    attn_core_bwd_s: np.ndarray  # the core's backward (context parallelism overlaps dK/dV with it)
 
 
-def layer_times(model, dev, b, s, t, sp, flash, dtype_code) -> LayerTimes:
-    """Price one layer for micro-batch b, sequence s, tensor parallel t (arrays allowed)."""
+def op_times(op, dev, peak, e, fp8=None):
+    """(forward, backward, weight-gradient) seconds of one parsim.layer.Op, weighted by its share of layers.
+
+    GEMMs and the flash core: roofline gemm_s (the core at its flop_scale); backward `bwd`× the
+    forward, of which the forward's time again is the weight gradient for weight GEMMs.
+    Memory-bound ops: their bytes at the device's bandwidth curve, forward and backward.
+    fp8 (bool array): rows whose layer weight GEMMs (op.fp8) run at the FP8 peak with the FP8 curve,
+    operands 1 byte."""
+    w = np.asarray(op.weight, dtype=float)
+    if op.kind == "mem":
+        f, b = dev.memory_time_s(op.bytes), dev.memory_time_s(op.bwd_bytes)
+        return w * f, w * b, 0.0
+    f = gemm_s(dev, peak, e, op.m, op.k, op.n, op.batch, op.flop_scale)
+    if op.fp8 and fp8 is not None and np.any(fp8):
+        f8 = gemm_s(dev, fp8_peak_flops(dev), 1.0, op.m, op.k, op.n, op.batch, op.flop_scale,
+                    dev.matmul_eff_fp8 or dev.matmul_eff)
+        f = np.where(fp8, f8, f)
+    return w * f, w * op.bwd * f, (w * f if op.wgrad else 0.0)
+
+
+def ops_times(ops, dev, peak, e, fp8=None):
+    """Summed (forward, backward, weight-gradient, attention-core forward, attention-core backward)
+    seconds of a list of ops (the core: the ops selective recompute repeats)."""
+    fwd = bwd = wg = sel = sel_b = 0.0
+    for op in ops:
+        f, b, w = op_times(op, dev, peak, e, fp8)
+        fwd, bwd, wg = fwd + f, bwd + b, wg + w
+        if op.selective:
+            sel, sel_b = sel + f, sel_b + b
+    return fwd, bwd, wg, sel, sel_b
+
+
+def layer_times(model, dev, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> LayerTimes:
+    """Price one layer for micro-batch b, sequence s, tensor parallel t (arrays allowed), from its
+    description as data (parsim.layer): every op of the layer, the embedding and the loss head."""
+    from parsim import layer as Ly
     b, s, t = (np.asarray(x, dtype=float) for x in (b, s, t))
-    sp, flash = np.asarray(sp, dtype=bool), np.asarray(flash, dtype=bool)
     peak, e = peak_flops(dev, dtype_code), DTYPE_BYTES[np.asarray(dtype_code)]
-    h, f, kvd, a, d = model.hidden, model.ffn_hidden, model.kv_dim, model.heads, model.head_dim
-    T = b * s
-    g = 2.0 if model.gated else 1.0
-
-    gemm_fwd = (gemm_s(dev, peak, e, T, h, (h + 2 * kvd) / t)      # QKV
-                + gemm_s(dev, peak, e, T, h / t, h)                 # output projection
-                + gemm_s(dev, peak, e, T, h, g * f / t)             # fc1 (gate+up for SwiGLU)
-                + gemm_s(dev, peak, e, T, f / t, h))                # fc2
-    heads_per_rank = b * a / t
-    # Attention core: QK^T [s,d]x[d,s] and AV [s,s]x[s,d] per head.
-    core_flash = gemm_s(dev, peak, e, s, d, s, batch=2 * heads_per_rank, flop_scale=0.5)
-    scores_bytes = heads_per_rank * s * s
-    core_naive = (gemm_s(dev, peak, e, s, d, s, batch=heads_per_rank) + gemm_s(dev, peak, e, s, s, d, batch=heads_per_rank)
-                  + dev.memory_time_s((4 * e + 1) * scores_bytes))  # fused softmax r/w, dropout r/w + mask
-    core_fwd = np.where(flash, core_flash, core_naive)
-    core_bwd = np.where(flash, 2.5 * core_flash,
-                        2 * (core_naive - dev.memory_time_s((4 * e + 1) * scores_bytes))
-                        + dev.memory_time_s((3 * e + 1) * scores_bytes))
-    # Element-wise kernels: two norms, two residual adds (+dropout for GPT-style), the activation.
-    hr = np.where(sp, h / t, h)
-    drop = 0.0 if model.gated else 1.0
-    ew_fwd_bytes = T * (e * hr * (2 + 2 + 3 + 3) + drop * 2 * hr + e * (f / t) * (g + 1))
-    ew_fwd = dev.memory_time_s(ew_fwd_bytes)
-    ew_bwd = dev.memory_time_s(2 * ew_fwd_bytes)
-
+    fp8 = np.asarray(dtype_code) == FP8
+    if fp8.any() and not fp8_peak_flops(dev):
+        from parsim.errors import ParsimError
+        from parsim.rules import fp8_device_message      # the rule book's rule; callers ask it first
+        raise ParsimError(fp8_device_message(dev))
+    fwd, bwd, wgrad, core_fwd, core_bwd = ops_times(Ly.layer_ops(model, b, s, t, sp, flash, dtype_code, ep, cp),
+                                                    dev, peak, e, fp8)
     # Host overheads per layer; under tensor parallelism (DTensor) the measured per-layer total
     # `tp_layer`, split between forward and backward as without it.
     o_f, o_b = dev.overhead("layer_fwd"), dev.overhead("layer_bwd")
     o_tp = dev.overhead("tp_layer")
     if o_tp and (o_f + o_b) > 0:
         o_f, o_b = np.where(t > 1, o_tp * o_f / (o_f + o_b), o_f), np.where(t > 1, o_tp * o_b / (o_f + o_b), o_b)
-    fwd = gemm_fwd + core_fwd + ew_fwd + o_f
-    wgrad = gemm_fwd
-    bwd = 2 * gemm_fwd + core_bwd + ew_bwd + o_b
-
-    embed_fwd = dev.memory_time_s(2 * e * T * h)
-    embed_bwd = dev.memory_time_s(3 * e * T * h)
-    V = model.vocab
-    logits = gemm_s(dev, peak, e, T, h, V / t)
-    xent = dev.memory_time_s(4.0 * T * V / t * 3)   # fp32 softmax: read logits, exp-sum, write probs
-    head_fwd = logits + xent + dev.memory_time_s(4 * e * T * h) + dev.overhead("head_fwd")
-    head_bwd = 2 * logits + dev.memory_time_s(4.0 * T * V / t * 2) + dev.overhead("head_bwd")
-    return LayerTimes(fwd, bwd, wgrad, core_fwd, embed_fwd, embed_bwd, head_fwd, head_bwd)
+    embed_fwd, embed_bwd, _, _, _ = ops_times(Ly.embedding_ops(model, b, s, t, dtype_code, cp), dev, peak, e)
+    head_fwd, head_bwd, _, _, _ = ops_times(Ly.head_ops(model, b, s, t, dtype_code, cp), dev, peak, e)
+    shape = np.broadcast(b, s, t).shape
+    full = lambda x: np.broadcast_to(np.asarray(x, dtype=float), shape)
+    return LayerTimes(full(fwd + o_f), full(bwd + o_b), full(wgrad), full(core_fwd), full(embed_fwd),
+                      full(embed_bwd), full(head_fwd + dev.overhead("head_fwd")),
+                      full(head_bwd + dev.overhead("head_bwd")), full(core_bwd))
 
 
 def optimizer_s(dev, params_per_rank, dtype_code, layers_per_rank=0.0):

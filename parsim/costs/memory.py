@@ -32,24 +32,21 @@ from parsim.costs.compute import DTYPE_BYTES
 DDP_BUCKET_BYTES = 25 * 2 ** 20 * 2   # two 25 MiB gradient buckets in flight (PyTorch DDP default bucket_cap_mb=25)
 
 
-def activation_bytes_per_layer(model, b, s, t, sp, recompute_code, flash, dtype_code):
-    """Bytes of stored activations for one layer and one micro-batch on one TP rank.
+def activation_bytes_per_layer(model, b, s, t, sp, recompute_code, flash, dtype_code, ep=1, cp=1):
+    """Bytes of stored activations for one layer and one micro-batch on one TP rank, summed from
+    the layer's description (parsim.layer: each op's `saved`).
 
-    recompute_code: 0 none, 1 selective, 2 full."""
+    recompute_code: 0 none, 1 selective (the attention core's scores are not kept), 2 full (only
+    the layer input is kept: e·s·b·h, /t with sequence parallelism; Korthikanti et al. 2022 §4.3)."""
+    from parsim.layer import DTYPE_BYTES as E, layer_ops, saved_bytes
     b, s, t = (np.asarray(x, dtype=float) for x in (b, s, t))
-    sp, flash = np.asarray(sp, dtype=bool), np.asarray(flash, dtype=bool)
-    e = DTYPE_BYTES[np.asarray(dtype_code)]
+    sp = np.asarray(sp, dtype=bool)
     rc = np.asarray(recompute_code)
-    h, f, kvd, a = model.hidden, model.ffn_hidden, model.kv_dim, model.heads
-    g = 2.0 if model.gated else 1.0
-    masks = 0.0 if model.gated else 2.0                          # two dropout masks, 1 byte each
-    replicated = s * b * (e * (2 * h + h + h) + masks * h)        # two norm inputs, QKV input, MLP input
-    sharded = s * b * e * (h + 2 * kvd + h + g * f + f)           # Q, K, V, proj input, fc1 out, activation out
-    scores = (2 * e + 1) * a * s * s * b                           # softmax out, dropout mask, dropout out
-    keep_scores = (rc == 0) & ~flash
-    per_layer = np.where(sp, replicated / t, replicated) + sharded / t + np.where(keep_scores, scores / t, 0.0)
-    full = np.where(sp, e * s * b * h / t, e * s * b * h)         # only the layer input is kept
-    return np.where(rc == 2, full, per_layer)
+    ops = layer_ops(model, b, s, t, sp, flash, dtype_code, ep, cp)
+    kept = np.where(rc == 1, saved_bytes(ops, selective=True), saved_bytes(ops))
+    e = E[np.asarray(dtype_code)]
+    full = np.where(sp, e * s * b * model.hidden / t, e * s * b * model.hidden) / np.asarray(cp, dtype=float)
+    return np.where(rc == 2, full, kept)
 
 
 # ---------------------------------------------------------------- model states: bytes per parameter

@@ -64,7 +64,8 @@ def markdown(loto: list[dict], fits: dict) -> str:
             if "note" in r:
                 lines.append(f"| {r['model']} | {r['gpus']} | – | – | {r['note']} | | | | |")
                 continue
-            lines.append(f"| {r['model']} | {r['gpus']} | {r['published']:g} | {r['predicted']:g} | {_pct(r['rel_error'])} | "
+            pred = "no plan fits" if r["predicted"] is None else f"{r['predicted']:g}"
+            lines.append(f"| {r['model']} | {r['gpus']} | {r['published']:g} | {pred} | {_pct(r['rel_error'])} | "
                          f"{'–' if r['published_memory_GiB'] is None else r['published_memory_GiB']} | {r['predicted_memory_GiB']} | "
                          f"{_pct(r['memory_rel_error'])} | {r['plan']} |")
         lines.append(f"\nMetric: {e['row_results'][0].get('metric', '')}; fraction {e['fraction']} fitted on: {', '.join(e['fit_on'])}.\n")
@@ -103,7 +104,7 @@ def plot(loto: list[dict], path: Path) -> None:
     done = [e for e in loto if e["step"]]
     fig, ax = plt.subplots(figsize=(8, 4.2))
     for i, e in enumerate(done):
-        errs = [100 * r["rel_error"] for r in e["row_results"] if "rel_error" in r]
+        errs = [100 * r["rel_error"] for r in e["row_results"] if r.get("rel_error") is not None]
         ax.scatter([i] * len(errs), errs, marker="o", alpha=0.7)
         ax.plot([i - 0.25, i + 0.25], [100 * e["step"]["bias"]] * 2, "k-")
     ax.axhspan(-5, 5, color="g", alpha=0.08, label="±5% (target mean)")

@@ -17,10 +17,12 @@ def test_step_report_round_trips_through_json_and_flat_names_every_numeric_field
     back = StepReport.from_dict(json.loads(json.dumps(rep.to_dict())))
     assert back == rep
     flat = rep.flat()
-    # 7 breakdown phases + 5 memory kinds + step_time_s, tokens_per_s, samples_per_s, model/hardware TFLOP/s,
-    # mfu, hfu, memory_GiB, gpus = 12 + 9 = 21
-    assert len(flat) == 21 and flat["breakdown_s.bubble"] == rep.breakdown_s["bubble"]
+    # 9 breakdown phases (BREAKDOWN_KEYS, ep_comm and cp_comm included) + 5 memory kinds + step_time_s,
+    # tokens_per_s, samples_per_s, model/hardware TFLOP/s, mfu, hfu, memory_GiB, gpus = 14 + 9 = 23
+    assert len(flat) == 23 and flat["breakdown_s.bubble"] == rep.breakdown_s["bubble"]
     assert "fits" not in flat and "plan" not in flat
+    # context, not outcomes: the model's size and training length are inputs, equal on both sides
+    assert not {"seq_len", "params_total", "params_active", "memory_capacity_GiB"} & set(flat)
 
 
 def test_from_dict_names_an_unknown_key():

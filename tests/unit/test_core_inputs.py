@@ -73,7 +73,7 @@ def test_model_file_and_hf_config(tmp_path):
 @pytest.mark.parametrize("text, msg", [
     ("layers: 2\nhidden: 128\n", "missing key"),
     ("layers: 2\nhidden: 130\nheads: 4\nffn_hidden: 1\nvocab: 1\nseq_len: 1\n", "not divisible by heads"),
-    ("layers: 0\nhidden: 128\nheads: 4\nffn_hidden: 1\nvocab: 1\nseq_len: 1\n", "positive integer"),
+    ("layers: 0\nhidden: 128\nheads: 4\nffn_hidden: 1\nvocab: 1\nseq_len: 1\n", r"layers = 0, expected an integer in \[1, 10,000\]"),
     ("[1, 2", "cannot read"),
     ("layers: 2\nhidden: 128\nheads: 4\nffn_hidden: 1\nvocab: 1\nseq_len: 1\ncolour: red\n", "unknown key"),
 ])

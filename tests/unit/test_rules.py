@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from parsim.errors import ParsimError
 from parsim.model import load_model
-from parsim.plan import GRAD_SYNC, SCHEDULES, Plan
+from parsim.hardware import get_device
+from parsim.plan import DTYPES, GRAD_SYNC, SCHEDULES, Plan
 from parsim.predict import plan_columns, predict
 from parsim.rules import (ParallelDims, check, check_pipeline, first_failure, rank_layers, reject,
                           stage_layer_counts, stage_to_rank)
@@ -92,26 +93,63 @@ plans = st.builds(
     st.sampled_from([1, 2, 3, 4]), st.sampled_from([1, 2, 4]), st.integers(1, 64), st.sampled_from(SCHEDULES),
     st.booleans(), st.integers(0, 3), st.sampled_from(GRAD_SYNC))
 
+# the same plans with expert and context parallelism, dtype (fp8), flash attention and the sequence length
+wide_plans = st.builds(
+    lambda p, ep, cp, dtype, flash, seq: p.with_(ep=ep, cp=cp, dtype=dtype, flash_attention=flash, seq_len=seq),
+    plans, st.sampled_from([1, 2, 3, 4]), st.sampled_from([1, 2, 3, 4]), st.sampled_from(DTYPES), st.booleans(),
+    st.sampled_from([None, 6, 4096, 4098]))
+
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(plans, st.sampled_from(["plan", "run"]))
-def test_scalar_check_and_vectorised_mask_agree(plan, scope):
-    model = load_model("llama2-13b")       # 40 layers, 40 heads
-    ok, counts = reject(plan_columns([plan], model), model, scope)
-    msg = first_failure(plan_columns([plan], model), model, 0, scope)
+@given(wide_plans, st.sampled_from(["plan", "run"]), st.sampled_from(["llama2-13b", "mixtral-8x7b"]),
+       st.sampled_from([None, "a100-80gb", "h100-sxm"]))
+def test_scalar_check_and_vectorised_mask_agree(plan, scope, model_name, device):
+    model = load_model(model_name)       # llama2-13b: 40 layers, 40 heads, dense; mixtral: 8 experts
+    dev = None if device is None else get_device(device)
+    cols = plan_columns([plan], model)
+    ok, counts = reject(cols, model, scope, device=dev)
+    msg = first_failure(cols, model, 0, scope, device=dev)
     assert bool(ok[0]) == (msg is None)
     if msg is None:
-        check(plan, model, scope=scope)
+        check(plan, model, scope=scope, device=dev)
     else:
         with pytest.raises(ParsimError) as e:
-            check(plan, model, scope=scope)
+            check(plan, model, scope=scope, device=dev)
         assert str(e.value) == msg and sum(counts.values()) == 1
         # the backend asks the same book, with its own wiring rules on top
-        if scope == "run":
+        if scope == "run" and dev is None:
             pytest.importorskip("torch")
             from backends.torchdist.parallel import check_plan
             with pytest.raises(ParsimError, match="^" + __import__("re").escape(msg) + "$"):
                 check_plan(model, plan, plan.gpus)
+
+
+@pytest.mark.parametrize("kw,model,device,needle", [
+    # i13's plan rules, now in the book (same messages as before)
+    (dict(dp=2, ep=2), "llama3-8b", None, "ep = 2: llama3-8b has no experts (dense model), expected ep = 1"),
+    (dict(dp=3, ep=3, global_batch=3), "mixtral-8x7b", None, "ep (3) does not divide the experts (8) of mixtral-8x7b"),
+    (dict(dp=2, ep=4), "mixtral-8x7b", None, "ep (4) does not divide dp (2)"),
+    (dict(cp=3), "llama3-8b", None, "cp (3) does not divide seq-len (8192)"),
+    (dict(cp=2, tp=8, sequence_parallel=True, seq_len=8200), "llama3-8b", None,
+     "sequence-parallel with cp: seq-len (8200) is not divisible by cp·tp = 2·8"),
+    (dict(cp=2, flash_attention=False), "llama3-8b", None, "cp = 2 runs ring attention on flash-attention kernels"),
+    (dict(dtype="fp8"), "llama3-8b", "a100-80gb", "dtype fp8: device a100-80gb has no FP8 tensor cores"),
+])
+def test_expert_context_and_fp8_rules(kw, model, device, needle):
+    m = load_model(model)
+    dev = None if device is None else get_device(device)
+    with pytest.raises(ParsimError) as e:
+        check(Plan(**kw), m, device=dev)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    cols = plan_columns([Plan(**kw)], m)
+    assert not reject(cols, m, device=dev)[0][0]
+
+
+def test_gpus_count_cp():
+    # gpus = dp·tp·pp·cp: 2·2·1·2 = 8
+    with pytest.raises(ParsimError, match=r"tp\(2\) \* pp\(1\) \* dp\(2\) \* cp\(2\) = 8 != gpus\(16\)"):
+        check(Plan(dp=2, tp=2, cp=2, global_batch=2), load_model("llama3-8b"), 16)
+    assert check(Plan(dp=2, tp=2, cp=2, global_batch=2), load_model("llama3-8b"), 8)
 
 
 @settings(max_examples=200, deadline=None)
@@ -152,7 +190,12 @@ def test_tp_across_nodes_is_priced_not_refused():
     (dict(tp="4"), "tp = '4' (str): expected a positive integer"),
     (dict(pp=2.0), "pp = 2.0 (float): expected a positive integer"),
     (dict(dp=10 ** 30), "dp = 1000000000000000000000000000000: expected a positive integer <= 1,048,576"),
-    (dict(dp=2 ** 12, tp=2 ** 12, pp=2 ** 12), "dp·tp·pp = 4096·4096·4096"),
+    (dict(dp=2 ** 12, tp=2 ** 12, pp=2 ** 12), "dp·tp·pp·cp = 4096·4096·4096·1"),
+    (dict(dp=2 ** 8, tp=2 ** 8, pp=2 ** 8, cp=2), "dp·tp·pp·cp = 256·256·256·2 = 33,554,432 devices"),
+    (dict(ep=0), "ep = 0: expected a positive integer"),
+    (dict(cp=1.5), "cp = 1.5 (float): expected a positive integer"),
+    (dict(ep=True), "ep = True (bool)"),
+    (dict(dtype="fp4"), "dtype = 'fp4': expected one of bf16, fp16, fp32, fp8"),
     (dict(vpp=0), "vpp = 0"),
     (dict(global_batch=-1), "global-batch = -1"),
     (dict(micro_batch=True), "micro-batch = True (bool)"),

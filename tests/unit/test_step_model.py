@@ -81,7 +81,7 @@ def test_report_has_every_key_and_is_consistent():
     assert sum(r.memory_breakdown_GiB.values()) == pytest.approx(r.memory_GiB, rel=1e-9)
     m = load_model("llama2-70b")
     assert r.tokens_per_s == pytest.approx(64 * m.seq_len / r.step_time_s)
-    assert r.model_tflops_per_gpu == pytest.approx(m.step_flops(64, "none") / r.step_time_s / 64 / 1e12)
+    assert r.model_tflops_per_gpu == pytest.approx(m.model_step_flops(64) / r.step_time_s / 64 / 1e12)
     assert r.hardware_tflops_per_gpu > r.model_tflops_per_gpu      # selective recompute adds FLOPs
     assert 0 < r.mfu < r.hfu < 1
 

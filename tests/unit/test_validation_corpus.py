@@ -149,15 +149,31 @@ def test_a_table_file_is_read_with_its_header_and_every_reason(tmp_path):
     header, _ = C.read_csv_with_header(p)
     assert header["source"] == "https://example.org/a; https://example.org/b"   # repeated keys are kept, joined
     fp8, bf16 = C.load_file(p)
-    # the fp8 row is missing four features and says all four
-    assert len(fp8.reasons) == 4 and not fp8.plans
-    assert any("fp8" in w for w in fp8.reasons) and any("experts" in w for w in fp8.reasons)
-    assert any("context parallelism" in w for w in fp8.reasons) and any("torch.compile" in w for w in fp8.reasons)
+    # the fp8 row is missing three features and says all three: FP8 on an A100 (no FP8 tensor cores), ep = 8 on a
+    # dense model, torch.compile; cp = 2 is a Plan field now (context parallelism), so it is not one of them
+    assert len(fp8.reasons) == 3 and not fp8.plans
+    assert any("fp8" in w and "no FP8 tensor cores" in w for w in fp8.reasons)
+    assert any("experts" in w for w in fp8.reasons) and any("torch.compile" in w for w in fp8.reasons)
+    assert not any("context parallelism" in w for w in fp8.reasons)
     # the bf16 row: FSDP over 16 ranks = ZeRO-3, the unstated micro-batch searched over 1, 2 (32 / 16 = 2 per rank)
     assert not bf16.reasons and bf16.cluster == "dgx-a100"
     assert sorted(p.micro_batch for p in bf16.plans) == [1, 2]
     assert {(p.dp, p.zero, p.recompute) for p in bf16.plans} == {(16, 3, "full")}
     assert bf16.peak_memory_GiB == 50.0
+
+
+def test_fp8_cp_and_moe_rows_on_hopper_are_priced_with_their_knobs(tmp_path):
+    # FP8 with cp = 2 on 16 H100 (dp = 16 / (tp·pp·cp) = 8) and an MoE row with ep = 8 (qwen3-30b-a3b has 128 experts)
+    p = tmp_path / "toy_h100.csv"
+    p.write_text(
+        "# title: toy\n# source: https://example.org/a\n# gpu_type: h100-sxm\n"
+        "table,model,gpus,precision,seq_len,global_batch,micro_batch,fsdp,tp,pp,cp,vp,ep,schedule,recompute,"
+        "techniques,tokens_per_s_per_gpu,model_tflops_per_gpu,peak_memory_GiB\n"
+        "T,llama3-8b,16,fp8,8192,32,1,,1,1,2,,,,full,,100,,\n"
+        "T,qwen3-30b-a3b,16,fp8,4096,512,2,,1,2,1,24,8,,full,,100,,\n")
+    dense, moe = C.load_file(p)
+    assert not dense.reasons and {(q.dp, q.cp, q.dtype) for q in dense.plans} == {(8, 2, "fp8")}
+    assert not moe.reasons and {(q.dp, q.ep, q.pp, q.vpp) for q in moe.plans} == {(8, 8, 2, 24)}
 
 
 def test_op_level_ac_rows_fall_between_parsims_selective_and_full():
