@@ -37,6 +37,11 @@ class LRU:
         self.hits += 1
         return v
 
+    def __getitem__(self, key):
+        v = self._d[key]            # KeyError as a dict would
+        self._d.move_to_end(key)
+        return v
+
     def __setitem__(self, key, value):
         self._d[key] = value
         self._d.move_to_end(key)
