@@ -181,11 +181,12 @@ def check_schedule_args(name: str, pp: int, microbatches: int, vpp: int | None =
             f"micro-batches m={microbatches!r} must be an integer >= 1")
     require(isinstance(vpp, (int, np.integer)) and not isinstance(vpp, bool) and vpp >= 1,
             f"virtual stages vpp={vpp!r} must be an integer >= 1")
-    from parsim.rules import check_pipeline
-    check_pipeline(name, int(pp), int(microbatches), int(vpp))
+    # the size first (Python ints, no overflow), then the rule book on values that fit in int64
     ops = schedule_ops(name, pp, vpp, microbatches)
     require(ops <= MAX_SIM_OPS, f"{name} with pp={pp}, vpp={vpp}, m={microbatches} has {ops} ops, above the "
                                 f"limit of {MAX_SIM_OPS} the simulator plays (parsim.limits.MAX_SIM_OPS)")
+    from parsim.rules import check_pipeline
+    check_pipeline(name, int(pp), int(microbatches), int(vpp))
     return name, int(vpp)
 
 

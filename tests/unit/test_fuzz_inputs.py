@@ -373,8 +373,8 @@ API_INT = st.one_of(st.sampled_from([1, 2]), HOSTILE_INT, st.sampled_from([None,
 def test_fuzz_python_api_predict(dp, tp, pp, vpp, mb, gb, seq, model, cluster):
     import parsim
     from parsim.plan import Plan
-    plan = Plan(dp=dp, tp=tp, pp=pp, vpp=vpp, micro_batch=mb, global_batch=gb, seq_len=seq)
-    try:
+    try:   # a Plan checks its own fields on construction (types, ranges), predict the rest
+        plan = Plan(dp=dp, tp=tp, pp=pp, vpp=vpp, micro_batch=mb, global_batch=gb, seq_len=seq)
         rep = parsim.predict(model, cluster, plan)
     except ParsimError as e:
         assert "\n" not in str(e) and len(str(e)) < 1000

@@ -234,7 +234,7 @@ def test_cluster_file_in_range_values_still_priced(tmp_path):
     (["--stage-times", "inf,1"], "expected a finite number"),
     (["--stage-times", ""], "--stage-times '' is empty"),
     (["--stage-times", "/"], "is empty"),
-    (["--schedule", "interleaved", "--vpp", "1"], "interleaved 1f1b needs vpp >= 2"),
+    (["--schedule", "interleaved", "--vpp", "1"], "interleaved needs vpp >= 2"),
 ])
 def test_simulate_numbers_checked(argv, needle):
     refused("simulate", "--pp", 4, "-m", 8, *argv, needle=needle)
