@@ -30,6 +30,7 @@ KINDS = {
     "model": ("model file", "MAX_MODEL_FILE_BYTES"),
     "cluster": ("cluster file", "MAX_CLUSTER_FILE_BYTES"),
     "devices": ("device catalog", "MAX_MODEL_FILE_BYTES"),
+    "study": ("study file", "MAX_MODEL_FILE_BYTES"),
 }
 
 

@@ -29,7 +29,6 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from parsim.errors import ParsimError
 
@@ -102,12 +101,8 @@ def load_study(path, tiny: bool = False) -> Study:
     """Read and check a study file; expand it to points. ``tiny`` applies its ``tiny:`` overrides
     (smaller models, fewer steps: the CPU dry run CI keeps the GPU study alive with)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ParsimError(f"cannot read study file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ParsimError(f"study file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    from parsim.fileio import read_user_file
+    raw = read_user_file(path, "study", fmt="yaml")   # regular file, size, nesting, no aliases or duplicate keys
     where = path.name
     _keys(raw, TOP_KEYS, where)
     name = raw.get("name")
