@@ -106,14 +106,25 @@ class Price:
 class _Router:
     """Directed-edge arrays and ECMP routes of one graph.
 
-    Shortest paths are found by breadth-first search from the source with Brandes' path
-    counts σ; the search stops at the target's layer and is resumed (not restarted) for
-    the next target of the same source, so all-pairs patterns cost one BFS per source."""
+    Shortest paths are found by a bidirectional breadth-first search: a BFS ball around each
+    endpoint (distances, Brandes' path counts σ, predecessors), grown one layer at a time,
+    always on the side whose next layer is cheaper, until the balls meet. Balls are kept per
+    graph node and resumed (not restarted) for the next pair that needs them, so a route
+    costs the few layers around its two endpoints: on a cluster graph the search never walks
+    a fabric switch's thousands of ports unless a route ends next to it (the single-source
+    search this replaces swept the whole 16384-GPU graph from every source: issue 10/12).
+
+    The route does not depend on where the balls meet: every shortest s-t path crosses the
+    meeting layer M exactly once, so σ_st = Σ_{m∈M} σ_s(m)·σ_t(m), each edge u->v of the
+    shortest-path DAG carries σ_s(u)·σ_t(v)/σ_st (integer path counts, one rounding), and the
+    path latency is the largest sum along the DAG taken from s forward — the same numbers a
+    single search from s gives (tests/unit/test_network.py checks against one)."""
 
     def __init__(self, g: nx.Graph, p2p: bool = False):
         # no reference to g here: _ROUTERS is keyed weakly by g, and a value that held its key
         # would keep every graph ever priced alive (the leak of a long-lived process)
         self.idx = {n: i for i, n in enumerate(g.nodes)}
+        self.names = list(self.idx)
         self.adj = [[] for _ in self.idx]
         bw, lat = [], []
         for u, v, d in g.edges(data=True):
@@ -129,36 +140,63 @@ class _Router:
         self.bw = np.array(bw)
         self.lat = np.array(lat)
         self.routes = {}
-        self.searches = {}
+        self.balls = {}
 
-    def _search(self, s, t):
-        """Resume the BFS from s until t's layer is complete: (dist, sigma, latency)."""
-        st = self.searches.get(s)
-        if st is None:
-            st = self.searches[s] = ({s: 0}, {s: 1}, {s: 0.0}, {s: []}, [s])
-        dist, sigma, lat, preds, frontier = st
+    def _ball(self, s):
+        """The BFS ball around s: [dist, sigma, preds, frontier (its outermost layer), radius];
+        preds[v] = [(u, id of u->v)] for u one layer nearer s."""
+        b = self.balls.get(s)
+        if b is None:
+            b = self.balls[s] = [{s: 0}, {s: 1}, {s: []}, [s], 0]
+        return b
+
+    def _grow(self, b):
+        """Add the next layer to ball b (False when it already holds its whole component)."""
+        dist, sigma, preds, frontier, r = b
+        if not frontier:
+            return False
+        d, adj, nxt = r + 1, self.adj, []
+        for u in frontier:
+            su = sigma[u]
+            for v, e_uv, _, _ in adj[u]:
+                dv = dist.get(v)
+                if dv is None:
+                    dist[v], sigma[v], preds[v] = d, su, [(u, e_uv)]
+                    nxt.append(v)
+                elif dv == d:
+                    sigma[v] += su
+                    preds[v].append((u, e_uv))
+        b[3], b[4] = nxt, d
+        return True
+
+    def _cost(self, b):
         adj = self.adj
-        while t not in dist:
-            require(frontier, f"no path from {self.g_name(s)} to {self.g_name(t)} in the cluster graph")
-            d = dist[frontier[0]] + 1
-            nxt = []
-            for u in frontier:
-                su, lu = sigma[u], lat[u]
-                for v, e_uv, _, le in adj[u]:
-                    dv = dist.get(v)
-                    if dv is None:
-                        dist[v], sigma[v], lat[v], preds[v] = d, su, lu + le, [(u, e_uv)]
-                        nxt.append(v)
-                    elif dv == d:
-                        sigma[v] += su
-                        preds[v].append((u, e_uv))
-                        if lu + le > lat[v]:
-                            lat[v] = lu + le
-            frontier[:] = nxt
-        return sigma, lat, preds
+        return sum(len(adj[u]) for u in b[3])
 
-    def g_name(self, i):
-        return list(self.idx)[i]
+    def _meet(self, s, t):
+        """(ball of s, ball of t, D = dist(s, t), k, M): M = the nodes at distance k from s and
+        D - k from t, with both distances known in the balls (a cut every shortest path crosses once)."""
+        bs, bt = self._ball(s), self._ball(t)
+        while True:
+            for b1, b2, flip in ((bs, bt, False), (bt, bs, True)):
+                d2 = b2[0]
+                if b1[0].get(t if not flip else s) is not None:     # the other end is inside this ball
+                    D = b1[0][t if not flip else s]
+                    return bs, bt, D, (D if not flip else 0), [t if not flip else s]
+            # the ends lie beyond both radii; D <= r_s + r_t iff the outer layer of s holds a node
+            # within r_t of t (a shortest path longer than r_s crosses that layer exactly once)
+            fs, ft = bs[3], bt[3]
+            b1, b2, r1 = (bs, bt, bs[4]) if len(fs) <= len(ft) else (bt, bs, bt[4])
+            d2 = b2[0]
+            hit = [(d2[v], v) for v in b1[3] if v in d2]
+            if hit:
+                D = r1 + min(h[0] for h in hit)
+                M = [v for dv, v in hit if dv == D - r1]
+                k = r1 if b1 is bs else D - r1
+                return bs, bt, D, k, M
+            grown = (self._grow(bs) if self._cost(bs) <= self._cost(bt) else self._grow(bt)) \
+                or self._grow(bs) or self._grow(bt)
+            require(grown, f"no path from {self.names[s]} to {self.names[t]} in the cluster graph")
 
     def route(self, a, b):
         """(directed edge ids, fractions, path latency) of the ECMP split of node a -> node b."""
@@ -170,23 +208,47 @@ class _Router:
         if s == t:
             r = self.routes[key] = (np.zeros(0, dtype=np.int64), np.zeros(0), 0.0)
             return r
-        sigma, lat, preds = self._search(s, t)
-        # backward over the shortest-path DAG: flow through (u -> v) = flow(v)·σ(u)/σ(v)
-        flow = {t: 1.0}
-        eids, fr = [], []
-        layer = [t]
-        while layer[0] != s:
+        bs, bt, D, k, M = self._meet(s, t)
+        (dist_s, sig_s, pre_s), (dist_t, sig_t, pre_t) = bs[:3], bt[:3]
+        # the shortest-path DAG, as layers from s: s-side nodes from the s ball (σ_s known), t-side
+        # nodes from the t ball (σ_t known); the other count is summed across the DAG from the cut
+        fwd = {m: sig_t[m] for m in M}           # σ_t of the s-side nodes, layer by layer back to s
+        edges = []                               # (u, v, id of u->v) in the direction s -> t
+        layers = [list(M)]
+        for _ in range(k):
             prev = {}
+            for v in layers[-1]:
+                for u, e in pre_s[v]:
+                    prev[u] = prev.get(u, 0) + fwd[v]
+                    edges.append((u, v, e))
+            fwd.update(prev)
+            layers.append(list(prev))
+        layers.reverse()                         # s ... M
+        bwd = {m: sig_s[m] for m in M}           # σ_s of the t-side nodes, layer by layer on to t
+        cur = list(M)
+        for _ in range(D - k):
+            nxt = {}
+            for v in cur:
+                for u, e in pre_t[v]:            # u one step nearer t; e = u->v, traffic runs v->u
+                    nxt[u] = nxt.get(u, 0) + bwd[v]
+                    edges.append((v, u, e ^ 1))   # the two directions of an edge are ids 2i, 2i+1
+            bwd.update(nxt)
+            cur = list(nxt)
+            layers.append(cur)
+        sig_st = sum(sig_s[m] * sig_t[m] for m in M)
+        s_cnt = lambda x: sig_s[x] if x in dist_s and dist_s[x] <= k else bwd[x]     # noqa: E731
+        t_cnt = lambda x: sig_t[x] if x in dist_t and dist_t[x] <= D - k else fwd[x]  # noqa: E731
+        eids = np.array([e for _, _, e in edges], dtype=np.int64)
+        fr = np.array([s_cnt(u) * t_cnt(v) / sig_st for u, v, _ in edges])
+        # path latency: the largest edge-latency sum along the DAG, summed from s forward
+        into = {}
+        for u, v, e in edges:
+            into.setdefault(v, []).append((u, e))
+        lat_e, lat = self.lat, {s: 0.0}
+        for layer in layers[1:]:
             for v in layer:
-                fv_sv = flow[v] / sigma[v]
-                for u, e_uv in preds[v]:
-                    share = fv_sv * sigma[u]
-                    eids.append(e_uv)
-                    fr.append(share)
-                    prev[u] = prev.get(u, 0.0) + share
-            flow = prev
-            layer = list(prev)
-        r = self.routes[key] = (np.array(eids, dtype=np.int64), np.array(fr), float(lat[t]))
+                lat[v] = max(lat[u] + float(lat_e[e]) for u, e in into[v])
+        r = self.routes[key] = (eids, fr, lat[t])
         return r
 
 
