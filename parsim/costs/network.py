@@ -120,27 +120,34 @@ class _Router:
     path latency is the largest sum along the DAG taken from s forward — the same numbers a
     single search from s gives (tests/unit/test_network.py checks against one)."""
 
-    def __init__(self, g: nx.Graph, p2p: bool = False):
+    def __init__(self, g: nx.Graph, p2p: bool = False, like: "_Router | None" = None):
         # no reference to g here: _ROUTERS is keyed weakly by g, and a value that held its key
-        # would keep every graph ever priced alive (the leak of a long-lived process)
-        self.idx = {n: i for i, n in enumerate(g.nodes)}
-        self.names = list(self.idx)
-        self.adj = [[] for _ in self.idx]
+        # would keep every graph ever priced alive (the leak of a long-lived process).
+        # `like`: a router of the same graph (other bandwidths): its node index, adjacency,
+        # latencies and BFS balls are shared (they depend on the graph's shape alone)
+        if like is None:
+            self.idx = {n: i for i, n in enumerate(g.nodes)}
+            self.names = list(self.idx)
+            self.adj = [[] for _ in self.idx]
         bw, lat = [], []
         for u, v, d in g.edges(data=True):
             b = float(d.get("bandwidth", 0.0))
             if p2p and d.get("p2p_efficiency") is not None:     # point-to-point reaches its own share
                 b = float(d.get("rate", b)) * float(d["p2p_efficiency"])
             require(b > 0 and np.isfinite(b), f"link {u} — {v}: bandwidth = {b} B/s, expected > 0")
-            i, j, lt = self.idx[u], self.idx[v], float(d.get("latency", 0.0))
-            self.adj[i].append((j, len(bw), len(bw) + 1, lt))      # (neighbour, id i->j, id j->i, latency)
-            self.adj[j].append((i, len(bw) + 1, len(bw), lt))
+            if like is None:
+                i, j, lt = self.idx[u], self.idx[v], float(d.get("latency", 0.0))
+                self.adj[i].append((j, len(bw), len(bw) + 1, lt))      # (neighbour, id i->j, id j->i, latency)
+                self.adj[j].append((i, len(bw) + 1, len(bw), lt))
+                lat += [lt, lt]
             bw += [b, b]
-            lat += [lt, lt]
         self.bw = np.array(bw)
-        self.lat = np.array(lat)
+        if like is None:
+            self.lat = np.array(lat)
+            self.balls = {}
+        else:
+            self.idx, self.names, self.adj, self.lat, self.balls = like.idx, like.names, like.adj, like.lat, like.balls
         self.routes = {}
-        self.balls = {}
 
     def _ball(self, s):
         """The BFS ball around s: [dist, sigma, preds, frontier (its outermost layer), radius];
@@ -264,7 +271,7 @@ def router(g: nx.Graph, p2p: bool = False) -> _Router:
         rs = _ROUTERS[g] = {}
     r = rs.get(p2p)
     if r is None:
-        r = rs[p2p] = _Router(g, p2p)
+        r = rs[p2p] = _Router(g, p2p, like=next(iter(rs.values()), None))
     return r
 
 
