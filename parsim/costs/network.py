@@ -124,7 +124,7 @@ class _Router:
         # no reference to g here: _ROUTERS is keyed weakly by g, and a value that held its key
         # would keep every graph ever priced alive (the leak of a long-lived process).
         # `like`: a router of the same graph (other bandwidths): its node index, adjacency,
-        # latencies and BFS balls are shared (they depend on the graph's shape alone)
+        # latencies, BFS balls and routes are shared (they depend on the graph's shape alone)
         if like is None:
             self.idx = {n: i for i, n in enumerate(g.nodes)}
             self.names = list(self.idx)
@@ -147,32 +147,35 @@ class _Router:
             self.balls = {}
         else:
             self.idx, self.names, self.adj, self.lat, self.balls = like.idx, like.names, like.adj, like.lat, like.balls
-        self.routes = {}
+        self.routes = {} if like is None else like.routes     # edge ids and shares: the shape's too
 
     def _ball(self, s):
-        """The BFS ball around s: [dist, sigma, preds, frontier (its outermost layer), radius];
-        preds[v] = [(u, id of u->v)] for u one layer nearer s."""
+        """The BFS ball around s: [dist, sigma, preds, frontier (its outermost layer), radius,
+        lat]; preds[v] = [(u, id of u->v, its latency)] for u one layer nearer s; lat[v] = the largest
+        latency sum of a shortest s-v path, summed from s."""
         b = self.balls.get(s)
         if b is None:
-            b = self.balls[s] = [{s: 0}, {s: 1}, {s: []}, [s], 0]
+            b = self.balls[s] = [{s: 0}, {s: 1}, {s: []}, [s], 0, {s: 0.0}]
         return b
 
     def _grow(self, b):
         """Add the next layer to ball b (False when it already holds its whole component)."""
-        dist, sigma, preds, frontier, r = b
+        dist, sigma, preds, frontier, r, lat = b
         if not frontier:
             return False
         d, adj, nxt = r + 1, self.adj, []
         for u in frontier:
-            su = sigma[u]
-            for v, e_uv, _, _ in adj[u]:
+            su, lu = sigma[u], lat[u]
+            for v, e_uv, _, le in adj[u]:
                 dv = dist.get(v)
                 if dv is None:
-                    dist[v], sigma[v], preds[v] = d, su, [(u, e_uv)]
+                    dist[v], sigma[v], preds[v], lat[v] = d, su, [(u, e_uv, le)], lu + le
                     nxt.append(v)
                 elif dv == d:
                     sigma[v] += su
-                    preds[v].append((u, e_uv))
+                    preds[v].append((u, e_uv, le))
+                    if lu + le > lat[v]:
+                        lat[v] = lu + le
         b[3], b[4] = nxt, d
         return True
 
@@ -185,22 +188,26 @@ class _Router:
         D - k from t, with both distances known in the balls (a cut every shortest path crosses once)."""
         bs, bt = self._ball(s), self._ball(t)
         while True:
-            for b1, b2, flip in ((bs, bt, False), (bt, bs, True)):
-                d2 = b2[0]
-                if b1[0].get(t if not flip else s) is not None:     # the other end is inside this ball
-                    D = b1[0][t if not flip else s]
-                    return bs, bt, D, (D if not flip else 0), [t if not flip else s]
-            # the ends lie beyond both radii; D <= r_s + r_t iff the outer layer of s holds a node
-            # within r_t of t (a shortest path longer than r_s crosses that layer exactly once)
-            fs, ft = bs[3], bt[3]
-            b1, b2, r1 = (bs, bt, bs[4]) if len(fs) <= len(ft) else (bt, bs, bt[4])
-            d2 = b2[0]
-            hit = [(d2[v], v) for v in b1[3] if v in d2]
-            if hit:
-                D = r1 + min(h[0] for h in hit)
-                M = [v for dv, v in hit if dv == D - r1]
-                k = r1 if b1 is bs else D - r1
-                return bs, bt, D, k, M
+            D = bs[0].get(t)
+            if D is not None:                    # t is inside the ball of s
+                return bs, bt, D, D, [t]
+            D = bt[0].get(s)
+            if D is not None:                    # s is inside the ball of t
+                return bs, bt, D, 0, [s]
+            # the ends lie beyond both radii; D <= r_s + r_t iff the outer layer of one ball holds
+            # a node within the other's radius (a shortest path longer than r crosses layer r once)
+            b1, b2 = (bs, bt) if len(bs[3]) <= len(bt[3]) else (bt, bs)
+            d2, r1, best, M = b2[0], b1[4], None, []
+            for v in b1[3]:
+                dv = d2.get(v)
+                if dv is not None:
+                    if best is None or dv < best:
+                        best, M = dv, [v]
+                    elif dv == best:
+                        M.append(v)
+            if M:
+                D = r1 + best
+                return bs, bt, D, (r1 if b1 is bs else D - r1), M
             grown = (self._grow(bs) if self._cost(bs) <= self._cost(bt) else self._grow(bt)) \
                 or self._grow(bs) or self._grow(bt)
             require(grown, f"no path from {self.names[s]} to {self.names[t]} in the cluster graph")
@@ -216,46 +223,38 @@ class _Router:
             r = self.routes[key] = (np.zeros(0, dtype=np.int64), np.zeros(0), 0.0)
             return r
         bs, bt, D, k, M = self._meet(s, t)
-        (dist_s, sig_s, pre_s), (dist_t, sig_t, pre_t) = bs[:3], bt[:3]
-        # the shortest-path DAG, as layers from s: s-side nodes from the s ball (σ_s known), t-side
-        # nodes from the t ball (σ_t known); the other count is summed across the DAG from the cut
-        fwd = {m: sig_t[m] for m in M}           # σ_t of the s-side nodes, layer by layer back to s
-        edges = []                               # (u, v, id of u->v) in the direction s -> t
-        layers = [list(M)]
+        sig_s, pre_s, lat_s, sig_t, pre_t = bs[1], bs[2], bs[5], bt[1], bt[2]
+        sig_st = sum(sig_s[m] * sig_t[m] for m in M)     # every shortest path crosses M once
+        eids, fr = [], []
+        # s side, from M back to s: σ_t(u) = Σ σ_t over u's successors in the DAG; u->v carries
+        # σ_s(u)·σ_t(v)/σ_st (integer counts, one rounding)
+        cnt = {m: sig_t[m] for m in M}
+        layer = cnt
         for _ in range(k):
             prev = {}
-            for v in layers[-1]:
-                for u, e in pre_s[v]:
-                    prev[u] = prev.get(u, 0) + fwd[v]
-                    edges.append((u, v, e))
-            fwd.update(prev)
-            layers.append(list(prev))
-        layers.reverse()                         # s ... M
-        bwd = {m: sig_s[m] for m in M}           # σ_s of the t-side nodes, layer by layer on to t
-        cur = list(M)
+            for v, cv in layer.items():
+                for u, e, _ in pre_s[v]:
+                    prev[u] = prev.get(u, 0) + cv
+                    eids.append(e)
+                    fr.append(sig_s[u] * cv / sig_st)
+            layer = prev
+        # t side, from M on to t: σ_s(u) = Σ σ_s over u's predecessors; the path latency is the
+        # s ball's (summed from s) carried forward edge by edge, as one search from s would
+        lat = {m: lat_s[m] for m in M}
+        layer = {m: sig_s[m] for m in M}
         for _ in range(D - k):
             nxt = {}
-            for v in cur:
-                for u, e in pre_t[v]:            # u one step nearer t; e = u->v, traffic runs v->u
-                    nxt[u] = nxt.get(u, 0) + bwd[v]
-                    edges.append((v, u, e ^ 1))   # the two directions of an edge are ids 2i, 2i+1
-            bwd.update(nxt)
-            cur = list(nxt)
-            layers.append(cur)
-        sig_st = sum(sig_s[m] * sig_t[m] for m in M)
-        s_cnt = lambda x: sig_s[x] if x in dist_s and dist_s[x] <= k else bwd[x]     # noqa: E731
-        t_cnt = lambda x: sig_t[x] if x in dist_t and dist_t[x] <= D - k else fwd[x]  # noqa: E731
-        eids = np.array([e for _, _, e in edges], dtype=np.int64)
-        fr = np.array([s_cnt(u) * t_cnt(v) / sig_st for u, v, _ in edges])
-        # path latency: the largest edge-latency sum along the DAG, summed from s forward
-        into = {}
-        for u, v, e in edges:
-            into.setdefault(v, []).append((u, e))
-        lat_e, lat = self.lat, {s: 0.0}
-        for layer in layers[1:]:
-            for v in layer:
-                lat[v] = max(lat[u] + float(lat_e[e]) for u, e in into[v])
-        r = self.routes[key] = (eids, fr, lat[t])
+            for v, cv in layer.items():
+                lv = lat[v]
+                for u, e, le in pre_t[v]:        # u one step nearer t; e = u->v, traffic runs v->u
+                    nxt[u] = nxt.get(u, 0) + cv
+                    eids.append(e ^ 1)           # the two directions of an edge are ids 2i, 2i+1
+                    fr.append(cv * sig_t[u] / sig_st)
+                    x = lv + le
+                    if x > lat.get(u, -1.0):
+                        lat[u] = x
+            layer = nxt
+        r = self.routes[key] = (np.array(eids, dtype=np.int64), np.array(fr), lat[t])
         return r
 
 
