@@ -106,59 +106,111 @@ class Price:
 class _Router:
     """Directed-edge arrays and ECMP routes of one graph.
 
-    Shortest paths are found by breadth-first search from the source with Brandes' path
-    counts σ; the search stops at the target's layer and is resumed (not restarted) for
-    the next target of the same source, so all-pairs patterns cost one BFS per source."""
+    Shortest paths are found by a bidirectional breadth-first search: a BFS ball around each
+    endpoint (distances, Brandes' path counts σ, predecessors), grown one layer at a time,
+    always on the side whose next layer is cheaper, until the balls meet. Balls are kept per
+    graph node and resumed (not restarted) for the next pair that needs them, so a route
+    costs the few layers around its two endpoints: on a cluster graph the search never walks
+    a fabric switch's thousands of ports unless a route ends next to it (the single-source
+    search this replaces swept the whole 16384-GPU graph from every source: issue 10/12).
 
-    def __init__(self, g: nx.Graph, p2p: bool = False):
+    The route does not depend on where the balls meet: every shortest s-t path crosses the
+    meeting layer M exactly once, so σ_st = Σ_{m∈M} σ_s(m)·σ_t(m), each edge u->v of the
+    shortest-path DAG carries σ_s(u)·σ_t(v)/σ_st (integer path counts, one rounding), and the
+    path latency is the largest sum along the DAG taken from s forward — the same numbers a
+    single search from s gives (tests/unit/test_network.py checks against one)."""
+
+    def __init__(self, g: nx.Graph, p2p: bool = False, like: "_Router | None" = None):
         # no reference to g here: _ROUTERS is keyed weakly by g, and a value that held its key
-        # would keep every graph ever priced alive (the leak of a long-lived process)
-        self.idx = {n: i for i, n in enumerate(g.nodes)}
-        self.adj = [[] for _ in self.idx]
+        # would keep every graph ever priced alive (the leak of a long-lived process).
+        # `like`: a router of the same graph (other bandwidths): its node index, adjacency,
+        # latencies, BFS balls and routes are shared (they depend on the graph's shape alone)
+        if like is None:
+            self.idx = {n: i for i, n in enumerate(g.nodes)}
+            self.names = list(self.idx)
+            self.adj = [[] for _ in self.idx]
         bw, lat = [], []
         for u, v, d in g.edges(data=True):
             b = float(d.get("bandwidth", 0.0))
             if p2p and d.get("p2p_efficiency") is not None:     # point-to-point reaches its own share
                 b = float(d.get("rate", b)) * float(d["p2p_efficiency"])
             require(b > 0 and np.isfinite(b), f"link {u} — {v}: bandwidth = {b} B/s, expected > 0")
-            i, j, lt = self.idx[u], self.idx[v], float(d.get("latency", 0.0))
-            self.adj[i].append((j, len(bw), len(bw) + 1, lt))      # (neighbour, id i->j, id j->i, latency)
-            self.adj[j].append((i, len(bw) + 1, len(bw), lt))
+            if like is None:
+                i, j, lt = self.idx[u], self.idx[v], float(d.get("latency", 0.0))
+                self.adj[i].append((j, len(bw), len(bw) + 1, lt))      # (neighbour, id i->j, id j->i, latency)
+                self.adj[j].append((i, len(bw) + 1, len(bw), lt))
+                lat += [lt, lt]
             bw += [b, b]
-            lat += [lt, lt]
         self.bw = np.array(bw)
-        self.lat = np.array(lat)
-        self.routes = {}
-        self.searches = {}
+        if like is None:
+            self.lat = np.array(lat)
+            self.balls = {}
+        else:
+            self.idx, self.names, self.adj, self.lat, self.balls = like.idx, like.names, like.adj, like.lat, like.balls
+        self.routes = {} if like is None else like.routes     # edge ids and shares: the shape's too
 
-    def _search(self, s, t):
-        """Resume the BFS from s until t's layer is complete: (dist, sigma, latency)."""
-        st = self.searches.get(s)
-        if st is None:
-            st = self.searches[s] = ({s: 0}, {s: 1}, {s: 0.0}, {s: []}, [s])
-        dist, sigma, lat, preds, frontier = st
+    def _ball(self, s):
+        """The BFS ball around s: [dist, sigma, preds, frontier (its outermost layer), radius,
+        lat]; preds[v] = [(u, id of u->v, its latency)] for u one layer nearer s; lat[v] = the largest
+        latency sum of a shortest s-v path, summed from s."""
+        b = self.balls.get(s)
+        if b is None:
+            b = self.balls[s] = [{s: 0}, {s: 1}, {s: []}, [s], 0, {s: 0.0}]
+        return b
+
+    def _grow(self, b):
+        """Add the next layer to ball b (False when it already holds its whole component)."""
+        dist, sigma, preds, frontier, r, lat = b
+        if not frontier:
+            return False
+        d, adj, nxt = r + 1, self.adj, []
+        for u in frontier:
+            su, lu = sigma[u], lat[u]
+            for v, e_uv, _, le in adj[u]:
+                dv = dist.get(v)
+                if dv is None:
+                    dist[v], sigma[v], preds[v], lat[v] = d, su, [(u, e_uv, le)], lu + le
+                    nxt.append(v)
+                elif dv == d:
+                    sigma[v] += su
+                    preds[v].append((u, e_uv, le))
+                    if lu + le > lat[v]:
+                        lat[v] = lu + le
+        b[3], b[4] = nxt, d
+        return True
+
+    def _cost(self, b):
         adj = self.adj
-        while t not in dist:
-            require(frontier, f"no path from {self.g_name(s)} to {self.g_name(t)} in the cluster graph")
-            d = dist[frontier[0]] + 1
-            nxt = []
-            for u in frontier:
-                su, lu = sigma[u], lat[u]
-                for v, e_uv, _, le in adj[u]:
-                    dv = dist.get(v)
-                    if dv is None:
-                        dist[v], sigma[v], lat[v], preds[v] = d, su, lu + le, [(u, e_uv)]
-                        nxt.append(v)
-                    elif dv == d:
-                        sigma[v] += su
-                        preds[v].append((u, e_uv))
-                        if lu + le > lat[v]:
-                            lat[v] = lu + le
-            frontier[:] = nxt
-        return sigma, lat, preds
+        return sum(len(adj[u]) for u in b[3])
 
-    def g_name(self, i):
-        return list(self.idx)[i]
+    def _meet(self, s, t):
+        """(ball of s, ball of t, D = dist(s, t), k, M): M = the nodes at distance k from s and
+        D - k from t, with both distances known in the balls (a cut every shortest path crosses once)."""
+        bs, bt = self._ball(s), self._ball(t)
+        while True:
+            D = bs[0].get(t)
+            if D is not None:                    # t is inside the ball of s
+                return bs, bt, D, D, [t]
+            D = bt[0].get(s)
+            if D is not None:                    # s is inside the ball of t
+                return bs, bt, D, 0, [s]
+            # the ends lie beyond both radii; D <= r_s + r_t iff the outer layer of one ball holds
+            # a node within the other's radius (a shortest path longer than r crosses layer r once)
+            b1, b2 = (bs, bt) if len(bs[3]) <= len(bt[3]) else (bt, bs)
+            d2, r1, best, M = b2[0], b1[4], None, []
+            for v in b1[3]:
+                dv = d2.get(v)
+                if dv is not None:
+                    if best is None or dv < best:
+                        best, M = dv, [v]
+                    elif dv == best:
+                        M.append(v)
+            if M:
+                D = r1 + best
+                return bs, bt, D, (r1 if b1 is bs else D - r1), M
+            grown = (self._grow(bs) if self._cost(bs) <= self._cost(bt) else self._grow(bt)) \
+                or self._grow(bs) or self._grow(bt)
+            require(grown, f"no path from {self.names[s]} to {self.names[t]} in the cluster graph")
 
     def route(self, a, b):
         """(directed edge ids, fractions, path latency) of the ECMP split of node a -> node b."""
@@ -170,23 +222,39 @@ class _Router:
         if s == t:
             r = self.routes[key] = (np.zeros(0, dtype=np.int64), np.zeros(0), 0.0)
             return r
-        sigma, lat, preds = self._search(s, t)
-        # backward over the shortest-path DAG: flow through (u -> v) = flow(v)·σ(u)/σ(v)
-        flow = {t: 1.0}
+        bs, bt, D, k, M = self._meet(s, t)
+        sig_s, pre_s, lat_s, sig_t, pre_t = bs[1], bs[2], bs[5], bt[1], bt[2]
+        sig_st = sum(sig_s[m] * sig_t[m] for m in M)     # every shortest path crosses M once
         eids, fr = [], []
-        layer = [t]
-        while layer[0] != s:
+        # s side, from M back to s: σ_t(u) = Σ σ_t over u's successors in the DAG; u->v carries
+        # σ_s(u)·σ_t(v)/σ_st (integer counts, one rounding)
+        cnt = {m: sig_t[m] for m in M}
+        layer = cnt
+        for _ in range(k):
             prev = {}
-            for v in layer:
-                fv_sv = flow[v] / sigma[v]
-                for u, e_uv in preds[v]:
-                    share = fv_sv * sigma[u]
-                    eids.append(e_uv)
-                    fr.append(share)
-                    prev[u] = prev.get(u, 0.0) + share
-            flow = prev
-            layer = list(prev)
-        r = self.routes[key] = (np.array(eids, dtype=np.int64), np.array(fr), float(lat[t]))
+            for v, cv in layer.items():
+                for u, e, _ in pre_s[v]:
+                    prev[u] = prev.get(u, 0) + cv
+                    eids.append(e)
+                    fr.append(sig_s[u] * cv / sig_st)
+            layer = prev
+        # t side, from M on to t: σ_s(u) = Σ σ_s over u's predecessors; the path latency is the
+        # s ball's (summed from s) carried forward edge by edge, as one search from s would
+        lat = {m: lat_s[m] for m in M}
+        layer = {m: sig_s[m] for m in M}
+        for _ in range(D - k):
+            nxt = {}
+            for v, cv in layer.items():
+                lv = lat[v]
+                for u, e, le in pre_t[v]:        # u one step nearer t; e = u->v, traffic runs v->u
+                    nxt[u] = nxt.get(u, 0) + cv
+                    eids.append(e ^ 1)           # the two directions of an edge are ids 2i, 2i+1
+                    fr.append(cv * sig_t[u] / sig_st)
+                    x = lv + le
+                    if x > lat.get(u, -1.0):
+                        lat[u] = x
+            layer = nxt
+        r = self.routes[key] = (np.array(eids, dtype=np.int64), np.array(fr), lat[t])
         return r
 
 
@@ -202,7 +270,7 @@ def router(g: nx.Graph, p2p: bool = False) -> _Router:
         rs = _ROUTERS[g] = {}
     r = rs.get(p2p)
     if r is None:
-        r = rs[p2p] = _Router(g, p2p)
+        r = rs[p2p] = _Router(g, p2p, like=next(iter(rs.values()), None))
     return r
 
 

@@ -2,6 +2,7 @@
 routing/sharing mechanics, the bandwidth lower bound over random graphs, nccl-tests sanity."""
 
 import networkx as nx
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -314,3 +315,63 @@ def test_nothing_beats_the_bandwidth_lower_bound(c, n, algo):
     b_max = max(sum(d["bandwidth"] for _, _, d in c.graph.edges(dev, data=True)) for dev in c.devices)
     bound = 2 * (p - 1) / p * n / b_max
     assert N.collective_time_s(c, "allreduce", algo, range(p), n) >= bound * (1 - 1e-9)
+
+
+def _enumerated_route(g, a, b):
+    """Reference ECMP split by enumerating every shortest path (hop count): the share of the
+    directed edge u->v = (shortest paths through it) / (all shortest paths); latency = the
+    largest sum of edge latencies along one of them."""
+    paths = list(nx.all_shortest_paths(g, a, b))
+    share, lat = {}, 0.0
+    for path in paths:
+        lat = max(lat, sum(g.edges[u, v].get("latency", 0.0) for u, v in zip(path, path[1:])))
+        for u, v in zip(path, path[1:]):
+            share[(u, v)] = share.get((u, v), 0) + 1
+    return {k: n / len(paths) for k, n in share.items()}, lat
+
+
+@pytest.mark.parametrize("name,gpus", [("dgx-h100", 32), ("dgx-h100-fattree", 64), ("dgx-h100-fattree-2to1", 64),
+                                       ("dgx-h100-rail", 64), ("torus-4x4", 16), ("ps-star", 8)])
+def test_routes_are_the_enumerated_ecmp_split_whatever_was_searched_before(name, gpus):
+    # the bidirectional search meets wherever its cached balls happen to reach: the same pair,
+    # asked first, last, after its reverse or after pairs that grew either ball further, must
+    # give the split (and latency) of counting every shortest path
+    import random
+    g = load_cluster(name, gpus).graph
+    nodes = list(g.nodes)
+    rnd = random.Random(7)
+    pairs = [(rnd.choice(nodes), rnd.choice(nodes)) for _ in range(40)]
+    ends = {}            # directed edge id 2i = the i-th edge of g.edges as stored, 2i + 1 = reversed
+    for i, (u, v) in enumerate(g.edges):
+        ends[2 * i], ends[2 * i + 1] = (u, v), (v, u)
+    warm = N._Router(g)
+    for a, b in [(x, y) for x in nodes[::7] for y in nodes[::11]]:   # grow many balls first
+        warm.route(a, b)
+    for a, b in pairs:
+        want, want_lat = _enumerated_route(g, a, b)
+        for rt in (N._Router(g), warm):
+            eids, fr, lat = rt.route(a, b)
+            got = {ends[e]: f for e, f in zip(eids.tolist(), fr.tolist())}
+            assert got.keys() == want.keys(), (name, a, b)
+            assert all(got[k] == pytest.approx(want[k], rel=1e-12) for k in want), (name, a, b)
+            assert lat == pytest.approx(want_lat, rel=1e-12, abs=0.0), (name, a, b)
+
+
+def test_route_to_an_unreachable_node_names_both_ends():
+    g = nx.Graph()
+    g.add_edge("a", "b", bandwidth=1.0, latency=0.0)
+    g.add_edge("c", "d", bandwidth=1.0, latency=0.0)
+    with pytest.raises(ParsimError, match="no path from a to d"):
+        N._Router(g).route("a", "d")
+
+
+def test_point_to_point_router_shares_the_graph_shape_but_not_the_bandwidths():
+    # router(g, p2p=True) reuses the plain router's adjacency and balls (the graph's shape) and
+    # must still read the links at their point-to-point share (clusters.yaml p2p_efficiency)
+    g = load_cluster("dgx-a100", 16).graph
+    plain, p2p = N.router(g), N.router(g, p2p=True)
+    alone = N._Router(g, p2p=True)
+    assert p2p.adj is plain.adj and (p2p.bw == alone.bw).all() and (p2p.bw != plain.bw).any()
+    a, b = "n0/gpu0", "n1/gpu3"
+    for x, y in zip(p2p.route(a, b), alone.route(a, b)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
