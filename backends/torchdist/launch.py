@@ -228,7 +228,24 @@ def _heartbeat_age(work: Path, rank: int, now_wall: float):
         phase = f.read_text(errors="replace").strip()
     except OSError:
         return None, ""
-    return age, phase
+    return age, _beat_fields(phase)[1]
+
+
+def _beat_fields(line: str):
+    """(wall time of the rank's last progress or None, phase) from a heartbeat line "<since> <phase>"."""
+    head, _, rest = line.partition(" ")
+    try:
+        return float(head), rest
+    except ValueError:
+        return None, line
+
+
+def _last_progress(work: Path, rank: int):
+    """Wall time at which `rank` last made progress (its heartbeat file), or None."""
+    try:
+        return _beat_fields((work / f"rank{rank}.beat").read_text(errors="replace").strip())[0]
+    except OSError:
+        return None
 
 
 def _stalled_rank(procs, work: Path, limit_s: float, exited=(), stopped_now: bool = True,
@@ -362,7 +379,19 @@ def _failure_message(procs, exited, work: Path, still=(), stalled=None, cfg=None
         except (OSError, StopIteration, ValueError):
             pass
     if culprit is None and stuck:
+        # a rank whose own watchdog had not fired yet when another's did (it was stopped by us) may still be
+        # the one that stopped progressing first: compare every rank's last progress from its heartbeat
+        fired = set(stuck)
+        for r in range(len(procs)):
+            if r not in stuck and (since := _last_progress(work, r)) is not None:
+                stuck[r] = since
         r = min(stuck, key=stuck.get)
+        if r not in fired:       # it never said so itself: say it for it, with its phase
+            _, phase = _heartbeat_age(work, r, time.time())
+            others = [str(x) for x in sorted(fired)]
+            return (f"rank {r}: no progress for {max(0.0, time.time() - stuck[r]):.0f} s in phase {phase} "
+                    f"(it stopped progressing first; rank(s) {', '.join(others)} gave up waiting for it); "
+                    "all ranks stopped")
         culprit = (r, exited[r][1])
     if culprit is None:
         for t, r, rc in failed:

@@ -51,6 +51,7 @@ class Watchdog(threading.Thread):
         super().__init__(daemon=True)
         self.rank, self.limit_s, self.on_fire = rank, limit_s, on_fire
         self.phase, self.last, self.phase_limit = "start-up (import torch)", time.monotonic(), startup_s
+        self.last_wall = time.time()
         self._halt = threading.Event()
         # heartbeat file (the launcher's status dir): this thread rewrites it every tick with the phase,
         # so its mtime is the last moment the process could run at all; a stopped (SIGSTOP) or frozen
@@ -66,7 +67,8 @@ class Watchdog(threading.Thread):
     def _heartbeat(self):
         if self._beat_fd is not None:
             try:
-                line = f"{self.phase}"[:200].encode()
+                # "<wall time of the last progress> <phase>": the launcher names the rank that stopped first
+                line = f"{self.last_wall:.3f} {self.phase}"[:200].encode()
                 os.pwrite(self._beat_fd, line.ljust(200), 0)   # fixed width: no truncate, one write
             except OSError:
                 pass
@@ -74,6 +76,7 @@ class Watchdog(threading.Thread):
     def beat(self, phase: str, limit_s: float | None = None):
         """Progress: entering `phase`, which may take up to `limit_s` (default: the watchdog's)."""
         self.phase, self.last, self.phase_limit = phase, time.monotonic(), limit_s
+        self.last_wall = time.time()
         self._heartbeat()   # the phase, for the launcher's message (a pwrite: microseconds)
 
     def stop(self):
