@@ -84,13 +84,19 @@ def check_output_path(path, suffixes: Iterable[str] | None = None, what: str | N
         raise ParsimError(f"cannot write {label}: directory {str(parent)!r} does not exist")
     if not parent.is_dir():
         raise ParsimError(f"cannot write {label}: {str(parent)!r} is not a directory")
-    try:   # the real test: can a new file be made there (read-only fs, permissions, name length)?
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{p.name[:64]}.", suffix=".probe")
+    _probe(parent, f".{p.name[:64]}.", f"cannot write {label}")   # the file's own name length counts too
+    return p
+
+
+def _probe(directory: Path, prefix: str, failure: str) -> None:
+    """The real test of a target directory: create and remove a file in it (read-only file system,
+    permissions, name length); ParsimError starting with `failure` otherwise."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".probe")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ParsimError(f"cannot write {label}: {_why(e)} (in directory {str(parent)!r})") from None
-    return p
+        raise ParsimError(f"{failure}: {_why(e)} (in directory {str(directory)!r})") from None
 
 
 def check_output_dir(path, what: str | None = None) -> Path:
@@ -106,12 +112,7 @@ def check_output_dir(path, what: str | None = None) -> Path:
     probe_in = p if p.exists() else p.parent
     if not probe_in.is_dir():
         raise ParsimError(f"cannot write into {label}: directory {str(probe_in)!r} does not exist")
-    try:
-        fd, probe = tempfile.mkstemp(dir=probe_in, prefix=".parsim-", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ParsimError(f"cannot write into {label}: {_why(e)} (in directory {str(probe_in)!r})") from None
+    _probe(probe_in, ".parsim-", f"cannot write into {label}")
     return p
 
 
