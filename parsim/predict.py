@@ -113,6 +113,20 @@ class StepReport:
         return out
 
 
+def step_rates(step_s: float, global_batch: int, seq_len: int, model_flops: float, hardware_flops: float,
+               gpus: int, peak_flops: float | None) -> dict:
+    """The rates a step time implies, as StepReport fields: tokens_per_s, samples_per_s,
+    model_tflops_per_gpu (no recompute, the MFU convention) and hardware_tflops_per_gpu (with
+    recompute, Narayanan et al. 2021's), mfu and hfu against `peak_flops` (FLOP/s per device; None
+    where unknown: no MFU rather than a wrong one). One place for predicted and measured reports."""
+    out = {"tokens_per_s": global_batch * seq_len / step_s, "samples_per_s": global_batch / step_s,
+           "model_tflops_per_gpu": model_flops / step_s / gpus / 1e12,
+           "hardware_tflops_per_gpu": hardware_flops / step_s / gpus / 1e12}
+    out["mfu"] = model_flops / step_s / gpus / peak_flops if peak_flops else None
+    out["hfu"] = hardware_flops / step_s / gpus / peak_flops if peak_flops else None
+    return out
+
+
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -712,11 +726,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
                    breakdown_s=breakdown.values(), model_flops=mf)
     return StepReport(
         step_time_s=step,
-        tokens_per_s=plan.global_batch * seq / step,
-        samples_per_s=plan.global_batch / step,
-        model_tflops_per_gpu=mf / step / gpus_ / 1e12,
-        hardware_tflops_per_gpu=hf / step / gpus_ / 1e12,
-        mfu=mf / step / gpus_ / pk, hfu=hf / step / gpus_ / pk,
+        **step_rates(step, plan.global_batch, seq, mf, hf, gpus_, pk),
         memory_GiB=total / GiB, memory_breakdown_GiB=mem, fits=fits, fits_reason=reason,
         breakdown_s=breakdown,
         plan={**plan.to_dict(), "seq_len": seq}, model=model.name, cluster=cluster.name, device=cluster.device.name,

@@ -545,7 +545,7 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int):
     phase the max over ranks per step, then the median over the timed steps (warm-up dropped);
     ``spread`` holds the [min, max] over those steps of every time-derived field."""
     from parsim.hardware import get_device
-    from parsim.predict import BREAKDOWN_KEYS, StepReport
+    from parsim.predict import BREAKDOWN_KEYS, StepReport, step_rates
     steps = len(gathered[0]["records"])
     timed = list(range(min(warmup, steps - 1), steps))
     per_step = []
@@ -584,21 +584,14 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int):
                      "forward/backward (compute)")
     # rates from the step time: the fastest step gives the highest rate
     lo_t, hi_t = spread["total"]
-    rates = {"tokens_per_s": plan.global_batch * seq, "samples_per_s": plan.global_batch,
-             "model_tflops_per_gpu": model_flops / world / 1e12, "hardware_tflops_per_gpu": hw_flops / world / 1e12}
-    if peak:
-        rates.update(mfu=model_flops / world / peak, hfu=hw_flops / world / peak)
+    per_s = step_rates(1.0, plan.global_batch, seq, model_flops, hw_flops, world, peak)   # rate x step time
+    rates = {k: v for k, v in per_s.items() if v is not None}
     rep_spread = {"step_time_s": [lo_t, hi_t]}
     rep_spread.update({k: [v / hi_t, v / lo_t] for k, v in rates.items()})
     rep_spread.update({f"breakdown_s.{k}": spread[k] for k in BREAKDOWN_KEYS})
     return StepReport(
         step_time_s=t,
-        tokens_per_s=plan.global_batch * seq / t,
-        samples_per_s=plan.global_batch / t,
-        model_tflops_per_gpu=model_flops / t / world / 1e12,
-        hardware_tflops_per_gpu=hw_flops / t / world / 1e12,
-        mfu=(model_flops / t / world / peak) if peak else None,
-        hfu=(hw_flops / t / world / peak) if peak else None,
+        **step_rates(t, plan.global_batch, seq, model_flops, hw_flops, world, peak),
         memory_GiB=mem / GiB,
         memory_breakdown_GiB={"weights": sb["weights"] / GiB, "grads": sb["grads"] / GiB,
                               "optimizer": sb["optimizer"] / GiB, "activations": acts / GiB, "buffers": 0.0},
