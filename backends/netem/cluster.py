@@ -123,11 +123,7 @@ def shape(ns: str, dev: str, rate_Bps: float, latency_s: float = 0.0, netem: boo
     return cmds
 
 
-def _proc_start(pid: int):
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+from backends.procs import proc_start as _proc_start  # noqa: E402  (one reader of /proc/PID/stat's start time)
 
 
 def _owner_alive(state: dict) -> bool:

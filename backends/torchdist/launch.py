@@ -78,11 +78,7 @@ def runs_root() -> Path:
     return root
 
 
-def _proc_start(pid: int):
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+from backends.procs import proc_start as _proc_start  # noqa: E402  (one reader of /proc/PID/stat's start time)
 
 
 def _proc_state(pid: int) -> str:
