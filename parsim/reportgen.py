@@ -22,6 +22,7 @@ from pathlib import Path
 
 from parsim.errors import ParsimError
 from parsim.predict import BREAKDOWN_KEYS
+from parsim.tables import html_table, md_table
 
 BAND = 0.10          # the ±10% band of the scatter
 PHASE_COLOURS = {"compute": "#4C72B0", "recompute": "#8172B3", "tp_comm": "#DD8452", "ep_comm": "#DA8BC3",
@@ -317,19 +318,6 @@ def summary_rows(df):
         status = r.status if r.status == "ok" else f"FAILED ({r.failure}): {r.cause}"
         rows.append([r.id, r.metric or "-", _fmt(r.predicted), _fmt(r.measured), spread, _fmt(r.error, True), status])
     return ["point", "metric", "predicted", "measured", "spread [min, max]", "error", "status"], rows
-
-
-def md_table(headers, rows) -> str:
-    esc = lambda c: str(c).replace("|", "\\|")   # noqa: E731
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def html_table(headers, rows) -> str:
-    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in headers)
-    b = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>"
 
 
 def findings(df, pt) -> str:

@@ -107,15 +107,15 @@ def _print_up(emu, fmt="table", file=None):
         return
     out(f"emulated cluster {emu.prefix}  ({len(emu.plan.hosts)} hosts, {len(emu.plan.switches)} switches, "
           f"{len(emu.ranks())} ranks; state {emu.state_file})")
-    for h in emu.plan.hosts:
-        out(f"  {str(h.node):<12} ns {h.ns:<14} {h.address}")
+    from parsim.tables import text_table
+    out(text_table(("host", "namespace", "address"), [(str(h.node), h.ns, h.address) for h in emu.plan.hosts]).rstrip())
     if emu.plan.dropped:
-        out(f"  not emulated (bridges need a tree): {', '.join('-'.join(e) for e in emu.plan.dropped)}")
+        out(f"not emulated (bridges need a tree): {', '.join('-'.join(e) for e in emu.plan.dropped)}")
     if emu.probes:
-        out(f"  {'probe':<16} {'configured':>14} {'measured':>14} {'ratio':>6} {'rtt':>10}")
-        for p in emu.probes:
-            out(f"  {p['src'] + '->' + p['dst']:<16} {p['configured_Bps'] * 8 / 1e6:>9.1f} Mbit {p['measured_Bps'] * 8 / 1e6:>9.1f} Mbit "
-                  f"{p['efficiency']:>6.3f} {fmt_time(p['rtt_s']):>10}")
+        out(text_table(("probe", "configured", "measured", "ratio", "rtt"),
+                       [(p["src"] + "->" + p["dst"], f"{p['configured_Bps'] * 8 / 1e6:.1f} Mbit",
+                         f"{p['measured_Bps'] * 8 / 1e6:.1f} Mbit", f"{p['efficiency']:.3f}", fmt_time(p["rtt_s"]))
+                        for p in emu.probes]).rstrip())
 
 
 def bring_up(args, persistent: bool):

@@ -251,27 +251,22 @@ def _fmt(v):
 
 
 def render_table(result: dict) -> str:
-    """The measured StepReport beside the predicted one, phase by phase (a rich table)."""
-    import io
-
-    from rich.console import Console
-    from rich.table import Table
+    """The measured StepReport beside the predicted one, phase by phase (parsim.tables)."""
+    from parsim.tables import text_table
     m = result["measured"]
     meta = m["measurement"]
     title = (f"parsim run: {m['model']}  {result['plan_label']}  backend {meta['backend']} ({meta['device']}, "
                     f"{meta['dtype_run']})  {meta['ranks']} ranks, {meta['steps']} steps, median of "
                     f"{meta['steps'] - meta['warmup_dropped']} after {meta['warmup_dropped']} warm-up")
-    t = Table(box=None, pad_edge=False)
-    for h in ("", "measured", "spread [min, max]", "predicted", "error"):
-        t.add_column(h, justify="left" if not h else "right")
+    rows = []
     for row in result["rows"]:
         k, mv, pv, err = row[:4]
         sp = row[4] if len(row) > 4 else [None, None]
-        t.add_row(k, _fmt(mv), f"[{_fmt(sp[0])}, {_fmt(sp[1])}]" if sp[0] is not None else "-", _fmt(pv),
-                  f"{err:+.0%}" if err is not None else "-")
-    buf = io.StringIO()
-    Console(file=buf, width=120, no_color=True, highlight=False).print(t)
-    lines = [title, buf.getvalue().rstrip(), "error = (predicted - measured) / measured; spread = fastest and slowest timed step"]
+        rows.append([k, _fmt(mv), f"[{_fmt(sp[0])}, {_fmt(sp[1])}]" if sp[0] is not None else "-", _fmt(pv),
+                     f"{err:+.0%}" if err is not None else "-"])
+    table = text_table(("", "measured", "spread [min, max]", "predicted", "error"), rows,
+                       justify=("left", "right", "right", "right", "right"))
+    lines = [title, table.rstrip(), "error = (predicted - measured) / measured; spread = fastest and slowest timed step"]
     if meta["loss"]:
         lines.append(f"loss {meta['loss'][0]:.4f} -> {meta['loss'][-1]:.4f}")
     lines.append(f"memory: {meta['memory_source']}")

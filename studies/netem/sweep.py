@@ -193,12 +193,11 @@ def summarise(points):
 
 
 def table(points) -> str:
-    lines = [f"{'cfg':<3} {'link':>8} {'ranks':>5} {'algo':<13} {'size':>10} {'measured':>10} {'spread':>7} "
-             f"{'predicted':>10} {'error':>7}"]
-    for p in points:
-        lines.append(f"{p['config']:<3} {p['link']:>8} {p['world']:>5} {p['algo']:<13} {fmt_bytes(p['size_B']):>10} "
-                     f"{p['median_s']:>9.4f}s {p['spread'] * 100:>6.1f}% {p['predicted_s']:>9.4f}s {p['error'] * 100:>+6.1f}%")
-    return "\n".join(lines)
+    from parsim.tables import text_table
+    return text_table(("cfg", "link", "ranks", "algo", "size", "measured", "spread", "predicted", "error"),
+                      [(p["config"], p["link"], p["world"], p["algo"], fmt_bytes(p["size_B"]), f"{p['median_s']:.4f}s",
+                        f"{p['spread'] * 100:.1f}%", f"{p['predicted_s']:.4f}s", f"{p['error'] * 100:+.1f}%")
+                       for p in points]).rstrip()
 
 
 def plot(points, path):

@@ -17,6 +17,7 @@ from parsim.corpus import FRACTIONS, accuracy_metrics, blockers, recompute_brack
     shipped_fits, CORPUS_DIR
 from parsim.hardware import get_device
 from parsim.report import to_json, write_atomic
+from parsim.tables import md_table
 
 
 def _pct(x):
@@ -38,58 +39,58 @@ def markdown(loto: list[dict], fits: dict) -> str:
              "predicted / published − 1. Unstated knobs (micro-batch, virtual stages; recompute for NeMo rows) are "
              "searched and the fastest plan that fits is shown.", "",
              "## Per table (held out)", "",
-             "| table | GPU type | rows | expressible | fraction (fitted on the others) | step mean | step max | step bias | memory mean | memory max |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for e in loto:
-        s, m = e["step"], e["memory"]
-        lines.append(f"| {e['table']} | {e['gpu_type']} | {e['rows']} | {e['expressible']} | "
-                     f"{'–' if e['fraction'] is None else e['fraction']} | {_abs_pct(s.get('mean'))} | "
-                     f"{_abs_pct(s.get('max'))} | {_pct(s.get('bias'))} | {_abs_pct(m.get('mean'))} | {_abs_pct(m.get('max'))} |")
+             md_table(["table", "GPU type", "rows", "expressible", "fraction (fitted on the others)", "step mean",
+                       "step max", "step bias", "memory mean", "memory max"],
+                      [[e["table"], e["gpu_type"], e["rows"], e["expressible"], "–" if e["fraction"] is None else e["fraction"],
+                        _abs_pct(e["step"].get("mean")), _abs_pct(e["step"].get("max")), _pct(e["step"].get("bias")),
+                        _abs_pct(e["memory"].get("mean")), _abs_pct(e["memory"].get("max"))] for e in loto])]
     lines += ["", "Targets (issue 15): mean ≤ 5% and max ≤ 12% on every table, peak memory within 5% where published.", "",
               "## Shipped fitted numbers (all tables of the GPU type)", "",
-              "| GPU type | fitted on all its tables | shipped in devices.yaml |", "|---|---|---|"]
+              ]
+    shipped_rows = []
     for g, f in fits.items():
         try:
             shipped = get_device(g).sustained_fraction
         except Exception:
             shipped = None
-        lines.append(f"| {g} | {'no expressible table' if f is None else f} | {shipped} |")
+        shipped_rows.append([g, "no expressible table" if f is None else f, shipped])
+    lines.append(md_table(["GPU type", "fitted on all its tables", "shipped in devices.yaml"], shipped_rows))
     lines += ["", "## Rows by held-out table", ""]
     for e in loto:
         if not e["row_results"]:
             continue
-        lines += [f"### {e['table']}", "", "| model | GPUs | published | predicted | error | memory published GiB | predicted GiB | memory error | plan (searched knobs) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        rows = []
         for r in e["row_results"]:
             if "note" in r:
-                lines.append(f"| {r['model']} | {r['gpus']} | – | – | {r['note']} | | | | |")
+                rows.append([r["model"], r["gpus"], "–", "–", r["note"], "", "", "", ""])
                 continue
             pred = "no plan fits" if r["predicted"] is None else f"{r['predicted']:g}"
-            lines.append(f"| {r['model']} | {r['gpus']} | {r['published']:g} | {pred} | {_pct(r['rel_error'])} | "
-                         f"{'–' if r['published_memory_GiB'] is None else r['published_memory_GiB']} | {r['predicted_memory_GiB']} | "
-                         f"{_pct(r['memory_rel_error'])} | {r['plan']} |")
+            rows.append([r["model"], r["gpus"], f"{r['published']:g}", pred, _pct(r["rel_error"]),
+                         "–" if r["published_memory_GiB"] is None else r["published_memory_GiB"], r["predicted_memory_GiB"],
+                         _pct(r["memory_rel_error"]), r["plan"]])
+        lines += [f"### {e['table']}", "",
+                  md_table(["model", "GPUs", "published", "predicted", "error", "memory published GiB", "predicted GiB",
+                            "memory error", "plan (searched knobs)"], rows)]
         lines.append(f"\nMetric: {e['row_results'][0].get('metric', '')}; fraction {e['fraction']} fitted on: {', '.join(e['fit_on'])}.\n")
     lines += ["## Not expressible yet", "", "Corpus-wide, what blocks how many rows (a row may miss several features; "
               "'only reason' = rows that adding this feature alone would make expressible):", "",
-              "| reason | rows | only reason |", "|---|---|---|"]
-    lines += [f"| {b['reason']} | {b['rows']} | {b['only_reason']} |" for b in blockers()]
-    lines += ["", "By table (a row counts under each of its reasons):", "", "| table | reason | rows |", "|---|---|---|"]
-    for e in loto:
-        for reason, n in e["not_expressible"].items():
-            lines.append(f"| {e['table']} | {reason} | {n} |")
+              md_table(["reason", "rows", "only reason"], [[b["reason"], b["rows"], b["only_reason"]] for b in blockers()])]
+    lines += ["", "By table (a row counts under each of its reasons):", "",
+              md_table(["table", "reason", "rows"], [[e["table"], reason, n] for e in loto
+                                                     for reason, n in e["not_expressible"].items()])]
     br = recompute_brackets()
     if br:
         lines += ["", "## Diagnostic (not a held-out metric): torchtitan's op-level selective AC bracketed", "",
                   "Rows blocked only by torchtitan's op-level selective activation checkpointing, priced with the "
                   "shipped profile under parsim's `selective` (recomputes less, keeps more) and `full` (recomputes "
                   "more, keeps less); the published figures should fall between.", "",
-                  "| table | model | GPUs | published tok/s | selective | full | in bracket | published GiB | selective GiB | full GiB | in bracket |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for b in br:
-            lines.append(f"| {b['table']} | {b['model']} | {b['gpus']} | {b['published']:g} | {b['selective']['predicted']:g} | "
-                         f"{b['full']['predicted']:g} | {'yes' if b['throughput_in_bracket'] else 'NO'} | "
-                         f"{b['published_memory_GiB'] if b['published_memory_GiB'] else '–'} | {b['selective']['memory_GiB']} | "
-                         f"{b['full']['memory_GiB']} | {'–' if 'memory_in_bracket' not in b else ('yes' if b['memory_in_bracket'] else 'NO')} |")
+                  md_table(["table", "model", "GPUs", "published tok/s", "selective", "full", "in bracket", "published GiB",
+                            "selective GiB", "full GiB", "in bracket"],
+                           [[b["table"], b["model"], b["gpus"], f"{b['published']:g}", f"{b['selective']['predicted']:g}",
+                             f"{b['full']['predicted']:g}", "yes" if b["throughput_in_bracket"] else "NO",
+                             b["published_memory_GiB"] if b["published_memory_GiB"] else "–", b["selective"]["memory_GiB"],
+                             b["full"]["memory_GiB"],
+                             "–" if "memory_in_bracket" not in b else ("yes" if b["memory_in_bracket"] else "NO")] for b in br])]
     lines += ["", "## Sources", ""]
     for p in sorted(CORPUS_DIR.glob("*.csv")):
         h, _ = read_csv_with_header(p)

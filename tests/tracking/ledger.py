@@ -116,23 +116,16 @@ def failures(rows: list[dict]) -> list[str]:
 
 
 def render(rows: list[dict], width: int = 150) -> str:
-    """The table (metric, ledger, now, delta, tolerance, status) as text (rich)."""
-    from io import StringIO
-
-    from rich.console import Console
-    from rich.table import Table
-    t = Table(title=f"accuracy ledger ({_rel(LEDGER)}): recomputed from stored measurements", title_justify="left")
-    for c in ("metric", "ledger", "now", "delta", "tolerance", "status"):
-        t.add_column(c, justify="left" if c in ("metric", "status") else "right", no_wrap=c == "metric")
+    """The table (metric, ledger, now, delta, tolerance, status) as text (parsim.tables)."""
+    from parsim.tables import text_table
 
     def f(v, unit, sign=False):
         return "-" if v is None else (f"{v:+.4g}" if sign else f"{v:.4g}") + ("%" if unit == "%" else "")
-    for r in rows:
-        t.add_row(r["metric"], f(r["ledger"], r["unit"]), f(r["now"], r["unit"]), f(r["delta"], r["unit"], True),
-                  "-" if r["tolerance"] is None else f"{r['tolerance']:g}", r["status"])
-    buf = StringIO()
-    Console(file=buf, width=width, color_system=None).print(t)
-    return buf.getvalue()
+    return text_table(("metric", "ledger", "now", "delta", "tolerance", "status"),
+                      [(r["metric"], f(r["ledger"], r["unit"]), f(r["now"], r["unit"]), f(r["delta"], r["unit"], True),
+                        "-" if r["tolerance"] is None else f"{r['tolerance']:g}", r["status"]) for r in rows],
+                      f"accuracy ledger ({_rel(LEDGER)}): recomputed from stored measurements", width=width,
+                      justify=("left", "right", "right", "right", "right", "left"))
 
 
 def accept(now: dict[str, Metric], names=None, path: Path = LEDGER, sources=None) -> list[dict]:
