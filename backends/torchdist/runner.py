@@ -176,7 +176,15 @@ def _maybe_fault(cfg, rank, step, phase):
 
 
 def worker_main(cfg: dict) -> int:
-    """Run one rank. Returns 0; rank 0 also writes cfg['out'] (the report) when given."""
+    """Run one rank. Returns 0; rank 0 also writes cfg['out'] (the report) when given. Its stderr
+    goes without c10d's 'hostname of the client socket cannot be retrieved' lines, every other
+    line kept (backends/torchdist/quiet.py)."""
+    from backends.torchdist.quiet import quiet_c10d
+    with quiet_c10d():
+        return _worker_main(cfg)
+
+
+def _worker_main(cfg: dict) -> int:
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))

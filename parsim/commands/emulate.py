@@ -174,8 +174,8 @@ def rank_commands(emu, cmd):
                "PARSIM_NETEM_STATE": emu.state_file, "PARSIM_NETEM_HOSTS": len(emu.plan.hosts),
                "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                # c10d warns on every connection that a namespace cannot resolve the peer's host name
-               # ("hostname of the client socket cannot be retrieved"): harmless, kept from the user
-               "TORCH_CPP_LOG_LEVEL": os.environ.get("TORCH_CPP_LOG_LEVEL") or "ERROR",
+               # ("hostname of the client socket cannot be retrieved"): a parsim rank drops that line
+               # alone from its stderr (backends/torchdist/quiet.py); TORCH_CPP_LOG_LEVEL is left alone
                # all ranks share this machine's CPUs: spinning OpenMP pools starve gloo's I/O threads
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // len(ranks))}
         out.append((r, emu.exec_argv(h.ns, cmd, env)))
