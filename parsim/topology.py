@@ -666,31 +666,7 @@ def bisection_Bps(c: Cluster) -> float:
 
 
 def draw(c: Cluster, path) -> Path:
-    """A PNG of the graph: devices at the bottom, switches layered above by distance (matplotlib Agg)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    g = c.graph
-    layer = nx.multi_source_dijkstra_path_length(g, set(c.devices) | set(c.servers), weight=lambda u, v, d: 1)
-    for n in g:
-        g.nodes[n]["_layer"] = layer.get(n, 0)
-    pos = nx.multipartite_layout(g, subset_key="_layer", align="horizontal")
-    for n in g:
-        del g.nodes[n]["_layer"]
-    colors = {"device": "tab:green", "nic": "tab:orange", "switch": "tab:blue", "host": "tab:purple"}
-    fig, ax = plt.subplots(figsize=(min(24, 4 + len(g) / 8), 6))
-    bws = [a["bandwidth"] for _, _, a in g.edges(data=True)]
-    top = max(bws)
-    nx.draw_networkx_edges(g, pos, ax=ax, width=[0.3 + 2.5 * b / top for b in bws], alpha=0.5)
-    nx.draw_networkx_nodes(g, pos, ax=ax, node_size=40 if len(g) > 100 else 120,
-                           node_color=[colors.get(g.nodes[n].get("kind"), "gray") for n in g])
-    if len(g) <= 60:
-        nx.draw_networkx_labels(g, pos, ax=ax, font_size=6)
-    ax.set_title(f"{c.name}: {c.num_devices} devices, {g.number_of_edges()} links (edge width ∝ bandwidth)")
-    ax.axis("off")
-    fig.tight_layout()
-    from parsim.outputs import save_figure
-    try:
-        return save_figure(fig, path, "--draw", dpi=120)
-    finally:
-        plt.close(fig)
+    """A picture of the cluster: servers as boxes, fabric tiers in layers, a legend
+    (parsim.topology_draw; matplotlib Agg, format by the file's suffix)."""
+    from parsim import topology_draw
+    return topology_draw.draw(c, path)
