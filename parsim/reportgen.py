@@ -145,7 +145,7 @@ def _plt():
 
 def fig_scatter(df, path, title, ylabel="measured (median; bars: min–max)", reference="measured"):
     """Predicted vs measured, log axes, the ±10% band; one colour per `group` (default: the point's
-    kind) and, when the points carry several metrics, one marker per metric."""
+    kind) and, when a colour holds several metrics, one marker per metric."""
     plt = _plt()
     ok = df.dropna(subset=["measured", "predicted"])
     ok = ok[(ok.measured > 0) & (ok.predicted > 0)]
@@ -153,8 +153,9 @@ def fig_scatter(df, path, title, ylabel="measured (median; bars: min–max)", re
         return None
     fig, ax = plt.subplots(figsize=(6.4, 5.4))
     metrics = sorted(set(ok.metric.dropna()))
-    markers = dict(zip(metrics, "os^Dv")) if len(metrics) > 1 else {m: "o" for m in metrics}
     groups = ok.groupby("group" if "group" in ok else "kind")
+    mixed = any(g.metric.nunique() > 1 for _, g in groups)       # a colour that holds several metrics
+    markers = dict(zip(metrics, "os^Dv")) if mixed else {m: "o" for m in metrics}
     for i, (kind, gk) in enumerate(groups):
         for j, (metric, g) in enumerate(gk.groupby("metric")):
             yerr = None
@@ -164,7 +165,7 @@ def fig_scatter(df, path, title, ylabel="measured (median; bars: min–max)", re
                 yerr = [lo.values, hi.values]
             ax.errorbar(g.predicted, g.measured, yerr=yerr, fmt=markers.get(metric, "o"), ms=5,
                         label=kind if j == 0 else None, color=plt.cm.tab10(i % 10))
-    if len(metrics) > 1:
+    if mixed:
         for m in metrics:
             ax.plot([], [], markers[m], color="0.4", ms=5, label=f"marker: {m}")
     lo = min(ok.predicted.min(), ok.measured.min()) * 0.7
