@@ -168,23 +168,17 @@ def emulated_cluster(emu, world: int):
     rates (backends.torchdist.bench.prediction_inputs), one rank per emulated device, cpu profile."""
     from backends.torchdist.bench import prediction_inputs
     from parsim.topology import from_graph
-    g, rank_nodes, _, servers, _ = prediction_inputs(json.loads(json.dumps(emu.state(), default=str)), world)
+    g, rank_nodes, _, servers, _ = prediction_inputs(emulated_state(emu), world)
     for n in rank_nodes:
         g.nodes[n]["profile"] = "cpu"
     return from_graph(f"emulated {emu.prefix}", g, ranks=rank_nodes[:world], device="cpu")
 
 
-@contextlib.contextmanager
-def network(spec: dict):
-    """An emulated cluster (backends.netem) for a study's network entry, links probed; torn down after."""
+def _topology(spec: dict):
+    """(graph, ranks per host) of a study's network entry {preset, hosts, link, servers, oversubscription,
+    ranks_per_host} (parsim.study checks the keys)."""
     from backends.netem import presets
-    from backends.netem.cluster import Emulation, unavailable
-    from backends.netem.probe import probe_pairs
-    from parsim.errors import ParsimError
     from parsim.units import parse_rate
-    reason = unavailable()
-    if reason:
-        raise ParsimError(reason)
     kw = {"hosts": int(spec.get("hosts", 2))}
     if spec.get("servers") is not None:
         kw["servers"] = int(spec["servers"])
@@ -192,7 +186,35 @@ def network(spec: dict):
         kw["oversubscription"] = float(spec["oversubscription"])
     rph = int(spec.get("ranks_per_host", 1))
     g = presets.build(spec.get("preset", "switch"), bandwidth_Bps=parse_rate(spec["link"]), devices_per_host=rph, **kw)
+    return g, rph
+
+
+@contextlib.contextmanager
+def network(spec: dict):
+    """An emulated cluster (backends.netem) for a study's network entry, links probed; torn down after."""
+    from backends.netem.cluster import Emulation, unavailable
+    from backends.netem.probe import probe_pairs
+    from parsim.errors import ParsimError
+    reason = unavailable()
+    if reason:
+        raise ParsimError(reason)
+    g, rph = _topology(spec)
     with Emulation(g, ranks_per_host=rph) as emu:
         emu.probes = probe_pairs(emu)
         emu.write_state()
         yield emu
+
+
+def planned_emulation(spec: dict, probes: list):
+    """The emulated cluster of a study's network entry as a plan only (nothing is created, no root
+    needed), with the link probes a study stored: what re-predicting a stored point prices on."""
+    from backends.netem.cluster import Emulation
+    g, rph = _topology(spec)
+    emu = Emulation(g, prefix="ps00000-", ranks_per_host=rph)
+    emu.probes = list(probes or [])
+    return emu
+
+
+def emulated_state(emu) -> dict:
+    """An emulation's state as the JSON a rank reads (PARSIM_NETEM_STATE): what predict_point takes."""
+    return json.loads(json.dumps(emu.state(), default=str))

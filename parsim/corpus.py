@@ -316,7 +316,7 @@ def leave_one_table_out() -> list[dict]:
             mem_errs.append(me)
             pl = p["plan"]
             entry["row_results"].append({
-                "model": r.model, "gpus": r.gpus, "metric": r.metric, "published": r.published,
+                "model": r.model, "gpus": r.gpus, "precision": r.precision, "metric": r.metric, "published": r.published,
                 # None: no candidate plan fits in memory (JSON has no nan)
                 "predicted": round(p["value"], 1) if np.isfinite(p["value"]) else None,
                 "rel_error": round(e, 4) if np.isfinite(e) else None,
@@ -384,15 +384,16 @@ def shipped_fits() -> dict:
     return {g: fit_fraction(g) for g in GPU_TYPE_DEVICES}
 
 
-def accuracy_metrics() -> dict:
-    """Tracked accuracy figures (metric name -> value) for the accuracy ledger.
+def accuracy_metrics(loto: list[dict] | None = None) -> dict:
+    """Tracked accuracy figures (metric name -> value) for the accuracy ledger, from
+    leave_one_table_out()'s entries (`loto`; computed when not given).
 
     Per table with expressible rows: ``corpus.<table>.step_mean|step_max|step_bias`` (held-out
     relative errors, fractions of 1) and ``corpus.<table>.memory_mean|memory_max`` where memory is
     published; ``corpus.<table>.expressible`` and ``.not_expressible`` row counts for every table;
     ``corpus.rows_total`` and ``corpus.rows_not_expressible`` over the corpus."""
     m = {}
-    loto = leave_one_table_out()
+    loto = leave_one_table_out() if loto is None else loto
     for e in loto:
         key = "corpus." + re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9]", "_", e["table"]))   # one dot-free name per table
         m[f"{key}.expressible"] = e["expressible"]

@@ -2,7 +2,8 @@
 
 Nothing here runs hardware: each source reads a committed file of measurements and re-predicts
 every measured point through the project's public prediction path (``parsim.validation``,
-``studies.netem.sweep.repredict``, ``studies.cpu.run_vs_predict.repredict``), so a change to the
+``studies.netem.sweep.repredict``, ``studies.cpu.run_vs_predict.repredict``, ``parsim.corpus``, and
+for the results stores of `parsim validate` ``parsim.commands.validate.repredict``), so a change to the
 model shows up here on the next test run. ``tests/tracking/ledger.py`` compares the values with
 the committed ledger (``tests/tracking/ledger.yaml``).
 
@@ -222,3 +223,71 @@ def _corpus(path):
             out.append(Metric(name, pct(v), description=f"held-out {kind} error, {stat} |error| over the table's "
                                                          "priced rows (leave-one-table-out)"))
     return out
+
+
+# ---------------------------------------------------------------- studies run by `parsim validate`
+
+def point_key(pid: str) -> str:
+    """A study point's id as a metric-name part: 'train gpt-small dp2·tp1·pp1 mb2 ...' ->
+    'train_gpt-small_dp2tp1pp1_mb2_...'; 'A: collective allreduce ring 256.0 KiB' -> 'A:_collective_allreduce_ring_256KiB'."""
+    import re
+    return re.sub(r"\s+", "_", pid.replace("·", "").replace(".0 ", "").strip())
+
+
+def study_metrics(name: str, path: Path) -> list[Metric]:
+    """The points of one committed results store of `parsim validate` (parsim.results), each
+    re-predicted with today's model exactly as `parsim validate` predicted it when it ran
+    (parsim.commands.validate.repredict: the training plan on its backend's prediction target or
+    on the emulated network with the stored link probes, the collective's schedule on the same),
+    against its stored measured median. Metrics: mean and max |predicted / measured - 1| over the
+    points (and per kind when the store has training and collective points), the error of every
+    point, and how many points today's model can price (a point it no longer can is dropped from
+    the means, so that count falls and fails, and the point's own metric is GONE)."""
+    from parsim import results as R
+    from parsim.commands.validate import repredict
+    from parsim.errors import ParsimError
+    try:
+        recs = list(R.latest(R.read(path)).values())
+    except ParsimError as e:
+        raise TrackingError(f"stored study results {_rel(path)} are unreadable ({e}): restore them with "
+                            f"`git checkout -- {_rel(path)}`") from None
+    rows = []        # (record, |error|)
+    for r in recs:
+        if r.get("status") != "ok" or r.get("kind") not in ("train", "collective"):
+            continue
+        try:
+            pred = repredict(r, recs, Path(path).parent)
+        except ParsimError:
+            continue
+        rows.append((r, pred / r["summary"]["measured"] - 1))
+    if not rows:
+        raise TrackingError(f"stored study results {_rel(path)} hold no point today's model can re-predict")
+    study = rows[0][0]["study"]
+    err = f"|predicted / measured - 1| (study {study}: training step time, collective time)"
+    out = [Metric(f"{name}.mean_abs_error", pct(mean_abs(e for _, e in rows)), description=f"{err}, mean over the {len(rows)} points"),
+           Metric(f"{name}.max_abs_error", pct(max(abs(e) for _, e in rows)), description=f"{err}, worst point"),
+           Metric(f"{name}.points_compared", float(len(rows)), unit="points", better="higher", tolerance=0,
+                  description=f"points of the store today's model re-predicts (of {len(recs)} recorded)")]
+    kinds = sorted({r["kind"] for r, _ in rows})
+    if len(kinds) > 1:
+        for k in kinds:
+            ek = [e for r, e in rows if r["kind"] == k]
+            out.append(Metric(f"{name}.mean_abs_error.{k}", pct(mean_abs(ek)), description=f"{err}, mean over the {len(ek)} {k} points"))
+    for r, e in rows:
+        out.append(Metric(f"{name}.point_abs_error.{point_key(r['id'])}", pct(abs(e)),
+                          description=f"|predicted / measured {r['summary']['metric']} - 1| of {r['id']}"))
+    return out
+
+
+# Every results store of `parsim validate` committed under reports/ (tests/unit/test_tracking.py checks none is
+# missing). Not here: reports/cpu/earlier/ and reports/netem/sweep_report/ are exports of run_vs_predict.json and
+# sweep.json (tracked above by `cpu` and `netem`), not stores written by `parsim validate`.
+STUDY_STORES = {
+    # the seven-plan CPU study, measured while the VM was shared (1-minute load 8-13 on 2 cores): its measured
+    # times are 1.5-8x the idle-machine ones of run_vs_predict.json (`cpu` above), so neither replaces the other
+    "cpu_study": ("reports/cpu/results.jsonl", "parsim validate studies/cpu/run_vs_predict.yaml --out reports/cpu --fresh"),
+    "netem_quick": ("reports/netem/quick/results.jsonl",
+                    "parsim validate studies/netem/quick.yaml --out reports/netem/quick --fresh (root, tc)"),
+}
+for _name, (_store, _cmd) in STUDY_STORES.items():
+    source(_name, _store, regenerate=_cmd)(lambda path, _name=_name: study_metrics(_name, path))
