@@ -39,7 +39,7 @@ def add_arguments(p):
     p.add_argument("--out", help="write the result (measured, predicted, errors) as JSON here")
     p.add_argument("--trace", metavar="DIR", help="torch.profiler Chrome trace of one extra, untimed step, one file per rank")
     p.add_argument("--cluster", help="cluster preset or file for the prediction (default: cpu-local, calibrated "
-                                     "by `python -m parsim.calibrate` when it has been run; dgx-<gpu> with nccl)")
+                                     "by `parsim calibrate` when it has been run; dgx-<gpu> with nccl)")
     p.add_argument("--local-size", type=count("MAX_DEVICES"), help="ranks per node for --grad-sync hierarchical (default: all)")
     p.add_argument("--threads", type=count("MAX_THREADS"), default=1, help="torch threads per rank on CPU (default 1)")
     p.add_argument("--timeout", type=number(0.0, "MAX_WAIT_S", lo_open=True), default=300.0, help="seconds for the whole run before every rank is killed")
@@ -127,9 +127,9 @@ def check_hardware(backend: str, nproc: int):
 
 def _device_profile(backend: str) -> tuple[str, str]:
     """(device profile, cluster preset) for the prediction."""
-    if backend != "nccl":   # the loopback link measured by `python -m parsim.calibrate`, when there
-        from parsim.calibrate import CLUSTER_FILE
-        return "cpu", (str(CLUSTER_FILE) if CLUSTER_FILE.exists() else "cpu-local")
+    if backend != "nccl":   # the loopback link measured by `parsim calibrate`, when there
+        from parsim.calibrate import local_cluster
+        return "cpu", local_cluster()
     import torch
     name = torch.cuda.get_device_name(0).lower()
     for key, prof, cl in (("h200", "h200", "dgx-h200"), ("h100", "h100-sxm", "dgx-h100"), ("a100", "a100-80gb", "dgx-a100"),

@@ -43,14 +43,14 @@ def _prediction_target(study):
         from parsim.commands.run import _device_profile
         prof, cl = _device_profile("nccl")
     else:
-        from parsim.calibrate import CLUSTER_FILE
-        prof, cl = "cpu", (str(CLUSTER_FILE) if CLUSTER_FILE.exists() else "cpu-local")
+        from parsim.calibrate import local_cluster
+        prof, cl = "cpu", local_cluster()
     return prof, s.get("cluster") or cl
 
 
 @contextlib.contextmanager
 def measured_profile(path: Path | None):
-    """Device profiles read from `path` (a measured profile) instead of devices.local.yaml, for the
+    """Device profiles read from `path` (a measured profile) instead of the calibration home's devices.yaml, for the
     duration; caches of profiles and clusters are dropped on entry and exit."""
     import importlib
     hardware = importlib.import_module("parsim.hardware")
