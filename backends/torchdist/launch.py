@@ -155,14 +155,16 @@ class _Terminated(BaseException):
 
 
 def launch(cfg: dict, nproc: int, timeout_s: float = 300.0, grace_s: float = 5.0, env: dict | None = None,
-           keep_dir: bool = False, rank_prefix=None, on_start=None) -> dict:
+           keep_dir: bool = False, rank_prefix=None, on_start=None, progress=None) -> dict:
     """Run `nproc` ranks of ``python -m backends.torchdist.runner`` on `cfg` (see runner.worker_main) and
     return rank 0's report: a parsim.predict.StepReport (source "measured"), or a list of results for
     cfg["jobs"] (or a benchmark, or a task's results).
 
     rank_prefix(rank) -> argv placed before each rank's command (default: none, a local process), e.g.
     ``ip netns exec NS env RANK=... MASTER_ADDR=...`` to run the rank in an emulated host; variables it
-    sets win over the launcher's. on_start(): called once every rank has been started.
+    sets win over the launcher's. on_start(): called once every rank has been started. progress(phases):
+    called about every second with {rank: its heartbeat's phase ('' before its first beat)}, e.g. to draw
+    a progress bar.
 
     Raises RunFailed naming the rank that failed, hung or stopped, and why. SIGTERM stops every rank,
     removes the run directory and exits 143 with one line; after a kill -9 of the launcher its ranks
@@ -173,7 +175,7 @@ def launch(cfg: dict, nproc: int, timeout_s: float = 300.0, grace_s: float = 5.0
         argv = [sys.executable, "-m", "backends.torchdist.runner", str(work / "config.json")]
         argvs = [list(rank_prefix(r) if rank_prefix else []) + argv for r in range(nproc)]
         _run(argvs, work, dict(c, threads_per_rank=c.get("threads_per_rank", 1)), timeout_s, grace_s, env, logs=True,
-             on_start=on_start)
+             on_start=on_start, progress=progress)
         report = work / "report.json"
         if not report.exists():
             raise RunFailed(f"all {nproc} ranks exited 0 but rank 0 wrote no report; rank 0 log: "
@@ -232,7 +234,7 @@ def _on_sigterm(signum, frame):
     raise _Terminated(_CURRENT_WORK[-1] if _CURRENT_WORK else "")
 
 
-def _run(argvs, work: Path, cfg: dict, timeout_s, grace_s, env, logs: bool, on_start=None):
+def _run(argvs, work: Path, cfg: dict, timeout_s, grace_s, env, logs: bool, on_start=None, progress=None):
     """Start argvs[r] as rank r (torchrun's variables set), watch them to the end; the only rank loop."""
     nproc = len(argvs)
     base = dict(os.environ)
@@ -256,7 +258,7 @@ def _run(argvs, work: Path, cfg: dict, timeout_s, grace_s, env, logs: bool, on_s
             procs.append(spawn(argv, env=e, stdout=log, stderr=subprocess.STDOUT if logs else None))
         if on_start:
             on_start()
-        return _watch(procs, work, cfg, timeout_s, grace_s, oom0)
+        return _watch(procs, work, cfg, timeout_s, grace_s, oom0, progress)
     except RunFailed as e:
         e.pids = tuple(p.pid for p in procs)
         raise
@@ -381,7 +383,7 @@ def _named_rc(msg: str, exited: dict, first_fail) -> int:
     return exited[first_fail[1]][1] if first_fail else 1
 
 
-def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float, oom0=None) -> None:
+def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float, oom0=None, progress=None) -> None:
     """Poll the ranks until all exit 0 (returns) or one fails, stops or hangs, or the run times out
     (RunFailed naming the rank; every rank killed)."""
     start = time.monotonic()
@@ -409,6 +411,11 @@ def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float, oom0=
             raise _failed(msg, _named_rc(msg, exited, first_fail))
         if now >= next_check:
             next_check = now + 1.0
+            if progress is not None:
+                try:
+                    progress({r: _heartbeat_age(work, r, time.time())[1] for r in range(len(procs)) if r not in exited})
+                except Exception:   # noqa: BLE001 — a display must never stop a run
+                    progress = None
             stalled = _stalled_rank(procs, work, stale_s, exited, stopped_now=False,
                                     frozen_s=max(3 * stale_s, float(cfg.get("timeout_s", 60))))
             if stalled is not None and first_fail is None:
