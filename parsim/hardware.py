@@ -62,12 +62,12 @@ class DeviceProfile:
     sustained_fraction: float = 1.0  # end-to-end training GEMM rate / best-shape benchmark rate (data)
     # Host-side software time per unit of work, seconds (eager frameworks on a CPU dispatch
     # synchronously, so it adds to the kernels' time): keys layer_fwd, layer_bwd, head_fwd,
-    # head_bwd, optimizer_base, optimizer_per_layer. Measured by `python -m parsim.calibrate`;
+    # head_bwd, optimizer_base, optimizer_per_layer. Measured by `parsim calibrate`;
     # GPU profiles carry none (launches overlap device execution at LLM kernel sizes).
     overhead_s: tuple = ()
     # Host software time per step of a collective schedule, seconds (CPU ranks: gloo + Python):
     # executor = our isend/irecv executor (backends/torchdist/collectives.run_schedule), native =
-    # the library's own collective. Measured on loopback by `python -m parsim.calibrate`
+    # the library's own collective. Measured on loopback by `parsim calibrate`
     # (keys executor_step_overhead_us, native_step_overhead_us); 0 for GPUs (NCCL's latencies
     # stay in the links' latency).
     executor_step_overhead_s: float = 0.0
