@@ -81,10 +81,10 @@ def _predict_train(spec, cluster):
 
 
 def _profile_info(name):
-    from parsim.hardware import get_device
+    from parsim.hardware import get_device, profile_file
     try:
         d = get_device(name)
-        return {"name": name, "source": d.source, "file": os.environ.get("PARSIM_DEVICES_LOCAL")}
+        return {"name": name, "source": d.source, "file": profile_file(name)}
     except ParsimError:
         return {"name": name}
 
