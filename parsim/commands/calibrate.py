@@ -4,7 +4,8 @@ them where parsim loads them from.
 
 The measuring is the backend's (``backends.torchdist.calibrate``, multi-process parts through the one
 launcher), the fitting the core's (``parsim.calibrate.fit``). Output: ``devices.yaml`` and
-``cpu-local.yaml`` (and the raw measurements, ``calibration.json``) in ``--out DIR``, default the
+``cpu-local.yaml`` (and the raw measurements, ``calibration.json``; ``calibration-comm.json`` for
+``--comm-only``) in ``--out DIR``, default the
 calibration home (``$PARSIM_HOME``, else ``$XDG_DATA_HOME/parsim``, else ``~/.local/share/parsim``),
 which parsim reads on every later command. About 8 minutes in full; ``--quick`` takes seconds
 (rough figures, said so in their source: for tests and a first try).
@@ -19,7 +20,7 @@ import time
 def add_arguments(p):
     p.add_argument("--out", metavar="DIR", help="directory to write devices.yaml and cpu-local.yaml into (default: "
                    "the calibration home, $PARSIM_HOME or $XDG_DATA_HOME/parsim or ~/.local/share/parsim)")
-    p.add_argument("--quick", action="store_true", help="few sizes, short budgets, 2-3 ranks, one launch: seconds, "
+    p.add_argument("--quick", action="store_true", help="few sizes, short budgets, 2 ranks, one launch: seconds, "
                    "rough figures (their source says QUICK MODE)")
     p.add_argument("--no-comm", action="store_true", help="skip the multi-process collective measurements (keeps "
                    "the step overheads of the profile already in --out, if any)")
@@ -76,7 +77,8 @@ def run(a) -> int:
     if a.out is not None:
         make_output_dir(out, "--out")
     paths = C.write_results(out, profile, cluster)
-    raw_file = write_atomic(out / "calibration.json", json.dumps(raw, indent=1), what="raw measurements")
+    raw_file = write_atomic(out / ("calibration.json" if local else "calibration-comm.json"), json.dumps(raw, indent=1),
+                            what="raw measurements")
     print(f"cpu: fp32 peak {profile['peak_TFLOPs']['fp32'] * 1e3:.1f} GFLOP/s (1 thread), vector "
           f"{profile['vector_TFLOPs'] * 1e3:.2f} GFLOP/s, memory {profile['memory_bandwidth_GBps']:.1f} GB/s, "
           f"matmul_sustained_fraction {profile['matmul_sustained_fraction']} -> {paths[0]}", file=sys.stderr)
