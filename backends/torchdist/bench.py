@@ -266,6 +266,49 @@ def render(results, fmt="table") -> str:
     return "\n".join(lines)
 
 
+def make_job(op: str, algos, sizes, repeats: int = 5, warmup: int = 1, min_time: float = 0.0,
+             max_repeats: int = 25, world: int = 2, netem_state: str | None = None) -> dict:
+    """A benchmark job (``validate``) from plain values, as the flags would give it; `netem_state`: the
+    emulated cluster's state file the ranks will run in (its graph decides what is runnable). Raises
+    ParsimError (one line)."""
+    ns = argparse.Namespace(bench=op, algo=algos if isinstance(algos, str) else ",".join(algos),
+                            size=sizes if isinstance(sizes, str) else ",".join(str(int(x)) for x in sizes),
+                            repeats=repeats, warmup=warmup, min_time=min_time, max_repeats=max_repeats)
+    old = os.environ.get("PARSIM_NETEM_STATE")
+    if netem_state:
+        os.environ["PARSIM_NETEM_STATE"] = str(netem_state)
+    else:
+        os.environ.pop("PARSIM_NETEM_STATE", None)
+    try:
+        return validate(ns, world)
+    finally:
+        if old is None:
+            os.environ.pop("PARSIM_NETEM_STATE", None)
+        else:
+            os.environ["PARSIM_NETEM_STATE"] = old
+
+
+def rank_config(job: dict, local_ranks: int, timeout_s: float = TIMEOUT_S, watchdog_s: float = 60.0) -> dict:
+    """The launcher's config (backends.torchdist.runner, task "bench") for a job on `local_ranks` ranks
+    sharing this machine's CPUs."""
+    cores = os.cpu_count() or 1
+    # several ranks share the CPU: spinning OpenMP workers would steal it from gloo's I/O threads
+    # (measured: a 4-rank 1 MiB ring 30x slower on 2 cores)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, cores // max(1, local_ranks)))
+    return {"task": "bench", "bench": job, "backend": "gloo", "timeout_s": min(timeout_s, 600),
+            "watchdog_s": watchdog_s, "threads_per_rank": threads}
+
+
+def launch_job(job: dict, world: int, timeout_s: float = TIMEOUT_S, rank_prefix=None, cfg: dict | None = None,
+               local_ranks: int | None = None) -> list:
+    """Run a benchmark job on `world` ranks through the one launcher (backends.torchdist.launch: per-rank
+    watchdog, a failed or stopped rank named in one line, nothing left running); `rank_prefix(rank)`: e.g.
+    the emulated host's ``ip netns exec`` prefix. Returns rank 0's results (a list of point dicts)."""
+    from backends.torchdist.launch import launch
+    cfg = cfg or rank_config(job, local_ranks or world, timeout_s)
+    return launch(cfg, world, timeout_s=timeout_s, rank_prefix=rank_prefix)
+
+
 def main(args, argv=None) -> int:
     """Entry point for `parsim run --bench OP ...` (args from add_arguments + --bench).
 
@@ -281,17 +324,11 @@ def main(args, argv=None) -> int:
         if env_mode and os.environ.get("RANK") != "0":
             return 2           # rank 0 says it
         raise
-    cores = os.cpu_count() or 1
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world)) if env_mode else world
-    # several ranks share the CPU: spinning OpenMP workers would steal it from gloo's I/O threads
-    # (measured: a 4-rank 1 MiB ring 30x slower on 2 cores)
-    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, cores // max(1, local)))
     timeout_s = float(getattr(args, "timeout", None) or TIMEOUT_S)
-    cfg = {"task": "bench", "bench": job, "backend": "gloo", "timeout_s": min(timeout_s, 600),
-           "watchdog_s": float(getattr(args, "watchdog", None) or 60.0), "threads_per_rank": threads}
+    cfg = rank_config(job, local, timeout_s, float(getattr(args, "watchdog", None) or 60.0))
     if not env_mode:
-        from backends.torchdist.launch import launch
-        res = launch(cfg, world, timeout_s=timeout_s)
+        res = launch_job(job, world, timeout_s, cfg=cfg)
     else:
         import tempfile
 

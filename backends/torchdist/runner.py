@@ -218,7 +218,7 @@ def _worker_main(cfg: dict) -> int:
         results = []
         for job in cfg.get("jobs") or [{}]:   # several plans in one process group (the tests do this)
             job = {**cfg, **job}
-            run = {"grad_sync_check": _grad_sync_check, "bench": _bench}.get(job.get("task"), _train)
+            run = _task(job.get("task"))
             results.append(run(job, rank, world, device, sync, dog))
         if rank == 0 and cfg.get("out"):
             write_atomic(cfg["out"], to_json(results if cfg.get("jobs") else results[0]))
@@ -244,6 +244,18 @@ def _worker_main(cfg: dict) -> int:
         os._exit(1)   # do not wait for collectives in process-group teardown
     finally:
         dog.stop()
+
+
+def _task(name):
+    """The function a job's "task" names: grad_sync_check, bench, "module:function" (a rank task of the
+    backend, e.g. the calibration probes of backends.torchdist.calibrate), else training."""
+    if name and ":" in name:
+        import importlib
+        mod, _, fn = name.partition(":")
+        if not mod.startswith("backends."):
+            raise ValueError(f"task {name!r}: expected a function of the backends package")
+        return getattr(importlib.import_module(mod), fn)
+    return {"grad_sync_check": _grad_sync_check, "bench": _bench}.get(name, _train)
 
 
 _OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate")

@@ -39,7 +39,7 @@ def add_arguments(p):
     p.add_argument("--out", help="write the result (measured, predicted, errors) as JSON here")
     p.add_argument("--trace", metavar="DIR", help="torch.profiler Chrome trace of one extra, untimed step, one file per rank")
     p.add_argument("--cluster", help="cluster preset or file for the prediction (default: cpu-local, calibrated "
-                                     "by `python -m parsim.calibrate` when it has been run; dgx-<gpu> with nccl)")
+                                     "by `parsim calibrate` when it has been run; dgx-<gpu> with nccl)")
     p.add_argument("--local-size", type=count("MAX_DEVICES"), help="ranks per node for --grad-sync hierarchical (default: all)")
     p.add_argument("--threads", type=count("MAX_THREADS"), default=1, help="torch threads per rank on CPU (default 1)")
     p.add_argument("--timeout", type=number(0.0, "MAX_WAIT_S", lo_open=True), default=300.0, help="seconds for the whole run before every rank is killed")
@@ -127,9 +127,9 @@ def check_hardware(backend: str, nproc: int):
 
 def _device_profile(backend: str) -> tuple[str, str]:
     """(device profile, cluster preset) for the prediction."""
-    if backend != "nccl":   # the loopback link measured by `python -m parsim.calibrate`, when there
-        from parsim.calibrate import CLUSTER_FILE
-        return "cpu", (str(CLUSTER_FILE) if CLUSTER_FILE.exists() else "cpu-local")
+    if backend != "nccl":   # the loopback link measured by `parsim calibrate`, when there
+        from parsim.calibrate import local_cluster
+        return "cpu", local_cluster()
     import torch
     name = torch.cuda.get_device_name(0).lower()
     for key, prof, cl in (("h200", "h200", "dgx-h200"), ("h100", "h100-sxm", "dgx-h100"), ("a100", "a100-80gb", "dgx-a100"),
@@ -276,6 +276,26 @@ def render_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+_STARTUP_PHASES = ("start-up", "init_process_group", "build")
+
+
+def run_progress(phases: dict, nproc: int, steps: int) -> tuple[int, str]:
+    """(steps done, what the run is doing) from each running rank's heartbeat phase (``{rank: phase}``,
+    '' before its first beat, as backends.torchdist.runner writes it): while ranks start, how many are
+    up and what they do; then the step the slowest rank is in ("step 3 forward": steps 0..2 are done,
+    so 3 of `steps`) and rank 0's phase; after the last step, finishing."""
+    import re
+    if not phases or all(not v or v.startswith(_STARTUP_PHASES) for v in phases.values()):
+        up = sum(1 for v in phases.values() if v)
+        doing = sorted({v for v in phases.values() if v})
+        return 0, f"starting ranks: {up}/{nproc} up" + (f" ({', '.join(doing)})" if doing else "")
+    in_step = [int(m.group(1)) for v in phases.values() if (m := re.match(r"step (\d+)\b", v or ""))]
+    if in_step:
+        done = min(min(in_step), steps)
+        return done, f"step {min(done + 1, steps)}/{steps}: rank 0 {phases.get(0) or phases[min(phases)]}"
+    return steps, f"finishing: rank 0 {phases.get(0) or phases[min(phases)]}"
+
+
 def run(args) -> int:
     if args.bench:
         from backends.torchdist import bench   # written by the netem issue; imported only here
@@ -338,7 +358,12 @@ def run(args) -> int:
             os.unlink(out)
     else:
         from backends.torchdist.launch import launch
-        measured = launch(cfg, nproc, timeout_s=args.timeout)
+        from parsim.progress import bar
+        with bar("parsim run", args.steps, lines=False, unit="steps") as b:
+            b.update(0, f"starting {nproc} rank(s)")
+            measured = launch(cfg, nproc, timeout_s=args.timeout,
+                              progress=lambda ph: b.update(*run_progress(ph, nproc, args.steps)))
+            b.update(args.steps, "done")
     result = {"plan_label": plan.label(), "measured": as_dict(measured), "predicted": predicted,
               "prediction_source": source, "rows": compare(measured, predicted)}
     result["relative_error"] = {r[0]: r[3] for r in result["rows"]}

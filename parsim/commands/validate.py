@@ -44,14 +44,14 @@ def _prediction_target(settings):
         from parsim.commands.run import _device_profile
         prof, cl = _device_profile("nccl")
     else:
-        from parsim.calibrate import CLUSTER_FILE
-        prof, cl = "cpu", (str(CLUSTER_FILE) if CLUSTER_FILE.exists() else "cpu-local")
+        from parsim.calibrate import local_cluster
+        prof, cl = "cpu", local_cluster()
     return prof, s.get("cluster") or cl
 
 
 @contextlib.contextmanager
 def measured_profile(path: Path | None):
-    """Device profiles read from `path` (a measured profile) instead of devices.local.yaml, for the
+    """Device profiles read from `path` (a measured profile) instead of the calibration home's devices.yaml, for the
     duration; caches of profiles and clusters are dropped on entry and exit."""
     import importlib
     hardware = importlib.import_module("parsim.hardware")
@@ -82,10 +82,10 @@ def _predict_train(spec, cluster):
 
 
 def _profile_info(name):
-    from parsim.hardware import get_device
+    from parsim.hardware import get_device, profile_file
     try:
         d = get_device(name)
-        return {"name": name, "source": d.source, "file": os.environ.get("PARSIM_DEVICES_LOCAL")}
+        return {"name": name, "source": d.source, "file": profile_file(name)}
     except ParsimError:
         return {"name": name}
 

@@ -5,7 +5,7 @@
 is the same as ``parsim validate studies/cpu/run_vs_predict.yaml --out reports/cpu --fresh`` (results
 in reports/cpu/results.jsonl, report in reports/cpu/report.{md,html}); the report is regenerated
 from the results by ``parsim report reports/cpu --out reports/cpu``. Run
-``python -m parsim.calibrate`` first on a new machine and keep it otherwise idle.
+``parsim calibrate`` first on a new machine and keep it otherwise idle.
 """
 from __future__ import annotations
 

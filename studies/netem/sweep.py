@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from itertools import combinations
@@ -50,24 +49,18 @@ from backends.torchdist.bench import MAX_REPEATS, MIN_TIME_S  # noqa: E402  (the
 PRED_TIE = 0.02  # predictions within 2% of each other count as "the model calls it a tie"
 
 
-def _launch(emu, cmd, name):
-    """One launch of the benchmark's ranks in the emulated hosts; rank 0's points."""
-    from parsim.commands.emulate import rank_commands
-    procs = []
-    for r, argv in rank_commands(emu, cmd):
-        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True, cwd=ROOT))
+def _launch(emu, job, name):
+    """One launch of the benchmark's ranks in the emulated hosts, through the one launcher
+    (backends.torchdist.launch, each rank behind its host's ``ip netns exec`` prefix); rank 0's points."""
+    from backends.torchdist import bench
+    from backends.torchdist.launch import RunFailed
+    from parsim.commands.emulate import rank_prefixes
+    pre = dict(rank_prefixes(emu))
     try:
-        out, err = procs[0].communicate(timeout=RUN_TIMEOUT_S)
-        for p in procs[1:]:
-            p.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        raise SystemExit(f"config {name}: ranks did not finish within {RUN_TIMEOUT_S} s")
-    if procs[0].returncode != 0:
-        raise SystemExit(f"config {name}: rank 0 failed:\n{err[-3000:]}")
-    return json.loads(out[out.index("["):])
+        return bench.launch_job(job, len(pre), RUN_TIMEOUT_S, rank_prefix=pre.__getitem__,
+                                local_ranks=max(1, len(pre) // max(1, len(emu.plan.hosts))))
+    except RunFailed as e:
+        raise SystemExit(f"config {name}: {e}") from None
 
 
 def merge_launches(runs):
@@ -98,10 +91,10 @@ def run_config(name, preset, kw, link, rph, algos, sizes, repeats, launches=LAUN
     with Emulation(g, ranks_per_host=rph) as emu:
         emu.probes = probe_pairs(emu)
         emu.write_state()
-        cmd = [sys.executable, "-m", "backends.torchdist.bench", "--bench", "allreduce", "--algo", algos,
-               "--size", sizes, "--repeats", str(repeats), "--warmup", "1", "--format", "json",
-               "--min-time", str(MIN_TIME_S), "--max-repeats", str(MAX_REPEATS)]
-        points = merge_launches([_launch(emu, cmd, name) for _ in range(launches)])
+        from backends.torchdist.bench import make_job
+        job = make_job("allreduce", algos, sizes, repeats, 1, MIN_TIME_S, MAX_REPEATS, world=len(emu.ranks()),
+                       netem_state=emu.state_file)
+        points = merge_launches([_launch(emu, job, name) for _ in range(launches)])
         probes = emu.probes
     link_Bps = statistics.median(p["measured_Bps"] for p in probes)
     for pt in points:

@@ -183,15 +183,15 @@ def test_link_from_fit_reproduces_the_measurement_through_parsims_pricing(tmp_pa
         assert collective_time_s(cl, "allreduce", "native", (0, 1), n) == pytest.approx(alpha + beta * n, rel=1e-6)
 
 
-def test_committed_local_profile_loads_and_says_where_it_came_from():
-    from parsim.calibrate import CLUSTER_FILE, DATA
+def test_committed_measured_profile_loads_and_says_where_it_came_from():
+    from parsim.calibrate import CLUSTER_FILE, DEV_VM, DEVICES_FILE
     from parsim.hardware import _profile
     import yaml
-    d = yaml.safe_load((DATA / "devices.local.yaml").read_text())["cpu"]
+    d = yaml.safe_load((DEV_VM / DEVICES_FILE).read_text())["cpu"]
     prof = _profile("cpu", d)
     assert prof.peak_flops["fp32"] > 1e9 and "parsim.calibrate" in prof.source
     assert 0 < float(prof.matmul_eff(1e-3)) <= 1
-    assert "gloo loopback" in yaml.safe_load(CLUSTER_FILE.read_text())["source"]
+    assert "gloo loopback" in yaml.safe_load((DEV_VM / CLUSTER_FILE).read_text())["source"]
 
 
 def _listening(port: int) -> list:

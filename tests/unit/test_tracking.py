@@ -179,10 +179,11 @@ def test_the_committed_ledger_is_readable_and_covers_every_metric_source():
 
 
 def _broken_profile(tmp_path, change):
-    """A PARSIM_DEVICES_LOCAL file: the shipped local profiles with one entry changed."""
+    """A PARSIM_DEVICES_LOCAL file: the development VM's measured profiles (what the ledger prices the
+    stored CPU and netem measurements with) with one entry changed."""
     data = ROOT / "parsim" / "data"
     cat = yaml.safe_load((data / "devices.yaml").read_text())
-    local_file = data / "devices.local.yaml"
+    local_file = data / "measured" / "vm-2core" / "devices.yaml"
     local = yaml.safe_load(local_file.read_text()) if local_file.exists() else {}
     merged = copy.deepcopy(local)
     change(cat, merged)
@@ -209,8 +210,6 @@ def test_dropped_collective_overhead_fails_the_netem_metrics(tmp_path):
     def drop(cat, local):   # the calibrated software overhead of collectives "forgotten"
         for k in ("executor_step_overhead_us", "executor_message_overhead_us", "native_step_overhead_us"):
             local["cpu"][k] = 0.0
-    if "cpu" not in yaml.safe_load((ROOT / "parsim/data/devices.local.yaml").read_text()):
-        pytest.skip("no calibrated cpu profile")
     r = _cli("tests.tracking.ledger", "--only", "netem,netem_quick", env=_broken_profile(tmp_path, drop))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "accuracy ledger: netem.mae_all is worse" in r.stdout, r.stdout
@@ -228,8 +227,6 @@ def test_a_faster_cpu_profile_fails_the_cpu_study_metrics(tmp_path):
     a cpu profile with twice the GEMM peak predicts it faster still, and its ledger metrics fail."""
     def faster(cat, local):
         local["cpu"]["peak_TFLOPs"] = {k: 2 * v for k, v in local["cpu"]["peak_TFLOPs"].items()}
-    if "cpu" not in yaml.safe_load((ROOT / "parsim/data/devices.local.yaml").read_text()):
-        pytest.skip("no calibrated cpu profile")
     r = _cli("tests.tracking.ledger", "--only", "cpu_study", env=_broken_profile(tmp_path, faster))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "accuracy ledger: cpu_study.mean_abs_error is worse" in r.stdout, r.stdout
