@@ -154,10 +154,17 @@ def predicted_report(model, plan, cluster_name: str, gpus: int, explicit: str | 
         return as_dict(rep), f"predicted by parsim.predict on {cluster.name} ({what})"
     from parsim.topology import load_cluster
     try:
-        rep = predict(model, load_cluster(cluster_name, gpus), plan, **memory)
+        cl = load_cluster(cluster_name, gpus)
+        rep = predict(model, cl, plan, **memory)
     except ParsimError as e:
         return None, f"no prediction: {e}"
-    return as_dict(rep), f"predicted by parsim.predict on cluster {cluster_name}"
+    from parsim.hardware import DATA, profile_file
+    dev = getattr(cl.device, "name", cl.device)
+    where = f"predicted by parsim.predict on cluster {cluster_name}"
+    if dev == "cpu" and profile_file(dev) == str(DATA / "devices.yaml"):
+        where += ("; device profile cpu is the catalog's uncalibrated placeholder (order of magnitude only): "
+                  "`parsim calibrate` measures this machine")
+    return as_dict(rep), where
 
 
 def host_available_bytes() -> int | None:
