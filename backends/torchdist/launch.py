@@ -68,13 +68,14 @@ def _pdeathsig():
 
 
 def spawn(argv, *, env: dict | None = None, cwd=None, stdin=None, stdout=None, stderr=None,
-          text: bool = False) -> subprocess.Popen:
+          text: bool = False, die_with_parent: bool = True) -> subprocess.Popen:
     """Start one process (the only ``subprocess.Popen`` of the project): it gets PR_SET_PDEATHSIG(SIGKILL),
     so it dies with this process even when this one is killed with SIGKILL; through ``ip netns exec`` and
     ``env`` too (neither is set-uid). cwd defaults to the repository root. The caller reaps it
-    (``stop``)."""
+    (``stop``). die_with_parent=False only for a process that must outlive its parent by design and
+    exits by itself (quiet.py's stderr filter drains the pipe to end-of-file after a rank dies)."""
     return subprocess.Popen(list(map(str, argv)), env=env, cwd=str(cwd or ROOT), stdin=stdin, stdout=stdout,
-                            stderr=stderr, text=text, preexec_fn=_pdeathsig)
+                            stderr=stderr, text=text, preexec_fn=_pdeathsig if die_with_parent else None)
 
 
 def stop(procs, grace_s: float = 3.0) -> None:

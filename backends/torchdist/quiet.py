@@ -67,8 +67,9 @@ def drop_stderr_lines(*needles: str):
         yield
         return
     try:
-        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _FILTER, *needles], stdin=subprocess.PIPE,
-                                stdout=saved, stderr=subprocess.DEVNULL, close_fds=True)
+        from backends.torchdist.launch import spawn
+        proc = spawn([sys.executable, "-I", "-S", "-c", _FILTER, *needles], stdin=subprocess.PIPE,
+                     stdout=saved, stderr=subprocess.DEVNULL, cwd=os.getcwd(), die_with_parent=False)
     except OSError:
         os.close(saved)
         yield
