@@ -7,8 +7,8 @@ all-gather, broadcast, all-to-all, send/recv). Its format and step semantics are
 there; this module only plays it on one rank's flat buffer:
 
   for each step: post this rank's receives (into scratch buffers), then its sends (views
-  of the buffer as it is when the step begins), wait for all of them, then add or copy
-  every received slice at its ``dst_offset``.
+  of the buffer as it is when the step begins) — one ``batch_isend_irecv`` — wait for all
+  of them, then add or copy every received slice at its ``dst_offset``.
 
 ``native`` is the library's own ``all_reduce`` (what ``parsim.costs.network`` prices as
 gloo's/NCCL's ring), not a schedule.
@@ -77,6 +77,11 @@ def run_schedule(schedule: Schedule, tensor, group_ranks=None, group=None, progr
     time (measured: 16 MiB each way at 200 Mbit/s took 1.40 s or 0.70 s at random with sends
     first, always 0.70 s = the one-way time with receives first; backends/netem/model.py
     prices pairs as full duplex because of this).
+
+    A step's operations go through ``batch_isend_irecv``: on gloo (no coalescing) that posts them
+    one by one in this order, with their tags; on NCCL it groups them, so a pair exchanging in
+    both directions cannot deadlock on the pair's one stream (NCCL matches a pair's operations
+    in order and ignores tags; both sides list them in the schedule's order).
     """
     import torch
     import torch.distributed as dist
@@ -97,14 +102,14 @@ def run_schedule(schedule: Schedule, tensor, group_ranks=None, group=None, progr
     for sends, recvs in program:
         if not sends and not recvs:
             continue
-        reqs, landed = [], []
+        ops, landed = [], []
         for peer, tag, start, count, red in recvs:   # receives first (see the docstring)
             buf = torch.empty(count, dtype=tensor.dtype, device=tensor.device)
-            reqs.append(dist.irecv(buf, src=group_ranks[peer], group=group, tag=tag))
+            ops.append(dist.P2POp(dist.irecv, buf, group_ranks[peer], group, tag))
             landed.append((start, count, buf, red))
         for peer, tag, start, count in sends:
-            reqs.append(dist.isend(tensor[start:start + count], dst=group_ranks[peer], group=group, tag=tag))
-        for r in reqs:
+            ops.append(dist.P2POp(dist.isend, tensor[start:start + count], group_ranks[peer], group, tag))
+        for r in dist.batch_isend_irecv(ops):
             r.wait()
         for start, count, buf, red in landed:
             if red:
