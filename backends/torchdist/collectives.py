@@ -10,8 +10,8 @@ there; this module only plays it on one rank's flat buffer:
   of the buffer as it is when the step begins) — one ``batch_isend_irecv`` — wait for all
   of them, then add or copy every received slice at its ``dst_offset``.
 
-``native`` is the library's own ``all_reduce`` (what ``parsim.costs.network`` prices as
-gloo's/NCCL's ring), not a schedule.
+``native`` is the library's own ``all_reduce``, not a schedule (``parsim.costs.network``
+prices it as what the library runs: NCCL's ring or tree, gloo's ring).
 
 Entry points:
   * ``rank_program(schedule, rank, itemsize)`` — torch-free: what one rank posts and applies
