@@ -27,15 +27,14 @@ def add_arguments(p):
 
 
 def rows(cluster, op: str, algos, sizes, ranks) -> list[dict]:
-    from parsim.costs.network import busbw_factor, collective_time_s
-    f = busbw_factor(op, len(ranks))
+    from parsim.costs.network import bandwidths_Bps, collective_time_s
     out = []
     for algo in algos:
         for n in sizes:
             t = collective_time_s(cluster, op, algo, ranks, n)
-            algbw = n / t if t > 0 else float("inf")
+            algbw, busbw = bandwidths_Bps(op, len(ranks), n, t)
             out.append({"op": op, "algo": algo, "size_bytes": int(n), "time_s": t,
-                        "algbw_GBps": algbw / 1e9, "busbw_GBps": algbw * f / 1e9})
+                        "algbw_GBps": algbw / 1e9, "busbw_GBps": busbw / 1e9})
     return out
 
 

@@ -235,10 +235,6 @@ def _collectives(study, batch, ctx, emu):
         if q is None:
             yield _failed(rec, f"error: the benchmark returned no point for {p.spec['algo']} {p.spec['size_B']} B")
             continue
-        w = q["world"]
-        bus = 2 * (w - 1) / w if q["op"] == "allreduce" else (w - 1) / w
-        q["busbw_GBps"] = q["size_B"] * bus / q["median_s"] / 1e9
-        q["predicted_busbw_GBps"] = q["size_B"] * bus / q["predicted_s"] / 1e9
         rec.update(status="ok" if q["correct"] else "failed", measured=q, predicted=q.pop("predicted"), profile=profile,
                    summary={"metric": "time_s", "measured": q["median_s"], "spread": [q["min_s"], q["max_s"]],
                             "predicted": q["predicted_s"], "error": q["error"]})

@@ -159,6 +159,8 @@ def ordering_check(points):
 
 
 def summarise(points):
+    from parsim.costs.network import bandwidths_Bps
+
     def mae(ps):
         return statistics.mean(abs(p["error"]) for p in ps) if ps else None
     big = [p for p in points if p["size_B"] >= 1 << 20]
@@ -167,7 +169,7 @@ def summarise(points):
         by_algo.setdefault(p["algo"], []).append(p)
     ring64 = [p for p in points if p["algo"] == "ring" and p["size_B"] == 64 << 20 and p["world"] > 2]
     ring_check = [{"config": p["config"], "world": p["world"],
-                   "busbw_Bps": p["size_B"] * 2 * (p["world"] - 1) / p["world"] / p["median_s"],
+                   "busbw_Bps": bandwidths_Bps(p["op"], p["workers"], p["size_B"], p["median_s"])[1],
                    "link_measured_Bps": p["link_measured_Bps"]} for p in ring64]
     for r in ring_check:
         r["fraction_of_link"] = r["busbw_Bps"] / r["link_measured_Bps"]
@@ -221,16 +223,14 @@ def plot(points, path):
 def to_records(doc, study="netem-allreduce-sweep") -> list[dict]:
     """A saved sweep (sweep.json) as `parsim validate` result records (parsim.results), one per point,
     with the ids studies/netem/sweep.yaml gives them, so `parsim report` renders it."""
+    from backends.torchdist.bench import bandwidths_GBps
     from parsim.units import fmt_bytes
     recs = []
     for c in doc["results"]:
         net = {"preset": c["preset"], **c["kwargs"], "link": c["link"], "ranks_per_host": c["ranks_per_host"]}
         for q in c["points"]:
             q = dict(q)
-            w = q["world"]
-            bus = 2 * (w - 1) / w
-            q["busbw_GBps"] = q["size_B"] * bus / q["median_s"] / 1e9
-            q["predicted_busbw_GBps"] = q["size_B"] * bus / q["predicted_s"] / 1e9
+            q.update(bandwidths_GBps(q["op"], q["workers"], q["size_B"], q["median_s"], q["predicted_s"]))
             pred = q.pop("predicted")
             recs.append({"study": study, "id": f"{c['name']}: collective {q['op']} {q['algo']} {fmt_bytes(q['size_B'])}",
                          "kind": "collective", "status": "ok" if q["correct"] else "failed",
