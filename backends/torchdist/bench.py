@@ -291,15 +291,12 @@ def bench_rank(job: dict, rank: int, world: int, beat=None, fault=None) -> list 
 def render(results, fmt="table") -> str:
     if fmt == "json":
         return json.dumps(results, indent=1)
-    lines = [f"{'op':<10} {'algo':<13} {'size':>10} {'ranks':>5} {'measured':>11} {'spread':>7} "
-             f"{'predicted':>11} {'error':>7}  ok"]
-    for r in results:
-        lines.append(f"{r['op']:<10} {r['algo']:<13} {fmt_bytes(r['size_B']):>10} {r['world']:>5} "
-                     f"{fmt_time(r['median_s']):>11} {r['spread'] * 100:>6.1f}% {fmt_time(r['predicted_s']):>11} "
-                     f"{r['error'] * 100:>+6.1f}%  {'yes' if r['correct'] else 'NO'}")
-    if results:
-        lines.append(f"prediction on: {results[0]['predicted']['cluster']}")
-    return "\n".join(lines)
+    from parsim.tables import text_table
+    rows = [(r["op"], r["algo"], fmt_bytes(r["size_B"]), r["world"], fmt_time(r["median_s"]), f"{r['spread'] * 100:.1f}%",
+             fmt_time(r["predicted_s"]), f"{r['error'] * 100:+.1f}%", "yes" if r["correct"] else "NO") for r in results]
+    caption = f"prediction on: {results[0]['predicted']['cluster']}" if results else None
+    return text_table(("op", "algo", "size", "ranks", "measured", "spread", "predicted", "error", "ok"), rows,
+                      caption=caption)
 
 
 def make_job(op: str, algos, sizes, repeats: int = 5, warmup: int = 1, min_time: float = 0.0,
