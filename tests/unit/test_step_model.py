@@ -57,9 +57,14 @@ def test_model_state_megatron_default():
     assert sum(model_state_bytes(psi, dp, 0, 0)) == pytest.approx(18 * psi)
     assert sum(model_state_bytes(psi, dp, 1, 0, "megatron")) == pytest.approx(6 * psi + 12 * psi / dp)
     # FSDP2 (torchtitan): fp32 sharded params 4 + fp32 grads 4 + Adam 8 = 16, all over dp at ZeRO-3;
-    # at ZeRO-2 (reshard_after_forward=False) the unsharded bf16 params (2 B) stay from forward to backward
+    # at ZeRO-2 (reshard_after_forward=False) the fp32 params stay sharded (FSDP2 always shards them) and
+    # the unsharded bf16 params (2 B) stay from forward to backward: 2 + (4 + 4 + 8)/d
     assert sum(model_state_bytes(psi, dp, 3, 0, "fsdp2")) == pytest.approx(16 * psi / dp)
-    assert sum(model_state_bytes(psi, dp, 2, 0, "fsdp2")) == pytest.approx(4 * psi + 2 * psi + 12 * psi / dp)
+    assert sum(model_state_bytes(psi, dp, 2, 0, "fsdp2")) == pytest.approx(2 * psi + 16 * psi / dp)
+    # ZeRO-1 (FSDP2 under PP: gradient sync on the last micro-batch only) accumulates the fp32 gradient
+    # unsharded: 2 + 4 + (4 + 8)/d = 6 + 12/d, the same bytes as Megatron's distributed optimizer
+    assert sum(model_state_bytes(psi, dp, 1, 0, "fsdp2")) == pytest.approx(6 * psi + 12 * psi / dp)
+    assert sum(model_state_bytes(psi, dp, 1, 0, "fsdp2")) == pytest.approx(sum(model_state_bytes(psi, dp, 1, 0)))
     # fp32 training (dtype code 2): 4 + 4 + 8 in every convention
     for acc in ("megatron", "deepspeed", "fsdp2"):
         assert sum(model_state_bytes(psi, 1, 0, 2, acc)) == pytest.approx(16 * psi)
