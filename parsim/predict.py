@@ -617,11 +617,22 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
         n_tensors = 3 * sum(float(np.max(op.weight)) > 0 for op in fp8_ops)
         fp8_layer = np.where(fp8_rows, 2.0 * np.broadcast_to(np.asarray(w_elems, dtype=float), first.shape)[inv]
                              + n_tensors * 1026 * 4.0, 0.0)
-    totals = {"first": P_first * state_pp + X_first * state_x + L_first * fp8_layer + acts["first"] + buffers,
+    # FSDP2's root module (torchtitan: the embedding, the final norm and the output layer, outside every block)
+    # is not resharded after forward ("the root FSDP state has its value specially set to False", fully_shard's
+    # reshard_after_forward doc): at ZeRO-3 its unsharded 16-bit parameters stay from forward through backward,
+    # and the output layer's unsharded gradient from the start of backward to the root's post-backward, the last.
+    root = {"first": 0.0, "last": 0.0}
+    if accounting == "fsdp2" and np.any(zero >= 3):
+        z3 = (zero >= 3) & (e < 4.0)
+        emb, head = model.embedding_params / t * e, head_P / t * e
+        root = {"first": np.where(z3, emb + np.where(head_first, 2 * head, 0.0), 0.0),
+                "last": np.where(z3, 2 * head, 0.0)}
+    buffers_by = {"first": buffers + root["first"], "last": buffers + root["last"], "mid": buffers}
+    totals = {"first": P_first * state_pp + X_first * state_x + L_first * fp8_layer + acts["first"] + buffers_by["first"],
               "last": np.where(has_last, P_last * state_pp + X_last * state_x + L_last * fp8_layer + acts["last"]
-                               + buffers, 0.0),
+                               + buffers_by["last"], 0.0),
               "mid": np.where(has_mid, P_mid * state_pp + X_mid * state_x + L_mid * fp8_layer + acts["mid"]
-                              + buffers, 0.0)}
+                              + buffers_by["mid"], 0.0)}
     worst = np.where(totals["first"] >= np.maximum(totals["last"], totals["mid"]), 0,
                      np.where(totals["last"] >= totals["mid"], 1, 2))
     P_worst = np.choose(worst, [P_first, P_last, P_mid])
@@ -630,6 +641,7 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     weights, grads, optim = (P_worst * f + X_worst * fx for f, fx in zip(per_param, per_param_x))
     weights = weights + L_worst * fp8_layer
     activations = np.choose(worst, [acts["first"], acts["last"], acts["mid"]])
+    buffers = np.choose(worst, [np.broadcast_to(buffers_by[k], np.shape(worst)) for k in ("first", "last", "mid")])
     total = weights + grads + optim + activations + buffers
     # pipeline rank of the worst kind: 0; the last stage's (pp - 1, or 0 in a V); rank 1 (pp - 1 in a V)
     worst_rank = np.where(worst == 0, 0, np.where(worst == 1, np.where(single | v_shape, 0, pp - 1),

@@ -157,3 +157,20 @@ def test_tensor_parallel_host_overhead_replaces_the_per_layer_one():
     assert float(with_o.bwd_s - plain.bwd_s) == pytest.approx(2000e-6)
     plain1, with1 = (layer_times(m, d, 2, 128, 1, False, True, 0) for d in (base, dev))
     assert float(with1.fwd_s - plain1.fwd_s) == pytest.approx(100e-6)
+
+
+def test_fsdp2_root_module_stays_unsharded():
+    # FSDP2's root (torchtitan: embedding, final norm, output layer) keeps its unsharded bf16 parameters from
+    # forward through backward (fully_shard: the root's reshard_after_forward is False), and the output layer's
+    # unsharded gradient through backward. llama3-8b, ZeRO-3, one rank kind: embedding 128256·4096 = 525,336,576
+    # params, head (output + final norm) 525,340,672: 2·525,336,576 + 2·2·525,340,672 = 3,152,035,840 bytes more
+    # buffers under fsdp2 than under the megatron accounting (the states differ too, the buffers only by this).
+    from parsim.plan import Plan
+    from parsim.predict import predict
+    p = Plan(dp=8, micro_batch=1, global_batch=8, seq_len=8192, zero=3, recompute="selective-op")
+    a, b = (predict("llama3-8b", "grand-teton-h100", p, accounting=acc) for acc in ("fsdp2", "megatron"))
+    assert (a.memory_breakdown_GiB["buffers"] - b.memory_breakdown_GiB["buffers"]) * 2 ** 30 == pytest.approx(
+        3_152_035_840, rel=1e-12)
+    # not at ZeRO-1/2 (every parameter of the stage is unsharded there already)
+    a, b = (predict("llama3-8b", "grand-teton-h100", p.with_(zero=1), accounting=acc) for acc in ("fsdp2", "megatron"))
+    assert a.memory_breakdown_GiB["buffers"] == pytest.approx(b.memory_breakdown_GiB["buffers"], rel=1e-12)
