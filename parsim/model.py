@@ -314,16 +314,31 @@ class ModelSpec:
         s = self.seq_len if seq_len is None else seq_len
         return flops(head_ops(self, 1.0, s, 1.0, 0))
 
+    def recompute_fwd_flops(self, recompute: str, seq_len=None, flash=False, every: int = 1):
+        """Executed forward FLOPs the mean layer re-runs in backward per sequence under a recompute
+        policy (parsim.layer.recomputed: full = the whole layer, selective = the attention core,
+        selective-op = torchtitan's op-level SAC); `every` = N: full on every N-th layer only
+        (floor(layers/N) of them, torchtitan's selective_ac_option)."""
+        from parsim.layer import recomputed_flops
+        from parsim.plan import RECOMPUTE
+        from parsim.errors import ParsimError
+        if recompute not in RECOMPUTE:
+            raise ParsimError(f"recompute = {recompute!r}: expected one of {', '.join(RECOMPUTE)}")
+        s = self.seq_len if seq_len is None else seq_len
+        share = (self.layers // every) / self.layers if recompute == "full" else 1.0
+        return share * recomputed_flops(self._ops(s, flash), recompute)
+
     def step_flops(self, sequences: float, recompute: str = "none", seq_len: int | None = None,
-                   flash: bool = False) -> float:
+                   flash: bool = False, recompute_every: int = 1) -> float:
         """Executed FLOPs of one training step over `sequences`: forward + 2×forward backward,
-        plus one more forward of every layer with full recompute (and of the attention
-        core with selective). With full recompute, flash=False and GPT shapes this equals
-        96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)) (Narayanan et al. 2021, eq. in §5.1).
+        plus what the recompute policy re-runs (``recompute_fwd_flops``: one more forward of every
+        layer with full recompute, of the attention core with selective). With full recompute,
+        flash=False and GPT shapes this equals 96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)) (Narayanan et
+        al. 2021, eq. in §5.1).
         """
         s = self.seq_len if seq_len is None else seq_len
         layer, logits = self.layer_fwd_flops(s, flash), self.logits_fwd_flops(s)
-        extra = {"none": 0.0, "selective": self.attn_core_fwd_flops(s, flash), "full": layer}[recompute]
+        extra = self.recompute_fwd_flops(recompute, s, flash, recompute_every)
         return sequences * (self.layers * (3 * layer + extra) + 3 * logits)
 
     def model_step_flops(self, sequences: float, seq_len: int | None = None) -> float:

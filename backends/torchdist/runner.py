@@ -580,7 +580,7 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int):
     # the convention of parsim.layer: MFU counts causal attention at half the square; HFU what runs
     # (scaled_dot_product_attention with is_causal: the causal half, flash=True)
     model_flops = spec.model_step_flops(plan.global_batch, seq)
-    hw_flops = spec.step_flops(plan.global_batch, plan.recompute, seq, flash=True)
+    hw_flops = spec.step_flops(plan.global_batch, plan.recompute, seq, flash=True, recompute_every=plan.recompute_every)
     dtype_run = plan.dtype if gpu else "fp32"
     profile = cfg.get("device_profile") or ("cpu" if not gpu else None)
     peak = None

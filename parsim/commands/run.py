@@ -29,7 +29,7 @@ def add_arguments(p):
     p.add_argument("--schedule", default="1f1b", help="gpipe | 1f1b | interleaved | zbv")
     p.add_argument("--grad-sync", default="native", help="ring | tree | hd | hierarchical | ps | native")
     p.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3))
-    p.add_argument("--recompute", default="none", help="none | selective | full")
+    p.add_argument("--recompute", default="none", help="none | selective | full (selective-op is priced, not run)")
     p.add_argument("--sequence-parallel", action="store_true")
     p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: the device's, parsim.hardware.default_dtype: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))

@@ -32,7 +32,7 @@ def add_arguments(p):
                                                     "with --cluster, pipeline rank r sits on device r*tp")
     p.add_argument("--micro-batch-size", type=count("MAX_GLOBAL_BATCH"), default=1, help="sequences per micro-batch (with --model)")
     p.add_argument("--seq-len", type=count("MAX_SEQ_LEN"), default=None, help="sequence length (with --model; default the model's)")
-    p.add_argument("--recompute", default="none", help="none|selective|full (with --model)")
+    p.add_argument("--recompute", default="none", help="none|selective|full|selective-op (with --model)")
     p.add_argument("--sequence-parallel", action="store_true", help="with --model and tp > 1")
     p.add_argument("--p2p-ms", type=number(0.0, 1e3 * MAX_OP_TIME_S), default=0.0,
                    help="send/recv latency between ranks, ms, on top of the stage times (default 0)")
