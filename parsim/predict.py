@@ -328,8 +328,78 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
     return {k: np.asarray(v)[inv] for k, v in out.items()}
 
 
+# Rows priced at once by `price`: every intermediate of the step model is an array of this many rows
+# (~200 of them), so a chunk's working set is ~200 x 8 B x 16,384 = 25 MiB whatever the table's size.
+# Measured on the 2-core development VM (Xeon, 1 thread), GPT-3 175B plans on 64 H100s: chunks of 4k-64k
+# rows price at about the same rate; 1M rows at once were ~3x slower (fresh pages for every temporary)
+# and held ~3 GiB for a 3.2M-row table.
+PRICE_CHUNK_ROWS = 2 ** 14
+
+_INT_COLS = ("dp", "tp", "pp", "vpp", "mb", "gb", "seq", "dtype", "schedule", "grad_sync", "zero", "recompute",
+             "ep", "cp")
+_BOOL_COLS = ("sp", "overlap", "flash")
+
+
+def table_rows(cols: dict) -> int:
+    """Rows of a plan table (the longest column; 0-d columns broadcast)."""
+    return max((int(np.shape(v)[0]) for v in cols.values() if np.ndim(v)), default=1)
+
+
+def _chunk(cols: dict, start: int, stop: int) -> dict:
+    """Rows [start, stop) of a plan table, each known column in price's own dtype (int64 or bool), so
+    callers may keep a big table in narrow dtypes or as broadcast constants."""
+    out = {}
+    for k, v in cols.items():
+        v = np.asarray(v)
+        v = v[start:stop] if v.ndim else np.broadcast_to(v, (stop - start,))
+        out[k] = (v.astype(np.int64) if k in _INT_COLS and v.dtype != np.int64 else
+                  v.astype(bool) if k in _BOOL_COLS and v.dtype != bool else v)
+    return out
+
+
+def price_chunks(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
+                 headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS):
+    """Price a table of plans `chunk_rows` rows at a time: yields (start, stop, result) per chunk, the
+    result as `price` returns it for rows [start, stop). Memory is bounded by the chunk, not the
+    table (a caller keeps what it needs of each chunk, e.g. the plans that fit). Every row is priced
+    from its own columns only, so the results do not depend on the chunking. ParsimError when
+    chunk_rows is not a positive integer."""
+    if isinstance(chunk_rows, bool) or not hasattr(chunk_rows, "__index__") or int(chunk_rows) < 1:
+        raise ParsimError(f"chunk_rows = {chunk_rows!r}: expected a positive integer (rows priced at once)")
+    chunk_rows = int(chunk_rows)
+    M.check_accounting(accounting)
+    dev = device or cluster.device
+    n = table_rows(cols) if cols else 0
+    for start in range(0, max(n, 1), chunk_rows):
+        stop = min(n, start + chunk_rows)
+        yield start, stop, _price_rows(model, cluster, _chunk(cols, start, stop), dev, accounting, headroom_bytes)
+
+
+def concat_priced(parts: list, lengths: list) -> dict:
+    """One result from per-chunk results of `price_chunks` (or rows taken from them): arrays are
+    concatenated (a chunk's 0-d value broadcast to its rows), values equal in every chunk kept as one
+    (the model's layers, the capacity, the accounting)."""
+    def cat(vals):
+        if isinstance(vals[0], dict):
+            return {k: cat([v[k] for v in vals]) for k in vals[0]}
+        if len(vals) == 1:
+            return vals[0]
+        if all(np.ndim(v) == 0 for v in vals) and all(np.array_equal(v, vals[0]) for v in vals[1:]):
+            return vals[0]
+        return np.concatenate([np.broadcast_to(v, (n,)) for v, n in zip(vals, lengths)])
+    if not parts:
+        raise AssertionError("no priced chunks")
+    return cat(parts)
+
+
+def take_priced(r: dict, idx, rows: int) -> dict:
+    """Rows `idx` of a priced result of `rows` rows (0-d values kept as they are)."""
+    return {k: take_priced(v, idx, rows) if isinstance(v, dict) else
+            (np.broadcast_to(v, (rows,))[idx] if np.ndim(v) else v) for k, v in r.items()}
+
+
 def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
-          headroom_bytes: float | None = None) -> dict:
+          headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS) -> dict:
     """Price a table of plans. Returns arrays: step_time_s, breakdown (BREAKDOWN_KEYS), memory (5 keys, bytes, of
     the worst pipeline rank), memory_bytes, fits (memory + headroom <= the device's reported capacity),
     flops.
@@ -338,8 +408,18 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     framework whose bytes per parameter are used (parsim.costs.memory.ACCOUNTING: megatron, deepspeed,
     fsdp2). `headroom_bytes` is reserved per device for the CUDA context, NCCL buffers and
     fragmentation (None: parsim.costs.memory.default_headroom_bytes). Plans are assumed valid
-    (parsim.rules)."""
-    dev = device or cluster.device
+    (parsim.rules). The table is priced `chunk_rows` rows at a time (`price_chunks`); the results
+    are the same for any chunk size. For tables too big to keep every result of, consume
+    `price_chunks` instead."""
+    parts, lengths = [], []
+    for start, stop, r in price_chunks(model, cluster, cols, device, accounting, headroom_bytes, chunk_rows):
+        parts.append(r)
+        lengths.append(stop - start)
+    return concat_priced(parts, lengths)
+
+
+def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes: float | None) -> dict:
+    """`price` of one chunk of rows (columns in price's dtypes, see `_chunk`)."""
     G = _groups(cluster)
     dp, tp, pp, vpp = (np.asarray(cols[k], dtype=np.int64) for k in ("dp", "tp", "pp", "vpp"))
     mb, gb, seq = (np.asarray(cols[k], dtype=float) for k in ("mb", "gb", "seq"))
