@@ -328,11 +328,11 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
     return {k: np.asarray(v)[inv] for k, v in out.items()}
 
 
-# Rows priced at once by `price`: every intermediate of the step model is an array of this many rows
-# (~200 of them), so a chunk's working set is ~200 x 8 B x 16,384 = 25 MiB whatever the table's size.
-# Measured on the 2-core development VM (Xeon, 1 thread), GPT-3 175B plans on 64 H100s: chunks of 4k-64k
-# rows price at about the same rate; 1M rows at once were ~3x slower (fresh pages for every temporary)
-# and held ~3 GiB for a 3.2M-row table.
+# Rows priced at once by `price`: the step model's temporaries are arrays of this many rows, so its memory
+# follows the chunk, not the table (16,384 rows: ~20 MiB traced at the peak, ~150 live float64 values per row).
+# Measured on the 2-core development VM (1 thread), a 3.2M-row table of GPT-3 175B plans on 64 H100s:
+# chunks of 16k-256k rows price at ~1 M rows/s; 4k rows about half that (per-chunk Python work); the
+# whole table at once ~0.3 M rows/s (fresh pages for every temporary) and ~3 GiB.
 PRICE_CHUNK_ROWS = 2 ** 14
 
 _INT_COLS = ("dp", "tp", "pp", "vpp", "mb", "gb", "seq", "dtype", "schedule", "grad_sync", "zero", "recompute",
