@@ -329,11 +329,12 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
 
 
 # Rows priced at once by `price`: the step model's temporaries are arrays of this many rows, so its memory
-# follows the chunk, not the table (16,384 rows: ~20 MiB traced at the peak, ~150 live float64 values per row).
-# Measured on the 2-core development VM (1 thread), a 3.2M-row table of GPT-3 175B plans on 64 H100s:
-# chunks of 16k-256k rows price at ~1 M rows/s; 4k rows about half that (per-chunk Python work); the
-# whole table at once ~0.3 M rows/s (fresh pages for every temporary) and ~3 GiB.
-PRICE_CHUNK_ROWS = 2 ** 14
+# follows the chunk, not the table (~150 live float64 values per row at the peak: ~40 MiB at 32,768 rows).
+# Measured on the 2-core development VM (1 thread, CPU seconds, busy): 1M rows of llama2-13b plans
+# (tests/benchmarks) 0.80 s in chunks of 32k or 64k rows, 0.84 s of 128k, 0.87 s of 16k (per-chunk Python
+# work), 0.89-1.1 s in one piece (fresh pages for every temporary); GPT-3 175B's 3.2M-row table ~3 GiB in one
+# piece, ~270 MiB in chunks (tests/benchmarks/plan_space.py).
+PRICE_CHUNK_ROWS = 2 ** 15
 
 _INT_COLS = ("dp", "tp", "pp", "vpp", "mb", "gb", "seq", "dtype", "schedule", "grad_sync", "zero", "recompute",
              "ep", "cp")
@@ -411,11 +412,47 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     (parsim.rules). The table is priced `chunk_rows` rows at a time (`price_chunks`); the results
     are the same for any chunk size. For tables too big to keep every result of, consume
     `price_chunks` instead."""
-    parts, lengths = [], []
+    n = table_rows(cols) if cols else 0
+    out = None
     for start, stop, r in price_chunks(model, cluster, cols, device, accounting, headroom_bytes, chunk_rows):
-        parts.append(r)
-        lengths.append(stop - start)
-    return concat_priced(parts, lengths)
+        if stop - start == n:                  # one chunk: its result as it is
+            return r
+        out = _fill(out, r, start, stop, n)
+    return _filled(out)
+
+
+class _Same:
+    """A value equal in every chunk so far (kept once, as a one-chunk result would have it)."""
+    __slots__ = ("v",)
+
+    def __init__(self, v):
+        self.v = v
+
+
+def _fill(acc, v, start: int, stop: int, n: int):
+    """Write chunk rows [start, stop) of a priced result into the table-sized result `acc` (None before
+    the first chunk): arrays go into one preallocated array per key (no parts kept, no second pass); a
+    0-d value stays one value while every chunk has the same, else becomes an array from then on."""
+    if isinstance(v, dict):
+        acc = {} if acc is None else acc
+        for k, x in v.items():
+            acc[k] = _fill(acc.get(k), x, start, stop, n)
+        return acc
+    if np.ndim(v) == 0 and (acc is None or (isinstance(acc, _Same) and np.array_equal(acc.v, v))):
+        return _Same(v) if acc is None else acc
+    if acc is None or isinstance(acc, _Same):
+        arr = np.empty(n, dtype=np.result_type(v) if acc is None else np.result_type(acc.v, v))
+        if acc is not None:
+            arr[:start] = acc.v
+    else:
+        arr = acc if np.result_type(acc, v) == acc.dtype else acc.astype(np.result_type(acc, v))
+    arr[start:stop] = v
+    return arr
+
+
+def _filled(acc):
+    return {k: _filled(x) for k, x in acc.items()} if isinstance(acc, dict) else (
+        acc.v if isinstance(acc, _Same) else acc)
 
 
 def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes: float | None) -> dict:

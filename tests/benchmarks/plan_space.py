@@ -45,6 +45,18 @@ def table(copies: int = COPIES):
     return model, cl, out
 
 
+def peak_rss_MiB() -> float:
+    """Peak resident memory of this process so far, MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(argv=None) -> int:
     from parsim.predict import PRICE_CHUNK_ROWS
     from parsim.search import _price_fitting
@@ -58,7 +70,7 @@ def main(argv=None) -> int:
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(json.dumps({"rows": len(cols["dp"]), "fitting": int(fitting), "price_s": round(seconds, 3),
                       "price_cpu_s": round(cpu, 3),
-                      "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+                      "peak_rss_MiB": round(peak_rss_MiB(), 1)}))
     return 0
 
 
