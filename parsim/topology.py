@@ -102,13 +102,13 @@ def _check_link(what: str, d: dict) -> None:
     limits.check_number(f"{what} efficiency", eff, 0, 1, lo_open=True)
 
 
-def _dgx_nodes(g, first, nodes, gpus, device, nvlink, pcie):
-    """DGX-style servers `first`..`first + nodes - 1`: GPUs on an NVSwitch, each GPU with its own NIC
+def _dgx_nodes(g, nodes, gpus, device, nvlink, pcie):
+    """DGX-style servers 0..nodes-1: GPUs on an NVSwitch, each GPU with its own NIC
     (PCIe, no latency); `nvlink`, `pcie`: their link classes. Returns (devices, NICs by server).
     Graph order as if added one GPU at a time (switch, gpu0, nic0, gpu1, ...; a GPU's neighbours
     switch then NIC), so routing sees the same adjacency whatever the size."""
     devs, nics, node_list = [], [], []
-    for n in range(first, first + nodes):
+    for n in range(nodes):
         node_list.append((f"n{n}/nvswitch", {"kind": "switch", "node": n}))
         d_n, nic_n = [f"n{n}/gpu{i}" for i in range(gpus)], [f"n{n}/nic{i}" for i in range(gpus)]
         for i in range(gpus):
@@ -117,7 +117,7 @@ def _dgx_nodes(g, first, nodes, gpus, device, nvlink, pcie):
         devs += d_n
         nics.append(nic_n)
     g.add_nodes_from(node_list)
-    g.add_edges_from(((d, f"n{i // gpus + first}/nvswitch") for i, d in enumerate(devs)), **nvlink)
+    g.add_edges_from(((d, f"n{i // gpus}/nvswitch") for i, d in enumerate(devs)), **nvlink)
     g.add_edges_from(zip(devs, (x for nic_n in nics for x in nic_n)), **pcie)
     return devs, nics
 
@@ -165,7 +165,7 @@ def fat_tree(name: str, nodes: int, gpus_per_node: int, device: str, nvlink_Bps:
     g = nx.Graph()
     leaf_names = ["fabric"] if leaves == 1 else [f"leaf{i}" for i in range(leaves)]
     g.add_nodes_from(leaf_names, kind="switch", tier=1)
-    devices, nics = _dgx_nodes(g, 0, nodes, gpus_per_node, device, nvlink, pcie)
+    devices, nics = _dgx_nodes(g, nodes, gpus_per_node, device, nvlink, pcie)
     g.add_edges_from(((x, leaf_names[n // nodes_per_leaf]) for n, nic_n in enumerate(nics) for x in nic_n), **nic)
     if leaves > 1:
         up = _link_class(nodes_per_leaf * gpus_per_node * nic_Bps / oversubscription / spines, uplink_latency_s,
@@ -196,7 +196,7 @@ def rail_optimized(name: str, nodes: int, gpus_per_node: int, device: str, nvlin
     g = nx.Graph()
     rails = [f"rail{i}" for i in range(gpus_per_node)]
     g.add_nodes_from(rails, kind="switch", tier=1)
-    devices, nics = _dgx_nodes(g, 0, nodes, gpus_per_node, device, nvlink, pcie)
+    devices, nics = _dgx_nodes(g, nodes, gpus_per_node, device, nvlink, pcie)
     g.add_edges_from(((x, rails[i]) for nic_n in nics for i, x in enumerate(nic_n)), **nic)
     if gpus_per_node > 1 and spines > 0:
         up = _link_class(nodes * nic_Bps / oversubscription / spines, uplink_latency_s, nic_efficiency, "uplink", where)
