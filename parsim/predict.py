@@ -377,20 +377,16 @@ def price_chunks(model, cluster, cols: dict, device=None, accounting: str = M.DE
 
 
 def concat_priced(parts: list, lengths: list) -> dict:
-    """One result from per-chunk results of `price_chunks` (or rows taken from them): arrays are
-    concatenated (a chunk's 0-d value broadcast to its rows), values equal in every chunk kept as one
-    (the model's layers, the capacity, the accounting)."""
-    def cat(vals):
-        if isinstance(vals[0], dict):
-            return {k: cat([v[k] for v in vals]) for k in vals[0]}
-        if len(vals) == 1:
-            return vals[0]
-        if all(np.ndim(v) == 0 for v in vals) and all(np.array_equal(v, vals[0]) for v in vals[1:]):
-            return vals[0]
-        return np.concatenate([np.broadcast_to(v, (n,)) for v, n in zip(vals, lengths)])
-    if not parts:
-        raise AssertionError("no priced chunks")
-    return cat(parts)
+    """One result from consecutive per-chunk results of `price_chunks` (or rows taken from them) of
+    `lengths` rows: arrays concatenated (a chunk's 0-d value broadcast to its rows), values equal in every
+    chunk kept as one (the model's layers, the capacity, the accounting)."""
+    if len(parts) == 1:
+        return parts[0]
+    acc, start, n = None, 0, sum(lengths)
+    for r, rows in zip(parts, lengths):
+        acc = _fill(acc, r, start, start + rows, n)
+        start += rows
+    return _filled(acc)
 
 
 def take_priced(r: dict, idx, rows: int) -> dict:
@@ -417,7 +413,7 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     for start, stop, r in price_chunks(model, cluster, cols, device, accounting, headroom_bytes, chunk_rows):
         if stop - start == n:                  # one chunk: its result as it is
             return r
-        out = _fill(out, r, start, stop, n)
+        out = _fill(out, r, start, stop, n)    # into table-sized arrays as each chunk comes (no parts kept)
     return _filled(out)
 
 
