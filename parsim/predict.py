@@ -635,13 +635,14 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     which = np.where(T_first >= np.maximum(T_last, T_mid), 0, np.where(T_last >= T_mid, 1, 2))
     L_b = np.choose(which, [L_first, L_last, L_mid])
     stage_c = np.choose(which, [first_c, last_c, mid_c])
-    stage_tp = L_b * layer_tp + np.where(which == 0, tp_embed, 0.0)
+    # TP collectives of the stage from their own terms (layer_tp = 2·tp_layer + 2·ep_layer + cp_f + cp_b),
+    # not layer_tp less the EP and CP parts: that difference left rounding residues below zero (-3e-21 s).
+    stage_tp = L_b * (2 * tp_layer) + np.where(which == 0, tp_embed, 0.0)
     ep_stage = L_b * 2 * ep_layer
     cp_stage = L_b * (cp_f + cp_b)
     zeros = np.zeros(np.shape(step))                       # one shared (read-only) column for absent parts
     breakdown = {
-        "compute": m * stage_c, "recompute": m * L_b * rec,
-        "tp_comm": m * (stage_tp - ep_stage - cp_stage) if sharded or has_cp else m * stage_tp,
+        "compute": m * stage_c, "recompute": m * L_b * rec, "tp_comm": m * stage_tp,
         "ep_comm": m * ep_stage if sharded else zeros,
         "cp_comm": m * cp_stage if has_cp else zeros, "pp_comm": m * pp_c,
         "bubble": bubble, "dp_comm_exposed": dp_exposed, "optimizer": opt,
