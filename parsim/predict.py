@@ -354,8 +354,75 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
     return {k: np.asarray(v)[inv] for k, v in out.items()}
 
 
+# Rows priced at once by `price`: the step model's temporaries are arrays of this many rows, so its memory
+# follows the chunk, not the table (~150 live float64 values per row at the peak: ~40 MiB at 32,768 rows).
+# Measured on the 2-core development VM (1 thread, CPU seconds, busy): 1M rows of llama2-13b plans
+# (tests/benchmarks) 0.80 s in chunks of 32k or 64k rows, 0.84 s of 128k, 0.87 s of 16k (per-chunk Python
+# work), 0.89-1.1 s in one piece (fresh pages for every temporary); GPT-3 175B's 3.2M-row table ~3 GiB in one
+# piece, ~270 MiB in chunks (tests/benchmarks/plan_space.py).
+PRICE_CHUNK_ROWS = 2 ** 15
+
+_INT_COLS = ("dp", "tp", "pp", "vpp", "mb", "gb", "seq", "dtype", "schedule", "grad_sync", "zero", "recompute",
+             "ep", "cp")
+_BOOL_COLS = ("sp", "overlap", "flash")
+
+
+def table_rows(cols: dict) -> int:
+    """Rows of a plan table (the longest column; 0-d columns broadcast)."""
+    return max((int(np.shape(v)[0]) for v in cols.values() if np.ndim(v)), default=1)
+
+
+def _chunk(cols: dict, start: int, stop: int) -> dict:
+    """Rows [start, stop) of a plan table, each known column in price's own dtype (int64 or bool), so
+    callers may keep a big table in narrow dtypes or as broadcast constants."""
+    out = {}
+    for k, v in cols.items():
+        v = np.asarray(v)
+        v = v[start:stop] if v.ndim else np.broadcast_to(v, (stop - start,))
+        out[k] = (v.astype(np.int64) if k in _INT_COLS and v.dtype != np.int64 else
+                  v.astype(bool) if k in _BOOL_COLS and v.dtype != bool else v)
+    return out
+
+
+def price_chunks(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
+                 headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS):
+    """Price a table of plans `chunk_rows` rows at a time: yields (start, stop, result) per chunk, the
+    result as `price` returns it for rows [start, stop). Memory is bounded by the chunk, not the
+    table (a caller keeps what it needs of each chunk, e.g. the plans that fit). Every row is priced
+    from its own columns only, so the results do not depend on the chunking. ParsimError when
+    chunk_rows is not a positive integer."""
+    if isinstance(chunk_rows, bool) or not hasattr(chunk_rows, "__index__") or int(chunk_rows) < 1:
+        raise ParsimError(f"chunk_rows = {chunk_rows!r}: expected a positive integer (rows priced at once)")
+    chunk_rows = int(chunk_rows)
+    M.check_accounting(accounting)
+    dev = device or cluster.device
+    n = table_rows(cols) if cols else 0
+    for start in range(0, max(n, 1), chunk_rows):
+        stop = min(n, start + chunk_rows)
+        yield start, stop, _price_rows(model, cluster, _chunk(cols, start, stop), dev, accounting, headroom_bytes)
+
+
+def concat_priced(parts: list, lengths: list) -> dict:
+    """One result from consecutive per-chunk results of `price_chunks` (or rows taken from them) of
+    `lengths` rows: arrays concatenated (a chunk's 0-d value broadcast to its rows), values equal in every
+    chunk kept as one (the model's layers, the capacity, the accounting)."""
+    if len(parts) == 1:
+        return parts[0]
+    acc, start, n = None, 0, sum(lengths)
+    for r, rows in zip(parts, lengths):
+        acc = _fill(acc, r, start, start + rows, n)
+        start += rows
+    return _filled(acc)
+
+
+def take_priced(r: dict, idx, rows: int) -> dict:
+    """Rows `idx` of a priced result of `rows` rows (0-d values kept as they are)."""
+    return {k: take_priced(v, idx, rows) if isinstance(v, dict) else
+            (np.broadcast_to(v, (rows,))[idx] if np.ndim(v) else v) for k, v in r.items()}
+
+
 def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
-          headroom_bytes: float | None = None) -> dict:
+          headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS) -> dict:
     """Price a table of plans. Returns arrays: step_time_s, breakdown (BREAKDOWN_KEYS), memory (5 keys, bytes, of
     the worst pipeline rank), memory_bytes, fits (memory + headroom <= the device's reported capacity),
     flops.
@@ -364,8 +431,54 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     framework whose bytes per parameter are used (parsim.costs.memory.ACCOUNTING: megatron, deepspeed,
     fsdp2). `headroom_bytes` is reserved per device for the CUDA context, NCCL buffers and
     fragmentation (None: parsim.costs.memory.default_headroom_bytes). Plans are assumed valid
-    (parsim.rules)."""
-    dev = device or cluster.device
+    (parsim.rules). The table is priced `chunk_rows` rows at a time (`price_chunks`); the results
+    are the same for any chunk size. For tables too big to keep every result of, consume
+    `price_chunks` instead."""
+    n = table_rows(cols) if cols else 0
+    out = None
+    for start, stop, r in price_chunks(model, cluster, cols, device, accounting, headroom_bytes, chunk_rows):
+        if stop - start == n:                  # one chunk: its result as it is
+            return r
+        out = _fill(out, r, start, stop, n)    # into table-sized arrays as each chunk comes (no parts kept)
+    return _filled(out)
+
+
+class _Same:
+    """A value equal in every chunk so far (kept once, as a one-chunk result would have it)."""
+    __slots__ = ("v",)
+
+    def __init__(self, v):
+        self.v = v
+
+
+def _fill(acc, v, start: int, stop: int, n: int):
+    """Write chunk rows [start, stop) of a priced result into the table-sized result `acc` (None before
+    the first chunk): arrays go into one preallocated array per key (no parts kept, no second pass); a
+    0-d value stays one value while every chunk has the same, else becomes an array from then on."""
+    if isinstance(v, dict):
+        acc = {} if acc is None else acc
+        for k, x in v.items():
+            acc[k] = _fill(acc.get(k), x, start, stop, n)
+        return acc
+    if np.ndim(v) == 0 and (acc is None or (isinstance(acc, _Same) and np.array_equal(acc.v, v))):
+        return _Same(v) if acc is None else acc
+    if acc is None or isinstance(acc, _Same):
+        arr = np.empty(n, dtype=np.result_type(v) if acc is None else np.result_type(acc.v, v))
+        if acc is not None:
+            arr[:start] = acc.v
+    else:
+        arr = acc if np.result_type(acc, v) == acc.dtype else acc.astype(np.result_type(acc, v))
+    arr[start:stop] = v
+    return arr
+
+
+def _filled(acc):
+    return {k: _filled(x) for k, x in acc.items()} if isinstance(acc, dict) else (
+        acc.v if isinstance(acc, _Same) else acc)
+
+
+def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes: float | None) -> dict:
+    """`price` of one chunk of rows (columns in price's dtypes, see `_chunk`)."""
     G = _groups(cluster)
     dp, tp, pp, vpp = (np.asarray(cols[k], dtype=np.int64) for k in ("dp", "tp", "pp", "vpp"))
     mb, gb, seq = (np.asarray(cols[k], dtype=float) for k in ("mb", "gb", "seq"))
@@ -578,13 +691,14 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     which = np.where(T_first >= np.maximum(T_last, T_mid), 0, np.where(T_last >= T_mid, 1, 2))
     L_b = np.choose(which, [L_first, L_last, L_mid])
     stage_c = np.choose(which, [first_c, last_c, mid_c])
-    stage_tp = L_b * layer_tp + np.where(which == 0, tp_embed, 0.0)
+    # TP collectives of the stage from their own terms (layer_tp = 2·tp_layer + 2·ep_layer + cp_f + cp_b),
+    # not layer_tp less the EP and CP parts: that difference left rounding residues below zero (-3e-21 s).
+    stage_tp = L_b * (2 * tp_layer) + np.where(which == 0, tp_embed, 0.0)
     ep_stage = L_b * 2 * ep_layer
     cp_stage = L_b * (cp_f + cp_b)
     zeros = np.zeros(np.shape(step))                       # one shared (read-only) column for absent parts
     breakdown = {
-        "compute": m * stage_c, "recompute": m * L_b * rec,
-        "tp_comm": m * (stage_tp - ep_stage - cp_stage) if sharded or has_cp else m * stage_tp,
+        "compute": m * stage_c, "recompute": m * L_b * rec, "tp_comm": m * stage_tp,
         "ep_comm": m * ep_stage if sharded else zeros,
         "cp_comm": m * cp_stage if has_cp else zeros, "pp_comm": m * pp_c,
         "bubble": bubble, "dp_comm_exposed": dp_exposed, "optimizer": opt,

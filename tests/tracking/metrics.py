@@ -179,7 +179,9 @@ def _cpu(path):
     """The six `parsim run` plans measured on the development VM (gloo, gpt-small / gpt-tiny),
     re-predicted with the current model: step-time error per plan and overall, and per phase the
     mean |predicted - measured| phase time as a share of the measured step (a phase that is zero
-    in some plans has no meaningful relative error of its own). README quotes mean |error| 18%."""
+    in some plans has no meaningful relative error of its own). README quotes mean |error| 18%. The phases are
+    studies.cpu.run_vs_predict.KEYS: ep_comm and cp_comm are not among them (the backend cannot time them
+    apart on the CPU; see there)."""
     from studies.cpu.run_vs_predict import KEYS, repredict
     rows = [r for r in repredict(load_json(path))["rows"] if "error" not in r]
     out = [Metric("cpu.step_mean_abs_error", pct(mean_abs(r["rel_error"] for r in rows)),

@@ -192,7 +192,8 @@ def normalised(doc: dict) -> dict[str, dict]:
         ref = float(b["extra_info"]["reference_median_s"])
         med = float(b["stats"]["median"])
         out[b["fullname"]] = {"name": b["name"], "median_s": med, "reference_s": ref, "normalised": med / ref,
-                              **{k: v for k, v in b["extra_info"].items() if k.startswith("target") or k.startswith("items")}}
+                              **{k: v for k, v in b["extra_info"].items()
+                                 if k.startswith(("target", "items", "peak_rss"))}}
     return out
 
 
@@ -222,6 +223,8 @@ def targets(run: dict) -> list[dict]:
              "met": b["median_s"] < float(b["target_s"])}
         if b.get("items"):
             r["rate"] = f"{b['items'] / b['median_s']:,.0f} {b.get('items_unit', 'items')}/s"
+        if "peak_rss_MiB" in b:
+            r["memory"] = f"{b['peak_rss_MiB']:,.0f} MiB peak RSS"
         rows.append(r)
     return rows
 
@@ -236,11 +239,11 @@ def render(rows: list[dict], target_rows: list[dict], threshold: float, baseline
                      f"regression past +{threshold:.0%}", width=160,
                      justify=("left", "right", "right", "right", "right", "right", "left"))
     if target_rows:
-        out += text_table(("benchmark", "target", "median", "rate", "met"),
-                          [(r["name"], r["target"], f"{r['median_s']:.4f} s", r.get("rate", ""), "yes" if r["met"] else "NO")
-                           for r in target_rows],
+        out += text_table(("benchmark", "target", "median", "rate", "memory", "met"),
+                          [(r["name"], r["target"], f"{r['median_s']:.4f} s", r.get("rate", ""), r.get("memory", ""),
+                            "yes" if r["met"] else "NO") for r in target_rows],
                           "absolute targets (reported, not asserted: they depend on the machine)", width=160,
-                          justify=("left",) * 5)
+                          justify=("left",) * 6)
     return out
 
 
