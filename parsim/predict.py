@@ -143,6 +143,7 @@ def plan_columns(plans, model) -> dict:
         "zero": col(lambda p: p.zero), "recompute": col(lambda p: RECOMPUTE.index(p.recompute)),
         "sp": col(lambda p: p.sequence_parallel, bool), "overlap": col(lambda p: p.overlap, bool),
         "flash": col(lambda p: p.flash_attention, bool), "ep": col(lambda p: p.ep), "cp": col(lambda p: p.cp),
+        "tpo": col(lambda p: p.tp_overlap, bool),
     }
 
 
@@ -425,8 +426,17 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
                                                   np.asarray(kv_bytes)[inv]), 0.0)
         cp_f = np.maximum(kv - lt.attn_core_fwd_s, 0.0)
         cp_b = np.maximum(2 * kv - lt.attn_core_bwd_s, 0.0)
-    comm_layer = tp_layer + ep_layer                        # per layer, per direction, on the critical path
-    comm_f, comm_b = comm_layer + cp_f, comm_layer + cp_b
+    # TP overlap (Megatron-Core/Transformer Engine tp_comm_overlap, userbuffers): each sequence-parallel all-gather
+    # and reduce-scatter is split into tp chunks pipelined with the GEMM that consumes or produces them (Wang et al.,
+    # ASPLOS 2023, "Overlap communication with dependent computation via decomposition"): one chunk of t stays
+    # exposed, the rest hides under the layer's GEMMs (everything but the attention core) when they last longer.
+    tpo = np.asarray(cols["tpo"], dtype=bool) if "tpo" in cols else np.zeros(np.shape(dp), dtype=bool)
+    tp_f = tp_b = tp_layer
+    if tpo.any():
+        hide = lambda gemm_s: np.maximum(tp_layer - np.maximum(gemm_s, 0.0), tp_layer / t)
+        tp_f = np.where(tpo, hide(lt.fwd_s - lt.attn_core_fwd_s), tp_layer)
+        tp_b = np.where(tpo, hide(lt.bwd_s - lt.attn_core_bwd_s), tp_layer)
+    comm_f, comm_b = tp_f + ep_layer + cp_f, tp_b + ep_layer + cp_b
     tp_embed = ar                                          # vocab-parallel embedding all-reduce (forward)
 
     # Pipeline send/recv per micro-batch and chunk boundary; with tp>1 each rank sends 1/t
@@ -512,9 +522,13 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     t_sync, dp_exposed = dp_sync_s(zero, m, t_ar, t_rs, t_ag, overlap, bwd_last_mb, T_avg, L)
     t_sync, dp_exposed = np.where(dp > 1, t_sync, 0.0), np.where(dp > 1, dp_exposed, 0.0)
 
-    opt_params = P_rank / np.where(zero >= 1, dp, 1)
+    # ZeRO shards over every rank holding the same weights: dp·cp (Megatron's distributed optimizer uses the
+    # data-parallel group with context parallelism, parallel_state.get_data_parallel_group(with_context_parallel=True);
+    # torchtitan's FSDP shards over its dp_shard·cp mesh)
+    dpcp = dp * cp
+    opt_params = P_rank / np.where(zero >= 1, dpcp, 1)
     if sharded:
-        opt_params = np.where(ep > 1, P_dense / np.where(zero >= 1, dp, 1) + P_exp / np.where(zero >= 1, edp, 1), opt_params)
+        opt_params = np.where(ep > 1, P_dense / np.where(zero >= 1, dpcp, 1) + P_exp / np.where(zero >= 1, edp, 1), opt_params)
     opt = C.optimizer_s(dev, opt_params, dt, L) * cpu_share
     step = makespan + dp_exposed + opt
 
@@ -543,7 +557,7 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     acts = {"first": pipe["held_first"] * a_layer + a_work + np.where(head_first, logits_held, 0.0),
             "last": pipe["held_last"] * a_layer + a_work + logits_held,
             "mid": pipe["held_mid"] * a_layer + a_work}
-    per_param = M.state_bytes_per_param(dp, zero, dt, accounting)
+    per_param = M.state_bytes_per_param(dpcp, zero, dt, accounting)
     state_pp = per_param[0] + per_param[1] + per_param[2]
     # routed experts: their ZeRO shards are over the expert-data-parallel group (dp/ep ranks)
     per_param_x = M.state_bytes_per_param(edp, zero, dt, accounting) if sharded else per_param
@@ -553,13 +567,18 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     # FP8 (Transformer Engine): each FP8 GEMM weight also lives as an FP8 copy and its transpose (2 bytes
     # per parameter, not sharded by ZeRO here), plus delayed-scaling state per FP8 tensor (input, weight,
     # output gradient): an amax history of 1024 fp32 values (TE's DelayedScaling default) and scale, scale_inv.
+    # Megatron accounting: the FP8 weights are the primary weights (Megatron-Core --fp8-param-gather, set by every
+    # NeMo / Megatron-Bridge FP8 mixed-precision recipe, megatron.bridge.training.mixed_precision
+    # bf16_with_fp8_*_mixed: fp8_param_gather=True): FP8 data + its transpose (1 + 1 B) in place of the 16-bit
+    # weight (2 B), the fp32 master copy in the optimizer state: nothing extra per parameter.
+    fp8_copy = 0.0 if accounting == "megatron" else 2.0
     fp8_layer = 0.0
     fp8_rows = dt == Ly.FP8
     if fp8_rows.any():
         fp8_ops = [op for op in ops_u if op.fp8]
         w_elems = sum(np.asarray(op.weight) * np.asarray(op.k) * np.asarray(op.n) * np.asarray(op.batch) for op in fp8_ops)
         n_tensors = 3 * sum(float(np.max(op.weight)) > 0 for op in fp8_ops)
-        fp8_layer = np.where(fp8_rows, 2.0 * np.broadcast_to(np.asarray(w_elems, dtype=float), first.shape)[inv]
+        fp8_layer = np.where(fp8_rows, fp8_copy * np.broadcast_to(np.asarray(w_elems, dtype=float), first.shape)[inv]
                              + n_tensors * 1026 * 4.0, 0.0)
     totals = {"first": P_first * state_pp + X_first * state_x + L_first * fp8_layer + acts["first"] + buffers,
               "last": np.where(has_last, P_last * state_pp + X_last * state_x + L_last * fp8_layer + acts["last"]

@@ -261,6 +261,9 @@ RULES = (
          lambda c: (c["schedule"] == INTERLEAVED) & (c["pp"] > 1) & (_m(c) % _rounds(c) != 0), _interleaved_msg),
     Rule("sequence parallel needs tp > 1", lambda c: c["sp"] & (c["tp"] == 1),
          lambda c, i: "sequence-parallel needs tp > 1, got tp = 1"),
+    Rule("tp overlap needs sequence parallelism", lambda c: c["tpo"] & ~c["sp"],
+         lambda c, i: "tp-overlap (Transformer Engine userbuffers) pipelines sequence-parallel all-gathers and "
+                      "reduce-scatters: it needs --sequence-parallel (and tp > 1)"),
     Rule("sequence parallel: seq_len not divisible by tp", lambda c: c["sp"] & (c["seq"] % c["tp"] != 0), _sp_seq_msg),
     # Context parallelism: ranks tp innermost, then cp, then pp, then dp; ring attention on flash kernels.
     Rule("cp does not divide seq_len (or cp·tp with sequence parallel)",
@@ -282,6 +285,9 @@ RULES = (
     Rule("fp8 (not run by the torch backend)", lambda c: c["dtype"] == FP8,
          lambda c, i: ("dtype fp8 is not run by this backend (it needs Transformer Engine on FP8 GPUs): "
                        "price it with parsim predict --dtype fp8"), scope="run"),
+    Rule("tp overlap (not run by the torch backend)", lambda c: c["tpo"],
+         lambda c, i: ("tp-overlap (Transformer Engine userbuffers) is not run by this backend: price it with "
+                       "parsim predict --tp-overlap"), scope="run"),
     Rule("cp > 1 (not run by the torch backend)", lambda c: c["cp"] > 1,
          lambda c, i: (f"cp = {_i(c, 'cp', i)}: context parallelism is not run by this backend (torch's "
                        "context_parallel needs CUDA flash/efficient attention; gloo on CPU cannot): price it with "
@@ -293,7 +299,7 @@ RULES = (
 )
 
 
-_DEFAULTS = {"ep": 1, "cp": 1, "dtype": 0, "flash": True}
+_DEFAULTS = {"ep": 1, "cp": 1, "dtype": 0, "flash": True, "tpo": False}
 
 
 def _table(cols: dict, model, device=None) -> dict:
@@ -305,7 +311,7 @@ def _table(cols: dict, model, device=None) -> dict:
     for k in ("dp", "tp", "pp", "vpp", "mb", "gb", "seq", "schedule", "zero", "grad_sync", "ep", "cp", "dtype"):
         if k in c:
             c[k] = c[k].astype(np.int64)
-    for k in ("sp", "flash"):
+    for k in ("sp", "flash", "tpo"):
         if k in c:
             c[k] = c[k].astype(bool)
     c["model"] = model

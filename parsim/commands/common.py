@@ -73,6 +73,9 @@ def add_plan_arguments(p, need_gpus=True):
     p.add_argument("--grad-sync", choices=GRAD_SYNC, default="native", help="data-parallel gradient sync algorithm")
     p.add_argument("--no-overlap", action="store_true", help="do not overlap gradient sync with backward")
     p.add_argument("--no-flash", action="store_true", help="attention scores materialised (no flash attention)")
+    p.add_argument("--tp-overlap", action="store_true",
+                   help="tensor-parallel collectives pipelined with their GEMMs (Megatron/Transformer Engine "
+                        "tp_comm_overlap; needs --sequence-parallel)")
 
 
 def add_memory_arguments(p):
@@ -107,7 +110,7 @@ def plan_from_args(a, gpus: int, device=None) -> Plan:
     return Plan(dp=dp, tp=a.tp, pp=a.pp, vpp=vpp, micro_batch=a.micro_batch, global_batch=gb, seq_len=a.seq_len,
                 dtype=a.dtype or default_dtype(device or "gpu"), schedule=schedule, grad_sync=a.grad_sync, zero=a.zero, recompute=a.recompute,
                 sequence_parallel=a.sequence_parallel, overlap=not a.no_overlap, flash_attention=not a.no_flash,
-                ep=getattr(a, "ep", 1), cp=cp)
+                ep=getattr(a, "ep", 1), cp=cp, tp_overlap=getattr(a, "tp_overlap", False))
 
 
 def load_cluster_arg(spec, gpus: int | None):

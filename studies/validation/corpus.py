@@ -33,27 +33,32 @@ def markdown(loto: list[dict], fits: dict) -> str:
     lines = ["# parsim against the public validation corpus, leave-one-table-out", "",
              f"{n_rows} published rows in {len(loto)} tables; {n_expr} expressible by parsim today, "
              f"{n_rows - n_expr} not expressible yet (counted below, never dropped). Each table is predicted with the "
-             f"GPU type's `matmul_sustained_fraction` fitted on the *other* tables of that type (grid "
+             f"GPU type's sustained fractions (`matmul_sustained_fraction` for 16-bit rows, "
+             f"`matmul_sustained_fraction_fp8` for FP8 rows) fitted on the *other* tables' rows of that type and precision (grid "
              f"{FRACTIONS[0]}–{FRACTIONS[-1]}, step 0.005; minimum mean |error| over their rows). Error = "
              "predicted / published − 1. Unstated knobs (micro-batch, virtual stages; recompute for NeMo rows) are "
              "searched and the fastest plan that fits is shown.", "",
              "## Per table (held out)", "",
-             "| table | GPU type | rows | expressible | fraction (fitted on the others) | step mean | step max | step bias | memory mean | memory max |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| table | GPU type | rows | expressible | 16-bit fraction | FP8 fraction (fitted on the others) | step mean | step max | step bias | memory mean | memory max |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in loto:
         s, m = e["step"], e["memory"]
         lines.append(f"| {e['table']} | {e['gpu_type']} | {e['rows']} | {e['expressible']} | "
-                     f"{'–' if e['fraction'] is None else e['fraction']} | {_abs_pct(s.get('mean'))} | "
+                     f"{'–' if e['fraction'] is None else e['fraction']} | "
+                     f"{'–' if e.get('fraction_fp8') is None else e['fraction_fp8']} | {_abs_pct(s.get('mean'))} | "
                      f"{_abs_pct(s.get('max'))} | {_pct(s.get('bias'))} | {_abs_pct(m.get('mean'))} | {_abs_pct(m.get('max'))} |")
     lines += ["", "Targets (issue 15): mean ≤ 5% and max ≤ 12% on every table, peak memory within 5% where published.", "",
               "## Shipped fitted numbers (all tables of the GPU type)", "",
-              "| GPU type | fitted on all its tables | shipped in devices.yaml |", "|---|---|---|"]
-    for g, f in fits.items():
-        try:
-            shipped = get_device(g).sustained_fraction
-        except Exception:
-            shipped = None
-        lines.append(f"| {g} | {'no expressible table' if f is None else f} | {shipped} |")
+              "| GPU type | precision | fitted on all its tables | shipped in devices.yaml |", "|---|---|---|---|"]
+    for cls, key in (("16-bit", "matmul_sustained_fraction"), ("fp8", "matmul_sustained_fraction_fp8")):
+        for g, f in fits[cls].items():
+            try:
+                dev = get_device(g)
+                shipped = dev.sustained_fraction if cls == "16-bit" else dev.sustained_fraction_fp8
+            except Exception:
+                shipped = None
+            lines.append(f"| {g} | {cls} ({key}) | {'no expressible row' if f is None else f} | "
+                         f"{'– (the 16-bit one)' if shipped is None else shipped} |")
     lines += ["", "## Rows by held-out table", ""]
     for e in loto:
         if not e["row_results"]:
@@ -68,7 +73,9 @@ def markdown(loto: list[dict], fits: dict) -> str:
             lines.append(f"| {r['model']} | {r['gpus']} | {r['published']:g} | {pred} | {_pct(r['rel_error'])} | "
                          f"{'–' if r['published_memory_GiB'] is None else r['published_memory_GiB']} | {r['predicted_memory_GiB']} | "
                          f"{_pct(r['memory_rel_error'])} | {r['plan']} |")
-        lines.append(f"\nMetric: {e['row_results'][0].get('metric', '')}; fraction {e['fraction']} fitted on: {', '.join(e['fit_on'])}.\n")
+        fr = "; ".join(f"{c} fraction {e[k]} ({e[k + '_source']})" for c, k in (("16-bit", "fraction"), ("FP8", "fraction_fp8"))
+                       if e.get(k) is not None)
+        lines.append(f"\nMetric: {e['row_results'][0].get('metric', '')}; {fr}; other tables of the type: {', '.join(e['fit_on']) or '–'}.\n")
     lines += ["## Not expressible yet", "", "Corpus-wide, what blocks how many rows (a row may miss several features; "
               "'only reason' = rows that adding this feature alone would make expressible):", "",
               "| reason | rows | only reason |", "|---|---|---|"]
@@ -128,7 +135,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     out = Path(a.out)
     loto = leave_one_table_out()
-    fits = shipped_fits()
+    fits = {cls: shipped_fits(cls) for cls in ("16-bit", "fp8")}
     md = markdown(loto, fits)
     print(md)
     write_atomic(out / "corpus.json", to_json({"tables": loto, "fits": fits, "metrics": accuracy_metrics()}))

@@ -247,12 +247,17 @@ def test_fp8_vs_bf16_llama3_70b_on_64_h100():
     # MFU of FP8 training is taken against the bf16 peak (989 TFLOP/s), as NeMo and Megatron report.
     assert f8.mfu == pytest.approx(f8.model_tflops_per_gpu / 989, rel=1e-12)
     assert any("against the bf16 peak" in n_ for n_ in f8.notes)
-    # Memory: FP8 weight copy + transpose of the layer GEMM weights a rank holds — per layer
-    # (2·8192² + 2·8192·1024 + 3·8192·28672)/8 = 106,954,752 parameters, 20 layers per stage, 2 bytes — plus the
-    # scaling state of 4 GEMMs × 3 tensors × (1024 + 2) fp32 per layer.
-    extra = 20 * (2 * 106_954_752 + 12 * 1026 * 4)
+    # Memory, Megatron accounting (the default): the FP8 GEMM weights are the primary weights (--fp8-param-gather,
+    # every NeMo / Megatron-Bridge FP8 recipe), FP8 data + transpose = 2 bytes in place of the bf16 weight's 2: only
+    # the scaling state is extra, 4 GEMMs × 3 tensors × (1024 + 2) fp32 per layer, 20 layers per stage.
     got = (f8.memory_breakdown_GiB["weights"] - bf.memory_breakdown_GiB["weights"]) * 2 ** 30
-    assert got == pytest.approx(extra, rel=1e-9)
+    assert got == pytest.approx(20 * 12 * 1026 * 4, rel=1e-9)
+    # Frameworks that keep the 16-bit weight (deepspeed, fsdp2 accountings): FP8 copy + transpose on top — per layer
+    # (2·8192² + 2·8192·1024 + 3·8192·28672)/8 = 106,954,752 parameters, 20 layers per stage, 2 bytes.
+    bf_d = predict("llama3-70b", "dgx-h100", plan, gpus=64, accounting="deepspeed")
+    f8_d = predict("llama3-70b", "dgx-h100", plan.with_(dtype="fp8"), gpus=64, accounting="deepspeed")
+    got = (f8_d.memory_breakdown_GiB["weights"] - bf_d.memory_breakdown_GiB["weights"]) * 2 ** 30
+    assert got == pytest.approx(20 * (2 * 106_954_752 + 12 * 1026 * 4), rel=1e-9)
 
 
 def test_fp8_on_a_device_without_fp8_is_one_line_exit_2():

