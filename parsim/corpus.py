@@ -6,11 +6,13 @@ names the published table it comes from (column ``table``). A *table* here is on
 (file + ``table`` column); Narayanan et al. 2021 Table 1 keeps its own file and reader
 (parsim.validation) and joins the corpus as one table.
 
-Method (issue 15). A device profile carries one fitted number, ``matmul_sustained_fraction``
-(parsim.hardware). It is fitted per GPU type across all tables of that type, never per table or
-row: the fraction on a grid (step 0.005) minimising the mean |relative error| of the published
-throughput over every expressible row of those tables. Leave-one-table-out: each table is
-predicted with the fraction fitted on the *other* tables of its GPU type, and reported by its
+Method (issue 15). A device profile carries two fitted numbers, one per precision class:
+``matmul_sustained_fraction`` (16-bit plans) and ``matmul_sustained_fraction_fp8`` (every tensor-core
+kernel of an fp8 plan) (parsim.hardware). Each is fitted per GPU type across all tables of that type on
+the rows of its precision class, never per table or row: the fraction on a grid (step 0.005)
+minimising the mean |relative error| of the published throughput over every expressible row of that
+class. Leave-one-table-out: each row of a table is predicted with its class's fraction fitted on the
+*other* tables of its GPU type, and each table is reported by its
 mean / max / bias of the relative error (prediction / published − 1), for throughput (tokens/s
 per GPU, or hardware TFLOP/s per GPU where that is what is published) and for peak memory where
 published (memory does not depend on the fitted number).
