@@ -159,6 +159,9 @@ def _candidates(r: dict, model) -> list[Plan]:
     # comm_overlap.tp_comm_overlap_cfg = userbuffers_fp8_h100_h8192_tp4_mbs1_seqlen8192 for Llama 3 70B on H100, NeMo's
     # llama31_405b recipe MegatronCommOverlapCallback(tp_comm_overlap=True, ...); torchtitan has no such knob.
     tpo = (not torchtitan) and tp > 1
+    # ... and overlap the interleaved schedule's send/recv with compute (Megatron-Bridge
+    # training/comm_overlap.py: overlap_p2p_comm = True when pp > 1 and vp > 1; NeMo 2.0's MegatronCommOverlapCallback
+    # the same)
     out = []
     for mb in mbs:
         for v in vpps:
@@ -166,7 +169,8 @@ def _candidates(r: dict, model) -> list[Plan]:
                 sched = r.get("schedule") or ("interleaved" if v > 1 else "1f1b")
                 p = Plan(dp=dp, tp=tp, pp=pp, vpp=v, micro_batch=mb, global_batch=gb, seq_len=int(r["seq_len"]),
                          dtype=r["precision"], schedule=sched, grad_sync="native", zero=zero, recompute=rc,
-                         sequence_parallel=tp > 1, overlap=True, flash_attention=True, ep=ep, cp=cp, tp_overlap=tpo)
+                         sequence_parallel=tp > 1, overlap=True, flash_attention=True, ep=ep, cp=cp, tp_overlap=tpo,
+                         pp_overlap=(not torchtitan) and sched == "interleaved")
                 try:
                     validate(p, model, gpus)
                 except ParsimError:

@@ -51,6 +51,9 @@ class Plan:
     # tensor-parallel collectives pipelined with the GEMMs they feed or drain (Megatron-Core / Transformer Engine
     # tp_comm_overlap with userbuffers; needs sequence parallelism): all but one of tp chunks hide under the GEMM
     tp_overlap: bool = False
+    # pipeline send/recv posted ahead and overlapped with the next chunk's compute (Megatron-Core overlap_p2p_comm,
+    # the NeMo / Megatron-Bridge default for interleaved schedules): only what a chunk's forward does not cover shows
+    pp_overlap: bool = False
 
     def __post_init__(self):
         """Each field's type and range, checked on construction (one line naming the field)."""
@@ -64,7 +67,7 @@ class Plan:
             if not 1 <= int(v) <= hi:
                 raise ParsimError(f"{_flag(k)} = {v}: expected a positive integer <= {hi:,}")
             object.__setattr__(self, k, int(v))        # numpy integers become int
-        for k in ("sequence_parallel", "overlap", "flash_attention", "tp_overlap"):
+        for k in ("sequence_parallel", "overlap", "flash_attention", "tp_overlap", "pp_overlap"):
             v = getattr(self, k)
             if not isinstance(v, (bool, np.bool_)):
                 raise ParsimError(f"{_flag(k)} = {v!r} ({type(v).__name__}): expected True or False")
@@ -103,7 +106,7 @@ class Plan:
             s += f"·ep{self.ep}"
         if self.cp > 1:
             s += f"·cp{self.cp}"
-        return s + f" mb{self.micro_batch} {self.schedule} {self.grad_sync} z{self.zero} rc:{self.recompute}" + (" sp" if self.sequence_parallel else "") + (" tpo" if self.tp_overlap else "")
+        return s + f" mb{self.micro_batch} {self.schedule} {self.grad_sync} z{self.zero} rc:{self.recompute}" + (" sp" if self.sequence_parallel else "") + (" tpo" if self.tp_overlap else "") + (" ppo" if self.pp_overlap else "")
 
 
 def _choice(name, value, options):

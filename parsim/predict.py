@@ -143,7 +143,7 @@ def plan_columns(plans, model) -> dict:
         "zero": col(lambda p: p.zero), "recompute": col(lambda p: RECOMPUTE.index(p.recompute)),
         "sp": col(lambda p: p.sequence_parallel, bool), "overlap": col(lambda p: p.overlap, bool),
         "flash": col(lambda p: p.flash_attention, bool), "ep": col(lambda p: p.ep), "cp": col(lambda p: p.cp),
-        "tpo": col(lambda p: p.tp_overlap, bool),
+        "tpo": col(lambda p: p.tp_overlap, bool), "ppo": col(lambda p: p.pp_overlap, bool),
     }
 
 
@@ -443,6 +443,12 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     # and the receiver all-gathers over tp (scatter/gather, Narayanan et al. 2021 §4.1).
     p2p = G.vec("pp", "sendrecv", S_out, act / t, "native") + np.where((tp > 1) & ~sp, ag, 0.0)
     p2p = np.where(pp > 1, p2p, 0.0)
+    # PP overlap (Megatron-Core overlap_p2p_comm, interleaved schedules): each chunk's send/recv is posted before
+    # the next chunk computes and waited on after it, so only what one chunk's forward (its layers, L/vpp) does not
+    # cover is exposed.
+    if "ppo" in cols and np.asarray(cols["ppo"], dtype=bool).any():
+        chunk_f = (model.layers / pp) / vpp * (lt.fwd_s + comm_f)
+        p2p = np.where(np.asarray(cols["ppo"], dtype=bool), np.maximum(p2p - chunk_f, 0.0), p2p)
 
     rec = np.select([rc == 2, rc == 1], [lt.fwd_s + comm_f, lt.attn_core_fwd_s + cp_f], default=0.0)
     # Layers per pipeline rank (parsim.rules.stage_layer_counts: even where pp·vpp divides the layers,

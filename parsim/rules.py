@@ -264,6 +264,9 @@ RULES = (
     Rule("tp overlap needs sequence parallelism", lambda c: c["tpo"] & ~c["sp"],
          lambda c, i: "tp-overlap (Transformer Engine userbuffers) pipelines sequence-parallel all-gathers and "
                       "reduce-scatters: it needs --sequence-parallel (and tp > 1)"),
+    Rule("pp overlap needs the interleaved schedule", lambda c: c["ppo"] & (c["schedule"] != INTERLEAVED),
+         lambda c, i: (f"pp-overlap (Megatron's overlap_p2p_comm) overlaps the interleaved schedule's send/recv with "
+                       f"the next model chunk: it needs --schedule interleaved (vpp > 1), got {_sched_name(c, i)}")),
     Rule("sequence parallel: seq_len not divisible by tp", lambda c: c["sp"] & (c["seq"] % c["tp"] != 0), _sp_seq_msg),
     # Context parallelism: ranks tp innermost, then cp, then pp, then dp; ring attention on flash kernels.
     Rule("cp does not divide seq_len (or cp·tp with sequence parallel)",
@@ -288,6 +291,9 @@ RULES = (
     Rule("tp overlap (not run by the torch backend)", lambda c: c["tpo"],
          lambda c, i: ("tp-overlap (Transformer Engine userbuffers) is not run by this backend: price it with "
                        "parsim predict --tp-overlap"), scope="run"),
+    Rule("pp overlap (not run by the torch backend)", lambda c: c["ppo"],
+         lambda c, i: ("pp-overlap (Megatron's overlap_p2p_comm) is not run by this backend: price it with "
+                       "parsim predict --pp-overlap"), scope="run"),
     Rule("cp > 1 (not run by the torch backend)", lambda c: c["cp"] > 1,
          lambda c, i: (f"cp = {_i(c, 'cp', i)}: context parallelism is not run by this backend (torch's "
                        "context_parallel needs CUDA flash/efficient attention; gloo on CPU cannot): price it with "
@@ -299,7 +305,7 @@ RULES = (
 )
 
 
-_DEFAULTS = {"ep": 1, "cp": 1, "dtype": 0, "flash": True, "tpo": False}
+_DEFAULTS = {"ep": 1, "cp": 1, "dtype": 0, "flash": True, "tpo": False, "ppo": False}
 
 
 def _table(cols: dict, model, device=None) -> dict:
@@ -311,7 +317,7 @@ def _table(cols: dict, model, device=None) -> dict:
     for k in ("dp", "tp", "pp", "vpp", "mb", "gb", "seq", "schedule", "zero", "grad_sync", "ep", "cp", "dtype"):
         if k in c:
             c[k] = c[k].astype(np.int64)
-    for k in ("sp", "flash", "tpo"):
+    for k in ("sp", "flash", "tpo", "ppo"):
         if k in c:
             c[k] = c[k].astype(bool)
     c["model"] = model

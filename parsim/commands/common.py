@@ -76,6 +76,9 @@ def add_plan_arguments(p, need_gpus=True):
     p.add_argument("--tp-overlap", action="store_true",
                    help="tensor-parallel collectives pipelined with their GEMMs (Megatron/Transformer Engine "
                         "tp_comm_overlap; needs --sequence-parallel)")
+    p.add_argument("--pp-overlap", action="store_true",
+                   help="pipeline send/recv overlapped with the next model chunk's compute (Megatron "
+                        "overlap_p2p_comm; interleaved schedule)")
 
 
 def add_memory_arguments(p):
@@ -110,7 +113,8 @@ def plan_from_args(a, gpus: int, device=None) -> Plan:
     return Plan(dp=dp, tp=a.tp, pp=a.pp, vpp=vpp, micro_batch=a.micro_batch, global_batch=gb, seq_len=a.seq_len,
                 dtype=a.dtype or default_dtype(device or "gpu"), schedule=schedule, grad_sync=a.grad_sync, zero=a.zero, recompute=a.recompute,
                 sequence_parallel=a.sequence_parallel, overlap=not a.no_overlap, flash_attention=not a.no_flash,
-                ep=getattr(a, "ep", 1), cp=cp, tp_overlap=getattr(a, "tp_overlap", False))
+                ep=getattr(a, "ep", 1), cp=cp, tp_overlap=getattr(a, "tp_overlap", False),
+                pp_overlap=getattr(a, "pp_overlap", False))
 
 
 def load_cluster_arg(spec, gpus: int | None):

@@ -121,3 +121,23 @@ def test_fp8_plans_use_the_fp8_sustained_fraction():
     assert float(np.ravel(t2)[0]) == pytest.approx(float(np.ravel(t1)[0]) * dev.fp8_time_scale(), rel=1e-12)
     # a profile without an FP8 fraction: FP8 plans use the 16-bit one
     assert get_device("a100-80gb").fp8_time_scale() == 1.0
+
+
+def test_pp_overlap_hides_send_recv_under_a_chunk():
+    # Llama 3 70B on 64 H100, TP4 PP8 VP5 (the Megatron-Bridge H100 recipe): one activation send/recv per chunk
+    # boundary (8192 tokens · 8192 · 2 B / tp 4 = 33.5 MB) takes well under one chunk's forward (2 layers), so with
+    # overlap_p2p_comm nothing of it is exposed: pp_comm goes to 0 and the step shortens by what it was.
+    base = Plan(dp=2, tp=4, pp=8, vpp=5, schedule="interleaved", micro_batch=1, global_batch=128, seq_len=8192,
+                sequence_parallel=True, dtype="fp8", tp_overlap=True)
+    off = predict("llama3-70b", "dgx-h100", base, gpus=64)
+    on = predict("llama3-70b", "dgx-h100", base.with_(pp_overlap=True), gpus=64)
+    assert off.breakdown_s["pp_comm"] > 0 and on.breakdown_s["pp_comm"] == 0.0
+    assert on.breakdown_s["compute"] == pytest.approx(off.breakdown_s["compute"], rel=1e-12)
+    assert on.step_time_s < off.step_time_s
+    assert "ppo" in base.with_(pp_overlap=True).label()
+    # it is Megatron's interleaved-schedule option, and the torch backend does not run it
+    with pytest.raises(ParsimError, match="needs --schedule interleaved"):
+        predict("llama3-70b", "dgx-h100", base.with_(vpp=1, schedule="1f1b", pp_overlap=True), gpus=64)
+    from parsim.rules import check
+    with pytest.raises(ParsimError, match="not run by this backend"):
+        check(base.with_(tp_overlap=False, pp_overlap=True), load_model("llama3-70b"), 64, scope="run")

@@ -224,8 +224,8 @@ def test_op_level_ac_rows_fall_between_parsims_selective_and_full():
 def test_megatron_dense_fp8_held_out_errors_do_not_regress(loto):
     # Regression guard, NOT the target: the dense NeMo / Megatron-Bridge FP8 tables held out with the FP8
     # fraction fitted on the other tables of their GPU type (reports/validation/corpus.md): every one within 10% mean
-    # and 16% max (worst: Llama 3 70B on 64 H100, TP4 PP8 VP5, -13.5%; 25.02 B200 Llama 3 8B +15.9%). Before the flash
-    # core's published rate, FP8 weights as the primary copy, FP8 saved inputs and TP overlap: -13% to -40% bias.
+    # and 16% max (worst: NeMo 24.07 Llama 3 8B on 8 H100 +15.5%; Llama 3 70B on 64 H100, TP4 PP8 VP5, -12%). Before the flash
+    # core's published rate, FP8 weights as the primary copy, FP8 saved inputs and TP/PP overlap: -13% to -40% bias.
     dense = [e for e in loto if e["table"].startswith(("megatron_bridge_dense", "nemo_2407")) and e["step"]]
     assert len(dense) == 7
     for e in dense:
