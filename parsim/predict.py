@@ -542,13 +542,13 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     which = np.where(T_first >= np.maximum(T_last, T_mid), 0, np.where(T_last >= T_mid, 1, 2))
     L_b = np.choose(which, [L_first, L_last, L_mid])
     stage_c = np.choose(which, [first_c, last_c, mid_c])
-    stage_tp = L_b * layer_tp + np.where(which == 0, tp_embed, 0.0)
     ep_stage = L_b * 2 * ep_layer
     cp_stage = L_b * (cp_f + cp_b)
     zeros = np.zeros(np.shape(step))                       # one shared (read-only) column for absent parts
     breakdown = {
         "compute": m * stage_c, "recompute": m * L_b * rec,
-        "tp_comm": m * (stage_tp - ep_stage - cp_stage) if sharded or has_cp else m * stage_tp,
+        # the TP collectives directly (not all collectives less the EP and CP parts: that difference can round below 0)
+        "tp_comm": m * (L_b * (tp_f + tp_b) + np.where(which == 0, tp_embed, 0.0)),
         "ep_comm": m * ep_stage if sharded else zeros,
         "cp_comm": m * cp_stage if has_cp else zeros, "pp_comm": m * pp_c,
         "bubble": bubble, "dp_comm_exposed": dp_exposed, "optimizer": opt,
