@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,13 +30,12 @@ def _env():
 # -- training ------------------------------------------------------------------------------
 
 def run_train(spec: dict, settings: dict, device_profile: str | None, emu=None):
-    """Train one plan; the measured StepReport."""
-    from parsim.model import load_model
-    model = load_model(spec["model"])
-    if emu is not None:
-        return _train_in_netem(model, spec, settings, emu)
+    """Train one plan (on local ranks, or one rank per emulated device in its host's namespace);
+    the measured StepReport."""
     from backends.torchdist.launch import RunFailed, launch
+    from parsim.model import load_model
     from parsim.plan import Plan
+    model = load_model(spec["model"])
     plan = Plan(**spec["plan"])
     cfg = {"model": model.to_dict(), "plan": plan.to_dict(), "backend": settings["backend"], "steps": spec["steps"],
            "warmup": spec["warmup"], "device_profile": device_profile, "threads_per_rank": settings.get("threads", 1),
@@ -47,66 +45,20 @@ def run_train(spec: dict, settings: dict, device_profile: str | None, emu=None):
     if spec.get("trace_dir"):
         cfg["trace_dir"] = spec["trace_dir"]
     try:
-        return launch(cfg, plan.gpus, timeout_s=spec["timeout_s"])
+        return launch(cfg, plan.gpus, timeout_s=spec["timeout_s"], rank_prefix=_netem_prefix(emu, plan.gpus))
     except RunFailed as e:
         raise PointFailed(str(e).splitlines()[0]) from None
 
 
-def _plan_flags(plan: dict) -> list[str]:
-    f = []
-    for k in ("dp", "tp", "pp", "vpp", "micro_batch", "global_batch", "seq_len", "schedule", "grad_sync", "zero",
-              "recompute", "dtype"):
-        if plan.get(k) is not None:
-            f += [f"--{k.replace('_', '-')}", str(plan[k])]
-    if plan.get("sequence_parallel"):
-        f.append("--sequence-parallel")
-    return f
-
-
-def _train_in_netem(model, spec, settings, emu):
-    """One `parsim run` per rank in its host's namespace (torchrun-style env); rank 0's JSON."""
-    from backends.torchdist.runner import reports_from_json
-    from parsim.commands.emulate import rank_commands
-    with tempfile.TemporaryDirectory() as d:
-        mfile = Path(d) / "model.json"
-        mfile.write_text(json.dumps(model.to_dict()))
-        out = Path(d) / "result.json"
-        cmd = ["parsim", "run", "--model", str(mfile), *_plan_flags(spec["plan"]), "--steps", str(spec["steps"]),
-               "--warmup", str(spec["warmup"]), "--format", "json", "--out", str(out),
-               "--timeout", str(spec["timeout_s"])]
-        _run_ranks(rank_commands(emu, cmd), spec["timeout_s"])
-        if not out.exists():
-            raise PointFailed("rank 0 wrote no result")
-        return reports_from_json(json.loads(out.read_text())["measured"])
-
-
-def _run_ranks(commands, timeout_s):
-    """Start one process per (rank, argv); wait for all; a failure is PointFailed naming the rank."""
-    procs = []
-    try:
-        for r, argv in commands:
-            procs.append((r, subprocess.Popen(argv, stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
-                                              stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env())))
-        try:
-            out, err = procs[0][1].communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise PointFailed(f"timeout: ranks did not finish within {timeout_s:.0f} s; all stopped") from None
-        for r, p in procs[1:]:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                raise PointFailed(f"timeout: rank {r} still running 30 s after rank 0 finished") from None
-        bad = [(r, p) for r, p in procs if p.returncode != 0]
-        if bad:
-            r, p = bad[0]
-            tail = (err if r == 0 else (p.stderr.read() if p.stderr else "")).strip().splitlines()
-            raise PointFailed(f"rank {r} exited with code {p.returncode}" + (f": {tail[-1]}" if tail else ""))
-        return out
-    finally:
-        for _, p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+def _netem_prefix(emu, world: int):
+    """The launcher's rank_prefix for an emulated cluster (each rank in its host's namespace), or None."""
+    if emu is None:
+        return None
+    from parsim.commands.emulate import rank_prefixes
+    pre = dict(rank_prefixes(emu))
+    if len(pre) != world:
+        raise PointFailed(f"the emulated cluster runs {len(pre)} ranks, the point needs {world}")
+    return pre.__getitem__
 
 
 # -- collectives ---------------------------------------------------------------------------
@@ -115,21 +67,19 @@ def run_collectives(op: str, algos: list, sizes: list, spec: dict, emu=None) -> 
     """Benchmark every (size, algo) in one process group per launch (backends.torchdist.bench), `launches`
     times; a point is the median of the launches' medians, all samples kept for the spread."""
     import statistics
-    cmd = [sys.executable, "-m", "backends.torchdist.bench", "--bench", op, "--algo", ",".join(algos),
-           "--size", ",".join(str(int(s)) for s in sizes), "--repeats", str(spec["repeats"]),
-           "--warmup", str(spec["warmup"]), "--format", "json", "--min-time", str(spec["min_time_s"]),
-           "--max-repeats", str(spec["max_repeats"])]
+
+    from backends.torchdist import bench
+    from backends.torchdist.launch import RunFailed
+    world = len(emu.ranks()) if emu is not None else int(spec["nproc"])
+    job = bench.make_job(op, algos, sizes, spec["repeats"], spec["warmup"], spec["min_time_s"], spec["max_repeats"],
+                         world, netem_state=emu.state_file if emu is not None else None)
     runs = []
     for _ in range(spec["launches"]):
-        if emu is not None:
-            from parsim.commands.emulate import rank_commands
-            out = _run_ranks(rank_commands(emu, cmd), spec["timeout_s"])
-        else:
-            out = _run_ranks([(0, cmd + ["--nproc", str(spec["nproc"])])], spec["timeout_s"])
         try:
-            runs.append(json.loads(out[out.index("["):]))
-        except ValueError:
-            raise PointFailed(f"benchmark printed no results: {out.strip()[-200:]}") from None
+            runs.append(bench.launch_job(job, world, spec["timeout_s"], rank_prefix=_netem_prefix(emu, world),
+                                         local_ranks=world if emu is None else max(1, world // len(emu.plan.hosts))))
+        except RunFailed as e:
+            raise PointFailed(str(e).splitlines()[0]) from None
     points = []
     for pts in zip(*runs):
         first = dict(pts[0])
@@ -150,14 +100,15 @@ def measure_device(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as d:
         sp, out = Path(d) / "spec.json", Path(d) / "out.json"
         sp.write_text(json.dumps(spec))
+        from backends.torchdist.launch import RunFailed, run_process
         try:
-            r = subprocess.run([sys.executable, "-m", "backends.torchdist.devprobe", str(sp), str(out)], cwd=ROOT,
-                               env=_env(), capture_output=True, text=True, timeout=spec.get("timeout_s", 240))
-        except subprocess.TimeoutExpired:
+            rc, _, err = run_process([sys.executable, "-m", "backends.torchdist.devprobe", str(sp), str(out)],
+                                     spec.get("timeout_s", 240), env=_env(), what="device measurement")
+        except RunFailed:
             raise PointFailed(f"timeout: device measurement took over {spec.get('timeout_s', 240):.0f} s") from None
-        if r.returncode != 0:
-            tail = r.stderr.strip().splitlines()
-            raise PointFailed(f"device measurement exited with code {r.returncode}" + (f": {tail[-1]}" if tail else ""))
+        if rc != 0:
+            tail = err.strip().splitlines()
+            raise PointFailed(f"device measurement exited with code {rc}" + (f": {tail[-1]}" if tail else ""))
         return json.loads(out.read_text())
 
 
@@ -168,23 +119,17 @@ def emulated_cluster(emu, world: int):
     rates (backends.torchdist.bench.prediction_inputs), one rank per emulated device, cpu profile."""
     from backends.torchdist.bench import prediction_inputs
     from parsim.topology import from_graph
-    g, rank_nodes, _, servers, _ = prediction_inputs(json.loads(json.dumps(emu.state(), default=str)), world)
+    g, rank_nodes, _, servers, _ = prediction_inputs(emulated_state(emu), world)
     for n in rank_nodes:
         g.nodes[n]["profile"] = "cpu"
     return from_graph(f"emulated {emu.prefix}", g, ranks=rank_nodes[:world], device="cpu")
 
 
-@contextlib.contextmanager
-def network(spec: dict):
-    """An emulated cluster (backends.netem) for a study's network entry, links probed; torn down after."""
+def _topology(spec: dict):
+    """(graph, ranks per host) of a study's network entry {preset, hosts, link, servers, oversubscription,
+    ranks_per_host} (parsim.study checks the keys)."""
     from backends.netem import presets
-    from backends.netem.cluster import Emulation, unavailable
-    from backends.netem.probe import probe_pairs
-    from parsim.errors import ParsimError
     from parsim.units import parse_rate
-    reason = unavailable()
-    if reason:
-        raise ParsimError(reason)
     kw = {"hosts": int(spec.get("hosts", 2))}
     if spec.get("servers") is not None:
         kw["servers"] = int(spec["servers"])
@@ -192,7 +137,35 @@ def network(spec: dict):
         kw["oversubscription"] = float(spec["oversubscription"])
     rph = int(spec.get("ranks_per_host", 1))
     g = presets.build(spec.get("preset", "switch"), bandwidth_Bps=parse_rate(spec["link"]), devices_per_host=rph, **kw)
+    return g, rph
+
+
+@contextlib.contextmanager
+def network(spec: dict):
+    """An emulated cluster (backends.netem) for a study's network entry, links probed; torn down after."""
+    from backends.netem.cluster import Emulation, unavailable
+    from backends.netem.probe import probe_pairs
+    from parsim.errors import ParsimError
+    reason = unavailable()
+    if reason:
+        raise ParsimError(reason)
+    g, rph = _topology(spec)
     with Emulation(g, ranks_per_host=rph) as emu:
         emu.probes = probe_pairs(emu)
         emu.write_state()
         yield emu
+
+
+def planned_emulation(spec: dict, probes: list):
+    """The emulated cluster of a study's network entry as a plan only (nothing is created, no root
+    needed), with the link probes a study stored: what re-predicting a stored point prices on."""
+    from backends.netem.cluster import Emulation
+    g, rph = _topology(spec)
+    emu = Emulation(g, prefix="ps00000-", ranks_per_host=rph)
+    emu.probes = list(probes or [])
+    return emu
+
+
+def emulated_state(emu) -> dict:
+    """An emulation's state as the JSON a rank reads (PARSIM_NETEM_STATE): what predict_point takes."""
+    return json.loads(json.dumps(emu.state(), default=str))

@@ -22,6 +22,7 @@ COMMANDS = {
     "simulate": "play a pipeline schedule in the discrete-event simulator",
     "run": "run a plan for real with torch.distributed and measure it",
     "emulate": "emulated multi-host cluster in network namespaces with shaped links",
+    "calibrate": "measure this machine's CPU and loopback collectives; write the cpu profile parsim then uses",
     "validate": "run a study file's points (plans, collectives, device) through the backend; results + report",
     "report": "comparison report (Markdown + PNGs, standalone HTML) from study results or predict/plan outputs",
 }

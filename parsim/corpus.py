@@ -23,11 +23,23 @@ throughput; the chosen values are reported with each row.
 
 A row the model cannot price as published (a precision outside parsim.plan.DTYPES such as MX-FP8,
 FP8 on a device without FP8 tensor cores, a mixture-of-experts model without a preset or ep on a dense
-one, torchtitan's op-level or layer-frequency selective activation checkpointing, torch.compile fusion,
-a model without a preset) is kept and counted as "not expressible yet: <reason>"; it never enters
-a fit. Expressibility is read from what parsim.plan and the rule book accept today (DTYPES, the Plan
-fields ep and cp, parsim.rules), so rows become expressible as the model grows: FP8, CP and MoE rows
-on Hopper and Blackwell did with --dtype fp8, --cp and --ep.
+one, a recompute policy outside parsim.plan.RECOMPUTE, a model without a preset) is kept and counted as
+"not expressible yet: <reason>"; it never enters a fit. Expressibility is read from what parsim.plan
+and the rule book accept today (DTYPES, RECOMPUTE, the Plan fields, parsim.rules), so rows become
+expressible as the model grows: FP8, CP and MoE rows on Hopper and Blackwell did with --dtype fp8,
+--cp and --ep; torchtitan's rows with its recompute policies (op-level SAC = recompute selective-op,
+layer-level SAC = recompute full with recompute_every = N, written ``full-every-N`` in the CSVs),
+torch.compile (techniques "torch.compile": kernels fused; torchtitan rows without it run PyTorch
+eager: kernels eager, or both searched where the header lists torch.compile as unstated) and async TP (techniques "AsyncTP": async_tp). torchtitan rows are priced with
+FSDP2's memory accounting (parsim.costs.memory.ACCOUNTING["fsdp2"]), the others with Megatron's; NeMo /
+Megatron-Bridge rows run TP communication overlap (tp_overlap, with tp > 1) and PP overlap (pp_overlap, on
+interleaved schedules), as their recipes do.
+
+Peak memory: torchtitan publishes the maximum *reserved* memory of its caching allocator; parsim
+predicts what is allocated. No public measurement of the allocated-to-reserved gap for these runs was
+found, so each memory row is compared twice: allocated as predicted, and allocated plus the
+fragmentation allowance of parsim/data/memory.yaml (``fragmentation_fraction`` of the capacity, an
+assumption stated there) as the reserved figure.
 """
 from __future__ import annotations
 
@@ -54,6 +66,23 @@ GPU_TYPE_DEVICES = {"a100-80gb": ("a100-80gb", "a100-40gb"), "h100-sxm": ("h100-
 DEFAULT_CLUSTER = {"a100-80gb": "dgx-a100", "h100-sxm": "dgx-h100", "h200": "dgx-h200", "b200": "dgx-b200",
                    "h100-hbm2e-500w": "grand-teton-h100"}
 MOE_MODELS = ("mixtral", "qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "gpt-oss")
+# Megatron-LM's recompute granularities (--recompute-granularity selective | full, or none): what an
+# unstated recompute of a NeMo / Megatron-Bridge row is searched over (selective-op is torchtitan's).
+MEGATRON_RECOMPUTE = ("none", "selective", "full")
+
+
+def parse_recompute(value: str) -> tuple[str, int] | None:
+    """(policy, every) of a corpus CSV's recompute value: a parsim.plan.RECOMPUTE name, or
+    ``full-every-N`` (full recompute of every N-th layer: torchtitan's selective_ac_option = N); None
+    when it is neither."""
+    m = re.fullmatch(r"full-every-([1-9][0-9]*)", value or "")
+    if m:
+        return "full", int(m.group(1))
+    return (value, 1) if value in RECOMPUTE else None
+
+
+def is_torchtitan(source: str) -> bool:
+    return source.startswith("torchtitan")
 
 
 @dataclass
@@ -75,6 +104,7 @@ class CorpusRow:
     techniques: str = ""
     reasons: list = field(default_factory=list)   # [] = expressible; else every reason why not
     plans: list = field(default_factory=list)
+    accounting: str = "megatron"    # bytes per parameter by framework (parsim.costs.memory.ACCOUNTING)
 
     @property
     def reason(self) -> str:
@@ -123,13 +153,8 @@ def _reasons(r: dict, gpu_type: str) -> list[str]:
                    else f"no model preset for {model}")
     elif ep > 1 and not load_model(model).experts:
         out.append(f"mixture of experts: ep = {ep} on {model}, a dense model")
-    if rc.startswith("selective-"):
-        out.append(f"torchtitan {rc[len('selective-'):]}-level selective activation checkpointing (parsim's recompute "
-                   f"policies are {', '.join(RECOMPUTE)})")
-    if "torch.compile" in tech:
-        out.append("torch.compile kernel fusion (no fusion knob in the model)")
-    if "AsyncTP" in tech:
-        out.append("async tensor parallelism (no knob)")
+    if rc and parse_recompute(rc) is None:
+        out.append(f"recompute {rc} (parsim's policies are {', '.join(RECOMPUTE)}, or full-every-N)")
     if gpu_type not in DEFAULT_CLUSTER and not r.get("cluster"):
         out.append(f"no cluster preset for {gpu_type}")
     return out
@@ -140,20 +165,36 @@ def _has_fp8(gpu_type: str) -> bool:
     return bool(get_device(GPU_TYPE_DEVICES[gpu_type][0]).peak_flops.get("fp8", 0.0))
 
 
-def _candidates(r: dict, model) -> list[Plan]:
-    """Every valid plan for the row's stated knobs; unstated ones (micro-batch, vpp, recompute) searched."""
+def _candidates(r: dict, model, unstated: str = "") -> list[Plan]:
+    """Every valid plan for the row's stated knobs; unstated ones (micro-batch, vpp, recompute; torch.compile
+    where the file's header lists it in `unstated`) searched."""
     gpus, tp, pp = int(r["gpus"]), _int(r["tp"]) or 1, _int(r["pp"]) or 1
     cp, ep = _int(r.get("cp")) or 1, _int(r.get("ep")) or 1
     dp = gpus // (tp * pp * cp)
     fsdp = _int(r.get("fsdp"))
-    torchtitan = r["source"].startswith("torchtitan")
+    torchtitan = is_torchtitan(r["source"])
     zero = 3 if (torchtitan or (fsdp or 0) > 0) else 1         # Megatron's distributed optimizer = ZeRO-1
+    if torchtitan and pp > 1:
+        # torchtitan's FSDP2 under PP: reshard_after_forward=False (parallelize_llama.py apply_fsdp, "For PP, do
+        # not reshard after forward to avoid per-microbatch all-gathers") and gradient sync on the last
+        # micro-batch only (torch.distributed.pipelining stage._configure_data_parallel_mode): ZeRO-1 with the
+        # fsdp2 accounting (parsim.costs.memory.ACCOUNTING)
+        zero = 1
+    tech = r.get("techniques", "") or ""
+    # torchtitan runs PyTorch eager element-wise kernels unless the row compiles its blocks; the
+    # Megatron / NeMo stacks run hand-fused kernels (fused norms, bias-SwiGLU, RoPE, bias-dropout-add).
+    # Where a torchtitan source leaves torch.compile unstated (its header's `unstated` names it), both
+    # are candidates, searched like the other unstated knobs.
+    kernels = ["eager"] if torchtitan and "torch.compile" not in tech else ["fused"]
+    if torchtitan and "torch.compile" not in tech and "torch.compile" in unstated:
+        kernels = ["eager", "fused"]
+    async_tp = "AsyncTP" in tech
     gb = _int(r.get("global_batch"))
     mbs = [_int(r["micro_batch"])] if _int(r.get("micro_batch")) else [1, 2, 4, 8]
     L = model.layers
     vp = _int(r.get("vp"))
     vpps = [vp] if vp else ([1] if pp == 1 else [1] + [v for v in range(2, L // pp + 1) if (L // pp) % v == 0])
-    rcs = [r["recompute"]] if r.get("recompute") else list(RECOMPUTE)
+    rcs = [parse_recompute(r["recompute"])] if r.get("recompute") else [(x, 1) for x in MEGATRON_RECOMPUTE]
     # NeMo / Megatron-Bridge recipes run TP communication overlap (Transformer Engine userbuffers) with tp > 1:
     # e.g. Megatron-Bridge scripts/performance/configs/llama/llama3_llm_pretrain.py sets
     # comm_overlap.tp_comm_overlap_cfg = userbuffers_fp8_h100_h8192_tp4_mbs1_seqlen8192 for Llama 3 70B on H100, NeMo's
@@ -164,12 +205,13 @@ def _candidates(r: dict, model) -> list[Plan]:
     # the same)
     out = []
     for mb in mbs:
-        for v in vpps:
-            for rc in rcs:
+        for v, kn in ((v, kn) for v in vpps for kn in kernels):
+            for rc, every in rcs:
                 sched = r.get("schedule") or ("interleaved" if v > 1 else "1f1b")
                 p = Plan(dp=dp, tp=tp, pp=pp, vpp=v, micro_batch=mb, global_batch=gb, seq_len=int(r["seq_len"]),
                          dtype=r["precision"], schedule=sched, grad_sync="native", zero=zero, recompute=rc,
-                         sequence_parallel=tp > 1, overlap=True, flash_attention=True, ep=ep, cp=cp, tp_overlap=tpo,
+                         sequence_parallel=tp > 1, overlap=True, flash_attention=True, ep=ep, cp=cp,
+                         recompute_every=every, kernels=kn, async_tp=async_tp, tp_overlap=tpo,
                          pp_overlap=(not torchtitan) and sched == "interleaved")
                 try:
                     validate(p, model, gpus)
@@ -193,13 +235,14 @@ def load_file(path) -> list[CorpusRow]:
                         cluster=header.get("cluster") or DEFAULT_CLUSTER.get(gpu_type, ""),
                         knobs={k: r.get(k, "") for k in ("micro_batch", "fsdp", "tp", "pp", "cp", "vp", "ep",
                                                           "schedule", "recompute")},
-                        techniques=r.get("techniques", "") or "")
+                        techniques=r.get("techniques", "") or "",
+                        accounting="fsdp2" if is_torchtitan(path.stem) else "megatron")
         row.reasons = _reasons(r, gpu_type)
         if not row.reason:
             if row.global_batch is None:
                 row.reasons = ["global batch unstated"]
             else:
-                row.plans = _candidates(r, load_model(row.model))
+                row.plans = _candidates(r, load_model(row.model), header.get("unstated", ""))
                 if not row.plans:
                     row.reasons = ["no valid plan for the stated knobs"]
         out.append(row)
@@ -268,7 +311,7 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
     model = load_model(row.model)
     cl = get_cluster(row.cluster, row.gpus)
     dev = _device(row.gpu_type, fraction, precision_class(row.precision))
-    r = price(model, cl, plan_columns(row.plans, model), device=dev)
+    r = price(model, cl, plan_columns(row.plans, model), device=dev, accounting=row.accounting)
     step = np.asarray(r["step_time_s"], dtype=float)
     if row.metric == "hardware_tflops_per_gpu":
         val = r["hardware_flops"] / step / row.gpus / 1e12
@@ -336,14 +379,17 @@ def leave_one_table_out() -> list[dict]:
         for r in rows:
             for why in r.reasons:    # a row missing several features counts under each
                 entry["not_expressible"][why] = entry["not_expressible"].get(why, 0) + 1
-        step_errs, mem_errs = [], []
+        step_errs, mem_errs, res_errs = [], [], []
         for r in expr:
             f = fractions[precision_class(r.precision)]
             p = predict_row(r, f)
             e = p["value"] / r.published - 1
             me = p["memory_GiB"] / r.peak_memory_GiB - 1 if r.peak_memory_GiB else None
+            reserved = p["memory_GiB"] + fragmentation_GiB(r.gpu_type)
+            re_ = reserved / r.peak_memory_GiB - 1 if r.peak_memory_GiB else None
             step_errs.append(e)
             mem_errs.append(me)
+            res_errs.append(re_)
             pl = p["plan"]
             entry["row_results"].append({
                 "model": r.model, "gpus": r.gpus, "precision": r.precision, "metric": r.metric, "published": r.published,
@@ -352,11 +398,20 @@ def leave_one_table_out() -> list[dict]:
                 "rel_error": round(e, 4) if np.isfinite(e) else None,
                 "published_memory_GiB": r.peak_memory_GiB, "predicted_memory_GiB": round(p["memory_GiB"], 1),
                 "memory_rel_error": None if me is None else round(me, 4),
+                "predicted_reserved_GiB": round(reserved, 1), "reserved_rel_error": None if re_ is None else round(re_, 4),
                 "plan": pl.label(), "micro_batch": pl.micro_batch, "vpp": pl.vpp, "recompute": pl.recompute})
         entry["step"] = _stats(step_errs)
         entry["memory"] = _stats(mem_errs)
+        entry["memory_reserved"] = _stats(res_errs)
         out.append(entry)
     return out
+
+
+def fragmentation_GiB(gpu_type: str) -> float:
+    """The allocator's reserved-but-unallocated allowance assumed for a device of this GPU type:
+    parsim/data/memory.yaml's fragmentation_fraction x its capacity (an assumption, stated there)."""
+    from parsim.costs.memory import headroom_data
+    return headroom_data()["fragmentation_fraction"] * get_device(GPU_TYPE_DEVICES[gpu_type][0]).memory_bytes / GiB
 
 
 def blockers() -> list[dict]:
@@ -369,61 +424,23 @@ def blockers() -> list[dict]:
     return sorted(out, key=lambda d: (-d["rows"], d["reason"]))
 
 
-def recompute_brackets() -> list[dict]:
-    """Diagnostic, not a held-out metric: rows blocked only by torchtitan's op-level selective AC,
-    priced with the shipped profile under parsim's two neighbouring policies, 'selective' (recomputes
-    less, keeps more) and 'full' (recomputes more, keeps less). The published throughput and memory
-    should fall between the two; a row outside its bracket points at something other than the policy."""
-    out = []
-    for row in load_corpus():
-        if len(row.reasons) != 1 or "op-level selective" not in row.reasons[0]:
-            continue
-        r = {k: row.knobs.get(k, "") for k in ("micro_batch", "fsdp", "tp", "pp", "cp", "vp", "ep", "schedule")}
-        r.update(source=row.source, gpus=row.gpus, global_batch=row.global_batch, seq_len=row.seq_len,
-                 precision=row.precision, recompute="")
-        model = load_model(row.model)
-        entry = {"table": row.table_id, "model": row.model, "gpus": row.gpus, "published": row.published,
-                 "published_memory_GiB": row.peak_memory_GiB}
-        for rc in ("selective", "full"):
-            probe = CorpusRow(**{**row.__dict__, "reasons": [], "plans": _candidates(dict(r, recompute=rc), model)})
-            p = _predict_any(probe)
-            entry[rc] = {"predicted": round(p["value"], 1), "memory_GiB": round(p["memory_GiB"], 1)}
-        lo, hi = sorted((entry["selective"]["predicted"], entry["full"]["predicted"]))
-        entry["throughput_in_bracket"] = lo <= row.published <= hi
-        if row.peak_memory_GiB:
-            mlo, mhi = sorted((entry["selective"]["memory_GiB"], entry["full"]["memory_GiB"]))
-            entry["memory_in_bracket"] = mlo <= row.peak_memory_GiB <= mhi
-        out.append(entry)
-    return out
-
-
-def _predict_any(row: CorpusRow) -> dict:
-    """predict_row, ignoring the memory capacity (a bracket end may not fit: its memory is the point)."""
-    from parsim.predict import get_cluster, plan_columns, price
-    model = load_model(row.model)
-    dev = _device(row.gpu_type, None)
-    r = price(model, get_cluster(row.cluster, row.gpus), plan_columns(row.plans, model), device=dev)
-    gb = np.array([p.global_batch for p in row.plans], dtype=float)
-    val = gb * row.seq_len / np.asarray(r["step_time_s"], dtype=float) / row.gpus
-    i = int(np.argmax(val))
-    return {"value": float(val[i]), "memory_GiB": float(np.asarray(r["memory_bytes"])[i] / GiB)}
-
-
 def shipped_fits(cls: str = "16-bit") -> dict:
     """GPU type -> the fraction of precision class `cls` fitted on all its tables (None where no row of that
     class is expressible): what devices.yaml must ship (matmul_sustained_fraction, matmul_sustained_fraction_fp8)."""
     return {g: fit_fraction(g, cls=cls) for g in GPU_TYPE_DEVICES}
 
 
-def accuracy_metrics() -> dict:
-    """Tracked accuracy figures (metric name -> value) for the accuracy ledger.
+def accuracy_metrics(loto: list[dict] | None = None) -> dict:
+    """Tracked accuracy figures (metric name -> value) for the accuracy ledger, from
+    leave_one_table_out()'s entries (`loto`; computed when not given).
 
     Per table with expressible rows: ``corpus.<table>.step_mean|step_max|step_bias`` (held-out
-    relative errors, fractions of 1) and ``corpus.<table>.memory_mean|memory_max`` where memory is
+    relative errors, fractions of 1) and ``corpus.<table>.memory_mean|memory_max`` (allocated) and
+    ``.memory_reserved_mean|memory_reserved_max`` (with the fragmentation allowance) where memory is
     published; ``corpus.<table>.expressible`` and ``.not_expressible`` row counts for every table;
     ``corpus.rows_total`` and ``corpus.rows_not_expressible`` over the corpus."""
     m = {}
-    loto = leave_one_table_out()
+    loto = leave_one_table_out() if loto is None else loto
     for e in loto:
         key = "corpus." + re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9]", "_", e["table"]))   # one dot-free name per table
         m[f"{key}.expressible"] = e["expressible"]
@@ -433,6 +450,7 @@ def accuracy_metrics() -> dict:
                 m[f"{key}.step_{k}"] = e["step"][k]
             if e["memory"] and k != "bias":
                 m[f"{key}.memory_{k}"] = e["memory"][k]
+                m[f"{key}.memory_reserved_{k}"] = e["memory_reserved"][k]
     m["corpus.rows_total"] = sum(e["rows"] for e in loto)
     m["corpus.rows_not_expressible"] = sum(e["rows"] - e["expressible"] for e in loto)
     return m

@@ -1,13 +1,13 @@
 """Device profiles: peak FLOP/s per dtype, memory capacity and bandwidth, efficiency curves.
 
-Profiles are data (``parsim/data/devices.yaml``, plus ``devices.local.yaml`` written by
-calibration, which takes precedence); this module only loads them and evaluates the
-curves. A roofline prices each kernel: time = max(FLOPs / (peak·eff), bytes / (bw·eff)).
+Profiles are data (``parsim/data/devices.yaml``, plus the ``devices.yaml`` `parsim calibrate`
+writes to the user's calibration directory (``parsim.calibrate.home()``) or the file
+``PARSIM_DEVICES_LOCAL`` names, which take precedence); this module only loads them and evaluates the
+curves (``profile_file(name)`` says which file a profile came from). A roofline prices each kernel: time = max(FLOPs / (peak·eff), bytes / (bw·eff)).
 """
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,12 +71,12 @@ class DeviceProfile:
     sustained_fraction_fp8: float | None = None
     # Host-side software time per unit of work, seconds (eager frameworks on a CPU dispatch
     # synchronously, so it adds to the kernels' time): keys layer_fwd, layer_bwd, head_fwd,
-    # head_bwd, optimizer_base, optimizer_per_layer. Measured by `python -m parsim.calibrate`;
+    # head_bwd, optimizer_base, optimizer_per_layer. Measured by `parsim calibrate`;
     # GPU profiles carry none (launches overlap device execution at LLM kernel sizes).
     overhead_s: tuple = ()
     # Host software time per step of a collective schedule, seconds (CPU ranks: gloo + Python):
     # executor = our isend/irecv executor (backends/torchdist/collectives.run_schedule), native =
-    # the library's own collective. Measured on loopback by `python -m parsim.calibrate`
+    # the library's own collective. Measured on loopback by `parsim calibrate`
     # (keys executor_step_overhead_us, native_step_overhead_us); 0 for GPUs (NCCL's latencies
     # stay in the links' latency).
     executor_step_overhead_s: float = 0.0
@@ -162,14 +162,29 @@ def _profile(name: str, d: dict) -> DeviceProfile:
 @functools.lru_cache(maxsize=None)
 def _catalog() -> dict:
     raw = yaml.safe_load((DATA / "devices.yaml").read_text())
-    local = Path(os.environ.get("PARSIM_DEVICES_LOCAL", DATA / "devices.local.yaml"))
-    if local.exists():   # a user file (written by `python -m parsim.calibrate`): the safe reader
+    from parsim.calibrate import devices_file
+    local = devices_file()   # PARSIM_DEVICES_LOCAL, else the calibration home's devices.yaml
+    if local is not None:   # a user file (written by `parsim calibrate`): the safe reader
         from parsim.fileio import read_user_file
         extra = read_user_file(local, "devices", "yaml") or {}
         if not isinstance(extra, dict):
             raise ParsimError(f"device catalog {local}: expected a mapping of device profiles, got {type(extra).__name__}")
         raw.update(extra)
+    _ORIGIN.clear()
+    _ORIGIN.update({k: str(local) for k in (extra if local is not None else {})})
     return raw
+
+
+_ORIGIN: dict = {}   # device name -> the measured file it came from (filled by _catalog)
+
+
+def profile_file(name: str) -> str:
+    """The file device profile `name` was read from: the measured file merged over the catalog (see
+    ``parsim.calibrate.devices_file``) or the shipped catalog. ParsimError for an unknown name."""
+    cat = _catalog()
+    if name not in cat:
+        raise ParsimError(f"unknown device {name!r}: expected one of {', '.join(sorted(cat))}{closest(name, cat)}")
+    return _ORIGIN.get(name) or str(DATA / "devices.yaml")
 
 
 def device_names() -> list[str]:

@@ -65,6 +65,16 @@ class Op:
     flops: object = field(default=None)
     model_flops: object = field(default=None)
     fp8: bool = False                 # a layer weight GEMM: runs in FP8 on fp8 plans
+    # The separate torch ``mm`` calls a weight GEMM is made of, as shares of its n, in forward order
+    # (torchtitan's Llama: wq, wk, wv for qkv; w1, w3 for a gated fc1); () = not an aten.mm (the attention
+    # core, grouped expert GEMMs, memory-bound ops). Read by the op-level selective policy (recomputed).
+    mm_parts: tuple = ()
+    out_bytes: object = 0.0           # bytes of the op's forward output on this rank (what op-level SAC keeps)
+    col_parallel: bool = False        # a column-parallel GEMM: its input is all-gathered (sp) under tp
+    branch: str = ""                  # "dense" / "moe": the MLP of dense or MoE layers; "": every layer
+    eager_bytes: object = None        # bytes as PyTorch eager runs the op, one kernel per elementary op
+    eager_bwd_bytes: object = None    # (None: one fused kernel, the same as `bytes` / `bwd_bytes`)
+    rs_out_bytes: object = 0.0        # its TP reduce-scatter's output (sequence parallel), kept by op-level SAC
     def __post_init__(self):
         if self.flops is None:
             self.flops = 2.0 * self.m * self.k * self.n * self.batch if self.kind in ("gemm", "core") else 0.0
@@ -102,15 +112,19 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     g = 2.0 if model.gated else 1.0
     gpt_dropout = not model.gated              # GPT-style models train with dropout (masks: 1 byte)
     act = T * h * e                            # one full activation [b, s, h]
+    rms = model.norm == "rmsnorm"
     ops = [
-        Op("attn_norm", "mem", bytes=2 * e * Tr * h, bwd_bytes=4 * e * Tr * h, saved=e * Tr * h),
-        Op("qkv", "gemm", fp8=True, m=T, k=h, n=(qd + 2 * kvd) / t, wgrad=True, saved=ein * Tr * h),
+        _norm_op("attn_norm", e * Tr * h, e, rms, saved=e * Tr * h),
+        Op("qkv", "gemm", fp8=True, m=T, k=h, n=(qd + 2 * kvd) / t, wgrad=True, saved=ein * Tr * h,
+           mm_parts=(qd / (qd + 2 * kvd), kvd / (qd + 2 * kvd), kvd / (qd + 2 * kvd)), col_parallel=True,
+           out_bytes=e * T * (qd + 2 * kvd) / t),
     ]
     if model.position == "rotary":
-        ops.append(Op("rotary", "mem", bytes=2 * e * T * (qd + kvd) / t, bwd_bytes=4 * e * T * (qd + kvd) / t))
+        n_qk = T * (qd + kvd) / t
+        ops.append(Op("rotary", "mem", bytes=2 * e * n_qk, bwd_bytes=4 * e * n_qk,
+                      eager_bytes=(16 + 2 * e) * n_qk, eager_bwd_bytes=(16 + 2 * e) * n_qk))
     if model.qk_norm:
-        ops.append(Op("qk_norm", "mem", bytes=2 * e * T * (qd + kvd) / t, bwd_bytes=4 * e * T * (qd + kvd) / t,
-                      saved=e * T * (qd + kvd) / t))
+        ops.append(_norm_op("qk_norm", e * T * (qd + kvd) / t, e, rms, saved=e * T * (qd + kvd) / t))
     hpr = b * a / t                            # attention heads on this rank (× micro-batch)
     sq = s / cp                                # queries on this rank
     scores = hpr * sq * s
@@ -120,9 +134,11 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     # statistics for its backward (Dao 2023 §3.1.2: O and logsumexp; the statistics, b·heads·s fp32, are negligible).
     kv_block = e * b * sq * 2 * kvd / t        # one K/V block passed round the cp ring (per step)
     o_bytes = e * T * qd / t                   # the core's output O (the output projection's input)
+    # op-level SAC keeps the SDPA outputs: the attention output and the fp32 log-sum-exp per query and head
     ops.append(Op("attn_core_flash", "core", m=sq, k=d, n=s, batch=2 * hpr, flop_scale=0.5, bwd=2.5,
                   bytes=qkv_saved + o_bytes, saved=qkv_saved + o_bytes, selective=True,
-                  weight=np.where(flash, 1.0, 0.0), comm=(("cp", "ring_kv", kv_block),)))
+                  weight=np.where(flash, 1.0, 0.0), comm=(("cp", "ring_kv", kv_block),),
+                  out_bytes=o_bytes + 4.0 * hpr * sq))
     # materialised scores: QKᵀ, softmax (+ dropout for GPT-style), AV; all of the square is computed.
     naive = np.where(flash, 0.0, 1.0)
     ops += [
@@ -135,12 +151,14 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     ]
     tp_out = _tp_out(act)
     ops += [
-        # its input O: kept by the flash core already (16-bit); FP8 plans keep its FP8 cast as well
+        # its input O: kept by the flash core already (16-bit); FP8 plans keep its FP8 cast as well.
+        # Row-parallel: its output is the full [T, h] partial sum on each rank (out_bytes)
         Op("attn_out", "gemm", fp8=True, m=T, k=qd / t, n=h, wgrad=True, comm=tp_out,
-           saved=np.where(flash, 0.0, o_bytes) + np.where(ein < e, ein * T * qd / t, 0.0)),
+           saved=np.where(flash, 0.0, o_bytes) + np.where(ein < e, ein * T * qd / t, 0.0),
+           mm_parts=(1.0,), out_bytes=e * T * h),
         Op("attn_residual", "mem", bytes=3 * e * Tr * h, bwd_bytes=6 * e * Tr * h,
            saved=Tr * h if gpt_dropout else 0.0),                          # dropout mask
-        Op("mlp_norm", "mem", bytes=2 * e * Tr * h, bwd_bytes=4 * e * Tr * h, saved=e * Tr * h),
+        _norm_op("mlp_norm", e * Tr * h, e, rms, saved=e * Tr * h),
     ]
     if gpt_dropout:
         ops[-2].bytes = ops[-2].bytes + Tr * h       # write the 1-byte mask
@@ -149,6 +167,11 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     ops.append(Op("mlp_residual", "mem", bytes=3 * e * Tr * h + (Tr * h if gpt_dropout else 0.0),
                   bwd_bytes=6 * e * Tr * h + (2 * Tr * h if gpt_dropout else 0.0),
                   saved=Tr * h if gpt_dropout else 0.0))
+    # A row-parallel output reduce-scattered under sequence parallelism: its [T/t, h] result is what
+    # op-level SAC keeps of the collective (torchtitan saves reduce_scatter_tensor outputs).
+    for op in ops:
+        if any(k == TP_BLOCK for _, k, _ in op.comm):
+            op.rs_out_bytes = np.where(sp & (t > 1), e * Tr * h, 0.0)
     # FP8 plans: every FP8 GEMM's activation input is cast (read bf16, write fp8, amax) in forward and its
     # output gradient in backward (Transformer Engine's per-tensor delayed scaling; weights are cast once a step).
     fp8_w = np.where(np.asarray(dtype_code) == FP8, 1.0, 0.0)
@@ -170,6 +193,157 @@ def _tp_out(act):
     return (("tp", TP_BLOCK, act),)
 
 
+# ---------------------------------------------------------------- element-wise kernels: fused or eager
+#
+# `bytes` / `bwd_bytes` of a memory-bound op are one fused kernel's traffic: its inputs read and its
+# outputs written once (Megatron-LM / Transformer Engine's hand-fused kernels, or what torch.compile's
+# inductor generates per op). PyTorch eager runs one kernel per elementary torch op, each reading and
+# writing its operands in HBM. Per element of the op's tensor (e = activation bytes, fp32 = 4):
+#   RMSNorm (torchtitan's models/norms.py RMSNorm, eager: x.float(); pow(2); mean(-1); rsqrt; x·r;
+#            .type_as(x); ·weight):  forward  (e+4) + 8 + 4 + 8 + (4+e) + 2e          = 28 + 4e
+#            autograd of the same:    backward 4e (·w, dw) + (e+4) + 16 (x·r) + 4 (mean) + 12 (pow)
+#                                              + 12 (sum of the two dx) + (4+e)        = 52 + 6e
+#            (fused: 2e forward, 4e backward). nn.LayerNorm is one ATen kernel each way: eager = fused.
+#   rotary  (torchtitan's apply_rotary_emb: .float(), complex multiply by freqs_cis, .type_as):
+#            forward and backward (e+4) + 8 + (4+e) = 16 + 2e per element of q and k (fused 2e, 4e).
+#   SwiGLU  (silu(w1 x) · w3 x): silu 2e + mul 3e = 5e forward per ffn element (fused 3e); backward
+#            d(silu) and d(w3) 3e each + silu backward 3e = 9e (fused 6e). GELU is one kernel: eager = fused.
+# Residual adds are one kernel either way. Plan.kernels picks the traffic ("fused" | "eager").
+
+def _norm_op(name, n_bytes, e, rms, saved=0.0, **kw):
+    """A norm over tensors of `n_bytes` (e bytes per element): fused traffic 2·n / 4·n, eager RMSNorm above."""
+    n = n_bytes / e
+    eager = dict(eager_bytes=(28 + 4 * e) * n, eager_bwd_bytes=(52 + 6 * e) * n) if rms else {}
+    return Op(name, "mem", bytes=2 * n_bytes, bwd_bytes=4 * n_bytes, saved=saved, **eager, **kw)
+
+
+def _act_op(name, e, n_ffn, g, saved=0.0, **kw):
+    """The MLP activation over n_ffn ffn elements per rank (gated: SwiGLU, eager 5e / 9e; else one kernel)."""
+    eager = dict(eager_bytes=5 * e * n_ffn, eager_bwd_bytes=9 * e * n_ffn) if g == 2.0 else {}
+    return Op(name, "mem", bytes=e * (g + 1) * n_ffn, bwd_bytes=2 * e * (g + 1) * n_ffn, saved=saved, **eager, **kw)
+
+
+def _fc1_parts(g):
+    """torchtitan's gated MLP runs w1 and w3 as two mm calls (feed_forward: w2(silu(w1 x) * w3 x))."""
+    return (0.5, 0.5) if g == 2.0 else (1.0,)
+
+
+def mem_bytes(op, eager):
+    """(forward, backward) bytes of a memory-bound op per plan row; eager: bool array (Plan.kernels)."""
+    if op.eager_bytes is None:
+        return op.bytes, op.bwd_bytes
+    eager = np.asarray(eager, dtype=bool)
+    return np.where(eager, op.eager_bytes, op.bytes), np.where(eager, op.eager_bwd_bytes, op.bwd_bytes)
+
+
+# ---------------------------------------------------------------- recompute policies
+#
+# What each policy (parsim.plan.RECOMPUTE, in its order) keeps for backward and re-runs in backward,
+# derived from the op list; activation memory, recompute time and recomputed FLOPs all follow from it.
+#   none          every op's `saved`;
+#   selective     Korthikanti et al. 2022 §5: the attention core's scores (mem ops marked selective) are
+#                 dropped and the core re-run;
+#   full          only the layer input is kept and the whole layer re-run (Korthikanti et al. 2022 §4.3);
+#                 Plan.recompute_every = N applies it to every N-th layer only (torchtitan's
+#                 selective_ac_option = N: blocks whose 1-based index is a multiple of N);
+#   selective-op  torchtitan's op-level selective AC (torchtitan/models/llama/parallelize_llama.py,
+#                 _save_list and _custom_policy): inside a checkpointed block the outputs of aten.mm,
+#                 of SDPA (flash/efficient attention) and of reduce_scatter_tensor are saved — except every
+#                 second mm, counted in forward order per block — and everything else is recomputed.
+#                 For Llama (wq, wk, wv, wo, w1, w3, w2) the mm outputs kept are wq, wv, w1, w2 and the
+#                 recomputed ones wk, wo, w3. Kept: the block input + those outputs + the SDPA output and
+#                 its log-sum-exp + the reduce-scattered outputs. Re-run: the recomputed mm shares, the
+#                 element-wise ops up to the last GEMM (non-reentrant checkpoint stops once what backward
+#                 needs is recomputed: the final residual add is not), the materialised attention (bmm,
+#                 softmax: not on the list) and grouped expert GEMMs; the TP all-gathers feeding a
+#                 column-parallel GEMM with a recomputed share are re-gathered (all_gather is not on the list).
+POLICIES = ("none", "selective", "full", "selective-op")
+
+
+def _mm_saved_shares(ops) -> dict:
+    """{id(op): share of the op's output kept by op-level SAC} over its mm parts; the mm counter runs per
+    layer kind (the shared ops, then the dense or the MoE MLP), odd counts saved."""
+    out = {}
+    common = [op for op in ops if not op.branch]
+    n0 = sum(len(op.mm_parts) for op in common)
+    for branch_ops, start in ((common, 0), ([op for op in ops if op.branch == "dense"], n0),
+                              ([op for op in ops if op.branch == "moe"], n0)):
+        n = start
+        for op in branch_ops:
+            kept = 0.0
+            for share in op.mm_parts:
+                n += 1
+                kept += share if n % 2 == 1 else 0.0
+            out[id(op)] = kept
+    return out
+
+
+def recomputed(ops, policy: str) -> list[tuple]:
+    """[(op, share of its forward re-run in backward)] under `policy` (POLICIES), one layer."""
+    if policy == "none":
+        return []
+    if policy == "selective":
+        return [(op, 1.0) for op in ops if op.selective]
+    if policy == "full":
+        return [(op, 1.0) for op in ops]
+    assert policy == "selective-op", policy
+    kept = _mm_saved_shares(ops)
+    out = []
+    last_gemm = {b: max([i for i, op in enumerate(ops) if op.kind == "gemm" and op.branch in ("", b)], default=-1)
+                 for b in ("", "dense", "moe")}
+    for i, op in enumerate(ops):
+        if op.kind == "core":
+            continue                                           # SDPA output kept
+        if op.name == "fp8_cast":                              # the casts of the recomputed mm inputs
+            f8 = [o for o in ops if o.fp8]
+            size = [np.asarray(o.weight) * np.asarray(o.m) * np.asarray(o.k) * np.asarray(o.batch) for o in f8]
+            share = sum(sz * (1.0 - kept.get(id(o), 0.0) if o.mm_parts else sz) for sz, o in zip(size, f8)) / sum(size)
+            out.append((op, share))
+            continue
+        if op.mm_parts:
+            share = 1.0 - kept[id(op)]
+        elif op.kind == "gemm":
+            share = 1.0                                        # bmm of the materialised scores, grouped expert GEMMs
+        else:
+            ends = [last_gemm[op.branch]] if op.branch else [last_gemm["dense"], last_gemm["moe"]]
+            share = 1.0 if i < max(ends) else 0.0
+        if share:
+            out.append((op, share))
+    return out
+
+
+def saved_for(ops, policy: str, input_bytes):
+    """Activation bytes one layer keeps for backward under `policy` (weighted by each op's share of
+    layers); input_bytes: the layer input (what a checkpointed layer keeps)."""
+    if policy in ("none", "selective"):
+        return saved_bytes(ops, selective=policy == "selective")
+    if policy == "full":
+        return np.asarray(input_bytes, dtype=float)
+    kept = _mm_saved_shares(ops)
+    total = np.asarray(input_bytes, dtype=float)
+    for op in ops:
+        w = np.asarray(op.weight)
+        if op.kind == "core":
+            total = total + w * np.asarray(op.out_bytes)
+        elif op.mm_parts:
+            total = total + w * kept[id(op)] * np.asarray(op.out_bytes)
+        total = total + w * np.asarray(op.rs_out_bytes)
+    return total
+
+
+def recomputed_flops(ops, policy: str):
+    """Executed forward FLOPs one layer re-runs in backward under `policy` (weighted; HFU counts them)."""
+    return sum((np.asarray(op.weight) * np.asarray(op.flops) * share for op, share in recomputed(ops, policy)), 0.0)
+
+
+def regathers(ops, policy: str) -> float:
+    """Column-parallel GEMMs (mean layer) whose input op-level SAC gathers again in backward (0 otherwise)."""
+    if policy != "selective-op":
+        return 0.0
+    kept = _mm_saved_shares(ops)
+    return float(sum(float(np.max(op.weight)) for op in ops if op.col_parallel and kept[id(op)] < 1.0 - 1e-12))
+
+
 def _mlp_ops(model, T, Tr, t, e, g, act, ep, ein=None) -> list[Op]:
     ein = e if ein is None else ein            # the saved input of an FP8 GEMM: 1 byte on FP8 plans
     h = model.hidden
@@ -179,11 +353,11 @@ def _mlp_ops(model, T, Tr, t, e, g, act, ep, ein=None) -> list[Op]:
     if dense_w:
         f = model.ffn_hidden
         ops += [
-            Op("fc1", "gemm", fp8=True, m=T, k=h, n=g * f / t, wgrad=True, saved=ein * Tr * h, weight=dense_w),
-            Op("activation", "mem", bytes=e * T * (g + 1) * f / t, bwd_bytes=2 * e * T * (g + 1) * f / t,
-               saved=e * T * g * f / t, weight=dense_w),
+            Op("fc1", "gemm", fp8=True, m=T, k=h, n=g * f / t, wgrad=True, saved=ein * Tr * h, weight=dense_w,
+               mm_parts=_fc1_parts(g), col_parallel=True, out_bytes=e * T * g * f / t, branch="dense"),
+            _act_op("activation", e, T * f / t, g, saved=e * T * g * f / t, weight=dense_w, branch="dense"),
             Op("fc2", "gemm", fp8=True, m=T, k=f / t, n=h, wgrad=True, saved=ein * T * f / t, comm=_tp_out(act),
-               weight=dense_w),
+               weight=dense_w, mm_parts=(1.0,), out_bytes=e * T * h, branch="dense"),
         ]
     if moe_w:
         E, k, ef = model.experts, model.top_k, model.expert_ffn_hidden
@@ -195,25 +369,25 @@ def _mlp_ops(model, T, Tr, t, e, g, act, ep, ein=None) -> list[Op]:
         a2a = moved * (ep - 1) / ep
         ops += [
             Op("router", "gemm", m=T, k=h, n=E, wgrad=True, saved=e * Tr * h + 4.0 * T * E, weight=moe_w,
-               model_flops=2.0 * T * h * E),
+               model_flops=2.0 * T * h * E, mm_parts=(1.0,), out_bytes=e * T * E, branch="moe"),
             Op("dispatch", "mem", bytes=2 * moved, bwd_bytes=2 * moved, weight=moe_w,
-               comm=(("ep", "all_to_all", a2a),)),
+               comm=(("ep", "all_to_all", a2a),), branch="moe"),
             Op("expert_fc1", "gemm", fp8=True, m=per_expert, k=h, n=g * ef / t, batch=local, wgrad=True,
-               saved=ein * rows * h, weight=moe_w, model_flops=2.0 * T * k * h * g * ef / t),
-            Op("expert_activation", "mem", bytes=e * rows * (g + 1) * ef / t, bwd_bytes=2 * e * rows * (g + 1) * ef / t,
-               saved=e * rows * g * ef / t, weight=moe_w),
+               saved=ein * rows * h, weight=moe_w, model_flops=2.0 * T * k * h * g * ef / t, branch="moe"),
+            _act_op("expert_activation", e, rows * ef / t, g, saved=e * rows * g * ef / t, weight=moe_w, branch="moe"),
             Op("expert_fc2", "gemm", fp8=True, m=per_expert, k=ef / t, n=h, batch=local, wgrad=True, saved=ein * rows * ef / t,
-               weight=moe_w, model_flops=2.0 * T * k * ef / t * h),
+               weight=moe_w, model_flops=2.0 * T * k * ef / t * h, branch="moe"),
             Op("combine", "mem", bytes=2 * moved, bwd_bytes=2 * moved, weight=moe_w, saved=e * T * k * h,
-               comm=(("ep", "all_to_all", a2a), ) + _tp_out(act)),
+               comm=(("ep", "all_to_all", a2a), ) + _tp_out(act), branch="moe"),
         ]
         if model.shared_experts:
             sf = model.shared_experts * ef
             ops += [
-                Op("shared_fc1", "gemm", fp8=True, m=T, k=h, n=g * sf / t, wgrad=True, saved=0.0, weight=moe_w),
-                Op("shared_activation", "mem", bytes=e * T * (g + 1) * sf / t, bwd_bytes=2 * e * T * (g + 1) * sf / t,
-                   saved=e * T * g * sf / t, weight=moe_w),
-                Op("shared_fc2", "gemm", fp8=True, m=T, k=sf / t, n=h, wgrad=True, saved=ein * T * sf / t, weight=moe_w),
+                Op("shared_fc1", "gemm", fp8=True, m=T, k=h, n=g * sf / t, wgrad=True, saved=0.0, weight=moe_w,
+                   mm_parts=_fc1_parts(g), col_parallel=True, out_bytes=e * T * g * sf / t, branch="moe"),
+                _act_op("shared_activation", e, T * sf / t, g, saved=e * T * g * sf / t, weight=moe_w, branch="moe"),
+                Op("shared_fc2", "gemm", fp8=True, m=T, k=sf / t, n=h, wgrad=True, saved=ein * T * sf / t, weight=moe_w,
+                   mm_parts=(1.0,), out_bytes=e * T * h, branch="moe"),
             ]
     return ops
 

@@ -42,6 +42,34 @@ MAX_SIZE_POINTS = 1024
 # a day. Beyond it the input is a unit mistake, and sums over MAX_SIM_OPS ops stay finite.
 MAX_OP_TIME_S = 86_400.0
 
+# ---- model files (ModelSpec fields) -----------------------------------------------------------
+# Inclusive (low, high) bounds of every integer field of a model (preset, model file or Hugging Face
+# config.json), checked when the ModelSpec is made, before any shape reaches an array. The largest
+# published values quoted are Llama 3 405B's (Dubey et al. 2024: 126 layers, hidden 16,384, 128 heads,
+# ffn 53,248), Megatron 1T's (Narayanan et al. 2021: hidden 25,600, 160 heads), Gemma's vocabulary
+# (256,000) and DeepSeek-V3's MoE (256 routed experts of ffn 2,048, top-8, 1 shared).
+MODEL_LIMITS = {
+    "layers": (1, 10_000),             # ~80 x 126
+    "hidden": (1, 2 ** 20),            # 40 x 25,600
+    "heads": (1, 2 ** 14),             # 100 x 160
+    "kv_heads": (1, 2 ** 14),          # as heads (kv_heads divides heads)
+    "head_dim": (1, 2 ** 14),          # 64 x the widest heads (256: Gemma)
+    "ffn_hidden": (1, 2 ** 22),        # ~80 x 53,248
+    "vocab": (1, 2 ** 24),             # 64 x 256,000
+    "seq_len": (1, MAX_SEQ_LEN),       # the training length: the same bound as --seq-len
+    "max_positions": (1, 2 ** 24),     # position-table rows: 16 x the longest advertised context (1M)
+    "norms_per_layer": (0, 8),         # real layers have 2 (pre-norm) to 4 (Gemma 2's sandwich norms)
+    "experts": (0, 2 ** 14),           # 64 x 256
+    "top_k": (0, 2 ** 14),             # at most experts (checked on the spec)
+    "expert_ffn_hidden": (1, 2 ** 22),  # as ffn_hidden
+    "shared_experts": (0, 2 ** 10),    # 1,024 x 1
+    "moe_every": (1, 10_000),          # at most one MoE layer in `layers`
+    "moe_first_dense": (0, 10_000),    # as layers
+}
+# An MoE layer's capacity factor (expert rows padded to factor x tokens x top_k / experts): GShard and
+# Switch use 1.0-2.0; above 64 the padding is a unit mistake, not a plan.
+MAX_CAPACITY_FACTOR = 64.0
+
 # ---- links (cluster files) ------------------------------------------------------------------
 # Per-direction bandwidth of one link: 100 TB/s is ~50 x NVLink 5 (1.8 TB/s per GPU).
 MAX_LINK_GBPS = 1e5

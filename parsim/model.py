@@ -3,9 +3,10 @@
 Parameter counts (total and active per token) and FLOPs per token are derived here from the
 shapes; pricing them on a device is ``parsim.costs``' job.
 
-Limits: every size is validated on construction (type, range) against ``LIMITS`` below — sane
-upper bounds well above any published model (e.g. 10,000 layers, hidden 2^20, vocabulary 2^24,
-sequence 2^24 tokens, 2^14 experts), so that nonsense never reaches an array allocation.
+Limits: every size is validated on construction (type, range) against ``parsim.limits.MODEL_LIMITS``
+(the one table of bounds, each with its reason there) — sane upper bounds well above any published
+model (e.g. 10,000 layers, hidden 2^20, vocabulary 2^24, 2^14 experts), so that nonsense never reaches
+an array allocation.
 """
 from __future__ import annotations
 
@@ -17,21 +18,13 @@ from pathlib import Path
 import yaml
 
 from parsim.errors import ParsimError, closest
+from parsim.limits import MAX_CAPACITY_FACTOR, MODEL_LIMITS
 
 DATA = Path(__file__).parent / "data"
 MLP_KINDS = ("gelu", "swiglu", "geglu")        # plain 2-matrix MLP (any pointwise activation) or gated 3-matrix
 NORMS = ("layernorm", "rmsnorm")               # LayerNorm: weight + bias (2h); RMSNorm: weight (h)
 POSITIONS = ("learned", "rotary", "alibi", "none")
-# Inclusive bounds of the integer fields (documented in README "Model files").
-LIMITS = {
-    "layers": (1, 10_000), "hidden": (1, 2 ** 20), "heads": (1, 2 ** 14), "kv_heads": (1, 2 ** 14),
-    "ffn_hidden": (1, 2 ** 22), "vocab": (1, 2 ** 24), "seq_len": (1, 2 ** 24), "head_dim": (1, 2 ** 14),
-    "max_positions": (1, 2 ** 24), "norms_per_layer": (0, 8), "experts": (0, 2 ** 14), "top_k": (0, 2 ** 14),
-    "expert_ffn_hidden": (1, 2 ** 22), "shared_experts": (0, 2 ** 10), "moe_every": (1, 10_000),
-    "moe_first_dense": (0, 10_000),
-}
 BOOLS = ("tied_embeddings", "qkv_bias", "linear_bias", "qk_norm", "embed_norm", "parallel_block")
-CAPACITY_FACTOR_MAX = 64.0
 # Training length of a Hugging Face config without `original_max_position_embeddings`: the
 # pre-training length of most open models before long-context extension (Llama 2, Qwen2.5),
 # capped at the model's max_position_embeddings. Never max_position_embeddings itself: that is
@@ -40,11 +33,12 @@ DEFAULT_HF_SEQ_LEN = 4096
 
 
 def _check_int(model, key, v):
-    lo, hi = LIMITS[key]
+    lo, hi = MODEL_LIMITS[key]
     if not isinstance(v, int) or isinstance(v, bool):
         raise ParsimError(f"model {model}: {key} = {v!r} ({type(v).__name__}), expected an integer in [{lo}, {hi:,}]")
     if not lo <= v <= hi:
-        raise ParsimError(f"model {model}: {key} = {v:,}, expected an integer in [{lo}, {hi:,}]")
+        raise ParsimError(f"model {model}: {key} = {v:,}, expected an integer in [{lo}, {hi:,}] "
+                          f"(parsim.limits.MODEL_LIMITS)")
 
 
 def _choice(model, key, v, options):
@@ -67,7 +61,7 @@ class ModelSpec:
     and a router h×experts. capacity_factor None = dropless; otherwise expert GEMMs are padded to
     capacity_factor·tokens·top_k/experts rows per expert. Routing is assumed balanced.
 
-    Raises ParsimError naming the field for a wrong type, a value out of LIMITS or inconsistent shapes.
+    Raises ParsimError naming the field for a wrong type, a value out of parsim.limits.MODEL_LIMITS or inconsistent shapes.
     """
     name: str
     layers: int
@@ -140,9 +134,9 @@ class ModelSpec:
         cf = self.capacity_factor
         if cf is not None:
             if isinstance(cf, bool) or not isinstance(cf, (int, float)) or not math.isfinite(cf) \
-                    or not 1.0 <= cf <= CAPACITY_FACTOR_MAX:
+                    or not 1.0 <= cf <= MAX_CAPACITY_FACTOR:
                 raise ParsimError(f"model {n}: capacity_factor = {cf!r}, expected null (dropless) or a number "
-                                  f"in [1, {CAPACITY_FACTOR_MAX:g}]")
+                                  f"in [1, {MAX_CAPACITY_FACTOR:g}]")
             if not self.experts:
                 raise ParsimError(f"model {n}: capacity_factor = {cf!r} without experts")
             object.__setattr__(self, "capacity_factor", float(cf))
@@ -314,16 +308,31 @@ class ModelSpec:
         s = self.seq_len if seq_len is None else seq_len
         return flops(head_ops(self, 1.0, s, 1.0, 0))
 
+    def recompute_fwd_flops(self, recompute: str, seq_len=None, flash=False, every: int = 1):
+        """Executed forward FLOPs the mean layer re-runs in backward per sequence under a recompute
+        policy (parsim.layer.recomputed: full = the whole layer, selective = the attention core,
+        selective-op = torchtitan's op-level SAC); `every` = N: full on every N-th layer only
+        (floor(layers/N) of them, torchtitan's selective_ac_option)."""
+        from parsim.layer import recomputed_flops
+        from parsim.plan import RECOMPUTE
+        from parsim.errors import ParsimError
+        if recompute not in RECOMPUTE:
+            raise ParsimError(f"recompute = {recompute!r}: expected one of {', '.join(RECOMPUTE)}")
+        s = self.seq_len if seq_len is None else seq_len
+        share = (self.layers // every) / self.layers if recompute == "full" else 1.0
+        return share * recomputed_flops(self._ops(s, flash), recompute)
+
     def step_flops(self, sequences: float, recompute: str = "none", seq_len: int | None = None,
-                   flash: bool = False) -> float:
+                   flash: bool = False, recompute_every: int = 1) -> float:
         """Executed FLOPs of one training step over `sequences`: forward + 2×forward backward,
-        plus one more forward of every layer with full recompute (and of the attention
-        core with selective). With full recompute, flash=False and GPT shapes this equals
-        96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)) (Narayanan et al. 2021, eq. in §5.1).
+        plus what the recompute policy re-runs (``recompute_fwd_flops``: one more forward of every
+        layer with full recompute, of the attention core with selective). With full recompute,
+        flash=False and GPT shapes this equals 96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)) (Narayanan et
+        al. 2021, eq. in §5.1).
         """
         s = self.seq_len if seq_len is None else seq_len
         layer, logits = self.layer_fwd_flops(s, flash), self.logits_fwd_flops(s)
-        extra = {"none": 0.0, "selective": self.attn_core_fwd_flops(s, flash), "full": layer}[recompute]
+        extra = self.recompute_fwd_flops(recompute, s, flash, recompute_every)
         return sequences * (self.layers * (3 * layer + extra) + 3 * logits)
 
     def model_step_flops(self, sequences: float, seq_len: int | None = None) -> float:

@@ -15,13 +15,14 @@ from parsim.errors import ParsimError, closest
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbv")
 GRAD_SYNC = ("ring", "tree", "hd", "hierarchical", "ps", "native")
-RECOMPUTE = ("none", "selective", "full")
+RECOMPUTE = ("none", "selective", "full", "selective-op")   # parsim.layer.POLICIES states what each keeps and re-runs
+KERNELS = ("fused", "eager")   # element-wise kernels: fused (hand-written or torch.compile) or PyTorch eager
 DTYPES = ("bf16", "fp16", "fp32", "fp8")   # fp8: GEMMs of the layers in FP8 (Transformer Engine), the rest bf16
 MAX_DEGREE = 2 ** 20          # per parallel degree (a million devices)
 MAX_GPUS = 2 ** 24            # dp·tp·pp·cp
 MAX_BATCH = 2 ** 31           # sequences (micro-batch, global batch) and tokens per sequence
 _INT_LIMITS = {"dp": MAX_DEGREE, "tp": MAX_DEGREE, "pp": MAX_DEGREE, "vpp": 1024, "ep": MAX_DEGREE,
-               "cp": MAX_DEGREE, "micro_batch": MAX_BATCH,
+               "cp": MAX_DEGREE, "micro_batch": MAX_BATCH, "recompute_every": MAX_DEGREE,
                "global_batch": MAX_BATCH, "seq_len": MAX_BATCH}
 
 
@@ -48,8 +49,12 @@ class Plan:
     flash_attention: bool = True     # attention scores never materialised (Dao et al. 2022)
     ep: int = 1                      # expert parallel: experts sharded over ep of the dp ranks (ep | dp)
     cp: int = 1                      # context parallel: each sequence split over cp ranks (ring attention)
+    recompute_every: int = 1         # with recompute full: every N-th layer only (torchtitan selective_ac_option = N)
+    kernels: str = "fused"           # element-wise/norm kernels: fused (Megatron/TE, torch.compile) or eager PyTorch
+    async_tp: bool = False           # TP all-gather / reduce-scatter micro-pipelined with the TP GEMMs (torchtitan async TP)
     # tensor-parallel collectives pipelined with the GEMMs they feed or drain (Megatron-Core / Transformer Engine
-    # tp_comm_overlap with userbuffers; needs sequence parallelism): all but one of tp chunks hide under the GEMM
+    # tp_comm_overlap with userbuffers; needs sequence parallelism): all but one of tp chunks hide under the GEMM.
+    # Megatron's counterpart of torchtitan's async_tp (one or the other: parsim.rules)
     tp_overlap: bool = False
     # pipeline send/recv posted ahead and overlapped with the next chunk's compute (Megatron-Core overlap_p2p_comm,
     # the NeMo / Megatron-Bridge default for interleaved schedules): only what a chunk's forward does not cover shows
@@ -67,7 +72,7 @@ class Plan:
             if not 1 <= int(v) <= hi:
                 raise ParsimError(f"{_flag(k)} = {v}: expected a positive integer <= {hi:,}")
             object.__setattr__(self, k, int(v))        # numpy integers become int
-        for k in ("sequence_parallel", "overlap", "flash_attention", "tp_overlap", "pp_overlap"):
+        for k in ("sequence_parallel", "overlap", "flash_attention", "async_tp", "tp_overlap", "pp_overlap"):
             v = getattr(self, k)
             if not isinstance(v, (bool, np.bool_)):
                 raise ParsimError(f"{_flag(k)} = {v!r} ({type(v).__name__}): expected True or False")
@@ -76,6 +81,7 @@ class Plan:
         _choice("grad-sync", self.grad_sync, GRAD_SYNC)
         _choice("recompute", self.recompute, RECOMPUTE)
         _choice("dtype", self.dtype, DTYPES)
+        _choice("kernels", self.kernels, KERNELS)
         if isinstance(self.zero, bool) or not isinstance(self.zero, numbers.Integral) or int(self.zero) not in (0, 1, 2, 3):
             raise ParsimError(f"zero = {self.zero!r}: expected one of 0, 1, 2, 3")
         object.__setattr__(self, "zero", int(self.zero))
@@ -106,7 +112,11 @@ class Plan:
             s += f"·ep{self.ep}"
         if self.cp > 1:
             s += f"·cp{self.cp}"
-        return s + f" mb{self.micro_batch} {self.schedule} {self.grad_sync} z{self.zero} rc:{self.recompute}" + (" sp" if self.sequence_parallel else "") + (" tpo" if self.tp_overlap else "") + (" ppo" if self.pp_overlap else "")
+        rc = self.recompute + (f"/{self.recompute_every}" if self.recompute_every > 1 else "")
+        return (s + f" mb{self.micro_batch} {self.schedule} {self.grad_sync} z{self.zero} rc:{rc}"
+                + (" sp" if self.sequence_parallel else "") + (" eager" if self.kernels == "eager" else "")
+                + (" async-tp" if self.async_tp else "") + (" tpo" if self.tp_overlap else "")
+                + (" ppo" if self.pp_overlap else ""))
 
 
 def _choice(name, value, options):

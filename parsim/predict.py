@@ -37,7 +37,7 @@ from parsim.costs import network as _net
 from parsim.costs.network import collective_lines
 from parsim.errors import ParsimError
 from parsim.limits import MAX_SIM_OPS, require_finite
-from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan
+from parsim.plan import DTYPES, GRAD_SYNC, KERNELS, RECOMPUTE, SCHEDULES, Plan
 from parsim.rules import check as check_plan
 from parsim.rules import rank_layers
 
@@ -143,6 +143,8 @@ def plan_columns(plans, model) -> dict:
         "zero": col(lambda p: p.zero), "recompute": col(lambda p: RECOMPUTE.index(p.recompute)),
         "sp": col(lambda p: p.sequence_parallel, bool), "overlap": col(lambda p: p.overlap, bool),
         "flash": col(lambda p: p.flash_attention, bool), "ep": col(lambda p: p.ep), "cp": col(lambda p: p.cp),
+        "rc_every": col(lambda p: p.recompute_every), "kernels": col(lambda p: KERNELS.index(p.kernels)),
+        "async_tp": col(lambda p: p.async_tp, bool),
         "tpo": col(lambda p: p.tp_overlap, bool), "ppo": col(lambda p: p.pp_overlap, bool),
     }
 
@@ -306,6 +308,31 @@ def _dpcp_vec(G, gs, tp, pp, dp, cp, nbytes):
     return out
 
 
+def _async_tp_exposed_s(model, dev, ops_u, dt_u, eager_u, inv, ag_s, rs_s, t):
+    """TP collective seconds left exposed per layer and direction under async TP (torchtitan's
+    micro-pipelined TP: torch._inductor's _micro_pipeline_tp with symmetric memory; Wang et al., "Introducing
+    Async Tensor Parallelism in PyTorch", PyTorch blog 2024). Each all-gather is split into tp chunks
+    consumed by the column-parallel GEMM that needs it, each reduce-scatter fed by the row-parallel GEMM
+    producing it: with a GEMM of g seconds and a collective of c, the pair takes max(g, c + g/t) (the
+    first (all-gather) or last (reduce-scatter) chunk cannot overlap), so max(0, c - g·(t-1)/t) is
+    exposed. Summed over the layer: column-parallel GEMMs against the all-gathers, TP_BLOCK GEMMs
+    against the reduce-scatters; backward's dgrad GEMMs are taken as long as the forward ones."""
+    peak, e = C.peak_flops(dev, dt_u), C.DTYPE_BYTES[dt_u]
+    fp8 = dt_u == Ly.FP8
+    kscale = np.where(fp8, dev.fp8_time_scale(), 1.0)      # FP8 plans: the FP8 sustained fraction (as layer_times)
+    g_ag = g_rs = 0.0
+    for op in ops_u:
+        if op.kind != "gemm":
+            continue
+        if op.col_parallel:
+            g_ag = g_ag + C.op_times(op, dev, peak, e, fp8, eager_u, kscale=kscale)[0]
+        if any(k == Ly.TP_BLOCK for _, k, _ in op.comm):
+            g_rs = g_rs + C.op_times(op, dev, peak, e, fp8, eager_u, kscale=kscale)[0]
+    g_ag, g_rs = (np.broadcast_to(np.asarray(x, dtype=float), dt_u.shape)[inv] for x in (g_ag, g_rs))
+    lag = (t - 1) / t
+    return np.maximum(0.0, ag_s - g_ag * lag) + np.maximum(0.0, rs_s - g_rs * lag)
+
+
 def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
     """What follows from (schedule, pp, vpp, m) alone, per plan: layers on rank 0, on the last stage's
     rank and on the heaviest other rank (parsim.rules.rank_layers); the layers' worth of activations
@@ -329,8 +356,75 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
     return {k: np.asarray(v)[inv] for k, v in out.items()}
 
 
+# Rows priced at once by `price`: the step model's temporaries are arrays of this many rows, so its memory
+# follows the chunk, not the table (~150 live float64 values per row at the peak: ~40 MiB at 32,768 rows).
+# Measured on the 2-core development VM (1 thread, CPU seconds, busy): 1M rows of llama2-13b plans
+# (tests/benchmarks) 0.80 s in chunks of 32k or 64k rows, 0.84 s of 128k, 0.87 s of 16k (per-chunk Python
+# work), 0.89-1.1 s in one piece (fresh pages for every temporary); GPT-3 175B's 3.2M-row table ~3 GiB in one
+# piece, ~270 MiB in chunks (tests/benchmarks/plan_space.py).
+PRICE_CHUNK_ROWS = 2 ** 15
+
+_INT_COLS = ("dp", "tp", "pp", "vpp", "mb", "gb", "seq", "dtype", "schedule", "grad_sync", "zero", "recompute",
+             "ep", "cp", "rc_every", "kernels")
+_BOOL_COLS = ("sp", "overlap", "flash", "async_tp", "tpo", "ppo")
+
+
+def table_rows(cols: dict) -> int:
+    """Rows of a plan table (the longest column; 0-d columns broadcast)."""
+    return max((int(np.shape(v)[0]) for v in cols.values() if np.ndim(v)), default=1)
+
+
+def _chunk(cols: dict, start: int, stop: int) -> dict:
+    """Rows [start, stop) of a plan table, each known column in price's own dtype (int64 or bool), so
+    callers may keep a big table in narrow dtypes or as broadcast constants."""
+    out = {}
+    for k, v in cols.items():
+        v = np.asarray(v)
+        v = v[start:stop] if v.ndim else np.broadcast_to(v, (stop - start,))
+        out[k] = (v.astype(np.int64) if k in _INT_COLS and v.dtype != np.int64 else
+                  v.astype(bool) if k in _BOOL_COLS and v.dtype != bool else v)
+    return out
+
+
+def price_chunks(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
+                 headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS):
+    """Price a table of plans `chunk_rows` rows at a time: yields (start, stop, result) per chunk, the
+    result as `price` returns it for rows [start, stop). Memory is bounded by the chunk, not the
+    table (a caller keeps what it needs of each chunk, e.g. the plans that fit). Every row is priced
+    from its own columns only, so the results do not depend on the chunking. ParsimError when
+    chunk_rows is not a positive integer."""
+    if isinstance(chunk_rows, bool) or not hasattr(chunk_rows, "__index__") or int(chunk_rows) < 1:
+        raise ParsimError(f"chunk_rows = {chunk_rows!r}: expected a positive integer (rows priced at once)")
+    chunk_rows = int(chunk_rows)
+    M.check_accounting(accounting)
+    dev = device or cluster.device
+    n = table_rows(cols) if cols else 0
+    for start in range(0, max(n, 1), chunk_rows):
+        stop = min(n, start + chunk_rows)
+        yield start, stop, _price_rows(model, cluster, _chunk(cols, start, stop), dev, accounting, headroom_bytes)
+
+
+def concat_priced(parts: list, lengths: list) -> dict:
+    """One result from consecutive per-chunk results of `price_chunks` (or rows taken from them) of
+    `lengths` rows: arrays concatenated (a chunk's 0-d value broadcast to its rows), values equal in every
+    chunk kept as one (the model's layers, the capacity, the accounting)."""
+    if len(parts) == 1:
+        return parts[0]
+    acc, start, n = None, 0, sum(lengths)
+    for r, rows in zip(parts, lengths):
+        acc = _fill(acc, r, start, start + rows, n)
+        start += rows
+    return _filled(acc)
+
+
+def take_priced(r: dict, idx, rows: int) -> dict:
+    """Rows `idx` of a priced result of `rows` rows (0-d values kept as they are)."""
+    return {k: take_priced(v, idx, rows) if isinstance(v, dict) else
+            (np.broadcast_to(v, (rows,))[idx] if np.ndim(v) else v) for k, v in r.items()}
+
+
 def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
-          headroom_bytes: float | None = None) -> dict:
+          headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS) -> dict:
     """Price a table of plans. Returns arrays: step_time_s, breakdown (BREAKDOWN_KEYS), memory (5 keys, bytes, of
     the worst pipeline rank), memory_bytes, fits (memory + headroom <= the device's reported capacity),
     flops.
@@ -339,8 +433,54 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     framework whose bytes per parameter are used (parsim.costs.memory.ACCOUNTING: megatron, deepspeed,
     fsdp2). `headroom_bytes` is reserved per device for the CUDA context, NCCL buffers and
     fragmentation (None: parsim.costs.memory.default_headroom_bytes). Plans are assumed valid
-    (parsim.rules)."""
-    dev = device or cluster.device
+    (parsim.rules). The table is priced `chunk_rows` rows at a time (`price_chunks`); the results
+    are the same for any chunk size. For tables too big to keep every result of, consume
+    `price_chunks` instead."""
+    n = table_rows(cols) if cols else 0
+    out = None
+    for start, stop, r in price_chunks(model, cluster, cols, device, accounting, headroom_bytes, chunk_rows):
+        if stop - start == n:                  # one chunk: its result as it is
+            return r
+        out = _fill(out, r, start, stop, n)    # into table-sized arrays as each chunk comes (no parts kept)
+    return _filled(out)
+
+
+class _Same:
+    """A value equal in every chunk so far (kept once, as a one-chunk result would have it)."""
+    __slots__ = ("v",)
+
+    def __init__(self, v):
+        self.v = v
+
+
+def _fill(acc, v, start: int, stop: int, n: int):
+    """Write chunk rows [start, stop) of a priced result into the table-sized result `acc` (None before
+    the first chunk): arrays go into one preallocated array per key (no parts kept, no second pass); a
+    0-d value stays one value while every chunk has the same, else becomes an array from then on."""
+    if isinstance(v, dict):
+        acc = {} if acc is None else acc
+        for k, x in v.items():
+            acc[k] = _fill(acc.get(k), x, start, stop, n)
+        return acc
+    if np.ndim(v) == 0 and (acc is None or (isinstance(acc, _Same) and np.array_equal(acc.v, v))):
+        return _Same(v) if acc is None else acc
+    if acc is None or isinstance(acc, _Same):
+        arr = np.empty(n, dtype=np.result_type(v) if acc is None else np.result_type(acc.v, v))
+        if acc is not None:
+            arr[:start] = acc.v
+    else:
+        arr = acc if np.result_type(acc, v) == acc.dtype else acc.astype(np.result_type(acc, v))
+    arr[start:stop] = v
+    return arr
+
+
+def _filled(acc):
+    return {k: _filled(x) for k, x in acc.items()} if isinstance(acc, dict) else (
+        acc.v if isinstance(acc, _Same) else acc)
+
+
+def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes: float | None) -> dict:
+    """`price` of one chunk of rows (columns in price's dtypes, see `_chunk`)."""
     G = _groups(cluster)
     dp, tp, pp, vpp = (np.asarray(cols[k], dtype=np.int64) for k in ("dp", "tp", "pp", "vpp"))
     mb, gb, seq = (np.asarray(cols[k], dtype=float) for k in ("mb", "gb", "seq"))
@@ -352,6 +492,15 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     cp = np.asarray(cols["cp"], dtype=np.int64) if "cp" in cols else np.ones_like(dp)
     has_cp = bool((cp > 1).any())
     has_ep = "ep" in cols and bool((ep > 1).any())
+    # Optional columns (absent: the Plan defaults): full recompute on every N-th layer, eager
+    # element-wise kernels, async TP.
+    n = dp.shape
+    rc_every = np.asarray(cols["rc_every"], dtype=np.int64) if "rc_every" in cols else np.ones(n, np.int64)
+    eager = (np.asarray(cols["kernels"], dtype=np.int64) == KERNELS.index("eager")) if "kernels" in cols else np.zeros(n, bool)
+    async_tp = np.asarray(cols["async_tp"], dtype=bool) if "async_tp" in cols else np.zeros(n, bool)
+    FULL, SEL_OP = RECOMPUTE.index("full"), RECOMPUTE.index("selective-op")
+    # share of layers a full-recompute plan checkpoints: floor(layers / N) of them (every N-th)
+    ck = np.where(rc == FULL, (model.layers // rc_every) / model.layers, 1.0)
     e = C.DTYPE_BYTES[dt]
     h = model.hidden
     t = tp.astype(float)
@@ -360,10 +509,11 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     # Per-layer compute and activation bytes depend on few columns: evaluate them once per
     # distinct (micro_batch, seq, tp, sp, flash, dtype, recompute, ep) and gather.
     # (bool and code columns have known ranges; ep and cp only when some plan uses them)
-    first, inv = _distinct(sp, flash, dt, rc, mb, seq, tp, *((ep,) if has_ep else ()),
-                           *((cp,) if has_cp else ()), radix=(2, 2, 8, 4))
+    first, inv = _distinct(sp, flash, eager, dt, rc, mb, seq, tp, *((ep,) if has_ep else ()),
+                           *((cp,) if has_cp else ()), radix=(2, 2, 2, 8, 8))
     epf, cpf = ep[first], cp[first]
-    lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first], epf, cpf)
+    lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first], epf, cpf,
+                         rc[first], eager[first])
     lt = C.LayerTimes(*(np.asarray(getattr(lt_u, f))[inv] for f in C.LayerTimes.__dataclass_fields__))
     # Single-threaded CPU ranks beyond the host's cores share them: compute stretches by
     # ranks-on-the-host / cores (the device profile's `cores`, measured by calibration).
@@ -371,10 +521,14 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     if dev.kind == "cpu" and dev.cores > 0:
         cpu_share = np.maximum(1.0, np.minimum(dp * tp * pp * cp, cluster.gpus_per_node) / dev.cores)
         lt = C.LayerTimes(*(getattr(lt, f) * cpu_share for f in C.LayerTimes.__dataclass_fields__))
-    a_layer = M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], rc[first], flash[first],
-                                           dt[first], epf, cpf)[inv]
-    a_work = np.where(rc == 2, M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], 0,
-                                                            flash[first], dt[first], epf, cpf)[inv], 0.0)
+    a_kept = M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], rc[first], flash[first],
+                                          dt[first], epf, cpf)[inv]
+    a_none = M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], 0,
+                                          flash[first], dt[first], epf, cpf)[inv]
+    # every N-th layer checkpointed (full): the mean layer keeps ck of the input-only set, 1-ck of everything
+    a_layer = ck * a_kept + (1.0 - ck) * a_none
+    # a layer being recomputed holds its whole activation set (less what its policy kept) once at a time
+    a_work = np.where((rc == FULL) & (ck > 0), a_none, np.where(rc == SEL_OP, np.maximum(a_none - a_kept, 0.0), 0.0))
     # Placement: tp innermost, then cp, then pp, then dp; the pp and dp groups stride over tp·cp.
     S = _Shapes(gs, tp, pp, dp)
     S_out = _Shapes(gs, tp * cp, pp, dp) if has_cp else S
@@ -403,7 +557,7 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
             kv_bytes = kv_bytes + nb
         else:
             raise AssertionError(f"collective {grp}/{kind} of the layer is not priced")
-    tp_layer = 0.0
+    tp_layer = tp_ag = tp_rs = 0.0
     act_u = act[first]
     for count, nb in blocks.values():
         if np.array_equal(nb, act_u):      # a full activation (dense layers): the collectives priced above
@@ -411,7 +565,12 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
         else:
             nb = nb[inv]
             a_ag, a_ar = G.vec("tp", "all_gather", S, nb, "native"), G.vec("tp", "allreduce", S, nb, "native")
-        tp_layer = tp_layer + count * np.where(sp, a_ag + G.vec("tp", "reduce_scatter", S, nb, "native"), a_ar)
+        a_rs = G.vec("tp", "reduce_scatter", S, nb, "native")
+        tp_layer = tp_layer + count * np.where(sp, a_ag + a_rs, a_ar)
+        tp_ag, tp_rs = tp_ag + count * a_ag, tp_rs + count * a_rs
+    if async_tp.any():
+        tp_layer = np.where(async_tp, _async_tp_exposed_s(model, dev, ops_u, dt[first], eager[first], inv, tp_ag, tp_rs, t),
+                            tp_layer)
     ep_layer = 0.0
     if model.moe_layers and has_ep:
         # one all-to-all per op carrying bytes (dispatch, combine): alpha per call, beta on the bytes
@@ -450,7 +609,14 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
         chunk_f = (model.layers / pp) / vpp * (lt.fwd_s + comm_f)
         p2p = np.where(np.asarray(cols["ppo"], dtype=bool), np.maximum(p2p - chunk_f, 0.0), p2p)
 
-    rec = np.select([rc == 2, rc == 1], [lt.fwd_s + comm_f, lt.attn_core_fwd_s + cp_f], default=0.0)
+    # What the recompute policy re-runs (parsim.layer.recomputed) and the collectives it repeats: full
+    # the layer's (on the checkpointed share ck of layers), selective the core's K/V ring, selective-op
+    # the all-gathers (sequence parallel) or all-reduces feeding a column-parallel GEMM it recomputes.
+    regather = np.asarray(Ly.regathers(ops_u, "selective-op"), dtype=float)
+    rec = lt.recompute_s + np.select([rc == FULL, rc == 1, rc == SEL_OP],
+                                     [comm_f, cp_f, np.where(sp, regather * ag, max(regather - 1.0, 0.0) * ar)],
+                                     default=0.0)
+    rec = ck * rec
     # Layers per pipeline rank (parsim.rules.stage_layer_counts: even where pp·vpp divides the layers,
     # else the embedding and the head count as a layer each). Three kinds of rank are priced: rank 0
     # (stage 0 and the embedding; with ZB-V's V or pp = 1 also the last stage and the head), the rank
@@ -528,13 +694,13 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     t_sync, dp_exposed = dp_sync_s(zero, m, t_ar, t_rs, t_ag, overlap, bwd_last_mb, T_avg, L)
     t_sync, dp_exposed = np.where(dp > 1, t_sync, 0.0), np.where(dp > 1, dp_exposed, 0.0)
 
-    # ZeRO shards over every rank holding the same weights: dp·cp (Megatron's distributed optimizer uses the
-    # data-parallel group with context parallelism, parallel_state.get_data_parallel_group(with_context_parallel=True);
-    # torchtitan's FSDP shards over its dp_shard·cp mesh)
-    dpcp = dp * cp
-    opt_params = P_rank / np.where(zero >= 1, dpcp, 1)
+    # ZeRO shards over every rank holding the same weights: dp·cp (the weights are replicated over the cp
+    # ranks too; Megatron's distributed optimizer uses the data-parallel group with context parallel,
+    # parallel_state.get_data_parallel_group(with_context_parallel=True); torchtitan's FSDP2 the dp_shard_cp mesh)
+    dpc = dp * cp
+    opt_params = P_rank / np.where(zero >= 1, dpc, 1)
     if sharded:
-        opt_params = np.where(ep > 1, P_dense / np.where(zero >= 1, dpcp, 1) + P_exp / np.where(zero >= 1, edp, 1), opt_params)
+        opt_params = np.where(ep > 1, P_dense / np.where(zero >= 1, dpc, 1) + P_exp / np.where(zero >= 1, edp, 1), opt_params)
     opt = C.optimizer_s(dev, opt_params, dt, L) * cpu_share
     step = makespan + dp_exposed + opt
 
@@ -542,13 +708,14 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     which = np.where(T_first >= np.maximum(T_last, T_mid), 0, np.where(T_last >= T_mid, 1, 2))
     L_b = np.choose(which, [L_first, L_last, L_mid])
     stage_c = np.choose(which, [first_c, last_c, mid_c])
+    # TP collectives of the stage from their own terms (per layer tp_f + tp_b: exposed forward and backward, after
+    # any TP overlap), not layer_tp less the EP and CP parts: that difference left rounding residues below zero.
+    stage_tp = L_b * (tp_f + tp_b) + np.where(which == 0, tp_embed, 0.0)
     ep_stage = L_b * 2 * ep_layer
     cp_stage = L_b * (cp_f + cp_b)
     zeros = np.zeros(np.shape(step))                       # one shared (read-only) column for absent parts
     breakdown = {
-        "compute": m * stage_c, "recompute": m * L_b * rec,
-        # the TP collectives directly (not all collectives less the EP and CP parts: that difference can round below 0)
-        "tp_comm": m * (L_b * (tp_f + tp_b) + np.where(which == 0, tp_embed, 0.0)),
+        "compute": m * stage_c, "recompute": m * L_b * rec, "tp_comm": m * stage_tp,
         "ep_comm": m * ep_stage if sharded else zeros,
         "cp_comm": m * cp_stage if has_cp else zeros, "pp_comm": m * pp_c,
         "bubble": bubble, "dp_comm_exposed": dp_exposed, "optimizer": opt,
@@ -563,7 +730,7 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     acts = {"first": pipe["held_first"] * a_layer + a_work + np.where(head_first, logits_held, 0.0),
             "last": pipe["held_last"] * a_layer + a_work + logits_held,
             "mid": pipe["held_mid"] * a_layer + a_work}
-    per_param = M.state_bytes_per_param(dpcp, zero, dt, accounting)
+    per_param = M.state_bytes_per_param(dpc, zero, dt, accounting)
     state_pp = per_param[0] + per_param[1] + per_param[2]
     # routed experts: their ZeRO shards are over the expert-data-parallel group (dp/ep ranks)
     per_param_x = M.state_bytes_per_param(edp, zero, dt, accounting) if sharded else per_param
@@ -586,11 +753,22 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
         n_tensors = 3 * sum(float(np.max(op.weight)) > 0 for op in fp8_ops)
         fp8_layer = np.where(fp8_rows, fp8_copy * np.broadcast_to(np.asarray(w_elems, dtype=float), first.shape)[inv]
                              + n_tensors * 1026 * 4.0, 0.0)
-    totals = {"first": P_first * state_pp + X_first * state_x + L_first * fp8_layer + acts["first"] + buffers,
+    # FSDP2's root module (torchtitan: the embedding, the final norm and the output layer, outside every block)
+    # is not resharded after forward ("the root FSDP state has its value specially set to False", fully_shard's
+    # reshard_after_forward doc): at ZeRO-3 its unsharded 16-bit parameters stay from forward through backward,
+    # and the output layer's unsharded gradient from the start of backward to the root's post-backward, the last.
+    root = {"first": 0.0, "last": 0.0}
+    if accounting == "fsdp2" and np.any(zero >= 3):
+        z3 = (zero >= 3) & (e < 4.0)
+        emb, head = model.embedding_params / t * e, head_P / t * e
+        root = {"first": np.where(z3, emb + np.where(head_first, 2 * head, 0.0), 0.0),
+                "last": np.where(z3, 2 * head, 0.0)}
+    buffers_by = {"first": buffers + root["first"], "last": buffers + root["last"], "mid": buffers}
+    totals = {"first": P_first * state_pp + X_first * state_x + L_first * fp8_layer + acts["first"] + buffers_by["first"],
               "last": np.where(has_last, P_last * state_pp + X_last * state_x + L_last * fp8_layer + acts["last"]
-                               + buffers, 0.0),
+                               + buffers_by["last"], 0.0),
               "mid": np.where(has_mid, P_mid * state_pp + X_mid * state_x + L_mid * fp8_layer + acts["mid"]
-                              + buffers, 0.0)}
+                              + buffers_by["mid"], 0.0)}
     worst = np.where(totals["first"] >= np.maximum(totals["last"], totals["mid"]), 0,
                      np.where(totals["last"] >= totals["mid"], 1, 2))
     P_worst = np.choose(worst, [P_first, P_last, P_mid])
@@ -599,6 +777,7 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     weights, grads, optim = (P_worst * f + X_worst * fx for f, fx in zip(per_param, per_param_x))
     weights = weights + L_worst * fp8_layer
     activations = np.choose(worst, [acts["first"], acts["last"], acts["mid"]])
+    buffers = np.choose(worst, [np.broadcast_to(buffers_by[k], np.shape(worst)) for k in ("first", "last", "mid")])
     total = weights + grads + optim + activations + buffers
     # pipeline rank of the worst kind: 0; the last stage's (pp - 1, or 0 in a V); rank 1 (pp - 1 in a V)
     worst_rank = np.where(worst == 0, 0, np.where(worst == 1, np.where(single | v_shape, 0, pp - 1),
@@ -609,11 +788,15 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     # FLOPs per sequence (parsim.layer states the convention): executed (HFU) and counted (MFU).
     seq_u, flash_u = seq[first], flash[first]
     hw_layer = np.asarray(model.layer_fwd_flops(seq_u, flash_u), dtype=float)[inv]
-    core = np.asarray(model.attn_core_fwd_flops(seq_u, flash_u), dtype=float)[inv]
     logits_fl = np.asarray(model.logits_fwd_flops(seq_u), dtype=float)[inv]
     per_seq_model = 3 * (model.layers * np.asarray(model.model_layer_fwd_flops(seq_u), dtype=float)[inv] + logits_fl)
     per_seq_hw = 3 * (model.layers * hw_layer + logits_fl)
-    extra = np.select([rc == 2, rc == 1], [hw_layer, core], default=0.0)
+    extra = np.zeros(np.shape(rc))
+    for code, policy in enumerate(RECOMPUTE):
+        if code and np.any(rc == code):
+            pol = np.broadcast_to(np.asarray(model.recompute_fwd_flops(policy, seq_u, flash_u), dtype=float),
+                                  seq_u.shape)[inv]
+            extra = np.where(rc == code, ck * pol, extra)
     return {
         "step_time_s": step, "makespan_s": makespan, "microbatches": m, "stage_s": stage_s, "layers": model.layers,
         "dp_sync_s": np.where(dp > 1, t_sync, 0.0),

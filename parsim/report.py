@@ -1,7 +1,6 @@
-"""Tables and text for people: a StepReport's arithmetic, ranked plans, comparisons.
+"""Text for people: a StepReport's arithmetic, ranked plans; their CSV/JSON records.
 
-Plain-text tables (they stay readable in pipes, logs and CI output and cost nothing to
-build); units are in every column name.
+Tables are laid out by ``parsim.tables`` (the one renderer); units are in every column name.
 """
 from __future__ import annotations
 
@@ -10,17 +9,7 @@ import io
 import json
 
 from parsim.outputs import write_atomic  # noqa: E402,F401  (the one writer; kept importable from here)
-
-
-def _table(title, headers, rows, caption=None) -> str:
-    """A plain-text table (fast to build, safe in pipes and logs): title, header, rule, rows."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    w = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "  ".join(c.rjust(w[i]) for i, c in enumerate(r)).rstrip()
-    out = [title, line(cells[0]), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]]
-    if caption:
-        out.append(caption)
-    return "\n".join(out) + "\n"
+from parsim.tables import WIDTH, text_table
 
 
 def _pct(x, total):
@@ -35,6 +24,8 @@ def step_report_text(rep) -> str:
             + f" vpp={p['vpp']} micro_batch={p['micro_batch']} global_batch={p['global_batch']} schedule={p['schedule']}"
             f" grad_sync={p['grad_sync']} zero={p['zero']} recompute={p['recompute']}"
             f" sp={p['sequence_parallel']} dtype={p['dtype']}"
+            + (f" recompute_every={p['recompute_every']}" if p.get("recompute_every", 1) > 1 else "")
+            + (" kernels=eager" if p.get("kernels") == "eager" else "") + (" async_tp=True" if p.get("async_tp") else "")
             + (" tp_overlap=True" if p.get("tp_overlap") else "") + (" pp_overlap=True" if p.get("pp_overlap") else ""))
     total = rep.step_time_s
     rows = [(k, f"{v:.4f}", _pct(v, total)) for k, v in rep.breakdown_s.items()]
@@ -42,7 +33,7 @@ def step_report_text(rep) -> str:
     if getattr(rep, "model_summary", ""):
         head = (f"model {rep.model_summary}\n" f"params total {rep.params_total:,}  active {rep.params_active:,}  "
                 f"seq_len {rep.seq_len}\n" + head)
-    out = [head, _table("step time breakdown (bottleneck stage)", ["part", "seconds", "share"], rows)]
+    out = [head, text_table(["part", "seconds", "share"], rows, "step time breakdown (bottleneck stage)")]
     mem = rep.memory_breakdown_GiB
     mrows = [(k, f"{v:.2f}") for k, v in mem.items()] + [("total", f"{rep.memory_GiB:.2f}")]
     acc = getattr(rep, "memory_accounting", "")
@@ -52,7 +43,7 @@ def step_report_text(rep) -> str:
     caption = (f"capacity {cap:.2f} GiB as the device reports it, less {rep.memory_headroom_GiB:.2f} GiB headroom "
                f"(CUDA context, NCCL buffers, fragmentation) = {cap - rep.memory_headroom_GiB:.2f} GiB usable"
                if cap else None)
-    out.append(_table(title, ["kind", "GiB"], mrows, caption))
+    out.append(text_table(["kind", "GiB"], mrows, title, caption))
     out.append(f"tokens/s {rep.tokens_per_s:,.0f}   samples/s {rep.samples_per_s:,.2f}   "
                f"model TFLOP/s/GPU {rep.model_tflops_per_gpu:.1f} (MFU {100 * rep.mfu:.1f}%)   "
                f"hardware TFLOP/s/GPU {rep.hardware_tflops_per_gpu:.1f} (HFU {100 * rep.hfu:.1f}%)")
@@ -64,6 +55,15 @@ def step_report_text(rep) -> str:
 PLAN_COLS = ["dp", "tp", "pp", "ep", "cp", "vpp", "micro_batch", "schedule", "grad_sync", "zero", "recompute",
              "sequence_parallel", "step_time_s", "step_time_closed_s", "tokens_per_s", "mfu", "memory_GiB"]
 BREAK_COLS = ["compute_s", "recompute_s", "tp_comm_s", "ep_comm_s", "cp_comm_s", "pp_comm_s", "bubble_s", "dp_comm_exposed_s", "optimizer_s"]
+# the default `plan` table (fits parsim.tables.WIDTH = 120 characters): what a user choosing a plan
+# compares, under short headers; ep and cp only when a shown plan uses them. `--wide`: every column.
+SHORT_COLS = {"dp": "dp", "tp": "tp", "pp": "pp", "ep": "ep", "cp": "cp", "vpp": "vpp", "micro_batch": "mb",
+              "schedule": "schedule", "grad_sync": "grad sync", "zero": "zero", "recompute": "recompute",
+              "sequence_parallel": "sp", "step_time_s": "step s", "tokens_per_s": "tokens/s", "mfu": "MFU",
+              "memory_GiB": "mem GiB"}
+SHORT_LEGEND = ("mb = micro-batch (sequences); sp = sequence parallel; step s = predicted step time (s); "
+                "mem GiB = memory per GPU, worst pipeline rank; --wide: every column (closed-form step time, "
+                "the step's breakdown)")
 
 
 def _fmt(col, v, row=None):
@@ -81,12 +81,21 @@ def _fmt(col, v, row=None):
     return str(v)
 
 
-def plans_text(res, top: int) -> str:
+def plans_text(res, top: int, wide: bool = False) -> str:
+    """The top `top` plans of a search as a terminal table: by default the columns SHORT_COLS
+    names (fits 120 characters), with `wide` every column of PLAN_COLS and BREAK_COLS under its
+    full name (as wide as they need; CSV and JSON always carry every column)."""
     cols = res.columns
     n = min(top, len(res))
-    headers = ["#"] + PLAN_COLS + BREAK_COLS
+    if wide:
+        shown = PLAN_COLS + BREAK_COLS
+        headers = ["#"] + shown
+    else:
+        used = lambda c: c in cols and any(int(cols[c][i]) != 1 for i in range(n))   # noqa: E731
+        shown = [c for c in SHORT_COLS if c not in ("ep", "cp") or used(c)]
+        headers = ["#"] + [SHORT_COLS[c] for c in shown]
     rows = [[i + 1] + [_fmt(c, cols[c][i], {k: cols[k][i] for k in ("simulated", "step_time_s")})
-                       for c in PLAN_COLS + BREAK_COLS] for i in range(n)]
+                       for c in shown] for i in range(n)]
     a = res.attrs
     title = (f"top {n} of {len(res)} fitting plans: {a['model']} on {a['gpus']} × {a['device']} ({a['cluster']}), "
              f"global batch {a['global_batch']} × seq {a['seq_len']}, {a['dtype']}")
@@ -97,9 +106,13 @@ def plans_text(res, top: int) -> str:
         title += (f"; memory: {a['memory_accounting']} accounting, {a['memory_headroom_GiB']:.2f} GiB headroom of "
                   f"{a['memory_capacity_GiB']:.2f} GiB")
     caption = (f"{res.candidates:,} candidates generated, {res.priced:,} valid and priced in {res.seconds:.2f} s; "
-               f"rejected: {rej}\nstep_time_s of the top plans is re-played by the pipeline simulator; "
-               f"step_time_closed_s is the closed form ('=' where they agree within 0.05%)")
-    return _table(title, headers, rows, caption)
+               f"rejected: {rej}\n")
+    if wide:
+        caption += ("step_time_s of the top plans is re-played by the pipeline simulator; "
+                    "step_time_closed_s is the closed form ('=' where they agree within 0.05%)")
+    else:
+        caption += "step s of the top plans is re-played by the pipeline simulator\n" + SHORT_LEGEND
+    return text_table(headers, rows, title, caption, width=None if wide else WIDTH)
 
 
 def plans_records(res, top: int | None = None) -> list[dict]:

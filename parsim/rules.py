@@ -43,10 +43,11 @@ from typing import Callable
 import numpy as np
 
 from parsim.errors import ParsimError
-from parsim.plan import DTYPES, GRAD_SYNC, SCHEDULES
+from parsim.plan import DTYPES, GRAD_SYNC, KERNELS, RECOMPUTE, SCHEDULES
 
 GPIPE, ONE_F_ONE_B, INTERLEAVED, ZBV = range(4)
 FP8 = DTYPES.index("fp8")
+FULL, SEL_OP, EAGER = RECOMPUTE.index("full"), RECOMPUTE.index("selective-op"), KERNELS.index("eager")
 
 
 # ---------------------------------------------------------------- layer assignment
@@ -275,6 +276,28 @@ RULES = (
          lambda c, i: f"cp = {_i(c, 'cp', i)} runs ring attention on flash-attention kernels: drop --no-flash"),
     Rule("fp8 on a device without FP8", lambda c: (c["dtype"] == FP8) & (not c["device"].peak_flops.get("fp8", 0.0)),
          lambda c, i: fp8_device_message(c["device"]), needs_device=True),
+    # Recompute on every N-th layer is full activation checkpointing of those layers (torchtitan's
+    # selective_ac_option = N); N at most the layers (beyond, no layer would be checkpointed).
+    Rule("recompute-every > 1 without recompute full", lambda c: (c["rc_every"] > 1) & (c["recompute"] != FULL),
+         lambda c, i: (f"recompute-every = {_i(c, 'rc_every', i)} checkpoints every N-th layer fully: it needs "
+                       f"recompute full, got recompute {RECOMPUTE[_i(c, 'recompute', i)]}")),
+    Rule("recompute-every exceeds the layers", lambda c: c["rc_every"] > c["model"].layers,
+         lambda c, i: (f"recompute-every = {_i(c, 'rc_every', i)}: expected at most the layers "
+                       f"({c['model'].layers}) of {c['model'].name}"), needs_model=True),
+    # Async TP (torchtitan): micro-pipelines the sequence-parallel all-gather / reduce-scatter with the
+    # TP GEMMs, which torch.compile's inductor rewrites ("Async TP requires --training.compile",
+    # torchtitan parallelize_llama.py): tp > 1, sequence parallel, fused (compiled) kernels.
+    Rule("async-tp needs tp > 1 and sequence parallel", lambda c: c["async_tp"] & ((c["tp"] == 1) | ~c["sp"]),
+         lambda c, i: (f"async-tp overlaps the sequence-parallel all-gather/reduce-scatter with the TP GEMMs: it "
+                       f"needs tp > 1 and sequence-parallel, got tp = {_i(c, 'tp', i)}, sequence-parallel = "
+                       f"{bool(np.asarray(c['sp']).reshape(-1)[i])}")),
+    Rule("async-tp with eager kernels", lambda c: c["async_tp"] & (c["kernels"] == EAGER),
+         lambda c, i: "async-tp is an inductor rewrite (torch.compile): it needs kernels fused, got kernels eager"),
+    # Two implementations of one overlap (TP collectives chunked under the GEMMs they feed or drain): Megatron /
+    # Transformer Engine's userbuffers (tp-overlap) and torchtitan's inductor rewrite (async-tp); a run has one.
+    Rule("tp-overlap with async-tp", lambda c: c["tpo"] & c["async_tp"],
+         lambda c, i: ("tp-overlap (Megatron / Transformer Engine userbuffers) and async-tp (torchtitan) are two "
+                       "implementations of the same TP overlap: choose one")),
     # the torch backend's own wiring (backends/torchdist/parallel.py), checked by `parsim run`
     Rule("zero >= 2 (FSDP2) with a grad-sync other than native", lambda c: (c["zero"] >= 2) & (c["grad_sync"] != c["native"]),
          lambda c, i: (f"zero {_i(c, 'zero', i)} runs on FSDP2, whose gradient reduce-scatter is its own: "
@@ -298,6 +321,11 @@ RULES = (
          lambda c, i: (f"cp = {_i(c, 'cp', i)}: context parallelism is not run by this backend (torch's "
                        "context_parallel needs CUDA flash/efficient attention; gloo on CPU cannot): price it with "
                        "parsim predict"), scope="run"),
+    Rule("selective-op, recompute-every or async-tp (not run by the torch backend)",
+         lambda c: (c["recompute"] == SEL_OP) | (c["rc_every"] > 1) | c["async_tp"],
+         lambda c, i: ("recompute selective-op, recompute-every > 1 and async-tp are priced, not run by this backend "
+                       "(its layers checkpoint none, the attention core or everything): price it with parsim predict"),
+         scope="run"),
     Rule("ep > 1 with tp, pp or zero (the torch backend runs ep with dp only)",
          lambda c: (c["ep"] > 1) & ((c["tp"] > 1) | (c["pp"] > 1) | (c["zero"] > 0)),
          lambda c, i: (f"ep = {_i(c, 'ep', i)} runs in this backend with data parallelism only (tp = pp = 1, zero 0), "
@@ -305,7 +333,8 @@ RULES = (
 )
 
 
-_DEFAULTS = {"ep": 1, "cp": 1, "dtype": 0, "flash": True, "tpo": False, "ppo": False}
+_DEFAULTS = {"ep": 1, "cp": 1, "dtype": 0, "flash": True, "recompute": 0, "rc_every": 1, "kernels": 0, "async_tp": False,
+             "tpo": False, "ppo": False}
 
 
 def _table(cols: dict, model, device=None) -> dict:
@@ -314,10 +343,11 @@ def _table(cols: dict, model, device=None) -> dict:
     for k, v in _DEFAULTS.items():
         if k not in c:
             c[k] = np.full(n, v)
-    for k in ("dp", "tp", "pp", "vpp", "mb", "gb", "seq", "schedule", "zero", "grad_sync", "ep", "cp", "dtype"):
+    for k in ("dp", "tp", "pp", "vpp", "mb", "gb", "seq", "schedule", "zero", "grad_sync", "ep", "cp", "dtype",
+              "recompute", "rc_every", "kernels"):
         if k in c:
             c[k] = c[k].astype(np.int64)
-    for k in ("sp", "flash", "tpo", "ppo"):
+    for k in ("sp", "flash", "async_tp", "tpo", "ppo"):
         if k in c:
             c[k] = c[k].astype(bool)
     c["model"] = model

@@ -19,7 +19,8 @@ import numpy as np
 from parsim.errors import ParsimError
 from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, divisors
 from parsim.costs.memory import DEFAULT_ACCOUNTING, check_accounting
-from parsim.predict import BREAKDOWN_KEYS, GiB, MEMORY_KEYS, simulated_makespan, get_cluster, price
+from parsim.predict import (BREAKDOWN_KEYS, GiB, MEMORY_KEYS, PRICE_CHUNK_ROWS, concat_priced, get_cluster,
+                            price_chunks, simulated_makespan, take_priced)
 from parsim.rules import reject
 
 DEFAULT_MODEL = "llama2-13b"
@@ -105,7 +106,8 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
 
 def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_batch: int | None = None,
            seq_len: int | None = None, dtype: str | None = None, top: int | None = None, result: bool = False,
-           resimulate: int = 8, accounting: str = DEFAULT_ACCOUNTING, headroom_bytes: float | None = None):
+           resimulate: int = 8, accounting: str = DEFAULT_ACCOUNTING, headroom_bytes: float | None = None,
+           chunk_rows: int = PRICE_CHUNK_ROWS):
     """Rank every valid plan; returns a pandas DataFrame (best first), or a SearchResult with counts.
 
     Valid: parsim.rules (the rule book predict, simulate and run use). Fits: memory of the worst
@@ -113,7 +115,11 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     parsim.predict.predict). Ties in step time (within 0.01%) go to the plan using less memory.
 
     All plans are priced with the closed-form pipeline; the best `resimulate` are re-priced with the
-    discrete-event simulator (column `simulated`), `step_time_closed_s` keeps the fast form."""
+    discrete-event simulator (column `simulated`), `step_time_closed_s` keeps the fast form.
+
+    Candidates are priced `chunk_rows` at a time (parsim.predict.price_chunks) and only the plans that
+    fit are kept, so memory follows the fitting plans, not the candidates; the ranking is the same
+    for any chunk size."""
     from parsim.model import load_model
     t0 = time.perf_counter()
     from parsim.limits import check_count
@@ -141,12 +147,11 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     if n == 0:
         raise ParsimError(f"no valid plan for {model.name} on {gpus} devices with global batch {gb}: "
                           + "; ".join(f"{k}: {v}" for k, v in rejected.items()))
-    r = price(model, cl, cols, accounting=accounting, headroom_bytes=headroom_bytes)
-    fits = np.asarray(r["fits"])
+    r, cols, n_fit = _price_fitting(model, cl, cols, accounting, headroom_bytes, chunk_rows)
     cap, room = cl.device.memory_bytes, float(np.asarray(r["memory_headroom_bytes"]).ravel()[0])
-    if (~fits).any():
-        rejected[f"does not fit in {cap / GiB:.2f} GiB ({cl.device.name}) less {room / GiB:.2f} GiB headroom"] = \
-            int((~fits).sum())
+    if n_fit < n:
+        rejected[f"does not fit in {cap / GiB:.2f} GiB ({cl.device.name}) less {room / GiB:.2f} GiB headroom"] = n - n_fit
+    fits = np.ones(n_fit, dtype=bool)
     step_closed = r["step_time_s"]
     step, simulated = _resimulate(r, cols, fits, resimulate)
     order = _rank(r, fits, step)
@@ -179,6 +184,21 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
                  params_total=model.params, params_active=model.active_params, model_summary=model.summary())
     res = SearchResult(df, attrs, generated, n, rejected, time.perf_counter() - t0)
     return res if result else res.table
+
+
+def _price_fitting(model, cl, cols, accounting, headroom_bytes, chunk_rows):
+    """(priced results of the fitting plans, their columns, how many) from the candidate table, priced
+    chunk by chunk: the rows that do not fit are dropped as each chunk is priced. Rows keep their
+    order (the ranking's last tie-break)."""
+    parts, lengths, keep = [], [], []
+    for start, stop, r in price_chunks(model, cl, cols, accounting=accounting, headroom_bytes=headroom_bytes,
+                                       chunk_rows=chunk_rows):
+        idx = np.nonzero(np.broadcast_to(r["fits"], (stop - start,)))[0]
+        parts.append(take_priced(r, idx, stop - start))
+        lengths.append(idx.size)
+        keep.append(idx + start)
+    idx = np.concatenate(keep) if keep else np.zeros(0, np.int64)
+    return concat_priced(parts, lengths), {k: np.asarray(v)[idx] for k, v in cols.items()}, idx.size
 
 
 TIE_REL = 1e-4       # step times within 0.01% are a tie

@@ -19,7 +19,10 @@
     tiny: {models: {llama-1b.yaml: gpt-tiny}, steps: 2, warmup: 1, device: {...}}  # --tiny: the CPU dry run
 
 ``load_study(path)`` checks every key (a malformed file is one ParsimError naming the key and
-what was expected) and expands the file to a list of points, each with a stable ``id``: the
+what was expected: a missing or unknown key, a wrong type, an unknown model, cluster, device
+profile or algorithm, a plan the rule book rejects for its model — naming the swept value at
+fault, e.g. ``s.yaml.train[0].sweep.recompute[1]``) before anything runs, and expands the file
+to a list of points, each with a stable ``id``: the
 results store (parsim.results) is keyed by it, so a resumed study runs each point once.
 This module is pure: it never imports torch or ``backends``.
 """
@@ -93,8 +96,34 @@ def _pos_num(d, key, where, default=None):
     return float(v)
 
 
+def _nonneg_num(d, key, where, default=0.0):
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise _bad(f"{where}.{key}", "a number >= 0", v)
+    return float(v)
+
+
 def _list(v):
     return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _entries(raw, key, where, what):
+    """The list under `key` (absent or empty: none); anything but a list is an error naming the key."""
+    v = raw.get(key)
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise _bad(f"{where}.{key}", f"a list of {what}", v)
+    return v
+
+
+def _mapping(d, key, where, what):
+    v = d.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise _bad(f"{where}.{key}", f"a mapping of {what}", v)
+    return v
 
 
 def load_study(path, tiny: bool = False) -> Study:
@@ -113,6 +142,12 @@ def load_study(path, tiny: bool = False) -> Study:
         raise _bad(f"{where}.where", f"one of {', '.join(WHERE)}", w)
     tiny_o = raw.get("tiny") or {}
     _keys(tiny_o, TINY_KEYS, f"{where}.tiny")
+    tmodels = _mapping(tiny_o, "models", f"{where}.tiny", "model -> the tiny model that stands in for it")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in tmodels.items()):
+        raise _bad(f"{where}.tiny.models", "a mapping of model names or files to model names or files", tmodels)
+    _mapping(tiny_o, "plan", f"{where}.tiny", "plan fields")
+    if tiny_o.get("device") is not None and not isinstance(tiny_o["device"], dict):
+        raise _bad(f"{where}.tiny.device", "a mapping of device-measurement keys", tiny_o["device"])
     settings = {
         "cluster": raw.get("cluster"),
         "backend": raw.get("backend") or ("nccl" if w == "gpu" else "gloo"),
@@ -123,6 +158,8 @@ def load_study(path, tiny: bool = False) -> Study:
     }
     if settings["backend"] not in ("gloo", "nccl"):
         raise _bad(f"{where}.backend", "gloo or nccl", settings["backend"])
+    if settings["cluster"] is not None:
+        settings["cluster"] = _cluster(settings["cluster"], f"{where}.cluster", path)
     if tiny:
         settings["steps"] = _pos_int(tiny_o, "steps", f"{where}.tiny", settings["steps"])
         settings["warmup"] = _pos_int(tiny_o, "warmup", f"{where}.tiny", settings["warmup"], minimum=0)
@@ -139,6 +176,9 @@ def load_study(path, tiny: bool = False) -> Study:
             if spec.get("preset", "switch") not in ("switch", "racks", "ps"):
                 raise _bad(f"{where}.networks.{n}.preset", "switch, racks or ps", spec.get("preset"))
             _pos_int(spec, "hosts", f"{where}.networks.{n}", 2, minimum=2)
+            _pos_int(spec, "ranks_per_host", f"{where}.networks.{n}", 1)
+            _pos_int(spec, "servers", f"{where}.networks.{n}", None)
+            _pos_num(spec, "oversubscription", f"{where}.networks.{n}", None)
             link = spec.get("link")
             try:
                 from parsim.units import parse_rate
@@ -155,9 +195,9 @@ def load_study(path, tiny: bool = False) -> Study:
         if tiny and "device" in tiny_o:
             dev = {**dev, **tiny_o["device"]}
         study.points += _device_points(dev, f"{where}.device", w, tiny)
-    for i, entry in enumerate(raw.get("train") or []):
+    for i, entry in enumerate(_entries(raw, "train", where, "training points ({model, plan, sweep, ...})")):
         study.points += _train_points(entry, f"{where}.train[{i}]", study, tiny_o if tiny else {})
-    for i, entry in enumerate(raw.get("collectives") or []):
+    for i, entry in enumerate(_entries(raw, "collectives", where, "collective benchmarks ({op, algo, size, ...})")):
         study.points += _collective_points(entry, f"{where}.collectives[{i}]", study)
     if not study.points:
         raise _bad(where, "at least one point under train, collectives or device", "no points")
@@ -183,8 +223,14 @@ def _device_points(dev, where, w, tiny):
     hbm = dev.get("hbm_MiB") or []
     if not hbm or not all(isinstance(x, (int, float)) and x > 0 for x in hbm):
         raise _bad(f"{where}.hbm_MiB", "a list of buffer sizes in MiB", hbm)
+    from parsim.hardware import device_names
+    if prof not in device_names():
+        raise _bad(f"{where}.profile", f"a device profile of the catalog ({', '.join(device_names())})", prof)
+    dtype = dev.get("dtype", "bf16")
+    if dtype not in ("bf16", "fp16", "fp32"):
+        raise _bad(f"{where}.dtype", "bf16, fp16 or fp32 (the GEMMs' dtype)", dtype)
     spec = {"profile": prof, "gemm": [list(s) for s in shapes], "hbm_MiB": [float(x) for x in hbm],
-            "dtype": dev.get("dtype", "bf16"), "timeout_s": _pos_num(dev, "timeout_s", where, 240.0)}
+            "dtype": dtype, "timeout_s": _pos_num(dev, "timeout_s", where, 240.0)}
     return [Point(id=f"device {prof}", kind="device", spec=spec)]
 
 
@@ -196,11 +242,24 @@ def _train_points(entry, where, study, tiny_o):
     model = (tiny_o.get("models") or {}).get(model, model)
     if model.endswith((".yaml", ".yml", ".json")) and not Path(model).is_absolute():
         model = str((study.path.parent / model).resolve())
-    plan = dict(entry.get("plan") or {})
+    from parsim.model import preset_names
+    if model.endswith((".yaml", ".yml", ".json")) and not Path(model).is_file():
+        raise _bad(f"{where}.model", "a model preset name or an existing ModelSpec file", model)
+    if not model.endswith((".yaml", ".yml", ".json")) and model not in preset_names():
+        from parsim.errors import closest
+        raise ParsimError(f"{where}.model: expected a model preset name ({', '.join(preset_names())}) or a ModelSpec "
+                          f"file (got {model!r}){closest(model, preset_names())}")
+    plan = dict(_mapping(entry, "plan", where, "plan fields"))
     plan.update(tiny_o.get("plan") or {})
     sweep = entry.get("sweep") or {}
     if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
         raise _bad(f"{where}.sweep", "a mapping plan field -> non-empty list of values", sweep)
+    if entry.get("trace") is not None and not isinstance(entry["trace"], bool):
+        raise _bad(f"{where}.trace", "true or false", entry["trace"])
+    if entry.get("fault") is not None and not isinstance(entry["fault"], str):
+        raise _bad(f"{where}.fault", "a fault string such as '1:1:kill' (rank:step:kind)", entry["fault"])
+    if study.where != "netem" and entry.get("network") is not None:
+        raise _bad(f"{where}.network", "no network unless where: netem", entry["network"])
     from parsim.plan import Plan
     fields = set(Plan.__dataclass_fields__)
     for k in list(plan) + list(sweep):
@@ -211,9 +270,11 @@ def _train_points(entry, where, study, tiny_o):
         net = _network(net, where, study)
     out = []
     keys = list(sweep)
+    from parsim.model import load_model
+    spec_model = load_model(model)
     for combo in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
         p = dict(plan, **dict(zip(keys, combo)))
-        plan_obj = _plan(p, study, where)
+        plan_obj = _checked_plan(p, plan, keys, combo, sweep, study, where, spec_model)
         label = entry.get("label")
         pid = f"train {Path(model).stem if '/' in model else model} {plan_obj.label()}"
         if label:
@@ -229,6 +290,49 @@ def _train_points(entry, where, study, tiny_o):
             **({"fault": entry["fault"]} if entry.get("fault") else {}),
             **({"trace": True} if entry.get("trace") else {})}))
     return out
+
+
+def _checked_plan(p, plan, keys, combo, sweep, study, where, model):
+    """The Plan of one sweep combination, checked by the rule book (parsim.plan.validate) against the
+    point's model; an error names the study key at fault: the swept value (``train[0].sweep.recompute[1]``)
+    when that value alone is invalid, else ``train[0].plan`` (with the sweep combination, if any)."""
+    from parsim.plan import validate
+    try:
+        obj = _plan(p, study, where)
+        validate(obj, model, obj.gpus)
+        return obj
+    except ParsimError as e:
+        err = str(e)
+        if err.startswith(f"{where}.plan: "):       # _plan's own message: said once, below
+            err = err[len(f"{where}.plan: "):]
+    try:
+        _plan(plan, study, where)
+        base_ok = True
+    except ParsimError:
+        base_ok = False
+    if base_ok:
+        for k, v in zip(keys, combo):
+            try:
+                _plan(dict(plan, **{k: v}), study, where)
+            except ParsimError:
+                raise ParsimError(f"{where}.sweep.{k}[{sweep[k].index(v)}]: {err}") from None
+    at = f"{where}.plan" + (f" (sweep {', '.join(f'{k}={v}' for k, v in zip(keys, combo))})" if keys else "")
+    raise ParsimError(f"{at}: {err}") from None
+
+
+def _cluster(c, where, study_path):
+    """A cluster preset name or an existing cluster file (as given, or relative to the study file)."""
+    from parsim.topology import cluster_names
+    if not isinstance(c, str) or not c.strip():
+        raise _bad(where, "a cluster preset name or a cluster file", c)
+    if c in cluster_names() or Path(c).is_file():
+        return c
+    beside = Path(study_path).parent / c
+    if beside.is_file():
+        return str(beside.resolve())
+    from parsim.errors import closest
+    raise ParsimError(f"{where}: expected a cluster preset name ({', '.join(cluster_names())}) or a cluster file "
+                      f"(got {c!r}){closest(c, cluster_names())}")
 
 
 def _plan(p: dict, study, where):
@@ -265,7 +369,13 @@ def _collective_points(entry, where, study):
     op = entry.get("op", "allreduce")
     if op not in ("allreduce", "all_gather", "reduce_scatter", "broadcast"):
         raise _bad(f"{where}.op", "allreduce, all_gather, reduce_scatter or broadcast", op)
+    from parsim.schedules.collectives import algorithms
+    known = [*algorithms(op), "native"]
     algos = [str(a) for a in _list(entry.get("algo", "ring"))]
+    for i, a in enumerate(algos):
+        if a not in known:
+            from parsim.errors import closest
+            raise ParsimError(f"{where}.algo[{i}]: expected one of {', '.join(known)} (got {a!r}){closest(a, known)}")
     sizes = []
     for s in _list(entry.get("size", "1MiB")):
         try:
@@ -274,7 +384,7 @@ def _collective_points(entry, where, study):
             raise _bad(f"{where}.size", "sizes such as 4KiB, 1MiB or a range 4KiB:64MiB:4", s) from None
     net = _network(entry.get("network"), where, study) if study.where == "netem" else None
     common = {"op": op, "repeats": _pos_int(entry, "repeats", where, 3), "warmup": _pos_int(entry, "warmup", where, 1, 0),
-              "launches": _pos_int(entry, "launches", where, 1), "min_time_s": float(entry.get("min_time_s", 0.0)),
+              "launches": _pos_int(entry, "launches", where, 1), "min_time_s": _nonneg_num(entry, "min_time_s", where),
               "max_repeats": _pos_int(entry, "max_repeats", where, 25),
               "timeout_s": _pos_num(entry, "timeout_s", where, study.settings["timeout_s"])}
     if study.where != "netem":

@@ -48,11 +48,12 @@ class Cluster:
     meta: dict = field(default_factory=dict)
     servers: tuple = ()         # dedicated parameter-server device nodes
 
-    def __post_init__(self):
+    @functools.cached_property
+    def _node_idx(self) -> tuple:
+        """Server index of every rank, read from the graph on first use (building a cluster needs none)."""
         nodes = self.graph.nodes
-        idx = tuple(int(nodes[d].get("node", i // self.gpus_per_node)) if d in nodes else i // self.gpus_per_node
-                    for i, d in enumerate(self.devices))
-        object.__setattr__(self, "_node_idx", idx)
+        return tuple(int(nodes[d].get("node", i // self.gpus_per_node)) if d in nodes else i // self.gpus_per_node
+                     for i, d in enumerate(self.devices))
 
     @property
     def device(self) -> DeviceProfile:
@@ -72,39 +73,82 @@ class Cluster:
 
 # ----------------------------------------------------------------------------- builders
 
-def _link(g, a, b, rate, latency, eff=1.0, link="direct"):
-    g.add_edge(a, b, bandwidth=float(rate) * float(eff), rate=float(rate), efficiency=float(eff),
-               latency=float(latency), link=link)
+def _link_class(rate, latency, eff=1.0, link="direct", where="cluster", **extra) -> dict:
+    """The attributes every link of one class shares (a builder's NVLink, PCIe, NIC, uplink links):
+    checked here once per class, as ``validate`` checks each link of a graph it did not build. Each
+    edge gets its own copy (networkx copies the keywords of add_edge/add_edges_from)."""
+    rate, latency, eff = float(rate), float(latency), float(eff)
+    attrs = dict(bandwidth=rate * eff, rate=rate, efficiency=eff, latency=latency, link=link, **extra)
+    _check_link(f"{where}: {link} links", attrs)
+    return attrs
 
 
-def _dgx_node(g, n, gpus, device, nvlink_Bps, nvlink_latency_s, nvlink_eff, nic_Bps, nic_eff):
-    """One DGX-style server: GPUs on an NVSwitch, each GPU with its own NIC (PCIe, no latency)."""
-    sw = f"n{n}/nvswitch"
-    g.add_node(sw, kind="switch", node=n)
-    devs, nics = [], []
-    for i in range(gpus):
-        d, nic = f"n{n}/gpu{i}", f"n{n}/nic{i}"
-        g.add_node(d, kind="device", profile=device, node=n, local=i)
-        g.add_node(nic, kind="nic", node=n)
-        _link(g, d, sw, nvlink_Bps, nvlink_latency_s, nvlink_eff, "nvlink")
-        _link(g, d, nic, nic_Bps, 0.0, nic_eff, "pcie")
-        devs.append(d)
-        nics.append(nic)
+def _link_ok(d: dict) -> bool:
+    """A link's numbers in range: 0 < bandwidth <= MAX_LINK_GBPS, 0 <= latency <= MAX_LINK_LATENCY_US,
+    0 < efficiency <= 1, all int or float (NaN fails every comparison)."""
+    b, lat, eff = d.get("bandwidth"), d.get("latency", 0.0), d.get("efficiency", 1.0)
+    num = (int, float)
+    return (type(b) in num and 0 < b <= limits.MAX_LINK_GBPS * GB and type(lat) in num
+            and 0 <= lat <= limits.MAX_LINK_LATENCY_US * US and type(eff) in num and 0 < eff <= 1)
+
+
+def _check_link(what: str, d: dict) -> None:
+    """ParsimError naming the first number of link(s) `what` out of range (see _link_ok)."""
+    if _link_ok(d):
+        return
+    b, lat, eff = d.get("bandwidth"), d.get("latency", 0.0), d.get("efficiency", 1.0)
+    limits.check_number(f"{what} bandwidth (B/s)", b, 0, limits.MAX_LINK_GBPS * GB, lo_open=True)
+    limits.check_number(f"{what} latency (s)", lat, 0, limits.MAX_LINK_LATENCY_US * US)
+    limits.check_number(f"{what} efficiency", eff, 0, 1, lo_open=True)
+
+
+def _dgx_nodes(g, nodes, gpus, device, nvlink, pcie):
+    """DGX-style servers 0..nodes-1: GPUs on an NVSwitch, each GPU with its own NIC
+    (PCIe, no latency); `nvlink`, `pcie`: their link classes. Returns (devices, NICs by server).
+    Graph order as if added one GPU at a time (switch, gpu0, nic0, gpu1, ...; a GPU's neighbours
+    switch then NIC), so routing sees the same adjacency whatever the size."""
+    devs, nics, node_list = [], [], []
+    for n in range(nodes):
+        node_list.append((f"n{n}/nvswitch", {"kind": "switch", "node": n}))
+        d_n, nic_n = [f"n{n}/gpu{i}" for i in range(gpus)], [f"n{n}/nic{i}" for i in range(gpus)]
+        for i in range(gpus):
+            node_list.append((d_n[i], {"kind": "device", "profile": device, "node": n, "local": i}))
+            node_list.append((nic_n[i], {"kind": "nic", "node": n}))
+        devs += d_n
+        nics.append(nic_n)
+    g.add_nodes_from(node_list)
+    g.add_edges_from(((d, f"n{i // gpus}/nvswitch") for i, d in enumerate(devs)), **nvlink)
+    g.add_edges_from(zip(devs, (x for nic_n in nics for x in nic_n)), **pcie)
     return devs, nics
+
+
+def _node_links(where, nvlink_Bps, nvlink_latency_s, nvlink_efficiency, nic_Bps, nic_efficiency,
+                nvlink_p2p_efficiency=None):
+    """(nvlink, pcie) link classes of a DGX-style server; nvlink_p2p_efficiency: the share of the NVLink
+    line rate a lone point-to-point send/recv reaches (parsim.costs.network prices sendrecv schedules
+    with it; None: the collectives' efficiency)."""
+    extra = {}
+    if nvlink_p2p_efficiency is not None:
+        require(0 < float(nvlink_p2p_efficiency) <= 1,
+                f"nvlink_p2p_efficiency = {nvlink_p2p_efficiency}: expected a fraction in (0, 1]")
+        extra["p2p_efficiency"] = float(nvlink_p2p_efficiency)
+    return (_link_class(nvlink_Bps, nvlink_latency_s, nvlink_efficiency, "nvlink", where, **extra),
+            _link_class(nic_Bps, 0.0, nic_efficiency, "pcie", where))
 
 
 def dgx(name: str, nodes: int, gpus_per_node: int, device: str, nvlink_Bps: float, nvlink_latency_s: float,
         nic_Bps: float, nic_latency_s: float, nvlink_efficiency: float = 1.0, nic_efficiency: float = 1.0,
-        meta: dict | None = None) -> Cluster:
+        meta: dict | None = None, nvlink_p2p_efficiency: float | None = None) -> Cluster:
     """DGX-style nodes: GPUs on an NVSwitch, one NIC per GPU, all NICs on one non-blocking fabric switch."""
     return fat_tree(name, nodes, gpus_per_node, device, nvlink_Bps, nvlink_latency_s, nic_Bps, nic_latency_s,
-                    nodes_per_leaf=nodes, nvlink_efficiency=nvlink_efficiency, nic_efficiency=nic_efficiency, meta=meta)
+                    nodes_per_leaf=nodes, nvlink_efficiency=nvlink_efficiency, nic_efficiency=nic_efficiency, meta=meta,
+                    nvlink_p2p_efficiency=nvlink_p2p_efficiency)
 
 
 def fat_tree(name: str, nodes: int, gpus_per_node: int, device: str, nvlink_Bps: float, nvlink_latency_s: float,
              nic_Bps: float, nic_latency_s: float, nodes_per_leaf: int = 4, spines: int = 4,
              oversubscription: float = 1.0, uplink_latency_s: float = 1e-6, nvlink_efficiency: float = 1.0,
-             nic_efficiency: float = 1.0, meta: dict | None = None) -> Cluster:
+             nic_efficiency: float = 1.0, meta: dict | None = None, nvlink_p2p_efficiency: float | None = None) -> Cluster:
     """Leaf/spine: DGX-style nodes, the NICs of `nodes_per_leaf` nodes on one leaf; every leaf
     has one uplink to each of `spines` spines carrying (NICs below · nic rate / oversubscription)
     / spines. oversubscription = 2 means a leaf's uplinks carry half of what its hosts inject.
@@ -114,23 +158,21 @@ def fat_tree(name: str, nodes: int, gpus_per_node: int, device: str, nvlink_Bps:
     require(oversubscription >= 1, f"fat_tree: oversubscription = {oversubscription}: expected >= 1 (1 = non-blocking)")
     leaves = -(-nodes // nodes_per_leaf)
     _check_size(name, nodes * gpus_per_node, 3 * nodes * gpus_per_node + (leaves * spines if leaves > 1 else 0))
+    where = f"cluster {name}"
+    nvlink, pcie = _node_links(where, nvlink_Bps, nvlink_latency_s, nvlink_efficiency, nic_Bps, nic_efficiency,
+                               nvlink_p2p_efficiency)
+    nic = _link_class(nic_Bps, nic_latency_s, nic_efficiency, "nic", where)
     g = nx.Graph()
     leaf_names = ["fabric"] if leaves == 1 else [f"leaf{i}" for i in range(leaves)]
-    for lf in leaf_names:
-        g.add_node(lf, kind="switch", tier=1)
-    devices = []
-    for n in range(nodes):
-        devs, nics = _dgx_node(g, n, gpus_per_node, device, nvlink_Bps, nvlink_latency_s, nvlink_efficiency,
-                               nic_Bps, nic_efficiency)
-        for nic in nics:
-            _link(g, nic, leaf_names[n // nodes_per_leaf], nic_Bps, nic_latency_s, nic_efficiency, "nic")
-        devices += devs
+    g.add_nodes_from(leaf_names, kind="switch", tier=1)
+    devices, nics = _dgx_nodes(g, nodes, gpus_per_node, device, nvlink, pcie)
+    g.add_edges_from(((x, leaf_names[n // nodes_per_leaf]) for n, nic_n in enumerate(nics) for x in nic_n), **nic)
     if leaves > 1:
-        up = nodes_per_leaf * gpus_per_node * nic_Bps / oversubscription / spines
+        up = _link_class(nodes_per_leaf * gpus_per_node * nic_Bps / oversubscription / spines, uplink_latency_s,
+                         nic_efficiency, "uplink", where)
         for s in range(spines):
             g.add_node(f"spine{s}", kind="switch", tier=2)
-            for lf in leaf_names:
-                _link(g, lf, f"spine{s}", up, uplink_latency_s, nic_efficiency, "uplink")
+            g.add_edges_from(((lf, f"spine{s}") for lf in leaf_names), **up)
     m = dict(meta or {})
     m.setdefault("builder", "fat_tree" if leaves > 1 else "dgx")
     return Cluster(name, g, tuple(devices), gpus_per_node, device, m)
@@ -139,30 +181,28 @@ def fat_tree(name: str, nodes: int, gpus_per_node: int, device: str, nvlink_Bps:
 def rail_optimized(name: str, nodes: int, gpus_per_node: int, device: str, nvlink_Bps: float,
                    nvlink_latency_s: float, nic_Bps: float, nic_latency_s: float, spines: int = 2,
                    oversubscription: float = 1.0, uplink_latency_s: float = 1e-6, nvlink_efficiency: float = 1.0,
-                   nic_efficiency: float = 1.0, meta: dict | None = None) -> Cluster:
+                   nic_efficiency: float = 1.0, meta: dict | None = None,
+                   nvlink_p2p_efficiency: float | None = None) -> Cluster:
     """Rail-optimized: NIC i of every node on rail switch i (same-rank GPUs one hop apart);
     rails joined by `spines` spines for cross-rail traffic (which also may hop over NVLink
     to the right rail: both are shortest paths, ECMP splits them)."""
     require(nodes >= 1 and gpus_per_node >= 1 and spines >= 0,
             f"rail: nodes = {nodes}, gpus_per_node = {gpus_per_node}, spines = {spines}: expected >= 1, >= 1, >= 0")
     _check_size(name, nodes * gpus_per_node, 3 * nodes * gpus_per_node + gpus_per_node * spines)
+    where = f"cluster {name}"
+    nvlink, pcie = _node_links(where, nvlink_Bps, nvlink_latency_s, nvlink_efficiency, nic_Bps, nic_efficiency,
+                               nvlink_p2p_efficiency)
+    nic = _link_class(nic_Bps, nic_latency_s, nic_efficiency, "nic", where)
     g = nx.Graph()
-    devices = []
     rails = [f"rail{i}" for i in range(gpus_per_node)]
-    for r in rails:
-        g.add_node(r, kind="switch", tier=1)
-    for n in range(nodes):
-        devs, nics = _dgx_node(g, n, gpus_per_node, device, nvlink_Bps, nvlink_latency_s, nvlink_efficiency,
-                               nic_Bps, nic_efficiency)
-        for i, nic in enumerate(nics):
-            _link(g, nic, rails[i], nic_Bps, nic_latency_s, nic_efficiency, "nic")
-        devices += devs
+    g.add_nodes_from(rails, kind="switch", tier=1)
+    devices, nics = _dgx_nodes(g, nodes, gpus_per_node, device, nvlink, pcie)
+    g.add_edges_from(((x, rails[i]) for nic_n in nics for i, x in enumerate(nic_n)), **nic)
     if gpus_per_node > 1 and spines > 0:
-        up = nodes * nic_Bps / oversubscription / spines
+        up = _link_class(nodes * nic_Bps / oversubscription / spines, uplink_latency_s, nic_efficiency, "uplink", where)
         for s in range(spines):
             g.add_node(f"spine{s}", kind="switch", tier=2)
-            for r in rails:
-                _link(g, r, f"spine{s}", up, uplink_latency_s, nic_efficiency, "uplink")
+            g.add_edges_from(((r, f"spine{s}") for r in rails), **up)
     m = dict(meta or {})
     m.setdefault("builder", "rail")
     return Cluster(name, g, tuple(devices), gpus_per_node, device, m)
@@ -174,9 +214,8 @@ def _direct(name, n, device, link_Bps, latency_s, efficiency, edges, gpus_per_no
     devs = [f"d{i}" for i in range(n)]
     for i, d in enumerate(devs):
         g.add_node(d, kind="device", profile=device, node=i // gpus_per_node)
-    for a, b in edges:
-        if a != b:
-            _link(g, devs[a], devs[b], link_Bps, latency_s, efficiency, "direct")
+    direct = _link_class(link_Bps, latency_s, efficiency, "direct", f"cluster {name}")
+    g.add_edges_from(((devs[a], devs[b]) for a, b in edges if a != b), **direct)
     m = dict(meta or {})
     m.setdefault("builder", builder)
     return Cluster(name, g, tuple(devs), gpus_per_node, device, m)
@@ -232,24 +271,26 @@ def star(name: str, hosts: int, device: str, link_Bps: float, latency_s: float, 
     require(hosts >= 1 and devices_per_host >= 1 and servers >= 0,
             f"star: hosts = {hosts}, devices_per_host = {devices_per_host}, servers = {servers}")
     _check_size(name, hosts * devices_per_host + servers, hosts * (devices_per_host + 1) + 2 * servers)
+    host_link = _link_class(link_Bps, latency_s, efficiency, "host", f"cluster {name}")
+    local = _link_class(intra_Bps, 0.0, 1.0, "local", f"cluster {name}")
     g = nx.Graph()
     g.add_node("sw0", kind="switch", tier=1)
     devices, srv = [], []
     for s in range(servers):
         h = f"ps{s}"
         g.add_node(h, kind="host", role="server")
-        _link(g, h, "sw0", link_Bps, latency_s, efficiency, "host")
+        g.add_edge(h, "sw0", **host_link)
         g.add_node(f"{h}/d0", kind="device", profile=server_device, node=hosts + s, role="server")
-        _link(g, h, f"{h}/d0", intra_Bps, 0.0, 1.0, "local")
+        g.add_edge(h, f"{h}/d0", **local)
         srv.append(f"{h}/d0")
     for i in range(hosts):
         h = f"h{i}"
         g.add_node(h, kind="host")
-        _link(g, h, "sw0", link_Bps, latency_s, efficiency, "host")
+        g.add_edge(h, "sw0", **host_link)
         for j in range(devices_per_host):
             d = f"{h}/d{j}"
             g.add_node(d, kind="device", profile=device, node=i, local=j)
-            _link(g, h, d, intra_Bps, 0.0, 1.0, "local")
+            g.add_edge(h, d, **local)
             devices.append(d)
     m = dict(meta or {})
     m.setdefault("builder", "star")
@@ -268,37 +309,42 @@ def _check_size(name, devices: int, links: int) -> None:
 
 # ----------------------------------------------------------------------------- validation & placement
 
-def validate(c: Cluster) -> Cluster:
+def validate(c: Cluster, built: bool = False) -> Cluster:
     """Raise ParsimError naming the first problem: empty/disconnected graph, a link without a
     positive bandwidth or with a negative latency, a rank device that is missing or not a
-    device, duplicated, unreachable, or naming an unknown profile."""
+    device, duplicated, unreachable, or naming an unknown profile.
+
+    built: the graph is one a builder here has just made (``_build``): connected and within the size
+    limits by construction (checked before building), its links made of classes whose numbers were
+    checked once each (``_link_class``). The walk over every link, the link count and the connectivity
+    search are then skipped: they were ~40% of loading a 16,384-GPU DGX cluster (125 of ~300 ms of
+    CPU on the development VM), repeating per link what was checked per class. Rank devices are
+    always checked."""
     g = c.graph
     require(len(c.devices) > 0, f"cluster {c.name}: no devices")
-    require(g.number_of_nodes() > 0 and nx.is_connected(g),
-            f"cluster {c.name}: graph is not connected ({nx.number_connected_components(g) if len(g) else 0} "
-            "components); every device must reach every other")
-    _check_size(c.name, len(c.devices), g.number_of_edges())
+    if not built:
+        require(g.number_of_nodes() > 0 and nx.is_connected(g),
+                f"cluster {c.name}: graph is not connected ({nx.number_connected_components(g) if len(g) else 0} "
+                "components); every device must reach every other")
+        _check_size(c.name, len(c.devices), g.number_of_edges())
     require(g.number_of_nodes() <= limits.MAX_GRAPH_NODES, f"cluster {c.name}: {g.number_of_nodes()} graph nodes is "
                                                            f"above the limit of {limits.MAX_GRAPH_NODES} (parsim.limits.MAX_GRAPH_NODES)")
-    max_b, max_lat = limits.MAX_LINK_GBPS * GB, limits.MAX_LINK_LATENCY_US * US
-    num = (int, float)
-    for u, v, d in g.edges(data=True):
-        b, lat, eff = d.get("bandwidth"), d.get("latency", 0.0), d.get("efficiency", 1.0)
-        if not (type(b) in num and 0 < b <= max_b and type(lat) in num and 0 <= lat <= max_lat
-                and type(eff) in num and 0 < eff <= 1):   # NaN fails every comparison
-            link = f"cluster {c.name}: link {limits.shown(u, 30)} — {limits.shown(v, 30)}"
-            limits.check_number(f"{link} bandwidth (B/s)", b, 0, max_b, lo_open=True)
-            limits.check_number(f"{link} latency (s)", lat, 0, max_lat)
-            limits.check_number(f"{link} efficiency", eff, 0, 1, lo_open=True)
+    if not built:
+        for u, v, d in g.edges(data=True):
+            if not _link_ok(d):
+                _check_link(f"cluster {c.name}: link {limits.shown(u, 30)} — {limits.shown(v, 30)}", d)
     require(len(set(c.devices)) == len(c.devices), f"cluster {c.name}: a device appears twice in the rank order")
     profiles = {c.device_profile}
-    for d in (*c.devices, *c.servers):
-        require(d in g, f"cluster {c.name}: rank device {d!r} is not in the graph")
-        require(g.nodes[d].get("kind") == "device", f"cluster {c.name}: rank node {d!r} has kind "
-                                                    f"{g.nodes[d].get('kind')!r}, expected device")
-        prof = g.nodes[d].get("profile", c.device_profile)
-        require(isinstance(prof, str), f"cluster {c.name}: device {limits.shown(d, 40)} has profile "
-                                       f"{limits.shown(prof, 40)}, expected a device profile name")
+    nodes = g.nodes
+    for d in (*c.devices, *c.servers):   # messages built only on failure (16,384 f-strings cost ~40 ms)
+        a = nodes[d] if d in g else None
+        prof = a.get("profile", c.device_profile) if a is not None else None
+        if a is None or a.get("kind") != "device" or not isinstance(prof, str):
+            require(a is not None, f"cluster {c.name}: rank device {d!r} is not in the graph")
+            require(a.get("kind") == "device", f"cluster {c.name}: rank node {d!r} has kind "
+                                               f"{a.get('kind')!r}, expected device")
+            raise ParsimError(f"cluster {c.name}: device {limits.shown(d, 40)} has profile "
+                              f"{limits.shown(prof, 40)}, expected a device profile name")
         profiles.add(prof)
     for prof in sorted(profiles):        # each named profile once (16384 lookups of one name cost ~1 s)
         get_device(prof)
@@ -409,18 +455,6 @@ def _nodes_for(name, gpus, gpn):
     return -(-gpus // gpn), min(gpn, gpus)
 
 
-def set_p2p_efficiency(g, link: str, eff) -> None:
-    """Give every `link`-class edge of g a p2p_efficiency (the share of its line rate a lone
-    point-to-point send/recv reaches; parsim.costs.network prices sendrecv schedules with it).
-    None leaves the edges as they are (send/recv then gets the collectives' efficiency)."""
-    if eff is None:
-        return
-    require(0 < float(eff) <= 1, f"{link}_p2p_efficiency = {eff}: expected a fraction in (0, 1]")
-    for _, _, d in g.edges(data=True):
-        if d.get("link") == link:
-            d["p2p_efficiency"] = float(eff)
-
-
 def _build(name: str, d: dict, gpus: int | None) -> Cluster:
     """A cluster from a preset-style mapping (``builder:`` plus its keys), sized to `gpus`."""
     check_cluster_mapping(name, d)
@@ -437,7 +471,7 @@ def _build(name: str, d: dict, gpus: int | None) -> Cluster:
             common = dict(nvlink_Bps=_num(d, "nvlink_GBps") * GB, nvlink_latency_s=_num(d, "nvlink_latency_us") * US,
                           nic_Bps=_num(d, "nic_GBps") * GB, nic_latency_s=_num(d, "nic_latency_us") * US,
                           nvlink_efficiency=_num(d, "nvlink_efficiency", 1.0), nic_efficiency=_num(d, "nic_efficiency", 1.0),
-                          meta=meta)
+                          meta=meta, nvlink_p2p_efficiency=d.get("nvlink_p2p_efficiency"))
             if builder == "dgx":
                 c = dgx(name, nodes, gpn_used, dev, **common)
             elif builder == "fat_tree":
@@ -448,7 +482,6 @@ def _build(name: str, d: dict, gpus: int | None) -> Cluster:
                 c = rail_optimized(name, nodes, gpn_used, dev, spines=int(d.get("spines", 2)),
                                    oversubscription=_num(d, "oversubscription", 1.0),
                                    uplink_latency_s=_num(d, "uplink_latency_us", 1.0) * US, **common)
-            set_p2p_efficiency(c.graph, "nvlink", d.get("nvlink_p2p_efficiency"))
         elif builder in ("ring", "torus", "full"):
             link = dict(link_Bps=_num(d, "link_GBps") * GB, latency_s=_num(d, "link_latency_us") * US,
                         efficiency=_num(d, "link_efficiency", 1.0), gpus_per_node=int(d.get("gpus_per_node", 1)), meta=meta)
@@ -474,13 +507,13 @@ def _build(name: str, d: dict, gpus: int | None) -> Cluster:
     except (KeyError, TypeError, ValueError) as e:
         raise ParsimError(f"cluster {name}: malformed ({type(e).__name__}: {e}); builder {builder} needs "
                           f"{', '.join(BUILDER_KEYS.get(builder, ('device',)))}") from None
-    return validate(c)
+    return validate(c, built=True)
 
 
 BUILDER_NAMES = ("dgx", "fat_tree", "rail", "ring", "torus", "full", "star")
 _NODE_KEYS = ("device", "gpus_per_node", "nvlink_GBps", "nvlink_latency_us", "nic_GBps", "nic_latency_us")
 # optional per-link-class data: nvlink_p2p_efficiency = the share of the NVLink line rate a lone
-# send/recv reaches (default: nvlink_efficiency, the collectives' share); see set_p2p_efficiency
+# send/recv reaches (default: nvlink_efficiency, the collectives' share); see _node_links
 BUILDER_KEYS = {"dgx": _NODE_KEYS, "fat_tree": _NODE_KEYS + ("nodes_per_leaf", "spines", "oversubscription"),
                 "rail": _NODE_KEYS + ("spines",), "ring": ("device", "link_GBps", "link_latency_us"),
                 "torus": ("device", "dims", "link_GBps", "link_latency_us"),
@@ -507,10 +540,11 @@ def _from_graph_mapping(name: str, d: dict) -> Cluster:
             for x in (a, b):
                 require(x in g, f"cluster {name}: link {a} — {b} names an undeclared node {x!r}")
             link = f"{where}: link {limits.shown(a, 30)} — {limits.shown(b, 30)}"
-            _link(g, a, b, limits.check_number(f"{link} bandwidth_GBps", e["bandwidth_GBps"], 0, "MAX_LINK_GBPS", True) * GB,
-                  limits.check_number(f"{link} latency_us", e.get("latency_us", 0.0), 0, "MAX_LINK_LATENCY_US") * US,
-                  limits.check_number(f"{link} efficiency", e.get("efficiency", 1.0), 0, 1, True),
-                  str(e.get("link", "direct")))
+            g.add_edge(a, b, **_link_class(
+                limits.check_number(f"{link} bandwidth_GBps", e["bandwidth_GBps"], 0, "MAX_LINK_GBPS", True) * GB,
+                limits.check_number(f"{link} latency_us", e.get("latency_us", 0.0), 0, "MAX_LINK_LATENCY_US") * US,
+                limits.check_number(f"{link} efficiency", e.get("efficiency", 1.0), 0, 1, True),
+                str(e.get("link", "direct")), link))
     except (KeyError, TypeError, ValueError) as e:
         raise ParsimError(f"cluster {name}: malformed graph ({type(e).__name__}: {e}); expected nodes: [{{id, kind, "
                           "profile}}] and links: [{a, b, bandwidth_GBps, latency_us}]") from None
@@ -666,31 +700,7 @@ def bisection_Bps(c: Cluster) -> float:
 
 
 def draw(c: Cluster, path) -> Path:
-    """A PNG of the graph: devices at the bottom, switches layered above by distance (matplotlib Agg)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    g = c.graph
-    layer = nx.multi_source_dijkstra_path_length(g, set(c.devices) | set(c.servers), weight=lambda u, v, d: 1)
-    for n in g:
-        g.nodes[n]["_layer"] = layer.get(n, 0)
-    pos = nx.multipartite_layout(g, subset_key="_layer", align="horizontal")
-    for n in g:
-        del g.nodes[n]["_layer"]
-    colors = {"device": "tab:green", "nic": "tab:orange", "switch": "tab:blue", "host": "tab:purple"}
-    fig, ax = plt.subplots(figsize=(min(24, 4 + len(g) / 8), 6))
-    bws = [a["bandwidth"] for _, _, a in g.edges(data=True)]
-    top = max(bws)
-    nx.draw_networkx_edges(g, pos, ax=ax, width=[0.3 + 2.5 * b / top for b in bws], alpha=0.5)
-    nx.draw_networkx_nodes(g, pos, ax=ax, node_size=40 if len(g) > 100 else 120,
-                           node_color=[colors.get(g.nodes[n].get("kind"), "gray") for n in g])
-    if len(g) <= 60:
-        nx.draw_networkx_labels(g, pos, ax=ax, font_size=6)
-    ax.set_title(f"{c.name}: {c.num_devices} devices, {g.number_of_edges()} links (edge width ∝ bandwidth)")
-    ax.axis("off")
-    fig.tight_layout()
-    from parsim.outputs import save_figure
-    try:
-        return save_figure(fig, path, "--draw", dpi=120)
-    finally:
-        plt.close(fig)
+    """A picture of the cluster: servers as boxes, fabric tiers in layers, a legend
+    (parsim.topology_draw; matplotlib Agg, format by the file's suffix)."""
+    from parsim import topology_draw
+    return topology_draw.draw(c, path)

@@ -127,7 +127,6 @@ def probe_pairs(emu, pairs=None, timeout_s: float = 20.0) -> list:
     """TCP probe for each (host_i, host_j) pair (default: a ring over the hosts, so
     every host link is crossed once in each direction), one after another.
     Returns dicts with the configured bottleneck rate beside the measured one."""
-    import subprocess
     plan, g = emu.plan, emu.graph
     hosts = plan.hosts
     if pairs is None:
@@ -141,26 +140,39 @@ def probe_pairs(emu, pairs=None, timeout_s: float = 20.0) -> list:
         configured = min(g.edges[e]["bandwidth"] for e in edges)
         nbytes = int(max(1 << 20, configured * PROBE_TIME_S))
         py = [sys.executable, "-m", "backends.netem.probe"]
-        srv = subprocess.Popen(emu.exec_argv(b.ns, py + ["serve", b.address, str(PROBE_PORT), "--timeout", str(timeout_s)]),
-                               stdout=subprocess.PIPE, text=True)
-        try:
-            srv.stdout.readline()  # "ready"
-            cli = subprocess.run(emu.exec_argv(a.ns, py + ["client", b.address, str(PROBE_PORT), "--bytes", str(nbytes),
-                                                           "--timeout", str(timeout_s)]),
-                                 capture_output=True, text=True, timeout=timeout_s + 5)
-            if cli.returncode != 0:
-                raise ParsimError(f"probe {a.node}->{b.node} failed: {cli.stderr.strip().splitlines()[-1:]}")
-            r = json.loads(cli.stdout.strip().splitlines()[-1])
-        finally:
-            try:
-                srv.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                srv.kill()
-                srv.wait()
+        r = serve_and_probe(emu.exec_argv(b.ns, py + ["serve", b.address, str(PROBE_PORT), "--timeout", str(timeout_s)]),
+                            emu.exec_argv(a.ns, py + ["client", b.address, str(PROBE_PORT), "--bytes", str(nbytes),
+                                                      "--timeout", str(timeout_s)]),
+                            timeout_s, f"probe {a.node}->{b.node}")
         out.append({"src": a.node, "dst": b.node, "hops": len(edges),
                     "configured_Bps": configured, "measured_Bps": r["rate_Bps"],
                     "efficiency": r["rate_Bps"] / configured, "rtt_s": r["rtt_s"], "bytes": r["bytes"]})
     return out
+
+
+def serve_and_probe(server_argv, client_argv, timeout_s: float, what: str) -> dict:
+    """Start the probe server (`server_argv`, prints "ready"), run the client against it, reap both
+    (through the one launcher, backends.torchdist.launch); the client's JSON result. ParsimError when
+    the client fails."""
+    import subprocess
+
+    from backends.torchdist.launch import RunFailed, run_process, spawn, stop
+    srv = spawn(server_argv, stdout=subprocess.PIPE, text=True)
+    try:
+        srv.stdout.readline()  # "ready"
+        try:
+            rc, out, err = run_process(client_argv, timeout_s + 5, what=what)
+        except RunFailed as e:
+            raise ParsimError(str(e)) from None
+        if rc != 0:
+            raise ParsimError(f"{what} failed: {(err.strip().splitlines() or ['?'])[-1]}")
+        return json.loads(out.strip().splitlines()[-1])
+    finally:
+        try:
+            srv.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        stop([srv])
 
 
 def measured_graph(g, probes) -> "nx.Graph":

@@ -132,6 +132,19 @@ def predict_point(op, algo, world, nbytes, state=None):
 
 # -- execution -----------------------------------------------------------------
 
+PATTERN_PERIOD = 1021   # inputs x_w[i] = (w + 1) + (i mod 1021): small integers, exact float32 sums for any
+#                         world below ~16000 ranks; a slice moved to the wrong offset or a rank's share
+#                         added twice or not at all changes the result (a prime period: no chunk size aligns)
+
+
+def pattern_inputs(numel: int):
+    """Worker w -> its input of the benchmark (numpy float32, `numel` elements), the function the
+    result check reconstructs every worker's input with (one shared base: cheap at 64 MiB)."""
+    import numpy as np
+    base = (np.arange(numel, dtype=np.int32) % PATTERN_PERIOD).astype(np.float32)
+    return lambda w: base + np.float32(w + 1)
+
+
 def execute(sched, buf):
     """Run a schedule on this rank's flat buffer, in place, with the backend's executor."""
     import torch.distributed as dist
@@ -140,6 +153,8 @@ def execute(sched, buf):
 
 
 def _native(op, buf, world):
+    """The library's own collective over every rank; True when it leaves its result in `buf`
+    (all_gather's goes to separate tensors and is not checked)."""
     import torch
     import torch.distributed as dist
     if op == "allreduce":
@@ -150,24 +165,32 @@ def _native(op, buf, world):
         n = buf.numel() // world
         parts = [torch.empty(n, dtype=buf.dtype) for _ in range(world)]
         dist.all_gather(parts, buf[:n].clone())
+        return False
     else:
         raise ParsimError(f"native {op} is not available on gloo; use --algo ring")
+    return True
 
 
-def _expected_ok(op, buf, rank, workers):
-    import torch
-    if op == "allreduce" and rank < workers:  # dedicated servers end with nothing to check
-        return bool(torch.all(buf == workers * (workers + 1) / 2))
-    return True  # values of the other ops are not checked here
+def _result_ok(sched, buf, rank) -> bool:
+    """Whether this worker's buffer holds what the op promises (``parsim.schedules.collectives.
+    reference`` on the pattern inputs); dedicated servers end with nothing to check."""
+    import numpy as np
+    from parsim.schedules.collectives import reference
+    if rank >= sched.p:
+        return True
+    want, defined = reference(sched, rank, pattern_inputs(buf.numel()))
+    return bool(np.array_equal(buf.numpy()[defined], want[defined]))
 
 
 def _run_point(op, algo, nbytes, repeats, warmup, rank, world, min_time_s=0.0, max_repeats=25, beat=None,
                fault=None):
     import torch
     import torch.distributed as dist
-    steps, servers, pred = predict_point(op, algo, world, nbytes)
+    sched, servers, pred = predict_point(op, algo, world, nbytes)
     workers = world - servers
-    buf = torch.empty(max(1, nbytes // 4), dtype=torch.float32)
+    numel = nbytes // 4
+    inp = torch.from_numpy(pattern_inputs(numel)(rank)) if rank < workers else torch.zeros(numel)
+    buf = torch.empty(numel, dtype=torch.float32)
     times, ok = [], True
     it = -1
     # every rank sees the same (MAX-reduced) times, so every rank makes the same decision
@@ -177,16 +200,17 @@ def _run_point(op, algo, nbytes, repeats, warmup, rank, world, min_time_s=0.0, m
             beat(f"bench {op} {algo} {fmt_bytes(nbytes)} repeat {it}")
         if fault:
             fault(it)
-        buf.fill_(rank + 1 if rank < workers else 0)
+        buf.copy_(inp)
         dist.barrier()
         t0 = time.perf_counter()
         if algo == "native":
-            _native(op, buf, world)  # (over every rank, servers included)
+            checked = _native(op, buf, world)  # (over every rank, servers included)
         else:
-            execute(steps, buf)
+            execute(sched, buf)
+            checked = True
         dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-        if it == 0:
-            ok = _expected_ok(op, buf, rank, workers)
+        if it == 0 and checked:
+            ok = _result_ok(sched, buf, rank)
         dist.all_reduce(dt, op=dist.ReduceOp.MAX)
         if it >= warmup:
             times.append(float(dt))
@@ -200,7 +224,16 @@ def _run_point(op, algo, nbytes, repeats, warmup, rank, world, min_time_s=0.0, m
         "predicted_s": pred["time_s"], "predicted": pred,
         "error": (pred["time_s"] - med) / med if med > 0 else None,
         "correct": int(flag) == 0,
-    }
+    } | bandwidths_GBps(op, workers, buf.numel() * 4, med, pred["time_s"])
+
+
+def bandwidths_GBps(op, workers, size_B, measured_s, predicted_s) -> dict:
+    """A point's measured algbw/busbw and predicted busbw in GB/s (1e9 B/s), by
+    ``parsim.costs.network.bandwidths_Bps`` (nccl-tests' convention, over the workers)."""
+    from parsim.costs.network import bandwidths_Bps
+    alg, bus = bandwidths_Bps(op, workers, size_B, measured_s)
+    return {"algbw_GBps": alg / 1e9, "busbw_GBps": bus / 1e9,
+            "predicted_busbw_GBps": bandwidths_Bps(op, workers, size_B, predicted_s)[1] / 1e9}
 
 
 def runnable_algorithms(op, algos, world, nbytes, quiet=False) -> list:
@@ -232,6 +265,9 @@ def validate(args, world: int) -> dict:
     algos = [a.strip() for a in str(args.algo).split(",") if a.strip()]
     require(bool(algos), f"--algo {args.algo!r}: expected one or more algorithm names, comma-separated")
     sizes = parse_size_range(args.size)
+    bad = [n for n in sizes if n < 4 or n % 4]
+    require(not bad, f"--size {args.size}: {bad[0] if bad else 0} B is not a whole number of float32 elements; "
+                     "expected a positive multiple of 4 B")
     algos = runnable_algorithms(op, algos, world, sizes[0],
                                 quiet="RANK" in os.environ and os.environ.get("RANK") != "0")
     return {"op": op, "algos": algos, "sizes": [int(n) for n in sizes], "repeats": args.repeats,
@@ -255,15 +291,55 @@ def bench_rank(job: dict, rank: int, world: int, beat=None, fault=None) -> list 
 def render(results, fmt="table") -> str:
     if fmt == "json":
         return json.dumps(results, indent=1)
-    lines = [f"{'op':<10} {'algo':<13} {'size':>10} {'ranks':>5} {'measured':>11} {'spread':>7} "
-             f"{'predicted':>11} {'error':>7}  ok"]
-    for r in results:
-        lines.append(f"{r['op']:<10} {r['algo']:<13} {fmt_bytes(r['size_B']):>10} {r['world']:>5} "
-                     f"{fmt_time(r['median_s']):>11} {r['spread'] * 100:>6.1f}% {fmt_time(r['predicted_s']):>11} "
-                     f"{r['error'] * 100:>+6.1f}%  {'yes' if r['correct'] else 'NO'}")
-    if results:
-        lines.append(f"prediction on: {results[0]['predicted']['cluster']}")
-    return "\n".join(lines)
+    from parsim.tables import text_table
+    rows = [(r["op"], r["algo"], fmt_bytes(r["size_B"]), r["world"], fmt_time(r["median_s"]), f"{r['spread'] * 100:.1f}%",
+             fmt_time(r["predicted_s"]), f"{r['error'] * 100:+.1f}%", "yes" if r["correct"] else "NO") for r in results]
+    caption = f"prediction on: {results[0]['predicted']['cluster']}" if results else None
+    return text_table(("op", "algo", "size", "ranks", "measured", "spread", "predicted", "error", "ok"), rows,
+                      caption=caption)
+
+
+def make_job(op: str, algos, sizes, repeats: int = 5, warmup: int = 1, min_time: float = 0.0,
+             max_repeats: int = 25, world: int = 2, netem_state: str | None = None) -> dict:
+    """A benchmark job (``validate``) from plain values, as the flags would give it; `netem_state`: the
+    emulated cluster's state file the ranks will run in (its graph decides what is runnable). Raises
+    ParsimError (one line)."""
+    ns = argparse.Namespace(bench=op, algo=algos if isinstance(algos, str) else ",".join(algos),
+                            size=sizes if isinstance(sizes, str) else ",".join(str(int(x)) for x in sizes),
+                            repeats=repeats, warmup=warmup, min_time=min_time, max_repeats=max_repeats)
+    old = os.environ.get("PARSIM_NETEM_STATE")
+    if netem_state:
+        os.environ["PARSIM_NETEM_STATE"] = str(netem_state)
+    else:
+        os.environ.pop("PARSIM_NETEM_STATE", None)
+    try:
+        return validate(ns, world)
+    finally:
+        if old is None:
+            os.environ.pop("PARSIM_NETEM_STATE", None)
+        else:
+            os.environ["PARSIM_NETEM_STATE"] = old
+
+
+def rank_config(job: dict, local_ranks: int, timeout_s: float = TIMEOUT_S, watchdog_s: float = 60.0) -> dict:
+    """The launcher's config (backends.torchdist.runner, task "bench") for a job on `local_ranks` ranks
+    sharing this machine's CPUs."""
+    cores = os.cpu_count() or 1
+    # several ranks share the CPU: spinning OpenMP workers would steal it from gloo's I/O threads
+    # (measured: a 4-rank 1 MiB ring 30x slower on 2 cores)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, cores // max(1, local_ranks)))
+    return {"task": "bench", "bench": job, "backend": "gloo", "timeout_s": min(timeout_s, 600),
+            "watchdog_s": watchdog_s, "threads_per_rank": threads}
+
+
+def launch_job(job: dict, world: int, timeout_s: float = TIMEOUT_S, rank_prefix=None, cfg: dict | None = None,
+               local_ranks: int | None = None) -> list:
+    """Run a benchmark job on `world` ranks through the one launcher (backends.torchdist.launch: per-rank
+    watchdog, a failed or stopped rank named in one line, nothing left running); `rank_prefix(rank)`: e.g.
+    the emulated host's ``ip netns exec`` prefix. Returns rank 0's results (a list of point dicts)."""
+    from backends.torchdist.launch import launch
+    cfg = cfg or rank_config(job, local_ranks or world, timeout_s)
+    return launch(cfg, world, timeout_s=timeout_s, rank_prefix=rank_prefix)
 
 
 def main(args, argv=None) -> int:
@@ -281,17 +357,11 @@ def main(args, argv=None) -> int:
         if env_mode and os.environ.get("RANK") != "0":
             return 2           # rank 0 says it
         raise
-    cores = os.cpu_count() or 1
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world)) if env_mode else world
-    # several ranks share the CPU: spinning OpenMP workers would steal it from gloo's I/O threads
-    # (measured: a 4-rank 1 MiB ring 30x slower on 2 cores)
-    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, cores // max(1, local)))
     timeout_s = float(getattr(args, "timeout", None) or TIMEOUT_S)
-    cfg = {"task": "bench", "bench": job, "backend": "gloo", "timeout_s": min(timeout_s, 600),
-           "watchdog_s": float(getattr(args, "watchdog", None) or 60.0), "threads_per_rank": threads}
+    cfg = rank_config(job, local, timeout_s, float(getattr(args, "watchdog", None) or 60.0))
     if not env_mode:
-        from backends.torchdist.launch import launch
-        res = launch(cfg, world, timeout_s=timeout_s)
+        res = launch_job(job, world, timeout_s, cfg=cfg)
     else:
         import tempfile
 

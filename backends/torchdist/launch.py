@@ -1,4 +1,15 @@
-"""Spawn the local ranks of a run, watch them, and never leave one behind.
+"""The one place parsim starts processes: the ranks of a run, watched, and never one left behind.
+
+Every rank launcher of the project goes through this module (a test, tests/unit/test_one_launcher.py,
+fails on a ``subprocess.Popen`` anywhere else in backends/, parsim/ or studies/):
+
+* ``launch(cfg, nproc)``: the backend's ranks (training, benchmarks, calibration probes) on
+  ``python -m backends.torchdist.runner``, optionally behind a per-rank command prefix
+  (``rank_prefix``: e.g. ``ip netns exec <host> env RANK=...`` for an emulated cluster);
+* ``run_ranks(argvs)``: any command once per rank (``parsim emulate run -- CMD``), with the same
+  watching: a failed rank stops the others and is named;
+* ``spawn`` / ``run_process``: one helper process (a probe server, a device probe), with the same
+  PR_SET_PDEATHSIG and cleanup.
 
 ``launch(cfg, nproc)`` starts ``nproc`` processes of ``python -m backends.torchdist.runner``
 with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (the same variables
@@ -37,8 +48,10 @@ _PEER_WORDS = ("connection closed", "connection reset", "broken pipe", "timed ou
 
 class RunFailed(ParsimError):
     """A rank died, failed or hung; the message names it and the cause. ``pids``: the rank processes
-    (all reaped by the time this is raised)."""
+    (all reaped by the time this is raised); ``returncode``: the named rank's exit status (negative:
+    the signal), 124 when the run timed out."""
     pids: tuple = ()
+    returncode: int = 1
 
 
 def free_port() -> int:
@@ -52,6 +65,38 @@ def _pdeathsig():
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def spawn(argv, *, env: dict | None = None, cwd=None, stdin=None, stdout=None, stderr=None,
+          text: bool = False, die_with_parent: bool = True) -> subprocess.Popen:
+    """Start one process (the only ``subprocess.Popen`` of the project): it gets PR_SET_PDEATHSIG(SIGKILL),
+    so it dies with this process even when this one is killed with SIGKILL; through ``ip netns exec`` and
+    ``env`` too (neither is set-uid). cwd defaults to the repository root. The caller reaps it
+    (``stop``). die_with_parent=False only for a process that must outlive its parent by design and
+    exits by itself (quiet.py's stderr filter drains the pipe to end-of-file after a rank dies)."""
+    return subprocess.Popen(list(map(str, argv)), env=env, cwd=str(cwd or ROOT), stdin=stdin, stdout=stdout,
+                            stderr=stderr, text=text, preexec_fn=_pdeathsig if die_with_parent else None)
+
+
+def stop(procs, grace_s: float = 3.0) -> None:
+    """Terminate every process of `procs` still running, SIGKILL after `grace_s`, and reap them all."""
+    _kill_all(procs, grace_s)
+
+
+def run_process(argv, timeout_s: float, *, env: dict | None = None, what: str = "process"):
+    """Run one helper process to completion, output captured: (returncode, stdout, stderr), text.
+    Raises RunFailed (returncode 124) when it runs past `timeout_s` seconds; it is killed then, and
+    whenever this call is interrupted."""
+    p = spawn(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        e = RunFailed(f"{what} did not finish within its timeout of {timeout_s:.0f} s; killed")
+        e.returncode = 124
+        raise e from None
+    finally:
+        _kill_all([p], 1.0)
+    return p.returncode, out, err
 
 
 def _tail(path: Path, n: int = 8) -> str:
@@ -111,29 +156,74 @@ class _Terminated(BaseException):
 
 
 def launch(cfg: dict, nproc: int, timeout_s: float = 300.0, grace_s: float = 5.0, env: dict | None = None,
-           keep_dir: bool = False) -> dict:
-    """Run `nproc` local ranks on `cfg` (see runner.worker_main) and return rank 0's report: a
-    parsim.predict.StepReport (source "measured"), or a list of results for cfg["jobs"] (or a benchmark).
+           keep_dir: bool = False, rank_prefix=None, on_start=None, progress=None) -> dict:
+    """Run `nproc` ranks of ``python -m backends.torchdist.runner`` on `cfg` (see runner.worker_main) and
+    return rank 0's report: a parsim.predict.StepReport (source "measured"), or a list of results for
+    cfg["jobs"] (or a benchmark, or a task's results).
+
+    rank_prefix(rank) -> argv placed before each rank's command (default: none, a local process), e.g.
+    ``ip netns exec NS env RANK=... MASTER_ADDR=...`` to run the rank in an emulated host; variables it
+    sets win over the launcher's. on_start(): called once every rank has been started. progress(phases):
+    called about every second with {rank: its heartbeat's phase ('' before its first beat)}, e.g. to draw
+    a progress bar.
 
     Raises RunFailed naming the rank that failed, hung or stopped, and why. SIGTERM stops every rank,
     removes the run directory and exits 143 with one line; after a kill -9 of the launcher its ranks
     die with it (PR_SET_PDEATHSIG) and the next launch removes its run directory, saying so."""
+    def body(work: Path):
+        c = dict(cfg, status_dir=str(work), out=str(work / "report.json"))
+        write_atomic(work / "config.json", json.dumps(c))
+        argv = [sys.executable, "-m", "backends.torchdist.runner", str(work / "config.json")]
+        argvs = [list(rank_prefix(r) if rank_prefix else []) + argv for r in range(nproc)]
+        _run(argvs, work, dict(c, threads_per_rank=c.get("threads_per_rank", 1)), timeout_s, grace_s, env, logs=True,
+             on_start=on_start, progress=progress)
+        report = work / "report.json"
+        if not report.exists():
+            raise RunFailed(f"all {nproc} ranks exited 0 but rank 0 wrote no report; rank 0 log: "
+                            f"{_tail(work / 'rank0.log', 3)}")
+        from backends.torchdist.runner import reports_from_json
+        return reports_from_json(json.loads(report.read_text()))   # measured reports as StepReport
+    return _in_run_dir(body, nproc, keep_dir)
+
+
+def run_ranks(argvs, timeout_s: float, grace_s: float = 2.0, env: dict | None = None, logs: bool = False,
+              name: str = "parsim run") -> int:
+    """Run one command per rank (argvs[r] is rank r's full argv, prefix included; a program of its own that
+    reads RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, set here unless its argv sets them) with the launcher's
+    guarantees: a rank that fails stops the others after `grace_s`, the run stops at `timeout_s`, no
+    process is left behind. logs=False: the ranks' output goes to this process's stdout/stderr.
+    Returns 0; raises RunFailed naming the rank (``returncode``: its exit status, 124 at the timeout)."""
+    n = len(argvs)
+    cfg = {"watchdog_s": max(float(timeout_s), 120.0)}
+    return _in_run_dir(lambda work: _run([list(a) for a in argvs], work, cfg, timeout_s, grace_s, env, logs) or 0,
+                       n, False, name)
+
+
+def _in_run_dir(body, nproc, keep_dir, name="parsim run"):
+    """body(work) inside a fresh run directory, with the launcher's SIGTERM handling and cleanup."""
     left = reap_run_dirs()
     if left:
-        print(f"parsim run: removed {len(left)} run director{'y' if len(left) == 1 else 'ies'} left by killed "
+        print(f"{name}: removed {len(left)} run director{'y' if len(left) == 1 else 'ies'} left by killed "
               f"run(s): {' '.join(left)}", file=sys.stderr)
     old = None
     try:
         old = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:   # not the main thread
         pass
+    me = os.getpid()
+    work = Path(tempfile.mkdtemp(prefix=f"{RUNS_DIR_PREFIX}{me}-{_proc_start(me)}-", dir=runs_root()))
+    _CURRENT_WORK.append(str(work))
     try:
-        return _launch(cfg, nproc, timeout_s, grace_s, env, keep_dir)
+        return body(work)
     except _Terminated as e:
-        print(f"parsim run: terminated by SIGTERM: all {nproc} ranks stopped, run directory {e} removed",
+        print(f"{name}: terminated by SIGTERM: all {nproc} ranks stopped, run directory {e} removed",
               file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
+        _CURRENT_WORK.remove(str(work))
+        if not keep_dir:
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)
         if old is not None:
             signal.signal(signal.SIGTERM, old)
 
@@ -145,40 +235,37 @@ def _on_sigterm(signum, frame):
     raise _Terminated(_CURRENT_WORK[-1] if _CURRENT_WORK else "")
 
 
-def _launch(cfg, nproc, timeout_s, grace_s, env, keep_dir):
-    me = os.getpid()
-    work = Path(tempfile.mkdtemp(prefix=f"{RUNS_DIR_PREFIX}{me}-{_proc_start(me)}-", dir=runs_root()))
-    _CURRENT_WORK.append(str(work))
-    cfg = dict(cfg, status_dir=str(work), out=str(work / "report.json"))
-    write_atomic(work / "config.json", json.dumps(cfg))
+def _run(argvs, work: Path, cfg: dict, timeout_s, grace_s, env, logs: bool, on_start=None, progress=None):
+    """Start argvs[r] as rank r (torchrun's variables set), watch them to the end; the only rank loop."""
+    nproc = len(argvs)
     base = dict(os.environ)
     base.update(env or {})
     base.update(MASTER_ADDR=base.get("PARSIM_MASTER_ADDR", "127.0.0.1"), MASTER_PORT=str(free_port()),
                 WORLD_SIZE=str(nproc), PYTHONPATH=os.pathsep.join([str(ROOT), base.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                OMP_NUM_THREADS=str(cfg.get("threads_per_rank", 1)), PYTHONUNBUFFERED="1",
-                TORCH_CPP_LOG_LEVEL=base.get("TORCH_CPP_LOG_LEVEL") or "ERROR")   # c10d's socket warnings
-    procs, logs = [], []
+                # ranks share this machine's CPUs: spinning OpenMP pools would starve gloo's I/O threads
+                OMP_NUM_THREADS=str(cfg.get("threads_per_rank") or base.get("OMP_NUM_THREADS")
+                                    or max(1, (os.cpu_count() or 1) // nproc)),
+                PYTHONUNBUFFERED="1")   # c10d's hostname warning is dropped line by line (backends/torchdist/quiet.py)
+    procs, files = [], []
     oom0 = oom_kills()
     try:
-        for r in range(nproc):
+        for r, argv in enumerate(argvs):
             e = dict(base, RANK=str(r), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(nproc))
-            log = open(work / f"rank{r}.log", "wb")
-            logs.append(log)
-            procs.append(subprocess.Popen([sys.executable, "-m", "backends.torchdist.runner", str(work / "config.json")],
-                                          env=e, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
-                                          preexec_fn=_pdeathsig))
-        return _watch(procs, work, cfg, timeout_s, grace_s, oom0)
+            log = None
+            if logs:
+                log = open(work / f"rank{r}.log", "wb")
+                files.append(log)
+            procs.append(spawn(argv, env=e, stdout=log, stderr=subprocess.STDOUT if logs else None))
+        if on_start:
+            on_start()
+        return _watch(procs, work, cfg, timeout_s, grace_s, oom0, progress)
     except RunFailed as e:
         e.pids = tuple(p.pid for p in procs)
         raise
     finally:
         _kill_all(procs)
-        for log in logs:
-            log.close()
-        _CURRENT_WORK.remove(str(work))
-        if not keep_dir:
-            import shutil
-            shutil.rmtree(work, ignore_errors=True)
+        for f in files:
+            f.close()
 
 
 def oom_kills():
@@ -203,11 +290,11 @@ def oom_kills():
     return None
 
 
-def _kill_all(procs):
+def _kill_all(procs, grace_s: float = 3.0):
     alive = [p for p in procs if p.poll() is None]
     for p in alive:
         p.terminate()
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + grace_s
     for p in alive:
         try:
             p.wait(max(0.05, deadline - time.monotonic()))
@@ -280,7 +367,25 @@ def _stalled_rank(procs, work: Path, limit_s: float, exited=(), stopped_now: boo
     return None
 
 
-def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float, oom0=None) -> dict:
+def _failed(msg: str, rc: int) -> RunFailed:
+    e = RunFailed(msg)
+    e.returncode = rc
+    return e
+
+
+def _named_rc(msg: str, exited: dict, first_fail) -> int:
+    """The exit status of the rank a failure message names first (else of the first rank that failed)."""
+    import re
+    m = re.match(r"rank\(?s?\)? (\d+)", msg)
+    r = int(m.group(1)) if m else None
+    if r is not None and r in exited and exited[r][1] != 0:
+        return exited[r][1]
+    return exited[first_fail[1]][1] if first_fail else 1
+
+
+def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float, oom0=None, progress=None) -> None:
+    """Poll the ranks until all exit 0 (returns) or one fails, stops or hangs, or the run times out
+    (RunFailed naming the rank; every rank killed)."""
     start = time.monotonic()
     first_fail = None       # (time, rank)
     exited = {}
@@ -302,31 +407,32 @@ def _watch(procs, work: Path, cfg: dict, timeout_s: float, grace_s: float, oom0=
             still = [r for r in range(len(procs)) if r not in exited]
             stalled = _stalled_rank(procs, work, 10.0, exited)
             _kill_all(procs)
-            raise RunFailed(_failure_message(procs, exited, work, still, stalled, cfg, oom0))
+            msg = _failure_message(procs, exited, work, still, stalled, cfg, oom0)
+            raise _failed(msg, _named_rc(msg, exited, first_fail))
         if now >= next_check:
             next_check = now + 1.0
+            if progress is not None:
+                try:
+                    progress({r: _heartbeat_age(work, r, time.time())[1] for r in range(len(procs)) if r not in exited})
+                except Exception:   # noqa: BLE001 — a display must never stop a run
+                    progress = None
             stalled = _stalled_rank(procs, work, stale_s, exited, stopped_now=False,
                                     frozen_s=max(3 * stale_s, float(cfg.get("timeout_s", 60))))
             if stalled is not None and first_fail is None:
                 others = [str(x) for x in range(len(procs)) if x != stalled[0]]
                 _kill_all(procs)
-                raise RunFailed(f"{stalled[1]}; the other rank(s) {', '.join(others) or '-'} were waiting for it; "
-                                "all ranks stopped")
+                raise _failed(f"{stalled[1]}; the other rank(s) {', '.join(others) or '-'} were waiting for it; "
+                              "all ranks stopped", 124)
         if now - start > timeout_s:
             running = [r for r in range(len(procs)) if r not in exited]
             stalled = _stalled_rank(procs, work, 10.0, exited)
             _kill_all(procs)
             errs = "; ".join(_cause(r, None, work) for r in running if (work / f"rank{r}.err").exists())
-            raise RunFailed(f"run did not finish within its timeout of {timeout_s:.0f} s: rank(s) "
-                            f"{', '.join(map(str, running))} still running"
-                            + (f"; {stalled[1]}" if stalled else "") + (f"; {errs}" if errs else "")
-                            + "; all ranks killed")
+            raise _failed(f"run did not finish within its timeout of {timeout_s:.0f} s: rank(s) "
+                          f"{', '.join(map(str, running))} still running"
+                          + (f"; {stalled[1]}" if stalled else "") + (f"; {errs}" if errs else "")
+                          + "; all ranks killed", 124)
         time.sleep(0.05)
-    report = work / "report.json"
-    if not report.exists():
-        raise RunFailed(f"all {len(procs)} ranks exited 0 but rank 0 wrote no report; rank 0 log: {_tail(work / 'rank0.log', 3)}")
-    from backends.torchdist.runner import reports_from_json
-    return reports_from_json(json.loads(report.read_text()))   # measured reports as StepReport
 
 
 def _cause(rank: int, rc, work: Path, cfg: dict | None = None, oom=None) -> str:

@@ -176,7 +176,15 @@ def _maybe_fault(cfg, rank, step, phase):
 
 
 def worker_main(cfg: dict) -> int:
-    """Run one rank. Returns 0; rank 0 also writes cfg['out'] (the report) when given."""
+    """Run one rank. Returns 0; rank 0 also writes cfg['out'] (the report) when given. Its stderr
+    goes without c10d's 'hostname of the client socket cannot be retrieved' lines, every other
+    line kept (backends/torchdist/quiet.py)."""
+    from backends.torchdist.quiet import quiet_c10d
+    with quiet_c10d():
+        return _worker_main(cfg)
+
+
+def _worker_main(cfg: dict) -> int:
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -210,7 +218,7 @@ def worker_main(cfg: dict) -> int:
         results = []
         for job in cfg.get("jobs") or [{}]:   # several plans in one process group (the tests do this)
             job = {**cfg, **job}
-            run = {"grad_sync_check": _grad_sync_check, "bench": _bench}.get(job.get("task"), _train)
+            run = _task(job.get("task"))
             results.append(run(job, rank, world, device, sync, dog))
         if rank == 0 and cfg.get("out"):
             write_atomic(cfg["out"], to_json(results if cfg.get("jobs") else results[0]))
@@ -236,6 +244,18 @@ def worker_main(cfg: dict) -> int:
         os._exit(1)   # do not wait for collectives in process-group teardown
     finally:
         dog.stop()
+
+
+def _task(name):
+    """The function a job's "task" names: grad_sync_check, bench, "module:function" (a rank task of the
+    backend, e.g. the calibration probes of backends.torchdist.calibrate), else training."""
+    if name and ":" in name:
+        import importlib
+        mod, _, fn = name.partition(":")
+        if not mod.startswith("backends."):
+            raise ValueError(f"task {name!r}: expected a function of the backends package")
+        return getattr(importlib.import_module(mod), fn)
+    return {"grad_sync_check": _grad_sync_check, "bench": _bench}.get(name, _train)
 
 
 _OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate")
@@ -560,7 +580,7 @@ def build_report(spec, plan, gathered, cfg, gpu: bool, warmup: int):
     # the convention of parsim.layer: MFU counts causal attention at half the square; HFU what runs
     # (scaled_dot_product_attention with is_causal: the causal half, flash=True)
     model_flops = spec.model_step_flops(plan.global_batch, seq)
-    hw_flops = spec.step_flops(plan.global_batch, plan.recompute, seq, flash=True)
+    hw_flops = spec.step_flops(plan.global_batch, plan.recompute, seq, flash=True, recompute_every=plan.recompute_every)
     dtype_run = plan.dtype if gpu else "fp32"
     profile = cfg.get("device_profile") or ("cpu" if not gpu else None)
     peak = None

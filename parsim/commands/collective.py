@@ -27,15 +27,14 @@ def add_arguments(p):
 
 
 def rows(cluster, op: str, algos, sizes, ranks) -> list[dict]:
-    from parsim.costs.network import busbw_factor, collective_time_s
-    f = busbw_factor(op, len(ranks))
+    from parsim.costs.network import bandwidths_Bps, collective_time_s
     out = []
     for algo in algos:
         for n in sizes:
             t = collective_time_s(cluster, op, algo, ranks, n)
-            algbw = n / t if t > 0 else float("inf")
+            algbw, busbw = bandwidths_Bps(op, len(ranks), n, t)
             out.append({"op": op, "algo": algo, "size_bytes": int(n), "time_s": t,
-                        "algbw_GBps": algbw / 1e9, "busbw_GBps": algbw * f / 1e9})
+                        "algbw_GBps": algbw / 1e9, "busbw_GBps": busbw / 1e9})
     return out
 
 
@@ -71,13 +70,13 @@ def run(a) -> int:
         sys.stdout.write(to_json({"cluster": c.name, "ranks": len(ranks), "op": a.op,
                                   "units": "bytes, seconds, GB/s = 1e9 B/s", "rows": res}))
     else:
-        from parsim.report import _table
-        hdr = ["size", *[f"{al} time | busbw GB/s" for al in algos]]
+        from parsim.tables import text_table
+        hdr = ["size", *[h for al in algos for h in (f"{al} time", f"{al} busbw GB/s")]]
         by = {(r["algo"], r["size_bytes"]): r for r in res}
-        table = [[fmt_bytes(n), *[f"{fmt_time(by[al, n]['time_s'])} | {by[al, n]['busbw_GBps']:.1f}" for al in algos]]
+        table = [[fmt_bytes(n), *[x for al in algos for x in (fmt_time(by[al, n]["time_s"]), f"{by[al, n]['busbw_GBps']:.1f}")]]
                  for n in sizes]
-        sys.stdout.write(_table(f"{a.op} on {c.name}, {len(ranks)} ranks (busbw: nccl-tests convention, GB/s = 1e9 B/s)",
-                                hdr, table))
+        sys.stdout.write(text_table(hdr, table, f"{a.op} on {c.name}, {len(ranks)} ranks (busbw: nccl-tests "
+                                                f"convention, GB/s = 1e9 B/s)"))
     if a.plot:
         _plot(res, algos, a.plot, f"{a.op} on {c.name}, {len(ranks)} ranks")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from parsim.errors import ParsimError
-from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan
+from parsim.plan import DTYPES, GRAD_SYNC, KERNELS, RECOMPUTE, SCHEDULES, Plan
 
 
 def positive_int(text):
@@ -66,7 +66,17 @@ def add_plan_arguments(p, need_gpus=True):
     p.add_argument("--seq-len", type=count("MAX_SEQ_LEN"), help="sequence length (default: the model's)")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="default: the device's (bf16 on GPUs, fp32 on CPUs; parsim.hardware.default_dtype)")
-    p.add_argument("--recompute", choices=RECOMPUTE, default="none")
+    p.add_argument("--recompute", choices=RECOMPUTE, default="none",
+                   help="activation recompute: none, selective (attention core), full (whole layer), selective-op "
+                        "(torchtitan's op-level SAC: every second mm and the element-wise ops re-run)")
+    p.add_argument("--recompute-every", type=count("MAX_DEVICES"), default=1, metavar="N",
+                   help="with --recompute full: checkpoint every N-th layer only (torchtitan's selective_ac_option = N)")
+    p.add_argument("--kernels", choices=KERNELS, default="fused",
+                   help="element-wise/norm kernels: fused (Megatron/TE or torch.compile, the default) or eager "
+                        "(PyTorch eager: one kernel per elementary op)")
+    p.add_argument("--async-tp", action="store_true",
+                   help="micro-pipeline the TP all-gather/reduce-scatter with the TP GEMMs (torchtitan async TP; "
+                        "needs --sequence-parallel)")
     p.add_argument("--sequence-parallel", action="store_true")
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=0)
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="pipeline schedule (default 1f1b; interleaved when --vpp > 1)")
@@ -113,8 +123,9 @@ def plan_from_args(a, gpus: int, device=None) -> Plan:
     return Plan(dp=dp, tp=a.tp, pp=a.pp, vpp=vpp, micro_batch=a.micro_batch, global_batch=gb, seq_len=a.seq_len,
                 dtype=a.dtype or default_dtype(device or "gpu"), schedule=schedule, grad_sync=a.grad_sync, zero=a.zero, recompute=a.recompute,
                 sequence_parallel=a.sequence_parallel, overlap=not a.no_overlap, flash_attention=not a.no_flash,
-                ep=getattr(a, "ep", 1), cp=cp, tp_overlap=getattr(a, "tp_overlap", False),
-                pp_overlap=getattr(a, "pp_overlap", False))
+                ep=getattr(a, "ep", 1), cp=cp, recompute_every=getattr(a, "recompute_every", 1),
+                kernels=getattr(a, "kernels", "fused"), async_tp=getattr(a, "async_tp", False),
+                tp_overlap=getattr(a, "tp_overlap", False), pp_overlap=getattr(a, "pp_overlap", False))
 
 
 def load_cluster_arg(spec, gpus: int | None):

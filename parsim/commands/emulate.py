@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from parsim.commands.common import count, number
@@ -107,15 +105,15 @@ def _print_up(emu, fmt="table", file=None):
         return
     out(f"emulated cluster {emu.prefix}  ({len(emu.plan.hosts)} hosts, {len(emu.plan.switches)} switches, "
           f"{len(emu.ranks())} ranks; state {emu.state_file})")
-    for h in emu.plan.hosts:
-        out(f"  {str(h.node):<12} ns {h.ns:<14} {h.address}")
+    from parsim.tables import text_table
+    out(text_table(("host", "namespace", "address"), [(str(h.node), h.ns, h.address) for h in emu.plan.hosts]).rstrip())
     if emu.plan.dropped:
-        out(f"  not emulated (bridges need a tree): {', '.join('-'.join(e) for e in emu.plan.dropped)}")
+        out(f"not emulated (bridges need a tree): {', '.join('-'.join(e) for e in emu.plan.dropped)}")
     if emu.probes:
-        out(f"  {'probe':<16} {'configured':>14} {'measured':>14} {'ratio':>6} {'rtt':>10}")
-        for p in emu.probes:
-            out(f"  {p['src'] + '->' + p['dst']:<16} {p['configured_Bps'] * 8 / 1e6:>9.1f} Mbit {p['measured_Bps'] * 8 / 1e6:>9.1f} Mbit "
-                  f"{p['efficiency']:>6.3f} {fmt_time(p['rtt_s']):>10}")
+        out(text_table(("probe", "configured", "measured", "ratio", "rtt"),
+                       [(p["src"] + "->" + p["dst"], f"{p['configured_Bps'] * 8 / 1e6:.1f} Mbit",
+                         f"{p['measured_Bps'] * 8 / 1e6:.1f} Mbit", f"{p['efficiency']:.3f}", fmt_time(p["rtt_s"]))
+                        for p in emu.probes]).rstrip())
 
 
 def bring_up(args, persistent: bool):
@@ -161,6 +159,12 @@ def rank_commands(emu, cmd):
     """[(rank, argv)] launching cmd once per rank in its host's namespace, torchrun-style env."""
     if cmd and cmd[0] == "parsim":
         cmd = [sys.executable, "-m", "parsim", *cmd[1:]]
+    return [(r, pre + list(cmd)) for r, pre in rank_prefixes(emu)]
+
+
+def rank_prefixes(emu):
+    """[(rank, argv prefix)]: ``ip netns exec <host> env RANK=... MASTER_ADDR=...`` per rank, for the
+    launcher's ``rank_prefix`` (backends.torchdist.launch)."""
     ranks = emu.ranks()
     per_host = {}
     for _, h, _ in ranks:
@@ -174,74 +178,25 @@ def rank_commands(emu, cmd):
                "PARSIM_NETEM_STATE": emu.state_file, "PARSIM_NETEM_HOSTS": len(emu.plan.hosts),
                "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                # c10d warns on every connection that a namespace cannot resolve the peer's host name
-               # ("hostname of the client socket cannot be retrieved"): harmless, kept from the user
-               "TORCH_CPP_LOG_LEVEL": os.environ.get("TORCH_CPP_LOG_LEVEL") or "ERROR",
+               # ("hostname of the client socket cannot be retrieved"): a parsim rank drops that line
+               # alone from its stderr (backends/torchdist/quiet.py); TORCH_CPP_LOG_LEVEL is left alone
                # all ranks share this machine's CPUs: spinning OpenMP pools starve gloo's I/O threads
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // len(ranks))}
-        out.append((r, emu.exec_argv(h.ns, cmd, env)))
+        out.append((r, emu.exec_argv(h.ns, [], env)))
     return out
 
 
-def _pdeathsig():
-    """In the child before exec: SIGKILL when the launcher dies (kill -9 included), so no rank is
-    left running in a namespace as an orphan. Survives `ip netns exec` and `env` (not set-uid)."""
-    import ctypes
-    import signal
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def _signal_name(rc: int) -> str:
-    import signal
-    try:
-        return signal.Signals(-rc).name
-    except ValueError:
-        return f"signal {-rc}"
-
-
 def run_in(emu, cmd, timeout_s: float) -> int:
-    """Run `cmd` once per rank in its host's namespace; stop the others when one fails or at the
-    timeout. A rank killed by a signal we did not send is named (its peers only see a closed
-    connection). Returns the first failure's exit status (124 at the timeout)."""
-    procs = [subprocess.Popen(argv, preexec_fn=_pdeathsig) for _, argv in rank_commands(emu, cmd)]
-    deadline = time.monotonic() + timeout_s
-    rc = 0
+    """Run `cmd` once per rank in its host's namespace through the one launcher
+    (backends.torchdist.launch.run_ranks): a failing rank stops the others and is named in one line (a
+    rank killed by a signal we did not send too: its peers only see a closed connection). Returns the
+    named rank's exit status (124 at the timeout)."""
+    from backends.torchdist.launch import RunFailed, run_ranks
     try:
-        while True:
-            codes = [p.poll() for p in procs]          # every rank, every time (no short-circuit)
-            failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
-            if failed or None not in codes or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        if failed or None in codes:
-            if failed:
-                rc = codes[failed[0]]
-                for r in failed:
-                    if codes[r] < 0:
-                        print(f"parsim emulate run: rank {r} was killed by {_signal_name(codes[r])}", file=sys.stderr)
-            else:
-                rc = 124
-                print(f"parsim emulate run: ranks still running after {fmt_time(timeout_s)}; stopping them",
-                      file=sys.stderr)
-            if None in codes:
-                time.sleep(2.0 if failed else 0)  # let the others report their error
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-    except BaseException:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        raise
-    return rc or max((p.returncode or 0) for p in procs)
+        return run_ranks([argv for _, argv in rank_commands(emu, cmd)], timeout_s, name="parsim emulate run")
+    except RunFailed as e:
+        print(f"parsim emulate run: {e}", file=sys.stderr)
+        return 128 - e.returncode if e.returncode < 0 else e.returncode   # a signal: as a shell reports it
 
 
 def run(args) -> int:

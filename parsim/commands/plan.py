@@ -19,6 +19,9 @@ def add_arguments(p):
                    help="default: the device's (bf16 on GPUs, fp32 on CPUs; parsim.hardware.default_dtype)")
     p.add_argument("--top", type=positive_int, default=10, help="how many plans to show (table/json/csv)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--wide", action="store_true",
+                   help="table: every column (closed-form step time, the step's breakdown) instead of the "
+                        "120-character selection; json and csv always carry every column")
     p.add_argument("--out", help="write the output (in --format) to this file as well")
     add_memory_arguments(p)
 
@@ -45,7 +48,7 @@ def run(a) -> int:
     elif a.format == "csv":
         text = plans_csv(res, a.top)
     else:
-        text = plans_text(res, a.top)
+        text = plans_text(res, a.top, wide=a.wide)
         if defaults:
             text = f"using the embedded default {' and '.join(defaults)} (override with --model / --cluster)\n" + text
     sys.stdout.write(text)

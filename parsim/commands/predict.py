@@ -25,7 +25,12 @@ def run(a) -> int:
     cluster = load_cluster_arg(a.cluster, a.gpus) if str(a.cluster).endswith(".json") else get_cluster(a.cluster, a.gpus)
     plan = plan_from_args(a, a.gpus, None if a.dtype else cluster.device)
     rep = predict(a.model, cluster, plan, gpus=a.gpus, **memory_options(a))
-    text = to_json(rep.to_dict()) if a.format == "json" else step_report_text(rep)
+    if a.format == "json":
+        text = to_json(rep.to_dict())
+    else:
+        from parsim.hardware import profile_file
+        dev = getattr(cluster.device, "name", cluster.device)
+        text = step_report_text(rep) + f"device profile {dev}: {profile_file(dev)}\n"
     sys.stdout.write(text)
     if a.out:
         write_atomic(a.out, to_json(rep.to_dict()), JSON, "--out")

@@ -29,7 +29,7 @@ def add_arguments(p):
     p.add_argument("--schedule", default="1f1b", help="gpipe | 1f1b | interleaved | zbv")
     p.add_argument("--grad-sync", default="native", help="ring | tree | hd | hierarchical | ps | native")
     p.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3))
-    p.add_argument("--recompute", default="none", help="none | selective | full")
+    p.add_argument("--recompute", default="none", help="none | selective | full (selective-op is priced, not run)")
     p.add_argument("--sequence-parallel", action="store_true")
     p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: the device's, parsim.hardware.default_dtype: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
@@ -39,7 +39,7 @@ def add_arguments(p):
     p.add_argument("--out", help="write the result (measured, predicted, errors) as JSON here")
     p.add_argument("--trace", metavar="DIR", help="torch.profiler Chrome trace of one extra, untimed step, one file per rank")
     p.add_argument("--cluster", help="cluster preset or file for the prediction (default: cpu-local, calibrated "
-                                     "by `python -m parsim.calibrate` when it has been run; dgx-<gpu> with nccl)")
+                                     "by `parsim calibrate` when it has been run; dgx-<gpu> with nccl)")
     p.add_argument("--local-size", type=count("MAX_DEVICES"), help="ranks per node for --grad-sync hierarchical (default: all)")
     p.add_argument("--threads", type=count("MAX_THREADS"), default=1, help="torch threads per rank on CPU (default 1)")
     p.add_argument("--timeout", type=number(0.0, "MAX_WAIT_S", lo_open=True), default=300.0, help="seconds for the whole run before every rank is killed")
@@ -127,9 +127,9 @@ def check_hardware(backend: str, nproc: int):
 
 def _device_profile(backend: str) -> tuple[str, str]:
     """(device profile, cluster preset) for the prediction."""
-    if backend != "nccl":   # the loopback link measured by `python -m parsim.calibrate`, when there
-        from parsim.calibrate import CLUSTER_FILE
-        return "cpu", (str(CLUSTER_FILE) if CLUSTER_FILE.exists() else "cpu-local")
+    if backend != "nccl":   # the loopback link measured by `parsim calibrate`, when there
+        from parsim.calibrate import local_cluster
+        return "cpu", local_cluster()
     import torch
     name = torch.cuda.get_device_name(0).lower()
     for key, prof, cl in (("h200", "h200", "dgx-h200"), ("h100", "h100-sxm", "dgx-h100"), ("a100", "a100-80gb", "dgx-a100"),
@@ -154,10 +154,17 @@ def predicted_report(model, plan, cluster_name: str, gpus: int, explicit: str | 
         return as_dict(rep), f"predicted by parsim.predict on {cluster.name} ({what})"
     from parsim.topology import load_cluster
     try:
-        rep = predict(model, load_cluster(cluster_name, gpus), plan, **memory)
+        cl = load_cluster(cluster_name, gpus)
+        rep = predict(model, cl, plan, **memory)
     except ParsimError as e:
         return None, f"no prediction: {e}"
-    return as_dict(rep), f"predicted by parsim.predict on cluster {cluster_name}"
+    from parsim.hardware import DATA, profile_file
+    dev = getattr(cl.device, "name", cl.device)
+    where = f"predicted by parsim.predict on cluster {cluster_name}"
+    if dev == "cpu" and profile_file(dev) == str(DATA / "devices.yaml"):
+        where += ("; device profile cpu is the catalog's uncalibrated placeholder (order of magnitude only): "
+                  "`parsim calibrate` measures this machine")
+    return as_dict(rep), where
 
 
 def host_available_bytes() -> int | None:
@@ -251,27 +258,22 @@ def _fmt(v):
 
 
 def render_table(result: dict) -> str:
-    """The measured StepReport beside the predicted one, phase by phase (a rich table)."""
-    import io
-
-    from rich.console import Console
-    from rich.table import Table
+    """The measured StepReport beside the predicted one, phase by phase (parsim.tables)."""
+    from parsim.tables import text_table
     m = result["measured"]
     meta = m["measurement"]
     title = (f"parsim run: {m['model']}  {result['plan_label']}  backend {meta['backend']} ({meta['device']}, "
                     f"{meta['dtype_run']})  {meta['ranks']} ranks, {meta['steps']} steps, median of "
                     f"{meta['steps'] - meta['warmup_dropped']} after {meta['warmup_dropped']} warm-up")
-    t = Table(box=None, pad_edge=False)
-    for h in ("", "measured", "spread [min, max]", "predicted", "error"):
-        t.add_column(h, justify="left" if not h else "right")
+    rows = []
     for row in result["rows"]:
         k, mv, pv, err = row[:4]
         sp = row[4] if len(row) > 4 else [None, None]
-        t.add_row(k, _fmt(mv), f"[{_fmt(sp[0])}, {_fmt(sp[1])}]" if sp[0] is not None else "-", _fmt(pv),
-                  f"{err:+.0%}" if err is not None else "-")
-    buf = io.StringIO()
-    Console(file=buf, width=120, no_color=True, highlight=False).print(t)
-    lines = [title, buf.getvalue().rstrip(), "error = (predicted - measured) / measured; spread = fastest and slowest timed step"]
+        rows.append([k, _fmt(mv), f"[{_fmt(sp[0])}, {_fmt(sp[1])}]" if sp[0] is not None else "-", _fmt(pv),
+                     f"{err:+.0%}" if err is not None else "-"])
+    table = text_table(("", "measured", "spread [min, max]", "predicted", "error"), rows,
+                       justify=("left", "right", "right", "right", "right"))
+    lines = [title, table.rstrip(), "error = (predicted - measured) / measured; spread = fastest and slowest timed step"]
     if meta["loss"]:
         lines.append(f"loss {meta['loss'][0]:.4f} -> {meta['loss'][-1]:.4f}")
     lines.append(f"memory: {meta['memory_source']}")
@@ -279,6 +281,26 @@ def render_table(result: dict) -> str:
     for n in m["notes"]:
         lines.append(f"note: {n}")
     return "\n".join(lines)
+
+
+_STARTUP_PHASES = ("start-up", "init_process_group", "build")
+
+
+def run_progress(phases: dict, nproc: int, steps: int) -> tuple[int, str]:
+    """(steps done, what the run is doing) from each running rank's heartbeat phase (``{rank: phase}``,
+    '' before its first beat, as backends.torchdist.runner writes it): while ranks start, how many are
+    up and what they do; then the step the slowest rank is in ("step 3 forward": steps 0..2 are done,
+    so 3 of `steps`) and rank 0's phase; after the last step, finishing."""
+    import re
+    if not phases or all(not v or v.startswith(_STARTUP_PHASES) for v in phases.values()):
+        up = sum(1 for v in phases.values() if v)
+        doing = sorted({v for v in phases.values() if v})
+        return 0, f"starting ranks: {up}/{nproc} up" + (f" ({', '.join(doing)})" if doing else "")
+    in_step = [int(m.group(1)) for v in phases.values() if (m := re.match(r"step (\d+)\b", v or ""))]
+    if in_step:
+        done = min(min(in_step), steps)
+        return done, f"step {min(done + 1, steps)}/{steps}: rank 0 {phases.get(0) or phases[min(phases)]}"
+    return steps, f"finishing: rank 0 {phases.get(0) or phases[min(phases)]}"
 
 
 def run(args) -> int:
@@ -343,7 +365,12 @@ def run(args) -> int:
             os.unlink(out)
     else:
         from backends.torchdist.launch import launch
-        measured = launch(cfg, nproc, timeout_s=args.timeout)
+        from parsim.progress import bar
+        with bar("parsim run", args.steps, lines=False, unit="steps") as b:
+            b.update(0, f"starting {nproc} rank(s)")
+            measured = launch(cfg, nproc, timeout_s=args.timeout,
+                              progress=lambda ph: b.update(*run_progress(ph, nproc, args.steps)))
+            b.update(args.steps, "done")
     result = {"plan_label": plan.label(), "measured": as_dict(measured), "predicted": predicted,
               "prediction_source": source, "rows": compare(measured, predicted)}
     result["relative_error"] = {r[0]: r[3] for r in result["rows"]}

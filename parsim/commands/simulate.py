@@ -32,7 +32,7 @@ def add_arguments(p):
                                                     "with --cluster, pipeline rank r sits on device r*tp")
     p.add_argument("--micro-batch-size", type=count("MAX_GLOBAL_BATCH"), default=1, help="sequences per micro-batch (with --model)")
     p.add_argument("--seq-len", type=count("MAX_SEQ_LEN"), default=None, help="sequence length (with --model; default the model's)")
-    p.add_argument("--recompute", default="none", help="none|selective|full (with --model)")
+    p.add_argument("--recompute", default="none", help="none|selective|full|selective-op (with --model)")
     p.add_argument("--sequence-parallel", action="store_true", help="with --model and tp > 1")
     p.add_argument("--p2p-ms", type=number(0.0, 1e3 * MAX_OP_TIME_S), default=0.0,
                    help="send/recv latency between ranks, ms, on top of the stage times (default 0)")
@@ -127,24 +127,25 @@ def run(args) -> int:
 
 
 def _table(res) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    import sys
+
+    from parsim.tables import text_table
 
     s = res.schedule
     cf = float(bubble_fraction_closed_form(s.pp, s.microbatches, s.vpp))
-    t = Table(title=f"{s.name}  pp={s.pp}  m={s.microbatches}  vpp={s.vpp}", title_justify="left")
-    for col in ("rank", "stages", "busy", "idle", "idle %", "peak/stage", "peak/rank"):
-        t.add_column(col, justify="right")
     per_stage, per_rank = res.peak_inflight.tolist(), res.peak_inflight_per_rank.tolist()
+    rows = []
     for r in range(s.pp):
         stages = [int(x) for x in (s.stage_to_rank == r).nonzero()[0]]
         peak = f"{per_rank[r]}" + (f" ({per_rank[r] / s.vpp:g})" if s.vpp > 1 else "")
-        t.add_row(str(r), ",".join(map(str, stages)), fmt_time(res.busy_s[r]), fmt_time(res.idle_s[r]),
-                  f"{res.idle_fraction[r]:.1%}", " ".join(str(per_stage[x]) for x in stages), peak)
-    con = Console()
-    con.print(t)
-    con.print("idle % = idle/makespan; peak = micro-batches in flight (activations held) on a stage, and on "
-              "a rank over its stages" + (" (bracketed: in units of a rank's whole share of layers)" if s.vpp > 1 else ""))
-    con.print(f"makespan {fmt_time(res.makespan_s)};  bubble (idle/busy, Narayanan 2021) "
-              f"{res.bubble_fraction:.2%}  vs closed form (p-1)/(v·m) = {cf:.2%} "
-              f"(uniform stages, free p2p{'; zbv is not covered by it' if s.name == 'zbv' else ''})")
+        rows.append([str(r), ",".join(map(str, stages)), fmt_time(res.busy_s[r]), fmt_time(res.idle_s[r]),
+                     f"{res.idle_fraction[r]:.1%}", " ".join(str(per_stage[x]) for x in stages), peak])
+    sys.stdout.write(text_table(
+        ("rank", "stages", "busy", "idle", "idle %", "peak/stage", "peak/rank"), rows,
+        f"{s.name}  pp={s.pp}  m={s.microbatches}  vpp={s.vpp}",
+        "idle % = idle/makespan; peak = micro-batches in flight (activations held) on a stage, and on "
+        "a rank over its stages" + (" (bracketed: in units of a rank's whole share of layers)" if s.vpp > 1 else "")
+        + f"\nmakespan {fmt_time(res.makespan_s)};  bubble (idle/busy, Narayanan 2021) "
+        f"{res.bubble_fraction:.2%}  vs closed form (p-1)/(v·m) = {cf:.2%} "
+        f"(uniform stages, free p2p{'; zbv is not covered by it' if s.name == 'zbv' else ''})",
+        justify=["right"] * 7))

@@ -58,17 +58,17 @@ def run(a) -> int:
         from parsim.report import to_json
         sys.stdout.write(to_json(s))
     else:
-        from parsim.report import _table
+        from parsim.tables import text_table
         head = (f"{s['cluster']} ({s['builder']}): {s['devices']} × {s['device']} on {s['nodes']} node(s), "
                 f"{s['gpus_per_node']} per node; graph nodes {s['graph_nodes_by_kind']}"
                 + (f"; dedicated servers {len(s['servers'])}" if s["servers"] else "") + "\n")
         rows = [[l["link"], l["count"], f"{l['bandwidth_GBps']:.2f}", f"{l['efficiency']:.2f}", f"{l['latency_us']:.1f}"]
                 for l in s["link_classes"]]
-        sys.stdout.write(head + _table("links by class (bandwidth delivered per direction = rate × efficiency)",
-                                       ["link", "count", "bandwidth GB/s", "efficiency", "latency us"], rows,
-                                       f"bisection (first vs second half of the ranks, max-flow): "
-                                       f"{bis}; GB = 1e9 B"
-                                       + (f"\nsource: {s['source']}" if s["source"] else "")))
+        sys.stdout.write(head + text_table(["link", "count", "bandwidth GB/s", "efficiency", "latency us"], rows,
+                                           "links by class (bandwidth delivered per direction = rate × efficiency)",
+                                           f"bisection (first vs second half of the ranks, max-flow): "
+                                           f"{bis}; GB = 1e9 B"
+                                           + (f"\nsource: {s['source']}" if s["source"] else "")))
     if a.draw:
         p = draw(c, a.draw)
         print(f"drew {p}")

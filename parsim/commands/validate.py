@@ -11,6 +11,7 @@ At the end ``parsim report`` renders ``<out>/report.md`` and ``<out>/report.html
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
@@ -36,21 +37,21 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:120] or "point"
 
 
-def _prediction_target(study):
-    """(device profile, cluster) the training points are predicted on, and whether the profile is a GPU."""
-    s = study.settings
+def _prediction_target(settings):
+    """(device profile, cluster) the training points of a study with these settings are predicted on."""
+    s = settings
     if s["backend"] == "nccl":
         from parsim.commands.run import _device_profile
         prof, cl = _device_profile("nccl")
     else:
-        from parsim.calibrate import CLUSTER_FILE
-        prof, cl = "cpu", (str(CLUSTER_FILE) if CLUSTER_FILE.exists() else "cpu-local")
+        from parsim.calibrate import local_cluster
+        prof, cl = "cpu", local_cluster()
     return prof, s.get("cluster") or cl
 
 
 @contextlib.contextmanager
 def measured_profile(path: Path | None):
-    """Device profiles read from `path` (a measured profile) instead of devices.local.yaml, for the
+    """Device profiles read from `path` (a measured profile) instead of the calibration home's devices.yaml, for the
     duration; caches of profiles and clusters are dropped on entry and exit."""
     import importlib
     hardware = importlib.import_module("parsim.hardware")
@@ -81,10 +82,10 @@ def _predict_train(spec, cluster):
 
 
 def _profile_info(name):
-    from parsim.hardware import get_device
+    from parsim.hardware import get_device, profile_file
     try:
         d = get_device(name)
-        return {"name": name, "source": d.source, "file": os.environ.get("PARSIM_DEVICES_LOCAL")}
+        return {"name": name, "source": d.source, "file": profile_file(name)}
     except ParsimError:
         return {"name": name}
 
@@ -122,7 +123,7 @@ def run(args) -> int:
     print(f"study {study.name}: {len(study.points)} points, {len(done)} recorded, {len(pending)} to run; results {store}"
           + (f" (cut {cut} bytes of a point interrupted mid-write)" if cut else ""), file=sys.stderr, flush=True)
     ctx = {"machine": R.machine_info(), "versions": R.versions(), "study": study.name, "out": out}
-    prof, cluster = _prediction_target(study)
+    prof, cluster = _prediction_target(study.settings)
     ctx.update(profile=prof, cluster=cluster)
     try:
         with _progress(len(study.points), len(done)) as bar:
@@ -234,10 +235,6 @@ def _collectives(study, batch, ctx, emu):
         if q is None:
             yield _failed(rec, f"error: the benchmark returned no point for {p.spec['algo']} {p.spec['size_B']} B")
             continue
-        w = q["world"]
-        bus = 2 * (w - 1) / w if q["op"] == "allreduce" else (w - 1) / w
-        q["busbw_GBps"] = q["size_B"] * bus / q["median_s"] / 1e9
-        q["predicted_busbw_GBps"] = q["size_B"] * bus / q["predicted_s"] / 1e9
         rec.update(status="ok" if q["correct"] else "failed", measured=q, predicted=q.pop("predicted"), profile=profile,
                    summary={"metric": "time_s", "measured": q["median_s"], "spread": [q["min_s"], q["max_s"]],
                             "predicted": q["predicted_s"], "error": q["error"]})
@@ -273,12 +270,71 @@ def _train(study, p, ctx, emu, rec):
         rec["pipeline_ops"] = [list(o) for o in measured_pipeline_ops(spec["trace_dir"])]
     lo_hi = measured.spread.get("step_time_s") or [None, None]
     pt = predicted.step_time_s if predicted else None
+    if emu is not None:          # the links it was predicted on: a stored point can be re-predicted (repredict)
+        profile = dict(profile, link_probes=getattr(emu, "probes", None))
     rec.update(measured=measured.to_dict(), predicted=predicted.to_dict() if predicted else None,
                predicted_catalog=catalog.to_dict() if (catalog and mfile and mfile.exists()) else None,
                profile=profile, cluster=ctx["cluster"] if emu is None else cluster.name, trace_dir=spec.get("trace_dir"),
                summary={"metric": "step_time_s", "measured": measured.step_time_s, "spread": lo_hi, "predicted": pt,
                         "error": rel_error(measured.step_time_s, pt)})
     return rec
+
+
+def repredict(record: dict, records=(), store_dir=None) -> float | None:
+    """Today's prediction of a stored point's headline number (its ``summary.metric``: step_time_s
+    of a training point, time_s of a collective), priced as `parsim validate` priced it when it ran:
+    a training plan on the prediction target of its backend (``_prediction_target``: the calibrated
+    cpu-local and the ``cpu`` profile for gloo ranks; the record's cluster and the measured profile
+    beside the store for nccl) or, inside an emulated network, on that network's graph with the
+    link probes the study stored; a collective as ``backends.torchdist.bench.predict_point`` prices
+    it. Nothing is measured and nothing is created (the emulated network is a plan only).
+
+    `records`: the other records of the same store, whose probes stand in for a training point
+    recorded before training points kept their own (the same network is set up once per study run);
+    `store_dir`: the store's directory, where a GPU study keeps its measured profile.
+    Returns None for a point without a prediction (a device measurement, a failed point); raises
+    ParsimError when today's model cannot price the point."""
+    if record.get("status") != "ok" or record.get("kind") not in ("train", "collective"):
+        return None
+    point = record["point"]
+    net = point.get("network")
+    emu = None
+    if net:
+        from backends.study import planned_emulation
+        emu = planned_emulation(record["network_spec"], _stored_probes(record, records))
+    if record["kind"] == "collective":
+        from backends.study import emulated_state
+        from backends.torchdist.bench import predict_point
+        m = record["measured"]
+        _, _, pred = predict_point(m["op"], m["algo"], m["world"], m["size_B"],
+                                   state=emulated_state(emu) if emu is not None else None)
+        return float(pred["time_s"])
+    spec = {"model": point["model"], "plan": point["plan"]}
+    measurement = record["measured"].get("measurement") or {}
+    backend = measurement.get("backend", "gloo")
+    if emu is not None:
+        from backends.study import emulated_cluster
+        return _predict_train(spec, emulated_cluster(emu, record["measured"]["gpus"])).step_time_s
+    cluster = record.get("cluster") or ""
+    if backend != "nccl" and (not cluster or "/" in cluster or cluster.endswith((".yaml", ".yml", ".json"))):
+        cluster = _prediction_target({"backend": backend})[1]   # a calibration file of the machine it ran on
+    prof = (record.get("profile") or {}).get("name")
+    mfile = Path(store_dir) / f"{prof}.measured.yaml" if (store_dir and prof and backend == "nccl") else None
+    with measured_profile(mfile):
+        return _predict_train(spec, cluster).step_time_s
+
+
+def _stored_probes(record, records):
+    probes = (record.get("profile") or {}).get("link_probes")
+    if probes is not None:
+        return probes
+    net = record["point"].get("network")
+    found = {json.dumps(r["profile"]["link_probes"], sort_keys=True) for r in records
+             if r["point"].get("network") == net and (r.get("profile") or {}).get("link_probes") is not None}
+    if len(found) != 1:
+        raise ParsimError(f"point {record['id']!r}: no stored link probes of network {net} to re-predict it on "
+                          f"({len(found)} distinct sets in the store; expected one)")
+    return json.loads(found.pop())
 
 
 def _measured_profile_file(study, ctx):

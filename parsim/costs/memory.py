@@ -36,17 +36,22 @@ def activation_bytes_per_layer(model, b, s, t, sp, recompute_code, flash, dtype_
     """Bytes of stored activations for one layer and one micro-batch on one TP rank, summed from
     the layer's description (parsim.layer: each op's `saved`).
 
-    recompute_code: 0 none, 1 selective (the attention core's scores are not kept), 2 full (only
-    the layer input is kept: e·s·b·h, /t with sequence parallelism; Korthikanti et al. 2022 §4.3)."""
-    from parsim.layer import DTYPE_BYTES as E, layer_ops, saved_bytes
+    recompute_code: index into parsim.plan.RECOMPUTE — 0 none, 1 selective (the attention core's scores
+    are not kept), 2 full (only the layer input is kept: e·s·b·h, /t with sequence parallelism;
+    Korthikanti et al. 2022 §4.3), 3 selective-op (torchtitan's op-level SAC: the layer input and the
+    outputs its policy saves; parsim.layer.saved_for)."""
+    from parsim.layer import DTYPE_BYTES as E, POLICIES, layer_ops, saved_for
     b, s, t = (np.asarray(x, dtype=float) for x in (b, s, t))
     sp = np.asarray(sp, dtype=bool)
     rc = np.asarray(recompute_code)
     ops = layer_ops(model, b, s, t, sp, flash, dtype_code, ep, cp)
-    kept = np.where(rc == 1, saved_bytes(ops, selective=True), saved_bytes(ops))
     e = E[np.asarray(dtype_code)]
-    full = np.where(sp, e * s * b * model.hidden / t, e * s * b * model.hidden) / np.asarray(cp, dtype=float)
-    return np.where(rc == 2, full, kept)
+    inp = np.where(sp, e * s * b * model.hidden / t, e * s * b * model.hidden) / np.asarray(cp, dtype=float)
+    out = 0.0
+    for code, policy in enumerate(POLICIES):
+        if np.any(rc == code):
+            out = out + np.where(rc == code, saved_for(ops, policy, inp), 0.0)
+    return out
 
 
 # ---------------------------------------------------------------- model states: bytes per parameter
@@ -65,8 +70,12 @@ ACCOUNTING = {
     "deepspeed": (2.0, 2.0, 12.0),
     # FSDP2 as torchtitan runs it (MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)): the
     # sharded parameters are the fp32 master copy, gradients are reduced and kept in fp32, Adam m, v
-    # in fp32: 4 + 4 + 8 = 16 B/param; the bf16 compute copy is unsharded per layer (ZeRO-3: see
-    # buffers) or, with reshard_after_forward=False (ZeRO-2 here), for the whole stage (+2 B/param).
+    # in fp32: 4 + 4 + 8 = 16 B/param. FSDP2 shards its parameters at every stage; the compute copy is
+    # unsharded per layer (ZeRO-3: see buffers) or, with reshard_after_forward=False, for the whole
+    # stage (+2 B/param in 16-bit, the unsharded fp32 parameters in fp32): ZeRO-2 here (gradients
+    # reduce-scattered every micro-batch) and ZeRO-1 (gradient sync on the last micro-batch only:
+    # set_requires_gradient_sync(False) before, the unsharded gradient accumulated in the fp32 reduce
+    # dtype, as torch.distributed.pipelining's stage._configure_data_parallel_mode runs FSDP2 under PP).
     "fsdp2": (4.0, 4.0, 8.0),
 }
 ACCOUNTINGS = tuple(ACCOUNTING)
@@ -90,8 +99,9 @@ def state_bytes_per_param(dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUN
     bw, bg, bo = ACCOUNTING[check_accounting(accounting)]
     fp32 = e == 4.0
     w = np.where(fp32, FP32_STATE[0], bw) / np.where(zero >= 3, dp, 1.0)
-    if accounting == "fsdp2":
-        w = w + np.where((zero == 2) & ~fp32, 2.0, 0.0)
+    if accounting == "fsdp2":      # sharded master at every stage + the unsharded compute copy below ZeRO-3
+        unsharded_copy = np.where(fp32, FP32_STATE[0], 2.0)
+        w = np.where((zero == 1) | (zero == 2), np.where(fp32, FP32_STATE[0], bw) / dp + unsharded_copy, w)
     g = np.where(fp32, FP32_STATE[1], bg) / np.where(zero >= 2, dp, 1.0)
     o = np.where(fp32, FP32_STATE[2], bo) / np.where(zero >= 1, dp, 1.0)
     return w, g, o
@@ -102,8 +112,9 @@ def model_state_bytes(params_per_rank, dp, zero, dtype_code, accounting: str = D
 
     Bytes per parameter follow ``accounting`` (ACCOUNTING above) for 16-bit training and FP32_STATE
     for fp32; ZeRO stage z shards the optimizer (z >= 1), gradients (z >= 2), weights (z >= 3) over dp.
-    The fsdp2 convention at ZeRO-2 also holds the unsharded 16-bit parameters (2 B/param) from
-    forward to backward (FSDP2's reshard_after_forward=False), counted with the weights."""
+    The fsdp2 convention at ZeRO-1 and -2 shards its fp32 parameters and also holds the unsharded
+    compute copy (2 B/param in 16-bit) from forward to backward (FSDP2's reshard_after_forward=False),
+    counted with the weights."""
     N = np.asarray(params_per_rank, dtype=float)
     return tuple(N * f for f in state_bytes_per_param(dp, zero, dtype_code, accounting))
 

@@ -746,3 +746,12 @@ def busbw_factor(op: str, p: int) -> float:
     if op in ("reduce_scatter", "all_gather", "all_to_all"):
         return (p - 1) / p
     return 1.0
+
+
+def bandwidths_Bps(op: str, p: int, nbytes: float, time_s: float) -> tuple[float, float]:
+    """(algbw, busbw) in bytes/s of `op` over p ranks (the workers; dedicated parameter servers are
+    not ranks of the collective) with a per-rank buffer of `nbytes` bytes taking `time_s` seconds:
+    algbw = nbytes / time_s, busbw = algbw · busbw_factor(op, p) (nccl-tests PERFORMANCE.md).
+    The one place measured and predicted bandwidths are computed; inf for a zero time."""
+    algbw = nbytes / time_s if time_s > 0 else float("inf")
+    return algbw, algbw * busbw_factor(op, p)

@@ -602,6 +602,52 @@ def build(op: str, algo: str, p: int, nbytes: int, align=None, **kw) -> Schedule
     return fn(p, nbytes, align, **{k: v for k, v in kw.items() if k in params and v is not None})
 
 
+def reference(schedule: Schedule, rank: int, input_of) -> tuple[np.ndarray, np.ndarray]:
+    """What worker `rank` holds after `schedule` ran, by the op's contract (the table in this
+    module's docstring), not by playing the schedule: ``(expected, defined)``, two 1-D arrays of
+    the inputs' length; ``defined`` is False where the op leaves scratch (reduce-scatter outside
+    the worker's own slice). ``input_of(w)`` returns worker w's input, a 1-D numpy array of
+    ``schedule.nbytes`` bytes (any element size dividing ``schedule.align``); it is called once
+    per worker needed, so a caller can generate inputs instead of holding all p.
+
+    The oracle of the executor tests and of the benchmark's result check; dedicated server
+    ranks have no contract (AssertionError)."""
+    p, op = schedule.p, schedule.op
+    assert 0 <= rank < p, f"rank {rank} is not one of the schedule's {p} workers"
+    mine = np.asarray(input_of(rank))
+    isz = mine.itemsize
+    assert mine.ndim == 1 and mine.nbytes == schedule.nbytes and schedule.align % isz == 0, (
+        f"input of {mine.nbytes} B in {isz}-byte elements for a {schedule.nbytes} B schedule aligned to "
+        f"{schedule.align} B")
+    seg = segments(schedule.nbytes, p, schedule.align) // isz
+    defined = np.ones(len(mine), dtype=bool)
+    if op in ("allreduce", "reduce_scatter"):
+        out = mine.copy()
+        for w in range(p):
+            if w != rank:
+                out += input_of(w)
+        if op == "reduce_scatter":
+            defined[:] = False
+            defined[seg[rank]:seg[rank + 1]] = True
+    elif op == "all_gather":
+        out = mine.copy()
+        for w in range(p):
+            if w != rank:
+                out[seg[w]:seg[w + 1]] = input_of(w)[seg[w]:seg[w + 1]]
+    elif op == "broadcast":
+        out = np.array(input_of(0), copy=True)
+    elif op == "all_to_all":
+        out, k = mine.copy(), schedule.nbytes // p // isz
+        for w in range(p):
+            if w != rank:
+                out[seg[w]:seg[w] + k] = input_of(w)[seg[rank]:seg[rank] + k]
+    elif op == "sendrecv":
+        out = mine.copy() if rank == 0 else np.array(input_of(rank - 1), copy=True)
+    else:
+        raise AssertionError(f"no contract for op {op!r}")
+    return out, defined
+
+
 def allreduce_schedule(algo: str, p: int, nbytes: int, align=None, **kw) -> Schedule:
     """Shorthand for ``build("allreduce", algo, ...)`` (what backends/torchdist calls)."""
     return build("allreduce", algo, p, nbytes, align, **kw)

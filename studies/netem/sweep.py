@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from itertools import combinations
@@ -50,24 +49,18 @@ from backends.torchdist.bench import MAX_REPEATS, MIN_TIME_S  # noqa: E402  (the
 PRED_TIE = 0.02  # predictions within 2% of each other count as "the model calls it a tie"
 
 
-def _launch(emu, cmd, name):
-    """One launch of the benchmark's ranks in the emulated hosts; rank 0's points."""
-    from parsim.commands.emulate import rank_commands
-    procs = []
-    for r, argv in rank_commands(emu, cmd):
-        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True, cwd=ROOT))
+def _launch(emu, job, name):
+    """One launch of the benchmark's ranks in the emulated hosts, through the one launcher
+    (backends.torchdist.launch, each rank behind its host's ``ip netns exec`` prefix); rank 0's points."""
+    from backends.torchdist import bench
+    from backends.torchdist.launch import RunFailed
+    from parsim.commands.emulate import rank_prefixes
+    pre = dict(rank_prefixes(emu))
     try:
-        out, err = procs[0].communicate(timeout=RUN_TIMEOUT_S)
-        for p in procs[1:]:
-            p.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        raise SystemExit(f"config {name}: ranks did not finish within {RUN_TIMEOUT_S} s")
-    if procs[0].returncode != 0:
-        raise SystemExit(f"config {name}: rank 0 failed:\n{err[-3000:]}")
-    return json.loads(out[out.index("["):])
+        return bench.launch_job(job, len(pre), RUN_TIMEOUT_S, rank_prefix=pre.__getitem__,
+                                local_ranks=max(1, len(pre) // max(1, len(emu.plan.hosts))))
+    except RunFailed as e:
+        raise SystemExit(f"config {name}: {e}") from None
 
 
 def merge_launches(runs):
@@ -98,10 +91,10 @@ def run_config(name, preset, kw, link, rph, algos, sizes, repeats, launches=LAUN
     with Emulation(g, ranks_per_host=rph) as emu:
         emu.probes = probe_pairs(emu)
         emu.write_state()
-        cmd = [sys.executable, "-m", "backends.torchdist.bench", "--bench", "allreduce", "--algo", algos,
-               "--size", sizes, "--repeats", str(repeats), "--warmup", "1", "--format", "json",
-               "--min-time", str(MIN_TIME_S), "--max-repeats", str(MAX_REPEATS)]
-        points = merge_launches([_launch(emu, cmd, name) for _ in range(launches)])
+        from backends.torchdist.bench import make_job
+        job = make_job("allreduce", algos, sizes, repeats, 1, MIN_TIME_S, MAX_REPEATS, world=len(emu.ranks()),
+                       netem_state=emu.state_file)
+        points = merge_launches([_launch(emu, job, name) for _ in range(launches)])
         probes = emu.probes
     link_Bps = statistics.median(p["measured_Bps"] for p in probes)
     for pt in points:
@@ -166,6 +159,8 @@ def ordering_check(points):
 
 
 def summarise(points):
+    from parsim.costs.network import bandwidths_Bps
+
     def mae(ps):
         return statistics.mean(abs(p["error"]) for p in ps) if ps else None
     big = [p for p in points if p["size_B"] >= 1 << 20]
@@ -174,7 +169,7 @@ def summarise(points):
         by_algo.setdefault(p["algo"], []).append(p)
     ring64 = [p for p in points if p["algo"] == "ring" and p["size_B"] == 64 << 20 and p["world"] > 2]
     ring_check = [{"config": p["config"], "world": p["world"],
-                   "busbw_Bps": p["size_B"] * 2 * (p["world"] - 1) / p["world"] / p["median_s"],
+                   "busbw_Bps": bandwidths_Bps(p["op"], p["workers"], p["size_B"], p["median_s"])[1],
                    "link_measured_Bps": p["link_measured_Bps"]} for p in ring64]
     for r in ring_check:
         r["fraction_of_link"] = r["busbw_Bps"] / r["link_measured_Bps"]
@@ -193,12 +188,11 @@ def summarise(points):
 
 
 def table(points) -> str:
-    lines = [f"{'cfg':<3} {'link':>8} {'ranks':>5} {'algo':<13} {'size':>10} {'measured':>10} {'spread':>7} "
-             f"{'predicted':>10} {'error':>7}"]
-    for p in points:
-        lines.append(f"{p['config']:<3} {p['link']:>8} {p['world']:>5} {p['algo']:<13} {fmt_bytes(p['size_B']):>10} "
-                     f"{p['median_s']:>9.4f}s {p['spread'] * 100:>6.1f}% {p['predicted_s']:>9.4f}s {p['error'] * 100:>+6.1f}%")
-    return "\n".join(lines)
+    from parsim.tables import text_table
+    return text_table(("cfg", "link", "ranks", "algo", "size", "measured", "spread", "predicted", "error"),
+                      [(p["config"], p["link"], p["world"], p["algo"], fmt_bytes(p["size_B"]), f"{p['median_s']:.4f}s",
+                        f"{p['spread'] * 100:.1f}%", f"{p['predicted_s']:.4f}s", f"{p['error'] * 100:+.1f}%")
+                       for p in points]).rstrip()
 
 
 def plot(points, path):
@@ -229,16 +223,14 @@ def plot(points, path):
 def to_records(doc, study="netem-allreduce-sweep") -> list[dict]:
     """A saved sweep (sweep.json) as `parsim validate` result records (parsim.results), one per point,
     with the ids studies/netem/sweep.yaml gives them, so `parsim report` renders it."""
+    from backends.torchdist.bench import bandwidths_GBps
     from parsim.units import fmt_bytes
     recs = []
     for c in doc["results"]:
         net = {"preset": c["preset"], **c["kwargs"], "link": c["link"], "ranks_per_host": c["ranks_per_host"]}
         for q in c["points"]:
             q = dict(q)
-            w = q["world"]
-            bus = 2 * (w - 1) / w
-            q["busbw_GBps"] = q["size_B"] * bus / q["median_s"] / 1e9
-            q["predicted_busbw_GBps"] = q["size_B"] * bus / q["predicted_s"] / 1e9
+            q.update(bandwidths_GBps(q["op"], q["workers"], q["size_B"], q["median_s"], q["predicted_s"]))
             pred = q.pop("predicted")
             recs.append({"study": study, "id": f"{c['name']}: collective {q['op']} {q['algo']} {fmt_bytes(q['size_B'])}",
                          "kind": "collective", "status": "ok" if q["correct"] else "failed",

@@ -14,6 +14,7 @@ from pathlib import Path
 from parsim.hardware import get_device
 from parsim.outputs import make_output_dir, save_figure, write_atomic
 from parsim.report import to_json
+from parsim.tables import md_table
 from parsim.validation import leave_one_out, report
 
 
@@ -27,15 +28,15 @@ def main(argv=None):
     for r, (_, f, e) in zip(rows, loo["loo"]):
         r["loo_fraction"], r["loo_rel_error"] = f, round(e, 4)
     mae = sum(abs(r["rel_error"]) for r in rows) / len(rows)
-    lines = ["| model | GPUs | tp | pp | micro-batch* | vpp* | measured TFLOP/s | predicted | error | leave-one-out error |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['gpus']} | {r['tp']} | {r['pp']} | {r['micro_batch']} | {r['vpp']} | "
-              f"{r['measured_tflops']:.0f} | {r['predicted_tflops']:.1f} | {100 * r['rel_error']:+.1f}% | "
-              f"{100 * r['loo_rel_error']:+.1f}% |" for r in rows]
+    table = md_table(["model", "GPUs", "tp", "pp", "micro-batch*", "vpp*", "measured TFLOP/s", "predicted", "error",
+                      "leave-one-out error"],
+                     [[r["model"], r["gpus"], r["tp"], r["pp"], r["micro_batch"], r["vpp"], f"{r['measured_tflops']:.0f}",
+                       f"{r['predicted_tflops']:.1f}", f"{100 * r['rel_error']:+.1f}%", f"{100 * r['loo_rel_error']:+.1f}%"]
+                      for r in rows])
     md = ("# parsim vs Narayanan et al. 2021, Table 1 (Selene, DGX A100 80GB)\n\n"
           "Hardware TFLOP/s per GPU (full recompute, fp16, interleaved schedule, no flash attention, "
           "no overlap of the gradient all-reduce). *Not stated in the paper: searched, best predicted shown.\n\n"
-          + "\n".join(lines) + "\n\n"
+          + table + "\n\n"
           f"Shipped profile (matmul_sustained_fraction = {get_device('a100-80gb').sustained_fraction}, fitted on all "
           f"public A100 tables, python -m studies.validation.corpus): "
           f"mean |error| {100 * mae:.1f}%, max {100 * max(abs(r['rel_error']) for r in rows):.1f}%.\n"

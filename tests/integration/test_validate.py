@@ -2,6 +2,7 @@
 a failing point recorded with its cause, and the GPU study's CPU dry run (so it cannot rot)."""
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -108,18 +109,36 @@ collectives:
     assert "Largest errors:" in md
 
 
+def _documented_gpu_command() -> str:
+    """The one command studies/gpu/h200.yaml documents for the lent H200 (its header comment)."""
+    cmds = [ln.lstrip("# ").strip() for ln in (ROOT / "studies/gpu/h200.yaml").read_text().splitlines()
+            if ln.startswith("#") and "-m parsim validate studies/gpu/h200.yaml" in ln and "--tiny" not in ln]
+    assert len(cmds) == 1, cmds
+    return cmds[0]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_gpu_study_dry_runs_on_the_cpu_at_tiny_sizes(tmp_path):
-    """studies/gpu/h200.yaml with --tiny: the same points (device measurement, five plans) on CPU ranks."""
+    """The GPU study's own command (read from studies/gpu/h200.yaml, `... --out $OUT`) with --tiny, end to end
+    on CPU ranks: the same points (device measurement, five plans), results and report into $OUT."""
+    cmd = _documented_gpu_command()
+    assert "$OUT" in cmd and cmd.startswith("PYTHONPATH=. python3 -m parsim validate")
     out = tmp_path / "gpu"
-    r = subprocess.run([sys.executable, "-m", "parsim", "validate", "studies/gpu/h200.yaml", "--tiny", "--out", str(out)],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=380)
+    out.mkdir()
+    r = subprocess.run(["bash", "-c", cmd.replace("python3 ", f"{shlex.quote(sys.executable)} ", 1) + " --tiny"],
+                       cwd=ROOT, env=dict(ENV, OUT=str(out)), capture_output=True, text=True, timeout=380)
     assert r.returncode == 0, r.stderr[-2000:]
     recs = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in recs] == ["device"] + ["train"] * 5
-    assert all(r["status"] == "ok" for r in recs), [r.get("cause") for r in recs]
+    assert all(r["status"] == "ok" and r["tiny"] for r in recs), [r.get("cause") for r in recs]
+    assert {r["point"]["plan"]["recompute"] for r in recs[1:]} == {"none", "selective", "full"}
+    assert {r["point"]["plan"]["micro_batch"] for r in recs[1:]} == {2, 4}
     prof = (out / "cpu.measured.yaml").read_text()
     assert "matmul_efficiency" in prof and "measured" in prof        # a measured profile with its source
     assert all(r["predicted_catalog"] is not None for r in recs[1:])  # predicted with both profiles
-    assert (out / "report.html").exists()
+    assert all(r["summary"]["predicted"] > 0 and r["summary"]["measured"] > 0 for r in recs[1:])
+    md = (out / "report.md").read_text()
+    for fig in ("scatter", "phase_error", "breakdown"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000 and f"figures/{fig}.png" in md
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 3

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from parsim.tables import md_table
 from tests.tracking import TrackingError
 from tests.tracking.speed import BASELINES, ROOT, STORAGE, TIMER_NAME
 
@@ -156,11 +157,9 @@ def write(out: Path, sp: list[dict], lp: list[dict]) -> list[Path]:
         plt.close(fig)
         written.append(png)
         md += [f"### {kind}", "", f"![speed]({png.name})", "",
-               "| benchmark | " + " | ".join(_label(c, times) for c in commits) + " |",
-               "|---|" + "---|" * len(commits)]
-        for b in benches:
-            md.append(f"| {b} | " + " | ".join(f"{statistics.median(by[(b, c)]):.4g}" if by.get((b, c)) else ""
-                                             for c in commits) + " |")
+               md_table(["benchmark", *(_label(c, times) for c in commits)],
+                        [[b, *(f"{statistics.median(by[(b, c)]):.4g}" if by.get((b, c)) else "" for c in commits)]
+                         for b in benches])]
         runs = defaultdict(set)
         for p in kp:
             runs[p["commit"]].add(p["file"])
@@ -193,10 +192,9 @@ def write(out: Path, sp: list[dict], lp: list[dict]) -> list[Path]:
         plt.close(fig)
         written.append(png)
         md += ["![accuracy](accuracy.png)", "",
-               "| metric | " + " | ".join(_label(c, times) for c in commits) + " |", "|---|" + "---|" * len(commits)]
-        for m in metrics:
-            md.append(f"| {m} | " + " | ".join(f"{val[(m, c)]['value']:.4g}" if (m, c) in val else ""
-                                             for c in commits) + " |")
+               md_table(["metric", *(_label(c, times) for c in commits)],
+                        [[m, *(f"{val[(m, c)]['value']:.4g}" if (m, c) in val else "" for c in commits)]
+                         for m in metrics])]
         md.append("")
     subjects = [c for c in _order([p["commit"] for p in sp + lp], times) if c in times]
     if subjects:

@@ -5,7 +5,8 @@ current model (tests/tracking/metrics.py) and compared with the committed ledger
     python -m tests.tracking.ledger                  # the same check without pytest: table, exit 1 if worse
     python -m tests.tracking.ledger --accept         # record today's values (improvement or documented change)
     python -m tests.tracking.ledger --accept METRIC  # ... only these metrics
-      [--only SOURCE,...]                            # compute only these metric sources (narayanan2021, netem, cpu)
+      [--only SOURCE,...]                            # compute only these metric sources (narayanan2021, netem, cpu,
+                                                     #   cpu_study, netem_quick, corpus)
 
 A metric fails when it is worse than its ledger value by more than its tolerance (its unit; lower is
 better for errors, higher for agreement counts); a better value passes and is flagged "better:
@@ -116,23 +117,16 @@ def failures(rows: list[dict]) -> list[str]:
 
 
 def render(rows: list[dict], width: int = 150) -> str:
-    """The table (metric, ledger, now, delta, tolerance, status) as text (rich)."""
-    from io import StringIO
-
-    from rich.console import Console
-    from rich.table import Table
-    t = Table(title=f"accuracy ledger ({_rel(LEDGER)}): recomputed from stored measurements", title_justify="left")
-    for c in ("metric", "ledger", "now", "delta", "tolerance", "status"):
-        t.add_column(c, justify="left" if c in ("metric", "status") else "right", no_wrap=c == "metric")
+    """The table (metric, ledger, now, delta, tolerance, status) as text (parsim.tables)."""
+    from parsim.tables import text_table
 
     def f(v, unit, sign=False):
         return "-" if v is None else (f"{v:+.4g}" if sign else f"{v:.4g}") + ("%" if unit == "%" else "")
-    for r in rows:
-        t.add_row(r["metric"], f(r["ledger"], r["unit"]), f(r["now"], r["unit"]), f(r["delta"], r["unit"], True),
-                  "-" if r["tolerance"] is None else f"{r['tolerance']:g}", r["status"])
-    buf = StringIO()
-    Console(file=buf, width=width, color_system=None).print(t)
-    return buf.getvalue()
+    return text_table(("metric", "ledger", "now", "delta", "tolerance", "status"),
+                      [(r["metric"], f(r["ledger"], r["unit"]), f(r["now"], r["unit"]), f(r["delta"], r["unit"], True),
+                        "-" if r["tolerance"] is None else f"{r['tolerance']:g}", r["status"]) for r in rows],
+                      f"accuracy ledger ({_rel(LEDGER)}): recomputed from stored measurements", width=width,
+                      justify=("left", "right", "right", "right", "right", "left"))
 
 
 def accept(now: dict[str, Metric], names=None, path: Path = LEDGER, sources=None) -> list[dict]:
@@ -161,7 +155,8 @@ def accept(now: dict[str, Metric], names=None, path: Path = LEDGER, sources=None
         m, e = now[name], old.get(name, {})
         new[name] = {"metric": name, "value": m.value, "unit": m.unit, "better": m.better,
                      "tolerance": e.get("tolerance", m.tolerance), "source": m.source, "description": m.description}
-    order = list(now) + [n for n in new if n not in now]
+    # a partial accept (--only) keeps the file's order and appends new metrics: the diff shows only what moved
+    order = dict.fromkeys(list(old) + list(now) if sources else list(now) + list(new))
     entries = [{k: new[n][k] for k in FIELDS if k in new[n]} for n in order if n in new]
     text = HEADER + yaml.safe_dump({"metrics": entries}, sort_keys=False, allow_unicode=True, width=120)
     tmp = path.with_suffix(".yaml.tmp")

@@ -192,7 +192,8 @@ def normalised(doc: dict) -> dict[str, dict]:
         ref = float(b["extra_info"]["reference_median_s"])
         med = float(b["stats"]["median"])
         out[b["fullname"]] = {"name": b["name"], "median_s": med, "reference_s": ref, "normalised": med / ref,
-                              **{k: v for k, v in b["extra_info"].items() if k.startswith("target") or k.startswith("items")}}
+                              **{k: v for k, v in b["extra_info"].items()
+                                 if k.startswith(("target", "items", "peak_rss"))}}
     return out
 
 
@@ -222,34 +223,28 @@ def targets(run: dict) -> list[dict]:
              "met": b["median_s"] < float(b["target_s"])}
         if b.get("items"):
             r["rate"] = f"{b['items'] / b['median_s']:,.0f} {b.get('items_unit', 'items')}/s"
+        if "peak_rss_MiB" in b:
+            r["memory"] = f"{b['peak_rss_MiB']:,.0f} MiB peak RSS"
         rows.append(r)
     return rows
 
 
 def render(rows: list[dict], target_rows: list[dict], threshold: float, baseline_name: str) -> str:
-    from io import StringIO
-
-    from rich.console import Console
-    from rich.table import Table
-    t = Table(title=f"normalised median = median / reference median; baseline {baseline_name}; "
-                    f"regression past +{threshold:.0%}", title_justify="left")
-    for c in ("benchmark", "median", "reference", "normalised baseline", "normalised now", "change", "status"):
-        t.add_column(c, justify="left" if c in ("benchmark", "status") else "right")
-    for r in rows:
-        t.add_row(r["name"], f"{r['median_s'] * 1e3:,.2f} ms", f"{r['reference_s'] * 1e3:.2f} ms",
-                  "-" if r["baseline"] is None else f"{r['baseline']:.4g}", f"{r['normalised']:.4g}",
-                  "-" if r["change"] is None else f"{r['change']:+.1%}", r["status"])
-    t2 = Table(title="absolute targets (reported, not asserted: they depend on the machine)", title_justify="left")
-    for c in ("benchmark", "target", "median", "rate", "met"):
-        t2.add_column(c)
-    for r in target_rows:
-        t2.add_row(r["name"], r["target"], f"{r['median_s']:.4f} s", r.get("rate", ""), "yes" if r["met"] else "NO")
-    buf = StringIO()
-    con = Console(file=buf, width=160, color_system=None)
-    con.print(t)
+    from parsim.tables import text_table
+    out = text_table(("benchmark", "median", "reference", "normalised baseline", "normalised now", "change", "status"),
+                     [(r["name"], f"{r['median_s'] * 1e3:,.2f} ms", f"{r['reference_s'] * 1e3:.2f} ms",
+                       "-" if r["baseline"] is None else f"{r['baseline']:.4g}", f"{r['normalised']:.4g}",
+                       "-" if r["change"] is None else f"{r['change']:+.1%}", r["status"]) for r in rows],
+                     f"normalised median = median / reference median; baseline {baseline_name}; "
+                     f"regression past +{threshold:.0%}", width=160,
+                     justify=("left", "right", "right", "right", "right", "right", "left"))
     if target_rows:
-        con.print(t2)
-    return buf.getvalue()
+        out += text_table(("benchmark", "target", "median", "rate", "memory", "met"),
+                          [(r["name"], r["target"], f"{r['median_s']:.4f} s", r.get("rate", ""), r.get("memory", ""),
+                            "yes" if r["met"] else "NO") for r in target_rows],
+                          "absolute targets (reported, not asserted: they depend on the machine)", width=160,
+                          justify=("left",) * 6)
+    return out
 
 
 # ---------------------------------------------------------------- running the benchmarks

@@ -201,3 +201,21 @@ def test_bad_requests_are_clear_errors():
         C.build("allreduce", "ring", 4, 63, 8)
     with pytest.raises(ParsimError, match="whole number of nodes"):
         C.allreduce_hierarchical(6, 64, local_size=4)
+
+
+@pytest.mark.parametrize("op,algo,rank,want,defined", [
+    # p = 2, 4 elements, worker 0 = [1, 2, 3, 4], worker 1 = [10, 20, 30, 40]; slices [0:2), [2:4)
+    ("allreduce", "ring", 1, [11, 22, 33, 44], [1, 1, 1, 1]),
+    ("reduce_scatter", "ring", 1, [11, 22, 33, 44], [0, 0, 1, 1]),    # only worker 1's own slice is defined
+    ("all_gather", "ring", 0, [1, 2, 30, 40], [1, 1, 1, 1]),           # slice 1 from worker 1
+    ("broadcast", "tree", 1, [1, 2, 3, 4], [1, 1, 1, 1]),              # worker 0's buffer
+    ("all_to_all", "pairwise", 0, [1, 2, 10, 20], [1, 1, 1, 1]),       # worker 1's slice 0 lands in slice 1
+    ("sendrecv", "direct", 1, [1, 2, 3, 4], [1, 1, 1, 1]),             # worker 0's buffer moved to worker 1
+])
+def test_reference_states_each_ops_contract(op, algo, rank, want, defined):
+    x = [np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])]
+    got, mask = C.reference(C.build(op, algo, 2, 4 * ISZ, ISZ), rank, x.__getitem__)
+    assert mask.tolist() == [bool(d) for d in defined]
+    assert got[mask].tolist() == [w for w, d in zip(want, defined) if d]
+    out = execute(C.build(op, algo, 2, 4 * ISZ, ISZ), x)        # and the schedule, played, agrees
+    assert out[rank][mask].tolist() == got[mask].tolist()

@@ -118,6 +118,20 @@ def test_physical_invariants(mp, cluster):
     assert all(np.isfinite(v) and v >= 0 for v in r.memory_breakdown_GiB.values())
 
 
+@pytest.mark.parametrize("tp,ep,cp", [(1, 2, 2), (1, 2, 1), (1, 1, 2), (2, 2, 2)])
+def test_tp_comm_is_never_a_negative_residue(tp, ep, cp):
+    """tp_comm was once the stage's TP+EP+CP collectives less the EP and CP parts: with tp = 1 (no TP
+    collective at all) that difference came out -3.4e-21 s (found by test_physical_invariants on this tiny MoE
+    with dp 2, ep 2, cp 2 on dgx-h100). It is now summed from the TP terms alone: exactly 0 without tp."""
+    kw = dict(name="h", layers=1, hidden=64, heads=2, kv_heads=2, head_dim=32, ffn_hidden=64, vocab=8, seq_len=16,
+              activation="gelu", tied_embeddings=False, experts=4, top_k=1, expert_ffn_hidden=64, moe_every=1)
+    p = Plan(dp=2, tp=tp, pp=1, micro_batch=1, global_batch=8, ep=ep, cp=cp, sequence_parallel=False)
+    r = predict(ModelSpec(**kw), "dgx-h100", p, gpus=p.gpus)
+    assert all(v >= 0 for v in r.breakdown_s.values()), r.breakdown_s
+    assert (r.breakdown_s["tp_comm"] == 0.0) == (tp == 1)
+    assert (r.breakdown_s["ep_comm"] > 0) == (ep > 1) and (r.breakdown_s["cp_comm"] >= 0)
+
+
 # ---- expert parallelism ------------------------------------------------------------------------
 
 def test_mixtral_ep8_prices_the_all_to_all_and_shards_the_experts():

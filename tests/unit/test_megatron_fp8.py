@@ -10,7 +10,7 @@ from parsim.costs.compute import op_times
 from parsim.errors import ParsimError
 from parsim.hardware import get_device
 from parsim.model import DATA, load_model
-from parsim.plan import Plan
+from parsim.plan import RECOMPUTE, Plan
 from parsim.predict import predict
 
 BF16, FP8 = 0, Ly.FP8
@@ -141,3 +141,28 @@ def test_pp_overlap_hides_send_recv_under_a_chunk():
     from parsim.rules import check
     with pytest.raises(ParsimError, match="not run by this backend"):
         check(base.with_(tp_overlap=False, pp_overlap=True), load_model("llama3-70b"), 64, scope="run")
+
+
+def test_tp_overlap_and_async_tp_are_one_or_the_other():
+    # Megatron / TE userbuffers (tp_overlap) and torchtitan's inductor rewrite (async_tp) are two implementations of the
+    # same overlap: a plan with both is refused in one line (each on its own is priced).
+    base = Plan(dp=2, tp=8, pp=1, micro_batch=1, global_batch=16, seq_len=8192, sequence_parallel=True)
+    with pytest.raises(ParsimError, match="choose one"):
+        predict("llama3-70b", "dgx-h100", base.with_(tp_overlap=True, async_tp=True), gpus=16)
+    off = predict("llama3-70b", "dgx-h100", base, gpus=16)
+    for knob in ("tp_overlap", "async_tp"):
+        on = predict("llama3-70b", "dgx-h100", base.with_(**{knob: True}), gpus=16)
+        assert on.breakdown_s["tp_comm"] < off.breakdown_s["tp_comm"], knob
+        assert on.breakdown_s["compute"] == pytest.approx(off.breakdown_s["compute"], rel=1e-12), knob
+
+
+def test_fp8_recompute_runs_at_the_fp8_sustained_fraction():
+    # Full recompute re-runs the layer's forward (parsim.layer.recomputed): on an fp8 plan those kernels take the same
+    # FP8 time scale as the forward itself, so the recompute of a checkpointed layer equals its forward less the
+    # host overhead (none on a GPU profile).
+    from parsim.costs.compute import layer_times
+    dev = get_device("h100-sxm")
+    m = load_model("llama3-70b")
+    args = (np.array([1.0]), np.array([8192.0]), np.array([8.0]), np.array([True]), np.array([True]), np.array([FP8]))
+    lt = layer_times(m, dev, *args, 1, 1, np.array([RECOMPUTE.index("full")]), np.array([False]))
+    assert float(lt.recompute_s[0]) == pytest.approx(float(lt.fwd_s[0]), rel=1e-12)

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parsim.errors import ParsimError
-from parsim.model import LIMITS, ModelSpec, from_hf_config, load_model
+from parsim.limits import MODEL_LIMITS
+from parsim.model import ModelSpec, from_hf_config, load_model
 from parsim.plan import Plan
 from parsim.predict import predict
 
@@ -167,7 +168,7 @@ _values = st.one_of(st.none(), st.booleans(), st.integers(-5, 2 ** 70), st.float
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(sorted(set(LIMITS) | {"tied_embeddings", "qkv_bias", "activation", "norm", "position",
+@given(st.sampled_from(sorted(set(MODEL_LIMITS) | {"tied_embeddings", "qkv_bias", "activation", "norm", "position",
                                              "capacity_factor", "qk_norm"})), _values)
 def test_modelspec_any_field_value_is_valid_or_one_line_parsim_error(field, value):
     try:

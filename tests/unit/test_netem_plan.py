@@ -259,16 +259,14 @@ def test_missing_root_or_iproute2_is_a_clear_message(monkeypatch):
     assert "iproute2" in cluster.unavailable()
 
 
-def test_ranks_in_namespaces_keep_c10d_hostname_warnings_from_the_user(monkeypatch):
-    """In a namespace c10d cannot resolve its peers' host names and warns on every connection
-    ("The hostname of the client socket cannot be retrieved"): rank processes run with
-    TORCH_CPP_LOG_LEVEL=ERROR unless the user set a level."""
+def test_ranks_in_namespaces_keep_torch_warnings_level(monkeypatch):
+    """c10d's 'hostname of the client socket' lines are dropped by the rank itself (test_quiet.py),
+    so the namespace commands do not lower TORCH_CPP_LOG_LEVEL (which would hide every other C++
+    warning too); a level the user sets reaches the ranks through the inherited environment."""
     from backends.netem import presets
     from backends.netem.cluster import Emulation
     from parsim.commands.emulate import rank_commands
     emu = Emulation(presets.build("switch", bandwidth_Bps=25e6, devices_per_host=1, hosts=2), prefix="ps00000-",
                     ranks_per_host=1)      # a plan only: nothing is created
     monkeypatch.delenv("TORCH_CPP_LOG_LEVEL", raising=False)
-    assert all("TORCH_CPP_LOG_LEVEL=ERROR" in argv for _, argv in rank_commands(emu, ["parsim", "run"]))
-    monkeypatch.setenv("TORCH_CPP_LOG_LEVEL", "INFO")
-    assert all("TORCH_CPP_LOG_LEVEL=INFO" in argv for _, argv in rank_commands(emu, ["parsim", "run"]))
+    assert not any("TORCH_CPP_LOG_LEVEL" in a for _, argv in rank_commands(emu, ["parsim", "run"]) for a in argv)

@@ -14,7 +14,7 @@ from parsim.topology import from_graph, load_cluster, star
 B = 1e9          # 1 GB/s per host link, each direction
 L = 5e-6         # 5 us per hop; device -> host -> switch -> host -> device = 2 hops with latency
 A = 2 * L        # α of one transfer across the switch
-FAST = 1e15      # host-internal links: never the bottleneck
+FAST = 1e14      # host-internal links: never the bottleneck (parsim.limits.MAX_LINK_GBPS, the fastest link allowed)
 
 
 def one_switch(p, servers=0, device="h100-sxm"):

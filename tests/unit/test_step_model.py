@@ -57,9 +57,14 @@ def test_model_state_megatron_default():
     assert sum(model_state_bytes(psi, dp, 0, 0)) == pytest.approx(18 * psi)
     assert sum(model_state_bytes(psi, dp, 1, 0, "megatron")) == pytest.approx(6 * psi + 12 * psi / dp)
     # FSDP2 (torchtitan): fp32 sharded params 4 + fp32 grads 4 + Adam 8 = 16, all over dp at ZeRO-3;
-    # at ZeRO-2 (reshard_after_forward=False) the unsharded bf16 params (2 B) stay from forward to backward
+    # at ZeRO-2 (reshard_after_forward=False) the fp32 params stay sharded (FSDP2 always shards them) and
+    # the unsharded bf16 params (2 B) stay from forward to backward: 2 + (4 + 4 + 8)/d
     assert sum(model_state_bytes(psi, dp, 3, 0, "fsdp2")) == pytest.approx(16 * psi / dp)
-    assert sum(model_state_bytes(psi, dp, 2, 0, "fsdp2")) == pytest.approx(4 * psi + 2 * psi + 12 * psi / dp)
+    assert sum(model_state_bytes(psi, dp, 2, 0, "fsdp2")) == pytest.approx(2 * psi + 16 * psi / dp)
+    # ZeRO-1 (FSDP2 under PP: gradient sync on the last micro-batch only) accumulates the fp32 gradient
+    # unsharded: 2 + 4 + (4 + 8)/d = 6 + 12/d, the same bytes as Megatron's distributed optimizer
+    assert sum(model_state_bytes(psi, dp, 1, 0, "fsdp2")) == pytest.approx(6 * psi + 12 * psi / dp)
+    assert sum(model_state_bytes(psi, dp, 1, 0, "fsdp2")) == pytest.approx(sum(model_state_bytes(psi, dp, 1, 0)))
     # fp32 training (dtype code 2): 4 + 4 + 8 in every convention
     for acc in ("megatron", "deepspeed", "fsdp2"):
         assert sum(model_state_bytes(psi, 1, 0, 2, acc)) == pytest.approx(16 * psi)
@@ -152,3 +157,20 @@ def test_tensor_parallel_host_overhead_replaces_the_per_layer_one():
     assert float(with_o.bwd_s - plain.bwd_s) == pytest.approx(2000e-6)
     plain1, with1 = (layer_times(m, d, 2, 128, 1, False, True, 0) for d in (base, dev))
     assert float(with1.fwd_s - plain1.fwd_s) == pytest.approx(100e-6)
+
+
+def test_fsdp2_root_module_stays_unsharded():
+    # FSDP2's root (torchtitan: embedding, final norm, output layer) keeps its unsharded bf16 parameters from
+    # forward through backward (fully_shard: the root's reshard_after_forward is False), and the output layer's
+    # unsharded gradient through backward. llama3-8b, ZeRO-3, one rank kind: embedding 128256·4096 = 525,336,576
+    # params, head (output + final norm) 525,340,672: 2·525,336,576 + 2·2·525,340,672 = 3,152,035,840 bytes more
+    # buffers under fsdp2 than under the megatron accounting (the states differ too, the buffers only by this).
+    from parsim.plan import Plan
+    from parsim.predict import predict
+    p = Plan(dp=8, micro_batch=1, global_batch=8, seq_len=8192, zero=3, recompute="selective-op")
+    a, b = (predict("llama3-8b", "grand-teton-h100", p, accounting=acc) for acc in ("fsdp2", "megatron"))
+    assert (a.memory_breakdown_GiB["buffers"] - b.memory_breakdown_GiB["buffers"]) * 2 ** 30 == pytest.approx(
+        3_152_035_840, rel=1e-12)
+    # not at ZeRO-1/2 (every parameter of the stage is unsharded there already)
+    a, b = (predict("llama3-8b", "grand-teton-h100", p.with_(zero=1), accounting=acc) for acc in ("fsdp2", "megatron"))
+    assert a.memory_breakdown_GiB["buffers"] == pytest.approx(b.memory_breakdown_GiB["buffers"], rel=1e-12)

@@ -50,11 +50,57 @@ collectives:
     ("name: x\ntrian: []", "s.yaml.trian: unknown key"),
     ("name: x\n", "expected at least one point"),
     ("name: [x", "not valid YAML"),
+    # missing keys
+    ("name: x\ntrain: [{plan: {dp: 2}}]", "s.yaml.train[0].model: expected a model preset name or a ModelSpec file"),
+    ("name: x\nwhere: netem\nnetworks: {A: {hosts: 2}}\ncollectives: [{size: 4KiB}]",
+     "s.yaml.networks.A.link: expected a rate such as 200Mbit or 1Gbit"),
+    ("name: x\nwhere: gpu\ndevice: {profile: h200, hbm_MiB: [1]}", "s.yaml.device.gemm: expected a list of [m, n, k]"),
+    # wrong types
+    ("name: x\ntrain: 5", "s.yaml.train: expected a list of training points"),
+    ("name: x\ncollectives: {algo: ring}", "s.yaml.collectives: expected a list of collective benchmarks"),
+    ("name: x\ntrain: [{model: gpt-tiny, plan: [1, 2]}]", "s.yaml.train[0].plan: expected a mapping of plan fields"),
+    ("name: x\nsteps: eight\ntrain: [{model: gpt-tiny}]", "s.yaml.steps: expected an integer >= 1 (got 'eight')"),
+    ("name: x\ncollectives: [{min_time_s: fast}]", "s.yaml.collectives[0].min_time_s: expected a number >= 0 (got 'fast')"),
+    ("name: x\ncluster: 5\ntrain: [{model: gpt-tiny}]", "s.yaml.cluster: expected a cluster preset name or a cluster file (got 5)"),
+    ("name: x\ntrain: [{model: gpt-tiny, trace: maybe}]", "s.yaml.train[0].trace: expected true or false (got 'maybe')"),
+    ("name: x\ntiny: {models: 5}\ntrain: [{model: gpt-tiny}]", "s.yaml.tiny.models: expected a mapping"),
+    ("name: x\nwhere: netem\nnetworks: {A: {hosts: 2, link: 1Gbit, ranks_per_host: x}}\ncollectives: [{size: 4KiB}]",
+     "s.yaml.networks.A.ranks_per_host: expected an integer >= 1 (got 'x')"),
+    ("name: x\ntrain: [{model: gpt-tiny, network: A}]", "s.yaml.train[0].network: expected no network unless where: netem"),
+    # unknown keys and names
+    ("name: x\ntrain: [{model: gpt-tiny, plans: {dp: 2}}]", "s.yaml.train[0].plans: unknown key; expected one of"),
+    ("name: x\nwhere: netem\nnetworks: {A: {hosts: 2, link: 1Gbit, speed: 3}}\ncollectives: [{size: 4KiB}]",
+     "s.yaml.networks.A.speed: unknown key"),
+    ("name: x\ntiny: {model: {a: b}}\ntrain: [{model: gpt-tiny}]", "s.yaml.tiny.model: unknown key"),
+    ("name: x\ntrain: [{model: gpt-tinyy}]", "s.yaml.train[0].model: expected a model preset name"),
+    ("name: x\ntrain: [{model: nope.yaml}]", "s.yaml.train[0].model: expected a model preset name or an existing ModelSpec file"),
+    ("name: x\ncluster: dgx-h10\ntrain: [{model: gpt-tiny}]", "s.yaml.cluster: expected a cluster preset name"),
+    ("name: x\ncollectives: [{algo: [ring, bogus]}]", "s.yaml.collectives[0].algo[1]: expected one of ring, tree"),
+    ("name: x\nwhere: gpu\ndevice: {profile: h900, gemm: [[8, 8, 8]], hbm_MiB: [1]}", "s.yaml.device.profile: expected a device profile"),
+    # bad plan and sweep values: the swept value at fault is named by its index
+    ("name: x\ntrain: [{model: gpt-tiny, sweep: {recompute: [none, bogus]}}]",
+     "s.yaml.train[0].sweep.recompute[1]: recompute = 'bogus': expected one of none, selective, full"),
+    ("name: x\ntrain: [{model: gpt-tiny, sweep: {zero: [0, 7]}}]", "s.yaml.train[0].sweep.zero[1]: zero = 7: expected one of 0"),
+    ("name: x\ntrain: [{model: gpt-tiny, sweep: {dp: [1, two]}}]", "s.yaml.train[0].sweep.dp[1]: expected integer dp"),
+    ("name: x\ntrain: [{model: gpt-tiny, plan: {recompute: bogus}}]", "s.yaml.train[0].plan: recompute = 'bogus'"),
+    # valid alone, not together: 4 sequences do not split into micro-batches of 2 over dp = 3
+    ("name: x\ntrain: [{model: gpt-tiny, plan: {micro_batch: 2, global_batch: 4}, sweep: {dp: [1, 3]}}]",
+     "s.yaml.train[0].plan (sweep dp=3): global-batch (4) is not divisible by micro-batch·dp = 2·3 = 6"),
+    # the rule book, against the point's model: gpt-tiny has 4 heads
+    ("name: x\ntrain: [{model: gpt-tiny, plan: {tp: 3}}]", "s.yaml.train[0].plan: heads (4) of gpt-tiny is not divisible by tp (3)"),
 ])
-def test_a_malformed_study_is_one_error_naming_the_key_and_what_was_expected(tmp_path, text, needle):
+def test_a_malformed_study_is_one_error_naming_the_key_and_what_was_expected(tmp_path, text, needle, capsys):
+    path = _write(tmp_path, text)
+    tiny = "tiny:" in text
     with pytest.raises(ParsimError, match=None) as ei:
-        load_study(_write(tmp_path, text))
+        load_study(path, tiny=tiny)
     assert needle in str(ei.value), str(ei.value)
+    # the CLI: that one line, no traceback, exit 2 (nothing run, nothing written)
+    from parsim.cli import main
+    assert main(["validate", str(path), "--out", str(tmp_path / "o"), *(["--tiny"] if tiny else [])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_malformed_study_is_one_line_exit_2(tmp_path):

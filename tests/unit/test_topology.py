@@ -177,3 +177,57 @@ def test_collective_cli(tmp_path, capsys):
     assert main(["collective", "--algo", "rign"]) == 2
     assert "did you mean ring" in capsys.readouterr().err
     assert main(["collective", "--op", "all_gather", "--algo", "rd", "--gpus", "8", "--size", "1MiB"]) == 0
+
+
+# ---- building is validated per link class (issue 13, item 7) --------------------------------------------
+
+def test_builders_check_each_link_class_once_with_the_limits():
+    """A builder's links come from a few classes (NVLink, PCIe, NIC, uplink); each class's numbers are checked
+    when the class is made, against the same limits the per-link walk of validate applies, so a built cluster
+    needs no walk. An uplink class derived out of range (2,048 nodes per leaf x 8 NICs x 50 GB/s over 2 spines =
+    410 TB/s per uplink, above parsim.limits.MAX_LINK_GBPS = 1e5 GB/s) is refused by the builder itself."""
+    with pytest.raises(ParsimError, match=r"uplink links bandwidth .* above the limit"):
+        _ft(nodes=2 * 2048, gpus_per_node=8, nodes_per_leaf=2048)
+    with pytest.raises(ParsimError, match=r"nvlink links latency"):
+        _ft(nvlink_latency_s=-1e-6)
+    with pytest.raises(ParsimError, match=r"pcie links efficiency = 1.5"):   # PCIe (GPU-NIC) is made first
+        _ft(nic_efficiency=1.5)
+    with pytest.raises(ParsimError, match=r"direct links bandwidth"):
+        T.ring("r", 4, "h100-sxm", 0.0, 1e-6)
+
+
+@pytest.mark.parametrize("name,gpus", [("dgx-a100", 64), ("dgx-h100-fattree", 256), ("dgx-h100-rail", 128),
+                                       ("torus-4x4", None), ("ps-star", None)])
+def test_a_built_cluster_passes_the_full_validation(name, gpus):
+    """load_cluster skips the per-link walk and the connectivity search for graphs its builders make; the full
+    validate (as for a graph read from a file) must accept every one of them, and a copy of the graph with one
+    link broken must still be refused by it."""
+    c = T.load_cluster(name, gpus)
+    assert T.validate(c) is c
+    g = c.graph.copy()
+    u, v = next(iter(g.edges()))
+    g.edges[u, v]["latency"] = -1.0
+    with pytest.raises(ParsimError, match="latency"):
+        T.validate(T.Cluster(c.name, g, c.devices, c.gpus_per_node, c.device_profile, c.meta, c.servers))
+
+
+def test_nvlink_p2p_efficiency_is_part_of_the_nvlink_class():
+    """dgx-a100's nvlink_p2p_efficiency (clusters.yaml) lands on every NVLink edge and on no other link."""
+    c = T.load_cluster("dgx-a100", 16)
+    by_link = {}
+    for _, _, d in c.graph.edges(data=True):
+        by_link.setdefault(d["link"], set()).add(d.get("p2p_efficiency"))
+    assert by_link["nvlink"] == {T._presets()["dgx-a100"]["nvlink_p2p_efficiency"]}
+    assert all(v == {None} for k, v in by_link.items() if k != "nvlink")
+    with pytest.raises(ParsimError, match="nvlink_p2p_efficiency"):
+        _ft(nvlink_p2p_efficiency=0.0)
+
+
+def test_rank_device_errors_name_the_device():
+    c = T.load_cluster("dgx-h100", 8)
+    g = c.graph.copy()
+    g.nodes["n0/gpu3"]["profile"] = 7
+    with pytest.raises(ParsimError, match=r"device 'n0/gpu3' has profile 7, expected a device profile name"):
+        T.validate(T.Cluster("x", g, c.devices, 8, "h100-sxm"))
+    with pytest.raises(ParsimError, match=r"rank node 'n0/nic0' has kind 'nic', expected device"):
+        T.validate(T.Cluster("x", c.graph, ("n0/nic0",), 8, "h100-sxm"))

@@ -179,10 +179,11 @@ def test_the_committed_ledger_is_readable_and_covers_every_metric_source():
 
 
 def _broken_profile(tmp_path, change):
-    """A PARSIM_DEVICES_LOCAL file: the shipped local profiles with one entry changed."""
+    """A PARSIM_DEVICES_LOCAL file: the development VM's measured profiles (what the ledger prices the
+    stored CPU and netem measurements with) with one entry changed."""
     data = ROOT / "parsim" / "data"
     cat = yaml.safe_load((data / "devices.yaml").read_text())
-    local_file = data / "devices.local.yaml"
+    local_file = data / "measured" / "vm-2core" / "devices.yaml"
     local = yaml.safe_load(local_file.read_text()) if local_file.exists() else {}
     merged = copy.deepcopy(local)
     change(cat, merged)
@@ -209,14 +210,69 @@ def test_dropped_collective_overhead_fails_the_netem_metrics(tmp_path):
     def drop(cat, local):   # the calibrated software overhead of collectives "forgotten"
         for k in ("executor_step_overhead_us", "executor_message_overhead_us", "native_step_overhead_us"):
             local["cpu"][k] = 0.0
-    if "cpu" not in yaml.safe_load((ROOT / "parsim/data/devices.local.yaml").read_text()):
-        pytest.skip("no calibrated cpu profile")
-    r = _cli("tests.tracking.ledger", "--only", "netem", env=_broken_profile(tmp_path, drop))
+    r = _cli("tests.tracking.ledger", "--only", "netem,netem_quick", env=_broken_profile(tmp_path, drop))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "accuracy ledger: netem.mae_all is worse" in r.stdout, r.stdout
     assert "accuracy ledger: netem.mae_lt_1MiB is worse" in r.stdout, r.stdout
-    r = _cli("tests.tracking.ledger", "--only", "netem")
+    # the quick study's stored points (parsim validate's results store) too: its collectives and its training step
+    # are predicted too fast already; without the overhead, faster still
+    assert "accuracy ledger: netem_quick.mean_abs_error.collective is worse" in r.stdout, r.stdout
+    assert "netem_quick.point_abs_error.A:_collective_allreduce_ring_256KiB is worse" in r.stdout, r.stdout
+    r = _cli("tests.tracking.ledger", "--only", "netem,netem_quick")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_faster_cpu_profile_fails_the_cpu_study_metrics(tmp_path):
+    """The stored CPU study (reports/cpu/results.jsonl) is predicted too fast (the VM was shared while it ran):
+    a cpu profile with twice the GEMM peak predicts it faster still, and its ledger metrics fail."""
+    def faster(cat, local):
+        local["cpu"]["peak_TFLOPs"] = {k: 2 * v for k, v in local["cpu"]["peak_TFLOPs"].items()}
+    r = _cli("tests.tracking.ledger", "--only", "cpu_study", env=_broken_profile(tmp_path, faster))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "accuracy ledger: cpu_study.mean_abs_error is worse" in r.stdout, r.stdout
+    assert "cpu_study.point_abs_error.train_gpt-small_dp1tp1pp1_mb2_1f1b_native_z0_rc:none is worse" in r.stdout
+    r = _cli("tests.tracking.ledger", "--only", "cpu_study")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_committed_parsim_validate_store_is_a_ledger_source():
+    """A results store `parsim validate` wrote (every record has finished_utc and versions) committed under
+    reports/ is tracked; exports of older files (no finished_utc) are not stores of a study run."""
+    from parsim import results as R
+    from tests.tracking.metrics import STUDY_STORES
+    stores = set()
+    for p in sorted((ROOT / "reports").rglob("results.jsonl")):
+        recs = R.read(p)
+        if recs and all(r.get("finished_utc") and r.get("versions") for r in recs):
+            stores.add(str(p.relative_to(ROOT)))
+    assert stores == {f for f, _ in STUDY_STORES.values()}, stores
+    assert "reports/cpu/results.jsonl" in stores and "reports/netem/quick/results.jsonl" in stores
+
+
+def test_repredict_prices_a_stored_netem_point_on_its_stored_link_probes():
+    """parsim.commands.validate.repredict: the emulated network rebuilt from the study's entry with the probes
+    the study stored. Halving every probe's efficiency (measured / configured rate: the links carry the configured
+    rate times it, backends.netem.probe.measured_graph) makes the bandwidth-bound 4 MiB ring slower, 2x at most (the
+    latency part is unchanged); a training point recorded without probes borrows its network's."""
+    from parsim import results as R
+    from parsim.commands.validate import repredict
+    from parsim.errors import ParsimError
+    recs = R.read(ROOT / "reports/netem/quick/results.jsonl")
+    ring = next(r for r in recs if r["id"] == "A: collective allreduce ring 4.0 MiB")
+    t0 = repredict(ring, recs)
+    slow = copy.deepcopy(ring)
+    for pr in slow["profile"]["link_probes"]:
+        pr["measured_Bps"] /= 2
+        pr["efficiency"] /= 2
+    t1 = repredict(slow, recs)
+    assert 1.5 * t0 < t1 <= 2 * t0 + 1e-12, (t0, t1)
+    train = next(r for r in recs if r["kind"] == "train")
+    assert "link_probes" not in train["profile"]                 # recorded before training points kept them
+    assert repredict(train, recs) > 0
+    other = copy.deepcopy(recs[1:])
+    other[0]["profile"]["link_probes"] = slow["profile"]["link_probes"]
+    with pytest.raises(ParsimError, match="2 distinct sets"):
+        repredict(train, other)
 
 
 def test_a_registered_source_with_missing_measurements_names_the_file(monkeypatch):
@@ -246,3 +302,4 @@ def test_a_new_source_is_reported_new_until_accepted(monkeypatch, tmp_path):
     L.accept(now, path=path, sources=["study"])
     assert [r["status"] for r in L.compare(L.load(path), now, ["study"])] == ["ok"]
     assert L.load(path)["s.a"]["value"] == 1.0                 # other sources' entries untouched
+    assert list(L.load(path)) == ["s.a", "study.mean_abs_error"]   # kept in place, the new one appended
