@@ -6,11 +6,13 @@ names the published table it comes from (column ``table``). A *table* here is on
 (file + ``table`` column); Narayanan et al. 2021 Table 1 keeps its own file and reader
 (parsim.validation) and joins the corpus as one table.
 
-Method (issue 15). A device profile carries one fitted number, ``matmul_sustained_fraction``
-(parsim.hardware). It is fitted per GPU type across all tables of that type, never per table or
-row: the fraction on a grid (step 0.005) minimising the mean |relative error| of the published
-throughput over every expressible row of those tables. Leave-one-table-out: each table is
-predicted with the fraction fitted on the *other* tables of its GPU type, and reported by its
+Method (issue 15). A device profile carries two fitted numbers, one per precision class:
+``matmul_sustained_fraction`` (16-bit plans) and ``matmul_sustained_fraction_fp8`` (every tensor-core
+kernel of an fp8 plan) (parsim.hardware). Each is fitted per GPU type across all tables of that type on
+the rows of its precision class, never per table or row: the fraction on a grid (step 0.005)
+minimising the mean |relative error| of the published throughput over every expressible row of that
+class. Leave-one-table-out: each row of a table is predicted with its class's fraction fitted on the
+*other* tables of its GPU type, and each table is reported by its
 mean / max / bias of the relative error (prediction / published − 1), for throughput (tokens/s
 per GPU, or hardware TFLOP/s per GPU where that is what is published) and for peak memory where
 published (memory does not depend on the fitted number).
@@ -29,7 +31,9 @@ expressible as the model grows: FP8, CP and MoE rows on Hopper and Blackwell did
 layer-level SAC = recompute full with recompute_every = N, written ``full-every-N`` in the CSVs),
 torch.compile (techniques "torch.compile": kernels fused; torchtitan rows without it run PyTorch
 eager: kernels eager, or both searched where the header lists torch.compile as unstated) and async TP (techniques "AsyncTP": async_tp). torchtitan rows are priced with
-FSDP2's memory accounting (parsim.costs.memory.ACCOUNTING["fsdp2"]), the others with Megatron's.
+FSDP2's memory accounting (parsim.costs.memory.ACCOUNTING["fsdp2"]), the others with Megatron's; NeMo /
+Megatron-Bridge rows run TP communication overlap (tp_overlap, with tp > 1) and PP overlap (pp_overlap, on
+interleaved schedules), as their recipes do.
 
 Peak memory: torchtitan publishes the maximum *reserved* memory of its caching allocator; parsim
 predicts what is allocated. No public measurement of the allocated-to-reserved gap for these runs was
@@ -191,6 +195,14 @@ def _candidates(r: dict, model, unstated: str = "") -> list[Plan]:
     vp = _int(r.get("vp"))
     vpps = [vp] if vp else ([1] if pp == 1 else [1] + [v for v in range(2, L // pp + 1) if (L // pp) % v == 0])
     rcs = [parse_recompute(r["recompute"])] if r.get("recompute") else [(x, 1) for x in MEGATRON_RECOMPUTE]
+    # NeMo / Megatron-Bridge recipes run TP communication overlap (Transformer Engine userbuffers) with tp > 1:
+    # e.g. Megatron-Bridge scripts/performance/configs/llama/llama3_llm_pretrain.py sets
+    # comm_overlap.tp_comm_overlap_cfg = userbuffers_fp8_h100_h8192_tp4_mbs1_seqlen8192 for Llama 3 70B on H100, NeMo's
+    # llama31_405b recipe MegatronCommOverlapCallback(tp_comm_overlap=True, ...); torchtitan has no such knob.
+    tpo = (not torchtitan) and tp > 1
+    # ... and overlap the interleaved schedule's send/recv with compute (Megatron-Bridge
+    # training/comm_overlap.py: overlap_p2p_comm = True when pp > 1 and vp > 1; NeMo 2.0's MegatronCommOverlapCallback
+    # the same)
     out = []
     for mb in mbs:
         for v, kn in ((v, kn) for v in vpps for kn in kernels):
@@ -199,7 +211,8 @@ def _candidates(r: dict, model, unstated: str = "") -> list[Plan]:
                 p = Plan(dp=dp, tp=tp, pp=pp, vpp=v, micro_batch=mb, global_batch=gb, seq_len=int(r["seq_len"]),
                          dtype=r["precision"], schedule=sched, grad_sync="native", zero=zero, recompute=rc,
                          sequence_parallel=tp > 1, overlap=True, flash_attention=True, ep=ep, cp=cp,
-                         recompute_every=every, kernels=kn, async_tp=async_tp)
+                         recompute_every=every, kernels=kn, async_tp=async_tp, tp_overlap=tpo,
+                         pp_overlap=(not torchtitan) and sched == "interleaved")
                 try:
                     validate(p, model, gpus)
                 except ParsimError:
@@ -257,21 +270,47 @@ def load_corpus() -> tuple:
     return tuple(rows)
 
 
-def _device(gpu_type: str, fraction: float | None):
+# The fitted constants, one per GPU type and precision class: the 16-bit one (matmul_sustained_fraction) is fitted
+# on 16-bit rows only, the FP8 one (matmul_sustained_fraction_fp8, applied to every tensor-core kernel of an fp8
+# plan) on FP8 rows only. Each is fitted per GPU type across all its tables, never per table or row. FP8 rows also
+# depend on the FP8 GEMM data and recipe (casts, which GEMMs run in FP8), so fitting the 16-bit constant to them
+# would make it absorb their error (on H100 the FP8 rows alone pushed it to the grid's upper end before the FP8
+# fraction existed). A class without a row elsewhere is predicted with the shipped constant (said in the entry).
+FIT_PRECISIONS = ("bf16", "fp16")
+CLASSES = ("16-bit", "fp8")
+
+
+def precision_class(precision: str) -> str:
+    """'fp8' for FP8 rows, '16-bit' for bf16/fp16 (the two fitted constants of a GPU type)."""
+    return "fp8" if precision == "fp8" else "16-bit"
+
+
+def _device(gpu_type: str, fraction: float | None, cls: str = "16-bit"):
+    """The GPU type's profile with `fraction` as its 16-bit (cls '16-bit') or FP8 (cls 'fp8') sustained fraction."""
     from parsim.hardware import get_device
     dev = get_device(GPU_TYPE_DEVICES[gpu_type][0])
-    return dev if fraction is None else dev.with_sustained_fraction(fraction)
+    if fraction is None:
+        return dev
+    return dev.with_sustained_fraction(fraction) if cls == "16-bit" else dev.with_sustained_fraction(
+        dev.sustained_fraction, fp8=fraction)
+
+
+def shipped_fraction(gpu_type: str, cls: str = "16-bit") -> float:
+    """The profile's constant of that class (FP8: its own, else the 16-bit one it falls back to)."""
+    dev = get_device(GPU_TYPE_DEVICES[gpu_type][0])
+    return dev.sustained_fraction if cls == "16-bit" else (dev.sustained_fraction_fp8 or dev.sustained_fraction)
 
 
 def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
     """Best predicted throughput over the row's candidate plans that fit in memory.
 
+    `fraction`: the sustained fraction of the row's precision class (None: the shipped profile).
     Returns {"value": predicted `row.metric`, "memory_GiB", "plan"}; value is nan when no
     candidate fits. Closed-form pipeline pricing (parsim.predict.price), as parsim.validation."""
     from parsim.predict import get_cluster, plan_columns, price
     model = load_model(row.model)
     cl = get_cluster(row.cluster, row.gpus)
-    dev = _device(row.gpu_type, fraction)
+    dev = _device(row.gpu_type, fraction, precision_class(row.precision))
     r = price(model, cl, plan_columns(row.plans, model), device=dev, accounting=row.accounting)
     step = np.asarray(r["step_time_s"], dtype=float)
     if row.metric == "hardware_tflops_per_gpu":
@@ -289,28 +328,18 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
     return {"value": float(val[i]), "memory_GiB": float(mem[i] / GiB), "plan": row.plans[i]}
 
 
-# The fitted constant is the sustained rate of 16-bit GEMMs relative to their best-shape ceiling, so it
-# is fitted on 16-bit rows only. FP8 rows also depend on the FP8 GEMM efficiency data and the FP8 recipe
-# (casts, scaling, which GEMMs run in FP8), which are separate unknowns: fitting the 16-bit constant to
-# them would make it absorb their error (on H100 the FP8 rows alone pushed it to the grid's upper end,
-# 1.0, and every bf16 H100 prediction 36% faster with no bf16 row to support it). FP8 rows are
-# predicted, and reported held out, with the fraction fitted on the type's 16-bit rows, or with the
-# shipped one where the type has none (said in the entry's `fraction_source`).
-FIT_PRECISIONS = ("bf16", "fp16")
-
-
 @functools.lru_cache(maxsize=None)
-def _error_grid(gpu_type: str) -> tuple:
-    """(expressible 16-bit rows of this GPU type, rel. error [row, fraction]): what the fit uses."""
-    rows = [r for r in load_corpus() if r.gpu_type == gpu_type and not r.reason and r.precision in FIT_PRECISIONS]
+def _error_grid(gpu_type: str, cls: str = "16-bit") -> tuple:
+    """(expressible rows of this GPU type and precision class, rel. error [row, fraction]): what the fit uses."""
+    rows = [r for r in load_corpus() if r.gpu_type == gpu_type and not r.reason and precision_class(r.precision) == cls]
     err = np.array([[predict_row(r, f)["value"] / r.published - 1 for f in FRACTIONS] for r in rows]).reshape(len(rows), len(FRACTIONS))
     return rows, err
 
 
-def fit_fraction(gpu_type: str, exclude_table: str | None = None) -> float | None:
-    """The grid fraction minimising mean |rel. error| over every expressible row of `gpu_type`
-    outside `exclude_table`; None when there is no such row."""
-    rows, err = _error_grid(gpu_type)
+def fit_fraction(gpu_type: str, exclude_table: str | None = None, cls: str = "16-bit") -> float | None:
+    """The grid fraction minimising mean |rel. error| over every expressible row of `gpu_type` and precision
+    class `cls` ('16-bit' or 'fp8') outside `exclude_table`; None when there is no such row."""
+    rows, err = _error_grid(gpu_type, cls)
     use = np.array([r.table_id != exclude_table for r in rows], dtype=bool)
     if not use.any():
         return None
@@ -327,7 +356,7 @@ def _stats(errs) -> dict:
 
 
 def leave_one_table_out() -> list[dict]:
-    """One entry per published table: held-out errors, the fraction used, rows and reasons."""
+    """One entry per published table: held-out errors, the fractions used (per precision class), rows and reasons."""
     corpus = load_corpus()
     tables = list(dict.fromkeys(r.table_id for r in corpus))
     out = []
@@ -335,21 +364,24 @@ def leave_one_table_out() -> list[dict]:
         rows = [r for r in corpus if r.table_id == t]
         gpu_type = rows[0].gpu_type
         expr = [r for r in rows if not r.reason]
-        f = fit_fraction(gpu_type, exclude_table=t) if expr else None
-        source = "fitted on the other tables' 16-bit rows"
-        if f is None and expr:     # no 16-bit row of this type elsewhere: the shipped constant (an assumption)
-            f, source = get_device(GPU_TYPE_DEVICES[gpu_type][0]).sustained_fraction, "shipped (no other 16-bit table of this type to fit on)"
+        fractions, sources, fit_on = {}, {}, set()
+        for cls in sorted({precision_class(r.precision) for r in expr}):
+            f = fit_fraction(gpu_type, exclude_table=t, cls=cls)
+            src = f"fitted on the other tables' {cls} rows"
+            if f is None:       # no row of this class elsewhere: the shipped constant (said so)
+                f, src = shipped_fraction(gpu_type, cls), f"shipped (no other {cls} table of this type to fit on)"
+            fractions[cls], sources[cls] = f, src
+            fit_on |= {r.table_id for r in _error_grid(gpu_type, cls)[0] if r.table_id != t}
         entry = {"table": t, "gpu_type": gpu_type, "rows": len(rows), "expressible": len(expr),
-                 "fraction": f, "fraction_source": source if expr else None, "fit_on": sorted({r.table_id for r in _error_grid(gpu_type)[0] if r.table_id != t}),
-                 "not_expressible": {}, "row_results": []}
+                 "fraction": fractions.get("16-bit"), "fraction_fp8": fractions.get("fp8"),
+                 "fraction_source": sources.get("16-bit"), "fraction_fp8_source": sources.get("fp8"),
+                 "fit_on": sorted(fit_on), "not_expressible": {}, "row_results": []}
         for r in rows:
             for why in r.reasons:    # a row missing several features counts under each
                 entry["not_expressible"][why] = entry["not_expressible"].get(why, 0) + 1
         step_errs, mem_errs, res_errs = [], [], []
         for r in expr:
-            if f is None:
-                entry["row_results"].append({"model": r.model, "gpus": r.gpus, "note": "no other table of this GPU type to fit on"})
-                continue
+            f = fractions[precision_class(r.precision)]
             p = predict_row(r, f)
             e = p["value"] / r.published - 1
             me = p["memory_GiB"] / r.peak_memory_GiB - 1 if r.peak_memory_GiB else None
@@ -392,9 +424,10 @@ def blockers() -> list[dict]:
     return sorted(out, key=lambda d: (-d["rows"], d["reason"]))
 
 
-def shipped_fits() -> dict:
-    """GPU type -> the fraction fitted on all its tables (None where no table is expressible)."""
-    return {g: fit_fraction(g) for g in GPU_TYPE_DEVICES}
+def shipped_fits(cls: str = "16-bit") -> dict:
+    """GPU type -> the fraction of precision class `cls` fitted on all its tables (None where no row of that
+    class is expressible): what devices.yaml must ship (matmul_sustained_fraction, matmul_sustained_fraction_fp8)."""
+    return {g: fit_fraction(g, cls=cls) for g in GPU_TYPE_DEVICES}
 
 
 def accuracy_metrics(loto: list[dict] | None = None) -> dict:

@@ -60,6 +60,15 @@ class DeviceProfile:
     matmul_eff_fp8: Curve | None = None   # FP8 GEMMs (fraction of the fp8 peak); None: the matmul curve
     source: str = ""
     sustained_fraction: float = 1.0  # end-to-end training GEMM rate / best-shape benchmark rate (data)
+    # Flash-attention kernel rate as a fraction of the bf16 peak by sequence length (queries per rank), causal,
+    # head_dim 128: forward and backward, from the published kernel benchmarks of the kernel the frameworks select
+    # (data: devices.yaml key attention_efficiency). Scaled by the sustained fraction like the matmul curves.
+    # None: no published figure for this device; the core is then priced as a GEMM roofline.
+    attention_eff_fwd: Curve | None = None
+    attention_eff_bwd: Curve | None = None
+    # The sustained fraction of FP8 training plans (every tensor-core kernel of an fp8 plan: FP8 GEMMs and the
+    # bf16 attention core and head), fitted per GPU type on the public FP8 rows (parsim.corpus). None: as 16-bit.
+    sustained_fraction_fp8: float | None = None
     # Host-side software time per unit of work, seconds (eager frameworks on a CPU dispatch
     # synchronously, so it adds to the kernels' time): keys layer_fwd, layer_bwd, head_fwd,
     # head_bwd, optimizer_base, optimizer_per_layer. Measured by `parsim calibrate`;
@@ -83,10 +92,19 @@ class DeviceProfile:
     def overhead(self, key: str) -> float:
         return dict(self.overhead_s).get(key, 0.0)
 
-    def with_sustained_fraction(self, f: float) -> "DeviceProfile":
+    def with_sustained_fraction(self, f: float, fp8: float | None = None) -> "DeviceProfile":
+        """This profile with 16-bit sustained fraction `f` (the matmul and attention curves rescaled) and, when
+        given, FP8 sustained fraction `fp8` (unchanged when None)."""
         scale = lambda c: None if c is None else Curve(c.sizes, tuple(e * f / self.sustained_fraction for e in c.effs))
         return replace(self, matmul_eff=scale(self.matmul_eff), matmul_eff_fp8=scale(self.matmul_eff_fp8),
-                       sustained_fraction=f)
+                       attention_eff_fwd=scale(self.attention_eff_fwd), attention_eff_bwd=scale(self.attention_eff_bwd),
+                       sustained_fraction=f,
+                       sustained_fraction_fp8=self.sustained_fraction_fp8 if fp8 is None else float(fp8))
+
+    def fp8_time_scale(self) -> float:
+        """Multiplier of every tensor-core kernel's time in an FP8 plan: sustained_fraction / sustained_fraction_fp8
+        (the curves carry the 16-bit fraction); 1 where the device has no FP8 fraction of its own."""
+        return self.sustained_fraction / self.sustained_fraction_fp8 if self.sustained_fraction_fp8 else 1.0
 
     def matmul_flops(self, dtype: str) -> float:
         if dtype not in self.peak_flops:
@@ -113,6 +131,7 @@ class DeviceProfile:
 def _profile(name: str, d: dict) -> DeviceProfile:
     try:
         f = float(d.get("matmul_sustained_fraction", 1.0))
+        attn = d.get("attention_efficiency") or {}
         prof = DeviceProfile(
             name=name, kind=d.get("kind", "gpu"),
             peak_flops={k: float(v) * 1e12 for k, v in d["peak_TFLOPs"].items()},
@@ -124,6 +143,10 @@ def _profile(name: str, d: dict) -> DeviceProfile:
             memory_eff=Curve.from_points(d["memory_efficiency"]),
             matmul_eff_fp8=Curve.from_points(d["matmul_efficiency_fp8"]) if "matmul_efficiency_fp8" in d else None,
             source=str(d.get("source", "")),
+            attention_eff_fwd=Curve.from_points(attn["fwd"]) if "fwd" in attn else None,
+            attention_eff_bwd=Curve.from_points(attn["bwd"]) if "bwd" in attn else None,
+            sustained_fraction_fp8=(float(d["matmul_sustained_fraction_fp8"]) if "matmul_sustained_fraction_fp8" in d
+                                    else None),
             overhead_s=tuple(sorted((str(k), float(v) * 1e-6) for k, v in (d.get("overhead_us") or {}).items())),
             executor_step_overhead_s=float(d.get("executor_step_overhead_us", 0.0)) * 1e-6,
             native_step_overhead_s=float(d.get("native_step_overhead_us", 0.0)) * 1e-6,

@@ -103,6 +103,9 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     b, s, t, ep, cp = _arr(b), _arr(s), _arr(t), _arr(ep), _arr(cp)
     sp, flash = _arr(sp, bool), _arr(flash, bool)
     e = DTYPE_BYTES[np.asarray(dtype_code)]
+    # What an FP8 GEMM keeps of its activation input for the weight gradient: the FP8 cast (1 byte; Transformer
+    # Engine's Linear saves its quantized input, transformer_engine/pytorch/module/linear.py).
+    ein = np.where(np.asarray(dtype_code) == FP8, 1.0, e)
     h, qd, kvd, a, d = model.hidden, model.q_dim, model.kv_dim, model.heads, model.head_dim
     T = b * s / cp                             # tokens of the micro-batch on this rank
     Tr = np.where(sp, T / t, T)                # tokens a replicated (norm, residual) op sees per rank
@@ -112,7 +115,7 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     rms = model.norm == "rmsnorm"
     ops = [
         _norm_op("attn_norm", e * Tr * h, e, rms, saved=e * Tr * h),
-        Op("qkv", "gemm", fp8=True, m=T, k=h, n=(qd + 2 * kvd) / t, wgrad=True, saved=e * Tr * h,
+        Op("qkv", "gemm", fp8=True, m=T, k=h, n=(qd + 2 * kvd) / t, wgrad=True, saved=ein * Tr * h,
            mm_parts=(qd / (qd + 2 * kvd), kvd / (qd + 2 * kvd), kvd / (qd + 2 * kvd)), col_parallel=True,
            out_bytes=e * T * (qd + 2 * kvd) / t),
     ]
@@ -126,12 +129,16 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     sq = s / cp                                # queries on this rank
     scores = hpr * sq * s
     qkv_saved = e * T * (qd + 2 * kvd) / t     # Q, K, V
-    # flash: one kernel, timed at the causal half of its FLOPs; backward 2.5× (5 vs 2 matmuls).
+    # flash: one kernel, timed at the causal half of its FLOPs; backward 2.5× (5 vs 2 matmuls). It reads Q, K, V
+    # and writes O (the scores stay on chip: its bytes are those four), and keeps Q, K, V, O and the softmax
+    # statistics for its backward (Dao 2023 §3.1.2: O and logsumexp; the statistics, b·heads·s fp32, are negligible).
     kv_block = e * b * sq * 2 * kvd / t        # one K/V block passed round the cp ring (per step)
+    o_bytes = e * T * qd / t                   # the core's output O (the output projection's input)
     # op-level SAC keeps the SDPA outputs: the attention output and the fp32 log-sum-exp per query and head
     ops.append(Op("attn_core_flash", "core", m=sq, k=d, n=s, batch=2 * hpr, flop_scale=0.5, bwd=2.5,
-                  saved=qkv_saved, selective=True, weight=np.where(flash, 1.0, 0.0),
-                  comm=(("cp", "ring_kv", kv_block),), out_bytes=e * T * qd / t + 4.0 * hpr * sq))
+                  bytes=qkv_saved + o_bytes, saved=qkv_saved + o_bytes, selective=True,
+                  weight=np.where(flash, 1.0, 0.0), comm=(("cp", "ring_kv", kv_block),),
+                  out_bytes=o_bytes + 4.0 * hpr * sq))
     # materialised scores: QKᵀ, softmax (+ dropout for GPT-style), AV; all of the square is computed.
     naive = np.where(flash, 0.0, 1.0)
     ops += [
@@ -144,8 +151,11 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     ]
     tp_out = _tp_out(act)
     ops += [
-        Op("attn_out", "gemm", fp8=True, m=T, k=qd / t, n=h, wgrad=True, saved=e * T * qd / t, comm=tp_out,
-           mm_parts=(1.0,), out_bytes=e * T * h),        # row-parallel: the full [T, h] partial sum on each rank
+        # its input O: kept by the flash core already (16-bit); FP8 plans keep its FP8 cast as well.
+        # Row-parallel: its output is the full [T, h] partial sum on each rank (out_bytes)
+        Op("attn_out", "gemm", fp8=True, m=T, k=qd / t, n=h, wgrad=True, comm=tp_out,
+           saved=np.where(flash, 0.0, o_bytes) + np.where(ein < e, ein * T * qd / t, 0.0),
+           mm_parts=(1.0,), out_bytes=e * T * h),
         Op("attn_residual", "mem", bytes=3 * e * Tr * h, bwd_bytes=6 * e * Tr * h,
            saved=Tr * h if gpt_dropout else 0.0),                          # dropout mask
         _norm_op("mlp_norm", e * Tr * h, e, rms, saved=e * Tr * h),
@@ -153,7 +163,7 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     if gpt_dropout:
         ops[-2].bytes = ops[-2].bytes + Tr * h       # write the 1-byte mask
         ops[-2].bwd_bytes = ops[-2].bwd_bytes + 2 * Tr * h
-    ops += _mlp_ops(model, T, Tr, t, e, g, act, ep)
+    ops += _mlp_ops(model, T, Tr, t, e, g, act, ep, ein)
     ops.append(Op("mlp_residual", "mem", bytes=3 * e * Tr * h + (Tr * h if gpt_dropout else 0.0),
                   bwd_bytes=6 * e * Tr * h + (2 * Tr * h if gpt_dropout else 0.0),
                   saved=Tr * h if gpt_dropout else 0.0))
@@ -334,7 +344,8 @@ def regathers(ops, policy: str) -> float:
     return float(sum(float(np.max(op.weight)) for op in ops if op.col_parallel and kept[id(op)] < 1.0 - 1e-12))
 
 
-def _mlp_ops(model, T, Tr, t, e, g, act, ep) -> list[Op]:
+def _mlp_ops(model, T, Tr, t, e, g, act, ep, ein=None) -> list[Op]:
+    ein = e if ein is None else ein            # the saved input of an FP8 GEMM: 1 byte on FP8 plans
     h = model.hidden
     dense_w = model.dense_layers / model.layers
     moe_w = model.moe_layers / model.layers
@@ -342,10 +353,10 @@ def _mlp_ops(model, T, Tr, t, e, g, act, ep) -> list[Op]:
     if dense_w:
         f = model.ffn_hidden
         ops += [
-            Op("fc1", "gemm", fp8=True, m=T, k=h, n=g * f / t, wgrad=True, saved=e * Tr * h, weight=dense_w,
+            Op("fc1", "gemm", fp8=True, m=T, k=h, n=g * f / t, wgrad=True, saved=ein * Tr * h, weight=dense_w,
                mm_parts=_fc1_parts(g), col_parallel=True, out_bytes=e * T * g * f / t, branch="dense"),
             _act_op("activation", e, T * f / t, g, saved=e * T * g * f / t, weight=dense_w, branch="dense"),
-            Op("fc2", "gemm", fp8=True, m=T, k=f / t, n=h, wgrad=True, saved=e * T * f / t, comm=_tp_out(act),
+            Op("fc2", "gemm", fp8=True, m=T, k=f / t, n=h, wgrad=True, saved=ein * T * f / t, comm=_tp_out(act),
                weight=dense_w, mm_parts=(1.0,), out_bytes=e * T * h, branch="dense"),
         ]
     if moe_w:
@@ -362,9 +373,9 @@ def _mlp_ops(model, T, Tr, t, e, g, act, ep) -> list[Op]:
             Op("dispatch", "mem", bytes=2 * moved, bwd_bytes=2 * moved, weight=moe_w,
                comm=(("ep", "all_to_all", a2a),), branch="moe"),
             Op("expert_fc1", "gemm", fp8=True, m=per_expert, k=h, n=g * ef / t, batch=local, wgrad=True,
-               saved=e * rows * h, weight=moe_w, model_flops=2.0 * T * k * h * g * ef / t, branch="moe"),
+               saved=ein * rows * h, weight=moe_w, model_flops=2.0 * T * k * h * g * ef / t, branch="moe"),
             _act_op("expert_activation", e, rows * ef / t, g, saved=e * rows * g * ef / t, weight=moe_w, branch="moe"),
-            Op("expert_fc2", "gemm", fp8=True, m=per_expert, k=ef / t, n=h, batch=local, wgrad=True, saved=e * rows * ef / t,
+            Op("expert_fc2", "gemm", fp8=True, m=per_expert, k=ef / t, n=h, batch=local, wgrad=True, saved=ein * rows * ef / t,
                weight=moe_w, model_flops=2.0 * T * k * ef / t * h, branch="moe"),
             Op("combine", "mem", bytes=2 * moved, bwd_bytes=2 * moved, weight=moe_w, saved=e * T * k * h,
                comm=(("ep", "all_to_all", a2a), ) + _tp_out(act), branch="moe"),
@@ -375,7 +386,7 @@ def _mlp_ops(model, T, Tr, t, e, g, act, ep) -> list[Op]:
                 Op("shared_fc1", "gemm", fp8=True, m=T, k=h, n=g * sf / t, wgrad=True, saved=0.0, weight=moe_w,
                    mm_parts=_fc1_parts(g), col_parallel=True, out_bytes=e * T * g * sf / t, branch="moe"),
                 _act_op("shared_activation", e, T * sf / t, g, saved=e * T * g * sf / t, weight=moe_w, branch="moe"),
-                Op("shared_fc2", "gemm", fp8=True, m=T, k=sf / t, n=h, wgrad=True, saved=e * T * sf / t, weight=moe_w,
+                Op("shared_fc2", "gemm", fp8=True, m=T, k=sf / t, n=h, wgrad=True, saved=ein * T * sf / t, weight=moe_w,
                    mm_parts=(1.0,), out_bytes=e * T * h, branch="moe"),
             ]
     return ops

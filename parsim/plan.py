@@ -52,6 +52,13 @@ class Plan:
     recompute_every: int = 1         # with recompute full: every N-th layer only (torchtitan selective_ac_option = N)
     kernels: str = "fused"           # element-wise/norm kernels: fused (Megatron/TE, torch.compile) or eager PyTorch
     async_tp: bool = False           # TP all-gather / reduce-scatter micro-pipelined with the TP GEMMs (torchtitan async TP)
+    # tensor-parallel collectives pipelined with the GEMMs they feed or drain (Megatron-Core / Transformer Engine
+    # tp_comm_overlap with userbuffers; needs sequence parallelism): all but one of tp chunks hide under the GEMM.
+    # Megatron's counterpart of torchtitan's async_tp (one or the other: parsim.rules)
+    tp_overlap: bool = False
+    # pipeline send/recv posted ahead and overlapped with the next chunk's compute (Megatron-Core overlap_p2p_comm,
+    # the NeMo / Megatron-Bridge default for interleaved schedules): only what a chunk's forward does not cover shows
+    pp_overlap: bool = False
 
     def __post_init__(self):
         """Each field's type and range, checked on construction (one line naming the field)."""
@@ -65,7 +72,7 @@ class Plan:
             if not 1 <= int(v) <= hi:
                 raise ParsimError(f"{_flag(k)} = {v}: expected a positive integer <= {hi:,}")
             object.__setattr__(self, k, int(v))        # numpy integers become int
-        for k in ("sequence_parallel", "overlap", "flash_attention", "async_tp"):
+        for k in ("sequence_parallel", "overlap", "flash_attention", "async_tp", "tp_overlap", "pp_overlap"):
             v = getattr(self, k)
             if not isinstance(v, (bool, np.bool_)):
                 raise ParsimError(f"{_flag(k)} = {v!r} ({type(v).__name__}): expected True or False")
@@ -108,7 +115,8 @@ class Plan:
         rc = self.recompute + (f"/{self.recompute_every}" if self.recompute_every > 1 else "")
         return (s + f" mb{self.micro_batch} {self.schedule} {self.grad_sync} z{self.zero} rc:{rc}"
                 + (" sp" if self.sequence_parallel else "") + (" eager" if self.kernels == "eager" else "")
-                + (" async-tp" if self.async_tp else ""))
+                + (" async-tp" if self.async_tp else "") + (" tpo" if self.tp_overlap else "")
+                + (" ppo" if self.pp_overlap else ""))
 
 
 def _choice(name, value, options):

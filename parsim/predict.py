@@ -145,6 +145,7 @@ def plan_columns(plans, model) -> dict:
         "flash": col(lambda p: p.flash_attention, bool), "ep": col(lambda p: p.ep), "cp": col(lambda p: p.cp),
         "rc_every": col(lambda p: p.recompute_every), "kernels": col(lambda p: KERNELS.index(p.kernels)),
         "async_tp": col(lambda p: p.async_tp, bool),
+        "tpo": col(lambda p: p.tp_overlap, bool), "ppo": col(lambda p: p.pp_overlap, bool),
     }
 
 
@@ -318,14 +319,15 @@ def _async_tp_exposed_s(model, dev, ops_u, dt_u, eager_u, inv, ag_s, rs_s, t):
     against the reduce-scatters; backward's dgrad GEMMs are taken as long as the forward ones."""
     peak, e = C.peak_flops(dev, dt_u), C.DTYPE_BYTES[dt_u]
     fp8 = dt_u == Ly.FP8
+    kscale = np.where(fp8, dev.fp8_time_scale(), 1.0)      # FP8 plans: the FP8 sustained fraction (as layer_times)
     g_ag = g_rs = 0.0
     for op in ops_u:
         if op.kind != "gemm":
             continue
         if op.col_parallel:
-            g_ag = g_ag + C.op_times(op, dev, peak, e, fp8, eager_u)[0]
+            g_ag = g_ag + C.op_times(op, dev, peak, e, fp8, eager_u, kscale=kscale)[0]
         if any(k == Ly.TP_BLOCK for _, k, _ in op.comm):
-            g_rs = g_rs + C.op_times(op, dev, peak, e, fp8, eager_u)[0]
+            g_rs = g_rs + C.op_times(op, dev, peak, e, fp8, eager_u, kscale=kscale)[0]
     g_ag, g_rs = (np.broadcast_to(np.asarray(x, dtype=float), dt_u.shape)[inv] for x in (g_ag, g_rs))
     lag = (t - 1) / t
     return np.maximum(0.0, ag_s - g_ag * lag) + np.maximum(0.0, rs_s - g_rs * lag)
@@ -363,8 +365,8 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
 PRICE_CHUNK_ROWS = 2 ** 15
 
 _INT_COLS = ("dp", "tp", "pp", "vpp", "mb", "gb", "seq", "dtype", "schedule", "grad_sync", "zero", "recompute",
-             "ep", "cp")
-_BOOL_COLS = ("sp", "overlap", "flash")
+             "ep", "cp", "rc_every", "kernels")
+_BOOL_COLS = ("sp", "overlap", "flash", "async_tp", "tpo", "ppo")
 
 
 def table_rows(cols: dict) -> int:
@@ -583,14 +585,29 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
                                                   np.asarray(kv_bytes)[inv]), 0.0)
         cp_f = np.maximum(kv - lt.attn_core_fwd_s, 0.0)
         cp_b = np.maximum(2 * kv - lt.attn_core_bwd_s, 0.0)
-    comm_layer = tp_layer + ep_layer                        # per layer, per direction, on the critical path
-    comm_f, comm_b = comm_layer + cp_f, comm_layer + cp_b
+    # TP overlap (Megatron-Core/Transformer Engine tp_comm_overlap, userbuffers): each sequence-parallel all-gather
+    # and reduce-scatter is split into tp chunks pipelined with the GEMM that consumes or produces them (Wang et al.,
+    # ASPLOS 2023, "Overlap communication with dependent computation via decomposition"): one chunk of t stays
+    # exposed, the rest hides under the layer's GEMMs (everything but the attention core) when they last longer.
+    tpo = np.asarray(cols["tpo"], dtype=bool) if "tpo" in cols else np.zeros(np.shape(dp), dtype=bool)
+    tp_f = tp_b = tp_layer
+    if tpo.any():
+        hide = lambda gemm_s: np.maximum(tp_layer - np.maximum(gemm_s, 0.0), tp_layer / t)
+        tp_f = np.where(tpo, hide(lt.fwd_s - lt.attn_core_fwd_s), tp_layer)
+        tp_b = np.where(tpo, hide(lt.bwd_s - lt.attn_core_bwd_s), tp_layer)
+    comm_f, comm_b = tp_f + ep_layer + cp_f, tp_b + ep_layer + cp_b
     tp_embed = ar                                          # vocab-parallel embedding all-reduce (forward)
 
     # Pipeline send/recv per micro-batch and chunk boundary; with tp>1 each rank sends 1/t
     # and the receiver all-gathers over tp (scatter/gather, Narayanan et al. 2021 §4.1).
     p2p = G.vec("pp", "sendrecv", S_out, act / t, "native") + np.where((tp > 1) & ~sp, ag, 0.0)
     p2p = np.where(pp > 1, p2p, 0.0)
+    # PP overlap (Megatron-Core overlap_p2p_comm, interleaved schedules): each chunk's send/recv is posted before
+    # the next chunk computes and waited on after it, so only what one chunk's forward (its layers, L/vpp) does not
+    # cover is exposed.
+    if "ppo" in cols and np.asarray(cols["ppo"], dtype=bool).any():
+        chunk_f = (model.layers / pp) / vpp * (lt.fwd_s + comm_f)
+        p2p = np.where(np.asarray(cols["ppo"], dtype=bool), np.maximum(p2p - chunk_f, 0.0), p2p)
 
     # What the recompute policy re-runs (parsim.layer.recomputed) and the collectives it repeats: full
     # the layer's (on the checkpointed share ck of layers), selective the core's K/V ring, selective-op
@@ -679,7 +696,7 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
 
     # ZeRO shards over every rank holding the same weights: dp·cp (the weights are replicated over the cp
     # ranks too; Megatron's distributed optimizer uses the data-parallel group with context parallel,
-    # torchtitan's FSDP2 the dp_shard_cp mesh)
+    # parallel_state.get_data_parallel_group(with_context_parallel=True); torchtitan's FSDP2 the dp_shard_cp mesh)
     dpc = dp * cp
     opt_params = P_rank / np.where(zero >= 1, dpc, 1)
     if sharded:
@@ -691,9 +708,9 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     which = np.where(T_first >= np.maximum(T_last, T_mid), 0, np.where(T_last >= T_mid, 1, 2))
     L_b = np.choose(which, [L_first, L_last, L_mid])
     stage_c = np.choose(which, [first_c, last_c, mid_c])
-    # TP collectives of the stage from their own terms (layer_tp = 2·tp_layer + 2·ep_layer + cp_f + cp_b),
-    # not layer_tp less the EP and CP parts: that difference left rounding residues below zero (-3e-21 s).
-    stage_tp = L_b * (2 * tp_layer) + np.where(which == 0, tp_embed, 0.0)
+    # TP collectives of the stage from their own terms (per layer tp_f + tp_b: exposed forward and backward, after
+    # any TP overlap), not layer_tp less the EP and CP parts: that difference left rounding residues below zero.
+    stage_tp = L_b * (tp_f + tp_b) + np.where(which == 0, tp_embed, 0.0)
     ep_stage = L_b * 2 * ep_layer
     cp_stage = L_b * (cp_f + cp_b)
     zeros = np.zeros(np.shape(step))                       # one shared (read-only) column for absent parts
@@ -723,13 +740,18 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     # FP8 (Transformer Engine): each FP8 GEMM weight also lives as an FP8 copy and its transpose (2 bytes
     # per parameter, not sharded by ZeRO here), plus delayed-scaling state per FP8 tensor (input, weight,
     # output gradient): an amax history of 1024 fp32 values (TE's DelayedScaling default) and scale, scale_inv.
+    # Megatron accounting: the FP8 weights are the primary weights (Megatron-Core --fp8-param-gather, set by every
+    # NeMo / Megatron-Bridge FP8 mixed-precision recipe, megatron.bridge.training.mixed_precision
+    # bf16_with_fp8_*_mixed: fp8_param_gather=True): FP8 data + its transpose (1 + 1 B) in place of the 16-bit
+    # weight (2 B), the fp32 master copy in the optimizer state: nothing extra per parameter.
+    fp8_copy = 0.0 if accounting == "megatron" else 2.0
     fp8_layer = 0.0
     fp8_rows = dt == Ly.FP8
     if fp8_rows.any():
         fp8_ops = [op for op in ops_u if op.fp8]
         w_elems = sum(np.asarray(op.weight) * np.asarray(op.k) * np.asarray(op.n) * np.asarray(op.batch) for op in fp8_ops)
         n_tensors = 3 * sum(float(np.max(op.weight)) > 0 for op in fp8_ops)
-        fp8_layer = np.where(fp8_rows, 2.0 * np.broadcast_to(np.asarray(w_elems, dtype=float), first.shape)[inv]
+        fp8_layer = np.where(fp8_rows, fp8_copy * np.broadcast_to(np.asarray(w_elems, dtype=float), first.shape)[inv]
                              + n_tensors * 1026 * 4.0, 0.0)
     # FSDP2's root module (torchtitan: the embedding, the final norm and the output layer, outside every block)
     # is not resharded after forward ("the root FSDP state has its value specially set to False", fully_shard's

@@ -23,7 +23,10 @@ def step_report_text(rep) -> str:
             + (f" ep={p['ep']}" if p.get("ep", 1) > 1 else "") + (f" cp={p['cp']}" if p.get("cp", 1) > 1 else "")
             + f" vpp={p['vpp']} micro_batch={p['micro_batch']} global_batch={p['global_batch']} schedule={p['schedule']}"
             f" grad_sync={p['grad_sync']} zero={p['zero']} recompute={p['recompute']}"
-            f" sp={p['sequence_parallel']} dtype={p['dtype']}")
+            f" sp={p['sequence_parallel']} dtype={p['dtype']}"
+            + (f" recompute_every={p['recompute_every']}" if p.get("recompute_every", 1) > 1 else "")
+            + (" kernels=eager" if p.get("kernels") == "eager" else "") + (" async_tp=True" if p.get("async_tp") else "")
+            + (" tp_overlap=True" if p.get("tp_overlap") else "") + (" pp_overlap=True" if p.get("pp_overlap") else ""))
     total = rep.step_time_s
     rows = [(k, f"{v:.4f}", _pct(v, total)) for k, v in rep.breakdown_s.items()]
     rows.append(("step_time", f"{total:.4f}", "100.0%"))

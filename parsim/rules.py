@@ -262,6 +262,12 @@ RULES = (
          lambda c: (c["schedule"] == INTERLEAVED) & (c["pp"] > 1) & (_m(c) % _rounds(c) != 0), _interleaved_msg),
     Rule("sequence parallel needs tp > 1", lambda c: c["sp"] & (c["tp"] == 1),
          lambda c, i: "sequence-parallel needs tp > 1, got tp = 1"),
+    Rule("tp overlap needs sequence parallelism", lambda c: c["tpo"] & ~c["sp"],
+         lambda c, i: "tp-overlap (Transformer Engine userbuffers) pipelines sequence-parallel all-gathers and "
+                      "reduce-scatters: it needs --sequence-parallel (and tp > 1)"),
+    Rule("pp overlap needs the interleaved schedule", lambda c: c["ppo"] & (c["schedule"] != INTERLEAVED),
+         lambda c, i: (f"pp-overlap (Megatron's overlap_p2p_comm) overlaps the interleaved schedule's send/recv with "
+                       f"the next model chunk: it needs --schedule interleaved (vpp > 1), got {_sched_name(c, i)}")),
     Rule("sequence parallel: seq_len not divisible by tp", lambda c: c["sp"] & (c["seq"] % c["tp"] != 0), _sp_seq_msg),
     # Context parallelism: ranks tp innermost, then cp, then pp, then dp; ring attention on flash kernels.
     Rule("cp does not divide seq_len (or cp·tp with sequence parallel)",
@@ -287,6 +293,11 @@ RULES = (
                        f"{bool(np.asarray(c['sp']).reshape(-1)[i])}")),
     Rule("async-tp with eager kernels", lambda c: c["async_tp"] & (c["kernels"] == EAGER),
          lambda c, i: "async-tp is an inductor rewrite (torch.compile): it needs kernels fused, got kernels eager"),
+    # Two implementations of one overlap (TP collectives chunked under the GEMMs they feed or drain): Megatron /
+    # Transformer Engine's userbuffers (tp-overlap) and torchtitan's inductor rewrite (async-tp); a run has one.
+    Rule("tp-overlap with async-tp", lambda c: c["tpo"] & c["async_tp"],
+         lambda c, i: ("tp-overlap (Megatron / Transformer Engine userbuffers) and async-tp (torchtitan) are two "
+                       "implementations of the same TP overlap: choose one")),
     # the torch backend's own wiring (backends/torchdist/parallel.py), checked by `parsim run`
     Rule("zero >= 2 (FSDP2) with a grad-sync other than native", lambda c: (c["zero"] >= 2) & (c["grad_sync"] != c["native"]),
          lambda c, i: (f"zero {_i(c, 'zero', i)} runs on FSDP2, whose gradient reduce-scatter is its own: "
@@ -300,6 +311,12 @@ RULES = (
     Rule("fp8 (not run by the torch backend)", lambda c: c["dtype"] == FP8,
          lambda c, i: ("dtype fp8 is not run by this backend (it needs Transformer Engine on FP8 GPUs): "
                        "price it with parsim predict --dtype fp8"), scope="run"),
+    Rule("tp overlap (not run by the torch backend)", lambda c: c["tpo"],
+         lambda c, i: ("tp-overlap (Transformer Engine userbuffers) is not run by this backend: price it with "
+                       "parsim predict --tp-overlap"), scope="run"),
+    Rule("pp overlap (not run by the torch backend)", lambda c: c["ppo"],
+         lambda c, i: ("pp-overlap (Megatron's overlap_p2p_comm) is not run by this backend: price it with "
+                       "parsim predict --pp-overlap"), scope="run"),
     Rule("cp > 1 (not run by the torch backend)", lambda c: c["cp"] > 1,
          lambda c, i: (f"cp = {_i(c, 'cp', i)}: context parallelism is not run by this backend (torch's "
                        "context_parallel needs CUDA flash/efficient attention; gloo on CPU cannot): price it with "
@@ -316,7 +333,8 @@ RULES = (
 )
 
 
-_DEFAULTS = {"ep": 1, "cp": 1, "dtype": 0, "flash": True, "recompute": 0, "rc_every": 1, "kernels": 0, "async_tp": False}
+_DEFAULTS = {"ep": 1, "cp": 1, "dtype": 0, "flash": True, "recompute": 0, "rc_every": 1, "kernels": 0, "async_tp": False,
+             "tpo": False, "ppo": False}
 
 
 def _table(cols: dict, model, device=None) -> dict:
@@ -329,7 +347,7 @@ def _table(cols: dict, model, device=None) -> dict:
               "recompute", "rc_every", "kernels"):
         if k in c:
             c[k] = c[k].astype(np.int64)
-    for k in ("sp", "flash", "async_tp"):
+    for k in ("sp", "flash", "async_tp", "tpo", "ppo"):
         if k in c:
             c[k] = c[k].astype(bool)
     c["model"] = model

@@ -83,6 +83,12 @@ def add_plan_arguments(p, need_gpus=True):
     p.add_argument("--grad-sync", choices=GRAD_SYNC, default="native", help="data-parallel gradient sync algorithm")
     p.add_argument("--no-overlap", action="store_true", help="do not overlap gradient sync with backward")
     p.add_argument("--no-flash", action="store_true", help="attention scores materialised (no flash attention)")
+    p.add_argument("--tp-overlap", action="store_true",
+                   help="tensor-parallel collectives pipelined with their GEMMs (Megatron/Transformer Engine "
+                        "tp_comm_overlap; needs --sequence-parallel)")
+    p.add_argument("--pp-overlap", action="store_true",
+                   help="pipeline send/recv overlapped with the next model chunk's compute (Megatron "
+                        "overlap_p2p_comm; interleaved schedule)")
 
 
 def add_memory_arguments(p):
@@ -118,7 +124,8 @@ def plan_from_args(a, gpus: int, device=None) -> Plan:
                 dtype=a.dtype or default_dtype(device or "gpu"), schedule=schedule, grad_sync=a.grad_sync, zero=a.zero, recompute=a.recompute,
                 sequence_parallel=a.sequence_parallel, overlap=not a.no_overlap, flash_attention=not a.no_flash,
                 ep=getattr(a, "ep", 1), cp=cp, recompute_every=getattr(a, "recompute_every", 1),
-                kernels=getattr(a, "kernels", "fused"), async_tp=getattr(a, "async_tp", False))
+                kernels=getattr(a, "kernels", "fused"), async_tp=getattr(a, "async_tp", False),
+                tp_overlap=getattr(a, "tp_overlap", False), pp_overlap=getattr(a, "pp_overlap", False))
 
 
 def load_cluster_arg(spec, gpus: int | None):

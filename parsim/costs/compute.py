@@ -64,51 +64,66 @@ class LayerTimes:
     recompute_s: np.ndarray      # forward work the plan's recompute policy re-runs in backward (no collectives)
 
 
-def op_times(op, dev, peak, e, fp8=None, eager=False, share=1.0):
+def op_times(op, dev, peak, e, fp8=None, eager=False, share=1.0, kscale=1.0):
     """(forward, backward, weight-gradient) seconds of one parsim.layer.Op, weighted by its share of layers.
 
-    GEMMs and the flash core: roofline gemm_s (the core at its flop_scale); backward `bwd`× the
-    forward, of which the forward's time again is the weight gradient for weight GEMMs.
+    GEMMs: roofline gemm_s; backward `bwd`× the forward, of which the forward's time again is the weight
+    gradient for weight GEMMs. The flash core: at the device's published flash-attention rate by sequence length
+    (profile curves attention_eff_fwd / attention_eff_bwd, fractions of the 16-bit peak for the causal-half FLOPs,
+    backward `bwd`× the forward FLOPs), bounded below by its bytes (Q, K, V, O: it never writes the scores); where
+    the profile has no attention figure, a GEMM roofline of the same FLOPs and bytes.
     Memory-bound ops: their bytes at the device's bandwidth curve, forward and backward.
     fp8 (bool array): rows whose layer weight GEMMs (op.fp8) run at the FP8 peak with the FP8 curve,
     operands 1 byte. eager (bool array, Plan.kernels): memory-bound ops at their eager traffic
     (parsim.layer.mem_bytes). share: the part of the op timed (a recomputed share of a GEMM's n, of a
-    memory-bound op's bytes)."""
+    memory-bound op's bytes, of the core's FLOPs and bytes). kscale (array): multiplier of every tensor-core
+    kernel's time (FP8 plans: the profile's fp8_time_scale, its FP8 sustained fraction in place of the 16-bit one)."""
     w = np.asarray(op.weight, dtype=float)
     if op.kind == "mem":
         fb, bb = Ly.mem_bytes(op, eager)
         f, b = dev.memory_time_s(share * fb), dev.memory_time_s(share * bb)
         return w * f, w * b, 0.0
+    if op.kind == "core":
+        flops = share * 2.0 * op.m * op.k * op.n * op.batch * op.flop_scale
+        t_mem = dev.memory_time_s(share * op.bytes)
+        if dev.attention_eff_fwd is not None:
+            f = np.maximum(kscale * flops / (peak * dev.attention_eff_fwd(op.m)), t_mem)
+            eff_b = dev.attention_eff_bwd or dev.attention_eff_fwd
+            b = np.maximum(kscale * op.bwd * flops / (peak * eff_b(op.m)), t_mem)
+            return w * f, w * b, 0.0
+        f = np.maximum(kscale * flops / (peak * dev.matmul_eff(flops / 1e9)), t_mem)
+        return w * f, w * op.bwd * f, 0.0
     n = op.n * share
     f = gemm_s(dev, peak, e, op.m, op.k, n, op.batch, op.flop_scale)
     if op.fp8 and fp8 is not None and np.any(fp8):
         f8 = gemm_s(dev, fp8_peak_flops(dev), 1.0, op.m, op.k, n, op.batch, op.flop_scale,
                     dev.matmul_eff_fp8 or dev.matmul_eff)
         f = np.where(fp8, f8, f)
+    f = kscale * f
     return w * f, w * op.bwd * f, (w * f if op.wgrad else 0.0)
 
 
-def ops_times(ops, dev, peak, e, fp8=None, eager=False):
+def ops_times(ops, dev, peak, e, fp8=None, eager=False, kscale=1.0):
     """Summed (forward, backward, weight-gradient, attention-core forward, attention-core backward)
     seconds of a list of ops (the core: the ops selective recompute repeats)."""
     fwd = bwd = wg = sel = sel_b = 0.0
     for op in ops:
-        f, b, w = op_times(op, dev, peak, e, fp8, eager)
+        f, b, w = op_times(op, dev, peak, e, fp8, eager, kscale=kscale)
         fwd, bwd, wg = fwd + f, bwd + b, wg + w
         if op.selective:
             sel, sel_b = sel + f, sel_b + b
     return fwd, bwd, wg, sel, sel_b
 
 
-def recompute_fwd_s(ops, dev, peak, e, fp8, eager, recompute_code):
+def recompute_fwd_s(ops, dev, peak, e, fp8, eager, recompute_code, kscale=1.0):
     """Seconds of forward work one layer re-runs in backward under each plan row's recompute policy
-    (parsim.layer.recomputed: the ops, and the share of each, that the policy repeats)."""
+    (parsim.layer.recomputed: the ops, and the share of each, that the policy repeats); kscale as op_times."""
     rc = np.asarray(recompute_code)
     out = 0.0
     for code, policy in enumerate(Ly.POLICIES):
         if not np.any(rc == code) or policy == "none":
             continue
-        t_ = sum((op_times(op, dev, peak, e, fp8, eager, share)[0] for op, share in Ly.recomputed(ops, policy)), 0.0)
+        t_ = sum((op_times(op, dev, peak, e, fp8, eager, share, kscale)[0] for op, share in Ly.recomputed(ops, policy)), 0.0)
         out = out + np.where(rc == code, t_, 0.0)
     return out
 
@@ -125,9 +140,10 @@ def layer_times(model, dev, b, s, t, sp, flash, dtype_code, ep=1, cp=1, recomput
         from parsim.errors import ParsimError
         from parsim.rules import fp8_device_message      # the rule book's rule; callers ask it first
         raise ParsimError(fp8_device_message(dev))
+    kscale = np.where(fp8, dev.fp8_time_scale(), 1.0)      # FP8 plans: the FP8 sustained fraction
     ops = Ly.layer_ops(model, b, s, t, sp, flash, dtype_code, ep, cp)
-    fwd, bwd, wgrad, core_fwd, core_bwd = ops_times(ops, dev, peak, e, fp8, eager)
-    rec = recompute_fwd_s(ops, dev, peak, e, fp8, eager, recompute_code)
+    fwd, bwd, wgrad, core_fwd, core_bwd = ops_times(ops, dev, peak, e, fp8, eager, kscale)
+    rec = recompute_fwd_s(ops, dev, peak, e, fp8, eager, recompute_code, kscale)
     # Host overheads per layer; under tensor parallelism (DTensor) the measured per-layer total
     # `tp_layer`, split between forward and backward as without it.
     o_f, o_b = dev.overhead("layer_fwd"), dev.overhead("layer_bwd")
@@ -137,7 +153,8 @@ def layer_times(model, dev, b, s, t, sp, flash, dtype_code, ep=1, cp=1, recomput
     # full recompute re-runs the layer's forward with its host overhead
     rec = rec + np.where(np.asarray(recompute_code) == Ly.POLICIES.index("full"), o_f, 0.0)
     embed_fwd, embed_bwd, _, _, _ = ops_times(Ly.embedding_ops(model, b, s, t, dtype_code, cp), dev, peak, e)
-    head_fwd, head_bwd, _, _, _ = ops_times(Ly.head_ops(model, b, s, t, dtype_code, cp), dev, peak, e, eager=eager)
+    head_fwd, head_bwd, _, _, _ = ops_times(Ly.head_ops(model, b, s, t, dtype_code, cp), dev, peak, e, eager=eager,
+                                            kscale=kscale)
     shape = np.broadcast(b, s, t).shape
     full = lambda x: np.broadcast_to(np.asarray(x, dtype=float), shape)
     return LayerTimes(full(fwd + o_f), full(bwd + o_b), full(wgrad), full(core_fwd), full(embed_fwd),

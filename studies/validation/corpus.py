@@ -2,8 +2,9 @@
 
     python -m studies.validation.corpus [--out reports/validation]
 
-For every published table: the GPU type's fitted number (matmul_sustained_fraction) is fitted on
-all *other* tables of that GPU type and the held-out table is predicted; per table the mean, max
+For every published table: the GPU type's fitted numbers (matmul_sustained_fraction for 16-bit rows,
+matmul_sustained_fraction_fp8 for FP8 rows) are fitted on all *other* tables of that GPU type and the
+held-out table is predicted; per table the mean, max
 and bias of the relative error of the published throughput (and of peak memory where published),
 and the rows parsim cannot express yet, counted by reason. Writes corpus.json, corpus.md and
 corpus.png, and the same results as a comparison report in published/ (report.md, figures/,
@@ -36,14 +37,16 @@ def markdown(loto: list[dict], fits: dict) -> str:
     lines = ["# parsim against the public validation corpus, leave-one-table-out", "",
              f"{n_rows} published rows in {len(loto)} tables; {n_expr} expressible by parsim today, "
              f"{n_rows - n_expr} not expressible yet (counted below, never dropped). Each table is predicted with the "
-             f"GPU type's `matmul_sustained_fraction` fitted on the *other* tables of that type (grid "
+             f"GPU type's sustained fractions (`matmul_sustained_fraction` for 16-bit rows, "
+             f"`matmul_sustained_fraction_fp8` for FP8 rows) fitted on the *other* tables' rows of that type and precision (grid "
              f"{FRACTIONS[0]}–{FRACTIONS[-1]}, step 0.005; minimum mean |error| over their rows). Error = "
              "predicted / published − 1. Unstated knobs (micro-batch, virtual stages; recompute for NeMo rows) are "
              "searched and the fastest plan that fits is shown.", "",
              "## Per table (held out)", "",
-             md_table(["table", "GPU type", "rows", "expressible", "fraction (fitted on the others)", "step mean",
-                       "step max", "step bias", "memory mean", "memory max", "as reserved: mean", "max"],
+             md_table(["table", "GPU type", "rows", "expressible", "16-bit fraction", "FP8 fraction (fitted on the others)",
+                       "step mean", "step max", "step bias", "memory mean", "memory max", "as reserved: mean", "max"],
                       [[e["table"], e["gpu_type"], e["rows"], e["expressible"], "–" if e["fraction"] is None else e["fraction"],
+                        "–" if e.get("fraction_fp8") is None else e["fraction_fp8"],
                         _abs_pct(e["step"].get("mean")), _abs_pct(e["step"].get("max")), _pct(e["step"].get("bias")),
                         _abs_pct(e["memory"].get("mean")), _abs_pct(e["memory"].get("max")),
                         _abs_pct(e["memory_reserved"].get("mean")), _abs_pct(e["memory_reserved"].get("max"))] for e in loto])]
@@ -56,13 +59,16 @@ def markdown(loto: list[dict], fits: dict) -> str:
               "## Shipped fitted numbers (all tables of the GPU type)", "",
               ]
     shipped_rows = []
-    for g, f in fits.items():
-        try:
-            shipped = get_device(g).sustained_fraction
-        except Exception:
-            shipped = None
-        shipped_rows.append([g, "no expressible table" if f is None else f, shipped])
-    lines.append(md_table(["GPU type", "fitted on all its tables", "shipped in devices.yaml"], shipped_rows))
+    for cls, key in (("16-bit", "matmul_sustained_fraction"), ("fp8", "matmul_sustained_fraction_fp8")):
+        for g, f in fits[cls].items():
+            try:
+                dev = get_device(g)
+                shipped = dev.sustained_fraction if cls == "16-bit" else dev.sustained_fraction_fp8
+            except Exception:
+                shipped = None
+            shipped_rows.append([g, f"{cls} ({key})", "no expressible row" if f is None else f,
+                                 "– (the 16-bit one)" if shipped is None else shipped])
+    lines.append(md_table(["GPU type", "precision", "fitted on all its tables", "shipped in devices.yaml"], shipped_rows))
     lines += ["", "## Rows by held-out table", ""]
     for e in loto:
         if not e["row_results"]:
@@ -80,7 +86,9 @@ def markdown(loto: list[dict], fits: dict) -> str:
         lines += [f"### {e['table']}", "",
                   md_table(["model", "GPUs", "published", "predicted", "error", "memory published GiB", "predicted GiB",
                             "memory error", "as reserved GiB", "error", "plan (searched knobs)"], rows)]
-        lines.append(f"\nMetric: {e['row_results'][0].get('metric', '')}; fraction {e['fraction']} fitted on: {', '.join(e['fit_on'])}.\n")
+        fr = "; ".join(f"{c} fraction {e[k]} ({e[k + '_source']})" for c, k in (("16-bit", "fraction"), ("FP8", "fraction_fp8"))
+                       if e.get(k) is not None)
+        lines.append(f"\nMetric: {e['row_results'][0].get('metric', '')}; {fr}; other tables of the type: {', '.join(e['fit_on']) or '–'}.\n")
     lines += ["## Not expressible yet", "", "Corpus-wide, what blocks how many rows (a row may miss several features; "
               "'only reason' = rows that adding this feature alone would make expressible):", "",
               md_table(["reason", "rows", "only reason"], [[b["reason"], b["rows"], b["only_reason"]] for b in blockers()])]
@@ -125,7 +133,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     out = Path(a.out)
     loto = leave_one_table_out()
-    fits = shipped_fits()
+    fits = {cls: shipped_fits(cls) for cls in ("16-bit", "fp8")}
     md = markdown(loto, fits)
     print(md)
     write_atomic(out / "corpus.json", to_json({"tables": loto, "fits": fits, "metrics": accuracy_metrics(loto)}))

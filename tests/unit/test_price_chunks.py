@@ -48,7 +48,26 @@ CASES = {
     "fp8 + bf16 llama3-70b": lambda: (lambda a, b: (a[0], a[1], _cat(a[2], b[2])))(
         _table("llama3-70b", 64, 8192, "fp8", rows=200), _table("llama3-70b", 64, 8192, rows=200, seed=1)),
     "cpu cluster": lambda: _table("gpt-small", 8, 256, dtype="fp32", cluster="cpu-local", rows=400),
+    # the optional knob columns (recompute_every, kernels, async_tp, tp/pp overlap) mixed row by row
+    "knob columns llama3-70b": lambda: _with_knobs(_table("llama3-70b", 64, 8192, rows=400)),
 }
+
+
+def _with_knobs(t, seed=2):
+    """The table with the optional columns set on random rows, each where the rule book allows it."""
+    from parsim.plan import RECOMPUTE, SCHEDULES
+    m, cl, cols = t
+    rng = np.random.default_rng(seed)
+    n, sp = len(cols["dp"]), np.asarray(cols["sp"], dtype=bool)
+    full = np.asarray(cols["recompute"]) == RECOMPUTE.index("full")
+    inter = np.asarray(cols["schedule"]) == SCHEDULES.index("interleaved")
+    overlap = sp & (rng.random(n) < 0.5)
+    cols = dict(cols, rc_every=np.where(full & (rng.random(n) < 0.5), 2, 1),
+                kernels=(rng.random(n) < 0.5).astype(np.int64), tpo=overlap & (rng.random(n) < 0.5),
+                ppo=inter & (rng.random(n) < 0.5))
+    cols["async_tp"] = overlap & ~cols["tpo"] & (cols["kernels"] == 0)
+    assert cols["tpo"].any() and cols["async_tp"].any() and cols["ppo"].any() and (cols["rc_every"] > 1).any()
+    return m, cl, cols
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -83,6 +83,7 @@ def _held_out_tables():
          "step": {"mean": 0.1234, "max": 0.2, "bias": -0.05, "n": 2}, "memory": {}},
         {"table": "src_b: Table 2", "gpu_type": "h100-sxm", "rows": 2, "expressible": 1, "fraction": 0.735,
          "fraction_source": "shipped (no other 16-bit table of this type to fit on)", "fit_on": [],
+         "fraction_fp8": 0.71, "fraction_fp8_source": "fitted on the other tables' fp8 rows",
          "not_expressible": {"precision mxfp8 (not a dtype)": 1},
          "row_results": [dict(row, model="llama3-8b", published=5000.0, predicted=None, rel_error=None)],
          "step": {}, "memory": {}},
@@ -99,8 +100,9 @@ def test_published_report_renders_the_held_out_corpus_per_table_and_counts_what_
                 {"reason": "precision mxfp8 (not a dtype)", "rows": 1, "only_reason": 1}]
     md, html = write_report([], tmp_path, records=recs, published={"tables": tables, "blockers": blockers})
     text = md.read_text()
-    assert ("| src_a: Table 1 | a100-80gb | 3 | 2 | 2 | 0.74 | 12.3% | 20.0% | -5.0% | - | - |" in text), text
-    assert "| src_b: Table 2 | h100-sxm | 2 | 1 | 0 | 0.735 (shipped: none to fit on) | - |" in text
+    # the 16-bit and the FP8 fraction each table was predicted with ("-": no row of that precision)
+    assert ("| src_a: Table 1 | a100-80gb | 3 | 2 | 2 | 0.74 | - | 12.3% | 20.0% | -5.0% | - | - |" in text), text
+    assert "| src_b: Table 2 | h100-sxm | 2 | 1 | 0 | 0.735 (shipped: none to fit on) | 0.71 | - |" in text
     assert "2 of 5 published rows are not expressible yet" in text
     assert "| src_b: Table 2 | precision mxfp8 (not a dtype) | 1 |" in text
     assert "FAILED (not predicted): no candidate plan fits in memory" in text
