@@ -44,12 +44,38 @@ def test_flash_core_runs_at_the_published_cudnn_rate_on_h100():
     assert float(np.ravel(fwd)[0]) == pytest.approx(flops / (989e12 * 0.535 * f), rel=1e-9)
     assert float(np.ravel(bwd)[0]) == pytest.approx(2.5 * flops / (989e12 * 0.524 * f), rel=1e-9)
     assert wg == 0.0
-    # a device without a published attention figure prices it as a GEMM roofline of the same FLOPs and bytes
-    a100 = get_device("a100-80gb")
-    assert a100.attention_eff_fwd is None
-    f_a, _, _ = op_times(core, a100, 312e12, 2.0)
-    assert float(np.ravel(f_a)[0]) == pytest.approx(
-        max(flops / (312e12 * float(a100.matmul_eff(flops / 1e9))), float(a100.memory_time_s(75_497_472))), rel=1e-9)
+    # a device without a published attention series (B200) prices it as a GEMM roofline of the same FLOPs and bytes
+    b200 = get_device("b200")
+    assert b200.attention_eff_fwd is None
+    f_b, b_b, _ = op_times(core, b200, 2250e12, 2.0)
+    roof = max(flops / (2250e12 * float(b200.matmul_eff(flops / 1e9))), float(b200.memory_time_s(75_497_472)))
+    assert float(np.ravel(f_b)[0]) == pytest.approx(roof, rel=1e-9)
+    assert float(np.ravel(b_b)[0]) == pytest.approx(2.5 * roof, rel=1e-9)
+
+
+def test_flash_core_runs_at_the_published_fa2_rate_on_a100():
+    # A100 (torchtitan: SDPA's flash backend = FlashAttention-2): FlashAttention-2 paper Fig. 4(c), causal forward +
+    # backward at seq 8192 = 165 TFLOP/s → 165/312 = 0.529 of the peak, for forward and backward alike, × the sustained
+    # fraction. Llama 3 8B on one rank (tp 1): 32 heads · head dim 128, causal FLOPs 2·8192²·128·32 = 5.498e11;
+    # forward + backward = 3.5 × that at 312e12 · 0.529 · f: the paper's combined rate, exactly.
+    for name in ("a100-80gb", "a100-40gb"):
+        dev = get_device(name)
+        f = dev.sustained_fraction
+        core = _ops("llama3-8b", BF16, t=1)["attn_core_flash"]
+        fwd, bwd, _ = op_times(core, dev, 312e12, 2.0)
+        flops = 2 * 8192 ** 2 * 128 * 32
+        assert float(np.ravel(fwd)[0]) == pytest.approx(flops / (312e12 * 0.529 * f), rel=1e-9)
+        assert float(np.ravel(fwd + bwd)[0]) == pytest.approx(3.5 * flops / (312e12 * 0.529 * f), rel=1e-9)
+        # slower than the GEMM roofline it replaced (flash core at 0.529 of peak vs ~0.86 for a GEMM of 550 GFLOP)
+        assert float(np.ravel(fwd)[0]) > flops / (312e12 * float(dev.matmul_eff(flops / 1e9)))
+
+
+def test_non_flash_plans_never_read_the_attention_series():
+    # Megatron-LM 2021 (Narayanan et al. Table 1) had no flash attention: its plans (flash_attention=False) price the
+    # materialised scores as GEMMs and memory-bound ops; the flash core's weight is 0, so its A100 curve costs nothing.
+    core = _ops("llama3-8b", BF16, t=1, flash=False)["attn_core_flash"]
+    fwd, bwd, _ = op_times(core, get_device("a100-80gb"), 312e12, 2.0)
+    assert float(np.ravel(fwd)[0]) == 0.0 and float(np.ravel(bwd)[0]) == 0.0
 
 
 def test_attention_points_are_the_published_cudnn_series():
@@ -61,6 +87,24 @@ def test_attention_points_are_the_published_cudnn_series():
         for key, panel in (("fwd", "fwd_bf16_hdim128_causal"), ("bwd", "bwd_bf16_hdim128")):
             want = [[s, round(v / 989, 3)] for s, v in zip(seq, bench["h100-sxm"][panel]["cudnn_TFLOPs"])]
             assert pts[key] == want, (dev, key)
+    # the 500 W H100 runs torchtitan's SDPA = FlashAttention-2: the FA2 series of the same figures
+    pts = devices["h100-hbm2e-500w"]["attention_efficiency"]
+    for key, panel in (("fwd", "fwd_bf16_hdim128_causal"), ("bwd", "bwd_bf16_hdim128")):
+        want = [[s, round(v / 989, 3)] for s, v in zip(seq, bench["h100-sxm"][panel]["flash_attention_2_TFLOPs"])]
+        assert pts[key] == want, ("h100-hbm2e-500w", key)
+
+
+def test_a100_attention_points_are_the_published_fa2_series():
+    # FlashAttention-2 paper Fig. 4(c) (A100 80GB SXM4, forward + backward, causal, head dim 64) / the 312 TFLOP/s
+    # bf16 peak, the combined rate used for forward and backward: 171/312 = 0.548 at 16k, 88/312 = 0.282 at 512.
+    bench = yaml.safe_load((DATA / "compute_benchmarks.yaml").read_text())["attention"]["flash_attention_2_paper"]
+    devices = yaml.safe_load((DATA / "devices.yaml").read_text())
+    series = bench["a100-80gb"]["fwd_bwd_bf16_hdim64_causal"]["flash_attention_2_TFLOPs"]
+    want = [[s, round(v / 312, 3)] for s, v in zip(bench["seq_len"], series)]
+    assert want[-1] == [16384, 0.548] and want[0] == [512, 0.282]
+    for dev in ("a100-80gb", "a100-40gb"):
+        assert devices[dev]["peak_TFLOPs"]["bf16"] == 312
+        assert devices[dev]["attention_efficiency"] == {"fwd": want, "bwd": want}, dev
 
 
 def test_fp8_gemms_keep_their_fp8_input_for_backward():

@@ -130,10 +130,13 @@ def test_held_out_errors_do_not_regress(loto):
     # its own bf16 rows of Tables 1 and 3, each held out against the other; FP8 fraction on its FP8 rows) Table 1
     # 3.3% / 5.4%, Table 2 10.6% / 23.1%, Table 3 3.4% / 4.6%, Table 4 8.7% / 12.2%, Table 5 13.1% / 23.0%, Table 6
     # 5.7% / 10.2% (before the flash core's published FA2 rate, Tables 2, 5 and 6: 27%, 31%, 13% mean).
+    # With the A100 flash core at FlashAttention-2's published rate (FA2 paper Fig. 4(c); it was a GEMM roofline):
+    # Narayanan Table 1 held out (0.73 fitted on torchtitan's rows) 3.0% / 7.2%, bias -0.3% (was 5.1% / 9.8% / -4.5%);
+    # torchtitan A100 Llama 3 3.7% / 8.5% (was 6.1% / 7.9%), Llama 2 4.5% / 9.9% (was 6.0% / 11.4%).
     by = {e["table"]: e for e in loto}
-    for t, (mean, mx) in {"narayanan2021_table1: Table 1": (0.055, 0.10),
-                          "torchtitan_a100_fsdp_2024: Llama 3": (0.065, 0.085),
-                          "torchtitan_a100_fsdp_2024: Llama 2": (0.065, 0.12),
+    for t, (mean, mx) in {"narayanan2021_table1: Table 1": (0.035, 0.075),
+                          "torchtitan_a100_fsdp_2024: Llama 3": (0.04, 0.09),
+                          "torchtitan_a100_fsdp_2024: Llama 2": (0.05, 0.10),
                           "torchtitan_llama3_h100_202412: Table 1": (0.035, 0.06),
                           "torchtitan_llama3_h100_202412: Table 2": (0.11, 0.235),
                           "torchtitan_llama3_h100_202412: Table 3": (0.035, 0.05),
