@@ -338,7 +338,7 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
     rank and on the heaviest other rank (parsim.rules.rank_layers); the layers' worth of activations
     those ranks hold at their peak (parsim.costs.memory.inflight_chunks x layers / vpp; the other rank
     is rank 1 in a loop, pp-1 in ZB-V's V, the one holding most); the logits the last stage holds, in
-    micro-batches (in flight + one gradient). Evaluated once per distinct combination."""
+    micro-batches in flight (parsim.costs.memory.last_stage_inflight). Evaluated once per distinct combination."""
     sched, pp, vpp = (np.asarray(x, dtype=np.int64) for x in (sched, pp, vpp))
     mi = np.rint(np.asarray(m, dtype=float)).astype(np.int64)
     first, inv = _distinct(sched, pp, vpp, mi, radix=(4,))
@@ -352,7 +352,7 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
            "held_first": M.inflight_chunks(sched, pp, vpp, mi, 0) * L_first / vpp,
            "held_last": M.inflight_chunks(sched, pp, vpp, mi, r_last) * L_last / vpp,
            "held_mid": M.inflight_chunks(sched, pp, vpp, mi, r_mid) * L_mid / vpp,
-           "logits_held": M.last_stage_inflight(sched, mi) + 1.0}
+           "logits_inflight": M.last_stage_inflight(sched, mi)}
     return {k: np.asarray(v)[inv] for k, v in out.items()}
 
 
@@ -724,9 +724,9 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     # Memory of every rank kind; the worst one is reported. In-flight activations per rank are the
     # schedule's own peaks (parsim.costs.memory.inflight_chunks) in units of one stage of that rank
     # (its layers / vpp); the last stage keeps the fp32 logits of its in-flight micro-batches plus
-    # one gradient of them.
+    # what its framework's loss backward adds (parsim.costs.memory.loss_logits_held).
     logits = 4.0 * mb * seq / cp * model.vocab / t            # fp32 logits of one micro-batch
-    logits_held = logits * pipe["logits_held"]
+    logits_held = logits * (pipe["logits_inflight"] + M.LOSS_BACKWARD_LOGITS[M.check_accounting(accounting)])
     acts = {"first": pipe["held_first"] * a_layer + a_work + np.where(head_first, logits_held, 0.0),
             "last": pipe["held_last"] * a_layer + a_work + logits_held,
             "mid": pipe["held_mid"] * a_layer + a_work}
@@ -737,14 +737,11 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     state_x = per_param_x[0] + per_param_x[1] + per_param_x[2]
     buffers = (M.DDP_BUCKET_BYTES * (dp > 1) + np.where(zero >= 3, 2 * P_layer / t * e, 0.0)
                + np.where(pp > 1, 2 * act / t, 0.0))
-    # FP8 (Transformer Engine): each FP8 GEMM weight also lives as an FP8 copy and its transpose (2 bytes
-    # per parameter, not sharded by ZeRO here), plus delayed-scaling state per FP8 tensor (input, weight,
-    # output gradient): an amax history of 1024 fp32 values (TE's DelayedScaling default) and scale, scale_inv.
-    # Megatron accounting: the FP8 weights are the primary weights (Megatron-Core --fp8-param-gather, set by every
-    # NeMo / Megatron-Bridge FP8 mixed-precision recipe, megatron.bridge.training.mixed_precision
-    # bf16_with_fp8_*_mixed: fp8_param_gather=True): FP8 data + its transpose (1 + 1 B) in place of the 16-bit
-    # weight (2 B), the fp32 master copy in the optimizer state: nothing extra per parameter.
-    fp8_copy = 0.0 if accounting == "megatron" else 2.0
+    # FP8 weights on top of the framework's own and the scaling state per FP8 tensor (input, weight, output
+    # gradient), by framework (parsim.costs.memory.FP8_WEIGHT_COPY: Transformer Engine's FP8 copy + transpose and
+    # delayed-scaling amax history; none for Megatron's FP8 primary weights' copy, none of either for torchao's
+    # dynamic scaling under FSDP2).
+    fp8_copy, fp8_history = M.FP8_WEIGHT_COPY[M.check_accounting(accounting)]
     fp8_layer = 0.0
     fp8_rows = dt == Ly.FP8
     if fp8_rows.any():
@@ -752,7 +749,7 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
         w_elems = sum(np.asarray(op.weight) * np.asarray(op.k) * np.asarray(op.n) * np.asarray(op.batch) for op in fp8_ops)
         n_tensors = 3 * sum(float(np.max(op.weight)) > 0 for op in fp8_ops)
         fp8_layer = np.where(fp8_rows, fp8_copy * np.broadcast_to(np.asarray(w_elems, dtype=float), first.shape)[inv]
-                             + n_tensors * 1026 * 4.0, 0.0)
+                             + n_tensors * fp8_history * 4.0, 0.0)
     # FSDP2's root module (torchtitan: the embedding, the final norm and the output layer, outside every block)
     # is not resharded after forward ("the root FSDP state has its value specially set to False", fully_shard's
     # reshard_after_forward doc): at ZeRO-3 its unsharded 16-bit parameters stay from forward through backward,

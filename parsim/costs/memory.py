@@ -119,6 +119,40 @@ def model_state_bytes(params_per_rank, dp, zero, dtype_code, accounting: str = D
     return tuple(N * f for f in state_bytes_per_param(dp, zero, dtype_code, accounting))
 
 
+# ---------------------------------------------------------------- the loss and FP8 weights, by framework
+
+# fp32 logit-sized tensors ([tokens, vocab/t], 4 bytes an entry) the cross-entropy's backward holds on top of
+# the log-probabilities each in-flight micro-batch keeps, by framework (``ACCOUNTING``'s keys):
+#   megatron, deepspeed  1: the gradient of the logits, written over the saved fp32 softmax (Megatron-Core's
+#                        fused vocab_parallel_cross_entropy saves exp_logits and turns them into the gradient in
+#                        place) - parsim's convention before the fsdp2 term was sourced.
+#   fsdp2                2: torchtitan's loss is eager PyTorch, cross_entropy(pred.flatten(0, 1).float(), labels)
+#                        (train.py's loss_fn at the end of 2024, compiling it was switched off with "TODO: compiling
+#                        loss function causes CUDA errors"; torch.compile wraps each TransformerBlock only).
+#                        aten's cross_entropy is log_softmax + nll_loss: log_softmax saves its fp32 output;
+#                        nll_loss_backward returns a dense zero-filled fp32 gradient of that output, and
+#                        _log_softmax_backward_data allocates the fp32 gradient of the logits while both are live:
+#                        saved output + 2 gradients = 3 fp32 tensors at the loss backward (the forward's peak, bf16
+#                        logits + fp32 copy + fp32 output = 2.5 of them, is lower). With loss_parallel (tp > 1)
+#                        DTensor's nll_loss backward handler builds exp(x) - one_hot from more temporaries: 2 is a
+#                        lower bound there.
+LOSS_BACKWARD_LOGITS = {"megatron": 1.0, "deepspeed": 1.0, "fsdp2": 2.0}
+
+# FP8 GEMM weights held on top of the framework's weights (bytes per parameter of the FP8 layers) and the scaling
+# state per FP8 tensor (fp32 values: an amax history + scale + scale_inv), by framework:
+#   megatron   0 B and 1024 + 2: the FP8 weights are the primary weights (--fp8-param-gather, every NeMo /
+#              Megatron-Bridge FP8 recipe: FP8 data + transpose in place of the bf16 weight), Transformer Engine's
+#              DelayedScaling default amax_history_len = 1024 per tensor (input, weight, output gradient).
+#   deepspeed  2 B and 1024 + 2: Transformer Engine keeping the 16-bit weight plus its FP8 copy and transpose.
+#   fsdp2      0 B and 0: torchtitan's Float8 is torchao's Float8Linear with dynamic scaling ("only dynamic tensor
+#              scaling (the default) is supported", torchtitan/float8.py convert_to_float8_training): the weight
+#              is cast to float8 inside each forward (and all-gathered in float8 by FSDP2 with
+#              enable_fsdp_float8_all_gather, freed after the block like the bf16 one), its amax computed on the
+#              fly; no persistent copy and no amax history. What a Float8Linear saves for backward lives inside
+#              the checkpointed block, as every torchtitan Float8 run uses activation checkpointing.
+FP8_WEIGHT_COPY = {"megatron": (0.0, 1026.0), "deepspeed": (2.0, 1026.0), "fsdp2": (0.0, 0.0)}
+
+
 # ---------------------------------------------------------------- in-flight activations per rank
 
 def inflight_chunks(schedule_code, pp, vpp, m, rank):

@@ -174,3 +174,36 @@ def test_fsdp2_root_module_stays_unsharded():
     # not at ZeRO-1/2 (every parameter of the stage is unsharded there already)
     a, b = (predict("llama3-8b", "grand-teton-h100", p.with_(zero=1), accounting=acc) for acc in ("fsdp2", "megatron"))
     assert a.memory_breakdown_GiB["buffers"] == pytest.approx(b.memory_breakdown_GiB["buffers"], rel=1e-12)
+
+
+def test_fsdp2_eager_loss_holds_three_fp32_logits():
+    # torchtitan's loss is eager cross_entropy(pred.float(), labels): at its backward the saved fp32 log-probs,
+    # nll_loss's dense fp32 gradient of them and log_softmax's fp32 gradient of the logits are live together
+    # (parsim.costs.memory.LOSS_BACKWARD_LOGITS: fsdp2 2 on top of the saved one, megatron 1). llama3-8b, one
+    # rank kind, micro-batch 2 x 8192 tokens: one fp32 logits tensor = 4·16384·128256 = 8,405,385,216 B more
+    # activations under fsdp2 than under megatron (the layers' activations do not depend on the accounting).
+    from parsim.plan import Plan
+    from parsim.predict import predict
+    p = Plan(dp=8, micro_batch=2, global_batch=16, seq_len=8192, zero=3, recompute="selective-op")
+    a, b = (predict("llama3-8b", "grand-teton-h100", p, accounting=acc) for acc in ("fsdp2", "megatron"))
+    assert (a.memory_breakdown_GiB["activations"] - b.memory_breakdown_GiB["activations"]) * 2 ** 30 == pytest.approx(
+        8_405_385_216, rel=1e-9)
+    # vocab-parallel under tp = 2 (loss_parallel): each rank holds V/2 of every logits row: 4,202,692,608 B
+    p2 = Plan(dp=4, tp=2, micro_batch=2, global_batch=8, seq_len=8192, zero=3, recompute="full")
+    a, b = (predict("llama3-8b", "grand-teton-h100", p2, accounting=acc) for acc in ("fsdp2", "megatron"))
+    assert (a.memory_breakdown_GiB["activations"] - b.memory_breakdown_GiB["activations"]) * 2 ** 30 == pytest.approx(
+        4_202_692_608, rel=1e-9)
+
+
+def test_fsdp2_float8_keeps_no_weight_copy():
+    # torchtitan's Float8 is torchao's dynamic scaling: the weight is cast to float8 inside each forward, no
+    # persistent FP8 copy and no amax history (parsim.costs.memory.FP8_WEIGHT_COPY["fsdp2"] = (0, 0)): the same
+    # weights under fp8 as under bf16. Transformer Engine keeping the 16-bit weight (deepspeed accounting) adds
+    # 2 B per FP8 GEMM parameter + 3 tensors x 1026 fp32 per GEMM (tested in test_layer_graph).
+    from parsim.plan import Plan
+    from parsim.predict import predict
+    p = Plan(dp=8, micro_batch=1, global_batch=8, seq_len=8192, zero=3, recompute="full")
+    bf, f8 = (predict("llama3-8b", "grand-teton-h100", p.with_(dtype=d), accounting="fsdp2") for d in ("bf16", "fp8"))
+    assert f8.memory_breakdown_GiB["weights"] == pytest.approx(bf.memory_breakdown_GiB["weights"], rel=1e-12)
+    bf_d, f8_d = (predict("llama3-8b", "grand-teton-h100", p.with_(dtype=d), accounting="deepspeed") for d in ("bf16", "fp8"))
+    assert f8_d.memory_breakdown_GiB["weights"] > bf_d.memory_breakdown_GiB["weights"] + 10   # 2 B x 6.98e9 params
