@@ -60,3 +60,24 @@ def test_dispatch_and_combine_move_the_topk_copies_once_per_permutation(model, e
     # the all-to-all carries the copies that leave the rank once, whatever the permutations
     assert [c for c in _op(ops, "dispatch").comm if c[0] == "ep"][0][2] == pytest.approx(moved * (ep - 1) / ep)
 
+
+def test_ep_group_stays_inside_a_node_under_pipeline_parallelism():
+    # 2 DGX-H100 nodes, pp 2, dp 8, ep 8, tp 1. Megatron's order tp-cp-ep-dp-pp puts the 8 EP ranks of a stage
+    # on one node (ranks 0..7), so each MoE layer's all-to-all is an NVLink all-to-all of 8 GPUs: the same
+    # seconds per layer and micro-batch as on one node without pipelining.
+    m = load_model("qwen3-30b-a3b")                        # 48 layers, all MoE
+    kw = dict(dp=8, ep=8, tp=1, micro_batch=1, global_batch=64, seq_len=4096, dtype="bf16")
+    p2 = price(m, get_cluster("dgx-h100", 16), plan_columns([Plan(pp=2, **kw)], m))
+    p1 = price(m, get_cluster("dgx-h100", 8), plan_columns([Plan(pp=1, **kw)], m))
+    # ep_comm = micro-batches (64/8 = 8) · layers of the stage · 2 directions · per-layer all-to-alls
+    per_layer2 = p2["breakdown"]["ep_comm"][0] / (8 * 24)
+    per_layer1 = p1["breakdown"]["ep_comm"][0] / (8 * 48)
+    assert per_layer2 == pytest.approx(per_layer1, rel=1e-12)
+    # by hand: 2 all-to-alls (dispatch, combine) of 2·4096·8·2048·7/8 bytes over ranks 0..7, each direction
+    a, b = collective_coeffs(get_cluster("dgx-h100", 16), "all_to_all", "pairwise", tuple(range(8)))
+    nbytes = 2 * 4096 * 8 * 2048 * 7 / 8
+    assert per_layer2 == pytest.approx(2 * 2 * (a + b * nbytes), rel=1e-9)
+    # the same 8 ranks spread over the two nodes (the stride the rank numbering tp-pp-dp would give) cost more
+    a_x, b_x = collective_coeffs(get_cluster("dgx-h100", 16), "all_to_all", "pairwise", tuple(range(0, 16, 2)))
+    assert a_x + b_x * nbytes > a + b * nbytes
+
