@@ -75,6 +75,11 @@ class Op:
     eager_bytes: object = None        # bytes as PyTorch eager runs the op, one kernel per elementary op
     eager_bwd_bytes: object = None    # (None: one fused kernel, the same as `bytes` / `bwd_bytes`)
     rs_out_bytes: object = 0.0        # its TP reduce-scatter's output (sequence parallel), kept by op-level SAC
+    # A grouped GEMM (MoE experts): `batch` independent GEMMs, one per local expert, each at the matmul
+    # efficiency of its own size (Transformer Engine's GroupedLinear issues one cuBLAS GEMM per expert,
+    # transformer_engine/pytorch/module/grouped_linear.py -> general_grouped_gemm); False: one batched kernel
+    # whose efficiency is that of its total FLOPs (the attention bmm).
+    grouped: bool = False
     def __post_init__(self):
         if self.flops is None:
             self.flops = 2.0 * self.m * self.k * self.n * self.batch if self.kind in ("gemm", "core") else 0.0
@@ -367,17 +372,23 @@ def _mlp_ops(model, T, Tr, t, e, g, act, ep, ein=None) -> list[Op]:
         local = E / ep                           # experts held by this rank
         moved = e * T * k * h                    # the top-k copies of the tokens
         a2a = moved * (ep - 1) / ep
+        # Megatron-Core's all-to-all dispatcher (megatron/core/transformer/moe/token_dispatcher.py,
+        # MoEAlltoAllTokenDispatcher): "Permutation 1" groups the top-k copies by destination EP rank before
+        # the all-to-all; with more than one local expert, "Permutation 2" (sort_chunks_by_idxs) sorts the
+        # received chunks by local expert after it, and combine undoes both. Each permutation reads and
+        # writes the top-k copies: 2·moved bytes, forward and backward.
+        perm = 2 * moved * np.where(np.asarray(E / ep) > 1, 2.0, 1.0)
         ops += [
             Op("router", "gemm", m=T, k=h, n=E, wgrad=True, saved=e * Tr * h + 4.0 * T * E, weight=moe_w,
                model_flops=2.0 * T * h * E, mm_parts=(1.0,), out_bytes=e * T * E, branch="moe"),
-            Op("dispatch", "mem", bytes=2 * moved, bwd_bytes=2 * moved, weight=moe_w,
+            Op("dispatch", "mem", bytes=perm, bwd_bytes=perm, weight=moe_w,
                comm=(("ep", "all_to_all", a2a),), branch="moe"),
-            Op("expert_fc1", "gemm", fp8=True, m=per_expert, k=h, n=g * ef / t, batch=local, wgrad=True,
+            Op("expert_fc1", "gemm", fp8=True, m=per_expert, k=h, n=g * ef / t, batch=local, wgrad=True, grouped=True,
                saved=ein * rows * h, weight=moe_w, model_flops=2.0 * T * k * h * g * ef / t, branch="moe"),
             _act_op("expert_activation", e, rows * ef / t, g, saved=e * rows * g * ef / t, weight=moe_w, branch="moe"),
-            Op("expert_fc2", "gemm", fp8=True, m=per_expert, k=ef / t, n=h, batch=local, wgrad=True, saved=ein * rows * ef / t,
+            Op("expert_fc2", "gemm", fp8=True, m=per_expert, k=ef / t, n=h, batch=local, wgrad=True, grouped=True, saved=ein * rows * ef / t,
                weight=moe_w, model_flops=2.0 * T * k * ef / t * h, branch="moe"),
-            Op("combine", "mem", bytes=2 * moved, bwd_bytes=2 * moved, weight=moe_w, saved=e * T * k * h,
+            Op("combine", "mem", bytes=perm, bwd_bytes=perm, weight=moe_w, saved=e * T * k * h,
                comm=(("ep", "all_to_all", a2a), ) + _tp_out(act), branch="moe"),
         ]
         if model.shared_experts:

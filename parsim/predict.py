@@ -283,7 +283,8 @@ def _min_line_s(ab, inv, nbytes, calls=1.0):
 
 def _group_s(G, op, algo, size, stride, nbytes, calls=1.0):
     """Seconds per plan row of `op` over a group of `size` ranks `stride` apart from rank 0 (the EP
-    group: ep ranks tp·cp·pp apart; the expert-data-parallel group: dp/ep ranks tp·cp·pp·ep apart; a cp ring
+    group: ep ranks tp apart; the expert-data-parallel group: dp/ep ranks tp·ep apart, as Megatron-Core places
+    them; a cp ring
     neighbour pair: 2 ranks tp apart), alpha paid `calls` times."""
     size = np.asarray(size, dtype=np.int64)
     stride = np.broadcast_to(np.asarray(stride, dtype=np.int64), np.shape(size))
@@ -575,7 +576,10 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     if model.moe_layers and has_ep:
         # one all-to-all per op carrying bytes (dispatch, combine): alpha per call, beta on the bytes
         n_a2a = sum(1 for op in ops_u for g_, k_, _ in op.comm if g_ == "ep") * model.moe_layers / model.layers
-        ep_layer = np.where(ep > 1, _group_s(G, "all_to_all", "native", ep, tp * cp * pp, np.asarray(ep_bytes)[inv],
+        # priced on the devices Megatron-Core places the EP group on: its rank order tp-cp-ep-dp-pp (pp last;
+        # megatron/core/parallel_state.py initialize_model_parallel, expert RankGenerator(tp=etp, ep, dp, pp,
+        # cp=1)) puts the ep ranks of one stage etp = tp ranks apart (inside one node when tp·ep <= its GPUs)
+        ep_layer = np.where(ep > 1, _group_s(G, "all_to_all", "native", ep, tp, np.asarray(ep_bytes)[inv],
                                              calls=n_a2a), 0.0)
     # Ring attention: cp-1 steps, each a send/recv of a K/V block to the ring neighbour (tp ranks away),
     # overlapped with the attention core; backward passes K/V and dK/dV (2×) under the core's backward.
@@ -687,7 +691,9 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
                             zip(_dpcp_vec(G, gs, tp, pp, dp, cp, grad_bytes), (t_ar, t_rs, t_ag)))
     if sharded:
         xb = P_exp * e
-        x_ar, x_rs, x_ag = (np.where((ep > 1) & (edp > 1), _group_s(G, op, "native", edp, tp * cp * pp * ep, xb), 0.0)
+        # the expert-data-parallel group on Megatron's devices (order tp-ep-dp-pp of the expert RankGenerator):
+        # edp ranks of one stage tp·ep apart
+        x_ar, x_rs, x_ag = (np.where((ep > 1) & (edp > 1), _group_s(G, op, "native", edp, tp * ep, xb), 0.0)
                             for op in ("allreduce", "reduce_scatter", "all_gather"))
         t_ar, t_rs, t_ag = t_ar + x_ar, t_rs + x_rs, t_ag + x_ag
     bwd_last_mb = np.minimum(T_first, T_last) - np.minimum(Tf_avg, T_max)

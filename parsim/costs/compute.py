@@ -40,12 +40,15 @@ def fp8_peak_flops(dev):
     return dev.peak_flops.get("fp8", 0.0)
 
 
-def gemm_s(dev, peak, e, M, K, N, batch=1.0, flop_scale=1.0, eff=None):
+def gemm_s(dev, peak, e, M, K, N, batch=1.0, flop_scale=1.0, eff=None, grouped=False):
     """Roofline time of a (batched) GEMM [M,K]x[K,N] with element size e bytes (eff: the efficiency
-    curve, default the device's matmul curve)."""
+    curve, default the device's matmul curve). The efficiency is read at the GFLOP of the whole batch
+    (one batched kernel), or with `grouped` at the GFLOP of one member (`batch` GEMMs issued one by one:
+    MoE grouped expert GEMMs)."""
     flops = 2.0 * M * K * N * batch
     bytes_ = e * (M * K + K * N + M * N) * batch
-    t_c = flop_scale * flops / (peak * (eff or dev.matmul_eff)(flops / 1e9))
+    size_gflop = flops / np.asarray(batch, dtype=float) / 1e9 if grouped else flops / 1e9
+    t_c = flop_scale * flops / (peak * (eff or dev.matmul_eff)(size_gflop))
     return np.maximum(t_c, dev.memory_time_s(bytes_))
 
 
@@ -94,10 +97,10 @@ def op_times(op, dev, peak, e, fp8=None, eager=False, share=1.0, kscale=1.0):
         f = np.maximum(kscale * flops / (peak * dev.matmul_eff(flops / 1e9)), t_mem)
         return w * f, w * op.bwd * f, 0.0
     n = op.n * share
-    f = gemm_s(dev, peak, e, op.m, op.k, n, op.batch, op.flop_scale)
+    f = gemm_s(dev, peak, e, op.m, op.k, n, op.batch, op.flop_scale, grouped=op.grouped)
     if op.fp8 and fp8 is not None and np.any(fp8):
         f8 = gemm_s(dev, fp8_peak_flops(dev), 1.0, op.m, op.k, n, op.batch, op.flop_scale,
-                    dev.matmul_eff_fp8 or dev.matmul_eff)
+                    dev.matmul_eff_fp8 or dev.matmul_eff, grouped=op.grouped)
         f = np.where(fp8, f8, f)
     f = kscale * f
     return w * f, w * op.bwd * f, (w * f if op.wgrad else 0.0)

@@ -73,7 +73,7 @@ def test_seq_len_never_max_position_embeddings():
     assert load_model(str(HF / "gpt2.json")).seq_len == 1024
 
 
-@pytest.mark.parametrize("preset, file", [("mixtral-8x7b", "mixtral-8x7b.json"), ("qwen3-30b-a3b", "qwen3-30b-a3b.json"),
+@pytest.mark.parametrize("preset, file", [("mixtral-8x7b", "mixtral-8x7b.json"), ("qwen3-30b-a3b", "qwen3-30b-a3b.json"), ("qwen3-235b-a22b", "qwen3-235b-a22b.json"),
                                           ("qwen3-8b", "qwen3-8b.json"), ("gemma-7b", "gemma-7b.json")])
 def test_presets_match_hf_configs(preset, file):
     p, h = load_model(preset), load_model(str(HF / file))

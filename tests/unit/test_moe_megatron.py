@@ -1,0 +1,83 @@
+"""MoE layers as Megatron-Core runs them: grouped expert GEMMs at the efficiency of one expert's GEMM, the
+all-to-all dispatcher's two permutations, and the EP / expert-data-parallel groups on the devices Megatron's rank
+order (tp-cp-ep-dp-pp, pp last) places them on."""
+import numpy as np
+import pytest
+
+from parsim import layer as Ly
+from parsim.costs.compute import gemm_s, op_times, peak_flops
+from parsim.costs.network import collective_coeffs
+from parsim.hardware import get_device
+from parsim.model import load_model
+from parsim.plan import Plan
+from parsim.predict import get_cluster, plan_columns, price
+
+
+def _op(ops, name):
+    return next(op for op in ops if op.name == name)
+
+
+def test_grouped_expert_gemm_is_priced_as_one_gemm_per_expert():
+    # qwen3-30b-a3b, micro-batch 1 of 4096 tokens, ep 8: 4096·8 = 32,768 expert rows per rank, 128/8 = 16 local
+    # experts of 32,768/16 = 2048 rows each (balanced routing). fc1 of one expert: [2048, 2048] x [2048, 2·768]:
+    # 2·2048·2048·1536 = 12,884,901,888 FLOPs = 12.885 GFLOP; the 16 of them 206.16 GFLOP.
+    dev = get_device("h100-sxm")
+    m = load_model("qwen3-30b-a3b")
+    ops = Ly.layer_ops(m, 1, 4096, 1, False, True, 0, 8, 1)
+    fc1 = _op(ops, "expert_fc1")
+    assert fc1.grouped and fc1.batch == 16 and fc1.m == 2048 and fc1.k == 2048 and fc1.n == 1536
+    peak = float(peak_flops(dev, 0))
+    one = 2.0 * 2048 * 2048 * 1536
+    assert one / 1e9 == pytest.approx(12.884901888)
+    # compute-bound: 16 expert GEMMs take 16 times one of them, each at the curve's efficiency at 12.885 GFLOP
+    t16 = float(gemm_s(dev, peak, 2.0, 2048, 2048, 1536, batch=16, grouped=True))
+    t1 = float(gemm_s(dev, peak, 2.0, 2048, 2048, 1536))
+    assert t16 == pytest.approx(16 * t1, rel=1e-12)
+    assert t16 == pytest.approx(16 * one / (peak * dev.matmul_eff(one / 1e9)), rel=1e-12)
+    # one batched kernel of the same FLOPs would read the (rising) curve at 206 GFLOP: faster
+    assert float(gemm_s(dev, peak, 2.0, 2048, 2048, 1536, batch=16)) < t16
+    f, b, w = op_times(fc1, dev, peak, 2.0)
+    assert float(f) == pytest.approx(t16 * fc1.weight, rel=1e-12) and float(b) == pytest.approx(2 * float(f))
+
+
+@pytest.mark.parametrize("model,ep,local", [("qwen3-30b-a3b", 8, 16), ("mixtral-8x7b", 8, 1), ("mixtral-8x7b", 4, 2)])
+def test_dispatch_and_combine_move_the_topk_copies_once_per_permutation(model, ep, local):
+    # Megatron's MoEAlltoAllTokenDispatcher: permutation 1 (by destination rank) always, permutation 2 (sort by
+    # local expert) only with more than one local expert; each reads and writes the top-k copies, e·T·k·h bytes.
+    m = load_model(model)
+    T, e = 4096, 2.0
+    moved = e * T * m.top_k * m.hidden
+    if model == "qwen3-30b-a3b":
+        assert moved == 2 * 4096 * 8 * 2048 == 134_217_728
+    else:
+        assert moved == 2 * 4096 * 2 * 4096 == 67_108_864
+    perms = 2 if local > 1 else 1
+    assert m.experts // ep == local
+    ops = Ly.layer_ops(m, 1, 4096, 1, False, True, 0, ep, 1)
+    for name in ("dispatch", "combine"):
+        op = _op(ops, name)
+        assert float(op.bytes) == float(op.bwd_bytes) == perms * 2 * moved
+    # the all-to-all carries the copies that leave the rank once, whatever the permutations
+    assert [c for c in _op(ops, "dispatch").comm if c[0] == "ep"][0][2] == pytest.approx(moved * (ep - 1) / ep)
+
+
+def test_ep_group_stays_inside_a_node_under_pipeline_parallelism():
+    # 2 DGX-H100 nodes, pp 2, dp 8, ep 8, tp 1. Megatron's order tp-cp-ep-dp-pp puts the 8 EP ranks of a stage
+    # on one node (ranks 0..7), so each MoE layer's all-to-all is an NVLink all-to-all of 8 GPUs: the same
+    # seconds per layer and micro-batch as on one node without pipelining.
+    m = load_model("qwen3-30b-a3b")                        # 48 layers, all MoE
+    kw = dict(dp=8, ep=8, tp=1, micro_batch=1, global_batch=64, seq_len=4096, dtype="bf16")
+    p2 = price(m, get_cluster("dgx-h100", 16), plan_columns([Plan(pp=2, **kw)], m))
+    p1 = price(m, get_cluster("dgx-h100", 8), plan_columns([Plan(pp=1, **kw)], m))
+    # ep_comm = micro-batches (64/8 = 8) · layers of the stage · 2 directions · per-layer all-to-alls
+    per_layer2 = p2["breakdown"]["ep_comm"][0] / (8 * 24)
+    per_layer1 = p1["breakdown"]["ep_comm"][0] / (8 * 48)
+    assert per_layer2 == pytest.approx(per_layer1, rel=1e-12)
+    # by hand: 2 all-to-alls (dispatch, combine) of 2·4096·8·2048·7/8 bytes over ranks 0..7, each direction
+    a, b = collective_coeffs(get_cluster("dgx-h100", 16), "all_to_all", "pairwise", tuple(range(8)))
+    nbytes = 2 * 4096 * 8 * 2048 * 7 / 8
+    assert per_layer2 == pytest.approx(2 * 2 * (a + b * nbytes), rel=1e-9)
+    # the same 8 ranks spread over the two nodes (the stride the rank numbering tp-pp-dp would give) cost more
+    a_x, b_x = collective_coeffs(get_cluster("dgx-h100", 16), "all_to_all", "pairwise", tuple(range(0, 16, 2)))
+    assert a_x + b_x * nbytes > a + b * nbytes
+
