@@ -59,13 +59,18 @@ def test_a_stopped_rank_is_named_not_the_healthy_one_waiting_for_it():
     assert not any(_alive(p) for p in ei.value.pids), "a rank was left running (or stopped)"
 
 
+def _failure_with_prediction(fault: str) -> str:
+    """The one-line failure of a 2-rank run with `fault` injected, parsim predicting 0.25 GiB."""
+    with pytest.raises(RunFailed) as ei:
+        launch(_train_cfg(fault=fault, predicted_memory_GiB=0.25), 2, timeout_s=90, grace_s=3)
+    return str(ei.value)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_out_of_memory_in_a_rank_is_reported_as_such_with_the_prediction():
     # the allocator's real failure (2^62 bytes); predicted_memory_GiB is what `parsim run` passes
-    with pytest.raises(RunFailed) as ei:
-        launch(_train_cfg(fault="1:1:oom", predicted_memory_GiB=0.25), 2, timeout_s=90, grace_s=3)
-    msg = str(ei.value)
+    msg = _failure_with_prediction("1:1:oom")
     assert msg.startswith("rank 1 ran out of host memory in phase step 1 forward; parsim predicted 0.25 GiB"), msg
     assert "\n" not in msg
 
@@ -73,9 +78,7 @@ def test_out_of_memory_in_a_rank_is_reported_as_such_with_the_prediction():
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_rank_killed_by_sigkill_names_oom_as_likely_and_the_prediction():
-    with pytest.raises(RunFailed) as ei:
-        launch(_train_cfg(fault="1:1:kill", predicted_memory_GiB=0.25), 2, timeout_s=90, grace_s=3)
-    msg = str(ei.value)
+    msg = _failure_with_prediction("1:1:kill")
     assert msg.startswith("rank 1 was killed by SIGKILL") and "out of memory" in msg and "0.25 GiB" in msg, msg
 
 
