@@ -387,6 +387,14 @@ def _chunk(cols: dict, start: int, stop: int) -> dict:
     return out
 
 
+def _fp8_memory_words(accounting: str) -> str:
+    """What FP8 adds to memory under `accounting`, read from parsim.costs.memory.FP8_WEIGHT_COPY."""
+    copy_B, state = M.FP8_WEIGHT_COPY[accounting]
+    words = (f"an FP8 weight copy and transpose ({copy_B:g} B per parameter) beside the 16-bit weights" if copy_B
+             else "no FP8 weight copy beside the weights (FP8 weights in place of the 16-bit copy, or cast per forward)")
+    return words + (f", {state:g} fp32 scaling values per FP8 tensor" if state else ", no scaling history")
+
+
 def price_chunks(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
                  headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS):
     """Price a table of plans `chunk_rows` rows at a time: yields (start, stop, result) per chunk, the
@@ -921,8 +929,8 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
                      f"{breakdown['cp_comm']:.6g} s exposed (cp_comm)")
     if plan.dtype == "fp8":
         notes.append(f"fp8: the layers' GEMMs at the FP8 peak ({cluster.device.peak_flops['fp8'] / 1e12:.0f} TFLOP/s) "
-                     f"with their own efficiency curve, attention, norms, embedding and loss in bf16; memory adds "
-                     f"Transformer Engine's FP8 weight copies (+transpose) and scaling state; MFU/HFU are taken against "
+                     f"with their own efficiency curve, attention, norms, embedding and loss in bf16; memory "
+                     f"({accounting} accounting): {_fp8_memory_words(accounting)}; MFU/HFU are taken against "
                      f"the bf16 peak ({pk / 1e12:.0f} TFLOP/s), as NeMo and Megatron report; achieved model "
                      f"{mf / step / gpus_ / 1e12:.1f} TFLOP/s per GPU")
     if plan.ep > 1:

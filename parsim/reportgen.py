@@ -500,7 +500,7 @@ def write_report(paths=(), out="report", formats=("md", "html"), title="", recor
                 sections.append(("Pipeline", "One pipelined plan: the simulator's schedule with the cost model's "
                                  "stage times beside the backend's measured trace (one extra, untimed step).", [], [g]))
     if plans:
-        keys = ["step_time_s", "tokens_per_s", "mfu", "memory_GiB"] + [f"breakdown_s.{k}" for k in BREAKDOWN_KEYS]
+        keys = ["fits", "step_time_s", "tokens_per_s", "mfu", "memory_GiB"] + [f"breakdown_s.{k}" for k in BREAKDOWN_KEYS]
         rows = []
         for k in keys:
             row = [k]
@@ -513,9 +513,15 @@ def write_report(paths=(), out="report", formats=("md", "html"), title="", recor
         desc = [["plan"] + [f"{p['report'].get('model', '')}: " + " ".join(f"{k}={v}" for k, v in (p["report"].get("plan") or {}).items()
                                      if k in ("dp", "tp", "pp", "vpp", "micro_batch", "schedule", "zero", "recompute"))
                             + f" on {p['report'].get('cluster', '')}" for p in plans]]
-        best = min(plans, key=lambda p: p["report"]["step_time_s"])
-        sections.append(("What-if: plans side by side", f"Fastest: {best['name']} "
-                         f"({best['report']['step_time_s']:.4g} s per step).",
+        fitting = [p for p in plans if p["report"].get("fits", True) is not False]
+        unfit = [p["name"] for p in plans if p not in fitting]
+        if fitting:
+            best = min(fitting, key=lambda p: p["report"]["step_time_s"])
+            verdict = (f"Fastest plan that fits: {best['name']} ({best['report']['step_time_s']:.4g} s per step)."
+                       + (f" Not fitting in memory (priced, not candidates): {', '.join(unfit)}." if unfit else ""))
+        else:
+            verdict = f"No plan fits in memory ({', '.join(unfit)}): the step times are priced for comparison only."
+        sections.append(("What-if: plans side by side", verdict,
                          [(["", *[p["name"] for p in plans]], desc + rows)],
                          [fig_breakdown([(p["name"], p["report"]["breakdown_s"]) for p in plans],
                                         figdir / "whatif.png", "predicted breakdown per plan")]))

@@ -64,7 +64,25 @@ def test_what_if_puts_predict_and_plan_outputs_side_by_side(tmp_path):
     assert r.returncode == 0, r.stderr
     md = (tmp_path / "w" / "report.md").read_text()
     fastest = "a" if a.step_time_s < b.step_time_s else "b"
-    assert f"Fastest: {fastest} (" in md and "| step_time_s |" in md and not (tmp_path / "w" / "report.html").exists()
+    assert f"Fastest plan that fits: {fastest} (" in md and "| step_time_s |" in md and "| fits |" in md
+    assert not (tmp_path / "w" / "report.html").exists()
+
+
+def test_what_if_never_names_a_plan_that_does_not_fit_as_the_winner(tmp_path):
+    # llama2-70b tp8·pp2 on 64 H100 without ZeRO needs 82.8 GiB on its first stage (README's predict example):
+    # faster than its ZeRO-1 twin, and it does not fit; the verdict must name the twin.
+    big = dict(tp=8, pp=2, micro_batch=1, global_batch=256, recompute="selective", sequence_parallel=True)
+    a = predict("llama2-70b", "dgx-h100", Plan(dp=4, **big), gpus=64)
+    b = predict("llama2-70b", "dgx-h100", Plan(dp=4, zero=1, **big), gpus=64)
+    assert not a.fits and b.fits
+    for name, rep in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(rep.to_dict()))
+    r = subprocess.run([sys.executable, "-m", "parsim", "report", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                        "--out", str(tmp_path / "w"), "--format", "md"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "w" / "report.md").read_text()
+    assert "Fastest plan that fits: b (" in md and "Not fitting in memory (priced, not candidates): a." in md
 
 
 def _held_out_tables():
