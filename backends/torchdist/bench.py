@@ -247,10 +247,11 @@ def runnable_algorithms(op, algos, world, nbytes, quiet=False) -> list:
             ok.append(a)
         except ParsimError as e:
             errors.append(e)
-            if not quiet:
-                print(f"parsim run --bench: skipping {a}: {e}", file=sys.stderr, flush=True)
-    if not ok:
+    if not ok:   # nothing runs: the error alone (one line), no "skipping" line before it
         raise errors[0] if errors else ParsimError("--algo names no algorithm")
+    if not quiet:
+        for a, e in zip([a for a in algos if a not in ok], errors):
+            print(f"parsim run --bench: skipping {a}: {e}", file=sys.stderr, flush=True)
     return ok
 
 

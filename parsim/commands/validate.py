@@ -98,6 +98,9 @@ def run(args) -> int:
         for p in study.points:
             print(p.id)
         return 0
+    if args.resume and args.fresh:
+        raise ParsimError("--resume and --fresh contradict each other: --resume finishes the recorded study, "
+                          "--fresh discards it; give one")
     out = Path(args.out or os.environ.get("OUT") or Path("results") / slug(study.name))
     if args.out or os.environ.get("OUT"):   # a directory the user named: its parent must exist (parsim.outputs)
         from parsim.outputs import make_output_dir

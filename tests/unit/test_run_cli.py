@@ -210,3 +210,9 @@ def test_out_of_memory_is_recognised_by_kind():
     assert out_of_memory(MemoryError()) == "host"
     assert out_of_memory(RuntimeError("Connection closed by peer")) == ""
     assert out_of_memory(ValueError("out of memory")) == ""      # only allocator errors
+
+
+def test_bench_with_no_runnable_algorithm_is_one_line(capsys, monkeypatch):
+    # every named algorithm refused: the error alone, no "skipping" line before it (a user saw two lines)
+    rc, err = _run_cli(capsys, monkeypatch, "--bench", "allreduce", "--algo", "foo", "--size", "1MiB")
+    assert rc == 2 and err.count("\n") == 1 and "no allreduce schedule named 'foo'" in err, err

@@ -147,3 +147,12 @@ def test_frame_has_one_row_per_point_with_the_summary_columns():
             {"id": "b", "kind": "train", "status": "failed", "failure": "oom", "cause": "x", "summary": {}}]
     f = R.frame(recs)
     assert list(f.id) == ["a", "b"] and f.loc[0, "spread_max"] == 2.2 and f.loc[1, "failure"] == "oom"
+
+
+def test_resume_and_fresh_together_are_refused_before_anything_is_written(tmp_path, capsys):
+    from parsim.cli import main
+    out = tmp_path / "o"
+    assert main(["validate", str(ROOT / "studies/cpu/run_vs_predict.yaml"), "--resume", "--fresh", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--resume and --fresh contradict each other" in err and err.count("\n") == 1, err
+    assert not out.exists()
