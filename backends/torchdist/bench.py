@@ -367,12 +367,13 @@ def main(args, argv=None) -> int:
         import tempfile
 
         from backends.torchdist.runner import worker_main
+        if os.environ["RANK"] != "0":        # only rank 0 writes the results: no file for the others to leave behind
+            worker_main(dict(cfg, out=None))
+            return 0
         fd, out = tempfile.mkstemp(prefix="parsim-bench-", suffix=".json")
         os.close(fd)
         try:
             worker_main(dict(cfg, out=out))
-            if os.environ["RANK"] != "0":
-                return 0
             res = json.loads(open(out).read())
         finally:
             os.unlink(out)
