@@ -97,7 +97,7 @@ def plans_text(res, top: int, wide: bool = False) -> str:
     rows = [[i + 1] + [_fmt(c, cols[c][i], {k: cols[k][i] for k in ("simulated", "step_time_s")})
                        for c in shown] for i in range(n)]
     a = res.attrs
-    title = (f"top {n} of {len(res)} fitting plans: {a['model']} on {a['gpus']} × {a['device']} ({a['cluster']}), "
+    title = (f"top {n} of {len(res):,} fitting plans: {a['model']} on {a['gpus']} × {a['device']} ({a['cluster']}), "
              f"global batch {a['global_batch']} × seq {a['seq_len']}, {a['dtype']}")
     if a.get("model_summary"):
         title = f"model {a['model_summary']}\n" + title

@@ -10,7 +10,7 @@ same records, so `parsim report --published` renders it in the same format.
 
 Error convention everywhere: (predicted − measured) / measured (+ = predicted too high). A phase's
 contribution to a plan's error is (predicted phase − measured phase) / measured step time; the
-contributions of the seven phases sum to the step-time error (less the pipeline simulator's bubble
+contributions of the phases (BREAKDOWN_KEYS) sum to the step-time error (less the pipeline simulator's bubble
 correction where pp > 1).
 """
 from __future__ import annotations
@@ -236,7 +236,7 @@ def _short(pid: str) -> str:
 
 
 def fig_breakdown(items, path, title):
-    """Stacked bars of the seven phases; items: [(label, breakdown_s dict)]."""
+    """Stacked bars of the phases (BREAKDOWN_KEYS); items: [(label, breakdown_s dict)]."""
     if not items:
         return None
     plt = _plt()
@@ -482,7 +482,7 @@ def write_report(paths=(), out="report", formats=("md", "html"), title="", recor
                 items.append((f"{_short(r.id)} P", {k: r[f"p_{k}"] for k in BREAKDOWN_KEYS}))
                 items.append((f"{_short(r.id)} M", {k: r[f"m_{k}"] for k in BREAKDOWN_KEYS}))
             sections.append(("Error by phase", "Each phase's (predicted − measured) seconds as a share of the measured "
-                             "step; the seven sum to the step error.", [(["point", *BREAKDOWN_KEYS], ph_rows)],
+                             "step; the phases sum to the step error.", [(["point", *BREAKDOWN_KEYS], ph_rows)],
                              [fig_phase_error(pt, figdir / "phase_error.png"),
                               fig_breakdown(items, figdir / "breakdown.png",
                                             "breakdown per plan: P = predicted, M = measured")]))
