@@ -361,3 +361,15 @@ def read_profile(path) -> dict | None:
     from parsim.fileio import read_user_file
     d = read_user_file(path, "devices", "yaml")
     return d.get("cpu") if isinstance(d, dict) else None
+
+
+def busy_warning(load_1min: float, cores: int, own_processes: int = 1) -> str | None:
+    """A one-line warning when other work shared the CPUs while calibration measured (the 1-minute
+    load average, less this calibration's own `own_processes`, above half of `cores`), else None.
+    Measured under contention, every rate comes out too low and predictions too slow (a --quick run
+    at load 3 on 2 cores gave matmul_sustained_fraction 0.05)."""
+    others = max(0.0, float(load_1min) - own_processes)
+    if cores <= 0 or others <= 0.5 * cores:
+        return None
+    return (f"warning: load average {load_1min:.1f} on {cores} cores while measuring: other work shared the CPUs, "
+            f"so the measured rates are likely too low; calibrate again on an idle machine")

@@ -13,6 +13,7 @@ which parsim reads on every later command. About 8 minutes in full; ``--quick`` 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -69,6 +70,7 @@ def run(a) -> int:
     comm, local = not a.no_comm, not a.comm_only
     stages = M.plan_steps(a.quick, comm, local)
     t0 = time.monotonic()
+    load0 = os.getloadavg()[0]   # before our own ranks add to it
     with bar("parsim calibrate", len(stages)) as b:
         raw = M.measure(quick=a.quick, comm=comm, local=local, tick=lambda what: b.update(stages.index(what)
                                                                                          if what in stages else None, what))
@@ -91,6 +93,9 @@ def run(a) -> int:
     print(f"calibration took {time.monotonic() - t0:.0f} s; raw measurements in {raw_file}"
           + ("" if a.out is None or out == C.home() else
              f"; parsim reads calibration from {C.home()}: use PARSIM_HOME={out} to load these"), file=sys.stderr)
+    warn = C.busy_warning(max(load0, os.getloadavg()[0]), os.cpu_count() or 1)
+    if warn:
+        print(warn, file=sys.stderr)
     if a.json:
         print(json.dumps(raw))
     return 0

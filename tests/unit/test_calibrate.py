@@ -175,3 +175,13 @@ def test_comm_only_needs_a_profile_to_complete(tmp_path, capsys):
     assert main(["calibrate", "--comm-only", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"--comm-only needs a cpu profile in {tmp_path / cal.DEVICES_FILE}" in err and err.count("\n") == 1
+
+
+def test_busy_machine_is_warned_about_not_silently_measured():
+    from parsim.calibrate import busy_warning
+    # load 3 on 2 cores (a test suite running beside it, as a new user saw): others 3 - 1 = 2 > 1 -> warned
+    w = busy_warning(3.0, 2)
+    assert w and w.startswith("warning: load average 3.0 on 2 cores") and "\n" not in w
+    # idle but for calibration itself: 1.4 - 1 = 0.4 <= 1 -> no warning
+    assert busy_warning(1.4, 2) is None
+    assert busy_warning(5.0, 16) is None            # 4 others on 16 cores: below half
