@@ -187,6 +187,12 @@ def profile_file(name: str) -> str:
     return _ORIGIN.get(name) or str(DATA / "devices.yaml")
 
 
+def is_measured(name: str) -> bool:
+    """Whether device profile `name` comes from a measured file (``parsim calibrate``'s output) rather
+    than the shipped catalog (see ``profile_file``). ParsimError for an unknown name."""
+    return profile_file(name) != str(DATA / "devices.yaml")
+
+
 def device_names() -> list[str]:
     return sorted(_catalog())
 

@@ -158,10 +158,10 @@ def predicted_report(model, plan, cluster_name: str, gpus: int, explicit: str | 
         rep = predict(model, cl, plan, **memory)
     except ParsimError as e:
         return None, f"no prediction: {e}"
-    from parsim.hardware import DATA, profile_file
+    from parsim.hardware import is_measured
     dev = getattr(cl.device, "name", cl.device)
     where = f"predicted by parsim.predict on cluster {cluster_name}"
-    if dev == "cpu" and profile_file(dev) == str(DATA / "devices.yaml"):
+    if dev == "cpu" and not is_measured(dev):
         where += ("; device profile cpu is the catalog's uncalibrated placeholder (order of magnitude only): "
                   "`parsim calibrate` measures this machine")
     return as_dict(rep), where

@@ -34,8 +34,8 @@ def copies_for(valid: int) -> int:
 
 
 def table(copies: int | None = None):
-    """(model, cluster, the plan table: the valid candidates at global batches BATCH·1..BATCH·copies;
-    copies None: copies_for(the number of valid candidates))."""
+    """(model, cluster, the plan table: the valid candidates at global batches BATCH·1..BATCH·copies,
+    the number of valid candidates, copies); copies None: copies_for(the number of valid candidates)."""
     from parsim.model import load_model
     from parsim.predict import get_cluster
     from parsim.search import candidates
@@ -43,7 +43,7 @@ def table(copies: int | None = None):
     cols, _, _ = candidates(model, GPUS, BATCH, SEQ, device=cl.device)
     n = len(cols["dp"])
     copies = copies or copies_for(n)
-    out = {"_valid": n, "_copies": copies}
+    out = {}
     for k, v in cols.items():
         if k == "gb":
             out[k] = np.repeat(BATCH * np.arange(1, copies + 1, dtype=np.int32), n)
@@ -51,7 +51,7 @@ def table(copies: int | None = None):
             out[k] = np.broadcast_to(v[:1], (n * copies,))
         else:
             out[k] = np.tile(v.astype(bool if v.dtype == bool else np.int16), copies)
-    return model, cl, out
+    return model, cl, out, n, copies
 
 
 def peak_rss_MiB() -> float:
@@ -73,8 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--copies", type=int, default=None)
     ap.add_argument("--chunk-rows", type=int, default=PRICE_CHUNK_ROWS)
     a = ap.parse_args(argv)
-    model, cl, cols = table(a.copies)
-    valid, copies = cols.pop("_valid"), cols.pop("_copies")
+    model, cl, cols, valid, copies = table(a.copies)
     t0, c0 = time.perf_counter(), time.process_time()
     _, _, fitting = _price_fitting(model, cl, cols, "megatron", None, a.chunk_rows)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
