@@ -407,6 +407,36 @@ def leave_one_table_out() -> list[dict]:
     return out
 
 
+def repeat_floor() -> list[dict]:
+    """Rows that are the same input to parsim but were published with different values (a later software release
+    measured the same stated plan again), and the error no prediction from the stated plan can beat on them.
+
+    Two expressible rows are the same input when they share GPU type, model, cluster, GPU count, memory
+    accounting, metric and the exact set of candidate plans (every stated knob, and the same unstated ones
+    searched): parsim then predicts one value P for both. For published values y_min <= ... <= y_max, the P that
+    minimises the largest |P / y - 1| is P* = 2·y_min·y_max / (y_min + y_max), and that error is
+    floor = (y_max - y_min) / (y_max + y_min): at least one of the rows is predicted at least that far off by any
+    model that reads only what was published. Returns one dict per group of two or more rows, largest floor first:
+    {"gpu_type", "model", "gpus", "tables": [table ids], "published": [values], "spread": y_max / y_min - 1,
+    "floor": floor}."""
+    groups: dict = {}
+    for r in load_corpus():
+        if r.reason:
+            continue
+        key = (r.gpu_type, r.model, r.cluster, r.gpus, r.accounting, r.metric, tuple(r.plans))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        ys = [r.published for r in rows]
+        lo, hi = min(ys), max(ys)
+        out.append({"gpu_type": rows[0].gpu_type, "model": rows[0].model, "gpus": rows[0].gpus,
+                    "tables": [r.table_id for r in rows], "published": ys,
+                    "spread": hi / lo - 1, "floor": (hi - lo) / (hi + lo)})
+    return sorted(out, key=lambda d: -d["floor"])
+
+
 def fragmentation_GiB(gpu_type: str) -> float:
     """The allocator's reserved-but-unallocated allowance assumed for a device of this GPU type:
     parsim/data/memory.yaml's fragmentation_fraction x its capacity (an assumption, stated there)."""

@@ -21,3 +21,18 @@ def closest(name: str, choices, n: int = 3) -> str:
     import difflib
     hits = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.4)
     return f"; did you mean {', '.join(hits)}?" if hits else ""
+
+
+def run_main(main, prog: str) -> int:
+    """Run a script's ``main()`` as the CLI runs a command: a ParsimError becomes one line on stderr
+    ("<prog>: error: ...") and exit code 2, Ctrl-C one line and 130; anything else is a bug and keeps its traceback.
+    For ``if __name__ == "__main__": raise SystemExit(run_main(main, "python -m studies.x"))``."""
+    import sys
+    try:
+        return int(main() or 0)
+    except ParsimError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

@@ -327,4 +327,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from parsim.errors import run_main
+    raise SystemExit(run_main(main, "python -m studies.robustness.hostile_inputs"))

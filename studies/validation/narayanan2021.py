@@ -65,4 +65,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from parsim.errors import run_main
+    raise SystemExit(run_main(main, "python -m studies.validation.narayanan2021"))

@@ -258,3 +258,18 @@ def test_run_result_is_printed_when_out_fails_after_the_run(tmp_path, capsys, mo
     assert rc == 2
     assert json.loads(cap.out)["measured"]["step_time_s"] == _fake_measured().step_time_s
     assert cap.err.count("\n") == 1 and "res' does not exist" in cap.err and "printed above" in cap.err
+
+
+@pytest.mark.parametrize("study", ["studies.validation.corpus", "studies.validation.narayanan2021"])
+def test_a_study_with_a_bad_out_dir_fails_first_in_one_line(study, tmp_path):
+    """The output directory is checked before the work (the corpus study used to compute for 30 s, then
+    die with a traceback on a missing directory) and the error is one line, exit 2 (parsim.errors.run_main)."""
+    import subprocess
+    import sys
+    missing = tmp_path / "no" / "such"
+    p = subprocess.run([sys.executable, "-m", study, "--out", str(missing)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr
+    assert lines[0].startswith(f"python -m {study}: error:") and str(missing.parent) in lines[0]
+    assert not missing.exists()

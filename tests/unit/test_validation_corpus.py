@@ -281,3 +281,28 @@ def test_unstated_torch_compile_is_searched(tmp_path):
         "T,llama3-8b,8,bf16,8192,8,1,8,1,1,1,,,,selective-op,FSDP,100,,\n")
     (row,) = C.load_file(p)
     assert {q.kernels for q in row.plans} == {"eager", "fused"}
+
+
+def test_repeat_floor_is_the_minimax_error_of_one_prediction():
+    """Rows that are one input to parsim but carry different published values bound what any prediction from the
+    stated plan can reach. B200 Llama 3 8B, FP8, 8 GPUs, TP1 PP1 MBS2 GBS128, the same in three releases:
+    26006 (NeMo 25.02), 29994 (Megatron-Bridge 25.09), 30624 (25.11) tokens/s/GPU ->
+    floor = (30624 - 26006) / (30624 + 26006) = 4618 / 56630 = 8.15%, reached at P* = 2*26006*30624/56630 = 28126."""
+    groups = {(g["gpu_type"], g["model"], g["gpus"]): g for g in C.repeat_floor()}
+    g = groups[("b200", "llama3-8b", 8)]
+    assert sorted(g["published"]) == [26006, 29994, 30624]
+    assert g["floor"] == pytest.approx(4618 / 56630)
+    p_star = 2 * 26006 * 30624 / 56630
+    assert max(abs(p_star / y - 1) for y in g["published"]) == pytest.approx(g["floor"])
+    # no other single prediction does better (the floor is a minimum, not an arbitrary point)
+    for p in (p_star * 0.99, p_star * 1.01):
+        assert max(abs(p / y - 1) for y in g["published"]) > g["floor"]
+    # Qwen3-30B-A3B on 16 H100: the same stated plan published 10494 (25.09) and 5275 (25.11) tokens/s/GPU
+    q = groups[("h100-sxm", "qwen3-30b-a3b", 16)]
+    assert q["floor"] == pytest.approx((10494 - 5275) / (10494 + 5275))
+    # rows differing in a stated knob are not grouped: 26.02's Llama 3 70B (GBS 256) is not 25.09's (GBS 128)
+    g70 = groups[("h100-sxm", "llama3-70b", 64)]
+    assert sorted(g70["published"]) == [1602, 1619]
+    # every group is sorted largest floor first and holds rows of one GPU type and model
+    floors = [g["floor"] for g in C.repeat_floor()]
+    assert floors == sorted(floors, reverse=True)
