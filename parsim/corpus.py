@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from parsim.accuracy import GPU_TYPE_DEVICES  # one table of GPU types and their profiles, shared
 from parsim.errors import ParsimError
 from parsim.hardware import get_device
 from parsim.model import load_model, preset_names
@@ -60,9 +61,6 @@ CORPUS_DIR = Path(__file__).parent / "data" / "validation"
 NARAYANAN = "narayanan2021_table1"
 FRACTIONS = np.round(np.arange(0.50, 1.0001, 0.005), 3)
 GiB = 2 ** 30
-# What each GPU type's profile keys are (a fitted number is shared by the profiles of one chip).
-GPU_TYPE_DEVICES = {"a100-80gb": ("a100-80gb", "a100-40gb"), "h100-sxm": ("h100-sxm",), "h200": ("h200",),
-                    "b200": ("b200",), "h100-hbm2e-500w": ("h100-hbm2e-500w",)}
 DEFAULT_CLUSTER = {"a100-80gb": "dgx-a100", "h100-sxm": "dgx-h100", "h200": "dgx-h200", "b200": "dgx-b200",
                    "h100-hbm2e-500w": "grand-teton-h100"}
 MOE_MODELS = ("mixtral", "qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "gpt-oss")
@@ -435,6 +433,30 @@ def repeat_floor() -> list[dict]:
                     "tables": [r.table_id for r in rows], "published": ys,
                     "spread": hi / lo - 1, "floor": (hi - lo) / (hi + lo)})
     return sorted(out, key=lambda d: -d["floor"])
+
+
+def heldout_summary(loto: list[dict] | None = None) -> dict:
+    """The held-out step-time errors of leave_one_table_out() pooled by (GPU type, precision class, dense or MoE):
+    what parsim/data/validation/heldout.json ships and parsim.accuracy reads. Returns {"by_kind": {key: {"rows",
+    "tables", "mean", "max", "bias"}}} with keys parsim.accuracy.key(); errors are fractions of 1, rounded to 4
+    places; rows no candidate plan fits are left out (they have no error)."""
+    from parsim.accuracy import key
+    loto = leave_one_table_out() if loto is None else loto
+    pooled: dict = {}
+    for e in loto:
+        for r in e["row_results"]:
+            if r.get("rel_error") is None:
+                continue
+            k = key(e["gpu_type"], r["precision"], load_model(r["model"]).experts > 0)
+            errs, tables = pooled.setdefault(k, ([], set()))
+            errs.append(r["rel_error"])
+            tables.add(e["table"])
+    out = {}
+    for k, (errs, tables) in sorted(pooled.items()):
+        a = np.asarray(errs, dtype=float)
+        out[k] = {"rows": int(len(a)), "tables": len(tables), "mean": round(float(np.abs(a).mean()), 4),
+                  "max": round(float(np.abs(a).max()), 4), "bias": round(float(a.mean()), 4)}
+    return {"by_kind": out}
 
 
 def fragmentation_GiB(gpu_type: str) -> float:

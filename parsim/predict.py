@@ -86,12 +86,18 @@ class StepReport:
 
     @classmethod
     def from_dict(cls, d: dict) -> "StepReport":
-        """Inverse of ``to_dict`` (e.g. a report read back from JSON); unknown keys are an error."""
+        """Inverse of ``to_dict`` (e.g. a report read back from JSON); unknown keys are an error, except the
+        annotations `parsim predict` adds beside a report (ANNOTATIONS), which are dropped."""
         names = set(cls.__dataclass_fields__)
+        d = {k: v for k, v in d.items() if k not in cls.ANNOTATIONS}
         extra = sorted(set(d) - names)
         if extra:
             raise ParsimError(f"not a StepReport: unexpected key(s) {', '.join(extra)}; expected {', '.join(sorted(names))}")
         return cls(**d)
+
+    # Keys `parsim predict --format json` writes beside the report: the held-out error on published runs like the
+    # plan (parsim.accuracy.heldout), an annotation about parsim, not an outcome of the plan.
+    ANNOTATIONS = ("heldout_accuracy",)
 
     # The device and the accounting the memory was judged against, and the model's size and training
     # length (inputs, the same on both sides of a comparison): context, not outcomes to compare.

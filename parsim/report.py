@@ -112,6 +112,12 @@ def plans_text(res, top: int, wide: bool = False) -> str:
                     "step_time_closed_s is the closed form ('=' where they agree within 0.05%)")
     else:
         caption += "step s of the top plans is re-played by the pipeline simulator\n" + SHORT_LEGEND
+    if a.get("device") and a.get("dtype"):       # how sure: the held-out error on published runs like these
+        from parsim.accuracy import ranking_note, statement
+        moe = bool(a.get("moe"))
+        caption += "\n" + statement(a["device"], a["dtype"], moe)
+        note = ranking_note([float(x) for x in cols["step_time_s"][:n]], a["device"], a["dtype"], moe)
+        caption += f"\n{note}" if note else ""
     return text_table(headers, rows, title, caption, width=None if wide else WIDTH)
 
 

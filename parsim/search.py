@@ -181,7 +181,10 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
         df[f"{k}_GiB"] = r["memory"][k][order] / GiB
     attrs = dict(model=model.name, cluster=cl.name, device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq,
                  dtype=dtype, memory_accounting=accounting, memory_capacity_GiB=cap / GiB, memory_headroom_GiB=room / GiB,
-                 params_total=model.params, params_active=model.active_params, model_summary=model.summary())
+                 params_total=model.params, params_active=model.active_params, model_summary=model.summary(),
+                 moe=model.experts > 0)
+    from parsim.accuracy import heldout       # how sure: held-out error on published runs like these (or None)
+    attrs["heldout_accuracy"] = heldout(cl.device.name, dtype, model.experts > 0)
     res = SearchResult(df, attrs, generated, n, rejected, time.perf_counter() - t0)
     return res if result else res.table
 

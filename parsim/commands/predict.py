@@ -25,13 +25,20 @@ def run(a) -> int:
     cluster = load_cluster_arg(a.cluster, a.gpus) if str(a.cluster).endswith(".json") else get_cluster(a.cluster, a.gpus)
     plan = plan_from_args(a, a.gpus, None if a.dtype else cluster.device)
     rep = predict(a.model, cluster, plan, gpus=a.gpus, **memory_options(a))
+    from parsim.accuracy import heldout
+    from parsim.model import load_model
+    dev = getattr(cluster.device, "name", cluster.device)
+    moe = load_model(a.model).experts > 0 if a.model else False
+    # the report plus the held-out error on published runs like it (null: unknown)
+    record = dict(rep.to_dict(), heldout_accuracy=heldout(dev, rep.plan.get("dtype", ""), moe))
     if a.format == "json":
-        text = to_json(rep.to_dict())
+        text = to_json(record)
     else:
         from parsim.hardware import profile_file
-        dev = getattr(cluster.device, "name", cluster.device)
-        text = step_report_text(rep) + f"device profile {dev}: {profile_file(dev)}\n"
+        from parsim.accuracy import statement
+        text = (step_report_text(rep) + f"device profile {dev}: {profile_file(dev)}\n"
+                + statement(dev, rep.plan.get("dtype", ""), moe) + "\n")
     sys.stdout.write(text)
     if a.out:
-        write_atomic(a.out, to_json(rep.to_dict()), JSON, "--out")
+        write_atomic(a.out, to_json(record), JSON, "--out")
     return 0

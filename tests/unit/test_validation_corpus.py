@@ -306,3 +306,25 @@ def test_repeat_floor_is_the_minimax_error_of_one_prediction():
     # every group is sorted largest floor first and holds rows of one GPU type and model
     floors = [g["floor"] for g in C.repeat_floor()]
     assert floors == sorted(floors, reverse=True)
+
+
+def test_shipped_heldout_accuracy_is_what_the_corpus_gives(loto):
+    """plan and predict quote parsim/data/validation/heldout.json: it must be the pooled held-out errors of today's
+    leave-one-table-out (regenerate with python -m studies.validation.corpus), not a stale or hand-edited copy."""
+    import json
+    from parsim.accuracy import HELDOUT_FILE
+    shipped = json.loads(HELDOUT_FILE.read_text())["by_kind"]
+    assert shipped == C.heldout_summary(loto)["by_kind"]
+    # the pooling by hand for one kind: every expressible A100 16-bit dense row of the three A100 tables
+    errs = [r["rel_error"] for e in loto if e["gpu_type"] == "a100-80gb" for r in e["row_results"]
+            if r.get("rel_error") is not None]
+    a = shipped["a100-80gb/16-bit/dense"]
+    assert a["rows"] == len(errs) == 18 and a["tables"] == 3
+    assert a["mean"] == pytest.approx(sum(map(abs, errs)) / len(errs), abs=1e-4)
+    assert a["max"] == pytest.approx(max(map(abs, errs)), abs=1e-4)
+    assert a["bias"] == pytest.approx(sum(errs) / len(errs), abs=1e-4)
+    # MoE rows never pool with dense ones
+    assert all(C.load_model(r["model"]).experts > 0
+               for e in loto for r in e["row_results"] if r.get("rel_error") is not None and
+               r["model"].startswith(C.MOE_MODELS))
+    assert "h100-sxm/fp8/moe" in shipped and "h100-sxm/fp8/dense" in shipped

@@ -1,0 +1,100 @@
+"""How sure is a prediction: the held-out error of parsim on the public corpus, by GPU type and kind of plan.
+
+``python -m studies.validation.corpus`` predicts every public table with constants fitted on the *other* tables
+(parsim.corpus, leave-one-table-out) and writes the pooled held-out errors per (GPU type, precision class, dense or
+MoE) to ``parsim/data/validation/heldout.json`` (``parsim.corpus.heldout_summary``). This module only reads that
+file (no corpus pricing at run time), so `plan` and `predict` can say next to every answer how far off parsim was on
+published runs of the same GPU type, precision and kind of model that it had not been fitted to, and whether the plans
+it ranks first are apart by more than that.
+
+Keys: ``"<gpu type>/<16-bit|fp8>/<dense|moe>"``; values: {"rows", "tables", "mean", "max", "bias"}, relative
+errors of step-time throughput as fractions of 1 (mean of |error|, max of |error|, mean of error).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+HELDOUT_FILE = Path(__file__).parent / "data" / "validation" / "heldout.json"
+
+# What each GPU type's (chip's) profiles are: its public tables validate them all, the first is the one fitted
+# (parsim.corpus imports this table; one place).
+GPU_TYPE_DEVICES = {"a100-80gb": ("a100-80gb", "a100-40gb"), "h100-sxm": ("h100-sxm",), "h200": ("h200",),
+                    "b200": ("b200",), "h100-hbm2e-500w": ("h100-hbm2e-500w",)}
+DEVICE_GPU_TYPE = {d: g for g, ds in GPU_TYPE_DEVICES.items() for d in ds}
+
+
+def precision_class(precision: str) -> str | None:
+    """'fp8' for FP8 plans, '16-bit' for bf16/fp16; None for fp32 (no public fp32 table)."""
+    return "fp8" if precision == "fp8" else ("16-bit" if precision in ("bf16", "fp16") else None)
+
+
+def key(gpu_type: str, precision: str, moe: bool) -> str:
+    return f"{gpu_type}/{precision_class(precision)}/{'moe' if moe else 'dense'}"
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> dict:
+    try:
+        return json.loads(HELDOUT_FILE.read_text())["by_kind"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def heldout(device: str, precision: str, moe: bool) -> dict | None:
+    """The pooled held-out error of plans like this one ({"rows", "tables", "mean", "max", "bias"}), or None when
+    no public table of this GPU type, precision class and kind (dense / MoE) is expressible."""
+    g = DEVICE_GPU_TYPE.get(device)
+    if g is None or precision_class(precision) is None:
+        return None
+    return _load().get(key(g, precision, moe))
+
+
+def statement(device: str, precision: str, moe: bool) -> str:
+    """One line: the held-out error of parsim on public runs like this plan, or that it is unknown."""
+    kind = "MoE" if moe else "dense"
+    cls = precision_class(precision) or precision
+    if device not in DEVICE_GPU_TYPE:
+        return (f"accuracy: no published tables for {device}; `parsim validate` measures parsim against runs on "
+                f"this machine")
+    h = heldout(device, precision, moe)
+    if h is None:
+        near = ""
+        g = DEVICE_GPU_TYPE.get(device)
+        others = [(c, k) for c in ("16-bit", "fp8") for k in (False, True) if (c, k) != (cls, moe)]
+        for c, k in others:        # the nearest evidence on the same chip, said as such
+            o = _load().get(f"{g}/{c}/{'moe' if k else 'dense'}") if g else None
+            if o:
+                near = (f"; nearest evidence, {c} {'MoE' if k else 'dense'} runs on {g}: {100 * o['mean']:.1f}% mean, "
+                        f"{100 * o['max']:.1f}% max error over {o['rows']} runs")
+                break
+        return (f"accuracy: unknown — no published {cls} {kind} run on {device} to hold out{near} "
+                f"(parsim report --published)")
+    return (f"accuracy: on {h['rows']} published {cls} {kind} runs on {DEVICE_GPU_TYPE[device]} ({h['tables']} tables, "
+            f"each predicted with constants fitted on the others) predicted throughput was off by {100 * h['mean']:.1f}% on "
+            f"average, {100 * h['max']:.1f}% at worst (bias {100 * h['bias']:+.1f}%)")
+
+
+def ranking_note(step_times_s, device: str, precision: str, moe: bool) -> str:
+    """'' or one line: how many of the ranked plans (step times in seconds, best first) lie within the held-out
+    mean error of the best, i.e. which parsim cannot rank apart; '' when the error is unknown or only #1 is."""
+    h = heldout(device, precision, moe)
+    if h is None:
+        return ""
+    k = within_error(step_times_s, h["mean"])
+    if k <= 1:
+        return ""
+    more = "" if k < len(step_times_s) else " (at least)"
+    return (f"plans 1–{k}{more} are within {100 * h['mean']:.1f}% of #1, the held-out mean error: parsim cannot rank "
+            f"them apart; measure the top few (parsim run / parsim validate)")
+
+
+def within_error(step_times_s, mean_error: float) -> int:
+    """How many of the ranked plans (step times in seconds, best first, shape [n]) are predicted within
+    `mean_error` (a fraction) of the best: plans parsim cannot tell apart at its held-out mean error.
+    Always >= 1 for a non-empty ranking."""
+    if len(step_times_s) == 0:
+        return 0
+    best = float(step_times_s[0])
+    return sum(1 for t in step_times_s if float(t) / best - 1 <= mean_error)

@@ -1,0 +1,53 @@
+"""parsim.accuracy: `plan` and `predict` say how far off parsim was on published runs like the plan, and which
+ranked plans it cannot tell apart."""
+import json
+
+import pytest
+
+from parsim import accuracy as A
+from parsim.cli import main
+
+
+def test_statement_quotes_the_held_out_kind_or_says_unknown():
+    h = A.heldout("h100-sxm", "fp8", False)
+    assert h is not None and h["rows"] > 0
+    s = A.statement("h100-sxm", "fp8", False)
+    assert f"{100 * h['mean']:.1f}% on average" in s and f"{100 * h['max']:.1f}% at worst" in s
+    # a100-40gb is validated by the A100 80GB tables (one chip)
+    assert A.heldout("a100-40gb", "bf16", False) == A.heldout("a100-80gb", "fp16", False)
+    # no public H200 table: unknown, never a borrowed figure presented as its own
+    assert A.heldout("h200", "bf16", False) is None
+    assert A.statement("h200", "bf16", False).startswith("accuracy: unknown")
+    # 16-bit on H100 SXM: unknown, with the nearest evidence on the same chip named as such
+    s = A.statement("h100-sxm", "bf16", False)
+    assert s.startswith("accuracy: unknown") and "nearest evidence, fp8 dense runs on h100-sxm" in s
+    # a CPU has no published tables: parsim validate is where its accuracy comes from
+    assert "parsim validate" in A.statement("cpu", "fp32", False)
+
+
+def test_within_error_counts_the_plans_closer_to_the_best_than_the_error():
+    # best 10.0 s; at a 5% error 10.4 and 10.45 (+4.5%) are within, 10.6 (+6%) is not
+    assert A.within_error([10.0, 10.4, 10.45, 10.6], 0.05) == 3
+    assert A.within_error([10.0, 11.0], 0.05) == 1
+    assert A.within_error([], 0.05) == 0
+    assert A.ranking_note([10.0, 11.0], "a100-80gb", "bf16", False) == ""     # only #1: nothing to say
+    assert A.ranking_note([10.0, 10.0], "h200", "bf16", False) == ""          # error unknown: no claim
+    assert A.ranking_note([10.0, 10.01, 10.02], "a100-80gb", "bf16", False).startswith("plans 1–3 (at least)")
+
+
+def test_plan_and_predict_print_and_store_the_accuracy(capsys, tmp_path):
+    assert main(["plan", "--gpus", "16", "--cluster", "dgx-a100", "--model", "llama2-7b", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    h = A.heldout("a100-80gb", "bf16", False)
+    assert f"{100 * h['mean']:.1f}% on average" in " ".join(out.split())
+    assert main(["plan", "--gpus", "16", "--cluster", "dgx-a100", "--model", "llama2-7b", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["attrs"]["heldout_accuracy"] == h
+    out_file = tmp_path / "p.json"
+    assert main(["predict", "--gpus", "8", "--cluster", "dgx-a100", "--model", "llama2-7b", "--tp", "1",
+                 "--out", str(out_file)]) == 0
+    assert "accuracy: on" in capsys.readouterr().out
+    rec = json.loads(out_file.read_text())
+    assert rec["heldout_accuracy"] == h
+    # the annotation does not stop the report being read back (parsim.compare / report)
+    from parsim.predict import StepReport
+    assert StepReport.from_dict(rec).step_time_s == pytest.approx(rec["step_time_s"])
