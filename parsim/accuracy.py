@@ -35,11 +35,37 @@ def key(gpu_type: str, precision: str, moe: bool) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _load() -> dict:
+def _file() -> dict:
     try:
-        return json.loads(HELDOUT_FILE.read_text())["by_kind"]
-    except (OSError, ValueError, KeyError):
+        return json.loads(HELDOUT_FILE.read_text())
+    except (OSError, ValueError):
         return {}
+
+
+def _load() -> dict:
+    return _file().get("by_kind", {})
+
+
+def memory_heldout(accounting: str) -> dict | None:
+    """Published-vs-predicted peak memory of runs priced with this memory accounting ({"rows", "tables", "mean",
+    "max", "bias", "worst_under"}: the prediction as reserved against the published reserved peak), or None."""
+    return _file().get("memory_by_accounting", {}).get(accounting)
+
+
+def memory_statement(accounting: str, total_GiB: float, usable_GiB: float) -> str:
+    """One line on how far parsim's memory was off on published runs of this accounting, and, when the plan fits,
+    whether it still fits if it is as far under as the worst of them; '' where nothing is published."""
+    m = memory_heldout(accounting)
+    if m is None:
+        return (f"memory accuracy: no published peak memory of {accounting}-accounting runs to compare "
+                f"(torchtitan's fsdp2 runs are the public ones)")
+    line = (f"memory accuracy: on {m['rows']} published {accounting}-accounting runs parsim's peak (as reserved) was "
+            f"off by {100 * m['mean']:.1f}% on average, {100 * m['max']:.1f}% at worst (bias {100 * m['bias']:+.1f}%)")
+    under = -m["worst_under"]
+    if under > 0 and total_GiB <= usable_GiB < total_GiB / (1 - under):
+        line += (f"; this plan fits only if its memory is not as far under as the worst of them "
+                 f"({total_GiB / (1 - under):.1f} GiB at {100 * under:.0f}% under > {usable_GiB:.1f} GiB usable)")
+    return line
 
 
 def heldout(device: str, precision: str, moe: bool) -> dict | None:

@@ -370,7 +370,8 @@ def leave_one_table_out() -> list[dict]:
                 f, src = shipped_fraction(gpu_type, cls), f"shipped (no other {cls} table of this type to fit on)"
             fractions[cls], sources[cls] = f, src
             fit_on |= {r.table_id for r in _error_grid(gpu_type, cls)[0] if r.table_id != t}
-        entry = {"table": t, "gpu_type": gpu_type, "rows": len(rows), "expressible": len(expr),
+        entry = {"table": t, "gpu_type": gpu_type, "accounting": rows[0].accounting, "rows": len(rows),
+                 "expressible": len(expr),
                  "fraction": fractions.get("16-bit"), "fraction_fp8": fractions.get("fp8"),
                  "fraction_source": sources.get("16-bit"), "fraction_fp8_source": sources.get("fp8"),
                  "fit_on": sorted(fit_on), "not_expressible": {}, "row_results": []}
@@ -436,10 +437,13 @@ def repeat_floor() -> list[dict]:
 
 
 def heldout_summary(loto: list[dict] | None = None) -> dict:
-    """The held-out step-time errors of leave_one_table_out() pooled by (GPU type, precision class, dense or MoE):
-    what parsim/data/validation/heldout.json ships and parsim.accuracy reads. Returns {"by_kind": {key: {"rows",
-    "tables", "mean", "max", "bias"}}} with keys parsim.accuracy.key(); errors are fractions of 1, rounded to 4
-    places; rows no candidate plan fits are left out (they have no error)."""
+    """The held-out step-time errors of leave_one_table_out() pooled by (GPU type, precision class, dense or MoE),
+    and the peak-memory errors (predicted as reserved: allocated + the fragmentation allowance, against the
+    published reserved peak) pooled by memory accounting: what parsim/data/validation/heldout.json ships and
+    parsim.accuracy reads. Returns {"by_kind": {key: stats}, "memory_by_accounting": {accounting: stats}} with keys
+    parsim.accuracy.key(), stats = {"rows", "tables", "mean", "max", "bias", "worst_under"} (relative errors as
+    fractions of 1, rounded to 4 places; worst_under the most negative error, 0 if none); rows no candidate plan
+    fits are left out (they have no error)."""
     from parsim.accuracy import key
     loto = leave_one_table_out() if loto is None else loto
     pooled: dict = {}
@@ -451,12 +455,23 @@ def heldout_summary(loto: list[dict] | None = None) -> dict:
             errs, tables = pooled.setdefault(k, ([], set()))
             errs.append(r["rel_error"])
             tables.add(e["table"])
-    out = {}
-    for k, (errs, tables) in sorted(pooled.items()):
-        a = np.asarray(errs, dtype=float)
-        out[k] = {"rows": int(len(a)), "tables": len(tables), "mean": round(float(np.abs(a).mean()), 4),
-                  "max": round(float(np.abs(a).max()), 4), "bias": round(float(a.mean()), 4)}
-    return {"by_kind": out}
+    mem: dict = {}
+    for e in loto:          # memory does not depend on the fitted constants: every published row counts
+        for r in e["row_results"]:
+            if r.get("reserved_rel_error") is not None:
+                errs, tables = mem.setdefault(e["accounting"], ([], set()))
+                errs.append(r["reserved_rel_error"])
+                tables.add(e["table"])
+
+    def stats(pool):
+        out = {}
+        for k, (errs, tables) in sorted(pool.items()):
+            a = np.asarray(errs, dtype=float)
+            out[k] = {"rows": int(len(a)), "tables": len(tables), "mean": round(float(np.abs(a).mean()), 4),
+                      "max": round(float(np.abs(a).max()), 4), "bias": round(float(a.mean()), 4),
+                      "worst_under": round(float(min(0.0, a.min())), 4)}
+        return out
+    return {"by_kind": stats(pooled), "memory_by_accounting": stats(mem)}
 
 
 def fragmentation_GiB(gpu_type: str) -> float:

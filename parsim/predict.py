@@ -95,9 +95,9 @@ class StepReport:
             raise ParsimError(f"not a StepReport: unexpected key(s) {', '.join(extra)}; expected {', '.join(sorted(names))}")
         return cls(**d)
 
-    # Keys `parsim predict --format json` writes beside the report: the held-out error on published runs like the
-    # plan (parsim.accuracy.heldout), an annotation about parsim, not an outcome of the plan.
-    ANNOTATIONS = ("heldout_accuracy",)
+    # Keys `parsim predict --format json` writes beside the report: the held-out errors on published runs like the
+    # plan (parsim.accuracy.heldout, .memory_heldout), annotations about parsim, not an outcome of the plan.
+    ANNOTATIONS = ("heldout_accuracy", "memory_heldout")
 
     # The device and the accounting the memory was judged against, and the model's size and training
     # length (inputs, the same on both sides of a comparison): context, not outcomes to compare.

@@ -118,6 +118,9 @@ def plans_text(res, top: int, wide: bool = False) -> str:
         caption += "\n" + statement(a["device"], a["dtype"], moe)
         note = ranking_note([float(x) for x in cols["step_time_s"][:n]], a["device"], a["dtype"], moe)
         caption += f"\n{note}" if note else ""
+        if a.get("memory_heldout"):
+            from parsim.accuracy import memory_statement
+            caption += "\n" + memory_statement(a["memory_accounting"], 0.0, 0.0)
     return text_table(headers, rows, title, caption, width=None if wide else WIDTH)
 
 

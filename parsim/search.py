@@ -184,7 +184,9 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
                  params_total=model.params, params_active=model.active_params, model_summary=model.summary(),
                  moe=model.experts > 0)
     from parsim.accuracy import heldout       # how sure: held-out error on published runs like these (or None)
+    from parsim.accuracy import memory_heldout
     attrs["heldout_accuracy"] = heldout(cl.device.name, dtype, model.experts > 0)
+    attrs["memory_heldout"] = memory_heldout(accounting)
     res = SearchResult(df, attrs, generated, n, rejected, time.perf_counter() - t0)
     return res if result else res.table
 

@@ -30,14 +30,18 @@ def run(a) -> int:
     dev = getattr(cluster.device, "name", cluster.device)
     moe = load_model(a.model).experts > 0 if a.model else False
     # the report plus the held-out error on published runs like it (null: unknown)
-    record = dict(rep.to_dict(), heldout_accuracy=heldout(dev, rep.plan.get("dtype", ""), moe))
+    from parsim.accuracy import memory_heldout
+    record = dict(rep.to_dict(), heldout_accuracy=heldout(dev, rep.plan.get("dtype", ""), moe),
+                  memory_heldout=memory_heldout(rep.memory_accounting))
     if a.format == "json":
         text = to_json(record)
     else:
         from parsim.hardware import profile_file
-        from parsim.accuracy import statement
+        from parsim.accuracy import memory_statement, statement
         text = (step_report_text(rep) + f"device profile {dev}: {profile_file(dev)}\n"
-                + statement(dev, rep.plan.get("dtype", ""), moe) + "\n")
+                + statement(dev, rep.plan.get("dtype", ""), moe) + "\n"
+                + memory_statement(rep.memory_accounting, rep.memory_GiB,
+                                   rep.memory_capacity_GiB - rep.memory_headroom_GiB) + "\n")
     sys.stdout.write(text)
     if a.out:
         write_atomic(a.out, to_json(record), JSON, "--out")

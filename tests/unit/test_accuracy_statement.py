@@ -51,3 +51,21 @@ def test_plan_and_predict_print_and_store_the_accuracy(capsys, tmp_path):
     # the annotation does not stop the report being read back (parsim.compare / report)
     from parsim.predict import StepReport
     assert StepReport.from_dict(rec).step_time_s == pytest.approx(rec["step_time_s"])
+
+
+def test_memory_statement_warns_when_a_fit_would_not_survive_the_worst_published_error():
+    m = A.memory_heldout("fsdp2")
+    assert m is not None and m["worst_under"] < 0
+    under = -m["worst_under"]
+    usable = 89.2
+    # a plan using 80 GiB fits, but at the worst published under-prediction it needs 80 / (1 - under) GiB
+    s = A.memory_statement("fsdp2", 80.0, usable)
+    assert (80.0 / (1 - under) > usable) == ("fits only if" in s)
+    assert "fits only if" in s and f"{80.0 / (1 - under):.1f} GiB" in s
+    # a small plan survives it: no warning
+    assert "fits only if" not in A.memory_statement("fsdp2", 40.0, usable)
+    # a plan that does not fit anyway: no "fits only if"
+    assert "fits only if" not in A.memory_statement("fsdp2", 95.0, usable)
+    # nothing published for Megatron's accounting: said
+    assert A.memory_heldout("megatron") is None
+    assert "no published peak memory" in A.memory_statement("megatron", 50.0, usable)
