@@ -372,8 +372,8 @@ def group_ranks(plan, kind: str, index: int = 0) -> tuple:
     rank = dp_i·(pp·tp) + pp_i·tp + tp_i, dp outermost — the order of the backend's device mesh (dp, pp, tp).
     Not Megatron-Core's (tp-cp-ep-dp-pp) nor torchtitan's (mesh pp, dp, cp, tp), which put pp outermost: with
     tp·dp within a node they keep the dp group inside it and send the pipeline's p2p across nodes. Known
-    difference; re-pricing the public corpus with pp outermost moved its tables' held-out means by -2.0 to +0.5
-    points (NeMo 24.07 better, Megatron-Bridge H100 worse), so it was not switched on its own."""
+    difference; re-pricing the public corpus with pp outermost moved its tables' held-out means by -2.0 to +1.4
+    points (B200 25.02 and NeMo 24.07 better, Megatron-Bridge H100 dense and MoE worse), so it was not switched on its own."""
     tp, pp, dp = plan.tp, plan.pp, plan.dp
     if kind == "tp":
         return tuple(range(index * tp, index * tp + tp))
