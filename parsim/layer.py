@@ -93,6 +93,17 @@ def _arr(x, dtype=float):
     return np.asarray(x, dtype=dtype)
 
 
+def window_share(window, s):
+    """Share of the causal half of the s×s score square a sliding window of `window` keys per query leaves
+    (1 without a window or when window >= s): (w·s - w²/2) / (s²/2) = 2w/s - (w/s)², continuous count.
+    E.g. Mistral 7B's 4,096-key window at s = 32,768: 2/8 - 1/64 = 0.234. Arrays allowed for s."""
+    s = np.asarray(s, dtype=float)
+    if window is None:
+        return np.ones_like(s)
+    x = np.minimum(float(window) / s, 1.0)
+    return 2.0 * x - x * x
+
+
 def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     """The ops of one layer (the mean layer: dense and MoE ops carry their share of layers as weight).
 
@@ -100,7 +111,8 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     attention (bool), dtype_code (index into DTYPE_BYTES), ep expert parallel, cp context parallel
     (each rank holds s/cp tokens of every sequence; ring attention: its queries meet all s keys,
     causal work balanced over the ranks, and K/V blocks of s/cp tokens pass cp-1 times round the
-    ring, overlapped with the core; Liu et al. 2023, "Ring Attention"); arrays allowed.
+    ring, overlapped with the core; Liu et al. 2023, "Ring Attention"; with a sliding window the ring still
+    passes all cp-1 blocks, an upper bound); arrays allowed.
     Shapes follow Megatron's sharding (Shoeybi et al. 2019): QKV and fc1 column-parallel, output
     projection and fc2 row-parallel; with sp the norms, residuals and dropout see s/t tokens
     (Korthikanti et al. 2022 §4.2.2). Saved activations per Korthikanti et al. 2022 §4,
@@ -140,7 +152,12 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     kv_block = e * b * sq * 2 * kvd / t        # one K/V block passed round the cp ring (per step)
     o_bytes = e * T * qd / t                   # the core's output O (the output projection's input)
     # op-level SAC keeps the SDPA outputs: the attention output and the fp32 log-sum-exp per query and head
-    ops.append(Op("attn_core_flash", "core", m=sq, k=d, n=s, batch=2 * hpr, flop_scale=0.5, bwd=2.5,
+    # Sliding window w < s (every layer): a query meets at most w keys, so the causal pairs of a sequence are
+    # w·s - w²/2 instead of s²/2 (in the continuous count this module uses): the share r = 2w/s - (w/s)² of the
+    # causal half, which the flash kernel skips the rest of (FlashAttention-2's window_size; a materialised score
+    # matrix is computed whole and masked, so only its model FLOPs shrink).
+    r = window_share(model.sliding_window, s)
+    ops.append(Op("attn_core_flash", "core", m=sq, k=d, n=s, batch=2 * hpr, flop_scale=0.5 * r, bwd=2.5,
                   bytes=qkv_saved + o_bytes, saved=qkv_saved + o_bytes, selective=True,
                   weight=np.where(flash, 1.0, 0.0), comm=(("cp", "ring_kv", kv_block),),
                   out_bytes=o_bytes + 4.0 * hpr * sq))
@@ -148,11 +165,11 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     naive = np.where(flash, 0.0, 1.0)
     ops += [
         Op("attn_scores", "gemm", m=sq, k=d, n=s, batch=hpr, saved=qkv_saved, selective=True, weight=naive,
-           model_flops=0.5 * 2.0 * sq * d * s * hpr),
+           model_flops=0.5 * r * 2.0 * sq * d * s * hpr),
         Op("attn_softmax", "mem", bytes=(4 * e + 1) * scores, bwd_bytes=(3 * e + 1) * scores, bwd=0.0,
            saved=(2 * e + 1) * scores, selective=True, weight=naive),  # softmax out, dropout mask and out
         Op("attn_context", "gemm", m=sq, k=s, n=d, batch=hpr, selective=True, weight=naive,
-           model_flops=0.5 * 2.0 * sq * s * d * hpr),
+           model_flops=0.5 * r * 2.0 * sq * s * d * hpr),
     ]
     tp_out = _tp_out(act)
     ops += [

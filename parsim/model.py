@@ -90,6 +90,10 @@ class ModelSpec:
     moe_every: int = 1
     moe_first_dense: int = 0
     capacity_factor: float | None = None
+    # Sliding-window attention on every layer (Mistral 7B v0.1, Longformer-style local attention): each query attends
+    # to at most this many keys, itself and the ones before it; None = the whole causal prefix. Interleaved
+    # local/global layers (Gemma 2/3, GPT-OSS) are not this: refused at import (HF_UNMODELLED).
+    sliding_window: int | None = None
     source: str = ""                      # where the values came from (e.g. the seq_len's origin)
 
     def __post_init__(self):
@@ -114,6 +118,8 @@ class ModelSpec:
         for k in ("head_dim", "max_positions", "norms_per_layer", "experts", "top_k", "expert_ffn_hidden",
                   "shared_experts", "moe_every", "moe_first_dense"):
             _check_int(n, k, getattr(self, k))
+        if self.sliding_window is not None:
+            _check_int(n, "sliding_window", self.sliding_window)
         for k in BOOLS:
             v = getattr(self, k)
             if not isinstance(v, bool):
@@ -358,7 +364,8 @@ class ModelSpec:
                + f" on {self.moe_layers}/{self.layers} layers") if self.experts else ""
         return (f"{self.name}: {_count(self.params)} params ({_count(self.active_params)} active), "
                 f"{self.layers} layers, hidden {self.hidden}, {self.attention} {self.heads}/{self.kv_heads} heads × "
-                f"{self.head_dim}, {self.activation}{moe}, seq_len {self.seq_len}"
+                f"{self.head_dim}" + (f" (sliding window {self.sliding_window})" if self.sliding_window else "")
+                + f", {self.activation}{moe}, seq_len {self.seq_len}"
                 + (f" ({self.source})" if self.source else ""))
 
 
@@ -573,8 +580,17 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
         max_pos = g("seq_length", default=2048)
     seq, src = hf_seq_len(cfg, name, max_pos)
     win = cfg.get("sliding_window")
-    if isinstance(win, int) and not isinstance(win, bool) and cfg.get("use_sliding_window", True) and win < seq:
-        src += f"; sliding_window {win} not modelled: attention counted over the full sequence"
+    if win is not None and cfg.get("use_sliding_window", True) is not False:
+        if not isinstance(win, int) or isinstance(win, bool):
+            raise ParsimError(f"Hugging Face config {name}: sliding_window = {win!r}, expected an integer or null")
+        # Qwen2's max_window_layers: only layers from that index on use the window (when use_sliding_window)
+        mwl = cfg.get("max_window_layers")
+        if isinstance(mwl, int) and not isinstance(mwl, bool) and 0 < mwl < kw["layers"]:
+            raise ParsimError(f"Hugging Face config {name}: sliding_window {win} on layers {mwl}.. only "
+                              f"(max_window_layers {mwl} < {kw['layers']} layers) is not modelled: parsim applies one "
+                              f"attention span to every layer")
+        kw["sliding_window"] = win         # kept even when >= seq_len: a longer --seq-len meets it
+        src += f"; sliding-window attention over {win} keys"
     try:
         return ModelSpec(name=name, seq_len=seq, source=f"Hugging Face {mt}; {src}", **kw)
     except ParsimError as e:

@@ -1,0 +1,85 @@
+"""Sliding-window attention (a config field that changes the attention FLOPs): read from Hugging Face configs and
+model files, priced as the windowed causal share of the score square, refused by the torch backend."""
+import dataclasses
+import json
+
+import pytest
+
+from parsim.errors import ParsimError
+from parsim.layer import window_share
+from parsim.model import from_hf_config, load_model
+
+# Mistral-7B-v0.1's config.json (architecture fields, https://huggingface.co/mistralai/Mistral-7B-v0.1)
+MISTRAL_7B_V01 = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
+                  "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+                  "num_key_value_heads": 8, "vocab_size": 32000, "max_position_embeddings": 32768,
+                  "sliding_window": 4096, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+                  "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+def test_window_share_arithmetic():
+    # causal pairs with a window w over s tokens, continuous count: w·s - w²/2, against s²/2
+    assert float(window_share(4096, 32768)) == pytest.approx(2 / 8 - 1 / 64)      # 0.234375
+    assert float(window_share(2048, 4096)) == pytest.approx(0.75)                   # w = s/2: 1 - 1/4
+    assert float(window_share(8192, 4096)) == 1.0                                   # window >= s: no effect
+    assert float(window_share(None, 4096)) == 1.0
+
+
+def test_mistral_config_keeps_its_window_and_its_parameter_count():
+    m = from_hf_config(MISTRAL_7B_V01, "mistral-7b-v0.1")
+    # 7,241,732,096: embeddings 2 x 32000 x 4096 (untied) + 32 x (attention 41,943,040 + SwiGLU 176,160,768 +
+    # 2 norms 8,192) + final norm 4,096 (the model card's 7.24 B)
+    assert m.params == 7_241_732_096
+    assert m.sliding_window == 4096
+    assert "sliding-window attention over 4096 keys" in m.source and "not modelled" not in m.source
+    # the window is kept when the training length defaults below it: a longer --seq-len meets it
+    full = dataclasses.replace(m, name="full", sliding_window=None)
+    s = 32768
+    ratio = m.attn_core_fwd_flops(s, flash=True) / full.attn_core_fwd_flops(s, flash=True)
+    assert ratio == pytest.approx(0.234375)
+    # non-attention FLOPs are untouched: the layer's difference is the core's difference
+    d_layer = full.model_layer_fwd_flops(s) - m.model_layer_fwd_flops(s)
+    d_core = full.attn_core_fwd_flops(s, flash=True) - m.attn_core_fwd_flops(s, flash=True)
+    assert d_layer == pytest.approx(d_core)
+    # without flash the score square is computed whole and masked: executed FLOPs unchanged, model FLOPs windowed
+    assert m.attn_core_fwd_flops(s, flash=False) == pytest.approx(full.attn_core_fwd_flops(s, flash=False))
+
+
+def test_use_sliding_window_false_and_partial_windows():
+    off = dict(MISTRAL_7B_V01, use_sliding_window=False)
+    assert from_hf_config(off, "qwen-like").sliding_window is None
+    # Qwen2-style window on the upper layers only: refused, never priced as all or none
+    part = dict(MISTRAL_7B_V01, use_sliding_window=True, max_window_layers=28)
+    with pytest.raises(ParsimError, match="max_window_layers 28 < 32 layers"):
+        from_hf_config(part, "qwen2-like")
+    with pytest.raises(ParsimError, match="sliding_window = 'x'"):
+        from_hf_config(dict(MISTRAL_7B_V01, sliding_window="x"), "bad")
+
+
+def test_model_file_window_is_checked(tmp_path):
+    spec = {"layers": 2, "hidden": 64, "heads": 4, "ffn_hidden": 128, "vocab": 100, "seq_len": 256,
+            "activation": "swiglu", "sliding_window": 64}
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(spec))
+    assert load_model(str(p)).sliding_window == 64
+    p.write_text(json.dumps(dict(spec, sliding_window=0)))
+    with pytest.raises(ParsimError, match="sliding_window = 0"):
+        load_model(str(p))
+
+
+def test_predicted_step_is_faster_with_the_window_and_the_backend_refuses_it(tmp_path, capsys):
+    from parsim.cli import main
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(MISTRAL_7B_V01))
+    full = tmp_path / "full.json"
+    full.write_text(json.dumps({k: v for k, v in MISTRAL_7B_V01.items() if k != "sliding_window"}))
+    args = ["predict", "--gpus", "8", "--tp", "1", "--seq-len", "32768", "--global-batch", "8", "--zero", "3",
+            "--recompute", "full", "--format", "json"]
+    assert main(args + ["--model", str(cfg)]) == 0
+    win = json.loads(capsys.readouterr().out)
+    assert main(args + ["--model", str(full)]) == 0
+    ful = json.loads(capsys.readouterr().out)
+    assert win["breakdown_s"]["compute"] < ful["breakdown_s"]["compute"]
+    assert win["model_tflops_per_gpu"] * win["step_time_s"] < ful["model_tflops_per_gpu"] * ful["step_time_s"]
+    assert main(["run", "--model", str(cfg), "--nproc", "2", "--dry-run"]) == 2
+    assert "does not build sliding-window attention" in capsys.readouterr().err
