@@ -236,3 +236,25 @@ def test_torchtitan_float8_tp_all_gathers_in_fp8():
            for acc in ("fsdp2", "megatron")]
     assert b16[0] == pytest.approx(b16[1], rel=1e-12)
     assert b16[0] == pytest.approx(32 * 2 * 2 * (ag(act) + rs(act)) + ar(act), rel=1e-9)
+
+
+def test_torchtitan_float8_tp_regathers_in_fp8_under_op_level_sac():
+    # Op-level SAC recomputes every second matmul and re-runs the sequence-parallel all-gathers feeding them
+    # (parsim.layer.regathers: 2 per llama layer); under torchtitan's Float8 TP those carry float8 too, so the
+    # recompute differs from the 16-bit framework's by 32 layers x 2 x (AG(act) - AG(act / 2)), act = 8192 x 4096 x 2 B.
+    import numpy as np
+    from parsim import layer as Ly
+    from parsim.costs.network import collective_time_s
+    from parsim.model import load_model
+    from parsim.plan import Plan
+    from parsim.predict import get_cluster, predict
+    p = Plan(dp=1, tp=8, micro_batch=1, global_batch=1, seq_len=8192, dtype="fp8", sequence_parallel=True,
+             recompute="selective-op", zero=0)
+    cl = get_cluster("grand-teton-h100", 8)
+    act = 8192 * 4096 * 2.0
+    ag = lambda n: collective_time_s(cl, "all_gather", "native", tuple(range(8)), n)
+    regathers = float(np.asarray(Ly.regathers(Ly.layer_ops(load_model("llama3-8b"), 1.0, 8192.0, 8.0, True, True, 3),
+                                              "selective-op")))
+    assert regathers == 2.0
+    f8, te = (predict("llama3-8b", cl, p, accounting=acc).breakdown_s["recompute"] for acc in ("fsdp2", "megatron"))
+    assert te - f8 == pytest.approx(32 * regathers * (ag(act) - ag(act / 2)), rel=1e-9)
