@@ -206,6 +206,30 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
 
 TP_BLOCK = "tp_block"
 
+# Element size (bytes) of the sequence-parallel TP all-gathers of an FP8 plan, by framework (the keys of
+# parsim.costs.memory.ACCOUNTING name the framework, as FP8_WEIGHT_COPY there); None: the activation's own size.
+#   fsdp2      1: torchtitan's Float8 TP (torchtitan/parallelisms/parallelize_llama.py apply_tp, end of 2024: with
+#              enable_float8 the blocks use torchao.float8.float8_tensor_parallel's PrepareFloat8ModuleInput,
+#              Float8ColwiseParallel and Float8RowwiseParallel). The attention and feed-forward inputs are cast to
+#              float8 e4m3 *before* their Shard(1) -> Replicate() all-gather (one FP8 all-gather per block input), and
+#              each row-parallel output passes cast_to_float8_e5m2_dynamic_bw after its reduce-scatter, so in backward
+#              the all-gather of the output gradient carries float8 e5m2 too. The reduce-scatters (row-parallel
+#              outputs forward, the input gradients backward) stay bf16.
+#   megatron, deepspeed  None: Transformer Engine's sequence-parallel all-gathers priced at the 16-bit size (an FP8
+#              all-gather there is not sourced here).
+FP8_TP_ALLGATHER_BYTES = {"megatron": None, "deepspeed": None, "fsdp2": 1.0}
+
+
+def tp_allgather_scale(dtype_code, framework: str):
+    """Bytes of a sequence-parallel TP all-gather relative to the 16-bit activation it gathers, per plan row:
+    FP8_TP_ALLGATHER_BYTES[framework] / DTYPE_BYTES for FP8 rows of a framework that gathers in FP8, else 1.
+    `framework`: a key of FP8_TP_ALLGATHER_BYTES (the memory accounting name)."""
+    code = np.asarray(dtype_code)
+    b = FP8_TP_ALLGATHER_BYTES[framework]
+    if b is None:
+        return np.ones(np.shape(code))
+    return np.where(code == FP8, b / DTYPE_BYTES[code], 1.0)
+
 
 def _tp_out(act):
     """A row-parallel output's collective: an all-reduce of the activation, or with sequence

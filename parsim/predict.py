@@ -555,6 +555,10 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     act = mb * seq / cp * h * e                            # one activation of this rank's tokens
     ar = G.vec("tp", "allreduce", S, act, "native")
     ag = G.vec("tp", "all_gather", S, act, "native")
+    # A sequence-parallel block's all-gathers (forward: the column-parallel input; backward: the row-parallel output's
+    # gradient) at the framework's element size: FP8 under torchtitan's Float8 TP (parsim.layer.FP8_TP_ALLGATHER_BYTES)
+    ag_scale = Ly.tp_allgather_scale(dt, M.check_accounting(accounting))
+    ag_sp = G.vec("tp", "all_gather", S, act * ag_scale, "native") if np.any(ag_scale != 1.0) else ag
     # Priced once per distinct message size (dense layers: two blocks of `act` bytes each). MoE
     # dispatch and combine are all-to-alls over the ep group (NVLink inside a node, NICs across).
     blocks: dict = {}
@@ -576,10 +580,10 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     act_u = act[first]
     for count, nb in blocks.values():
         if np.array_equal(nb, act_u):      # a full activation (dense layers): the collectives priced above
-            a_ag, a_ar, nb = ag, ar, act
+            a_ag, a_ar, nb = ag_sp, ar, act
         else:
             nb = nb[inv]
-            a_ag, a_ar = G.vec("tp", "all_gather", S, nb, "native"), G.vec("tp", "allreduce", S, nb, "native")
+            a_ag, a_ar = G.vec("tp", "all_gather", S, nb * ag_scale, "native"), G.vec("tp", "allreduce", S, nb, "native")
         a_rs = G.vec("tp", "reduce_scatter", S, nb, "native")
         tp_layer = tp_layer + count * np.where(sp, a_ag + a_rs, a_ar)
         tp_ag, tp_rs = tp_ag + count * a_ag, tp_rs + count * a_rs
@@ -632,7 +636,7 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     # the all-gathers (sequence parallel) or all-reduces feeding a column-parallel GEMM it recomputes.
     regather = np.asarray(Ly.regathers(ops_u, "selective-op"), dtype=float)
     rec = lt.recompute_s + np.select([rc == FULL, rc == 1, rc == SEL_OP],
-                                     [comm_f, cp_f, np.where(sp, regather * ag, max(regather - 1.0, 0.0) * ar)],
+                                     [comm_f, cp_f, np.where(sp, regather * ag_sp, max(regather - 1.0, 0.0) * ar)],
                                      default=0.0)
     rec = ck * rec
     # Layers per pipeline rank (parsim.rules.stage_layer_counts: even where pp·vpp divides the layers,

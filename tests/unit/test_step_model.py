@@ -207,3 +207,54 @@ def test_fsdp2_float8_keeps_no_weight_copy():
     assert f8.memory_breakdown_GiB["weights"] == pytest.approx(bf.memory_breakdown_GiB["weights"], rel=1e-12)
     bf_d, f8_d = (predict("llama3-8b", "grand-teton-h100", p.with_(dtype=d), accounting="deepspeed") for d in ("bf16", "fp8"))
     assert f8_d.memory_breakdown_GiB["weights"] > bf_d.memory_breakdown_GiB["weights"] + 10   # 2 B x 6.98e9 params
+
+
+def test_torchtitan_float8_tp_all_gathers_in_fp8():
+    # torchtitan's Float8 TP (torchao.float8.float8_tensor_parallel: PrepareFloat8ModuleInput / Float8ColwiseParallel
+    # cast the block input to float8 e4m3 before its sequence-parallel all-gather; Float8RowwiseParallel casts the
+    # output gradient to e5m2 before the backward all-gather): every SP all-gather of an fp8 plan carries 1 B per
+    # element, the reduce-scatters stay bf16 (parsim.layer.FP8_TP_ALLGATHER_BYTES["fsdp2"] = 1). llama3-8b, tp 8 on
+    # one Grand Teton node, one micro-batch of 8192 tokens, no recompute: act = 8192 x 4096 x 2 B = 67,108,864 B;
+    # per layer 2 blocks (attention, MLP) x (forward + backward) x (all-gather + reduce-scatter), 32 layers, plus
+    # the vocab-parallel embedding's all-reduce of act on rank 0:
+    #   fsdp2:    tp_comm = 32 * 2 * 2 * (AG(act / 2) + RS(act)) + AR(act)
+    #   megatron: tp_comm = 32 * 2 * 2 * (AG(act) + RS(act)) + AR(act)   (Transformer Engine: 16-bit, unchanged)
+    from parsim.costs.network import collective_time_s
+    from parsim.plan import Plan
+    from parsim.predict import get_cluster, predict
+    p = Plan(dp=1, tp=8, micro_batch=1, global_batch=1, seq_len=8192, dtype="fp8", sequence_parallel=True,
+             recompute="none", zero=0)
+    cl = get_cluster("grand-teton-h100", 8)
+    act, ranks = 8192 * 4096 * 2.0, tuple(range(8))
+    ag, rs, ar = (lambda n, op=op: collective_time_s(cl, op, "native", ranks, n)
+                  for op in ("all_gather", "reduce_scatter", "allreduce"))
+    for acc, ag_bytes in (("fsdp2", act / 2), ("megatron", act)):
+        r = predict("llama3-8b", cl, p, accounting=acc)
+        assert r.breakdown_s["tp_comm"] == pytest.approx(32 * 2 * 2 * (ag(ag_bytes) + rs(act)) + ar(act), rel=1e-9), acc
+    # bf16 plans gather bf16 under every framework
+    b16 = [predict("llama3-8b", cl, p.with_(dtype="bf16"), accounting=acc).breakdown_s["tp_comm"]
+           for acc in ("fsdp2", "megatron")]
+    assert b16[0] == pytest.approx(b16[1], rel=1e-12)
+    assert b16[0] == pytest.approx(32 * 2 * 2 * (ag(act) + rs(act)) + ar(act), rel=1e-9)
+
+
+def test_torchtitan_float8_tp_regathers_in_fp8_under_op_level_sac():
+    # Op-level SAC recomputes every second matmul and re-runs the sequence-parallel all-gathers feeding them
+    # (parsim.layer.regathers: 2 per llama layer); under torchtitan's Float8 TP those carry float8 too, so the
+    # recompute differs from the 16-bit framework's by 32 layers x 2 x (AG(act) - AG(act / 2)), act = 8192 x 4096 x 2 B.
+    import numpy as np
+    from parsim import layer as Ly
+    from parsim.costs.network import collective_time_s
+    from parsim.model import load_model
+    from parsim.plan import Plan
+    from parsim.predict import get_cluster, predict
+    p = Plan(dp=1, tp=8, micro_batch=1, global_batch=1, seq_len=8192, dtype="fp8", sequence_parallel=True,
+             recompute="selective-op", zero=0)
+    cl = get_cluster("grand-teton-h100", 8)
+    act = 8192 * 4096 * 2.0
+    ag = lambda n: collective_time_s(cl, "all_gather", "native", tuple(range(8)), n)
+    regathers = float(np.asarray(Ly.regathers(Ly.layer_ops(load_model("llama3-8b"), 1.0, 8192.0, 8.0, True, True, 3),
+                                              "selective-op")))
+    assert regathers == 2.0
+    f8, te = (predict("llama3-8b", cl, p, accounting=acc).breakdown_s["recompute"] for acc in ("fsdp2", "megatron"))
+    assert te - f8 == pytest.approx(32 * regathers * (ag(act) - ag(act / 2)), rel=1e-9)
