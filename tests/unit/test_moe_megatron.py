@@ -83,6 +83,27 @@ def test_ep_group_stays_inside_a_node_under_pipeline_parallelism():
 
 
 
+@pytest.mark.parametrize("model,ep,combine,act,probs", [
+    # mixtral-8x7b, ep 8 (one local expert), top-2, hidden 4096, expert ffn 14336: T·k = 8192 rows;
+    # combine e·T·k·h = 2·4096·2·4096 = 67,108,864; activation input 2·8192·2·14336 = 469,762,048; probs 4·8192 = 32,768
+    ("mixtral-8x7b", 8, 67_108_864, 469_762_048, 32_768),
+    # qwen3-235b-a22b, ep 8 (16 local experts), top-8, hidden 4096, expert ffn 1536: T·k = 32,768 rows;
+    # combine 2·4096·8·4096 = 268,435,456; activation input 2·32,768·2·1536 = 201,326,592; probs 4·32,768 = 131,072
+    ("qwen3-235b-a22b", 8, 268_435_456, 201_326_592, 131_072),
+])
+def test_what_the_combine_keeps_by_where_the_probs_are_applied(model, ep, combine, act, probs):
+    m = load_model(model)
+    after = Ly.layer_ops(m, 1, 4096, 1, False, True, 0, ep, 1)
+    inside = Ly.layer_ops(m, 1, 4096, 1, False, True, 0, ep, 1, probs_in_activation=True)
+    assert float(_op(after, "combine").saved) == combine and float(_op(inside, "combine").saved) == 0.0
+    assert float(_op(after, "expert_activation").saved) == act
+    assert float(_op(inside, "expert_activation").saved) == act + probs
+    # every other op keeps the same
+    for a, b in zip(after, inside):
+        if a.name not in ("combine", "expert_activation"):
+            assert np.array_equal(np.asarray(a.saved), np.asarray(b.saved)), a.name
+
+
 def test_megatron_applies_routing_probs_in_the_activation_so_its_combine_keeps_nothing():
     # Where the routing probabilities are applied decides what the combine keeps for backward. qwen3-30b-a3b,
     # micro-batch 1 of 4096 tokens, tp 1, ep 8, bf16: T·k = 4096·8 = 32,768 expert rows per rank.
