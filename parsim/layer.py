@@ -104,7 +104,7 @@ def window_share(window, s):
     return 2.0 * x - x * x
 
 
-def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
+def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1, probs_in_activation=False) -> list[Op]:
     """The ops of one layer (the mean layer: dense and MoE ops carry their share of layers as weight).
 
     b micro-batch (sequences), s sequence length, t tensor parallel, sp sequence parallel, flash
@@ -116,7 +116,8 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     Shapes follow Megatron's sharding (Shoeybi et al. 2019): QKV and fc1 column-parallel, output
     projection and fc2 row-parallel; with sp the norms, residuals and dropout see s/t tokens
     (Korthikanti et al. 2022 §4.2.2). Saved activations per Korthikanti et al. 2022 §4,
-    generalised to GQA, head_dim and gated MLPs."""
+    generalised to GQA, head_dim and gated MLPs. probs_in_activation: where an MoE layer applies the routing
+    probabilities (what its combine keeps for backward; parsim.costs.memory.MOE_PROBS_IN_ACTIVATION by framework)."""
     b, s, t, ep, cp = _arr(b), _arr(s), _arr(t), _arr(ep), _arr(cp)
     sp, flash = _arr(sp, bool), _arr(flash, bool)
     e = DTYPE_BYTES[np.asarray(dtype_code)]
@@ -185,7 +186,7 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1) -> list[Op]:
     if gpt_dropout:
         ops[-2].bytes = ops[-2].bytes + Tr * h       # write the 1-byte mask
         ops[-2].bwd_bytes = ops[-2].bwd_bytes + 2 * Tr * h
-    ops += _mlp_ops(model, T, Tr, t, e, g, act, ep, ein)
+    ops += _mlp_ops(model, T, Tr, t, e, g, act, ep, ein, probs_in_activation)
     ops.append(Op("mlp_residual", "mem", bytes=3 * e * Tr * h + (Tr * h if gpt_dropout else 0.0),
                   bwd_bytes=6 * e * Tr * h + (2 * Tr * h if gpt_dropout else 0.0),
                   saved=Tr * h if gpt_dropout else 0.0))
@@ -390,7 +391,7 @@ def regathers(ops, policy: str) -> float:
     return float(sum(float(np.max(op.weight)) for op in ops if op.col_parallel and kept[id(op)] < 1.0 - 1e-12))
 
 
-def _mlp_ops(model, T, Tr, t, e, g, act, ep, ein=None) -> list[Op]:
+def _mlp_ops(model, T, Tr, t, e, g, act, ep, ein=None, probs_in_activation=False) -> list[Op]:
     ein = e if ein is None else ein            # the saved input of an FP8 GEMM: 1 byte on FP8 plans
     h = model.hidden
     dense_w = model.dense_layers / model.layers
@@ -419,6 +420,17 @@ def _mlp_ops(model, T, Tr, t, e, g, act, ep, ein=None) -> list[Op]:
         # received chunks by local expert after it, and combine undoes both. Each permutation reads and
         # writes the top-k copies: 2·moved bytes, forward and backward.
         perm = 2 * moved * np.where(np.asarray(E / ep) > 1, 2.0, 1.0)
+        # Where the routing probabilities p are applied decides what the combine keeps for backward:
+        #   after the experts (probs_in_activation False: the weighted sum y = sum_k p_k·E_k(x) at the combine, as
+        #   parsim's torch backend does, out * w then index_add): d(y)/d(p_k) needs each expert output, the top-k
+        #   copies [T·k, h] (e·T·k·h bytes) are kept;
+        #   inside the experts' activation (True: Megatron-Core's TEGroupedMLP calls weighted_bias_swiglu_impl(fc1
+        #   output, bias, permuted_probs), moe_apply_probs_on_input = False "applying after activation and glu";
+        #   its combine unpermutes without probs): the weighted SwiGLU keeps its input (kept already, below) and the
+        #   probabilities (4 bytes a row, fp32 router), the combine nothing but its index map.
+        pia = bool(probs_in_activation)
+        combine_saved = 0.0 if pia else e * T * k * h
+        probs_saved = 4.0 * rows if pia else 0.0
         ops += [
             Op("router", "gemm", m=T, k=h, n=E, wgrad=True, saved=e * Tr * h + 4.0 * T * E, weight=moe_w,
                model_flops=2.0 * T * h * E, mm_parts=(1.0,), out_bytes=e * T * E, branch="moe"),
@@ -426,10 +438,11 @@ def _mlp_ops(model, T, Tr, t, e, g, act, ep, ein=None) -> list[Op]:
                comm=(("ep", "all_to_all", a2a),), branch="moe"),
             Op("expert_fc1", "gemm", fp8=True, m=per_expert, k=h, n=g * ef / t, batch=local, wgrad=True, grouped=True,
                saved=ein * rows * h, weight=moe_w, model_flops=2.0 * T * k * h * g * ef / t, branch="moe"),
-            _act_op("expert_activation", e, rows * ef / t, g, saved=e * rows * g * ef / t, weight=moe_w, branch="moe"),
+            _act_op("expert_activation", e, rows * ef / t, g, saved=e * rows * g * ef / t + probs_saved, weight=moe_w,
+                    branch="moe"),
             Op("expert_fc2", "gemm", fp8=True, m=per_expert, k=ef / t, n=h, batch=local, wgrad=True, grouped=True, saved=ein * rows * ef / t,
                weight=moe_w, model_flops=2.0 * T * k * ef / t * h, branch="moe"),
-            Op("combine", "mem", bytes=perm, bwd_bytes=perm, weight=moe_w, saved=e * T * k * h,
+            Op("combine", "mem", bytes=perm, bwd_bytes=perm, weight=moe_w, saved=combine_saved,
                comm=(("ep", "all_to_all", a2a), ) + _tp_out(act), branch="moe"),
         ]
         if model.shared_experts:

@@ -536,10 +536,11 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     if dev.kind == "cpu" and dev.cores > 0:
         cpu_share = np.maximum(1.0, np.minimum(dp * tp * pp * cp, cluster.gpus_per_node) / dev.cores)
         lt = C.LayerTimes(*(getattr(lt, f) * cpu_share for f in C.LayerTimes.__dataclass_fields__))
+    pia = M.MOE_PROBS_IN_ACTIVATION[M.check_accounting(accounting)]   # what an MoE combine keeps, by framework
     a_kept = M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], rc[first], flash[first],
-                                          dt[first], epf, cpf)[inv]
+                                          dt[first], epf, cpf, probs_in_activation=pia)[inv]
     a_none = M.activation_bytes_per_layer(model, mb[first], seq[first], t[first], sp[first], 0,
-                                          flash[first], dt[first], epf, cpf)[inv]
+                                          flash[first], dt[first], epf, cpf, probs_in_activation=pia)[inv]
     # every N-th layer checkpointed (full): the mean layer keeps ck of the input-only set, 1-ck of everything
     a_layer = ck * a_kept + (1.0 - ck) * a_none
     # a layer being recomputed holds its whole activation set (less what its policy kept) once at a time

@@ -32,19 +32,21 @@ from parsim.costs.compute import DTYPE_BYTES
 DDP_BUCKET_BYTES = 25 * 2 ** 20 * 2   # two 25 MiB gradient buckets in flight (PyTorch DDP default bucket_cap_mb=25)
 
 
-def activation_bytes_per_layer(model, b, s, t, sp, recompute_code, flash, dtype_code, ep=1, cp=1):
+def activation_bytes_per_layer(model, b, s, t, sp, recompute_code, flash, dtype_code, ep=1, cp=1,
+                               probs_in_activation=False):
     """Bytes of stored activations for one layer and one micro-batch on one TP rank, summed from
     the layer's description (parsim.layer: each op's `saved`).
 
     recompute_code: index into parsim.plan.RECOMPUTE — 0 none, 1 selective (the attention core's scores
     are not kept), 2 full (only the layer input is kept: e·s·b·h, /t with sequence parallelism;
     Korthikanti et al. 2022 §4.3), 3 selective-op (torchtitan's op-level SAC: the layer input and the
-    outputs its policy saves; parsim.layer.saved_for)."""
+    outputs its policy saves; parsim.layer.saved_for). probs_in_activation: MoE routing probabilities applied in
+    the experts' activation (MOE_PROBS_IN_ACTIVATION[accounting]), not at the combine."""
     from parsim.layer import DTYPE_BYTES as E, POLICIES, layer_ops, saved_for
     b, s, t = (np.asarray(x, dtype=float) for x in (b, s, t))
     sp = np.asarray(sp, dtype=bool)
     rc = np.asarray(recompute_code)
-    ops = layer_ops(model, b, s, t, sp, flash, dtype_code, ep, cp)
+    ops = layer_ops(model, b, s, t, sp, flash, dtype_code, ep, cp, probs_in_activation=probs_in_activation)
     e = E[np.asarray(dtype_code)]
     inp = np.where(sp, e * s * b * model.hidden / t, e * s * b * model.hidden) / np.asarray(cp, dtype=float)
     out = 0.0
@@ -151,6 +153,16 @@ LOSS_BACKWARD_LOGITS = {"megatron": 1.0, "deepspeed": 1.0, "fsdp2": 2.0}
 #              fly; no persistent copy and no amax history. What a Float8Linear saves for backward lives inside
 #              the checkpointed block, as every torchtitan Float8 run uses activation checkpointing.
 FP8_WEIGHT_COPY = {"megatron": (0.0, 1026.0), "deepspeed": (2.0, 1026.0), "fsdp2": (0.0, 0.0)}
+
+# Where an MoE layer applies its routing probabilities, by framework (parsim.layer._mlp_ops: what the combine keeps):
+#   megatron   in the experts' activation: Megatron-Core's TEGroupedMLP (megatron/core/transformer/moe/experts.py)
+#              runs bias_act_func -> weighted_bias_swiglu_impl(intermediate_parallel, bias_parallel, permuted_probs)
+#              with moe_apply_probs_on_input = False (the default, "Apply probs on input of experts instead of
+#              applying after activation and glu"), and the all-to-all dispatcher's combine unpermutes without
+#              probabilities: the combine keeps no [tokens·top_k, hidden] tensor.
+#   deepspeed, fsdp2   after the experts, at the combine (parsim's torch backend, backends/torchdist/model.py MoE:
+#              index_add of out * w): the top-k expert outputs are kept for the probabilities' gradient.
+MOE_PROBS_IN_ACTIVATION = {"megatron": True, "deepspeed": False, "fsdp2": False}
 
 
 # ---------------------------------------------------------------- in-flight activations per rank

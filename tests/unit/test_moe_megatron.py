@@ -81,3 +81,66 @@ def test_ep_group_stays_inside_a_node_under_pipeline_parallelism():
     a_x, b_x = collective_coeffs(get_cluster("dgx-h100", 16), "all_to_all", "pairwise", tuple(range(0, 16, 2)))
     assert a_x + b_x * nbytes > a + b * nbytes
 
+
+
+@pytest.mark.parametrize("model,ep,combine,act,probs", [
+    # mixtral-8x7b, ep 8 (one local expert), top-2, hidden 4096, expert ffn 14336: T·k = 8192 rows;
+    # combine e·T·k·h = 2·4096·2·4096 = 67,108,864; activation input 2·8192·2·14336 = 469,762,048; probs 4·8192 = 32,768
+    ("mixtral-8x7b", 8, 67_108_864, 469_762_048, 32_768),
+    # qwen3-235b-a22b, ep 8 (16 local experts), top-8, hidden 4096, expert ffn 1536: T·k = 32,768 rows;
+    # combine 2·4096·8·4096 = 268,435,456; activation input 2·32,768·2·1536 = 201,326,592; probs 4·32,768 = 131,072
+    ("qwen3-235b-a22b", 8, 268_435_456, 201_326_592, 131_072),
+])
+def test_what_the_combine_keeps_by_where_the_probs_are_applied(model, ep, combine, act, probs):
+    m = load_model(model)
+    after = Ly.layer_ops(m, 1, 4096, 1, False, True, 0, ep, 1)
+    inside = Ly.layer_ops(m, 1, 4096, 1, False, True, 0, ep, 1, probs_in_activation=True)
+    assert float(_op(after, "combine").saved) == combine and float(_op(inside, "combine").saved) == 0.0
+    assert float(_op(after, "expert_activation").saved) == act
+    assert float(_op(inside, "expert_activation").saved) == act + probs
+    # every other op keeps the same
+    for a, b in zip(after, inside):
+        if a.name not in ("combine", "expert_activation"):
+            assert np.array_equal(np.asarray(a.saved), np.asarray(b.saved)), a.name
+
+
+def test_megatron_applies_routing_probs_in_the_activation_so_its_combine_keeps_nothing():
+    # Where the routing probabilities are applied decides what the combine keeps for backward. qwen3-30b-a3b,
+    # micro-batch 1 of 4096 tokens, tp 1, ep 8, bf16: T·k = 4096·8 = 32,768 expert rows per rank.
+    #   after the experts (parsim's torch backend: index_add of out * w): d/dp needs the top-k expert outputs,
+    #     the combine keeps e·T·k·h = 2·4096·8·2048 = 134,217,728 bytes;
+    #   in the weighted SwiGLU (Megatron-Core TEGroupedMLP, weighted_bias_swiglu_impl(fc1 out, bias, probs)):
+    #     the combine keeps nothing, the activation keeps its input as before (2·32,768·2·768 = 100,663,296 bytes)
+    #     plus the fp32 probabilities, 4·32,768 = 131,072 bytes.
+    m = load_model("qwen3-30b-a3b")
+    after = Ly.layer_ops(m, 1, 4096, 1, False, True, 0, 8, 1)
+    inside = Ly.layer_ops(m, 1, 4096, 1, False, True, 0, 8, 1, probs_in_activation=True)
+    assert float(_op(after, "combine").saved) == 134_217_728
+    assert float(_op(inside, "combine").saved) == 0.0
+    assert float(_op(after, "expert_activation").saved) == 100_663_296
+    assert float(_op(inside, "expert_activation").saved) == 100_663_296 + 131_072
+    # times are the same: only what is kept differs
+    dev = get_device("h100-sxm")
+    peak = float(peak_flops(dev, 0))
+    for a, b in zip(after, inside):
+        assert op_times(a, dev, peak, 2.0) == op_times(b, dev, peak, 2.0)
+
+
+def test_megatron_accounting_keeps_less_per_moe_layer_than_the_combine_weighted_frameworks():
+    # The same plan priced with Megatron's accounting (probabilities in the activation) and DeepSpeed's (at the
+    # combine; the two accountings hold the same activations otherwise in bf16: one logits gradient each, no FP8).
+    # qwen3-30b-a3b, dp 8, ep 8, pp 1, micro-batch 1: the one in-flight micro-batch holds all 48 MoE layers, each
+    # 134,217,728 − 131,072 = 134,086,656 bytes lighter: 48 · 134,086,656 = 6,436,159,488 bytes.
+    from parsim.costs import memory as M
+    assert M.MOE_PROBS_IN_ACTIVATION == {"megatron": True, "deepspeed": False, "fsdp2": False}
+    m = load_model("qwen3-30b-a3b")
+    p = Plan(dp=8, ep=8, tp=1, micro_batch=1, global_batch=64, seq_len=4096, dtype="bf16")
+    acts = {a: float(price(m, get_cluster("dgx-h100", 8), plan_columns([p], m), accounting=a)["memory"]["activations"][0])
+            for a in ("megatron", "deepspeed")}
+    assert acts["deepspeed"] - acts["megatron"] == pytest.approx(6_436_159_488, rel=1e-12)
+    # a dense model is untouched
+    d = load_model("llama3-8b")
+    q = Plan(dp=8, tp=1, micro_batch=1, global_batch=64, seq_len=4096, dtype="bf16")
+    acts_d = {a: float(price(d, get_cluster("dgx-h100", 8), plan_columns([q], d), accounting=a)["memory"]["activations"][0])
+              for a in ("megatron", "deepspeed")}
+    assert acts_d["megatron"] == acts_d["deepspeed"]
