@@ -44,10 +44,13 @@ def load_inputs(paths) -> tuple[list[dict], list[dict]]:
         if p.suffix == ".jsonl":
             records += list(R.latest(R.read(p)).values())
             continue
+        from parsim.fileio import parse_json
         try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError:
-            raise ParsimError(f"report input {p}: not JSON (expected results.jsonl, or predict/plan --format json)") from None
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ParsimError(f"cannot read report input {p}: {getattr(e, 'strerror', None) or 'not UTF-8 text'} "
+                              "(expected results.jsonl, or predict/plan --format json)") from None
+        d = parse_json(text, f"report input {p} (results.jsonl, or predict/plan --format json)")
         if isinstance(d, dict) and "step_time_s" in d and "breakdown_s" in d:
             plans.append({"name": p.stem, "report": d})
         elif isinstance(d, dict) and "plans" in d:
