@@ -145,6 +145,31 @@ def plan_from_args(a, gpus: int, device=None) -> Plan:
                 tp_overlap=getattr(a, "tp_overlap", False), pp_overlap=getattr(a, "pp_overlap", False))
 
 
+def defaults_used(a) -> str:
+    """The line that says which default stood in for a --model / --cluster the user did not give
+    ('' when both were given): table output prints it first, json/csv on stderr (their stdout is data).
+    The defaults are parsim.search's DEFAULT_MODEL and DEFAULT_CLUSTER (one place for both commands)."""
+    from parsim.search import DEFAULT_CLUSTER, DEFAULT_MODEL
+    used = [f"{k} {d}" for k, d in (("model", DEFAULT_MODEL), ("cluster", DEFAULT_CLUSTER))
+            if k in vars(a) and getattr(a, k) is None]
+    if not used:
+        return ""
+    flags = " / ".join(f"--{k.split()[0]}" for k in used)
+    return f"using the embedded default {' and '.join(used)} (override with {flags})\n"
+
+
+def say_defaults(a, text: str) -> str:
+    """`text` with the defaults_used line first (table format), or that line on stderr (json/csv)."""
+    import sys
+    note = defaults_used(a)
+    if not note:
+        return text
+    if getattr(a, "format", None) == "table":
+        return note + text
+    sys.stderr.write(f"parsim {a._command}: {note}")
+    return text
+
+
 def load_cluster_arg(spec, gpus: int | None):
     """The cluster a command predicts on: a preset or cluster file (parsim.topology.load_cluster),
     or an emulated cluster's state file (`parsim emulate up` writes it; its graph with the probed

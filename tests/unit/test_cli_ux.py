@@ -157,3 +157,82 @@ def test_presets_lists_what_the_hint_promises():
         assert f"\n{name} " in out, name
     rc, out, _ = cli("presets", "clusters")
     assert rc == 0 and "dgx-h100 " in out and "llama2-7b" not in out
+
+
+# ------------------------------------------------------------ kind: a default stands in silently
+
+@pytest.mark.parametrize("argv,said", [
+    (["predict", "--gpus", "8"], "model llama2-13b and cluster dgx-h100 (override with --model / --cluster)"),
+    (["predict", "--gpus", "8", "--model", "gpt3-125m"], "cluster dgx-h100 (override with --cluster)"),
+    (["plan", "--gpus", "8", "--cluster", "dgx-a100", "--top", "1"], "model llama2-13b (override with --model)"),
+    (["collective", "--size", "1MiB"], "cluster dgx-h100 (override with --cluster)"),
+    (["topology", "show"], "cluster dgx-h100 (override with --cluster)"),
+])
+def test_a_default_model_or_cluster_is_said(argv, said):
+    # table output: the first line; json: one line on stderr, stdout stays JSON
+    rc, out, err = cli(*argv)
+    assert rc == 0, err
+    assert out.splitlines()[0] == f"using the embedded default {said}", out[:300]
+    rc, out, err = cli(*argv, "--format", "json")
+    assert rc == 0 and err.strip().endswith(f"using the embedded default {said}"), err
+    import json
+    json.loads(out)
+
+
+def test_no_default_no_line():
+    rc, out, err = cli("predict", "--gpus", "8", "--model", "gpt3-125m", "--cluster", "dgx-h100")
+    assert rc == 0 and "embedded default" not in out + err
+
+
+# ------------------------------------------------------------ kind: text wraps at a fixed 120 columns
+
+def _long_prose_lines(out, width):
+    # lines that are prose (no table rule): the header, captions, the fits line
+    return [ln for ln in out.splitlines() if len(ln) > width and "─" not in ln]
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "--gpus", "8", "--model", "llama2-13b", "--cluster", "dgx-h100"],
+    ["plan", "--gpus", "64", "--model", "llama2-13b", "--cluster", "dgx-h100", "--top", "2"],
+])
+def test_output_width_follows_columns(argv, monkeypatch):
+    # a pipe (not a terminal) without COLUMNS: lines wrap at 120 (parsim.tables.WIDTH), whole words
+    monkeypatch.delenv("COLUMNS", raising=False)
+    rc, out, _ = cli(*argv)
+    assert rc == 0 and not _long_prose_lines(out, 120), out
+    # a wide terminal (COLUMNS, as rich's Console reads it): the header and captions are not wrapped,
+    # so some line is longer than 120 (the plan's title, predict's plan line: ~160 characters)
+    monkeypatch.setenv("COLUMNS", "250")
+    rc, wide, _ = cli(*argv)
+    assert rc == 0 and max(len(ln) for ln in wide.splitlines()) > 120 and not _long_prose_lines(wide, 250), wide
+    assert len(wide.splitlines()) < len(out.splitlines())
+    # a narrow one: prose wraps at 80 (a table keeps its numbers whole and may be wider)
+    monkeypatch.setenv("COLUMNS", "80")
+    rc, narrow, _ = cli(*argv)
+    lines = narrow.splitlines()
+    head = "\n".join(lines[:[i for i, ln in enumerate(lines) if "─" in ln][0] - 1])   # above the first table's header
+    assert rc == 0 and head.count("\n") >= 3 and not _long_prose_lines(head, 80), narrow
+
+
+def test_terminal_width_reads_columns_then_the_stream(monkeypatch):
+    from parsim.tables import WIDTH, terminal_width
+    monkeypatch.setenv("COLUMNS", "173")
+    assert terminal_width(io.StringIO()) == 173
+    monkeypatch.delenv("COLUMNS")
+    assert terminal_width(io.StringIO()) == WIDTH == 120      # not a terminal
+
+
+# ------------------------------------------------------------ kind: an opaque count in the wording
+
+@pytest.mark.parametrize("argv,split", [
+    # gpt-tiny: 4 layers; + embedding and head = 6 units. pp = 2: 3 units a stage, stage 0 and the
+    # last give one up each -> 2 and 2 layers (an even split)
+    (["--nproc", "2", "--pp", "2"], "2 stages × 2 layers each (even split)"),
+    # pp = 3: 2 units a stage -> 1, 2, 1 layers
+    (["--nproc", "3", "--pp", "3", "--global-batch", "6"],
+     "3 stages: 1 of 1 layer, 1 of 2 layers, 1 of 1 layer (uneven"),
+])
+def test_run_dry_run_says_stages_and_layers_each(argv, split):
+    rc, out, err = cli("run", "--dry-run", "--model", "gpt-tiny", *argv)
+    assert rc == 0, err
+    assert split in out and "2×2" not in out, out
