@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from parsim.errors import ParsimError
@@ -24,13 +25,32 @@ COMMANDS = {
     "emulate": "emulated multi-host cluster in network namespaces with shaped links",
     "calibrate": "measure this machine's CPU and loopback collectives; write the cpu profile parsim then uses",
     "validate": "run a study file's points (plans, collectives, device) through the backend; results + report",
+    "presets": "list the model, cluster and device presets (the names --model and --cluster accept)",
     "report": "comparison report (Markdown + PNGs, standalone HTML) from study results or predict/plan outputs",
 }
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error tier: one line naming the (sub)command, exit 2.
+
+    * unknown arguments are refused by the (sub)command that received them, so the message names
+      it (``parsim plan: error: unrecognized arguments: --bogus``), not the top-level ``parsim``;
+    * a value that starts with ``-`` and a digit (``-1GiB``, ``-0.5``, ``-1e3``) is a value, never an
+      option (argparse alone takes ``-1GiB`` for an unknown option: "expected one argument"), so it
+      reaches the option's type, which refuses it naming the value and the range expected."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")   # no parsim option starts with -<digit>
+
     def error(self, message):  # argparse's own errors: one line, exit 2
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,24 @@ def closest(name: str, choices, n: int = 3) -> str:
     return f"; did you mean {', '.join(hits)}?" if hits else ""
 
 
+def unknown_preset(what: str, spec, presets, listing: str) -> str:
+    """One line for a `what` ("model", "cluster") that is neither a preset nor an existing file.
+
+    A spec that reads as a path (a directory separator, a leading '.' or '~', a file suffix) is a
+    missing file: the message says so. Anything else is a mistyped preset: the closest preset names
+    (parsim.errors.closest), never the whole list; `listing` is the command that lists the presets
+    (e.g. "parsim presets models")."""
+    import os
+    from parsim.limits import shown
+    s = str(spec)
+    suffix = os.path.splitext(s)[1].lower()
+    if "/" in s or os.sep in s or s.startswith((".", "~")) or suffix in (".yaml", ".yml", ".json", ".graphml"):
+        return (f"{what} file {shown(s)} does not exist (a {what} is a preset name or an existing file; "
+                f"`{listing}` lists the presets)")
+    hint = closest(s[:100], presets) or " and no file of that name"
+    return f"unknown {what} preset {shown(s)}{hint} (`{listing}` lists the presets)"
+
+
 def run_main(main, prog: str) -> int:
     """Run a script's ``main()`` as the CLI runs a command: a ParsimError becomes one line on stderr
     ("<prog>: error: ...") and exit code 2, Ctrl-C one line and 130; anything else is a bug and keeps its traceback.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -130,7 +131,8 @@ def parse_json(text: str, where: str):
         raise ParsimError(f"{where}: nested deeper than {limits.MAX_NESTING} levels "
                           "(parsim.limits.MAX_NESTING)") from None
     except json.JSONDecodeError as e:
-        raise ParsimError(f"cannot read {where}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise ParsimError(f"cannot read {where}, line {e.lineno} column {e.colno}: not valid JSON: "
+                          f"{e.msg[:1].lower()}{e.msg[1:]}") from None
     except ValueError as e:   # e.g. an integer of more than 4,300 digits
         raise ParsimError(f"cannot read {where}: not valid JSON: {str(e).splitlines()[0]}") from None
     _check_depth(obj, where)
@@ -193,6 +195,32 @@ class SafeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_YAML_TAG = "tag:yaml.org,2002:"
+
+
+def yaml_error_line(e) -> str:
+    """', line L column C: not valid YAML: <short reason>' for a PyYAML error: the problem and where it is
+    (1-based), the construct it interrupted in brackets; no parser internals (source name, the echoed line
+    with its caret, Python reprs). For ``f"cannot read {where}{yaml_error_line(e)}"``."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    at = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+    problem = str(getattr(e, "problem", None) or "").strip()
+    if not problem:       # not a MarkedYAMLError: its text, on one line
+        problem = " ".join(str(e).split())[:200]
+    ctx, cmark = str(getattr(e, "context", None) or "").strip(), getattr(e, "context_mark", None)
+    tag = re.match(r"could not determine a constructor for the tag '([^']*)'", problem)
+    if tag:
+        problem = f"tag {tag.group(1).replace(_YAML_TAG, '!!')} is not allowed (plain YAML values only)"
+    elif "'\\t'" in problem or "'\t'" in problem:
+        problem, ctx = "a tab character cannot start a token (indent with spaces)", ""
+    elif problem.startswith("but found another document"):
+        problem, ctx = "a second document ('---'): expected one document per file", ""
+    problem = problem.replace("'<stream end>'", "the end of the file").replace("end of stream", "end of the file")
+    if ctx and cmark is not None and cmark is not mark:
+        ctx += f" that starts at line {cmark.line + 1} column {cmark.column + 1}"
+    return f"{at}: not valid YAML: {problem}" + (f" ({ctx})" if ctx else "")
+
+
 def parse_yaml(text: str, where: str):
     loader = SafeLoader(text)
     try:
@@ -202,8 +230,7 @@ def parse_yaml(text: str, where: str):
     except RecursionError:   # pragma: no cover - the depth cap comes first
         raise ParsimError(f"{where}: nested too deeply (parsim.limits.MAX_NESTING)") from None
     except yaml.YAMLError as e:
-        first = " ".join(str(e).split())[:200]
-        raise ParsimError(f"cannot read {where}: not valid YAML: {first}") from None
+        raise ParsimError(f"cannot read {where}{yaml_error_line(e)}") from None
     except ValueError as e:   # e.g. an integer of more than 4,300 digits
         raise ParsimError(f"cannot read {where}: not valid YAML: {str(e).splitlines()[0][:200]}") from None
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from parsim.errors import ParsimError, closest
+from parsim.errors import ParsimError, closest, unknown_preset
 from parsim.limits import MAX_CAPACITY_FACTOR, MODEL_LIMITS
 
 DATA = Path(__file__).parent / "data"
@@ -618,11 +618,9 @@ def load_model(spec) -> ModelSpec:
     if spec in presets:
         return _from_mapping(presets[spec], spec)
     from parsim.fileio import exists
-    from parsim.limits import shown
     p = Path(str(spec))
     if not exists(p):
-        raise ParsimError(f"unknown model {shown(str(spec))}: not a preset and no such file"
-                          f"{closest(str(spec)[:100], presets)} (presets: {', '.join(presets)})")
+        raise ParsimError(unknown_preset("model", spec, presets, "parsim presets models"))
     d = read_model_file(p)
     if not isinstance(d, dict):
         raise ParsimError(f"model file {p}: expected a mapping of ModelSpec keys, got {type(d).__name__}")

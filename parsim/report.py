@@ -9,7 +9,7 @@ import io
 import json
 
 from parsim.outputs import write_atomic  # noqa: E402,F401  (the one writer; kept importable from here)
-from parsim.tables import WIDTH, text_table
+from parsim.tables import terminal_width, text_table, wrap
 
 
 def _pct(x, total):
@@ -33,7 +33,9 @@ def step_report_text(rep) -> str:
     if getattr(rep, "model_summary", ""):
         head = (f"model {rep.model_summary}\n" f"params total {rep.params_total:,}  active {rep.params_active:,}  "
                 f"seq_len {rep.seq_len}\n" + head)
-    out = [head, text_table(["part", "seconds", "share"], rows, "step time breakdown (bottleneck stage)")]
+    width = terminal_width()
+    out = [wrap(head, width).rstrip("\n"), text_table(["part", "seconds", "share"], rows,
+                                                      "step time breakdown (bottleneck stage)", width=width)]
     mem = rep.memory_breakdown_GiB
     mrows = [(k, f"{v:.2f}") for k, v in mem.items()] + [("total", f"{rep.memory_GiB:.2f}")]
     acc = getattr(rep, "memory_accounting", "")
@@ -43,12 +45,13 @@ def step_report_text(rep) -> str:
     caption = (f"capacity {cap:.2f} GiB as the device reports it, less {rep.memory_headroom_GiB:.2f} GiB headroom "
                f"(CUDA context, NCCL buffers, fragmentation) = {cap - rep.memory_headroom_GiB:.2f} GiB usable"
                if cap else None)
-    out.append(text_table(["kind", "GiB"], mrows, title, caption))
-    out.append(f"tokens/s {rep.tokens_per_s:,.0f}   samples/s {rep.samples_per_s:,.2f}   "
-               f"model TFLOP/s/GPU {rep.model_tflops_per_gpu:.1f} (MFU {100 * rep.mfu:.1f}%)   "
-               f"hardware TFLOP/s/GPU {rep.hardware_tflops_per_gpu:.1f} (HFU {100 * rep.hfu:.1f}%)")
-    out.append("fits: yes" if rep.fits else f"fits: NO — {rep.fits_reason}")
-    out += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel", "fp8"))]
+    out.append(text_table(["kind", "GiB"], mrows, title, caption, width=width))
+    tail = [f"tokens/s {rep.tokens_per_s:,.0f}   samples/s {rep.samples_per_s:,.2f}   "
+            f"model TFLOP/s/GPU {rep.model_tflops_per_gpu:.1f} (MFU {100 * rep.mfu:.1f}%)   "
+            f"hardware TFLOP/s/GPU {rep.hardware_tflops_per_gpu:.1f} (HFU {100 * rep.hfu:.1f}%)",
+            "fits: yes" if rep.fits else f"fits: NO — {rep.fits_reason}"]
+    tail += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel", "fp8"))]
+    out += [wrap(line, width).rstrip("\n") for line in tail]
     return "\n".join(out) + "\n"
 
 
@@ -121,7 +124,7 @@ def plans_text(res, top: int, wide: bool = False) -> str:
         if a.get("memory_heldout"):
             from parsim.accuracy import memory_statement
             caption += "\n" + memory_statement(a["memory_accounting"], 0.0, 0.0)
-    return text_table(headers, rows, title, caption, width=None if wide else WIDTH)
+    return text_table(headers, rows, title, caption, width=None if wide else terminal_width())
 
 
 def plans_records(res, top: int | None = None) -> list[dict]:

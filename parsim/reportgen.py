@@ -44,10 +44,13 @@ def load_inputs(paths) -> tuple[list[dict], list[dict]]:
         if p.suffix == ".jsonl":
             records += list(R.latest(R.read(p)).values())
             continue
+        from parsim.fileio import parse_json
         try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError:
-            raise ParsimError(f"report input {p}: not JSON (expected results.jsonl, or predict/plan --format json)") from None
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ParsimError(f"cannot read report input {p}: {getattr(e, 'strerror', None) or 'not UTF-8 text'} "
+                              "(expected results.jsonl, or predict/plan --format json)") from None
+        d = parse_json(text, f"report input {p} (results.jsonl, or predict/plan --format json)")
         if isinstance(d, dict) and "step_time_s" in d and "breakdown_s" in d:
             plans.append({"name": p.stem, "report": d})
         elif isinstance(d, dict) and "plans" in d:
@@ -67,9 +70,13 @@ def _plan_row_as_report(row, attrs):
             "gpus": attrs.get("gpus")}
 
 
+NOT_EXPRESSIBLE = "not expressible yet"     # a published row parsim cannot price as published (parsim.corpus)
+
+
 def published_records(tables=None) -> list[dict]:
-    """The public validation corpus held out table by table as report records: one per expressible
-    published row, 'measured' = the published figure (tokens/s per GPU, or hardware TFLOP/s per GPU
+    """The public validation corpus held out table by table as report records: one per published row of
+    every table (a row not expressible yet is a record with status NOT_EXPRESSIBLE and its reasons, so
+    every table of the corpus appears), 'measured' = the published figure (tokens/s per GPU, or hardware TFLOP/s per GPU
     for Narayanan et al. 2021 Table 1), 'predicted' = the prediction with the GPU type's fitted number
     fitted on the *other* tables (leave-one-table-out). `tables`: parsim.corpus.leave_one_table_out()'s
     entries (computed when not given: the one place the numbers come from). A row no candidate plan
@@ -91,23 +98,34 @@ def published_records(tables=None) -> list[dict]:
                 rec.update(status="failed", failure="not predicted",
                            cause=r.get("note") or "no candidate plan fits in memory")
             out.append(rec)
+        for r in e.get("rows_not_expressible", []):      # counted and listed, never dropped
+            pid = f"{e['table']}: {r['model']} {r.get('precision', '')}, {r['gpus']} GPUs".replace(" ,", ",")
+            seen[pid] = seen.get(pid, 0) + 1
+            if seen[pid] > 1:
+                pid += f" #{seen[pid]}"
+            out.append({"study": e["table"], "id": pid, "kind": "published", "gpu_type": e["gpu_type"],
+                        "status": NOT_EXPRESSIBLE, "failure": NOT_EXPRESSIBLE, "cause": "; ".join(r["reasons"]),
+                        "point": r, "summary": {"metric": r.get("metric"), "measured": r.get("published"),
+                                                "spread": [None, None], "predicted": None, "error": None}})
     return out
 
 
 PUBLISHED_TITLE = "Published-table validation: the public corpus, leave-one-table-out"
 
 
-def published_inputs(tables=None) -> tuple[list[dict], dict]:
+def published_inputs(tables=None, progress=None) -> tuple[list[dict], dict]:
     """(records, published) for write_report(records=..., published=...): the corpus held out table by
-    table, from `tables` (parsim.corpus.leave_one_table_out()'s entries) or computed here once."""
+    table, from `tables` (parsim.corpus.leave_one_table_out()'s entries) or computed here once (`progress`
+    as leave_one_table_out takes it)."""
     from parsim.corpus import blockers, leave_one_table_out
-    tables = leave_one_table_out() if tables is None else tables
+    tables = leave_one_table_out(progress) if tables is None else tables
     return published_records(tables), {"tables": tables, "blockers": blockers()}
 
 
 def published_sections(tables, blockers) -> list[tuple]:
     """The report sections of the corpus beyond the common ones: the per-table held-out statistics
     (parsim.corpus's mean / max / bias, not recomputed here) and the rows not expressible, by reason."""
+    from parsim.corpus import TARGETS
     def pct(x, sign=False):
         return "-" if x is None else (f"{100 * x:+.1f}%" if sign else f"{100 * x:.1f}%")
     def frac(e, key):       # the 16-bit ("fraction") or FP8 ("fraction_fp8") sustained fraction used for the table
@@ -125,8 +143,8 @@ def published_sections(tables, blockers) -> list[tuple]:
     per_table = ("Per table, held out: the GPU type's `matmul_sustained_fraction` (16-bit rows) and "
                  "`matmul_sustained_fraction_fp8` (FP8 rows) fitted on the other tables of that "
                  "type (parsim.corpus), error = predicted / published − 1; bias = the mean signed error. "
-                 f"{n_rows} published rows in {len(tables)} tables, {n_expr} expressible today. Targets (issue 15): "
-                 "mean ≤ 5% and max ≤ 12% on every table, peak memory within 5% where published.")
+                 f"{n_rows} published rows in {len(tables)} tables, {n_expr} expressible today. Accuracy targets: "
+                 f"{TARGETS}.")
     head = ["table", "GPU type", "rows", "expressible", "predicted", "16-bit fraction (fitted on the others)",
             "FP8 fraction", "step mean",
             "step max", "step bias", "memory mean", "memory max"]
@@ -149,46 +167,78 @@ def _plt():
     return plt
 
 
-def fig_scatter(df, path, title, ylabel="measured (median; bars: min–max)", reference="measured"):
-    """Predicted vs measured, log axes, the ±10% band; one colour per `group` (default: the point's
-    kind) and, when a colour holds several metrics, one marker per metric."""
+# metric -> (quantity, unit) of a point's headline number (its summary.metric): the axis labels of the
+# predicted-vs-measured scatters, one figure per metric (a fraction of peak and seconds never share axes).
+METRICS = {
+    "step_time_s": ("training step time", "s"),
+    "time_s": ("collective time", "s"),
+    "gemm_best_fraction_of_peak": ("best GEMM throughput", "fraction of the device's peak FLOP/s"),
+    "tokens_per_s_per_gpu": ("training throughput", "tokens/s per GPU"),
+    "hardware_tflops_per_gpu": ("hardware FLOP rate", "TFLOP/s per GPU"),
+}
+
+
+def metric_label(metric) -> str:
+    """'training step time (s)' for 'step_time_s'; an unknown metric is shown by its name."""
+    q, u = METRICS.get(metric, (str(metric), ""))
+    return f"{q} ({u})" if u else q
+
+
+def reference_word(kinds) -> str:
+    """What the predictions are compared with: 'published' (published-table rows), 'measured' (study
+    points) or 'measured or published' (both in one report)."""
+    kinds = set(kinds)
+    return "published" if kinds == {"published"} else "measured" if "published" not in kinds else "measured or published"
+
+
+def fig_scatter(df, path, title, reference="measured"):
+    """Predicted vs `reference` (measured or published) of ONE metric (df's rows all have the same
+    summary.metric), log axes labelled with the quantity and its unit, the ±10% band; one colour per
+    `group` (default: the point's kind). None when no row has both numbers."""
     plt = _plt()
     ok = df.dropna(subset=["measured", "predicted"])
     ok = ok[(ok.measured > 0) & (ok.predicted > 0)]
     if ok.empty:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 5.4))
     metrics = sorted(set(ok.metric.dropna()))
-    groups = ok.groupby("group" if "group" in ok else "kind")
-    mixed = any(g.metric.nunique() > 1 for _, g in groups)       # a colour that holds several metrics
-    markers = dict(zip(metrics, "os^Dv")) if mixed else {m: "o" for m in metrics}
-    for i, (kind, gk) in enumerate(groups):
-        for j, (metric, g) in enumerate(gk.groupby("metric")):
-            yerr = None
-            if g.spread_min.notna().any():
-                lo = (g.measured - g.spread_min.fillna(g.measured)).clip(lower=0)
-                hi = (g.spread_max.fillna(g.measured) - g.measured).clip(lower=0)
-                yerr = [lo.values, hi.values]
-            ax.errorbar(g.predicted, g.measured, yerr=yerr, fmt=markers.get(metric, "o"), ms=5,
-                        label=kind if j == 0 else None, color=plt.cm.tab10(i % 10))
-    if mixed:
-        for m in metrics:
-            ax.plot([], [], markers[m], color="0.4", ms=5, label=f"marker: {m}")
+    assert len(metrics) <= 1, f"one quantity per scatter, got {metrics}"
+    label = metric_label(metrics[0]) if metrics else "value"
+    fig, ax = plt.subplots(figsize=(6.4, 5.4))
+    spread = False
+    for i, (kind, g) in enumerate(ok.groupby("group" if "group" in ok else "kind")):
+        yerr = None
+        if g.spread_min.notna().any():
+            lo = (g.measured - g.spread_min.fillna(g.measured)).clip(lower=0)
+            hi = (g.spread_max.fillna(g.measured) - g.measured).clip(lower=0)
+            yerr, spread = [lo.values, hi.values], True
+        ax.errorbar(g.predicted, g.measured, yerr=yerr, fmt="o", ms=5, label=kind, color=plt.cm.tab10(i % 10))
     lo = min(ok.predicted.min(), ok.measured.min()) * 0.7
     hi = max(ok.predicted.max(), ok.measured.max()) * 1.4
     xs = [lo, hi]
     ax.plot(xs, xs, "k-", lw=0.8)
     ax.fill_between(xs, [x / (1 + BAND) for x in xs], [x / (1 - BAND) for x in xs], color="0.88",
                     label=f"±{BAND:.0%} (prediction within {BAND:.0%} of {reference})")
-    metric = ", ".join(metrics)
-    ax.set(xscale="log", yscale="log", xlabel=f"predicted ({metric})", ylabel=ylabel,
-           xlim=xs, ylim=xs, title=title)
+    ylabel = f"{reference} {label}" + (" — median; bars: min–max" if spread else "")
+    ax.set(xscale="log", yscale="log", xlabel=f"predicted {label}", ylabel=ylabel, xlim=xs, ylim=xs, title=title)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     from parsim.outputs import save_figure
     save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
+
+
+def fig_scatters(df, figdir, reference="measured", by="") -> list:
+    """One fig_scatter per metric of df, written as figdir/scatter_<metric>.png; `by` is said in the titles
+    (e.g. "by GPU type"). Returns the paths written."""
+    out = []
+    for metric in sorted(set(df.metric.dropna())):
+        q = METRICS.get(metric, (str(metric), ""))[0]
+        title = f"{q}: predicted vs {reference}" + (f", {by}" if by else "")
+        p = fig_scatter(df[df.metric == metric], Path(figdir) / f"scatter_{metric}.png", title, reference)
+        if p:
+            out.append(p)
+    return out
 
 
 def phase_table(records):
@@ -377,26 +427,32 @@ def _fmt(v, pct=False):
     return f"{v:.4g}"
 
 
-def summary_rows(df):
+def summary_rows(df, reference="measured"):
+    """(headers, rows) of the summary table; `reference` heads the column of what predictions are compared
+    with (reference_word: measured, published)."""
     rows = []
     for _, r in df.iterrows():
         spread = "-" if r.spread_min is None or r.spread_min != r.spread_min else \
             f"[{_fmt(r.spread_min)}, {_fmt(r.spread_max)}]"
-        status = r.status if r.status == "ok" else f"FAILED ({r.failure}): {r.cause}"
+        status = (r.status if r.status == "ok" else f"{NOT_EXPRESSIBLE}: {r.cause}" if r.status == NOT_EXPRESSIBLE
+                  else f"FAILED ({r.failure}): {r.cause}")
         rows.append([r.id, r.metric or "-", _fmt(r.predicted), _fmt(r.measured), spread, _fmt(r.error, True), status])
-    return ["point", "metric", "predicted", "measured", "spread [min, max]", "error", "status"], rows
+    return ["point", "metric", "predicted", reference, "spread [min, max]", "error", "status"], rows
 
 
-def findings(df, pt) -> str:
+def findings(df, pt, reference="measured") -> str:
     """A short paragraph: how many points, the error overall, the largest errors and their phase."""
     ok = df[(df.status == "ok") & df.error.notna()]
-    failed = df[df.status != "ok"]
+    unexpressed = df[df.status == NOT_EXPRESSIBLE]
+    failed = df[(df.status != "ok") & (df.status != NOT_EXPRESSIBLE)]
+    tail = (f" {len(unexpressed)} published row(s) not expressible yet: listed in the summary with the reason."
+            if len(unexpressed) else "")
     if ok.empty:
-        return f"No point has both a measurement and a prediction ({len(failed)} failed)."
+        return f"No point has both a {reference} figure and a prediction ({len(failed)} failed).{tail}"
     mae = ok.error.abs().mean()
     within = (ok.error.abs() <= BAND).mean()
     parts = [f"{len(ok)} points compared: mean |error| {mae:.1%}, {within:.0%} within ±{BAND:.0%}; "
-             f"error = (predicted − measured)/measured."]
+             f"error = (predicted − {reference})/{reference}."]
     for metric, g in ok.groupby("metric"):
         if ok.metric.nunique() > 1:
             parts.append(f"{metric}: mean |error| {g.error.abs().mean():.1%} over {len(g)} points.")
@@ -418,7 +474,7 @@ def findings(df, pt) -> str:
     if len(failed):
         parts.append(f"{len(failed)} point(s) failed: " + "; ".join(f"{r.id}: {r.failure}" for _, r in failed.iterrows())
                      + ".")
-    return " ".join(parts)
+    return " ".join(parts) + tail
 
 
 def _load_note(recs) -> str:
@@ -451,21 +507,22 @@ def write_report(paths=(), out="report", formats=("md", "html"), title="", recor
         df = R.frame(recs)
         df["group"] = [r.get("gpu_type") or r.get("kind") for r in recs]    # scatter colours: GPU type of a published row
         pt = phase_table(recs)
-        head, rows = summary_rows(df)
+        reference = reference_word(df.kind)
+        head, rows = summary_rows(df, reference)
         studies = ", ".join(sorted({str(s) for s in df.study.dropna()}))
-        sections.append(("Findings", findings(df, pt) + _load_note(recs), [], []))
+        sections.append(("Findings", findings(df, pt, reference) + _load_note(recs), [], []))
         if published:
             sections += published_sections(published["tables"], published.get("blockers") or [])
-        pub_only = set(df.kind) == {"published"}
-        how = ("Measured = the published figure; predicted held out (leave-one-table-out: the GPU type's fitted "
-               "number fitted on its other tables), the fastest plan that fits over the knobs the source leaves "
-               "unstated." if pub_only
-               else "Measured = median of the timed repeats (training: max over ranks per step); spread = fastest and "
+        pub_only = reference == "published"
+        how_pub = ("Published = the source's figure; predicted held out (leave-one-table-out: the GPU type's fitted "
+                   "number fitted on its other tables), the fastest plan that fits over the knobs the source leaves "
+                   "unstated. Every row of every table is listed; rows not expressible yet say why.")
+        how_meas = ("Measured = median of the timed repeats (training: max over ranks per step); spread = fastest and "
                     "slowest repeat.")
-        scatter = (fig_scatter(df, figdir / "scatter.png", "held-out prediction vs published, by GPU type",
-                               ylabel="published", reference="published") if pub_only
-                   else fig_scatter(df, figdir / "scatter.png", "predicted vs measured"))
-        sections.append(("Summary", f"{'Tables' if pub_only else 'Study'}: {studies}. {how}", [(head, rows)], [scatter]))
+        how = how_pub if pub_only else how_meas if reference == "measured" else f"{how_meas} {how_pub}"
+        how += " One scatter per metric: each plots one quantity, in its unit."
+        scatters = fig_scatters(df, figdir, reference, "by GPU type" if pub_only else "")
+        sections.append(("Summary", f"{'Tables' if pub_only else 'Study'}: {studies}. {how}", [(head, rows)], scatters))
         machines = {json.dumps(r.get("machine"), sort_keys=True) for r in recs if r.get("machine")}
         vers = {json.dumps(r.get("versions"), sort_keys=True) for r in recs if r.get("versions")}
         profs = {json.dumps({k: (v[:160] + "…" if isinstance(v, str) and len(v) > 160 else v)

@@ -61,8 +61,12 @@ def read(path) -> list[dict]:
             continue
         try:
             out.append(json.loads(ln))
-        except json.JSONDecodeError:
-            raise ParsimError(f"{path}:{i}: not a JSON record (the store is JSON Lines, one point a line)") from None
+        except json.JSONDecodeError as e:
+            raise ParsimError(f"{path}, line {i} column {e.colno}: not a JSON record ({e.msg[:1].lower()}{e.msg[1:]}; "
+                              "the store is JSON Lines, one point a line)") from None
+        except ValueError:     # bytes that are not UTF-8
+            raise ParsimError(f"{path}, line {i}: not a JSON record (not UTF-8 text; the store is JSON Lines, "
+                              "one point a line)") from None
     return out
 
 

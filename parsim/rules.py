@@ -462,14 +462,21 @@ class ParallelDims:
         return sum(self.stage_layers[s] for s in self.rank_stages(rank))
 
     def describe(self) -> str:
-        """One line: the stage split, e.g. '16 stages: 7 + 8×14 + 7 layers'."""
-        parts, prev, n = [], None, 0
+        """One line: the stage split, counts first and the unit named each time, e.g.
+        '2 stages × 2 layers each (even split)' or '16 stages: 1 of 7 layers, 14 of 8 layers each, 1 of 7
+        layers (uneven: ...)' (Llama 3 405B's 126 layers on 16 stages: 7 + 8·14 + 7)."""
+        runs, prev, n = [], None, 0
         for x in list(self.stage_layers) + [None]:
             if x == prev:
                 n += 1
                 continue
             if prev is not None:
-                parts.append(f"{prev}×{n}" if n > 1 else f"{prev}")
+                runs.append((n, prev))
             prev, n = x, 1
-        rule = "even split" if self.even else "uneven: embedding and head count as one layer each"
-        return f"{self.num_stages} stages of {' + '.join(parts)} layers ({rule})"
+        layers = lambda k: f"{k} layer" + ("s" if k != 1 else "")    # noqa: E731
+        stages = f"{self.num_stages} stage" + ("s" if self.num_stages != 1 else "")
+        if self.even:
+            each = " each" if self.num_stages > 1 else ""
+            return f"{stages} × {layers(self.stage_layers[0])}{each} (even split)"
+        parts = ", ".join(f"{n} of {layers(k)}" + (" each" if n > 1 else "") for n, k in runs)
+        return f"{stages}: {parts} (uneven: embedding and head count as one layer each)"

@@ -246,9 +246,8 @@ def _train_points(entry, where, study, tiny_o):
     if model.endswith((".yaml", ".yml", ".json")) and not Path(model).is_file():
         raise _bad(f"{where}.model", "a model preset name or an existing ModelSpec file", model)
     if not model.endswith((".yaml", ".yml", ".json")) and model not in preset_names():
-        from parsim.errors import closest
-        raise ParsimError(f"{where}.model: expected a model preset name ({', '.join(preset_names())}) or a ModelSpec "
-                          f"file (got {model!r}){closest(model, preset_names())}")
+        from parsim.errors import unknown_preset
+        raise ParsimError(f"{where}.model: " + unknown_preset("model", model, preset_names(), "parsim presets models"))
     plan = dict(_mapping(entry, "plan", where, "plan fields"))
     plan.update(tiny_o.get("plan") or {})
     sweep = entry.get("sweep") or {}
@@ -330,9 +329,8 @@ def _cluster(c, where, study_path):
     beside = Path(study_path).parent / c
     if beside.is_file():
         return str(beside.resolve())
-    from parsim.errors import closest
-    raise ParsimError(f"{where}: expected a cluster preset name ({', '.join(cluster_names())}) or a cluster file "
-                      f"(got {c!r}){closest(c, cluster_names())}")
+    from parsim.errors import unknown_preset
+    raise ParsimError(f"{where}: " + unknown_preset("cluster", c, cluster_names(), "parsim presets clusters"))
 
 
 def _plan(p: dict, study, where):

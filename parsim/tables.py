@@ -2,7 +2,8 @@
 
 - terminal text: ``text_table`` (rich), never breaking a number: numeric columns keep the width
   of their longest cell; when a table is wider than ``width`` only text columns are shortened
-  (with an ellipsis), and ``width=None`` lays the table out at its natural width.
+  (with an ellipsis), and ``width=None`` lays the table out at its natural width. The default width
+  is ``terminal_width()``: COLUMNS, else the terminal's, else 120 for files and pipes.
 - Markdown (generated reports): ``md_table``; HTML: ``html_table``.
 - data files (CSV, JSON): pandas / ``parsim.report.to_json``, not here.
 
@@ -16,7 +17,27 @@ import io
 import re
 import textwrap
 
-WIDTH = 120        # default terminal width of text tables (columns of characters)
+WIDTH = 120        # width of text output that goes to a file or a pipe (columns of characters)
+
+
+def terminal_width(stream=None) -> int:
+    """Columns text output may use: ``COLUMNS`` when set (a positive integer), else the terminal's width
+    when `stream` (default sys.stdout) is a terminal (rich's Console measures it), else WIDTH (files,
+    pipes and logs stay readable: lines wrap at 120)."""
+    import os
+    import sys
+    env = os.environ.get("COLUMNS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    stream = sys.stdout if stream is None else stream
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    if not tty:
+        return WIDTH
+    from rich.console import Console
+    return Console(file=stream).width
 
 # a cell that is a number as the tables print them: 1,234.5  -0.000  +3.1%  1.2e-05  =  -  [1, 2]
 _NUMERIC = re.compile(r"^(?:[-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?\s*(?:%|[a-zA-Z/]{1,6})?|[=\-–]|\[.*\])$")
@@ -42,10 +63,16 @@ def _wrap(text: str, width: int | None) -> list[str]:
     return out
 
 
-def text_table(headers, rows, title: str | None = None, caption: str | None = None, width: int | None = WIDTH,
+def wrap(text: str, width: int | None | str = "auto") -> str:
+    """Lines of plain text (a header, a note) wrapped at spaces to `width` ("auto": terminal_width()),
+    never inside a word or a number; each input line wrapped on its own. Ends with a newline."""
+    return "\n".join(_wrap(text, terminal_width() if width == "auto" else width)) + "\n"
+
+
+def text_table(headers, rows, title: str | None = None, caption: str | None = None, width: int | None | str = "auto",
                justify=None) -> str:
     """A table as terminal text (rich, no colour, ``─`` rule under the header), title and caption as
-    plain lines above and below, wrapped at spaces to `width`.
+    plain lines above and below, wrapped at spaces to `width` ("auto", the default: terminal_width()).
 
     headers: column names; rows: sequences of cells (str() of each); justify: per column
     "left"/"right"/"center" (default: right for columns whose every cell reads as a number,
@@ -56,6 +83,8 @@ def text_table(headers, rows, title: str | None = None, caption: str | None = No
     from rich.console import Console
     from rich.table import Table
 
+    if width == "auto":
+        width = terminal_width()
     heads, cells = _cells(headers, rows)
     assert all(len(r) == len(heads) for r in cells), "every row needs one cell per header"
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="", padding=(0, 1, 0, 0),

@@ -31,7 +31,7 @@ import networkx as nx
 import yaml
 
 from parsim import limits
-from parsim.errors import ParsimError, closest, require
+from parsim.errors import ParsimError, closest, require, unknown_preset
 from parsim.hardware import DeviceProfile, get_device
 
 DATA = Path(__file__).parent / "data"
@@ -617,8 +617,7 @@ def _load_file(spec, gpus):
     p = Path(str(spec))
     if not exists(p):
         presets = _presets()
-        raise ParsimError(f"unknown cluster {limits.shown(str(spec))}: not a preset and no such file"
-                          f"{closest(str(spec)[:100], presets)} (presets: {', '.join(presets)})")
+        raise ParsimError(unknown_preset("cluster", spec, presets, "parsim presets clusters"))
     if p.suffix.lower() == ".graphml":
         text = read_user_file(p, "cluster")   # regular file, size capped, no DOCTYPE/ENTITY
         try:

@@ -42,7 +42,7 @@ _PREFIX = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "m": 1e6, "G": 1e9, "g": 1e9, "T
 _BASE_BITS = {"B": 8, "byte": 8, "bytes": 8, "Byte": 8, "Bytes": 8, "b": 1, "bit": 1, "bits": 1, "Bit": 1, "Bits": 1}
 _TIME = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9,
          "min": 60.0, "h": 3600.0}
-_NUM = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµ/]*)\s*$")
+_NUM = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµ/]*)\s*$")
 _UNIT = re.compile(r"^(?P<prefix>[kKmMgGtTpP][iI]?|)(?P<base>[Bb]ytes?|[Bb]its?|B|b|)$")
 _SIZE_UNITS = "B, KB, MB, GB, TB (10^3..), KiB, MiB, GiB, TiB (2^10..), or bits: Kb, Mb, Gb"
 _RATE_UNITS = "Gbps, Gb/s or Gbit (bits/s), GB/s or GBps (bytes/s), GiB/s"
@@ -56,8 +56,10 @@ def _split(text, what: str, example: str):
         if not m:
             raise ParsimError(f"cannot read {what} {text!r}: expected a number with a unit, e.g. {example}")
         value, unit = float(m.group(1)), m.group(2)
-    if not math.isfinite(value) or value < 0:
-        raise ParsimError(f"{what} {text!r} is not a finite non-negative number: expected e.g. {example}")
+    if not math.isfinite(value):
+        raise ParsimError(f"{what} {text!r} is not a finite number: expected e.g. {example}")
+    if value < 0:
+        raise ParsimError(f"{what} {text!r} is negative: a {what} must be >= 0, e.g. {example}")
     return value, unit
 
 

@@ -36,17 +36,19 @@ MAX_REPEATS = 60
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags `parsim run --bench` takes (also usable standalone)."""
+    """The flags `parsim run --bench` takes (also usable standalone); counts and times are checked as the
+    parsim CLI checks them (parsim.commands.common: count, number)."""
+    from parsim.commands.common import count, number
     p.add_argument("--algo", default="ring", help="ring, tree, hd, hierarchical, ps (co-located), ps-central, "
                    "ps-sharded (dedicated servers, push then pull), ps-pipelined (dedicated servers, BytePS partitions "
                    "pipelined; both need emulate --cluster ps), native; comma list for several")
     p.add_argument("--size", default="16MiB", help="per-rank buffer: 16MiB, a list 4KiB,1MiB or a range 4KiB:64MiB:4")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per point (after warm-up)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
-    p.add_argument("--min-time", type=float, default=0.0, help="keep repeating a point (beyond --repeats, up to "
+    p.add_argument("--repeats", type=count("MAX_STEPS"), default=5, help="timed repeats per point (after warm-up)")
+    p.add_argument("--warmup", type=count("MAX_STEPS", lo=0), default=1, help="untimed repeats first")
+    p.add_argument("--min-time", type=number(0.0, "MAX_WAIT_S"), default=0.0, help="keep repeating a point (beyond --repeats, up to "
                    "--max-repeats) until this many seconds were timed: more samples where they are cheap")
-    p.add_argument("--max-repeats", type=int, default=25, help="cap on repeats with --min-time")
-    p.add_argument("--nproc", type=int, default=2, help="local ranks when not launched with RANK/WORLD_SIZE")
+    p.add_argument("--max-repeats", type=count("MAX_STEPS"), default=25, help="cap on repeats with --min-time")
+    p.add_argument("--nproc", type=count("MAX_DEVICES"), default=2, help="local ranks when not launched with RANK/WORLD_SIZE")
     p.add_argument("--format", choices=["table", "json"], default="table")
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import count
+from parsim.commands.common import count, say_defaults
 from parsim.errors import ParsimError, closest, require
 from parsim.limits import MAX_SIZE_POINTS, require_finite, shown
+from parsim.search import DEFAULT_CLUSTER
 
 DEFAULT_ALGOS = {"allreduce": "ring,tree,hd,hierarchical,ps,native"}
 
@@ -21,7 +22,7 @@ def add_arguments(p):
                    f"{DEFAULT_ALGOS['allreduce']}; other ops: their algorithms and native)")
     p.add_argument("--size", default="1KiB:1GiB", help="per-rank buffer: LO:HI[:FACTOR] or a list (default 1KiB:1GiB)")
     p.add_argument("--gpus", type=count("MAX_DEVICES"), default=None, help="ranks (default: one node of the cluster)")
-    p.add_argument("--cluster", default="dgx-h100", help="preset or file (default dgx-h100)")
+    p.add_argument("--cluster", default=None, help=f"preset or file (default {DEFAULT_CLUSTER}, said in the output)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--plot", metavar="FILE.png", help="busbw against size, one line per algorithm")
 
@@ -60,14 +61,14 @@ def run(a) -> int:
                                           f"{MAX_SIZE_POINTS} (parsim.limits.MAX_SIZE_POINTS)")
     require(len(sizes) > 0, f"--size {a.size!r} names no size: expected LO:HI[:FACTOR] or a list, e.g. 1KiB:1GiB")
     require(all(s > 0 for s in sizes), f"--size {a.size!r}: sizes must be positive")
-    c = load_cluster(a.cluster, a.gpus)
+    c = load_cluster(a.cluster or DEFAULT_CLUSTER, a.gpus)
     ranks = tuple(range(a.gpus or c.num_devices))
     require(len(ranks) >= 2, f"a collective needs at least 2 ranks, got --gpus {len(ranks)}")
     res = rows(c, a.op, algos, sizes, ranks)
     require_finite(f"{a.op} on {c.name}", time_s=[r["time_s"] for r in res], busbw_GBps=[r["busbw_GBps"] for r in res])
     if a.format == "json":
         from parsim.report import to_json
-        sys.stdout.write(to_json({"cluster": c.name, "ranks": len(ranks), "op": a.op,
+        sys.stdout.write(say_defaults(a, "") + to_json({"cluster": c.name, "ranks": len(ranks), "op": a.op,
                                   "units": "bytes, seconds, GB/s = 1e9 B/s", "rows": res}))
     else:
         from parsim.tables import text_table
@@ -75,7 +76,7 @@ def run(a) -> int:
         by = {(r["algo"], r["size_bytes"]): r for r in res}
         table = [[fmt_bytes(n), *[x for al in algos for x in (fmt_time(by[al, n]["time_s"]), f"{by[al, n]['busbw_GBps']:.1f}")]]
                  for n in sizes]
-        sys.stdout.write(text_table(hdr, table, f"{a.op} on {c.name}, {len(ranks)} ranks (busbw: nccl-tests "
+        sys.stdout.write(say_defaults(a, "") + text_table(hdr, table, f"{a.op} on {c.name}, {len(ranks)} ranks (busbw: nccl-tests "
                                                 f"convention, GB/s = 1e9 B/s)"))
     if a.plot:
         _plot(res, algos, a.plot, f"{a.op} on {c.name}, {len(ranks)} ranks")

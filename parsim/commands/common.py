@@ -53,6 +53,23 @@ def number(lo: float, hi, lo_open: bool = False):
     return parse
 
 
+def quantity(kind: str):
+    """argparse type: a size ('4GiB', 0), a time ('0.2ms', '10min') or a rate ('1Gbit') as parsim.units reads
+    it (finite, >= 0). Checked when the flags are parsed, so `--memory-headroom=-1GiB` is refused in one line
+    naming the value and what is expected; returns the text unchanged (the command converts it)."""
+    from parsim import units
+    parser = {"size": units.parse_size, "time": units.parse_time, "rate": units.parse_rate}[kind]
+
+    def parse(text):
+        try:
+            parser(text)
+        except ParsimError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+    parse.__name__ = kind
+    return parse
+
+
 def add_plan_arguments(p, need_gpus=True):
     p.add_argument("--gpus", type=count("MAX_DEVICES"), required=need_gpus, help="number of devices")
     p.add_argument("--dp", type=count("MAX_DEVICES"), help="data parallel (default: gpus / (tp·pp))")
@@ -97,7 +114,7 @@ def add_memory_arguments(p):
     p.add_argument("--memory-accounting", choices=ACCOUNTINGS, default=DEFAULT_ACCOUNTING,
                    help="bytes per parameter as this framework keeps them: megatron (18: fp32 main grads, "
                         "the default), deepspeed (16, the ZeRO paper), fsdp2 (16, fp32 sharded params and grads)")
-    p.add_argument("--memory-headroom", default=None, metavar="SIZE",
+    p.add_argument("--memory-headroom", type=quantity("size"), default=None, metavar="SIZE",
                    help="memory reserved per device for the CUDA context, NCCL buffers and fragmentation "
                         "(e.g. 4GiB, 0; default: 2 GiB + 5%% of the device's capacity, parsim/data/memory.yaml)")
 
@@ -128,22 +145,44 @@ def plan_from_args(a, gpus: int, device=None) -> Plan:
                 tp_overlap=getattr(a, "tp_overlap", False), pp_overlap=getattr(a, "pp_overlap", False))
 
 
+def defaults_used(a) -> str:
+    """The line that says which default stood in for a --model / --cluster the user did not give
+    ('' when both were given): table output prints it first, json/csv on stderr (their stdout is data).
+    The defaults are parsim.search's DEFAULT_MODEL and DEFAULT_CLUSTER (one place for both commands)."""
+    from parsim.search import DEFAULT_CLUSTER, DEFAULT_MODEL
+    used = [f"{k} {d}" for k, d in (("model", DEFAULT_MODEL), ("cluster", DEFAULT_CLUSTER))
+            if k in vars(a) and getattr(a, k) is None]
+    if not used:
+        return ""
+    flags = " / ".join(f"--{k.split()[0]}" for k in used)
+    return f"using the embedded default {' and '.join(used)} (override with {flags})\n"
+
+
+def say_defaults(a, text: str) -> str:
+    """`text` with the defaults_used line first (table format), or that line on stderr (json/csv)."""
+    import sys
+    note = defaults_used(a)
+    if not note:
+        return text
+    if getattr(a, "format", None) == "table":
+        return note + text
+    sys.stderr.write(f"parsim {a._command}: {note}")
+    return text
+
+
 def load_cluster_arg(spec, gpus: int | None):
     """The cluster a command predicts on: a preset or cluster file (parsim.topology.load_cluster),
     or an emulated cluster's state file (`parsim emulate up` writes it; its graph with the probed
     links). With no spec inside `parsim emulate run` (PARSIM_NETEM_STATE set): that emulated
     cluster. None when there is neither (the caller's default applies)."""
-    import json
     import os
     from pathlib import Path
     path = spec if spec is not None else os.environ.get("PARSIM_NETEM_STATE")
     if path is None:
         return None
     if str(path).endswith(".json") and Path(path).is_file():
-        try:
-            doc = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:
-            raise ParsimError(f"cluster file {path}: cannot read it as JSON ({type(e).__name__}: {e})") from None
+        from parsim.fileio import read_user_file
+        doc = read_user_file(path, "cluster", "json")     # one-line errors: file, line and column, reason
         from backends.torchdist.bench import emulated_cluster, is_emulated_state
         if is_emulated_state(doc):
             return emulated_cluster(doc, gpus)

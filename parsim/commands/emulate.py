@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from parsim.commands.common import count, number
+from parsim.commands.common import count, number, quantity
 from parsim.errors import ParsimError, require
 from parsim.units import fmt_time, parse_rate, parse_time
 
@@ -29,9 +29,9 @@ def _topology_flags(p):
     p.add_argument("--cluster", default=None,
                    help="switch (hosts on one switch), racks (two racks under a spine), ps (dedicated "
                         "parameter-server hosts), a parsim cluster preset or a cluster file (default: switch)")
-    p.add_argument("--hosts", type=int, default=None, help="number of (worker) hosts (default 2)")
-    p.add_argument("--link", default=None, help="host link rate, e.g. 1Gbit or 200Mbit (default 1Gbit)")
-    p.add_argument("--delay", default=None, help="one-way link latency, e.g. 0.2ms (needs sch_netem)")
+    p.add_argument("--hosts", type=count(32), default=None, help="number of (worker) hosts (default 2)")
+    p.add_argument("--link", type=quantity("rate"), default=None, help="host link rate, e.g. 1Gbit or 200Mbit (default 1Gbit)")
+    p.add_argument("--delay", type=quantity("time"), default=None, help="one-way link latency, e.g. 0.2ms (needs sch_netem)")
     p.add_argument("--oversubscription", type=number(1.0, "MAX_OVERSUBSCRIPTION"), default=2.0, help="racks: rack uplink oversubscription")
     p.add_argument("--servers", type=count(32, lo=1), default=1, help="ps: dedicated server hosts")
     p.add_argument("--ranks-per-host", type=count("MAX_RANKS_PER_HOST"), default=None, help="processes per host (default: its devices, 1)")
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--format", choices=["table", "json"], default="table")
     run = sub.add_parser("run", help="run a command with one process per rank inside the hosts' namespaces")
     _topology_flags(run)
-    run.add_argument("--timeout", default="10min", help="kill the ranks after this long (default 10min)")
+    run.add_argument("--timeout", type=quantity("time"), default="10min", help="kill the ranks after this long (default 10min)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- parsim run ...")
     down = sub.add_parser("down", help="remove emulated clusters whose owner is gone: those brought up, and "
                                        "leftovers of killed runs (never a run in progress)")

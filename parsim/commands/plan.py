@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import add_memory_arguments, count, memory_options, positive_int
+from parsim.commands.common import add_memory_arguments, count, memory_options, positive_int, say_defaults
 from parsim.plan import DTYPES
 from parsim.search import DEFAULT_CLUSTER, DEFAULT_GLOBAL_BATCH, DEFAULT_MODEL
 
@@ -32,11 +32,6 @@ def run(a) -> int:
     from parsim.search import search
     if a.out:
         check_output_path(a.out, None, "--out")
-    defaults = []
-    if a.model is None:
-        defaults.append(f"model {DEFAULT_MODEL}")
-    if a.cluster is None:
-        defaults.append(f"cluster {DEFAULT_CLUSTER}")
     res = search(a.model or DEFAULT_MODEL, a.cluster or DEFAULT_CLUSTER, a.gpus, a.global_batch, a.seq_len,
                  a.dtype, result=True, **memory_options(a))
     from parsim.limits import require_finite
@@ -49,8 +44,7 @@ def run(a) -> int:
         text = plans_csv(res, a.top)
     else:
         text = plans_text(res, a.top, wide=a.wide)
-        if defaults:
-            text = f"using the embedded default {' and '.join(defaults)} (override with --model / --cluster)\n" + text
+    text = say_defaults(a, text)
     sys.stdout.write(text)
     if a.out:
         write_atomic(a.out, text, None, "--out")

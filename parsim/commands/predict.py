@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import add_memory_arguments, add_plan_arguments, memory_options, plan_from_args
+from parsim.commands.common import (add_memory_arguments, add_plan_arguments, memory_options, plan_from_args,
+                                    say_defaults)
+from parsim.search import DEFAULT_CLUSTER, DEFAULT_MODEL
 
 
 def add_arguments(p):
-    p.add_argument("--model", default="llama2-13b", help="preset name or model file (YAML/JSON or HF config.json)")
-    p.add_argument("--cluster", default="dgx-h100", help="preset name or cluster file")
+    p.add_argument("--model", default=None,
+                   help=f"preset name or model file (YAML/JSON or HF config.json; default {DEFAULT_MODEL}, said in the "
+                        "output)")
+    p.add_argument("--cluster", default=None, help=f"preset name or cluster file (default {DEFAULT_CLUSTER}, said in "
+                                                   "the output)")
     add_plan_arguments(p)
     add_memory_arguments(p)
     p.add_argument("--format", choices=("table", "json"), default="table")
@@ -22,9 +27,10 @@ def run(a) -> int:
     from parsim.report import step_report_text, to_json
     if a.out:
         check_output_path(a.out, JSON, "--out")
-    cluster = load_cluster_arg(a.cluster, a.gpus) if str(a.cluster).endswith(".json") else get_cluster(a.cluster, a.gpus)
+    spec = a.cluster or DEFAULT_CLUSTER
+    cluster = load_cluster_arg(spec, a.gpus) if str(spec).endswith(".json") else get_cluster(spec, a.gpus)
     plan = plan_from_args(a, a.gpus, None if a.dtype else cluster.device)
-    rep = predict(a.model, cluster, plan, gpus=a.gpus, **memory_options(a))
+    rep = predict(a.model or DEFAULT_MODEL, cluster, plan, gpus=a.gpus, **memory_options(a))
     from parsim.accuracy import heldout
     from parsim.model import load_model
     dev = getattr(cluster.device, "name", cluster.device)
@@ -38,11 +44,12 @@ def run(a) -> int:
     else:
         from parsim.hardware import profile_file
         from parsim.accuracy import memory_statement, statement
+        from parsim.tables import wrap
         text = (step_report_text(rep) + f"device profile {dev}: {profile_file(dev)}\n"
-                + statement(dev, rep.plan.get("dtype", ""), moe) + "\n"
-                + memory_statement(rep.memory_accounting, rep.memory_GiB,
-                                   rep.memory_capacity_GiB - rep.memory_headroom_GiB) + "\n")
-    sys.stdout.write(text)
+                + wrap(statement(dev, rep.plan.get("dtype", ""), moe))
+                + wrap(memory_statement(rep.memory_accounting, rep.memory_GiB,
+                                        rep.memory_capacity_GiB - rep.memory_headroom_GiB)))
+    sys.stdout.write(say_defaults(a, text))
     if a.out:
         write_atomic(a.out, to_json(record), JSON, "--out")
     return 0

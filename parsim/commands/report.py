@@ -29,8 +29,19 @@ def run(a) -> int:
         raise ParsimError(f"--format {a.format!r}: expected md, html or md,html")
     if not a.inputs and not a.published:
         raise ParsimError("expected results (results.jsonl or a study directory), predict/plan JSON, or --published")
-    recs, published = published_inputs() if a.published else ([], None)
     title = a.title or (PUBLISHED_TITLE if a.published and not a.inputs else "parsim comparison report")
-    paths = write_report(a.inputs, a.out, formats, title, records=recs, published=published)
+    if not a.published:
+        paths = write_report(a.inputs, a.out, formats, title)
+    else:
+        # ~30 s of pricing (every candidate plan of every row on the fit grid): a bar on a terminal's stderr
+        # (parsim.progress), nothing in a pipe or a log
+        from parsim.corpus import table_ids
+        from parsim.progress import bar
+        n = len(table_ids())
+        with bar("parsim report --published", n + 1, lines=False, unit="tables") as b:
+            recs, published = published_inputs(progress=lambda i, _n, t: b.update(i, f"held out: {t}"))
+            b.update(n, "writing the report")
+            paths = write_report(a.inputs, a.out, formats, title, records=recs, published=published)
+            b.update(n + 1, "done")
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from parsim.commands.common import count, number
+from parsim.commands.common import count, number, quantity
 from parsim.errors import ParsimError
 
 
@@ -53,17 +53,17 @@ def add_arguments(p):
     p.add_argument("--memory-accounting", choices=ACCOUNTINGS, default="fsdp2",
                    help="bytes per parameter for the predicted memory (default fsdp2: this backend keeps fp32 "
                         "parameters, gradients and Adam state, computing under autocast: 4 + 4 + 8 B)")
-    p.add_argument("--memory-headroom", default=None, metavar="SIZE",
+    p.add_argument("--memory-headroom", type=quantity("size"), default=None, metavar="SIZE",
                    help="reserved per GPU for the CUDA context, NCCL buffers and fragmentation (default: "
                         "parsim/data/memory.yaml)")
     b = p.add_argument_group("collective micro-benchmark (backends/torchdist/bench.py)")
     b.add_argument("--bench", metavar="OP", help="run one collective micro-benchmark (e.g. allreduce) instead of training")
     b.add_argument("--algo", default="ring", help="algorithm(s) for --bench, comma-separated")
     b.add_argument("--size", default="16MiB", help="message size(s) for --bench (e.g. 16MiB or 1KiB:64MiB)")
-    b.add_argument("--repeats", type=int, default=5, help="timed repetitions per point for --bench")
-    b.add_argument("--min-time", type=float, default=0.0, help="--bench: keep repeating a point (up to --max-repeats) "
+    b.add_argument("--repeats", type=count("MAX_STEPS"), default=5, help="timed repetitions per point for --bench")
+    b.add_argument("--min-time", type=number(0.0, "MAX_WAIT_S"), default=0.0, help="--bench: keep repeating a point (up to --max-repeats) "
                    "until this many seconds were timed (the netem sweep uses 1.5)")
-    b.add_argument("--max-repeats", type=int, default=25, help="--bench: cap on repeats with --min-time")
+    b.add_argument("--max-repeats", type=count("MAX_STEPS"), default=25, help="--bench: cap on repeats with --min-time")
 
 
 def _torchrun_env() -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from parsim.commands.common import count, number
+from parsim.commands.common import count, number, quantity
 from parsim.errors import ParsimError, require
 from parsim.schedules.pipeline import SCHEDULES, build_schedule
 from parsim.simulate import bubble_fraction_closed_form, pipeline_step
@@ -26,7 +26,7 @@ def add_arguments(p):
     p.add_argument("--model", help="model preset: derive stage times from the cost model")
     p.add_argument("--cluster", help="cluster preset: with --model, stage times from the cost model; with "
                                      "--stage-times, send/recv of --p2p-bytes priced on its graph")
-    p.add_argument("--p2p-bytes", default="0", help="bytes sent between stages per micro-batch, e.g. 16MiB "
+    p.add_argument("--p2p-bytes", type=quantity("size"), default="0", help="bytes sent between stages per micro-batch, e.g. 16MiB "
                                                     "(with --cluster and --stage-times)")
     p.add_argument("--tp", type=count("MAX_DEVICES"), default=1, help="tensor parallel (default 1): sizes the cost model's stages; "
                                                     "with --cluster, pipeline rank r sits on device r*tp")

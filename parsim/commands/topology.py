@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import count
+from parsim.commands.common import count, say_defaults
+from parsim.search import DEFAULT_CLUSTER
 
 
 def add_arguments(p):
@@ -11,7 +12,7 @@ def add_arguments(p):
     show = sub.add_parser("show", help="devices, links by class, bisection bandwidth")
     save = sub.add_parser("save", help="write the graph as YAML (units in keys) or GraphML")
     for q in (show, save):
-        q.add_argument("--cluster", default="dgx-h100", help="preset or file (default dgx-h100)")
+        q.add_argument("--cluster", default=None, help=f"preset or file (default {DEFAULT_CLUSTER}, said in the output)")
         q.add_argument("--gpus", type=count("MAX_DEVICES"), default=None, help="size the preset to this many devices")
     show.add_argument("--draw", metavar="FILE.png", help="draw the graph (matplotlib)")
     show.add_argument("--format", choices=("table", "json"), default="table")
@@ -43,8 +44,9 @@ def run(a) -> int:
         check_output_path(a.out, CLUSTER, "--out")
     elif a.draw:
         check_output_path(a.draw, FIGURE, "--draw")
-    c = load_cluster(a.cluster, a.gpus)
+    c = load_cluster(a.cluster or DEFAULT_CLUSTER, a.gpus)
     if a.action == "save":
+        say_defaults(a, "")
         p = save_cluster(c, a.out)
         print(f"wrote {p} ({c.num_devices} devices, {c.graph.number_of_edges()} links)")
         return 0
@@ -56,7 +58,7 @@ def run(a) -> int:
            f"not computed above {MAX_BISECTION_DEVICES} devices (parsim.limits.MAX_BISECTION_DEVICES)")
     if a.format == "json":
         from parsim.report import to_json
-        sys.stdout.write(to_json(s))
+        sys.stdout.write(say_defaults(a, "") + to_json(s))
     else:
         from parsim.tables import text_table
         head = (f"{s['cluster']} ({s['builder']}): {s['devices']} × {s['device']} on {s['nodes']} node(s), "
@@ -64,7 +66,7 @@ def run(a) -> int:
                 + (f"; dedicated servers {len(s['servers'])}" if s["servers"] else "") + "\n")
         rows = [[l["link"], l["count"], f"{l['bandwidth_GBps']:.2f}", f"{l['efficiency']:.2f}", f"{l['latency_us']:.1f}"]
                 for l in s["link_classes"]]
-        sys.stdout.write(head + text_table(["link", "count", "bandwidth GB/s", "efficiency", "latency us"], rows,
+        sys.stdout.write(say_defaults(a, head) + text_table(["link", "count", "bandwidth GB/s", "efficiency", "latency us"], rows,
                                            "links by class (bandwidth delivered per direction = rate × efficiency)",
                                            f"bisection (first vs second half of the ranks, max-flow): "
                                            f"{bis}; GB = 1e9 B"

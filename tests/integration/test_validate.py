@@ -100,9 +100,10 @@ collectives:
     assert all(v["status"] == "ok" and v["measured"]["busbw_GBps"] > 0 for v in coll)
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
-    for fig in ("scatter", "phase_error", "breakdown", "busbw", "gantt"):
+    # one scatter per quantity: the training step times and the collective times on their own axes
+    for fig in ("scatter_step_time_s", "scatter_time_s", "phase_error", "breakdown", "busbw", "gantt"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000 and f"figures/{fig}.png" in md
-    assert html.count("data:image/png;base64,") == 5 and "FAILED (rank crash)" in html
+    assert html.count("data:image/png;base64,") == 6 and "FAILED (rank crash)" in html
     traced = [v for v in recs.values() if v.get("pipeline_ops")]
     assert len(traced) == 1 and {o[1] for o in traced[0]["pipeline_ops"]} == {"F", "B"}   # 2 ranks x 4 F + 4 B
     assert len(traced[0]["pipeline_ops"]) == 2 * 2 * 4
@@ -139,6 +140,7 @@ def test_gpu_study_dry_runs_on_the_cpu_at_tiny_sizes(tmp_path):
     assert all(r["predicted_catalog"] is not None for r in recs[1:])  # predicted with both profiles
     assert all(r["summary"]["predicted"] > 0 and r["summary"]["measured"] > 0 for r in recs[1:])
     md = (out / "report.md").read_text()
-    for fig in ("scatter", "phase_error", "breakdown"):
+    # the device point (best GEMM throughput, a fraction of peak) and the step times (s): one scatter each
+    for fig in ("scatter_gemm_best_fraction_of_peak", "scatter_step_time_s", "phase_error", "breakdown"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000 and f"figures/{fig}.png" in md
-    assert (out / "report.html").read_text().count("data:image/png;base64,") == 3
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 4

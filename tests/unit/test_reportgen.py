@@ -48,7 +48,7 @@ def test_report_writes_markdown_with_pngs_and_html_with_them_embedded(tmp_path):
         R.append(st, r)
     md, html = write_report([st], tmp_path / "rep")
     figs = sorted(p.name for p in (tmp_path / "rep" / "figures").glob("*.png"))
-    assert figs == ["breakdown.png", "phase_error.png", "scatter.png"]
+    assert figs == ["breakdown.png", "phase_error.png", "scatter_step_time_s.png"]
     assert all(f"figures/{f}" in md.read_text() for f in figs)
     assert html.read_text().count("data:image/png;base64,") == 3 and "figures/" not in html.read_text()
 
@@ -96,6 +96,8 @@ def _held_out_tables():
         {"table": "src_a: Table 1", "gpu_type": "a100-80gb", "rows": 3, "expressible": 2, "fraction": 0.74,
          "fraction_source": "fitted on the other tables' 16-bit rows", "fit_on": ["src_b: Table 2"],
          "not_expressible": {"no model preset for gpt3-5b": 1},
+         "rows_not_expressible": [{"model": "gpt3-5b", "gpus": 16, "precision": "bf16", "metric": "tokens_per_s_per_gpu",
+                                   "published": 900.0, "reasons": ["no model preset for gpt3-5b"]}],
          "row_results": [dict(row, model="llama2-7b", published=1000.0, predicted=1100.0, rel_error=0.1),
                          dict(row, model="llama2-13b", published=2000.0, predicted=1800.0, rel_error=-0.1)],
          "step": {"mean": 0.1234, "max": 0.2, "bias": -0.05, "n": 2}, "memory": {}},
@@ -103,6 +105,9 @@ def _held_out_tables():
          "fraction_source": "shipped (no other 16-bit table of this type to fit on)", "fit_on": [],
          "fraction_fp8": 0.71, "fraction_fp8_source": "fitted on the other tables' fp8 rows",
          "not_expressible": {"precision mxfp8 (not a dtype)": 1},
+         "rows_not_expressible": [{"model": "llama3-70b", "gpus": 64, "precision": "mxfp8",
+                                   "metric": "hardware_tflops_per_gpu", "published": 700.0,
+                                   "reasons": ["precision mxfp8 (not a dtype)"]}],
          "row_results": [dict(row, model="llama3-8b", published=5000.0, predicted=None, rel_error=None)],
          "step": {}, "memory": {}},
     ]
@@ -112,8 +117,9 @@ def test_published_report_renders_the_held_out_corpus_per_table_and_counts_what_
     from parsim.reportgen import published_records
     tables = _held_out_tables()
     recs = published_records(tables)
-    assert [r["status"] for r in recs] == ["ok", "ok", "failed"]          # no plan fits: counted, with its cause
-    assert recs[2]["cause"] == "no candidate plan fits in memory" and recs[0]["gpu_type"] == "a100-80gb"
+    # every row of every table: no plan fits = failed, with its cause; not expressible = listed with its reasons
+    assert [r["status"] for r in recs] == ["ok", "ok", "not expressible yet", "failed", "not expressible yet"]
+    assert recs[3]["cause"] == "no candidate plan fits in memory" and recs[0]["gpu_type"] == "a100-80gb"
     blockers = [{"reason": "no model preset for gpt3-5b", "rows": 1, "only_reason": 1},
                 {"reason": "precision mxfp8 (not a dtype)", "rows": 1, "only_reason": 1}]
     md, html = write_report([], tmp_path, records=recs, published={"tables": tables, "blockers": blockers})
@@ -124,7 +130,15 @@ def test_published_report_renders_the_held_out_corpus_per_table_and_counts_what_
     assert "2 of 5 published rows are not expressible yet" in text
     assert "| src_b: Table 2 | precision mxfp8 (not a dtype) | 1 |" in text
     assert "FAILED (not predicted): no candidate plan fits in memory" in text
-    assert (tmp_path / "figures" / "scatter.png").stat().st_size > 1000 and html.read_text().count("base64,") == 1
+    # the summary lists both tables, every row; the column of published figures says so
+    assert "| src_b: Table 2: llama3-70b mxfp8, 64 GPUs | hardware_tflops_per_gpu | - | 700 | - | - | not expressible " \
+           "yet: precision mxfp8 (not a dtype) |" in text
+    assert "| point | metric | predicted | published | spread [min, max] | error | status |" in text
+    assert "| measured |" not in text and "(predicted − published)/published" in text
+    assert "issue 15" not in text and "Accuracy targets: mean ≤ 5% and max ≤ 12% on every table" in text
+    # one scatter per metric, each one quantity in its unit (the one expressible metric here: tokens/s per GPU)
+    figs = sorted(p.name for p in (tmp_path / "figures").glob("scatter*.png"))
+    assert figs == ["scatter_tokens_per_s_per_gpu.png"] and html.read_text().count("base64,") == 1
 
 
 def test_cli_published_renders_every_table_of_the_corpus(tmp_path):
@@ -142,6 +156,10 @@ def test_cli_published_renders_every_table_of_the_corpus(tmp_path):
     n_not = sum(e["rows"] - e["expressible"] for e in loto)
     assert f"{n_not} of {sum(e['rows'] for e in loto)} published rows are not expressible yet" in text
     assert text.count("| narayanan2021_table1: Table 1: megatron-") == 10     # the first published table among them
+    summary = text.split("## Summary")[1]
+    for e in loto:        # every table's every row is in the summary, those not expressible with their reason
+        assert summary.count(f"| {e['table']}: ") == e["rows"], e["table"]
+    assert "issue 15" not in text and "| published |" in summary
 
 
 def test_bad_report_input_is_one_line_exit_2(tmp_path):
@@ -152,3 +170,74 @@ def test_bad_report_input_is_one_line_exit_2(tmp_path):
         assert r.returncode == 2 and r.stderr.count("\n") == 1, (args, r.stderr)
     with pytest.raises(ParsimError):
         write_report([], tmp_path)
+
+
+def test_a_study_of_several_quantities_plots_each_on_its_own_axes(tmp_path):
+    """A study with training points (step time, seconds) and a device point (best GEMM throughput as a
+    fraction of peak, dimensionless): before, one scatter put 0.6 (a fraction) and 0.004 s on the same log
+    axes labelled 'predicted (gemm_best_fraction_of_peak, step_time_s)'. Now one scatter per metric, its
+    axes naming the quantity and the unit."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from unittest import mock
+
+    import matplotlib.axes
+    device = {"study": "s", "id": "device gemm", "kind": "device", "status": "ok",
+              "summary": {"metric": "gemm_best_fraction_of_peak", "measured": 0.62, "spread": [None, None],
+                          "predicted": 0.70, "error": 0.70 / 0.62 - 1}}
+    recs = [_train_record("a", 1.1), _train_record("b", 0.9), device]
+    labels = []
+    real_set = matplotlib.axes.Axes.set
+
+    def spy(self, **kw):
+        if "xlabel" in kw and "ylabel" in kw and kw.get("xscale") == "log":
+            labels.append((kw["xlabel"], kw["ylabel"], kw["title"]))
+        return real_set(self, **kw)
+    with mock.patch.object(matplotlib.axes.Axes, "set", spy):
+        md, html = write_report([], tmp_path, records=recs)
+    figs = sorted(p.name for p in (tmp_path / "figures").glob("scatter*.png"))
+    assert figs == ["scatter_gemm_best_fraction_of_peak.png", "scatter_step_time_s.png"]
+    assert sorted(labels) == [
+        ("predicted best GEMM throughput (fraction of the device's peak FLOP/s)",
+         "measured best GEMM throughput (fraction of the device's peak FLOP/s)",
+         "best GEMM throughput: predicted vs measured"),
+        ("predicted training step time (s)", "measured training step time (s)", "training step time: predicted vs measured")]
+    text = md.read_text()
+    assert "| point | metric | predicted | measured |" in text
+    assert "![Summary](figures/scatter_gemm_best_fraction_of_peak.png)" in text
+
+
+def test_a_scatter_of_two_quantities_is_refused(tmp_path):
+    import pandas as pd
+
+    from parsim.reportgen import fig_scatter
+    df = pd.DataFrame({"metric": ["step_time_s", "time_s"], "measured": [1.0, 2.0], "predicted": [1.0, 2.0],
+                       "spread_min": [None, None], "spread_max": [None, None], "kind": ["train", "collective"]})
+    with pytest.raises(AssertionError, match="one quantity per scatter"):
+        fig_scatter(df, tmp_path / "x.png", "t")
+
+
+def test_published_shows_progress_on_a_terminal_and_nothing_in_a_pipe(tmp_path, monkeypatch, capsys):
+    """`report --published` prices the whole corpus (~30-50 s here): a bar on stderr when it is a terminal
+    (PARSIM_PROGRESS=1 forces it, parsim.progress), one table per step; a pipe gets only the 'wrote' line."""
+    import parsim.reportgen as rg
+    from parsim.cli import main
+    from parsim.corpus import table_ids
+    tables = _held_out_tables()
+    seen = []
+
+    def fake_inputs(tables_=None, progress=None):
+        for i, e in enumerate(tables):
+            progress(i, len(tables), e["table"])
+            seen.append(e["table"])
+        return rg.published_records(tables), {"tables": tables, "blockers": []}
+    monkeypatch.setattr(rg, "published_inputs", fake_inputs)
+    monkeypatch.setenv("PARSIM_PROGRESS", "1")
+    assert main(["report", "--published", "--out", str(tmp_path / "a"), "--format", "md"]) == 0
+    err = capsys.readouterr().err
+    assert seen == ["src_a: Table 1", "src_b: Table 2"]
+    assert "parsim report --published" in err and f"{len(table_ids()) + 1}/{len(table_ids()) + 1} tables" in err, err
+    monkeypatch.delenv("PARSIM_PROGRESS")          # captured stderr is not a terminal
+    assert main(["report", "--published", "--out", str(tmp_path / "b"), "--format", "md"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("wrote ") and err.count("\n") == 1, err

@@ -46,8 +46,10 @@ def test_bad_plan_is_one_line_exit_2_before_spawning(argv, needle, capsys, monke
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--repeats", "0"], "--repeats 0 must be >= 1"),
-    (["--min-time", "-1"], "--min-time -1.0 must be >= 0 seconds"),
+    # refused by the flag's type when parsed (parsim.commands.common.count / number), value and range named
+    (["--repeats", "0"], "argument --repeats: 0 is below 1: expected an integer in 1..1000000"),
+    (["--min-time", "-1"], "argument --min-time: -1: expected a number in [0, 604800]"),
+    (["--max-repeats", "-3"], "argument --max-repeats: -3 is below 1"),
     # the executor runs float32 buffers: a schedule of 1026 B has no whole-element buffer to run on
     (["--size", "1026B"], "--size 1026B: 1026 B is not a whole number of float32 elements"),
     (["--size", "4KiB,2B"], "2 B is not a whole number of float32 elements"),

@@ -68,7 +68,7 @@ def test_predict_cli_table_and_json():
 
 @pytest.mark.parametrize("args, needle", [
     (["predict", "--model", "llama2-13", "--gpus", "8"], "did you mean"),
-    (["predict", "--model", "/nonexistent.yaml", "--gpus", "8"], "no such file"),
+    (["predict", "--model", "/nonexistent.yaml", "--gpus", "8"], "model file '/nonexistent.yaml' does not exist"),
     (["predict", "--cluster", "dgx-a1000", "--gpus", "8"], "did you mean dgx-a100"),
     (["predict", "--gpus", "16", "--tp", "3"], "not divisible by tp"),
     (["predict", "--gpus", "16", "--tp", "2", "--pp", "2", "--dp", "2"], "!= gpus(16)"),

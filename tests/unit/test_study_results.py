@@ -72,9 +72,9 @@ collectives:
     ("name: x\nwhere: netem\nnetworks: {A: {hosts: 2, link: 1Gbit, speed: 3}}\ncollectives: [{size: 4KiB}]",
      "s.yaml.networks.A.speed: unknown key"),
     ("name: x\ntiny: {model: {a: b}}\ntrain: [{model: gpt-tiny}]", "s.yaml.tiny.model: unknown key"),
-    ("name: x\ntrain: [{model: gpt-tinyy}]", "s.yaml.train[0].model: expected a model preset name"),
+    ("name: x\ntrain: [{model: gpt-tinyy}]", "s.yaml.train[0].model: unknown model preset 'gpt-tinyy'; did you mean gpt-tiny"),
     ("name: x\ntrain: [{model: nope.yaml}]", "s.yaml.train[0].model: expected a model preset name or an existing ModelSpec file"),
-    ("name: x\ncluster: dgx-h10\ntrain: [{model: gpt-tiny}]", "s.yaml.cluster: expected a cluster preset name"),
+    ("name: x\ncluster: dgx-h10\ntrain: [{model: gpt-tiny}]", "s.yaml.cluster: unknown cluster preset 'dgx-h10'; did you mean dgx-h100"),
     ("name: x\ncollectives: [{algo: [ring, bogus]}]", "s.yaml.collectives[0].algo[1]: expected one of ring, tree"),
     ("name: x\nwhere: gpu\ndevice: {profile: h900, gemm: [[8, 8, 8]], hbm_MiB: [1]}", "s.yaml.device.profile: expected a device profile"),
     # bad plan and sweep values: the swept value at fault is named by its index
@@ -127,7 +127,7 @@ def test_store_ignores_and_repairs_a_torn_last_line(tmp_path):
 def test_store_rejects_a_malformed_line_in_the_middle(tmp_path):
     st = tmp_path / "results.jsonl"
     st.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
-    with pytest.raises(ParsimError, match=r"results.jsonl:2: not a JSON record"):
+    with pytest.raises(ParsimError, match=r"results.jsonl, line 2 column 1: not a JSON record \(expecting value;"):
         R.read(st)
 
 

@@ -163,7 +163,7 @@ def test_topology_cli(tmp_path, capsys):
     assert png.stat().st_size > 1000
     assert main(["topology", "save", "--cluster", "ps-star", "--out", str(tmp_path / "s.yaml")]) == 0
     assert main(["topology", "show", "--cluster", "nope"]) == 2
-    assert "unknown cluster 'nope'" in capsys.readouterr().err
+    assert "unknown cluster preset 'nope'" in capsys.readouterr().err
 
 
 def test_collective_cli(tmp_path, capsys):
