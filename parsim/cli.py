@@ -12,7 +12,6 @@ import importlib
 import re
 import sys
 
-from parsim.errors import ParsimError
 
 # name -> one-line help. The module parsim.commands.<name> implements it.
 COMMANDS = {
@@ -94,13 +93,5 @@ def main(argv=None) -> int:
     if not getattr(args, "_command", None):
         parser.print_help()
         return 2
-    try:
-        return int(_module(args._command).run(args) or 0)
-    except ParsimError as e:
-        print(f"parsim {args._command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"parsim {args._command}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
+    from parsim.errors import run_main
+    return run_main(lambda: _module(args._command).run(args), f"parsim {args._command}")

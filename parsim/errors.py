@@ -43,7 +43,8 @@ def unknown_preset(what: str, spec, presets, listing: str) -> str:
 
 def run_main(main, prog: str) -> int:
     """Run a script's ``main()`` as the CLI runs a command: a ParsimError becomes one line on stderr
-    ("<prog>: error: ...") and exit code 2, Ctrl-C one line and 130; anything else is a bug and keeps its traceback.
+    ("<prog>: error: ...") and exit code 2, Ctrl-C one line and 130, a closed pipe 0; anything else is a bug and keeps
+    its traceback (the one place for this: parsim.cli runs every command through it).
     For ``if __name__ == "__main__": raise SystemExit(run_main(main, "python -m studies.x"))``."""
     import sys
     try:
@@ -54,3 +55,5 @@ def run_main(main, prog: str) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:       # the reader went away (| head): not an error of ours
+        return 0
