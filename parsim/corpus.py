@@ -303,8 +303,10 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
     """Best predicted throughput over the row's candidate plans that fit in memory.
 
     `fraction`: the sustained fraction of the row's precision class (None: the shipped profile).
-    Returns {"value": predicted `row.metric`, "memory_GiB", "plan"}; value is nan when no
-    candidate fits. Closed-form pipeline pricing (parsim.predict.price), as parsim.validation."""
+    Returns {"value": predicted `row.metric`, "memory_GiB", "plan", "fits_verdict", "any_fits_verdict"}; value is
+    nan when no candidate fits the capacity; fits_verdict: parsim's own fits verdict (capacity less its headroom) on
+    the chosen plan, any_fits_verdict: on at least one candidate. Closed-form pipeline pricing
+    (parsim.predict.price), as parsim.validation."""
     from parsim.predict import get_cluster, plan_columns, price
     model = load_model(row.model)
     cl = get_cluster(row.cluster, row.gpus)
@@ -318,12 +320,19 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
         gb = np.array([p.global_batch for p in row.plans], dtype=float)
         val = gb * seq / step / row.gpus
     mem = np.asarray(r["memory_bytes"], dtype=float)
+    # The run was published, so it fitted: candidates are judged against the device's whole capacity. parsim's own
+    # verdict (`plan`, `predict`) also keeps a headroom (CUDA context, NCCL, fragmentation); whether it would have
+    # accepted the chosen plan, and any candidate at all, is returned beside it (a published run it rejects is a
+    # false "does not fit").
+    verdict = mem + np.asarray(r["memory_headroom_bytes"], dtype=float) <= dev.memory_bytes
     ok = mem <= dev.memory_bytes
     if not ok.any():
         i = int(np.argmin(mem))
-        return {"value": float("nan"), "memory_GiB": float(mem[i] / GiB), "plan": row.plans[i]}
+        return {"value": float("nan"), "memory_GiB": float(mem[i] / GiB), "plan": row.plans[i],
+                "fits_verdict": bool(verdict[i]), "any_fits_verdict": bool(verdict.any())}
     i = int(np.argmax(np.where(ok, val, -np.inf)))
-    return {"value": float(val[i]), "memory_GiB": float(mem[i] / GiB), "plan": row.plans[i]}
+    return {"value": float(val[i]), "memory_GiB": float(mem[i] / GiB), "plan": row.plans[i],
+            "fits_verdict": bool(verdict[i]), "any_fits_verdict": bool(verdict.any())}
 
 
 @functools.lru_cache(maxsize=None)
@@ -417,7 +426,8 @@ def leave_one_table_out(progress=None) -> list[dict]:
                 "published_memory_GiB": r.peak_memory_GiB, "predicted_memory_GiB": round(p["memory_GiB"], 1),
                 "memory_rel_error": None if me is None else round(me, 4),
                 "predicted_reserved_GiB": round(reserved, 1), "reserved_rel_error": None if re_ is None else round(re_, 4),
-                "plan": pl.label(), "micro_batch": pl.micro_batch, "vpp": pl.vpp, "recompute": pl.recompute})
+                "plan": pl.label(), "micro_batch": pl.micro_batch, "vpp": pl.vpp, "recompute": pl.recompute,
+                "fits_verdict": p["fits_verdict"], "any_fits_verdict": p["any_fits_verdict"]})
         entry["step"] = _stats(step_errs)
         entry["memory"] = _stats(mem_errs)
         entry["memory_reserved"] = _stats(res_errs)
@@ -524,7 +534,9 @@ def accuracy_metrics(loto: list[dict] | None = None) -> dict:
     relative errors, fractions of 1) and ``corpus.<table>.memory_mean|memory_max`` (allocated) and
     ``.memory_reserved_mean|memory_reserved_max`` (with the fragmentation allowance) where memory is
     published; ``corpus.<table>.expressible`` and ``.not_expressible`` row counts for every table;
-    ``corpus.rows_total`` and ``corpus.rows_not_expressible`` over the corpus."""
+    ``corpus.rows_total`` and ``corpus.rows_not_expressible`` over the corpus; ``corpus.fits_verdict_rejects_chosen_plan``
+    and ``corpus.fits_verdict_rejects_every_candidate``: published runs parsim's fits verdict (with its headroom)
+    would refuse."""
     m = {}
     loto = leave_one_table_out() if loto is None else loto
     for e in loto:
@@ -537,6 +549,11 @@ def accuracy_metrics(loto: list[dict] | None = None) -> dict:
             if e["memory"] and k != "bias":
                 m[f"{key}.memory_{k}"] = e["memory"][k]
                 m[f"{key}.memory_reserved_{k}"] = e["memory_reserved"][k]
+    # published runs (they ran, so they fitted) that parsim's own fits verdict rejects: the chosen plan, or every
+    # candidate of the row (a false "does not fit" whatever the unstated knobs were)
+    res = [r for e in loto for r in e["row_results"] if "fits_verdict" in r]
+    m["corpus.fits_verdict_rejects_chosen_plan"] = sum(not r["fits_verdict"] for r in res)
+    m["corpus.fits_verdict_rejects_every_candidate"] = sum(not r["any_fits_verdict"] for r in res)
     m["corpus.rows_total"] = sum(e["rows"] for e in loto)
     m["corpus.rows_not_expressible"] = sum(e["rows"] - e["expressible"] for e in loto)
     return m

@@ -67,6 +67,18 @@ def markdown(loto: list[dict], fits: dict) -> str:
                        [[g["gpu_type"], g["model"], g["gpus"], "; ".join(g["tables"]),
                          ", ".join(f"{y:g}" for y in g["published"]), _abs_pct(g["spread"]), _abs_pct(g["floor"])]
                         for g in repeat_floor()]), "",
+              "## Published runs parsim's fits verdict would refuse", "",
+              "Every published run fitted its GPUs. parsim's `plan` and `predict` accept a plan only when its memory plus "
+              "a headroom (CUDA context, NCCL buffers, fragmentation: parsim/data/memory.yaml) is within the capacity; "
+              "the corpus picks among candidates by the capacity alone. Below, the rows whose chosen plan that verdict "
+              "refuses: false \"does not fit\" answers where the plan is the run's own (every knob stated or derived, "
+              "e.g. Qwen3's no recompute from its recipe); where a knob is searched (NeMo's recompute) the run may "
+              "have used another candidate, and the last column says whether the verdict refuses every one:", "",
+              md_table(["table", "model", "GPUs", "plan", "predicted GiB", "every candidate refused"],
+                       [[e["table"], r["model"], r["gpus"], r["plan"], r["predicted_memory_GiB"],
+                         "yes" if not r["any_fits_verdict"] else "no"]
+                        for e in loto for r in e["row_results"] if "fits_verdict" in r and not r["fits_verdict"]]
+                       or [["–", "none", "", "", "", ""]]), "",
               "## Shipped fitted numbers (all tables of the GPU type)", "",
               ]
     shipped_rows = []

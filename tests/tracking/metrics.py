@@ -224,6 +224,11 @@ def _corpus(path):
         elif figure == "rows_total":
             out.append(Metric(name, float(v), unit="rows", better="higher", tolerance=0,
                               description="published rows in the corpus"))
+        elif figure.startswith("fits_verdict_rejects_"):
+            out.append(Metric(name, float(v), unit="rows", tolerance=0,
+                              description="published runs (they fitted) parsim's fits verdict, with its headroom, would "
+                                          "refuse: " + ("the plan the corpus prices" if figure.endswith("chosen_plan")
+                                                        else "every candidate plan of the row")))
         elif figure == "step_bias":
             out.append(Metric(name, pct(abs(v)), description="|mean signed held-out step-time error| (leave-one-table-out)"))
         elif figure.startswith("memory_reserved_"):

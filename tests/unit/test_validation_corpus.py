@@ -354,3 +354,21 @@ def test_torchtitan_pipeline_microbatches_default_to_the_pp_degree(loto):
     res = next(e for e in loto if e["table"] == "torchtitan_llama3_h100_202412: Table 5")["row_results"]
     gain = res[1]["predicted"] / res[0]["predicted"]
     assert gain == pytest.approx(128 / 100, rel=0.03), gain
+
+
+def test_published_runs_the_fits_verdict_refuses_are_counted(loto):
+    """Every published run fitted; parsim's fits verdict keeps a headroom on top of its memory. The corpus counts the
+    runs that verdict would refuse (a false 'does not fit'): the metric is the listing's length, and no run is
+    refused with every candidate (a config that ran always has some plan parsim accepts)."""
+    m = C.accuracy_metrics(loto)
+    refused = [r for e in loto for r in e["row_results"] if not r["fits_verdict"]]
+    assert m["corpus.fits_verdict_rejects_chosen_plan"] == len(refused)
+    assert m["corpus.fits_verdict_rejects_every_candidate"] == 0
+    # the verdict's arithmetic on one refused run: memory + headroom > capacity, memory alone <= capacity
+    from parsim.costs.memory import default_headroom_bytes
+    from parsim.hardware import get_device
+    for r in refused:
+        e = next(e for e in loto if any(x is r for x in e["row_results"]))
+        cap = get_device(C.GPU_TYPE_DEVICES[e["gpu_type"]][0]).memory_bytes / 2 ** 30
+        head = float(default_headroom_bytes(cap * 2 ** 30)) / 2 ** 30
+        assert r["predicted_memory_GiB"] <= cap + 0.05 and r["predicted_memory_GiB"] + head > cap - 0.05
