@@ -87,14 +87,11 @@ def statement(device: str, precision: str, moe: bool) -> str:
     h = heldout(device, precision, moe)
     if h is None:
         near = ""
-        g = DEVICE_GPU_TYPE.get(device)
-        others = [(c, k) for c in ("16-bit", "fp8") for k in (False, True) if (c, k) != (cls, moe)]
-        for c, k in others:        # the nearest evidence on the same chip, said as such
-            o = _load().get(f"{g}/{c}/{'moe' if k else 'dense'}") if g else None
-            if o:
-                near = (f"; nearest evidence, {c} {'MoE' if k else 'dense'} runs on {g}: {100 * o['mean']:.1f}% mean, "
-                        f"{100 * o['max']:.1f}% max error over {o['rows']} runs")
-                break
+        n = nearest_evidence(device, precision, moe)
+        if n:
+            (c, k), o = n
+            near = (f"; nearest evidence, {c} {'MoE' if k else 'dense'} runs on {DEVICE_GPU_TYPE[device]}: "
+                    f"{100 * o['mean']:.1f}% mean, {100 * o['max']:.1f}% max error over {o['rows']} runs")
         return (f"accuracy: unknown — no published {cls} {kind} run on {device} to hold out{near} "
                 f"(parsim report --published)")
     return (f"accuracy: on {h['rows']} published {cls} {kind} runs on {DEVICE_GPU_TYPE[device]} ({h['tables']} tables, "
@@ -102,17 +99,37 @@ def statement(device: str, precision: str, moe: bool) -> str:
             f"average, {100 * h['max']:.1f}% at worst (bias {100 * h['bias']:+.1f}%)")
 
 
+def nearest_evidence(device: str, precision: str, moe: bool):
+    """((precision class, moe), stats) of the closest kind of published run on the same chip when this kind has none:
+    the same kind of model (dense / MoE) in the other precision class first — an MoE plan's evidence is MoE runs,
+    whose errors differ most — then the other kind; None when the chip has no published run at all."""
+    g = DEVICE_GPU_TYPE.get(device)
+    if g is None:
+        return None
+    cls = precision_class(precision)
+    order = [(c, moe) for c in ("16-bit", "fp8") if c != cls] + [(c, not moe) for c in (cls, "16-bit", "fp8")]
+    for c, k in dict.fromkeys(order):
+        o = _load().get(f"{g}/{c}/{'moe' if k else 'dense'}")
+        if o:
+            return (c, k), o
+    return None
+
+
 def ranking_note(step_times_s, device: str, precision: str, moe: bool) -> str:
     """'' or one line: how many of the ranked plans (step times in seconds, best first) lie within the held-out
-    mean error of the best, i.e. which parsim cannot rank apart; '' when the error is unknown or only #1 is."""
-    h = heldout(device, precision, moe)
+    mean error of the best, i.e. which parsim cannot rank apart (with the nearest evidence's error, said so, where
+    this kind of run has none); '' when only #1 is, or the chip has no published run."""
+    h, what = heldout(device, precision, moe), "the held-out mean error"
     if h is None:
-        return ""
+        n = nearest_evidence(device, precision, moe)
+        if n is None:
+            return ""
+        h, what = n[1], "the nearest evidence's mean error"
     k = within_error(step_times_s, h["mean"])
     if k <= 1:
         return ""
     more = "" if k < len(step_times_s) else " (at least)"
-    return (f"plans 1–{k}{more} are within {100 * h['mean']:.1f}% of #1, the held-out mean error: parsim cannot rank "
+    return (f"plans 1–{k}{more} are within {100 * h['mean']:.1f}% of #1, {what}: parsim cannot rank "
             f"them apart; measure the top few (parsim run / parsim validate)")
 
 

@@ -36,9 +36,11 @@ class _Parser(argparse.ArgumentParser):
       it (``parsim plan: error: unrecognized arguments: --bogus``), not the top-level ``parsim``;
     * a value that starts with ``-`` and a digit (``-1GiB``, ``-0.5``, ``-1e3``) is a value, never an
       option (argparse alone takes ``-1GiB`` for an unknown option: "expected one argument"), so it
-      reaches the option's type, which refuses it naming the value and the range expected."""
+      reaches the option's type, which refuses it naming the value and the range expected;
+    * no abbreviated flags (allow_abbrev=False): ``--gpu 64`` is refused, not read as ``--gpus``."""
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)   # --gpu is not --gpus: a typo is an error, not a guess
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = re.compile(r"^-\.?\d")   # no parsim option starts with -<digit>
 

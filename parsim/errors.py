@@ -43,7 +43,7 @@ def unknown_preset(what: str, spec, presets, listing: str) -> str:
 
 def run_main(main, prog: str) -> int:
     """Run a script's ``main()`` as the CLI runs a command: a ParsimError becomes one line on stderr
-    ("<prog>: error: ...") and exit code 2, Ctrl-C one line and 130, a closed pipe 0; anything else is a bug and keeps
+    ("<prog>: error: ...") and exit code 2, Ctrl-C one line and 130, a closed pipe 0, a missing torch one line naming the install and 2; anything else is a bug and keeps
     its traceback (the one place for this: parsim.cli runs every command through it).
     For ``if __name__ == "__main__": raise SystemExit(run_main(main, "python -m studies.x"))``."""
     import sys
@@ -57,3 +57,10 @@ def run_main(main, prog: str) -> int:
         return 130
     except BrokenPipeError:       # the reader went away (| head): not an error of ours
         return 0
+    except ModuleNotFoundError as e:
+        # the analytical core needs no torch; what runs or checks plans on the torch backend does
+        if (e.name or "").split(".")[0] != "torch":
+            raise
+        print(f"{prog}: error: this needs torch (the torch.distributed backend), which is not installed: "
+              f"pip install -e '.[torch]' (it pins torch==2.13.0, the CPU build here)", file=sys.stderr)
+        return 2

@@ -370,8 +370,8 @@ class ModelSpec:
 
 
 def _count(n: float) -> str:
-    """A parameter count for people: 46.7 B, 124 M, 288 k."""
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+    """A parameter count for people: 1.01 T, 46.7 B, 124 M, 288 k."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if n >= div:
             return f"{n / div:.3g} {unit}"
     return f"{n:.0f}"
@@ -435,6 +435,13 @@ HF_UNMODELLED = {
     "sliding_window_pattern": "interleaved sliding-window attention",
     "layer_types": "per-layer attention types",
 }
+# parsim's ModelSpec key -> the config.json fields it is read from (an error names the file's field)
+HF_FIELDS = {"layers": ("num_hidden_layers", "n_layer", "num_layers"), "hidden": ("hidden_size", "n_embd", "n_embed",
+             "d_model"), "heads": ("num_attention_heads", "n_head"), "kv_heads": ("num_key_value_heads", "num_kv_heads"),
+             "ffn_hidden": ("intermediate_size", "ffn_hidden_size", "n_inner"), "vocab": ("vocab_size",),
+             "head_dim": ("head_dim",), "sliding_window": ("sliding_window",),
+             "experts": ("num_experts", "num_local_experts"), "top_k": ("num_experts_per_tok",),
+             "expert_ffn_hidden": ("moe_intermediate_size",), "max_positions": ("max_position_embeddings", "n_positions")}
 GELU_ACTS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_python", "gelu_accurate", "quick_gelu",
              "relu", "relu2", "tanh")
 SILU_ACTS = ("silu", "swish")
@@ -594,7 +601,12 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
     try:
         return ModelSpec(name=name, seq_len=seq, source=f"Hugging Face {mt}; {src}", **kw)
     except ParsimError as e:
-        raise ParsimError(f"Hugging Face config {name}: {e}".replace(f"model {name}: ", "")) from None
+        msg = str(e).replace(f"model {name}: ", "")
+        key = msg.split(" ", 1)[0]
+        field = next((f for f in HF_FIELDS.get(key, ()) if f in cfg), None)
+        if field and field != key:        # name the file's own field, not only parsim's key
+            msg = f"{field} (parsim's {key})" + msg[len(key):]
+        raise ParsimError(f"Hugging Face config {name}: {msg}") from None
 
 
 # ---- files --------------------------------------------------------------------------

@@ -115,6 +115,8 @@ def plans_text(res, top: int, wide: bool = False) -> str:
                     "step_time_closed_s is the closed form ('=' where they agree within 0.05%)")
     else:
         caption += "step s of the top plans is re-played by the pipeline simulator\n" + SHORT_LEGEND
+    if a.get("dtype") == "fp8":
+        caption += "\nfp8: MFU against the bf16 peak, as NeMo and Megatron report FP8 training"
     if a.get("device") and a.get("dtype"):       # how sure: the held-out error on published runs like these
         from parsim.accuracy import ranking_note, statement
         moe = bool(a.get("moe"))

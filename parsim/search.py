@@ -196,13 +196,23 @@ def _price_fitting(model, cl, cols, accounting, headroom_bytes, chunk_rows):
     chunk by chunk: the rows that do not fit are dropped as each chunk is priced. Rows keep their
     order (the ranking's last tie-break)."""
     parts, lengths, keep = [], [], []
+    least = np.inf           # the smallest memory of any candidate: what "nothing fits" reports
     for start, stop, r in price_chunks(model, cl, cols, accounting=accounting, headroom_bytes=headroom_bytes,
                                        chunk_rows=chunk_rows):
+        least = min(least, float(np.min(r["memory_bytes"]))) if stop > start else least
         idx = np.nonzero(np.broadcast_to(r["fits"], (stop - start,)))[0]
         parts.append(take_priced(r, idx, stop - start))
         lengths.append(idx.size)
         keep.append(idx + start)
     idx = np.concatenate(keep) if keep else np.zeros(0, np.int64)
+    if idx.size == 0:
+        from parsim.costs.memory import default_headroom_bytes
+        cap = cl.device.memory_bytes
+        room = float(default_headroom_bytes(cap)) if headroom_bytes is None else float(headroom_bytes)
+        raise ParsimError(f"no plan of {model.name} on {len(cl.devices)} × {cl.device.name} fits: the smallest of "
+                          f"{len(next(iter(cols.values()))):,} valid plans needs "
+                          f"{least / GiB:.2f} GiB + {room / GiB:.2f} GiB headroom per device, the device has "
+                          f"{cap / GiB:.2f} GiB (more GPUs, a smaller global batch or --seq-len, or --memory-headroom)")
     return concat_priced(parts, lengths), {k: np.asarray(v)[idx] for k, v in cols.items()}, idx.size
 
 

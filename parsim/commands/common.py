@@ -79,7 +79,8 @@ def add_plan_arguments(p, need_gpus=True):
     p.add_argument("--cp", type=count("MAX_DEVICES"), default=1, help="context parallel: each sequence split over cp ranks")
     p.add_argument("--vpp", type=count("MAX_DEVICES"), default=None, help="virtual stages per pipeline rank (interleaved)")
     p.add_argument("--micro-batch", type=count("MAX_GLOBAL_BATCH"), default=1, help="sequences per micro-batch")
-    p.add_argument("--global-batch", type=count("MAX_GLOBAL_BATCH"), required=False, help="sequences per step")
+    p.add_argument("--global-batch", type=count("MAX_GLOBAL_BATCH"), required=False,
+                   help="sequences per step (default: 1024, as `parsim plan`, rounded up to a multiple of micro-batch × dp)")
     p.add_argument("--seq-len", type=count("MAX_SEQ_LEN"), help="sequence length (default: the model's)")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="default: the device's (bf16 on GPUs, fp32 on CPUs; parsim.hardware.default_dtype)")
@@ -136,7 +137,12 @@ def plan_from_args(a, gpus: int, device=None) -> Plan:
     dp = a.dp if a.dp is not None else gpus // (a.tp * a.pp * cp)
     vpp = a.vpp or (2 if a.schedule == "zbv" else 1)
     schedule = a.schedule or ("interleaved" if vpp > 1 else "1f1b")
-    gb = a.global_batch if a.global_batch is not None else a.micro_batch * dp
+    if a.global_batch is not None:
+        gb = a.global_batch
+    else:   # plan's default (1024 sequences), rounded up to whole micro-batches on every data-parallel rank
+        from parsim.search import DEFAULT_GLOBAL_BATCH
+        per = a.micro_batch * dp
+        gb = -(-DEFAULT_GLOBAL_BATCH // per) * per
     return Plan(dp=dp, tp=a.tp, pp=a.pp, vpp=vpp, micro_batch=a.micro_batch, global_batch=gb, seq_len=a.seq_len,
                 dtype=a.dtype or default_dtype(device or "gpu"), schedule=schedule, grad_sync=a.grad_sync, zero=a.zero, recompute=a.recompute,
                 sequence_parallel=a.sequence_parallel, overlap=not a.no_overlap, flash_attention=not a.no_flash,

@@ -224,7 +224,9 @@ def dry_run_text(model, plan, nproc: int, predicted: dict | None, source: str, r
         lines.append(f"predicted memory per device (worst pipeline rank {predicted.get('memory_worst_rank', 0)}, "
                      f"{predicted.get('memory_accounting')} accounting): {predicted['memory_GiB']:.3f} GiB = "
                      + " + ".join(f"{k} {v:.3f}" for k, v in mem.items()))
-        lines.append(f"predicted step time {predicted['step_time_s']:.4g} s ({source})")
+        lines.append(f"predicted step time {predicted['step_time_s']:.4g} s ({source}; as this backend runs the plan: the "
+                     f"gradient sync after the backward, not overlapped with it — `parsim predict --no-overlap`, where "
+                     f"`plan`/`predict` assume Megatron/DDP-style overlap)")
     lines.append(f"refused: {refusal}" if refusal else "would run: yes")
     return "\n".join(lines)
 

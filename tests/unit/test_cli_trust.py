@@ -1,0 +1,79 @@
+"""What a new user's trial found (each a kind of fault: a confident answer that is not, or a silent surprise)."""
+import json
+
+import pytest
+
+from parsim import accuracy as A
+from parsim.cli import main
+
+
+def test_moe_plans_quote_moe_evidence_not_dense():
+    # no 16-bit MoE run on H100 SXM is public: the nearest evidence is the fp8 MoE runs (errors > 100%), never the
+    # fp8 dense runs (6%) that would make an MoE answer look sure
+    (cls, moe), o = A.nearest_evidence("h100-sxm", "bf16", True)
+    assert (cls, moe) == ("fp8", True) and o == A.heldout("h100-sxm", "fp8", True)
+    assert "nearest evidence, fp8 MoE runs" in A.statement("h100-sxm", "bf16", True)
+    # a dense bf16 plan: fp8 dense runs of the same chip
+    assert A.nearest_evidence("h100-sxm", "bf16", False)[0] == ("fp8", False)
+    # the ranking note uses the nearest evidence too, and says so
+    note = A.ranking_note([10.0, 10.01], "h100-sxm", "bf16", False)
+    assert note.startswith("plans 1–2") and "nearest evidence's mean error" in note
+
+
+def test_plan_with_nothing_that_fits_is_an_error_naming_the_smallest_need(capsys):
+    assert main(["plan", "--gpus", "8", "--model", "llama3-405b"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no plan of llama3-405b on 8 × h100-sxm fits" in err[0]
+    assert "GiB headroom per device, the device has 79.65 GiB" in err[0]
+    # a headroom larger than the device: the same error, never an empty ranking with exit 0
+    assert main(["plan", "--gpus", "8", "--model", "gpt3-125m", "--memory-headroom", "500GiB"]) == 2
+    assert "500.00 GiB headroom" in capsys.readouterr().err
+
+
+def test_predict_defaults_to_plans_global_batch(capsys):
+    # plan ranks at 1024 sequences; predict without --global-batch prices the same batch (rounded up to whole
+    # micro-batches per dp rank), so plan's #1 copied into predict gives plan's step time
+    assert main(["predict", "--gpus", "64", "--tp", "8", "--pp", "4", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plan"]["global_batch"] == 1024
+    assert main(["predict", "--gpus", "48", "--micro-batch", "2", "--format", "json"]) == 0
+    # dp 48 x mb 2 = 96 per step: 1024 rounded up to 11 x 96 = 1056
+    assert json.loads(capsys.readouterr().out)["plan"]["global_batch"] == 1056
+
+
+def test_abbreviated_flags_are_refused(capsys):
+    assert main(["plan", "--gpus", "64", "--glob", "512"]) == 2
+    assert "unrecognized arguments: --glob 512" in capsys.readouterr().err
+
+
+def test_missing_torch_is_one_line_naming_the_install(capsys):
+    from parsim.errors import run_main
+
+    def needs_torch():
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+    assert run_main(needs_torch, "parsim run") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("parsim run: error: this needs torch") and "pip install -e '.[torch]'" in err
+    assert "\n" not in err
+
+    def other():
+        raise ModuleNotFoundError("No module named 'numpyy'", name="numpyy")
+    with pytest.raises(ModuleNotFoundError):     # anything else is a bug: its traceback is kept
+        run_main(other, "parsim x")
+
+
+def test_small_wording_faults():
+    from parsim.model import _count, from_hf_config
+    assert _count(1.01e12) == "1.01 T" and _count(46.7e9) == "46.7 B"
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": -2, "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 100,
+           "max_position_embeddings": 256}
+    from parsim.errors import ParsimError
+    with pytest.raises(ParsimError, match=r"num_hidden_layers \(parsim's layers\) = -2"):
+        from_hf_config(cfg, "neg")
+
+
+def test_plan_says_fp8_mfu_is_against_the_bf16_peak_and_dry_run_says_no_overlap(capsys):
+    assert main(["plan", "--gpus", "8", "--model", "llama2-7b", "--dtype", "fp8", "--top", "1"]) == 0
+    assert "fp8: MFU against the bf16 peak" in capsys.readouterr().out
+    assert main(["run", "--dry-run", "--model", "gpt-tiny", "--nproc", "2"]) == 0
+    assert "not overlapped with it" in " ".join(capsys.readouterr().out.split())
