@@ -88,15 +88,15 @@ def test_presets_match_hf_configs(preset, file):
     ({"model_type": "mamba"}, "model_type = 'mamba' is not modelled"),
     ({"model_type": "qwen3_moe", "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
       "mlp_only_layers": [0]}, "mlp_only_layers"),
-    ({"num_key_value_heads": 0}, "kv_heads = 0"),
+    ({"num_key_value_heads": 0}, "num_key_value_heads (parsim's kv_heads) = 0"),
     ({"hidden_act": "bogus_act"}, "hidden_act = 'bogus_act'"),
     ({"tie_word_embeddings": "false"}, "tie_word_embeddings = 'false' (str)"),
     ({"tie_word_embeddings": 7}, "tie_word_embeddings = 7 (int)"),
-    ({"num_hidden_layers": 1e30}, "layers = 1e+30 (float)"),
-    ({"hidden_size": 4e30}, "hidden = 4e+30 (float)"),
-    ({"vocab_size": 10 ** 19}, "vocab = 10,000,000,000,000,000,000"),
-    ({"num_hidden_layers": 10 ** 6}, "layers = 1,000,000, expected an integer in [1, 10,000]"),
-    ({"intermediate_size": "14336"}, "ffn_hidden = '14336' (str)"),
+    ({"num_hidden_layers": 1e30}, "num_hidden_layers (parsim's layers) = 1e+30 (float)"),
+    ({"hidden_size": 4e30}, "hidden_size (parsim's hidden) = 4e+30 (float)"),
+    ({"vocab_size": 10 ** 19}, "vocab_size (parsim's vocab) = 10,000,000,000,000,000,000"),
+    ({"num_hidden_layers": 10 ** 6}, "num_hidden_layers (parsim's layers) = 1,000,000, expected an integer in [1, 10,000]"),
+    ({"intermediate_size": "14336"}, "intermediate_size (parsim's ffn_hidden) = '14336' (str)"),
 ])
 def test_hf_refusals_name_the_field(change, needle):
     c = {**cfg("llama3.1-8b.json"), **change}
