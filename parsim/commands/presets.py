@@ -19,15 +19,26 @@ def rows(kind: str) -> list[tuple[str, str]]:
         from parsim.topology import _presets
         return [(n, f"{d.get('builder', '?')} of {d.get('device', '?')}" + (f"; {d['source']}" if d.get("source") else ""))
                 for n, d in _presets().items()]
-    from parsim.hardware import device_names, profile_file
-    return [(n, profile_file(n)) for n in device_names()]
+    from parsim.hardware import device_names, get_device, is_measured, profile_file
+
+    def what(n):
+        d = get_device(n)
+        from parsim.hardware import default_dtype
+        kind = default_dtype(d)              # the dtype a plan on it trains in by default (fp32 on CPUs)
+        peak = d.peak_flops.get(kind, 0.0)
+        fp8 = f", fp8 {d.peak_flops['fp8'] / 1e12:,.0f}" if d.peak_flops.get("fp8") else ""
+        where = "measured here: " + profile_file(n) if is_measured(n) else "catalog"
+        return (f"{d.kind}: {d.memory_bytes / 2 ** 30:,.2f} GiB at {d.memory_bandwidth_Bps / 1e9:,.0f} GB/s, "
+                f"{kind} {peak / 1e12:,.3g}{fp8} TFLOP/s peak; sustained fraction {d.sustained_fraction:g}"
+                + (f" (fp8 {d.sustained_fraction_fp8:g})" if d.sustained_fraction_fp8 else "") + f" [{where}]")
+    return [(n, what(n)) for n in device_names()]
 
 
 def run(a) -> int:
     from parsim.tables import text_table
     where = {"models": "parsim/data/models.yaml; --model also takes a ModelSpec YAML/JSON or a Hugging Face config.json",
              "clusters": "parsim/data/clusters.yaml; --cluster also takes a cluster YAML or GraphML file",
-             "devices": "device profiles a cluster names (the file each is read from)"}
+             "devices": "device profiles a cluster names: parsim/data/devices.yaml, or a profile `parsim calibrate` measured"}
     out = []
     for kind in ([a.kind] if a.kind else KINDS):
         out.append(text_table(["name", "what"], rows(kind), f"{kind} ({where[kind]})"))

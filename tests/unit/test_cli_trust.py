@@ -77,3 +77,14 @@ def test_plan_says_fp8_mfu_is_against_the_bf16_peak_and_dry_run_says_no_overlap(
     assert "fp8: MFU against the bf16 peak" in capsys.readouterr().out
     assert main(["run", "--dry-run", "--model", "gpt-tiny", "--nproc", "2"]) == 0
     assert "not overlapped with it" in " ".join(capsys.readouterr().out.split())
+
+
+def test_presets_describe_devices_in_one_line(capsys):
+    # the README promises a one-line description of each preset: for a device its memory, bandwidth, peak and the
+    # fitted sustained fractions, not only the file it is read from
+    assert main(["presets", "devices"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "h100-sxm gpu: 79.65 GiB at 3,350 GB/s, bf16 989, fp8 1,979 TFLOP/s peak" in out
+    # the CPU trains in fp32 (its peak is the fp32 one); under the tests it is the measured VM profile
+    cpu = out[out.index("cpu cpu: "):]
+    assert "fp32" in cpu.split("peak")[0] and "measured here:" in cpu.split("h100")[0]
