@@ -133,6 +133,29 @@ def ranking_note(step_times_s, device: str, precision: str, moe: bool) -> str:
             f"them apart; measure the top few (parsim run / parsim validate)")
 
 
+def coverage_note(device: str, precision: str, moe: bool, plan: dict) -> str:
+    """'' or one line: the knobs of `plan` (a Plan's dict: tp, pp, cp, ep, zero, schedule, recompute) outside what
+    the held-out published runs of its kind used — parallel degrees above their largest, or > 1 where they used 1
+    only; a ZeRO stage, schedule or recompute policy none of them ran. The held-out error says nothing sure there."""
+    h = heldout(device, precision, moe)
+    seen = (h or {}).get("regime")
+    if not seen:
+        return ""
+    out = []
+    for k in ("tp", "pp", "cp", "ep"):
+        v, used = plan.get(k, 1), seen.get(k, [1])
+        if v > max(used):
+            out.append(f"{k} {v} (they used {', '.join(map(str, used))})")
+    for k in ("zero", "schedule", "recompute"):
+        v, used = plan.get(k), seen.get(k, [])
+        if v is not None and used and v not in used:
+            out.append(f"{'ZeRO stage' if k == 'zero' else k} {v} (they used {', '.join(map(str, used))})")
+    if not out:
+        return ""
+    return ("outside the published runs behind that figure: " + "; ".join(out)
+            + " — an extrapolation the held-out error does not cover")
+
+
 def within_error(step_times_s, mean_error: float) -> int:
     """How many of the ranked plans (step times in seconds, best first, shape [n]) are predicted within
     `mean_error` (a fraction) of the best: plans parsim cannot tell apart at its held-out mean error.

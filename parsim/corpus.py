@@ -427,7 +427,8 @@ def leave_one_table_out(progress=None) -> list[dict]:
                 "memory_rel_error": None if me is None else round(me, 4),
                 "predicted_reserved_GiB": round(reserved, 1), "reserved_rel_error": None if re_ is None else round(re_, 4),
                 "plan": pl.label(), "micro_batch": pl.micro_batch, "vpp": pl.vpp, "recompute": pl.recompute,
-                "fits_verdict": p["fits_verdict"], "any_fits_verdict": p["any_fits_verdict"]})
+                "fits_verdict": p["fits_verdict"], "any_fits_verdict": p["any_fits_verdict"],
+                "regime": {k: getattr(pl, k) for k in REGIME_KEYS}})
         entry["step"] = _stats(step_errs)
         entry["memory"] = _stats(mem_errs)
         entry["memory_reserved"] = _stats(res_errs)
@@ -465,17 +466,23 @@ def repeat_floor() -> list[dict]:
     return sorted(out, key=lambda d: -d["floor"])
 
 
+# The plan knobs whose values the published runs of a kind cover (parsim.accuracy.coverage_note compares a plan's
+# against them: an answer outside them is an extrapolation from the held-out evidence).
+REGIME_KEYS = ("tp", "pp", "cp", "ep", "zero", "schedule", "recompute")
+
+
 def heldout_summary(loto: list[dict] | None = None) -> dict:
     """The held-out step-time errors of leave_one_table_out() pooled by (GPU type, precision class, dense or MoE),
     and the peak-memory errors (predicted as reserved: allocated + the fragmentation allowance, against the
     published reserved peak) pooled by memory accounting: what parsim/data/validation/heldout.json ships and
     parsim.accuracy reads. Returns {"by_kind": {key: stats}, "memory_by_accounting": {accounting: stats}} with keys
     parsim.accuracy.key(), stats = {"rows", "tables", "mean", "max", "bias", "worst_under"} (relative errors as
-    fractions of 1, rounded to 4 places; worst_under the most negative error, 0 if none); rows no candidate plan
-    fits are left out (they have no error)."""
+    fractions of 1, rounded to 4 places; worst_under the most negative error, 0 if none) and, per kind, "regime":
+    {knob: [values the runs used]} for REGIME_KEYS; rows no candidate plan fits are left out (they have no error)."""
     from parsim.accuracy import key
     loto = leave_one_table_out() if loto is None else loto
     pooled: dict = {}
+    regimes: dict = {}
     for e in loto:
         for r in e["row_results"]:
             if r.get("rel_error") is None:
@@ -484,6 +491,9 @@ def heldout_summary(loto: list[dict] | None = None) -> dict:
             errs, tables = pooled.setdefault(k, ([], set()))
             errs.append(r["rel_error"])
             tables.add(e["table"])
+            seen = regimes.setdefault(k, {})
+            for rk, v in r.get("regime", {}).items():
+                seen.setdefault(rk, set()).add(v)
     mem: dict = {}
     for e in loto:          # memory does not depend on the fitted constants: every published row counts
         for r in e["row_results"]:
@@ -500,7 +510,10 @@ def heldout_summary(loto: list[dict] | None = None) -> dict:
                       "max": round(float(np.abs(a).max()), 4), "bias": round(float(a.mean()), 4),
                       "worst_under": round(float(min(0.0, a.min())), 4)}
         return out
-    return {"by_kind": stats(pooled), "memory_by_accounting": stats(mem)}
+    by_kind = stats(pooled)
+    for k, seen in regimes.items():       # the knob values the runs of this kind used (sorted, JSON lists)
+        by_kind[k]["regime"] = {rk: sorted(v) for rk, v in sorted(seen.items())}
+    return {"by_kind": by_kind, "memory_by_accounting": stats(mem)}
 
 
 def fragmentation_GiB(gpu_type: str) -> float:

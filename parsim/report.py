@@ -123,6 +123,12 @@ def plans_text(res, top: int, wide: bool = False) -> str:
         caption += "\n" + statement(a["device"], a["dtype"], moe)
         note = ranking_note([float(x) for x in cols["step_time_s"][:n]], a["device"], a["dtype"], moe)
         caption += f"\n{note}" if note else ""
+        if n:
+            from parsim.accuracy import coverage_note
+            first = {k: (cols[k][0].item() if hasattr(cols[k][0], "item") else cols[k][0])
+                     for k in ("tp", "pp", "cp", "ep", "zero", "schedule", "recompute") if k in cols}
+            cov = coverage_note(a["device"], a["dtype"], moe, first)
+            caption += f"\nplan #1: {cov}" if cov else ""
         if a.get("memory_heldout"):
             from parsim.accuracy import memory_statement
             caption += "\n" + memory_statement(a["memory_accounting"], 0.0, 0.0)

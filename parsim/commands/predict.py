@@ -43,10 +43,11 @@ def run(a) -> int:
         text = to_json(record)
     else:
         from parsim.hardware import profile_file
-        from parsim.accuracy import memory_statement, statement
+        from parsim.accuracy import coverage_note, memory_statement, statement
         from parsim.tables import wrap
         text = (step_report_text(rep) + f"device profile {dev}: {profile_file(dev)}\n"
                 + wrap(statement(dev, rep.plan.get("dtype", ""), moe))
+                + wrap(coverage_note(dev, rep.plan.get("dtype", ""), moe, rep.plan) or "").lstrip("\n")
                 + wrap(memory_statement(rep.memory_accounting, rep.memory_GiB,
                                         rep.memory_capacity_GiB - rep.memory_headroom_GiB)))
     sys.stdout.write(say_defaults(a, text))

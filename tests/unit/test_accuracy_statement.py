@@ -69,3 +69,19 @@ def test_memory_statement_warns_when_a_fit_would_not_survive_the_worst_published
     # nothing published for Megatron's accounting: said
     assert A.memory_heldout("megatron") is None
     assert "no published peak memory" in A.memory_statement("megatron", 50.0, usable)
+
+
+def test_coverage_note_names_knobs_outside_the_published_runs():
+    seen = A.heldout("h100-sxm", "fp8", False)["regime"]
+    # every knob inside what the held-out H100 fp8 dense runs used: nothing to say
+    inside = {"tp": max(seen["tp"]), "pp": max(seen["pp"]), "cp": 1, "ep": 1, "zero": seen["zero"][0],
+              "schedule": seen["schedule"][0], "recompute": seen["recompute"][0]}
+    assert A.coverage_note("h100-sxm", "fp8", False, inside) == ""
+    # a degree above the largest used, a ZeRO stage and a schedule none ran: each named with what they used
+    outside = dict(inside, tp=2 * max(seen["tp"]), zero=2, schedule="zbv")
+    note = A.coverage_note("h100-sxm", "fp8", False, outside)
+    assert f"tp {2 * max(seen['tp'])} (they used " in note
+    assert "ZeRO stage 2 (they used" in note and "schedule zbv (they used" in note
+    assert 2 not in seen["zero"] and "zbv" not in seen["schedule"]
+    # no held-out figure (H200): no coverage claim either
+    assert A.coverage_note("h200", "bf16", False, outside) == ""
