@@ -235,7 +235,20 @@ def _sp_seq_msg(c, i):
     return f"sequence-parallel: seq-len ({_i(c, 'seq', i)}) is not divisible by tp ({_i(c, 'tp', i)})"
 
 
+def _positions_bad(c):
+    m = c["model"]
+    return (c["seq"] > m.max_positions) if m.position == "learned" else np.zeros(np.shape(c["seq"]), dtype=bool)
+
+
+def _positions_msg(c, i):
+    m = c["model"]
+    return (f"seq-len {_i(c, 'seq', i):,} > the {m.max_positions:,} learned positions of {m.name}: a longer sequence "
+            f"needs a larger position table (max_positions in a model file), it cannot be trained as the model is")
+
+
 RULES = (
+    # learned absolute positions (GPT-2/3, OPT): one table row per position, so no sequence longer than the table
+    Rule("seq-len beyond the model's learned positions", _positions_bad, _positions_msg, needs_model=True),
     Rule("tp does not divide heads, kv_heads or ffn_hidden", _tp_divides, _tp_msg, needs_model=True),
     # Expert parallelism (Megatron's convention): the ep ranks of an expert group are data-parallel
     # ranks of the dense part, so ep divides dp and the experts; gpus stay dp·tp·pp·cp.

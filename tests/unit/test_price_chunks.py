@@ -47,7 +47,7 @@ CASES = {
     "cp llama3-70b 32k": lambda: _table("llama3-70b", 64, 32768, rows=400),
     "fp8 + bf16 llama3-70b": lambda: (lambda a, b: (a[0], a[1], _cat(a[2], b[2])))(
         _table("llama3-70b", 64, 8192, "fp8", rows=200), _table("llama3-70b", 64, 8192, rows=200, seed=1)),
-    "cpu cluster": lambda: _table("gpt-small", 8, 256, dtype="fp32", cluster="cpu-local", rows=400),
+    "cpu cluster": lambda: _table("gpt-small", 8, 128, dtype="fp32", cluster="cpu-local", rows=400),
     # the optional knob columns (recompute_every, kernels, async_tp, tp/pp overlap) mixed row by row
     "knob columns llama3-70b": lambda: _with_knobs(_table("llama3-70b", 64, 8192, rows=400)),
 }

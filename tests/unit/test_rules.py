@@ -343,3 +343,20 @@ def test_uneven_split_memory_per_rank():
     buffers = 2 * 1 * 4096 * model.hidden * 2 / 8                 # a p2p send and receive buffer
     mid = float(np.ravel(r["memory_by_rank_kind"]["mid"])[0])
     assert mid == pytest.approx(14 * model.params_per_layer / 8 * 18 + 2 * 14 * a + buffers, rel=1e-12)
+
+
+def test_sequence_longer_than_learned_positions_is_refused():
+    """A learned position table has one row per position (GPT-3: 2,048): a longer --seq-len cannot be trained as the
+    model is, so every consumer refuses it (predict, plan's count, run); rotary models extrapolate and are not refused."""
+    from parsim.errors import ParsimError
+    from parsim.model import load_model
+    from parsim.plan import Plan
+    from parsim.rules import check
+    gpt = load_model("gpt3-1.3b")
+    assert gpt.position == "learned" and gpt.max_positions == 2048
+    check(Plan(dp=8, micro_batch=1, global_batch=8, seq_len=2048), gpt, 8)            # at the table's size: fine
+    with pytest.raises(ParsimError, match="seq-len 2,049 > the 2,048 learned positions of gpt3-1.3b"):
+        check(Plan(dp=8, micro_batch=1, global_batch=8, seq_len=2049), gpt, 8)
+    llama = load_model("llama2-7b")
+    assert llama.position == "rotary"
+    check(Plan(dp=8, micro_batch=1, global_batch=8, seq_len=4 * llama.seq_len), llama, 8)
