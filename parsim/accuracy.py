@@ -7,8 +7,11 @@ file (no corpus pricing at run time), so `plan` and `predict` can say next to ev
 published runs of the same GPU type, precision and kind of model that it had not been fitted to, and whether the plans
 it ranks first are apart by more than that.
 
-Keys: ``"<gpu type>/<16-bit|fp8>/<dense|moe>"``; values: {"rows", "tables", "mean", "max", "bias"}, relative
-errors of step-time throughput as fractions of 1 (mean of |error|, max of |error|, mean of error).
+Keys of ``by_kind``: ``"<gpu type>/<16-bit|fp8>/<dense|moe>"``; values: {"rows", "tables", "mean", "max", "bias",
+"worst_under", "regime"}: relative errors of throughput as fractions of 1 (mean of |error|, max of |error|, mean of
+error, most negative) and the knob values the runs used. ``memory_by_accounting``: the same statistics of peak memory
+(as reserved) per memory accounting. Where a kind has no published run the answer says *unknown* and names the
+nearest evidence on the same chip as such (``nearest_evidence``).
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ DEVICE_GPU_TYPE = {d: g for g, ds in GPU_TYPE_DEVICES.items() for d in ds}
 
 
 def precision_class(precision: str) -> str | None:
-    """'fp8' for FP8 plans, '16-bit' for bf16/fp16; None for fp32 (no public fp32 table)."""
+    """'fp8' for FP8 plans, '16-bit' for bf16/fp16 (the two fitted constants of a GPU type, parsim.corpus); None for
+    fp32 (no public fp32 table)."""
     return "fp8" if precision == "fp8" else ("16-bit" if precision in ("bf16", "fp16") else None)
 
 
@@ -54,7 +58,8 @@ def memory_heldout(accounting: str) -> dict | None:
 
 def memory_statement(accounting: str, total_GiB: float, usable_GiB: float) -> str:
     """One line on how far parsim's memory was off on published runs of this accounting, and, when the plan fits,
-    whether it still fits if it is as far under as the worst of them; '' where nothing is published."""
+    whether it still fits if it is as far under as the worst of them (or that nothing of this accounting is
+    published)."""
     m = memory_heldout(accounting)
     if m is None:
         return (f"memory accuracy: no published peak memory of {accounting}-accounting runs to compare "

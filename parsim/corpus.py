@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parsim.accuracy import GPU_TYPE_DEVICES  # one table of GPU types and their profiles, shared
+from parsim.accuracy import GPU_TYPE_DEVICES, precision_class  # one table of GPU types, one class rule
 from parsim.errors import ParsimError
 from parsim.hardware import get_device
 from parsim.model import load_model, preset_names
@@ -138,7 +138,7 @@ def _float(x):
 
 def _reasons(r: dict, gpu_type: str) -> list[str]:
     """Every reason parsim cannot price this row as published today ([] when it can)."""
-    prec, model, tech = r["precision"], r["model"], r.get("techniques", "") or ""
+    prec, model = r["precision"], r["model"]
     rc = r.get("recompute", "") or ""
     out = []
     if prec not in DTYPES:
@@ -226,7 +226,7 @@ def load_file(path) -> list[CorpusRow]:
     for r in raw:
         r = dict(r, source=path.stem)
         gpu_type = r.get("gpu_type") or header.get("gpu_type", "")
-        tps, tfl = _float(r.get("tokens_per_s_per_gpu")), _float(r.get("model_tflops_per_gpu"))
+        tps = _float(r.get("tokens_per_s_per_gpu"))
         row = CorpusRow(source=path.stem, table=r["table"], gpu_type=gpu_type, model=r["model"], gpus=int(r["gpus"]),
                         precision=r["precision"], seq_len=int(r["seq_len"]), global_batch=_int(r.get("global_batch")),
                         metric="tokens_per_s_per_gpu", published=tps, peak_memory_GiB=_float(r.get("peak_memory_GiB")),
@@ -278,9 +278,6 @@ FIT_PRECISIONS = ("bf16", "fp16")
 CLASSES = ("16-bit", "fp8")
 
 
-def precision_class(precision: str) -> str:
-    """'fp8' for FP8 rows, '16-bit' for bf16/fp16 (the two fitted constants of a GPU type)."""
-    return "fp8" if precision == "fp8" else "16-bit"
 
 
 def _device(gpu_type: str, fraction: float | None, cls: str = "16-bit"):
