@@ -169,3 +169,21 @@ def within_error(step_times_s, mean_error: float) -> int:
         return 0
     best = float(step_times_s[0])
     return sum(1 for t in step_times_s if float(t) / best - 1 <= mean_error)
+
+
+def lines(device: str, precision: str, moe: bool, plan: dict | None = None, ranked_steps_s=None,
+          accounting: str | None = None, total_GiB: float = 0.0, usable_GiB: float = 0.0) -> list[str]:
+    """The "how sure" lines an answer ends with (the one place `plan` and `predict` take them from): the held-out
+    statement; with `ranked_steps_s` (a ranking's step times, best first) which plans cannot be told apart; with
+    `plan` (a Plan's dict; a ranking's #1) the knobs outside the published runs; with `accounting` the memory
+    statement (`total_GiB` / `usable_GiB` of the plan: whether its fit survives the worst published error)."""
+    out = [statement(device, precision, moe)]
+    if ranked_steps_s is not None:
+        out.append(ranking_note(ranked_steps_s, device, precision, moe))
+    if plan is not None:
+        cov = coverage_note(device, precision, moe, plan)
+        out.append(f"plan #1: {cov}" if cov and ranked_steps_s is not None else cov)
+    if accounting is not None:
+        out.append(memory_statement(accounting, total_GiB, usable_GiB))
+    return [x for x in out if x]
+

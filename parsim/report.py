@@ -118,20 +118,12 @@ def plans_text(res, top: int, wide: bool = False) -> str:
     if a.get("dtype") == "fp8":
         caption += "\nfp8: MFU against the bf16 peak, as NeMo and Megatron report FP8 training"
     if a.get("device") and a.get("dtype"):       # how sure: the held-out error on published runs like these
-        from parsim.accuracy import ranking_note, statement
-        moe = bool(a.get("moe"))
-        caption += "\n" + statement(a["device"], a["dtype"], moe)
-        note = ranking_note([float(x) for x in cols["step_time_s"][:n]], a["device"], a["dtype"], moe)
-        caption += f"\n{note}" if note else ""
-        if n:
-            from parsim.accuracy import coverage_note
-            first = {k: (cols[k][0].item() if hasattr(cols[k][0], "item") else cols[k][0])
-                     for k in ("tp", "pp", "cp", "ep", "zero", "schedule", "recompute") if k in cols}
-            cov = coverage_note(a["device"], a["dtype"], moe, first)
-            caption += f"\nplan #1: {cov}" if cov else ""
-        if a.get("memory_heldout"):
-            from parsim.accuracy import memory_statement
-            caption += "\n" + memory_statement(a["memory_accounting"], 0.0, 0.0)
+        from parsim.accuracy import lines
+        first = ({k: (cols[k][0].item() if hasattr(cols[k][0], "item") else cols[k][0])
+                  for k in ("tp", "pp", "cp", "ep", "zero", "schedule", "recompute") if k in cols} if n else None)
+        caption += "\n" + "\n".join(lines(a["device"], a["dtype"], bool(a.get("moe")), first,
+                                          [float(x) for x in cols["step_time_s"][:n]],
+                                          a["memory_accounting"] if a.get("memory_heldout") else None))
     return text_table(headers, rows, title, caption, width=None if wide else terminal_width())
 
 

@@ -183,8 +183,7 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
                  dtype=dtype, memory_accounting=accounting, memory_capacity_GiB=cap / GiB, memory_headroom_GiB=room / GiB,
                  params_total=model.params, params_active=model.active_params, model_summary=model.summary(),
                  moe=model.experts > 0)
-    from parsim.accuracy import heldout       # how sure: held-out error on published runs like these (or None)
-    from parsim.accuracy import memory_heldout
+    from parsim.accuracy import heldout, memory_heldout   # how sure: held-out errors on published runs like these
     attrs["heldout_accuracy"] = heldout(cl.device.name, dtype, model.experts > 0)
     attrs["memory_heldout"] = memory_heldout(accounting)
     res = SearchResult(df, attrs, generated, n, rejected, time.perf_counter() - t0)

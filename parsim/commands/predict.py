@@ -31,25 +31,22 @@ def run(a) -> int:
     cluster = load_cluster_arg(spec, a.gpus) if str(spec).endswith(".json") else get_cluster(spec, a.gpus)
     plan = plan_from_args(a, a.gpus, None if a.dtype else cluster.device)
     rep = predict(a.model or DEFAULT_MODEL, cluster, plan, gpus=a.gpus, **memory_options(a))
-    from parsim.accuracy import heldout
+    from parsim.accuracy import heldout, memory_heldout
     from parsim.model import load_model
     dev = getattr(cluster.device, "name", cluster.device)
     moe = load_model(a.model).experts > 0 if a.model else False
     # the report plus the held-out error on published runs like it (null: unknown)
-    from parsim.accuracy import memory_heldout
     record = dict(rep.to_dict(), heldout_accuracy=heldout(dev, rep.plan.get("dtype", ""), moe),
                   memory_heldout=memory_heldout(rep.memory_accounting))
     if a.format == "json":
         text = to_json(record)
     else:
         from parsim.hardware import profile_file
-        from parsim.accuracy import coverage_note, memory_statement, statement
+        from parsim.accuracy import lines
         from parsim.tables import wrap
-        text = (step_report_text(rep) + f"device profile {dev}: {profile_file(dev)}\n"
-                + wrap(statement(dev, rep.plan.get("dtype", ""), moe))
-                + wrap(coverage_note(dev, rep.plan.get("dtype", ""), moe, rep.plan) or "").lstrip("\n")
-                + wrap(memory_statement(rep.memory_accounting, rep.memory_GiB,
-                                        rep.memory_capacity_GiB - rep.memory_headroom_GiB)))
+        how_sure = lines(dev, rep.plan.get("dtype", ""), moe, rep.plan, accounting=rep.memory_accounting,
+                         total_GiB=rep.memory_GiB, usable_GiB=rep.memory_capacity_GiB - rep.memory_headroom_GiB)
+        text = step_report_text(rep) + f"device profile {dev}: {profile_file(dev)}\n" + "".join(map(wrap, how_sure))
     sys.stdout.write(say_defaults(a, text))
     if a.out:
         write_atomic(a.out, to_json(record), JSON, "--out")
