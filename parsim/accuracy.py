@@ -90,18 +90,30 @@ def statement(device: str, precision: str, moe: bool) -> str:
         return (f"accuracy: no published tables for {device}; `parsim validate` measures parsim against runs on "
                 f"this machine")
     h = heldout(device, precision, moe)
+    g = DEVICE_GPU_TYPE[device]
     if h is None:
         near = ""
         n = nearest_evidence(device, precision, moe)
         if n:
             (c, k), o = n
-            near = (f"; nearest evidence, {c} {'MoE' if k else 'dense'} runs on {DEVICE_GPU_TYPE[device]}: "
+            near = (f"; nearest evidence, {c} {'MoE' if k else 'dense'} runs on {g}{_models(o)}: "
                     f"{100 * o['mean']:.1f}% mean, {100 * o['max']:.1f}% max error over {o['rows']} runs")
+        if not any(f"{g}/{cls}/{x}" in _load() for x in ("dense", "moe")):
+            near += (f"; parsim's {cls} constant for {g} is fitted on no published run of it (an assumption, "
+                     f"parsim/data/devices.yaml)")
         return (f"accuracy: unknown — no published {cls} {kind} run on {device} to hold out{near} "
                 f"(parsim report --published)")
-    return (f"accuracy: on {h['rows']} published {cls} {kind} runs on {DEVICE_GPU_TYPE[device]} ({h['tables']} tables, "
+    return (f"accuracy: on {h['rows']} published {cls} {kind} runs on {g}{_models(h)} ({h['tables']} tables, "
             f"each predicted with constants fitted on the others) predicted throughput was off by {100 * h['mean']:.1f}% on "
             f"average, {100 * h['max']:.1f}% at worst (bias {100 * h['bias']:+.1f}%)")
+
+
+def _models(h: dict) -> str:
+    """' of qwen3-30b-a3b' / ' of 4 models': which models a pooled figure rests on (names while there are few)."""
+    m = h.get("models") or []
+    if not m:
+        return ""
+    return f" of {', '.join(m)}" if len(m) <= 3 else f" of {len(m)} models"
 
 
 def nearest_evidence(device: str, precision: str, moe: bool):
@@ -120,18 +132,29 @@ def nearest_evidence(device: str, precision: str, moe: bool):
     return None
 
 
+def _ranking_basis(device: str, precision: str, moe: bool):
+    """(the error figure a ranking is judged against, how to name it): the held-out one, else the nearest evidence's
+    (said so); (None, '') when the chip has no published run."""
+    h = heldout(device, precision, moe)
+    if h is not None:
+        return h, "the held-out mean error"
+    n = nearest_evidence(device, precision, moe)
+    return (n[1], "the nearest evidence's mean error") if n else (None, "")
+
+
+def ranking_count(step_times_s, device: str, precision: str, moe: bool) -> int | None:
+    """How many of the ranked plans (step times in seconds, best first) lie within the mean error of #1 (the held-out
+    figure, else the nearest evidence's): plans parsim cannot rank apart. None when the chip has no published run."""
+    h, _ = _ranking_basis(device, precision, moe)
+    return None if h is None else within_error(step_times_s, h["mean"])
+
+
 def ranking_note(step_times_s, device: str, precision: str, moe: bool) -> str:
-    """'' or one line: how many of the ranked plans (step times in seconds, best first) lie within the held-out
-    mean error of the best, i.e. which parsim cannot rank apart (with the nearest evidence's error, said so, where
-    this kind of run has none); '' when only #1 is, or the chip has no published run."""
-    h, what = heldout(device, precision, moe), "the held-out mean error"
-    if h is None:
-        n = nearest_evidence(device, precision, moe)
-        if n is None:
-            return ""
-        h, what = n[1], "the nearest evidence's mean error"
-    k = within_error(step_times_s, h["mean"])
-    if k <= 1:
+    """'' or one line: ranking_count said in words (with the figure and where it comes from); '' when only #1 is
+    within it, or the chip has no published run."""
+    h, what = _ranking_basis(device, precision, moe)
+    k = None if h is None else within_error(step_times_s, h["mean"])
+    if not k or k <= 1:
         return ""
     more = "" if k < len(step_times_s) else " (at least)"
     return (f"plans 1–{k}{more} are within {100 * h['mean']:.1f}% of #1, {what}: parsim cannot rank "
@@ -142,7 +165,8 @@ def coverage_note(device: str, precision: str, moe: bool, plan: dict) -> str:
     """'' or one line: the knobs of `plan` (a Plan's dict: tp, pp, cp, ep, zero, schedule, recompute) outside what
     the held-out published runs of its kind used — parallel degrees above their largest, or > 1 where they used 1
     only; a ZeRO stage, schedule or recompute policy none of them ran. The held-out error says nothing sure there."""
-    h = heldout(device, precision, moe)
+    h, what = _ranking_basis(device, precision, moe)      # the held-out figure, else the nearest evidence (said so)
+    behind = "the nearest evidence" if what.startswith("the nearest") else "that figure"
     seen = (h or {}).get("regime")
     if not seen:
         return ""
@@ -157,7 +181,7 @@ def coverage_note(device: str, precision: str, moe: bool, plan: dict) -> str:
             out.append(f"{'ZeRO stage' if k == 'zero' else k} {v} (they used {', '.join(map(str, used))})")
     if not out:
         return ""
-    return ("outside the published runs behind that figure: " + "; ".join(out)
+    return (f"outside the published runs behind {behind}: " + "; ".join(out)
             + " — an extrapolation the held-out error does not cover")
 
 
@@ -184,6 +208,7 @@ def lines(device: str, precision: str, moe: bool, plan: dict | None = None, rank
         cov = coverage_note(device, precision, moe, plan)
         out.append(f"plan #1: {cov}" if cov and ranked_steps_s is not None else cov)
     if accounting is not None:
-        out.append(memory_statement(accounting, total_GiB, usable_GiB))
+        mem = memory_statement(accounting, total_GiB, usable_GiB)
+        out.append(mem.replace("; this plan fits only", "; plan #1 fits only") if ranked_steps_s is not None else mem)
     return [x for x in out if x]
 

@@ -474,8 +474,8 @@ def heldout_summary(loto: list[dict] | None = None) -> dict:
     published reserved peak) pooled by memory accounting: what parsim/data/validation/heldout.json ships and
     parsim.accuracy reads. Returns {"by_kind": {key: stats}, "memory_by_accounting": {accounting: stats}} with keys
     parsim.accuracy.key(), stats = {"rows", "tables", "mean", "max", "bias", "worst_under"} (relative errors as
-    fractions of 1, rounded to 4 places; worst_under the most negative error, 0 if none) and, per kind, "regime":
-    {knob: [values the runs used]} for REGIME_KEYS; rows no candidate plan fits are left out (they have no error)."""
+    fractions of 1, rounded to 4 places; worst_under the most negative error, 0 if none) and, per kind, "models"
+    (the models behind the figure) and "regime": {knob: [values the runs used]} for REGIME_KEYS; rows no candidate plan fits are left out (they have no error)."""
     from parsim.accuracy import key
     loto = leave_one_table_out() if loto is None else loto
     pooled: dict = {}
@@ -491,6 +491,7 @@ def heldout_summary(loto: list[dict] | None = None) -> dict:
             seen = regimes.setdefault(k, {})
             for rk, v in r.get("regime", {}).items():
                 seen.setdefault(rk, set()).add(v)
+            seen.setdefault("models", set()).add(r["model"])
     mem: dict = {}
     for e in loto:          # memory does not depend on the fitted constants: every published row counts
         for r in e["row_results"]:
@@ -508,7 +509,8 @@ def heldout_summary(loto: list[dict] | None = None) -> dict:
                       "worst_under": round(float(min(0.0, a.min())), 4)}
         return out
     by_kind = stats(pooled)
-    for k, seen in regimes.items():       # the knob values the runs of this kind used (sorted, JSON lists)
+    for k, seen in regimes.items():       # the models, and the knob values, the runs of this kind used (sorted lists)
+        by_kind[k]["models"] = sorted(seen.pop("models"))
         by_kind[k]["regime"] = {rk: sorted(v) for rk, v in sorted(seen.items())}
     return {"by_kind": by_kind, "memory_by_accounting": stats(mem)}
 

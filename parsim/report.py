@@ -123,7 +123,9 @@ def plans_text(res, top: int, wide: bool = False) -> str:
                   for k in ("tp", "pp", "cp", "ep", "zero", "schedule", "recompute") if k in cols} if n else None)
         caption += "\n" + "\n".join(lines(a["device"], a["dtype"], bool(a.get("moe")), first,
                                           [float(x) for x in cols["step_time_s"][:n]],
-                                          a["memory_accounting"] if a.get("memory_heldout") else None))
+                                          a["memory_accounting"] if a.get("memory_heldout") else None,
+                                          float(cols["memory_GiB"][0]) if n else 0.0,
+                                          a["memory_capacity_GiB"] - a["memory_headroom_GiB"]))
     return text_table(headers, rows, title, caption, width=None if wide else terminal_width())
 
 

@@ -434,7 +434,8 @@ def summary_rows(df, reference="measured"):
     for _, r in df.iterrows():
         spread = "-" if r.spread_min is None or r.spread_min != r.spread_min else \
             f"[{_fmt(r.spread_min)}, {_fmt(r.spread_max)}]"
-        status = (r.status if r.status == "ok" else f"{NOT_EXPRESSIBLE}: {r.cause}" if r.status == NOT_EXPRESSIBLE
+        # "compared": both sides are there (the error column says how well they agree; "ok" read as a verdict)
+        status = ("compared" if r.status == "ok" else f"{NOT_EXPRESSIBLE}: {r.cause}" if r.status == NOT_EXPRESSIBLE
                   else f"FAILED ({r.failure}): {r.cause}")
         rows.append([r.id, r.metric or "-", _fmt(r.predicted), _fmt(r.measured), spread, _fmt(r.error, True), status])
     return ["point", "metric", "predicted", reference, "spread [min, max]", "error", "status"], rows

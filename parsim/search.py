@@ -145,8 +145,16 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     cols, rejected, generated = candidates(model, gpus, gb, seq, dtype=dtype, device=cl.device)
     n = len(cols["dp"])
     if n == 0:
+        # the counts name the rules; the simplest plan (pure data parallelism) says the operands of the first it breaks
+        from parsim.plan import Plan
+        from parsim.rules import check
+        try:
+            check(Plan(dp=gpus, micro_batch=1, global_batch=gb, seq_len=seq, dtype=dtype), model, gpus, device=cl.device)
+            why = ""
+        except ParsimError as e:
+            why = f" (e.g. dp {gpus}: {e})"
         raise ParsimError(f"no valid plan for {model.name} on {gpus} devices with global batch {gb}: "
-                          + "; ".join(f"{k}: {v}" for k, v in rejected.items()))
+                          + "; ".join(f"{k}: {v}" for k, v in rejected.items()) + why)
     r, cols, n_fit = _price_fitting(model, cl, cols, accounting, headroom_bytes, chunk_rows)
     cap, room = cl.device.memory_bytes, float(np.asarray(r["memory_headroom_bytes"]).ravel()[0])
     if n_fit < n:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from parsim.errors import ParsimError
 from parsim.plan import DTYPES, GRAD_SYNC, KERNELS, RECOMPUTE, SCHEDULES, Plan
@@ -53,18 +54,22 @@ def number(lo: float, hi, lo_open: bool = False):
     return parse
 
 
-def quantity(kind: str):
+def quantity(kind: str, need_unit: bool = False):
     """argparse type: a size ('4GiB', 0), a time ('0.2ms', '10min') or a rate ('1Gbit') as parsim.units reads
     it (finite, >= 0). Checked when the flags are parsed, so `--memory-headroom=-1GiB` is refused in one line
-    naming the value and what is expected; returns the text unchanged (the command converts it)."""
+    naming the value and what is expected; returns the text unchanged (the command converts it). `need_unit`:
+    a non-zero bare number is refused (`--memory-headroom 3` would be 3 bytes, surely meant as GiB)."""
     from parsim import units
     parser = {"size": units.parse_size, "time": units.parse_time, "rate": units.parse_rate}[kind]
 
     def parse(text):
         try:
-            parser(text)
+            v = parser(text)
         except ParsimError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
+        if need_unit and v and re.fullmatch(r"\s*[0-9.eE+]+\s*", str(text)):
+            raise argparse.ArgumentTypeError(f"{kind} {text!r} has no unit: expected e.g. {text.strip()}GiB or "
+                                             f"{text.strip()}MiB (a bare number would be bytes; 0 needs none)")
         return text
     parse.__name__ = kind
     return parse
@@ -115,7 +120,7 @@ def add_memory_arguments(p):
     p.add_argument("--memory-accounting", choices=ACCOUNTINGS, default=DEFAULT_ACCOUNTING,
                    help="bytes per parameter as this framework keeps them: megatron (18: fp32 main grads, "
                         "the default), deepspeed (16, the ZeRO paper), fsdp2 (16, fp32 sharded params and grads)")
-    p.add_argument("--memory-headroom", type=quantity("size"), default=None, metavar="SIZE",
+    p.add_argument("--memory-headroom", type=quantity("size", need_unit=True), default=None, metavar="SIZE",
                    help="memory reserved per device for the CUDA context, NCCL buffers and fragmentation "
                         "(e.g. 4GiB, 0; default: 2 GiB + 5%% of the device's capacity, parsim/data/memory.yaml)")
 

@@ -37,6 +37,13 @@ def run(a) -> int:
     from parsim.limits import require_finite
     require_finite(f"plan search on {a.gpus} devices", step_time_s=res.columns["step_time_s"][: a.top],
                    memory_GiB=res.columns["memory_GiB"][: a.top])
+    if a.format != "table":      # how sure: JSON carries the figures; a CSV reader gets the lines on stderr
+        from parsim.accuracy import lines, ranking_count
+        at = res.attrs
+        res.attrs["heldout_cannot_rank_apart"] = ranking_count(
+            [float(x) for x in res.columns["step_time_s"][: a.top]], at["device"], at["dtype"], bool(at.get("moe")))
+        if a.format == "csv":
+            sys.stderr.write("\n".join(lines(at["device"], at["dtype"], bool(at.get("moe")))) + "\n")
     if a.format == "json":
         text = to_json({"attrs": res.attrs, "candidates": res.candidates, "priced": res.priced,
                         "rejected": res.rejected, "seconds": res.seconds, "plans": plans_records(res, a.top)})

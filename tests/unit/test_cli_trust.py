@@ -88,3 +88,40 @@ def test_presets_describe_devices_in_one_line(capsys):
     # the CPU trains in fp32 (its peak is the fp32 one); under the tests it is the measured VM profile
     cpu = out[out.index("cpu cpu: "):]
     assert "fp32" in cpu.split("peak")[0] and "measured here:" in cpu.split("h100")[0]
+
+
+def test_second_trial_findings(capsys):
+    # a bare number of headroom would be bytes: refused, with the unit it surely meant
+    assert main(["plan", "--gpus", "8", "--memory-headroom", "3"]) == 2
+    assert "size '3' has no unit: expected e.g. 3GiB" in capsys.readouterr().err
+    # the 16-bit H100 SXM answer says its constant is an assumption, and flags knobs outside the nearest evidence
+    s = A.statement("h100-sxm", "bf16", False)
+    assert "16-bit constant for h100-sxm is fitted on no published run of it (an assumption" in s
+    cov = A.coverage_note("h100-sxm", "bf16", False, {"tp": 8, "pp": 2, "cp": 1, "ep": 1, "zero": 0,
+                                                         "schedule": "1f1b", "recompute": "selective"})
+    assert cov.startswith("outside the published runs behind the nearest evidence: ZeRO stage 0")
+    # a pooled MoE figure names the models behind it (the H100 one is one Qwen3 plan in three releases)
+    assert "fp8 MoE runs on h100-sxm of qwen3-30b-a3b (3 tables" in A.statement("h100-sxm", "fp8", True)
+    # plan with fsdp2 accounting: plan #1's fit judged against the worst published memory error, as predict does
+    assert main(["plan", "--gpus", "64", "--memory-accounting", "fsdp2", "--top", "1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    m = A.memory_heldout("fsdp2")
+    assert f"{100 * m['max']:.1f}% at worst" in out and ("plan #1 fits only if" in out) == (
+        "fits only if" in A.memory_statement("fsdp2", _plan1_mem(), 73.67))
+    # CSV carries no accuracy columns: the lines go to stderr; JSON carries the cannot-rank-apart count
+    assert main(["plan", "--gpus", "64", "--format", "csv", "--top", "2"]) == 0
+    assert "accuracy: unknown" in capsys.readouterr().err
+    assert main(["plan", "--gpus", "64", "--format", "json", "--top", "10"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    steps = [p["step_time_s"] for p in d["plans"]]
+    basis = A.nearest_evidence("h100-sxm", "bf16", False)[1]["mean"]        # no 16-bit H100 run: nearest evidence
+    assert d["attrs"]["heldout_cannot_rank_apart"] == sum(t / steps[0] - 1 <= basis for t in steps) >= 1
+    # no valid plan: the counts and the operands of the simplest plan's first broken rule
+    assert main(["plan", "--gpus", "8", "--model", "gpt3-175b", "--seq-len", "4096"]) == 2
+    assert "(e.g. dp 8: seq-len 4,096 > the 2,048 learned positions of gpt3-175b" in capsys.readouterr().err
+
+
+def _plan1_mem():
+    from parsim.search import search
+    res = search(gpus=64, accounting="fsdp2", result=True, top=1)
+    return float(res.columns["memory_GiB"][0])
