@@ -35,7 +35,12 @@ def precision_class(precision: str) -> str | None:
 
 
 def key(gpu_type: str, precision: str, moe: bool) -> str:
-    return f"{gpu_type}/{precision_class(precision)}/{'moe' if moe else 'dense'}"
+    """The heldout.json key of a kind of plan: '<gpu type>/<precision class>/<dense|moe>'."""
+    return _class_key(gpu_type, precision_class(precision), moe)
+
+
+def _class_key(gpu_type: str, cls: str | None, moe: bool) -> str:
+    return f"{gpu_type}/{cls}/{'moe' if moe else 'dense'}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,7 +103,7 @@ def statement(device: str, precision: str, moe: bool) -> str:
             (c, k), o = n
             near = (f"; nearest evidence, {c} {'MoE' if k else 'dense'} runs on {g}{_models(o)}: "
                     f"{100 * o['mean']:.1f}% mean, {100 * o['max']:.1f}% max error over {o['rows']} runs")
-        if not any(f"{g}/{cls}/{x}" in _load() for x in ("dense", "moe")):
+        if not any(_class_key(g, cls, x) in _load() for x in (False, True)):
             near += (f"; parsim's {cls} constant for {g} is fitted on no published run of it (an assumption, "
                      f"parsim/data/devices.yaml)")
         return (f"accuracy: unknown — no published {cls} {kind} run on {device} to hold out{near} "
@@ -126,7 +131,7 @@ def nearest_evidence(device: str, precision: str, moe: bool):
     cls = precision_class(precision)
     order = [(c, moe) for c in ("16-bit", "fp8") if c != cls] + [(c, not moe) for c in (cls, "16-bit", "fp8")]
     for c, k in dict.fromkeys(order):
-        o = _load().get(f"{g}/{c}/{'moe' if k else 'dense'}")
+        o = _load().get(_class_key(g, c, k))
         if o:
             return (c, k), o
     return None

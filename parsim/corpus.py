@@ -475,11 +475,13 @@ def heldout_summary(loto: list[dict] | None = None) -> dict:
     parsim.accuracy reads. Returns {"by_kind": {key: stats}, "memory_by_accounting": {accounting: stats}} with keys
     parsim.accuracy.key(), stats = {"rows", "tables", "mean", "max", "bias", "worst_under"} (relative errors as
     fractions of 1, rounded to 4 places; worst_under the most negative error, 0 if none) and, per kind, "models"
-    (the models behind the figure) and "regime": {knob: [values the runs used]} for REGIME_KEYS; rows no candidate plan fits are left out (they have no error)."""
+    (the models behind the figure) and "regime": {knob: [values the runs used]} for REGIME_KEYS; rows no candidate
+    plan fits are left out (they have no error)."""
     from parsim.accuracy import key
     loto = leave_one_table_out() if loto is None else loto
     pooled: dict = {}
     regimes: dict = {}
+    models: dict = {}
     for e in loto:
         for r in e["row_results"]:
             if r.get("rel_error") is None:
@@ -491,7 +493,7 @@ def heldout_summary(loto: list[dict] | None = None) -> dict:
             seen = regimes.setdefault(k, {})
             for rk, v in r.get("regime", {}).items():
                 seen.setdefault(rk, set()).add(v)
-            seen.setdefault("models", set()).add(r["model"])
+            models.setdefault(k, set()).add(r["model"])
     mem: dict = {}
     for e in loto:          # memory does not depend on the fitted constants: every published row counts
         for r in e["row_results"]:
@@ -500,17 +502,16 @@ def heldout_summary(loto: list[dict] | None = None) -> dict:
                 errs.append(r["reserved_rel_error"])
                 tables.add(e["table"])
 
-    def stats(pool):
+    def stats(pool):        # _stats' mean / max / bias of the pooled errors, rounded, with the row and table counts
         out = {}
         for k, (errs, tables) in sorted(pool.items()):
-            a = np.asarray(errs, dtype=float)
-            out[k] = {"rows": int(len(a)), "tables": len(tables), "mean": round(float(np.abs(a).mean()), 4),
-                      "max": round(float(np.abs(a).max()), 4), "bias": round(float(a.mean()), 4),
-                      "worst_under": round(float(min(0.0, a.min())), 4)}
+            st = _stats(errs)
+            out[k] = {"rows": st["n"], "tables": len(tables), **{x: round(st[x], 4) for x in ("mean", "max", "bias")},
+                      "worst_under": round(float(min(0.0, min(errs))), 4)}
         return out
     by_kind = stats(pooled)
     for k, seen in regimes.items():       # the models, and the knob values, the runs of this kind used (sorted lists)
-        by_kind[k]["models"] = sorted(seen.pop("models"))
+        by_kind[k]["models"] = sorted(models[k])
         by_kind[k]["regime"] = {rk: sorted(v) for rk, v in sorted(seen.items())}
     return {"by_kind": by_kind, "memory_by_accounting": stats(mem)}
 

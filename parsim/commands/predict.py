@@ -30,11 +30,12 @@ def run(a) -> int:
     spec = a.cluster or DEFAULT_CLUSTER
     cluster = load_cluster_arg(spec, a.gpus) if str(spec).endswith(".json") else get_cluster(spec, a.gpus)
     plan = plan_from_args(a, a.gpus, None if a.dtype else cluster.device)
-    rep = predict(a.model or DEFAULT_MODEL, cluster, plan, gpus=a.gpus, **memory_options(a))
-    from parsim.accuracy import heldout, memory_heldout
     from parsim.model import load_model
+    model = load_model(a.model or DEFAULT_MODEL)          # read once: predict takes the spec, the answer its kind
+    rep = predict(model, cluster, plan, gpus=a.gpus, **memory_options(a))
+    from parsim.accuracy import heldout, memory_heldout
     dev = getattr(cluster.device, "name", cluster.device)
-    moe = load_model(a.model).experts > 0 if a.model else False
+    moe = model.experts > 0
     # the report plus the held-out error on published runs like it (null: unknown)
     record = dict(rep.to_dict(), heldout_accuracy=heldout(dev, rep.plan.get("dtype", ""), moe),
                   memory_heldout=memory_heldout(rep.memory_accounting))
