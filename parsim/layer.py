@@ -413,7 +413,11 @@ def _mlp_ops(model, T, Tr, t, e, g, act, ep, ein=None, probs_in_activation=False
         per_expert = rows * ep / E               # tokens one expert receives from its EP group
         local = E / ep                           # experts held by this rank
         moved = e * T * k * h                    # the top-k copies of the tokens
-        a2a = moved * (ep - 1) / ep
+        # The all-to-all's buffer is the whole send buffer (nccl-tests' convention, which
+        # parsim.costs.network.collective_* price: nbytes per rank, of which (ep-1)/ep leave the rank and
+        # busbw = algbw·(ep-1)/ep; its 1/ep own slice stays local). Passing only the (ep-1)/ep that leaves
+        # counted that factor twice: the all-to-all was priced (ep-1)/ep too fast (7/8 at ep 8).
+        a2a = moved
         # Megatron-Core's all-to-all dispatcher (megatron/core/transformer/moe/token_dispatcher.py,
         # MoEAlltoAllTokenDispatcher): "Permutation 1" groups the top-k copies by destination EP rank before
         # the all-to-all; with more than one local expert, "Permutation 2" (sort_chunks_by_idxs) sorts the

@@ -141,8 +141,9 @@ def test_mixtral_ep8_prices_the_all_to_all_and_shards_the_experts():
     p = Plan(dp=8, ep=8, micro_batch=1, global_batch=64)
     r = predict(m, "dgx-h100", p)
     # Per MoE layer and direction: dispatch and combine, each an all-to-all of the top-2 copies of the
-    # micro-batch's tokens, 2 bytes · 4096 tokens · 2 · 4096 hidden, of which (ep-1)/ep leave the rank.
-    nbytes = 2 * 4096 * 2 * 4096 * 7 / 8
+    # micro-batch's tokens, 2 bytes · 4096 tokens · 2 · 4096 hidden per rank (the pricing takes the (ep-1)/ep
+    # of it that leaves the rank).
+    nbytes = 2 * 4096 * 2 * 4096
     a, b = collective_coeffs(get_cluster("dgx-h100", 8), "all_to_all", "pairwise", tuple(range(8)))
     m_micro = 64 // 8
     expect = m_micro * 32 * 2 * 2 * (a + b * nbytes)       # micro-batches · layers · directions · (dispatch, combine)

@@ -57,8 +57,9 @@ def test_dispatch_and_combine_move_the_topk_copies_once_per_permutation(model, e
     for name in ("dispatch", "combine"):
         op = _op(ops, name)
         assert float(op.bytes) == float(op.bwd_bytes) == perms * 2 * moved
-    # the all-to-all carries the copies that leave the rank once, whatever the permutations
-    assert [c for c in _op(ops, "dispatch").comm if c[0] == "ep"][0][2] == pytest.approx(moved * (ep - 1) / ep)
+    # the all-to-all's buffer is the whole send buffer of top-k copies, once, whatever the permutations (nccl-tests'
+    # per-rank nbytes: the pricing applies the (ep-1)/ep that leaves the rank, see the test below)
+    assert [c for c in _op(ops, "dispatch").comm if c[0] == "ep"][0][2] == pytest.approx(moved)
 
 
 def test_ep_group_stays_inside_a_node_under_pipeline_parallelism():
@@ -73,9 +74,9 @@ def test_ep_group_stays_inside_a_node_under_pipeline_parallelism():
     per_layer2 = p2["breakdown"]["ep_comm"][0] / (8 * 24)
     per_layer1 = p1["breakdown"]["ep_comm"][0] / (8 * 48)
     assert per_layer2 == pytest.approx(per_layer1, rel=1e-12)
-    # by hand: 2 all-to-alls (dispatch, combine) of 2·4096·8·2048·7/8 bytes over ranks 0..7, each direction
+    # by hand: 2 all-to-alls (dispatch, combine) of a 2·4096·8·2048-byte send buffer over ranks 0..7, each direction
     a, b = collective_coeffs(get_cluster("dgx-h100", 16), "all_to_all", "pairwise", tuple(range(8)))
-    nbytes = 2 * 4096 * 8 * 2048 * 7 / 8
+    nbytes = 2 * 4096 * 8 * 2048
     assert per_layer2 == pytest.approx(2 * 2 * (a + b * nbytes), rel=1e-9)
     # the same 8 ranks spread over the two nodes (the stride the rank numbering tp-pp-dp would give) cost more
     a_x, b_x = collective_coeffs(get_cluster("dgx-h100", 16), "all_to_all", "pairwise", tuple(range(0, 16, 2)))
@@ -144,3 +145,20 @@ def test_megatron_accounting_keeps_less_per_moe_layer_than_the_combine_weighted_
     acts_d = {a: float(price(d, get_cluster("dgx-h100", 8), plan_columns([q], d), accounting=a)["memory"]["activations"][0])
               for a in ("megatron", "deepspeed")}
     assert acts_d["megatron"] == acts_d["deepspeed"]
+
+
+def test_the_all_to_all_counts_the_share_that_leaves_the_rank_once():
+    # Issue 15 (MoE rows too fast): the layer passed the (ep-1)/ep of the top-k copies that leave the rank, and the
+    # all-to-all pricing (nccl-tests' convention: nbytes = the per-rank buffer, busbw = algbw·(p-1)/p, PERFORMANCE.md)
+    # took (p-1)/p of that again. qwen3-30b-a3b, micro-batch 1 of 4096 tokens, ep 8 on one DGX-H100: the send buffer
+    # is 2·4096·8·2048 = 134,217,728 bytes, of which 7/8 = 117,440,512 cross NVLink; at 0.85·450 GB/s = 382.5 GB/s
+    # per direction that is 117,440,512 / 382.5e9 = 307.0 us per all-to-all (plus its latency), not 7/8 of it.
+    m = load_model("qwen3-30b-a3b")
+    ops = Ly.layer_ops(m, 1, 4096, 1, False, True, 0, 8, 1)
+    nbytes = [c for c in _op(ops, "dispatch").comm if c[0] == "ep"][0][2]
+    a, b = collective_coeffs(get_cluster("dgx-h100", 8), "all_to_all", "pairwise", tuple(range(8)))
+    assert b * float(nbytes) == pytest.approx(117_440_512 / 382.5e9, rel=1e-9)
+    # and priced in a step: ep_comm = micro-batches · layers · 2 directions · 2 all-to-alls · (a + b·nbytes)
+    p = Plan(dp=8, ep=8, tp=1, micro_batch=1, global_batch=64, seq_len=4096, dtype="bf16")
+    r = price(m, get_cluster("dgx-h100", 8), plan_columns([p], m))
+    assert r["breakdown"]["ep_comm"][0] == pytest.approx(8 * 48 * 2 * 2 * (a + b * 134_217_728), rel=1e-9)
