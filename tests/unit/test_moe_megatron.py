@@ -162,3 +162,18 @@ def test_the_all_to_all_counts_the_share_that_leaves_the_rank_once():
     p = Plan(dp=8, ep=8, tp=1, micro_batch=1, global_batch=64, seq_len=4096, dtype="bf16")
     r = price(m, get_cluster("dgx-h100", 8), plan_columns([p], m))
     assert r["breakdown"]["ep_comm"][0] == pytest.approx(8 * 48 * 2 * 2 * (a + b * 134_217_728), rel=1e-9)
+
+
+@pytest.mark.parametrize("ep", [2, 4, 8])
+def test_the_all_to_all_bandwidth_term_is_the_leaving_share_over_the_link(ep):
+    # Same kind as above, at every EP size: mixtral-8x7b, micro-batch 1 of 4096 tokens, top-2, hidden 4096, bf16:
+    # send buffer 2·4096·2·4096 = 67,108,864 bytes per rank, of which (ep-1)/ep leaves it over NVLink at
+    # 0.85·450 GB/s (dgx-h100): ep 2 -> 33,554,432 B = 87.7 us, ep 4 -> 50,331,648 B = 131.6 us,
+    # ep 8 -> 58,720,256 B = 153.5 us per all-to-all (bandwidth term).
+    m = load_model("mixtral-8x7b")
+    ops = Ly.layer_ops(m, 1, 4096, 1, False, True, 0, ep, 1)
+    for name in ("dispatch", "combine"):
+        nbytes = [c for c in _op(ops, name).comm if c[0] == "ep"][0][2]
+        assert float(nbytes) == 67_108_864
+        _, b = collective_coeffs(get_cluster("dgx-h100", 8), "all_to_all", "pairwise", tuple(range(ep)))
+        assert b * float(nbytes) == pytest.approx(67_108_864 * (ep - 1) / ep / 382.5e9, rel=1e-9)
