@@ -1,6 +1,7 @@
-"""B200 flash-attention core at cuDNN's published rate (issue 15): the b200 attention_efficiency points are NVIDIA's
-cuDNN Frontend SDPA training benchmark on one B200 (compute_benchmarks.yaml attention.cudnn_frontend_sdpa_benchmark)
-over the 2250 TFLOP/s dense bf16 peak, and the core is priced with them. The arithmetic is in the comments."""
+"""Flash-attention series from published kernel benchmarks (issue 15). B200: the attention_efficiency points are
+NVIDIA's cuDNN Frontend SDPA training benchmark on one B200 (compute_benchmarks.yaml attention.cudnn_frontend_sdpa_benchmark)
+over the 2250 TFLOP/s dense bf16 peak, and the core is priced with them. Hopper: the check of the rule that derives the
+causal backward from the FlashAttention-3 paper's non-causal backward panel. The arithmetic is in the comments."""
 import numpy as np
 import pytest
 import yaml
@@ -78,3 +79,26 @@ def test_b200_flash_core_runs_at_the_cudnn_rate():
         assert wg == 0.0
     # slower than the GEMM roofline it replaced (0.776-ceiling matmul curve at 2.2 TFLOP vs 0.615 for the core)
     assert 0.615 < float(dev.matmul_eff(2.199e3)) / f
+
+
+def test_hopper_causal_backward_ratio_is_the_forward_ratio():
+    # The FlashAttention-3 paper's backward panel has no causal mask; h100-sxm / h200 take the causal backward rate as
+    # that rate x the causal/non-causal forward ratio of the same kernel (the mask costs the backward what it costs the
+    # forward). The one published Hopper cuDNN series with a causal backward (cuDNN Frontend benchmark_results.csv,
+    # 16 heads x 128, 16k tokens) checks it: backward ratio 443.603/517.253 = 0.858 at 4096 against forward
+    # 542.318/654.153 = 0.829, ... 503.807/535.411 = 0.941 against 567.022/602.152 = 0.942 at 65536: within 0.035 at
+    # every length, and below 1 at every length (the non-causal rate, the earlier assumption, is too fast).
+    h = yaml.safe_load((DATA / "compute_benchmarks.yaml").read_text())["attention"]["cudnn_frontend_hopper_2024"]["h200"]
+    nc, c = h["bf16_hdim128_noncausal"], h["bf16_hdim128_causal"]
+    r_fwd = [a / b for a, b in zip(c["cudnn_fwd_TFLOPs"], nc["cudnn_fwd_TFLOPs"])]
+    r_bwd = [a / b for a, b in zip(c["cudnn_bwd_TFLOPs"], nc["cudnn_bwd_TFLOPs"])]
+    assert round(r_bwd[0], 3) == 0.858 and round(r_fwd[0], 3) == 0.829
+    assert all(abs(b - f) <= 0.035 for b, f in zip(r_bwd, r_fwd)), (r_bwd, r_fwd)
+    assert all(b < 0.95 for b in r_bwd)
+    # the derived h100-sxm backward at 4096 / 8192 / 16384 (0.429, 0.462, 0.473 of 989 = 424, 457, 468 TFLOP/s) is within
+    # 3% of the FA3 paper's non-causal backward (499, 518, 516) x this series' measured backward ratio (428, 453, 477)
+    fa3 = yaml.safe_load((DATA / "compute_benchmarks.yaml").read_text())["attention"]["flash_attention_3_paper"]
+    nb = dict(zip(fa3["seq_len"], fa3["h100-sxm"]["bwd_bf16_hdim128"]["cudnn_TFLOPs"]))
+    pts = dict(map(tuple, DEVICES["h100-sxm"]["attention_efficiency"]["bwd"]))
+    for s, r in zip((4096, 8192, 16384), r_bwd[:3]):
+        assert pts[s] * 989 == pytest.approx(nb[s] * r, rel=0.03), s
