@@ -24,7 +24,7 @@ DATA = Path(__file__).parent / "data"
 MLP_KINDS = ("gelu", "swiglu", "geglu")        # plain 2-matrix MLP (any pointwise activation) or gated 3-matrix
 NORMS = ("layernorm", "rmsnorm")               # LayerNorm: weight + bias (2h); RMSNorm: weight (h)
 POSITIONS = ("learned", "rotary", "alibi", "none")
-BOOLS = ("tied_embeddings", "qkv_bias", "linear_bias", "qk_norm", "embed_norm", "parallel_block")
+BOOLS = ("tied_embeddings", "qkv_bias", "linear_bias", "qk_norm", "embed_norm", "parallel_block", "dropout")
 # Training length of a Hugging Face config without `original_max_position_embeddings`: the
 # pre-training length of most open models before long-context extension (Llama 2, Qwen2.5),
 # capped at the model's max_position_embeddings. Never max_position_embeddings itself: that is
@@ -52,8 +52,10 @@ class ModelSpec:
     """A decoder-only transformer, every layer: norm → attention → norm → MLP (or MoE), residuals.
 
     Fields left None take the style of `activation`: GELU models are GPT-style (biases on every
-    projection, LayerNorm, learned positions), gated models (SwiGLU, GeGLU) Llama-style (no biases,
-    RMSNorm, rotary). Attention kind follows kv_heads: MHA (= heads), MQA (1) or GQA.
+    projection, LayerNorm, learned positions, dropout), gated models (SwiGLU, GeGLU) Llama-style (no biases,
+    RMSNorm, rotary, no dropout). `activation` "gelu" stands for any non-gated 2-matrix MLP (GELU, ReLU,
+    squared ReLU: one element-wise kernel between the two GEMMs, the same FLOPs and bytes).
+    Attention kind follows kv_heads: MHA (= heads), MQA (1) or GQA.
 
     MoE (experts > 0): layer i (0-based) is an MoE layer when i >= moe_first_dense and
     (i + 1) % moe_every == 0 (Qwen's decoder_sparse_step); its MLP is `experts` routed experts of
@@ -83,6 +85,10 @@ class ModelSpec:
     qk_norm: bool = False                 # RMSNorm of q and k per head (Qwen3)
     embed_norm: bool = False              # a norm after the token embedding (BLOOM)
     parallel_block: bool = False          # attention and MLP read the same input (GPT-J, Falcon, NeoX)
+    # Hidden and attention dropout in training (1-byte masks kept for backward; parsim.layer). None: the style of
+    # `activation` (GPT-style gelu models train with dropout, gated ones without); Nemotron-4 trains a non-gated
+    # MLP without dropout (NeMo's NemotronConfig: hidden_dropout = attention_dropout = 0.0).
+    dropout: bool | None = None
     experts: int = 0
     top_k: int = 0
     expert_ffn_hidden: int | None = None  # None: ffn_hidden
@@ -104,6 +110,7 @@ class ModelSpec:
         gpt = self.activation == "gelu"
         dflt = {"qkv_bias": gpt, "linear_bias": gpt, "norm": "layernorm" if gpt else "rmsnorm",
                 "position": "learned" if gpt else "rotary", "head_dim": None, "max_positions": self.seq_len,
+                "dropout": gpt,
                 "expert_ffn_hidden": self.ffn_hidden}
         for k in ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "seq_len"):
             _check_int(n, k, getattr(self, k))
