@@ -426,7 +426,7 @@ HF_FAMILIES = {
     "llama": "llama", "mistral": "llama", "mixtral": "llama", "qwen2": "llama", "qwen3": "llama",
     "qwen3_moe": "llama", "gemma": "llama", "gemma2": "llama", "phi3": "llama",
     "gpt2": "gpt2", "gpt_neox": "gpt_neox", "falcon": "falcon", "RefinedWeb": "falcon",
-    "RefinedWebModel": "falcon", "bloom": "bloom",
+    "RefinedWebModel": "falcon", "bloom": "bloom", "nemotron": "nemotron",
 }
 # Fields that change the architecture in ways ModelSpec does not model: refused, never ignored.
 HF_UNMODELLED = {
@@ -508,7 +508,8 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
 
     Families: Llama 1/2/3/3.1/3.2, Mistral, Mistral-Nemo, Mixtral, Qwen2/2.5/3, Qwen3-MoE, Gemma,
     Gemma2, Phi-3 (Llama-style readers); GPT-2; GPT-NeoX/Pythia; Falcon (multi_query, parallel_attn,
-    new_decoder_architecture); BLOOM (ALiBi). A model_type outside these, or a field in
+    new_decoder_architecture); BLOOM (ALiBi); Nemotron (NemotronForCausalLM: relu2 = squared-ReLU non-gated MLP,
+    LayerNorm, RoPE, no dropout; its partial_rotary_factor / rope_percent is said in the source, not modelled). A model_type outside these, or a field in
     HF_UNMODELLED, is refused (ParsimError naming it) rather than read as a dense Llama.
     The training length: see hf_seq_len."""
     if not isinstance(cfg, dict):
@@ -584,6 +585,15 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
                   linear_bias=bias, norm="layernorm", position="alibi" if alibi else "rotary",
                   norms_per_layer=norms, parallel_block=par or new)
         max_pos = g("max_position_embeddings", default=2048)
+    elif fam == "nemotron":
+        h, heads = g("hidden_size"), g("num_attention_heads")
+        kw = dict(layers=g("num_hidden_layers"), hidden=h, heads=heads,
+                  kv_heads=g("num_key_value_heads", default=heads), ffn_hidden=g("intermediate_size"),
+                  vocab=g("vocab_size"), activation=_hf_act(cfg, name, ("hidden_act",), gated=False),
+                  tied_embeddings=_hf_bool(cfg, name, "tie_word_embeddings", False), head_dim=g("head_dim", default=None),
+                  norm="layernorm", position="rotary", qkv_bias=_hf_bool(cfg, name, "attention_bias", False),
+                  linear_bias=_hf_bool(cfg, name, "mlp_bias", False), dropout=False)
+        max_pos = g("max_position_embeddings", default=None)
     elif fam == "bloom":
         h = g("hidden_size", "n_embed")
         kw = dict(layers=g("n_layer", "num_hidden_layers"), hidden=h, heads=g("n_head", "num_attention_heads"),
@@ -593,6 +603,9 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
         kw["kv_heads"] = kw["heads"]
         max_pos = g("seq_length", default=2048)
     seq, src = hf_seq_len(cfg, name, max_pos)
+    rot = cfg.get("partial_rotary_factor", cfg.get("rope_percent"))
+    if fam == "nemotron" and rot not in (None, 1, 1.0):
+        src += f"; RoPE on {rot:g} of each head priced over all of it"
     win = cfg.get("sliding_window")
     if win is not None and cfg.get("use_sliding_window", True) is not False:
         if not isinstance(win, int) or isinstance(win, bool):
