@@ -93,7 +93,8 @@ def op_times(op, dev, peak, e, fp8=None, eager=False, share=1.0, kscale=1.0, fp8
     the profile has no attention figure, a GEMM roofline of the same FLOPs and bytes.
     Memory-bound ops: their bytes at the device's bandwidth curve, forward and backward.
     fp8 (bool array): rows whose layer weight GEMMs (op.fp8) run at the FP8 peak with the FP8 curve,
-    operands 1 byte; fp8_peak (array, per row): that peak (fp8_peak_flops of the row's dtype; None: the fp8 one). eager (bool array, Plan.kernels): memory-bound ops at their eager traffic
+    operands 1 byte; fp8_peak (array, per row): that peak (fp8_peak_flops of the row's dtype: fp8 or mxfp8;
+    None: the fp8 one). eager (bool array, Plan.kernels): memory-bound ops at their eager traffic
     (parsim.layer.mem_bytes). share: the part of the op timed (a recomputed share of a GEMM's n, of a
     memory-bound op's bytes, of the core's FLOPs and bytes). kscale (array): multiplier of every tensor-core
     kernel's time (FP8 plans: the profile's fp8_time_scale, its FP8 sustained fraction in place of the 16-bit one)."""
@@ -115,8 +116,7 @@ def op_times(op, dev, peak, e, fp8=None, eager=False, share=1.0, kscale=1.0, fp8
     n = op.n * share
     f = gemm_s(dev, peak, e, op.m, op.k, n, op.batch, op.flop_scale, grouped=op.grouped)
     if op.fp8 and fp8 is not None and np.any(fp8):
-        # fp8: per-plan FP8 peak (an array: fp8 or mxfp8 rate by row; 0 off the FP8 rows, masked below), or True/bool
-        # rows at the per-tensor FP8 peak
+        # the FP8 peak per row (fp8 or mxfp8 rate; 0 off the FP8 rows, where it is masked to 1 and not used)
         pk = fp8_peak if fp8_peak is not None else fp8_peak_flops(dev)
         pk = np.where(np.asarray(fp8, dtype=bool), pk, 1.0)
         f8 = gemm_s(dev, pk, 1.0, op.m, op.k, n, op.batch, op.flop_scale,
