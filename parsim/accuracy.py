@@ -29,9 +29,10 @@ DEVICE_GPU_TYPE = {d: g for g, ds in GPU_TYPE_DEVICES.items() for d in ds}
 
 
 def precision_class(precision: str) -> str | None:
-    """'fp8' for FP8 plans, '16-bit' for bf16/fp16 (the two fitted constants of a GPU type, parsim.corpus); None for
+    """'fp8' for FP8 plans (per-tensor fp8 and block-scaled mxfp8: the same FP8 tensor cores and one fitted constant;
+    what MXFP8 does differently is priced, parsim.layer), '16-bit' for bf16/fp16 (the two fitted constants of a GPU type, parsim.corpus); None for
     fp32 (no public fp32 table)."""
-    return "fp8" if precision == "fp8" else ("16-bit" if precision in ("bf16", "fp16") else None)
+    return "fp8" if precision in ("fp8", "mxfp8") else ("16-bit" if precision in ("bf16", "fp16") else None)
 
 
 def key(gpu_type: str, precision: str, moe: bool) -> str:

@@ -29,10 +29,40 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Element sizes for the activations of each dtype code (parsim.plan.DTYPES order: bf16, fp16, fp32, fp8);
-# fp8 plans keep activations, norms, attention and the loss in bf16 (Transformer Engine's recipe).
-DTYPE_BYTES = np.array([2.0, 2.0, 4.0, 2.0])
-FP8 = 3
+# Element sizes for the activations of each dtype code (parsim.plan.DTYPES order: bf16, fp16, fp32, fp8, mxfp8);
+# fp8 and mxfp8 plans keep activations, norms, attention and the loss in bf16 (Transformer Engine's recipes).
+DTYPE_BYTES = np.array([2.0, 2.0, 4.0, 2.0, 2.0])
+FP8, MXFP8 = 3, 4
+FP8_CODES = (FP8, MXFP8)     # the dtype codes whose layer weight GEMMs run on the FP8 tensor cores
+
+# What quantizing one element for an FP8 GEMM writes, and what of it a GEMM keeps for backward, by recipe (bytes):
+#   fp8    per-tensor scaling (Transformer Engine's Float8CurrentScaling / DelayedScaling): one FP8 copy, 1 byte; on
+#          Blackwell "the rowwise and columnwise tensors share the same memory layout" (TE docs, FP8 Current Scaling,
+#          "Transpose handling"), so the one copy serves the forward GEMM and both backward GEMMs.
+#   mxfp8  MXFP8 block scaling (TE's MXFP8BlockScaling; TE docs, "MXFP8"): one E8M0 scale byte per 32 consecutive
+#          elements, blocks one-dimensional. "Rowwise and columnwise MXFP8 tensors are numerically different - one
+#          cannot derive one from the other. Both must be quantized independently from the full-precision data": an
+#          operand read along both of its dimensions (a GEMM input X: rowwise by the forward GEMM, columnwise by the
+#          weight-gradient GEMM; an output gradient dY: rowwise by dgrad, columnwise by wgrad; a weight: rowwise by
+#          the forward GEMM, columnwise by dgrad) is written twice, each copy with its scales: 2·(1 + 1/32) bytes.
+#          The input kept for wgrad is its columnwise copy only: 1 + 1/32 bytes.
+# Both read the 16-bit source once (per-tensor current scaling's separate amax pass is not priced for fp8: parsim's
+# fp8 cast has read + write only, as before MXFP8 was added; the difference priced between the two is the second copy
+# and the scales).
+MX_BLOCK = 32                                   # elements per E8M0 scale
+QUANT_WRITE_BYTES = {FP8: 1.0, MXFP8: 2.0 * (1.0 + 1.0 / MX_BLOCK)}
+QUANT_SAVED_BYTES = {FP8: 1.0, MXFP8: 1.0 + 1.0 / MX_BLOCK}
+
+
+def is_fp8(dtype_code):
+    """Bool array: rows whose layer weight GEMMs run in FP8 (dtype fp8 or mxfp8)."""
+    return np.isin(np.asarray(dtype_code), FP8_CODES)
+
+
+def _by_recipe(dtype_code, table, other):
+    """Per plan row: table[code] for the FP8 codes, `other` elsewhere."""
+    code = np.asarray(dtype_code)
+    return np.where(code == FP8, table[FP8], np.where(code == MXFP8, table[MXFP8], other))
 
 
 @dataclass
@@ -122,13 +152,14 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1, probs_in_activa
     sp, flash = _arr(sp, bool), _arr(flash, bool)
     e = DTYPE_BYTES[np.asarray(dtype_code)]
     # What an FP8 GEMM keeps of its activation input for the weight gradient: the FP8 cast (1 byte; Transformer
-    # Engine's Linear saves its quantized input, transformer_engine/pytorch/module/linear.py).
-    ein = np.where(np.asarray(dtype_code) == FP8, 1.0, e)
+    # Engine's Linear saves its quantized input, transformer_engine/pytorch/module/linear.py); MXFP8: its columnwise
+    # copy and scales, 1 + 1/32 bytes (QUANT_SAVED_BYTES).
+    ein = _by_recipe(dtype_code, QUANT_SAVED_BYTES, e)
     h, qd, kvd, a, d = model.hidden, model.q_dim, model.kv_dim, model.heads, model.head_dim
     T = b * s / cp                             # tokens of the micro-batch on this rank
     Tr = np.where(sp, T / t, T)                # tokens a replicated (norm, residual) op sees per rank
     g = 2.0 if model.gated else 1.0
-    gpt_dropout = not model.gated              # GPT-style models train with dropout (masks: 1 byte)
+    gpt_dropout = model.dropout                # dropout masks (1 byte) kept for backward (ModelSpec.dropout)
     act = T * h * e                            # one full activation [b, s, h]
     rms = model.norm == "rmsnorm"
     ops = [
@@ -195,13 +226,15 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1, probs_in_activa
     for op in ops:
         if any(k == TP_BLOCK for _, k, _ in op.comm):
             op.rs_out_bytes = np.where(sp & (t > 1), e * Tr * h, 0.0)
-    # FP8 plans: every FP8 GEMM's activation input is cast (read bf16, write fp8, amax) in forward and its
-    # output gradient in backward (Transformer Engine's per-tensor delayed scaling; weights are cast once a step).
-    fp8_w = np.where(np.asarray(dtype_code) == FP8, 1.0, 0.0)
+    # FP8 plans: every FP8 GEMM's activation input is quantized (read bf16, write what QUANT_WRITE_BYTES says: fp8 one
+    # 1-byte copy, 3 bytes an element in all; mxfp8 a rowwise and a columnwise copy with their scales, 2 + 2.0625) in
+    # forward and its output gradient in backward (weights are quantized once a step: parsim.costs.compute).
+    fp8_w = np.where(is_fp8(dtype_code), 1.0, 0.0)
     if np.any(fp8_w):
         cin = sum(np.asarray(op.weight) * np.asarray(op.m) * np.asarray(op.k) * np.asarray(op.batch) for op in ops if op.fp8)
         cout = sum(np.asarray(op.weight) * np.asarray(op.m) * np.asarray(op.n) * np.asarray(op.batch) for op in ops if op.fp8)
-        ops.append(Op("fp8_cast", "mem", bytes=3.0 * cin, bwd_bytes=3.0 * cout, weight=fp8_w))
+        per_elem = e + _by_recipe(dtype_code, QUANT_WRITE_BYTES, 0.0)
+        ops.append(Op("fp8_cast", "mem", bytes=per_elem * cin, bwd_bytes=per_elem * cout, weight=fp8_w))
     return ops
 
 
@@ -229,7 +262,7 @@ def tp_allgather_scale(dtype_code, framework: str):
     b = FP8_TP_ALLGATHER_BYTES[framework]
     if b is None:
         return np.ones(np.shape(code))
-    return np.where(code == FP8, b / DTYPE_BYTES[code], 1.0)
+    return np.where(code == FP8, b / DTYPE_BYTES[code], 1.0)    # torchtitan's Float8 TP only (no MXFP8 TP sourced)
 
 
 def _tp_out(act):

@@ -24,7 +24,7 @@ DATA = Path(__file__).parent / "data"
 MLP_KINDS = ("gelu", "swiglu", "geglu")        # plain 2-matrix MLP (any pointwise activation) or gated 3-matrix
 NORMS = ("layernorm", "rmsnorm")               # LayerNorm: weight + bias (2h); RMSNorm: weight (h)
 POSITIONS = ("learned", "rotary", "alibi", "none")
-BOOLS = ("tied_embeddings", "qkv_bias", "linear_bias", "qk_norm", "embed_norm", "parallel_block")
+BOOLS = ("tied_embeddings", "qkv_bias", "linear_bias", "qk_norm", "embed_norm", "parallel_block", "dropout")
 # Training length of a Hugging Face config without `original_max_position_embeddings`: the
 # pre-training length of most open models before long-context extension (Llama 2, Qwen2.5),
 # capped at the model's max_position_embeddings. Never max_position_embeddings itself: that is
@@ -52,8 +52,10 @@ class ModelSpec:
     """A decoder-only transformer, every layer: norm → attention → norm → MLP (or MoE), residuals.
 
     Fields left None take the style of `activation`: GELU models are GPT-style (biases on every
-    projection, LayerNorm, learned positions), gated models (SwiGLU, GeGLU) Llama-style (no biases,
-    RMSNorm, rotary). Attention kind follows kv_heads: MHA (= heads), MQA (1) or GQA.
+    projection, LayerNorm, learned positions, dropout), gated models (SwiGLU, GeGLU) Llama-style (no biases,
+    RMSNorm, rotary, no dropout). `activation` "gelu" stands for any non-gated 2-matrix MLP (GELU, ReLU,
+    squared ReLU: one element-wise kernel between the two GEMMs, the same FLOPs and bytes).
+    Attention kind follows kv_heads: MHA (= heads), MQA (1) or GQA.
 
     MoE (experts > 0): layer i (0-based) is an MoE layer when i >= moe_first_dense and
     (i + 1) % moe_every == 0 (Qwen's decoder_sparse_step); its MLP is `experts` routed experts of
@@ -83,6 +85,10 @@ class ModelSpec:
     qk_norm: bool = False                 # RMSNorm of q and k per head (Qwen3)
     embed_norm: bool = False              # a norm after the token embedding (BLOOM)
     parallel_block: bool = False          # attention and MLP read the same input (GPT-J, Falcon, NeoX)
+    # Hidden and attention dropout in training (1-byte masks kept for backward; parsim.layer). None: the style of
+    # `activation` (GPT-style gelu models train with dropout, gated ones without); Nemotron-4 trains a non-gated
+    # MLP without dropout (NeMo's NemotronConfig: hidden_dropout = attention_dropout = 0.0).
+    dropout: bool | None = None
     experts: int = 0
     top_k: int = 0
     expert_ffn_hidden: int | None = None  # None: ffn_hidden
@@ -104,6 +110,7 @@ class ModelSpec:
         gpt = self.activation == "gelu"
         dflt = {"qkv_bias": gpt, "linear_bias": gpt, "norm": "layernorm" if gpt else "rmsnorm",
                 "position": "learned" if gpt else "rotary", "head_dim": None, "max_positions": self.seq_len,
+                "dropout": gpt,
                 "expert_ffn_hidden": self.ffn_hidden}
         for k in ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "seq_len"):
             _check_int(n, k, getattr(self, k))
@@ -419,7 +426,7 @@ HF_FAMILIES = {
     "llama": "llama", "mistral": "llama", "mixtral": "llama", "qwen2": "llama", "qwen3": "llama",
     "qwen3_moe": "llama", "gemma": "llama", "gemma2": "llama", "phi3": "llama",
     "gpt2": "gpt2", "gpt_neox": "gpt_neox", "falcon": "falcon", "RefinedWeb": "falcon",
-    "RefinedWebModel": "falcon", "bloom": "bloom",
+    "RefinedWebModel": "falcon", "bloom": "bloom", "nemotron": "nemotron",
 }
 # Fields that change the architecture in ways ModelSpec does not model: refused, never ignored.
 HF_UNMODELLED = {
@@ -501,7 +508,8 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
 
     Families: Llama 1/2/3/3.1/3.2, Mistral, Mistral-Nemo, Mixtral, Qwen2/2.5/3, Qwen3-MoE, Gemma,
     Gemma2, Phi-3 (Llama-style readers); GPT-2; GPT-NeoX/Pythia; Falcon (multi_query, parallel_attn,
-    new_decoder_architecture); BLOOM (ALiBi). A model_type outside these, or a field in
+    new_decoder_architecture); BLOOM (ALiBi); Nemotron (NemotronForCausalLM: relu2 = squared-ReLU non-gated MLP,
+    LayerNorm, RoPE, no dropout; its partial_rotary_factor / rope_percent is said in the source, not modelled). A model_type outside these, or a field in
     HF_UNMODELLED, is refused (ParsimError naming it) rather than read as a dense Llama.
     The training length: see hf_seq_len."""
     if not isinstance(cfg, dict):
@@ -577,6 +585,15 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
                   linear_bias=bias, norm="layernorm", position="alibi" if alibi else "rotary",
                   norms_per_layer=norms, parallel_block=par or new)
         max_pos = g("max_position_embeddings", default=2048)
+    elif fam == "nemotron":
+        h, heads = g("hidden_size"), g("num_attention_heads")
+        kw = dict(layers=g("num_hidden_layers"), hidden=h, heads=heads,
+                  kv_heads=g("num_key_value_heads", default=heads), ffn_hidden=g("intermediate_size"),
+                  vocab=g("vocab_size"), activation=_hf_act(cfg, name, ("hidden_act",), gated=False),
+                  tied_embeddings=_hf_bool(cfg, name, "tie_word_embeddings", False), head_dim=g("head_dim", default=None),
+                  norm="layernorm", position="rotary", qkv_bias=_hf_bool(cfg, name, "attention_bias", False),
+                  linear_bias=_hf_bool(cfg, name, "mlp_bias", False), dropout=False)
+        max_pos = g("max_position_embeddings", default=None)
     elif fam == "bloom":
         h = g("hidden_size", "n_embed")
         kw = dict(layers=g("n_layer", "num_hidden_layers"), hidden=h, heads=g("n_head", "num_attention_heads"),
@@ -586,6 +603,9 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
         kw["kv_heads"] = kw["heads"]
         max_pos = g("seq_length", default=2048)
     seq, src = hf_seq_len(cfg, name, max_pos)
+    rot = cfg.get("partial_rotary_factor", cfg.get("rope_percent"))
+    if fam == "nemotron" and rot not in (None, 1, 1.0):
+        src += f"; RoPE on {rot:g} of each head priced over all of it"
     win = cfg.get("sliding_window")
     if win is not None and cfg.get("use_sliding_window", True) is not False:
         if not isinstance(win, int) or isinstance(win, bool):

@@ -17,7 +17,9 @@ SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbv")
 GRAD_SYNC = ("ring", "tree", "hd", "hierarchical", "ps", "native")
 RECOMPUTE = ("none", "selective", "full", "selective-op")   # parsim.layer.POLICIES states what each keeps and re-runs
 KERNELS = ("fused", "eager")   # element-wise kernels: fused (hand-written or torch.compile) or PyTorch eager
-DTYPES = ("bf16", "fp16", "fp32", "fp8")   # fp8: GEMMs of the layers in FP8 (Transformer Engine), the rest bf16
+# fp8: GEMMs of the layers in FP8 with per-tensor scales (Transformer Engine), the rest bf16; mxfp8: the same GEMMs in
+# MXFP8 (FP8 with an E8M0 scale per 32 elements, Blackwell only; parsim.layer prices what differs)
+DTYPES = ("bf16", "fp16", "fp32", "fp8", "mxfp8")
 MAX_DEGREE = 2 ** 20          # per parallel degree (a million devices)
 MAX_GPUS = 2 ** 24            # dp·tp·pp·cp
 MAX_BATCH = 2 ** 31           # sequences (micro-batch, global batch) and tokens per sequence

@@ -325,16 +325,16 @@ def _async_tp_exposed_s(model, dev, ops_u, dt_u, eager_u, inv, ag_s, rs_s, t):
     exposed. Summed over the layer: column-parallel GEMMs against the all-gathers, TP_BLOCK GEMMs
     against the reduce-scatters; backward's dgrad GEMMs are taken as long as the forward ones."""
     peak, e = C.peak_flops(dev, dt_u), C.DTYPE_BYTES[dt_u]
-    fp8 = dt_u == Ly.FP8
+    fp8, f8_peak = Ly.is_fp8(dt_u), C.fp8_peak_flops(dev, dt_u)
     kscale = np.where(fp8, dev.fp8_time_scale(), 1.0)      # FP8 plans: the FP8 sustained fraction (as layer_times)
     g_ag = g_rs = 0.0
     for op in ops_u:
         if op.kind != "gemm":
             continue
         if op.col_parallel:
-            g_ag = g_ag + C.op_times(op, dev, peak, e, fp8, eager_u, kscale=kscale)[0]
+            g_ag = g_ag + C.op_times(op, dev, peak, e, fp8, eager_u, kscale=kscale, fp8_peak=f8_peak)[0]
         if any(k == Ly.TP_BLOCK for _, k, _ in op.comm):
-            g_rs = g_rs + C.op_times(op, dev, peak, e, fp8, eager_u, kscale=kscale)[0]
+            g_rs = g_rs + C.op_times(op, dev, peak, e, fp8, eager_u, kscale=kscale, fp8_peak=f8_peak)[0]
     g_ag, g_rs = (np.broadcast_to(np.asarray(x, dtype=float), dt_u.shape)[inv] for x in (g_ag, g_rs))
     lag = (t - 1) / t
     return np.maximum(0.0, ag_s - g_ag * lag) + np.maximum(0.0, rs_s - g_rs * lag)
@@ -393,8 +393,18 @@ def _chunk(cols: dict, start: int, stop: int) -> dict:
     return out
 
 
-def _fp8_memory_words(accounting: str) -> str:
-    """What FP8 adds to memory under `accounting`, read from parsim.costs.memory.FP8_WEIGHT_COPY."""
+def _fp8_weight_elems(ops):
+    """Weight elements of a layer's FP8 GEMMs on one rank (weighted by their share of layers), per plan row."""
+    return sum(np.asarray(op.weight) * np.asarray(op.k) * np.asarray(op.n) * np.asarray(op.batch) for op in ops if op.fp8)
+
+
+def _fp8_memory_words(accounting: str, dtype: str = "fp8") -> str:
+    """What FP8 adds to memory under `accounting`, read from parsim.costs.memory.FP8_WEIGHT_COPY (MXFP8_WEIGHT_COPY
+    for dtype mxfp8)."""
+    if dtype == "mxfp8":
+        copy_B, _ = M.MXFP8_WEIGHT_COPY[accounting]
+        return (f"{copy_B:g} B per parameter of the FP8 layers on top of the 16-bit weight (MXFP8 rowwise + columnwise "
+                f"copies with E8M0 scales, parsim.costs.memory.MXFP8_WEIGHT_COPY), no scaling history")
     copy_B, state = M.FP8_WEIGHT_COPY[accounting]
     words = (f"an FP8 weight copy and transpose ({copy_B:g} B per parameter) beside the 16-bit weights" if copy_B
              else "no FP8 weight copy beside the weights (FP8 weights in place of the 16-bit copy, or cast per forward)")
@@ -729,6 +739,13 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     if sharded:
         opt_params = np.where(ep > 1, P_dense / np.where(zero >= 1, dpc, 1) + P_exp / np.where(zero >= 1, edp, 1), opt_params)
     opt = C.optimizer_s(dev, opt_params, dt, L) * cpu_share
+    # MXFP8 plans quantize every local FP8-GEMM weight to its rowwise and columnwise MXFP8 copies once a step
+    # (parsim.costs.compute.mxfp8_weight_quantize_s), on the rank holding the most layers
+    mx_rows = dt == Ly.MXFP8
+    if mx_rows.any():
+        w_layer = np.broadcast_to(np.asarray(_fp8_weight_elems(ops_u), dtype=float), first.shape)[inv]
+        opt = opt + np.where(mx_rows, C.mxfp8_weight_quantize_s(dev, np.maximum(np.maximum(L_first, L_last), L_mid)
+                                                                 * w_layer), 0.0)
     step = makespan + dp_exposed + opt
 
     # Breakdown on the bottleneck rank.
@@ -768,15 +785,15 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     # gradient), by framework (parsim.costs.memory.FP8_WEIGHT_COPY: Transformer Engine's FP8 copy + transpose and
     # delayed-scaling amax history; none for Megatron's FP8 primary weights' copy, none of either for torchao's
     # dynamic scaling under FSDP2).
-    fp8_copy, fp8_history = M.FP8_WEIGHT_COPY[M.check_accounting(accounting)]
     fp8_layer = 0.0
-    fp8_rows = dt == Ly.FP8
+    fp8_rows = Ly.is_fp8(dt)
     if fp8_rows.any():
         fp8_ops = [op for op in ops_u if op.fp8]
-        w_elems = sum(np.asarray(op.weight) * np.asarray(op.k) * np.asarray(op.n) * np.asarray(op.batch) for op in fp8_ops)
+        w_elems = np.broadcast_to(np.asarray(_fp8_weight_elems(ops_u), dtype=float), first.shape)[inv]
         n_tensors = 3 * sum(float(np.max(op.weight)) > 0 for op in fp8_ops)
-        fp8_layer = np.where(fp8_rows, fp8_copy * np.broadcast_to(np.asarray(w_elems, dtype=float), first.shape)[inv]
-                             + n_tensors * fp8_history * 4.0, 0.0)
+        for code, table in ((Ly.FP8, M.FP8_WEIGHT_COPY), (Ly.MXFP8, M.MXFP8_WEIGHT_COPY)):
+            copy_B, history = table[M.check_accounting(accounting)]
+            fp8_layer = np.where(dt == code, copy_B * w_elems + n_tensors * history * 4.0, fp8_layer)
     # FSDP2's root module (torchtitan: the embedding, the final norm and the output layer, outside every block)
     # is not resharded after forward ("the root FSDP state has its value specially set to False", fully_shard's
     # reshard_after_forward doc): at ZeRO-3 its unsharded 16-bit parameters stay from forward through backward,
@@ -903,7 +920,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
         raise ParsimError(f"memory headroom = {headroom_bytes!r} bytes: expected a finite size >= 0")
     check_plan(plan, model, gpus or plan.gpus)
     cluster = get_cluster(cluster, gpus or plan.gpus)
-    if plan.dtype == "fp8":                               # the rules that read the device
+    if plan.dtype in ("fp8", "mxfp8"):                    # the rules that read the device
         check_plan(plan, model, device=cluster.device)
     zero_sync_algorithms(plan.grad_sync, plan.zero)       # ZeRO needs a reduce-scatter/all-gather form
     if plan.gpus > cluster.num_devices:
@@ -940,10 +957,15 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
         notes.append(f"context parallel: ring K/V exchange {kv_s:.6g} s per step (forward K/V, backward K/V and dK/dV), "
                      f"{kv_s - breakdown['cp_comm']:.6g} s of it hidden under the attention core, "
                      f"{breakdown['cp_comm']:.6g} s exposed (cp_comm)")
-    if plan.dtype == "fp8":
-        notes.append(f"fp8: the layers' GEMMs at the FP8 peak ({cluster.device.peak_flops['fp8'] / 1e12:.0f} TFLOP/s) "
-                     f"with their own efficiency curve, attention, norms, embedding and loss in bf16; memory "
-                     f"({accounting} accounting): {_fp8_memory_words(accounting)}; MFU/HFU are taken against "
+    if plan.dtype in ("fp8", "mxfp8"):
+        mx = plan.dtype == "mxfp8"
+        notes.append(f"{plan.dtype}: the layers' GEMMs at the {'MXFP8' if mx else 'FP8'} peak "
+                     f"({cluster.device.peak_flops[plan.dtype] / 1e12:.0f} TFLOP/s) "
+                     f"with the FP8 efficiency curve, attention, norms, embedding and loss in bf16; "
+                     + ("each GEMM operand quantized rowwise and columnwise (2 copies + 1 scale byte per 32 elements), "
+                        "the weights once a step; " if mx else "")
+                     + f"memory ({accounting} accounting): {_fp8_memory_words(accounting, plan.dtype)}; "
+                     f"MFU/HFU are taken against "
                      f"the bf16 peak ({pk / 1e12:.0f} TFLOP/s), as NeMo and Megatron report; achieved model "
                      f"{mf / step / gpus_ / 1e12:.1f} TFLOP/s per GPU")
     if plan.ep > 1:

@@ -46,7 +46,7 @@ from parsim.errors import ParsimError
 from parsim.plan import DTYPES, GRAD_SYNC, KERNELS, RECOMPUTE, SCHEDULES
 
 GPIPE, ONE_F_ONE_B, INTERLEAVED, ZBV = range(4)
-FP8 = DTYPES.index("fp8")
+FP8, MXFP8 = DTYPES.index("fp8"), DTYPES.index("mxfp8")
 FULL, SEL_OP, EAGER = RECOMPUTE.index("full"), RECOMPUTE.index("selective-op"), KERNELS.index("eager")
 
 
@@ -225,10 +225,16 @@ def _cp_seq_msg(c, i):
     return f"sequence-parallel with cp: seq-len ({s}) is not divisible by cp·tp = {p}·{t}"
 
 
-def fp8_device_message(device) -> str:
-    """The one-line refusal of dtype fp8 on a device without FP8 tensor cores."""
-    return (f"dtype fp8: device {device.name} has no FP8 tensor cores (peaks: "
-            f"{', '.join(sorted(device.peak_flops))}); use bf16")
+def fp8_device_message(device, dtype: str = "fp8") -> str:
+    """The one-line refusal of dtype fp8 on a device without FP8 tensor cores, or of mxfp8 on one whose tensor cores
+    do not run MXFP8 (block-scaled FP8: Blackwell, SM 10.0+, per Transformer Engine's MXFP8 recipe; Hopper has FP8
+    with per-tensor scales only)."""
+    peaks = ", ".join(sorted(device.peak_flops))
+    if dtype == "mxfp8":
+        alt = "fp8 (per-tensor scaling)" if device.peak_flops.get("fp8") else "bf16"
+        return (f"dtype mxfp8: device {device.name} has no MXFP8 (block-scaled FP8) tensor cores (peaks: {peaks}; "
+                f"MXFP8 runs natively on Blackwell, SM 10.0+, not on Hopper or earlier); use {alt}")
+    return f"dtype fp8: device {device.name} has no FP8 tensor cores (peaks: {peaks}); use bf16"
 
 
 def _sp_seq_msg(c, i):
@@ -289,6 +295,8 @@ RULES = (
          lambda c, i: f"cp = {_i(c, 'cp', i)} runs ring attention on flash-attention kernels: drop --no-flash"),
     Rule("fp8 on a device without FP8", lambda c: (c["dtype"] == FP8) & (not c["device"].peak_flops.get("fp8", 0.0)),
          lambda c, i: fp8_device_message(c["device"]), needs_device=True),
+    Rule("mxfp8 on a device without MXFP8", lambda c: (c["dtype"] == MXFP8) & (not c["device"].peak_flops.get("mxfp8", 0.0)),
+         lambda c, i: fp8_device_message(c["device"], "mxfp8"), needs_device=True),
     # Recompute on every N-th layer is full activation checkpointing of those layers (torchtitan's
     # selective_ac_option = N); N at most the layers (beyond, no layer would be checkpointed).
     Rule("recompute-every > 1 without recompute full", lambda c: (c["rc_every"] > 1) & (c["recompute"] != FULL),
@@ -324,6 +332,9 @@ RULES = (
     Rule("fp8 (not run by the torch backend)", lambda c: c["dtype"] == FP8,
          lambda c, i: ("dtype fp8 is not run by this backend (it needs Transformer Engine on FP8 GPUs): "
                        "price it with parsim predict --dtype fp8"), scope="run"),
+    Rule("mxfp8 (not run by the torch backend)", lambda c: c["dtype"] == MXFP8,
+         lambda c, i: ("dtype mxfp8 is not run by this backend (it needs Transformer Engine on Blackwell GPUs): "
+                       "price it with parsim predict --dtype mxfp8"), scope="run"),
     Rule("tp overlap (not run by the torch backend)", lambda c: c["tpo"],
          lambda c, i: ("tp-overlap (Transformer Engine userbuffers) is not run by this backend: price it with "
                        "parsim predict --tp-overlap"), scope="run"),

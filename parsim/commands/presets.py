@@ -26,7 +26,7 @@ def rows(kind: str) -> list[tuple[str, str]]:
         from parsim.hardware import default_dtype
         kind = default_dtype(d)              # the dtype a plan on it trains in by default (fp32 on CPUs)
         peak = d.peak_flops.get(kind, 0.0)
-        fp8 = f", fp8 {d.peak_flops['fp8'] / 1e12:,.0f}" if d.peak_flops.get("fp8") else ""
+        fp8 = "".join(f", {k} {d.peak_flops[k] / 1e12:,.0f}" for k in ("fp8", "mxfp8") if d.peak_flops.get(k))
         where = "measured here: " + profile_file(n) if is_measured(n) else "catalog"
         return (f"{d.kind}: {d.memory_bytes / 2 ** 30:,.2f} GiB at {d.memory_bandwidth_Bps / 1e9:,.0f} GB/s, "
                 f"{kind} {peak / 1e12:,.3g}{fp8} TFLOP/s peak; sustained fraction {d.sustained_fraction:g}"

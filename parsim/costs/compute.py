@@ -22,22 +22,38 @@ from dataclasses import dataclass
 import numpy as np
 
 from parsim import layer as Ly
-from parsim.layer import DTYPE_BYTES, FP8  # noqa: F401  (one table of element sizes)
-
-DTYPES = ("bf16", "fp16", "fp32", "fp8")
+from parsim.layer import DTYPE_BYTES, FP8, MXFP8, MX_BLOCK  # noqa: F401  (one table of element sizes)
+from parsim.plan import DTYPES
 
 
 def peak_flops(dev, dtype_code):
     """Peak matrix FLOP/s per plan, from the dtype code (index into DTYPES): what non-FP8 GEMMs run at,
-    and what MFU/HFU are taken against. For fp8 plans that is the bf16 peak (NeMo and Megatron report
-    MFU of FP8 training against the bf16 peak; the FP8 peak is gemm_peak_flops)."""
-    table = np.array([dev.peak_flops.get(d if d != "fp8" else "bf16", 0.0) for d in DTYPES])
+    and what MFU/HFU are taken against. For fp8 and mxfp8 plans that is the bf16 peak (NeMo and Megatron report
+    MFU of FP8 training against the bf16 peak; the FP8 peak is fp8_peak_flops)."""
+    table = np.array([dev.peak_flops.get(d if d not in ("fp8", "mxfp8") else "bf16", 0.0) for d in DTYPES])
     return table[np.asarray(dtype_code)]
 
 
-def fp8_peak_flops(dev):
-    """The device's FP8 tensor-core peak (0 without FP8)."""
-    return dev.peak_flops.get("fp8", 0.0)
+def fp8_peak_flops(dev, dtype_code=FP8):
+    """The device's tensor-core peak for the FP8 GEMMs of dtype code `dtype_code` (fp8: peak_TFLOPs fp8; mxfp8:
+    peak_TFLOPs mxfp8, the block-scaled FP8 rate, only on devices whose tensor cores run MXFP8); 0 without it.
+    An array of codes gives an array (0 on non-FP8 rows)."""
+    code = np.asarray(dtype_code)
+    out = np.where(code == MXFP8, dev.peak_flops.get("mxfp8", 0.0), np.where(code == FP8, dev.peak_flops.get("fp8", 0.0), 0.0))
+    return float(out) if out.ndim == 0 else out
+
+
+def mxfp8_weight_quantize_s(dev, weight_elems):
+    """Seconds to quantize `weight_elems` FP8-GEMM weight elements to MXFP8 once a step: read bf16 (2 bytes), write the
+    rowwise and the columnwise copy with their E8M0 scales (2·(1 + 1/32) bytes), memory-bound.
+
+    Megatron-Core with MXFP8 and fp8_param_gather (Megatron-Bridge's bf16_with_mxfp8_mixed: fp8_param_gather and
+    reuse_grad_buf_for_mxfp8_param_ag): the parameter all-gather lands in bf16 in the (reused) gradient buffer and "the
+    parameters are cast from bf16 to MXFP8 during copy" into every local weight (megatron/core/distributed
+    param_and_grad_buffer / distributed_data_parallel start_param_sync): all of the rank's FP8 weights, each step, as
+    the columnwise blocks span rows and cannot be cut from a flat ZeRO shard. Per-tensor fp8 quantizes only the ZeRO
+    shard in the optimizer step (not priced). weight_elems: array allowed."""
+    return dev.memory_time_s((2.0 + 2.0 * (1.0 + 1.0 / MX_BLOCK)) * np.asarray(weight_elems, dtype=float))
 
 
 def gemm_s(dev, peak, e, M, K, N, batch=1.0, flop_scale=1.0, eff=None, grouped=False):
@@ -67,7 +83,7 @@ class LayerTimes:
     recompute_s: np.ndarray      # forward work the plan's recompute policy re-runs in backward (no collectives)
 
 
-def op_times(op, dev, peak, e, fp8=None, eager=False, share=1.0, kscale=1.0):
+def op_times(op, dev, peak, e, fp8=None, eager=False, share=1.0, kscale=1.0, fp8_peak=None):
     """(forward, backward, weight-gradient) seconds of one parsim.layer.Op, weighted by its share of layers.
 
     GEMMs: roofline gemm_s; backward `bwd`× the forward, of which the forward's time again is the weight
@@ -77,7 +93,8 @@ def op_times(op, dev, peak, e, fp8=None, eager=False, share=1.0, kscale=1.0):
     the profile has no attention figure, a GEMM roofline of the same FLOPs and bytes.
     Memory-bound ops: their bytes at the device's bandwidth curve, forward and backward.
     fp8 (bool array): rows whose layer weight GEMMs (op.fp8) run at the FP8 peak with the FP8 curve,
-    operands 1 byte. eager (bool array, Plan.kernels): memory-bound ops at their eager traffic
+    operands 1 byte; fp8_peak (array, per row): that peak (fp8_peak_flops of the row's dtype: fp8 or mxfp8;
+    None: the fp8 one). eager (bool array, Plan.kernels): memory-bound ops at their eager traffic
     (parsim.layer.mem_bytes). share: the part of the op timed (a recomputed share of a GEMM's n, of a
     memory-bound op's bytes, of the core's FLOPs and bytes). kscale (array): multiplier of every tensor-core
     kernel's time (FP8 plans: the profile's fp8_time_scale, its FP8 sustained fraction in place of the 16-bit one)."""
@@ -99,26 +116,29 @@ def op_times(op, dev, peak, e, fp8=None, eager=False, share=1.0, kscale=1.0):
     n = op.n * share
     f = gemm_s(dev, peak, e, op.m, op.k, n, op.batch, op.flop_scale, grouped=op.grouped)
     if op.fp8 and fp8 is not None and np.any(fp8):
-        f8 = gemm_s(dev, fp8_peak_flops(dev), 1.0, op.m, op.k, n, op.batch, op.flop_scale,
+        # the FP8 peak per row (fp8 or mxfp8 rate; 0 off the FP8 rows, where it is masked to 1 and not used)
+        pk = fp8_peak if fp8_peak is not None else fp8_peak_flops(dev)
+        pk = np.where(np.asarray(fp8, dtype=bool), pk, 1.0)
+        f8 = gemm_s(dev, pk, 1.0, op.m, op.k, n, op.batch, op.flop_scale,
                     dev.matmul_eff_fp8 or dev.matmul_eff, grouped=op.grouped)
         f = np.where(fp8, f8, f)
     f = kscale * f
     return w * f, w * op.bwd * f, (w * f if op.wgrad else 0.0)
 
 
-def ops_times(ops, dev, peak, e, fp8=None, eager=False, kscale=1.0):
+def ops_times(ops, dev, peak, e, fp8=None, eager=False, kscale=1.0, fp8_peak=None):
     """Summed (forward, backward, weight-gradient, attention-core forward, attention-core backward)
     seconds of a list of ops (the core: the ops selective recompute repeats)."""
     fwd = bwd = wg = sel = sel_b = 0.0
     for op in ops:
-        f, b, w = op_times(op, dev, peak, e, fp8, eager, kscale=kscale)
+        f, b, w = op_times(op, dev, peak, e, fp8, eager, kscale=kscale, fp8_peak=fp8_peak)
         fwd, bwd, wg = fwd + f, bwd + b, wg + w
         if op.selective:
             sel, sel_b = sel + f, sel_b + b
     return fwd, bwd, wg, sel, sel_b
 
 
-def recompute_fwd_s(ops, dev, peak, e, fp8, eager, recompute_code, kscale=1.0):
+def recompute_fwd_s(ops, dev, peak, e, fp8, eager, recompute_code, kscale=1.0, fp8_peak=None):
     """Seconds of forward work one layer re-runs in backward under each plan row's recompute policy
     (parsim.layer.recomputed: the ops, and the share of each, that the policy repeats); kscale as op_times."""
     rc = np.asarray(recompute_code)
@@ -126,7 +146,8 @@ def recompute_fwd_s(ops, dev, peak, e, fp8, eager, recompute_code, kscale=1.0):
     for code, policy in enumerate(Ly.POLICIES):
         if not np.any(rc == code) or policy == "none":
             continue
-        t_ = sum((op_times(op, dev, peak, e, fp8, eager, share, kscale)[0] for op, share in Ly.recomputed(ops, policy)), 0.0)
+        t_ = sum((op_times(op, dev, peak, e, fp8, eager, share, kscale, fp8_peak)[0]
+                  for op, share in Ly.recomputed(ops, policy)), 0.0)
         out = out + np.where(rc == code, t_, 0.0)
     return out
 
@@ -138,15 +159,17 @@ def layer_times(model, dev, b, s, t, sp, flash, dtype_code, ep=1, cp=1, recomput
     == "eager" (memory-bound ops at their eager traffic)."""
     b, s, t = (np.asarray(x, dtype=float) for x in (b, s, t))
     peak, e = peak_flops(dev, dtype_code), DTYPE_BYTES[np.asarray(dtype_code)]
-    fp8 = np.asarray(dtype_code) == FP8
-    if fp8.any() and not fp8_peak_flops(dev):
+    fp8 = Ly.is_fp8(dtype_code)
+    f8_peak = fp8_peak_flops(dev, dtype_code)
+    if np.any(fp8 & (np.asarray(f8_peak) <= 0)):
         from parsim.errors import ParsimError
         from parsim.rules import fp8_device_message      # the rule book's rule; callers ask it first
-        raise ParsimError(fp8_device_message(dev))
+        code = np.asarray(dtype_code).reshape(-1)[int(np.argmax((fp8 & (np.asarray(f8_peak) <= 0)).reshape(-1)))]
+        raise ParsimError(fp8_device_message(dev, DTYPES[int(code)]))
     kscale = np.where(fp8, dev.fp8_time_scale(), 1.0)      # FP8 plans: the FP8 sustained fraction
     ops = Ly.layer_ops(model, b, s, t, sp, flash, dtype_code, ep, cp)
-    fwd, bwd, wgrad, core_fwd, core_bwd = ops_times(ops, dev, peak, e, fp8, eager, kscale)
-    rec = recompute_fwd_s(ops, dev, peak, e, fp8, eager, recompute_code, kscale)
+    fwd, bwd, wgrad, core_fwd, core_bwd = ops_times(ops, dev, peak, e, fp8, eager, kscale, f8_peak)
+    rec = recompute_fwd_s(ops, dev, peak, e, fp8, eager, recompute_code, kscale, f8_peak)
     # Host overheads per layer; under tensor parallelism (DTensor) the measured per-layer total
     # `tp_layer`, split between forward and backward as without it.
     o_f, o_b = dev.overhead("layer_fwd"), dev.overhead("layer_bwd")

@@ -154,6 +154,20 @@ LOSS_BACKWARD_LOGITS = {"megatron": 1.0, "deepspeed": 1.0, "fsdp2": 2.0}
 #              the checkpointed block, as every torchtitan Float8 run uses activation checkpointing.
 FP8_WEIGHT_COPY = {"megatron": (0.0, 1026.0), "deepspeed": (2.0, 1026.0), "fsdp2": (0.0, 0.0)}
 
+# The same for MXFP8 (dtype mxfp8): an MXFP8 weight is a rowwise and a columnwise FP8 copy, each with one E8M0 scale
+# byte per 32 elements (Transformer Engine's MXFP8 recipe: the two are quantized independently; 2·(1 + 1/32) =
+# 2.0625 B per parameter), and no scaling state (each scale is local to its block: no amax history).
+#   megatron   0.0625 B: Megatron-Bridge's bf16_with_mxfp8_mixed sets fp8_param_gather and
+#              reuse_grad_buf_for_mxfp8_param_ag: the MXFP8 weight (2.0625 B) is the model's parameter, in place of the
+#              16-bit one parsim's accounting counts (2 B), and the bf16 all-gather lands in the gradient buffer (no
+#              buffer of its own). Same place as the fp8 entry's FP8 data + transpose in place of the bf16 weight,
+#              plus the scales.
+#   deepspeed  2.0625 B: Transformer Engine keeping the 16-bit weight plus its cached MXFP8 copies.
+#   fsdp2      0 B: torchao's MX training casts inside each forward like its Float8Linear (no persistent copy;
+#              not sourced beyond that structure).
+MXFP8_WEIGHT_COPY = {"megatron": (2.0 * (1.0 + 1.0 / 32) - 2.0, 0.0), "deepspeed": (2.0 * (1.0 + 1.0 / 32), 0.0),
+                     "fsdp2": (0.0, 0.0)}
+
 # Where an MoE layer applies its routing probabilities, by framework (parsim.layer._mlp_ops: what the combine keeps):
 #   megatron   in the experts' activation: Megatron-Core's TEGroupedMLP (megatron/core/transformer/moe/experts.py)
 #              runs bias_act_func -> weighted_bias_swiglu_impl(intermediate_parallel, bias_parallel, permuted_probs)

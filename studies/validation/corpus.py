@@ -63,8 +63,9 @@ def markdown(loto: list[dict], fits: dict) -> str:
               "value for all of them. No prediction from the stated plan can bring every row of a group closer than "
               "its floor = (max − min) / (max + min) (reached at 2·min·max / (min + max)); techniques the pages name "
               "that parsim does not read (e.g. tokendrop vs. force-balanced dropless routing) are said in the CSVs.", "",
-              md_table(["GPU type", "model", "GPUs", "tables", "published", "spread", "floor (some row is at least this far off)"],
-                       [[g["gpu_type"], g["model"], g["gpus"], "; ".join(g["tables"]),
+              md_table(["GPU type", "model", "GPUs", "precision", "tables", "published", "spread",
+                        "floor (some row is at least this far off)"],
+                       [[g["gpu_type"], g["model"], g["gpus"], g["precision"], "; ".join(g["tables"]),
                          ", ".join(f"{y:g}" for y in g["published"]), _abs_pct(g["spread"]), _abs_pct(g["floor"])]
                         for g in repeat_floor()]), "",
               "## Published runs parsim's fits verdict would refuse", "",

@@ -38,7 +38,7 @@ def test_hf_config_params_seq_len_and_active(row):
 def test_every_family_is_covered():
     families = {cfg(r["file"]).get("model_type") for r in ROWS}
     assert families >= {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "phi3", "gpt2",
-                        "gpt_neox", "falcon", "bloom"}
+                        "gpt_neox", "falcon", "bloom", "nemotron"}
 
 
 def test_family_shapes_read_right():
@@ -74,7 +74,8 @@ def test_seq_len_never_max_position_embeddings():
 
 
 @pytest.mark.parametrize("preset, file", [("mixtral-8x7b", "mixtral-8x7b.json"), ("qwen3-30b-a3b", "qwen3-30b-a3b.json"), ("qwen3-235b-a22b", "qwen3-235b-a22b.json"),
-                                          ("qwen3-8b", "qwen3-8b.json"), ("gemma-7b", "gemma-7b.json")])
+                                          ("qwen3-8b", "qwen3-8b.json"), ("gemma-7b", "gemma-7b.json"),
+                                          ("nemotron-340b", "nemotron-4-340b.json"), ("nemotron-8b", "nemotron-3-8b.json")])
 def test_presets_match_hf_configs(preset, file):
     p, h = load_model(preset), load_model(str(HF / file))
     assert (p.params, p.active_params) == (h.params, h.active_params)
