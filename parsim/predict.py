@@ -32,7 +32,7 @@ from parsim.caches import CLUSTERS_KEPT, ENTRIES_PER_CLUSTER, LRU
 from parsim.costs import compute as C
 from parsim import layer as Ly
 from parsim.costs import memory as M
-from parsim.costs.dpsync import DP_CHUNKED_OVERLAP, ZERO_SYNC_ALGOS, dp_chunks, dp_sync_s, zero_sync_algorithms
+from parsim.costs.dpsync import ZERO_SYNC_ALGOS, dp_sync_s, zero_sync_algorithms
 from parsim.costs import network as _net
 from parsim.costs.network import collective_lines
 from parsim.errors import ParsimError
@@ -726,9 +726,7 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
                             for op in ("allreduce", "reduce_scatter", "all_gather"))
         t_ar, t_rs, t_ag = t_ar + x_ar, t_rs + x_rs, t_ag + x_ag
     bwd_last_mb = np.minimum(T_first, T_last) - np.minimum(Tf_avg, T_max)
-    # Megatron-Core splits its DP collectives into buckets (parsim.costs.dpsync)
-    chunks = dp_chunks(P_rank, pp, vpp) if DP_CHUNKED_OVERLAP[M.check_accounting(accounting)] else None
-    t_sync, dp_exposed = dp_sync_s(zero, m, t_ar, t_rs, t_ag, overlap, bwd_last_mb, T_avg, L, chunks, Tf_avg)
+    t_sync, dp_exposed = dp_sync_s(zero, m, t_ar, t_rs, t_ag, overlap, bwd_last_mb, T_avg, L)
     t_sync, dp_exposed = np.where(dp > 1, t_sync, 0.0), np.where(dp > 1, dp_exposed, 0.0)
 
     # ZeRO shards over every rank holding the same weights: dp·cp (the weights are replicated over the cp

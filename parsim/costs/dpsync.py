@@ -26,15 +26,13 @@ all-gather of a stage's full gradient (or parameter) buffer over the dp group:
                                   m·(2·t_ag + t_rs); prefetched under the micro-batch's compute
                                   when overlapped, except the first layer's gather of each pass.
 
-Megatron-Core's data-parallel overlap (chunks given; the frameworks of DP_CHUNKED_OVERLAP): its DDP and
-distributed optimizer split the gradient reduce-scatter (all-reduce without ZeRO) and the parameter all-gather into
-buckets, never across a virtual pipeline stage's model chunk, and overlap each with computation, "exposing only one
-DP communication chunk" (NeMo docs, features/optimizations/communication_overlap.rst). The NeMo and Megatron-Bridge
-recipes set, whenever dp > 1, overlap_grad_reduce and overlap_param_gather True and bucket_size 128·2^20 parameters
-(MegatronCommOverlapCallback / CommOverlapConfig._get_optimizer_overlap_cfgs; DP_BUCKET_PARAMS). With
-overlap_param_gather the updated parameters are gathered under the *next* step's first forward (Megatron-Core
-DistributedDataParallelConfig: "overlap param all-gather with forward compute"). Per collective t over c chunks:
-  exposed = max(t - window, t / c)   (window: the last backward for the gradients, a forward for the parameters).
+Megatron-Core's own DP overlap is NOT priced, on the evidence: its recipes (NeMo / Megatron-Bridge comm-overlap
+config) turn on overlap_grad_reduce and overlap_param_gather with 128·2^20-parameter buckets, which the NeMo docs say
+expose "only one DP communication chunk", the parameter all-gather hidden under the next step's first forward. Priced
+that way (2026-11-30), the public corpus's DP-heavy rows went wrong, held out: Mixtral-8x7B and Nemotron-4 15B on 64
+B200 (dp 64, two micro-batches per step) +2.3% -> +15.5% and +10.5% -> +19.5% too fast, and every dense NeMo /
+Megatron-Bridge table 0.2-1.1 points worse. Whatever keeps that all-gather exposed in practice (contention with the
+forward's kernels, the first bucket's wait, ...) is not known here; the ZeRO-1 formula above fits the published runs.
 
 Sources: Rajbhandari et al. 2020 (ZeRO, §5, §7: stage 3 moves 1.5x an all-reduce's bytes);
 DeepSpeed stage_1_and_2.py (reduce at every micro-batch with partition_gradients, the
@@ -48,18 +46,6 @@ from __future__ import annotations
 import numpy as np
 
 from parsim.errors import ParsimError
-
-# Frameworks whose DP collectives are chunked and overlapped as Megatron-Core's (module docstring), by the memory
-# accounting name that stands for the framework; the others as the ZeRO stages above (DeepSpeed; FSDP2, whose own
-# prefetching is stage 3's; parsim's torch backend).
-DP_CHUNKED_OVERLAP = {"megatron": True, "deepspeed": False, "fsdp2": False}
-DP_BUCKET_PARAMS = 128 * 2 ** 20     # parameters per DP bucket in the NeMo / Megatron-Bridge recipes (docstring)
-
-
-def dp_chunks(params_per_rank, pp, vpp):
-    """Chunks Megatron-Core splits one rank's DP collectives into (arrays): its buckets of DP_BUCKET_PARAMS, and at
-    least one per model chunk (vpp of them under pipeline parallelism)."""
-    return np.maximum(np.where(np.asarray(pp) > 1, vpp, 1), np.ceil(np.asarray(params_per_rank, dtype=float) / DP_BUCKET_PARAMS))
 
 # The reduce-scatter and all-gather schedules a --grad-sync algorithm has (parsim.schedules):
 # ring -> ring/ring; hd -> recursive halving / recursive doubling; native -> the library's own.
@@ -79,8 +65,7 @@ def zero_sync_algorithms(grad_sync: str, zero: int) -> tuple[str, str]:
     return ZERO_SYNC_ALGOS[grad_sync]
 
 
-def dp_sync_s(zero, m, t_ar, t_rs, t_ag, overlap, bwd_window_s, mb_compute_s, layers_per_rank, chunks=None,
-              fwd_window_s=0.0):
+def dp_sync_s(zero, m, t_ar, t_rs, t_ag, overlap, bwd_window_s, mb_compute_s, layers_per_rank):
     """(traffic_s, exposed_s) of data-parallel synchronisation per step (arrays, seconds).
 
     zero: ZeRO stage; m: micro-batches per step; t_ar/t_rs/t_ag: one all-reduce/reduce-scatter/
@@ -88,25 +73,15 @@ def dp_sync_s(zero, m, t_ar, t_rs, t_ag, overlap, bwd_window_s, mb_compute_s, la
     on the stage (what a gradient collective launched during backward can hide under);
     mb_compute_s: one micro-batch's forward+backward on the stage (what ZeRO-3's prefetched
     gathers can hide under); layers_per_rank: ZeRO-3's first gather of a pass is one layer's.
-    chunks (array, or None): Megatron-Core's chunked overlap of stages 0-2 with that many chunks per rank, the
-    parameter all-gather hidden under fwd_window_s (one micro-batch's forward on the stage); None: as above.
     Formulas in the module docstring."""
     zero, m = np.asarray(zero), np.asarray(m, dtype=float)
     overlap = np.asarray(overlap, dtype=bool)
     w = np.where(overlap, np.maximum(bwd_window_s, 0.0), 0.0)
     rs_mult = np.where(zero == 2, m, 1.0)                      # ZeRO-2: a reduce-scatter per micro-batch
     rs_ag = rs_mult * t_rs + t_ag                               # ZeRO-1/2 traffic
-    if chunks is None:
-        rs_ag_exposed = rs_mult * np.maximum(t_rs - w, 0.0) + t_ag  # ... the all-gather after the optimizer: exposed
-        ar_exposed = np.maximum(t_ar - w, 0.0)
-    else:                                                       # Megatron-Core: one chunk at least, when overlapped
-        c = np.maximum(np.asarray(chunks, dtype=float), 1.0)
-        wf = np.where(overlap, np.maximum(fwd_window_s, 0.0), 0.0)
-        hide = lambda t_, win: np.where(overlap, np.maximum(t_ - win, t_ / c), t_)     # noqa: E731
-        rs_ag_exposed = rs_mult * hide(t_rs, w) + hide(t_ag, wf)
-        ar_exposed = hide(t_ar, w)
+    rs_ag_exposed = rs_mult * np.maximum(t_rs - w, 0.0) + t_ag  # ... the all-gather after the optimizer: exposed
     traffic = np.where(zero == 0, t_ar, rs_ag)
-    exposed = np.where(zero == 0, ar_exposed, rs_ag_exposed)
+    exposed = np.where(zero == 0, np.maximum(t_ar - w, 0.0), rs_ag_exposed)
     z3 = zero >= 3
     if np.any(z3):
         pick = lambda x: np.broadcast_to(x, z3.shape)[z3]      # noqa: E731
