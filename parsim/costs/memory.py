@@ -314,8 +314,9 @@ def pipeline_moments(schedule_code: int, pp: int, vpp: int, m: int, rank: int) -
     stages that have run a backward (their gradients exist from then on: FSDP2 accumulates the unsharded gradient
     from a stage's first backward, torchtitan zeroes them - set to None - every step), forwards run so far on the
     last stage and on its other stages (the outputs torch.distributed.pipelining keeps until the next step), and
-    whether the moment is inside a backward (of the last stage: its loss backward). A moment is taken inside every
-    backward (before it frees its activation set) and after every op. None when the order is longer than
+    whether the moment is inside the last stage's loss backward or inside a backward's layers (a recomputed layer's
+    working set; the micro-batch's log-probabilities are freed by then). Moments are taken inside every backward
+    (the last stage's: at its loss, then in its layers) before it frees its activation set, and after every op. None when the order is longer than
     MAX_MOMENT_OPS (the caller sums the terms' own peaks instead)."""
     from parsim.plan import SCHEDULES
     from parsim.schedules.pipeline import B as KB, F as KF, W as KW, build_schedule, schedule_ops
@@ -329,8 +330,8 @@ def pipeline_moments(schedule_code: int, pp: int, vpp: int, m: int, rank: int) -
     inflight, fwd, grads = {}, {}, set()
     rows = []
 
-    def row(bwd, last_bwd):
-        return (sum(inflight.values()), inflight.get(last, 0), len(grads), fwd.get(last, 0),
+    def row(bwd, last_bwd, loss_done=0):
+        return (sum(inflight.values()), inflight.get(last, 0) - loss_done, len(grads), fwd.get(last, 0),
                 sum(v for k, v in fwd.items() if k != last), last_bwd, bwd)
 
     for kind, st in zip(s.kind[lo:hi], s.stage[lo:hi]):
@@ -339,7 +340,12 @@ def pipeline_moments(schedule_code: int, pp: int, vpp: int, m: int, rank: int) -
             inflight[st] = inflight.get(st, 0) + 1
             fwd[st] = fwd.get(st, 0) + 1
         else:
-            rows.append(row(1, int(kind == KB and st == last)))
+            if kind == KB and st == last:
+                # the loss backward first, then the layers' (their recompute) with that micro-batch's log-probs freed
+                rows.append(row(0, 1))
+                rows.append(row(1, 0, loss_done=1))
+            else:
+                rows.append(row(1, 0))
             if kind == release:
                 inflight[st] -= 1
                 grads.add(st)

@@ -199,9 +199,12 @@ def test_pipeline_moments_follow_the_op_order():
         [1, 0, 1, 0, 2, 0, 0],      # after B0: the stage's gradients exist from here
         [1, 0, 1, 0, 2, 0, 1],      # inside B1
         [0, 0, 1, 0, 2, 0, 0]]      # after B1: the outputs stay until the next step
+    # the last stage's backward: first its loss (the micro-batch's log-probs held), then its layers (freed by then)
     assert pipeline_moments(one, 2, 1, 2, 1).tolist() == [
-        [1, 1, 0, 1, 0, 0, 0], [1, 1, 0, 1, 0, 1, 1], [0, 0, 1, 1, 0, 0, 0],
-        [1, 1, 1, 2, 0, 0, 0], [1, 1, 1, 2, 0, 1, 1], [0, 0, 1, 2, 0, 0, 0]]
+        [1, 1, 0, 1, 0, 0, 0],
+        [1, 1, 0, 1, 0, 1, 0], [1, 0, 0, 1, 0, 0, 1], [0, 0, 1, 1, 0, 0, 0],
+        [1, 1, 1, 2, 0, 0, 0],
+        [1, 1, 1, 2, 0, 1, 0], [1, 0, 1, 2, 0, 0, 1], [0, 0, 1, 2, 0, 0, 0]]
     # interleaved, p = 2, v = 2, m = 2, rank 1 (stages 1 and 3): 1F0 1F1 3F0 3B0 3F1 3B1 1B0 1B1 (torch's order):
     # the loss backwards (stage 3) run while stage 1 has no gradients yet - 1 stage with gradients at the second
     C = pipeline_moments(SCHEDULES.index("interleaved"), 2, 2, 2, 1)
@@ -252,11 +255,12 @@ def test_fsdp2_pipeline_rank_peaks_over_its_op_order():
 def test_torchtitan_405b_interleaved_peaks_below_1f1b():
     # torchtitan's Table 5 (Llama 3.1 405B, FSDP 8 x TP 8 x PP 8, local batch 32 in 8 micro-batches of 4): the published
     # peak of Interleaved 1F1B (72.7 GiB) is below 1F1B's (82.5). Summing every term at its own peak put interleaved
-    # 1.9 GiB above; over the op order the last rank's loss backwards run, under interleaving, before its other stage
-    # has any gradient: interleaved predicts below 1F1B (by 2.0 GiB - the published gap is 9.8).
+    # 1.9 GiB above (its last rank holds stage 7's 8 micro-batches when stage 15's loss runs); over the op order those
+    # loss backwards run before stage 7 has any gradient: interleaved predicts below 1F1B (by 0.3 GiB only - the
+    # published gap of 9.8 is not explained).
     m = load_model("llama3-405b")
     kw = dict(dp=8, tp=8, pp=8, micro_batch=4, global_batch=256, seq_len=8192, dtype="fp8", zero=1,
               recompute="full", sequence_parallel=True)
     one, inter = (predict(m, "grand-teton-h100", Plan(schedule=s, vpp=v, **kw), accounting="fsdp2")
                   for s, v in (("1f1b", 1), ("interleaved", 2)))
-    assert inter.memory_GiB < one.memory_GiB - 1.5
+    assert inter.memory_GiB < one.memory_GiB
