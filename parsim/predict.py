@@ -410,8 +410,12 @@ def _walk_pipeline_memory(parts, base, pipe, Ls, pp, vpp, m, a_layer, a_work, lo
                              g_all[rows] / v,                                      # a stage's gradients
                              logits16[rows], b,                                    # kept outputs
                              extra[rows] * logits[rows], a_work[rows]], axis=1)    # loss backward, a recompute
-            vals = cols @ C.T
-            at = C[vals.argmax(axis=1)] * cols                                     # each term at the plan's peak
+            C = np.unique(C, axis=0)                                               # moments repeat
+            at = np.empty_like(cols)
+            step_rows = max(1, (1 << 22) // C.shape[0])                            # ~32 MiB of temporaries a block
+            for i in range(0, rows.size, step_rows):
+                blk = cols[i:i + step_rows]
+                at[i:i + step_rows] = C[(blk @ C.T).argmax(axis=1)] * blk          # each term at the plan's peak
             new[1][rows] = at[:, 2]
             new[3][rows] = at[:, 0] + at[:, 1] + at[:, 5] + at[:, 6]
             new[4][rows] = bc(base[k])[rows] + m[rows] * b * ((v - nf) + (v - nl)) + at[:, 3] + at[:, 4]

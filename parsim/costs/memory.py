@@ -17,7 +17,10 @@ scores, like selective recompute.
 Model states: bytes per parameter by the framework's accounting (``ACCOUNTING``: Megatron-LM's
 18 B with fp32 main gradients — the default —, DeepSpeed/ZeRO's 16 B, FSDP2's fp32-sharded 16 B),
 sharded by ZeRO stage (Rajbhandari et al. 2020, §5). In-flight activations per pipeline rank come
-from the schedule's own op order (``inflight_chunks``). What the device can give the model is its
+from the schedule's own op order (``inflight_chunks``); where the framework's pipeline runtime keeps its stage
+outputs (torch.distributed.pipelining under FSDP2) a rank's peak is taken over that order moment by moment
+(``pipeline_moments``: gradients from a stage's first backward, kept outputs growing with the forwards, the loss
+backward and a recomputed layer inside a backward only). What the device can give the model is its
 reported capacity less a headroom (``default_headroom_bytes``, data in parsim/data/memory.yaml).
 """
 from __future__ import annotations
@@ -307,6 +310,12 @@ MOMENT_TERMS = ("chunks", "last_chunks", "stages_with_grads", "last_outputs", "o
 MAX_MOMENT_OPS = 1 << 14
 
 
+@functools.lru_cache(maxsize=16)
+def _schedule(name: str, pp: int, m: int, vpp: int):
+    from parsim.schedules.pipeline import build_schedule
+    return build_schedule(name, pp, m, vpp)
+
+
 @functools.lru_cache(maxsize=4096)
 def pipeline_moments(schedule_code: int, pp: int, vpp: int, m: int, rank: int) -> np.ndarray:
     """Rank ``rank``'s memory terms at every moment of its op order (torch's, parsim.schedules.pipeline), as counts:
@@ -319,11 +328,11 @@ def pipeline_moments(schedule_code: int, pp: int, vpp: int, m: int, rank: int) -
     (the last stage's: at its loss, then in its layers) before it frees its activation set, and after every op. None when the order is longer than
     MAX_MOMENT_OPS (the caller sums the terms' own peaks instead)."""
     from parsim.plan import SCHEDULES
-    from parsim.schedules.pipeline import B as KB, F as KF, W as KW, build_schedule, schedule_ops
+    from parsim.schedules.pipeline import B as KB, F as KF, W as KW, schedule_ops
     name = SCHEDULES[int(schedule_code)]
     if schedule_ops(name, pp, vpp, m) > MAX_MOMENT_OPS * pp:
         return None
-    s = build_schedule(name, pp, m, vpp)
+    s = _schedule(name, pp, m, vpp)
     lo, hi = s.rank_offsets[rank], s.rank_offsets[rank + 1]
     last = s.num_stages - 1
     release = KW if s.split_backward else KB
