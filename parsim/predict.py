@@ -340,12 +340,15 @@ def _async_tp_exposed_s(model, dev, ops_u, dt_u, eager_u, inv, ag_s, rs_s, t):
     return np.maximum(0.0, ag_s - g_ag * lag) + np.maximum(0.0, rs_s - g_rs * lag)
 
 
-def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
+def _pipeline_structure(layers: int, sched, pp, vpp, m, walk: bool = False) -> dict:
     """What follows from (schedule, pp, vpp, m) alone, per plan: layers on rank 0, on the last stage's
     rank and on the heaviest other rank (parsim.rules.rank_layers); the layers' worth of activations
     those ranks hold at their peak (parsim.costs.memory.inflight_chunks x layers / vpp; the other rank
     is rank 1 in a loop, pp-1 in ZB-V's V, the one holding most); the logits the last stage holds, in
-    micro-batches in flight (parsim.costs.memory.last_stage_inflight). Evaluated once per distinct combination."""
+    micro-batches in flight (parsim.costs.memory.last_stage_inflight). Evaluated once per distinct combination.
+    walk: also each combination's memory moments of those three ranks over their op order (``moments``: one dict
+    per combination, rank kind -> parsim.costs.memory.pipeline_moments, None where pp = 1 or the order is too long;
+    ``combo``: each plan's combination)."""
     sched, pp, vpp = (np.asarray(x, dtype=np.int64) for x in (sched, pp, vpp))
     mi = np.rint(np.asarray(m, dtype=float)).astype(np.int64)
     first, inv = _distinct(sched, pp, vpp, mi, radix=(4,))
@@ -359,8 +362,64 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m) -> dict:
            "held_first": M.inflight_chunks(sched, pp, vpp, mi, 0) * L_first / vpp,
            "held_last": M.inflight_chunks(sched, pp, vpp, mi, r_last) * L_last / vpp,
            "held_mid": M.inflight_chunks(sched, pp, vpp, mi, r_mid) * L_mid / vpp,
+           "chunks_first": M.inflight_chunks(sched, pp, vpp, mi, 0),
+           "chunks_last": M.inflight_chunks(sched, pp, vpp, mi, r_last),
+           "chunks_mid": M.inflight_chunks(sched, pp, vpp, mi, r_mid),
            "logits_inflight": M.last_stage_inflight(sched, mi)}
-    return {k: np.asarray(v)[inv] for k, v in out.items()}
+    res = {k: np.asarray(v)[inv] for k, v in out.items()}
+    if walk:
+        res["combo"] = inv
+        res["moments"] = [
+            {k: (M.pipeline_moments(int(sc), int(p), int(v), int(mm), int(r)) if p > 1 else None)
+             for k, r in (("first", 0), ("last", rl), ("mid", rm))}
+            for sc, p, v, mm, rl, rm in zip(sched, pp, vpp, mi, r_last, r_mid)]
+    return res
+
+
+def _walk_pipeline_memory(parts, base, pipe, Ls, pp, vpp, m, a_layer, a_work, logits, extra_logits, head_saved,
+                          logits16, boundary, head_first) -> None:
+    """Where the framework's pipeline runtime keeps its stage outputs (parsim.costs.memory.PIPELINE_KEEPS_STAGE_OUTPUTS:
+    torch.distributed.pipelining under FSDP2), each pipeline rank kind's memory is its peak over its own op order
+    (parsim.costs.memory.pipeline_moments) rather than every term at its own peak, summed: the gradients of a stage
+    exist only from its first backward (FSDP2 accumulates them unsharded in fp32 from there; torchtitan sets them to
+    None every step), the kept outputs grow with the forwards run, the loss backward's temporaries and a recomputed
+    layer's working set exist inside a backward only. Updates ``parts`` (rank kind -> [weights, grads, optimizer,
+    activations, buffers], bytes per plan) in place for the plans with pp > 1 whose order was walked; the breakdown
+    is taken at each plan's peak moment. Bytes per term: an activation set in flight (a stage's layers, less its
+    receive buffer on a non-first stage), a last-stage micro-batch in flight (its fp32 log-probabilities and the head's
+    saved inputs), a stage's gradients, a kept output (16-bit logits on the last stage, a boundary activation
+    elsewhere), the loss backward's fp32 temporaries, a recomputed layer's working set; constant: the receive
+    buffers (parsim.costs.memory.pipeline_stage_bytes without the outputs)."""
+    shape = np.shape(pp)
+    bc = lambda x: np.broadcast_to(np.asarray(x, dtype=float), shape)
+    a_layer, a_work, logits, extra, head_saved, logits16, boundary, m, v_all = (
+        bc(x) for x in (a_layer, a_work, logits, extra_logits, head_saved, logits16, boundary, m, vpp))
+    combo = pipe["combo"]
+    for k, nf in (("first", 1.0), ("last", 0.0), ("mid", 0.0)):
+        nl_all = bc(head_first) if k == "first" else bc(1.0 if k == "last" else 0.0)
+        g_all, L_all = bc(parts[k][1]), bc(Ls[k])
+        new = [bc(x).copy() for x in parts[k]]
+        for c, mom in enumerate(pipe["moments"]):
+            C = mom[k]
+            rows = np.nonzero((combo == c) & (np.asarray(pp) > 1))[0]
+            if C is None or rows.size == 0:
+                continue
+            v, nl, b = v_all[rows], nl_all[rows], boundary[rows]
+            cols = np.stack([L_all[rows] / v * a_layer[rows] - b * (v - nf) / v,   # an activation set in flight
+                             logits[rows] + head_saved[rows],                      # + on the last stage
+                             g_all[rows] / v,                                      # a stage's gradients
+                             logits16[rows], b,                                    # kept outputs
+                             extra[rows] * logits[rows], a_work[rows]], axis=1)    # loss backward, a recompute
+            C = np.unique(C, axis=0)                                               # moments repeat
+            at = np.empty_like(cols)
+            step_rows = max(1, (1 << 22) // C.shape[0])                            # ~32 MiB of temporaries a block
+            for i in range(0, rows.size, step_rows):
+                blk = cols[i:i + step_rows]
+                at[i:i + step_rows] = C[(blk @ C.T).argmax(axis=1)] * blk          # each term at the plan's peak
+            new[1][rows] = at[:, 2]
+            new[3][rows] = at[:, 0] + at[:, 1] + at[:, 5] + at[:, 6]
+            new[4][rows] = bc(base[k])[rows] + m[rows] * b * ((v - nf) + (v - nl)) + at[:, 3] + at[:, 4]
+        parts[k] = new
 
 
 # Rows priced at once by `price`: the step model's temporaries are arrays of this many rows, so its memory
@@ -655,7 +714,8 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     # (stage 0 and the embedding; with ZB-V's V or pp = 1 also the last stage and the head), the rank
     # holding the last stage when it is another one ("last"), and the heaviest other rank ("mid").
     v_shape, single = sched == 3, pp == 1
-    pipe = _pipeline_structure(model.layers, sched, pp, vpp, m)
+    pipe = _pipeline_structure(model.layers, sched, pp, vpp, m,
+                               walk=M.PIPELINE_KEEPS_STAGE_OUTPUTS[M.check_accounting(accounting)] and bool(np.any(pp > 1)))
     L_first, L_last, L_mid = pipe["L_first"], pipe["L_last"], pipe["L_mid"]
     head_first = single | v_shape                          # the head sits on rank 0
     has_last, has_mid = ~head_first, np.where(v_shape, pp > 1, pp > 2)
@@ -766,9 +826,12 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     # Memory of every rank kind; the worst one is reported. In-flight activations per rank are the
     # schedule's own peaks (parsim.costs.memory.inflight_chunks) in units of one stage of that rank
     # (its layers / vpp); the last stage keeps the fp32 logits of its in-flight micro-batches plus
-    # what its framework's loss backward adds (parsim.costs.memory.loss_logits_held).
+    # what its framework's loss backward adds (parsim.costs.memory.loss_backward_logits), and per in-flight
+    # micro-batch what the final norm and the output layer keep of their inputs (parsim.costs.memory.head_saved_bytes).
     logits = 4.0 * mb * seq / cp * model.vocab / t            # fp32 logits of one micro-batch
-    logits_held = logits * (pipe["logits_inflight"] + M.LOSS_BACKWARD_LOGITS[M.check_accounting(accounting)])
+    extra_logits = M.loss_backward_logits(accounting, t)
+    head_saved = M.head_saved_bytes(accounting, e, mb * seq / cp, h, t, sp)
+    logits_held = logits * (pipe["logits_inflight"] + extra_logits) + pipe["logits_inflight"] * head_saved
     acts = {"first": pipe["held_first"] * a_layer + a_work + np.where(head_first, logits_held, 0.0),
             "last": pipe["held_last"] * a_layer + a_work + logits_held,
             "mid": pipe["held_mid"] * a_layer + a_work}
@@ -777,8 +840,16 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     # routed experts: their ZeRO shards are over the expert-data-parallel group (dp/ep ranks)
     per_param_x = M.state_bytes_per_param(edp, zero, dt, accounting) if sharded else per_param
     state_x = per_param_x[0] + per_param_x[1] + per_param_x[2]
-    buffers = (M.DDP_BUCKET_BYTES * (dp > 1) + np.where(zero >= 3, 2 * P_layer / t * e, 0.0)
-               + np.where(pp > 1, 2 * act / t, 0.0))
+    buffers = M.DDP_BUCKET_BYTES * (dp > 1) + np.where(zero >= 3, 2 * P_layer / t * e, 0.0)
+    # The pipeline runtime's own buffers per rank kind (parsim.costs.memory.pipeline_stage_bytes): what crosses a
+    # stage boundary is the rank's local activation, 1/t of it with sequence parallelism (Megatron's p2p also sends
+    # 1/t without it: scatter-gather of the replicated activation, parsim's convention act/t for every plan there).
+    keeps = M.PIPELINE_KEEPS_STAGE_OUTPUTS[M.check_accounting(accounting)]
+    boundary = np.where(sp | (not keeps), act / t, act)
+    logits16 = e * mb * seq / cp * model.vocab / t           # one micro-batch's 16-bit logits
+    pp_buf = {k: np.where(pp > 1, M.pipeline_stage_bytes(accounting, m, vpp, boundary, logits16, nf, nl,
+                                                         pipe["chunks_" + k]), 0.0)
+              for k, nf, nl in (("first", True, head_first), ("last", False, True), ("mid", False, False))}
     # FP8 weights on top of the framework's own and the scaling state per FP8 tensor (input, weight, output
     # gradient), by framework (parsim.costs.memory.FP8_WEIGHT_COPY: Transformer Engine's FP8 copy + transpose and
     # delayed-scaling amax history; none for Megatron's FP8 primary weights' copy, none of either for torchao's
@@ -802,21 +873,27 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
         emb, head = model.embedding_params / t * e, head_P / t * e
         root = {"first": np.where(z3, emb + np.where(head_first, 2 * head, 0.0), 0.0),
                 "last": np.where(z3, 2 * head, 0.0)}
-    buffers_by = {"first": buffers + root["first"], "last": buffers + root["last"], "mid": buffers}
-    totals = {"first": P_first * state_pp + X_first * state_x + L_first * fp8_layer + acts["first"] + buffers_by["first"],
-              "last": np.where(has_last, P_last * state_pp + X_last * state_x + L_last * fp8_layer + acts["last"]
-                               + buffers_by["last"], 0.0),
-              "mid": np.where(has_mid, P_mid * state_pp + X_mid * state_x + L_mid * fp8_layer + acts["mid"]
-                              + buffers_by["mid"], 0.0)}
+    buffers_by = {"first": buffers + root["first"] + pp_buf["first"], "last": buffers + root["last"] + pp_buf["last"],
+                  "mid": buffers + pp_buf["mid"]}
+    Ps = {"first": P_first, "last": P_last, "mid": P_mid}
+    Xs = {"first": X_first, "last": X_last, "mid": X_mid}
+    Ls = {"first": L_first, "last": L_last, "mid": L_mid}
+    # per rank kind: weights, gradients, optimizer state, activations, buffers (bytes)
+    parts = {k: [Ps[k] * per_param[0] + Xs[k] * per_param_x[0] + Ls[k] * fp8_layer,
+                 Ps[k] * per_param[1] + Xs[k] * per_param_x[1],
+                 Ps[k] * per_param[2] + Xs[k] * per_param_x[2], acts[k], buffers_by[k]] for k in Ps}
+    if M.PIPELINE_KEEPS_STAGE_OUTPUTS[M.check_accounting(accounting)] and np.any(pp > 1):
+        base = {"first": buffers + root["first"], "last": buffers + root["last"], "mid": buffers}
+        _walk_pipeline_memory(parts, base, pipe, Ls, pp, vpp, m, a_layer, a_work, logits, extra_logits, head_saved,
+                              logits16, boundary, head_first)
+    totals = {k: sum(np.broadcast_to(np.asarray(x, dtype=float), np.shape(step)) for x in parts[k]) for k in parts}
+    totals["last"] = np.where(has_last, totals["last"], 0.0)
+    totals["mid"] = np.where(has_mid, totals["mid"], 0.0)
     worst = np.where(totals["first"] >= np.maximum(totals["last"], totals["mid"]), 0,
                      np.where(totals["last"] >= totals["mid"], 1, 2))
-    P_worst = np.choose(worst, [P_first, P_last, P_mid])
-    X_worst = np.choose(worst, [X_first, X_last, X_mid]) if X else 0.0
-    L_worst = np.choose(worst, [L_first, L_last, L_mid])
-    weights, grads, optim = (P_worst * f + X_worst * fx for f, fx in zip(per_param, per_param_x))
-    weights = weights + L_worst * fp8_layer
-    activations = np.choose(worst, [acts["first"], acts["last"], acts["mid"]])
-    buffers = np.choose(worst, [np.broadcast_to(buffers_by[k], np.shape(worst)) for k in ("first", "last", "mid")])
+    weights, grads, optim, activations, buffers = (
+        np.choose(worst, [np.broadcast_to(np.asarray(parts[k][j], dtype=float), np.shape(worst))
+                          for k in ("first", "last", "mid")]) for j in range(5))
     total = weights + grads + optim + activations + buffers
     # pipeline rank of the worst kind: 0; the last stage's (pp - 1, or 0 in a V); rank 1 (pp - 1 in a V)
     worst_rank = np.where(worst == 0, 0, np.where(worst == 1, np.where(single | v_shape, 0, pp - 1),

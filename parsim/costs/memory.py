@@ -17,7 +17,10 @@ scores, like selective recompute.
 Model states: bytes per parameter by the framework's accounting (``ACCOUNTING``: Megatron-LM's
 18 B with fp32 main gradients — the default —, DeepSpeed/ZeRO's 16 B, FSDP2's fp32-sharded 16 B),
 sharded by ZeRO stage (Rajbhandari et al. 2020, §5). In-flight activations per pipeline rank come
-from the schedule's own op order (``inflight_chunks``). What the device can give the model is its
+from the schedule's own op order (``inflight_chunks``); where the framework's pipeline runtime keeps its stage
+outputs (torch.distributed.pipelining under FSDP2) a rank's peak is taken over that order moment by moment
+(``pipeline_moments``: gradients from a stage's first backward, kept outputs growing with the forwards, the loss
+backward and a recomputed layer inside a backward only). What the device can give the model is its
 reported capacity less a headroom (``default_headroom_bytes``, data in parsim/data/memory.yaml).
 """
 from __future__ import annotations
@@ -135,10 +138,85 @@ def model_state_bytes(params_per_rank, dp, zero, dtype_code, accounting: str = D
 #                        nll_loss_backward returns a dense zero-filled fp32 gradient of that output, and
 #                        _log_softmax_backward_data allocates the fp32 gradient of the logits while both are live:
 #                        saved output + 2 gradients = 3 fp32 tensors at the loss backward (the forward's peak, bf16
-#                        logits + fp32 copy + fp32 output = 2.5 of them, is lower). With loss_parallel (tp > 1)
-#                        DTensor's nll_loss backward handler builds exp(x) - one_hot from more temporaries: 2 is a
-#                        lower bound there.
+#                        logits + fp32 copy + fp32 output = 2.5 of them, is lower).
 LOSS_BACKWARD_LOGITS = {"megatron": 1.0, "deepspeed": 1.0, "fsdp2": 2.0}
+# ... and with the vocabulary split over tp > 1 ranks (vocab-parallel loss):
+#   megatron, deepspeed  1: the same fused vocab_parallel_cross_entropy.
+#   fsdp2                3: torchtitan runs loss_parallel() with tp > 1 (train.py's train_context, the output layer
+#                        ColwiseParallel(output_layouts=Shard(-1))), where DTensor's nll_loss backward handler
+#                        (torch/distributed/tensor/parallel/loss.py, _nll_loss_and_log_softmax_backward, fused with
+#                        log_softmax's backward to spare an all-gather) runs grad_input = torch.zeros_like(x), scatters
+#                        the -1s into it and returns (grad_input + torch.exp(x)) * grad_output: while the sum is
+#                        allocated the saved log-probs x, grad_input, exp(x) and the sum are live, and while the product
+#                        is, x, grad_input, the sum and the product - 4 fp32 [tokens, vocab/t] tensors, 3 on top of the
+#                        saved one (its forward, _log_softmax: bf16 logits + fp32 copy + shifted + exp = 3.5, is lower).
+LOSS_PARALLEL_BACKWARD_LOGITS = {"megatron": 1.0, "deepspeed": 1.0, "fsdp2": 3.0}
+
+
+def loss_backward_logits(accounting: str, tp):
+    """fp32 logit-sized tensors the loss backward holds on top of the saved log-probabilities, by framework and
+    tensor-parallel degree (LOSS_BACKWARD_LOGITS for tp = 1, LOSS_PARALLEL_BACKWARD_LOGITS for tp > 1)."""
+    a = check_accounting(accounting)
+    return np.where(np.asarray(tp) > 1, LOSS_PARALLEL_BACKWARD_LOGITS[a], LOSS_BACKWARD_LOGITS[a])
+
+
+# What the output layer keeps of its input for its weight gradient, by framework (True: the whole [tokens, h],
+# False: the sequence-parallel shard [tokens/t, h]; the same without sequence parallelism):
+#   megatron, deepspeed  False: Megatron-Core's ColumnParallelLinear with sequence_parallel saves its sharded input
+#                        and all-gathers it again in backward (LinearWithGradAccumulationAndAsyncCommunication).
+#   fsdp2                True: torchtitan's output layer is ColwiseParallel(input_layouts=Shard(1)): DTensor
+#                        redistributes the input to Replicate() (an all-gather) before the matmul, and autograd saves
+#                        the all-gathered [tokens, h] input of mm.
+HEAD_SAVES_GATHERED_INPUT = {"megatron": False, "deepspeed": False, "fsdp2": True}
+
+
+def head_saved_bytes(accounting: str, e, tokens, hidden, t, sp):
+    """Bytes the last stage keeps per in-flight micro-batch for the final norm and the output layer's backward:
+    the norm's input (e·tokens·h, /t with sequence parallelism) and the output layer's input (the same, or the whole
+    e·tokens·h where the framework's column-parallel head saves its all-gathered input: HEAD_SAVES_GATHERED_INPUT).
+    tokens: of the micro-batch on this rank (b·s/cp). Vectorised."""
+    full = np.asarray(e, dtype=float) * np.asarray(tokens, dtype=float) * hidden
+    shard = np.where(np.asarray(sp, dtype=bool), full / np.asarray(t, dtype=float), full)
+    return shard + (full if HEAD_SAVES_GATHERED_INPUT[check_accounting(accounting)] else shard)
+
+
+# What a pipeline stage's runtime keeps between stages, by framework:
+#   megatron, deepspeed  False: two boundary activations in flight (a send and a receive; Megatron-Core's schedules
+#                        free each output's data once sent, deallocate_output_tensor) - DDP_BUCKET_BYTES' neighbour.
+#   fsdp2                True: torch.distributed.pipelining as torchtitan ran it at the end of 2024 (torch 2.6,
+#                        torch/distributed/pipelining/stage.py): forward_one_chunk appends every micro-batch's output
+#                        to output_chunks, which clear_runtime_states empties only at the next step() (every stage
+#                        until pytorch PR #153383 of 2025-05 kept only the last stage's); the last stage's outputs
+#                        are the bf16 logits, kept (detached, PR #138504) to be merged and returned by step().
+#                        _prepare_forward_infra / _prepare_backward_infra allocate one receive buffer per micro-batch
+#                        (args_recv_info[chunk] for the activation into every non-first stage, grad_recv_info[chunk]
+#                        for the gradient into every non-last stage), kept for the whole run. A non-first stage's
+#                        receive buffer is its first layer's saved input while that micro-batch is in flight.
+PIPELINE_KEEPS_STAGE_OUTPUTS = {"megatron": False, "deepspeed": False, "fsdp2": True}
+
+
+def pipeline_stage_bytes(accounting: str, m, vpp, boundary_bytes, logits_bytes, has_first, has_last, chunks_held):
+    """Bytes a pipeline rank's stage runtime holds beside its layers' activations (pp > 1), by framework.
+
+    m micro-batches per step, vpp stages on the rank, boundary_bytes one stage-boundary activation (e·b·s/cp·h, /t
+    with sequence parallelism), logits_bytes one micro-batch's 16-bit logits on the last stage (e·b·s/cp·V/t),
+    has_first / has_last: the rank holds stage 0 / the last stage, chunks_held: (micro-batch, stage) activation sets
+    in flight at the peak (inflight_chunks). PIPELINE_KEEPS_STAGE_OUTPUTS False: 2 boundary activations. True
+    (torch.distributed.pipelining, end of 2024): per stage, m receive buffers for the activation (non-first stages)
+    and m for its gradient (non-last), the m outputs of the step (boundary activations, or the logits on the last
+    stage), less the receive buffers already counted as a held chunk's first-layer input. Vectorised."""
+    keep = PIPELINE_KEEPS_STAGE_OUTPUTS[check_accounting(accounting)]
+    b, lg = np.asarray(boundary_bytes, dtype=float), np.asarray(logits_bytes, dtype=float)
+    if not keep:
+        return 2.0 * b * np.ones(np.shape(m))
+    m, v = np.asarray(m, dtype=float), np.asarray(vpp, dtype=float)
+    nf, nl = np.asarray(has_first, dtype=float), np.asarray(has_last, dtype=float)
+    recv = m * b * ((v - nf) + (v - nl))
+    outputs = m * ((v - nl) * b + nl * lg)
+    # held chunks on non-first stages: their first layer's saved input is the receive buffer (a share (v-1)/v of
+    # rank 0's chunks when it holds stage 0)
+    shared = np.asarray(chunks_held, dtype=float) * b * (v - nf) / v
+    return recv + outputs - shared
 
 # FP8 GEMM weights held on top of the framework's weights (bytes per parameter of the FP8 layers) and the scaling
 # state per FP8 tensor (fp32 values: an amax history + scale + scale_inv), by framework:
@@ -235,3 +313,66 @@ def headroom_data() -> dict:
     d = yaml.safe_load((Path(__file__).parent.parent / "data" / "memory.yaml").read_text())["headroom"]
     return {"fixed_GiB": float(d["cuda_context_GiB"]) + float(d["nccl_buffers_GiB"]),
             "fragmentation_fraction": float(d["fragmentation_fraction"]), "source": str(d.get("source", ""))}
+
+
+# ---------------------------------------------------------------- a pipeline rank's memory over its op order
+
+# Columns of pipeline_moments: what a rank holds at one moment of its op order, in counts.
+MOMENT_TERMS = ("chunks", "last_chunks", "stages_with_grads", "last_outputs", "outputs", "last_backward", "backward")
+# Largest op order walked per rank (2·m·vpp ops, 3 with a split backward); beyond it the closed form (every term at
+# its own peak, summed) stands in: an upper bound.
+MAX_MOMENT_OPS = 1 << 14
+
+
+@functools.lru_cache(maxsize=16)
+def _schedule(name: str, pp: int, m: int, vpp: int):
+    from parsim.schedules.pipeline import build_schedule
+    return build_schedule(name, pp, m, vpp)
+
+
+@functools.lru_cache(maxsize=4096)
+def pipeline_moments(schedule_code: int, pp: int, vpp: int, m: int, rank: int) -> np.ndarray:
+    """Rank ``rank``'s memory terms at every moment of its op order (torch's, parsim.schedules.pipeline), as counts:
+    an array [moments, len(MOMENT_TERMS)] - activation sets in flight (all its stages; of the last stage), local
+    stages that have run a backward (their gradients exist from then on: FSDP2 accumulates the unsharded gradient
+    from a stage's first backward, torchtitan zeroes them - set to None - every step), forwards run so far on the
+    last stage and on its other stages (the outputs torch.distributed.pipelining keeps until the next step), and
+    whether the moment is inside the last stage's loss backward or inside a backward's layers (a recomputed layer's
+    working set; the micro-batch's log-probabilities are freed by then). Moments are taken inside every backward
+    (the last stage's: at its loss, then in its layers) before it frees its activation set, and after every op. None when the order is longer than
+    MAX_MOMENT_OPS (the caller sums the terms' own peaks instead)."""
+    from parsim.plan import SCHEDULES
+    from parsim.schedules.pipeline import B as KB, F as KF, W as KW, schedule_ops
+    name = SCHEDULES[int(schedule_code)]
+    if schedule_ops(name, pp, vpp, m) > MAX_MOMENT_OPS * pp:
+        return None
+    s = _schedule(name, pp, m, vpp)
+    lo, hi = s.rank_offsets[rank], s.rank_offsets[rank + 1]
+    last = s.num_stages - 1
+    release = KW if s.split_backward else KB
+    inflight, fwd, grads = {}, {}, set()
+    rows = []
+
+    def row(bwd, last_bwd, loss_done=0):
+        return (sum(inflight.values()), inflight.get(last, 0) - loss_done, len(grads), fwd.get(last, 0),
+                sum(v for k, v in fwd.items() if k != last), last_bwd, bwd)
+
+    for kind, st in zip(s.kind[lo:hi], s.stage[lo:hi]):
+        st = int(st)
+        if kind == KF:
+            inflight[st] = inflight.get(st, 0) + 1
+            fwd[st] = fwd.get(st, 0) + 1
+        else:
+            if kind == KB and st == last:
+                # the loss backward first, then the layers' (their recompute) with that micro-batch's log-probs freed
+                rows.append(row(0, 1))
+                rows.append(row(1, 0, loss_done=1))
+            else:
+                rows.append(row(1, 0))
+            if kind == release:
+                inflight[st] -= 1
+                grads.add(st)
+            elif kind == KW:
+                grads.add(st)
+        rows.append(row(0, 0))
+    return np.array(rows, dtype=float)

@@ -176,7 +176,7 @@ def test_fsdp2_root_module_stays_unsharded():
     assert a.memory_breakdown_GiB["buffers"] == pytest.approx(b.memory_breakdown_GiB["buffers"], rel=1e-12)
 
 
-def test_fsdp2_eager_loss_holds_three_fp32_logits():
+def test_fsdp2_loss_holds_three_fp32_logits_four_under_loss_parallel():
     # torchtitan's loss is eager cross_entropy(pred.float(), labels): at its backward the saved fp32 log-probs,
     # nll_loss's dense fp32 gradient of them and log_softmax's fp32 gradient of the logits are live together
     # (parsim.costs.memory.LOSS_BACKWARD_LOGITS: fsdp2 2 on top of the saved one, megatron 1). llama3-8b, one
@@ -188,11 +188,22 @@ def test_fsdp2_eager_loss_holds_three_fp32_logits():
     a, b = (predict("llama3-8b", "grand-teton-h100", p, accounting=acc) for acc in ("fsdp2", "megatron"))
     assert (a.memory_breakdown_GiB["activations"] - b.memory_breakdown_GiB["activations"]) * 2 ** 30 == pytest.approx(
         8_405_385_216, rel=1e-9)
-    # vocab-parallel under tp = 2 (loss_parallel): each rank holds V/2 of every logits row: 4,202,692,608 B
+    # vocab-parallel under tp = 2: each rank holds V/2 of every logits row (4 B x 16384 x 64128 = 4,202,692,608 B),
+    # and torchtitan's loss_parallel backward (torch/distributed/tensor/parallel/loss.py,
+    # _nll_loss_and_log_softmax_backward: zeros_like(x), then (grad_input + exp(x)) * grad_output) holds 3 of them on
+    # top of the saved log-probs (parsim.costs.memory.LOSS_PARALLEL_BACKWARD_LOGITS), megatron's fused loss 1:
+    # 2 x 4,202,692,608 = 8,405,385,216 B more.
     p2 = Plan(dp=4, tp=2, micro_batch=2, global_batch=8, seq_len=8192, zero=3, recompute="full")
     a, b = (predict("llama3-8b", "grand-teton-h100", p2, accounting=acc) for acc in ("fsdp2", "megatron"))
     assert (a.memory_breakdown_GiB["activations"] - b.memory_breakdown_GiB["activations"]) * 2 ** 30 == pytest.approx(
-        4_202_692_608, rel=1e-9)
+        2 * 4_202_692_608, rel=1e-9)
+    # with sequence parallelism torchtitan's output layer (ColwiseParallel(input_layouts=Shard(1))) saves its
+    # all-gathered input [16384, 4096], Megatron's the shard [8192, 4096] (re-gathered in backward): 2 B x 8192 x 4096
+    # = 67,108,864 B more (parsim.costs.memory.HEAD_SAVES_GATHERED_INPUT)
+    a, b = (predict("llama3-8b", "grand-teton-h100", p2.with_(sequence_parallel=True), accounting=acc)
+            for acc in ("fsdp2", "megatron"))
+    assert (a.memory_breakdown_GiB["activations"] - b.memory_breakdown_GiB["activations"]) * 2 ** 30 == pytest.approx(
+        2 * 4_202_692_608 + 67_108_864, rel=1e-9)
 
 
 def test_fsdp2_float8_keeps_no_weight_copy():
