@@ -500,9 +500,13 @@ def write_report(paths=(), out="report", formats=("md", "html"), title="", recor
     recs = list(records or []) + recs
     if not recs and not plans:
         raise ParsimError("nothing to report: the inputs hold no points")
-    out = Path(out)
+    from parsim.outputs import make_output_dir
+    out = make_output_dir(out, "--out")        # the directory itself, never its parents; a file there is refused
     figdir = out / "figures"
-    figdir.mkdir(parents=True, exist_ok=True)
+    try:
+        figdir.mkdir(exist_ok=True)
+    except OSError as e:
+        raise ParsimError(f"cannot create {figdir}: {e.strerror or e}") from None
     sections = []          # (heading, paragraph, [(headers, rows)], [figure paths])
     if recs:
         df = R.frame(recs)

@@ -55,11 +55,15 @@ def _micro_batches(gb: int, max_mb: int):
 
 
 def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node: int | None = None,
-               dtype: str = "bf16", max_micro_batch: int = 16, device=None) -> tuple[dict, dict, int]:
+               dtype: str = "bf16", max_micro_batch: int = 16, device=None,
+               comm_overlap: bool = False) -> tuple[dict, dict, int]:
     """The candidate table (dict of arrays, `price` columns), rejection counts by rule (parsim.rules) and
     the number generated. ``gpus_per_node`` is unused (tensor parallelism across nodes is valid, and
     priced on the cluster graph); kept for callers. ``device``: the device profile, for the rules that
-    read it (fp8)."""
+    read it (fp8). ``comm_overlap``: Megatron-Core / Transformer Engine's communication overlap where the
+    NeMo / Megatron-Bridge recipes switch it on: TP overlap (Plan.tp_overlap) on every candidate with tp > 1 and
+    sequence parallelism, PP overlap (Plan.pp_overlap) on every interleaved one (parsim.corpus prices the
+    published Megatron runs so)."""
     # Expert parallelism (MoE only): ep divides the experts and dp (ep ranks are data-parallel ranks).
     # Context parallelism is searched for long sequences only (>= LONG_SEQ tokens): cp | seq, cp <= 16.
     cps = [c for c in (1, 2, 4, 8, 16) if seq_len % c == 0 and (c == 1 or seq_len >= LONG_SEQ)]
@@ -101,13 +105,16 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
             "dtype": np.full(n, DTYPES.index(dtype), np.int64), "schedule": sched[idx], "grad_sync": gs[idx],
             "zero": zero[idx], "recompute": rc[idx], "sp": sp[idx], "overlap": np.ones(n, bool),
             "flash": np.ones(n, bool), "ep": ep[idx], "cp": cp[idx]}
+    if comm_overlap:
+        cols["tpo"] = (cols["tp"] > 1) & cols["sp"]
+        cols["ppo"] = (cols["pp"] > 1) & (cols["schedule"] == SCHEDULES.index("interleaved"))
     return cols, rejected, int(keep.sum())
 
 
 def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_batch: int | None = None,
            seq_len: int | None = None, dtype: str | None = None, top: int | None = None, result: bool = False,
            resimulate: int = 8, accounting: str = DEFAULT_ACCOUNTING, headroom_bytes: float | None = None,
-           chunk_rows: int = PRICE_CHUNK_ROWS):
+           chunk_rows: int = PRICE_CHUNK_ROWS, comm_overlap: bool = False):
     """Rank every valid plan; returns a pandas DataFrame (best first), or a SearchResult with counts.
 
     Valid: parsim.rules (the rule book predict, simulate and run use). Fits: memory of the worst
@@ -119,7 +126,8 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
 
     Candidates are priced `chunk_rows` at a time (parsim.predict.price_chunks) and only the plans that
     fit are kept, so memory follows the fitting plans, not the candidates; the ranking is the same
-    for any chunk size."""
+    for any chunk size. ``comm_overlap``: price Megatron-Core / Transformer Engine's TP and PP communication
+    overlap where it applies (candidates' docstring); columns tp_overlap / pp_overlap say where it was."""
     from parsim.model import load_model
     t0 = time.perf_counter()
     from parsim.limits import check_count
@@ -139,10 +147,14 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
         dtype = default_dtype(cl.device)
     if dtype not in DTYPES:
         raise ParsimError(f"dtype = {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if dtype in ("fp8", "mxfp8") and not cl.device.peak_flops.get(dtype, 0.0):   # every candidate would break it:
+        from parsim.rules import fp8_device_message                              # say the rule once, as predict does
+        raise ParsimError(fp8_device_message(cl.device, dtype))
     check_accounting(accounting)
     if headroom_bytes is not None and not (np.isfinite(headroom_bytes) and headroom_bytes >= 0):
         raise ParsimError(f"memory headroom = {headroom_bytes!r} bytes: expected a finite size >= 0")
-    cols, rejected, generated = candidates(model, gpus, gb, seq, dtype=dtype, device=cl.device)
+    cols, rejected, generated = candidates(model, gpus, gb, seq, dtype=dtype, device=cl.device,
+                                           comm_overlap=comm_overlap)
     n = len(cols["dp"])
     if n == 0:
         # the counts name the rules; the simplest plan (pure data parallelism) says the operands of the first it breaks
@@ -175,6 +187,8 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
         "grad_sync": np.array(GRAD_SYNC)[cols["grad_sync"][order]],
         "zero": cols["zero"][order], "recompute": np.array(RECOMPUTE)[cols["recompute"][order]],
         "sequence_parallel": cols["sp"][order],
+        "tp_overlap": cols["tpo"][order] if "tpo" in cols else np.zeros(len(order), bool),
+        "pp_overlap": cols["ppo"][order] if "ppo" in cols else np.zeros(len(order), bool),
         "step_time_s": step[order],
         "step_time_closed_s": step_closed[order], "simulated": simulated[order],
         "tokens_per_s": gb * seq / step[order],
@@ -190,7 +204,7 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     attrs = dict(model=model.name, cluster=cl.name, device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq,
                  dtype=dtype, memory_accounting=accounting, memory_capacity_GiB=cap / GiB, memory_headroom_GiB=room / GiB,
                  params_total=model.params, params_active=model.active_params, model_summary=model.summary(),
-                 moe=model.experts > 0)
+                 moe=model.experts > 0, comm_overlap=bool(comm_overlap))
     from parsim.accuracy import heldout, memory_heldout   # how sure: held-out errors on published runs like these
     attrs["heldout_accuracy"] = heldout(cl.device.name, dtype, model.experts > 0)
     attrs["memory_heldout"] = memory_heldout(accounting)
@@ -284,4 +298,5 @@ def row_to_plan(row, global_batch: int, seq_len: int | None = None, dtype: str =
                 micro_batch=int(row["micro_batch"]), global_batch=global_batch, seq_len=seq_len, dtype=dtype,
                 schedule=str(row["schedule"]), grad_sync=str(row["grad_sync"]), zero=int(row["zero"]),
                 recompute=str(row["recompute"]), sequence_parallel=bool(row["sequence_parallel"]),
-                ep=int(row["ep"]) if "ep" in row else 1, cp=int(row["cp"]) if "cp" in row else 1)
+                ep=int(row["ep"]) if "ep" in row else 1, cp=int(row["cp"]) if "cp" in row else 1,
+                tp_overlap=bool(row.get("tp_overlap", False)), pp_overlap=bool(row.get("pp_overlap", False)))

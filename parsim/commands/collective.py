@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import count, say_defaults
+from parsim.commands.common import name_or_path, count, say_defaults
 from parsim.errors import ParsimError, closest, require
 from parsim.limits import MAX_SIZE_POINTS, require_finite, shown
 from parsim.search import DEFAULT_CLUSTER
@@ -22,7 +22,7 @@ def add_arguments(p):
                    f"{DEFAULT_ALGOS['allreduce']}; other ops: their algorithms and native)")
     p.add_argument("--size", default="1KiB:1GiB", help="per-rank buffer: LO:HI[:FACTOR] or a list (default 1KiB:1GiB)")
     p.add_argument("--gpus", type=count("MAX_DEVICES"), default=None, help="ranks (default: one node of the cluster)")
-    p.add_argument("--cluster", default=None, help=f"preset or file (default {DEFAULT_CLUSTER}, said in the output)")
+    p.add_argument("--cluster", type=name_or_path, default=None, help=f"preset or file (default {DEFAULT_CLUSTER}, said in the output)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--plot", metavar="FILE.png", help="busbw against size, one line per algorithm")
 

@@ -18,6 +18,14 @@ def positive_int(text):
     return v
 
 
+def name_or_path(text):
+    """argparse type of --model / --cluster: a preset name or a file path; an empty or blank value is refused (it
+    used to fall back to the default silently)."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty: expected a preset name or a file path")
+    return text
+
+
 def count(hi, lo: int = 1):
     """argparse type: an integer in lo..hi, hi a number or the name of a limit in parsim.limits.
     Refused before anything is allocated, with the limit named (one line, exit 2)."""

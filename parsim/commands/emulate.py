@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from parsim.commands.common import count, number, quantity
+from parsim.commands.common import name_or_path, count, number, quantity
 from parsim.errors import ParsimError, require
 from parsim.units import fmt_time, parse_rate, parse_time
 
@@ -26,7 +26,7 @@ MASTER_PORT = 29500
 
 
 def _topology_flags(p):
-    p.add_argument("--cluster", default=None,
+    p.add_argument("--cluster", type=name_or_path, default=None,
                    help="switch (hosts on one switch), racks (two racks under a spine), ps (dedicated "
                         "parameter-server hosts), a parsim cluster preset or a cluster file (default: switch)")
     p.add_argument("--hosts", type=count(32), default=None, help="number of (worker) hosts (default 2)")

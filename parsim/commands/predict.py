@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import (add_memory_arguments, add_plan_arguments, memory_options, plan_from_args,
+from parsim.commands.common import (name_or_path, add_memory_arguments, add_plan_arguments, memory_options, plan_from_args,
                                     say_defaults)
 from parsim.search import DEFAULT_CLUSTER, DEFAULT_MODEL
 
 
 def add_arguments(p):
-    p.add_argument("--model", default=None,
+    p.add_argument("--model", type=name_or_path, default=None,
                    help=f"preset name or model file (YAML/JSON or HF config.json; default {DEFAULT_MODEL}, said in the "
                         "output)")
-    p.add_argument("--cluster", default=None, help=f"preset name or cluster file (default {DEFAULT_CLUSTER}, said in "
+    p.add_argument("--cluster", type=name_or_path, default=None, help=f"preset name or cluster file (default {DEFAULT_CLUSTER}, said in "
                                                    "the output)")
     add_plan_arguments(p)
     add_memory_arguments(p)
@@ -48,6 +48,15 @@ def run(a) -> int:
         how_sure = lines(dev, rep.plan.get("dtype", ""), moe, rep.plan, accounting=rep.memory_accounting,
                          total_GiB=rep.memory_GiB, usable_GiB=rep.memory_capacity_GiB - rep.memory_headroom_GiB)
         text = step_report_text(rep) + f"device profile {dev}: {profile_file(dev)}\n" + "".join(map(wrap, how_sure))
+    from parsim.search import DEFAULT_GLOBAL_BATCH
+    if a.global_batch is None and plan.global_batch != DEFAULT_GLOBAL_BATCH:    # said, not silent (trial 2026-11-30)
+        note = (f"global batch {plan.global_batch}: the default {DEFAULT_GLOBAL_BATCH} rounded up to whole micro-batches "
+                f"on every data-parallel rank (micro-batch {plan.micro_batch} x dp {plan.dp}); --global-batch sets it\n")
+        if a.format == "json":
+            sys.stderr.write(f"parsim predict: {note}")
+        else:
+            from parsim.tables import wrap
+            text = wrap(note) + text
     sys.stdout.write(say_defaults(a, text))
     if a.out:
         write_atomic(a.out, to_json(record), JSON, "--out")

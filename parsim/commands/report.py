@@ -29,6 +29,8 @@ def run(a) -> int:
         raise ParsimError(f"--format {a.format!r}: expected md, html or md,html")
     if not a.inputs and not a.published:
         raise ParsimError("expected results (results.jsonl or a study directory), predict/plan JSON, or --published")
+    from parsim.outputs import check_output_dir
+    check_output_dir(a.out, "--out")           # before the work (the published corpus is ~30 s of pricing)
     title = a.title or (PUBLISHED_TITLE if a.published and not a.inputs else "parsim comparison report")
     if not a.published:
         paths = write_report(a.inputs, a.out, formats, title)

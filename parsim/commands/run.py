@@ -10,12 +10,12 @@ import json
 import os
 import sys
 
-from parsim.commands.common import count, number, quantity
+from parsim.commands.common import name_or_path, count, number, quantity
 from parsim.errors import ParsimError
 
 
 def add_arguments(p):
-    p.add_argument("--model", default="gpt-tiny", help="preset name or ModelSpec/config.json file (default gpt-tiny)")
+    p.add_argument("--model", type=name_or_path, default="gpt-tiny", help="preset name or ModelSpec/config.json file (default gpt-tiny)")
     p.add_argument("--nproc", type=count("MAX_DEVICES"), help="local ranks to spawn (default dp*tp*pp)")
     p.add_argument("--dp", type=count("MAX_DEVICES"), help="data-parallel size (default nproc/(tp*pp))")
     p.add_argument("--tp", type=count("MAX_DEVICES"), default=1)
@@ -38,7 +38,7 @@ def add_arguments(p):
     p.add_argument("--format", default="table", choices=("table", "json"))
     p.add_argument("--out", help="write the result (measured, predicted, errors) as JSON here")
     p.add_argument("--trace", metavar="DIR", help="torch.profiler Chrome trace of one extra, untimed step, one file per rank")
-    p.add_argument("--cluster", help="cluster preset or file for the prediction (default: cpu-local, calibrated "
+    p.add_argument("--cluster", type=name_or_path, help="cluster preset or file for the prediction (default: cpu-local, calibrated "
                                      "by `parsim calibrate` when it has been run; dgx-<gpu> with nccl)")
     p.add_argument("--local-size", type=count("MAX_DEVICES"), help="ranks per node for --grad-sync hierarchical (default: all)")
     p.add_argument("--threads", type=count("MAX_THREADS"), default=1, help="torch threads per rank on CPU (default 1)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from parsim.commands.common import count, number, quantity
+from parsim.commands.common import name_or_path, count, number, quantity
 from parsim.errors import ParsimError, require
 from parsim.schedules.pipeline import SCHEDULES, build_schedule
 from parsim.simulate import bubble_fraction_closed_form, pipeline_step
@@ -23,8 +23,8 @@ def add_arguments(p):
                         "is every rank's share; pp triples (separated by /) are per rank; pp*vpp are per "
                         "virtual stage. B excludes W: fused backwards take B+W, zbv runs B and W apart "
                         "(without W it splits B in half). Default 1,2")
-    p.add_argument("--model", help="model preset: derive stage times from the cost model")
-    p.add_argument("--cluster", help="cluster preset: with --model, stage times from the cost model; with "
+    p.add_argument("--model", type=name_or_path, help="model preset: derive stage times from the cost model")
+    p.add_argument("--cluster", type=name_or_path, help="cluster preset: with --model, stage times from the cost model; with "
                                      "--stage-times, send/recv of --p2p-bytes priced on its graph")
     p.add_argument("--p2p-bytes", type=quantity("size"), default="0", help="bytes sent between stages per micro-batch, e.g. 16MiB "
                                                     "(with --cluster and --stage-times)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from parsim.commands.common import count, say_defaults
+from parsim.commands.common import name_or_path, count, say_defaults
 from parsim.search import DEFAULT_CLUSTER
 
 
@@ -12,7 +12,7 @@ def add_arguments(p):
     show = sub.add_parser("show", help="devices, links by class, bisection bandwidth")
     save = sub.add_parser("save", help="write the graph as YAML (units in keys) or GraphML")
     for q in (show, save):
-        q.add_argument("--cluster", default=None, help=f"preset or file (default {DEFAULT_CLUSTER}, said in the output)")
+        q.add_argument("--cluster", type=name_or_path, default=None, help=f"preset or file (default {DEFAULT_CLUSTER}, said in the output)")
         q.add_argument("--gpus", type=count("MAX_DEVICES"), default=None, help="size the preset to this many devices")
     show.add_argument("--draw", metavar="FILE.png", help="draw the graph (matplotlib)")
     show.add_argument("--format", choices=("table", "json"), default="table")

@@ -36,8 +36,56 @@ def test_search_top_plan_matches_predict():
     assert r.step_time_s == pytest.approx(df["step_time_s"].iloc[0], rel=1e-12)
 
 
+def test_comm_overlap_is_searched_on_request_and_each_row_replays_in_predict():
+    # trial 2026-11-30: `plan` never priced Megatron-Core/TE's TP and PP overlap, which the published Megatron runs
+    # behind its accuracy figure ran; nemotron-340b on 128 H100 FP8, gb 32: #1 at 31,005 tok/s without it while
+    # predict with --tp-overlap --pp-overlap priced the same plan at 36,170. With comm_overlap every tp > 1 row
+    # (sequence parallel) carries tp_overlap, every interleaved row pp_overlap, and it is never slower.
+    from parsim.search import row_to_plan
+    kw = dict(model="nemotron-340b", cluster="dgx-h100", gpus=128, global_batch=32, dtype="fp8", top=20)
+    off, on = search(**kw), search(**kw, comm_overlap=True)
+    assert not off["tp_overlap"].any() and not off["pp_overlap"].any()
+    assert (on["tp_overlap"] == ((on["tp"] > 1) & on["sequence_parallel"])).all()
+    assert (on["pp_overlap"] == ((on["pp"] > 1) & (on["schedule"] == "interleaved"))).all()
+    assert on["step_time_s"].iloc[0] < off["step_time_s"].iloc[0]
+    for df in (off, on):
+        p = row_to_plan(df.iloc[0], global_batch=32, dtype="fp8")
+        assert p.tp_overlap == bool(df["tp_overlap"].iloc[0])
+        r = predict("nemotron-340b", "dgx-h100", p, gpus=128)
+        assert r.step_time_s == pytest.approx(df["step_time_s"].iloc[0], rel=1e-9)
+
+
+def test_plan_says_when_comm_overlap_is_not_priced():
+    args = ("plan", "--model", "nemotron-340b", "--cluster", "dgx-h100", "--gpus", "128", "--dtype", "fp8",
+            "--global-batch", "32", "--top", "3")
+    off, on = run_cli(*args), run_cli(*args, "--comm-overlap")
+    assert off.returncode == 0 and on.returncode == 0
+    assert "communication overlap not priced" in off.stdout and "communication overlap not priced" not in on.stdout
+
+
+@pytest.mark.parametrize("out, needle", [("/dev/null", "is not a directory"), ("FILE", "is not a directory"),
+                                         ("/nonexistent-parsim-dir/x", "does not exist")])
+def test_report_out_is_checked_before_the_work(tmp_path, out, needle):
+    # trial 2026-11-30: `report --published --out /dev/null` (or an existing file) ran 33 s then died with a
+    # NotADirectoryError traceback; --out /nonexist/dir created both directories silently
+    if out == "FILE":
+        out = str(tmp_path / "afile")
+        (tmp_path / "afile").write_text("x")
+    r = run_cli("report", "--published", "--out", out)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not __import__("os").path.exists("/nonexistent-parsim-dir")
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "parsim", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_predict_says_when_the_default_global_batch_is_rounded():
+    # trial 2026-11-30: 7 GPUs gave global_batch=1029 without a word: 1024 rounded up to micro-batch 1 x dp 7 = 147 x 7
+    r = run_cli("predict", "--model", "llama3-8b", "--gpus", "7")
+    assert r.returncode == 0 and "global batch 1029: the default 1024 rounded up" in r.stdout
+    assert "rounded up" not in run_cli("predict", "--model", "llama3-8b", "--gpus", "8").stdout     # 1024 = 128 x 8
 
 
 def test_plan_cli_default():
@@ -77,6 +125,13 @@ def test_predict_cli_table_and_json():
     (["predict", "--gpus", "8", "--global-batch", "12", "--micro-batch", "1"], "global-batch (12) is not divisible"),
     (["predict", "--gpus", "0"], "0 is below 1"),
     (["plan", "--gpus", "-4"], "-4 is below 1"),
+    # trial 2026-11-30: an empty --model ran the default model silently; plan with a dtype the device lacks listed
+    # the rule counts of thousands of candidates instead of the rule
+    (["predict", "--model", "", "--gpus", "8"], "'' is empty: expected a preset name or a file path"),
+    (["plan", "--gpus", "8", "--cluster", " "], "' ' is empty"),
+    (["plan", "--gpus", "8", "--model", "llama3-8b", "--dtype", "mxfp8"], "dtype mxfp8: device h100-sxm has no MXFP8"),
+    (["plan", "--gpus", "8", "--model", "llama3-8b", "--cluster", "dgx-a100", "--dtype", "fp8"],
+     "dtype fp8: device a100-80gb has no FP8"),
 ])
 def test_bad_input_one_line_exit_2(args, needle):
     r = run_cli(*args)
