@@ -168,9 +168,10 @@ def ranking_note(step_times_s, device: str, precision: str, moe: bool) -> str:
 
 
 def coverage_note(device: str, precision: str, moe: bool, plan: dict) -> str:
-    """'' or one line: the knobs of `plan` (a Plan's dict: tp, pp, cp, ep, zero, schedule, recompute) outside what
-    the held-out published runs of its kind used — parallel degrees above their largest, or > 1 where they used 1
-    only; a ZeRO stage, schedule or recompute policy none of them ran. The held-out error says nothing sure there."""
+    """'' or one line: the knobs of `plan` (a Plan's dict: tp, pp, cp, ep, seq_len, zero, schedule, recompute) outside
+    what the held-out published runs of its kind used — parallel degrees or a sequence length above their largest,
+    or > 1 where they used 1 only; a ZeRO stage, schedule or recompute policy none of them ran. The held-out error
+    says nothing sure there."""
     h, what = _ranking_basis(device, precision, moe)      # the held-out figure, else the nearest evidence (said so)
     behind = "the nearest evidence" if what.startswith("the nearest") else "that figure"
     seen = (h or {}).get("regime")
@@ -181,6 +182,9 @@ def coverage_note(device: str, precision: str, moe: bool, plan: dict) -> str:
         v, used = plan.get(k, 1), seen.get(k, [1])
         if v > max(used):
             out.append(f"{k} {v} (they used {', '.join(map(str, used))})")
+    seq, used = plan.get("seq_len"), seen.get("seq_len")
+    if seq and used and seq > max(used):
+        out.append(f"sequence length {seq} (they used {', '.join(map(str, used))})")
     for k in ("zero", "schedule", "recompute"):
         v, used = plan.get(k), seen.get(k, [])
         if v is not None and used and v not in used:

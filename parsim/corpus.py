@@ -435,7 +435,8 @@ def leave_one_table_out(progress=None) -> list[dict]:
                 "predicted_reserved_GiB": round(reserved, 1), "reserved_rel_error": None if re_ is None else round(re_, 4),
                 "plan": pl.label(), "micro_batch": pl.micro_batch, "vpp": pl.vpp, "recompute": pl.recompute,
                 "fits_verdict": p["fits_verdict"], "any_fits_verdict": p["any_fits_verdict"],
-                "regime": {k: getattr(pl, k) for k in REGIME_KEYS}})
+                "regime": {k: (getattr(pl, k) if k != "seq_len" else pl.seq_len or load_model(r.model).seq_len)
+                           for k in REGIME_KEYS}})
         entry["step"] = _stats(step_errs)
         entry["memory"] = _stats(mem_errs)
         entry["memory_reserved"] = _stats(res_errs)
@@ -476,7 +477,7 @@ def repeat_floor() -> list[dict]:
 
 # The plan knobs whose values the published runs of a kind cover (parsim.accuracy.coverage_note compares a plan's
 # against them: an answer outside them is an extrapolation from the held-out evidence).
-REGIME_KEYS = ("tp", "pp", "cp", "ep", "zero", "schedule", "recompute")
+REGIME_KEYS = ("tp", "pp", "cp", "ep", "seq_len", "zero", "schedule", "recompute")
 
 
 def heldout_summary(loto: list[dict] | None = None) -> dict:

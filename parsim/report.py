@@ -121,6 +121,8 @@ def plans_text(res, top: int, wide: bool = False) -> str:
         from parsim.accuracy import lines
         first = ({k: (cols[k][0].item() if hasattr(cols[k][0], "item") else cols[k][0])
                   for k in ("tp", "pp", "cp", "ep", "zero", "schedule", "recompute") if k in cols} if n else None)
+        if first is not None:
+            first["seq_len"] = a.get("seq_len")
         caption += "\n" + "\n".join(lines(a["device"], a["dtype"], bool(a.get("moe")), first,
                                           [float(x) for x in cols["step_time_s"][:n]],
                                           a["memory_accounting"] if a.get("memory_heldout") else None,

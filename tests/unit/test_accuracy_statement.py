@@ -85,3 +85,9 @@ def test_coverage_note_names_knobs_outside_the_published_runs():
     assert 2 not in seen["zero"] and "zbv" not in seen["schedule"]
     # no held-out figure (H200): no coverage claim either
     assert A.coverage_note("h200", "bf16", False, outside) == ""
+    # a sequence length above the longest published run (trial 2026-11-30: B200 runs are 2K-8K; 32K was not flagged);
+    # one inside (or unstated: the model's) says nothing
+    assert max(seen["seq_len"]) == 8192
+    assert "sequence length 32768 (they used " in A.coverage_note("h100-sxm", "fp8", False, dict(inside, seq_len=32768))
+    assert A.coverage_note("h100-sxm", "fp8", False, dict(inside, seq_len=8192)) == ""
+    assert A.coverage_note("h100-sxm", "fp8", False, dict(inside, seq_len=None)) == ""
