@@ -105,13 +105,27 @@ def statement(device: str, precision: str, moe: bool) -> str:
             near = (f"; nearest evidence, {c} {'MoE' if k else 'dense'} runs on {g}{_models(o)}: "
                     f"{100 * o['mean']:.1f}% mean, {100 * o['max']:.1f}% max error over {o['rows']} runs")
         if not any(_class_key(g, cls, x) in _load() for x in (False, True)):
-            near += (f"; parsim's {cls} constant for {g} is fitted on no published run of it (an assumption, "
-                     f"parsim/data/devices.yaml)")
+            near += f"; {_constant_used(device, cls, g)} is fitted on no published run of it (an assumption, parsim/data/devices.yaml)"
         return (f"accuracy: unknown — no published {cls} {kind} run on {device} to hold out{near} "
                 f"(parsim report --published)")
     return (f"accuracy: on {h['rows']} published {cls} {kind} runs on {g}{_models(h)} ({h['tables']} tables, "
             f"each predicted with constants fitted on the others) predicted throughput was off by {100 * h['mean']:.1f}% on "
             f"average, {100 * h['max']:.1f}% at worst (bias {100 * h['bias']:+.1f}%)")
+
+
+def _constant_used(device: str, cls: str, g: str) -> str:
+    """Which sustained fraction a plan of class `cls` on `device` is priced with, in words (trial 2026-11-30: an H200
+    FP8 answer spoke of "parsim's fp8 constant for h200", which does not exist: its FP8 plans take the 16-bit one)."""
+    try:
+        from parsim.hardware import get_device
+        dev = get_device(device)
+    except Exception:        # a profile that cannot be read: the generic wording
+        return f"parsim's {cls} constant for {g}"
+    if cls == "fp8" and dev.sustained_fraction_fp8 is None:
+        return (f"{g} has no fitted fp8 constant: its fp8 plans take the 16-bit one, {dev.sustained_fraction:g}, which "
+                f"too")
+    f = dev.sustained_fraction_fp8 if cls == "fp8" else dev.sustained_fraction
+    return f"parsim's {cls} constant for {g} ({f:g})"
 
 
 def _models(h: dict) -> str:

@@ -96,7 +96,10 @@ def test_second_trial_findings(capsys):
     assert "size '3' has no unit: expected e.g. 3GiB" in capsys.readouterr().err
     # the 16-bit H100 SXM answer says its constant is an assumption, and flags knobs outside the nearest evidence
     s = A.statement("h100-sxm", "bf16", False)
-    assert "16-bit constant for h100-sxm is fitted on no published run of it (an assumption" in s
+    assert "16-bit constant for h100-sxm (0.735) is fitted on no published run of it (an assumption" in s
+    # an FP8 plan on H200 (no fp8 constant) says which constant it really takes (trial 2026-11-30)
+    s8 = A.statement("h200", "fp8", False)
+    assert "h200 has no fitted fp8 constant: its fp8 plans take the 16-bit one, 0.735" in s8
     cov = A.coverage_note("h100-sxm", "bf16", False, {"tp": 8, "pp": 2, "cp": 1, "ep": 1, "zero": 0,
                                                          "schedule": "1f1b", "recompute": "selective"})
     assert cov.startswith("outside the published runs behind the nearest evidence: ZeRO stage 0")
