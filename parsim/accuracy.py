@@ -108,9 +108,26 @@ def statement(device: str, precision: str, moe: bool) -> str:
             near += f"; {_constant_used(device, cls, g)} is fitted on no published run of it (an assumption, parsim/data/devices.yaml)"
         return (f"accuracy: unknown — no published {cls} {kind} run on {device} to hold out{near} "
                 f"(parsim report --published)")
+    sh = h.get("shipped")
+    shipped = (f"; with the shipped constants the same runs are off by {100 * sh['mean']:.1f}% on average, "
+               f"{100 * sh['max']:.1f}% at worst" if sh else "")
     return (f"accuracy: on {h['rows']} published {cls} {kind} runs on {g}{_models(h)} ({h['tables']} tables, "
             f"each predicted with constants fitted on the others) predicted throughput was off by {100 * h['mean']:.1f}% on "
-            f"average, {100 * h['max']:.1f}% at worst (bias {100 * h['bias']:+.1f}%)")
+            f"average, {100 * h['max']:.1f}% at worst (bias {100 * h['bias']:+.1f}%){shipped}")
+
+
+def model_note(device: str, precision: str, moe: bool, model: str | None) -> str:
+    """'' or one line: the held-out errors of the published runs of this very model among the figure's (trial
+    2026-11-30: a Qwen3-30B-A3B plan quoted the pooled 89% beside Mixtral's +2% and never said its own model's
+    published runs were +61% to +209% off)."""
+    h = heldout(device, precision, moe) if model else None
+    errs = (h or {}).get("by_model", {}).get(model)
+    if not errs:
+        return ""
+    g = DEVICE_GPU_TYPE.get(device, device)
+    shown = ", ".join(f"{100 * e:+.0f}%" for e in errs)
+    return (f"{model}'s own published runs on {g} ({len(errs)}) were predicted {shown} off, held out "
+            f"(+ = predicted faster than published)")
 
 
 def _constant_used(device: str, cls: str, g: str) -> str:
@@ -220,12 +237,14 @@ def within_error(step_times_s, mean_error: float) -> int:
 
 
 def lines(device: str, precision: str, moe: bool, plan: dict | None = None, ranked_steps_s=None,
-          accounting: str | None = None, total_GiB: float = 0.0, usable_GiB: float = 0.0) -> list[str]:
+          accounting: str | None = None, total_GiB: float = 0.0, usable_GiB: float = 0.0,
+          model: str | None = None) -> list[str]:
     """The "how sure" lines an answer ends with (the one place `plan` and `predict` take them from): the held-out
     statement; with `ranked_steps_s` (a ranking's step times, best first) which plans cannot be told apart; with
     `plan` (a Plan's dict; a ranking's #1) the knobs outside the published runs; with `accounting` the memory
-    statement (`total_GiB` / `usable_GiB` of the plan: whether its fit survives the worst published error)."""
-    out = [statement(device, precision, moe)]
+    statement (`total_GiB` / `usable_GiB` of the plan: whether its fit survives the worst published error); with
+    `model` (a preset name) the held-out errors of that model's own published runs."""
+    out = [statement(device, precision, moe), model_note(device, precision, moe, model)]
     if ranked_steps_s is not None:
         out.append(ranking_note(ranked_steps_s, device, precision, moe))
     if plan is not None:

@@ -421,6 +421,9 @@ def leave_one_table_out(progress=None) -> list[dict]:
             me = p["memory_GiB"] / r.peak_memory_GiB - 1 if r.peak_memory_GiB else None
             reserved = p["memory_GiB"] + fragmentation_GiB(r.gpu_type)
             re_ = reserved / r.peak_memory_GiB - 1 if r.peak_memory_GiB else None
+            # the same row with the shipped constants (what a user of this parsim gets; in-sample for the fit)
+            ps = predict_row(r)["value"] if f != shipped_fraction(r.gpu_type, precision_class(r.precision)) else p["value"]
+            es = ps / r.published - 1
             step_errs.append(e)
             mem_errs.append(me)
             res_errs.append(re_)
@@ -430,6 +433,7 @@ def leave_one_table_out(progress=None) -> list[dict]:
                 # None: no candidate plan fits in memory (JSON has no nan)
                 "predicted": round(p["value"], 1) if np.isfinite(p["value"]) else None,
                 "rel_error": round(e, 4) if np.isfinite(e) else None,
+                "rel_error_shipped": round(es, 4) if np.isfinite(es) else None,
                 "published_memory_GiB": r.peak_memory_GiB, "predicted_memory_GiB": round(p["memory_GiB"], 1),
                 "memory_rel_error": None if me is None else round(me, 4),
                 "predicted_reserved_GiB": round(reserved, 1), "reserved_rel_error": None if re_ is None else round(re_, 4),
@@ -487,13 +491,17 @@ def heldout_summary(loto: list[dict] | None = None) -> dict:
     parsim.accuracy reads. Returns {"by_kind": {key: stats}, "memory_by_accounting": {accounting: stats}} with keys
     parsim.accuracy.key(), stats = {"rows", "tables", "mean", "max", "bias", "worst_under"} (relative errors as
     fractions of 1, rounded to 4 places; worst_under the most negative error, 0 if none) and, per kind, "models"
-    (the models behind the figure) and "regime": {knob: [values the runs used]} for REGIME_KEYS; rows no candidate
-    plan fits are left out (they have no error)."""
+    (the models behind the figure), "by_model": {model: [its rows' held-out errors]}, "shipped": {"mean", "max",
+    "bias"} of the same rows predicted with the shipped constants (in-sample for the fit: what a user of this parsim
+    gets on those runs) and "regime": {knob: [values the runs used]} for REGIME_KEYS; rows no candidate plan fits
+    are left out (they have no error)."""
     from parsim.accuracy import key
     loto = leave_one_table_out() if loto is None else loto
     pooled: dict = {}
     regimes: dict = {}
     models: dict = {}
+    shipped: dict = {}       # kind -> errors of the same rows with the shipped constants
+    by_model: dict = {}      # kind -> model -> held-out errors of its rows
     for e in loto:
         for r in e["row_results"]:
             if r.get("rel_error") is None:
@@ -502,6 +510,9 @@ def heldout_summary(loto: list[dict] | None = None) -> dict:
             errs, tables = pooled.setdefault(k, ([], set()))
             errs.append(r["rel_error"])
             tables.add(e["table"])
+            if r.get("rel_error_shipped") is not None:
+                shipped.setdefault(k, ([], set()))[0].append(r["rel_error_shipped"])
+            by_model.setdefault(k, {}).setdefault(r["model"], []).append(r["rel_error"])
             seen = regimes.setdefault(k, {})
             for rk, v in r.get("regime", {}).items():
                 seen.setdefault(rk, set()).add(v)
@@ -522,8 +533,12 @@ def heldout_summary(loto: list[dict] | None = None) -> dict:
                       "worst_under": round(float(min(0.0, min(errs))), 4)}
         return out
     by_kind = stats(pooled)
+    for k, (errs, _) in shipped.items():
+        st = _stats(errs)
+        by_kind[k]["shipped"] = {x: round(st[x], 4) for x in ("mean", "max", "bias")}
     for k, seen in regimes.items():       # the models, and the knob values, the runs of this kind used (sorted lists)
         by_kind[k]["models"] = sorted(models[k])
+        by_kind[k]["by_model"] = {m: sorted(v) for m, v in sorted(by_model[k].items())}
         by_kind[k]["regime"] = {rk: sorted(v) for rk, v in sorted(seen.items())}
     return {"by_kind": by_kind, "memory_by_accounting": stats(mem)}
 

@@ -127,7 +127,7 @@ def plans_text(res, top: int, wide: bool = False) -> str:
                                           [float(x) for x in cols["step_time_s"][:n]],
                                           a["memory_accounting"] if a.get("memory_heldout") else None,
                                           float(cols["memory_GiB"][0]) if n else 0.0,
-                                          a["memory_capacity_GiB"] - a["memory_headroom_GiB"]))
+                                          a["memory_capacity_GiB"] - a["memory_headroom_GiB"], model=a.get("model")))
     return text_table(headers, rows, title, caption, width=None if wide else terminal_width())
 
 

@@ -47,7 +47,7 @@ def run(a) -> int:
         res.attrs["heldout_cannot_rank_apart"] = ranking_count(
             [float(x) for x in res.columns["step_time_s"][: a.top]], at["device"], at["dtype"], bool(at.get("moe")))
         if a.format == "csv":
-            sys.stderr.write("\n".join(lines(at["device"], at["dtype"], bool(at.get("moe")))) + "\n")
+            sys.stderr.write("\n".join(lines(at["device"], at["dtype"], bool(at.get("moe")), model=at.get("model"))) + "\n")
     if a.format == "json":
         text = to_json({"attrs": res.attrs, "candidates": res.candidates, "priced": res.priced,
                         "rejected": res.rejected, "seconds": res.seconds, "plans": plans_records(res, a.top)})

@@ -91,3 +91,18 @@ def test_coverage_note_names_knobs_outside_the_published_runs():
     assert "sequence length 32768 (they used " in A.coverage_note("h100-sxm", "fp8", False, dict(inside, seq_len=32768))
     assert A.coverage_note("h100-sxm", "fp8", False, dict(inside, seq_len=8192)) == ""
     assert A.coverage_note("h100-sxm", "fp8", False, dict(inside, seq_len=None)) == ""
+
+
+def test_the_statement_gives_the_shipped_constants_error_and_the_models_own_runs():
+    # trial 2026-11-30: the figure is held out (constants fitted on the other tables) while a user gets the shipped
+    # constants; and a Qwen3-30B-A3B answer quoted the pooled MoE figure without its own runs' errors
+    h = A.heldout("h100-sxm", "fp8", False)
+    sh = h["shipped"]
+    s = A.statement("h100-sxm", "fp8", False)
+    assert f"with the shipped constants the same runs are off by {100 * sh['mean']:.1f}% on average" in s
+    note = A.model_note("b200", "mxfp8", True, "qwen3-30b-a3b")
+    errs = A.heldout("b200", "mxfp8", True)["by_model"]["qwen3-30b-a3b"]
+    assert note.startswith("qwen3-30b-a3b's own published runs on b200 (3)")
+    assert all(f"{100 * e:+.0f}%" in note for e in errs)
+    assert A.model_note("b200", "fp8", False, "qwen3-30b-a3b") == ""      # not among the dense runs: nothing said
+    assert A.model_note("b200", "fp8", True, None) == ""
