@@ -277,7 +277,6 @@ def load_corpus() -> tuple:
 # would make it absorb their error (on H100 the FP8 rows alone pushed it to the grid's upper end before the FP8
 # fraction existed). A class without a row elsewhere is predicted with the shipped constant (said in the entry).
 FIT_PRECISIONS = ("bf16", "fp16")
-FIT_DENSE_ONLY = True       # the fits use dense rows only (_error_grid says why)
 CLASSES = ("16-bit", "fp8")
 
 
@@ -339,13 +338,14 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
 def _error_grid(gpu_type: str, cls: str = "16-bit") -> tuple:
     """(expressible dense rows of this GPU type and precision class, rel. error [row, fraction]): what the fit uses.
 
-    Mixture-of-experts rows are left out of every fit (FIT_DENSE_ONLY) and predicted with the dense-fitted constant:
-    their step carries a time parsim does not price yet (1.8-3.7 ms per MoE layer and micro-batch on H100 and B200
-    alike, megatron_bridge_moe.csv's "moe time" header), not a kernel-efficiency effect, and pooled with the dense rows
-    they would set the kernel constant of every plan on that GPU (B200: 0.52 instead of 0.605, every dense B200 table
-    held out 17-20% off instead of 6-10%). So the MoE tables are held-out evidence only, never fitted on."""
+    Mixture-of-experts rows are left out of every fit and predicted with the dense-fitted constant: their step
+    carries a time parsim does not price yet (1.8-3.7 ms per MoE layer and micro-batch on H100 and B200 alike,
+    megatron_bridge_moe.csv's "moe time" header), not a kernel-efficiency effect, and pooled with the dense rows they
+    would set the kernel constant of every plan on that GPU (measured 2026-11-30, B200 held out: 0.50-0.52 instead of
+    0.63-0.66, every dense B200 table 17-20% mean off instead of 6.6-7.5%). So the MoE tables are held-out evidence
+    only, never fitted on."""
     rows = [r for r in load_corpus() if r.gpu_type == gpu_type and not r.reason and precision_class(r.precision) == cls
-            and not (FIT_DENSE_ONLY and load_model(r.model).experts)]
+            and not load_model(r.model).experts]
     err = np.array([[predict_row(r, f)["value"] / r.published - 1 for f in FRACTIONS] for r in rows]).reshape(len(rows), len(FRACTIONS))
     return rows, err
 
