@@ -366,13 +366,14 @@ class ModelSpec:
         return asdict(self)
 
     def summary(self) -> str:
-        """One line: size, shapes and the training length's origin (printed in every output's header)."""
+        """One line: size, shapes and the training length's origin (printed in every output's header). The MLP kind
+        "gelu" reads "non-gated MLP": it stands for any 2-matrix MLP (GPT's GELU, Nemotron's squared ReLU)."""
         moe = (f", MoE {self.experts}x top-{self.top_k}" + (f" +{self.shared_experts} shared" if self.shared_experts else "")
                + f" on {self.moe_layers}/{self.layers} layers") if self.experts else ""
         return (f"{self.name}: {_count(self.params)} params ({_count(self.active_params)} active), "
                 f"{self.layers} layers, hidden {self.hidden}, {self.attention} {self.heads}/{self.kv_heads} heads × "
                 f"{self.head_dim}" + (f" (sliding window {self.sliding_window})" if self.sliding_window else "")
-                + f", {self.activation}{moe}, seq_len {self.seq_len}"
+                + f", {'non-gated MLP' if self.activation == 'gelu' else self.activation}{moe}, seq_len {self.seq_len}"
                 + (f" ({self.source})" if self.source else ""))
 
 

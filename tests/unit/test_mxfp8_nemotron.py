@@ -212,3 +212,10 @@ def test_nemotron_corpus_rows_are_priced():
         ("b200", "nemotron-15b"), ("b200", "nemotron-340b"), ("h100-sxm", "nemotron-22b"),
         ("h100-sxm", "nemotron-340b"), ("h100-sxm", "nemotron-8b")]
     assert all(not r.reasons and r.plans for r in nem)
+
+
+def test_summary_names_the_mlp_kind_not_a_wrong_activation():
+    # trial 2026-11-30: Nemotron's squared-ReLU MLP was summarised as "gelu" (the non-gated kind's name)
+    from parsim.model import load_model
+    assert ", non-gated MLP," in load_model("nemotron-15b").summary()
+    assert ", swiglu," in load_model("llama3-8b").summary()
