@@ -29,9 +29,15 @@ def rows(kind: str) -> list[tuple[str, str]]:
         fp8 = "".join(f", {k} {d.peak_flops[k] / 1e12:,.0f}" for k in ("fp8", "mxfp8") if d.peak_flops.get(k))
         where = "measured here: " + profile_file(n) if is_measured(n) else "catalog"
         return (f"{d.kind}: {d.memory_bytes / 2 ** 30:,.2f} GiB at {d.memory_bandwidth_Bps / 1e9:,.0f} GB/s, "
-                f"{kind} {peak / 1e12:,.3g}{fp8} TFLOP/s peak; sustained fraction {d.sustained_fraction:g}"
+                f"{kind} {_tflops(peak)}{fp8} TFLOP/s peak; sustained fraction {d.sustained_fraction:g}"
                 + (f" (fp8 {d.sustained_fraction_fp8:g})" if d.sustained_fraction_fp8 else "") + f" [{where}]")
     return [(n, what(n)) for n in device_names()]
+
+
+def _tflops(flops: float) -> str:
+    """TFLOP/s for people: 2,250 on a GPU, 0.05 on a CPU (':,.3g' printed 2.25e+03)."""
+    t = flops / 1e12
+    return f"{t:,.0f}" if t >= 100 else f"{t:.3g}"
 
 
 def run(a) -> int:

@@ -157,6 +157,9 @@ def test_presets_lists_what_the_hint_promises():
         assert f"\n{name} " in out, name
     rc, out, _ = cli("presets", "clusters")
     assert rc == 0 and "dgx-h100 " in out and "llama2-7b" not in out
+    # peaks as people write them (trial 2026-11-30: "bf16 2.25e+03")
+    rc, out, _ = cli("presets", "devices")
+    assert rc == 0 and "bf16 2,250, fp8 4,500" in out and "e+0" not in out
 
 
 # ------------------------------------------------------------ kind: a default stands in silently
