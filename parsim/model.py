@@ -605,8 +605,12 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
         max_pos = g("seq_length", default=2048)
     seq, src = hf_seq_len(cfg, name, max_pos)
     rot = cfg.get("partial_rotary_factor", cfg.get("rope_percent"))
-    if fam == "nemotron" and rot not in (None, 1, 1.0):
-        src += f"; RoPE on {rot:g} of each head priced over all of it"
+    if fam == "nemotron" and rot is not None:
+        if isinstance(rot, bool) or not isinstance(rot, (int, float)) or not 0 < rot <= 1:
+            raise ParsimError(f"Hugging Face config {name}: partial_rotary_factor = {rot!r}, expected a fraction of "
+                              f"the head in (0, 1]")
+        if rot != 1:
+            src += f"; RoPE on {rot:g} of each head priced over all of it"
     win = cfg.get("sliding_window")
     if win is not None and cfg.get("use_sliding_window", True) is not False:
         if not isinstance(win, int) or isinstance(win, bool):

@@ -1,6 +1,7 @@
 """Issue 15's "not expressible yet" rows made expressible: Nemotron presets (NeMo's Nemotron configs) and dtype mxfp8
 (Transformer Engine's MXFP8BlockScaling on Blackwell). Hand-derivable numbers; the arithmetic is in the comments."""
 import dataclasses
+from pathlib import Path
 import subprocess
 import sys
 
@@ -219,3 +220,20 @@ def test_summary_names_the_mlp_kind_not_a_wrong_activation():
     from parsim.model import load_model
     assert ", non-gated MLP," in load_model("nemotron-15b").summary()
     assert ", swiglu," in load_model("llama3-8b").summary()
+
+
+@pytest.mark.parametrize("bad", [2.0, 0, -0.5, "half", True])
+def test_hf_nemotron_partial_rotary_out_of_range_is_refused(tmp_path, bad):
+    # trial 2026-11-30: partial_rotary_factor 2.0 was accepted and shown as "RoPE on 2 of each head"
+    import json
+    from parsim.errors import ParsimError
+    from parsim.model import load_model
+    cfg = json.loads((Path(__file__).parents[1] / "data" / "hf_configs" / "nemotron-3-8b.json").read_text())
+    cfg["partial_rotary_factor"] = bad
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    with pytest.raises(ParsimError, match="partial_rotary_factor"):
+        load_model(str(p))
+    cfg["partial_rotary_factor"] = 0.5          # Nemotron's own value: accepted, said in the source
+    p.write_text(json.dumps(cfg))
+    assert "RoPE on 0.5 of each head" in load_model(str(p)).source
