@@ -587,6 +587,10 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
                   norms_per_layer=norms, parallel_block=par or new)
         max_pos = g("max_position_embeddings", default=2048)
     elif fam == "nemotron":
+        for k in ("num_local_experts", "num_experts"):      # NemotronForCausalLM is dense: never drop experts silently
+            if cfg.get(k) not in (None, 0, 1):
+                raise ParsimError(f"Hugging Face config {name}: field {k} = {str(cfg[k])[:20]!r} in a dense "
+                                  f"model_type nemotron: expected no experts (a mixture of experts is another model_type)")
         h, heads = g("hidden_size"), g("num_attention_heads")
         kw = dict(layers=g("num_hidden_layers"), hidden=h, heads=heads,
                   kv_heads=g("num_key_value_heads", default=heads), ffn_hidden=g("intermediate_size"),

@@ -237,3 +237,16 @@ def test_hf_nemotron_partial_rotary_out_of_range_is_refused(tmp_path, bad):
     cfg["partial_rotary_factor"] = 0.5          # Nemotron's own value: accepted, said in the source
     p.write_text(json.dumps(cfg))
     assert "RoPE on 0.5 of each head" in load_model(str(p)).source
+
+
+def test_hf_nemotron_with_experts_is_refused(tmp_path):
+    # trial 2026-11-30: num_local_experts in a nemotron config was ignored (priced as the dense model)
+    import json
+    from parsim.errors import ParsimError
+    from parsim.model import load_model
+    cfg = json.loads((Path(__file__).parents[1] / "data" / "hf_configs" / "nemotron-3-8b.json").read_text())
+    cfg["num_local_experts"] = 8
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    with pytest.raises(ParsimError, match="num_local_experts = '8' in a dense model_type nemotron"):
+        load_model(str(p))
