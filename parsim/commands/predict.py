@@ -45,7 +45,8 @@ def run(a) -> int:
         from parsim.hardware import profile_file
         from parsim.accuracy import lines
         from parsim.tables import wrap
-        how_sure = lines(dev, rep.plan.get("dtype", ""), moe, rep.plan, accounting=rep.memory_accounting, model=model.name,
+        shown = dict(rep.plan, seq_len=rep.plan.get("seq_len") or model.seq_len)    # the length priced, given or not
+        how_sure = lines(dev, rep.plan.get("dtype", ""), moe, shown, accounting=rep.memory_accounting, model=model.name,
                          total_GiB=rep.memory_GiB, usable_GiB=rep.memory_capacity_GiB - rep.memory_headroom_GiB)
         text = step_report_text(rep) + f"device profile {dev}: {profile_file(dev)}\n" + "".join(map(wrap, how_sure))
     from parsim.search import DEFAULT_GLOBAL_BATCH

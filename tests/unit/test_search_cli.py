@@ -178,3 +178,18 @@ def test_property_finite_positive_or_parsim_error(mp, cluster):
     assert all(np.isfinite(v) for v in vals)
     assert r.step_time_s > 0 and r.memory_GiB > 0 and r.tokens_per_s > 0
     assert all(v >= 0 for v in r.breakdown_s.values())
+
+
+def test_predict_names_the_models_own_length_when_beyond_the_published_runs(tmp_path):
+    # trial 2026-11-30: the sequence length was compared only when --seq-len was given; a model whose own training
+    # length (32768) is beyond every published B200 FP8 dense run (2K-8K) priced at it must say so too
+    import yaml
+    from parsim.model import _presets
+    spec = dict(_presets()["llama3-8b"], seq_len=32768)
+    spec.pop("source", None)
+    f = tmp_path / "long.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    r = run_cli("predict", "--model", str(f), "--cluster", "dgx-b200", "--gpus", "8", "--dtype", "fp8", "--zero", "1",
+                "--global-batch", "64")
+    assert r.returncode == 0, r.stderr
+    assert "sequence length 32768 (they used" in " ".join(r.stdout.split())
