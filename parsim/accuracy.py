@@ -32,7 +32,8 @@ def precision_class(precision: str) -> str | None:
     """'fp8' for FP8 plans (per-tensor fp8 and block-scaled mxfp8: the same FP8 tensor cores and one fitted constant;
     what MXFP8 does differently is priced, parsim.layer), '16-bit' for bf16/fp16 (the two fitted constants of a GPU type, parsim.corpus); None for
     fp32 (no public fp32 table)."""
-    return "fp8" if precision in ("fp8", "mxfp8") else ("16-bit" if precision in ("bf16", "fp16") else None)
+    from parsim.plan import FP8_DTYPES
+    return "fp8" if precision in FP8_DTYPES else ("16-bit" if precision in ("bf16", "fp16") else None)
 
 
 def key(gpu_type: str, precision: str, moe: bool) -> str:
@@ -133,11 +134,8 @@ def model_note(device: str, precision: str, moe: bool, model: str | None) -> str
 def _constant_used(device: str, cls: str, g: str) -> str:
     """Which sustained fraction a plan of class `cls` on `device` is priced with, in words (trial 2026-11-30: an H200
     FP8 answer spoke of "parsim's fp8 constant for h200", which does not exist: its FP8 plans take the 16-bit one)."""
-    try:
-        from parsim.hardware import get_device
-        dev = get_device(device)
-    except Exception:        # a profile that cannot be read: the generic wording
-        return f"parsim's {cls} constant for {g}"
+    from parsim.hardware import get_device
+    dev = get_device(device)            # a device of DEVICE_GPU_TYPE: a catalog profile
     if cls == "fp8" and dev.sustained_fraction_fp8 is None:
         return (f"{g} has no fitted fp8 constant: its fp8 plans take the 16-bit one, {dev.sustained_fraction:g}, which "
                 f"too")

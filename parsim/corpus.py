@@ -56,7 +56,7 @@ from parsim.accuracy import GPU_TYPE_DEVICES, precision_class  # one table of GP
 from parsim.errors import ParsimError
 from parsim.hardware import get_device
 from parsim.model import load_model, preset_names
-from parsim.plan import DTYPES, RECOMPUTE, Plan, validate
+from parsim.plan import DTYPES, FP8_DTYPES, RECOMPUTE, Plan, validate
 
 CORPUS_DIR = Path(__file__).parent / "data" / "validation"
 NARAYANAN = "narayanan2021_table1"
@@ -144,7 +144,7 @@ def _reasons(r: dict, gpu_type: str) -> list[str]:
     out = []
     if prec not in DTYPES:
         out.append(f"precision {prec} (not a dtype of parsim.plan.DTYPES: {', '.join(DTYPES)})")
-    elif prec in ("fp8", "mxfp8") and gpu_type in GPU_TYPE_DEVICES and not _has_fp8(gpu_type, prec):
+    elif prec in FP8_DTYPES and gpu_type in GPU_TYPE_DEVICES and not _has_fp8(gpu_type, prec):
         out.append(f"precision {prec} on {gpu_type} (no {'FP8' if prec == 'fp8' else 'MXFP8'} tensor cores)")
     ep = _int(r.get("ep")) or 1
     if model not in preset_names():

@@ -20,6 +20,7 @@ KERNELS = ("fused", "eager")   # element-wise kernels: fused (hand-written or to
 # fp8: GEMMs of the layers in FP8 with per-tensor scales (Transformer Engine), the rest bf16; mxfp8: the same GEMMs in
 # MXFP8 (FP8 with an E8M0 scale per 32 elements, Blackwell only; parsim.layer prices what differs)
 DTYPES = ("bf16", "fp16", "fp32", "fp8", "mxfp8")
+FP8_DTYPES = ("fp8", "mxfp8")  # the dtypes whose layer GEMMs run on FP8 tensor cores (their codes: parsim.layer.FP8_CODES)
 MAX_DEGREE = 2 ** 20          # per parallel degree (a million devices)
 MAX_GPUS = 2 ** 24            # dp·tp·pp·cp
 MAX_BATCH = 2 ** 31           # sequences (micro-batch, global batch) and tokens per sequence

@@ -37,7 +37,7 @@ from parsim.costs import network as _net
 from parsim.costs.network import collective_lines
 from parsim.errors import ParsimError
 from parsim.limits import MAX_SIM_OPS, require_finite
-from parsim.plan import DTYPES, GRAD_SYNC, KERNELS, RECOMPUTE, SCHEDULES, Plan
+from parsim.plan import DTYPES, FP8_DTYPES, GRAD_SYNC, KERNELS, RECOMPUTE, SCHEDULES, Plan
 from parsim.rules import check as check_plan
 from parsim.rules import rank_layers
 
@@ -359,13 +359,10 @@ def _pipeline_structure(layers: int, sched, pp, vpp, m, walk: bool = False) -> d
     r_mid = np.where(v_shape, pp - 1, 1)
     # activation sets held at the peak, in layers: chunks (one stage's layers each) x layers / vpp
     out = {"L_first": L_first, "L_last": L_last, "L_mid": L_mid,
-           "held_first": M.inflight_chunks(sched, pp, vpp, mi, 0) * L_first / vpp,
-           "held_last": M.inflight_chunks(sched, pp, vpp, mi, r_last) * L_last / vpp,
-           "held_mid": M.inflight_chunks(sched, pp, vpp, mi, r_mid) * L_mid / vpp,
-           "chunks_first": M.inflight_chunks(sched, pp, vpp, mi, 0),
-           "chunks_last": M.inflight_chunks(sched, pp, vpp, mi, r_last),
-           "chunks_mid": M.inflight_chunks(sched, pp, vpp, mi, r_mid),
            "logits_inflight": M.last_stage_inflight(sched, mi)}
+    for k, r, L_k in (("first", 0, L_first), ("last", r_last, L_last), ("mid", r_mid, L_mid)):
+        out["chunks_" + k] = M.inflight_chunks(sched, pp, vpp, mi, r)
+        out["held_" + k] = out["chunks_" + k] * L_k / vpp
     res = {k: np.asarray(v)[inv] for k, v in out.items()}
     if walk:
         res["combo"] = inv
@@ -714,8 +711,10 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     # (stage 0 and the embedding; with ZB-V's V or pp = 1 also the last stage and the head), the rank
     # holding the last stage when it is another one ("last"), and the heaviest other rank ("mid").
     v_shape, single = sched == 3, pp == 1
-    pipe = _pipeline_structure(model.layers, sched, pp, vpp, m,
-                               walk=M.PIPELINE_KEEPS_STAGE_OUTPUTS[M.check_accounting(accounting)] and bool(np.any(pp > 1)))
+    # where the framework's pipeline runtime keeps its stage outputs, a rank's memory is walked over its op order
+    keeps = M.PIPELINE_KEEPS_STAGE_OUTPUTS[M.check_accounting(accounting)]
+    walk = keeps and bool(np.any(pp > 1))
+    pipe = _pipeline_structure(model.layers, sched, pp, vpp, m, walk=walk)
     L_first, L_last, L_mid = pipe["L_first"], pipe["L_last"], pipe["L_mid"]
     head_first = single | v_shape                          # the head sits on rank 0
     has_last, has_mid = ~head_first, np.where(v_shape, pp > 1, pp > 2)
@@ -799,11 +798,13 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     opt = C.optimizer_s(dev, opt_params, dt, L) * cpu_share
     # MXFP8 plans quantize every local FP8-GEMM weight to its rowwise and columnwise MXFP8 copies once a step
     # (parsim.costs.compute.mxfp8_weight_quantize_s), on the rank holding the most layers
-    mx_rows = dt == Ly.MXFP8
+    fp8_rows, mx_rows = Ly.is_fp8(dt), dt == Ly.MXFP8
+    # weight elements of a layer's FP8 GEMMs on one rank, per plan (FP8 plans only)
+    w_fp8 = (np.broadcast_to(np.asarray(_fp8_weight_elems(ops_u), dtype=float), first.shape)[inv]
+             if fp8_rows.any() else 0.0)
     if mx_rows.any():
-        w_layer = np.broadcast_to(np.asarray(_fp8_weight_elems(ops_u), dtype=float), first.shape)[inv]
         opt = opt + np.where(mx_rows, C.mxfp8_weight_quantize_s(dev, np.maximum(np.maximum(L_first, L_last), L_mid)
-                                                                 * w_layer), 0.0)
+                                                                 * w_fp8), 0.0)
     step = makespan + dp_exposed + opt
 
     # Breakdown on the bottleneck rank.
@@ -844,7 +845,6 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     # The pipeline runtime's own buffers per rank kind (parsim.costs.memory.pipeline_stage_bytes): what crosses a
     # stage boundary is the rank's local activation, 1/t of it with sequence parallelism (Megatron's p2p also sends
     # 1/t without it: scatter-gather of the replicated activation, parsim's convention act/t for every plan there).
-    keeps = M.PIPELINE_KEEPS_STAGE_OUTPUTS[M.check_accounting(accounting)]
     boundary = np.where(sp | (not keeps), act / t, act)
     logits16 = e * mb * seq / cp * model.vocab / t           # one micro-batch's 16-bit logits
     pp_buf = {k: np.where(pp > 1, M.pipeline_stage_bytes(accounting, m, vpp, boundary, logits16, nf, nl,
@@ -855,14 +855,11 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     # delayed-scaling amax history; none for Megatron's FP8 primary weights' copy, none of either for torchao's
     # dynamic scaling under FSDP2).
     fp8_layer = 0.0
-    fp8_rows = Ly.is_fp8(dt)
     if fp8_rows.any():
-        fp8_ops = [op for op in ops_u if op.fp8]
-        w_elems = np.broadcast_to(np.asarray(_fp8_weight_elems(ops_u), dtype=float), first.shape)[inv]
-        n_tensors = 3 * sum(float(np.max(op.weight)) > 0 for op in fp8_ops)
+        n_tensors = 3 * sum(float(np.max(op.weight)) > 0 for op in ops_u if op.fp8)
         for code, table in ((Ly.FP8, M.FP8_WEIGHT_COPY), (Ly.MXFP8, M.MXFP8_WEIGHT_COPY)):
             copy_B, history = table[M.check_accounting(accounting)]
-            fp8_layer = np.where(dt == code, copy_B * w_elems + n_tensors * history * 4.0, fp8_layer)
+            fp8_layer = np.where(dt == code, copy_B * w_fp8 + n_tensors * history * 4.0, fp8_layer)
     # FSDP2's root module (torchtitan: the embedding, the final norm and the output layer, outside every block)
     # is not resharded after forward ("the root FSDP state has its value specially set to False", fully_shard's
     # reshard_after_forward doc): at ZeRO-3 its unsharded 16-bit parameters stay from forward through backward,
@@ -882,7 +879,7 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     parts = {k: [Ps[k] * per_param[0] + Xs[k] * per_param_x[0] + Ls[k] * fp8_layer,
                  Ps[k] * per_param[1] + Xs[k] * per_param_x[1],
                  Ps[k] * per_param[2] + Xs[k] * per_param_x[2], acts[k], buffers_by[k]] for k in Ps}
-    if M.PIPELINE_KEEPS_STAGE_OUTPUTS[M.check_accounting(accounting)] and np.any(pp > 1):
+    if walk:
         base = {"first": buffers + root["first"], "last": buffers + root["last"], "mid": buffers}
         _walk_pipeline_memory(parts, base, pipe, Ls, pp, vpp, m, a_layer, a_work, logits, extra_logits, head_saved,
                               logits16, boundary, head_first)
@@ -995,7 +992,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
         raise ParsimError(f"memory headroom = {headroom_bytes!r} bytes: expected a finite size >= 0")
     check_plan(plan, model, gpus or plan.gpus)
     cluster = get_cluster(cluster, gpus or plan.gpus)
-    if plan.dtype in ("fp8", "mxfp8"):                    # the rules that read the device
+    if plan.dtype in FP8_DTYPES:                          # the rules that read the device
         check_plan(plan, model, device=cluster.device)
     zero_sync_algorithms(plan.grad_sync, plan.zero)       # ZeRO needs a reduce-scatter/all-gather form
     if plan.gpus > cluster.num_devices:
@@ -1032,7 +1029,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
         notes.append(f"context parallel: ring K/V exchange {kv_s:.6g} s per step (forward K/V, backward K/V and dK/dV), "
                      f"{kv_s - breakdown['cp_comm']:.6g} s of it hidden under the attention core, "
                      f"{breakdown['cp_comm']:.6g} s exposed (cp_comm)")
-    if plan.dtype in ("fp8", "mxfp8"):
+    if plan.dtype in FP8_DTYPES:
         mx = plan.dtype == "mxfp8"
         notes.append(f"{plan.dtype}: the layers' GEMMs at the {'MXFP8' if mx else 'FP8'} peak "
                      f"({cluster.device.peak_flops[plan.dtype] / 1e12:.0f} TFLOP/s) "

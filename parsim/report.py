@@ -9,6 +9,7 @@ import io
 import json
 
 from parsim.outputs import write_atomic  # noqa: E402,F401  (the one writer; kept importable from here)
+from parsim.plan import FP8_DTYPES
 from parsim.tables import terminal_width, text_table, wrap
 
 
@@ -50,7 +51,7 @@ def step_report_text(rep) -> str:
             f"model TFLOP/s/GPU {rep.model_tflops_per_gpu:.1f} (MFU {100 * rep.mfu:.1f}%)   "
             f"hardware TFLOP/s/GPU {rep.hardware_tflops_per_gpu:.1f} (HFU {100 * rep.hfu:.1f}%)",
             "fits: yes" if rep.fits else f"fits: NO — {rep.fits_reason}"]
-    tail += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel", "fp8", "mxfp8"))]
+    tail += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel") + FP8_DTYPES)]
     out += [wrap(line, width).rstrip("\n") for line in tail]
     return "\n".join(out) + "\n"
 
@@ -115,7 +116,7 @@ def plans_text(res, top: int, wide: bool = False) -> str:
                     "step_time_closed_s is the closed form ('=' where they agree within 0.05%)")
     else:
         caption += "step s of the top plans is re-played by the pipeline simulator\n" + SHORT_LEGEND
-    if a.get("dtype") in ("fp8", "mxfp8"):
+    if a.get("dtype") in FP8_DTYPES:
         caption += f"\n{a['dtype']}: MFU against the bf16 peak, as NeMo and Megatron report FP8 training"
     if a.get("device") and a.get("dtype"):       # how sure: the held-out error on published runs like these
         from parsim.accuracy import lines

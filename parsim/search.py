@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from parsim.errors import ParsimError
-from parsim.plan import DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, divisors
+from parsim.plan import DTYPES, FP8_DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, divisors
 from parsim.costs.memory import DEFAULT_ACCOUNTING, check_accounting
 from parsim.predict import (BREAKDOWN_KEYS, GiB, MEMORY_KEYS, PRICE_CHUNK_ROWS, concat_priced, get_cluster,
                             price_chunks, simulated_makespan, take_priced)
@@ -147,7 +147,7 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
         dtype = default_dtype(cl.device)
     if dtype not in DTYPES:
         raise ParsimError(f"dtype = {dtype!r}: expected one of {', '.join(DTYPES)}")
-    if dtype in ("fp8", "mxfp8") and not cl.device.peak_flops.get(dtype, 0.0):   # every candidate would break it:
+    if dtype in FP8_DTYPES and not cl.device.peak_flops.get(dtype, 0.0):   # every candidate would break it:
         from parsim.rules import fp8_device_message                              # say the rule once, as predict does
         raise ParsimError(fp8_device_message(cl.device, dtype))
     check_accounting(accounting)

@@ -20,13 +20,14 @@ def rows(kind: str) -> list[tuple[str, str]]:
         return [(n, f"{d.get('builder', '?')} of {d.get('device', '?')}" + (f"; {d['source']}" if d.get("source") else ""))
                 for n, d in _presets().items()]
     from parsim.hardware import device_names, get_device, is_measured, profile_file
+    from parsim.plan import FP8_DTYPES
 
     def what(n):
         d = get_device(n)
         from parsim.hardware import default_dtype
         kind = default_dtype(d)              # the dtype a plan on it trains in by default (fp32 on CPUs)
         peak = d.peak_flops.get(kind, 0.0)
-        fp8 = "".join(f", {k} {d.peak_flops[k] / 1e12:,.0f}" for k in ("fp8", "mxfp8") if d.peak_flops.get(k))
+        fp8 = "".join(f", {k} {d.peak_flops[k] / 1e12:,.0f}" for k in FP8_DTYPES if d.peak_flops.get(k))
         where = "measured here: " + profile_file(n) if is_measured(n) else "catalog"
         return (f"{d.kind}: {d.memory_bytes / 2 ** 30:,.2f} GiB at {d.memory_bandwidth_Bps / 1e9:,.0f} GB/s, "
                 f"{kind} {_tflops(peak)}{fp8} TFLOP/s peak; sustained fraction {d.sustained_fraction:g}"

@@ -23,14 +23,14 @@ import numpy as np
 
 from parsim import layer as Ly
 from parsim.layer import DTYPE_BYTES, FP8, MXFP8, MX_BLOCK  # noqa: F401  (one table of element sizes)
-from parsim.plan import DTYPES
+from parsim.plan import DTYPES, FP8_DTYPES
 
 
 def peak_flops(dev, dtype_code):
     """Peak matrix FLOP/s per plan, from the dtype code (index into DTYPES): what non-FP8 GEMMs run at,
     and what MFU/HFU are taken against. For fp8 and mxfp8 plans that is the bf16 peak (NeMo and Megatron report
     MFU of FP8 training against the bf16 peak; the FP8 peak is fp8_peak_flops)."""
-    table = np.array([dev.peak_flops.get(d if d not in ("fp8", "mxfp8") else "bf16", 0.0) for d in DTYPES])
+    table = np.array([dev.peak_flops.get(d if d not in FP8_DTYPES else "bf16", 0.0) for d in DTYPES])
     return table[np.asarray(dtype_code)]
 
 
