@@ -179,7 +179,7 @@ def allreduce_rank(cfg, rank, world, device, sync, dog):
         dist.all_reduce(torch.ones(1024))
     res = []
     for nb in cfg["sizes"]:
-        dog.beat(f"all-reduce {nb} B")
+        dog.beat(f"all-reduce {nb} B", waits=True)
         x = torch.ones(nb // 4)
         ts = []
         for _ in range(8 if nb < (4 << 20) else 4):

@@ -323,6 +323,16 @@ def _beat_fields(line: str):
         return None, line
 
 
+def _first_stalled(stuck: dict, work: Path) -> int:
+    """The rank to blame among stalled ones (rank -> wall time of its last progress): a rank that was not waiting on
+    its peers (its phase does not end with runner.WAITS_ON_PEERS) before one that was, then the one that stopped
+    first. Last-progress times alone are a race on a busy machine: a hung rank descheduled before its last beat can
+    look later than the peer that then waited for it in a gradient sync."""
+    from backends.torchdist.runner import WAITS_ON_PEERS     # the runner's phase wording (no torch at import)
+    now = time.time()
+    return min(stuck, key=lambda r: (_heartbeat_age(work, r, now)[1].endswith(WAITS_ON_PEERS), stuck[r]))
+
+
 def _last_progress(work: Path, rank: int):
     """Wall time at which `rank` last made progress (its heartbeat file), or None."""
     try:
@@ -487,13 +497,12 @@ def _failure_message(procs, exited, work: Path, still=(), stalled=None, cfg=None
         for r in range(len(procs)):
             if r not in stuck and (since := _last_progress(work, r)) is not None:
                 stuck[r] = since
-        r = min(stuck, key=stuck.get)
+        r = _first_stalled(stuck, work)
         if r not in fired:       # it never said so itself: say it for it, with its phase
             _, phase = _heartbeat_age(work, r, time.time())
             others = [str(x) for x in sorted(fired)]
             return (f"rank {r}: no progress for {max(0.0, time.time() - stuck[r]):.0f} s in phase {phase} "
-                    f"(it stopped progressing first; rank(s) {', '.join(others)} gave up waiting for it); "
-                    "all ranks stopped")
+                    f"(rank(s) {', '.join(others)} gave up waiting for it); all ranks stopped")
         culprit = (r, exited[r][1])
     if culprit is None:
         for t, r, rc in failed:

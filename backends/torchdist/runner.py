@@ -44,6 +44,11 @@ PHASES = ("forward", "backward", "recompute", "tp_comm", "pipeline", "dp_sync", 
 
 
 
+# Appended to the phase of a beat that waits on the other ranks (a barrier, a gradient sync): a rank stalled there is
+# waiting for a peer, and the launcher blames a stalled rank that was not waiting first (launch._first_stalled).
+WAITS_ON_PEERS = ", waiting on peers"
+
+
 class Watchdog(threading.Thread):
     """Ends this rank when no phase has started for `limit_s` seconds."""
 
@@ -73,8 +78,10 @@ class Watchdog(threading.Thread):
             except OSError:
                 pass
 
-    def beat(self, phase: str, limit_s: float | None = None):
-        """Progress: entering `phase`, which may take up to `limit_s` (default: the watchdog's)."""
+    def beat(self, phase: str, limit_s: float | None = None, waits: bool = False):
+        """Progress: entering `phase`, which may take up to `limit_s` (default: the watchdog's); `waits`: the phase
+        waits on the other ranks (said in the phase: WAITS_ON_PEERS)."""
+        phase = phase + (WAITS_ON_PEERS if waits else "")
         self.phase, self.last, self.phase_limit = phase, time.monotonic(), limit_s
         self.last_wall = time.time()
         self._heartbeat()   # the phase, for the launcher's message (a pwrite: microseconds)
@@ -362,7 +369,7 @@ def _train(cfg, rank, world, device, sync, dog):
     prof = None
     for step in range(steps + (1 if trace_dir else 0)):   # a traced step is extra and not timed
         first = slow_s if step == 0 else None
-        dog.beat(f"step {step} barrier", first)
+        dog.beat(f"step {step} barrier", first, waits=True)
         dist.barrier()
         if trace_dir and step == steps:
             from torch.profiler import ProfilerActivity, profile
@@ -377,7 +384,7 @@ def _train(cfg, rank, world, device, sync, dog):
         dog.beat(f"step {step} forward", first)
         _maybe_fault(cfg, rank, step, "forward")
         loss = par.forward_backward(rm, plan, tokens, targets, clock, autocast)
-        dog.beat(f"step {step} dp gradient sync ({plan.grad_sync})", first)
+        dog.beat(f"step {step} dp gradient sync ({plan.grad_sync})", first, waits=True)
         t1 = clock.now()
         with torch.no_grad():
             par.sync_grads(rm, plan, local_size=cfg.get("local_size"))
@@ -444,7 +451,7 @@ def _grad_sync_check(cfg, rank, world, device, sync, dog):
     raw = [p.grad.detach().clone() for p in params]
     results = {}
     for algo in ["native"] + list(cfg["algos"]):
-        dog.beat(f"grad sync {algo}")
+        dog.beat(f"grad sync {algo}", waits=True)
         for p, g in zip(params, raw):
             p.grad.copy_(g)
         # the backend runs more algorithms than a Plan offers (ps-central): a stand-in with the fields
