@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from parsim.accuracy import GPU_TYPE_DEVICES, precision_class  # one table of GPU types, one class rule
+from parsim.costs.memory import grads_fp32
 from parsim.errors import ParsimError
 from parsim.hardware import get_device
 from parsim.model import load_model, preset_names
@@ -104,6 +105,9 @@ class CorpusRow:
     reasons: list = field(default_factory=list)   # [] = expressible; else every reason why not
     plans: list = field(default_factory=list)
     accounting: str = "megatron"    # bytes per parameter by framework (parsim.costs.memory.ACCOUNTING)
+    # the dtypes the gradients may have been reduced in (parsim.costs.memory.GRAD_DTYPES; None: the framework's
+    # default): the file header's `grad_dtype` when its source states it, both when `unstated` names it (searched)
+    grad_dtypes: tuple = (None,)
 
     @property
     def reason(self) -> str:
@@ -221,6 +225,20 @@ def _candidates(r: dict, model, unstated: str = "") -> list[Plan]:
     return out
 
 
+def _grad_dtypes(header: dict, row: dict) -> tuple:
+    """The gradient reduce dtypes a row's run may have used: the row's ``grad_dtype`` column, else its file header's
+    ``grad_dtype`` (a value of parsim.costs.memory.GRAD_DTYPES, its source after a space), both when the header's
+    ``unstated`` line names "grad dtype" (searched like the other unstated knobs), else the framework's default
+    (None). ParsimError for a value outside GRAD_DTYPES."""
+    from parsim.costs.memory import GRAD_DTYPES
+    stated = (row.get("grad_dtype") or header.get("grad_dtype", "")).split(" ", 1)[0].rstrip(";,")
+    if stated:
+        if stated not in GRAD_DTYPES:
+            raise ParsimError(f"corpus header grad_dtype {stated!r}: expected one of {', '.join(GRAD_DTYPES)}")
+        return (stated,)
+    return ("fp32", "16bit") if "grad dtype" in header.get("unstated", "") else (None,)
+
+
 def load_file(path) -> list[CorpusRow]:
     path = Path(path)
     header, raw = read_csv_with_header(path)
@@ -236,7 +254,8 @@ def load_file(path) -> list[CorpusRow]:
                         knobs={k: r.get(k, "") for k in ("micro_batch", "fsdp", "tp", "pp", "cp", "vp", "ep",
                                                           "schedule", "recompute")},
                         techniques=r.get("techniques", "") or "",
-                        accounting="fsdp2" if is_torchtitan(path.stem) else "megatron")
+                        accounting="fsdp2" if is_torchtitan(path.stem) else "megatron",
+                        grad_dtypes=_grad_dtypes(header, r))
         row.reasons = _reasons(r, gpu_type)
         if not row.reason:
             if row.global_batch is None:
@@ -302,7 +321,8 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
     """Best predicted throughput over the row's candidate plans that fit in memory.
 
     `fraction`: the sustained fraction of the row's precision class (None: the shipped profile).
-    Returns {"value": predicted `row.metric`, "memory_GiB", "plan", "fits_verdict", "any_fits_verdict"}; value is
+    Returns {"value": predicted `row.metric`, "memory_GiB", "plan", "grad_dtype" (of the chosen candidate: None for
+    the framework's default), "fits_verdict", "any_fits_verdict"}; value is
     nan when no candidate fits the capacity; fits_verdict: parsim's own fits verdict (capacity less its headroom) on
     the chosen plan, any_fits_verdict: on at least one candidate. Closed-form pipeline pricing
     (parsim.predict.price), as parsim.validation."""
@@ -310,27 +330,34 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
     model = load_model(row.model)
     cl = get_cluster(row.cluster, row.gpus)
     dev = _device(row.gpu_type, fraction, precision_class(row.precision))
-    r = price(model, cl, plan_columns(row.plans, model), device=dev, accounting=row.accounting)
-    step = np.asarray(r["step_time_s"], dtype=float)
-    if row.metric == "hardware_tflops_per_gpu":
-        val = r["hardware_flops"] / step / row.gpus / 1e12
-    else:
-        seq = np.array([p.seq_len or model.seq_len for p in row.plans], dtype=float)
-        gb = np.array([p.global_batch for p in row.plans], dtype=float)
-        val = gb * seq / step / row.gpus
-    mem = np.asarray(r["memory_bytes"], dtype=float)
+    cols = plan_columns(row.plans, model)
+    vals, mems, rooms, plans, gds = [], [], [], [], []
+    for gd in row.grad_dtypes:      # an unstated gradient dtype: every candidate priced with each
+        r = price(model, cl, cols, device=dev, accounting=row.accounting, grad_dtype=gd)
+        step = np.asarray(r["step_time_s"], dtype=float)
+        if row.metric == "hardware_tflops_per_gpu":
+            vals.append(r["hardware_flops"] / step / row.gpus / 1e12)
+        else:
+            seq = np.array([p.seq_len or model.seq_len for p in row.plans], dtype=float)
+            gb = np.array([p.global_batch for p in row.plans], dtype=float)
+            vals.append(gb * seq / step / row.gpus)
+        mems.append(np.broadcast_to(np.asarray(r["memory_bytes"], dtype=float), step.shape))
+        rooms.append(np.broadcast_to(np.asarray(r["memory_headroom_bytes"], dtype=float), step.shape))
+        plans += row.plans
+        gds += [gd] * len(row.plans)
+    val, mem, room = np.concatenate(vals), np.concatenate(mems), np.concatenate(rooms)
     # The run was published, so it fitted: candidates are judged against the device's whole capacity. parsim's own
     # verdict (`plan`, `predict`) also keeps a headroom (CUDA context, NCCL, fragmentation); whether it would have
     # accepted the chosen plan, and any candidate at all, is returned beside it (a published run it rejects is a
     # false "does not fit").
-    verdict = mem + np.asarray(r["memory_headroom_bytes"], dtype=float) <= dev.memory_bytes
+    verdict = mem + room <= dev.memory_bytes
     ok = mem <= dev.memory_bytes
     if not ok.any():
         i = int(np.argmin(mem))
-        return {"value": float("nan"), "memory_GiB": float(mem[i] / GiB), "plan": row.plans[i],
+        return {"value": float("nan"), "memory_GiB": float(mem[i] / GiB), "plan": plans[i], "grad_dtype": gds[i],
                 "fits_verdict": bool(verdict[i]), "any_fits_verdict": bool(verdict.any())}
     i = int(np.argmax(np.where(ok, val, -np.inf)))
-    return {"value": float(val[i]), "memory_GiB": float(mem[i] / GiB), "plan": row.plans[i],
+    return {"value": float(val[i]), "memory_GiB": float(mem[i] / GiB), "plan": plans[i], "grad_dtype": gds[i],
             "fits_verdict": bool(verdict[i]), "any_fits_verdict": bool(verdict.any())}
 
 
@@ -438,6 +465,8 @@ def leave_one_table_out(progress=None) -> list[dict]:
                 "memory_rel_error": None if me is None else round(me, 4),
                 "predicted_reserved_GiB": round(reserved, 1), "reserved_rel_error": None if re_ is None else round(re_, 4),
                 "plan": pl.label(), "micro_batch": pl.micro_batch, "vpp": pl.vpp, "recompute": pl.recompute,
+                "grad_dtype": "fp32" if bool(grads_fp32(r.accounting, DTYPES.index(r.precision), p["grad_dtype"]))
+                              else "16bit",
                 "fits_verdict": p["fits_verdict"], "any_fits_verdict": p["any_fits_verdict"],
                 "regime": {k: (getattr(pl, k) if k != "seq_len" else pl.seq_len or load_model(r.model).seq_len)
                            for k in REGIME_KEYS}})
@@ -464,7 +493,7 @@ def repeat_floor() -> list[dict]:
     for r in load_corpus():
         if r.reason:
             continue
-        key = (r.gpu_type, r.model, r.cluster, r.gpus, r.accounting, r.metric, tuple(r.plans))
+        key = (r.gpu_type, r.model, r.cluster, r.gpus, r.accounting, r.metric, tuple(r.plans), r.grad_dtypes)
         groups.setdefault(key, []).append(r)
     out = []
     for rows in groups.values():

@@ -68,6 +68,7 @@ class StepReport:
     source: str = "predicted"
     notes: list = field(default_factory=list)
     memory_accounting: str = ""          # bytes per parameter by framework (parsim.costs.memory.ACCOUNTING)
+    grad_dtype: str = ""                 # gradients accumulated and reduced in (parsim.costs.memory.GRAD_DTYPES)
     memory_capacity_GiB: float = 0.0     # what the device reports
     memory_headroom_GiB: float = 0.0     # reserved: CUDA context, NCCL buffers, fragmentation
     memory_worst_rank: int = 0           # pipeline rank whose memory is reported
@@ -300,9 +301,10 @@ def _group_s(G, op, algo, size, stride, nbytes, calls=1.0):
     return _min_line_s(ab, inv, nbytes, calls)
 
 
-def _dpcp_vec(G, gs, tp, pp, dp, cp, nbytes):
+def _dpcp_vec(G, gs, tp, pp, dp, cp, nbytes, ag_bytes=None):
     """(all-reduce by the plan's algorithm, reduce-scatter, all-gather by ZeRO's forms of it) seconds of
-    `nbytes` over the dp·cp ranks holding the same weights: d·(tp·cp·pp) + c·tp for every d < dp, c < cp."""
+    `nbytes` (the all-gather's: `ag_bytes`, default `nbytes`) over the dp·cp ranks holding the same weights:
+    d·(tp·cp·pp) + c·tp for every d < dp, c < cp."""
     first, inv = _distinct(gs, tp, pp, dp, cp)
     out = []
     for op, pick in (("allreduce", lambda a: a), ("reduce_scatter", lambda a: ZERO_SYNC_ALGOS.get(a, ("native",))[0]),
@@ -311,7 +313,7 @@ def _dpcp_vec(G, gs, tp, pp, dp, cp, nbytes):
                                tuple(sorted(d * t_ * c_ * p_ + c * t_ for d in range(int(d_)) for c in range(int(c_)))))
                        for a, t_, p_, d_, c_ in zip(gs[first], tp[first], pp[first], dp[first], cp[first])],
                       dtype=float).reshape(-1, 2, 2)
-        out.append(_min_line_s(ab, inv, nbytes))
+        out.append(_min_line_s(ab, inv, ag_bytes if op == "all_gather" and ag_bytes is not None else nbytes))
     return out
 
 
@@ -468,7 +470,7 @@ def _fp8_memory_words(accounting: str, dtype: str = "fp8") -> str:
 
 
 def price_chunks(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
-                 headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS):
+                 headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS, grad_dtype: str | None = None):
     """Price a table of plans `chunk_rows` rows at a time: yields (start, stop, result) per chunk, the
     result as `price` returns it for rows [start, stop). Memory is bounded by the chunk, not the
     table (a caller keeps what it needs of each chunk, e.g. the plans that fit). Every row is priced
@@ -478,11 +480,13 @@ def price_chunks(model, cluster, cols: dict, device=None, accounting: str = M.DE
         raise ParsimError(f"chunk_rows = {chunk_rows!r}: expected a positive integer (rows priced at once)")
     chunk_rows = int(chunk_rows)
     M.check_accounting(accounting)
+    M.check_grad_dtype(grad_dtype)
     dev = device or cluster.device
     n = table_rows(cols) if cols else 0
     for start in range(0, max(n, 1), chunk_rows):
         stop = min(n, start + chunk_rows)
-        yield start, stop, _price_rows(model, cluster, _chunk(cols, start, stop), dev, accounting, headroom_bytes)
+        yield start, stop, _price_rows(model, cluster, _chunk(cols, start, stop), dev, accounting, headroom_bytes,
+                                       grad_dtype)
 
 
 def concat_priced(parts: list, lengths: list) -> dict:
@@ -505,21 +509,24 @@ def take_priced(r: dict, idx, rows: int) -> dict:
 
 
 def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
-          headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS) -> dict:
+          headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS, grad_dtype: str | None = None) -> dict:
     """Price a table of plans. Returns arrays: step_time_s, breakdown (BREAKDOWN_KEYS), memory (5 keys, bytes, of
     the worst pipeline rank), memory_bytes, fits (memory + headroom <= the device's reported capacity),
     flops.
 
     `device` overrides the cluster's device profile (used by calibration). `accounting` names the
     framework whose bytes per parameter are used (parsim.costs.memory.ACCOUNTING: megatron, deepspeed,
-    fsdp2). `headroom_bytes` is reserved per device for the CUDA context, NCCL buffers and
+    fsdp2); `grad_dtype` the dtype gradients are accumulated and reduced in (parsim.costs.memory.GRAD_DTYPES:
+    fp32 or 16bit; None: the framework's default, DEFAULT_GRAD_DTYPE): it sets the gradient bytes per parameter
+    and the bytes the data-parallel reduction moves. `headroom_bytes` is reserved per device for the CUDA context, NCCL buffers and
     fragmentation (None: parsim.costs.memory.default_headroom_bytes). Plans are assumed valid
     (parsim.rules). The table is priced `chunk_rows` rows at a time (`price_chunks`); the results
     are the same for any chunk size. For tables too big to keep every result of, consume
     `price_chunks` instead."""
     n = table_rows(cols) if cols else 0
     out = None
-    for start, stop, r in price_chunks(model, cluster, cols, device, accounting, headroom_bytes, chunk_rows):
+    for start, stop, r in price_chunks(model, cluster, cols, device, accounting, headroom_bytes, chunk_rows,
+                                          grad_dtype):
         if stop - start == n:                  # one chunk: its result as it is
             return r
         out = _fill(out, r, start, stop, n)    # into table-sized arrays as each chunk comes (no parts kept)
@@ -560,7 +567,8 @@ def _filled(acc):
         acc.v if isinstance(acc, _Same) else acc)
 
 
-def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes: float | None) -> dict:
+def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes: float | None,
+                grad_dtype: str | None = None) -> dict:
     """`price` of one chunk of rows (columns in price's dtypes, see `_chunk`)."""
     G = _groups(cluster)
     dp, tp, pp, vpp = (np.asarray(cols[k], dtype=np.int64) for k in ("dp", "tp", "pp", "vpp"))
@@ -769,20 +777,23 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     # and all-gather forms), as the frameworks schedule it per ZeRO stage (parsim.costs.dpsync).
     # With ep > 1 the expert gradients are reduced over their own expert-data-parallel group (dp/ep
     # ranks); with cp > 1 the weights are replicated over dp·cp ranks, which reduce the gradients.
+    # Gradients move in the dtype they are reduced in (parsim.costs.memory.grad_element_bytes: fp32 or 16-bit, by
+    # --grad-dtype or the framework's default), parameters (ZeRO's all-gather) in their 16-bit dtype.
     edp = dp // ep
-    grad_bytes = (np.where(ep > 1, P_dense, P_rank) if sharded else P_rank) * e
+    ge = M.grad_element_bytes(accounting, dt, grad_dtype)
+    P_sync = np.where(ep > 1, P_dense, P_rank) if sharded else P_rank
+    grad_bytes, param_bytes = P_sync * ge, P_sync * e
     t_ar = G.vec("dp", "allreduce", S, grad_bytes)
     t_rs = G.vec("dp", "reduce_scatter", S, grad_bytes, lambda a: ZERO_SYNC_ALGOS.get(a, ("native",))[0])
-    t_ag = G.vec("dp", "all_gather", S, grad_bytes, lambda a: ZERO_SYNC_ALGOS.get(a, (None, "native"))[1])
+    t_ag = G.vec("dp", "all_gather", S, param_bytes, lambda a: ZERO_SYNC_ALGOS.get(a, (None, "native"))[1])
     if has_cp:
         t_ar, t_rs, t_ag = (np.where(cp > 1, v, old) for v, old in
-                            zip(_dpcp_vec(G, gs, tp, pp, dp, cp, grad_bytes), (t_ar, t_rs, t_ag)))
+                            zip(_dpcp_vec(G, gs, tp, pp, dp, cp, grad_bytes, param_bytes), (t_ar, t_rs, t_ag)))
     if sharded:
-        xb = P_exp * e
         # the expert-data-parallel group on Megatron's devices (order tp-ep-dp-pp of the expert RankGenerator):
         # edp ranks of one stage tp·ep apart
-        x_ar, x_rs, x_ag = (np.where((ep > 1) & (edp > 1), _group_s(G, op, "native", edp, tp * ep, xb), 0.0)
-                            for op in ("allreduce", "reduce_scatter", "all_gather"))
+        x_ar, x_rs, x_ag = (np.where((ep > 1) & (edp > 1), _group_s(G, op, "native", edp, tp * ep, P_exp * b), 0.0)
+                            for op, b in (("allreduce", ge), ("reduce_scatter", ge), ("all_gather", e)))
         t_ar, t_rs, t_ag = t_ar + x_ar, t_rs + x_rs, t_ag + x_ag
     bwd_last_mb = np.minimum(T_first, T_last) - np.minimum(Tf_avg, T_max)
     t_sync, dp_exposed = dp_sync_s(zero, m, t_ar, t_rs, t_ag, overlap, bwd_last_mb, T_avg, L)
@@ -836,10 +847,10 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     acts = {"first": pipe["held_first"] * a_layer + a_work + np.where(head_first, logits_held, 0.0),
             "last": pipe["held_last"] * a_layer + a_work + logits_held,
             "mid": pipe["held_mid"] * a_layer + a_work}
-    per_param = M.state_bytes_per_param(dpc, zero, dt, accounting)
+    per_param = M.state_bytes_per_param(dpc, zero, dt, accounting, grad_dtype)
     state_pp = per_param[0] + per_param[1] + per_param[2]
     # routed experts: their ZeRO shards are over the expert-data-parallel group (dp/ep ranks)
-    per_param_x = M.state_bytes_per_param(edp, zero, dt, accounting) if sharded else per_param
+    per_param_x = M.state_bytes_per_param(edp, zero, dt, accounting, grad_dtype) if sharded else per_param
     state_x = per_param_x[0] + per_param_x[1] + per_param_x[2]
     buffers = M.DDP_BUCKET_BYTES * (dp > 1) + np.where(zero >= 3, 2 * P_layer / t * e, 0.0)
     # The pipeline runtime's own buffers per rank kind (parsim.costs.memory.pipeline_stage_bytes): what crosses a
@@ -883,6 +894,13 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
         base = {"first": buffers + root["first"], "last": buffers + root["last"], "mid": buffers}
         _walk_pipeline_memory(parts, base, pipe, Ls, pp, vpp, m, a_layer, a_work, logits, extra_logits, head_saved,
                               logits16, boundary, head_first)
+    # The optimizer step's fp32 copy of 16-bit gradients (parsim.costs.memory.STEP_GRAD_COPY) lives when no
+    # activation does: it raises a rank's peak only by what it exceeds them by (counted with the optimizer state).
+    step_copy = M.step_grad_copy_bytes_per_param(dpc, zero, dt, accounting, grad_dtype)
+    step_copy_x = M.step_grad_copy_bytes_per_param(edp, zero, dt, accounting, grad_dtype) if sharded else step_copy
+    if np.any(step_copy > 0):
+        for k in parts:
+            parts[k][2] = parts[k][2] + np.maximum(Ps[k] * step_copy + Xs[k] * step_copy_x - parts[k][3], 0.0)
     totals = {k: sum(np.broadcast_to(np.asarray(x, dtype=float), np.shape(step)) for x in parts[k]) for k in parts}
     totals["last"] = np.where(has_last, totals["last"], 0.0)
     totals["mid"] = np.where(has_mid, totals["mid"], 0.0)
@@ -965,14 +983,15 @@ def simulated_makespan(r: dict, cols: dict, i: int):
 
 
 def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str = M.DEFAULT_ACCOUNTING,
-            headroom_bytes: float | None = None) -> StepReport:
+            headroom_bytes: float | None = None, grad_dtype: str | None = None) -> StepReport:
     """Price one plan: the step time, its breakdown and the memory per device.
 
     model: a ModelSpec, a preset name (``parsim.model.preset_names()``) or a model file;
     cluster: a Cluster, a preset name or a cluster file (sized to `gpus`, default ``plan.gpus``);
     plan: a Plan (dp·tp·pp devices); accounting: bytes per parameter by framework (megatron,
     deepspeed, fsdp2; parsim.costs.memory); headroom_bytes: reserved per device (None: the sourced
-    default). Returns a StepReport: seconds (``step_time_s``, ``breakdown_s`` — compute, recompute,
+    default); grad_dtype: fp32 or 16bit, the dtype gradients are accumulated and reduced in (None: the
+    framework's default, parsim.costs.memory.DEFAULT_GRAD_DTYPE). Returns a StepReport: seconds (``step_time_s``, ``breakdown_s`` — compute, recompute,
     tp_comm, pp_comm, bubble, dp_comm_exposed, optimizer — on the bottleneck stage), rates (tokens/s,
     samples/s, model/hardware TFLOP/s per GPU, MFU, HFU) and GiB (``memory_GiB``,
     ``memory_breakdown_GiB`` on the worst pipeline rank; ``fits`` against the device's capacity less
@@ -988,6 +1007,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
     check_plan_sizes(plan, gpus)      # before anything is sized by them
     model = load_model(model)
     M.check_accounting(accounting)
+    M.check_grad_dtype(grad_dtype)
     if headroom_bytes is not None and not (np.isfinite(headroom_bytes) and headroom_bytes >= 0):
         raise ParsimError(f"memory headroom = {headroom_bytes!r} bytes: expected a finite size >= 0")
     check_plan(plan, model, gpus or plan.gpus)
@@ -998,7 +1018,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
     if plan.gpus > cluster.num_devices:
         raise ParsimError(f"plan needs {plan.gpus} devices but cluster {cluster.name} has {cluster.num_devices}")
     cols = plan_columns([plan], model)
-    r = price(model, cluster, cols, accounting=accounting, headroom_bytes=headroom_bytes)
+    r = price(model, cluster, cols, accounting=accounting, headroom_bytes=headroom_bytes, grad_dtype=grad_dtype)
     step = _scalar(r["step_time_s"])
     breakdown = {k: _scalar(v) for k, v in r["breakdown"].items()}
     # The pipeline part is played by the simulator; the closed form is kept where exact (pp = 1).
@@ -1017,8 +1037,13 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
     mf, hf, pk = _scalar(r["model_flops"]), _scalar(r["hardware_flops"]), _scalar(r["peak_flops"])
     from parsim.rules import ParallelDims
     dims = ParallelDims.of(plan, model)
+    code = DTYPES.index(plan.dtype)
+    g32 = bool(M.grads_fp32(accounting, code, grad_dtype))
+    per_param = (float(b) for b in M.state_bytes_per_param(1, 0, code, accounting, grad_dtype))
     notes = [f"memory: worst pipeline rank ({worst}); {accounting} accounting "
-             f"({'+'.join(f'{b:g}' for b in M.ACCOUNTING[accounting])} B/param before ZeRO); "
+             f"({'+'.join(f'{b:g}' for b in per_param)} B/param before ZeRO, gradients reduced in "
+             f"{'fp32' if g32 else plan.dtype if plan.dtype in ('bf16', 'fp16') else 'bf16'}"
+             f"{'' if grad_dtype else ', the framework default (--grad-dtype)'}); "
              f"activations per Korthikanti et al. 2022, in flight as the {plan.schedule} schedule holds them",
              f"memory: capacity {cap / GiB:.2f} GiB ({cap / 2 ** 20:,.0f} MiB as the device reports it), "
              f"headroom {room / GiB:.2f} GiB (CUDA context, NCCL buffers, fragmentation)"]
@@ -1056,7 +1081,8 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
         memory_GiB=total / GiB, memory_breakdown_GiB=mem, fits=fits, fits_reason=reason,
         breakdown_s=breakdown,
         plan={**plan.to_dict(), "seq_len": seq}, model=model.name, cluster=cluster.name, device=cluster.device.name,
-        gpus=gpus_, notes=notes, memory_accounting=accounting, memory_capacity_GiB=cap / GiB,
+        gpus=gpus_, notes=notes, memory_accounting=accounting, grad_dtype="fp32" if g32 else "16bit",
+        memory_capacity_GiB=cap / GiB,
         memory_headroom_GiB=room / GiB, memory_worst_rank=worst,
         seq_len=seq, params_total=model.params, params_active=model.active_params, model_summary=model.summary(),
     )

@@ -41,7 +41,8 @@ def step_report_text(rep) -> str:
     mrows = [(k, f"{v:.2f}") for k, v in mem.items()] + [("total", f"{rep.memory_GiB:.2f}")]
     acc = getattr(rep, "memory_accounting", "")
     title = (f"memory per device, worst pipeline rank ({getattr(rep, 'memory_worst_rank', 0)})"
-             + (f", {acc} accounting" if acc else ""))
+             + (f", {acc} accounting" if acc else "")
+             + (f", {'fp32' if rep.grad_dtype == 'fp32' else '16-bit'} gradients" if getattr(rep, "grad_dtype", "") else ""))
     cap = getattr(rep, "memory_capacity_GiB", 0.0)
     caption = (f"capacity {cap:.2f} GiB as the device reports it, less {rep.memory_headroom_GiB:.2f} GiB headroom "
                f"(CUDA context, NCCL buffers, fragmentation) = {cap - rep.memory_headroom_GiB:.2f} GiB usable"
@@ -107,7 +108,8 @@ def plans_text(res, top: int, wide: bool = False) -> str:
         title = f"model {a['model_summary']}\n" + title
     rej = "; ".join(f"{k}: {v:,}" for k, v in res.rejected.items()) or "none"
     if a.get("memory_accounting"):
-        title += (f"; memory: {a['memory_accounting']} accounting, {a['memory_headroom_GiB']:.2f} GiB headroom of "
+        grads = {"fp32": ", fp32 gradients", "16bit": ", 16-bit gradients"}.get(a.get("grad_dtype"), "")
+        title += (f"; memory: {a['memory_accounting']} accounting{grads}, {a['memory_headroom_GiB']:.2f} GiB headroom of "
                   f"{a['memory_capacity_GiB']:.2f} GiB")
     caption = (f"{res.candidates:,} candidates generated, {res.priced:,} valid and priced in {res.seconds:.2f} s; "
                f"rejected: {rej}\n")

@@ -123,22 +123,28 @@ def add_plan_arguments(p, need_gpus=True):
 
 
 def add_memory_arguments(p):
-    """--memory-accounting and --memory-headroom (predict, plan, run)."""
-    from parsim.costs.memory import ACCOUNTINGS, DEFAULT_ACCOUNTING
+    """--memory-accounting, --grad-dtype and --memory-headroom (predict, plan, run)."""
+    from parsim.costs.memory import ACCOUNTINGS, DEFAULT_ACCOUNTING, GRAD_DTYPES
     p.add_argument("--memory-accounting", choices=ACCOUNTINGS, default=DEFAULT_ACCOUNTING,
                    help="bytes per parameter as this framework keeps them: megatron (18: fp32 main grads, "
                         "the default), deepspeed (16, the ZeRO paper), fsdp2 (16, fp32 sharded params and grads)")
+    p.add_argument("--grad-dtype", choices=GRAD_DTYPES, default=None,
+                   help="dtype gradients are accumulated and data-parallel reduced in: fp32, or 16bit (the "
+                        "parameters' bf16/fp16; Megatron grad_reduce_in_fp32=False / --grad-reduce-in-bf16, FSDP2 "
+                        "reduce_dtype=bf16). Default: the framework's (megatron: fp32 with bf16 parameters, "
+                        "fp16 with fp16; deepspeed: 16bit; fsdp2: fp32)")
     p.add_argument("--memory-headroom", type=quantity("size", need_unit=True), default=None, metavar="SIZE",
                    help="memory reserved per device for the CUDA context, NCCL buffers and fragmentation "
                         "(e.g. 4GiB, 0; default: 2 GiB + 5%% of the device's capacity, parsim/data/memory.yaml)")
 
 
 def memory_options(a) -> dict:
-    """{'accounting': ..., 'headroom_bytes': ...} from the flags of add_memory_arguments."""
+    """{'accounting': ..., 'headroom_bytes': ..., 'grad_dtype': ...} from the flags of add_memory_arguments."""
     from parsim.units import parse_size
     room = getattr(a, "memory_headroom", None)
     return {"accounting": getattr(a, "memory_accounting", None) or "megatron",
-            "headroom_bytes": None if room is None else float(parse_size(room))}
+            "headroom_bytes": None if room is None else float(parse_size(room)),
+            "grad_dtype": getattr(a, "grad_dtype", None)}
 
 
 def plan_from_args(a, gpus: int, device=None) -> Plan:

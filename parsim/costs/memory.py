@@ -87,6 +87,69 @@ ACCOUNTINGS = tuple(ACCOUNTING)
 DEFAULT_ACCOUNTING = "megatron"
 FP32_STATE = (4.0, 4.0, 8.0)        # fp32 training: weights, gradients, Adam m and v, in every framework
 
+# The dtype 16-bit training accumulates and reduces its gradients in (--grad-dtype): fp32, or the parameters'
+# own 16-bit dtype ("16bit"). fp32 training always has fp32 gradients.
+GRAD_DTYPES = ("fp32", "16bit")
+# Each framework's default:
+#   megatron   fp32 with bf16 parameters (bf16, fp8 and mxfp8 plans: Megatron-LM's arguments.py turns
+#              accumulate_allreduce_grads_in_fp32 on for bf16, "bfloat16 requires gradient accumulation and
+#              all-reduce to be done in fp32"), 16-bit with fp16 parameters (that flag's default, off). The
+#              NeMo / Megatron-Bridge performance recipes turn it off (grad_reduce_in_fp32 = False).
+#   deepspeed  16-bit (the ZeRO paper's fp16 gradients)
+#   fsdp2      fp32 (torchtitan's MixedPrecisionPolicy reduce_dtype = float32, training.mixed_precision_reduce)
+DEFAULT_GRAD_DTYPE = {"megatron": "fp32", "deepspeed": "16bit", "fsdp2": "fp32"}
+# Model-state bytes per parameter of 16-bit training with 16-bit gradients, by framework, from forward to backward:
+#   megatron   2 + 2 + 12. Megatron-LM's docs/source/api-guide/dist_optimizer.md counts 20 ("fp16 param, fp16 grads":
+#              non-distributed 20, distributed 4 + 16/d): the optimizer's fp32 copy of the gradient (4 B, sharded like
+#              the optimizer) is made in the step (the distributed optimizer's _copy_model_grads_to_main_grads,
+#              shard_main_param.grad = shard_model_grad.float()) and dropped by its zero_grad, when no activation is
+#              held: STEP_GRAD_COPY below, counted where it is larger than the activations it replaces
+#   deepspeed  the ZeRO paper's 2 + 2 + 12 (ACCOUNTING above)
+#   fsdp2      4 + 4 + 8 as with fp32 reduction: only the reduce-scatter runs in 16 bits, the reduced shard is
+#              cast to the sharded parameter's dtype (fp32) as its .grad
+ACCOUNTING_16BIT_GRADS = {"megatron": (2.0, 2.0, 12.0), "deepspeed": (2.0, 2.0, 12.0), "fsdp2": (4.0, 4.0, 8.0)}
+# fp32 gradient copy the optimizer step makes with 16-bit gradients (bytes per parameter, sharded like the optimizer)
+STEP_GRAD_COPY = {"megatron": 4.0, "deepspeed": 0.0, "fsdp2": 0.0}
+# ... and with fp32 gradients where the framework's default is 16-bit (DeepSpeed's bf16 optimizer accumulates fp32
+# gradients: 2 + 4 + 12)
+ACCOUNTING_FP32_GRADS = {"megatron": ACCOUNTING["megatron"], "deepspeed": (2.0, 4.0, 12.0),
+                         "fsdp2": ACCOUNTING["fsdp2"]}
+
+
+def check_grad_dtype(name):
+    """`name` when it is None (the framework's default) or one of GRAD_DTYPES; ParsimError otherwise."""
+    from parsim.errors import ParsimError
+    if name is not None and name not in GRAD_DTYPES:
+        raise ParsimError(f"grad dtype {name!r}: expected one of {', '.join(GRAD_DTYPES)}")
+    return name
+
+
+def grads_fp32(accounting: str, dtype_code, grad_dtype: str | None = None):
+    """Whether each row's gradients are accumulated and reduced in fp32 (bool array over `dtype_code`, an index
+    into parsim.plan.DTYPES): always for fp32 training; else `grad_dtype` ("fp32" or "16bit"), or None for the
+    framework's default (DEFAULT_GRAD_DTYPE; Megatron's depends on the parameters' dtype, see above)."""
+    code = np.asarray(dtype_code)
+    fp32_train = DTYPE_BYTES[code] == 4.0
+    choice = check_grad_dtype(grad_dtype) or DEFAULT_GRAD_DTYPE[check_accounting(accounting)]
+    if grad_dtype is None and accounting == "megatron":
+        from parsim.plan import DTYPES
+        return fp32_train | (code != DTYPES.index("fp16"))
+    return fp32_train | (choice == "fp32")
+
+
+def step_grad_copy_bytes_per_param(dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUNTING,
+                                   grad_dtype: str | None = None):
+    """Bytes per parameter on one device of the fp32 gradient copy the optimizer step makes from 16-bit gradients
+    (STEP_GRAD_COPY; 0 with fp32 gradients), sharded over dp with the optimizer state (ZeRO stage >= 1)."""
+    dp, zero = np.asarray(dp, dtype=float), np.asarray(zero)
+    copy = np.where(grads_fp32(accounting, dtype_code, grad_dtype), 0.0, STEP_GRAD_COPY[check_accounting(accounting)])
+    return copy / np.where(zero >= 1, dp, 1.0)
+
+
+def grad_element_bytes(accounting: str, dtype_code, grad_dtype: str | None = None):
+    """Bytes of one gradient element as the data-parallel reduction moves it (4 in fp32, else 2)."""
+    return np.where(grads_fp32(accounting, dtype_code, grad_dtype), 4.0, 2.0)
+
 
 def check_accounting(name: str) -> str:
     from parsim.errors import ParsimError, closest
@@ -96,12 +159,15 @@ def check_accounting(name: str) -> str:
     return name
 
 
-def state_bytes_per_param(dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUNTING):
+def state_bytes_per_param(dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUNTING, grad_dtype: str | None = None):
     """(weights, grads, optimizer) bytes per parameter on one device, after ZeRO sharding: the
-    factors ``model_state_bytes`` multiplies the parameter count by (vectorised over plans)."""
+    factors ``model_state_bytes`` multiplies the parameter count by (vectorised over plans). `grad_dtype`:
+    GRAD_DTYPES or None (the framework's default, DEFAULT_GRAD_DTYPE)."""
     dp, zero = np.asarray(dp, dtype=float), np.asarray(zero)
     e = DTYPE_BYTES[np.asarray(dtype_code)]
-    bw, bg, bo = ACCOUNTING[check_accounting(accounting)]
+    g32 = grads_fp32(accounting, dtype_code, grad_dtype)
+    b32, b16 = ACCOUNTING_FP32_GRADS[check_accounting(accounting)], ACCOUNTING_16BIT_GRADS[accounting]
+    bw, bg, bo = (np.where(g32, x, y) for x, y in zip(b32, b16))
     fp32 = e == 4.0
     w = np.where(fp32, FP32_STATE[0], bw) / np.where(zero >= 3, dp, 1.0)
     if accounting == "fsdp2":      # sharded master at every stage + the unsharded compute copy below ZeRO-3
@@ -112,7 +178,8 @@ def state_bytes_per_param(dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUN
     return w, g, o
 
 
-def model_state_bytes(params_per_rank, dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUNTING):
+def model_state_bytes(params_per_rank, dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUNTING,
+                      grad_dtype: str | None = None):
     """(weights, grads, optimizer) bytes per device for ``params_per_rank`` parameters (before ZeRO).
 
     Bytes per parameter follow ``accounting`` (ACCOUNTING above) for 16-bit training and FP32_STATE
@@ -121,7 +188,7 @@ def model_state_bytes(params_per_rank, dp, zero, dtype_code, accounting: str = D
     compute copy (2 B/param in 16-bit) from forward to backward (FSDP2's reshard_after_forward=False),
     counted with the weights."""
     N = np.asarray(params_per_rank, dtype=float)
-    return tuple(N * f for f in state_bytes_per_param(dp, zero, dtype_code, accounting))
+    return tuple(N * f for f in state_bytes_per_param(dp, zero, dtype_code, accounting, grad_dtype))
 
 
 # ---------------------------------------------------------------- the loss and FP8 weights, by framework

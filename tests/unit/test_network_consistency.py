@@ -62,9 +62,13 @@ def test_collective_and_predict_price_the_same_thing():
     cl = get_cluster("dgx-h100", 128)
     m = load_model("llama2-7b")
     r = price(m, cl, plan_columns([Plan(dp=128, global_batch=128)], m))
-    nbytes = (m.layers * m.params_per_layer + m.embedding_params + m.head_params) * 2
+    nbytes = (m.layers * m.params_per_layer + m.embedding_params + m.head_params) * 4   # fp32 gradients (default)
     t = collective_time_s(cl, "allreduce", "native", range(128), nbytes)
     assert float(np.asarray(r["dp_sync_s"])[0]) == pytest.approx(t, rel=1e-9)
+    # with 16-bit gradients (--grad-dtype 16bit) half the bytes
+    r16 = price(m, cl, plan_columns([Plan(dp=128, global_batch=128)], m), grad_dtype="16bit")
+    t16 = collective_time_s(cl, "allreduce", "native", range(128), nbytes / 2)
+    assert float(np.asarray(r16["dp_sync_s"])[0]) == pytest.approx(t16, rel=1e-9)
     from parsim.commands.collective import rows
     assert rows(cl, "allreduce", ["native"], [2 ** 34], tuple(range(128)))[0]["time_s"] == pytest.approx(
         collective_time_s(cl, "allreduce", "native", range(128), 2 ** 34))

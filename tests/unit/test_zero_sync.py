@@ -14,10 +14,16 @@ from parsim.predict import get_cluster, plan_columns, predict, price
 LLAMA7 = load_model("llama2-7b")
 
 
-def _dp_times(cluster, dp, nbytes, rs="native", ag="native"):
+# Bytes a llama2-7b gradient sync moves: its reduce-scatter carries the gradients in the dtype they are reduced in
+# (fp32 under Megatron's default for bf16 parameters, 2 B under DeepSpeed's or --grad-dtype 16bit), its all-gather
+# the bf16 parameters (2 B): parsim.costs.memory.grad_element_bytes
+GRADS_FP32, GRADS_16, PARAMS_16 = LLAMA7.params * 4, LLAMA7.params * 2, LLAMA7.params * 2
+
+
+def _dp_times(cluster, dp, rs_bytes, ag_bytes=PARAMS_16, rs="native", ag="native"):
     ranks = list(range(dp))
-    return (collective_time_s(cluster, "reduce_scatter", rs, ranks, nbytes),
-            collective_time_s(cluster, "all_gather", ag, ranks, nbytes))
+    return (collective_time_s(cluster, "reduce_scatter", rs, ranks, rs_bytes),
+            collective_time_s(cluster, "all_gather", ag, ranks, ag_bytes))
 
 
 def test_zero2_with_accumulation_reduces_every_microbatch():
@@ -31,12 +37,16 @@ def test_zero2_with_accumulation_reduces_every_microbatch():
     r = predict(LLAMA7, cl, plan, accounting="deepspeed")
     assert predict(LLAMA7, cl, plan).memory_breakdown_GiB["grads"] == pytest.approx(
         LLAMA7.params * 4 / 16 / 2 ** 30, rel=1e-3)
-    t_rs, t_ag = _dp_times(cl, 16, LLAMA7.params * 2)
+    t_rs, t_ag = _dp_times(cl, 16, GRADS_16)
     assert r.breakdown_s["dp_comm_exposed"] == pytest.approx(16 * t_rs + t_ag, rel=1e-6)
     assert r.memory_breakdown_GiB["grads"] == pytest.approx(LLAMA7.params * 2 / 16 / 2 ** 30, rel=1e-3)
-    # and it grows with m: 8 micro-batches cost 8 reduce-scatters
+    # and it grows with m: 8 micro-batches cost 8 reduce-scatters (Megatron's default: fp32 gradients, 4 B each)
+    t_rs32, _ = _dp_times(cl, 16, GRADS_FP32)
     r8 = predict(LLAMA7, cl, plan.with_(global_batch=128))
-    assert r8.breakdown_s["dp_comm_exposed"] == pytest.approx(8 * t_rs + t_ag, rel=1e-6)
+    assert r8.breakdown_s["dp_comm_exposed"] == pytest.approx(8 * t_rs32 + t_ag, rel=1e-6)
+    # the reduction's dtype is the gradients': --grad-dtype 16bit moves 2 B per gradient under Megatron too
+    r8_16 = predict(LLAMA7, cl, plan.with_(global_batch=128), grad_dtype="16bit")
+    assert r8_16.breakdown_s["dp_comm_exposed"] == pytest.approx(8 * t_rs + t_ag, rel=1e-6)
 
 
 def test_zero1_reduces_once_and_its_allgather_is_never_hidden():
@@ -44,7 +54,7 @@ def test_zero1_reduces_once_and_its_allgather_is_never_hidden():
     # follows the optimizer step, so even with overlap it is exposed: exposed >= t_ag.
     cl = get_cluster("dgx-h100", 16)
     plan = Plan(dp=16, micro_batch=1, global_batch=256, zero=1, overlap=False)
-    t_rs, t_ag = _dp_times(cl, 16, LLAMA7.params * 2)
+    t_rs, t_ag = _dp_times(cl, 16, GRADS_FP32)
     assert predict(LLAMA7, cl, plan).breakdown_s["dp_comm_exposed"] == pytest.approx(t_rs + t_ag, rel=1e-6)
     with_overlap = predict(LLAMA7, cl, plan.with_(overlap=True)).breakdown_s["dp_comm_exposed"]
     assert t_ag * (1 - 1e-9) <= with_overlap <= t_rs + t_ag
@@ -57,7 +67,7 @@ def test_zero3_exposed_is_not_double_counted():
     cl = get_cluster("dgx-h100", 64)
     plan = Plan(dp=64, micro_batch=1, global_batch=64, seq_len=64, zero=3)
     r = predict(LLAMA7, cl, plan)
-    t_rs, t_ag = _dp_times(cl, 64, LLAMA7.params * 2)
+    t_rs, t_ag = _dp_times(cl, 64, GRADS_FP32)
     traffic = 2 * t_ag + t_rs
     assert 0 < r.breakdown_s["dp_comm_exposed"] <= traffic
     nov = predict(LLAMA7, cl, plan.with_(overlap=False)).breakdown_s["dp_comm_exposed"]
@@ -71,7 +81,7 @@ def test_grad_sync_applies_to_zero_reduce_scatter_and_all_gather(algo, rs, ag):
     # schedules: exposed = t_rs(algo) + t_ag(algo). (dp 16 here: the played schedules.)
     cl = get_cluster("dgx-h100", 16)
     plan = Plan(dp=16, micro_batch=1, global_batch=16, zero=1, overlap=False, grad_sync=algo)
-    t_rs, t_ag = _dp_times(cl, 16, LLAMA7.params * 2, rs, ag)
+    t_rs, t_ag = _dp_times(cl, 16, GRADS_FP32, PARAMS_16, rs, ag)
     assert predict(LLAMA7, cl, plan).breakdown_s["dp_comm_exposed"] == pytest.approx(t_rs + t_ag, rel=1e-6)
 
 
