@@ -167,6 +167,26 @@ def nearest_evidence(device: str, precision: str, moe: bool):
     return None
 
 
+def labelled(device: str, precision: str, moe: bool, model: str | None = None) -> dict:
+    """The how-sure figures of a plan as JSON carries them, each labelled with the kind of published runs it pools
+    ('<gpu type>/<precision class>/<dense|moe>', heldout.json's key): {"kind", "heldout" (stats or None),
+    "nearest_evidence" ({"kind", stats...} or None; only when "heldout" is None), "statement" (the line `plan` and
+    `predict` print), "model_note" (this model's own published errors, or None)}. A machine reader sees which GPU type
+    and precision class a figure is about (trial 2026-11-30: plan JSON gave a bare null where the text named the
+    nearest evidence)."""
+    g = DEVICE_GPU_TYPE.get(device)
+    cls = precision_class(precision)
+    h = heldout(device, precision, moe)
+    near = None
+    if h is None:
+        n = nearest_evidence(device, precision, moe)
+        if n:
+            (c, k), o = n
+            near = {"kind": _class_key(g, c, k), **o}
+    return {"kind": _class_key(g, cls, moe) if g and cls else None, "heldout": h, "nearest_evidence": near,
+            "statement": statement(device, precision, moe), "model_note": model_note(device, precision, moe, model) or None}
+
+
 def _ranking_basis(device: str, precision: str, moe: bool):
     """(the error figure a ranking is judged against, how to name it): the held-out one, else the nearest evidence's
     (said so); (None, '') when the chip has no published run."""

@@ -98,7 +98,7 @@ class StepReport:
 
     # Keys `parsim predict --format json` writes beside the report: the held-out errors on published runs like the
     # plan (parsim.accuracy.heldout, .memory_heldout), annotations about parsim, not an outcome of the plan.
-    ANNOTATIONS = ("heldout_accuracy", "memory_heldout")
+    ANNOTATIONS = ("heldout_accuracy", "memory_heldout", "accuracy")
 
     # The device and the accounting the memory was judged against, and the model's size and training
     # length (inputs, the same on both sides of a comparison): context, not outcomes to compare.

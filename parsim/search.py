@@ -211,6 +211,8 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     from parsim.accuracy import heldout, memory_heldout   # how sure: held-out errors on published runs like these
     attrs["heldout_accuracy"] = heldout(cl.device.name, dtype, model.experts > 0)
     attrs["memory_heldout"] = memory_heldout(accounting)
+    from parsim.accuracy import labelled
+    attrs["accuracy"] = labelled(cl.device.name, dtype, model.experts > 0, model.name)
     res = SearchResult(df, attrs, generated, n, rejected, time.perf_counter() - t0)
     return res if result else res.table
 

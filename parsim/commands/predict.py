@@ -37,8 +37,10 @@ def run(a) -> int:
     dev = getattr(cluster.device, "name", cluster.device)
     moe = model.experts > 0
     # the report plus the held-out error on published runs like it (null: unknown)
+    from parsim.accuracy import labelled
     record = dict(rep.to_dict(), heldout_accuracy=heldout(dev, rep.plan.get("dtype", ""), moe),
-                  memory_heldout=memory_heldout(rep.memory_accounting))
+                  memory_heldout=memory_heldout(rep.memory_accounting),
+                  accuracy=labelled(dev, rep.plan.get("dtype", ""), moe, model.name))
     if a.format == "json":
         text = to_json(record)
     else:

@@ -106,3 +106,22 @@ def test_the_statement_gives_the_shipped_constants_error_and_the_models_own_runs
     assert all(f"{100 * e:+.0f}%" in note for e in errs)
     assert A.model_note("b200", "fp8", False, "qwen3-30b-a3b") == ""      # not among the dense runs: nothing said
     assert A.model_note("b200", "fp8", True, None) == ""
+
+
+def test_json_labels_every_figure_with_the_runs_it_pools(capsys):
+    # trial 2026-11-30: plan JSON on H100 bf16 carried heldout_accuracy: null while the text named the nearest evidence
+    # (FP8 dense H100 runs): a machine reader could neither see that evidence nor which GPU type / precision class a
+    # figure was about. Now "accuracy" labels each figure with heldout.json's kind.
+    assert main(["plan", "--gpus", "16", "--model", "llama3-8b", "--top", "2", "--format", "json"]) == 0
+    acc = json.loads(capsys.readouterr().out)["attrs"]["accuracy"]
+    assert acc["kind"] == "h100-sxm/16-bit/dense" and acc["heldout"] is None
+    near = acc["nearest_evidence"]
+    assert near["kind"] == "h100-sxm/fp8/dense" and near["mean"] == A.heldout("h100-sxm", "fp8", False)["mean"]
+    assert acc["statement"] == A.statement("h100-sxm", "bf16", False)
+    # where the kind has its own figure, no nearest evidence is borrowed; the model's own runs are named
+    a = A.labelled("b200", "fp8", True, "qwen3-30b-a3b")
+    assert a["kind"] == "b200/fp8/moe" and a["heldout"] == A.heldout("b200", "fp8", True) and a["nearest_evidence"] is None
+    assert a["model_note"] and "qwen3-30b-a3b's own published runs" in a["model_note"]
+    # a device without published tables: no kind, nothing borrowed across chips
+    c = A.labelled("cpu", "fp32", False)
+    assert c["kind"] is None and c["heldout"] is None and c["nearest_evidence"] is None
