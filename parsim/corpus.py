@@ -477,6 +477,23 @@ def leave_one_table_out(progress=None) -> list[dict]:
     return out
 
 
+def precision_pairs(a: str = "fp8", b: str = "mxfp8") -> list[dict]:
+    """Published runs of one table measured in two precisions with every other stated knob the same (the Megatron-Bridge
+    pages give FP8-CS and FP8-MX values of one configuration as "A (B)"): [{"table", "gpu_type", "model", "gpus",
+    a: value, b: value, "gap": value_b / value_a - 1}], in corpus order. What parsim's pricing of `b` against `a` can
+    be held to (MXFP8's extra casts and scales are priced by parsim.layer; the published gap is larger)."""
+    knob = lambda r: (r.table_id, r.gpu_type, r.model, r.gpus, r.seq_len, r.global_batch, r.metric,
+                      tuple(sorted(r.knobs.items())))
+    by_a = {knob(r): r for r in load_corpus() if r.precision == a and r.published}
+    out = []
+    for r in load_corpus():
+        o = by_a.get(knob(r)) if r.precision == b and r.published else None
+        if o is not None:
+            out.append({"table": r.table_id, "gpu_type": r.gpu_type, "model": r.model, "gpus": r.gpus,
+                        a: o.published, b: r.published, "gap": r.published / o.published - 1})
+    return out
+
+
 def repeat_floor() -> list[dict]:
     """Rows that are the same input to parsim but were published with different values (a later software release
     measured the same stated plan again), and the error no prediction from the stated plan can beat on them.

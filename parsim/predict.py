@@ -982,6 +982,26 @@ def simulated_makespan(r: dict, cols: dict, i: int):
     return simulate_priced(r, i, name, pp, vpp, m).makespan_s
 
 
+def _mxfp8_gap_note(model, cluster, plan: Plan, step_s: float, accounting, headroom_bytes, grad_dtype) -> str:
+    """How much slower parsim prices this MXFP8 plan than the same plan in per-tensor FP8, beside the gaps published for
+    pairs of such runs (parsim.corpus.precision_pairs): MXFP8's casts, scales and weight re-quantisation are priced
+    (parsim.layer), the rest of the published gap is not (trial 2026-11-30: no answer said so)."""
+    from parsim.corpus import precision_pairs
+    fp8 = price(model, cluster, plan_columns([plan.with_(dtype="fp8")], model), accounting=accounting,
+                headroom_bytes=headroom_bytes, grad_dtype=grad_dtype)
+    closed = _scalar(fp8["step_time_s"])
+    mine = closed / step_s - 1 if step_s > 0 else 0.0     # mxfp8's throughput relative to fp8's (both closed forms)
+    pairs = precision_pairs("fp8", "mxfp8")
+    if not pairs:
+        return f"mxfp8: priced {100 * mine:+.1f}% throughput against the same plan in per-tensor fp8"
+    gaps = [p["gap"] for p in pairs]
+    return (f"mxfp8: priced {100 * mine:+.1f}% throughput against the same plan in per-tensor fp8; the {len(pairs)} "
+            f"published pairs of such runs ({', '.join(sorted({p['model'] for p in pairs}))} on "
+            f"{', '.join(sorted({p['gpu_type'] for p in pairs}))}, parsim/data/validation) differ by "
+            f"{100 * min(gaps):+.1f}% to {100 * max(gaps):+.1f}%: what MXFP8 costs beyond its casts and scales is not "
+            f"priced, expect it slower than shown")
+
+
 def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str = M.DEFAULT_ACCOUNTING,
             headroom_bytes: float | None = None, grad_dtype: str | None = None) -> StepReport:
     """Price one plan: the step time, its breakdown and the memory per device.
@@ -1065,6 +1085,9 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
                      f"MFU/HFU are taken against "
                      f"the bf16 peak ({pk / 1e12:.0f} TFLOP/s), as NeMo and Megatron report; achieved model "
                      f"{mf / step / gpus_ / 1e12:.1f} TFLOP/s per GPU")
+    if plan.dtype == "mxfp8" and cluster.device.peak_flops.get("fp8", 0.0):
+        notes.append(_mxfp8_gap_note(model, cluster, plan, _scalar(r["step_time_s"]), accounting, headroom_bytes,
+                                     grad_dtype))
     if plan.ep > 1:
         notes.append("expert parallel: balanced routing assumed (every expert gets tokens·top_k/experts)")
     if sim is not None:

@@ -250,3 +250,25 @@ def test_hf_nemotron_with_experts_is_refused(tmp_path):
     p.write_text(json.dumps(cfg))
     with pytest.raises(ParsimError, match="num_local_experts = '8' in a dense model_type nemotron"):
         load_model(str(p))
+
+
+def test_an_mxfp8_answer_sets_its_priced_gap_beside_the_published_ones():
+    # trial 2026-11-30: parsim prices MXFP8 ~1% below per-tensor FP8 on the same plan, the published Megatron-Bridge
+    # pairs of one configuration show 2-6% (Llama 3 8B on 8 B200, 25.09: 29,994 FP8-CS vs 29,388 FP8-MX tok/s/GPU =
+    # -2.02%; Llama 3.1 405B on 128 B200, 25.09: 664 vs 622 = -6.33%), and no answer said so.
+    from parsim.corpus import precision_pairs
+    from parsim.plan import Plan
+    from parsim.predict import predict
+    pairs = {(p["table"].split(": ")[1], p["model"]): p for p in precision_pairs()}
+    assert pairs[("25.09 DGX-B200", "llama3-8b")]["gap"] == pytest.approx(29388 / 29994 - 1)
+    assert pairs[("25.09 DGX-B200", "llama3-405b")]["gap"] == pytest.approx(622 / 664 - 1)
+    plan = Plan(dp=8, micro_batch=2, global_batch=128, seq_len=8192, zero=1, dtype="mxfp8")
+    mx = predict("llama3-8b", "dgx-b200", plan)
+    f8 = predict("llama3-8b", "dgx-b200", plan.with_(dtype="fp8"))
+    mine = f8.step_time_s / mx.step_time_s - 1
+    (note,) = [n for n in mx.notes if n.startswith("mxfp8: priced")]
+    assert f"{100 * mine:+.1f}% throughput" in note and "-6.3% to -2.0%" in note and "not priced" in note
+    # the gap parsim prices is smaller than every published one (what the note warns of)
+    assert all(p["gap"] < mine < 0 for p in pairs.values())
+    # an FP8 answer has no such note
+    assert not [n for n in f8.notes if n.startswith("mxfp8")]
