@@ -66,8 +66,49 @@ def _plan_row_as_report(row, attrs):
     keys = ("dp", "tp", "pp", "vpp", "micro_batch", "schedule", "grad_sync", "zero", "recompute", "sequence_parallel")
     return {"step_time_s": row["step_time_s"], "tokens_per_s": row.get("tokens_per_s"), "mfu": row.get("mfu"),
             "memory_GiB": row.get("memory_GiB"), "breakdown_s": {k: row.get(f"{k}_s", 0.0) for k in BREAKDOWN_KEYS},
-            "plan": {k: row.get(k) for k in keys}, "model": attrs.get("model", ""), "cluster": attrs.get("cluster", ""),
-            "gpus": attrs.get("gpus")}
+            "plan": {**{k: row.get(k) for k in keys}, "global_batch": attrs.get("global_batch"),
+                     "seq_len": attrs.get("seq_len"), "dtype": attrs.get("dtype")},
+            "model": attrs.get("model", ""), "cluster": attrs.get("cluster", ""), "gpus": attrs.get("gpus")}
+
+
+def workload(report: dict) -> tuple:
+    """(model, global batch, sequence length) of a predict/plan report: the work one step does. Step times of two
+    plans compare only when this is the same (a what-if over plans, clusters or dtypes of one workload)."""
+    plan = report.get("plan") or {}
+    return (report.get("model", ""), plan.get("global_batch"), plan.get("seq_len") or report.get("seq_len"))
+
+
+def _workload_words(w: tuple) -> str:
+    model, gb, seq = w
+    return f"{model or '?'} (global batch {gb if gb is not None else '?'} × seq {seq if seq is not None else '?'})"
+
+
+def _whatif_verdict(plans: list[dict]) -> str:
+    """The fastest fitting plan of each workload (model, global batch, sequence length) among the what-if inputs: a
+    step time is only compared with another of the same work (trial 2026-11-30: a predict of one model and a plan list
+    of another were ranked together, the smaller model's step called the fastest plan)."""
+    groups: dict = {}
+    for p in plans:
+        groups.setdefault(workload(p["report"]), []).append(p)
+    parts = []
+    for w, ps in groups.items():
+        fitting = [p for p in ps if p["report"].get("fits", True) is not False]
+        unfit = [p["name"] for p in ps if p not in fitting]
+        head = f"{_workload_words(w)}: " if len(groups) > 1 else ""
+        if fitting:
+            best = min(fitting, key=lambda p: p["report"]["step_time_s"])
+            parts.append(f"{head}fastest plan that fits: {best['name']} ({best['report']['step_time_s']:.4g} s per step)."
+                         + (f" Not fitting in memory (priced, not candidates): {', '.join(unfit)}." if unfit else ""))
+        else:
+            parts.append(f"{head}no plan fits in memory ({', '.join(unfit)}): the step times are priced for comparison "
+                         f"only.")
+    text = " ".join(parts)
+    if len(groups) == 1:
+        text = text[0].upper() + text[1:]
+    else:
+        text = (f"These inputs train {len(groups)} different workloads (model, global batch × sequence length): step "
+                f"times and tokens/s compare only within one, so each has its own verdict. " + text)
+    return text
 
 
 NOT_EXPRESSIBLE = "not expressible yet"     # a published row parsim cannot price as published (parsim.corpus)
@@ -575,14 +616,7 @@ def write_report(paths=(), out="report", formats=("md", "html"), title="", recor
         desc = [["plan"] + [f"{p['report'].get('model', '')}: " + " ".join(f"{k}={v}" for k, v in (p["report"].get("plan") or {}).items()
                                      if k in ("dp", "tp", "pp", "vpp", "micro_batch", "schedule", "zero", "recompute"))
                             + f" on {p['report'].get('cluster', '')}" for p in plans]]
-        fitting = [p for p in plans if p["report"].get("fits", True) is not False]
-        unfit = [p["name"] for p in plans if p not in fitting]
-        if fitting:
-            best = min(fitting, key=lambda p: p["report"]["step_time_s"])
-            verdict = (f"Fastest plan that fits: {best['name']} ({best['report']['step_time_s']:.4g} s per step)."
-                       + (f" Not fitting in memory (priced, not candidates): {', '.join(unfit)}." if unfit else ""))
-        else:
-            verdict = f"No plan fits in memory ({', '.join(unfit)}): the step times are priced for comparison only."
+        verdict = _whatif_verdict(plans)
         sections.append(("What-if: plans side by side", verdict,
                          [(["", *[p["name"] for p in plans]], desc + rows)],
                          [fig_breakdown([(p["name"], p["report"]["breakdown_s"]) for p in plans],

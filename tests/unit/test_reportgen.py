@@ -85,6 +85,31 @@ def test_what_if_never_names_a_plan_that_does_not_fit_as_the_winner(tmp_path):
     assert "Fastest plan that fits: b (" in md and "Not fitting in memory (priced, not candidates): a." in md
 
 
+def test_what_if_of_different_workloads_gets_a_verdict_per_workload(tmp_path):
+    # trial 2026-11-30: a predict of gpt-small and a plan list of gpt-tiny were ranked together and the tiny model's
+    # step named "the fastest plan". Step times compare only within one workload (model, global batch x seq).
+    a = predict("gpt-small", "cpu-local", Plan(dp=2, micro_batch=2, global_batch=8, dtype="fp32"))
+    b = predict("gpt-small", "cpu-local", Plan(pp=2, micro_batch=2, global_batch=8, dtype="fp32"))
+    c = predict("gpt-tiny", "cpu-local", Plan(dp=2, micro_batch=2, global_batch=8, dtype="fp32"))
+    assert c.step_time_s < min(a.step_time_s, b.step_time_s)        # the trap: the smaller model is "fastest"
+    for name, rep in (("a", a), ("b", b), ("c", c)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(rep.to_dict()))
+    r = subprocess.run([sys.executable, "-m", "parsim", "report", *(str(tmp_path / f"{n}.json") for n in "abc"),
+                        "--out", str(tmp_path / "w"), "--format", "md"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    md = " ".join((tmp_path / "w" / "report.md").read_text().split())
+    fastest = "a" if a.step_time_s < b.step_time_s else "b"
+    assert "These inputs train 2 different workloads" in md
+    assert f"gpt-small (global batch 8 × seq {a.seq_len}): fastest plan that fits: {fastest} (" in md
+    assert f"gpt-tiny (global batch 8 × seq {c.seq_len}): fastest plan that fits: c (" in md
+    # one workload (a, b): one verdict as before, no per-workload heads
+    from parsim.reportgen import _whatif_verdict, workload
+    assert workload(a.to_dict()) == ("gpt-small", 8, a.seq_len)
+    one = _whatif_verdict([{"name": "a", "report": a.to_dict()}, {"name": "b", "report": b.to_dict()}])
+    assert one.startswith(f"Fastest plan that fits: {fastest} (")
+
+
 def _held_out_tables():
     """Two tables as parsim.corpus.leave_one_table_out() returns them; the statistics are deliberately not
     those of the rows (|+10%| and |-10%| average 10%, the entry says 12.34%): the report must print the
