@@ -54,12 +54,29 @@ def run(a) -> int:
     elif a.format == "csv":
         text = plans_csv(res, a.top)
     else:
-        text = plans_text(res, a.top, wide=a.wide) + _overlap_note(res, a.top)
+        text = plans_text(res, a.top, wide=a.wide) + _overlap_note(res, a.top) + _grad_dtype_note(res, a)
     text = say_defaults(a, text)
     sys.stdout.write(text)
     if a.out:
         write_atomic(a.out, text, None, "--out")
     return 0
+
+
+def _grad_dtype_note(res, a) -> str:
+    """A line when 16-bit plans were priced with fp32 gradients by the framework's default (not asked for): the
+    published NeMo / Megatron-Bridge recipes keep them in bf16, which changes what fits and the DP reduction."""
+    at = res.attrs
+    if getattr(a, "grad_dtype", None) or at.get("grad_dtype") != "fp32" or at.get("dtype") == "fp32":
+        return ""
+    from parsim.tables import wrap
+    acc = at.get("memory_accounting")
+    if acc == "fsdp2":       # FSDP2 keeps its fp32 sharded gradient: only the reduce-scatter's dtype changes
+        gain = "the reduce-scatter moves half the bytes (FSDP2's reduce_dtype=bf16; its sharded gradient stays fp32)"
+    else:
+        gain = ("they take 2 B less per parameter until the optimizer step and the data-parallel reduction moves half "
+                "the bytes (the NeMo / Megatron-Bridge recipes' grad_reduce_in_fp32 False)")
+    return wrap(f"gradients priced in fp32 ({acc}'s default for {at.get('dtype')} parameters); with --grad-dtype 16bit "
+                + gain)
 
 
 def _overlap_note(res, top: int) -> str:
@@ -73,4 +90,4 @@ def _overlap_note(res, top: int) -> str:
     from parsim.tables import wrap
     return wrap("TP/PP communication overlap not priced: with --comm-overlap (Megatron-Core / Transformer Engine's, as "
             "the published NeMo / Megatron-Bridge runs behind the accuracy figure ran) plans with tp > 1 or an "
-            "interleaved schedule price faster") + "\n"
+            "interleaved schedule price faster")

@@ -105,3 +105,18 @@ def test_cli_takes_grad_dtype_and_says_it():
     assert "megatron accounting, 16-bit gradients" in " ".join(out.stdout.split())
     bad = run("predict", "--model", "llama2-7b", "--gpus", "8", "--grad-dtype", "fp8")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--grad-dtype" in bad.stderr
+
+
+def test_plan_says_when_gradients_were_priced_in_fp32_by_default():
+    # the published NeMo / Megatron-Bridge runs keep bf16 gradients; a plan ranked with Megatron's fp32 default says so
+    # (FSDP2: only its reduce-scatter changes), and says nothing once the user chose
+    run = lambda *a: subprocess.run([sys.executable, "-m", "parsim", "plan", "--gpus", "16", "--model", "llama2-7b",
+                                     "--top", "2", *a], capture_output=True, text=True)
+    flat = lambda r: " ".join(r.stdout.split())
+    default = run()
+    assert default.returncode == 0, default.stderr
+    assert "gradients priced in fp32 (megatron's default for bf16 parameters); with --grad-dtype 16bit they take 2 B less" in flat(default)
+    fsdp = run("--memory-accounting", "fsdp2")
+    assert "with --grad-dtype 16bit the reduce-scatter moves half the bytes" in flat(fsdp)
+    for chosen in (run("--grad-dtype", "16bit"), run("--grad-dtype", "fp32"), run("--memory-accounting", "deepspeed")):
+        assert chosen.returncode == 0 and "gradients priced in fp32" not in flat(chosen)
