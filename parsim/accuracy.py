@@ -80,6 +80,16 @@ def memory_statement(accounting: str, total_GiB: float, usable_GiB: float) -> st
     return line
 
 
+def memory_at_risk(accounting: str, memory_GiB, usable_GiB: float) -> list[int]:
+    """1-based ranks of the plans (memory per device in GiB, in ranking order) that fit only if parsim's memory is not
+    as far under as on the worst published run of this accounting ([] when none, or nothing is published)."""
+    m = memory_heldout(accounting)
+    under = -(m or {}).get("worst_under", 0.0)
+    if under <= 0:
+        return []
+    return [i + 1 for i, g in enumerate(memory_GiB) if g <= usable_GiB < g / (1 - under)]
+
+
 def heldout(device: str, precision: str, moe: bool) -> dict | None:
     """The pooled held-out error of plans like this one ({"rows", "tables", "mean", "max", "bias"}), or None when
     no public table of this GPU type, precision class and kind (dense / MoE) is expressible."""
@@ -167,13 +177,20 @@ def nearest_evidence(device: str, precision: str, moe: bool):
     return None
 
 
-def labelled(device: str, precision: str, moe: bool, model: str | None = None) -> dict:
+ERROR_CONVENTION = ("relative error = predicted / published - 1: + = parsim predicted more (faster, or more memory) "
+                    "than published; mean and max are of |error|, bias of the signed error")
+
+
+def labelled(device: str, precision: str, moe: bool, model: str | None = None, plan: dict | None = None,
+             accounting: str | None = None, total_GiB: float = 0.0, usable_GiB: float = 0.0) -> dict:
     """The how-sure figures of a plan as JSON carries them, each labelled with the kind of published runs it pools
-    ('<gpu type>/<precision class>/<dense|moe>', heldout.json's key): {"kind", "heldout" (stats or None),
-    "nearest_evidence" ({"kind", stats...} or None; only when "heldout" is None), "statement" (the line `plan` and
-    `predict` print), "model_note" (this model's own published errors, or None)}. A machine reader sees which GPU type
-    and precision class a figure is about (trial 2026-11-30: plan JSON gave a bare null where the text named the
-    nearest evidence)."""
+    ('<gpu type>/<precision class>/<dense|moe>', heldout.json's key; None for a device without published tables):
+    {"kind", "heldout" (stats or None), "nearest_evidence" ({"kind", stats...} or None; only when "heldout" is None),
+    "statement" (the line `plan` and `predict` print), "model_note" (this model's own published errors, or None),
+    "extrapolation" (with `plan`, a Plan's dict: the knobs outside the published runs, coverage_note, or None),
+    "memory" (with `accounting`: {"statement", "fits_only_if_not_as_far_under"} for a plan of `total_GiB` against
+    `usable_GiB`), "error_convention"}. A machine reader gets what the text says, labelled (trial 2026-11-30: plan JSON
+    gave a bare null where the text named the nearest evidence, and no extrapolation or memory warning)."""
     g = DEVICE_GPU_TYPE.get(device)
     cls = precision_class(precision)
     h = heldout(device, precision, moe)
@@ -183,8 +200,14 @@ def labelled(device: str, precision: str, moe: bool, model: str | None = None) -
         if n:
             (c, k), o = n
             near = {"kind": _class_key(g, c, k), **o}
-    return {"kind": _class_key(g, cls, moe) if g and cls else None, "heldout": h, "nearest_evidence": near,
-            "statement": statement(device, precision, moe), "model_note": model_note(device, precision, moe, model) or None}
+    out = {"kind": _class_key(g, cls, moe) if g and cls else None, "heldout": h, "nearest_evidence": near,
+           "statement": statement(device, precision, moe), "model_note": model_note(device, precision, moe, model) or None,
+           "extrapolation": (coverage_note(device, precision, moe, plan) or None) if plan is not None else None,
+           "error_convention": ERROR_CONVENTION}
+    if accounting is not None:
+        mem = memory_statement(accounting, total_GiB, usable_GiB)
+        out["memory"] = {"statement": mem, "fits_only_if_not_as_far_under": "fits only if" in mem}
+    return out
 
 
 def _ranking_basis(device: str, precision: str, moe: bool):

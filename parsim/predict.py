@@ -1027,7 +1027,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
     check_plan_sizes(plan, gpus)      # before anything is sized by them
     model = load_model(model)
     M.check_accounting(accounting)
-    M.check_grad_dtype(grad_dtype)
+    M.check_grad_dtype(grad_dtype, plan.dtype)
     if headroom_bytes is not None and not (np.isfinite(headroom_bytes) and headroom_bytes >= 0):
         raise ParsimError(f"memory headroom = {headroom_bytes!r} bytes: expected a finite size >= 0")
     check_plan(plan, model, gpus or plan.gpus)
@@ -1037,6 +1037,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
     zero_sync_algorithms(plan.grad_sync, plan.zero)       # ZeRO needs a reduce-scatter/all-gather form
     if plan.gpus > cluster.num_devices:
         raise ParsimError(f"plan needs {plan.gpus} devices but cluster {cluster.name} has {cluster.num_devices}")
+    M.check_headroom_below_capacity(headroom_bytes, cluster.device)
     cols = plan_columns([plan], model)
     r = price(model, cluster, cols, accounting=accounting, headroom_bytes=headroom_bytes, grad_dtype=grad_dtype)
     step = _scalar(r["step_time_s"])
@@ -1060,6 +1061,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
     code = DTYPES.index(plan.dtype)
     g32 = bool(M.grads_fp32(accounting, code, grad_dtype))
     per_param = (float(b) for b in M.state_bytes_per_param(1, 0, code, accounting, grad_dtype))
+    copy_B = float(M.step_grad_copy_bytes_per_param(1, 0, code, accounting, grad_dtype))
     notes = [f"memory: worst pipeline rank ({worst}); {accounting} accounting "
              f"({'+'.join(f'{b:g}' for b in per_param)} B/param before ZeRO, gradients reduced in "
              f"{'fp32' if g32 else plan.dtype if plan.dtype in ('bf16', 'fp16') else 'bf16'}"
@@ -1067,6 +1069,18 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
              f"activations per Korthikanti et al. 2022, in flight as the {plan.schedule} schedule holds them",
              f"memory: capacity {cap / GiB:.2f} GiB ({cap / 2 ** 20:,.0f} MiB as the device reports it), "
              f"headroom {room / GiB:.2f} GiB (CUDA context, NCCL buffers, fragmentation)"]
+    if copy_B:
+        notes.append(f"gradients: 16-bit, so the optimizer step makes an fp32 copy of them ({copy_B:g} B/param, sharded "
+                     f"like the optimizer: {accounting}'s {sum(M.state_bytes_per_param(1, 0, code, accounting, grad_dtype)) + copy_B:g} "
+                     f"B/param at the step); it lives when the activations are freed, so the optimizer row includes what it "
+                     f"exceeds them by")
+    unhidden = [w for w, on in (("TP (--tp-overlap)", plan.tp > 1 and plan.sequence_parallel and not plan.tp_overlap
+                                  and not plan.async_tp),
+                                 ("PP (--pp-overlap)", plan.schedule == "interleaved" and not plan.pp_overlap)) if on]
+    if unhidden:
+        notes.append(f"overlap: {' and '.join(unhidden)} communication overlap not priced; Megatron-Core / Transformer "
+                     f"Engine run it (the NeMo / Megatron-Bridge recipes turn it on, and their published runs are priced "
+                     f"with it), and it makes a plan like this faster")
     if plan.pp > 1:
         notes.append(f"pipeline: {dims.describe()}")
     if plan.cp > 1:

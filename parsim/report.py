@@ -52,7 +52,8 @@ def step_report_text(rep) -> str:
             f"model TFLOP/s/GPU {rep.model_tflops_per_gpu:.1f} (MFU {100 * rep.mfu:.1f}%)   "
             f"hardware TFLOP/s/GPU {rep.hardware_tflops_per_gpu:.1f} (HFU {100 * rep.hfu:.1f}%)",
             "fits: yes" if rep.fits else f"fits: NO — {rep.fits_reason}"]
-    tail += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel") + FP8_DTYPES)]
+    tail += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel", "gradients:", "overlap:")
+                                                               + FP8_DTYPES)]
     out += [wrap(line, width).rstrip("\n") for line in tail]
     return "\n".join(out) + "\n"
 
@@ -120,6 +121,13 @@ def plans_text(res, top: int, wide: bool = False) -> str:
         caption += "step s of the top plans is re-played by the pipeline simulator\n" + SHORT_LEGEND
     if a.get("dtype") in FP8_DTYPES:
         caption += f"\n{a['dtype']}: MFU against the bf16 peak, as NeMo and Megatron report FP8 training"
+    if a.get("dtype") == "mxfp8":          # what MXFP8 costs beyond its priced casts and scales (predict says it per plan)
+        from parsim.corpus import precision_pairs
+        gaps = [p["gap"] for p in precision_pairs("fp8", "mxfp8")]
+        if gaps:
+            caption += (f"\nmxfp8: the {len(gaps)} published pairs of the same plan in fp8 and mxfp8 differ by "
+                        f"{100 * min(gaps):+.1f}% to {100 * max(gaps):+.1f}% throughput; parsim prices MXFP8's casts and "
+                        f"scales only (`parsim predict` gives a plan's own priced gap): expect these plans slower than shown")
     if a.get("device") and a.get("dtype"):       # how sure: the held-out error on published runs like these
         from parsim.accuracy import lines
         first = ({k: (cols[k][0].item() if hasattr(cols[k][0], "item") else cols[k][0])
@@ -127,10 +135,17 @@ def plans_text(res, top: int, wide: bool = False) -> str:
         if first is not None:
             first["seq_len"] = a.get("seq_len")
         caption += "\n" + "\n".join(lines(a["device"], a["dtype"], bool(a.get("moe")), first,
-                                          [float(x) for x in cols["step_time_s"][:n]],
+                                          [float(x) for x in cols["step_time_s"]],   # every fitting plan, not only shown
                                           a["memory_accounting"] if a.get("memory_heldout") else None,
                                           float(cols["memory_GiB"][0]) if n else 0.0,
                                           a["memory_capacity_GiB"] - a["memory_headroom_GiB"], model=a.get("model")))
+        if a.get("memory_heldout"):          # the shown plans past #1 whose fit the worst published error would undo
+            from parsim.accuracy import memory_at_risk
+            risk = [k for k in memory_at_risk(a["memory_accounting"], [float(x) for x in cols["memory_GiB"][:n]],
+                                               a["memory_capacity_GiB"] - a["memory_headroom_GiB"]) if k > 1]
+            if risk:
+                caption += ("\nplans " + ", ".join(f"#{k}" for k in risk) + " also fit only if their memory is not as "
+                            "far under as the worst published run's")
     return text_table(headers, rows, title, caption, width=None if wide else terminal_width())
 
 

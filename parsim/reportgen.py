@@ -52,23 +52,36 @@ def load_inputs(paths) -> tuple[list[dict], list[dict]]:
                               "(expected results.jsonl, or predict/plan --format json)") from None
         d = parse_json(text, f"report input {p} (results.jsonl, or predict/plan --format json)")
         if isinstance(d, dict) and "step_time_s" in d and "breakdown_s" in d:
-            plans.append({"name": p.stem, "report": d})
+            new = [{"name": p.stem, "report": d}]
         elif isinstance(d, dict) and "plans" in d:
-            for i, row in enumerate(d["plans"][:5]):
-                plans.append({"name": f"{p.stem} #{i + 1}", "report": _plan_row_as_report(row, d.get("attrs", {}))})
+            new = [{"name": f"{p.stem} #{i + 1}", "report": _plan_row_as_report(row, d.get("attrs", {}))}
+                   for i, row in enumerate(d["plans"][:5])]
         else:
             raise ParsimError(f"report input {p}: expected a StepReport (predict --format json) or a plan list "
                               "(plan --format json)")
+        for q in new:
+            st = q["report"].get("step_time_s")
+            if isinstance(st, bool) or not isinstance(st, (int, float)) or not st > 0 or st == float("inf"):
+                raise ParsimError(f"report input {p}: step_time_s = {st!r}: expected a finite number of seconds > 0")
+        plans += new
+    names = [q["name"] for q in plans]           # one column per input, even when a file is given twice
+    for i, q in enumerate(plans):
+        if names.count(q["name"]) > 1:
+            q["name"] = f"{q['name']} ({names[:i + 1].count(q['name'])})"
     return records, plans
 
 
 def _plan_row_as_report(row, attrs):
-    keys = ("dp", "tp", "pp", "vpp", "micro_batch", "schedule", "grad_sync", "zero", "recompute", "sequence_parallel")
+    keys = ("dp", "tp", "pp", "vpp", "ep", "cp", "micro_batch", "schedule", "grad_sync", "zero", "recompute",
+            "sequence_parallel", "tp_overlap", "pp_overlap")
     return {"step_time_s": row["step_time_s"], "tokens_per_s": row.get("tokens_per_s"), "mfu": row.get("mfu"),
             "memory_GiB": row.get("memory_GiB"), "breakdown_s": {k: row.get(f"{k}_s", 0.0) for k in BREAKDOWN_KEYS},
             "plan": {**{k: row.get(k) for k in keys}, "global_batch": attrs.get("global_batch"),
                      "seq_len": attrs.get("seq_len"), "dtype": attrs.get("dtype")},
-            "model": attrs.get("model", ""), "cluster": attrs.get("cluster", ""), "gpus": attrs.get("gpus")}
+            "model": attrs.get("model", ""), "cluster": attrs.get("cluster", ""), "gpus": attrs.get("gpus"),
+            "fits": True,          # plan lists hold only plans that fit
+            "memory_accounting": attrs.get("memory_accounting"), "grad_dtype": attrs.get("grad_dtype"),
+            "accuracy": attrs.get("accuracy")}
 
 
 def workload(report: dict) -> tuple:
@@ -83,6 +96,39 @@ def _workload_words(w: tuple) -> str:
     return f"{model or '?'} (global batch {gb if gb is not None else '?'} × seq {seq if seq is not None else '?'})"
 
 
+CORE_KNOBS = ("dp", "tp", "pp", "vpp", "micro_batch", "schedule", "zero", "recompute")
+
+
+def _knobs(report: dict) -> dict:
+    """Every setting of a what-if input that changes its price: the plan's knobs, its dtype, gradient dtype and memory
+    accounting."""
+    return {**(report.get("plan") or {}), "memory_accounting": report.get("memory_accounting"),
+            "grad_dtype": report.get("grad_dtype")}
+
+
+def _plan_cells(plans: list[dict]) -> list[str]:
+    """Each input's plan cell: its model, the core knobs, and every other setting whose value differs between the
+    inputs (trial 2026-11-30: two plans differing only in sequence parallelism, or bf16 / fp8 / mxfp8 inputs, printed
+    identical cells)."""
+    knobs = [_knobs(p["report"]) for p in plans]
+    other = sorted({k for kn in knobs for k in kn if k not in CORE_KNOBS and k != "global_batch"
+                    and len({str(x.get(k)) for x in knobs}) > 1})
+    return [f"{p['report'].get('model', '')}: " + " ".join(f"{k}={kn[k]}" for k in CORE_KNOBS if k in kn)
+            + "".join(f" {k}={kn.get(k)}" for k in other) + f" on {p['report'].get('cluster', '')}"
+            for p, kn in zip(plans, knobs)]
+
+
+def _error_figure(report: dict):
+    """(mean relative error, what it is) of the held-out figure a report's `accuracy` annotation quotes (its own kind's,
+    else the nearest evidence's); (None, '') when it carries none."""
+    acc = report.get("accuracy") or {}
+    if acc.get("heldout"):
+        return acc["heldout"]["mean"], f"the held-out mean error of {acc.get('kind')}"
+    if acc.get("nearest_evidence"):
+        return acc["nearest_evidence"]["mean"], f"the nearest evidence's mean error ({acc['nearest_evidence']['kind']})"
+    return None, ""
+
+
 def _whatif_verdict(plans: list[dict]) -> str:
     """The fastest fitting plan of each workload (model, global batch, sequence length) among the what-if inputs: a
     step time is only compared with another of the same work (trial 2026-11-30: a predict of one model and a plan list
@@ -92,16 +138,27 @@ def _whatif_verdict(plans: list[dict]) -> str:
         groups.setdefault(workload(p["report"]), []).append(p)
     parts = []
     for w, ps in groups.items():
-        fitting = [p for p in ps if p["report"].get("fits", True) is not False]
-        unfit = [p["name"] for p in ps if p not in fitting]
+        fitting = [p for p in ps if p["report"].get("fits") is True]
+        unknown = [p["name"] for p in ps if p["report"].get("fits") is None]
+        unfit = [p["name"] for p in ps if p["report"].get("fits") is False]
         head = f"{_workload_words(w)}: " if len(groups) > 1 else ""
         if fitting:
-            best = min(fitting, key=lambda p: p["report"]["step_time_s"])
+            ranked = sorted(fitting, key=lambda p: p["report"]["step_time_s"])
+            best = ranked[0]
+            sure = ""
+            err, what = _error_figure(best["report"])
+            if err is not None and len(ranked) > 1:
+                close = [p["name"] for p in ranked[1:] if p["report"]["step_time_s"] <= best["report"]["step_time_s"] * (1 + err)]
+                if close:
+                    sure = (f" {', '.join(close)} {'is' if len(close) == 1 else 'are'} within {100 * err:.1f}% of it, "
+                            f"{what}: parsim cannot rank them apart; measure them (parsim run / parsim validate).")
             parts.append(f"{head}fastest plan that fits: {best['name']} ({best['report']['step_time_s']:.4g} s per step)."
-                         + (f" Not fitting in memory (priced, not candidates): {', '.join(unfit)}." if unfit else ""))
+                         + sure
+                         + (f" Not fitting in memory (priced, not candidates): {', '.join(unfit)}." if unfit else "")
+                         + (f" Fit not stated in the input (not ranked): {', '.join(unknown)}." if unknown else ""))
         else:
-            parts.append(f"{head}no plan fits in memory ({', '.join(unfit)}): the step times are priced for comparison "
-                         f"only.")
+            parts.append(f"{head}no plan is known to fit in memory ({', '.join(unfit + unknown)}): the step times are "
+                         f"priced for comparison only.")
     text = " ".join(parts)
     if len(groups) == 1:
         text = text[0].upper() + text[1:]
@@ -613,9 +670,7 @@ def write_report(paths=(), out="report", formats=("md", "html"), title="", recor
                     v = v.get(part) if isinstance(v, dict) else None
                 row.append(_fmt(v))
             rows.append(row)
-        desc = [["plan"] + [f"{p['report'].get('model', '')}: " + " ".join(f"{k}={v}" for k, v in (p["report"].get("plan") or {}).items()
-                                     if k in ("dp", "tp", "pp", "vpp", "micro_batch", "schedule", "zero", "recompute"))
-                            + f" on {p['report'].get('cluster', '')}" for p in plans]]
+        desc = [["plan"] + _plan_cells(plans)]
         verdict = _whatif_verdict(plans)
         sections.append(("What-if: plans side by side", verdict,
                          [(["", *[p["name"] for p in plans]], desc + rows)],

@@ -151,9 +151,11 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
         from parsim.rules import fp8_device_message                              # say the rule once, as predict does
         raise ParsimError(fp8_device_message(cl.device, dtype))
     check_accounting(accounting)
-    check_grad_dtype(grad_dtype)
+    check_grad_dtype(grad_dtype, dtype)
     if headroom_bytes is not None and not (np.isfinite(headroom_bytes) and headroom_bytes >= 0):
         raise ParsimError(f"memory headroom = {headroom_bytes!r} bytes: expected a finite size >= 0")
+    from parsim.costs.memory import check_headroom_below_capacity
+    check_headroom_below_capacity(headroom_bytes, cl.device)
     cols, rejected, generated = candidates(model, gpus, gb, seq, dtype=dtype, device=cl.device,
                                            comm_overlap=comm_overlap)
     n = len(cols["dp"])
@@ -212,7 +214,13 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     attrs["heldout_accuracy"] = heldout(cl.device.name, dtype, model.experts > 0)
     attrs["memory_heldout"] = memory_heldout(accounting)
     from parsim.accuracy import labelled
-    attrs["accuracy"] = labelled(cl.device.name, dtype, model.experts > 0, model.name)
+    first = ({k: (df[k][0].item() if hasattr(df[k][0], "item") else df[k][0])
+              for k in ("tp", "pp", "cp", "ep", "zero", "schedule", "recompute")} if len(order) else None)
+    if first is not None:
+        first["seq_len"] = seq
+    attrs["accuracy"] = labelled(cl.device.name, dtype, model.experts > 0, model.name, first,
+                                 accounting if attrs["memory_heldout"] else None,
+                                 float(df["memory_GiB"][0]) if len(order) else 0.0, (cap - room) / GiB)
     res = SearchResult(df, attrs, generated, n, rejected, time.perf_counter() - t0)
     return res if result else res.table
 
@@ -223,9 +231,14 @@ def _price_fitting(model, cl, cols, accounting, headroom_bytes, chunk_rows, grad
     order (the ranking's last tie-break)."""
     parts, lengths, keep = [], [], []
     least = np.inf           # the smallest memory of any candidate: what "nothing fits" reports
+    least_states = np.inf    # the smallest model states (weights, gradients, optimizer) of any candidate
     for start, stop, r in price_chunks(model, cl, cols, accounting=accounting, headroom_bytes=headroom_bytes,
                                        chunk_rows=chunk_rows, grad_dtype=grad_dtype):
-        least = min(least, float(np.min(r["memory_bytes"]))) if stop > start else least
+        if stop > start:
+            least = min(least, float(np.min(r["memory_bytes"])))
+            states = sum(np.broadcast_to(np.asarray(r["memory"][k], dtype=float), (stop - start,))
+                         for k in ("weights", "grads", "optimizer"))
+            least_states = min(least_states, float(np.min(states)))
         idx = np.nonzero(np.broadcast_to(r["fits"], (stop - start,)))[0]
         parts.append(take_priced(r, idx, stop - start))
         lengths.append(idx.size)
@@ -235,10 +248,16 @@ def _price_fitting(model, cl, cols, accounting, headroom_bytes, chunk_rows, grad
         from parsim.costs.memory import default_headroom_bytes
         cap = cl.device.memory_bytes
         room = float(default_headroom_bytes(cap)) if headroom_bytes is None else float(headroom_bytes)
+        # what could help: with the model states alone past the usable memory, only sharding them further does
+        # (more GPUs); else activations matter too (trial 2026-11-30: llama2-7b on 1 GPU was told "a smaller global
+        # batch" although its 18 B/param states alone are 113 GiB)
+        hint = ("its model states alone (weights, gradients, optimizer) need "
+                f"{least_states / GiB:.2f} GiB: more GPUs to shard them over, or --grad-dtype / --memory-accounting"
+                if least_states + room > cap else "more GPUs, a smaller global batch or --seq-len, or --memory-headroom")
         raise ParsimError(f"no plan of {model.name} on {len(cl.devices)} × {cl.device.name} fits: the smallest of "
                           f"{len(next(iter(cols.values()))):,} valid plans needs "
                           f"{least / GiB:.2f} GiB + {room / GiB:.2f} GiB headroom per device, the device has "
-                          f"{cap / GiB:.2f} GiB (more GPUs, a smaller global batch or --seq-len, or --memory-headroom)")
+                          f"{cap / GiB:.2f} GiB ({hint})")
     return concat_priced(parts, lengths), {k: np.asarray(v)[idx] for k, v in cols.items()}, idx.size
 
 

@@ -40,7 +40,10 @@ def run(a) -> int:
     from parsim.accuracy import labelled
     record = dict(rep.to_dict(), heldout_accuracy=heldout(dev, rep.plan.get("dtype", ""), moe),
                   memory_heldout=memory_heldout(rep.memory_accounting),
-                  accuracy=labelled(dev, rep.plan.get("dtype", ""), moe, model.name))
+                  accuracy=labelled(dev, rep.plan.get("dtype", ""), moe, model.name,
+                                    dict(rep.plan, seq_len=rep.plan.get("seq_len") or model.seq_len),
+                                    rep.memory_accounting, rep.memory_GiB,
+                                    rep.memory_capacity_GiB - rep.memory_headroom_GiB))
     if a.format == "json":
         text = to_json(record)
     else:

@@ -105,9 +105,12 @@ DEFAULT_GRAD_DTYPE = {"megatron": "fp32", "deepspeed": "16bit", "fsdp2": "fp32"}
 #              shard_main_param.grad = shard_model_grad.float()) and dropped by its zero_grad, when no activation is
 #              held: STEP_GRAD_COPY below, counted where it is larger than the activations it replaces
 #   deepspeed  the ZeRO paper's 2 + 2 + 12 (ACCOUNTING above)
-#   fsdp2      4 + 4 + 8 as with fp32 reduction: only the reduce-scatter runs in 16 bits, the reduced shard is
-#              cast to the sharded parameter's dtype (fp32) as its .grad
-ACCOUNTING_16BIT_GRADS = {"megatron": (2.0, 2.0, 12.0), "deepspeed": (2.0, 2.0, 12.0), "fsdp2": (4.0, 4.0, 8.0)}
+#   fsdp2      4 + 2 + 8 below ZeRO-2: the unsharded gradient accumulated across micro-batches stays in the reduce
+#              dtype (torch FSDPParam.to_accumulated_grad_if_needed upcasts only when the gradient's dtype differs
+#              from reduce_dtype); at ZeRO >= 2 the reduced shard is cast to the sharded parameter's dtype (fp32) as
+#              its .grad: 4 B / dp, as with fp32 reduction (FSDP2_SHARDED_GRAD_BYTES)
+ACCOUNTING_16BIT_GRADS = {"megatron": (2.0, 2.0, 12.0), "deepspeed": (2.0, 2.0, 12.0), "fsdp2": (4.0, 2.0, 8.0)}
+FSDP2_SHARDED_GRAD_BYTES = 4.0
 # fp32 gradient copy the optimizer step makes with 16-bit gradients (bytes per parameter, sharded like the optimizer)
 STEP_GRAD_COPY = {"megatron": 4.0, "deepspeed": 0.0, "fsdp2": 0.0}
 # ... and with fp32 gradients where the framework's default is 16-bit (DeepSpeed's bf16 optimizer accumulates fp32
@@ -116,11 +119,16 @@ ACCOUNTING_FP32_GRADS = {"megatron": ACCOUNTING["megatron"], "deepspeed": (2.0, 
                          "fsdp2": ACCOUNTING["fsdp2"]}
 
 
-def check_grad_dtype(name):
-    """`name` when it is None (the framework's default) or one of GRAD_DTYPES; ParsimError otherwise."""
+def check_grad_dtype(name, dtype: str | None = None):
+    """`name` when it is None (the framework's default) or one of GRAD_DTYPES, and, given the plan's `dtype`, not
+    16-bit gradients for fp32 training (they would be ignored: fp32 training keeps fp32 gradients); ParsimError
+    otherwise."""
     from parsim.errors import ParsimError
     if name is not None and name not in GRAD_DTYPES:
         raise ParsimError(f"grad dtype {name!r}: expected one of {', '.join(GRAD_DTYPES)}")
+    if name == "16bit" and dtype == "fp32":
+        raise ParsimError("grad dtype 16bit with dtype fp32: fp32 training keeps fp32 gradients; expected --grad-dtype "
+                          "fp32 (or none) with --dtype fp32, or a 16-bit --dtype")
     return name
 
 
@@ -135,6 +143,15 @@ def grads_fp32(accounting: str, dtype_code, grad_dtype: str | None = None):
         from parsim.plan import DTYPES
         return fp32_train | (code != DTYPES.index("fp16"))
     return fp32_train | (choice == "fp32")
+
+
+def check_headroom_below_capacity(headroom_bytes, device) -> None:
+    """ParsimError when a memory headroom leaves nothing of the device's capacity (trial 2026-11-30:
+    --memory-headroom 200GiB on an H100 printed '= -120.35 GiB usable')."""
+    if headroom_bytes is not None and headroom_bytes >= device.memory_bytes:
+        from parsim.errors import ParsimError
+        raise ParsimError(f"memory headroom {headroom_bytes / 2 ** 30:.2f} GiB: expected less than the capacity of a "
+                          f"{device.name} ({device.memory_bytes / 2 ** 30:.2f} GiB)")
 
 
 def step_grad_copy_bytes_per_param(dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUNTING,
@@ -173,6 +190,8 @@ def state_bytes_per_param(dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUN
     if accounting == "fsdp2":      # sharded master at every stage + the unsharded compute copy below ZeRO-3
         unsharded_copy = np.where(fp32, FP32_STATE[0], 2.0)
         w = np.where((zero == 1) | (zero == 2), np.where(fp32, FP32_STATE[0], bw) / dp + unsharded_copy, w)
+    if accounting == "fsdp2":      # its sharded gradient (ZeRO >= 2) takes the fp32 parameter's dtype
+        bg = np.where(zero >= 2, FSDP2_SHARDED_GRAD_BYTES, bg)
     g = np.where(fp32, FP32_STATE[1], bg) / np.where(zero >= 2, dp, 1.0)
     o = np.where(fp32, FP32_STATE[2], bo) / np.where(zero >= 1, dp, 1.0)
     return w, g, o

@@ -48,6 +48,12 @@ def test_megatron_bytes_per_parameter_follow_its_distributed_optimizer_table():
     # FSDP2 with a bf16 reduce dtype keeps its fp32 sharded gradient (the reduced shard is cast to the parameter's
     # dtype): memory as with fp32 reduction, only the reduce-scatter's bytes change
     assert M.state_bytes_per_param(8, 3, BF16, "fsdp2", "16bit") == M.state_bytes_per_param(8, 3, BF16, "fsdp2")
+    # ... but below ZeRO-2 its unsharded gradient, accumulated over micro-batches, stays in the reduce dtype (torch's
+    # FSDPParam.to_accumulated_grad_if_needed upcasts only when the dtypes differ): 2 B instead of 4 (trial 2026-11-30:
+    # llama3-8b, pp 2, ZeRO-1, fsdp2 printed grads 14.96 GiB under both dtypes; 2 B x 4.0e9 params = 7.48 GiB)
+    for z in (0, 1):
+        assert float(M.state_bytes_per_param(8, z, BF16, "fsdp2", "16bit")[1]) == 2.0
+        assert float(M.state_bytes_per_param(8, z, BF16, "fsdp2")[1]) == 4.0
     assert float(M.grad_element_bytes("fsdp2", BF16, "16bit")) == 2.0 and float(M.grad_element_bytes("fsdp2", BF16)) == 4.0
 
 
@@ -120,3 +126,27 @@ def test_plan_says_when_gradients_were_priced_in_fp32_by_default():
     assert "with --grad-dtype 16bit the reduce-scatter moves half the bytes" in flat(fsdp)
     for chosen in (run("--grad-dtype", "16bit"), run("--grad-dtype", "fp32"), run("--memory-accounting", "deepspeed")):
         assert chosen.returncode == 0 and "gradients priced in fp32" not in flat(chosen)
+
+
+def test_trial_wording_fixes_refuse_or_say_the_case():
+    # 16-bit gradients asked for fp32 training: refused (they would be silently ignored)
+    with pytest.raises(ParsimError, match="grad dtype 16bit with dtype fp32"):
+        predict(LLAMA7, "dgx-h100", Plan(dp=8, global_batch=8, dtype="fp32"), grad_dtype="16bit")
+    # a headroom at or above the capacity leaves nothing usable: refused (was '= -120.35 GiB usable')
+    with pytest.raises(ParsimError, match=r"memory headroom 200.00 GiB: expected less than the capacity of a h100-sxm"):
+        predict(LLAMA7, "dgx-h100", Plan(dp=8, global_batch=8), headroom_bytes=200 * GiB)
+    # nothing fits on 1 GPU: the states alone (18 B x 6.74e9 = 113 GiB) are past it, so a smaller batch cannot help
+    from parsim.search import search
+    with pytest.raises(ParsimError, match=r"model states alone .* need 112\.9[0-9] GiB: more GPUs"):
+        search("llama2-7b", "dgx-h100", 1)
+    # the 16-bit Megatron step copy is said beside the optimizer row it is counted in
+    r = predict(LLAMA7, "dgx-h100", Plan(dp=8, global_batch=8, zero=1), grad_dtype="16bit")
+    (note,) = [n for n in r.notes if n.startswith("gradients:")]
+    assert "fp32 copy" in note and "megatron's 20 B/param at the step" in note
+    assert not [n for n in predict(LLAMA7, "dgx-h100", Plan(dp=8, global_batch=8, zero=1)).notes
+                if n.startswith("gradients:")]
+    # TP overlap not priced is said on predict too (was only on plan)
+    r = predict(LLAMA7, "dgx-h100", Plan(dp=1, tp=8, global_batch=8, sequence_parallel=True))
+    assert any(n.startswith("overlap: TP (--tp-overlap)") for n in r.notes)
+    r = predict(LLAMA7, "dgx-h100", Plan(dp=1, tp=8, global_batch=8, sequence_parallel=True, tp_overlap=True))
+    assert not any(n.startswith("overlap:") for n in r.notes)
