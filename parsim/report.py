@@ -49,8 +49,8 @@ def step_report_text(rep) -> str:
                if cap else None)
     out.append(text_table(["kind", "GiB"], mrows, title, caption, width=width))
     tail = [f"tokens/s {rep.tokens_per_s:,.0f}   samples/s {rep.samples_per_s:,.2f}   "
-            f"model TFLOP/s/GPU {rep.model_tflops_per_gpu:.1f} (MFU {100 * rep.mfu:.1f}%)   "
-            f"hardware TFLOP/s/GPU {rep.hardware_tflops_per_gpu:.1f} (HFU {100 * rep.hfu:.1f}%)",
+            f"model TFLOP/s/GPU {_tflops(rep.model_tflops_per_gpu)} (MFU {100 * rep.mfu:.1f}%)   "
+            f"hardware TFLOP/s/GPU {_tflops(rep.hardware_tflops_per_gpu)} (HFU {100 * rep.hfu:.1f}%)",
             "fits: yes" if rep.fits else f"fits: NO — {rep.fits_reason}"]
     tail += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel", "gradients:", "overlap:")
                                                                + FP8_DTYPES)]
@@ -147,6 +147,12 @@ def plans_text(res, top: int, wide: bool = False) -> str:
                 caption += ("\nplans " + ", ".join(f"#{k}" for k in risk) + " also fit only if their memory is not as "
                             "far under as the worst published run's")
     return text_table(headers, rows, title, caption, width=None if wide else terminal_width())
+
+
+def _tflops(x: float) -> str:
+    """TFLOP/s with one decimal, or three significant digits below 10 (a CPU's 0.0035 was printed '0.0' beside a
+    28% MFU)."""
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
 
 
 def plans_records(res, top: int | None = None) -> list[dict]:
