@@ -25,9 +25,9 @@ def test_plan_with_nothing_that_fits_is_an_error_naming_the_smallest_need(capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no plan of llama3-405b on 8 × h100-sxm fits" in err[0]
     assert "GiB headroom per device, the device has 79.65 GiB" in err[0]
-    # a headroom larger than the device: the same error, never an empty ranking with exit 0
+    # a headroom larger than the device: refused up front in one line, never an empty ranking with exit 0
     assert main(["plan", "--gpus", "8", "--model", "gpt3-125m", "--memory-headroom", "500GiB"]) == 2
-    assert "500.00 GiB headroom" in capsys.readouterr().err
+    assert "memory headroom 500.00 GiB: expected less than the capacity of a h100-sxm" in capsys.readouterr().err
 
 
 def test_predict_defaults_to_plans_global_batch(capsys):
