@@ -17,7 +17,8 @@ mean / max / bias of the relative error (prediction / published − 1), for thro
 per GPU, or hardware TFLOP/s per GPU where that is what is published) and for peak memory where
 published (memory does not depend on the fitted number).
 
-Knobs a source leaves unstated (micro-batch, virtual stages, recompute for NeMo rows) are searched:
+Knobs a source leaves unstated (micro-batch, virtual stages, recompute for NeMo rows, the gradient dtype where the
+header's `unstated` names it; a row's `grad_dtype` column, else its header's, states it) are searched:
 every candidate that fits in memory is priced and the fastest is taken, as the authors tuned for
 throughput; the chosen values are reported with each row.
 

@@ -205,7 +205,8 @@ def model_state_bytes(params_per_rank, dp, zero, dtype_code, accounting: str = D
     for fp32; ZeRO stage z shards the optimizer (z >= 1), gradients (z >= 2), weights (z >= 3) over dp.
     The fsdp2 convention at ZeRO-1 and -2 shards its fp32 parameters and also holds the unsharded
     compute copy (2 B/param in 16-bit) from forward to backward (FSDP2's reshard_after_forward=False),
-    counted with the weights."""
+    counted with the weights. `grad_dtype` as state_bytes_per_param (the optimizer step's fp32 copy of 16-bit
+    gradients is apart: step_grad_copy_bytes_per_param)."""
     N = np.asarray(params_per_rank, dtype=float)
     return tuple(N * f for f in state_bytes_per_param(dp, zero, dtype_code, accounting, grad_dtype))
 
