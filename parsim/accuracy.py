@@ -74,20 +74,22 @@ def memory_statement(accounting: str, total_GiB: float, usable_GiB: float) -> st
     line = (f"memory accuracy: on {m['rows']} published {accounting}-accounting runs parsim's peak (as reserved) was "
             f"off by {100 * m['mean']:.1f}% on average, {100 * m['max']:.1f}% at worst (bias {100 * m['bias']:+.1f}%)")
     under = -m["worst_under"]
-    if under > 0 and total_GiB <= usable_GiB < total_GiB / (1 - under):
+    if _fits_only_if_not_under(total_GiB, usable_GiB, under):
         line += (f"; this plan fits only if its memory is not as far under as the worst of them "
                  f"({total_GiB / (1 - under):.1f} GiB at {100 * under:.0f}% under > {usable_GiB:.1f} GiB usable)")
     return line
 
 
+def _fits_only_if_not_under(total_GiB: float, usable_GiB: float, under: float) -> bool:
+    """A plan of `total_GiB` fits `usable_GiB` but would not if its memory were `under` (a fraction) too low."""
+    return under > 0 and total_GiB <= usable_GiB < total_GiB / (1 - under)
+
+
 def memory_at_risk(accounting: str, memory_GiB, usable_GiB: float) -> list[int]:
     """1-based ranks of the plans (memory per device in GiB, in ranking order) that fit only if parsim's memory is not
     as far under as on the worst published run of this accounting ([] when none, or nothing is published)."""
-    m = memory_heldout(accounting)
-    under = -(m or {}).get("worst_under", 0.0)
-    if under <= 0:
-        return []
-    return [i + 1 for i, g in enumerate(memory_GiB) if g <= usable_GiB < g / (1 - under)]
+    under = -(memory_heldout(accounting) or {}).get("worst_under", 0.0)
+    return [i + 1 for i, g in enumerate(memory_GiB) if _fits_only_if_not_under(g, usable_GiB, under)]
 
 
 def heldout(device: str, precision: str, moe: bool) -> dict | None:
@@ -181,6 +183,19 @@ ERROR_CONVENTION = ("relative error = predicted / published - 1: + = parsim pred
                     "than published; mean and max are of |error|, bias of the signed error")
 
 
+COVERAGE_KNOBS = ("tp", "pp", "cp", "ep", "zero", "schedule", "recompute")
+
+
+def ranked_first_knobs(columns, seq_len) -> dict | None:
+    """The knobs coverage_note reads, of a ranking's plan #1 (`columns`: parsim.search's columns, best first), with
+    the ranking's sequence length; None for an empty ranking."""
+    if not len(columns["tp"]):
+        return None
+    first = {k: (columns[k][0].item() if hasattr(columns[k][0], "item") else columns[k][0])
+             for k in COVERAGE_KNOBS if k in columns}
+    return dict(first, seq_len=seq_len)
+
+
 def labelled(device: str, precision: str, moe: bool, model: str | None = None, plan: dict | None = None,
              accounting: str | None = None, total_GiB: float = 0.0, usable_GiB: float = 0.0) -> dict:
     """The how-sure figures of a plan as JSON carries them, each labelled with the kind of published runs it pools
@@ -206,7 +221,8 @@ def labelled(device: str, precision: str, moe: bool, model: str | None = None, p
            "error_convention": ERROR_CONVENTION}
     if accounting is not None:
         mem = memory_statement(accounting, total_GiB, usable_GiB)
-        out["memory"] = {"statement": mem, "fits_only_if_not_as_far_under": "fits only if" in mem}
+        out["memory"] = {"statement": mem,
+                         "fits_only_if_not_as_far_under": memory_at_risk(accounting, [total_GiB], usable_GiB) == [1]}
     return out
 
 

@@ -129,11 +129,8 @@ def plans_text(res, top: int, wide: bool = False) -> str:
                         f"{100 * min(gaps):+.1f}% to {100 * max(gaps):+.1f}% throughput; parsim prices MXFP8's casts and "
                         f"scales only (`parsim predict` gives a plan's own priced gap): expect these plans slower than shown")
     if a.get("device") and a.get("dtype"):       # how sure: the held-out error on published runs like these
-        from parsim.accuracy import lines
-        first = ({k: (cols[k][0].item() if hasattr(cols[k][0], "item") else cols[k][0])
-                  for k in ("tp", "pp", "cp", "ep", "zero", "schedule", "recompute") if k in cols} if n else None)
-        if first is not None:
-            first["seq_len"] = a.get("seq_len")
+        from parsim.accuracy import lines, ranked_first_knobs
+        first = ranked_first_knobs(cols, a.get("seq_len")) if n else None
         caption += "\n" + "\n".join(lines(a["device"], a["dtype"], bool(a.get("moe")), first,
                                           [float(x) for x in cols["step_time_s"]],   # every fitting plan, not only shown
                                           a["memory_accounting"] if a.get("memory_heldout") else None,

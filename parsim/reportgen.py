@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from pathlib import Path
 
 from parsim.errors import ParsimError
@@ -61,7 +62,7 @@ def load_inputs(paths) -> tuple[list[dict], list[dict]]:
                               "(plan --format json)")
         for q in new:
             st = q["report"].get("step_time_s")
-            if isinstance(st, bool) or not isinstance(st, (int, float)) or not st > 0 or st == float("inf"):
+            if isinstance(st, bool) or not isinstance(st, (int, float)) or not (math.isfinite(st) and st > 0):
                 raise ParsimError(f"report input {p}: step_time_s = {st!r}: expected a finite number of seconds > 0")
         plans += new
     names = [q["name"] for q in plans]           # one column per input, even when a file is given twice

@@ -213,12 +213,8 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     from parsim.accuracy import heldout, memory_heldout   # how sure: held-out errors on published runs like these
     attrs["heldout_accuracy"] = heldout(cl.device.name, dtype, model.experts > 0)
     attrs["memory_heldout"] = memory_heldout(accounting)
-    from parsim.accuracy import labelled
-    first = ({k: (df[k][0].item() if hasattr(df[k][0], "item") else df[k][0])
-              for k in ("tp", "pp", "cp", "ep", "zero", "schedule", "recompute")} if len(order) else None)
-    if first is not None:
-        first["seq_len"] = seq
-    attrs["accuracy"] = labelled(cl.device.name, dtype, model.experts > 0, model.name, first,
+    from parsim.accuracy import labelled, ranked_first_knobs
+    attrs["accuracy"] = labelled(cl.device.name, dtype, model.experts > 0, model.name, ranked_first_knobs(df, seq),
                                  accounting if attrs["memory_heldout"] else None,
                                  float(df["memory_GiB"][0]) if len(order) else 0.0, (cap - room) / GiB)
     res = SearchResult(df, attrs, generated, n, rejected, time.perf_counter() - t0)

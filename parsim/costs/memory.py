@@ -187,10 +187,11 @@ def state_bytes_per_param(dp, zero, dtype_code, accounting: str = DEFAULT_ACCOUN
     bw, bg, bo = (np.where(g32, x, y) for x, y in zip(b32, b16))
     fp32 = e == 4.0
     w = np.where(fp32, FP32_STATE[0], bw) / np.where(zero >= 3, dp, 1.0)
-    if accounting == "fsdp2":      # sharded master at every stage + the unsharded compute copy below ZeRO-3
+    if accounting == "fsdp2":
+        # sharded master at every stage + the unsharded compute copy below ZeRO-3; the sharded gradient (ZeRO >= 2)
+        # takes the fp32 parameter's dtype
         unsharded_copy = np.where(fp32, FP32_STATE[0], 2.0)
         w = np.where((zero == 1) | (zero == 2), np.where(fp32, FP32_STATE[0], bw) / dp + unsharded_copy, w)
-    if accounting == "fsdp2":      # its sharded gradient (ZeRO >= 2) takes the fp32 parameter's dtype
         bg = np.where(zero >= 2, FSDP2_SHARDED_GRAD_BYTES, bg)
     g = np.where(fp32, FP32_STATE[1], bg) / np.where(zero >= 2, dp, 1.0)
     o = np.where(fp32, FP32_STATE[2], bo) / np.where(zero >= 1, dp, 1.0)
