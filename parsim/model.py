@@ -515,16 +515,25 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
     The training length: see hf_seq_len."""
     if not isinstance(cfg, dict):
         raise ParsimError(f"Hugging Face config {name}: expected a mapping, got {type(cfg).__name__}")
+    lt = cfg.get("layer_types")
+    uniform = isinstance(lt, list) and lt and len(set(map(str, lt))) == 1 and lt[0] in ("full_attention",
+                                                                                         "sliding_attention")
     for k, what in HF_UNMODELLED.items():
+        if k == "layer_types" and uniform:       # one kind on every layer: what parsim prices (read below)
+            continue
         if cfg.get(k) not in (None, 0, False, [], {}):
             raise ParsimError(f"Hugging Face config {name}: field {k} = {str(cfg[k])[:40]!r} ({what}) is not "
                               f"modelled by parsim; refusing rather than pricing a different model")
     mt = cfg.get("model_type")
     if mt is None:   # older files without model_type: recognise GPT-2's own field names only
         mt = "gpt2" if "n_embd" in cfg else None
+    if mt is None:
+        raise ParsimError(f"Hugging Face config {name}: no model_type field (and not GPT-2's n_embd names); expected "
+                          f"model_type, one of {', '.join(sorted(HF_FAMILIES))}")
     if not isinstance(mt, str) or mt not in HF_FAMILIES:
         raise ParsimError(f"Hugging Face config {name}: model_type = {str(mt)[:60]!r} is not modelled; expected one "
                           f"of {', '.join(sorted(HF_FAMILIES))}{closest(str(mt)[:60], HF_FAMILIES)}")
+
     fam = HF_FAMILIES[mt]
     g = functools.partial(_hf_get, cfg, name)
     kw: dict = {}
@@ -616,17 +625,32 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
         if rot != 1:
             src += f"; RoPE on {rot:g} of each head priced over all of it"
     win = cfg.get("sliding_window")
-    if win is not None and cfg.get("use_sliding_window", True) is not False:
+    # Qwen2's max_window_layers: only layers from that index on use the window (Qwen2Attention: use_sliding_window
+    # and layer_idx >= max_window_layers), so from the last layer on none does (trial 2026-11-30: 28 of 28 was read as
+    # every layer windowed); a uniform layer_types list says the same per layer
+    mwl = cfg.get("max_window_layers")
+    no_window_layers = ((isinstance(mwl, int) and not isinstance(mwl, bool) and mwl >= kw["layers"])
+                        or (uniform and lt[0] == "full_attention"))
+    if mt == "gemma2" and win is not None:
+        # Gemma-2 alternates local and global attention (Gemma2DecoderLayer: is_sliding = not layer_idx % 2) with no
+        # config field saying so (trial 2026-11-30: its stock config was priced with the window on every layer, 17%
+        # too fast at 32k). parsim applies one span to every layer: the global one, exact up to the window and an
+        # upper bound on the attention work beyond it (said in the source)
+        src += (f"; Gemma-2's alternate sliding-window ({win}) layers priced as global attention, as the others: exact "
+                f"up to {win} tokens, an upper bound beyond")
+        win = None
+    if win is not None and cfg.get("use_sliding_window", True) is not False and not no_window_layers:
         if not isinstance(win, int) or isinstance(win, bool):
             raise ParsimError(f"Hugging Face config {name}: sliding_window = {win!r}, expected an integer or null")
-        # Qwen2's max_window_layers: only layers from that index on use the window (when use_sliding_window)
-        mwl = cfg.get("max_window_layers")
         if isinstance(mwl, int) and not isinstance(mwl, bool) and 0 < mwl < kw["layers"]:
             raise ParsimError(f"Hugging Face config {name}: sliding_window {win} on layers {mwl}.. only "
                               f"(max_window_layers {mwl} < {kw['layers']} layers) is not modelled: parsim applies one "
                               f"attention span to every layer")
         kw["sliding_window"] = win         # kept even when >= seq_len: a longer --seq-len meets it
         src += f"; sliding-window attention over {win} keys"
+    elif win is not None and no_window_layers:
+        src += f"; sliding_window {win} unused (no layer uses it: " + (
+            f"max_window_layers {mwl} >= {kw['layers']} layers)" if not uniform else "layer_types all full_attention)")
     try:
         return ModelSpec(name=name, seq_len=seq, source=f"Hugging Face {mt}; {src}", **kw)
     except ParsimError as e:

@@ -83,3 +83,41 @@ def test_predicted_step_is_faster_with_the_window_and_the_backend_refuses_it(tmp
     assert win["model_tflops_per_gpu"] * win["step_time_s"] < ful["model_tflops_per_gpu"] * ful["step_time_s"]
     assert main(["run", "--model", str(cfg), "--nproc", "2", "--dry-run"]) == 2
     assert "does not build sliding-window attention" in capsys.readouterr().err
+
+
+def test_hf_windows_read_as_their_models_use_them(tmp_path):
+    # trial 2026-11-30. Gemma-2 alternates sliding-window and global layers (Gemma2DecoderLayer: is_sliding = not
+    # layer_idx % 2), which no config field says: its stock config was priced with the 4096 window on every layer (17%
+    # too fast at 32k). Qwen2's max_window_layers = num_hidden_layers windows no layer (HF: use_sliding_window and
+    # layer_idx >= max_window_layers) but was read as every layer windowed (29% too fast at 32k). A layer_types list of
+    # one kind says what every layer does.
+    import json
+    from parsim.errors import ParsimError
+    from parsim.model import load_model
+    from pathlib import Path
+    here = Path(__file__).resolve().parents[1] / "data" / "hf_configs"
+    g = load_model(str(here / "gemma2-9b.json"))
+    assert g.sliding_window is None and "alternate sliding-window (4096) layers priced as global" in g.source
+    qwen = dict(model_type="qwen2", hidden_size=3584, num_attention_heads=28, num_key_value_heads=4,
+                intermediate_size=18944, num_hidden_layers=28, vocab_size=152064, max_position_embeddings=32768,
+                sliding_window=4096, use_sliding_window=True, hidden_act="silu")
+
+    def load(**kw):
+        p = tmp_path / "c.json"
+        p.write_text(json.dumps(dict(qwen, **kw)))
+        return load_model(str(p))
+    assert load(max_window_layers=28).sliding_window is None
+    assert "no layer uses it" in load(max_window_layers=28).source
+    assert load(max_window_layers=0).sliding_window == 4096           # every layer from index 0
+    with pytest.raises(ParsimError, match="max_window_layers 14 < 28 layers"):
+        load(max_window_layers=14)
+    assert load(layer_types=["full_attention"] * 28).sliding_window is None
+    assert load(layer_types=["sliding_attention"] * 28, max_window_layers=0).sliding_window == 4096
+    with pytest.raises(ParsimError, match="per-layer attention types"):
+        load(layer_types=["sliding_attention", "full_attention"] * 14)
+    # no model_type: said so, not "did you mean falcon?"
+    p = tmp_path / "nomt.json"
+    p.write_text(json.dumps({k: v for k, v in qwen.items() if k != "model_type"}))
+    with pytest.raises(ParsimError, match="no model_type field") as e:
+        load_model(str(p))
+    assert "did you mean" not in str(e.value)
