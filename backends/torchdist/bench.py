@@ -375,7 +375,7 @@ def main(args, argv=None) -> int:
         fd, out = tempfile.mkstemp(prefix="parsim-bench-", suffix=".json")
         os.close(fd)
         try:
-            worker_main(dict(cfg, out=out))
+            worker_main(dict(cfg, out=out, out_is_temp=True))     # a failing rank removes it before its os._exit
             res = json.loads(open(out).read())
         finally:
             os.unlink(out)

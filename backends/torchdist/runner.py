@@ -248,6 +248,12 @@ def _worker_main(cfg: dict) -> int:
         if os.environ.get("PARSIM_DEBUG"):
             traceback.print_exc()
         sys.stderr.flush()
+        if cfg.get("out_is_temp") and cfg.get("out"):
+            # the caller's reserved temp file (torchrun mode: this very process): os._exit skips its cleanup
+            try:
+                os.unlink(cfg["out"])
+            except OSError:
+                pass
         os._exit(1)   # do not wait for collectives in process-group teardown
     finally:
         dog.stop()

@@ -326,6 +326,15 @@ def run(args) -> int:
         raise ParsimError(f"--steps {args.steps} / --warmup {args.warmup}: expected steps >= 1 and warmup >= 0")
     from backends.torchdist.parallel import check_plan
     check_plan(model, plan, nproc)
+    if plan.grad_sync == "hierarchical" and args.local_size and plan.dp > 1 and plan.dp % args.local_size:
+        # what the gradient sync would raise in its first step, after every rank started (trial 2026-11-30: dry-run
+        # said "would run: yes")
+        raise ParsimError(f"--grad-sync hierarchical with --local-size {args.local_size}: the dp group of {plan.dp} "
+                          f"ranks is not a whole number of nodes of {args.local_size} ranks; expected a --local-size "
+                          f"dividing dp")
+    # this machine's ranks (CUDA GPUs for nccl, CPU cores for gloo): a dry run answers for this machine too
+    if not torchrun:
+        check_hardware(args.backend, nproc)
     from parsim.commands.common import memory_options
     memory = memory_options(args)
     if args.dry_run:
@@ -334,8 +343,6 @@ def run(args) -> int:
         refusal = memory_refusal(predicted, args.backend, nproc, host_available_bytes())
         print(dry_run_text(model, plan, nproc, predicted, source, refusal))
         return 2 if refusal else 0
-    if not torchrun:
-        check_hardware(args.backend, nproc)
     profile, cluster = _device_profile(args.backend) if not torchrun or args.backend != "nccl" else (None, "dgx-h100")
     # Refuse up front what parsim predicts will not fit (device memory, or host RAM for CPU ranks).
     predicted, source = predicted_report(model, plan, cluster, nproc, explicit=args.cluster, **memory)
@@ -354,13 +361,14 @@ def run(args) -> int:
         import tempfile
 
         from backends.torchdist.runner import worker_main
+        if int(os.environ["RANK"]) != 0:     # only rank 0 writes the results: no file for the others to leave behind
+            worker_main(dict(cfg, out=None))
+            return 0
         fd, out = tempfile.mkstemp(prefix="parsim-run-", suffix=".json")
         os.close(fd)
         try:
-            cfg["out"] = out
+            cfg.update(out=out, out_is_temp=True)     # a failing rank removes it before its os._exit
             worker_main(cfg)
-            if int(os.environ["RANK"]) != 0:
-                return 0
             from backends.torchdist.runner import reports_from_json
             measured = reports_from_json(json.loads(open(out).read()))
         finally:

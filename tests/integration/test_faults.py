@@ -174,3 +174,17 @@ def test_a_stopped_single_rank_is_caught_by_the_launcher_not_the_run_timeout():
     assert str(ei.value).startswith("rank 0 is stopped (SIGSTOP"), str(ei.value)
     assert time.monotonic() - t0 < 80
     assert not any(_alive(p) for p in ei.value.pids)
+
+
+@pytest.mark.timeout(120)
+def test_env_mode_failing_rank_leaves_no_temp_file(tmp_path):
+    """One process per rank (torchrun): a rank that fails exits at once (os._exit, not waiting on collectives), which
+    skipped the caller's cleanup of the results file it had reserved: every failing run left an empty
+    parsim-run-*.json in $TMPDIR (trial 2026-11-30: 196 of them in /tmp). The failing rank removes it now."""
+    from backends.torchdist.launch import free_port
+    env = dict(ENV, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1", PARSIM_FAULT="0:1:raise", TMPDIR=str(tmp_path))
+    p = subprocess.run([sys.executable, "-m", "parsim", "run", "--model", "gpt-tiny", "--steps", "3"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=100)
+    assert p.returncode != 0 and "rank 0 failed in phase step 1" in p.stderr, p.stderr[-800:]
+    assert not list(tmp_path.glob("parsim-run-*.json"))

@@ -132,3 +132,18 @@ def _plan1_mem():
     from parsim.search import search
     res = search(gpus=64, accounting="fsdp2", result=True, top=1)
     return float(res.columns["memory_GiB"][0])
+
+
+def test_dry_run_refuses_what_the_run_would_refuse(capsys):
+    # trial 2026-11-30: --dry-run said "would run: yes" (exit 0) for a hierarchical sync whose --local-size does not
+    # divide dp (the ranks then failed in their first gradient sync) and for nccl on a machine without CUDA GPUs
+    assert main(["run", "--model", "gpt-tiny", "--nproc", "2", "--dp", "2", "--grad-sync", "hierarchical",
+                 "--local-size", "3", "--dry-run"]) == 2
+    assert "the dp group of 2 ranks is not a whole number of nodes of 3 ranks" in capsys.readouterr().err
+    import torch
+    if not torch.cuda.is_available():
+        assert main(["run", "--model", "gpt-tiny", "--nproc", "2", "--dp", "2", "--backend", "nccl", "--dry-run"]) == 2
+        assert "backend nccl needs CUDA GPUs" in capsys.readouterr().err
+    # a --local-size that divides dp still runs
+    assert main(["run", "--model", "gpt-tiny", "--nproc", "2", "--dp", "2", "--grad-sync", "hierarchical",
+                 "--local-size", "1", "--dry-run"]) == 0
