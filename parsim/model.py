@@ -659,6 +659,11 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
         field = next((f for f in HF_FIELDS.get(key, ()) if f in cfg), None)
         if field and field != key:        # name the file's own field, not only parsim's key
             msg = f"{field} (parsim's {key})" + msg[len(key):]
+        # ... and the other parsim keys the message names (e.g. "is not divisible by kv_heads (5)")
+        for k, fields in HF_FIELDS.items():
+            f = next((f for f in fields if f in cfg), None)
+            if k != key and f and f != k and f" {k} (" in msg:
+                msg = msg.replace(f" {k} (", f" {f} (parsim's {k}) (", 1)
         raise ParsimError(f"Hugging Face config {name}: {msg}") from None
 
 

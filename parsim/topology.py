@@ -508,7 +508,10 @@ def _build(name: str, d: dict, gpus: int | None) -> Cluster:
         else:
             raise ParsimError(f"cluster {name}: unknown builder {builder!r}: expected one of "
                               f"dgx, fat_tree, rail, ring, torus, full, star{closest(builder, BUILDER_NAMES)}")
-    except (KeyError, TypeError, ValueError) as e:
+    except KeyError as e:
+        raise ParsimError(f"cluster {name}: missing key {e}; builder {builder} needs "
+                          f"{', '.join(BUILDER_KEYS.get(builder, ('device',)))}") from None
+    except (TypeError, ValueError) as e:
         raise ParsimError(f"cluster {name}: malformed ({type(e).__name__}: {e}); builder {builder} needs "
                           f"{', '.join(BUILDER_KEYS.get(builder, ('device',)))}") from None
     return validate(c, built=True)
@@ -550,7 +553,8 @@ def _from_graph_mapping(name: str, d: dict) -> Cluster:
                 limits.check_number(f"{link} efficiency", e.get("efficiency", 1.0), 0, 1, True),
                 str(e.get("link", "direct")), link))
     except (KeyError, TypeError, ValueError) as e:
-        raise ParsimError(f"cluster {name}: malformed graph ({type(e).__name__}: {e}); expected nodes: [{{id, kind, "
+        what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ParsimError(f"cluster {name}: malformed graph ({what}); expected nodes: [{{id, kind, "
                           "profile}}] and links: [{a, b, bandwidth_GBps, latency_us}]") from None
     return from_graph(name, g, d.get("ranks"), d.get("device"), d.get("gpus_per_node"), d.get("servers"))
 

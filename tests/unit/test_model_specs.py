@@ -225,3 +225,15 @@ def test_predict_json_header_has_seq_len_and_params():
     assert d["params_total"] == d["params_active"] == 8_030_261_248
     t = run_cli("predict", "--model", "mixtral-8x7b", "--gpus", "8", "--tp", "8")
     assert "params total 46,702,792,704  active 12,879,925,248  seq_len 4096" in t.stdout
+
+
+def test_hf_errors_name_the_files_fields(tmp_path):
+    # trial 2026-11-30: num_key_value_heads = 5 with 32 heads said "... is not divisible by kv_heads (5)", never naming
+    # the file's num_key_value_heads
+    c = dict(model_type="llama", hidden_size=4096, num_attention_heads=32, num_key_value_heads=5,
+             intermediate_size=14336, num_hidden_layers=32, vocab_size=128256, max_position_embeddings=8192)
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(c))
+    with pytest.raises(ParsimError, match=r"num_attention_heads \(parsim's heads\) \(32\) is not divisible by "
+                                          r"num_key_value_heads \(parsim's kv_heads\) \(5\)"):
+        load_model(str(p))
