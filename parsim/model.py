@@ -486,9 +486,10 @@ def _hf_act(cfg, name, keys, gated):
     return "swiglu" if act in SILU_ACTS else "geglu"
 
 
-def hf_seq_len(cfg, name, max_pos):
+def hf_seq_len(cfg, name, max_pos, field: str = "max_position_embeddings"):
     """(training length, where it came from): original_max_position_embeddings (top level or in
-    rope_scaling) when present, else min(DEFAULT_HF_SEQ_LEN, max_position_embeddings)."""
+    rope_scaling) when present, else min(DEFAULT_HF_SEQ_LEN, max_pos), said as read from `field` (the file's own
+    name for it, or where the value came from)."""
     rs = cfg.get("rope_scaling")
     for where, d in (("rope_scaling.original_max_position_embeddings", rs if isinstance(rs, dict) else {}),
                      ("original_max_position_embeddings", cfg)):
@@ -497,11 +498,11 @@ def hf_seq_len(cfg, name, max_pos):
             _check_int(name, "seq_len", v)
             return v, f"seq_len {v} from {where}"
     if max_pos is None:
-        return DEFAULT_HF_SEQ_LEN, f"seq_len {DEFAULT_HF_SEQ_LEN}: parsim's default (no max_position_embeddings)"
+        return DEFAULT_HF_SEQ_LEN, f"seq_len {DEFAULT_HF_SEQ_LEN}: parsim's default (no {field})"
     _check_int(name, "max_positions", max_pos)
     s = min(DEFAULT_HF_SEQ_LEN, max_pos)
-    return s, (f"seq_len {s}: parsim's default {DEFAULT_HF_SEQ_LEN}, capped at max_position_embeddings {max_pos}"
-               if s < DEFAULT_HF_SEQ_LEN else f"seq_len {s}: parsim's default (max_position_embeddings is {max_pos})")
+    return s, (f"seq_len {s}: parsim's default {DEFAULT_HF_SEQ_LEN}, capped at {field} {max_pos}"
+               if s < DEFAULT_HF_SEQ_LEN else f"seq_len {s}: parsim's default ({field} is {max_pos})")
 
 
 def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
@@ -616,7 +617,11 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
                   embed_norm=True)
         kw["kv_heads"] = kw["heads"]
         max_pos = g("seq_length", default=2048)
-    seq, src = hf_seq_len(cfg, name, max_pos)
+    # the file's own field the length came from, or that it is the family's default (trial 2026-11-30: BLOOM, whose
+    # ALiBi has no position table, was said "capped at max_position_embeddings 2048" without that field)
+    pos_field = next((f for f in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+                      if cfg.get(f) is not None), f"{mt}'s default length (no max_position_embeddings)")
+    seq, src = hf_seq_len(cfg, name, max_pos, pos_field)
     rot = cfg.get("partial_rotary_factor", cfg.get("rope_percent"))
     if fam == "nemotron" and rot is not None:
         if isinstance(rot, bool) or not isinstance(rot, (int, float)) or not 0 < rot <= 1:
