@@ -139,19 +139,27 @@ def _device_profile(backend: str) -> tuple[str, str]:
     return None, "dgx-h100"
 
 
-def predicted_report(model, plan, cluster_name: str, gpus: int, explicit: str | None = None, **memory):
+def predicted_report(model, plan, cluster_name: str, gpus: int, explicit: str | None = None, backend: str = "gloo",
+                     **memory):
     """The prediction as a dict and where it came from. The cluster: `explicit` (--cluster: a
     preset, a cluster file or an emulated cluster's state file; an error in it is the user's and
     raises), else the emulated cluster this run is inside (PARSIM_NETEM_STATE: its graph with
     the probed links), else `cluster_name` (the calibrated loopback; (None, reason) on error).
-    ``memory``: accounting / headroom_bytes for parsim.predict.predict."""
+    ``memory``: accounting / headroom_bytes for parsim.predict.predict. `backend`: what the run uses; a --cluster whose
+    device is not what that backend runs on (gloo: CPU ranks; nccl: GPUs) is said beside the prediction (trial
+    2026-11-30: a gloo run on CPUs was compared with an H100 prediction without a word)."""
     from parsim.commands.common import load_cluster_arg
     from parsim.predict import predict
     cluster = load_cluster_arg(explicit, gpus)
     if cluster is not None:
         rep = predict(model, cluster, plan, **memory)
         what = cluster.meta.get("source") or "cluster"
-        return as_dict(rep), f"predicted by parsim.predict on {cluster.name} ({what})"
+        where = f"predicted by parsim.predict on {cluster.name} ({what})"
+        kind = getattr(cluster.device, "kind", "")
+        if (backend == "gloo") != (kind == "cpu"):
+            where += (f"; note: the prediction is for {cluster.device.name} ({kind}) but this {backend} run measures "
+                      f"{'CPU ranks' if backend == 'gloo' else 'GPUs'}: the comparison is across devices")
+        return as_dict(rep), where
     from parsim.topology import load_cluster
     try:
         cl = load_cluster(cluster_name, gpus)
@@ -339,13 +347,15 @@ def run(args) -> int:
     memory = memory_options(args)
     if args.dry_run:
         cluster = "dgx-h100" if args.backend == "nccl" else _device_profile("gloo")[1]
-        predicted, source = predicted_report(model, plan, cluster, nproc, explicit=args.cluster, **memory)
+        predicted, source = predicted_report(model, plan, cluster, nproc, explicit=args.cluster, backend=args.backend,
+                                             **memory)
         refusal = memory_refusal(predicted, args.backend, nproc, host_available_bytes())
         print(dry_run_text(model, plan, nproc, predicted, source, refusal))
         return 2 if refusal else 0
     profile, cluster = _device_profile(args.backend) if not torchrun or args.backend != "nccl" else (None, "dgx-h100")
     # Refuse up front what parsim predicts will not fit (device memory, or host RAM for CPU ranks).
-    predicted, source = predicted_report(model, plan, cluster, nproc, explicit=args.cluster, **memory)
+    predicted, source = predicted_report(model, plan, cluster, nproc, explicit=args.cluster, backend=args.backend,
+                                             **memory)
     refusal = memory_refusal(predicted, args.backend, nproc if not torchrun else int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
                              host_available_bytes())
     if refusal:

@@ -147,3 +147,12 @@ def test_dry_run_refuses_what_the_run_would_refuse(capsys):
     # a --local-size that divides dp still runs
     assert main(["run", "--model", "gpt-tiny", "--nproc", "2", "--dp", "2", "--grad-sync", "hierarchical",
                  "--local-size", "1", "--dry-run"]) == 0
+
+
+def test_run_against_another_device_says_so(capsys):
+    # trial 2026-11-30: `run --cluster dgx-h100` with gloo compared CPU ranks with an H100 prediction without a word
+    assert main(["run", "--model", "gpt-tiny", "--nproc", "2", "--dp", "2", "--cluster", "dgx-h100", "--dry-run"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the prediction is for h100-sxm (gpu) but this gloo run measures CPU ranks" in out
+    assert main(["run", "--model", "gpt-tiny", "--nproc", "2", "--dp", "2", "--dry-run"]) == 0
+    assert "the comparison is across devices" not in capsys.readouterr().out
