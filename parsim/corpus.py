@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from parsim.accuracy import GPU_TYPE_DEVICES, precision_class  # one table of GPU types, one class rule
-from parsim.costs.memory import grads_fp32
+from parsim.costs.memory import grad_dtype_name
 from parsim.errors import ParsimError
 from parsim.hardware import get_device
 from parsim.model import load_model, preset_names
@@ -466,8 +466,7 @@ def leave_one_table_out(progress=None) -> list[dict]:
                 "memory_rel_error": None if me is None else round(me, 4),
                 "predicted_reserved_GiB": round(reserved, 1), "reserved_rel_error": None if re_ is None else round(re_, 4),
                 "plan": pl.label(), "micro_batch": pl.micro_batch, "vpp": pl.vpp, "recompute": pl.recompute,
-                "grad_dtype": "fp32" if bool(grads_fp32(r.accounting, DTYPES.index(r.precision), p["grad_dtype"]))
-                              else "16bit",
+                "grad_dtype": grad_dtype_name(r.accounting, DTYPES.index(r.precision), p["grad_dtype"]),
                 "fits_verdict": p["fits_verdict"], "any_fits_verdict": p["any_fits_verdict"],
                 "regime": {k: (getattr(pl, k) if k != "seq_len" else pl.seq_len or load_model(r.model).seq_len)
                            for k in REGIME_KEYS}})
@@ -493,6 +492,19 @@ def precision_pairs(a: str = "fp8", b: str = "mxfp8") -> list[dict]:
             out.append({"table": r.table_id, "gpu_type": r.gpu_type, "model": r.model, "gpus": r.gpus,
                         a: o.published, b: r.published, "gap": r.published / o.published - 1})
     return out
+
+
+def precision_gap_words(a: str = "fp8", b: str = "mxfp8") -> str:
+    """The published gaps of precision_pairs(a, b) in words ('the N published pairs of such runs (models on GPU types,
+    parsim/data/validation) differ by x% to y%'), or '' when the corpus has no such pair: what `predict` and `plan`
+    set beside the gap parsim prices."""
+    pairs = precision_pairs(a, b)
+    if not pairs:
+        return ""
+    gaps = [p["gap"] for p in pairs]
+    return (f"the {len(pairs)} published pairs of such runs ({', '.join(sorted({p['model'] for p in pairs}))} on "
+            f"{', '.join(sorted({p['gpu_type'] for p in pairs}))}, parsim/data/validation) differ by "
+            f"{100 * min(gaps):+.1f}% to {100 * max(gaps):+.1f}%")
 
 
 def repeat_floor() -> list[dict]:

@@ -986,20 +986,16 @@ def _mxfp8_gap_note(model, cluster, plan: Plan, step_s: float, accounting, headr
     """How much slower parsim prices this MXFP8 plan than the same plan in per-tensor FP8, beside the gaps published for
     pairs of such runs (parsim.corpus.precision_pairs): MXFP8's casts, scales and weight re-quantisation are priced
     (parsim.layer), the rest of the published gap is not (trial 2026-11-30: no answer said so)."""
-    from parsim.corpus import precision_pairs
+    from parsim.corpus import precision_gap_words
     fp8 = price(model, cluster, plan_columns([plan.with_(dtype="fp8")], model), accounting=accounting,
                 headroom_bytes=headroom_bytes, grad_dtype=grad_dtype)
     closed = _scalar(fp8["step_time_s"])
     mine = closed / step_s - 1 if step_s > 0 else 0.0     # mxfp8's throughput relative to fp8's (both closed forms)
-    pairs = precision_pairs("fp8", "mxfp8")
-    if not pairs:
+    published = precision_gap_words("fp8", "mxfp8")
+    if not published:
         return f"mxfp8: priced {100 * mine:+.1f}% throughput against the same plan in per-tensor fp8"
-    gaps = [p["gap"] for p in pairs]
-    return (f"mxfp8: priced {100 * mine:+.1f}% throughput against the same plan in per-tensor fp8; the {len(pairs)} "
-            f"published pairs of such runs ({', '.join(sorted({p['model'] for p in pairs}))} on "
-            f"{', '.join(sorted({p['gpu_type'] for p in pairs}))}, parsim/data/validation) differ by "
-            f"{100 * min(gaps):+.1f}% to {100 * max(gaps):+.1f}%: what MXFP8 costs beyond its casts and scales is not "
-            f"priced, expect it slower than shown")
+    return (f"mxfp8: priced {100 * mine:+.1f}% throughput against the same plan in per-tensor fp8; {published}: what "
+            f"MXFP8 costs beyond its casts and scales is not priced, expect it slower than shown")
 
 
 def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str = M.DEFAULT_ACCOUNTING,
@@ -1059,8 +1055,8 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
     from parsim.rules import ParallelDims
     dims = ParallelDims.of(plan, model)
     code = DTYPES.index(plan.dtype)
-    g32 = bool(M.grads_fp32(accounting, code, grad_dtype))
-    per_param = (float(b) for b in M.state_bytes_per_param(1, 0, code, accounting, grad_dtype))
+    g32 = M.grad_dtype_name(accounting, code, grad_dtype) == "fp32"
+    per_param = [float(b) for b in M.state_bytes_per_param(1, 0, code, accounting, grad_dtype)]
     copy_B = float(M.step_grad_copy_bytes_per_param(1, 0, code, accounting, grad_dtype))
     notes = [f"memory: worst pipeline rank ({worst}); {accounting} accounting "
              f"({'+'.join(f'{b:g}' for b in per_param)} B/param before ZeRO, gradients reduced in "
@@ -1071,7 +1067,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
              f"headroom {room / GiB:.2f} GiB (CUDA context, NCCL buffers, fragmentation)"]
     if copy_B:
         notes.append(f"gradients: 16-bit, so the optimizer step makes an fp32 copy of them ({copy_B:g} B/param, sharded "
-                     f"like the optimizer: {accounting}'s {sum(M.state_bytes_per_param(1, 0, code, accounting, grad_dtype)) + copy_B:g} "
+                     f"like the optimizer: {accounting}'s {sum(per_param) + copy_B:g} "
                      f"B/param at the step); it lives when the activations are freed, so the optimizer row includes what it "
                      f"exceeds them by")
     unhidden = [w for w, on in (("TP (--tp-overlap)", plan.tp > 1 and plan.sequence_parallel and not plan.tp_overlap

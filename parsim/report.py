@@ -122,12 +122,11 @@ def plans_text(res, top: int, wide: bool = False) -> str:
     if a.get("dtype") in FP8_DTYPES:
         caption += f"\n{a['dtype']}: MFU against the bf16 peak, as NeMo and Megatron report FP8 training"
     if a.get("dtype") == "mxfp8":          # what MXFP8 costs beyond its priced casts and scales (predict says it per plan)
-        from parsim.corpus import precision_pairs
-        gaps = [p["gap"] for p in precision_pairs("fp8", "mxfp8")]
-        if gaps:
-            caption += (f"\nmxfp8: the {len(gaps)} published pairs of the same plan in fp8 and mxfp8 differ by "
-                        f"{100 * min(gaps):+.1f}% to {100 * max(gaps):+.1f}% throughput; parsim prices MXFP8's casts and "
-                        f"scales only (`parsim predict` gives a plan's own priced gap): expect these plans slower than shown")
+        from parsim.corpus import precision_gap_words
+        published = precision_gap_words("fp8", "mxfp8")
+        if published:
+            caption += (f"\nmxfp8 against the same plan in fp8: {published}; parsim prices MXFP8's casts and scales "
+                        f"only (`parsim predict` gives a plan's own priced gap): expect these plans slower than shown")
     if a.get("device") and a.get("dtype"):       # how sure: the held-out error on published runs like these
         from parsim.accuracy import lines, ranked_first_knobs
         first = ranked_first_knobs(cols, a.get("seq_len")) if n else None

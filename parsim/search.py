@@ -18,7 +18,7 @@ import numpy as np
 
 from parsim.errors import ParsimError
 from parsim.plan import DTYPES, FP8_DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, divisors
-from parsim.costs.memory import DEFAULT_ACCOUNTING, check_accounting, check_grad_dtype, grads_fp32
+from parsim.costs.memory import DEFAULT_ACCOUNTING, check_accounting, check_grad_dtype, grad_dtype_name
 from parsim.predict import (BREAKDOWN_KEYS, GiB, MEMORY_KEYS, PRICE_CHUNK_ROWS, concat_priced, get_cluster,
                             price_chunks, simulated_makespan, take_priced)
 from parsim.rules import reject
@@ -206,7 +206,7 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
         df[f"{k}_GiB"] = r["memory"][k][order] / GiB
     attrs = dict(model=model.name, cluster=cl.name, device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq,
                  dtype=dtype, memory_accounting=accounting,
-                 grad_dtype="fp32" if bool(grads_fp32(accounting, DTYPES.index(dtype), grad_dtype)) else "16bit",
+                 grad_dtype=grad_dtype_name(accounting, DTYPES.index(dtype), grad_dtype),
                  memory_capacity_GiB=cap / GiB, memory_headroom_GiB=room / GiB,
                  params_total=model.params, params_active=model.active_params, model_summary=model.summary(),
                  moe=model.experts > 0, comm_overlap=bool(comm_overlap))

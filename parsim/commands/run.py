@@ -355,7 +355,7 @@ def run(args) -> int:
     profile, cluster = _device_profile(args.backend) if not torchrun or args.backend != "nccl" else (None, "dgx-h100")
     # Refuse up front what parsim predicts will not fit (device memory, or host RAM for CPU ranks).
     predicted, source = predicted_report(model, plan, cluster, nproc, explicit=args.cluster, backend=args.backend,
-                                             **memory)
+                                         **memory)
     refusal = memory_refusal(predicted, args.backend, nproc if not torchrun else int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
                              host_available_bytes())
     if refusal:

@@ -163,6 +163,11 @@ def step_grad_copy_bytes_per_param(dp, zero, dtype_code, accounting: str = DEFAU
     return copy / np.where(zero >= 1, dp, 1.0)
 
 
+def grad_dtype_name(accounting: str, dtype_code: int, grad_dtype: str | None = None) -> str:
+    """The GRAD_DTYPES name ("fp32" or "16bit") one plan's gradients are priced in (grads_fp32, said in outputs)."""
+    return "fp32" if bool(grads_fp32(accounting, dtype_code, grad_dtype)) else "16bit"
+
+
 def grad_element_bytes(accounting: str, dtype_code, grad_dtype: str | None = None):
     """Bytes of one gradient element as the data-parallel reduction moves it (4 in fp32, else 2)."""
     return np.where(grads_fp32(accounting, dtype_code, grad_dtype), 4.0, 2.0)
