@@ -17,8 +17,9 @@ mean / max / bias of the relative error (prediction / published − 1), for thro
 per GPU, or hardware TFLOP/s per GPU where that is what is published) and for peak memory where
 published (memory does not depend on the fitted number).
 
-Knobs a source leaves unstated (micro-batch, virtual stages, recompute for NeMo rows, the gradient dtype where the
-header's `unstated` names it; a row's `grad_dtype` column, else its header's, states it) are searched:
+Knobs a source leaves unstated (micro-batch, virtual stages, recompute for NeMo rows, the gradient dtype and the loss
+kernel where the header's `unstated` names them; a row's `grad_dtype` / `cross_entropy` column, else its header's,
+states them) are searched:
 every candidate that fits in memory is priced and the fastest is taken, as the authors tuned for
 throughput; the chosen values are reported with each row.
 
@@ -54,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from parsim.accuracy import GPU_TYPE_DEVICES, precision_class  # one table of GPU types, one class rule
-from parsim.costs.memory import grad_dtype_name
+from parsim.costs.memory import DEFAULT_CROSS_ENTROPY, grad_dtype_name
 from parsim.errors import ParsimError
 from parsim.hardware import get_device
 from parsim.model import load_model, preset_names
@@ -109,6 +110,8 @@ class CorpusRow:
     # the dtypes the gradients may have been reduced in (parsim.costs.memory.GRAD_DTYPES; None: the framework's
     # default): the file header's `grad_dtype` when its source states it, both when `unstated` names it (searched)
     grad_dtypes: tuple = (None,)
+    # the loss kernels the run may have used (parsim.costs.memory.CROSS_ENTROPY_IMPLS; None: native), the same way
+    cross_entropies: tuple = (None,)
 
     @property
     def reason(self) -> str:
@@ -240,6 +243,20 @@ def _grad_dtypes(header: dict, row: dict) -> tuple:
     return ("fp32", "16bit") if "grad dtype" in header.get("unstated", "") else (None,)
 
 
+def _cross_entropies(header: dict, row: dict) -> tuple:
+    """The loss kernels a row's run may have used: the row's ``cross_entropy`` column, else its file header's
+    ``cross_entropy`` (a value of parsim.costs.memory.CROSS_ENTROPY_IMPLS, its source after a space), both when the
+    header's ``unstated`` line names "cross entropy" (searched), else the framework's own (None). ParsimError for a
+    value outside CROSS_ENTROPY_IMPLS."""
+    from parsim.costs.memory import CROSS_ENTROPY_IMPLS
+    stated = (row.get("cross_entropy") or header.get("cross_entropy", "")).split(" ", 1)[0].rstrip(";,")
+    if stated:
+        if stated not in CROSS_ENTROPY_IMPLS:
+            raise ParsimError(f"corpus cross_entropy {stated!r}: expected one of {', '.join(CROSS_ENTROPY_IMPLS)}")
+        return (stated,)
+    return CROSS_ENTROPY_IMPLS if "cross entropy" in header.get("unstated", "") else (None,)
+
+
 def load_file(path) -> list[CorpusRow]:
     path = Path(path)
     header, raw = read_csv_with_header(path)
@@ -256,7 +273,7 @@ def load_file(path) -> list[CorpusRow]:
                                                           "schedule", "recompute")},
                         techniques=r.get("techniques", "") or "",
                         accounting="fsdp2" if is_torchtitan(path.stem) else "megatron",
-                        grad_dtypes=_grad_dtypes(header, r))
+                        grad_dtypes=_grad_dtypes(header, r), cross_entropies=_cross_entropies(header, r))
         row.reasons = _reasons(r, gpu_type)
         if not row.reason:
             if row.global_batch is None:
@@ -322,8 +339,8 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
     """Best predicted throughput over the row's candidate plans that fit in memory.
 
     `fraction`: the sustained fraction of the row's precision class (None: the shipped profile).
-    Returns {"value": predicted `row.metric`, "memory_GiB", "plan", "grad_dtype" (of the chosen candidate: None for
-    the framework's default), "fits_verdict", "any_fits_verdict"}; value is
+    Returns {"value": predicted `row.metric`, "memory_GiB", "plan", "grad_dtype", "cross_entropy" (of the chosen
+    candidate: None for the framework's default), "fits_verdict", "any_fits_verdict"}; value is
     nan when no candidate fits the capacity; fits_verdict: parsim's own fits verdict (capacity less its headroom) on
     the chosen plan, any_fits_verdict: on at least one candidate. Closed-form pipeline pricing
     (parsim.predict.price), as parsim.validation."""
@@ -332,9 +349,10 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
     cl = get_cluster(row.cluster, row.gpus)
     dev = _device(row.gpu_type, fraction, precision_class(row.precision))
     cols = plan_columns(row.plans, model)
-    vals, mems, rooms, plans, gds = [], [], [], [], []
-    for gd in row.grad_dtypes:      # an unstated gradient dtype: every candidate priced with each
-        r = price(model, cl, cols, device=dev, accounting=row.accounting, grad_dtype=gd)
+    vals, mems, rooms, plans, gds, ces = [], [], [], [], [], []
+    # an unstated gradient dtype or loss kernel: every candidate priced with each
+    for gd, ce in ((gd, ce) for gd in row.grad_dtypes for ce in row.cross_entropies):
+        r = price(model, cl, cols, device=dev, accounting=row.accounting, grad_dtype=gd, cross_entropy=ce)
         step = np.asarray(r["step_time_s"], dtype=float)
         if row.metric == "hardware_tflops_per_gpu":
             vals.append(r["hardware_flops"] / step / row.gpus / 1e12)
@@ -346,6 +364,7 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
         rooms.append(np.broadcast_to(np.asarray(r["memory_headroom_bytes"], dtype=float), step.shape))
         plans += row.plans
         gds += [gd] * len(row.plans)
+        ces += [ce] * len(row.plans)
     val, mem, room = np.concatenate(vals), np.concatenate(mems), np.concatenate(rooms)
     # The run was published, so it fitted: candidates are judged against the device's whole capacity. parsim's own
     # verdict (`plan`, `predict`) also keeps a headroom (CUDA context, NCCL, fragmentation); whether it would have
@@ -356,10 +375,15 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
     if not ok.any():
         i = int(np.argmin(mem))
         return {"value": float("nan"), "memory_GiB": float(mem[i] / GiB), "plan": plans[i], "grad_dtype": gds[i],
-                "fits_verdict": bool(verdict[i]), "any_fits_verdict": bool(verdict.any())}
-    i = int(np.argmax(np.where(ok, val, -np.inf)))
+                "cross_entropy": ces[i], "fits_verdict": bool(verdict[i]), "any_fits_verdict": bool(verdict.any())}
+    # the fastest that fits; throughputs within search's tie width (TIE_REL, 0.01%) go to the one using less memory,
+    # as `plan` ranks them (an unstated knob that does not change the time - a gradient dtype whose reduction is
+    # hidden - was picked first in candidate order, fp32, the costlier in memory)
+    from parsim.search import _step_key
+    key = np.where(ok, _step_key(1.0 / np.where(val > 0, val, np.nan)), np.inf)
+    i = int(np.lexsort((mem, key))[0])
     return {"value": float(val[i]), "memory_GiB": float(mem[i] / GiB), "plan": plans[i], "grad_dtype": gds[i],
-            "fits_verdict": bool(verdict[i]), "any_fits_verdict": bool(verdict.any())}
+            "cross_entropy": ces[i], "fits_verdict": bool(verdict[i]), "any_fits_verdict": bool(verdict.any())}
 
 
 @functools.lru_cache(maxsize=None)
@@ -467,6 +491,7 @@ def leave_one_table_out(progress=None) -> list[dict]:
                 "predicted_reserved_GiB": round(reserved, 1), "reserved_rel_error": None if re_ is None else round(re_, 4),
                 "plan": pl.label(), "micro_batch": pl.micro_batch, "vpp": pl.vpp, "recompute": pl.recompute,
                 "grad_dtype": grad_dtype_name(r.accounting, DTYPES.index(r.precision), p["grad_dtype"]),
+                "cross_entropy": p["cross_entropy"] or DEFAULT_CROSS_ENTROPY,
                 "fits_verdict": p["fits_verdict"], "any_fits_verdict": p["any_fits_verdict"],
                 "regime": {k: (getattr(pl, k) if k != "seq_len" else pl.seq_len or load_model(r.model).seq_len)
                            for k in REGIME_KEYS}})
@@ -507,13 +532,37 @@ def precision_gap_words(a: str = "fp8", b: str = "mxfp8") -> str:
             f"{100 * min(gaps):+.1f}% to {100 * max(gaps):+.1f}%")
 
 
+def _alike(rows: list) -> list[list]:
+    """Rows of one stated plan split into groups parsim can price alike: a gradient dtype and a loss kernel common to
+    every row's candidates. Rows stating both come first, grouped by what they state; a row that leaves one unstated
+    searches every value, so it joins the group it can be priced alike with whose floor it raises least (parsim's
+    best case: the floor is what no prediction can beat), or starts its own."""
+    def common(part, k):
+        return set.intersection(*(set(getattr(q, k)) for q in part))
+
+    def floor(part):
+        ys = [q.published for q in part]
+        return (max(ys) - min(ys)) / (max(ys) + min(ys))
+
+    parts: list[list] = []
+    for r in sorted(rows, key=lambda q: len(q.grad_dtypes) * len(q.cross_entropies)):
+        fits = [p for p in parts if all(set(getattr(r, k)) & common(p, k) for k in ("grad_dtypes", "cross_entropies"))]
+        if fits:
+            min(fits, key=lambda p: floor(p + [r])).append(r)
+        else:
+            parts.append([r])
+    order = {id(q): i for i, q in enumerate(rows)}
+    return [sorted(p, key=lambda q: order[id(q)]) for p in parts]      # each group in the corpus's order
+
+
 def repeat_floor() -> list[dict]:
     """Rows that are the same input to parsim but were published with different values (a later software release
     measured the same stated plan again), and the error no prediction from the stated plan can beat on them.
 
     Two expressible rows are the same input when they share GPU type, model, cluster, GPU count, memory
     accounting, metric and the exact set of candidate plans (every stated knob, and the same unstated ones
-    searched): parsim then predicts one value P for both. For published values y_min <= ... <= y_max, the P that
+    searched), and a gradient dtype and loss kernel they can both be priced with (`_alike`: one row's unstated one is
+    searched over the other's stated one): parsim then predicts one value P for both, priced alike. For published values y_min <= ... <= y_max, the P that
     minimises the largest |P / y - 1| is P* = 2·y_min·y_max / (y_min + y_max), and that error is
     floor = (y_max - y_min) / (y_max + y_min): at least one of the rows is predicted at least that far off by any
     model that reads only what was published. Returns one dict per group of two or more rows, largest floor first:
@@ -523,10 +572,10 @@ def repeat_floor() -> list[dict]:
     for r in load_corpus():
         if r.reason:
             continue
-        key = (r.gpu_type, r.model, r.cluster, r.gpus, r.accounting, r.metric, tuple(r.plans), r.grad_dtypes)
+        key = (r.gpu_type, r.model, r.cluster, r.gpus, r.accounting, r.metric, tuple(r.plans))
         groups.setdefault(key, []).append(r)
     out = []
-    for rows in groups.values():
+    for rows in (part for g in groups.values() for part in _alike(g)):
         if len(rows) < 2:
             continue
         ys = [r.published for r in rows]

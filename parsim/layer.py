@@ -503,16 +503,21 @@ def embedding_ops(model, b, s, t, dtype_code, cp=1) -> list[Op]:
                comm=(("tp", "allreduce_fwd", T * h * e),))]
 
 
-def head_ops(model, b, s, t, dtype_code, cp=1) -> list[Op]:
-    """Final norm, logits GEMM [T,h]x[h,V/t] and fp32 cross-entropy (read logits, exp-sum, write probs).
-    Saved: the fp32 logits and their gradient (4 bytes each per vocabulary entry)."""
+def head_ops(model, b, s, t, dtype_code, cp=1, cross_entropy: str = "native") -> list[Op]:
+    """Final norm, logits GEMM [T,h]x[h,V/t] and the cross-entropy (T = b·s/cp tokens on this rank).
+    cross_entropy (parsim.costs.memory.CROSS_ENTROPY_IMPLS): "native", an fp32 loss (read logits, exp-sum, write
+    probs: 3 fp32 passes forward, 2 backward; saved: the fp32 logits and their gradient); "te", Transformer Engine's
+    fused kernel on the e-byte logits (online softmax + loss pass forward: 3 e-byte passes; the in-place gradient
+    scaled in backward: 2; saved: the logits, overwritten by their gradient)."""
     T, t = _arr(b) * _arr(s) / _arr(cp), _arr(t)
     e = DTYPE_BYTES[np.asarray(dtype_code)]
     h, V = model.hidden, model.vocab
+    B = e if cross_entropy == "te" else 4.0
     return [
         Op("final_norm", "mem", bytes=4 * e * T * h, bwd_bytes=0.0),
         Op("logits", "gemm", m=T, k=h, n=V / t, wgrad=True),
-        Op("cross_entropy", "mem", bytes=4.0 * T * V / t * 3, bwd_bytes=4.0 * T * V / t * 2, saved=4.0 * T * V / t * 2),
+        Op("cross_entropy", "mem", bytes=B * T * V / t * 3, bwd_bytes=B * T * V / t * 2,
+           saved=B * T * V / t * (1 if cross_entropy == "te" else 2)),
     ]
 
 

@@ -69,6 +69,7 @@ class StepReport:
     notes: list = field(default_factory=list)
     memory_accounting: str = ""          # bytes per parameter by framework (parsim.costs.memory.ACCOUNTING)
     grad_dtype: str = ""                 # gradients accumulated and reduced in (parsim.costs.memory.GRAD_DTYPES)
+    cross_entropy: str = ""              # the loss kernel (parsim.costs.memory.CROSS_ENTROPY_IMPLS)
     memory_capacity_GiB: float = 0.0     # what the device reports
     memory_headroom_GiB: float = 0.0     # reserved: CUDA context, NCCL buffers, fragmentation
     memory_worst_rank: int = 0           # pipeline rank whose memory is reported
@@ -470,7 +471,8 @@ def _fp8_memory_words(accounting: str, dtype: str = "fp8") -> str:
 
 
 def price_chunks(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
-                 headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS, grad_dtype: str | None = None):
+                 headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS, grad_dtype: str | None = None,
+                 cross_entropy: str | None = None):
     """Price a table of plans `chunk_rows` rows at a time: yields (start, stop, result) per chunk, the
     result as `price` returns it for rows [start, stop). Memory is bounded by the chunk, not the
     table (a caller keeps what it needs of each chunk, e.g. the plans that fit). Every row is priced
@@ -481,12 +483,13 @@ def price_chunks(model, cluster, cols: dict, device=None, accounting: str = M.DE
     chunk_rows = int(chunk_rows)
     M.check_accounting(accounting)
     M.check_grad_dtype(grad_dtype)
+    M.check_cross_entropy(cross_entropy, accounting)
     dev = device or cluster.device
     n = table_rows(cols) if cols else 0
     for start in range(0, max(n, 1), chunk_rows):
         stop = min(n, start + chunk_rows)
         yield start, stop, _price_rows(model, cluster, _chunk(cols, start, stop), dev, accounting, headroom_bytes,
-                                       grad_dtype)
+                                       grad_dtype, cross_entropy)
 
 
 def concat_priced(parts: list, lengths: list) -> dict:
@@ -509,7 +512,8 @@ def take_priced(r: dict, idx, rows: int) -> dict:
 
 
 def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_ACCOUNTING,
-          headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS, grad_dtype: str | None = None) -> dict:
+          headroom_bytes: float | None = None, chunk_rows: int = PRICE_CHUNK_ROWS, grad_dtype: str | None = None,
+          cross_entropy: str | None = None) -> dict:
     """Price a table of plans. Returns arrays: step_time_s, breakdown (BREAKDOWN_KEYS), memory (5 keys, bytes, of
     the worst pipeline rank), memory_bytes, fits (memory + headroom <= the device's reported capacity),
     flops.
@@ -518,7 +522,8 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     framework whose bytes per parameter are used (parsim.costs.memory.ACCOUNTING: megatron, deepspeed,
     fsdp2); `grad_dtype` the dtype gradients are accumulated and reduced in (parsim.costs.memory.GRAD_DTYPES:
     fp32 or 16bit; None: the framework's default, DEFAULT_GRAD_DTYPE): it sets the gradient bytes per parameter
-    and the bytes the data-parallel reduction moves. `headroom_bytes` is reserved per device for the CUDA context, NCCL buffers and
+    and the bytes the data-parallel reduction moves; `cross_entropy` the loss kernel (parsim.costs.memory.CROSS_ENTROPY_IMPLS:
+    native or te; None: native): the logits' bytes kept and moved. `headroom_bytes` is reserved per device for the CUDA context, NCCL buffers and
     fragmentation (None: parsim.costs.memory.default_headroom_bytes). Plans are assumed valid
     (parsim.rules). The table is priced `chunk_rows` rows at a time (`price_chunks`); the results
     are the same for any chunk size. For tables too big to keep every result of, consume
@@ -526,7 +531,7 @@ def price(model, cluster, cols: dict, device=None, accounting: str = M.DEFAULT_A
     n = table_rows(cols) if cols else 0
     out = None
     for start, stop, r in price_chunks(model, cluster, cols, device, accounting, headroom_bytes, chunk_rows,
-                                          grad_dtype):
+                                          grad_dtype, cross_entropy):
         if stop - start == n:                  # one chunk: its result as it is
             return r
         out = _fill(out, r, start, stop, n)    # into table-sized arrays as each chunk comes (no parts kept)
@@ -568,7 +573,7 @@ def _filled(acc):
 
 
 def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes: float | None,
-                grad_dtype: str | None = None) -> dict:
+                grad_dtype: str | None = None, cross_entropy: str | None = None) -> dict:
     """`price` of one chunk of rows (columns in price's dtypes, see `_chunk`)."""
     G = _groups(cluster)
     dp, tp, pp, vpp = (np.asarray(cols[k], dtype=np.int64) for k in ("dp", "tp", "pp", "vpp"))
@@ -602,7 +607,7 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
                            *((cp,) if has_cp else ()), radix=(2, 2, 2, 8, 8))
     epf, cpf = ep[first], cp[first]
     lt_u = C.layer_times(model, dev, mb[first], seq[first], t[first], sp[first], flash[first], dt[first], epf, cpf,
-                         rc[first], eager[first])
+                         rc[first], eager[first], cross_entropy or M.DEFAULT_CROSS_ENTROPY)
     lt = C.LayerTimes(*(np.asarray(getattr(lt_u, f))[inv] for f in C.LayerTimes.__dataclass_fields__))
     # Single-threaded CPU ranks beyond the host's cores share them: compute stretches by
     # ranks-on-the-host / cores (the device profile's `cores`, measured by calibration).
@@ -837,11 +842,12 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
 
     # Memory of every rank kind; the worst one is reported. In-flight activations per rank are the
     # schedule's own peaks (parsim.costs.memory.inflight_chunks) in units of one stage of that rank
-    # (its layers / vpp); the last stage keeps the fp32 logits of its in-flight micro-batches plus
+    # (its layers / vpp); the last stage keeps the loss's logits of its in-flight micro-batches (fp32, or 16-bit
+    # with Transformer Engine's fused loss: parsim.costs.memory.loss_logit_bytes) plus
     # what its framework's loss backward adds (parsim.costs.memory.loss_backward_logits), and per in-flight
     # micro-batch what the final norm and the output layer keep of their inputs (parsim.costs.memory.head_saved_bytes).
-    logits = 4.0 * mb * seq / cp * model.vocab / t            # fp32 logits of one micro-batch
-    extra_logits = M.loss_backward_logits(accounting, t)
+    logits = M.loss_logit_bytes(e, cross_entropy) * mb * seq / cp * model.vocab / t   # the loss's logits, 1 micro-batch
+    extra_logits = M.loss_backward_logits(accounting, t, cross_entropy)
     head_saved = M.head_saved_bytes(accounting, e, mb * seq / cp, h, t, sp)
     logits_held = logits * (pipe["logits_inflight"] + extra_logits) + pipe["logits_inflight"] * head_saved
     acts = {"first": pipe["held_first"] * a_layer + a_work + np.where(head_first, logits_held, 0.0),
@@ -982,13 +988,34 @@ def simulated_makespan(r: dict, cols: dict, i: int):
     return simulate_priced(r, i, name, pp, vpp, m).makespan_s
 
 
-def _mxfp8_gap_note(model, cluster, plan: Plan, step_s: float, accounting, headroom_bytes, grad_dtype) -> str:
+def _loss_note(model, plan: Plan, seq: int, accounting: str, cross_entropy: str | None) -> str:
+    """What the loss keeps on the last stage per in-flight micro-batch (parsim.costs.memory.loss_logit_bytes), and, for
+    Megatron's native loss, what Transformer Engine's fused one (--cross-entropy te) would keep instead."""
+    e = float(C.DTYPE_BYTES[DTYPES.index(plan.dtype)])
+    entries = plan.micro_batch * seq / plan.cp * model.vocab / plan.tp
+    def held(ce):
+        B = float(M.loss_logit_bytes(e, ce))
+        return B * entries * (1 + float(M.loss_backward_logits(accounting, plan.tp, ce))) / GiB
+    ce = cross_entropy or M.DEFAULT_CROSS_ENTROPY
+    # "loss:" notes are printed with the table; below 1 GiB the loss is no memory question ("loss detail:", JSON only)
+    words = (f"loss{':' if held(ce) >= 1.0 else ' detail:'} "
+             f"{'Transformer Engine fused' if ce == 'te' else 'native fp32'} cross entropy, "
+             f"{held(ce):.2f} GiB of logits per micro-batch at its backward on the last stage "
+             f"({plan.micro_batch}x{seq // plan.cp} tokens x {model.vocab:,}/{plan.tp} vocabulary)")
+    if ce == "native" and accounting == "megatron":
+        words += (f"; Transformer Engine's fused loss (--cross-entropy te, the Megatron-Bridge performance recipes') "
+                  f"keeps {held('te'):.2f} GiB")
+    return words
+
+
+def _mxfp8_gap_note(model, cluster, plan: Plan, step_s: float, accounting, headroom_bytes, grad_dtype,
+                    cross_entropy=None) -> str:
     """How much slower parsim prices this MXFP8 plan than the same plan in per-tensor FP8, beside the gaps published for
     pairs of such runs (parsim.corpus.precision_pairs): MXFP8's casts, scales and weight re-quantisation are priced
     (parsim.layer), the rest of the published gap is not (trial 2026-11-30: no answer said so)."""
     from parsim.corpus import precision_gap_words
     fp8 = price(model, cluster, plan_columns([plan.with_(dtype="fp8")], model), accounting=accounting,
-                headroom_bytes=headroom_bytes, grad_dtype=grad_dtype)
+                headroom_bytes=headroom_bytes, grad_dtype=grad_dtype, cross_entropy=cross_entropy)
     closed = _scalar(fp8["step_time_s"])
     mine = closed / step_s - 1 if step_s > 0 else 0.0     # mxfp8's throughput relative to fp8's (both closed forms)
     published = precision_gap_words("fp8", "mxfp8")
@@ -999,7 +1026,8 @@ def _mxfp8_gap_note(model, cluster, plan: Plan, step_s: float, accounting, headr
 
 
 def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str = M.DEFAULT_ACCOUNTING,
-            headroom_bytes: float | None = None, grad_dtype: str | None = None) -> StepReport:
+            headroom_bytes: float | None = None, grad_dtype: str | None = None,
+            cross_entropy: str | None = None) -> StepReport:
     """Price one plan: the step time, its breakdown and the memory per device.
 
     model: a ModelSpec, a preset name (``parsim.model.preset_names()``) or a model file;
@@ -1007,7 +1035,8 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
     plan: a Plan (dp·tp·pp devices); accounting: bytes per parameter by framework (megatron,
     deepspeed, fsdp2; parsim.costs.memory); headroom_bytes: reserved per device (None: the sourced
     default); grad_dtype: fp32 or 16bit, the dtype gradients are accumulated and reduced in (None: the
-    framework's default, parsim.costs.memory.DEFAULT_GRAD_DTYPE). Returns a StepReport: seconds (``step_time_s``, ``breakdown_s`` — compute, recompute,
+    framework's default, parsim.costs.memory.DEFAULT_GRAD_DTYPE); cross_entropy: the loss kernel, native or te
+    (Transformer Engine's fused cross entropy, Megatron only; None: native). Returns a StepReport: seconds (``step_time_s``, ``breakdown_s`` — compute, recompute,
     tp_comm, pp_comm, bubble, dp_comm_exposed, optimizer — on the bottleneck stage), rates (tokens/s,
     samples/s, model/hardware TFLOP/s per GPU, MFU, HFU) and GiB (``memory_GiB``,
     ``memory_breakdown_GiB`` on the worst pipeline rank; ``fits`` against the device's capacity less
@@ -1024,6 +1053,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
     model = load_model(model)
     M.check_accounting(accounting)
     M.check_grad_dtype(grad_dtype, plan.dtype)
+    M.check_cross_entropy(cross_entropy, accounting)
     if headroom_bytes is not None and not (np.isfinite(headroom_bytes) and headroom_bytes >= 0):
         raise ParsimError(f"memory headroom = {headroom_bytes!r} bytes: expected a finite size >= 0")
     check_plan(plan, model, gpus or plan.gpus)
@@ -1035,7 +1065,8 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
         raise ParsimError(f"plan needs {plan.gpus} devices but cluster {cluster.name} has {cluster.num_devices}")
     M.check_headroom_below_capacity(headroom_bytes, cluster.device)
     cols = plan_columns([plan], model)
-    r = price(model, cluster, cols, accounting=accounting, headroom_bytes=headroom_bytes, grad_dtype=grad_dtype)
+    r = price(model, cluster, cols, accounting=accounting, headroom_bytes=headroom_bytes, grad_dtype=grad_dtype,
+              cross_entropy=cross_entropy)
     step = _scalar(r["step_time_s"])
     breakdown = {k: _scalar(v) for k, v in r["breakdown"].items()}
     # The pipeline part is played by the simulator; the closed form is kept where exact (pp = 1).
@@ -1070,6 +1101,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
                      f"like the optimizer: {accounting}'s {sum(per_param) + copy_B:g} "
                      f"B/param at the step); it lives when the activations are freed, so the optimizer row includes what it "
                      f"exceeds them by")
+    notes.append(_loss_note(model, plan, seq, accounting, cross_entropy))
     unhidden = [w for w, on in (("TP (--tp-overlap)", plan.tp > 1 and plan.sequence_parallel and not plan.tp_overlap
                                   and not plan.async_tp),
                                  ("PP (--pp-overlap)", plan.schedule == "interleaved" and not plan.pp_overlap)) if on]
@@ -1097,7 +1129,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
                      f"{mf / step / gpus_ / 1e12:.1f} TFLOP/s per GPU")
     if plan.dtype == "mxfp8" and cluster.device.peak_flops.get("fp8", 0.0):
         notes.append(_mxfp8_gap_note(model, cluster, plan, _scalar(r["step_time_s"]), accounting, headroom_bytes,
-                                     grad_dtype))
+                                     grad_dtype, cross_entropy))
     if plan.ep > 1:
         notes.append("expert parallel: balanced routing assumed (every expert gets tokens·top_k/experts)")
     if sim is not None:
@@ -1115,6 +1147,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
         breakdown_s=breakdown,
         plan={**plan.to_dict(), "seq_len": seq}, model=model.name, cluster=cluster.name, device=cluster.device.name,
         gpus=gpus_, notes=notes, memory_accounting=accounting, grad_dtype="fp32" if g32 else "16bit",
+        cross_entropy=cross_entropy or M.DEFAULT_CROSS_ENTROPY,
         memory_capacity_GiB=cap / GiB,
         memory_headroom_GiB=room / GiB, memory_worst_rank=worst,
         seq_len=seq, params_total=model.params, params_active=model.active_params, model_summary=model.summary(),

@@ -42,7 +42,8 @@ def step_report_text(rep) -> str:
     acc = getattr(rep, "memory_accounting", "")
     title = (f"memory per device, worst pipeline rank ({getattr(rep, 'memory_worst_rank', 0)})"
              + (f", {acc} accounting" if acc else "")
-             + (f", {'fp32' if rep.grad_dtype == 'fp32' else '16-bit'} gradients" if getattr(rep, "grad_dtype", "") else ""))
+             + (f", {'fp32' if rep.grad_dtype == 'fp32' else '16-bit'} gradients" if getattr(rep, "grad_dtype", "") else "")
+             + (", Transformer Engine fused loss" if getattr(rep, "cross_entropy", "") == "te" else ""))
     cap = getattr(rep, "memory_capacity_GiB", 0.0)
     caption = (f"capacity {cap:.2f} GiB as the device reports it, less {rep.memory_headroom_GiB:.2f} GiB headroom "
                f"(CUDA context, NCCL buffers, fragmentation) = {cap - rep.memory_headroom_GiB:.2f} GiB usable"
@@ -52,7 +53,7 @@ def step_report_text(rep) -> str:
             f"model TFLOP/s/GPU {_tflops(rep.model_tflops_per_gpu)} (MFU {100 * rep.mfu:.1f}%)   "
             f"hardware TFLOP/s/GPU {_tflops(rep.hardware_tflops_per_gpu)} (HFU {100 * rep.hfu:.1f}%)",
             "fits: yes" if rep.fits else f"fits: NO — {rep.fits_reason}"]
-    tail += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel", "gradients:", "overlap:")
+    tail += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel", "gradients:", "loss:", "overlap:")
                                                                + FP8_DTYPES)]
     out += [wrap(line, width).rstrip("\n") for line in tail]
     return "\n".join(out) + "\n"
@@ -110,6 +111,7 @@ def plans_text(res, top: int, wide: bool = False) -> str:
     rej = "; ".join(f"{k}: {v:,}" for k, v in res.rejected.items()) or "none"
     if a.get("memory_accounting"):
         grads = {"fp32": ", fp32 gradients", "16bit": ", 16-bit gradients"}.get(a.get("grad_dtype"), "")
+        grads += ", Transformer Engine fused loss" if a.get("cross_entropy") == "te" else ""
         title += (f"; memory: {a['memory_accounting']} accounting{grads}, {a['memory_headroom_GiB']:.2f} GiB headroom of "
                   f"{a['memory_capacity_GiB']:.2f} GiB")
     caption = (f"{res.candidates:,} candidates generated, {res.priced:,} valid and priced in {res.seconds:.2f} s; "

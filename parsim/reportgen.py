@@ -34,7 +34,8 @@ PHASE_COLOURS = {"compute": "#4C72B0", "recompute": "#8172B3", "tp_comm": "#DD84
 # -- inputs -----------------------------------------------------------------------------
 
 def load_inputs(paths) -> tuple[list[dict], list[dict]]:
-    """(study records, what-if plans) from result stores and predict/plan JSON outputs."""
+    """(study records, what-if plans) from result stores, predict/plan JSON outputs and run results (run --out: the
+    measured report)."""
     from parsim import results as R
     records, plans = [], []
     for p in map(Path, paths):
@@ -54,12 +55,15 @@ def load_inputs(paths) -> tuple[list[dict], list[dict]]:
         d = parse_json(text, f"report input {p} (results.jsonl, or predict/plan --format json)")
         if isinstance(d, dict) and "step_time_s" in d and "breakdown_s" in d:
             new = [{"name": p.stem, "report": d}]
+        elif isinstance(d, dict) and isinstance(d.get("measured"), dict) and "breakdown_s" in d["measured"]:
+            # a `parsim run --out` result: its measured StepReport (the prediction beside it is `run`'s own comparison)
+            new = [{"name": f"{p.stem} (measured)", "report": d["measured"]}]
         elif isinstance(d, dict) and "plans" in d:
             new = [{"name": f"{p.stem} #{i + 1}", "report": _plan_row_as_report(row, d.get("attrs", {}))}
                    for i, row in enumerate(d["plans"][:5])]
         else:
-            raise ParsimError(f"report input {p}: expected a StepReport (predict --format json) or a plan list "
-                              "(plan --format json)")
+            raise ParsimError(f"report input {p}: expected a StepReport (predict --format json), a plan list "
+                              "(plan --format json) or a run result (run --out)")
         for q in new:
             st = q["report"].get("step_time_s")
             if isinstance(st, bool) or not isinstance(st, (int, float)) or not (math.isfinite(st) and st > 0):
@@ -82,7 +86,7 @@ def _plan_row_as_report(row, attrs):
             "model": attrs.get("model", ""), "cluster": attrs.get("cluster", ""), "gpus": attrs.get("gpus"),
             "fits": True,          # plan lists hold only plans that fit
             "memory_accounting": attrs.get("memory_accounting"), "grad_dtype": attrs.get("grad_dtype"),
-            "accuracy": attrs.get("accuracy")}
+            "cross_entropy": attrs.get("cross_entropy"), "accuracy": attrs.get("accuracy")}
 
 
 def workload(report: dict) -> tuple:
@@ -101,10 +105,10 @@ CORE_KNOBS = ("dp", "tp", "pp", "vpp", "micro_batch", "schedule", "zero", "recom
 
 
 def _knobs(report: dict) -> dict:
-    """Every setting of a what-if input that changes its price: the plan's knobs, its dtype, gradient dtype and memory
-    accounting."""
+    """Every setting of a what-if input that changes its price: the plan's knobs, its dtype, gradient dtype, loss kernel
+    and memory accounting."""
     return {**(report.get("plan") or {}), "memory_accounting": report.get("memory_accounting"),
-            "grad_dtype": report.get("grad_dtype")}
+            "grad_dtype": report.get("grad_dtype"), "cross_entropy": report.get("cross_entropy")}
 
 
 def _plan_cells(plans: list[dict]) -> list[str]:
@@ -115,7 +119,8 @@ def _plan_cells(plans: list[dict]) -> list[str]:
     other = sorted({k for kn in knobs for k in kn if k not in CORE_KNOBS and k != "global_batch"
                     and len({str(x.get(k)) for x in knobs}) > 1})
     return [f"{p['report'].get('model', '')}: " + " ".join(f"{k}={kn[k]}" for k in CORE_KNOBS if k in kn)
-            + "".join(f" {k}={kn.get(k)}" for k in other) + f" on {p['report'].get('cluster', '')}"
+            + "".join(f" {k}={kn.get(k)}" for k in other if kn.get(k) not in (None, ""))   # a measured run has none
+            + f" on {p['report'].get('cluster', '')}"
             for p, kn in zip(plans, knobs)]
 
 

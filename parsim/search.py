@@ -18,7 +18,8 @@ import numpy as np
 
 from parsim.errors import ParsimError
 from parsim.plan import DTYPES, FP8_DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, divisors
-from parsim.costs.memory import DEFAULT_ACCOUNTING, check_accounting, check_grad_dtype, grad_dtype_name
+from parsim.costs.memory import (DEFAULT_ACCOUNTING, DEFAULT_CROSS_ENTROPY, check_accounting, check_cross_entropy,
+                                 check_grad_dtype, grad_dtype_name)
 from parsim.predict import (BREAKDOWN_KEYS, GiB, MEMORY_KEYS, PRICE_CHUNK_ROWS, concat_priced, get_cluster,
                             price_chunks, simulated_makespan, take_priced)
 from parsim.rules import reject
@@ -114,11 +115,12 @@ def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node:
 def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_batch: int | None = None,
            seq_len: int | None = None, dtype: str | None = None, top: int | None = None, result: bool = False,
            resimulate: int = 8, accounting: str = DEFAULT_ACCOUNTING, headroom_bytes: float | None = None,
-           chunk_rows: int = PRICE_CHUNK_ROWS, comm_overlap: bool = False, grad_dtype: str | None = None):
+           chunk_rows: int = PRICE_CHUNK_ROWS, comm_overlap: bool = False, grad_dtype: str | None = None,
+           cross_entropy: str | None = None):
     """Rank every valid plan; returns a pandas DataFrame (best first), or a SearchResult with counts.
 
     Valid: parsim.rules (the rule book predict, simulate and run use). Fits: memory of the worst
-    pipeline rank + headroom <= the device's reported capacity (`accounting`, `headroom_bytes`, `grad_dtype` as in
+    pipeline rank + headroom <= the device's reported capacity (`accounting`, `headroom_bytes`, `grad_dtype`, `cross_entropy` as in
     parsim.predict.predict). Ties in step time (within 0.01%) go to the plan using less memory.
 
     All plans are priced with the closed-form pipeline; the best `resimulate` are re-priced with the
@@ -152,6 +154,7 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
         raise ParsimError(fp8_device_message(cl.device, dtype))
     check_accounting(accounting)
     check_grad_dtype(grad_dtype, dtype)
+    check_cross_entropy(cross_entropy, accounting)
     if headroom_bytes is not None and not (np.isfinite(headroom_bytes) and headroom_bytes >= 0):
         raise ParsimError(f"memory headroom = {headroom_bytes!r} bytes: expected a finite size >= 0")
     from parsim.costs.memory import check_headroom_below_capacity
@@ -170,7 +173,8 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
             why = f" (e.g. dp {gpus}: {e})"
         raise ParsimError(f"no valid plan for {model.name} on {gpus} devices with global batch {gb}: "
                           + "; ".join(f"{k}: {v}" for k, v in rejected.items()) + why)
-    r, cols, n_fit = _price_fitting(model, cl, cols, accounting, headroom_bytes, chunk_rows, grad_dtype)
+    r, cols, n_fit = _price_fitting(model, cl, cols, accounting, headroom_bytes, chunk_rows, grad_dtype,
+                                  cross_entropy)
     cap, room = cl.device.memory_bytes, float(np.asarray(r["memory_headroom_bytes"]).ravel()[0])
     if n_fit < n:
         rejected[f"does not fit in {cap / GiB:.2f} GiB ({cl.device.name}) less {room / GiB:.2f} GiB headroom"] = n - n_fit
@@ -207,6 +211,7 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     attrs = dict(model=model.name, cluster=cl.name, device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq,
                  dtype=dtype, memory_accounting=accounting,
                  grad_dtype=grad_dtype_name(accounting, DTYPES.index(dtype), grad_dtype),
+                 cross_entropy=cross_entropy or DEFAULT_CROSS_ENTROPY,
                  memory_capacity_GiB=cap / GiB, memory_headroom_GiB=room / GiB,
                  params_total=model.params, params_active=model.active_params, model_summary=model.summary(),
                  moe=model.experts > 0, comm_overlap=bool(comm_overlap))
@@ -221,7 +226,7 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     return res if result else res.table
 
 
-def _price_fitting(model, cl, cols, accounting, headroom_bytes, chunk_rows, grad_dtype=None):
+def _price_fitting(model, cl, cols, accounting, headroom_bytes, chunk_rows, grad_dtype=None, cross_entropy=None):
     """(priced results of the fitting plans, their columns, how many) from the candidate table, priced
     chunk by chunk: the rows that do not fit are dropped as each chunk is priced. Rows keep their
     order (the ranking's last tie-break)."""
@@ -229,7 +234,8 @@ def _price_fitting(model, cl, cols, accounting, headroom_bytes, chunk_rows, grad
     least = np.inf           # the smallest memory of any candidate: what "nothing fits" reports
     least_states = np.inf    # the smallest model states (weights, gradients, optimizer) of any candidate
     for start, stop, r in price_chunks(model, cl, cols, accounting=accounting, headroom_bytes=headroom_bytes,
-                                       chunk_rows=chunk_rows, grad_dtype=grad_dtype):
+                                       chunk_rows=chunk_rows, grad_dtype=grad_dtype,
+                                       cross_entropy=cross_entropy):
         if stop > start:
             least = min(least, float(np.min(r["memory_bytes"])))
             states = sum(np.broadcast_to(np.asarray(r["memory"][k], dtype=float), (stop - start,))

@@ -111,19 +111,30 @@ class StoreBeats(threading.Thread):
         super().__init__(daemon=True)
         self.rank, self.world, self.dog = rank, world, dog
         self.addr, self.port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+        self._halt = threading.Event()
+
+    def stop(self, wait_s: float = 5.0):
+        """Stop beating and drop the store connection before the process group (and rank 0's store server) is torn
+        down: a beat thread left inside the store at interpreter exit aborted rank 0 ('terminate called without an
+        active exception', exit -6) once in a full-suite run."""
+        self._halt.set()
+        self.join(wait_s)
 
     def _client(self, timeout_s: float):
         import torch.distributed as dist
         return dist.TCPStore(self.addr, self.port, self.world, False, timedelta(seconds=timeout_s))
 
     def run(self):
+        store = None
         try:
             store = self._client(10)
-            while True:
+            while not self._halt.is_set():
                 store.set(f"parsim/beat/{self.rank}", f"{time.time():.3f} {self.dog.phase}")
-                time.sleep(1.0)
+                self._halt.wait(1.0)
         except Exception:   # noqa: BLE001 — the store went away (run ending): stop beating
-            return
+            pass
+        finally:
+            del store       # the connection closes here, in this thread, not at interpreter exit
 
     def stalest(self, waited_s: float) -> str:
         """'rank R stopped progressing: ...' for the peer whose last beat is oldest and older than
@@ -231,6 +242,8 @@ def _worker_main(cfg: dict) -> int:
             write_atomic(cfg["out"], to_json(results if cfg.get("jobs") else results[0]))
         dog.beat("teardown", float(cfg.get("timeout_s", 60)))
         dist.barrier()
+        if peers is not None:   # beats until every rank is here (a rank waiting above names the one that hangs)
+            peers.stop()
         dist.destroy_process_group()
         return 0
     except BaseException as e:   # noqa: BLE001 — every failure becomes one line for the launcher

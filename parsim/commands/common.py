@@ -123,8 +123,8 @@ def add_plan_arguments(p, need_gpus=True):
 
 
 def add_memory_arguments(p):
-    """--memory-accounting, --grad-dtype and --memory-headroom (predict, plan, run)."""
-    from parsim.costs.memory import ACCOUNTINGS, DEFAULT_ACCOUNTING, GRAD_DTYPES
+    """--memory-accounting, --grad-dtype, --cross-entropy and --memory-headroom (predict, plan, run)."""
+    from parsim.costs.memory import ACCOUNTINGS, CROSS_ENTROPY_IMPLS, DEFAULT_ACCOUNTING, GRAD_DTYPES
     p.add_argument("--memory-accounting", choices=ACCOUNTINGS, default=DEFAULT_ACCOUNTING,
                    help="bytes per parameter as this framework keeps them: megatron (18: fp32 main grads, "
                         "the default), deepspeed (16, the ZeRO paper), fsdp2 (16, fp32 sharded params and grads)")
@@ -133,18 +133,23 @@ def add_memory_arguments(p):
                         "parameters' bf16/fp16; Megatron grad_reduce_in_fp32=False / --grad-reduce-in-bf16, FSDP2 "
                         "reduce_dtype=bf16). Default: the framework's (megatron: fp32 with bf16 parameters, "
                         "fp16 with fp16; deepspeed: 16bit; fsdp2: fp32)")
+    p.add_argument("--cross-entropy", choices=CROSS_ENTROPY_IMPLS, default=None,
+                   help="the loss kernel: native (the framework's own, fp32 logits; the default) or te (Transformer "
+                        "Engine's fused cross entropy: 16-bit logits, gradient in place; Megatron-Core's "
+                        "cross_entropy_fusion_impl te, as the Megatron-Bridge performance recipes run; megatron "
+                        "accounting only)")
     p.add_argument("--memory-headroom", type=quantity("size", need_unit=True), default=None, metavar="SIZE",
                    help="memory reserved per device for the CUDA context, NCCL buffers and fragmentation "
                         "(e.g. 4GiB, 0; default: 2 GiB + 5%% of the device's capacity, parsim/data/memory.yaml)")
 
 
 def memory_options(a) -> dict:
-    """{'accounting': ..., 'headroom_bytes': ..., 'grad_dtype': ...} from the flags of add_memory_arguments."""
+    """{'accounting', 'headroom_bytes', 'grad_dtype', 'cross_entropy'} from the flags of add_memory_arguments."""
     from parsim.units import parse_size
     room = getattr(a, "memory_headroom", None)
     return {"accounting": getattr(a, "memory_accounting", None) or "megatron",
             "headroom_bytes": None if room is None else float(parse_size(room)),
-            "grad_dtype": getattr(a, "grad_dtype", None)}
+            "grad_dtype": getattr(a, "grad_dtype", None), "cross_entropy": getattr(a, "cross_entropy", None)}
 
 
 def plan_from_args(a, gpus: int, device=None) -> Plan:

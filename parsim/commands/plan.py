@@ -60,7 +60,8 @@ def run(a) -> int:
     elif a.format == "csv":
         text = plans_csv(res, a.top)
     else:
-        text = plans_text(res, a.top, wide=a.wide) + _overlap_note(res, a.top) + _grad_dtype_note(res, a)
+        text = (plans_text(res, a.top, wide=a.wide) + _overlap_note(res, a.top) + _grad_dtype_note(res, a)
+                + _loss_note(res, a))
     text = say_defaults(a, text)
     sys.stdout.write(text)
     if a.out:
@@ -83,6 +84,32 @@ def _grad_dtype_note(res, a) -> str:
                 "the bytes (the NeMo / Megatron-Bridge recipes' grad_reduce_in_fp32 False)")
     return wrap(f"gradients priced in fp32 ({acc}'s default for {at.get('dtype')} parameters); with --grad-dtype 16bit "
                 + gain)
+
+
+def _loss_note(res, a) -> str:
+    """A line when Megatron plans were ranked with its native fp32 loss by default (not asked for) and plan #1's
+    logits reach 1 GiB: the Megatron-Bridge performance recipes run Transformer Engine's fused loss, which keeps 16-bit
+    logits and no gradient copy (parsim.costs.memory.CROSS_ENTROPY_IMPLS), and that changes what fits."""
+    at = res.attrs
+    if getattr(a, "cross_entropy", None) or at.get("memory_accounting") != "megatron" or not len(res.table):
+        return ""
+    from parsim.costs import memory as M
+    from parsim.layer import DTYPE_BYTES
+    from parsim.model import load_model
+    from parsim.plan import DTYPES
+    from parsim.search import DEFAULT_MODEL
+    from parsim.tables import wrap
+    top = res.table.iloc[0]
+    e = float(DTYPE_BYTES[DTYPES.index(at["dtype"])])
+    entries = float(top["micro_batch"]) * at["seq_len"] / float(top["cp"]) * load_model(a.model or DEFAULT_MODEL).vocab \
+        / float(top["tp"])
+    held = {ce: float(M.loss_logit_bytes(e, ce)) * entries * (1 + float(M.loss_backward_logits("megatron", top["tp"], ce)))
+            / 2 ** 30 for ce in M.CROSS_ENTROPY_IMPLS}
+    if held["native"] < 1.0:
+        return ""
+    return wrap(f"loss priced as Megatron's native fp32 cross entropy ({held['native']:.2f} GiB of logits per micro-batch "
+                f"on #1's last stage); with --cross-entropy te (Transformer Engine's fused loss, the Megatron-Bridge "
+                f"performance recipes') {held['te']:.2f} GiB")
 
 
 def _overlap_note(res, top: int) -> str:

@@ -152,11 +152,13 @@ def recompute_fwd_s(ops, dev, peak, e, fp8, eager, recompute_code, kscale=1.0, f
     return out
 
 
-def layer_times(model, dev, b, s, t, sp, flash, dtype_code, ep=1, cp=1, recompute_code=0, eager=False) -> LayerTimes:
+def layer_times(model, dev, b, s, t, sp, flash, dtype_code, ep=1, cp=1, recompute_code=0, eager=False,
+                cross_entropy: str = "native") -> LayerTimes:
     """Price one layer for micro-batch b, sequence s, tensor parallel t (arrays allowed), from its
     description as data (parsim.layer): every op of the layer, the embedding and the loss head.
     recompute_code: index into parsim.plan.RECOMPUTE (what ``recompute_s`` re-runs); eager: Plan.kernels
-    == "eager" (memory-bound ops at their eager traffic)."""
+    == "eager" (memory-bound ops at their eager traffic); cross_entropy: the loss kernel
+    (parsim.costs.memory.CROSS_ENTROPY_IMPLS, parsim.layer.head_ops)."""
     b, s, t = (np.asarray(x, dtype=float) for x in (b, s, t))
     peak, e = peak_flops(dev, dtype_code), DTYPE_BYTES[np.asarray(dtype_code)]
     fp8 = Ly.is_fp8(dtype_code)
@@ -179,7 +181,7 @@ def layer_times(model, dev, b, s, t, sp, flash, dtype_code, ep=1, cp=1, recomput
     # full recompute re-runs the layer's forward with its host overhead
     rec = rec + np.where(np.asarray(recompute_code) == Ly.POLICIES.index("full"), o_f, 0.0)
     embed_fwd, embed_bwd, _, _, _ = ops_times(Ly.embedding_ops(model, b, s, t, dtype_code, cp), dev, peak, e)
-    head_fwd, head_bwd, _, _, _ = ops_times(Ly.head_ops(model, b, s, t, dtype_code, cp), dev, peak, e, eager=eager,
+    head_fwd, head_bwd, _, _, _ = ops_times(Ly.head_ops(model, b, s, t, dtype_code, cp, cross_entropy), dev, peak, e, eager=eager,
                                             kscale=kscale)
     shape = np.broadcast(b, s, t).shape
     full = lambda x: np.broadcast_to(np.asarray(x, dtype=float), shape)

@@ -246,10 +246,53 @@ LOSS_BACKWARD_LOGITS = {"megatron": 1.0, "deepspeed": 1.0, "fsdp2": 2.0}
 LOSS_PARALLEL_BACKWARD_LOGITS = {"megatron": 1.0, "deepspeed": 1.0, "fsdp2": 3.0}
 
 
-def loss_backward_logits(accounting: str, tp):
-    """fp32 logit-sized tensors the loss backward holds on top of the saved log-probabilities, by framework and
-    tensor-parallel degree (LOSS_BACKWARD_LOGITS for tp = 1, LOSS_PARALLEL_BACKWARD_LOGITS for tp > 1)."""
+# The cross-entropy implementation (--cross-entropy), Megatron-Core's cross_entropy_fusion_impl:
+#   native  the framework's own loss, as the tables above count it: fp32 logits kept per in-flight micro-batch
+#           (Megatron's vocab_parallel_cross_entropy, fused or not, and torchtitan's eager loss upcast them) plus
+#           what its backward adds (LOSS_BACKWARD_LOGITS / LOSS_PARALLEL_BACKWARD_LOGITS).
+#   te      Transformer Engine's fused parallel_cross_entropy (Megatron-Core with cross_entropy_loss_fusion and
+#           cross_entropy_fusion_impl = "te"; TE >= 2.1, Megatron-LM issue #1481): a Triton kernel that reads the
+#           16-bit logits as they come from the output layer, keeps them (ctx.save_for_backward(_input)) with
+#           per-token softmax statistics ([tokens, 3] fp32, m_d_X_y, negligible here) and writes the gradient into
+#           the same buffer (transformer_engine/pytorch/cross_entropy.py, CrossEntropyFunction; "the loss and
+#           gradient calculation happens in FP32 only" in registers): one 16-bit logit tensor per in-flight
+#           micro-batch, nothing added in backward. Its time: forward an online-softmax pass and a loss pass
+#           (3 e-byte passes), backward the gradient scaled in place (2). The Megatron-Bridge performance scripts
+#           set it for every recipe (scripts/performance/utils/overrides.py, _set_common_perf_overrides:
+#           recipe.model.cross_entropy_fusion_impl = "te"; the Llama 3 and Qwen recipes since Megatron-Bridge
+#           PR #1154, 2025-10-31, cherry-picked into r0.2.0) until PR #4138 (2026-06) went back to native.
+#           Only Megatron-Core runs it: refused with the deepspeed and fsdp2 accountings.
+CROSS_ENTROPY_IMPLS = ("native", "te")
+DEFAULT_CROSS_ENTROPY = "native"
+CROSS_ENTROPY_FRAMEWORKS = {"native": ACCOUNTINGS, "te": ("megatron",)}
+
+
+def check_cross_entropy(name, accounting: str = DEFAULT_ACCOUNTING):
+    """`name` when it is None (DEFAULT_CROSS_ENTROPY) or one of CROSS_ENTROPY_IMPLS run by the `accounting`'s
+    framework (CROSS_ENTROPY_FRAMEWORKS); ParsimError otherwise."""
+    from parsim.errors import ParsimError
+    if name is not None and name not in CROSS_ENTROPY_IMPLS:
+        raise ParsimError(f"cross entropy {name!r}: expected one of {', '.join(CROSS_ENTROPY_IMPLS)}")
+    if name is not None and check_accounting(accounting) not in CROSS_ENTROPY_FRAMEWORKS[name]:
+        raise ParsimError(f"cross entropy {name!r} with memory accounting {accounting!r}: Transformer Engine's fused "
+                          f"cross entropy is Megatron-Core's (cross_entropy_fusion_impl te); expected --cross-entropy "
+                          f"native with --memory-accounting {accounting}, or --memory-accounting megatron")
+    return name
+
+
+def loss_logit_bytes(e, cross_entropy: str | None = None):
+    """Bytes per logit entry ([tokens, vocab/t]) the loss keeps for each in-flight micro-batch: 4 (fp32 logits) for
+    the native losses, the logits' own e bytes for Transformer Engine's (CROSS_ENTROPY_IMPLS). e: array allowed."""
+    return np.where(check_cross_entropy(cross_entropy) == "te", np.asarray(e, dtype=float), 4.0)
+
+
+def loss_backward_logits(accounting: str, tp, cross_entropy: str | None = None):
+    """Logit-sized tensors (of loss_logit_bytes each) the loss backward holds on top of the kept logits, by framework
+    and tensor-parallel degree (LOSS_BACKWARD_LOGITS for tp = 1, LOSS_PARALLEL_BACKWARD_LOGITS for tp > 1; none for
+    Transformer Engine's fused loss, which writes the gradient over its input)."""
     a = check_accounting(accounting)
+    if check_cross_entropy(cross_entropy, a) == "te":
+        return np.zeros(np.shape(tp))
     return np.where(np.asarray(tp) > 1, LOSS_PARALLEL_BACKWARD_LOGITS[a], LOSS_BACKWARD_LOGITS[a])
 
 

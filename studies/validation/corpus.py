@@ -59,8 +59,9 @@ def markdown(loto: list[dict], fits: dict) -> str:
               + ") to the prediction.", "",
               "## The same stated plan, published twice", "",
               "Rows below are one input to parsim (same GPU type, model, GPU count and candidate plans: every stated knob "
-              "equal) but were published with different values by different software releases, so parsim predicts one "
-              "value for all of them. No prediction from the stated plan can bring every row of a group closer than "
+              "equal; a gradient dtype or loss kernel one release leaves unstated is searched over the value another "
+              "states) but were published with different values by different software releases, so parsim, pricing "
+              "them alike, predicts one value for all of them. No prediction from the stated plan can bring every row of a group closer than "
               "its floor = (max − min) / (max + min) (reached at 2·min·max / (min + max)); techniques the pages name "
               "that parsim does not read (e.g. tokendrop vs. force-balanced dropless routing) are said in the CSVs.", "",
               md_table(["GPU type", "model", "GPUs", "precision", "tables", "published", "spread",

@@ -303,7 +303,8 @@ def test_repeat_floor_is_the_minimax_error_of_one_prediction():
     stated plan can reach. B200 Llama 3 8B, FP8, 8 GPUs, TP1 PP1 MBS2 GBS128, bf16 gradients (the recipe's), the same
     in two releases: 29994 (Megatron-Bridge 25.09), 30624 (25.11) tokens/s/GPU ->
     floor = (30624 - 29994) / (30624 + 29994) = 630 / 60618 = 1.04%, reached at P* = 2*29994*30624/60618 = 30305.
-    NeMo 25.02's 26006 for the same knobs is another input: its gradient dtype is unstated (searched)."""
+    25.09's loss kernel is unstated (searched over native and te) and 25.11 states te: priced alike with te.
+    NeMo 25.02's 26006 for the same knobs is another input: it states the native loss, 25.11 te."""
     groups = {(g["gpu_type"], g["model"], g["gpus"], g["precision"]): g for g in C.repeat_floor()}
     groups |= {k[:3]: g for k, g in groups.items() if k[3] == "fp8"}
     g = groups[("b200", "llama3-8b", 8)]
@@ -323,6 +324,8 @@ def test_repeat_floor_is_the_minimax_error_of_one_prediction():
     # the MXFP8 rows of the same plan are their own input (another dtype): 29388 (25.09) and 29521 (25.11)
     mx = groups[("b200", "llama3-8b", 8, "mxfp8")]
     assert sorted(mx["published"]) == [29388, 29521] and mx["floor"] == pytest.approx(133 / (29388 + 29521))
+    # NeMo 25.02's row states the native loss: never grouped with 25.11's te row
+    assert not any("25.02" in t for g in C.repeat_floor() for t in g["tables"])
     # every group is sorted largest floor first and holds rows of one GPU type and model
     floors = [g["floor"] for g in C.repeat_floor()]
     assert floors == sorted(floors, reverse=True)
@@ -390,3 +393,32 @@ def test_published_runs_the_fits_verdict_refuses_are_counted(loto):
         cap = get_device(C.GPU_TYPE_DEVICES[e["gpu_type"]][0]).memory_bytes / 2 ** 30
         head = float(default_headroom_bytes(cap * 2 ** 30)) / 2 ** 30
         assert r["predicted_memory_GiB"] <= cap + 0.05 and r["predicted_memory_GiB"] + head > cap - 0.05
+
+
+def test_rows_join_the_repeat_group_they_can_be_priced_alike_with():
+    """_alike: a row leaving the loss kernel unstated (searched) joins the rows stating one of its values, the group
+    whose floor it raises least; rows stating different values stay apart."""
+    from types import SimpleNamespace as R
+    a = R(grad_dtypes=("16bit",), cross_entropies=("te",), published=100.0)
+    b = R(grad_dtypes=("16bit",), cross_entropies=("native", "te"), published=104.0)
+    c = R(grad_dtypes=(None,), cross_entropies=("native",), published=80.0)
+    parts = C._alike([c, b, a])
+    # a (te) and c (native) are apart; b fits both, joins a: floor 4/204 = 2.0% beats c's 24/184 = 13.0%
+    assert sorted(sorted(q.published for q in p) for p in parts) == [[80.0], [100.0, 104.0]]
+    # each group keeps the given order
+    assert [q.published for p in parts for q in p if len(p) == 2] == [104.0, 100.0]
+    # a gradient dtype stated differently splits as well
+    d = R(grad_dtypes=("fp32",), cross_entropies=("te",), published=90.0)
+    assert len(C._alike([a, d])) == 2
+
+
+def test_equally_fast_candidates_go_to_the_one_using_less_memory():
+    """NeMo 24.07's Llama 3 8B on 8 H100 (tp1 pp1 cp2, FP8) leaves its gradient dtype unstated: fp32 and bf16 gradients
+    price the same step (the reduction hides under backward) and the corpus took the first, fp32, at 74.9 GiB - a plan
+    parsim's fits verdict refuses (74.9 + 6.0 > 79.6 GiB). Ties go to less memory, as `plan` ranks: bf16, 59.9 GiB
+    (2 B/param less on 8.03e9 parameters = 14.96 GiB)."""
+    (row,) = [r for r in C.load_corpus() if r.source == "nemo_2407_h100" and r.model == "llama3-8b"]
+    assert set(row.grad_dtypes) == {"fp32", "16bit"}
+    p = C.predict_row(row)
+    assert p["grad_dtype"] == "16bit" and p["fits_verdict"]
+    assert p["memory_GiB"] == pytest.approx(74.87 - 14.96, abs=0.1)
