@@ -184,11 +184,13 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1, probs_in_activa
     kv_block = e * b * sq * 2 * kvd / t        # one K/V block passed round the cp ring (per step)
     o_bytes = e * T * qd / t                   # the core's output O (the output projection's input)
     # op-level SAC keeps the SDPA outputs: the attention output and the fp32 log-sum-exp per query and head
-    # Sliding window w < s (every layer): a query meets at most w keys, so the causal pairs of a sequence are
+    # Sliding window w < s (on window_layers of the layers, else every layer): a query meets at most w keys, so the causal pairs of a sequence are
     # w·s - w²/2 instead of s²/2 (in the continuous count this module uses): the share r = 2w/s - (w/s)² of the
     # causal half, which the flash kernel skips the rest of (FlashAttention-2's window_size; a materialised score
     # matrix is computed whole and masked, so only its model FLOPs shrink).
     r = window_share(model.sliding_window, s)
+    if model.window_layers is not None:       # the other layers attend to the whole prefix: the layer-weighted span
+        r = (model.window_layers * r + (model.layers - model.window_layers)) / model.layers
     ops.append(Op("attn_core_flash", "core", m=sq, k=d, n=s, batch=2 * hpr, flop_scale=0.5 * r, bwd=2.5,
                   bytes=qkv_saved + o_bytes, saved=qkv_saved + o_bytes, selective=True,
                   weight=np.where(flash, 1.0, 0.0), comm=(("cp", "ring_kv", kv_block),),

@@ -66,6 +66,7 @@ MODEL_LIMITS = {
     "moe_every": (1, 10_000),          # at most one MoE layer in `layers`
     "moe_first_dense": (0, 10_000),    # as layers
     "sliding_window": (1, MAX_SEQ_LEN),  # keys each query attends to (Mistral 7B: 4,096); as seq_len
+    "window_layers": (1, 10_000),      # layers using the window, at most `layers` (checked on the spec)
 }
 # An MoE layer's capacity factor (expert rows padded to factor x tokens x top_k / experts): GShard and
 # Switch use 1.0-2.0; above 64 the padding is a unit mistake, not a plan.

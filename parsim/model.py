@@ -96,10 +96,13 @@ class ModelSpec:
     moe_every: int = 1
     moe_first_dense: int = 0
     capacity_factor: float | None = None
-    # Sliding-window attention on every layer (Mistral 7B v0.1, Longformer-style local attention): each query attends
-    # to at most this many keys, itself and the ones before it; None = the whole causal prefix. Interleaved
-    # local/global layers (Gemma 2/3, GPT-OSS) are not this: refused at import (HF_UNMODELLED).
+    # Sliding-window attention (Mistral 7B v0.1, Longformer-style local attention): each query attends to at most
+    # this many keys, itself and the ones before it; None = the whole causal prefix. window_layers: how many of the
+    # layers use it (None: all of them); the others attend to the whole prefix - interleaved local/global models
+    # (Gemma 2: every other layer; Gemma 3: 5 of 6; Qwen2's max_window_layers: the upper ones). Attention work is
+    # linear in each layer's span, so the mean layer carries the layer-weighted span (parsim.layer.window_share).
     sliding_window: int | None = None
+    window_layers: int | None = None
     source: str = ""                      # where the values came from (e.g. the seq_len's origin)
 
     def __post_init__(self):
@@ -127,6 +130,14 @@ class ModelSpec:
             _check_int(n, k, getattr(self, k))
         if self.sliding_window is not None:
             _check_int(n, "sliding_window", self.sliding_window)
+        if self.window_layers is not None:
+            _check_int(n, "window_layers", self.window_layers)
+            if self.sliding_window is None:
+                raise ParsimError(f"model {n}: window_layers = {self.window_layers} without sliding_window: expected "
+                                  f"a sliding_window for those layers, or no window_layers")
+            if self.window_layers > self.layers:
+                raise ParsimError(f"model {n}: window_layers = {self.window_layers}, expected at most layers "
+                                  f"({self.layers})")
         for k in BOOLS:
             v = getattr(self, k)
             if not isinstance(v, bool):
@@ -372,7 +383,10 @@ class ModelSpec:
                + f" on {self.moe_layers}/{self.layers} layers") if self.experts else ""
         return (f"{self.name}: {_count(self.params)} params ({_count(self.active_params)} active), "
                 f"{self.layers} layers, hidden {self.hidden}, {self.attention} {self.heads}/{self.kv_heads} heads × "
-                f"{self.head_dim}" + (f" (sliding window {self.sliding_window})" if self.sliding_window else "")
+                f"{self.head_dim}" + (f" (sliding window {self.sliding_window}"
+                                      + (f" on {self.window_layers} of {self.layers} layers"
+                                         if self.window_layers not in (None, self.layers) else "") + ")"
+                                      if self.sliding_window else "")
                 + f", {'non-gated MLP' if self.activation == 'gelu' else self.activation}{moe}, seq_len {self.seq_len}"
                 + (f" ({self.source})" if self.source else ""))
 
@@ -440,8 +454,6 @@ HF_UNMODELLED = {
     "shared_expert_intermediate_size": "Qwen2-MoE shared expert",
     "cross_attention_layers": "cross-attention layers (Llama 3.2 Vision)",
     "vision_config": "a vision tower",
-    "sliding_window_pattern": "interleaved sliding-window attention",
-    "layer_types": "per-layer attention types",
 }
 # parsim's ModelSpec key -> the config.json fields it is read from (an error names the file's field)
 HF_FIELDS = {"layers": ("num_hidden_layers", "n_layer", "num_layers"), "hidden": ("hidden_size", "n_embd", "n_embed",
@@ -505,6 +517,37 @@ def hf_seq_len(cfg, name, max_pos, field: str = "max_position_embeddings"):
                if s < DEFAULT_HF_SEQ_LEN else f"seq_len {s}: parsim's default ({field} is {max_pos})")
 
 
+def _hf_window_layers(cfg: dict, name: str, mt: str, layers: int) -> tuple[int, str]:
+    """(how many layers use the config's sliding window, the field that says so), as transformers builds them:
+    use_sliding_window false: none (Qwen2); layer_types: its "sliding_attention" entries (one per layer, each
+    "sliding_attention" or "full_attention"); sliding_window_pattern p: all but every p-th layer (Gemma 3:
+    is_sliding = (layer_idx + 1) % p); Gemma-2: layers 0, 2, 4, ... (Gemma2DecoderLayer: is_sliding = not layer_idx % 2,
+    no config field says so); max_window_layers m (Qwen2: use_sliding_window and layer_idx >= m): layers m..; else
+    every layer (Mistral). ParsimError for a malformed list or pattern."""
+    if cfg.get("use_sliding_window") is False:
+        return 0, "use_sliding_window false"
+    lt, p, m = cfg.get("layer_types"), cfg.get("sliding_window_pattern"), cfg.get("max_window_layers")
+    if lt is not None:
+        kinds = ("sliding_attention", "full_attention")
+        if not isinstance(lt, list) or len(lt) != layers or any(k not in kinds for k in lt):
+            bad = next((k for k in lt if k not in kinds), None) if isinstance(lt, list) else None
+            raise ParsimError(f"Hugging Face config {name}: layer_types = {str(lt)[:60]}"
+                              + (f" (entry {str(bad)[:30]!r})" if bad is not None else "")
+                              + f": expected a list of {layers} entries (num_hidden_layers), each "
+                                f"{' or '.join(kinds)}")
+        return lt.count("sliding_attention"), "layer_types"
+    if p is not None:
+        if not isinstance(p, int) or isinstance(p, bool) or p < 1:
+            raise ParsimError(f"Hugging Face config {name}: sliding_window_pattern = {p!r}, expected a positive "
+                              f"integer (every p-th layer global)")
+        return layers - layers // p, f"sliding_window_pattern {p}: every {p}th layer global"
+    if mt == "gemma2":
+        return (layers + 1) // 2, "Gemma-2 alternates: Gemma2DecoderLayer is_sliding = not layer_idx % 2"
+    if isinstance(m, int) and not isinstance(m, bool):
+        return max(0, layers - max(m, 0)), f"max_window_layers {m}: layers from {m} on"
+    return layers, "every layer"
+
+
 def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
     """Map a Hugging Face config.json to a ModelSpec, by model_type (see HF_FAMILIES).
 
@@ -516,12 +559,7 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
     The training length: see hf_seq_len."""
     if not isinstance(cfg, dict):
         raise ParsimError(f"Hugging Face config {name}: expected a mapping, got {type(cfg).__name__}")
-    lt = cfg.get("layer_types")
-    uniform = isinstance(lt, list) and lt and len(set(map(str, lt))) == 1 and lt[0] in ("full_attention",
-                                                                                         "sliding_attention")
     for k, what in HF_UNMODELLED.items():
-        if k == "layer_types" and uniform:       # one kind on every layer: what parsim prices (read below)
-            continue
         if cfg.get(k) not in (None, 0, False, [], {}):
             raise ParsimError(f"Hugging Face config {name}: field {k} = {str(cfg[k])[:40]!r} ({what}) is not "
                               f"modelled by parsim; refusing rather than pricing a different model")
@@ -630,32 +668,20 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
         if rot != 1:
             src += f"; RoPE on {rot:g} of each head priced over all of it"
     win = cfg.get("sliding_window")
-    # Qwen2's max_window_layers: only layers from that index on use the window (Qwen2Attention: use_sliding_window
-    # and layer_idx >= max_window_layers), so from the last layer on none does (trial 2026-11-30: 28 of 28 was read as
-    # every layer windowed); a uniform layer_types list says the same per layer
-    mwl = cfg.get("max_window_layers")
-    no_window_layers = ((isinstance(mwl, int) and not isinstance(mwl, bool) and mwl >= kw["layers"])
-                        or (uniform and lt[0] == "full_attention"))
-    if mt == "gemma2" and win is not None:
-        # Gemma-2 alternates local and global attention (Gemma2DecoderLayer: is_sliding = not layer_idx % 2) with no
-        # config field saying so (trial 2026-11-30: its stock config was priced with the window on every layer, 17%
-        # too fast at 32k). parsim applies one span to every layer: the global one, exact up to the window and an
-        # upper bound on the attention work beyond it (said in the source)
-        src += (f"; Gemma-2's alternate sliding-window ({win}) layers priced as global attention, as the others: exact "
-                f"up to {win} tokens, an upper bound beyond")
-        win = None
-    if win is not None and cfg.get("use_sliding_window", True) is not False and not no_window_layers:
-        if not isinstance(win, int) or isinstance(win, bool):
-            raise ParsimError(f"Hugging Face config {name}: sliding_window = {win!r}, expected an integer or null")
-        if isinstance(mwl, int) and not isinstance(mwl, bool) and 0 < mwl < kw["layers"]:
-            raise ParsimError(f"Hugging Face config {name}: sliding_window {win} on layers {mwl}.. only "
-                              f"(max_window_layers {mwl} < {kw['layers']} layers) is not modelled: parsim applies one "
-                              f"attention span to every layer")
+    if win is not None and (not isinstance(win, int) or isinstance(win, bool)):
+        raise ParsimError(f"Hugging Face config {name}: sliding_window = {win!r}, expected an integer or null")
+    nw, why = _hf_window_layers(cfg, name, mt, kw["layers"])
+    if win is None and nw and cfg.get("layer_types") is not None:
+        raise ParsimError(f"Hugging Face config {name}: layer_types names {nw} sliding_attention layers but "
+                          f"sliding_window is null; expected the window's size in sliding_window")
+    if win is not None and nw:
         kw["sliding_window"] = win         # kept even when >= seq_len: a longer --seq-len meets it
-        src += f"; sliding-window attention over {win} keys"
-    elif win is not None and no_window_layers:
-        src += f"; sliding_window {win} unused (no layer uses it: " + (
-            f"max_window_layers {mwl} >= {kw['layers']} layers)" if not uniform else "layer_types all full_attention)")
+        if nw < kw["layers"]:
+            kw["window_layers"] = nw
+        src += f"; sliding-window attention over {win} keys" + (
+            f" on {nw} of {kw['layers']} layers ({why}), the others global" if nw < kw["layers"] else "")
+    elif win is not None:
+        src += f"; sliding_window {win} unused (no layer uses it: {why})"
     try:
         return ModelSpec(name=name, seq_len=seq, source=f"Hugging Face {mt}; {src}", **kw)
     except ParsimError as e:

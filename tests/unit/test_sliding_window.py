@@ -48,10 +48,10 @@ def test_mistral_config_keeps_its_window_and_its_parameter_count():
 def test_use_sliding_window_false_and_partial_windows():
     off = dict(MISTRAL_7B_V01, use_sliding_window=False)
     assert from_hf_config(off, "qwen-like").sliding_window is None
-    # Qwen2-style window on the upper layers only: refused, never priced as all or none
-    part = dict(MISTRAL_7B_V01, use_sliding_window=True, max_window_layers=28)
-    with pytest.raises(ParsimError, match="max_window_layers 28 < 32 layers"):
-        from_hf_config(part, "qwen2-like")
+    # Qwen2-style window on the upper layers only (layer_idx >= max_window_layers): layers 28..31, 4 of 32
+    part = from_hf_config(dict(MISTRAL_7B_V01, use_sliding_window=True, max_window_layers=28), "qwen2-like")
+    assert (part.sliding_window, part.window_layers) == (4096, 4)
+    assert "on 4 of 32 layers (max_window_layers 28: layers from 28 on), the others global" in part.source
     with pytest.raises(ParsimError, match="sliding_window = 'x'"):
         from_hf_config(dict(MISTRAL_7B_V01, sliding_window="x"), "bad")
 
@@ -97,7 +97,8 @@ def test_hf_windows_read_as_their_models_use_them(tmp_path):
     from pathlib import Path
     here = Path(__file__).resolve().parents[1] / "data" / "hf_configs"
     g = load_model(str(here / "gemma2-9b.json"))
-    assert g.sliding_window is None and "alternate sliding-window (4096) layers priced as global" in g.source
+    # 42 layers, 0, 2, ..., 40 windowed: 21
+    assert (g.sliding_window, g.window_layers) == (4096, 21) and "Gemma-2 alternates" in g.source
     qwen = dict(model_type="qwen2", hidden_size=3584, num_attention_heads=28, num_key_value_heads=4,
                 intermediate_size=18944, num_hidden_layers=28, vocab_size=152064, max_position_embeddings=32768,
                 sliding_window=4096, use_sliding_window=True, hidden_act="silu")
@@ -109,15 +110,51 @@ def test_hf_windows_read_as_their_models_use_them(tmp_path):
     assert load(max_window_layers=28).sliding_window is None
     assert "no layer uses it" in load(max_window_layers=28).source
     assert load(max_window_layers=0).sliding_window == 4096           # every layer from index 0
-    with pytest.raises(ParsimError, match="max_window_layers 14 < 28 layers"):
-        load(max_window_layers=14)
+    assert load(max_window_layers=0).window_layers is None            # ... all 28: no share to carry
+    assert load(max_window_layers=14).window_layers == 14              # layers 14..27
     assert load(layer_types=["full_attention"] * 28).sliding_window is None
     assert load(layer_types=["sliding_attention"] * 28, max_window_layers=0).sliding_window == 4096
-    with pytest.raises(ParsimError, match="per-layer attention types"):
-        load(layer_types=["sliding_attention", "full_attention"] * 14)
+    mixed = load(layer_types=["sliding_attention", "full_attention"] * 14)
+    assert (mixed.sliding_window, mixed.window_layers) == (4096, 14)
+    # layer_types wins over max_window_layers (transformers derives it from them); use_sliding_window false: none
+    assert load(layer_types=["sliding_attention"] * 7 + ["full_attention"] * 21, max_window_layers=0).window_layers == 7
+    assert load(max_window_layers=0, use_sliding_window=False).sliding_window is None
+    # Gemma-3-style pattern: every 6th layer global -> 28 - 4 = 24 windowed
+    assert load(sliding_window_pattern=6).window_layers == 24
+    # malformed lists and patterns refused naming the field and what was expected
+    with pytest.raises(ParsimError, match="layer_types .*entry 'chunked_attention'.*expected a list of 28 entries"):
+        load(layer_types=["chunked_attention"] * 28)
+    with pytest.raises(ParsimError, match="expected a list of 28 entries"):
+        load(layer_types=["full_attention"] * 27)
+    with pytest.raises(ParsimError, match="sliding_window_pattern = 0"):
+        load(sliding_window_pattern=0)
+    with pytest.raises(ParsimError, match="sliding_window is null"):
+        load(layer_types=["sliding_attention"] * 28, sliding_window=None)
     # no model_type: said so, not "did you mean falcon?"
     p = tmp_path / "nomt.json"
     p.write_text(json.dumps({k: v for k, v in qwen.items() if k != "model_type"}))
     with pytest.raises(ParsimError, match="no model_type field") as e:
         load_model(str(p))
     assert "did you mean" not in str(e.value)
+
+
+def test_a_window_on_some_layers_prices_the_layer_weighted_span():
+    # Gemma-2 9B at 32k: 21 of 42 layers see 4096 keys (share 2/8 - 1/64 = 0.234375 of the causal half), 21 the whole
+    # prefix: the mean layer's core does (21 x 0.234375 + 21) / 42 = 0.6171875 of the global work
+    from pathlib import Path
+    here = Path(__file__).resolve().parents[1] / "data" / "hf_configs"
+    g = load_model(str(here / "gemma2-9b.json"))
+    glob = dataclasses.replace(g, sliding_window=None, window_layers=None)
+    allw = dataclasses.replace(g, window_layers=None)
+    s = 32768
+    core = lambda m: m.attn_core_fwd_flops(s, flash=True)
+    assert core(g) / core(glob) == pytest.approx((21 * 0.234375 + 21) / 42)
+    assert core(allw) < core(g) < core(glob)
+    # up to the window nothing changes
+    assert g.attn_core_fwd_flops(4096, flash=True) == pytest.approx(glob.attn_core_fwd_flops(4096, flash=True))
+    # a model file states it the same way; window_layers needs a window and at most `layers`
+    with pytest.raises(ParsimError, match="window_layers = 3 without sliding_window"):
+        dataclasses.replace(glob, window_layers=3)
+    with pytest.raises(ParsimError, match="window_layers = 43, expected at most layers \\(42\\)"):
+        dataclasses.replace(g, window_layers=43)
+    assert "sliding window 4096 on 21 of 42 layers" in g.summary()

@@ -104,12 +104,16 @@ def test_slowdown_hook_parses_and_doubles_cpu_time():
         out = fn()
         return speed.cpu_time() - t0, out
     work()                                      # warm: a cold first call ran 1.5x slower in a CI dry run
-    plain = min(cpu_of(work)[0] for _ in range(3))
+    before = [cpu_of(work)[0] for _ in range(3)]
     slow, out = cpu_of(speed.slowed(work, 2.0))  # the slowed call alone
+    after = [cpu_of(work)[0] for _ in range(3)]
     assert out == work()
-    # the wrapper spins until its own CPU time reaches 2x the call's: >= 2x by construction (the
-    # plain call is measured separately, so allow its own run-to-run variation)
-    assert slow >= 1.5 * plain, (slow, plain)
+    # the wrapper spins until its own CPU time reaches 2x the call's: >= 2x by construction. The plain call is
+    # measured apart, before and after (a busy 2-core machine moved one sample by 25%: the full suite once saw
+    # slow < 1.5 x the minimum of three taken before only), so allow its run-to-run variation: against the smallest
+    # of six, 1.4x still tells a doubled call from an untouched one (1.0x)
+    plain = min(before + after)
+    assert slow >= 1.4 * plain, (slow, before, after)
 
 
 @pytest.mark.slow
