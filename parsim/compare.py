@@ -26,12 +26,18 @@ def rel_error(measured, predicted):
     return (predicted - measured) / measured
 
 
+# Fields a backend's report counts rather than measures (the torch backend sums its tensors' sizes: the model states);
+# their error is not shown (trial 2026-11-30: `run` printed "+0%" beside them, read as a validated match).
+COUNTED = ("memory_breakdown_GiB.weights", "memory_breakdown_GiB.grads", "memory_breakdown_GiB.optimizer")
+
+
 def join(measured, predicted=None) -> list[dict]:
     """One row per key of the measured report: key, measured, spread_min, spread_max, predicted, error.
 
     `measured`/`predicted`: StepReport or its dict. error = (predicted − measured)/measured (the
     convention of the validation tables: + = predicted too high). Keys only one side has get None
-    on the other. Headline keys first, then the breakdown and memory keys in report order."""
+    on the other; a COUNTED key gets error None and counted True. Headline keys first, then the breakdown and memory
+    keys in report order."""
     m, p = as_report(measured), as_report(predicted)
     mf, pf = m.flat(), (p.flat() if p is not None else {})
     keys = [k for k in HEADLINE if k in mf] + [k for k in mf if k not in HEADLINE and "." in k]
@@ -39,8 +45,9 @@ def join(measured, predicted=None) -> list[dict]:
     for k in keys:
         lo, hi = (m.spread.get(k) or (None, None))
         pv = pf.get(k)
+        counted = m.source == "measured" and k in COUNTED
         rows.append({"key": k, "measured": mf[k], "spread_min": lo, "spread_max": hi, "predicted": pv,
-                     "error": rel_error(mf[k], pv)})
+                     "error": None if counted else rel_error(mf[k], pv), "counted": counted})
     return rows
 
 

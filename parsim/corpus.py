@@ -340,7 +340,8 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
 
     `fraction`: the sustained fraction of the row's precision class (None: the shipped profile).
     Returns {"value": predicted `row.metric`, "memory_GiB", "plan", "grad_dtype", "cross_entropy" (of the chosen
-    candidate: None for the framework's default), "fits_verdict", "any_fits_verdict"}; value is
+    candidate: None for the framework's default), "fits_verdict", "any_fits_verdict", "verdict_refused_readings"};
+    value is
     nan when no candidate fits the capacity; fits_verdict: parsim's own fits verdict (capacity less its headroom) on
     the chosen plan, any_fits_verdict: on at least one candidate. Closed-form pipeline pricing
     (parsim.predict.price), as parsim.validation."""
@@ -372,10 +373,19 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
     # false "does not fit").
     verdict = mem + room <= dev.memory_bytes
     ok = mem <= dev.memory_bytes
+    n = len(row.plans)
+
+    def readings_refused(i):
+        """The unstated-setting readings (gradient dtype, loss kernel) under which the verdict refuses the chosen plan
+        itself: a verdict that holds only under the searched reading is said, not counted as settled."""
+        return [f"{'grads ' + gds[k] if gds[k] else ''}{' ' if gds[k] and ces[k] else ''}"
+                f"{'loss ' + ces[k] if ces[k] else ''}" or "default" for k in range(i % n, len(plans), n)
+                if not verdict[k]]
     if not ok.any():
         i = int(np.argmin(mem))
         return {"value": float("nan"), "memory_GiB": float(mem[i] / GiB), "plan": plans[i], "grad_dtype": gds[i],
-                "cross_entropy": ces[i], "fits_verdict": bool(verdict[i]), "any_fits_verdict": bool(verdict.any())}
+                "cross_entropy": ces[i], "fits_verdict": bool(verdict[i]), "any_fits_verdict": bool(verdict.any()),
+                "verdict_refused_readings": readings_refused(i)}
     # the fastest that fits; throughputs within search's tie width (TIE_REL, 0.01%) go to the one using less memory,
     # as `plan` ranks them (an unstated knob that does not change the time - a gradient dtype whose reduction is
     # hidden - was picked first in candidate order, fp32, the costlier in memory)
@@ -383,7 +393,8 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
     key = np.where(ok, _step_key(1.0 / np.where(val > 0, val, np.nan)), np.inf)
     i = int(np.lexsort((mem, key))[0])
     return {"value": float(val[i]), "memory_GiB": float(mem[i] / GiB), "plan": plans[i], "grad_dtype": gds[i],
-            "cross_entropy": ces[i], "fits_verdict": bool(verdict[i]), "any_fits_verdict": bool(verdict.any())}
+            "cross_entropy": ces[i], "fits_verdict": bool(verdict[i]), "any_fits_verdict": bool(verdict.any()),
+            "verdict_refused_readings": readings_refused(i)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -493,6 +504,7 @@ def leave_one_table_out(progress=None) -> list[dict]:
                 "grad_dtype": grad_dtype_name(r.accounting, DTYPES.index(r.precision), p["grad_dtype"]),
                 "cross_entropy": p["cross_entropy"] or DEFAULT_CROSS_ENTROPY,
                 "fits_verdict": p["fits_verdict"], "any_fits_verdict": p["any_fits_verdict"],
+                "verdict_refused_readings": p["verdict_refused_readings"],
                 "regime": {k: (getattr(pl, k) if k != "seq_len" else pl.seq_len or load_model(r.model).seq_len)
                            for k in REGIME_KEYS}})
         entry["step"] = _stats(step_errs)
@@ -702,6 +714,9 @@ def accuracy_metrics(loto: list[dict] | None = None) -> dict:
     res = [r for e in loto for r in e["row_results"] if "fits_verdict" in r]
     m["corpus.fits_verdict_rejects_chosen_plan"] = sum(not r["fits_verdict"] for r in res)
     m["corpus.fits_verdict_rejects_every_candidate"] = sum(not r["any_fits_verdict"] for r in res)
+    # accepted only under the searched reading of an unstated gradient dtype or loss kernel: refused under another
+    m["corpus.fits_verdict_depends_on_unstated_setting"] = sum(
+        bool(r["fits_verdict"] and r.get("verdict_refused_readings")) for r in res)
     m["corpus.rows_total"] = sum(e["rows"] for e in loto)
     m["corpus.rows_not_expressible"] = sum(e["rows"] - e["expressible"] for e in loto)
     return m

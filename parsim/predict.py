@@ -1000,8 +1000,9 @@ def _loss_note(model, plan: Plan, seq: int, accounting: str, cross_entropy: str 
     # "loss:" notes are printed with the table; below 1 GiB the loss is no memory question ("loss detail:", JSON only)
     words = (f"loss{':' if held(ce) >= 1.0 else ' detail:'} "
              f"{'Transformer Engine fused' if ce == 'te' else 'native fp32'} cross entropy, "
-             f"{held(ce):.2f} GiB of logits per micro-batch at its backward on the last stage "
-             f"({plan.micro_batch}x{seq // plan.cp} tokens x {model.vocab:,}/{plan.tp} vocabulary)")
+             f"{held(ce):.2f} GiB per micro-batch on the last stage at its peak (the logits it keeps and the "
+             f"logit-sized tensors around its gradient; {plan.micro_batch}x{seq // plan.cp} tokens x {model.vocab:,}/"
+             f"{plan.tp} vocabulary)")
     if ce == "native" and accounting == "megatron":
         words += (f"; Transformer Engine's fused loss (--cross-entropy te, the Megatron-Bridge performance recipes') "
                   f"keeps {held('te'):.2f} GiB")
@@ -1064,6 +1065,7 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
     if plan.gpus > cluster.num_devices:
         raise ParsimError(f"plan needs {plan.gpus} devices but cluster {cluster.name} has {cluster.num_devices}")
     M.check_headroom_below_capacity(headroom_bytes, cluster.device)
+    M.check_cross_entropy_device(cross_entropy, cluster.device)
     cols = plan_columns([plan], model)
     r = price(model, cluster, cols, accounting=accounting, headroom_bytes=headroom_bytes, grad_dtype=grad_dtype,
               cross_entropy=cross_entropy)

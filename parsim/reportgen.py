@@ -56,8 +56,11 @@ def load_inputs(paths) -> tuple[list[dict], list[dict]]:
         if isinstance(d, dict) and "step_time_s" in d and "breakdown_s" in d:
             new = [{"name": p.stem, "report": d}]
         elif isinstance(d, dict) and isinstance(d.get("measured"), dict) and "breakdown_s" in d["measured"]:
-            # a `parsim run --out` result: its measured StepReport (the prediction beside it is `run`'s own comparison)
-            new = [{"name": f"{p.stem} (measured)", "report": d["measured"]}]
+            # a `parsim run --out` result: its measured StepReport and the prediction `run` made of the same plan
+            # (trial 2026-11-30: a predict JSON given beside it was ranked against the measurement as a what-if)
+            new = [{"name": f"{p.stem} (measured)", "report": dict(d["measured"], source="measured")}]
+            if isinstance(d.get("predicted"), dict) and "breakdown_s" in d["predicted"]:
+                new.append({"name": f"{p.stem} (run's prediction)", "report": d["predicted"]})
         elif isinstance(d, dict) and "plans" in d:
             new = [{"name": f"{p.stem} #{i + 1}", "report": _plan_row_as_report(row, d.get("attrs", {}))}
                    for i, row in enumerate(d["plans"][:5])]
@@ -143,11 +146,20 @@ def _whatif_verdict(plans: list[dict]) -> str:
     for p in plans:
         groups.setdefault(workload(p["report"]), []).append(p)
     parts = []
+    # measured and predicted inputs are ranked apart: a measurement is not an alternative to a prediction
+    kinds = {"measured" if p["report"].get("source") == "measured" else "predicted" for p in plans}
+    if len(kinds) > 1:
+        groups = {(w, k): [p for p in ps if ("measured" if p["report"].get("source") == "measured" else "predicted") == k]
+                  for w, ps in groups.items() for k in ("predicted", "measured")}
+        groups = {wk: ps for wk, ps in groups.items() if ps}
     for w, ps in groups.items():
+        kind = ""
+        if len(kinds) > 1:
+            w, kind = w
         fitting = [p for p in ps if p["report"].get("fits") is True]
         unknown = [p["name"] for p in ps if p["report"].get("fits") is None]
         unfit = [p["name"] for p in ps if p["report"].get("fits") is False]
-        head = f"{_workload_words(w)}: " if len(groups) > 1 else ""
+        head = (f"{_workload_words(w)}" + (f", {kind}" if kind else "") + ": ") if len(groups) > 1 else ""
         if fitting:
             ranked = sorted(fitting, key=lambda p: p["report"]["step_time_s"])
             best = ranked[0]
@@ -158,7 +170,8 @@ def _whatif_verdict(plans: list[dict]) -> str:
                 if close:
                     sure = (f" {', '.join(close)} {'is' if len(close) == 1 else 'are'} within {100 * err:.1f}% of it, "
                             f"{what}: parsim cannot rank them apart; measure them (parsim run / parsim validate).")
-            parts.append(f"{head}fastest plan that fits: {best['name']} ({best['report']['step_time_s']:.4g} s per step)."
+            parts.append(f"{head}fastest plan that fits{' (measured)' if kind == 'measured' else ''}: {best['name']} "
+                         f"({best['report']['step_time_s']:.4g} s per step)."
                          + sure
                          + (f" Not fitting in memory (priced, not candidates): {', '.join(unfit)}." if unfit else "")
                          + (f" Fit not stated in the input (not ranked): {', '.join(unknown)}." if unknown else ""))
@@ -166,11 +179,16 @@ def _whatif_verdict(plans: list[dict]) -> str:
             parts.append(f"{head}no plan is known to fit in memory ({', '.join(unfit + unknown)}): the step times are "
                          f"priced for comparison only.")
     text = " ".join(parts)
+    n_work = len({workload(p["report"]) for p in plans})
     if len(groups) == 1:
         text = text[0].upper() + text[1:]
+    elif n_work > 1:
+        text = (f"These inputs train {n_work} different workloads (model, global batch × sequence length): step "
+                f"times and tokens/s compare only within one, so each has its own verdict"
+                + (", measured and predicted inputs apart" if len(kinds) > 1 else "") + ". " + text)
     else:
-        text = (f"These inputs train {len(groups)} different workloads (model, global batch × sequence length): step "
-                f"times and tokens/s compare only within one, so each has its own verdict. " + text)
+        text = ("Measured and predicted inputs are ranked apart (a measurement is not an alternative to a "
+                "prediction; compare them with parsim validate). " + text)
     return text
 
 
@@ -681,7 +699,8 @@ def write_report(paths=(), out="report", formats=("md", "html"), title="", recor
         sections.append(("What-if: plans side by side", verdict,
                          [(["", *[p["name"] for p in plans]], desc + rows)],
                          [fig_breakdown([(p["name"], p["report"]["breakdown_s"]) for p in plans],
-                                        figdir / "whatif.png", "predicted breakdown per plan")]))
+                                        figdir / "whatif.png",
+                                        "step breakdown per input (predicted, or measured for a run)")]))
     written = []
     title = title or "parsim comparison report"
     if "md" in formats:

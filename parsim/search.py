@@ -159,6 +159,8 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
         raise ParsimError(f"memory headroom = {headroom_bytes!r} bytes: expected a finite size >= 0")
     from parsim.costs.memory import check_headroom_below_capacity
     check_headroom_below_capacity(headroom_bytes, cl.device)
+    from parsim.costs.memory import check_cross_entropy_device
+    check_cross_entropy_device(cross_entropy, cl.device)
     cols, rejected, generated = candidates(model, gpus, gb, seq, dtype=dtype, device=cl.device,
                                            comm_overlap=comm_overlap)
     n = len(cols["dp"])

@@ -107,9 +107,9 @@ def _loss_note(res, a) -> str:
             / 2 ** 30 for ce in M.CROSS_ENTROPY_IMPLS}
     if held["native"] < 1.0:
         return ""
-    return wrap(f"loss priced as Megatron's native fp32 cross entropy ({held['native']:.2f} GiB of logits per micro-batch "
-                f"on #1's last stage); with --cross-entropy te (Transformer Engine's fused loss, the Megatron-Bridge "
-                f"performance recipes') {held['te']:.2f} GiB")
+    return wrap(f"loss priced as Megatron's native fp32 cross entropy ({held['native']:.2f} GiB per micro-batch on #1's "
+                f"last stage at its peak: the logits and the tensors around its gradient); with --cross-entropy te "
+                f"(Transformer Engine's fused loss, the Megatron-Bridge performance recipes') {held['te']:.2f} GiB")
 
 
 def _overlap_note(res, top: int) -> str:

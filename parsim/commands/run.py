@@ -255,8 +255,8 @@ def compare(measured, predicted) -> list[tuple]:
     """Rows (key, measured, predicted, relative error = (predicted − measured) / measured, [min, max]):
     the join of the two StepReports on their keys (parsim.compare.join)."""
     from parsim.compare import join
-    return [(r["key"], r["measured"], r["predicted"], r["error"], [r["spread_min"], r["spread_max"]])
-            for r in join(measured, predicted)]
+    return [(r["key"] + (" (counted)" if r["counted"] else ""), r["measured"], r["predicted"], r["error"],
+             [r["spread_min"], r["spread_max"]]) for r in join(measured, predicted)]
 
 
 def _fmt(v):
@@ -283,7 +283,9 @@ def render_table(result: dict) -> str:
                      f"{err:+.0%}" if err is not None else "-"])
     table = text_table(("", "measured", "spread [min, max]", "predicted", "error"), rows,
                        justify=("left", "right", "right", "right", "right"))
-    lines = [title, table.rstrip(), "error = (predicted - measured) / measured; spread = fastest and slowest timed step"]
+    lines = [title, table.rstrip(), "error = (predicted - measured) / measured; spread = fastest and slowest timed step"
+             + ("; (counted): summed from the tensors' sizes, not measured - no error shown"
+                if any(str(r[0]).endswith("(counted)") for r in result["rows"]) else "")]
     if meta["loss"]:
         lines.append(f"loss {meta['loss'][0]:.4f} -> {meta['loss'][-1]:.4f}")
     lines.append(f"memory: {meta['memory_source']}")

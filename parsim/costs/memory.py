@@ -221,9 +221,14 @@ def model_state_bytes(params_per_rank, dp, zero, dtype_code, accounting: str = D
 
 # fp32 logit-sized tensors ([tokens, vocab/t], 4 bytes an entry) the cross-entropy's backward holds on top of
 # the log-probabilities each in-flight micro-batch keeps, by framework (``ACCOUNTING``'s keys):
-#   megatron, deepspeed  1: the gradient of the logits, written over the saved fp32 softmax (Megatron-Core's
-#                        fused vocab_parallel_cross_entropy saves exp_logits and turns them into the gradient in
-#                        place) - parsim's convention before the fsdp2 term was sourced.
+#   megatron, deepspeed  1: parsim's convention, not sourced to a measurement. Megatron-Core's vocab-parallel loss
+#                        saves the fp32 softmax (exp_logits) and turns it into the gradient in place, so the saved
+#                        tensor itself is the gradient (no second fp32 one); what the 1 stands for is the transients
+#                        around it, which bracket it: at the end of the forward the 16-bit logits, their fp32 copy and
+#                        the shifted copy (up to 10 B an entry with the 4 B kept: 1.5 of these 4-byte tensors on top),
+#                        in the backward the in-place fp32 gradient's 16-bit cast handed to the output layer (6 B: 0.5
+#                        on top). (Trial 2026-11-30: the comment said "written over the saved softmax" and counted a
+#                        second fp32 tensor without saying why; 0.5..1.5 is the range, 1 is kept.)
 #   fsdp2                2: torchtitan's loss is eager PyTorch, cross_entropy(pred.flatten(0, 1).float(), labels)
 #                        (train.py's loss_fn at the end of 2024, compiling it was switched off with "TODO: compiling
 #                        loss function causes CUDA errors"; torch.compile wraps each TransformerBlock only).
@@ -278,6 +283,15 @@ def check_cross_entropy(name, accounting: str = DEFAULT_ACCOUNTING):
                           f"cross entropy is Megatron-Core's (cross_entropy_fusion_impl te); expected --cross-entropy "
                           f"native with --memory-accounting {accounting}, or --memory-accounting megatron")
     return name
+
+
+def check_cross_entropy_device(name, device) -> None:
+    """ParsimError for Transformer Engine's loss on a device it does not run on (a CPU profile: TE is CUDA-only;
+    trial 2026-11-30: `--cross-entropy te --cluster cpu-local` was priced)."""
+    if name == "te" and getattr(device, "kind", "gpu") == "cpu":
+        from parsim.errors import ParsimError
+        raise ParsimError(f"cross entropy 'te' on device {device.name}: Transformer Engine runs on NVIDIA GPUs only; "
+                          f"expected --cross-entropy native on a CPU cluster")
 
 
 def loss_logit_bytes(e, cross_entropy: str | None = None):

@@ -60,7 +60,7 @@ def markdown(loto: list[dict], fits: dict) -> str:
               "## The same stated plan, published twice", "",
               "Rows below are one input to parsim (same GPU type, model, GPU count and candidate plans: every stated knob "
               "equal; a gradient dtype or loss kernel one release leaves unstated is searched over the value another "
-              "states) but were published with different values by different software releases, so parsim, pricing "
+              "states, and such a row joins the group whose floor it raises least) but were published with different values by different software releases, so parsim, pricing "
               "them alike, predicts one value for all of them. No prediction from the stated plan can bring every row of a group closer than "
               "its floor = (max − min) / (max + min) (reached at 2·min·max / (min + max)); techniques the pages name "
               "that parsim does not read (e.g. tokendrop vs. force-balanced dropless routing) are said in the CSVs.", "",
@@ -80,6 +80,15 @@ def markdown(loto: list[dict], fits: dict) -> str:
                        [[e["table"], r["model"], r["gpus"], r["plan"], r["predicted_memory_GiB"],
                          "yes" if not r["any_fits_verdict"] else "no"]
                         for e in loto for r in e["row_results"] if "fits_verdict" in r and not r["fits_verdict"]]
+                       or [["–", "none", "", "", "", ""]]), "",
+              "Rows the verdict accepts only under the searched reading of a setting their source leaves unstated "
+              "(gradient dtype, loss kernel): the same plan is refused under the other reading, so whether parsim "
+              "would have refused the run depends on what it really used:", "",
+              md_table(["table", "model", "GPUs", "plan", "priced with", "refused with"],
+                       [[e["table"], r["model"], r["gpus"], r["plan"],
+                         f"grads {r['grad_dtype']}, loss {r['cross_entropy']}", "; ".join(r["verdict_refused_readings"])]
+                        for e in loto for r in e["row_results"]
+                        if r.get("fits_verdict") and r.get("verdict_refused_readings")]
                        or [["–", "none", "", "", "", ""]]), "",
               "## Shipped fitted numbers (all tables of the GPU type)", "",
               ]
@@ -107,10 +116,13 @@ def markdown(loto: list[dict], fits: dict) -> str:
             rows.append([r["model"], r["gpus"], f"{r['published']:g}", pred, _pct(r["rel_error"]),
                          "–" if r["published_memory_GiB"] is None else r["published_memory_GiB"], r["predicted_memory_GiB"],
                          _pct(r["memory_rel_error"]), r["predicted_reserved_GiB"] if r["published_memory_GiB"] else "–",
-                         _pct(r["reserved_rel_error"]), r["plan"]])
+                         _pct(r["reserved_rel_error"]),
+                         f"{r['plan']}; grads {r['grad_dtype']}, loss {r['cross_entropy']}"])
         lines += [f"### {e['table']}", "",
                   md_table(["model", "GPUs", "published", "predicted", "error", "memory published GiB", "predicted GiB",
-                            "memory error", "as reserved GiB", "error", "plan (searched knobs)"], rows)]
+                            "memory error", "as reserved GiB", "error",
+                            "plan (searched knobs; 'native' after z is the gradient-sync algorithm, not the loss)"],
+                           rows)]
         fr = "; ".join(f"{c} fraction {e[k]} ({e[k + '_source']})" for c, k in (("16-bit", "fraction"), ("FP8", "fraction_fp8"))
                        if e.get(k) is not None)
         lines.append(f"\nMetric: {e['row_results'][0].get('metric', '')}; {fr}; other tables of the type: {', '.join(e['fit_on']) or '–'}.\n")

@@ -229,6 +229,10 @@ def _corpus(path):
                               description="published runs (they fitted) parsim's fits verdict, with its headroom, would "
                                           "refuse: " + ("the plan the corpus prices" if figure.endswith("chosen_plan")
                                                         else "every candidate plan of the row")))
+        elif figure == "fits_verdict_depends_on_unstated_setting":
+            out.append(Metric(name, float(v), unit="rows", tolerance=0,
+                              description="published runs parsim's fits verdict accepts only under the searched reading "
+                                          "of an unstated gradient dtype or loss kernel (refused under another)"))
         elif figure == "step_bias":
             out.append(Metric(name, pct(abs(v)), description="|mean signed held-out step-time error| (leave-one-table-out)"))
         elif figure.startswith("memory_reserved_"):

@@ -72,6 +72,12 @@ def test_refused_outside_megatron_and_outside_the_choices():
     for acc in ("fsdp2", "deepspeed"):
         with pytest.raises(ParsimError, match=f"cross entropy 'te' with memory accounting '{acc}'"):
             predict(LLAMA, "dgx-h100", plan, accounting=acc, cross_entropy="te")
+    # Transformer Engine is CUDA-only: refused on a CPU profile (predict and plan)
+    with pytest.raises(ParsimError, match="cross entropy 'te' on device cpu.*NVIDIA GPUs only"):
+        predict(LLAMA, "cpu-local", Plan(dp=1, micro_batch=1, global_batch=1), gpus=1, cross_entropy="te")
+    from parsim.search import search
+    with pytest.raises(ParsimError, match="NVIDIA GPUs only"):
+        search("gpt-tiny", "cpu-local", 1, global_batch=1, cross_entropy="te")
     # native is every framework's own
     assert predict(LLAMA, "dgx-h100", plan, accounting="fsdp2", cross_entropy="native").cross_entropy == "native"
 
@@ -83,7 +89,8 @@ def test_cli_takes_it_says_it_and_refuses_it_where_it_cannot_run():
     assert native.returncode == 0, native.stderr
     flat = " ".join(native.stdout.split())
     # 1 x 8192 x 128256 entries: native 8 B -> 7.83 GiB; te 2 B -> 1.96 GiB
-    assert "native fp32 cross entropy, 7.83 GiB of logits" in flat and "--cross-entropy te" in flat and "1.96 GiB" in flat
+    assert "native fp32 cross entropy, 7.83 GiB per micro-batch" in flat and "--cross-entropy te" in flat
+    assert "1.96 GiB" in flat
     te = run("predict", *base, "--cross-entropy", "te")
     assert te.returncode == 0 and "Transformer Engine fused loss" in " ".join(te.stdout.split())
     bad = run("predict", *base, "--cross-entropy", "te", "--memory-accounting", "fsdp2")
@@ -115,7 +122,7 @@ def test_plan_says_when_the_native_loss_was_assumed():
     said = flat(default)
     assert "loss priced as Megatron's native fp32 cross entropy" in said and "--cross-entropy te" in said
     native, te = (float(x) for x in
-                  __import__("re").search(r"\(([\d.]+) GiB of logits.*?\) ([\d.]+) GiB", said).groups())
+                  __import__("re").search(r"\(([\d.]+) GiB per micro-batch.*?\) ([\d.]+) GiB", said).groups())
     assert native == pytest.approx(4 * te, rel=0.01)        # 8 B against 2 B per entry
     for chosen in (run("--cross-entropy", "te"), run("--cross-entropy", "native"), run("--memory-accounting", "fsdp2")):
         assert chosen.returncode == 0 and "loss priced as" not in flat(chosen)

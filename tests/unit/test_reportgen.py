@@ -303,23 +303,28 @@ def test_what_if_cells_show_what_differs_and_the_verdict_says_how_sure(tmp_path)
 
 
 def test_a_run_result_is_a_report_input_by_its_measured_report(tmp_path):
-    # trial 2026-11-30: `report` refused `run --out` results. Its measured StepReport is the column (named so); the
-    # prediction beside it is run's own comparison, not a what-if alternative; settings a measured run has none of
-    # (gradient dtype, loss kernel: "") are not printed as "grad_dtype=".
-    from parsim.reportgen import _plan_cells, load_inputs
+    # trial 2026-11-30: `report` refused `run --out` results. Its measured StepReport and run's own prediction are
+    # two columns (named so), never ranked against each other (a second trial saw "fastest plan that fits: <the
+    # prediction>" beside the measurement of the same plan); settings a measured run has none of (gradient dtype,
+    # loss kernel: "") are not printed as "grad_dtype=".
+    from parsim.reportgen import _plan_cells, _whatif_verdict, load_inputs
     pred = predict("gpt-tiny", "cpu-local", Plan(dp=1, micro_batch=1, global_batch=1), gpus=1).to_dict()
     measured = dict(pred, source="measured", grad_dtype="", cross_entropy="", memory_accounting="measured",
                     step_time_s=pred["step_time_s"] * 1.3)
     (tmp_path / "run.json").write_text(json.dumps({"plan_label": "x", "measured": measured, "predicted": pred,
                                                    "rows": [], "relative_error": 0.3}))
     _, plans = load_inputs([tmp_path / "run.json"])
-    assert [p["name"] for p in plans] == ["run (measured)"]
+    assert [p["name"] for p in plans] == ["run (measured)", "run (run's prediction)"]
     assert plans[0]["report"]["step_time_s"] == pytest.approx(pred["step_time_s"] * 1.3)
+    v = _whatif_verdict(plans)
+    assert v.startswith("Measured and predicted inputs are ranked apart")
+    assert "predicted: fastest plan that fits: run (run's prediction)" in v
+    assert "measured: fastest plan that fits (measured): run (measured)" in v
     (tmp_path / "p.json").write_text(json.dumps(pred))
     _, both = load_inputs([tmp_path / "run.json", tmp_path / "p.json"])
     cells = _plan_cells(both)
     assert "grad_dtype=" not in cells[0] and "cross_entropy=" not in cells[0]
-    assert "grad_dtype=fp32" in cells[1] and "memory_accounting=measured" in cells[0]
+    assert "grad_dtype=fp32" in cells[2] and "memory_accounting=measured" in cells[0]
     # anything else is refused naming the three kinds
     (tmp_path / "odd.json").write_text(json.dumps({"measured": 1}))
     with pytest.raises(ParsimError, match="or a run result \\(run --out\\)"):
