@@ -445,6 +445,7 @@ HF_FAMILIES = {
 }
 # Fields that change the architecture in ways ModelSpec does not model: refused, never ignored.
 HF_UNMODELLED = {
+    "sliding_window_pattern": "Gemma-3's every-p-th-layer global attention (no family parsim reads uses it)",
     "kv_lora_rank": "multi-head latent attention (DeepSeek-V2/V3)",
     "q_lora_rank": "low-rank query projection (DeepSeek-V2/V3)",
     "n_routed_experts": "DeepSeek-style routed experts",
@@ -517,35 +518,52 @@ def hf_seq_len(cfg, name, max_pos, field: str = "max_position_embeddings"):
                if s < DEFAULT_HF_SEQ_LEN else f"seq_len {s}: parsim's default ({field} is {max_pos})")
 
 
+# How each family's transformers attention uses a config's sliding_window (2025-26 transformers): which layers get it.
+#   every   Mistral, Mixtral, Phi-3: every layer (their attention passes config.sliding_window; no other field read)
+#   qwen    Qwen2, Qwen3, Qwen3-MoE: only with use_sliding_window true (its default is false), on layers from
+#           max_window_layers on (layer_idx >= max_window_layers), or as layer_types lists them
+#   gemma2  Gemma-2: layers 0, 2, 4, ... (Gemma2DecoderLayer: is_sliding = not layer_idx % 2), or as layer_types lists
+#   none    every other family: its attention has no window (a sliding_window field is said unused)
+HF_WINDOW_RULE = {"mistral": "every", "mixtral": "every", "phi3": "every", "qwen2": "qwen", "qwen3": "qwen",
+                  "qwen3_moe": "qwen", "gemma2": "gemma2"}
+
+
 def _hf_window_layers(cfg: dict, name: str, mt: str, layers: int) -> tuple[int, str]:
-    """(how many layers use the config's sliding window, the field that says so), as transformers builds them:
-    use_sliding_window false: none (Qwen2); layer_types: its "sliding_attention" entries (one per layer, each
-    "sliding_attention" or "full_attention"); sliding_window_pattern p: all but every p-th layer (Gemma 3:
-    is_sliding = (layer_idx + 1) % p); Gemma-2: layers 0, 2, 4, ... (Gemma2DecoderLayer: is_sliding = not layer_idx % 2,
-    no config field says so); max_window_layers m (Qwen2: use_sliding_window and layer_idx >= m): layers m..; else
-    every layer (Mistral). ParsimError for a malformed list or pattern."""
-    if cfg.get("use_sliding_window") is False:
-        return 0, "use_sliding_window false"
-    lt, p, m = cfg.get("layer_types"), cfg.get("sliding_window_pattern"), cfg.get("max_window_layers")
+    """(how many layers use the config's sliding window, why), as the family's transformers code builds them
+    (HF_WINDOW_RULE). ParsimError for a field of the wrong type, a malformed layer_types list, or one the family does
+    not read (layer_types outside the qwen and gemma2 families: refused, never ignored)."""
+    rule = HF_WINDOW_RULE.get(mt, "none")
+    lt = cfg.get("layer_types")
+    if lt is not None and rule not in ("qwen", "gemma2"):
+        raise ParsimError(f"Hugging Face config {name}: field layer_types is not read by model_type {mt!r} (per-layer "
+                          f"attention types: Qwen2/Qwen3, Gemma-2); refusing rather than pricing a different model")
+    if rule == "none":
+        return 0, f"model_type {mt}'s attention has no sliding window"
+    if rule == "every":
+        return layers, "every layer"
+    use = cfg.get("use_sliding_window")
+    if use is not None and not isinstance(use, bool):
+        raise ParsimError(f"Hugging Face config {name}: use_sliding_window = {use!r}, expected true or false")
+    if rule == "qwen" and not use:
+        return 0, "use_sliding_window " + ("false" if use is False else "absent: transformers' default is false")
     if lt is not None:
         kinds = ("sliding_attention", "full_attention")
         if not isinstance(lt, list) or len(lt) != layers or any(k not in kinds for k in lt):
-            bad = next((k for k in lt if k not in kinds), None) if isinstance(lt, list) else None
-            raise ParsimError(f"Hugging Face config {name}: layer_types = {str(lt)[:60]}"
-                              + (f" (entry {str(bad)[:30]!r})" if bad is not None else "")
+            bad = next((k for k in lt if k not in kinds), ...) if isinstance(lt, list) else ...
+            shown = str(lt) if len(str(lt)) <= 60 else str(lt)[:57] + "..."
+            raise ParsimError(f"Hugging Face config {name}: layer_types = {shown}"
+                              + (f" ({len(lt)} entries)" if isinstance(lt, list) else "")
+                              + (f" (entry {str(bad)[:30]!r})" if bad is not ... else "")
                               + f": expected a list of {layers} entries (num_hidden_layers), each "
                                 f"{' or '.join(kinds)}")
         return lt.count("sliding_attention"), "layer_types"
-    if p is not None:
-        if not isinstance(p, int) or isinstance(p, bool) or p < 1:
-            raise ParsimError(f"Hugging Face config {name}: sliding_window_pattern = {p!r}, expected a positive "
-                              f"integer (every p-th layer global)")
-        return layers - layers // p, f"sliding_window_pattern {p}: every {p}th layer global"
-    if mt == "gemma2":
+    if rule == "gemma2":
         return (layers + 1) // 2, "Gemma-2 alternates: Gemma2DecoderLayer is_sliding = not layer_idx % 2"
-    if isinstance(m, int) and not isinstance(m, bool):
-        return max(0, layers - max(m, 0)), f"max_window_layers {m}: layers from {m} on"
-    return layers, "every layer"
+    m = cfg.get("max_window_layers")
+    if m is None or isinstance(m, bool) or not isinstance(m, int):
+        raise ParsimError(f"Hugging Face config {name}: use_sliding_window true with max_window_layers = {m!r}: "
+                          f"expected an integer (the first windowed layer; transformers' default differs by version)")
+    return max(0, layers - max(m, 0)), f"max_window_layers {m}: layers from {m} on"
 
 
 def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:

@@ -989,23 +989,26 @@ def simulated_makespan(r: dict, cols: dict, i: int):
 
 
 def _loss_note(model, plan: Plan, seq: int, accounting: str, cross_entropy: str | None) -> str:
-    """What the loss keeps on the last stage per in-flight micro-batch (parsim.costs.memory.loss_logit_bytes), and, for
-    Megatron's native loss, what Transformer Engine's fused one (--cross-entropy te) would keep instead."""
+    """What the loss holds on the last stage (parsim.costs.memory.loss_logit_bytes per in-flight micro-batch, and
+    loss_backward_logits once, at its backward), and, for Megatron's native loss, what Transformer Engine's fused one
+    (--cross-entropy te) would hold instead. Printed ("loss:") from 1 GiB for one micro-batch, else JSON only."""
     e = float(C.DTYPE_BYTES[DTYPES.index(plan.dtype)])
     entries = plan.micro_batch * seq / plan.cp * model.vocab / plan.tp
-    def held(ce):
-        B = float(M.loss_logit_bytes(e, ce))
-        return B * entries * (1 + float(M.loss_backward_logits(accounting, plan.tp, ce))) / GiB
+    kept = lambda ce: float(M.loss_logit_bytes(e, ce)) * entries / GiB                          # noqa: E731
+    once = lambda ce: kept(ce) * float(M.loss_backward_logits(accounting, plan.tp, ce))          # noqa: E731
     ce = cross_entropy or M.DEFAULT_CROSS_ENTROPY
-    # "loss:" notes are printed with the table; below 1 GiB the loss is no memory question ("loss detail:", JSON only)
-    words = (f"loss{':' if held(ce) >= 1.0 else ' detail:'} "
-             f"{'Transformer Engine fused' if ce == 'te' else 'native fp32'} cross entropy, "
-             f"{held(ce):.2f} GiB per micro-batch on the last stage at its peak (the logits it keeps and the "
-             f"logit-sized tensors around its gradient; {plan.micro_batch}x{seq // plan.cp} tokens x {model.vocab:,}/"
-             f"{plan.tp} vocabulary)")
+    shape = f"{plan.micro_batch}x{seq // plan.cp} tokens x {model.vocab:,}/{plan.tp} vocabulary"
+    if ce == "te":
+        what = (f"Transformer Engine fused cross entropy keeps {kept(ce):.2f} GiB of 16-bit logits per in-flight "
+                f"micro-batch on the last stage, the gradient written over them ({shape})")
+    else:
+        what = (f"native fp32 cross entropy keeps {kept(ce):.2f} GiB of fp32 logits per in-flight micro-batch on the "
+                f"last stage, and {once(ce):.2f} GiB more once, at its backward ({shape}; {accounting}'s count, "
+                f"parsim.costs.memory.LOSS_BACKWARD_LOGITS)")
+    words = f"loss{':' if kept(ce) + once(ce) >= 1.0 else ' detail:'} {what}"
     if ce == "native" and accounting == "megatron":
         words += (f"; Transformer Engine's fused loss (--cross-entropy te, the Megatron-Bridge performance recipes') "
-                  f"keeps {held('te'):.2f} GiB")
+                  f"keeps {kept('te'):.2f} GiB per micro-batch and nothing more")
     return words
 
 
@@ -1134,6 +1137,15 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
                                      grad_dtype, cross_entropy))
     if plan.ep > 1:
         notes.append("expert parallel: balanced routing assumed (every expert gets tokens·top_k/experts)")
+    if plan.pp > 1 and model.window_layers not in (None, model.layers):
+        share = float(Ly.window_share(model.sliding_window, seq))
+        mean = (model.window_layers * share + model.layers - model.window_layers) / model.layers
+        if mean < 1.0:
+            notes.append(f"window: every stage is priced with the mean layer's attention span ({model.window_layers} of "
+                         f"{model.layers} layers windowed: {mean:.3f} of the global core); where the windowed layers sit "
+                         f"together (Qwen2's max_window_layers, a clustered layer_types) a stage of global layers does up "
+                         f"to {1 / mean:.2f}x that core work and its stage is slower than priced (Gemma-2's alternation "
+                         f"spreads them evenly)")
     if sim is not None:
         notes.append(f"pipeline: simulated makespan {sim:.6g} s, closed form {closed:.6g} s")
     elif plan.pp > 1 and _too_big_to_play(plan):

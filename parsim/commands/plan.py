@@ -103,13 +103,14 @@ def _loss_note(res, a) -> str:
     e = float(DTYPE_BYTES[DTYPES.index(at["dtype"])])
     entries = float(top["micro_batch"]) * at["seq_len"] / float(top["cp"]) * load_model(a.model or DEFAULT_MODEL).vocab \
         / float(top["tp"])
-    held = {ce: float(M.loss_logit_bytes(e, ce)) * entries * (1 + float(M.loss_backward_logits("megatron", top["tp"], ce)))
-            / 2 ** 30 for ce in M.CROSS_ENTROPY_IMPLS}
-    if held["native"] < 1.0:
+    kept = {ce: float(M.loss_logit_bytes(e, ce)) * entries / 2 ** 30 for ce in M.CROSS_ENTROPY_IMPLS}
+    once = kept["native"] * float(M.loss_backward_logits("megatron", top["tp"], "native"))
+    if kept["native"] + once < 1.0:
         return ""
-    return wrap(f"loss priced as Megatron's native fp32 cross entropy ({held['native']:.2f} GiB per micro-batch on #1's "
-                f"last stage at its peak: the logits and the tensors around its gradient); with --cross-entropy te "
-                f"(Transformer Engine's fused loss, the Megatron-Bridge performance recipes') {held['te']:.2f} GiB")
+    return wrap(f"loss priced as Megatron's native fp32 cross entropy ({kept['native']:.2f} GiB of fp32 logits per "
+                f"in-flight micro-batch on #1's last stage, {once:.2f} GiB more once at its backward); with "
+                f"--cross-entropy te (Transformer Engine's fused loss, the Megatron-Bridge performance recipes') "
+                f"{kept['te']:.2f} GiB per micro-batch and nothing more")
 
 
 def _overlap_note(res, top: int) -> str:

@@ -88,9 +88,10 @@ def test_cli_takes_it_says_it_and_refuses_it_where_it_cannot_run():
     native = run("predict", *base)
     assert native.returncode == 0, native.stderr
     flat = " ".join(native.stdout.split())
-    # 1 x 8192 x 128256 entries: native 8 B -> 7.83 GiB; te 2 B -> 1.96 GiB
-    assert "native fp32 cross entropy, 7.83 GiB per micro-batch" in flat and "--cross-entropy te" in flat
-    assert "1.96 GiB" in flat
+    # 1 x 8192 x 128256 entries: native 4 B kept -> 3.91 GiB per micro-batch, + 3.91 GiB once; te 2 B -> 1.96 GiB
+    assert "native fp32 cross entropy keeps 3.91 GiB of fp32 logits per in-flight micro-batch" in flat
+    assert "3.91 GiB more once, at its backward" in flat and "--cross-entropy te" in flat
+    assert "keeps 1.96 GiB per micro-batch and nothing more" in flat
     te = run("predict", *base, "--cross-entropy", "te")
     assert te.returncode == 0 and "Transformer Engine fused loss" in " ".join(te.stdout.split())
     bad = run("predict", *base, "--cross-entropy", "te", "--memory-accounting", "fsdp2")
@@ -122,7 +123,7 @@ def test_plan_says_when_the_native_loss_was_assumed():
     said = flat(default)
     assert "loss priced as Megatron's native fp32 cross entropy" in said and "--cross-entropy te" in said
     native, te = (float(x) for x in
-                  __import__("re").search(r"\(([\d.]+) GiB per micro-batch.*?\) ([\d.]+) GiB", said).groups())
-    assert native == pytest.approx(4 * te, rel=0.01)        # 8 B against 2 B per entry
+                  __import__("re").search(r"\(([\d.]+) GiB of fp32 logits.*?\) ([\d.]+) GiB per micro", said).groups())
+    assert native == pytest.approx(2 * te, rel=0.01)        # 4 B kept against 2 B per entry
     for chosen in (run("--cross-entropy", "te"), run("--cross-entropy", "native"), run("--memory-accounting", "fsdp2")):
         assert chosen.returncode == 0 and "loss priced as" not in flat(chosen)

@@ -46,12 +46,18 @@ def test_mistral_config_keeps_its_window_and_its_parameter_count():
 
 
 def test_use_sliding_window_false_and_partial_windows():
-    off = dict(MISTRAL_7B_V01, use_sliding_window=False)
+    qwen = dict(MISTRAL_7B_V01, model_type="qwen2")
+    off = dict(qwen, use_sliding_window=False)
     assert from_hf_config(off, "qwen-like").sliding_window is None
     # Qwen2-style window on the upper layers only (layer_idx >= max_window_layers): layers 28..31, 4 of 32
-    part = from_hf_config(dict(MISTRAL_7B_V01, use_sliding_window=True, max_window_layers=28), "qwen2-like")
+    part = from_hf_config(dict(qwen, use_sliding_window=True, max_window_layers=28), "qwen2-like")
     assert (part.sliding_window, part.window_layers) == (4096, 4)
     assert "on 4 of 32 layers (max_window_layers 28: layers from 28 on), the others global" in part.source
+    # Mistral's attention windows every layer whatever else the file says (trial 2026-11-30: use_sliding_window false,
+    # max_window_layers 16 were read as a Qwen2 file's)
+    for extra in ({"use_sliding_window": False}, {"max_window_layers": 16}):
+        m = from_hf_config(dict(MISTRAL_7B_V01, **extra), "mistral")
+        assert (m.sliding_window, m.window_layers) == (4096, None), extra
     with pytest.raises(ParsimError, match="sliding_window = 'x'"):
         from_hf_config(dict(MISTRAL_7B_V01, sliding_window="x"), "bad")
 
@@ -119,15 +125,35 @@ def test_hf_windows_read_as_their_models_use_them(tmp_path):
     # layer_types wins over max_window_layers (transformers derives it from them); use_sliding_window false: none
     assert load(layer_types=["sliding_attention"] * 7 + ["full_attention"] * 21, max_window_layers=0).window_layers == 7
     assert load(max_window_layers=0, use_sliding_window=False).sliding_window is None
-    # Gemma-3-style pattern: every 6th layer global -> 28 - 4 = 24 windowed
-    assert load(sliding_window_pattern=6).window_layers == 24
+    # no family parsim reads uses sliding_window_pattern (Gemma 3's): refused, not read as Gemma-2's alternation
+    with pytest.raises(ParsimError, match="sliding_window_pattern"):
+        load(sliding_window_pattern=6)
+    # transformers' Qwen2Config defaults use_sliding_window to false: a file without it has no window (trial
+    # 2026-11-30: windowed 14 of 28); wrongly typed fields are refused, not ignored
+    assert load_model(str(_write(tmp_path, {k: v for k, v in dict(qwen, max_window_layers=14).items()
+                                            if k != "use_sliding_window"}))).sliding_window is None
+    for bad, field in (({"use_sliding_window": "false"}, "use_sliding_window = 'false'"),
+                       ({"use_sliding_window": None, "max_window_layers": 14}, None),
+                       ({"max_window_layers": "14"}, "max_window_layers = '14'"),
+                       ({"max_window_layers": 14.0}, "max_window_layers = 14.0")):
+        if field is None:
+            assert load(**bad).sliding_window is None            # null: transformers' default, off
+            continue
+        with pytest.raises(ParsimError, match=field):
+            load(**bad)
+    # Llama's attention has no window: the field is said unused; layer_types on a family that does not read it refused
+    llama = dict(qwen, model_type="llama")
+    assert load_model(str(_write(tmp_path, llama))).sliding_window is None
+    assert "no sliding window" in load_model(str(_write(tmp_path, llama))).source
+    with pytest.raises(ParsimError, match="layer_types is not read by model_type 'llama'"):
+        load_model(str(_write(tmp_path, dict(llama, layer_types=["full_attention"] * 28))))
     # malformed lists and patterns refused naming the field and what was expected
     with pytest.raises(ParsimError, match="layer_types .*entry 'chunked_attention'.*expected a list of 28 entries"):
         load(layer_types=["chunked_attention"] * 28)
-    with pytest.raises(ParsimError, match="expected a list of 28 entries"):
+    with pytest.raises(ParsimError, match=r"\.\.\. \(27 entries\): expected a list of 28 entries"):
         load(layer_types=["full_attention"] * 27)
-    with pytest.raises(ParsimError, match="sliding_window_pattern = 0"):
-        load(sliding_window_pattern=0)
+    with pytest.raises(ParsimError, match="entry .None."):
+        load(layer_types=[None] + ["full_attention"] * 27)
     with pytest.raises(ParsimError, match="sliding_window is null"):
         load(layer_types=["sliding_attention"] * 28, sliding_window=None)
     # no model_type: said so, not "did you mean falcon?"
@@ -136,6 +162,12 @@ def test_hf_windows_read_as_their_models_use_them(tmp_path):
     with pytest.raises(ParsimError, match="no model_type field") as e:
         load_model(str(p))
     assert "did you mean" not in str(e.value)
+
+
+def _write(tmp_path, cfg):
+    p = tmp_path / "w.json"
+    p.write_text(json.dumps(cfg))
+    return p
 
 
 def test_a_window_on_some_layers_prices_the_layer_weighted_span():
@@ -158,3 +190,20 @@ def test_a_window_on_some_layers_prices_the_layer_weighted_span():
     with pytest.raises(ParsimError, match="window_layers = 43, expected at most layers \\(42\\)"):
         dataclasses.replace(g, window_layers=43)
     assert "sliding window 4096 on 21 of 42 layers" in g.summary()
+
+
+def test_pipeline_stages_say_when_the_windowed_layers_may_sit_together(tmp_path):
+    # trial 2026-11-30: Qwen2 with max_window_layers 14 of 28 on pp 2 prices both stages with the mean layer's span
+    # (0.617 of the global core at 32k: (14 x 0.234375 + 14) / 28) while stage 0 holds only global layers, ~12% slower;
+    # the note says so with the factor 1 / 0.617 = 1.62
+    from parsim.plan import Plan
+    from parsim.predict import predict
+    cfg = dict(MISTRAL_7B_V01, model_type="qwen2", num_hidden_layers=28, use_sliding_window=True, max_window_layers=14)
+    m = load_model(str(_write(tmp_path, cfg)))
+    plan = Plan(dp=2, tp=2, pp=2, micro_batch=1, global_batch=16, seq_len=32768, recompute="full")
+    notes = [n for n in predict(m, "dgx-h100", plan, gpus=8).notes if n.startswith("window:")]
+    assert len(notes) == 1 and "0.617 of the global core" in notes[0] and "1.62x" in notes[0]
+    # no note without pp, nor when every layer is windowed
+    assert not [n for n in predict(m, "dgx-h100", plan.with_(pp=1, dp=4), gpus=8).notes if n.startswith("window:")]
+    allw = load_model(str(_write(tmp_path, dict(cfg, max_window_layers=0))))
+    assert not [n for n in predict(allw, "dgx-h100", plan, gpus=8).notes if n.startswith("window:")]
