@@ -697,7 +697,8 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
         if nw < kw["layers"]:
             kw["window_layers"] = nw
         src += f"; sliding-window attention over {win} keys" + (
-            f" on {nw} of {kw['layers']} layers ({why}), the others global" if nw < kw["layers"] else "")
+            f" on {nw} of {kw['layers']} layers ({why}), the others global" if nw < kw["layers"] else "") + (
+            f" (no effect at seq_len {seq}: a longer --seq-len meets it)" if win >= seq else "")
     elif win is not None:
         src += f"; sliding_window {win} unused (no layer uses it: {why})"
     try:

@@ -32,6 +32,8 @@ def test_mistral_config_keeps_its_window_and_its_parameter_count():
     assert m.params == 7_241_732_096
     assert m.sliding_window == 4096
     assert "sliding-window attention over 4096 keys" in m.source and "not modelled" not in m.source
+    # at the default length (4096) the window changes nothing yet: said (trial 2026-11-30)
+    assert "(no effect at seq_len 4096: a longer --seq-len meets it)" in m.source
     # the window is kept when the training length defaults below it: a longer --seq-len meets it
     full = dataclasses.replace(m, name="full", sliding_window=None)
     s = 32768
