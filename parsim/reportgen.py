@@ -71,12 +71,30 @@ def load_inputs(paths) -> tuple[list[dict], list[dict]]:
             st = q["report"].get("step_time_s")
             if isinstance(st, bool) or not isinstance(st, (int, float)) or not (math.isfinite(st) and st > 0):
                 raise ParsimError(f"report input {p}: step_time_s = {st!r}: expected a finite number of seconds > 0")
+            _check_fits(q["report"], p)
         plans += new
     names = [q["name"] for q in plans]           # one column per input, even when a file is given twice
     for i, q in enumerate(plans):
         if names.count(q["name"]) > 1:
             q["name"] = f"{q['name']} ({names[:i + 1].count(q['name'])})"
     return records, plans
+
+
+def _check_fits(report: dict, path) -> None:
+    """ParsimError when a predicted input's `fits` disagrees with its own memory, headroom and capacity (fits means
+    memory_GiB + memory_headroom_GiB <= memory_capacity_GiB; trial 2026-11-30: a hand-edited `fits: true` on a plan
+    needing more than the device was ranked as the fastest that fits). Inputs without those numbers (plan lists,
+    measured runs) are taken as they say."""
+    fits, nums = report.get("fits"), [report.get(k) for k in ("memory_GiB", "memory_headroom_GiB",
+                                                               "memory_capacity_GiB")]
+    if report.get("source") == "measured" or not isinstance(fits, bool) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in nums) or nums[2] <= 0:
+        return
+    mem, room, cap = nums
+    if fits != (mem + room <= cap * (1 + 1e-9)):
+        raise ParsimError(f"report input {path}: fits = {str(fits).lower()} but memory {mem:.2f} GiB + headroom "
+                          f"{room:.2f} GiB {'>' if fits else '<='} capacity {cap:.2f} GiB: expected fits = "
+                          f"{str(not fits).lower()} (an edited input? re-run parsim predict)")
 
 
 def _plan_row_as_report(row, attrs):

@@ -338,3 +338,18 @@ def test_a_run_result_is_a_report_input_by_its_measured_report(tmp_path):
     (tmp_path / "odd.json").write_text(json.dumps({"measured": 1}))
     with pytest.raises(ParsimError, match="or a run result \\(run --out\\)"):
         load_inputs([tmp_path / "odd.json"])
+
+
+def test_a_fits_that_contradicts_the_inputs_own_memory_is_refused(tmp_path):
+    # trial 2026-11-30 (left then): a hand-edited predict JSON saying fits: true for a plan needing more than the device
+    # was ranked as the fastest plan that fits. llama2-70b dp4 tp8 pp2 on 64 H100: 82.80 GiB + 5.98 > 79.65 GiB.
+    from parsim.reportgen import load_inputs
+    r = predict("llama2-70b", "dgx-h100", Plan(dp=4, tp=8, pp=2, micro_batch=1, global_batch=256, recompute="selective",
+                                             sequence_parallel=True), gpus=64).to_dict()
+    assert r["fits"] is False and r["memory_GiB"] + r["memory_headroom_GiB"] > r["memory_capacity_GiB"]
+    (tmp_path / "ok.json").write_text(json.dumps(r))
+    load_inputs([tmp_path / "ok.json"])                              # consistent: taken
+    (tmp_path / "edited.json").write_text(json.dumps(dict(r, fits=True)))
+    with pytest.raises(ParsimError, match=r"edited.json: fits = true but memory 82.80 GiB \+ headroom 5.98 GiB > "
+                                          r"capacity 79.65 GiB: expected fits = false"):
+        load_inputs([tmp_path / "edited.json"])
