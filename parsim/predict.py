@@ -994,21 +994,22 @@ def _loss_note(model, plan: Plan, seq: int, accounting: str, cross_entropy: str 
     (--cross-entropy te) would hold instead. Printed ("loss:") from 1 GiB for one micro-batch, else JSON only."""
     e = float(C.DTYPE_BYTES[DTYPES.index(plan.dtype)])
     entries = plan.micro_batch * seq / plan.cp * model.vocab / plan.tp
-    kept = lambda ce: float(M.loss_logit_bytes(e, ce)) * entries / GiB                          # noqa: E731
-    once = lambda ce: kept(ce) * float(M.loss_backward_logits(accounting, plan.tp, ce))          # noqa: E731
+    kinds = M.CROSS_ENTROPY_IMPLS if accounting == "megatron" else ("native",)   # te is Megatron's only
+    held = {c: [float(x) / GiB for x in M.loss_held_bytes(accounting, e, entries, plan.tp, c)] for c in kinds}
+    kept, once = {c: h[0] for c, h in held.items()}, {c: h[1] for c, h in held.items()}
     ce = cross_entropy or M.DEFAULT_CROSS_ENTROPY
     shape = f"{plan.micro_batch}x{seq // plan.cp} tokens x {model.vocab:,}/{plan.tp} vocabulary"
     if ce == "te":
-        what = (f"Transformer Engine fused cross entropy keeps {kept(ce):.2f} GiB of 16-bit logits per in-flight "
+        what = (f"Transformer Engine fused cross entropy keeps {kept[ce]:.2f} GiB of 16-bit logits per in-flight "
                 f"micro-batch on the last stage, the gradient written over them ({shape})")
     else:
-        what = (f"native fp32 cross entropy keeps {kept(ce):.2f} GiB of fp32 logits per in-flight micro-batch on the "
-                f"last stage, and {once(ce):.2f} GiB more once, at its backward ({shape}; {accounting}'s count, "
+        what = (f"native fp32 cross entropy keeps {kept[ce]:.2f} GiB of fp32 logits per in-flight micro-batch on the "
+                f"last stage, and {once[ce]:.2f} GiB more once, at its backward ({shape}; {accounting}'s count, "
                 f"parsim.costs.memory.LOSS_BACKWARD_LOGITS)")
-    words = f"loss{':' if kept(ce) + once(ce) >= 1.0 else ' detail:'} {what}"
+    words = f"loss{':' if kept[ce] + once[ce] >= 1.0 else ' detail:'} {what}"
     if ce == "native" and accounting == "megatron":
         words += (f"; Transformer Engine's fused loss (--cross-entropy te, the Megatron-Bridge performance recipes') "
-                  f"keeps {kept('te'):.2f} GiB per micro-batch and nothing more")
+                  f"keeps {kept['te']:.2f} GiB per micro-batch and nothing more")
     return words
 
 

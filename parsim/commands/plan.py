@@ -103,8 +103,9 @@ def _loss_note(res, a) -> str:
     e = float(DTYPE_BYTES[DTYPES.index(at["dtype"])])
     entries = float(top["micro_batch"]) * at["seq_len"] / float(top["cp"]) * load_model(a.model or DEFAULT_MODEL).vocab \
         / float(top["tp"])
-    kept = {ce: float(M.loss_logit_bytes(e, ce)) * entries / 2 ** 30 for ce in M.CROSS_ENTROPY_IMPLS}
-    once = kept["native"] * float(M.loss_backward_logits("megatron", top["tp"], "native"))
+    held = {ce: [float(x) / 2 ** 30 for x in M.loss_held_bytes("megatron", e, entries, top["tp"], ce)]
+            for ce in M.CROSS_ENTROPY_IMPLS}
+    kept, once = {ce: h[0] for ce, h in held.items()}, held["native"][1]
     if kept["native"] + once < 1.0:
         return ""
     return wrap(f"loss priced as Megatron's native fp32 cross entropy ({kept['native']:.2f} GiB of fp32 logits per "

@@ -300,6 +300,14 @@ def loss_logit_bytes(e, cross_entropy: str | None = None):
     return np.where(check_cross_entropy(cross_entropy) == "te", np.asarray(e, dtype=float), 4.0)
 
 
+def loss_held_bytes(accounting: str, e, entries, tp, cross_entropy: str | None = None) -> tuple:
+    """(bytes the loss keeps per in-flight micro-batch, bytes it adds once at its backward) for `entries` logit entries
+    ([tokens, vocab/t] of one micro-batch on this rank) of e-byte logits: loss_logit_bytes x entries and
+    loss_backward_logits of those. Scalars or arrays."""
+    kept = loss_logit_bytes(e, cross_entropy) * np.asarray(entries, dtype=float)
+    return kept, kept * loss_backward_logits(accounting, tp, cross_entropy)
+
+
 def loss_backward_logits(accounting: str, tp, cross_entropy: str | None = None):
     """Logit-sized tensors (of loss_logit_bytes each) the loss backward holds on top of the kept logits, by framework
     and tensor-parallel degree (LOSS_BACKWARD_LOGITS for tp = 1, LOSS_PARALLEL_BACKWARD_LOGITS for tp > 1; none for
