@@ -229,32 +229,31 @@ def _candidates(r: dict, model, unstated: str = "") -> list[Plan]:
     return out
 
 
-def _grad_dtypes(header: dict, row: dict) -> tuple:
-    """The gradient reduce dtypes a row's run may have used: the row's ``grad_dtype`` column, else its file header's
-    ``grad_dtype`` (a value of parsim.costs.memory.GRAD_DTYPES, its source after a space), both when the header's
-    ``unstated`` line names "grad dtype" (searched like the other unstated knobs), else the framework's default
-    (None). ParsimError for a value outside GRAD_DTYPES."""
-    from parsim.costs.memory import GRAD_DTYPES
-    stated = (row.get("grad_dtype") or header.get("grad_dtype", "")).split(" ", 1)[0].rstrip(";,")
+def _stated_or_searched(header: dict, row: dict, key: str, choices: tuple, unstated_word: str) -> tuple:
+    """The values of a framework setting a row's run may have used: the row's `key` column, else its file header's
+    `key` (one of `choices`, its source after a space), every one of `choices` when the header's ``unstated`` line
+    names `unstated_word` (searched like the other unstated knobs), else (None,): the framework's default.
+    ParsimError for a stated value outside `choices`."""
+    stated = (row.get(key) or header.get(key, "")).split(" ", 1)[0].rstrip(";,")
     if stated:
-        if stated not in GRAD_DTYPES:
-            raise ParsimError(f"corpus header grad_dtype {stated!r}: expected one of {', '.join(GRAD_DTYPES)}")
+        if stated not in choices:
+            raise ParsimError(f"corpus {key} {stated!r}: expected one of {', '.join(choices)}")
         return (stated,)
-    return ("fp32", "16bit") if "grad dtype" in header.get("unstated", "") else (None,)
+    return tuple(choices) if unstated_word in header.get("unstated", "") else (None,)
+
+
+def _grad_dtypes(header: dict, row: dict) -> tuple:
+    """The gradient reduce dtypes a row's run may have used (parsim.costs.memory.GRAD_DTYPES; `_stated_or_searched`,
+    "grad dtype" in the header's unstated line)."""
+    from parsim.costs.memory import GRAD_DTYPES
+    return _stated_or_searched(header, row, "grad_dtype", GRAD_DTYPES, "grad dtype")
 
 
 def _cross_entropies(header: dict, row: dict) -> tuple:
-    """The loss kernels a row's run may have used: the row's ``cross_entropy`` column, else its file header's
-    ``cross_entropy`` (a value of parsim.costs.memory.CROSS_ENTROPY_IMPLS, its source after a space), both when the
-    header's ``unstated`` line names "cross entropy" (searched), else the framework's own (None). ParsimError for a
-    value outside CROSS_ENTROPY_IMPLS."""
+    """The loss kernels a row's run may have used (parsim.costs.memory.CROSS_ENTROPY_IMPLS; `_stated_or_searched`,
+    "cross entropy" in the header's unstated line)."""
     from parsim.costs.memory import CROSS_ENTROPY_IMPLS
-    stated = (row.get("cross_entropy") or header.get("cross_entropy", "")).split(" ", 1)[0].rstrip(";,")
-    if stated:
-        if stated not in CROSS_ENTROPY_IMPLS:
-            raise ParsimError(f"corpus cross_entropy {stated!r}: expected one of {', '.join(CROSS_ENTROPY_IMPLS)}")
-        return (stated,)
-    return CROSS_ENTROPY_IMPLS if "cross entropy" in header.get("unstated", "") else (None,)
+    return _stated_or_searched(header, row, "cross_entropy", CROSS_ENTROPY_IMPLS, "cross entropy")
 
 
 def load_file(path) -> list[CorpusRow]:
@@ -378,9 +377,8 @@ def predict_row(row: CorpusRow, fraction: float | None = None) -> dict:
     def readings_refused(i):
         """The unstated-setting readings (gradient dtype, loss kernel) under which the verdict refuses the chosen plan
         itself: a verdict that holds only under the searched reading is said, not counted as settled."""
-        return [f"{'grads ' + gds[k] if gds[k] else ''}{' ' if gds[k] and ces[k] else ''}"
-                f"{'loss ' + ces[k] if ces[k] else ''}" or "default" for k in range(i % n, len(plans), n)
-                if not verdict[k]]
+        return [" ".join(w for w in (gds[k] and f"grads {gds[k]}", ces[k] and f"loss {ces[k]}") if w) or "default"
+                for k in range(i % n, len(plans), n) if not verdict[k]]
     if not ok.any():
         i = int(np.argmin(mem))
         return {"value": float("nan"), "memory_GiB": float(mem[i] / GiB), "plan": plans[i], "grad_dtype": gds[i],

@@ -165,10 +165,10 @@ def _whatif_verdict(plans: list[dict]) -> str:
         groups.setdefault(workload(p["report"]), []).append(p)
     parts = []
     # measured and predicted inputs are ranked apart: a measurement is not an alternative to a prediction
-    kinds = {"measured" if p["report"].get("source") == "measured" else "predicted" for p in plans}
+    source = lambda p: "measured" if p["report"].get("source") == "measured" else "predicted"   # noqa: E731
+    kinds = {source(p) for p in plans}
     if len(kinds) > 1:
-        groups = {(w, k): [p for p in ps if ("measured" if p["report"].get("source") == "measured" else "predicted") == k]
-                  for w, ps in groups.items() for k in ("predicted", "measured")}
+        groups = {(w, k): [p for p in ps if source(p) == k] for w, ps in groups.items() for k in ("predicted", "measured")}
         groups = {wk: ps for wk, ps in groups.items() if ps}
     for w, ps in groups.items():
         kind = ""
