@@ -439,7 +439,7 @@ def preset_names() -> list[str]:
 # model_type -> family. Each family's reader below says which fields it takes.
 HF_FAMILIES = {
     "llama": "llama", "mistral": "llama", "mixtral": "llama", "qwen2": "llama", "qwen3": "llama",
-    "qwen3_moe": "llama", "gemma": "llama", "gemma2": "llama", "phi3": "llama",
+    "qwen3_moe": "llama", "gemma": "llama", "gemma2": "llama", "phi3": "llama", "gpt_oss": "llama",
     "gpt2": "gpt2", "gpt_neox": "gpt_neox", "falcon": "falcon", "RefinedWeb": "falcon",
     "RefinedWebModel": "falcon", "bloom": "bloom", "nemotron": "nemotron",
 }
@@ -500,11 +500,12 @@ def _hf_act(cfg, name, keys, gated):
 
 
 def hf_seq_len(cfg, name, max_pos, field: str = "max_position_embeddings"):
-    """(training length, where it came from): original_max_position_embeddings (top level or in
-    rope_scaling) when present, else min(DEFAULT_HF_SEQ_LEN, max_pos), said as read from `field` (the file's own
+    """(training length, where it came from): original_max_position_embeddings (top level, in rope_scaling or in
+    transformers v5's rope_parameters) when present, else min(DEFAULT_HF_SEQ_LEN, max_pos), said as read from `field` (the file's own
     name for it, or where the value came from)."""
-    rs = cfg.get("rope_scaling")
+    rs, rp = cfg.get("rope_scaling"), cfg.get("rope_parameters")     # rope_parameters: transformers v5's name
     for where, d in (("rope_scaling.original_max_position_embeddings", rs if isinstance(rs, dict) else {}),
+                     ("rope_parameters.original_max_position_embeddings", rp if isinstance(rp, dict) else {}),
                      ("original_max_position_embeddings", cfg)):
         v = d.get("original_max_position_embeddings")
         if v is not None:
@@ -522,21 +523,22 @@ def hf_seq_len(cfg, name, max_pos, field: str = "max_position_embeddings"):
 #   every   Mistral, Mixtral, Phi-3: every layer (their attention passes config.sliding_window; no other field read)
 #   qwen    Qwen2, Qwen3, Qwen3-MoE: only with use_sliding_window true (its default is false), on layers from
 #           max_window_layers on (layer_idx >= max_window_layers), or as layer_types lists them
-#   gemma2  Gemma-2: layers 0, 2, 4, ... (Gemma2DecoderLayer: is_sliding = not layer_idx % 2), or as layer_types lists
+#   alternate  Gemma-2, GPT-OSS: layers 0, 2, 4, ... (Gemma2DecoderLayer: is_sliding = not layer_idx % 2; GptOssConfig's
+#           default layer_types: "sliding_attention" if (i + 1) % 2 else "full_attention"), or as layer_types lists
 #   none    every other family: its attention has no window (a sliding_window field is said unused)
 HF_WINDOW_RULE = {"mistral": "every", "mixtral": "every", "phi3": "every", "qwen2": "qwen", "qwen3": "qwen",
-                  "qwen3_moe": "qwen", "gemma2": "gemma2"}
+                  "qwen3_moe": "qwen", "gemma2": "alternate", "gpt_oss": "alternate"}
 
 
 def _hf_window_layers(cfg: dict, name: str, mt: str, layers: int) -> tuple[int, str]:
     """(how many layers use the config's sliding window, why), as the family's transformers code builds them
     (HF_WINDOW_RULE). ParsimError for a field of the wrong type, a malformed layer_types list, or one the family does
-    not read (layer_types outside the qwen and gemma2 families: refused, never ignored)."""
+    not read (layer_types outside the qwen and alternate families: refused, never ignored)."""
     rule = HF_WINDOW_RULE.get(mt, "none")
     lt = cfg.get("layer_types")
-    if lt is not None and rule not in ("qwen", "gemma2"):
+    if lt is not None and rule not in ("qwen", "alternate"):
         raise ParsimError(f"Hugging Face config {name}: field layer_types is not read by model_type {mt!r} (per-layer "
-                          f"attention types: Qwen2/Qwen3, Gemma-2); refusing rather than pricing a different model")
+                          f"attention types: Qwen2/Qwen3, Gemma-2, GPT-OSS); refusing rather than pricing a different model")
     if rule == "none":
         return 0, f"model_type {mt}'s attention has no sliding window"
     if rule == "every":
@@ -557,8 +559,10 @@ def _hf_window_layers(cfg: dict, name: str, mt: str, layers: int) -> tuple[int, 
                               + f": expected a list of {layers} entries (num_hidden_layers), each "
                                 f"{' or '.join(kinds)}")
         return lt.count("sliding_attention"), "layer_types"
-    if rule == "gemma2":
-        return (layers + 1) // 2, "Gemma-2 alternates: Gemma2DecoderLayer is_sliding = not layer_idx % 2"
+    if rule == "alternate":
+        return (layers + 1) // 2, ("GPT-OSS alternates: GptOssConfig's default layer_types slide layers 0, 2, 4, ..."
+                                   if mt == "gpt_oss" else
+                                   "Gemma-2 alternates: Gemma2DecoderLayer is_sliding = not layer_idx % 2")
     m = cfg.get("max_window_layers")
     if m is None or isinstance(m, bool) or not isinstance(m, int):
         raise ParsimError(f"Hugging Face config {name}: use_sliding_window true with max_window_layers = {m!r}: "
@@ -610,6 +614,12 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
             kw["qkv_bias"] = True          # Qwen2 q/k/v carry biases; no config key says so
         if mt == "mixtral":
             kw.update(experts=g("num_local_experts"), top_k=g("num_experts_per_tok"))
+        elif mt == "gpt_oss":
+            # transformers' GptOssConfig sets attention_bias = True whatever the file says, and GptOssExperts carries
+            # gate_up_proj_bias and down_proj_bias: biases on q, k, v, o and the experts. Every layer is an MoE layer
+            # of num_local_experts experts of width intermediate_size (no dense MLP).
+            kw.update(experts=g("num_local_experts"), top_k=g("num_experts_per_tok", "experts_per_token"),
+                      qkv_bias=True, linear_bias=True)
         elif mt == "qwen3_moe":
             kw.update(experts=g("num_experts"), top_k=g("num_experts_per_tok"),
                       expert_ffn_hidden=g("moe_intermediate_size"), moe_every=g("decoder_sparse_step", default=1))
@@ -685,6 +695,12 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
                               f"the head in (0, 1]")
         if rot != 1:
             src += f"; RoPE on {rot:g} of each head priced over all of it"
+    if mt == "gpt_oss":
+        # GptOssAttention.sinks (one learned logit per head, added to each softmax's denominator) and the router's bias:
+        # heads + experts parameters a layer, left out of the counts (< 1e-7 of them); the sinks' work is one more term
+        # per softmax row and the clamped SwiGLU (swiglu_limit) is one element-wise kernel, both priced as the plain ones
+        src += (f"; attention sinks and router bias ({kw['heads'] + kw['experts']} parameters a layer) not counted, "
+                f"sinks priced as plain softmax attention, clamped SwiGLU as SwiGLU")
     win = cfg.get("sliding_window")
     if win is not None and (not isinstance(win, int) or isinstance(win, bool)):
         raise ParsimError(f"Hugging Face config {name}: sliding_window = {win!r}, expected an integer or null")

@@ -1138,6 +1138,12 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
                                      grad_dtype, cross_entropy))
     if plan.ep > 1:
         notes.append("expert parallel: balanced routing assumed (every expert gets tokens·top_k/experts)")
+    if plan.flash_attention and cluster.device.attention_eff_fwd is not None and model.head_dim != 128:
+        # the profiles' attention curves are head-dim-128 kernel benchmarks (parsim/data/devices.yaml)
+        notes.append(f"attention: the flash core is priced at {cluster.device.name}'s head-dim-128 kernel rates (the "
+                     f"published curves); this model's heads are {model.head_dim} wide, and kernel rates differ by head "
+                     f"dim (FlashAttention-2 on H100, causal forward at 16k: 335 TFLOP/s at 128, 299 at 64; FlashAttention-3 "
+                     f"paper, Fig. 5)")
     if plan.pp > 1 and model.window_layers not in (None, model.layers):
         share = float(Ly.window_share(model.sliding_window, seq))
         mean = (model.window_layers * share + model.layers - model.window_layers) / model.layers

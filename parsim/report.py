@@ -53,7 +53,7 @@ def step_report_text(rep) -> str:
             f"model TFLOP/s/GPU {_tflops(rep.model_tflops_per_gpu)} (MFU {100 * rep.mfu:.1f}%)   "
             f"hardware TFLOP/s/GPU {_tflops(rep.hardware_tflops_per_gpu)} (HFU {100 * rep.hfu:.1f}%)",
             "fits: yes" if rep.fits else f"fits: NO — {rep.fits_reason}"]
-    tail += [f"note: {n}" for n in rep.notes if n.startswith(("context parallel", "expert parallel", "gradients:", "loss:", "overlap:", "window:")
+    tail += [f"note: {n}" for n in rep.notes if n.startswith(("attention:", "context parallel", "expert parallel", "gradients:", "loss:", "overlap:", "window:")
                                                                + FP8_DTYPES)]
     out += [wrap(line, width).rstrip("\n") for line in tail]
     return "\n".join(out) + "\n"

@@ -7,9 +7,18 @@ from parsim import accuracy as A
 from parsim.cli import main
 
 
-def test_moe_plans_quote_moe_evidence_not_dense():
-    # no 16-bit MoE run on H100 SXM is public: the nearest evidence is the fp8 MoE runs (errors > 100%), never the
+def test_moe_plans_quote_moe_evidence_not_dense(monkeypatch):
+    # H100 SXM has 16-bit MoE runs (GPT-OSS-120B BF16): a bf16 MoE plan quotes them, no nearest evidence needed
+    assert A.heldout("h100-sxm", "bf16", True)["models"] == ["gpt-oss-120b"]
+    assert "16-bit MoE runs on h100-sxm" in A.statement("h100-sxm", "bf16", True)
+    # ... and still says its 16-bit constant is an assumption: MoE rows are never fitted on (B200 likewise)
+    for dev in ("h100-sxm", "b200"):
+        assert f"16-bit constant for {dev} (0.735) is fitted on no published run of it" in A.statement(dev, "bf16", True)
+    assert "fitted on no published run" not in A.statement("b200", "fp8", True)     # its fp8 constant is fitted
+    # without them (as before the GPT-OSS preset): the nearest evidence is the fp8 MoE runs (errors > 100%), never the
     # fp8 dense runs (6%) that would make an MoE answer look sure
+    kinds = {k: v for k, v in A._load().items() if k != "h100-sxm/16-bit/moe"}
+    monkeypatch.setattr(A, "_load", lambda: kinds)
     (cls, moe), o = A.nearest_evidence("h100-sxm", "bf16", True)
     assert (cls, moe) == ("fp8", True) and o == A.heldout("h100-sxm", "fp8", True)
     assert "nearest evidence, fp8 MoE runs" in A.statement("h100-sxm", "bf16", True)

@@ -38,7 +38,7 @@ def test_hf_config_params_seq_len_and_active(row):
 def test_every_family_is_covered():
     families = {cfg(r["file"]).get("model_type") for r in ROWS}
     assert families >= {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "phi3", "gpt2",
-                        "gpt_neox", "falcon", "bloom", "nemotron"}
+                        "gpt_neox", "falcon", "bloom", "nemotron", "gpt_oss"}
 
 
 def test_family_shapes_read_right():
@@ -62,6 +62,38 @@ def test_family_shapes_read_right():
     assert (q3.experts, q3.top_k, q3.expert_ffn_hidden, q3.moe_layers) == (128, 8, 768, 48)
 
 
+@pytest.mark.parametrize("file, total_B, active_B", [("gpt-oss-120b.json", 116.83, 5.13), ("gpt-oss-20b.json", 20.91, 3.61)])
+def test_gpt_oss_counts_match_the_model_card(file, total_B, active_B):
+    # gpt-oss model card (OpenAI 2025, arXiv 2508.10925, Table 1): 116.83B / 20.91B total, 5.13B / 3.61B active; the card
+    # counts the unembedding in the active figure but not the embedding (vocab 201088 x hidden 2880 = 0.579B).
+    m = load_model(str(HF / file))
+    assert m.params / 1e9 == pytest.approx(total_B, abs=0.005)
+    assert (m.active_params - m.vocab * m.hidden) / 1e9 == pytest.approx(active_B, abs=0.005)
+    # every layer MoE, biases everywhere, alternate layers windowed (0, 2, ...: the first of each pair)
+    assert (m.moe_layers, m.qkv_bias, m.linear_bias, m.sliding_window, m.window_layers, m.head_dim) == \
+        (m.layers, True, True, 128, m.layers // 2, 64)
+    assert "attention sinks" in m.source
+
+
+def test_gpt_oss_attention_bias_and_default_layer_types():
+    c = cfg("gpt-oss-20b.json")
+    # GptOssConfig forces attention_bias = True; its default layer_types alternate from a sliding layer 0
+    c2 = {k: v for k, v in c.items() if k != "layer_types"} | {"attention_bias": False}
+    a, b = from_hf_config(c, "a"), from_hf_config(c2, "b")
+    assert (b.params, b.window_layers, b.qkv_bias) == (a.params, a.window_layers, True)
+    # an odd layer count: layers 0, 2, ..., 22 of 23 slide
+    c3 = {**c2, "num_hidden_layers": 23}
+    assert from_hf_config(c3, "c").window_layers == 12
+
+
+def test_rope_parameters_read_like_rope_scaling():
+    # transformers v5 writes rope_scaling as rope_parameters: Llama-3.1 still trains at 8192, not parsim's default 4096
+    c = cfg("llama3.1-8b.json")
+    c2 = {k: v for k, v in c.items() if k != "rope_scaling"} | {"rope_parameters": c["rope_scaling"]}
+    m = from_hf_config(c2, "v5")
+    assert m.seq_len == 8192 and "rope_parameters.original_max_position_embeddings" in m.source
+
+
 def test_seq_len_never_max_position_embeddings():
     # Llama-3.1: max_position_embeddings 131072, rope_scaling.original_max_position_embeddings 8192.
     m = load_model(str(HF / "llama3.1-8b.json"))
@@ -73,7 +105,8 @@ def test_seq_len_never_max_position_embeddings():
     assert load_model(str(HF / "gpt2.json")).seq_len == 1024
 
 
-@pytest.mark.parametrize("preset, file", [("mixtral-8x7b", "mixtral-8x7b.json"), ("qwen3-30b-a3b", "qwen3-30b-a3b.json"), ("qwen3-235b-a22b", "qwen3-235b-a22b.json"),
+@pytest.mark.parametrize("preset, file", [("gpt-oss-120b", "gpt-oss-120b.json"), ("gpt-oss-20b", "gpt-oss-20b.json"),
+                                          ("mixtral-8x7b", "mixtral-8x7b.json"), ("qwen3-30b-a3b", "qwen3-30b-a3b.json"), ("qwen3-235b-a22b", "qwen3-235b-a22b.json"),
                                           ("qwen3-8b", "qwen3-8b.json"), ("gemma-7b", "gemma-7b.json"),
                                           ("nemotron-340b", "nemotron-4-340b.json"), ("nemotron-8b", "nemotron-3-8b.json")])
 def test_presets_match_hf_configs(preset, file):

@@ -209,3 +209,17 @@ def test_pipeline_stages_say_when_the_windowed_layers_may_sit_together(tmp_path)
     assert not [n for n in predict(m, "dgx-h100", plan.with_(pp=1, dp=4), gpus=8).notes if n.startswith("window:")]
     allw = load_model(str(_write(tmp_path, dict(cfg, max_window_layers=0))))
     assert not [n for n in predict(allw, "dgx-h100", plan, gpus=8).notes if n.startswith("window:")]
+
+
+def test_attention_note_when_head_dim_is_not_the_curves():
+    # the profiles' flash-attention curves are head-dim-128 benchmarks: a 64-wide head (gpt-oss) is said, a 128 one not
+    from parsim.plan import Plan
+    from parsim.predict import predict
+    plan = Plan(dp=8, tp=1, pp=1, micro_batch=1, global_batch=8, ep=8)
+    notes = [n for n in predict(load_model("gpt-oss-20b"), "dgx-h100", plan, gpus=8).notes if n.startswith("attention:")]
+    assert len(notes) == 1 and "heads are 64 wide" in notes[0]
+    dense = Plan(dp=8, tp=1, pp=1, micro_batch=1, global_batch=8)
+    assert not [n for n in predict(load_model("llama3-8b"), "dgx-h100", dense, gpus=8).notes if n.startswith("attention:")]
+    # materialised scores (no flash): no kernel curve is used, nothing to say
+    assert not [n for n in predict(load_model("gpt-oss-20b"), "dgx-h100", plan.with_(flash_attention=False), gpus=8).notes
+                if n.startswith("attention:")]
