@@ -112,8 +112,9 @@ def statement(device: str, precision: str, moe: bool) -> str:
     g = DEVICE_GPU_TYPE[device]
     # the constants are fitted on dense runs only (parsim.corpus: MoE rows are held out of every fit), so a class with
     # MoE runs but no dense one still prices with an assumed constant (H100 SXM 16-bit: GPT-OSS BF16 rows only)
-    assumed = (f"; {_constant_used(device, cls, g)} is fitted on no published run of it (an assumption, "
-               f"parsim/data/devices.yaml)" if _class_key(g, cls, False) not in _load() else "")
+    assumed = (f"; {_constant_used(device, cls, g)} is fitted on no published run of it ("
+               + ("the MoE runs above are never fitted on; " if h is not None and moe else "")
+               + "an assumption, parsim/data/devices.yaml)" if _class_key(g, cls, False) not in _load() else "")
     if h is None:
         near = ""
         n = nearest_evidence(device, precision, moe)
@@ -126,22 +127,27 @@ def statement(device: str, precision: str, moe: bool) -> str:
     sh = h.get("shipped")
     shipped = (f"; with the shipped constants the same runs are off by {100 * sh['mean']:.1f}% on average, "
                f"{100 * sh['max']:.1f}% at worst" if sh else "")
+    if sh and moe and (round(sh["mean"], 4), round(sh["max"], 4)) == (round(h["mean"], 4), round(h["max"], 4)):
+        shipped = "; the shipped constants give the same (MoE runs are not fitted on)"
     return (f"accuracy: on {h['rows']} published {cls} {kind} runs on {g}{_models(h)} ({h['tables']} tables, "
             f"each predicted with constants fitted on the others) predicted throughput was off by {100 * h['mean']:.1f}% on "
             f"average, {100 * h['max']:.1f}% at worst (bias {100 * h['bias']:+.1f}%){shipped}{assumed}")
 
 
-def model_note(device: str, precision: str, moe: bool, model: str | None) -> str:
+def model_note(device: str, precision: str, moe: bool, model: str | None, as_named: str | None = None) -> str:
     """'' or one line: the held-out errors of the published runs of this very model among the figure's (trial
     2026-11-30: a Qwen3-30B-A3B plan quoted the pooled 89% beside Mixtral's +2% and never said its own model's
-    published runs were +61% to +209% off)."""
+    published runs were +61% to +209% off). `model`: the preset whose runs are the evidence
+    (parsim.model.preset_twin); `as_named`: the name the user's model goes by, when another (a config.json)."""
     h = heldout(device, precision, moe) if model else None
     errs = (h or {}).get("by_model", {}).get(model)
     if not errs:
         return ""
     g = DEVICE_GPU_TYPE.get(device, device)
     shown = ", ".join(f"{100 * e:+.0f}%" for e in errs)
-    return (f"{model}'s own published runs on {g} ({len(errs)}) were predicted {shown} off, held out "
+    who = (f"{as_named} has the architecture of preset {model}, whose" if as_named and as_named != model
+           else f"{model}'s")
+    return (f"{who} own published runs on {g} ({len(errs)}) were predicted {shown} off, held out "
             f"(+ = predicted faster than published)")
 
 
@@ -199,7 +205,8 @@ def ranked_first_knobs(columns, seq_len) -> dict | None:
 
 
 def labelled(device: str, precision: str, moe: bool, model: str | None = None, plan: dict | None = None,
-             accounting: str | None = None, total_GiB: float = 0.0, usable_GiB: float = 0.0) -> dict:
+             accounting: str | None = None, total_GiB: float = 0.0, usable_GiB: float = 0.0,
+             as_named: str | None = None) -> dict:
     """The how-sure figures of a plan as JSON carries them, each labelled with the kind of published runs it pools
     ('<gpu type>/<precision class>/<dense|moe>', heldout.json's key; None for a device without published tables):
     {"kind", "heldout" (stats or None), "nearest_evidence" ({"kind", stats...} or None; only when "heldout" is None),
@@ -218,7 +225,7 @@ def labelled(device: str, precision: str, moe: bool, model: str | None = None, p
             (c, k), o = n
             near = {"kind": _class_key(g, c, k), **o}
     out = {"kind": _class_key(g, cls, moe) if g and cls else None, "heldout": h, "nearest_evidence": near,
-           "statement": statement(device, precision, moe), "model_note": model_note(device, precision, moe, model) or None,
+           "statement": statement(device, precision, moe), "model_note": model_note(device, precision, moe, model, as_named) or None,
            "extrapolation": (coverage_note(device, precision, moe, plan) or None) if plan is not None else None,
            "error_convention": ERROR_CONVENTION}
     if accounting is not None:
@@ -259,9 +266,10 @@ def ranking_note(step_times_s, device: str, precision: str, moe: bool) -> str:
 
 def coverage_note(device: str, precision: str, moe: bool, plan: dict) -> str:
     """'' or one line: the knobs of `plan` (a Plan's dict: tp, pp, cp, ep, seq_len, zero, schedule, recompute) outside
-    what the held-out published runs of its kind used — parallel degrees or a sequence length above their largest,
-    or > 1 where they used 1 only; a ZeRO stage, schedule or recompute policy none of them ran. The held-out error
-    says nothing sure there."""
+    what the held-out published runs of its kind used — parallel degrees outside the range they used (above their
+    largest, or below their smallest: an MoE plan at ep 1 where every run used ep >= 8 has no all-to-all), a sequence
+    length above their largest; a ZeRO stage, schedule or recompute policy none of them ran. The held-out error says
+    nothing sure there."""
     h, what = _ranking_basis(device, precision, moe)      # the held-out figure, else the nearest evidence (said so)
     behind = "the nearest evidence" if what.startswith("the nearest") else "that figure"
     seen = (h or {}).get("regime")
@@ -270,7 +278,7 @@ def coverage_note(device: str, precision: str, moe: bool, plan: dict) -> str:
     out = []
     for k in ("tp", "pp", "cp", "ep"):
         v, used = plan.get(k, 1), seen.get(k, [1])
-        if v > max(used):
+        if v > max(used) or v < min(used):    # below too: ep 1 has no all-to-all at all (trial 2026-11-30)
             out.append(f"{k} {v} (they used {', '.join(map(str, used))})")
     seq, used = plan.get("seq_len"), seen.get("seq_len")
     if seq and used and seq > max(used):
@@ -297,13 +305,14 @@ def within_error(step_times_s, mean_error: float) -> int:
 
 def lines(device: str, precision: str, moe: bool, plan: dict | None = None, ranked_steps_s=None,
           accounting: str | None = None, total_GiB: float = 0.0, usable_GiB: float = 0.0,
-          model: str | None = None) -> list[str]:
+          model: str | None = None, as_named: str | None = None) -> list[str]:
     """The "how sure" lines an answer ends with (the one place `plan` and `predict` take them from): the held-out
     statement; with `ranked_steps_s` (a ranking's step times, best first) which plans cannot be told apart; with
     `plan` (a Plan's dict; a ranking's #1) the knobs outside the published runs; with `accounting` the memory
     statement (`total_GiB` / `usable_GiB` of the plan: whether its fit survives the worst published error); with
-    `model` (a preset name) the held-out errors of that model's own published runs."""
-    out = [statement(device, precision, moe), model_note(device, precision, moe, model)]
+    `model` (a preset name) the held-out errors of that model's own published runs (`as_named`: the user's name for
+    it, when its architecture is that preset's)."""
+    out = [statement(device, precision, moe), model_note(device, precision, moe, model, as_named)]
     if ranked_steps_s is not None:
         out.append(ranking_note(ranked_steps_s, device, precision, moe))
     if plan is not None:

@@ -45,9 +45,19 @@ class _Parser(argparse.ArgumentParser):
         self._negative_number_matcher = re.compile(r"^-\.?\d")   # no parsim option starts with -<digit>
 
     def error(self, message):  # argparse's own errors: one line, exit 2
+        if message.startswith("the following arguments are required"):
+            # argparse reports a missing required flag before unknown ones: say the unknown flag too, with the
+            # closest real one (trial 2026-11-30: `plan --gpu 64` said only "required: --gpus")
+            from parsim.errors import closest
+            known = [o for o in self._option_string_actions if o.startswith("--")]
+            unknown = [t.split("=", 1)[0] for t in getattr(self, "_argv", ()) if t.startswith("--")
+                       and t.split("=", 1)[0] not in self._option_string_actions]
+            if unknown:
+                message += f" (unrecognized: {' '.join(unknown)}{closest(unknown[0], known, n=1)})"
         self.exit(2, f"{self.prog}: error: {message}\n")
 
     def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
         ns, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")

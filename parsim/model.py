@@ -381,7 +381,12 @@ class ModelSpec:
         "gelu" reads "non-gated MLP": it stands for any 2-matrix MLP (GPT's GELU, Nemotron's squared ReLU)."""
         moe = (f", MoE {self.experts}x top-{self.top_k}" + (f" +{self.shared_experts} shared" if self.shared_experts else "")
                + f" on {self.moe_layers}/{self.layers} layers") if self.experts else ""
-        return (f"{self.name}: {_count(self.params)} params ({_count(self.active_params)} active), "
+        # active: every parameter a token touches, the whole input embedding table included (Mixtral's and Qwen3's
+        # cards count so); MoE cards that leave the table out (gpt-oss: 5.13 B) get the second figure
+        emb = self.vocab * self.hidden
+        active = (f"{_count(self.active_params)} active, {_count(self.active_params - emb)} without the input embedding"
+                  if self.experts else f"{_count(self.active_params)} active")
+        return (f"{self.name}: {_count(self.params)} params ({active}), "
                 f"{self.layers} layers, hidden {self.hidden}, {self.attention} {self.heads}/{self.kv_heads} heads × "
                 f"{self.head_dim}" + (f" (sliding window {self.sliding_window}"
                                       + (f" on {self.window_layers} of {self.layers} layers"
@@ -432,6 +437,29 @@ def _presets() -> dict:
 
 def preset_names() -> list[str]:
     return list(_presets())
+
+
+def _architecture(spec: "ModelSpec") -> tuple:
+    """What makes two specs the same model to price: every field but its name, source and training length (a
+    learned position table's size stays: it is parameters)."""
+    d = asdict(spec)
+    for k in ("name", "source", "seq_len") + (() if spec.position == "learned" else ("max_positions",)):
+        d.pop(k)
+    return tuple(sorted(d.items()))
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_architectures() -> dict:
+    return {_architecture(load_model(n)): n for n in reversed(preset_names())}    # first preset wins a tie
+
+
+def preset_twin(spec: "ModelSpec") -> str | None:
+    """The preset with the same architecture as `spec` (its own name when it is one), or None: a config.json of a
+    preset model gets that preset's published evidence (trial 2026-11-30: gpt-oss-120b read from a config.json
+    lost "its own published runs were +8%, +64% off", keyed by the preset's name)."""
+    if spec.name in _presets():
+        return spec.name
+    return _preset_architectures().get(_architecture(spec))
 
 
 # ---- Hugging Face config.json ---------------------------------------------------------
@@ -499,6 +527,16 @@ def _hf_act(cfg, name, keys, gated):
     return "swiglu" if act in SILU_ACTS else "geglu"
 
 
+def _check_hf_int(name, field, key, v):
+    """_check_int's bounds, its error naming the config file's own field (trial 2026-11-30: a string
+    original_max_position_embeddings was said as "model x: seq_len = '4096'")."""
+    try:
+        _check_int(name, key, v)
+    except ParsimError as e:
+        raise ParsimError(f"Hugging Face config {name}: {field} (parsim's {key})"
+                          + str(e).split(f"model {name}: {key}", 1)[-1]) from None
+
+
 def hf_seq_len(cfg, name, max_pos, field: str = "max_position_embeddings"):
     """(training length, where it came from): original_max_position_embeddings (top level, in rope_scaling or in
     transformers v5's rope_parameters) when present, else min(DEFAULT_HF_SEQ_LEN, max_pos), said as read from `field` (the file's own
@@ -509,11 +547,11 @@ def hf_seq_len(cfg, name, max_pos, field: str = "max_position_embeddings"):
                      ("original_max_position_embeddings", cfg)):
         v = d.get("original_max_position_embeddings")
         if v is not None:
-            _check_int(name, "seq_len", v)
+            _check_hf_int(name, where, "seq_len", v)
             return v, f"seq_len {v} from {where}"
     if max_pos is None:
         return DEFAULT_HF_SEQ_LEN, f"seq_len {DEFAULT_HF_SEQ_LEN}: parsim's default (no {field})"
-    _check_int(name, "max_positions", max_pos)
+    _check_hf_int(name, field, "max_positions", max_pos)
     s = min(DEFAULT_HF_SEQ_LEN, max_pos)
     return s, (f"seq_len {s}: parsim's default {DEFAULT_HF_SEQ_LEN}, capped at {field} {max_pos}"
                if s < DEFAULT_HF_SEQ_LEN else f"seq_len {s}: parsim's default ({field} is {max_pos})")
@@ -626,6 +664,10 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
             if cfg.get("mlp_only_layers"):
                 raise ParsimError(f"Hugging Face config {name}: mlp_only_layers = {cfg['mlp_only_layers']!r} "
                                   f"(dense layers at chosen positions) is not modelled")
+        if mt in ("mixtral", "gpt_oss", "qwen3_moe") and kw.get("experts") == 0 and type(kw["experts"]) is int:
+            field = "num_experts" if mt == "qwen3_moe" else "num_local_experts"
+            raise ParsimError(f"Hugging Face config {name}: {field} = 0: expected at least 1 (model_type {mt} is a "
+                              f"mixture of experts)")
         max_pos = g("max_position_embeddings", default=None)
     elif fam == "gpt2":
         h = g("n_embd", "hidden_size")
@@ -699,8 +741,19 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
         # GptOssAttention.sinks (one learned logit per head, added to each softmax's denominator) and the router's bias:
         # heads + experts parameters a layer, left out of the counts (< 1e-7 of them); the sinks' work is one more term
         # per softmax row and the clamped SwiGLU (swiglu_limit) is one element-wise kernel, both priced as the plain ones
-        src += (f"; attention sinks and router bias ({kw['heads'] + kw['experts']} parameters a layer) not counted, "
-                f"sinks priced as plain softmax attention, clamped SwiGLU as SwiGLU")
+        n = kw["heads"] + kw["experts"] if all(type(kw[k]) is int for k in ("heads", "experts")) else None
+        src += (f"; attention sinks and router bias ({n} parameters a layer) not counted" if n is not None else
+                "; attention sinks and router bias not counted") + \
+            ", sinks priced as plain softmax attention, clamped SwiGLU as SwiGLU"
+        if cfg.get("attention_bias") is False:          # GptOssConfig.__init__: self.attention_bias = True
+            src += "; attention_bias false in the file, but transformers' GptOssConfig sets it true: priced with biases"
+        if isinstance(cfg.get("quantization_config"), dict):
+            src += (f"; quantization_config {str(cfg['quantization_config'].get('quant_method', '?'))[:20]} is the "
+                    f"checkpoint's storage format, not priced (training runs in --dtype)")
+        a, b = cfg.get("num_experts_per_tok"), cfg.get("experts_per_token")
+        if a is not None and b is not None and a != b:
+            raise ParsimError(f"Hugging Face config {name}: num_experts_per_tok = {a!r} and experts_per_token = {b!r} "
+                              f"disagree: expected one top-k (transformers reads num_experts_per_tok)")
     win = cfg.get("sliding_window")
     if win is not None and (not isinstance(win, int) or isinstance(win, bool)):
         raise ParsimError(f"Hugging Face config {name}: sliding_window = {win!r}, expected an integer or null")

@@ -291,7 +291,7 @@ def _min_line_s(ab, inv, nbytes, calls=1.0):
 
 def _group_s(G, op, algo, size, stride, nbytes, calls=1.0):
     """Seconds per plan row of `op` over a group of `size` ranks `stride` apart from rank 0 (the EP
-    group: ep ranks tp apart; the expert-data-parallel group: dp/ep ranks tp·ep apart, as Megatron-Core places
+    group: ep ranks tp apart; the expert-data-parallel group: dp·cp/ep ranks tp·ep apart, as Megatron-Core places
     them; a cp ring
     neighbour pair: 2 ranks tp apart), alpha paid `calls` times."""
     size = np.asarray(size, dtype=np.int64)
@@ -780,11 +780,15 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
 
     # Data-parallel sync of the largest stage, by the plan's algorithm (ZeRO: its reduce-scatter
     # and all-gather forms), as the frameworks schedule it per ZeRO stage (parsim.costs.dpsync).
-    # With ep > 1 the expert gradients are reduced over their own expert-data-parallel group (dp/ep
-    # ranks); with cp > 1 the weights are replicated over dp·cp ranks, which reduce the gradients.
+    # With ep > 1 the expert gradients are reduced over their own expert-data-parallel group; with cp > 1 the weights
+    # are replicated over dp·cp ranks, which reduce the gradients. The experts too: a rank holds the experts of its
+    # ep index, shared by the dp/ep ranks of that index in each of the cp groups, so the expert-data-parallel group has
+    # dp·cp/ep ranks (Megatron-Core folds cp into it: its expert RankGenerator(tp=etp, ep, dp, pp, cp=1) takes
+    # dp = world / (etp·ep·pp), i.e. dp·cp/ep at etp = tp; trial 2026-11-30: dp/ep left the experts' optimizer
+    # state cp times too large at cp 4 and their gradients unreduced across cp).
     # Gradients move in the dtype they are reduced in (parsim.costs.memory.grad_element_bytes: fp32 or 16-bit, by
     # --grad-dtype or the framework's default), parameters (ZeRO's all-gather) in their 16-bit dtype.
-    edp = dp // ep
+    edp = dp * cp // ep
     ge = M.grad_element_bytes(accounting, dt, grad_dtype)
     P_sync = np.where(ep > 1, P_dense, P_rank) if sharded else P_rank
     grad_bytes, param_bytes = P_sync * ge, P_sync * e
@@ -855,7 +859,7 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
             "mid": pipe["held_mid"] * a_layer + a_work}
     per_param = M.state_bytes_per_param(dpc, zero, dt, accounting, grad_dtype)
     state_pp = per_param[0] + per_param[1] + per_param[2]
-    # routed experts: their ZeRO shards are over the expert-data-parallel group (dp/ep ranks)
+    # routed experts: their ZeRO shards are over the expert-data-parallel group (dp·cp/ep ranks)
     per_param_x = M.state_bytes_per_param(edp, zero, dt, accounting, grad_dtype) if sharded else per_param
     state_x = per_param_x[0] + per_param_x[1] + per_param_x[2]
     buffers = M.DDP_BUCKET_BYTES * (dp > 1) + np.where(zero >= 3, 2 * P_layer / t * e, 0.0)

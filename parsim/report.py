@@ -136,7 +136,8 @@ def plans_text(res, top: int, wide: bool = False) -> str:
                                           [float(x) for x in cols["step_time_s"]],   # every fitting plan, not only shown
                                           a["memory_accounting"] if a.get("memory_heldout") else None,
                                           float(cols["memory_GiB"][0]) if n else 0.0,
-                                          a["memory_capacity_GiB"] - a["memory_headroom_GiB"], model=a.get("model")))
+                                          a["memory_capacity_GiB"] - a["memory_headroom_GiB"], model=a.get("model_evidence", a.get("model")),
+                                          as_named=a.get("model")))
         if a.get("memory_heldout"):          # the shown plans past #1 whose fit the worst published error would undo
             from parsim.accuracy import memory_at_risk
             risk = [k for k in memory_at_risk(a["memory_accounting"], [float(x) for x in cols["memory_GiB"][:n]],

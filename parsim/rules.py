@@ -271,7 +271,9 @@ RULES = (
     Rule("layers cannot be cut into pp·vpp stages of at least one layer", _stages_bad, _stages_msg, needs_model=True),
     Rule("global batch not divisible by micro_batch·dp", lambda c: c["gb"] % (c["mb"] * c["dp"]) != 0, _batch_msg),
     Rule("vpp > 1 needs pp > 1", lambda c: (c["pp"] == 1) & (c["vpp"] > 1),
-         lambda c, i: f"vpp = {_i(c, 'vpp', i)} stages per rank needs pp > 1, got pp = 1", plan_only=True),
+         lambda c, i: (f"schedule zbv runs 2 stages per rank (a V) and needs pp > 1, got pp = 1"
+                       if _sched_name(c, i) == "zbv" else
+                       f"vpp = {_i(c, 'vpp', i)} stages per rank needs pp > 1, got pp = 1"), plan_only=True),
     Rule("schedule and vpp disagree", _vpp_sched_bad, _vpp_sched_msg),
     Rule("1f1b with fewer micro-batches than pp", lambda c: (c["schedule"] == ONE_F_ONE_B) & (c["pp"] > 1)
          & (_m(c) < c["pp"]),

@@ -210,7 +210,8 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     df["bubble_s"] = df["bubble_s"] + (step - step_closed)[order]
     for k in MEMORY_KEYS:
         df[f"{k}_GiB"] = r["memory"][k][order] / GiB
-    attrs = dict(model=model.name, cluster=cl.name, device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq,
+    from parsim.model import preset_twin
+    attrs = dict(model=model.name, model_evidence=preset_twin(model) or model.name, cluster=cl.name, device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq,
                  dtype=dtype, memory_accounting=accounting,
                  grad_dtype=grad_dtype_name(accounting, DTYPES.index(dtype), grad_dtype),
                  cross_entropy=cross_entropy or DEFAULT_CROSS_ENTROPY,
@@ -221,9 +222,9 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     attrs["heldout_accuracy"] = heldout(cl.device.name, dtype, model.experts > 0)
     attrs["memory_heldout"] = memory_heldout(accounting)
     from parsim.accuracy import labelled, ranked_first_knobs
-    attrs["accuracy"] = labelled(cl.device.name, dtype, model.experts > 0, model.name, ranked_first_knobs(df, seq),
-                                 accounting if attrs["memory_heldout"] else None,
-                                 float(df["memory_GiB"][0]) if len(order) else 0.0, (cap - room) / GiB)
+    attrs["accuracy"] = labelled(cl.device.name, dtype, model.experts > 0, attrs["model_evidence"],
+                                 ranked_first_knobs(df, seq), accounting if attrs["memory_heldout"] else None,
+                                 float(df["memory_GiB"][0]) if len(order) else 0.0, (cap - room) / GiB, model.name)
     res = SearchResult(df, attrs, generated, n, rejected, time.perf_counter() - t0)
     return res if result else res.table
 

@@ -53,7 +53,8 @@ def run(a) -> int:
                 at["memory_accounting"], [float(x) for x in res.columns["memory_GiB"][: a.top]],
                 at["memory_capacity_GiB"] - at["memory_headroom_GiB"])
         if a.format == "csv":
-            sys.stderr.write("\n".join(lines(at["device"], at["dtype"], bool(at.get("moe")), model=at.get("model"))) + "\n")
+            sys.stderr.write("\n".join(lines(at["device"], at["dtype"], bool(at.get("moe")), model=at.get("model_evidence", at.get("model")),
+                                             as_named=at.get("model"))) + "\n")
     if a.format == "json":
         text = to_json({"attrs": res.attrs, "candidates": res.candidates, "priced": res.priced,
                         "rejected": res.rejected, "seconds": res.seconds, "plans": plans_records(res, a.top)})

@@ -36,14 +36,16 @@ def run(a) -> int:
     from parsim.accuracy import heldout, memory_heldout
     dev = getattr(cluster.device, "name", cluster.device)
     moe = model.experts > 0
+    from parsim.model import preset_twin
+    evidence = preset_twin(model) or model.name        # a config.json of a preset model: that preset's runs
     # the report plus the held-out error on published runs like it (null: unknown)
     from parsim.accuracy import labelled
     record = dict(rep.to_dict(), heldout_accuracy=heldout(dev, rep.plan.get("dtype", ""), moe),
                   memory_heldout=memory_heldout(rep.memory_accounting),
-                  accuracy=labelled(dev, rep.plan.get("dtype", ""), moe, model.name,
+                  accuracy=labelled(dev, rep.plan.get("dtype", ""), moe, evidence,
                                     dict(rep.plan, seq_len=rep.plan.get("seq_len") or model.seq_len),
                                     rep.memory_accounting, rep.memory_GiB,
-                                    rep.memory_capacity_GiB - rep.memory_headroom_GiB))
+                                    rep.memory_capacity_GiB - rep.memory_headroom_GiB, as_named=model.name))
     if a.format == "json":
         text = to_json(record)
     else:
@@ -51,7 +53,8 @@ def run(a) -> int:
         from parsim.accuracy import lines
         from parsim.tables import wrap
         shown = dict(rep.plan, seq_len=rep.plan.get("seq_len") or model.seq_len)    # the length priced, given or not
-        how_sure = lines(dev, rep.plan.get("dtype", ""), moe, shown, accounting=rep.memory_accounting, model=model.name,
+        how_sure = lines(dev, rep.plan.get("dtype", ""), moe, shown, accounting=rep.memory_accounting, model=evidence,
+                         as_named=model.name,
                          total_GiB=rep.memory_GiB, usable_GiB=rep.memory_capacity_GiB - rep.memory_headroom_GiB)
         text = step_report_text(rep) + f"device profile {dev}: {profile_file(dev)}\n" + "".join(map(wrap, how_sure))
     from parsim.search import DEFAULT_GLOBAL_BATCH

@@ -165,3 +165,16 @@ def test_run_against_another_device_says_so(capsys):
     assert "the prediction is for h100-sxm (gpu) but this gloo run measures CPU ranks" in out
     assert main(["run", "--model", "gpt-tiny", "--nproc", "2", "--dp", "2", "--dry-run"]) == 0
     assert "the comparison is across devices" not in capsys.readouterr().out
+
+
+def test_coverage_flags_degrees_below_the_published_range():
+    # trial 2026-11-30: gpt-oss-120b on 64 B200, plan #1 at ep 1 while every published 16-bit MoE run on B200 used
+    # ep 8 or 64 (no all-to-all at all at ep 1): said as an extrapolation, as a degree above the range is
+    seen = A.heldout("b200", "bf16", True)["regime"]["ep"]
+    assert min(seen) > 1
+    note = A.coverage_note("b200", "bf16", True, {"tp": 1, "pp": 1, "cp": 1, "ep": 1, "seq_len": 4096,
+                                                    "zero": 1, "schedule": "1f1b", "recompute": "none"})
+    assert f"ep 1 (they used {', '.join(map(str, seen))})" in note
+    inside = A.coverage_note("b200", "bf16", True, {"tp": 1, "pp": 1, "cp": 1, "ep": min(seen), "seq_len": 4096,
+                                                     "zero": 1, "schedule": "1f1b", "recompute": "none"})
+    assert "ep " not in inside

@@ -239,3 +239,16 @@ def test_run_dry_run_says_stages_and_layers_each(argv, split):
     rc, out, err = cli("run", "--dry-run", "--model", "gpt-tiny", *argv)
     assert rc == 0, err
     assert split in out and "2×2" not in out, out
+
+
+def test_a_mistyped_required_flag_is_named_with_the_real_one():
+    # trial 2026-11-30: `plan --gpu 64` said only "the following arguments are required: --gpus"; argparse checks the
+    # required flags before the unknown ones, so the error now names the unknown flag and the closest real one
+    err = one_line_error(["plan", "--gpu", "64"], "parsim plan")
+    assert "required: --gpus (unrecognized: --gpu; did you mean --gpus?)" in err
+
+
+def test_zbv_without_pipeline_names_the_schedule_not_a_vpp_never_given():
+    # trial 2026-11-30: `predict --schedule zbv` at pp 1 said "vpp = 2 stages per rank needs pp > 1" with no --vpp given
+    err = one_line_error(["predict", "--gpus", "8", "--schedule", "zbv"], "parsim predict")
+    assert "schedule zbv runs 2 stages per rank (a V) and needs pp > 1, got pp = 1" in err

@@ -270,3 +270,26 @@ def test_hf_errors_name_the_files_fields(tmp_path):
     with pytest.raises(ParsimError, match=r"num_attention_heads \(parsim's heads\) \(32\) is not divisible by "
                                           r"num_key_value_heads \(parsim's kv_heads\) \(5\)"):
         load_model(str(p))
+
+
+@pytest.mark.parametrize("change, needle", [
+    # trial 2026-11-30: a string count crashed the sinks note with a TypeError traceback (exit 1)
+    ({"num_local_experts": "128"}, "num_local_experts (parsim's experts) = '128' (str)"),
+    ({"num_local_experts": [128]}, "num_local_experts (parsim's experts) = [128] (list)"),
+    ({"num_attention_heads": "64"}, "num_attention_heads (parsim's heads) = '64' (str)"),
+    ({"num_local_experts": 0}, "num_local_experts = 0: expected at least 1 (model_type gpt_oss is a mixture of experts)"),
+    # two top-k fields that disagree: refused, never one silently taken
+    ({"experts_per_token": 2}, "num_experts_per_tok = 4 and experts_per_token = 2 disagree"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": "4096"}},
+     "rope_scaling.original_max_position_embeddings (parsim's seq_len) = '4096' (str)"),
+])
+def test_gpt_oss_refusals_name_the_field(change, needle):
+    with pytest.raises(ParsimError) as e:
+        from_hf_config({**cfg("gpt-oss-20b.json"), **change}, "x")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_gpt_oss_says_what_it_does_not_price():
+    m = from_hf_config({**cfg("gpt-oss-20b.json"), "attention_bias": False}, "x")
+    assert "attention_bias false in the file" in m.source and "quantization_config mxfp4" in m.source
+    assert m.qkv_bias and m.linear_bias

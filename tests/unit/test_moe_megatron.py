@@ -177,3 +177,24 @@ def test_the_all_to_all_bandwidth_term_is_the_leaving_share_over_the_link(ep):
         assert float(nbytes) == 67_108_864
         _, b = collective_coeffs(get_cluster("dgx-h100", 8), "all_to_all", "pairwise", tuple(range(ep)))
         assert b * float(nbytes) == pytest.approx(67_108_864 * (ep - 1) / ep / 382.5e9, rel=1e-9)
+
+
+def test_expert_data_parallel_group_spans_context_parallel_ranks():
+    # trial 2026-11-30: gpt-oss-120b on 64 GPUs, ep 8, ZeRO-1. A rank holds the experts of its ep index; with cp the
+    # same experts sit on the dp/ep ranks of that index in every cp group, so the expert-data-parallel group has
+    # dp·cp/ep ranks (64/8 = 8 at dp 64 cp 1 and at dp 16 cp 4 alike). Its ZeRO shard of the expert optimizer state
+    # is then the same in both plans (it was 4x larger at cp 4: sharded over dp/ep = 2), and the experts' gradients
+    # are reduced over all 8 (cp 4 added no expert reduction before).
+    m = load_model("gpt-oss-120b")
+    plans = [Plan(dp=64, tp=1, pp=1, ep=8, cp=1, micro_batch=1, global_batch=128, seq_len=32768, zero=1,
+                  recompute="full"),
+             Plan(dp=16, tp=1, pp=1, ep=8, cp=4, micro_batch=1, global_batch=128, seq_len=32768, zero=1,
+                  recompute="full")]
+    from parsim.predict import predict
+    a, b = (predict(m, "dgx-h100", p, gpus=64) for p in plans)
+    assert a.memory_breakdown_GiB["optimizer"] == pytest.approx(b.memory_breakdown_GiB["optimizer"], rel=1e-9)
+    # routed expert params per rank: 36 layers x 128 experts x 24.89e6 / ep 8 = 14.34e9; fp32 master + Adam m, v =
+    # 12 B each, sharded over the 8 expert-data-parallel ranks (the dense part adds its own share on top)
+    expert_params = m.moe_layers * m.experts * m.expert_params / 8
+    assert b.memory_breakdown_GiB["optimizer"] * 2 ** 30 > 12 * expert_params / 8
+    assert b.memory_breakdown_GiB["optimizer"] * 2 ** 30 < 12 * expert_params / 2      # not sharded over dp/ep = 2
