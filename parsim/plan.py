@@ -16,6 +16,13 @@ from parsim.errors import ParsimError, closest
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbv")
 GRAD_SYNC = ("ring", "tree", "hd", "hierarchical", "ps", "native")
 RECOMPUTE = ("none", "selective", "full", "selective-op")   # parsim.layer.POLICIES states what each keeps and re-runs
+# The recompute policies each framework (named by its memory accounting, parsim.costs.memory.ACCOUNTING) runs, what
+# `parsim plan` searches under it: Megatron-LM (and Megatron-DeepSpeed, its fork) --recompute-granularity selective
+# (the attention core) or full; torchtitan (FSDP2) activation_checkpoint mode "selective" with option "op" (op-level
+# SAC) or "full". Trial 2026-11-30: plan #1 under the megatron accounting was a selective-op plan, which Megatron-LM
+# cannot run.
+FRAMEWORK_RECOMPUTE = {"megatron": ("none", "selective", "full"), "deepspeed": ("none", "selective", "full"),
+                       "fsdp2": ("none", "full", "selective-op")}
 KERNELS = ("fused", "eager")   # element-wise kernels: fused (hand-written or torch.compile) or PyTorch eager
 # fp8: GEMMs of the layers in FP8 with per-tensor scales (Transformer Engine), the rest bf16; mxfp8: the same GEMMs in
 # MXFP8 (FP8 with an E8M0 scale per 32 elements, Blackwell only; parsim.layer prices what differs)

@@ -37,7 +37,7 @@ from parsim.costs import network as _net
 from parsim.costs.network import collective_lines
 from parsim.errors import ParsimError
 from parsim.limits import MAX_SIM_OPS, require_finite
-from parsim.plan import DTYPES, FP8_DTYPES, GRAD_SYNC, KERNELS, RECOMPUTE, SCHEDULES, Plan
+from parsim.plan import DTYPES, FP8_DTYPES, FRAMEWORK_RECOMPUTE, GRAD_SYNC, KERNELS, RECOMPUTE, SCHEDULES, Plan
 from parsim.rules import check as check_plan
 from parsim.rules import rank_layers
 
@@ -878,9 +878,13 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     fp8_layer = 0.0
     if fp8_rows.any():
         n_tensors = 3 * sum(float(np.max(op.weight)) > 0 for op in ops_u if op.fp8)
+        # Megatron's FP8/MXFP8 weight is the parameter itself (fp8_param_gather): what it adds over the 16-bit weight
+        # is sharded as the weights are, over dp·cp at ZeRO-3 (trial 2026-11-30: MXFP8's 0.0625 B/param was charged on
+        # every tp-local parameter, 2 GiB on llama3-70b tp 2 at ZeRO-3, where the rank holds 1/(dp·cp) of them)
+        held = np.where((zero >= 3) & (accounting == "megatron"), 1.0 / dpc, 1.0)
         for code, table in ((Ly.FP8, M.FP8_WEIGHT_COPY), (Ly.MXFP8, M.MXFP8_WEIGHT_COPY)):
             copy_B, history = table[M.check_accounting(accounting)]
-            fp8_layer = np.where(dt == code, copy_B * w_fp8 + n_tensors * history * 4.0, fp8_layer)
+            fp8_layer = np.where(dt == code, copy_B * w_fp8 * held + n_tensors * history * 4.0, fp8_layer)
     # FSDP2's root module (torchtitan: the embedding, the final norm and the output layer, outside every block)
     # is not resharded after forward ("the root FSDP state has its value specially set to False", fully_shard's
     # reshard_after_forward doc): at ZeRO-3 its unsharded 16-bit parameters stay from forward through backward,
@@ -1142,6 +1146,10 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
                                      grad_dtype, cross_entropy))
     if plan.ep > 1:
         notes.append("expert parallel: balanced routing assumed (every expert gets tokens·top_k/experts)")
+    if plan.recompute not in FRAMEWORK_RECOMPUTE.get(accounting, RECOMPUTE):
+        notes.append(f"recompute: {plan.recompute} is not a policy of the {accounting} accounting's framework (it runs "
+                     f"{', '.join(FRAMEWORK_RECOMPUTE[accounting])}; selective-op is torchtitan's op-level SAC, "
+                     f"--memory-accounting fsdp2): priced as asked, but no run of that framework does it")
     if plan.flash_attention and cluster.device.attention_eff_fwd is not None and model.head_dim != 128:
         # the profiles' attention curves are head-dim-128 kernel benchmarks (parsim/data/devices.yaml)
         notes.append(f"attention: the flash core is priced at {cluster.device.name}'s head-dim-128 kernel rates (the "

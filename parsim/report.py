@@ -53,7 +53,8 @@ def step_report_text(rep) -> str:
             f"model TFLOP/s/GPU {_tflops(rep.model_tflops_per_gpu)} (MFU {100 * rep.mfu:.1f}%)   "
             f"hardware TFLOP/s/GPU {_tflops(rep.hardware_tflops_per_gpu)} (HFU {100 * rep.hfu:.1f}%)",
             "fits: yes" if rep.fits else f"fits: NO — {rep.fits_reason}"]
-    tail += [f"note: {n}" for n in rep.notes if n.startswith(("attention:", "context parallel", "expert parallel", "gradients:", "loss:", "overlap:", "window:")
+    tail += [f"note: {n}" for n in rep.notes if n.startswith(("attention:", "context parallel", "expert parallel", "gradients:", "loss:", "overlap:",
+                                                                "recompute:", "window:")
                                                                + FP8_DTYPES)]
     out += [wrap(line, width).rstrip("\n") for line in tail]
     return "\n".join(out) + "\n"
@@ -75,8 +76,11 @@ SHORT_LEGEND = ("mb = micro-batch (sequences); sp = sequence parallel; step s = 
 
 def _fmt(col, v, row=None):
     if col == "step_time_closed_s" and row is not None:
-        # the closed-form pipeline price, shown where the simulator re-priced the plan and differs
-        if not row["simulated"] or abs(float(v) - float(row["step_time_s"])) < 5e-4 * float(v):
+        # the closed-form pipeline price, shown where the simulator re-priced the plan and differs; a plan the
+        # simulator did not re-play has only the closed form (trial 2026-11-30: '=' there read as "agrees")
+        if not row["simulated"]:
+            return "(step)"
+        if abs(float(v) - float(row["step_time_s"])) < 5e-4 * float(v):
             return "="
     if col == "mfu":
         return f"{100 * v:.1f}%"
@@ -86,6 +90,18 @@ def _fmt(col, v, row=None):
         v = float(v)
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}"
     return str(v)
+
+
+def _ranks(nums: list) -> str:
+    """'1–8, 10' for sorted 1-based ranks."""
+    out, start = [], None
+    for i, k in enumerate(nums):
+        if start is None:
+            start = k
+        if i + 1 == len(nums) or nums[i + 1] != k + 1:
+            out.append(f"{start}" if start == k else f"{start}–{k}")
+            start = None
+    return ", ".join(out)
 
 
 def plans_text(res, top: int, wide: bool = False) -> str:
@@ -116,11 +132,16 @@ def plans_text(res, top: int, wide: bool = False) -> str:
                   f"{a['memory_capacity_GiB']:.2f} GiB")
     caption = (f"{res.candidates:,} candidates generated, {res.priced:,} valid and priced in {res.seconds:.2f} s; "
                f"rejected: {rej}\n")
+    sim = [bool(cols["simulated"][i]) for i in range(n)]
+    replayed = ("every shown plan's step time is re-played by the pipeline simulator" if all(sim) else
+                f"the step time of plans {_ranks([i + 1 for i in range(n) if sim[i]])} is re-played by the pipeline "
+                f"simulator, of the others the closed form (`parsim predict` re-plays any plan: it may differ by "
+                f"~0.5%)" if any(sim) else "step times are the closed form (no plan re-played by the simulator)")
     if wide:
-        caption += ("step_time_s of the top plans is re-played by the pipeline simulator; "
-                    "step_time_closed_s is the closed form ('=' where they agree within 0.05%)")
+        caption += (f"{replayed}; step_time_closed_s is the closed form ('=' where they agree within 0.05%, "
+                    f"'(step)' where step_time_s is itself the closed form)")
     else:
-        caption += "step s of the top plans is re-played by the pipeline simulator\n" + SHORT_LEGEND
+        caption += replayed + "\n" + SHORT_LEGEND
     if a.get("dtype") in FP8_DTYPES:
         caption += f"\n{a['dtype']}: MFU against the bf16 peak, as NeMo and Megatron report FP8 training"
     if a.get("dtype") == "mxfp8":          # what MXFP8 costs beyond its priced casts and scales (predict says it per plan)

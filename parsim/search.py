@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from parsim.errors import ParsimError
-from parsim.plan import DTYPES, FP8_DTYPES, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, divisors
+from parsim.plan import DTYPES, FP8_DTYPES, FRAMEWORK_RECOMPUTE, GRAD_SYNC, RECOMPUTE, SCHEDULES, Plan, divisors
 from parsim.costs.memory import (DEFAULT_ACCOUNTING, DEFAULT_CROSS_ENTROPY, check_accounting, check_cross_entropy,
                                  check_grad_dtype, grad_dtype_name)
 from parsim.predict import (BREAKDOWN_KEYS, GiB, MEMORY_KEYS, PRICE_CHUNK_ROWS, concat_priced, get_cluster,
@@ -55,28 +55,42 @@ def _micro_batches(gb: int, max_mb: int):
     return [b for b in (1, 2, 4, 8, 16, 32) if b <= max_mb and b <= gb]
 
 
+
+CP_DEGREES = (1, 2, 4, 8, 16)           # the context-parallel degrees searched (at seq_len >= LONG_SEQ, cp | seq_len)
+
+
+def cp_not_searched(seq_len: int) -> list[int]:
+    """The cp degrees a search at `seq_len` leaves out because they do not divide it (a long sequence only: below
+    LONG_SEQ no cp is searched at all); [] when none. `plan` says them (trial 2026-11-30: at seq 32767 the cp column
+    vanished and the candidates fell from 145,100 to 56,300, unsaid)."""
+    return [c for c in CP_DEGREES[1:] if seq_len >= LONG_SEQ and seq_len % c]
+
+
 def candidates(model, gpus: int, global_batch: int, seq_len: int, gpus_per_node: int | None = None,
-               dtype: str = "bf16", max_micro_batch: int = 16, device=None,
+               dtype: str = "bf16", max_micro_batch: int = 16, device=None, accounting: str | None = None,
                comm_overlap: bool = False) -> tuple[dict, dict, int]:
     """The candidate table (dict of arrays, `price` columns), rejection counts by rule (parsim.rules) and
     the number generated. ``gpus_per_node`` is unused (tensor parallelism across nodes is valid, and
     priced on the cluster graph); kept for callers. ``device``: the device profile, for the rules that
-    read it (fp8). ``comm_overlap``: Megatron-Core / Transformer Engine's communication overlap where the
+    read it (fp8). ``accounting``: the framework (parsim.costs.memory.ACCOUNTING) whose recompute policies are
+    searched (parsim.plan.FRAMEWORK_RECOMPUTE; None: every policy). ``comm_overlap``: Megatron-Core / Transformer Engine's communication overlap where the
     NeMo / Megatron-Bridge recipes switch it on: TP overlap (Plan.tp_overlap) on every candidate with tp > 1 and
     sequence parallelism, PP overlap (Plan.pp_overlap) on every interleaved one (parsim.corpus prices the
     published Megatron runs so)."""
     # Expert parallelism (MoE only): ep divides the experts and dp (ep ranks are data-parallel ranks).
     # Context parallelism is searched for long sequences only (>= LONG_SEQ tokens): cp | seq, cp <= 16.
-    cps = [c for c in (1, 2, 4, 8, 16) if seq_len % c == 0 and (c == 1 or seq_len >= LONG_SEQ)]
+    cps = [c for c in CP_DEGREES if seq_len % c == 0 and (c == 1 or seq_len >= LONG_SEQ)]
     shapes = [(tp, pp, gpus // (tp * pp * cp), ep, cp) for cp in cps if gpus % cp == 0
               for tp in divisors(gpus // cp) for pp in divisors(gpus // (cp * tp))
               for ep in divisors(gpus // (tp * pp * cp)) if ep == 1 or (model.experts and model.experts % ep == 0)]
     sv = [(SCHEDULES.index("gpipe"), 1), (SCHEDULES.index("1f1b"), 1), (SCHEDULES.index("zbv"), 2)]
     sv += [(SCHEDULES.index("interleaved"), v) for v in (2, 3, 4, 6, 8)]
     mbs = _micro_batches(global_batch, max_micro_batch)
+    # The recompute policies of the framework the memory accounting names (parsim.plan.FRAMEWORK_RECOMPUTE; None: all)
+    rcs = np.array([RECOMPUTE.index(r) for r in (FRAMEWORK_RECOMPUTE[accounting] if accounting else RECOMPUTE)])
     # Full product of the independent knobs as index grids.
     grids = np.meshgrid(np.arange(len(shapes)), np.arange(len(sv)), np.arange(len(mbs)),
-                        np.arange(len(RECOMPUTE)), np.arange(2), np.arange(4), np.arange(len(GRAD_SYNC)),
+                        rcs, np.arange(2), np.arange(4), np.arange(len(GRAD_SYNC)),
                         indexing="ij")
     si, vi, mi, rc, sp, zero, gs = (g.ravel() for g in grids)
     sh = np.array(shapes, dtype=np.int64)
@@ -162,7 +176,7 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     from parsim.costs.memory import check_cross_entropy_device
     check_cross_entropy_device(cross_entropy, cl.device)
     cols, rejected, generated = candidates(model, gpus, gb, seq, dtype=dtype, device=cl.device,
-                                           comm_overlap=comm_overlap)
+                                           accounting=accounting, comm_overlap=comm_overlap)
     n = len(cols["dp"])
     if n == 0:
         # the counts name the rules; the simplest plan (pure data parallelism) says the operands of the first it breaks
@@ -211,7 +225,8 @@ def search(model=DEFAULT_MODEL, cluster=DEFAULT_CLUSTER, gpus: int = 64, global_
     for k in MEMORY_KEYS:
         df[f"{k}_GiB"] = r["memory"][k][order] / GiB
     from parsim.model import preset_twin
-    attrs = dict(model=model.name, model_evidence=preset_twin(model) or model.name, cluster=cl.name, device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq,
+    attrs = dict(model=model.name, model_evidence=preset_twin(model) or model.name, cluster=cl.name,
+                 device=cl.device.name, gpus=gpus, global_batch=gb, seq_len=seq, cp_not_searched=cp_not_searched(seq),
                  dtype=dtype, memory_accounting=accounting,
                  grad_dtype=grad_dtype_name(accounting, DTYPES.index(dtype), grad_dtype),
                  cross_entropy=cross_entropy or DEFAULT_CROSS_ENTROPY,

@@ -13,6 +13,9 @@ The grammar, decided here and nowhere else (case-sensitive where it matters):
     never has a milli- prefix).
   * a bare prefix (``64M``, ``1k``) is refused: it is 10^6 to some tools and 2^20 to
     others (nccl-tests), so the message asks for ``64MiB`` or ``64MB``.
+  * a binary prefix with a lone ``b`` (``4Gib``, ``4gib``) is refused as a mistyped ``GiB``;
+    bits after a binary prefix are spelled out (``4Gibit``). Memory sizes (``parse_memory_size``:
+    a headroom) take no bit unit at all (``4gb`` is refused, not read as 4 gigabits).
   * sizes: a bare number is bytes; a size in bits must be a whole number of bytes
     (``1Mb`` = 125000 B).
   * rates: BASE followed by ``/s`` or ``ps`` (``GB/s`` = ``GBps`` = 1e9 bytes/s,
@@ -74,6 +77,11 @@ def _unit(unit: str, text, what: str, units: str):
     if prefix and not base:
         raise ParsimError(f"{what} {text!r} has a bare prefix {prefix!r}: say {prefix.upper()[0]}iB (2^n) or "
                           f"{prefix.upper()[0]}B (10^n) for bytes, {prefix.upper()[0]}b for bits")
+    if len(prefix) == 2 and base == "b":
+        # a binary prefix with a lone lower-case b (4gib, 4Gib): almost surely GiB mistyped, not gibibits (trial
+        # 2026-11-30: --memory-headroom 4gib was read as 0.5 GiB); bits with a binary prefix are spelled out (Gibit)
+        raise ParsimError(f"{what} {text!r}: {unit!r} reads as {prefix[0].upper()}ibi*bits* (lower-case b = bits): say "
+                          f"{prefix[0].upper()}iB for bytes, or {prefix[0].upper()}ibit for bits")
     return _PREFIX[prefix], _BASE_BITS.get(base, 8)
 
 
@@ -93,6 +101,18 @@ def parse_size(text) -> int:
     if bits == 1 and abs(nbits / 8 - round(nbits / 8)) > 1e-9 * max(1.0, nbits):
         raise ParsimError(f"size {text!r} is {nbits:g} bits, not a whole number of bytes")
     return int(round(nbits / 8))
+
+
+def parse_memory_size(text) -> int:
+    """Bytes (int) of a memory size (a headroom, a capacity): parse_size without bit units, which no memory is
+    measured in (trial 2026-11-30: --memory-headroom 4gb was read as 4 gigabits = 0.47 GiB). Raises ParsimError as
+    parse_size does, and for a unit in bits."""
+    value, unit = _split(text, "size", "6GiB or 6GB")
+    if _unit(unit, text, "size", _SIZE_UNITS)[1] == 1:
+        prefix = _UNIT.match(unit).group("prefix")
+        prefix = prefix[:1].upper() + prefix[1:].lower()
+        raise ParsimError(f"size {text!r} is in bits (lower-case b): a memory size is in bytes, e.g. {value:g}{prefix}B")
+    return parse_size(text)
 
 
 def parse_rate(text) -> float:

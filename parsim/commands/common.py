@@ -68,7 +68,8 @@ def quantity(kind: str, need_unit: bool = False):
     naming the value and what is expected; returns the text unchanged (the command converts it). `need_unit`:
     a non-zero bare number is refused (`--memory-headroom 3` would be 3 bytes, surely meant as GiB)."""
     from parsim import units
-    parser = {"size": units.parse_size, "time": units.parse_time, "rate": units.parse_rate}[kind]
+    parser = {"size": units.parse_size, "memory": units.parse_memory_size, "time": units.parse_time,
+              "rate": units.parse_rate}[kind]
 
     def parse(text):
         try:
@@ -76,7 +77,8 @@ def quantity(kind: str, need_unit: bool = False):
         except ParsimError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
         if need_unit and v and re.fullmatch(r"\s*[0-9.eE+]+\s*", str(text)):
-            raise argparse.ArgumentTypeError(f"{kind} {text!r} has no unit: expected e.g. {text.strip()}GiB or "
+            what = "size" if kind == "memory" else kind
+            raise argparse.ArgumentTypeError(f"{what} {text!r} has no unit: expected e.g. {text.strip()}GiB or "
                                              f"{text.strip()}MiB (a bare number would be bytes; 0 needs none)")
         return text
     parse.__name__ = kind
@@ -138,17 +140,17 @@ def add_memory_arguments(p):
                         "Engine's fused cross entropy: 16-bit logits, gradient in place; Megatron-Core's "
                         "cross_entropy_fusion_impl te, as the Megatron-Bridge performance recipes run; megatron "
                         "accounting only)")
-    p.add_argument("--memory-headroom", type=quantity("size", need_unit=True), default=None, metavar="SIZE",
+    p.add_argument("--memory-headroom", type=quantity("memory", need_unit=True), default=None, metavar="SIZE",
                    help="memory reserved per device for the CUDA context, NCCL buffers and fragmentation "
                         "(e.g. 4GiB, 0; default: 2 GiB + 5%% of the device's capacity, parsim/data/memory.yaml)")
 
 
 def memory_options(a) -> dict:
     """{'accounting', 'headroom_bytes', 'grad_dtype', 'cross_entropy'} from the flags of add_memory_arguments."""
-    from parsim.units import parse_size
+    from parsim.units import parse_memory_size
     room = getattr(a, "memory_headroom", None)
     return {"accounting": getattr(a, "memory_accounting", None) or "megatron",
-            "headroom_bytes": None if room is None else float(parse_size(room)),
+            "headroom_bytes": None if room is None else float(parse_memory_size(room)),
             "grad_dtype": getattr(a, "grad_dtype", None), "cross_entropy": getattr(a, "cross_entropy", None)}
 
 

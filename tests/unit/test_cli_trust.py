@@ -178,3 +178,19 @@ def test_coverage_flags_degrees_below_the_published_range():
     inside = A.coverage_note("b200", "bf16", True, {"tp": 1, "pp": 1, "cp": 1, "ep": min(seen), "seq_len": 4096,
                                                      "zero": 1, "schedule": "1f1b", "recompute": "none"})
     assert "ep " not in inside
+
+
+def test_plan_searches_only_the_frameworks_recompute_policies():
+    # trial 2026-11-30: #1 under the megatron accounting was a selective-op plan (torchtitan's op-level SAC), which
+    # Megatron-LM cannot run. Each accounting searches its own framework's policies (parsim.plan.FRAMEWORK_RECOMPUTE).
+    from parsim.plan import FRAMEWORK_RECOMPUTE
+    from parsim.search import search
+    for acc in ("megatron", "fsdp2"):
+        res = search("llama3-8b", "dgx-h100", 8, 64, None, "bf16", result=True, accounting=acc)
+        assert set(res.columns["recompute"]) <= set(FRAMEWORK_RECOMPUTE[acc])
+    assert "selective-op" not in FRAMEWORK_RECOMPUTE["megatron"] and "selective" not in FRAMEWORK_RECOMPUTE["fsdp2"]
+    # asked for explicitly, it is priced and said
+    from parsim.plan import Plan
+    from parsim.predict import predict
+    rep = predict("llama3-8b", "dgx-h100", Plan(dp=8, micro_batch=1, global_batch=8, recompute="selective-op"), gpus=8)
+    assert any(n.startswith("recompute: selective-op is not a policy of the megatron") for n in rep.notes)

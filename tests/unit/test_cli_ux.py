@@ -252,3 +252,25 @@ def test_zbv_without_pipeline_names_the_schedule_not_a_vpp_never_given():
     # trial 2026-11-30: `predict --schedule zbv` at pp 1 said "vpp = 2 stages per rank needs pp > 1" with no --vpp given
     err = one_line_error(["predict", "--gpus", "8", "--schedule", "zbv"], "parsim predict")
     assert "schedule zbv runs 2 stages per rank (a V) and needs pp > 1, got pp = 1" in err
+
+
+def test_plan_out_takes_the_format_its_name_says(tmp_path):
+    # trial 2026-11-30: `plan --out x.json` (table on stdout) wrote the text table into x.json
+    import csv as csv_mod
+    import json as json_mod
+    j, c, t = tmp_path / "x.json", tmp_path / "x.csv", tmp_path / "x.txt"
+    for f in (j, c, t):
+        rc, out, err = cli("plan", "--gpus", "8", "--model", "gpt3-1.3b", "--top", "2", "--out", str(f))
+        assert rc == 0 and "top 2 of" in out, err          # stdout keeps --format (table)
+    assert len(json_mod.loads(j.read_text())["plans"]) == 2
+    assert len(list(csv_mod.DictReader(c.read_text().splitlines()))) == 2
+    assert "top 2 of" in t.read_text()
+
+
+def test_plan_says_which_cp_degrees_an_odd_sequence_leaves_out():
+    # trial 2026-11-30: at seq 32767 the cp column vanished from the search, unsaid (no cp divides an odd length)
+    from parsim.search import cp_not_searched
+    assert cp_not_searched(32767) == [2, 4, 8, 16] and cp_not_searched(32768) == [] and cp_not_searched(24576 + 8) == [16]
+    assert cp_not_searched(4095) == []        # below LONG_SEQ no cp is searched at all: nothing left out by length
+    rc, out, err = cli("plan", "--gpus", "16", "--model", "llama3-8b", "--seq-len", "32767", "--top", "1")
+    assert rc == 0 and "context parallel cp 2, 4, 8, 16 not searched: it does not divide seq_len 32767" in out

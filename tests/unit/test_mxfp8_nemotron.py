@@ -272,3 +272,27 @@ def test_an_mxfp8_answer_sets_its_priced_gap_beside_the_published_ones():
     assert all(p["gap"] < mine < 0 for p in pairs.values())
     # an FP8 answer has no such note
     assert not [n for n in f8.notes if n.startswith("mxfp8")]
+
+
+def test_mxfp8_weight_extra_is_sharded_like_the_weights_at_zero3():
+    # trial 2026-11-30: llama3-70b on 64 B200, dp 8 tp 2 cp 4. Megatron's MXFP8 weight replaces the 16-bit parameter
+    # (0.0625 B/param more: its scales and second copy), so at ZeRO-3 it is sharded over dp·cp = 32 like the weights.
+    # It was charged on every tp-local parameter: mxfp8 - fp8 weights 1.99 GiB at ZeRO 1 and at ZeRO 3 alike.
+    from parsim.plan import Plan
+    from parsim.predict import predict
+    m = load_model("llama3-70b")
+    gap = {}
+    for z in (1, 3):
+        w = {}
+        for d in ("fp8", "mxfp8"):
+            p = Plan(dp=8, tp=2, pp=1, cp=4, micro_batch=1, global_batch=128, seq_len=32768, zero=z,
+                     sequence_parallel=True, dtype=d)
+            w[d] = predict(m, "dgx-b200", p, gpus=64).memory_breakdown_GiB["weights"]
+        gap[z] = w["mxfp8"] - w["fp8"]
+    # fp8 keeps Megatron's per-tensor scaling history besides (unsharded, none for mxfp8): 80 layers x 4 FP8 GEMMs
+    # (qkv, out, fc1, fc2) x 3 tensors x 1026 fp32 values = 3,939,840 B
+    H = 80 * 4 * 3 * 1026 * 4 / 2 ** 30
+    extra = {z: gap[z] + H for z in gap}          # MXFP8's own extra over the 16-bit weight
+    # ZeRO 1: 0.0625 B x the rank's FP8-GEMM weights (80 layers' GEMMs / tp 2 = 34.4e9 x 0.0625 = 2.0 GiB)
+    assert 1.9 < extra[1] < 2.1
+    assert extra[3] == pytest.approx(extra[1] / 32, rel=1e-6)

@@ -18,7 +18,7 @@ from parsim.units import fmt_bytes, fmt_rate, fmt_time, parse_rate, parse_size, 
     ("1Gbit", 1e9 / 8),        # tc's spelling
     ("200Mbit/s", 200e6 / 8),
     ("1GiB/s", 2 ** 30),
-    ("1Gib/s", 2 ** 30 / 8),
+    ("1Gibit/s", 2 ** 30 / 8),   # gibibits spelled out; "1Gib/s" is refused (a binary prefix and a lone b)
     ("100kbps", 1e5 / 8),
     ("100KBps", 1e5),
     ("5", 5.0),                # bare number: bytes/s
@@ -31,7 +31,7 @@ def test_rate_bits_and_bytes_case_sensitive(text, bytes_per_s):
     ("1Mb", 125_000),          # issue 12 §5: was 1e6; 1 Mb = 1e6 bits = 125000 bytes
     ("1MB", 10 ** 6),
     ("1kB", 1000), ("1KB", 1000),   # k and K: both the SI kilo
-    ("1KiB", 1024), ("1kib", 128),  # 'b' is a bit, even after Ki: 1 Kibit = 128 bytes
+    ("1KiB", 1024), ("1Kibit", 128),  # bits after a binary prefix are spelled out: 1 Kibit = 128 bytes
     ("64MiB", 64 * 2 ** 20), ("64.0 MiB", 64 * 2 ** 20),
     ("3 bytes", 3), ("16 bits", 2), ("4096", 4096),
 ])
@@ -44,6 +44,7 @@ def test_size_grammar(text, nbytes):
     "1e400", "1e400GiB",       # overflow to inf: never returned
     "", "   ", "abc", "-1MiB", "1b",   # 1 bit is not a whole byte
     "1 parsec", "1 MiBps",
+    "1kib", "4gib", "4Gib",    # a binary prefix with a lone b: GiB mistyped, not gibibits (trial 2026-11-30)
 ])
 def test_size_refused_one_line(text):
     with pytest.raises(ParsimError) as e:
@@ -102,3 +103,17 @@ def test_fmt_time_round_trips(t):
     # three significant-ish digits: 2 decimals of ms/us, 1 of ns, 3 of s
     back = parse_time(fmt_time(t))
     assert math.isfinite(back) and abs(back - t) <= max(0.0051 * t, 0.05e-9 + 1e-18, 0.0005 if t >= 1 else 0)
+
+
+@pytest.mark.parametrize("text", ["4gb", "4Gb", "4Gbit", "4Gibit", "32 bits"])
+def test_memory_sizes_are_never_in_bits(text):
+    # trial 2026-11-30: --memory-headroom 4gb was 4 gigabits = 0.47 GiB, silently; memory is counted in bytes
+    from parsim.units import parse_memory_size
+    with pytest.raises(ParsimError) as e:
+        parse_memory_size(text)
+    assert "is in bits" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_memory_sizes_in_bytes_read_as_sizes():
+    from parsim.units import parse_memory_size
+    assert [parse_memory_size(t) for t in ("4GiB", "4GB", "0", "512 MiB")] == [4 * 2 ** 30, 4 * 10 ** 9, 0, 512 * 2 ** 20]
