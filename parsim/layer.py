@@ -162,14 +162,20 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1, probs_in_activa
     gpt_dropout = model.dropout                # dropout masks (1 byte) kept for backward (ModelSpec.dropout)
     act = T * h * e                            # one full activation [b, s, h]
     rms = model.norm == "rmsnorm"
-    ops = [
-        _norm_op("attn_norm", e * Tr * h, e, rms, saved=e * Tr * h),
-        Op("qkv", "gemm", fp8=True, m=T, k=h, n=(qd + 2 * kvd) / t, wgrad=True, saved=ein * Tr * h,
-           mm_parts=(qd / (qd + 2 * kvd), kvd / (qd + 2 * kvd), kvd / (qd + 2 * kvd)), col_parallel=True,
-           out_bytes=e * T * (qd + 2 * kvd) / t),
-    ]
+    ops = [_norm_op("attn_norm", e * Tr * h, e, rms, saved=e * Tr * h)]
+    if model.mla:
+        ops += _mla_projections(model, T, Tr, t, e, ein, rms)
+        vd = model.v_dim                       # V and the core's output O: heads · v_head_dim
+        kvd_core = (qd + vd) / 2               # K and V per token, as one K/V pair of the mean width (bytes, CP)
+    else:
+        vd, kvd_core = qd, kvd
+        ops.append(Op("qkv", "gemm", fp8=True, m=T, k=h, n=(qd + 2 * kvd) / t, wgrad=True, saved=ein * Tr * h,
+                      mm_parts=(qd / (qd + 2 * kvd), kvd / (qd + 2 * kvd), kvd / (qd + 2 * kvd)), col_parallel=True,
+                      out_bytes=e * T * (qd + 2 * kvd) / t))
     if model.position == "rotary":
-        n_qk = T * (qd + kvd) / t
+        # latent attention ropes only the qk_rope_head_dim part of each query head and the one shared rotary key
+        n_qk = (T * (model.heads * model.qk_rope_head_dim / t + model.qk_rope_head_dim) if model.mla
+                else T * (qd + kvd) / t)
         ops.append(Op("rotary", "mem", bytes=2 * e * n_qk, bwd_bytes=4 * e * n_qk,
                       eager_bytes=(16 + 2 * e) * n_qk, eager_bwd_bytes=(16 + 2 * e) * n_qk))
     if model.qk_norm:
@@ -177,12 +183,12 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1, probs_in_activa
     hpr = b * a / t                            # attention heads on this rank (× micro-batch)
     sq = s / cp                                # queries on this rank
     scores = hpr * sq * s
-    qkv_saved = e * T * (qd + 2 * kvd) / t     # Q, K, V
+    qkv_saved = e * T * (qd + 2 * kvd_core) / t   # Q, K, V (latent attention: K as wide as Q, V heads·v_head_dim)
     # flash: one kernel, timed at the causal half of its FLOPs; backward 2.5× (5 vs 2 matmuls). It reads Q, K, V
     # and writes O (the scores stay on chip: its bytes are those four), and keeps Q, K, V, O and the softmax
     # statistics for its backward (Dao 2023 §3.1.2: O and logsumexp; the statistics, b·heads·s fp32, are negligible).
-    kv_block = e * b * sq * 2 * kvd / t        # one K/V block passed round the cp ring (per step)
-    o_bytes = e * T * qd / t                   # the core's output O (the output projection's input)
+    kv_block = e * b * sq * 2 * kvd_core / t   # one K/V block passed round the cp ring (per step)
+    o_bytes = e * T * vd / t                   # the core's output O (the output projection's input)
     # op-level SAC keeps the SDPA outputs: the attention output and the fp32 log-sum-exp per query and head
     # Sliding window w < s (on window_layers of the layers, else every layer): a query meets at most w keys, so the causal pairs of a sequence are
     # w·s - w²/2 instead of s²/2 (in the continuous count this module uses): the share r = 2w/s - (w/s)² of the
@@ -191,7 +197,9 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1, probs_in_activa
     r = window_share(model.sliding_window, s)
     if model.window_layers is not None:       # the other layers attend to the whole prefix: the layer-weighted span
         r = (model.window_layers * r + (model.layers - model.window_layers)) / model.layers
-    ops.append(Op("attn_core_flash", "core", m=sq, k=d, n=s, batch=2 * hpr, flop_scale=0.5 * r, bwd=2.5,
+    # QKᵀ over head_dim and AV over v_head_dim: one GEMM pair of their mean width (the same FLOPs)
+    d_core = (d + model.v_head_dim) / 2
+    ops.append(Op("attn_core_flash", "core", m=sq, k=d_core, n=s, batch=2 * hpr, flop_scale=0.5 * r, bwd=2.5,
                   bytes=qkv_saved + o_bytes, saved=qkv_saved + o_bytes, selective=True,
                   weight=np.where(flash, 1.0, 0.0), comm=(("cp", "ring_kv", kv_block),),
                   out_bytes=o_bytes + 4.0 * hpr * sq))
@@ -202,15 +210,15 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1, probs_in_activa
            model_flops=0.5 * r * 2.0 * sq * d * s * hpr),
         Op("attn_softmax", "mem", bytes=(4 * e + 1) * scores, bwd_bytes=(3 * e + 1) * scores, bwd=0.0,
            saved=(2 * e + 1) * scores, selective=True, weight=naive),  # softmax out, dropout mask and out
-        Op("attn_context", "gemm", m=sq, k=s, n=d, batch=hpr, selective=True, weight=naive,
-           model_flops=0.5 * r * 2.0 * sq * s * d * hpr),
+        Op("attn_context", "gemm", m=sq, k=s, n=model.v_head_dim, batch=hpr, selective=True, weight=naive,
+           model_flops=0.5 * r * 2.0 * sq * s * model.v_head_dim * hpr),
     ]
     tp_out = _tp_out(act)
     ops += [
         # its input O: kept by the flash core already (16-bit); FP8 plans keep its FP8 cast as well.
         # Row-parallel: its output is the full [T, h] partial sum on each rank (out_bytes)
-        Op("attn_out", "gemm", fp8=True, m=T, k=qd / t, n=h, wgrad=True, comm=tp_out,
-           saved=np.where(flash, 0.0, o_bytes) + np.where(ein < e, ein * T * qd / t, 0.0),
+        Op("attn_out", "gemm", fp8=True, m=T, k=vd / t, n=h, wgrad=True, comm=tp_out,
+           saved=np.where(flash, 0.0, o_bytes) + np.where(ein < e, ein * T * vd / t, 0.0),
            mm_parts=(1.0,), out_bytes=e * T * h),
         Op("attn_residual", "mem", bytes=3 * e * Tr * h, bwd_bytes=6 * e * Tr * h,
            saved=Tr * h if gpt_dropout else 0.0),                          # dropout mask
@@ -237,6 +245,34 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1, probs_in_activa
         cout = sum(np.asarray(op.weight) * np.asarray(op.m) * np.asarray(op.n) * np.asarray(op.batch) for op in ops if op.fp8)
         per_elem = e + _by_recipe(dtype_code, QUANT_WRITE_BYTES, 0.0)
         ops.append(Op("fp8_cast", "mem", bytes=per_elem * cin, bwd_bytes=per_elem * cout, weight=fp8_w))
+    return ops
+
+
+def _mla_projections(model, T, Tr, t, e, ein, rms) -> list[Op]:
+    """Latent attention's projections on one TP rank (Megatron-Core MLASelfAttention; DeepSeek-V2 §2.1): the down
+    projections to the q and kv latents are replicated over the TP ranks ("duplicated") and run on the rank's tokens
+    (Tr: T/t with sequence parallelism), the latents are normed, and the column-parallel up projections give each
+    rank its heads' Q (nope + rope dims) and K-nope, V. The sequence-parallel all-gather then carries the latents
+    (q_lora + kv_lora + rope wide) rather than the hidden state; parsim prices its block collective at the hidden
+    width as for every layer (parsim.predict), an upper bound for latent attention with sp."""
+    h, hq, d, dr, dv = model.hidden, model.heads, model.head_dim, model.qk_rope_head_dim, model.v_head_dim
+    ql, kl = model.q_lora_rank, model.kv_lora_rank
+    ops = []
+    if ql:
+        ops += [Op("q_down", "gemm", fp8=True, m=Tr, k=h, n=ql, wgrad=True, saved=ein * Tr * h, mm_parts=(1.0,),
+                   out_bytes=e * Tr * ql),
+                _norm_op("q_norm", e * T * ql, e, rms, saved=e * T * ql),
+                Op("q_up", "gemm", fp8=True, m=T, k=ql, n=hq * d / t, wgrad=True, saved=ein * T * ql,
+                   col_parallel=True, mm_parts=(1.0,), out_bytes=e * T * hq * d / t)]
+    else:
+        ops.append(Op("q_proj", "gemm", fp8=True, m=T, k=h, n=hq * d / t, wgrad=True, saved=ein * Tr * h,
+                      col_parallel=True, mm_parts=(1.0,), out_bytes=e * T * hq * d / t))
+    # the kv down projection reads the same normed input: a 16-bit plan keeps it once, an FP8 one casts it again
+    ops += [Op("kv_down", "gemm", fp8=True, m=Tr, k=h, n=kl + dr, wgrad=True,
+               saved=np.where(ein < e, ein * Tr * h, 0.0), mm_parts=(1.0,), out_bytes=e * Tr * (kl + dr)),
+            _norm_op("kv_norm", e * T * kl, e, rms, saved=e * T * kl),
+            Op("kv_up", "gemm", fp8=True, m=T, k=kl, n=hq * (d - dr + dv) / t, wgrad=True, saved=ein * T * kl,
+               col_parallel=True, mm_parts=(1.0,), out_bytes=e * T * hq * (d - dr + dv) / t)]
     return ops
 
 

@@ -67,6 +67,11 @@ MODEL_LIMITS = {
     "moe_first_dense": (0, 10_000),    # as layers
     "sliding_window": (1, MAX_SEQ_LEN),  # keys each query attends to (Mistral 7B: 4,096); as seq_len
     "window_layers": (1, 10_000),      # layers using the window, at most `layers` (checked on the spec)
+    # multi-head latent attention (DeepSeek-V2/V3: q_lora_rank 1,536, kv_lora_rank 512, rotary part 64, v 128)
+    "q_lora_rank": (0, 2 ** 20),       # 0: a full-rank query projection; at most hidden's bound
+    "kv_lora_rank": (0, 2 ** 20),      # 0: no latent attention
+    "qk_rope_head_dim": (0, 2 ** 14),  # the rotary part of head_dim (checked below it on the spec)
+    "v_head_dim": (1, 2 ** 14),        # as head_dim
 }
 # An MoE layer's capacity factor (expert rows padded to factor x tokens x top_k / experts): GShard and
 # Switch use 1.0-2.0; above 64 the padding is a unit mistake, not a plan.

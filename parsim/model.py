@@ -103,6 +103,14 @@ class ModelSpec:
     # linear in each layer's span, so the mean layer carries the layer-weighted span (parsim.layer.window_share).
     sliding_window: int | None = None
     window_layers: int | None = None
+    # Multi-head latent attention (DeepSeek-V2, arXiv 2405.04434 §2.1; DeepSeek-V3, arXiv 2412.19437 §2.1.1), with
+    # kv_lora_rank > 0: K and V are up-projected from a kv_lora_rank-wide latent (plus qk_rope_head_dim shared rotary
+    # key dims), Q from a q_lora_rank-wide one (0: directly from the hidden state); each of the `heads` heads has
+    # head_dim = nope + rope query/key dims and v_head_dim value dims (kv_heads = heads). None: head_dim.
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int | None = None
     source: str = ""                      # where the values came from (e.g. the seq_len's origin)
 
     def __post_init__(self):
@@ -125,9 +133,22 @@ class ModelSpec:
         for k, v in dflt.items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, v)
+        if self.v_head_dim is None:
+            object.__setattr__(self, "v_head_dim", self.head_dim)
         for k in ("head_dim", "max_positions", "norms_per_layer", "experts", "top_k", "expert_ffn_hidden",
-                  "shared_experts", "moe_every", "moe_first_dense"):
+                  "shared_experts", "moe_every", "moe_first_dense", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
+                  "v_head_dim"):
             _check_int(n, k, getattr(self, k))
+        if self.kv_lora_rank:
+            if self.kv_heads != self.heads:
+                raise ParsimError(f"model {n}: kv_lora_rank = {self.kv_lora_rank} (latent attention) with kv_heads "
+                                  f"({self.kv_heads}) != heads ({self.heads}): expected every head its own K and V")
+            if not 0 < self.qk_rope_head_dim < self.head_dim:
+                raise ParsimError(f"model {n}: qk_rope_head_dim = {self.qk_rope_head_dim}, expected 1..head_dim - 1 "
+                                  f"({self.head_dim - 1}) with latent attention (head_dim = nope + rope dims)")
+        elif self.q_lora_rank or self.qk_rope_head_dim or self.v_head_dim != self.head_dim:
+            raise ParsimError(f"model {n}: q_lora_rank, qk_rope_head_dim or v_head_dim set without kv_lora_rank: "
+                              f"expected them only with latent attention (kv_lora_rank > 0)")
         if self.sliding_window is not None:
             _check_int(n, "sliding_window", self.sliding_window)
         if self.window_layers is not None:
@@ -170,7 +191,9 @@ class ModelSpec:
     # ---- shapes ---------------------------------------------------------------------
     @property
     def attention(self) -> str:
-        """MHA (kv_heads = heads), MQA (kv_heads = 1) or GQA."""
+        """MLA (latent attention), MHA (kv_heads = heads), MQA (kv_heads = 1) or GQA."""
+        if self.mla:
+            return "MLA"
         return "MHA" if self.kv_heads == self.heads else "MQA" if self.kv_heads == 1 else "GQA"
 
     @property
@@ -182,6 +205,16 @@ class ModelSpec:
     def kv_dim(self) -> int:
         """Width of K (and of V): kv_heads · head_dim."""
         return self.kv_heads * self.head_dim
+
+    @property
+    def mla(self) -> bool:
+        """Multi-head latent attention (kv_lora_rank > 0)."""
+        return self.kv_lora_rank > 0
+
+    @property
+    def v_dim(self) -> int:
+        """Width of V and of the attention output: heads · v_head_dim (= q_dim but with latent attention)."""
+        return self.heads * self.v_head_dim
 
     @property
     def gated(self) -> bool:
@@ -209,12 +242,24 @@ class ModelSpec:
 
     @property
     def attn_matmul_params(self) -> int:
-        """Q and output projections h·q_dim each, K and V h·kv_dim each."""
-        return 2 * self.hidden * self.q_dim + 2 * self.hidden * self.kv_dim
+        """Q and output projections h·q_dim each, K and V h·kv_dim each. Latent attention: Q from h (or down to
+        q_lora_rank and up to q_dim), K/V down to kv_lora_rank + qk_rope_head_dim and up to heads·(nope + v_head_dim),
+        output heads·v_head_dim·h (DeepSeek-V2 §2.1)."""
+        if not self.mla:
+            return 2 * self.hidden * self.q_dim + 2 * self.hidden * self.kv_dim
+        ql, kl, h = self.q_lora_rank, self.kv_lora_rank, self.hidden
+        q = h * ql + ql * self.q_dim if ql else h * self.q_dim
+        kv = h * (kl + self.qk_rope_head_dim) + kl * self.heads * (self.head_dim - self.qk_rope_head_dim + self.v_head_dim)
+        return q + kv + self.v_dim * h
 
     @property
     def attn_params(self) -> int:
-        """Attention projections with their biases and the q/k norms."""
+        """Attention projections with their biases and the q/k norms (latent attention: the norms of its latents)."""
+        if self.mla:
+            bias = (self.q_dim + self.kv_lora_rank + self.qk_rope_head_dim if self.qkv_bias else 0) + (
+                self.hidden if self.linear_bias else 0)
+            return (self.attn_matmul_params + bias + self._norm_params(self.kv_lora_rank)
+                    + (self._norm_params(self.q_lora_rank) if self.q_lora_rank else 0))
         bias = (self.q_dim + 2 * self.kv_dim if self.qkv_bias else 0) + (self.hidden if self.linear_bias else 0)
         return self.attn_matmul_params + bias + (2 * self._norm_params(self.head_dim) if self.qk_norm else 0)
 
@@ -388,7 +433,10 @@ class ModelSpec:
                   if self.experts else f"{_count(self.active_params)} active")
         return (f"{self.name}: {_count(self.params)} params ({active}), "
                 f"{self.layers} layers, hidden {self.hidden}, {self.attention} {self.heads}/{self.kv_heads} heads × "
-                f"{self.head_dim}" + (f" (sliding window {self.sliding_window}"
+                f"{self.head_dim}"
+                + (f" (v {self.v_head_dim}, latents q {self.q_lora_rank or 'none'} kv {self.kv_lora_rank}, rope "
+                   f"{self.qk_rope_head_dim})" if self.mla else "")
+                + (f" (sliding window {self.sliding_window}"
                                       + (f" on {self.window_layers} of {self.layers} layers"
                                          if self.window_layers not in (None, self.layers) else "") + ")"
                                       if self.sliding_window else "")
@@ -468,6 +516,7 @@ def preset_twin(spec: "ModelSpec") -> str | None:
 HF_FAMILIES = {
     "llama": "llama", "mistral": "llama", "mixtral": "llama", "qwen2": "llama", "qwen3": "llama",
     "qwen3_moe": "llama", "gemma": "llama", "gemma2": "llama", "phi3": "llama", "gpt_oss": "llama",
+    "deepseek_v3": "llama", "deepseek_v2": "llama",
     "gpt2": "gpt2", "gpt_neox": "gpt_neox", "falcon": "falcon", "RefinedWeb": "falcon",
     "RefinedWebModel": "falcon", "bloom": "bloom", "nemotron": "nemotron",
 }
@@ -484,13 +533,21 @@ HF_UNMODELLED = {
     "cross_attention_layers": "cross-attention layers (Llama 3.2 Vision)",
     "vision_config": "a vision tower",
 }
+# DeepSeek-V2/V3 (DeepseekV3Config): latent attention, routed and shared experts, a dense prefix; the MTP module
+# (num_nextn_predict_layers) is said, not counted or priced
+DEEPSEEK_TYPES = ("deepseek_v2", "deepseek_v3")
+DEEPSEEK_READS = ("kv_lora_rank", "q_lora_rank", "n_routed_experts", "n_shared_experts", "first_k_dense_replace",
+                  "num_nextn_predict_layers")
 # parsim's ModelSpec key -> the config.json fields it is read from (an error names the file's field)
 HF_FIELDS = {"layers": ("num_hidden_layers", "n_layer", "num_layers"), "hidden": ("hidden_size", "n_embd", "n_embed",
              "d_model"), "heads": ("num_attention_heads", "n_head"), "kv_heads": ("num_key_value_heads", "num_kv_heads"),
              "ffn_hidden": ("intermediate_size", "ffn_hidden_size", "n_inner"), "vocab": ("vocab_size",),
-             "head_dim": ("head_dim",), "sliding_window": ("sliding_window",),
-             "experts": ("num_experts", "num_local_experts"), "top_k": ("num_experts_per_tok",),
-             "expert_ffn_hidden": ("moe_intermediate_size",), "max_positions": ("max_position_embeddings", "n_positions")}
+             "head_dim": ("head_dim", "qk_nope_head_dim"), "sliding_window": ("sliding_window",),
+             "experts": ("num_experts", "num_local_experts", "n_routed_experts"), "top_k": ("num_experts_per_tok",),
+             "expert_ffn_hidden": ("moe_intermediate_size",), "max_positions": ("max_position_embeddings", "n_positions"),
+             "shared_experts": ("n_shared_experts",), "moe_first_dense": ("first_k_dense_replace",),
+             "q_lora_rank": ("q_lora_rank",), "kv_lora_rank": ("kv_lora_rank",),
+             "qk_rope_head_dim": ("qk_rope_head_dim",), "v_head_dim": ("v_head_dim",)}
 GELU_ACTS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_python", "gelu_accurate", "quick_gelu",
              "relu", "relu2", "tanh")
 SILU_ACTS = ("silu", "swish")
@@ -619,7 +676,10 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
     The training length: see hf_seq_len."""
     if not isinstance(cfg, dict):
         raise ParsimError(f"Hugging Face config {name}: expected a mapping, got {type(cfg).__name__}")
+    mt0 = cfg.get("model_type")
     for k, what in HF_UNMODELLED.items():
+        if mt0 in DEEPSEEK_TYPES and k in DEEPSEEK_READS:
+            continue                                    # read by the DeepSeek reader below
         if cfg.get(k) not in (None, 0, False, [], {}):
             raise ParsimError(f"Hugging Face config {name}: field {k} = {str(cfg[k])[:40]!r} ({what}) is not "
                               f"modelled by parsim; refusing rather than pricing a different model")
@@ -652,6 +712,22 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
             kw["qkv_bias"] = True          # Qwen2 q/k/v carry biases; no config key says so
         if mt == "mixtral":
             kw.update(experts=g("num_local_experts"), top_k=g("num_experts_per_tok"))
+        elif mt in DEEPSEEK_TYPES:
+            # DeepseekV3Config: n_routed_experts of width moe_intermediate_size (top num_experts_per_tok) and
+            # n_shared_experts on layers i >= first_k_dense_replace with i % moe_layer_freq == 0; the dense prefix
+            # has intermediate_size; attention is latent (kv_lora_rank, q_lora_rank null = full-rank queries), each
+            # head qk_nope_head_dim + qk_rope_head_dim wide for Q/K and v_head_dim for V
+            freq = g("moe_layer_freq", default=1)
+            if freq != 1:
+                raise ParsimError(f"Hugging Face config {name}: moe_layer_freq = {freq!r} is not modelled (parsim "
+                                  f"reads MoE on every layer after the dense prefix: 1)")
+            nope, rope = g("qk_nope_head_dim"), g("qk_rope_head_dim")
+            kw.update(experts=g("n_routed_experts"), top_k=g("num_experts_per_tok"),
+                      expert_ffn_hidden=g("moe_intermediate_size"), shared_experts=g("n_shared_experts", default=0),
+                      moe_first_dense=g("first_k_dense_replace", default=0), kv_lora_rank=g("kv_lora_rank"),
+                      q_lora_rank=g("q_lora_rank", default=0) or 0, qk_rope_head_dim=rope, v_head_dim=g("v_head_dim"),
+                      head_dim=nope + rope if all(type(x) is int for x in (nope, rope)) else nope, kv_heads=kw["heads"],
+                      qkv_bias=_hf_bool(cfg, name, "attention_bias", False), linear_bias=False)
         elif mt == "gpt_oss":
             # transformers' GptOssConfig sets attention_bias = True whatever the file says, and GptOssExperts carries
             # gate_up_proj_bias and down_proj_bias: biases on q, k, v, o and the experts. Every layer is an MoE layer
@@ -737,6 +813,11 @@ def from_hf_config(cfg: dict, name: str = "hf-model") -> ModelSpec:
                               f"the head in (0, 1]")
         if rot != 1:
             src += f"; RoPE on {rot:g} of each head priced over all of it"
+    if mt in DEEPSEEK_TYPES:
+        mtp = cfg.get("num_nextn_predict_layers") or 0
+        src += ("; latent attention (kv_lora_rank " + str(kw.get("kv_lora_rank")) + ")"
+                + (f"; {mtp} multi-token prediction layer(s) (num_nextn_predict_layers) not counted or priced" if mtp
+                   else "") + "; the router's score-correction bias not counted, its grouped top-k priced as top-k")
     if mt == "gpt_oss":
         # GptOssAttention.sinks (one learned logit per head, added to each softmax's denominator) and the router's bias:
         # heads + experts parameters a layer, left out of the counts (< 1e-7 of them); the sinks' work is one more term

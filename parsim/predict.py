@@ -765,14 +765,27 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     # mean per layer (dense and MoE layers mixed: the pipeline splits layers, not parameters).
     P_layer = model.params_per_layer
     X = model.moe_layers * model.experts * model.expert_params        # routed expert parameters
-    P_layer_dense = (model.layer_params_total - X) / model.layers
     tied_copy = model.tied_embeddings & (pp > 1)           # an untied copy of the embedding as the head
     head_P = model.head_params + np.where(tied_copy, model.vocab * h, 0)
-    P_first = (L_first * P_layer_dense + model.embedding_params + np.where(head_first, head_P, 0)) / t
-    P_last = np.where(has_last, (L_last * P_layer_dense + head_P) / t, 0.0)
-    P_mid = L_mid * P_layer_dense / t
-    x_layer = X / model.layers / (ep * t)                  # routed expert parameters per layer on one rank
-    X_first, X_last, X_mid = L_first * x_layer, np.where(has_last, L_last * x_layer, 0.0), L_mid * x_layer
+    # Dense and MoE layers per rank kind. A dense prefix (moe_first_dense, MoE on every later layer: DeepSeek's
+    # first_k_dense_replace) sits on the first rank, so the others hold MoE layers only (trial 2026-11-30: the mean
+    # layer gave every rank 3/61 of DeepSeek-V3's dense MLPs in place of experts, 5% too few expert parameters on
+    # the worst rank); dense layers spread through the model (moe_every > 1) are taken at their mean share.
+    if model.experts and model.moe_every == 1 and model.moe_first_dense:
+        nd = {"first": np.minimum(model.moe_first_dense, L_first), "last": 0.0, "mid": 0.0}
+    else:
+        nd = {k: Lk * model.dense_layers / model.layers for k, Lk in (("first", L_first), ("last", L_last),
+                                                                      ("mid", L_mid))}
+    Lk = {"first": L_first, "last": L_last, "mid": L_mid}
+    moe_dense_part = (model.moe_layer_params - model.experts * model.expert_params) if model.experts else 0.0
+    dense_P = {k: nd[k] * model.dense_layer_params + (Lk[k] - nd[k]) * moe_dense_part if model.experts
+               else Lk[k] * model.dense_layer_params for k in Lk}
+    P_first = (dense_P["first"] + model.embedding_params + np.where(head_first, head_P, 0)) / t
+    P_last = np.where(has_last, (dense_P["last"] + head_P) / t, 0.0)
+    P_mid = dense_P["mid"] / t
+    x_moe = model.experts * model.expert_params / (ep * t)   # routed expert parameters of one MoE layer on one rank
+    X_first, X_last, X_mid = ((L_first - nd["first"]) * x_moe, np.where(has_last, (L_last - nd["last"]) * x_moe, 0.0),
+                              (L_mid - nd["mid"]) * x_moe)
     P_dense = np.maximum(np.maximum(P_first, P_last), P_mid)
     P_exp = np.maximum(np.maximum(X_first, X_last), X_mid) if X else 0.0
     P_rank = np.maximum(np.maximum(P_first + X_first, P_last + X_last), P_mid + X_mid) if X else P_dense
@@ -1156,6 +1169,10 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
                      f"published curves); this model's heads are {model.head_dim} wide, and kernel rates differ by head "
                      f"dim (FlashAttention-2 on H100, causal forward at 16k: 335 TFLOP/s at 128, 299 at 64; FlashAttention-3 "
                      f"paper, Fig. 5)")
+    if plan.pp > 1 and model.experts and model.moe_first_dense and model.moe_every == 1:
+        notes.append(f"dense prefix: the first pipeline rank holds the {model.moe_first_dense} dense layers (memory "
+                     f"priced per rank: the others hold MoE layers only); every stage's time is priced with the mean "
+                     f"layer ({model.moe_layers} of {model.layers} MoE)")
     if plan.pp > 1 and model.window_layers not in (None, model.layers):
         share = float(Ly.window_share(model.sliding_window, seq))
         mean = (model.window_layers * share + model.layers - model.window_layers) / model.layers

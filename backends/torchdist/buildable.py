@@ -11,7 +11,8 @@ def check_buildable(spec) -> None:
                              (spec.capacity_factor is not None, "a capacity factor (it runs dropless)"),
                              # SDPA with a band mask runs the whole square (no flash window): its time would not be
                              # the windowed kernel parsim prices
-                             (getattr(spec, "sliding_window", None) is not None, "sliding-window attention"))
+                             (getattr(spec, "sliding_window", None) is not None, "sliding-window attention"),
+                             (getattr(spec, "kv_lora_rank", 0) > 0, "multi-head latent attention"))
            if cond]
     if why:
         raise ParsimError(f"model {spec.name}: the torch backend does not build {', '.join(why)}")

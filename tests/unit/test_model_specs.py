@@ -116,7 +116,8 @@ def test_presets_match_hf_configs(preset, file):
 
 
 @pytest.mark.parametrize("change, needle", [
-    ({"model_type": "deepseek_v3", "kv_lora_rank": 512}, "kv_lora_rank"),
+    ({"model_type": "deepseek_v3", "kv_lora_rank": 512}, "missing field 'qk_nope_head_dim'"),
+    ({"kv_lora_rank": 512}, "kv_lora_rank"),           # latent attention in a family that has none: refused
     ({"q_lora_rank": 1536}, "q_lora_rank"),
     ({"n_routed_experts": 64}, "n_routed_experts"),
     ({"model_type": "mamba"}, "model_type = 'mamba' is not modelled"),
@@ -139,9 +140,45 @@ def test_hf_refusals_name_the_field(change, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
-def test_deepseek_file_refused_naming_the_field():
-    with pytest.raises(ParsimError, match="kv_lora_rank"):
-        load_model(str(HF / "deepseek-v3.json"))
+def test_deepseek_v3_read_with_latent_attention():
+    # DeepSeek-V3 (arXiv 2412.19437: 671 B total, 37 B activated; the MTP module's 14 B not counted). Per layer:
+    # attention q_down 7168·1536 + q_norm 1536 + q_up 1536·128·192 + kv_down 7168·576 + kv_norm 512 + kv_up
+    # 512·128·256 + out 128·128·7168 = 187,107,328; norms 2·7168; 3 dense MLPs 3·7168·18432 = 396,361,728; 58 MoE
+    # layers of router 7168·256 + 257 experts (256 routed + 1 shared) x 3·7168·2048; embeddings 2·129280·7168; final norm
+    m = load_model(str(HF / "deepseek-v3.json"))
+    per_layer = 187_107_328 + 2 * 7168
+    total = (61 * per_layer + 3 * 3 * 7168 * 18432 + 58 * (7168 * 256 + 257 * 3 * 7168 * 2048)
+             + 2 * 129280 * 7168 + 7168)
+    assert m.params == total == 671_026_404_352
+    assert m.attn_params == 187_107_328 and m.attention == "MLA"
+    # active: 58 MoE layers with 8 + 1 experts, the rest as counted
+    assert m.active_params == total - 58 * 248 * 3 * 7168 * 2048
+    assert (m.moe_layers, m.moe_first_dense, m.shared_experts, m.head_dim, m.v_head_dim) == (58, 3, 1, 192, 128)
+    assert load_model("deepseek-v3").params == m.params
+
+
+def test_latent_attention_flops_by_hand():
+    # one DeepSeek-V3 layer's attention per sequence of 4096 tokens (hardware FLOPs, causal flash): projections
+    # 2·4096·(7168·1536 + 1536·24576 + 7168·576 + 512·32768 + 16384·7168) and the core 0.5·4·4096²·128·(192+128)/2
+    # (QKᵀ over 192 dims, AV over 128, per head, causal half)
+    from parsim.layer import flops, layer_ops
+    m = load_model("deepseek-v3")
+    ops = [op for op in layer_ops(m, 1, 4096, 1, False, True, 0) if op.name in
+           ("q_down", "q_up", "kv_down", "kv_up", "attn_out", "attn_core_flash")]
+    proj = 2 * 4096 * (7168 * 1536 + 1536 * 24576 + 7168 * 576 + 512 * 32768 + 16384 * 7168)
+    core = 0.5 * 2 * 4096 * 4096 * 128 * (192 + 128)
+    assert flops(ops) == pytest.approx(proj + core, rel=1e-12)
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"moe_layer_freq": 2}, "moe_layer_freq = 2 is not modelled"),
+    ({"qk_rope_head_dim": 0}, "qk_rope_head_dim = 0, expected 1..head_dim - 1"),
+    ({"n_routed_experts": "256"}, "n_routed_experts (parsim's experts) = '256' (str)"),
+])
+def test_deepseek_refusals_name_the_field(change, needle):
+    with pytest.raises(ParsimError) as e:
+        from_hf_config({**cfg("deepseek-v3.json"), **change}, "x")
+    assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def run_cli(*args):
@@ -293,3 +330,11 @@ def test_gpt_oss_says_what_it_does_not_price():
     m = from_hf_config({**cfg("gpt-oss-20b.json"), "attention_bias": False}, "x")
     assert "attention_bias false in the file" in m.source and "quantization_config mxfp4" in m.source
     assert m.qkv_bias and m.linear_bias
+
+
+def test_torch_backend_refuses_latent_attention_before_spawning():
+    # the torch GPT builds standard attention only: a DeepSeek-V3 run is refused in one line, never run as MHA
+    from backends.torchdist.buildable import check_buildable
+    with pytest.raises(ParsimError, match="does not build multi-head latent attention"):
+        check_buildable(load_model("deepseek-v3"))
+    check_buildable(load_model("gpt-tiny"))

@@ -198,3 +198,20 @@ def test_expert_data_parallel_group_spans_context_parallel_ranks():
     expert_params = m.moe_layers * m.experts * m.expert_params / 8
     assert b.memory_breakdown_GiB["optimizer"] * 2 ** 30 > 12 * expert_params / 8
     assert b.memory_breakdown_GiB["optimizer"] * 2 ** 30 < 12 * expert_params / 2      # not sharded over dp/ep = 2
+
+
+def test_a_dense_prefix_sits_on_the_first_rank_only():
+    # DeepSeek-style: layers 0-1 dense, 2-7 MoE (moe_first_dense 2), pp 2 -> rank 0 holds 2 dense + 2 MoE layers,
+    # rank 1 four MoE layers. The mean layer gave rank 1 (8-2)/8 = 3/4 of an MoE layer's experts per layer; it holds
+    # whole ones: weights (bf16, 2 B/param, tp 1, ep 2) = 4 x (attention + norms + router + 4/2 experts) + head.
+    from parsim.model import ModelSpec
+    from parsim.predict import predict
+    m = ModelSpec(name="prefix", layers=8, hidden=256, heads=4, kv_heads=4, ffn_hidden=512, vocab=1000, seq_len=128,
+                  activation="swiglu", tied_embeddings=False, experts=4, top_k=1, expert_ffn_hidden=2048,
+                  moe_first_dense=2)
+    rep = predict(m, "dgx-h100", Plan(dp=2, tp=1, pp=2, ep=2, micro_batch=1, global_batch=4), gpus=4)
+    h, f = 256, 2048
+    attn, norms, router, expert = 4 * h * h, 2 * h, h * 4, 3 * h * f
+    rank1 = 4 * (attn + norms + router + 2 * expert) + h + 1000 * h        # + final norm and output layer
+    assert rep.memory_worst_rank == 1
+    assert rep.memory_breakdown_GiB["weights"] * 2 ** 30 == pytest.approx(2 * rank1, rel=1e-9)

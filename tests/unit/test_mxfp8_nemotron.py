@@ -190,11 +190,10 @@ def test_mxfp8_is_in_the_fp8_class_and_its_corpus_rows_are_priced(tmp_path):
     from parsim import corpus as Co
     assert precision_class("mxfp8") == precision_class("fp8") == "fp8"
     mx = [r for r in Co.load_corpus() if r.precision == "mxfp8"]
-    # 10 published MXFP8 rows, all B200: 8 priced (Llama 3 8B and 405B in 25.09 and 25.11, Qwen3-30B-A3B and -235B-A22B
-    # in 25.11 and 26.02); DeepSeek-V3's two wait for its preset, and for nothing else
+    # 10 published MXFP8 rows, all B200, all priced: Llama 3 8B and 405B in 25.09 and 25.11, Qwen3-30B-A3B and
+    # -235B-A22B in 25.11 and 26.02, and DeepSeek-V3's two (25.11, 26.02) since its preset (latent attention)
     assert len(mx) == 10 and all(r.gpu_type == "b200" for r in mx)
-    assert sum(not r.reasons for r in mx) == 8
-    assert all(r.reasons == ["mixture of experts: no model preset for deepseek-v3"] for r in mx if r.reasons)
+    assert all(not r.reasons for r in mx)
     assert all(p.dtype == "mxfp8" for r in mx for p in r.plans)
     # an MXFP8 row on Hopper is kept and counted, with the reason
     p = tmp_path / "toy.csv"
