@@ -338,3 +338,19 @@ def test_torch_backend_refuses_latent_attention_before_spawning():
     with pytest.raises(ParsimError, match="does not build multi-head latent attention"):
         check_buildable(load_model("deepseek-v3"))
     check_buildable(load_model("gpt-tiny"))
+
+
+def test_deepseek_v2_lite_full_rank_queries_match_the_paper():
+    # DeepSeek-V2 paper (arXiv 2405.04434, Appendix B): DeepSeek-V2-Lite has 15.7 B parameters, 2.4 B activated per
+    # token; 27 layers, hidden 2048, 16 heads, no query compression (q_lora_rank null), kv latent 512, the first layer
+    # dense (ffn 10944), then 64 routed experts (top-6) + 2 shared of width 1408. The activated count leaves the input
+    # embedding out (102400 x 2048), as the gpt-oss card does.
+    c = dict(model_type="deepseek_v2", hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408,
+             num_hidden_layers=27, num_attention_heads=16, num_key_value_heads=16, n_routed_experts=64,
+             n_shared_experts=2, num_experts_per_tok=6, first_k_dense_replace=1, moe_layer_freq=1, kv_lora_rank=512,
+             q_lora_rank=None, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, vocab_size=102400,
+             max_position_embeddings=163840, tie_word_embeddings=False, hidden_act="silu")
+    m = from_hf_config(c, "v2-lite")
+    assert m.params / 1e9 == pytest.approx(15.7, abs=0.05)
+    assert (m.active_params - m.vocab * m.hidden) / 1e9 == pytest.approx(2.4, abs=0.06)
+    assert m.q_lora_rank == 0 and "latents q none" in m.summary()
