@@ -273,6 +273,8 @@ RULES = (
     Rule("vpp > 1 needs pp > 1", lambda c: (c["pp"] == 1) & (c["vpp"] > 1),
          lambda c, i: (f"schedule zbv runs 2 stages per rank (a V) and needs pp > 1, got pp = 1"
                        if _sched_name(c, i) == "zbv" else
+                       f"schedule interleaved runs vpp = {_i(c, 'vpp', i)} stages per rank and needs pp > 1, got pp = 1"
+                       if _sched_name(c, i) == "interleaved" else
                        f"vpp = {_i(c, 'vpp', i)} stages per rank needs pp > 1, got pp = 1"), plan_only=True),
     Rule("schedule and vpp disagree", _vpp_sched_bad, _vpp_sched_msg),
     Rule("1f1b with fewer micro-batches than pp", lambda c: (c["schedule"] == ONE_F_ONE_B) & (c["pp"] > 1)

@@ -295,10 +295,12 @@ def _checked_plan(p, plan, keys, combo, sweep, study, where, model):
     """The Plan of one sweep combination, checked by the rule book (parsim.plan.validate) against the
     point's model; an error names the study key at fault: the swept value (``train[0].sweep.recompute[1]``)
     when that value alone is invalid, else ``train[0].plan`` (with the sweep combination, if any)."""
-    from parsim.plan import validate
+    from parsim.rules import check
     try:
         obj = _plan(p, study, where)
-        validate(obj, model, obj.gpus)
+        # a train point runs on the torch backend: its rules too (scope "run"), as `parsim run` checks them before
+        # spawning (trial 2026-11-30: a dp 2 tp 2 zero 1 point passed --list and failed 4 spawned ranks 13 s later)
+        check(obj, model, obj.gpus, scope="run")
         return obj
     except ParsimError as e:
         err = str(e)

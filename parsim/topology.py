@@ -609,11 +609,26 @@ def load_cluster(spec, gpus: int | None = None, order=None) -> Cluster:
         require(isinstance(spec, (str, Path)), f"cluster = {limits.shown(spec, 40)}: expected a Cluster, a preset "
                                                "name or a file path")
         presets = _presets()
-        if spec in presets:
+        local = _calibrated_local(spec)
+        if local is not None:
+            c = _load_file(local, gpus)
+        elif spec in presets:
             c = _build(spec, presets[spec], gpus)
         else:
             c = _load_file(spec, gpus)
     return place(c, order) if order is not None else c
+
+
+def _calibrated_local(spec) -> str | None:
+    """The measured loopback cluster `parsim calibrate` wrote (parsim.calibrate.local_cluster) when `spec` is the
+    ``cpu-local`` preset, as the calibrated ``cpu`` device takes precedence over the catalog's: every command prices
+    cpu-local alike (trial 2026-11-30: after calibrating, `run` predicted on the measured link and `predict
+    --cluster cpu-local`, `collective` on the preset's placeholder). None otherwise."""
+    if str(spec) != "cpu-local":
+        return None
+    from parsim.calibrate import local_cluster
+    f = local_cluster()
+    return None if f == "cpu-local" else f
 
 
 def _load_file(spec, gpus):

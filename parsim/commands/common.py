@@ -92,7 +92,7 @@ def add_plan_arguments(p, need_gpus=True):
     p.add_argument("--pp", type=count("MAX_DEVICES"), default=1, help="pipeline parallel")
     p.add_argument("--ep", type=count("MAX_DEVICES"), default=1, help="expert parallel (MoE): experts sharded over ep of the dp ranks")
     p.add_argument("--cp", type=count("MAX_DEVICES"), default=1, help="context parallel: each sequence split over cp ranks")
-    p.add_argument("--vpp", type=count("MAX_DEVICES"), default=None, help="virtual stages per pipeline rank (interleaved)")
+    p.add_argument("--vpp", type=count("MAX_DEVICES"), default=None, help="virtual stages per pipeline rank (default 2 with --schedule interleaved or zbv, else 1)")
     p.add_argument("--micro-batch", type=count("MAX_GLOBAL_BATCH"), default=1, help="sequences per micro-batch")
     p.add_argument("--global-batch", type=count("MAX_GLOBAL_BATCH"), required=False,
                    help="sequences per step (default: 1024, as `parsim plan`, rounded up to a multiple of micro-batch × dp)")
@@ -154,6 +154,28 @@ def memory_options(a) -> dict:
             "grad_dtype": getattr(a, "grad_dtype", None), "cross_entropy": getattr(a, "cross_entropy", None)}
 
 
+def predict_command(model: str, cluster: str, gpus: int, plan: Plan, accounting: str | None = None) -> str:
+    """The `parsim predict` line that prices `plan` as given (every knob that is not predict's default spelled out):
+    what `run` and `validate` compare a measurement with, reproducible by hand (trial 2026-11-30: run's prediction
+    matched predict only with --memory-accounting fsdp2 --no-overlap, flags its table never showed)."""
+    p = plan
+    f = [f"--model {model}", f"--cluster {cluster}", f"--gpus {gpus}", f"--dp {p.dp}"]
+    f += [f"--{k} {v}" for k, v in (("tp", p.tp), ("pp", p.pp), ("ep", p.ep), ("cp", p.cp)) if v != 1]
+    if p.pp > 1:
+        f += [f"--vpp {p.vpp}", f"--schedule {p.schedule}"]
+    f += [f"--micro-batch {p.micro_batch}", f"--global-batch {p.global_batch}"]
+    f += [f"--seq-len {p.seq_len}"] if p.seq_len else []
+    f += [f"--dtype {p.dtype}"] if p.dtype else []
+    f += [f"--{k} {v}" for k, v, d in (("recompute", p.recompute, "none"), ("recompute-every", p.recompute_every, 1),
+                                        ("kernels", p.kernels, "fused"), ("zero", p.zero, 0),
+                                        ("grad-sync", p.grad_sync, "native")) if v != d]
+    f += [flag for flag, on in (("--sequence-parallel", p.sequence_parallel), ("--no-overlap", not p.overlap),
+                                ("--no-flash", not p.flash_attention), ("--async-tp", p.async_tp),
+                                ("--tp-overlap", p.tp_overlap), ("--pp-overlap", p.pp_overlap)) if on]
+    f += [f"--memory-accounting {accounting}"] if accounting and accounting != "megatron" else []
+    return "parsim predict " + " ".join(f)
+
+
 def plan_from_args(a, gpus: int, device=None) -> Plan:
     """The Plan the flags describe; `device` (profile or kind) decides the dtype when --dtype is not given."""
     from parsim.hardware import default_dtype
@@ -161,7 +183,8 @@ def plan_from_args(a, gpus: int, device=None) -> Plan:
     if a.dp is None and gpus % (a.tp * a.pp * cp):
         raise ParsimError(f"gpus ({gpus}) is not divisible by tp·pp·cp = {a.tp}·{a.pp}·{cp} = {a.tp * a.pp * cp}")
     dp = a.dp if a.dp is not None else gpus // (a.tp * a.pp * cp)
-    vpp = a.vpp or (2 if a.schedule == "zbv" else 1)
+    # as `parsim run` and `simulate`: interleaved and zbv default to 2 stages per rank, a vpp > 1 to interleaved
+    vpp = a.vpp or (2 if a.schedule in ("zbv", "interleaved") else 1)
     schedule = a.schedule or ("interleaved" if vpp > 1 else "1f1b")
     if a.global_batch is not None:
         gb = a.global_batch

@@ -26,7 +26,8 @@ def add_arguments(p):
     p.add_argument("--micro-batch", type=count("MAX_GLOBAL_BATCH"), default=1)
     p.add_argument("--global-batch", type=count("MAX_GLOBAL_BATCH"), help="default micro-batch*dp*pp")
     p.add_argument("--seq-len", type=count("MAX_SEQ_LEN"), help="default: the model's")
-    p.add_argument("--schedule", default="1f1b", help="gpipe | 1f1b | interleaved | zbv")
+    p.add_argument("--schedule", default=None, help="gpipe | 1f1b | interleaved | zbv (default 1f1b; interleaved when "
+                                                    "--vpp > 1, as `parsim predict`)")
     p.add_argument("--grad-sync", default="native", help="ring | tree | hd | hierarchical | ps | native")
     p.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3))
     p.add_argument("--recompute", default="none", help="none | selective | full (selective-op is priced, not run)")
@@ -34,7 +35,8 @@ def add_arguments(p):
     p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: the device's, parsim.hardware.default_dtype: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
     p.add_argument("--steps", type=count("MAX_STEPS"), default=10)
-    p.add_argument("--warmup", type=count("MAX_STEPS", lo=0), default=3, help="steps dropped before the median (default 3)")
+    p.add_argument("--warmup", type=count("MAX_STEPS", lo=0), default=None,
+                   help="steps dropped before the median (default 3, at most --steps - 1)")
     p.add_argument("--format", default="table", choices=("table", "json"))
     p.add_argument("--out", help="write the result (measured, predicted, errors) as JSON here")
     p.add_argument("--trace", metavar="DIR", help="torch.profiler Chrome trace of one extra, untimed step, one file per rank")
@@ -93,8 +95,12 @@ def make_plan(args, world: int | None = None):
             dp = nproc // (tp * pp * args.cp)
     if nproc is None:
         nproc = dp * tp * pp * args.cp
-    schedule = args.schedule
-    vpp = args.vpp or (2 if schedule in ("interleaved", "zbv") and pp > 1 else 1)
+    elif dp * tp * pp * args.cp != nproc:      # named as the flags are (trial 2026-11-30: "!= gpus(3)")
+        raise ParsimError(f"{'WORLD_SIZE' if world else '--nproc'} {nproc} != dp·tp·pp" + ("·cp" if args.cp > 1 else "") + f" = {dp}·{tp}·{pp}"
+                          + (f"·{args.cp}" if args.cp > 1 else "") + f" = {dp * tp * pp * args.cp}: expected one rank "
+                          f"per dp·tp·pp{'·cp' if args.cp > 1 else ''} position")
+    schedule = args.schedule or ("interleaved" if (args.vpp or 1) > 1 else "1f1b")
+    vpp = args.vpp or (2 if schedule in ("interleaved", "zbv") else 1)
     micro = args.micro_batch
     gb = args.global_batch or micro * dp * pp     # one micro-batch per pipeline stage
     from parsim.hardware import default_dtype
@@ -148,13 +154,16 @@ def predicted_report(model, plan, cluster_name: str, gpus: int, explicit: str | 
     ``memory``: accounting / headroom_bytes for parsim.predict.predict. `backend`: what the run uses; a --cluster whose
     device is not what that backend runs on (gloo: CPU ranks; nccl: GPUs) is said beside the prediction (trial
     2026-11-30: a gloo run on CPUs was compared with an H100 prediction without a word)."""
-    from parsim.commands.common import load_cluster_arg
+    from parsim.commands.common import load_cluster_arg, predict_command
     from parsim.predict import predict
     cluster = load_cluster_arg(explicit, gpus)
+    from parsim.model import preset_names
+    name = model.name if model.name in preset_names() else "MODEL_FILE"
+    same = lambda cl: f"; the same as `{predict_command(name, cl, gpus, plan, memory.get('accounting'))}`"  # noqa: E731
     if cluster is not None:
         rep = predict(model, cluster, plan, **memory)
         what = cluster.meta.get("source") or "cluster"
-        where = f"predicted by parsim.predict on {cluster.name} ({what})"
+        where = f"predicted by parsim.predict on {cluster.name} ({what})" + same(explicit or cluster.name)
         kind = getattr(cluster.device, "kind", "")
         if (backend == "gloo") != (kind == "cpu"):
             where += (f"; note: the prediction is for {cluster.device.name} ({kind}) but this {backend} run measures "
@@ -168,7 +177,8 @@ def predicted_report(model, plan, cluster_name: str, gpus: int, explicit: str | 
         return None, f"no prediction: {e}"
     from parsim.hardware import is_measured
     dev = getattr(cl.device, "name", cl.device)
-    where = f"predicted by parsim.predict on cluster {cluster_name}"
+    where = f"predicted by parsim.predict on cluster {cluster_name}" + same(
+        "cpu-local" if cluster_name.endswith("cpu-local.yaml") else cluster_name)
     if dev == "cpu" and not is_measured(dev):
         where += ("; device profile cpu is the catalog's uncalibrated placeholder (order of magnitude only): "
                   "`parsim calibrate` measures this machine")
@@ -284,7 +294,8 @@ def render_table(result: dict) -> str:
     table = text_table(("", "measured", "spread [min, max]", "predicted", "error"), rows,
                        justify=("left", "right", "right", "right", "right"))
     lines = [title, table.rstrip(), "error = (predicted - measured) / measured; spread = fastest and slowest timed step"
-             + ("; (counted): summed from the tensors' sizes, not measured - no error shown"
+             + ("; (counted): summed from the tensors' sizes, not measured - an error only where the count and the "
+                "prediction differ"
                 if any(str(r[0]).endswith("(counted)") for r in result["rows"]) else "")]
     if meta["loss"]:
         lines.append(f"loss {meta['loss'][0]:.4f} -> {meta['loss'][-1]:.4f}")
@@ -316,6 +327,8 @@ def run_progress(phases: dict, nproc: int, steps: int) -> tuple[int, str]:
 
 
 def run(args) -> int:
+    if args.warmup is None:     # the default 3; a run shorter than that keeps one timed step
+        args.warmup = 3 if args.bench else min(3, max(args.steps - 1, 0))
     if args.bench:
         from backends.torchdist import bench   # written by the netem issue; imported only here
         if args.nproc is None:
@@ -334,6 +347,10 @@ def run(args) -> int:
     model, plan, nproc = make_plan(args, world)
     if args.steps < 1 or args.warmup < 0:
         raise ParsimError(f"--steps {args.steps} / --warmup {args.warmup}: expected steps >= 1 and warmup >= 0")
+    if args.warmup >= args.steps:
+        # a warm-up that leaves no timed step (trial 2026-11-30: --warmup 5 --steps 3 was clamped to 2, unsaid)
+        raise ParsimError(f"--warmup {args.warmup} >= --steps {args.steps}: expected fewer warm-up steps than steps "
+                          f"(the median is taken over the steps after the warm-up)")
     from backends.torchdist.parallel import check_plan
     check_plan(model, plan, nproc)
     if plan.grad_sync == "hierarchical" and args.local_size and plan.dp > 1 and plan.dp % args.local_size:
@@ -363,7 +380,7 @@ def run(args) -> int:
     if refusal:
         raise ParsimError(f"not started: {refusal} (--memory-accounting / --memory-headroom change the prediction)")
     cfg = {"model": model.to_dict(), "plan": plan.to_dict(), "backend": args.backend, "steps": args.steps,
-           "warmup": min(args.warmup, args.steps - 1), "trace_dir": os.path.abspath(args.trace) if args.trace else None,
+           "warmup": args.warmup, "trace_dir": os.path.abspath(args.trace) if args.trace else None,
            "local_size": args.local_size, "threads_per_rank": args.threads, "timeout_s": min(args.timeout, 600),
            "watchdog_s": args.watchdog, "seed": args.seed, "device_profile": profile}
     # a rank that runs out of memory is reported beside the predicted figure

@@ -94,6 +94,16 @@ def run(args) -> int:
     from parsim import results as R
     from parsim.study import load_study
     study = load_study(args.study, tiny=args.tiny)
+    # what the torch GPT cannot build (latent attention, windows, ...): refused before any rank is spawned, as `run`
+    # refuses it (trial 2026-11-30: a study point `run` refuses at once launched its ranks first)
+    from backends.torchdist.buildable import check_buildable
+    from parsim.model import load_model
+    for p in study.points:
+        if p.kind == "train":
+            try:
+                check_buildable(load_model(p.spec["model"]))
+            except ParsimError as e:
+                raise ParsimError(f"{p.id}: {e}") from None
     if args.list:
         for p in study.points:
             print(p.id)

@@ -274,3 +274,71 @@ def test_plan_says_which_cp_degrees_an_odd_sequence_leaves_out():
     assert cp_not_searched(4095) == []        # below LONG_SEQ no cp is searched at all: nothing left out by length
     rc, out, err = cli("plan", "--gpus", "16", "--model", "llama3-8b", "--seq-len", "32767", "--top", "1")
     assert rc == 0 and "context parallel cp 2, 4, 8, 16 not searched: it does not divide seq_len 32767" in out
+
+
+def test_predict_interleaved_without_vpp_takes_two_stages_as_run_does():
+    # trial 2026-11-30: `run --pp 2 --schedule interleaved` ran vpp 2 while `predict` with the same flags refused it
+    rc, out, err = cli("predict", "--gpus", "8", "--model", "gpt3-1.3b", "--pp", "2", "--schedule", "interleaved",
+                       "--format", "json")
+    assert rc == 0, err
+    import json as json_mod
+    assert json_mod.loads(out)["plan"]["vpp"] == 2
+
+
+def test_predict_command_reproduces_a_plan():
+    # what `run` prints beside its prediction: the predict line that prices the same plan (every non-default knob)
+    from parsim.commands.common import predict_command
+    from parsim.plan import Plan
+    p = Plan(dp=2, tp=1, pp=2, vpp=2, schedule="interleaved", micro_batch=2, global_batch=8, zero=1,
+             recompute="full", overlap=False, dtype="fp32")
+    line = predict_command("gpt-tiny", "cpu-local", 4, p, "fsdp2")
+    assert line == ("parsim predict --model gpt-tiny --cluster cpu-local --gpus 4 --dp 2 --pp 2 --vpp 2 --schedule "
+                    "interleaved --micro-batch 2 --global-batch 8 --dtype fp32 --recompute full --zero 1 --no-overlap "
+                    "--memory-accounting fsdp2")
+    rc, out, err = cli(*line.split()[1:], "--format", "json")
+    assert rc == 0, err
+
+
+def test_run_warmup_that_leaves_no_timed_step_is_refused():
+    # trial 2026-11-30: --warmup 5 --steps 3 ran and clamped the warm-up to 2, unsaid
+    err = one_line_error(["run", "--model", "gpt-tiny", "--nproc", "1", "--steps", "3", "--warmup", "5"], "parsim run")
+    assert "--warmup 5 >= --steps 3: expected fewer warm-up steps than steps" in err
+
+
+def test_study_train_points_are_checked_by_the_backends_rules(tmp_path):
+    # trial 2026-11-30: a dp 2 tp 2 zero 1 point passed `validate --list` and failed its 4 spawned ranks 13 s later
+    f = tmp_path / "s.yaml"
+    f.write_text("name: t\nwhere: local\ntrain:\n  - model: gpt-tiny\n"
+                 "    plan: {dp: 2, tp: 2, zero: 1, micro_batch: 1, global_batch: 4}\n")
+    err = one_line_error(["validate", str(f), "--list"], "parsim validate")
+    assert "train[0].plan: zero 1 (ZeroRedundancyOptimizer) does not take TP-sharded (DTensor) parameters" in err
+    f.write_text("name: t\nwhere: local\ntrain:\n  - model: deepseek-v3\n    plan: {dp: 1, micro_batch: 1, global_batch: 1}\n")
+    err = one_line_error(["validate", str(f), "--list"], "parsim validate")
+    assert "model deepseek-v3: the torch backend does not build multi-head latent attention" in err
+
+
+def test_counted_rows_show_an_error_only_where_count_and_prediction_differ():
+    # trial 2026-11-30: ZeRO-1 weights counted 0.001005 GiB against 0.001507 priced showed no error
+    from parsim.compare import join
+    from parsim.plan import Plan
+    from parsim.predict import predict
+    pred = predict("gpt-tiny", "cpu-local", Plan(dp=1, micro_batch=1, global_batch=1), gpus=1).to_dict()
+    mem = dict(pred["memory_breakdown_GiB"])
+    meas = dict(pred, source="measured", memory_breakdown_GiB=dict(mem, weights=mem["weights"] * 2 / 3))
+    rows = {r["key"]: r for r in join(meas, pred)}
+    assert rows["memory_breakdown_GiB.weights"]["error"] == pytest.approx(0.5)        # 1 / (2/3) - 1
+    assert rows["memory_breakdown_GiB.grads"]["error"] is None and rows["memory_breakdown_GiB.grads"]["counted"]
+
+
+def test_cpu_local_is_the_calibrated_cluster_for_every_command():
+    # trial 2026-11-30: after `parsim calibrate`, `run` predicted on home()/cpu-local.yaml while `predict --cluster
+    # cpu-local` and `collective` priced the preset's placeholder link. The tests' PARSIM_HOME (tests/conftest.py) is
+    # the development VM's measured profile, which has a cpu-local.yaml.
+    from parsim.calibrate import CLUSTER_FILE, home
+    from parsim.plan import Plan
+    from parsim.predict import predict
+    assert (home() / CLUSTER_FILE).exists()
+    p = Plan(dp=2, micro_batch=2, global_batch=8, overlap=False)
+    by_name = predict("gpt-tiny", "cpu-local", p, gpus=2)
+    by_file = predict("gpt-tiny", str(home() / CLUSTER_FILE), p, gpus=2)
+    assert by_name.step_time_s == by_file.step_time_s and by_name.breakdown_s == by_file.breakdown_s
