@@ -596,7 +596,7 @@ def findings(df, pt, reference="measured") -> str:
         return f"No point has both a {reference} figure and a prediction ({len(failed)} failed).{tail}"
     mae = ok.error.abs().mean()
     within = (ok.error.abs() <= BAND).mean()
-    parts = [f"{len(ok)} points compared: mean |error| {mae:.1%}, {within:.0%} within ±{BAND:.0%}; "
+    parts = [f"{len(ok)} point{'' if len(ok) == 1 else 's'} compared: mean |error| {mae:.1%}, {within:.0%} within ±{BAND:.0%}; "
              f"error = (predicted − {reference})/{reference}."]
     for metric, g in ok.groupby("metric"):
         if ok.metric.nunique() > 1:
@@ -717,7 +717,7 @@ def write_report(paths=(), out="report", formats=("md", "html"), title="", recor
                 v = p["report"]
                 for part in k.split("."):
                     v = v.get(part) if isinstance(v, dict) else None
-                row.append(_fmt(v))
+                row.append(("yes" if v else "no") if k == "fits" and isinstance(v, bool) else _fmt(v))
             rows.append(row)
         desc = [["plan"] + _plan_cells(plans)]
         verdict = _whatif_verdict(plans)
