@@ -335,8 +335,16 @@ def _cluster(c, where, study_path):
     raise ParsimError(f"{where}: " + unknown_preset("cluster", c, cluster_names(), "parsim presets clusters"))
 
 
+def backend_overlaps_dp_sync(zero: int) -> bool:
+    """Whether the torch backend hides its data-parallel gradient sync under backward: FSDP2 (ZeRO 2, 3) reduce-scatters
+    in its post-backward hooks as each module finishes; DDP-style sync and ZeroRedundancyOptimizer (ZeRO 0, 1) run
+    after backward (backends/torchdist/runner.py says so in its notes). Trial 2026-11-30: a ZeRO-3 run's predicted
+    exposed sync, priced unhidden, was +26,094% off a measured 16 µs."""
+    return int(zero) >= 2
+
+
 def _plan(p: dict, study, where):
-    """A Plan as the backend runs it: no overlap (its gradient sync follows backward), fp32 on CPU
+    """A Plan as the backend runs it: overlap as it syncs (backend_overlaps_dp_sync), fp32 on CPU
     ranks, bf16 on GPUs; global batch default micro_batch·dp·pp; vpp 2 for interleaved/zbv."""
     from parsim.plan import Plan
     p = dict(p)
@@ -348,7 +356,10 @@ def _plan(p: dict, study, where):
     if p.get("schedule") in ("interleaved", "zbv") and pp > 1:
         p.setdefault("vpp", 2)
     p.setdefault("dtype", "bf16" if study.settings["backend"] == "nccl" else "fp32")
-    p.setdefault("overlap", False)
+    try:
+        p.setdefault("overlap", backend_overlaps_dp_sync(p.get("zero", 0)))
+    except (TypeError, ValueError):
+        raise _bad(f"{where}.plan.zero", "an integer 0-3", p.get("zero")) from None
     try:
         return Plan(**p)
     except TypeError as e:

@@ -104,10 +104,12 @@ def make_plan(args, world: int | None = None):
     micro = args.micro_batch
     gb = args.global_batch or micro * dp * pp     # one micro-batch per pipeline stage
     from parsim.hardware import default_dtype
+    from parsim.study import backend_overlaps_dp_sync
     dtype = args.dtype or default_dtype("gpu" if args.backend == "nccl" else "cpu")
     plan = Plan(dp=dp, tp=tp, pp=pp, vpp=vpp, micro_batch=micro, global_batch=gb, seq_len=args.seq_len,
                 dtype=dtype, schedule=schedule, grad_sync=args.grad_sync, zero=args.zero, recompute=args.recompute,
-                sequence_parallel=args.sequence_parallel, overlap=False, flash_attention=True, ep=args.ep, cp=args.cp)
+                sequence_parallel=args.sequence_parallel, overlap=backend_overlaps_dp_sync(args.zero),
+                flash_attention=True, ep=args.ep, cp=args.cp)
     from parsim.costs.dpsync import zero_sync_algorithms
     zero_sync_algorithms(plan.grad_sync, plan.zero)     # ZeRO with tree/hierarchical/ps: refused before spawning
     return model, plan, nproc
@@ -242,9 +244,10 @@ def dry_run_text(model, plan, nproc: int, predicted: dict | None, source: str, r
         lines.append(f"predicted memory per device (worst pipeline rank {predicted.get('memory_worst_rank', 0)}, "
                      f"{predicted.get('memory_accounting')} accounting): {predicted['memory_GiB']:.3f} GiB = "
                      + " + ".join(f"{k} {v:.3f}" for k, v in mem.items()))
-        lines.append(f"predicted step time {predicted['step_time_s']:.4g} s ({source}; as this backend runs the plan: the "
-                     f"gradient sync after the backward, not overlapped with it — `parsim predict --no-overlap`, where "
-                     f"`plan`/`predict` assume Megatron/DDP-style overlap)")
+        lines.append(f"predicted step time {predicted['step_time_s']:.4g} s ({source}; as this backend runs the plan: "
+                     + ("FSDP2's reduce-scatter inside the backward, overlapped" if plan.overlap else
+                        "the gradient sync after the backward, not overlapped with it — `parsim predict --no-overlap`, "
+                        "where `plan`/`predict` assume Megatron/DDP-style overlap") + ")")
     lines.append(f"refused: {refusal}" if refusal else "would run: yes")
     return "\n".join(lines)
 

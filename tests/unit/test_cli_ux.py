@@ -342,3 +342,14 @@ def test_cpu_local_is_the_calibrated_cluster_for_every_command():
     by_name = predict("gpt-tiny", "cpu-local", p, gpus=2)
     by_file = predict("gpt-tiny", str(home() / CLUSTER_FILE), p, gpus=2)
     assert by_name.step_time_s == by_file.step_time_s and by_name.breakdown_s == by_file.breakdown_s
+
+
+def test_run_prices_fsdp2_sync_overlapped_and_ddp_sync_after_backward():
+    # trial 2026-11-30: a ZeRO-3 run's exposed sync was priced unhidden, +26,094% off a measured 16 µs: FSDP2
+    # reduce-scatters inside backward, DDP-style sync (ZeRO 0/1) follows it (parsim.study.backend_overlaps_dp_sync)
+    from parsim.study import backend_overlaps_dp_sync
+    assert [backend_overlaps_dp_sync(z) for z in range(4)] == [False, False, True, True]
+    rc, out, err = cli("run", "--model", "gpt-tiny", "--nproc", "2", "--dp", "2", "--zero", "3", "--dry-run")
+    assert rc == 0 and "FSDP2's reduce-scatter inside the backward, overlapped" in out, err
+    rc, out, err = cli("run", "--model", "gpt-tiny", "--nproc", "2", "--dp", "2", "--zero", "1", "--dry-run")
+    assert rc == 0 and "not overlapped with it" in out and "--no-overlap" in out, err
