@@ -135,6 +135,9 @@ def statement(device: str, precision: str, moe: bool) -> str:
     if h["rows"] >= 2 and abs(h["bias"]) >= h["mean"] - 1e-9:
         side = (f"; every one of them ran {'slower' if h['bias'] > 0 else 'faster'} than predicted: read the predicted "
                 f"throughput as an {'upper' if h['bias'] > 0 else 'lower'} bound")
+    if device != g:     # another part of the same chip (trial 2026-11-30: A100-40GB quoted A100-80GB runs unsaid)
+        side += (f"; those runs are on {g}, priced here for {device}: the same chip with other memory, so its "
+                 f"memory-bound parts are not covered by them")
     return (f"accuracy: on {h['rows']} published {cls} {kind} runs on {g}{_models(h)} ({h['tables']} tables, "
             f"each predicted with constants fitted on the others) predicted throughput was off by {100 * h['mean']:.1f}% on "
             f"average, {100 * h['max']:.1f}% at worst (bias {100 * h['bias']:+.1f}%){side}{shipped}{assumed}")

@@ -533,16 +533,21 @@ def _from_graph_mapping(name: str, d: dict) -> Cluster:
     bandwidth_GBps, latency_us, efficiency?, link?}]``, optional ``ranks:`` (device order)."""
     g = nx.Graph()
     where = f"cluster {limits.shown(str(name), 40)}"
+    # every key read, refused when unknown (trial 2026-11-30: latncy_us, efficency, gpus_per_nod and profle were
+    # accepted, the link falling back to 0 latency and efficiency 1)
+    _known_keys(where, "", d, GRAPH_FILE_KEYS)
     for key, limit in (("nodes", "MAX_GRAPH_NODES"), ("links", "MAX_LINKS")):
         require(isinstance(d.get(key), list) and all(isinstance(x, dict) for x in d[key]),
                 f"{where}: {key} must be a list of mappings, got {limits.shown(d.get(key), 40)}")
         require(len(d[key]) <= getattr(limits, limit), f"{where}: {len(d[key])} {key} is above the limit of "
                                                        f"{getattr(limits, limit)} (parsim.limits.{limit})")
     try:
-        for n in d["nodes"]:
+        for i, n in enumerate(d["nodes"]):
+            _known_keys(where, f"nodes[{i}].", n, GRAPH_NODE_KEYS)
             n = dict(n)
             g.add_node(str(n.pop("id")), **n)
-        for e in d["links"]:
+        for i, e in enumerate(d["links"]):
+            _known_keys(where, f"links[{i}].", e, GRAPH_LINK_KEYS)
             a, b = str(e["a"]), str(e["b"])
             for x in (a, b):
                 require(x in g, f"cluster {name}: link {a} — {b} names an undeclared node {x!r}")
@@ -551,12 +556,60 @@ def _from_graph_mapping(name: str, d: dict) -> Cluster:
                 limits.check_number(f"{link} bandwidth_GBps", e["bandwidth_GBps"], 0, "MAX_LINK_GBPS", True) * GB,
                 limits.check_number(f"{link} latency_us", e.get("latency_us", 0.0), 0, "MAX_LINK_LATENCY_US") * US,
                 limits.check_number(f"{link} efficiency", e.get("efficiency", 1.0), 0, 1, True),
-                str(e.get("link", "direct")), link))
+                str(e.get("link", "direct")), link,
+                **({"p2p_efficiency": limits.check_number(f"{link} p2p_efficiency", e["p2p_efficiency"], 0, 1, True)}
+                   if e.get("p2p_efficiency") is not None else {})))
     except (KeyError, TypeError, ValueError) as e:
         what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
         raise ParsimError(f"cluster {name}: malformed graph ({what}); expected nodes: [{{id, kind, "
                           "profile}}] and links: [{a, b, bandwidth_GBps, latency_us}]") from None
-    return from_graph(name, g, d.get("ranks"), d.get("device"), d.get("gpus_per_node"), d.get("servers"))
+    c = from_graph(name, g, d.get("ranks"), d.get("device"), d.get("gpus_per_node"), d.get("servers"))
+    check_equal_hop_paths(c)
+    return c
+
+
+# The keys an explicit-graph cluster file may carry (what to_mapping writes, and a node's optional label)
+GRAPH_FILE_KEYS = ("name", "device", "gpus_per_node", "ranks", "servers", "nodes", "links")
+GRAPH_NODE_KEYS = ("id", "kind", "profile", "node", "local", "rank", "role", "tier", "label")
+GRAPH_LINK_KEYS = ("a", "b", "bandwidth_GBps", "latency_us", "efficiency", "link", "p2p_efficiency")
+
+
+def _known_keys(where: str, prefix: str, d: dict, known: tuple) -> None:
+    for k in d:
+        if k not in known:
+            raise ParsimError(f"{where}: unknown key {prefix}{str(k)[:30]}{closest(str(k), known, n=1)}; "
+                              f"expected {', '.join(known)}")
+
+
+def check_equal_hop_paths(c: "Cluster") -> None:
+    """Refuse a graph where two devices reach each other over equally short paths of unequal bandwidth.
+
+    parsim routes by hop count and splits a transfer equally over tied shortest paths (parsim.costs.network, ECMP),
+    which is what a fabric does between equal paths, not between an NVSwitch and a NIC: two GPUs wired to a shared
+    NIC as well as to their NVSwitch would send half their NVLink traffic through the NIC (trial 2026-11-30: a
+    thin-NIC H200 file priced an 8-GPU ring 4x slower than the preset, unsaid). Checked on the two-hop paths
+    between devices, through their neighbours: ParsimError naming the pair, both paths and the fix."""
+    g = c.graph
+    devs = set(c.devices) | set(c.servers)
+    for u in c.devices:
+        nb = {w: g.edges[u, w]["bandwidth"] for w in g[u] if w not in devs}
+        if len(nb) < 2:
+            continue
+        ws = sorted(nb, key=lambda w: -nb[w])
+        for i, hi in enumerate(ws):
+            for lo in ws[i + 1:]:
+                if nb[hi] < 2 * nb[lo]:
+                    continue
+                shared = [v for v in g[lo] if v in devs and v != u and v in g[hi]]
+                if shared:
+                    v = shared[0]
+                    raise ParsimError(
+                        f"cluster {c.name}: devices {limits.shown(str(u), 30)} and {limits.shown(str(v), 30)} reach "
+                        f"each other over two equally short paths of unequal bandwidth, via {limits.shown(str(hi), 30)} "
+                        f"({nb[hi] / GB:,.0f} GB/s) and via {limits.shown(str(lo), 30)} ({nb[lo] / GB:,.0f} GB/s): parsim "
+                        f"splits traffic equally over equal-hop paths, so half of it would cross the slower one; give each "
+                        f"device its own port node to {limits.shown(str(lo), 30)} (device - port - NIC) so that path is "
+                        f"longer than the fast one")
 
 
 def from_graph(name, g, ranks=None, device=None, gpus_per_node=None, servers=None) -> Cluster:
@@ -647,6 +700,7 @@ def _load_file(spec, gpus):
         gr = nx.Graph(g)
         ga = g.graph
         c = from_graph(str(ga.get("name", p.stem)), gr, None, ga.get("device"), ga.get("gpus_per_node"))
+        check_equal_hop_paths(c)
         return _resize(c, gpus)
     d = read_user_file(p, "cluster")   # regular file, size, nesting, no aliases or duplicate keys
     if not isinstance(d, dict):
@@ -661,6 +715,10 @@ def _resize(c: Cluster, gpus):
     if gpus is None or gpus == c.num_devices:
         return c
     require(gpus <= c.num_devices, f"cluster {c.name} has {c.num_devices} devices, fewer than gpus = {gpus}")
+    # whole nodes, as a preset is sized (trial 2026-11-30: --gpus 30 of a 4 x 8 file priced "30 x h200", unsaid)
+    require(not c.gpus_per_node or gpus % c.gpus_per_node == 0,
+            f"gpus = {gpus} is not a whole number of {c.name} nodes ({c.gpus_per_node} devices each): expected a "
+            f"multiple of {c.gpus_per_node} (the first gpus devices of the file are used)")
     return Cluster(c.name, c.graph, c.devices[:gpus], c.gpus_per_node, c.device_profile, c.meta, c.servers)
 
 
@@ -671,7 +729,8 @@ def to_mapping(c: Cluster) -> dict:
     for u, v, a in c.graph.edges(data=True):
         rate = a.get("rate", a["bandwidth"] / a.get("efficiency", 1.0))
         links.append({"a": str(u), "b": str(v), "bandwidth_GBps": rate / GB, "efficiency": a.get("efficiency", 1.0),
-                      "latency_us": a.get("latency", 0.0) / US, "link": a.get("link", "direct")})
+                      "latency_us": a.get("latency", 0.0) / US, "link": a.get("link", "direct"),
+                      **({"p2p_efficiency": a["p2p_efficiency"]} if "p2p_efficiency" in a else {})})
     return {"name": c.name, "device": c.device_profile, "gpus_per_node": c.gpus_per_node,
             "ranks": [str(d) for d in c.devices], "servers": [str(s) for s in c.servers],
             "nodes": nodes, "links": links}

@@ -203,3 +203,9 @@ def test_one_sided_evidence_is_said_as_a_bound():
     assert h["bias"] == pytest.approx(h["mean"])
     assert "read the predicted throughput as an upper bound" in A.statement("b200", "fp8", True)
     assert "bound" not in A.statement("b200", "fp8", False)
+
+
+def test_evidence_from_another_part_of_the_chip_is_said():
+    # trial 2026-11-30: an A100-40GB plan quoted the A100-80GB runs as its own
+    assert "those runs are on a100-80gb, priced here for a100-40gb" in A.statement("a100-40gb", "bf16", False)
+    assert "priced here for" not in A.statement("a100-80gb", "bf16", False)

@@ -231,3 +231,66 @@ def test_rank_device_errors_name_the_device():
         T.validate(T.Cluster("x", g, c.devices, 8, "h100-sxm"))
     with pytest.raises(ParsimError, match=r"rank node 'n0/nic0' has kind 'nic', expected device"):
         T.validate(T.Cluster("x", c.graph, ("n0/nic0",), 8, "h100-sxm"))
+
+
+def _h200_mapping(n=8):
+    from parsim.topology import load_cluster, to_mapping
+    return to_mapping(load_cluster("dgx-h200", n))
+
+
+def test_equal_hop_paths_of_unequal_bandwidth_are_refused(tmp_path):
+    # trial 2026-11-30: a thin-NIC file wired GPU pairs to a shared NIC beside their NVSwitch; parsim's ECMP split
+    # their NVLink traffic equally over both 2-hop paths and priced an 8-GPU ring 4x slower than the preset, unsaid
+    import yaml
+    from parsim.topology import load_cluster
+    m = _h200_mapping()
+    for i in range(0, 8, 2):
+        m["nodes"].append({"id": f"snic{i}", "kind": "nic"})
+        m["links"] += [{"a": d, "b": f"snic{i}", "bandwidth_GBps": 50.0, "latency_us": 2.0, "link": "nic"}
+                       for d in m["ranks"][i:i + 2]]
+    f = tmp_path / "thin.yaml"
+    f.write_text(yaml.safe_dump(m))
+    with pytest.raises(ParsimError, match="two equally short paths of unequal bandwidth.*via 'snic0'"):
+        load_cluster(str(f))
+    # the fix the message names: a port node per device in front of the shared NIC (device - port - NIC: 4 hops
+    # between the pair that way, 2 through the NVSwitch) loads, and an 8-GPU ring is priced as on the preset
+    m = _h200_mapping()
+    for i in range(0, 8, 2):
+        m["nodes"].append({"id": f"snic{i}", "kind": "nic"})
+        for d in m["ranks"][i:i + 2]:
+            m["nodes"].append({"id": f"port-{d}", "kind": "switch"})
+            m["links"] += [{"a": d, "b": f"port-{d}", "bandwidth_GBps": 64.0, "latency_us": 1.0, "link": "pcie"},
+                           {"a": f"port-{d}", "b": f"snic{i}", "bandwidth_GBps": 50.0, "latency_us": 2.0, "link": "nic"}]
+    f.write_text(yaml.safe_dump(m))
+    from parsim.costs.network import collective_time_s
+    thin, preset = load_cluster(str(f)), load_cluster("dgx-h200", 8)
+    ring = lambda c: collective_time_s(c, "allreduce", "ring", list(range(8)), 2 ** 30)  # noqa: E731
+    assert ring(thin) == pytest.approx(ring(preset), rel=1e-9)
+
+
+@pytest.mark.parametrize("where, key, needle", [
+    ("links", "latncy_us", "unknown key links[0].latncy_us; did you mean latency_us?"),
+    ("links", "efficency", "unknown key links[0].efficency; did you mean efficiency?"),
+    ("nodes", "profle", "unknown key nodes[0].profle; did you mean profile?"),
+    (None, "gpus_per_nod", "unknown key gpus_per_nod; did you mean gpus_per_node?"),
+])
+def test_explicit_graph_files_refuse_unknown_keys(tmp_path, where, key, needle):
+    # trial 2026-11-30: these typos were accepted, the link falling back to latency 0 and efficiency 1
+    import yaml
+    from parsim.topology import load_cluster
+    m = _h200_mapping()
+    (m[where][0] if where else m)[key] = 1
+    f = tmp_path / "typo.yaml"
+    f.write_text(yaml.safe_dump(m))
+    with pytest.raises(ParsimError) as e:
+        load_cluster(str(f))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_saved_graph_keeps_point_to_point_efficiency(tmp_path):
+    # trial 2026-11-30: topology save dropped dgx-a100's NVLink p2p_efficiency (0.65): send/recv got 20% faster
+    from parsim.topology import load_cluster, save_cluster
+    c = load_cluster("dgx-a100", 8)
+    f = save_cluster(c, tmp_path / "a100.yaml")
+    p2p = lambda cl: sorted(d["p2p_efficiency"] for _, _, d in cl.graph.edges(data=True) if "p2p_efficiency" in d)  # noqa: E731
+    assert p2p(load_cluster(str(f))) == p2p(c) and p2p(c)
