@@ -26,6 +26,8 @@ HELDOUT_FILE = Path(__file__).parent / "data" / "validation" / "heldout.json"
 GPU_TYPE_DEVICES = {"a100-80gb": ("a100-80gb", "a100-40gb"), "h100-sxm": ("h100-sxm",), "h200": ("h200",),
                     "b200": ("b200",), "h100-hbm2e-500w": ("h100-hbm2e-500w",)}
 DEVICE_GPU_TYPE = {d: g for g, ds in GPU_TYPE_DEVICES.items() for d in ds}
+# GPU types with no published run whose compute die another type's runs share (H200: GH100 with HBM3e, as H100 SXM)
+SAME_DIE = {"h200": "h100-sxm"}
 
 
 def precision_class(precision: str) -> str | None:
@@ -122,6 +124,17 @@ def statement(device: str, precision: str, moe: bool) -> str:
             (c, k), o = n
             near = (f"; nearest evidence, {c} {'MoE' if k else 'dense'} runs on {g}{_models(o)}: "
                     f"{100 * o['mean']:.1f}% mean, {100 * o['max']:.1f}% max error over {o['rows']} runs")
+        sib = SAME_DIE.get(g)
+        # no run on the chip at all: the runs of the part with the same compute die, said as such (trial 2026-11-30:
+        # an H200 answer said it had no evidence at all while H100 SXM, the same GH100 die, has 18 fp8 runs)
+        if not n and sib:
+            for c, k in dict.fromkeys([(cls, moe), ("16-bit" if cls == "fp8" else "fp8", moe), (cls, not moe)]):
+                o = _load().get(_class_key(sib, c, k))
+                if o:
+                    near = (f"; {sib}, the same compute die, has {c} {'MoE' if k else 'dense'} runs{_models(o)}: "
+                            f"{100 * o['mean']:.1f}% mean, {100 * o['max']:.1f}% max error over {o['rows']} runs "
+                            f"(its memory and power differ)")
+                    break
         return (f"accuracy: unknown — no published {cls} {kind} run on {device} to hold out{near}{assumed} "
                 f"(parsim report --published)")
     sh = h.get("shipped")

@@ -209,3 +209,10 @@ def test_evidence_from_another_part_of_the_chip_is_said():
     # trial 2026-11-30: an A100-40GB plan quoted the A100-80GB runs as its own
     assert "those runs are on a100-80gb, priced here for a100-40gb" in A.statement("a100-40gb", "bf16", False)
     assert "priced here for" not in A.statement("a100-80gb", "bf16", False)
+
+
+def test_a_chip_without_runs_names_its_same_die_evidence():
+    # H200 has no published run; H100 SXM (the same GH100 compute die, HBM3 instead of HBM3e) has 18 fp8 dense runs
+    s = A.statement("h200", "fp8", False)
+    assert s.startswith("accuracy: unknown") and "h100-sxm, the same compute die, has fp8 dense runs" in s
+    assert "same compute die" not in A.statement("h100-sxm", "bf16", False)     # its own chip's evidence comes first
