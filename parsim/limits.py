@@ -126,6 +126,22 @@ def check_count(what: str, value, limit_name: str, lo: int = 1) -> int:
     return v
 
 
+def _unit_hint(what: str, value) -> str:
+    """For a key that carries its unit (…_GBps, …_us) given a string with a unit: the number it should be
+    (trial 2026-11-30: `nic_GBps: 200Gbps` said only "expected a number")."""
+    if not isinstance(value, str):
+        return ""
+    from parsim import units
+    try:
+        if what.endswith("GBps"):
+            return f" in GB/s (the unit is in the key): {value} = {units.parse_rate(value) / 1e9:g}"
+        if what.endswith("_us"):
+            return f" in µs (the unit is in the key): {value} = {units.parse_time(value) * 1e6:g}"
+    except Exception:      # not a quantity either: no hint
+        return ""
+    return ""
+
+
 def check_number(what: str, value, lo: float, hi: float | str, lo_open: bool = False) -> float:
     """`value` as a finite float in [lo, hi] ((lo, hi] with lo_open); hi may name a limit here."""
     limit_name = hi if isinstance(hi, str) else None
@@ -135,7 +151,7 @@ def check_number(what: str, value, lo: float, hi: float | str, lo_open: bool = F
     try:
         v = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise ParsimError(f"{what} = {shown(value)}: expected a number") from None
+        raise ParsimError(f"{what} = {shown(value)}: expected a number{_unit_hint(what, value)}") from None
     rng = f"{'(' if lo_open else '['}{lo:g}, {top:g}]"
     if not math.isfinite(v):
         raise ParsimError(f"{what} = {v}: expected a finite number in {rng}")

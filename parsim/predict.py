@@ -1099,7 +1099,10 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
     # The pipeline part is played by the simulator; the closed form is kept where exact (pp = 1).
     sim, closed = simulated_makespan(r, cols, 0), _scalar(r["makespan_s"])
     if sim is not None:
-        step, breakdown["bubble"] = step + sim - closed, breakdown["bubble"] + sim - closed
+        # the simulated makespan replaces the closed form's bubble; a difference at rounding level is no negative
+        # bubble (trial 2026-11-30 printed "bubble -0.0000 -0.0%")
+        bub = breakdown["bubble"] + sim - closed
+        step, breakdown["bubble"] = step + sim - closed, (0.0 if abs(bub) <= 1e-12 * max(step, 1e-30) else bub)
     gpus_ = plan.gpus
     seq = plan.seq_len or model.seq_len
     mem = {k: _scalar(v) / GiB for k, v in r["memory"].items()}

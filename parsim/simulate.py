@@ -209,7 +209,10 @@ def simulate(schedule: PipelineSchedule, durations_s: np.ndarray, p2p_s: P2P = 0
     start_a = end_a - dur_a
     busy = np.array([dur_a[off[r]:off[r + 1]].sum() for r in range(p)])
     makespan = float(end_a.max()) if n else 0.0
-    return SimResult(schedule, makespan, busy, makespan - busy, peak_inflight(schedule), start_a, end_a)
+    # idle = makespan - busy, a rank without waits at exactly 0 (float sums left "-0.0 ns": trial 2026-11-30)
+    idle = makespan - busy
+    idle = np.where(np.abs(idle) <= 1e-12 * max(makespan, 1e-30), 0.0, idle)
+    return SimResult(schedule, makespan, busy, idle, peak_inflight(schedule), start_a, end_a)
 
 
 

@@ -323,9 +323,19 @@ def validate(c: Cluster, built: bool = False) -> Cluster:
     g = c.graph
     require(len(c.devices) > 0, f"cluster {c.name}: no devices")
     if not built:
-        require(g.number_of_nodes() > 0 and nx.is_connected(g),
-                f"cluster {c.name}: graph is not connected ({nx.number_connected_components(g) if len(g) else 0} "
-                "components); every device must reach every other")
+        if g.number_of_nodes() > 0 and not nx.is_connected(g):
+            comps = list(nx.connected_components(g))
+            devs = set(c.devices) | set(c.servers)
+            with_dev = [k for k in comps if k & devs]
+            # the devices all reach each other but a node without devices hangs loose (trial 2026-11-30: a switch
+            # left with no links was said as "every device must reach every other")
+            loose = sorted(str(n) for k in comps if not k & devs for n in k)
+            require(len(with_dev) > 1,
+                    f"cluster {c.name}: node(s) {', '.join(limits.shown(n, 30) for n in loose[:3])}"
+                    f"{' …' if len(loose) > 3 else ''} connect to no device: remove them or link them")
+            require(False, f"cluster {c.name}: graph is not connected ({len(comps)} components, {len(with_dev)} with "
+                           f"devices); every device must reach every other")
+        require(g.number_of_nodes() > 0, f"cluster {c.name}: graph is empty")
         _check_size(c.name, len(c.devices), g.number_of_edges())
     require(g.number_of_nodes() <= limits.MAX_GRAPH_NODES, f"cluster {c.name}: {g.number_of_nodes()} graph nodes is "
                                                            f"above the limit of {limits.MAX_GRAPH_NODES} (parsim.limits.MAX_GRAPH_NODES)")
@@ -705,7 +715,7 @@ def _load_file(spec, gpus):
     d = read_user_file(p, "cluster")   # regular file, size, nesting, no aliases or duplicate keys
     if not isinstance(d, dict):
         raise ParsimError(f"cluster file {p}: expected a mapping, got {type(d).__name__}")
-    if "nodes" in d:
+    if isinstance(d.get("nodes"), list) or "links" in d:      # an explicit graph; else a preset's keys
         return _resize(_from_graph_mapping(str(d.get("name", p.stem)), d), gpus)
     return _build(str(d.get("name", p.stem)), d, gpus)
 

@@ -82,8 +82,12 @@ def test_validation_errors_are_clear():
     c = _ft(nodes=2)
     g = c.graph.copy()
     g.add_node("island", kind="switch")
-    with pytest.raises(ParsimError, match="not connected"):
+    with pytest.raises(ParsimError, match="'island' connect to no device"):      # a loose node is named
         T.validate(T.Cluster("x", g, c.devices, 4, "h100-sxm"))
+    g.add_node("lone-gpu", kind="device", profile="h100-sxm")                      # a device cut off: not connected
+    with pytest.raises(ParsimError, match="not connected .*with devices"):
+        T.validate(T.Cluster("x", g, c.devices + ("lone-gpu",), 4, "h100-sxm"))
+    g.remove_node("lone-gpu")
     g = c.graph.copy()
     u, v = next(iter(g.edges()))
     g.edges[u, v]["bandwidth"] = 0.0
@@ -294,3 +298,28 @@ def test_saved_graph_keeps_point_to_point_efficiency(tmp_path):
     f = save_cluster(c, tmp_path / "a100.yaml")
     p2p = lambda cl: sorted(d["p2p_efficiency"] for _, _, d in cl.graph.edges(data=True) if "p2p_efficiency" in d)  # noqa: E731
     assert p2p(load_cluster(str(f))) == p2p(c) and p2p(c)
+
+
+def test_a_loose_switch_is_named_not_said_as_disconnected_devices(tmp_path):
+    # trial 2026-11-30: a switch left with no links was refused as "every device must reach every other"
+    import yaml
+    from parsim.topology import load_cluster
+    m = _h200_mapping()
+    m["nodes"].append({"id": "spare-switch", "kind": "switch"})
+    f = tmp_path / "loose.yaml"
+    f.write_text(yaml.safe_dump(m))
+    with pytest.raises(ParsimError, match="node\\(s\\) 'spare-switch' connect to no device: remove them or link them"):
+        load_cluster(str(f))
+
+
+@pytest.mark.parametrize("value, hint", [("200Gbps", "200Gbps = 25"), ("400GB/s", "400GB/s = 400")])
+def test_a_unit_in_a_unit_keyed_value_gets_the_number(tmp_path, value, hint):
+    # trial 2026-11-30: `nic_GBps: 200Gbps` said only "expected a number"
+    import yaml
+    from parsim.topology import load_cluster
+    d = {"builder": "dgx", "gpus_per_node": 8, "device": "h200", "nvlink_GBps": 450, "nvlink_latency_us": 1,
+         "nic_GBps": value, "nic_latency_us": 2}
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(d))
+    with pytest.raises(ParsimError, match=f"nic_GBps = '{value}': expected a number in GB/s .*{hint}"):
+        load_cluster(str(f), 16)
