@@ -32,6 +32,8 @@ KINDS = {
     "cluster": ("cluster file", "MAX_CLUSTER_FILE_BYTES"),
     "devices": ("device catalog", "MAX_MODEL_FILE_BYTES"),
     "study": ("study file", "MAX_MODEL_FILE_BYTES"),
+    "report": ("report input", "MAX_REPORT_INPUT_BYTES"),
+    "results": ("results store", "MAX_RESULTS_BYTES"),
 }
 
 

@@ -92,6 +92,11 @@ MAX_MODEL_FILE_BYTES = 2 ** 20
 # (`topology save`) is 0.86 MiB and took 3.7 s of CPU to parse here with the safe pure-Python YAML
 # reader, so 4 MiB is ~17 s. Builder-style files (a few lines) size clusters of any size.
 MAX_CLUSTER_FILE_BYTES = 2 ** 22
+# Bytes read from a `parsim report` input: a predict/plan JSON output or a run result (a plan JSON of --top 1000
+# is ~2 MiB) and a study's results.jsonl (a point is ~10 KiB, a traced one with its pipeline ops ~200 KiB: 256 MiB
+# holds thousands). Trial 2026-11-30: `parsim report /dev/zero` read until the kernel killed it at 24 GB.
+MAX_REPORT_INPUT_BYTES = 2 ** 26
+MAX_RESULTS_BYTES = 2 ** 28
 # Nesting of mappings/lists in any user file: the deepest real one (an explicit cluster graph) has
 # 3 levels; 32 stops deep-nesting bombs long before Python's recursion limit.
 MAX_NESTING = 32
@@ -101,6 +106,9 @@ MAX_NESTING = 32
 MAX_THREADS = 1024
 # Training steps of one `parsim run`: 10^6 steps of the smallest model take days on a CPU.
 MAX_STEPS = 10 ** 6
+# Emulated hosts (network namespaces) of `parsim emulate` and of a study's networks: each is a namespace, a veth pair
+# and tc qdiscs on this machine; 32 is what `emulate --hosts` takes.
+MAX_EMULATED_HOSTS = 32
 # Seconds (--timeout, --watchdog): a week.
 MAX_WAIT_S = 7 * 86_400.0
 # Processes per emulated host (every rank shares this machine's CPUs).

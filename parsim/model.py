@@ -878,6 +878,12 @@ def read_model_file(path: Path):
     return read_user_file(path, "model")
 
 
+def _file_name(stem: str) -> str:
+    """A model's name taken from its file's (or directory's) name: cut to the 200 characters a name may have, as a
+    file name may be longer (trial 2026-11-30: a 250-character file name was refused as a bad model name)."""
+    return stem[:200] or "model"
+
+
 def load_model(spec) -> ModelSpec:
     """A preset name, a YAML/JSON file with the ModelSpec keys, or a Hugging Face config.json."""
     if isinstance(spec, ModelSpec):
@@ -895,5 +901,5 @@ def load_model(spec) -> ModelSpec:
     if not isinstance(d, dict):
         raise ParsimError(f"model file {p}: expected a mapping of ModelSpec keys, got {type(d).__name__}")
     if "model_type" in d or "num_hidden_layers" in d or "n_layer" in d:
-        return from_hf_config(d, name=p.stem if p.stem != "config" else p.parent.name or "hf-model")
-    return _from_mapping(d, d.get("name", p.stem))
+        return from_hf_config(d, name=_file_name(p.stem if p.stem != "config" else p.parent.name or "hf-model"))
+    return _from_mapping(d, d.get("name", _file_name(p.stem)))

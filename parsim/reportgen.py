@@ -46,12 +46,8 @@ def load_inputs(paths) -> tuple[list[dict], list[dict]]:
         if p.suffix == ".jsonl":
             records += list(R.latest(R.read(p)).values())
             continue
-        from parsim.fileio import parse_json
-        try:
-            text = p.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ParsimError(f"cannot read report input {p}: {getattr(e, 'strerror', None) or 'not UTF-8 text'} "
-                              "(expected results.jsonl, or predict/plan --format json)") from None
+        from parsim.fileio import parse_json, read_text
+        text = read_text(p, "report")      # a regular file, size capped (not /dev/zero, a FIFO, a directory)
         d = parse_json(text, f"report input {p} (results.jsonl, or predict/plan --format json)")
         if isinstance(d, dict) and "step_time_s" in d and "breakdown_s" in d:
             new = [{"name": p.stem, "report": d}]
@@ -274,11 +270,12 @@ def published_sections(tables, blockers) -> list[tuple]:
         return f"{e[key]}{' (shipped: none to fit on)' if str(e.get(key + '_source')).startswith('shipped') else ''}"
     rows = []
     for e in tables:
-        st, mem = e.get("step") or {}, e.get("memory") or {}
+        st, mem, res = e.get("step") or {}, e.get("memory") or {}, e.get("memory_reserved") or {}
         rows.append([e["table"], e["gpu_type"], e["rows"], e["expressible"], st.get("n", 0),
                      frac(e, "fraction"), frac(e, "fraction_fp8"),
                      pct(st.get("mean")), pct(st.get("max")),
-                     pct(st.get("bias"), True), pct(mem.get("mean")), pct(mem.get("max"))])
+                     pct(st.get("bias"), True), pct(mem.get("mean")), pct(mem.get("max")),
+                     pct(res.get("mean")), pct(res.get("max"))])
     n_rows, n_expr = sum(e["rows"] for e in tables), sum(e["expressible"] for e in tables)
     per_table = ("Per table, held out: the GPU type's `matmul_sustained_fraction` (16-bit rows) and "
                  "`matmul_sustained_fraction_fp8` (FP8 rows) fitted on the other tables of that "
@@ -287,7 +284,8 @@ def published_sections(tables, blockers) -> list[tuple]:
                  f"{TARGETS}.")
     head = ["table", "GPU type", "rows", "expressible", "predicted", "16-bit fraction (fitted on the others)",
             "FP8 fraction", "step mean",
-            "step max", "step bias", "memory mean", "memory max"]
+            "step max", "step bias", "memory mean (allocated)", "memory max (allocated)",
+            "memory mean (as reserved)", "memory max (as reserved)"]
     by_table = [[e["table"], why, n] for e in tables for why, n in e["not_expressible"].items()]
     why = [[b["reason"], b["rows"], b["only_reason"]] for b in blockers]
     text = (f"{n_rows - n_expr} of {n_rows} published rows are not expressible yet: counted, never dropped. "

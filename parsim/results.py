@@ -49,10 +49,8 @@ def read(path) -> list[dict]:
     """Every whole record of a store, in file order; an unterminated last line (a point cut by a
     kill) is not a record. A malformed line elsewhere is an error naming its number."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ParsimError(f"cannot read results {path}: {e.strerror}") from None
+    from parsim.fileio import read_bytes
+    data = read_bytes(path, "results")     # a regular file, size capped (parsim.limits.MAX_RESULTS_BYTES)
     lines = data.split(b"\n")
     whole = lines[:-1]            # the part after the last newline is unterminated (or empty)
     out = []

@@ -29,10 +29,12 @@ This module is pure: it never imports torch or ``backends``.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
+from parsim import limits
 from parsim.errors import ParsimError
 
 WHERE = ("local", "gpu", "netem")
@@ -78,21 +80,30 @@ def _keys(d, allowed, where):
         raise ParsimError(f"{where}.{extra[0]}: unknown key; expected one of {', '.join(sorted(allowed))}")
 
 
+# The bounds the command-line flags enforce, for the same settings in a study file (trial 2026-11-30: a study took
+# steps 9,999,999,999, hosts 100,000 and timeout_s .nan, which crashed its results writer with a traceback)
+INT_MAX = {"steps": limits.MAX_STEPS, "warmup": limits.MAX_STEPS, "hosts": limits.MAX_EMULATED_HOSTS,
+           "ranks_per_host": 64, "servers": limits.MAX_EMULATED_HOSTS, "threads": limits.MAX_THREADS}
+
+
 def _pos_int(d, key, where, default=None, minimum=1):
     v = d.get(key, default)
     if v is None:
         return None
+    top = INT_MAX.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise _bad(f"{where}.{key}", f"an integer >= {minimum}", v)
+    if top is not None and v > top:
+        raise _bad(f"{where}.{key}", f"an integer <= {top:,} (parsim.limits, as the command-line flag)", v)
     return v
 
 
-def _pos_num(d, key, where, default=None):
+def _pos_num(d, key, where, default=None, maximum=limits.MAX_OP_TIME_S):
     v = d.get(key, default)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-        raise _bad(f"{where}.{key}", "a positive number", v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0 or v > maximum:
+        raise _bad(f"{where}.{key}", f"a positive finite number (at most {maximum:,g})", v)
     return float(v)
 
 
@@ -178,7 +189,7 @@ def load_study(path, tiny: bool = False) -> Study:
             _pos_int(spec, "hosts", f"{where}.networks.{n}", 2, minimum=2)
             _pos_int(spec, "ranks_per_host", f"{where}.networks.{n}", 1)
             _pos_int(spec, "servers", f"{where}.networks.{n}", None)
-            _pos_num(spec, "oversubscription", f"{where}.networks.{n}", None)
+            _pos_num(spec, "oversubscription", f"{where}.networks.{n}", None, maximum=limits.MAX_OVERSUBSCRIPTION)
             link = spec.get("link")
             try:
                 from parsim.units import parse_rate

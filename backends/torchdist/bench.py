@@ -366,19 +366,13 @@ def main(args, argv=None) -> int:
     if not env_mode:
         res = launch_job(job, world, timeout_s, cfg=cfg)
     else:
-        import tempfile
-
         from backends.torchdist.runner import worker_main
-        if os.environ["RANK"] != "0":        # only rank 0 writes the results: no file for the others to leave behind
+        if os.environ["RANK"] != "0":        # only rank 0 reports
             worker_main(dict(cfg, out=None))
             return 0
-        fd, out = tempfile.mkstemp(prefix="parsim-bench-", suffix=".json")
-        os.close(fd)
-        try:
-            worker_main(dict(cfg, out=out, out_is_temp=True))     # a failing rank removes it before its os._exit
-            res = json.loads(open(out).read())
-        finally:
-            os.unlink(out)
+        collect: list = []                   # rank 0 is this process: its results in memory, no temp file to leak
+        worker_main(dict(cfg, out=None, collect=collect))
+        res = json.loads(collect[0])
     print(render(res, args.format), flush=True)
     return 0 if all(r["correct"] for r in res) else 1
 

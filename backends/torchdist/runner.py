@@ -240,6 +240,9 @@ def _worker_main(cfg: dict) -> int:
             results.append(run(job, rank, world, device, sync, dog))
         if rank == 0 and cfg.get("out"):
             write_atomic(cfg["out"], to_json(results if cfg.get("jobs") else results[0]))
+        if rank == 0 and isinstance(cfg.get("collect"), list):
+            # the caller is this very process (torchrun mode): the report in memory, no temp file to leave behind
+            cfg["collect"].append(to_json(results if cfg.get("jobs") else results[0]))
         dog.beat("teardown", float(cfg.get("timeout_s", 60)))
         dist.barrier()
         if peers is not None:   # beats until every rank is here (a rank waiting above names the one that hangs)
@@ -261,12 +264,6 @@ def _worker_main(cfg: dict) -> int:
         if os.environ.get("PARSIM_DEBUG"):
             traceback.print_exc()
         sys.stderr.flush()
-        if cfg.get("out_is_temp") and cfg.get("out"):
-            # the caller's reserved temp file (torchrun mode: this very process): os._exit skips its cleanup
-            try:
-                os.unlink(cfg["out"])
-            except OSError:
-                pass
         os._exit(1)   # do not wait for collectives in process-group teardown
     finally:
         dog.stop()

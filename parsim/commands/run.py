@@ -165,7 +165,11 @@ def predicted_report(model, plan, cluster_name: str, gpus: int, explicit: str | 
     if cluster is not None:
         rep = predict(model, cluster, plan, **memory)
         what = cluster.meta.get("source") or "cluster"
-        where = f"predicted by parsim.predict on {cluster.name} ({what})" + same(explicit or cluster.name)
+        state = None if explicit else os.environ.get("PARSIM_NETEM_STATE")
+        # inside `parsim emulate run` the cluster is the emulation's state file, priced while it is up (trial
+        # 2026-11-30: the line named the cluster's display name, which no command reads)
+        where = (f"predicted by parsim.predict on {cluster.name} ({what})" + same(explicit or state or cluster.name)
+                 + (" while the emulated cluster is up" if state else ""))
         kind = getattr(cluster.device, "kind", "")
         if (backend == "gloo") != (kind == "cpu"):
             where += (f"; note: the prediction is for {cluster.device.name} ({kind}) but this {backend} run measures "
@@ -390,21 +394,15 @@ def run(args) -> int:
     if predicted and isinstance(predicted.get("memory_GiB"), (int, float)):
         cfg["predicted_memory_GiB"] = predicted["memory_GiB"]
     if torchrun:
-        import tempfile
-
-        from backends.torchdist.runner import worker_main
-        if int(os.environ["RANK"]) != 0:     # only rank 0 writes the results: no file for the others to leave behind
+        from backends.torchdist.runner import reports_from_json, worker_main
+        if int(os.environ["RANK"]) != 0:     # only rank 0 reports
             worker_main(dict(cfg, out=None))
             return 0
-        fd, out = tempfile.mkstemp(prefix="parsim-run-", suffix=".json")
-        os.close(fd)
-        try:
-            cfg.update(out=out, out_is_temp=True)     # a failing rank removes it before its os._exit
-            worker_main(cfg)
-            from backends.torchdist.runner import reports_from_json
-            measured = reports_from_json(json.loads(open(out).read()))
-        finally:
-            os.unlink(out)
+        # rank 0 is this process: its report comes back in memory (trial 2026-11-30: the temp file it went through
+        # was left in /tmp by every interrupted or killed run)
+        collect: list = []
+        worker_main(dict(cfg, out=None, collect=collect))
+        measured = reports_from_json(json.loads(collect[0]))
     else:
         from backends.torchdist.launch import launch
         from parsim.progress import bar

@@ -353,3 +353,41 @@ def test_run_prices_fsdp2_sync_overlapped_and_ddp_sync_after_backward():
     assert rc == 0 and "FSDP2's reduce-scatter inside the backward, overlapped" in out, err
     rc, out, err = cli("run", "--model", "gpt-tiny", "--nproc", "2", "--dp", "2", "--zero", "1", "--dry-run")
     assert rc == 0 and "not overlapped with it" in out and "--no-overlap" in out, err
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo", "dir-with-device"])
+def test_report_inputs_go_through_the_checked_reader(tmp_path, target):
+    # trial 2026-11-30: `parsim report /dev/zero` read until the kernel killed it at 24 GB; a FIFO blocked forever
+    import os
+    if target == "fifo":
+        path = tmp_path / "in.json"
+        os.mkfifo(path)
+    elif target == "dir-with-device":
+        path = tmp_path / "study"
+        path.mkdir()
+        (path / "results.jsonl").symlink_to("/dev/zero")
+    else:
+        path = tmp_path / "zero.json"
+        path.symlink_to(target)
+    err = one_line_error(["report", str(path), "--out", str(tmp_path / "out")], "parsim report")
+    assert "expected a regular file" in err
+
+
+@pytest.mark.parametrize("line, needle", [
+    ("timeout_s: .nan", "timeout_s"), ("steps: 9999999999", "steps"), ("warmup: 2000000", "warmup"),
+])
+def test_study_settings_take_the_flags_bounds(tmp_path, line, needle):
+    # trial 2026-11-30: timeout_s .nan passed --list and crashed the results writer with a traceback; steps
+    # 9,999,999,999 ran (run --steps refuses above 1,000,000)
+    f = tmp_path / "s.yaml"
+    f.write_text(f"name: t\nwhere: local\n{line}\ntrain:\n  - model: gpt-tiny\n    plan: {{micro_batch: 1}}\n")
+    err = one_line_error(["validate", str(f), "--list"], "parsim validate")
+    assert needle in err
+
+
+def test_study_network_hosts_take_emulates_bound(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: t\nwhere: netem\nnetworks:\n  A: {hosts: 40, link: 1Gbit}\ntrain:\n"
+                 "  - model: gpt-tiny\n    network: A\n    plan: {dp: 2, micro_batch: 1}\n")
+    err = one_line_error(["validate", str(f), "--list"], "parsim validate")
+    assert "hosts" in err and "<= 32" in err
