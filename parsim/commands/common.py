@@ -78,6 +78,9 @@ def quantity(kind: str, need_unit: bool = False):
             raise argparse.ArgumentTypeError(str(e)) from None
         if need_unit and v and re.fullmatch(r"\s*[0-9.eE+]+\s*", str(text)):
             what = "size" if kind == "memory" else kind
+            if kind == "time":       # trial 2026-11-30: `emulate --delay 1` was one second
+                raise argparse.ArgumentTypeError(f"time {text!r} has no unit: expected e.g. {text.strip()}ms or "
+                                                 f"{text.strip()}us (a bare number would be seconds; 0 needs none)")
             raise argparse.ArgumentTypeError(f"{what} {text!r} has no unit: expected e.g. {text.strip()}GiB or "
                                              f"{text.strip()}MiB (a bare number would be bytes; 0 needs none)")
         return text

@@ -391,3 +391,9 @@ def test_study_network_hosts_take_emulates_bound(tmp_path):
                  "  - model: gpt-tiny\n    network: A\n    plan: {dp: 2, micro_batch: 1}\n")
     err = one_line_error(["validate", str(f), "--list"], "parsim validate")
     assert "hosts" in err and "<= 32" in err
+
+
+def test_emulate_delay_needs_a_unit():
+    # trial 2026-11-30: `emulate up --delay 1` built links with one second of latency
+    err = one_line_error(["emulate", "up", "--delay", "1", "--no-probe"], "parsim emulate up")
+    assert "time '1' has no unit: expected e.g. 1ms or 1us" in err

@@ -96,3 +96,13 @@ def test_a_state_is_kept_while_a_namespace_it_planned_cannot_be_attributed(fake_
     _state(tmp_path, "ps00007-", DEAD, ["ps00007-h0", "ps00007-h1"], created=[])
     assert C.down() == ["ps00007-h0"]
     assert (tmp_path / "ps00007-.json").exists() and list(fake_ip["ns"]) == ["ps00007-h1"]
+
+
+def test_the_next_up_reaps_namespaces_an_interrupted_teardown_left_without_a_state(fake_ip, tmp_path):
+    # trial 2026-11-30: Ctrl-C during link probing left ps0ce03-h0/h1/s0 with no state file, and the next `up`
+    # (reap_leftovers) did not remove them; only `down` did. Same policy as down: an owner alias that is gone.
+    fake_ip["ns"].update({"ps0ce03-h0": (*DEAD, ""), "ps0ce03-s0": (*DEAD, ""),
+                          "ps0ce04-h0": (*ME, ""),            # a live owner: kept
+                          "ps0ce05-h0": None})                 # no alias: not attributable, kept
+    assert sorted(C.reap_leftovers()) == ["ps0ce03-h0", "ps0ce03-s0"]
+    assert sorted(fake_ip["ns"]) == ["ps0ce04-h0", "ps0ce05-h0"]
