@@ -128,7 +128,7 @@ def statement(device: str, precision: str, moe: bool) -> str:
         # no run on the chip at all: the runs of the part with the same compute die, said as such (trial 2026-11-30:
         # an H200 answer said it had no evidence at all while H100 SXM, the same GH100 die, has 18 fp8 runs)
         if not n and sib:
-            for c, k in dict.fromkeys([(cls, moe), ("16-bit" if cls == "fp8" else "fp8", moe), (cls, not moe)]):
+            for c, k in _kinds_by_nearness(cls, moe, own=True):
                 o = _load().get(_class_key(sib, c, k))
                 if o:
                     near = (f"; {sib}, the same compute die, has {c} {'MoE' if k else 'dense'} runs{_models(o)}: "
@@ -193,6 +193,15 @@ def _models(h: dict) -> str:
     return f" of {', '.join(m)}" if len(m) <= 3 else f" of {len(m)} models"
 
 
+def _kinds_by_nearness(cls: str, moe: bool, own: bool) -> list:
+    """(precision class, moe) kinds of published runs, nearest to a plan of class `cls` first: its own kind (when
+    `own`), the same kind of model in the other precision class — an MoE plan's evidence is MoE runs, whose errors
+    differ most — then the other kind of model."""
+    order = ([(cls, moe)] if own else []) + [(c, moe) for c in ("16-bit", "fp8") if c != cls] \
+        + [(c, not moe) for c in (cls, "16-bit", "fp8")]
+    return list(dict.fromkeys(order))
+
+
 def nearest_evidence(device: str, precision: str, moe: bool):
     """((precision class, moe), stats) of the closest kind of published run on the same chip when this kind has none:
     the same kind of model (dense / MoE) in the other precision class first — an MoE plan's evidence is MoE runs,
@@ -200,9 +209,7 @@ def nearest_evidence(device: str, precision: str, moe: bool):
     g = DEVICE_GPU_TYPE.get(device)
     if g is None:
         return None
-    cls = precision_class(precision)
-    order = [(c, moe) for c in ("16-bit", "fp8") if c != cls] + [(c, not moe) for c in (cls, "16-bit", "fp8")]
-    for c, k in dict.fromkeys(order):
+    for c, k in _kinds_by_nearness(precision_class(precision), moe, own=False):
         o = _load().get(_class_key(g, c, k))
         if o:
             return (c, k), o

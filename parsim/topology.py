@@ -441,11 +441,9 @@ def check_cluster_mapping(name, d: dict) -> dict:
     """Type and range of every key of a preset-style cluster mapping (CLUSTER_SCHEMA); unknown keys
     are refused (a misspelt optional key would otherwise be ignored silently)."""
     where = f"cluster {limits.shown(str(name), 40)}"
+    _known_keys(where, "", d, tuple(CLUSTER_SCHEMA))
     for k, v in d.items():
-        spec = CLUSTER_SCHEMA.get(k)
-        if spec is None:
-            raise ParsimError(f"{where}: unknown key {limits.shown(k, 40)}{closest(str(k), CLUSTER_SCHEMA)}; "
-                              f"expected keys {', '.join(CLUSTER_SCHEMA)}")
+        spec = CLUSTER_SCHEMA[k]
         if spec[0] == "str":
             require(isinstance(v, (str, int, float)) and not isinstance(v, bool),
                     f"{where}: {k} = {limits.shown(v, 40)}: expected a string")
@@ -585,10 +583,12 @@ GRAPH_LINK_KEYS = ("a", "b", "bandwidth_GBps", "latency_us", "efficiency", "link
 
 
 def _known_keys(where: str, prefix: str, d: dict, known: tuple) -> None:
+    """Refuse a key of mapping `d` outside `known`, naming it (after `prefix`, e.g. ``links[3].``) and the closest
+    ones: a misspelt optional key would otherwise be ignored silently."""
     for k in d:
         if k not in known:
-            raise ParsimError(f"{where}: unknown key {prefix}{str(k)[:30]}{closest(str(k), known, n=1)}; "
-                              f"expected {', '.join(known)}")
+            raise ParsimError(f"{where}: unknown key {limits.shown(prefix + str(k), 40)}{closest(str(k), known)}; "
+                              f"expected keys {', '.join(known)}")
 
 
 def check_equal_hop_paths(c: "Cluster") -> None:

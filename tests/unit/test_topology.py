@@ -273,10 +273,10 @@ def test_equal_hop_paths_of_unequal_bandwidth_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("where, key, needle", [
-    ("links", "latncy_us", "unknown key links[0].latncy_us; did you mean latency_us?"),
-    ("links", "efficency", "unknown key links[0].efficency; did you mean efficiency?"),
-    ("nodes", "profle", "unknown key nodes[0].profle; did you mean profile?"),
-    (None, "gpus_per_nod", "unknown key gpus_per_nod; did you mean gpus_per_node?"),
+    ("links", "latncy_us", "unknown key 'links[0].latncy_us'; did you mean latency_us"),
+    ("links", "efficency", "unknown key 'links[0].efficency'; did you mean efficiency"),
+    ("nodes", "profle", "unknown key 'nodes[0].profle'; did you mean profile"),
+    (None, "gpus_per_nod", "unknown key 'gpus_per_nod'; did you mean gpus_per_node"),
 ])
 def test_explicit_graph_files_refuse_unknown_keys(tmp_path, where, key, needle):
     # trial 2026-11-30: these typos were accepted, the link falling back to latency 0 and efficiency 1
