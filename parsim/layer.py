@@ -163,12 +163,12 @@ def layer_ops(model, b, s, t, sp, flash, dtype_code, ep=1, cp=1, probs_in_activa
     act = T * h * e                            # one full activation [b, s, h]
     rms = model.norm == "rmsnorm"
     ops = [_norm_op("attn_norm", e * Tr * h, e, rms, saved=e * Tr * h)]
+    vd = model.v_dim                           # V and the core's output O: heads · v_head_dim (q_dim but with MLA)
     if model.mla:
         ops += _mla_projections(model, T, Tr, t, e, ein, rms)
-        vd = model.v_dim                       # V and the core's output O: heads · v_head_dim
         kvd_core = (qd + vd) / 2               # K and V per token, as one K/V pair of the mean width (bytes, CP)
     else:
-        vd, kvd_core = qd, kvd
+        kvd_core = kvd
         ops.append(Op("qkv", "gemm", fp8=True, m=T, k=h, n=(qd + 2 * kvd) / t, wgrad=True, saved=ein * Tr * h,
                       mm_parts=(qd / (qd + 2 * kvd), kvd / (qd + 2 * kvd), kvd / (qd + 2 * kvd)), col_parallel=True,
                       out_bytes=e * T * (qd + 2 * kvd) / t))

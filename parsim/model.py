@@ -233,6 +233,12 @@ class ModelSpec:
         return sum(1 for i in range(self.moe_first_dense, self.layers) if (i + 1) % self.moe_every == 0)
 
     @property
+    def dense_prefix(self) -> int:
+        """Dense layers that all come first (MoE on every later layer: DeepSeek's first_k_dense_replace), 0 otherwise
+        (a dense model, or dense layers spread by moe_every): a pipeline puts them on its first stage."""
+        return self.moe_first_dense if self.experts and self.moe_every == 1 else 0
+
+    @property
     def dense_layers(self) -> int:
         return self.layers - self.moe_layers
 

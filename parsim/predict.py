@@ -771,8 +771,8 @@ def _price_rows(model, cluster, cols: dict, dev, accounting: str, headroom_bytes
     # first_k_dense_replace) sits on the first rank, so the others hold MoE layers only (trial 2026-11-30: the mean
     # layer gave every rank 3/61 of DeepSeek-V3's dense MLPs in place of experts, 5% too few expert parameters on
     # the worst rank); dense layers spread through the model (moe_every > 1) are taken at their mean share.
-    if model.experts and model.moe_every == 1 and model.moe_first_dense:
-        nd = {"first": np.minimum(model.moe_first_dense, L_first), "last": 0.0, "mid": 0.0}
+    if model.dense_prefix:
+        nd = {"first": np.minimum(model.dense_prefix, L_first), "last": 0.0, "mid": 0.0}
     else:
         nd = {k: Lk * model.dense_layers / model.layers for k, Lk in (("first", L_first), ("last", L_last),
                                                                       ("mid", L_mid))}
@@ -1172,8 +1172,8 @@ def predict(model, cluster, plan: Plan, gpus: int | None = None, accounting: str
                      f"published curves); this model's heads are {model.head_dim} wide, and kernel rates differ by head "
                      f"dim (FlashAttention-2 on H100, causal forward at 16k: 335 TFLOP/s at 128, 299 at 64; FlashAttention-3 "
                      f"paper, Fig. 5)")
-    if plan.pp > 1 and model.experts and model.moe_first_dense and model.moe_every == 1:
-        notes.append(f"dense prefix: the first pipeline rank holds the {model.moe_first_dense} dense layers (memory "
+    if plan.pp > 1 and model.dense_prefix:
+        notes.append(f"dense prefix: the first pipeline rank holds the {model.dense_prefix} dense layers (memory "
                      f"priced per rank: the others hold MoE layers only); every stage's time is priced with the mean "
                      f"layer ({model.moe_layers} of {model.layers} MoE)")
     if plan.pp > 1 and model.window_layers not in (None, model.layers):

@@ -83,7 +83,7 @@ def _keys(d, allowed, where):
 # The bounds the command-line flags enforce, for the same settings in a study file (trial 2026-11-30: a study took
 # steps 9,999,999,999, hosts 100,000 and timeout_s .nan, which crashed its results writer with a traceback)
 INT_MAX = {"steps": limits.MAX_STEPS, "warmup": limits.MAX_STEPS, "hosts": limits.MAX_EMULATED_HOSTS,
-           "ranks_per_host": 64, "servers": limits.MAX_EMULATED_HOSTS, "threads": limits.MAX_THREADS}
+           "ranks_per_host": limits.MAX_RANKS_PER_HOST, "servers": limits.MAX_EMULATED_HOSTS, "threads": limits.MAX_THREADS}
 
 
 def _pos_int(d, key, where, default=None, minimum=1):

@@ -399,7 +399,8 @@ class Emulation:
             self._up = False
             have = set(list_namespaces())
             delete_namespaces([n for n in self._created if n in have])
-            left = [n for n in list_namespaces() if n in set(self._created)]
+            mine = set(self._created)
+            left = [n for n in list_namespaces() if n in mine]
             self._created = left
         if self._claimed and not left:
             self._claimed = False

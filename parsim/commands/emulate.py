@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from parsim import limits
 from parsim.commands.common import name_or_path, count, number, quantity
 from parsim.errors import ParsimError, require
 from parsim.units import fmt_time, parse_rate, parse_time
@@ -29,11 +30,11 @@ def _topology_flags(p):
     p.add_argument("--cluster", type=name_or_path, default=None,
                    help="switch (hosts on one switch), racks (two racks under a spine), ps (dedicated "
                         "parameter-server hosts), a parsim cluster preset or a cluster file (default: switch)")
-    p.add_argument("--hosts", type=count(32), default=None, help="number of (worker) hosts (default 2)")
+    p.add_argument("--hosts", type=count("MAX_EMULATED_HOSTS"), default=None, help="number of (worker) hosts (default 2)")
     p.add_argument("--link", type=quantity("rate"), default=None, help="host link rate, e.g. 1Gbit or 200Mbit (default 1Gbit)")
     p.add_argument("--delay", type=quantity("time", need_unit=True), default=None, help="one-way link latency, e.g. 0.2ms (needs sch_netem)")
     p.add_argument("--oversubscription", type=number(1.0, "MAX_OVERSUBSCRIPTION"), default=2.0, help="racks: rack uplink oversubscription")
-    p.add_argument("--servers", type=count(32, lo=1), default=1, help="ps: dedicated server hosts")
+    p.add_argument("--servers", type=count("MAX_EMULATED_HOSTS", lo=1), default=1, help="ps: dedicated server hosts")
     p.add_argument("--ranks-per-host", type=count("MAX_RANKS_PER_HOST"), default=None, help="processes per host (default: its devices, 1)")
     p.add_argument("--no-probe", action="store_true", help="skip the link probes (predictions then use configured rates)")
 
@@ -67,7 +68,7 @@ def build_graph(args):
     rate = parse_rate(args.link or "1Gbit")
     delay = parse_time(args.delay) if args.delay else 0.0
     hosts = args.hosts if args.hosts is not None else 2
-    require(1 <= hosts <= 32, f"--hosts {hosts}: expected 1..32")
+    require(1 <= hosts <= limits.MAX_EMULATED_HOSTS, f"--hosts {hosts}: expected 1..{limits.MAX_EMULATED_HOSTS}")
     require(1e5 <= rate <= 1.25e9, f"--link {args.link}: expected 800Kbit..10Gbit (shaping on this CPU)")
     if name in presets.PRESETS:
         kw = dict(hosts=hosts, bandwidth_Bps=rate, latency_s=delay)
@@ -90,7 +91,8 @@ def build_graph(args):
     fastest = max((g.edges[tuple(e)]["bandwidth"] for e in net), default=0.0)
     require(fastest <= 1.25e9, f"cluster {name} has {fastest * 8 / 1e9:.0f} Gbit/s links, too fast to shape here: "
                                "give --link (e.g. --link 1Gbit)")
-    require(len(host_groups(g)) <= 32, f"cluster {name} has {len(host_groups(g))} hosts: give --hosts (at most 32)")
+    require(len(host_groups(g)) <= limits.MAX_EMULATED_HOSTS, f"cluster {name} has {len(host_groups(g))} hosts: give --hosts "
+                                                           f"(at most {limits.MAX_EMULATED_HOSTS})")
     return g
 
 
